@@ -1,0 +1,130 @@
+//! The session's I/O tasks: a reader that parses and rate-limits inbound
+//! data, and a writer that batches outbound stanzas.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock;
+use crate::stream::{StreamError, StreamReader, StreamWriter};
+use crate::xml::{ParseError, StreamEvent};
+
+/// What the writer task is asked to do.
+pub enum Outbound {
+    Data(String),
+    /// End the stream, with an error first if given.
+    Close(Option<StreamError>),
+}
+
+/// Writes at most this much per batch before flushing.
+const BATCH_BYTES: usize = 64 * 1024;
+/// A client that will not take our bytes for this long is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs until the stream is closed. `abort` closes at once, even when the
+/// queue is full.
+pub async fn writer(
+    mut w: StreamWriter,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut abort: oneshot::Receiver<StreamError>,
+    guard: crate::server::ConnGuard,
+) {
+    let mut buf = String::with_capacity(4096);
+    loop {
+        let cmd = tokio::select! {
+            biased;
+            err = &mut abort => {
+                match err {
+                    Ok(err) => Outbound::Close(Some(err)),
+                    Err(_) => Outbound::Close(None),
+                }
+            }
+            cmd = rx.recv() => cmd.unwrap_or(Outbound::Close(None)),
+        };
+        let mut close = None;
+        match cmd {
+            Outbound::Data(d) => buf.push_str(&d),
+            Outbound::Close(e) => close = Some(e),
+        }
+        while close.is_none() && buf.len() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(Outbound::Data(d)) => buf.push_str(&d),
+                Ok(Outbound::Close(e)) => close = Some(e),
+                Err(_) => break,
+            }
+        }
+        if let Some(err) = &close {
+            if let Some(err) = err {
+                buf.push_str(&err.to_xml());
+            }
+            buf.push_str("</stream:stream>");
+        }
+        let write = async {
+            w.write_all(buf.as_bytes()).await?;
+            w.flush().await
+        };
+        let ok = matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())));
+        buf.clear();
+        if close.is_some() || !ok {
+            let _ = tokio::time::timeout(Duration::from_secs(2), w.shutdown()).await;
+            break;
+        }
+    }
+    drop(guard);
+}
+
+pub type Inbound = Result<StreamEvent, ParseError>;
+
+/// A token bucket over inbound bytes (the per-connection rate limit).
+pub struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl RateLimit {
+    pub fn new(rate: u64, burst: u64) -> Self {
+        RateLimit {
+            rate: rate as f64,
+            burst: burst.max(rate) as f64,
+            tokens: burst.max(rate) as f64,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Charge `bytes`; sleeps while the bucket is in debt, which stops
+    /// reading and lets TCP push back on the client.
+    pub async fn charge(&mut self, bytes: usize) {
+        let now = tokio::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        self.tokens -= bytes as f64;
+        if self.tokens < 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(-self.tokens / self.rate)).await;
+        }
+    }
+}
+
+/// Parse events and pass them to the session; stops after the stream ends
+/// or fails, or when the session goes away.
+pub async fn reader(
+    mut parser: StreamReader,
+    tx: mpsc::Sender<Inbound>,
+    activity: Arc<AtomicU64>,
+    mut rate: RateLimit,
+) {
+    loop {
+        let ev = parser.next().await;
+        activity.store(clock::now_ms(), Ordering::Relaxed);
+        let last = !matches!(ev, Ok(StreamEvent::Stanza(_)) | Ok(StreamEvent::Keepalive));
+        rate.charge(parser.last_event_bytes()).await;
+        if tx.send(ev).await.is_err() || last {
+            break;
+        }
+    }
+}

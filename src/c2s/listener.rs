@@ -1,0 +1,95 @@
+//! Accepting client connections and turning negotiated streams into sessions.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use actix::Actor;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::io::{self, Outbound, RateLimit};
+use super::session::{C2sSession, CloseStream};
+use crate::clock;
+use crate::server::{ConnGuard, ServerCtx};
+use crate::stream::bind::bind_result;
+use crate::stream::transport::MaybeTls;
+use crate::stream::{self, StreamCondition, StreamError};
+use crate::xml::ns;
+
+/// Handle one accepted socket on the current arbiter, from the first byte
+/// to the end of the session.
+pub async fn handle_connection(
+    ctx: Arc<ServerCtx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    direct_tls: bool,
+    guard: ConnGuard,
+) {
+    let sid = ctx.next_session_id();
+    let span = tracing::info_span!("c2s", sid, %peer, jid = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let conn = if direct_tls {
+            let deadline = std::time::Duration::from_secs(ctx.config.limits.auth_timeout_secs);
+            match tokio::time::timeout(deadline, ctx.tls.accept(tcp)).await {
+                Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tls)),
+                _ => {
+                    tracing::debug!("direct TLS handshake failed");
+                    return;
+                }
+            }
+        } else {
+            MaybeTls::Plain(tcp)
+        };
+        let Some(bound) = stream::negotiate(&ctx, conn, peer).await else {
+            return;
+        };
+        tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
+        start_session(ctx, bound, sid, guard);
+    }
+    .instrument(span)
+    .await
+}
+
+fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guard: ConnGuard) {
+    let stream::Bound {
+        stream,
+        jid,
+        bind_iq_id,
+    } = bound;
+    let (out_tx, out_rx) = mpsc::channel::<Outbound>(ctx.config.limits.outbound_queue);
+    let (abort_tx, abort_rx) = oneshot::channel();
+    // The bind result is the first thing the session writes.
+    let _ = out_tx.try_send(Outbound::Data(
+        bind_result(&bind_iq_id, &jid).to_xml(ns::CLIENT),
+    ));
+    tokio::spawn(io::writer(stream.writer, out_rx, abort_rx, guard).in_current_span());
+    let (in_tx, in_rx) = mpsc::channel(16);
+    let activity = Arc::new(AtomicU64::new(clock::now_ms()));
+    let limits = &ctx.config.limits;
+    let rate = RateLimit::new(limits.rate_bytes_per_sec, limits.rate_burst_bytes);
+    let reader =
+        tokio::spawn(io::reader(stream.parser, in_tx, activity.clone(), rate).in_current_span());
+    let session = C2sSession::new(
+        sid,
+        jid.clone(),
+        ctx.clone(),
+        out_tx,
+        abort_tx,
+        reader.abort_handle(),
+        in_rx,
+        activity,
+        tracing::Span::current(),
+    );
+    let addr = session.start();
+    if let Some(old) = ctx.router.bind(&jid, sid, addr) {
+        // RFC 6120 §7.7.2.2: the new session wins; the old one gets <conflict/>.
+        old.addr.do_send(CloseStream(StreamError::with_text(
+            StreamCondition::Conflict,
+            "replaced by a new connection",
+        )));
+    }
+    tracing::info!("session bound");
+}

@@ -1,0 +1,6 @@
+//! Client-to-server connections: listeners, the per-session actor, and the
+//! reader and writer tasks around it.
+
+pub mod io;
+pub mod listener;
+pub mod session;

@@ -1,0 +1,404 @@
+//! Configuration: a TOML file, then `STARLING_*` environment overrides,
+//! validated once at start. Every key has a safe default, so no file at all
+//! gives a working single node for `localhost`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem, phrased to name the key or address at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config {origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("unknown setting {var}: no config key {key}")]
+    UnknownEnv { var: String, key: String },
+    #[error("bad value for {key}: {message}")]
+    BadValue { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The XMPP domain this server is for.
+    pub domain: String,
+    /// Where sled keeps accounts, and where the generated certificate lives.
+    pub data_dir: PathBuf,
+    /// Worker arbiters (threads); 0 means one per core.
+    pub workers: usize,
+    pub c2s: C2sConfig,
+    pub tls: TlsConfig,
+    pub registration: RegistrationConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct C2sConfig {
+    /// STARTTLS listener (RFC 6120), "host:port".
+    pub listen: String,
+    /// Direct TLS listener (XEP-0368); empty string turns it off.
+    pub direct_tls_listen: String,
+    /// Require TLS before authentication. Turn off only for load tools on loopback.
+    pub require_tls: bool,
+    /// What a second bind of the same full JID does: "replace" the old
+    /// session (it gets `<conflict/>`) or "reject" the new bind.
+    pub resource_conflict: ConflictPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictPolicy {
+    Replace,
+    Reject,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; unset means a self-signed one in data_dir.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// Allow in-band registration (XEP-0077) of new accounts.
+    pub allow: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest stanza accepted, in bytes.
+    pub max_stanza_size: usize,
+    /// Deepest element nesting inside a stanza.
+    pub max_depth: usize,
+    /// Most attributes on one element.
+    pub max_attributes: usize,
+    /// Sustained inbound bytes per second per connection.
+    pub rate_bytes_per_sec: u64,
+    /// Burst allowance over the sustained rate, in bytes.
+    pub rate_burst_bytes: u64,
+    /// Seconds an unauthenticated stream may take to bind.
+    pub auth_timeout_secs: u64,
+    /// Seconds of client silence before the server pings (XEP-0199).
+    pub idle_ping_secs: u64,
+    /// Seconds to wait for any data after a ping before dropping the client.
+    pub ping_timeout_secs: u64,
+    /// Stanzas queued for one client before it is cut off as too slow.
+    pub outbound_queue: usize,
+    /// SASL attempts on one stream before it is closed (RFC 6120 §6.4.5).
+    pub max_auth_attempts: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter: error, warn, info, debug, trace, or a directive list.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: "localhost".into(),
+            data_dir: PathBuf::from("data"),
+            workers: 0,
+            c2s: C2sConfig::default(),
+            tls: TlsConfig::default(),
+            registration: RegistrationConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for C2sConfig {
+    fn default() -> Self {
+        C2sConfig {
+            listen: "0.0.0.0:5222".into(),
+            direct_tls_listen: "0.0.0.0:5223".into(),
+            require_tls: true,
+            resource_conflict: ConflictPolicy::Replace,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_stanza_size: 256 * 1024,
+            max_depth: 32,
+            max_attributes: 32,
+            rate_bytes_per_sec: 256 * 1024,
+            rate_burst_bytes: 1024 * 1024,
+            auth_timeout_secs: 30,
+            idle_ping_secs: 300,
+            ping_timeout_secs: 60,
+            outbound_queue: 1024,
+            max_auth_attempts: 5,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// Sections that `STARLING_<SECTION>_<KEY>` can address.
+const SECTIONS: [&str; 5] = ["c2s", "tls", "registration", "limits", "log"];
+
+impl Config {
+    /// Load `path` (if any), apply `STARLING_*` overrides from `env`, validate.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (mut table, origin) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                let table: toml::Table =
+                    toml::from_str(&text).map_err(|e| invalid(&p.display().to_string(), e))?;
+                (table, p.display().to_string())
+            }
+            None => (toml::Table::new(), "defaults".to_string()),
+        };
+        let defaults =
+            toml::Table::try_from(Config::default()).map_err(|e| invalid("defaults", e))?;
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix("STARLING_") else {
+                continue;
+            };
+            if rest == "CONFIG" {
+                continue;
+            }
+            let rest = rest.to_ascii_lowercase();
+            let (section, key) = match SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_")))
+            {
+                Some(s) => (Some(*s), rest[s.len() + 1..].to_string()),
+                None => (None, rest.clone()),
+            };
+            let dotted = match section {
+                Some(s) => format!("{s}.{key}"),
+                None => key.clone(),
+            };
+            let default = match section {
+                Some(s) => defaults
+                    .get(s)
+                    .and_then(|t| t.as_table())
+                    .and_then(|t| t.get(&key)),
+                None => defaults.get(&key).filter(|v| !v.is_table()),
+            };
+            // Option fields are absent from the defaults; they take strings.
+            let known_optional = matches!(dotted.as_str(), "tls.cert" | "tls.key");
+            if default.is_none() && !known_optional {
+                return Err(ConfigError::UnknownEnv { var, key: dotted });
+            }
+            let parsed = match default {
+                Some(toml::Value::Boolean(_)) => match value.as_str() {
+                    "true" | "1" | "yes" => toml::Value::Boolean(true),
+                    "false" | "0" | "no" => toml::Value::Boolean(false),
+                    _ => {
+                        return Err(ConfigError::BadValue {
+                            key: var,
+                            message: format!("expected true or false, got {value:?}"),
+                        })
+                    }
+                },
+                Some(toml::Value::Integer(_)) => match value.parse::<i64>() {
+                    Ok(n) => toml::Value::Integer(n),
+                    Err(_) => {
+                        return Err(ConfigError::BadValue {
+                            key: var,
+                            message: format!("expected an integer, got {value:?}"),
+                        })
+                    }
+                },
+                _ => toml::Value::String(value),
+            };
+            let target = match section {
+                Some(s) => table
+                    .entry(s)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| ConfigError::BadValue {
+                        key: s.to_string(),
+                        message: "must be a table".into(),
+                    })?,
+                None => &mut table,
+            };
+            target.insert(key, parsed);
+        }
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| invalid(&origin, e))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        jid::BareJid::new(&self.domain)
+            .ok()
+            .filter(|j| j.node().is_none())
+            .ok_or_else(|| ConfigError::BadValue {
+                key: "domain".into(),
+                message: format!("{:?} is not a valid XMPP domain", self.domain),
+            })?;
+        parse_addr("c2s.listen", &self.c2s.listen)?;
+        if !self.c2s.direct_tls_listen.is_empty() {
+            parse_addr("c2s.direct_tls_listen", &self.c2s.direct_tls_listen)?;
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::BadValue {
+                key: "tls.cert".into(),
+                message: "tls.cert and tls.key must be set together".into(),
+            });
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_stanza_size", l.max_stanza_size as u64),
+            ("limits.max_depth", l.max_depth as u64),
+            ("limits.max_attributes", l.max_attributes as u64),
+            ("limits.rate_bytes_per_sec", l.rate_bytes_per_sec),
+            ("limits.auth_timeout_secs", l.auth_timeout_secs),
+            ("limits.idle_ping_secs", l.idle_ping_secs),
+            ("limits.ping_timeout_secs", l.ping_timeout_secs),
+            ("limits.outbound_queue", l.outbound_queue as u64),
+            ("limits.max_auth_attempts", l.max_auth_attempts as u64),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::BadValue {
+                    key: key.into(),
+                    message: "must be greater than 0".into(),
+                });
+            }
+        }
+        if l.max_stanza_size < 4096 {
+            return Err(ConfigError::BadValue {
+                key: "limits.max_stanza_size".into(),
+                message: "must be at least 4096 bytes".into(),
+            });
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            ConfigError::BadValue {
+                key: "log.level".into(),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(())
+    }
+
+    pub fn c2s_listen(&self) -> SocketAddr {
+        parse_addr("c2s.listen", &self.c2s.listen).expect("validated at load")
+    }
+
+    pub fn direct_tls_listen(&self) -> Option<SocketAddr> {
+        if self.c2s.direct_tls_listen.is_empty() {
+            return None;
+        }
+        Some(
+            parse_addr("c2s.direct_tls_listen", &self.c2s.direct_tls_listen)
+                .expect("validated at load"),
+        )
+    }
+
+    pub fn workers(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            self.workers
+        }
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| ConfigError::BadValue {
+        key: key.into(),
+        message: format!("{value:?} is not a host:port socket address"),
+    })
+}
+
+fn invalid(origin: &str, e: impl std::fmt::Display) -> ConfigError {
+    // toml's messages span several lines with a source excerpt; keep one line.
+    let message = e
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    ConfigError::Invalid {
+        origin: origin.into(),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.domain, "localhost");
+        assert!(c.c2s.require_tls);
+        assert!(!c.registration.allow);
+    }
+
+    #[test]
+    fn env_overrides_typed_keys() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("STARLING_C2S_LISTEN", "127.0.0.1:0"),
+                ("STARLING_C2S_REQUIRE_TLS", "false"),
+                ("STARLING_LIMITS_MAX_STANZA_SIZE", "10000"),
+                ("STARLING_DOMAIN", "example.org"),
+                ("STARLING_TLS_CERT", "/x.pem"),
+                ("STARLING_TLS_KEY", "/x.key"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.c2s.require_tls);
+        assert_eq!(c.limits.max_stanza_size, 10000);
+        assert_eq!(c.domain, "example.org");
+    }
+
+    #[test]
+    fn unknown_and_bad_keys_name_the_key() {
+        let e = Config::load(None, env(&[("STARLING_C2S_LISTN", "x")])).unwrap_err();
+        assert!(e.to_string().contains("c2s.listn"), "{e}");
+        let e = Config::load(None, env(&[("STARLING_C2S_LISTEN", "nowhere")])).unwrap_err();
+        assert!(e.to_string().contains("c2s.listen"), "{e}");
+        let e = Config::load(None, env(&[("STARLING_C2S_REQUIRE_TLS", "maybe")])).unwrap_err();
+        assert!(e.to_string().contains("STARLING_C2S_REQUIRE_TLS"), "{e}");
+    }
+}

@@ -1,0 +1,16 @@
+//! Starling: a clustered XMPP server.
+
+pub mod admin;
+pub mod c2s;
+pub mod clock;
+pub mod config;
+pub mod delivery;
+pub mod modules;
+pub mod router;
+pub mod sasl;
+pub mod server;
+pub mod stanza_error;
+pub mod state;
+pub mod stream;
+pub mod tls;
+pub mod xml;

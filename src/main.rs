@@ -1,0 +1,140 @@
+//! The `starling` command: run a node, manage accounts.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use starling::admin::{self, AdminOp};
+use starling::config::Config;
+use starling::state::State;
+
+#[derive(Parser)]
+#[command(name = "starling", version, about = "A clustered XMPP server")]
+struct Cli {
+    /// TOML config file (STARLING_* environment variables override it).
+    #[arg(long, short, global = true, env = "STARLING_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node.
+    Serve,
+    /// Manage accounts, on a running node or directly on its data dir.
+    User {
+        #[command(subcommand)]
+        op: UserCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create an account.
+    Add {
+        user: String,
+        /// Password; read from standard input when absent.
+        #[arg(long, short)]
+        password: Option<String>,
+    },
+    /// Set an account's password.
+    Passwd {
+        user: String,
+        #[arg(long, short)]
+        password: Option<String>,
+    },
+    /// Delete an account (its sessions are closed).
+    Del { user: String },
+    /// List accounts.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("starling: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Cmd::Serve => {
+            init_logging(&config.log.level);
+            match starling::server::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("starling: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::User { op } => user(&config, op),
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn password(given: Option<String>) -> Result<String, String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn user(config: &Config, op: UserCmd) -> ExitCode {
+    let op = match op {
+        UserCmd::Add { user, password: p } => {
+            password(p).map(|password| AdminOp::Add { user, password })
+        }
+        UserCmd::Passwd { user, password: p } => {
+            password(p).map(|password| AdminOp::Passwd { user, password })
+        }
+        UserCmd::Del { user } => Ok(AdminOp::Del { user }),
+        UserCmd::List => Ok(AdminOp::List),
+    };
+    let result = op.and_then(|op| run_user_op(config, &op));
+    match result {
+        Ok(users) => {
+            for u in users {
+                println!("{u}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("starling: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_user_op(config: &Config, op: &AdminOp) -> Result<Vec<String>, String> {
+    if let Some(resp) = admin::request(&config.data_dir, op)? {
+        return if resp.ok {
+            Ok(resp.users)
+        } else {
+            Err(resp.error.unwrap_or_else(|| "failed".into()))
+        };
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
+    let state = State::open(&config.data_dir).map_err(|e| e.to_string())?;
+    admin::execute(&state, &config.domain, op)
+}

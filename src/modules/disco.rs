@@ -1,0 +1,59 @@
+//! XEP-0030 Service Discovery: info and items for the server, info for the
+//! user's own account. Features come from what the modules declared.
+
+use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
+use crate::server::ServerCtx;
+use crate::stanza_error::{StanzaCondition, StanzaError};
+use crate::xml::{ns, Element};
+
+pub struct Disco;
+
+impl Module for Disco {
+    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+        vec![ns::DISCO_INFO, ns::DISCO_ITEMS]
+    }
+
+    fn handles(&self) -> Vec<(IqKind, Addressee, &'static str)> {
+        vec![
+            (IqKind::Get, Addressee::Host, ns::DISCO_INFO),
+            (IqKind::Get, Addressee::Host, ns::DISCO_ITEMS),
+            (IqKind::Get, Addressee::Account, ns::DISCO_INFO),
+            (IqKind::Get, Addressee::Account, ns::DISCO_ITEMS),
+        ]
+    }
+
+    fn handle_iq(&self, req: &IqRequest) -> IqResponse {
+        // Nodes are not used yet: any node is unknown.
+        if req.payload.attr("node").is_some() {
+            return Err(StanzaError::new(StanzaCondition::ItemNotFound)).into();
+        }
+        if req.payload.ns == ns::DISCO_ITEMS {
+            return Ok(Some(Element::new("query", ns::DISCO_ITEMS))).into();
+        }
+        let mut q = Element::new("query", ns::DISCO_INFO);
+        match req.addressee {
+            Addressee::Host => {
+                q.push_child(
+                    Element::new("identity", ns::DISCO_INFO)
+                        .with_attr("category", "server")
+                        .with_attr("type", "im")
+                        .with_attr("name", "Starling"),
+                );
+                for f in req.server.modules.features(req.server) {
+                    q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
+                }
+            }
+            Addressee::Account => {
+                q.push_child(
+                    Element::new("identity", ns::DISCO_INFO)
+                        .with_attr("category", "account")
+                        .with_attr("type", "registered"),
+                );
+                q.push_child(
+                    Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO),
+                );
+            }
+        }
+        Ok(Some(q)).into()
+    }
+}

@@ -1,0 +1,171 @@
+//! Server feature modules, one file per protocol feature. A module declares
+//! the features it offers and the iqs it answers, keyed like Prosody's
+//! events: (iq type, addressee, payload namespace). Service discovery is
+//! built from these declarations, so it cannot advertise what is not here.
+
+pub mod disco;
+pub mod ping;
+pub mod register;
+pub mod session;
+pub mod version;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jid::FullJid;
+
+use crate::delivery::Outcome;
+use crate::server::ServerCtx;
+use crate::stanza_error::{StanzaCondition, StanzaError};
+use crate::stream::StreamError;
+use crate::xml::{ns, Element};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IqKind {
+    Get,
+    Set,
+}
+
+/// Who an iq is addressed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Addressee {
+    /// The server's domain.
+    Host,
+    /// The sender's own account (no 'to', or its bare JID).
+    Account,
+}
+
+/// One iq request as a module sees it.
+pub struct IqRequest<'a> {
+    pub server: &'a ServerCtx,
+    pub from: &'a FullJid,
+    pub iq: &'a Element,
+    pub payload: &'a Element,
+    pub kind: IqKind,
+    pub addressee: Addressee,
+}
+
+/// A module's answer: the result payload (or an error), and optionally an
+/// instruction to end the sender's stream afterwards.
+pub struct IqResponse {
+    pub result: Result<Option<Element>, StanzaError>,
+    pub close: Option<StreamError>,
+}
+
+impl From<Result<Option<Element>, StanzaError>> for IqResponse {
+    fn from(result: Result<Option<Element>, StanzaError>) -> Self {
+        IqResponse {
+            result,
+            close: None,
+        }
+    }
+}
+
+pub trait Module: Send + Sync {
+    /// disco#info features this module provides on the server.
+    fn features(&self, _server: &ServerCtx) -> Vec<&'static str> {
+        Vec::new()
+    }
+    /// The iqs this module answers.
+    fn handles(&self) -> Vec<(IqKind, Addressee, &'static str)>;
+    fn handle_iq(&self, req: &IqRequest) -> IqResponse;
+}
+
+type Key = (IqKind, Addressee, &'static str);
+
+pub struct Modules {
+    list: Vec<Arc<dyn Module>>,
+    handlers: HashMap<Key, Arc<dyn Module>>,
+}
+
+impl Modules {
+    pub fn new(list: Vec<Arc<dyn Module>>) -> Self {
+        let mut handlers = HashMap::new();
+        for m in &list {
+            for key in m.handles() {
+                handlers.insert(key, m.clone());
+            }
+        }
+        Modules { list, handlers }
+    }
+
+    /// The standard set for a single node.
+    pub fn standard() -> Self {
+        Modules::new(vec![
+            Arc::new(disco::Disco),
+            Arc::new(ping::Ping),
+            Arc::new(version::Version),
+            Arc::new(register::Register),
+            Arc::new(session::Session),
+        ])
+    }
+
+    /// All features the server offers, for disco#info.
+    pub fn features(&self, server: &ServerCtx) -> Vec<&'static str> {
+        let mut f: Vec<&'static str> = self.list.iter().flat_map(|m| m.features(server)).collect();
+        f.sort_unstable();
+        f.dedup();
+        f
+    }
+}
+
+/// Answer an iq get/set addressed to the server or to the sender's account.
+pub fn dispatch(
+    ctx: &ServerCtx,
+    from: &FullJid,
+    iq: &Element,
+    kind: IqKind,
+    addressee: Addressee,
+) -> Outcome {
+    let Some(payload) = iq.elements().next() else {
+        return Outcome {
+            reply: Some(StanzaError::new(StanzaCondition::BadRequest).reply_to(iq)),
+            close: None,
+        };
+    };
+    let Some(module) = ctx
+        .modules
+        .handlers
+        .get(&(kind, addressee, payload.ns.as_str()))
+    else {
+        return Outcome {
+            reply: Some(StanzaError::new(StanzaCondition::ServiceUnavailable).reply_to(iq)),
+            close: None,
+        };
+    };
+    let req = IqRequest {
+        server: ctx,
+        from,
+        iq,
+        payload,
+        kind,
+        addressee,
+    };
+    let resp = module.handle_iq(&req);
+    let reply = match resp.result {
+        Ok(payload) => result(iq, payload),
+        Err(e) => e.reply_to(iq),
+    };
+    Outcome {
+        reply: Some(reply),
+        close: resp.close,
+    }
+}
+
+/// An iq result answering `iq`, addressed back to its sender.
+pub fn result(iq: &Element, payload: Option<Element>) -> Element {
+    let mut r = Element::new("iq", ns::CLIENT).with_attr("type", "result");
+    if let Some(id) = iq.attr("id") {
+        r.set_attr("id", id);
+    }
+    if let Some(from) = iq.attr("from") {
+        r.set_attr("to", from);
+    }
+    if let Some(to) = iq.attr("to") {
+        r.set_attr("from", to);
+    }
+    if let Some(p) = payload {
+        r.push_child(p);
+    }
+    r
+}

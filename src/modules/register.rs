@@ -1,0 +1,186 @@
+//! XEP-0077 In-Band Registration: creating accounts before authentication
+//! (only when `[registration] allow` is set), and changing the password or
+//! cancelling the account once authenticated.
+
+use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
+use crate::sasl::{normalize_username, Credentials};
+use crate::server::ServerCtx;
+use crate::stanza_error::{StanzaCondition, StanzaError};
+use crate::state::{Command, StateError};
+use crate::stream::{StreamCondition, StreamError};
+use crate::xml::{ns, Element};
+
+pub struct Register;
+
+fn field(q: &Element, name: &str) -> Option<String> {
+    q.get_child(name, ns::REGISTER).map(|e| e.text())
+}
+
+fn storage_error(e: StateError) -> StanzaError {
+    match e {
+        StateError::AccountExists(_) => {
+            StanzaError::with_text(StanzaCondition::Conflict, "username taken")
+        }
+        StateError::NoSuchAccount(_) => StanzaError::new(StanzaCondition::ItemNotFound),
+        other => {
+            tracing::error!(error = %other, "registration storage error");
+            StanzaError::new(StanzaCondition::InternalServerError)
+        }
+    }
+}
+
+/// Handle an iq on an unauthenticated stream. `None` when it is not a
+/// registration request (the stream is then refused). `secure` says whether
+/// the transport satisfies the TLS policy.
+pub fn pre_auth(ctx: &ServerCtx, iq: &Element, secure: bool) -> Option<Element> {
+    let q = iq.get_child("query", ns::REGISTER)?;
+    if !ctx.config.registration.allow {
+        return Some(
+            StanzaError::with_text(
+                StanzaCondition::ServiceUnavailable,
+                "registration is closed",
+            )
+            .reply_to(iq),
+        );
+    }
+    if !secure {
+        return Some(
+            StanzaError::with_text(StanzaCondition::NotAllowed, "use TLS first").reply_to(iq),
+        );
+    }
+    let reply = match iq.attr("type") {
+        Some("get") => Ok(Some(
+            Element::new("query", ns::REGISTER)
+                .with_child(
+                    Element::new("instructions", ns::REGISTER)
+                        .with_text("Choose a username and password."),
+                )
+                .with_child(Element::new("username", ns::REGISTER))
+                .with_child(Element::new("password", ns::REGISTER)),
+        )),
+        Some("set") if q.get_child("remove", ns::REGISTER).is_some() => {
+            Err(StanzaError::with_text(
+                StanzaCondition::NotAuthorized,
+                "log in to cancel an account",
+            ))
+        }
+        Some("set") => create(ctx, q),
+        _ => Err(StanzaError::new(StanzaCondition::BadRequest)),
+    };
+    Some(match reply {
+        Ok(p) => super::result(iq, p),
+        Err(e) => e.reply_to(iq),
+    })
+}
+
+fn create(ctx: &ServerCtx, q: &Element) -> Result<Option<Element>, StanzaError> {
+    let (Some(user), Some(password)) = (field(q, "username"), field(q, "password")) else {
+        return Err(StanzaError::with_text(
+            StanzaCondition::NotAcceptable,
+            "username and password are required",
+        ));
+    };
+    let username = normalize_username(&user, &ctx.config.domain).ok_or_else(|| {
+        StanzaError::with_text(
+            StanzaCondition::JidMalformed,
+            "username is not a valid localpart",
+        )
+    })?;
+    let credentials = Credentials::new(&password)
+        .map_err(|e| StanzaError::with_text(StanzaCondition::NotAcceptable, e.to_string()))?;
+    ctx.state
+        .apply(&Command::CreateAccount {
+            username: username.clone(),
+            credentials,
+        })
+        .map_err(storage_error)?;
+    tracing::info!(user = %username, "account registered in-band");
+    Ok(None)
+}
+
+impl Module for Register {
+    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+        vec![ns::REGISTER]
+    }
+
+    fn handles(&self) -> Vec<(IqKind, Addressee, &'static str)> {
+        let mut v = Vec::new();
+        for kind in [IqKind::Get, IqKind::Set] {
+            for who in [Addressee::Host, Addressee::Account] {
+                v.push((kind, who, ns::REGISTER));
+            }
+        }
+        v
+    }
+
+    fn handle_iq(&self, req: &IqRequest) -> IqResponse {
+        let user = req
+            .from
+            .node()
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_default();
+        let ctx = req.server;
+        if req.kind == IqKind::Get {
+            let q = Element::new("query", ns::REGISTER)
+                .with_child(Element::new("registered", ns::REGISTER))
+                .with_child(Element::new("username", ns::REGISTER).with_text(user))
+                .with_child(Element::new("password", ns::REGISTER));
+            return Ok(Some(q)).into();
+        }
+        let q = req.payload;
+        if q.get_child("remove", ns::REGISTER).is_some() {
+            if let Err(e) = ctx.state.apply(&Command::DeleteAccount {
+                username: user.clone(),
+            }) {
+                return Err(storage_error(e)).into();
+            }
+            tracing::info!(user = %user, "account cancelled in-band");
+            let gone = StreamError::with_text(StreamCondition::NotAuthorized, "account removed");
+            for entry in ctx.router.resources(&req.from.to_bare()) {
+                if entry.resource != req.from.resource().as_str() {
+                    entry
+                        .addr
+                        .do_send(crate::c2s::session::CloseStream(gone.clone()));
+                }
+            }
+            return IqResponse {
+                result: Ok(None),
+                close: Some(gone),
+            };
+        }
+        let (Some(name), Some(password)) = (field(q, "username"), field(q, "password")) else {
+            return Err(StanzaError::with_text(
+                StanzaCondition::BadRequest,
+                "username and password are required",
+            ))
+            .into();
+        };
+        if normalize_username(&name, &ctx.config.domain).as_deref() != Some(user.as_str()) {
+            return Err(StanzaError::with_text(
+                StanzaCondition::NotAllowed,
+                "you can change only your own password",
+            ))
+            .into();
+        }
+        let credentials = match Credentials::new(&password) {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(StanzaError::with_text(
+                    StanzaCondition::NotAcceptable,
+                    e.to_string(),
+                ))
+                .into()
+            }
+        };
+        match ctx.state.apply(&Command::SetPassword {
+            username: user.clone(),
+            credentials,
+        }) {
+            Ok(()) => {
+                tracing::info!(user = %user, "password changed in-band");
+                Ok(None).into()
+            }
+            Err(e) => Err(storage_error(e)).into(),
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The routing table: bare JID -> this node's bound sessions. A shared map
+//! behind a read-write lock, not an actor, so lookups never queue.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use actix::Addr;
+use jid::{BareJid, FullJid};
+
+use crate::c2s::session::{C2sSession, CloseStream, Deliver};
+use crate::stream::{StreamCondition, StreamError};
+use crate::xml::Element;
+
+#[derive(Clone)]
+pub struct SessionEntry {
+    pub id: u64,
+    pub resource: String,
+    pub addr: Addr<C2sSession>,
+    /// Has sent available presence (RFC 6121 §4.2).
+    pub available: bool,
+    pub priority: i8,
+}
+
+#[derive(Default)]
+pub struct Router {
+    sessions: RwLock<HashMap<BareJid, Vec<SessionEntry>>>,
+}
+
+impl Router {
+    /// Register a bound session; returns the session it replaces, if any.
+    pub fn bind(&self, jid: &FullJid, id: u64, addr: Addr<C2sSession>) -> Option<SessionEntry> {
+        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        let list = map.entry(jid.to_bare()).or_default();
+        let resource = jid.resource().as_str();
+        let old = list
+            .iter()
+            .position(|e| e.resource == resource)
+            .map(|i| list.remove(i));
+        list.push(SessionEntry {
+            id,
+            resource: resource.to_string(),
+            addr,
+            available: false,
+            priority: 0,
+        });
+        old
+    }
+
+    /// Remove a session, only if the entry is still that session's.
+    pub fn unbind(&self, jid: &FullJid, id: u64) {
+        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        let bare = jid.to_bare();
+        if let Some(list) = map.get_mut(&bare) {
+            list.retain(|e| e.id != id);
+            if list.is_empty() {
+                map.remove(&bare);
+            }
+        }
+    }
+
+    pub fn set_presence(&self, jid: &FullJid, id: u64, available: bool, priority: i8) {
+        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = map
+            .get_mut(&jid.to_bare())
+            .and_then(|l| l.iter_mut().find(|e| e.id == id))
+        {
+            e.available = available;
+            e.priority = priority;
+        }
+    }
+
+    pub fn get_full(&self, jid: &FullJid) -> Option<SessionEntry> {
+        let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&jid.to_bare())?
+            .iter()
+            .find(|e| e.resource == jid.resource().as_str())
+            .cloned()
+    }
+
+    pub fn resources(&self, bare: &BareJid) -> Vec<SessionEntry> {
+        let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        map.get(bare).cloned().unwrap_or_default()
+    }
+
+    pub fn all(&self) -> Vec<SessionEntry> {
+        let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        map.values().flatten().cloned().collect()
+    }
+
+    pub fn count(&self) -> usize {
+        let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        map.values().map(Vec::len).sum()
+    }
+}
+
+/// Hand a stanza to a session. A session whose mailbox is full cannot keep
+/// up: it is cut off rather than allowed to grow memory without bound.
+pub fn deliver(entry: &SessionEntry, stanza: Element) {
+    if let Err(e) = entry.addr.try_send(Deliver(stanza)) {
+        if matches!(e, actix::prelude::SendError::Full(_)) {
+            tracing::warn!(resource = %entry.resource, "session too slow; cutting it off");
+            entry.addr.do_send(CloseStream(StreamError::with_text(
+                StreamCondition::ResourceConstraint,
+                "too many stanzas queued for this client",
+            )));
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! One node: binds the listeners, spreads connections over worker arbiters
+//! (one per core), and shuts down gracefully on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Arbiter, System};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::c2s::listener::handle_connection;
+use crate::c2s::session::CloseStream;
+use crate::config::Config;
+use crate::modules::Modules;
+use crate::router::Router;
+use crate::sasl::throttle::AuthThrottle;
+use crate::state::{State, StateError};
+use crate::stream::{StreamCondition, StreamError};
+use crate::tls::TlsError;
+use crate::xml::XmlLimits;
+
+/// Everything a connection needs, shared by all arbiters.
+pub struct ServerCtx {
+    pub config: Config,
+    pub state: State,
+    pub router: Router,
+    pub modules: Modules,
+    pub tls: TlsAcceptor,
+    pub throttle: AuthThrottle,
+    shutdown: watch::Receiver<bool>,
+    next_id: AtomicU64,
+    conns: Arc<AtomicUsize>,
+}
+
+/// Counts a live connection until dropped, so shutdown can wait for writes.
+pub struct ConnGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ServerCtx {
+    pub fn xml_limits(&self) -> XmlLimits {
+        let l = &self.config.limits;
+        XmlLimits {
+            max_stanza_bytes: l.max_stanza_size,
+            max_depth: l.max_depth,
+            max_attributes: l.max_attributes,
+        }
+    }
+
+    pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    pub fn next_session_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn conn_guard(&self) -> ConnGuard {
+        self.conns.fetch_add(1, Ordering::AcqRel);
+        ConnGuard(self.conns.clone())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data_dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+fn bind(key: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    let err = |source| StartError::Bind {
+        key,
+        addr: addr.to_string(),
+        source,
+    };
+    let l = std::net::TcpListener::bind(addr).map_err(err)?;
+    l.set_nonblocking(true).map_err(err)?;
+    Ok(l)
+}
+
+/// How long shutdown waits for streams to flush.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Run a node until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let c2s = bind("c2s.listen", config.c2s_listen())?;
+    let direct = config
+        .direct_tls_listen()
+        .map(|a| bind("c2s.direct_tls_listen", a))
+        .transpose()?;
+    let state = State::open(&config.data_dir)?;
+    let tls = crate::tls::server_config(
+        config.tls.cert.as_deref(),
+        config.tls.key.as_deref(),
+        &config.data_dir,
+        &config.domain,
+    )?;
+    let admin = crate::admin::bind(&config.data_dir).map_err(|source| StartError::Bind {
+        key: "admin socket",
+        addr: config
+            .data_dir
+            .join(crate::admin::SOCKET)
+            .display()
+            .to_string(),
+        source,
+    })?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let workers = config.workers();
+    let ctx = Arc::new(ServerCtx {
+        state,
+        router: Router::default(),
+        modules: Modules::standard(),
+        tls: TlsAcceptor::from(tls),
+        throttle: AuthThrottle::default(),
+        shutdown: shutdown_rx,
+        next_id: AtomicU64::new(1),
+        conns: Arc::new(AtomicUsize::new(0)),
+        config,
+    });
+    let c2s_addr = c2s.local_addr().ok();
+    let direct_addr = direct.as_ref().and_then(|d| d.local_addr().ok());
+    tracing::info!(domain = %ctx.config.domain, c2s = ?c2s_addr, direct_tls = ?direct_addr, workers, "starling is up");
+    // One machine-readable line on stdout: tests and scripts read the bound ports here.
+    println!(
+        "starling ready domain={} c2s={} c2s_tls={}",
+        ctx.config.domain,
+        c2s_addr.map(|a| a.to_string()).unwrap_or_default(),
+        direct_addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into())
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let system = System::new();
+    let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
+    let handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
+    let run_ctx = ctx.clone();
+    system.block_on(async move {
+        let ctx = run_ctx;
+        let mut tasks = Vec::new();
+        for (listener, direct_tls) in std::iter::once((c2s, false)).chain(direct.map(|d| (d, true)))
+        {
+            let ctx = ctx.clone();
+            let handles = handles.clone();
+            tasks.push(actix_rt::spawn(accept_loop(
+                ctx, listener, direct_tls, handles,
+            )));
+        }
+        tasks.push(actix_rt::spawn(crate::admin::serve(ctx.clone(), admin)));
+        wait_for_signal().await;
+        tracing::info!(sessions = ctx.router.count(), "shutting down");
+        let _ = shutdown_tx.send(true);
+        for t in &tasks {
+            t.abort();
+        }
+        for entry in ctx.router.all() {
+            entry.addr.do_send(CloseStream(StreamError::new(
+                StreamCondition::SystemShutdown,
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while ctx.conns.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    for a in arbiters {
+        a.stop();
+        let _ = a.join();
+    }
+    crate::admin::remove(&ctx.config.data_dir);
+    ctx.state.flush()?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+async fn accept_loop(
+    ctx: Arc<ServerCtx>,
+    listener: std::net::TcpListener,
+    direct_tls: bool,
+    arbiters: Vec<actix_rt::ArbiterHandle>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "listener failed");
+            return;
+        }
+    };
+    let mut next = 0usize;
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(std_tcp) = tcp.into_std() else {
+            continue;
+        };
+        let guard = ctx.conn_guard();
+        let ctx = ctx.clone();
+        let arbiter = &arbiters[next % arbiters.len()];
+        next = next.wrapping_add(1);
+        arbiter.spawn(async move {
+            // Register the socket with this arbiter's own reactor.
+            if let Ok(tcp) = tokio::net::TcpStream::from_std(std_tcp) {
+                handle_connection(ctx, tcp, peer, direct_tls, guard).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,130 @@
+//! Stanza errors (RFC 6120 §8.3): conditions with their default types.
+
+use crate::xml::{ns, Element};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StanzaCondition {
+    BadRequest,
+    Conflict,
+    FeatureNotImplemented,
+    Forbidden,
+    Gone,
+    InternalServerError,
+    ItemNotFound,
+    JidMalformed,
+    NotAcceptable,
+    NotAllowed,
+    NotAuthorized,
+    PolicyViolation,
+    RecipientUnavailable,
+    Redirect,
+    RegistrationRequired,
+    RemoteServerNotFound,
+    RemoteServerTimeout,
+    ResourceConstraint,
+    ServiceUnavailable,
+    SubscriptionRequired,
+    UndefinedCondition,
+    UnexpectedRequest,
+}
+
+impl StanzaCondition {
+    pub fn name(self) -> &'static str {
+        use StanzaCondition::*;
+        match self {
+            BadRequest => "bad-request",
+            Conflict => "conflict",
+            FeatureNotImplemented => "feature-not-implemented",
+            Forbidden => "forbidden",
+            Gone => "gone",
+            InternalServerError => "internal-server-error",
+            ItemNotFound => "item-not-found",
+            JidMalformed => "jid-malformed",
+            NotAcceptable => "not-acceptable",
+            NotAllowed => "not-allowed",
+            NotAuthorized => "not-authorized",
+            PolicyViolation => "policy-violation",
+            RecipientUnavailable => "recipient-unavailable",
+            Redirect => "redirect",
+            RegistrationRequired => "registration-required",
+            RemoteServerNotFound => "remote-server-not-found",
+            RemoteServerTimeout => "remote-server-timeout",
+            ResourceConstraint => "resource-constraint",
+            ServiceUnavailable => "service-unavailable",
+            SubscriptionRequired => "subscription-required",
+            UndefinedCondition => "undefined-condition",
+            UnexpectedRequest => "unexpected-request",
+        }
+    }
+
+    /// The error type RFC 6120 §8.3.3 gives for each condition.
+    pub fn default_type(self) -> &'static str {
+        use StanzaCondition::*;
+        match self {
+            BadRequest | JidMalformed | NotAcceptable | PolicyViolation | UnexpectedRequest
+            | Redirect | Gone => "modify",
+            Conflict
+            | FeatureNotImplemented
+            | ItemNotFound
+            | NotAllowed
+            | ServiceUnavailable
+            | RemoteServerNotFound
+            | UndefinedCondition => "cancel",
+            Forbidden | NotAuthorized | RegistrationRequired | SubscriptionRequired => "auth",
+            InternalServerError | RecipientUnavailable | RemoteServerTimeout
+            | ResourceConstraint => "wait",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stanza error {}", .condition.name())]
+pub struct StanzaError {
+    pub condition: StanzaCondition,
+    pub text: Option<String>,
+}
+
+impl StanzaError {
+    pub fn new(condition: StanzaCondition) -> Self {
+        StanzaError {
+            condition,
+            text: None,
+        }
+    }
+
+    pub fn with_text(condition: StanzaCondition, text: impl Into<String>) -> Self {
+        StanzaError {
+            condition,
+            text: Some(text.into()),
+        }
+    }
+
+    fn element(&self) -> Element {
+        let mut err = Element::new("error", ns::CLIENT)
+            .with_attr("type", self.condition.default_type())
+            .with_child(Element::new(self.condition.name(), ns::STANZA_ERRORS));
+        if let Some(t) = &self.text {
+            err.push_child(Element::new("text", ns::STANZA_ERRORS).with_text(t.clone()));
+        }
+        err
+    }
+
+    /// The error reply to `stanza` (RFC 6120 §8.3.1): same kind and id,
+    /// addresses swapped, the original payload kept, an `<error/>` added.
+    pub fn reply_to(&self, stanza: &Element) -> Element {
+        let mut reply = Element::new(stanza.name.clone(), stanza.ns.clone());
+        reply.set_attr("type", "error");
+        if let Some(id) = stanza.attr("id") {
+            reply.set_attr("id", id);
+        }
+        if let Some(from) = stanza.attr("from") {
+            reply.set_attr("to", from);
+        }
+        if let Some(to) = stanza.attr("to") {
+            reply.set_attr("from", to);
+        }
+        reply.children = stanza.children.clone();
+        reply.push_child(self.element());
+        reply
+    }
+}

@@ -1,0 +1,277 @@
+//! Stream negotiation as plain async functions (RFC 6120 §4–§7): open the
+//! stream, STARTTLS, SASL, restart, bind. Only a bound stream reaches the
+//! session actor, so nothing is routed from an unauthenticated stream.
+
+pub mod bind;
+pub mod error;
+pub mod header;
+pub mod sasl;
+pub mod starttls;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::time::Instant;
+
+use crate::server::ServerCtx;
+use crate::xml::{ns, Element, ParseError, StreamEvent, XmlStream};
+pub use error::{StreamCondition, StreamError};
+use transport::MaybeTls;
+
+pub type StreamReader = XmlStream<BufReader<ReadHalf<MaybeTls>>>;
+pub type StreamWriter = WriteHalf<MaybeTls>;
+
+/// Why negotiation stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NegError {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<ParseError> for NegError {
+    fn from(e: ParseError) -> Self {
+        match e {
+            ParseError::Closed => NegError::Closed,
+            ParseError::Io(io) => NegError::Io(io),
+            other => NegError::Stream(StreamError::from(&other)),
+        }
+    }
+}
+
+/// A connection being negotiated.
+pub struct Stream {
+    pub parser: StreamReader,
+    pub writer: StreamWriter,
+    pub peer: SocketAddr,
+    pub secure: bool,
+    /// tls-exporter data when the TLS session offers it.
+    pub channel_binding: Option<Vec<u8>>,
+    /// Our stream header has gone out (a stream error needs one first).
+    pub header_sent: bool,
+    pub stream_id: String,
+    /// Set once SASL succeeds.
+    pub authenticated: Option<String>,
+    pub auth_attempts: u32,
+    deadline: Instant,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// A stream that finished negotiation: ready for a session actor.
+pub struct Bound {
+    pub stream: Stream,
+    pub jid: jid::FullJid,
+    /// The bind request, answered once the session is registered.
+    pub bind_iq_id: String,
+}
+
+enum Step {
+    StartTls,
+    Bound(jid::FullJid, String),
+}
+
+impl Stream {
+    pub fn new(conn: MaybeTls, ctx: &ServerCtx, peer: SocketAddr, deadline: Instant) -> Stream {
+        let secure = conn.is_tls();
+        let channel_binding = conn.channel_binding();
+        let (r, w) = tokio::io::split(conn);
+        Stream {
+            parser: XmlStream::new(BufReader::with_capacity(4096, r), ctx.xml_limits()),
+            writer: w,
+            peer,
+            secure,
+            channel_binding,
+            header_sent: false,
+            stream_id: header::new_stream_id(),
+            authenticated: None,
+            auth_attempts: 0,
+            deadline,
+            shutdown: ctx.shutdown_rx(),
+        }
+    }
+
+    pub async fn send(&mut self, data: &str) -> Result<(), NegError> {
+        self.writer.write_all(data.as_bytes()).await?;
+        self.writer.flush().await?;
+        Ok(())
+    }
+
+    pub async fn send_element(&mut self, el: &Element) -> Result<(), NegError> {
+        self.send(&el.to_xml(ns::CLIENT)).await
+    }
+
+    /// Next event, bounded by the negotiation deadline and server shutdown.
+    pub async fn read(&mut self) -> Result<StreamEvent, NegError> {
+        if *self.shutdown.borrow() {
+            return Err(StreamError::new(StreamCondition::SystemShutdown).into());
+        }
+        tokio::select! {
+            ev = self.parser.next() => Ok(ev?),
+            _ = tokio::time::sleep_until(self.deadline) => Err(StreamError::with_text(
+                StreamCondition::ConnectionTimeout, "negotiation took too long").into()),
+            _ = self.shutdown.changed() => Err(StreamError::new(StreamCondition::SystemShutdown).into()),
+        }
+    }
+
+    /// Next top-level element; keepalives are skipped, a stream end is a close.
+    pub async fn read_element(&mut self) -> Result<Element, NegError> {
+        loop {
+            match self.read().await? {
+                StreamEvent::Stanza(el) => return Ok(el),
+                StreamEvent::Keepalive => continue,
+                StreamEvent::End => {
+                    let _ = self.send("</stream:stream>").await;
+                    return Err(NegError::Closed);
+                }
+                StreamEvent::Header(_) => {
+                    return Err(StreamError::new(StreamCondition::NotWellFormed).into())
+                }
+            }
+        }
+    }
+
+    /// Send a stream error (with our header first if need be) and close.
+    pub async fn fail(mut self, ctx: &ServerCtx, err: StreamError) {
+        tracing::debug!(%err, "closing stream during negotiation");
+        let mut out = String::new();
+        if !self.header_sent {
+            out.push_str(&header::response_header(
+                &ctx.config.domain,
+                &self.stream_id,
+            ));
+        }
+        out.push_str(&err.to_xml());
+        out.push_str("</stream:stream>");
+        let write = async {
+            self.writer.write_all(out.as_bytes()).await?;
+            self.writer.shutdown().await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+    }
+}
+
+/// Negotiate a fresh connection up to a bound resource. `None` when the
+/// stream ended (an error was sent where one applies).
+pub async fn negotiate(ctx: &Arc<ServerCtx>, conn: MaybeTls, peer: SocketAddr) -> Option<Bound> {
+    let deadline = Instant::now() + Duration::from_secs(ctx.config.limits.auth_timeout_secs);
+    let mut stream = Stream::new(conn, ctx, peer, deadline);
+    loop {
+        match run(ctx, &mut stream).await {
+            Ok(Step::StartTls) => match starttls::upgrade(ctx, stream).await {
+                Some(s) => stream = s,
+                None => return None,
+            },
+            Ok(Step::Bound(jid, bind_iq_id)) => {
+                return Some(Bound {
+                    stream,
+                    jid,
+                    bind_iq_id,
+                })
+            }
+            Err(NegError::Stream(e)) => {
+                stream.fail(ctx, e).await;
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "connection ended during negotiation");
+                return None;
+            }
+        }
+    }
+}
+
+/// Open the stream and run it until STARTTLS or bind.
+async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
+    'stream: loop {
+        header::open(ctx, s).await?;
+        s.send(&features(ctx, s).to_xml("")).await?;
+        loop {
+            let el = s.read_element().await?;
+            match (el.name.as_str(), el.ns.as_str()) {
+                ("starttls", ns::TLS) if !s.secure && s.authenticated.is_none() => {
+                    return Ok(Step::StartTls);
+                }
+                ("auth", ns::SASL) if s.authenticated.is_none() => {
+                    if !s.secure && ctx.config.c2s.require_tls {
+                        return Err(StreamError::with_text(
+                            StreamCondition::PolicyViolation,
+                            "STARTTLS is required before authentication",
+                        )
+                        .into());
+                    }
+                    if sasl::authenticate(ctx, s, el).await? {
+                        s.parser.restart();
+                        continue 'stream;
+                    }
+                }
+                ("iq", ns::CLIENT) if s.authenticated.is_none() => {
+                    let allowed = s.secure || !ctx.config.c2s.require_tls;
+                    match crate::modules::register::pre_auth(ctx, &el, allowed) {
+                        Some(reply) => s.send_element(&reply).await?,
+                        None => return Err(not_authorized()),
+                    }
+                }
+                ("iq", ns::CLIENT) => {
+                    if let Some(step) = bind::handle(ctx, s, &el).await? {
+                        return Ok(step);
+                    }
+                }
+                _ => return Err(not_authorized()),
+            }
+        }
+    }
+}
+
+fn not_authorized() -> NegError {
+    StreamError::with_text(
+        StreamCondition::NotAuthorized,
+        "authenticate and bind a resource first",
+    )
+    .into()
+}
+
+/// Stream features for the stream's current state (RFC 6120 §4.3.2).
+fn features(ctx: &ServerCtx, s: &Stream) -> Element {
+    let mut f = Element::new("features", ns::STREAM);
+    if s.authenticated.is_some() {
+        f.push_child(Element::new("bind", ns::BIND));
+        f.push_child(
+            Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)),
+        );
+        return f;
+    }
+    let require_tls = ctx.config.c2s.require_tls;
+    if !s.secure {
+        let mut tls = Element::new("starttls", ns::TLS);
+        if require_tls {
+            tls.push_child(Element::new("required", ns::TLS));
+        }
+        f.push_child(tls);
+        if require_tls {
+            return f;
+        }
+    }
+    let mut mechs = Element::new("mechanisms", ns::SASL);
+    for m in sasl::offered(s) {
+        mechs.push_child(Element::new("mechanism", ns::SASL).with_text(m));
+    }
+    f.push_child(mechs);
+    if s.channel_binding.is_some() {
+        // XEP-0440: which channel-binding types we support.
+        f.push_child(
+            Element::new("sasl-channel-binding", ns::SASL_CB).with_child(
+                Element::new("channel-binding", ns::SASL_CB).with_attr("type", "tls-exporter"),
+            ),
+        );
+    }
+    if ctx.config.registration.allow {
+        f.push_child(Element::new("register", ns::REGISTER_FEATURE));
+    }
+    f
+}

@@ -1,0 +1,185 @@
+//! SASL negotiation on the stream (RFC 6120 §6.4).
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+
+use super::{NegError, Stream, StreamCondition, StreamError};
+use crate::sasl::credentials::ScramHash;
+use crate::sasl::scram::ScramServer;
+use crate::sasl::{normalize_username, plain, SaslFailure};
+use crate::server::ServerCtx;
+use crate::xml::{ns, Element};
+
+/// Mechanisms offered on this stream: -PLUS only with channel-binding data,
+/// PLAIN only under TLS.
+pub fn offered(s: &Stream) -> Vec<&'static str> {
+    let mut m = Vec::new();
+    if s.channel_binding.is_some() {
+        m.extend(["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"]);
+    }
+    m.extend(["SCRAM-SHA-256", "SCRAM-SHA-1"]);
+    if s.secure {
+        m.push("PLAIN");
+    }
+    m
+}
+
+/// Run one SASL exchange starting at `auth`. `Ok(true)` on success (the
+/// stream then restarts); `Ok(false)` after a failure was sent.
+pub async fn authenticate(
+    ctx: &ServerCtx,
+    s: &mut Stream,
+    auth: Element,
+) -> Result<bool, NegError> {
+    let mechanism = auth.attr("mechanism").unwrap_or_default().to_string();
+    let result = exchange(ctx, s, &mechanism, &auth).await?;
+    let ip = s.peer.ip();
+    match result {
+        Ok((username, additional)) => {
+            ctx.throttle.succeed(ip);
+            let mut success = Element::new("success", ns::SASL);
+            if let Some(data) = additional {
+                success = success.with_text(B64.encode(data));
+            }
+            s.send(&success.to_xml("")).await?;
+            tracing::info!(user = %username, mechanism, "authenticated");
+            s.authenticated = Some(username);
+            Ok(true)
+        }
+        Err(failure) => {
+            s.auth_attempts += 1;
+            if failure != SaslFailure::Aborted {
+                let delay = ctx.throttle.fail(ip);
+                tokio::time::sleep(delay).await;
+            }
+            tracing::info!(%failure, mechanism, peer = %s.peer, "authentication failed");
+            let f = Element::new("failure", ns::SASL)
+                .with_child(Element::new(failure.to_string(), ns::SASL));
+            s.send(&f.to_xml("")).await?;
+            // RFC 6120 §6.4.5: a bounded number of retries, then the stream ends.
+            if s.auth_attempts >= ctx.config.limits.max_auth_attempts {
+                return Err(StreamError::with_text(
+                    StreamCondition::PolicyViolation,
+                    "too many failed authentication attempts",
+                )
+                .into());
+            }
+            Ok(false)
+        }
+    }
+}
+
+type Outcome = Result<(String, Option<Vec<u8>>), SaslFailure>;
+
+async fn exchange(
+    ctx: &ServerCtx,
+    s: &mut Stream,
+    mechanism: &str,
+    auth: &Element,
+) -> Result<Outcome, NegError> {
+    if !offered(s).contains(&mechanism) {
+        let failure = if mechanism == "PLAIN" {
+            SaslFailure::EncryptionRequired
+        } else {
+            SaslFailure::InvalidMechanism
+        };
+        return Ok(Err(failure));
+    }
+    let initial = match decode(auth) {
+        Ok(Some(data)) => data,
+        Ok(None) => match challenge(s, &[]).await? {
+            Ok(data) => data,
+            Err(f) => return Ok(Err(f)),
+        },
+        Err(f) => return Ok(Err(f)),
+    };
+    if mechanism == "PLAIN" {
+        return Ok(check_plain(ctx, &initial));
+    }
+    let (hash, plus) = match mechanism {
+        "SCRAM-SHA-256" => (ScramHash::Sha256, false),
+        "SCRAM-SHA-256-PLUS" => (ScramHash::Sha256, true),
+        "SCRAM-SHA-1" => (ScramHash::Sha1, false),
+        _ => (ScramHash::Sha1, true),
+    };
+    let mut scram = ScramServer::new(hash, plus, s.channel_binding.clone());
+    let domain = &ctx.config.domain;
+    let server_first = scram.client_first(&initial, |raw| {
+        let user = normalize_username(raw, domain)?;
+        let keys = ctx
+            .state
+            .credentials(&user)
+            .ok()
+            .flatten()
+            .map(|c| c.keys(hash).clone());
+        Some((user, keys))
+    });
+    let server_first = match server_first {
+        Ok(m) => m,
+        Err(f) => return Ok(Err(f)),
+    };
+    let client_final = match challenge(s, &server_first).await? {
+        Ok(m) => m,
+        Err(f) => return Ok(Err(f)),
+    };
+    Ok(scram
+        .client_final(&client_final)
+        .map(|ok| (ok.username, Some(ok.server_final))))
+}
+
+fn check_plain(ctx: &ServerCtx, message: &[u8]) -> Outcome {
+    let msg = plain::parse(message)?;
+    let user =
+        normalize_username(&msg.username, &ctx.config.domain).ok_or(SaslFailure::NotAuthorized)?;
+    if !msg.authzid.is_empty()
+        && msg.authzid != format!("{user}@{}", ctx.config.domain)
+        && msg.authzid != user
+    {
+        return Err(SaslFailure::InvalidAuthzid);
+    }
+    let creds = ctx
+        .state
+        .credentials(&user)
+        .ok()
+        .flatten()
+        .ok_or(SaslFailure::NotAuthorized)?;
+    if creds.verify_password(&msg.password) {
+        Ok((user, None))
+    } else {
+        Err(SaslFailure::NotAuthorized)
+    }
+}
+
+/// Send a challenge and wait for the client's response (or abort).
+async fn challenge(s: &mut Stream, data: &[u8]) -> Result<Result<Vec<u8>, SaslFailure>, NegError> {
+    let mut c = Element::new("challenge", ns::SASL);
+    if !data.is_empty() {
+        c = c.with_text(B64.encode(data));
+    }
+    s.send(&c.to_xml("")).await?;
+    let el = s.read_element().await?;
+    match (el.name.as_str(), el.ns.as_str()) {
+        ("response", ns::SASL) => Ok(decode(&el).map(Option::unwrap_or_default)),
+        ("abort", ns::SASL) => Ok(Err(SaslFailure::Aborted)),
+        _ => Err(StreamError::with_text(
+            StreamCondition::NotAuthorized,
+            "expected a SASL response",
+        )
+        .into()),
+    }
+}
+
+/// Base64 payload of `<auth/>` or `<response/>`: none, empty ("="), or data.
+fn decode(el: &Element) -> Result<Option<Vec<u8>>, SaslFailure> {
+    let text = el.text();
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text == "=" {
+        return Ok(Some(Vec::new()));
+    }
+    B64.decode(text)
+        .map(Some)
+        .map_err(|_| SaslFailure::IncorrectEncoding)
+}

@@ -1,0 +1,28 @@
+//! XML for XMPP streams: an owned element tree and an incremental parser that
+//! enforces RFC 6120 §11 restrictions and our size limits.
+
+pub mod element;
+pub mod parser;
+
+pub use element::{Element, Node};
+pub use parser::{ParseError, StreamEvent, StreamHeader, XmlLimits, XmlStream};
+
+/// Namespaces used across the server.
+pub mod ns {
+    pub const STREAM: &str = "http://etherx.jabber.org/streams";
+    pub const CLIENT: &str = "jabber:client";
+    pub const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+    pub const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+    pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+    pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+    pub const BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+    pub const SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+    pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";
+    pub const PING: &str = "urn:xmpp:ping";
+    pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+    pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+    pub const VERSION: &str = "jabber:iq:version";
+    pub const REGISTER: &str = "jabber:iq:register";
+    pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
+    pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+}
