@@ -33,15 +33,19 @@ pub async fn writer(
     guard: crate::server::ConnGuard,
 ) {
     let mut buf = String::with_capacity(4096);
+    // The session drops the abort handle when it stops; queued data and the
+    // final close still come through `rx` then.
+    let mut abort_live = true;
     loop {
         let cmd = tokio::select! {
             biased;
-            err = &mut abort => {
-                match err {
-                    Ok(err) => Outbound::Close(Some(err)),
-                    Err(_) => Outbound::Close(None),
+            err = &mut abort, if abort_live => match err {
+                Ok(err) => Outbound::Close(Some(err)),
+                Err(_) => {
+                    abort_live = false;
+                    continue;
                 }
-            }
+            },
             cmd = rx.recv() => cmd.unwrap_or(Outbound::Close(None)),
         };
         let mut close = None;

@@ -1,0 +1,105 @@
+//! STARTTLS and direct TLS (RFC 6120 §5, XEP-0368).
+mod common;
+use common::*;
+
+#[tokio::test]
+async fn tls_is_required_before_auth() {
+    let s = Server::start();
+    s.add_user("alice", "pw");
+    let mut c = Client::connect(s.c2s).await;
+    let f = c.open().await;
+    let tls = f
+        .get_child("starttls", "urn:ietf:params:xml:ns:xmpp-tls")
+        .expect("starttls offered");
+    assert!(tls
+        .get_child("required", "urn:ietf:params:xml:ns:xmpp-tls")
+        .is_some());
+    assert!(
+        f.get_child("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl")
+            .is_none(),
+        "no SASL before TLS"
+    );
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        b64(b"\0alice\0pw")
+    ))
+    .await;
+    assert_eq!(c.stream_error().await, "policy-violation");
+}
+
+#[tokio::test]
+async fn bytes_pipelined_after_starttls_are_discarded() {
+    let s = Server::start();
+    s.add_user("alice", "pw");
+    let mut c = Client::connect(s.c2s).await;
+    c.open().await;
+    // RFC 6120 §5.4.3.3: anything sent after <starttls/> before the handshake
+    // must be ignored; here it would be a complete (fake) authentication.
+    c.send(&format!(
+        "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        b64(b"\0alice\0pw")
+    ))
+    .await;
+    let p = c.element().await;
+    assert_eq!(p.name, "proceed");
+    let mut c = c.upgrade().await;
+    // The stream after TLS starts fresh: features, not a SASL success.
+    let f = c.open().await;
+    assert!(f
+        .get_child("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl")
+        .is_some());
+    assert!(
+        c.quiet_for(std::time::Duration::from_millis(300)).await,
+        "pipelined bytes were processed"
+    );
+    c.auth_scram("SCRAM-SHA-256", "alice", "pw")
+        .await
+        .expect("auth");
+}
+
+#[tokio::test]
+async fn direct_tls_login() {
+    let s = Server::start();
+    s.add_user("alice", "pw");
+    let mut c = Client::connect_tls(s.c2s_tls.expect("direct TLS listener")).await;
+    let f = c.open().await;
+    assert!(
+        f.get_child("starttls", "urn:ietf:params:xml:ns:xmpp-tls")
+            .is_none(),
+        "no STARTTLS on a TLS stream"
+    );
+    c.auth_scram("SCRAM-SHA-256-PLUS", "alice", "pw")
+        .await
+        .expect("auth");
+    c.open().await;
+    c.bind(Some("tls")).await.expect("bind");
+}
+
+#[tokio::test]
+async fn plaintext_when_tls_is_not_required() {
+    let s = Server::start_with(&[("STARLING_C2S_REQUIRE_TLS", "false")]);
+    s.add_user("alice", "pw");
+    let mut c = Client::connect(s.c2s).await;
+    let f = c.open().await;
+    let mechs: Vec<String> = f
+        .get_child("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl")
+        .expect("mechanisms")
+        .elements()
+        .map(|e| e.text())
+        .collect();
+    assert!(mechs.contains(&"SCRAM-SHA-256".to_string()));
+    assert!(
+        !mechs.contains(&"PLAIN".to_string()),
+        "PLAIN only inside TLS"
+    );
+    assert!(!mechs.iter().any(|m| m.ends_with("-PLUS")));
+    assert_eq!(
+        c.auth_plain("alice", "pw").await,
+        Err("encryption-required".into())
+    );
+    c.auth_scram("SCRAM-SHA-256", "alice", "pw")
+        .await
+        .expect("auth");
+    c.open().await;
+    c.bind(None).await.expect("bind");
+}

@@ -1,0 +1,628 @@
+//! Test harness: runs the real `starling` binary with its own data dir and
+//! port-0 listeners on loopback, and a small XMPP client that speaks to it
+//! over real sockets.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader as StdBufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling::sasl::credentials::ScramHash;
+use starling::sasl::scram::client::ScramClient;
+use starling::xml::{Element, StreamEvent, XmlLimits, XmlStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::rustls;
+
+pub const DOMAIN: &str = "localhost";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_starling")
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub c2s: SocketAddr,
+    pub c2s_tls: Option<SocketAddr>,
+    pub dir: tempfile::TempDir,
+    stderr_log: std::path::PathBuf,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Start with extra `STARLING_*` settings.
+    pub fn start_with(env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Server::start_in(dir, env)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
+        let stderr_log = dir.path().join("stderr.log");
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("STARLING_DATA_DIR", dir.path().join("data"))
+            .env("STARLING_C2S_LISTEN", "127.0.0.1:0")
+            .env("STARLING_C2S_DIRECT_TLS_LISTEN", "127.0.0.1:0")
+            .env("STARLING_LOG_LEVEL", "debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log).expect("log file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn starling");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = StdBufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "server did not start: {}",
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                );
+            }
+        };
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .map(str::to_string)
+        };
+        let c2s = field("c2s")
+            .and_then(|a| a.parse().ok())
+            .expect("c2s address on ready line");
+        let c2s_tls = field("c2s_tls").and_then(|a| a.parse().ok());
+        Server {
+            child: Some(child),
+            c2s,
+            c2s_tls,
+            dir,
+            stderr_log,
+        }
+    }
+
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Run `starling user ...` against this node's data dir.
+    pub fn user_cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin())
+            .arg("user")
+            .args(args)
+            .env_clear()
+            .env("STARLING_DATA_DIR", self.data_dir())
+            .output()
+            .expect("run starling user")
+    }
+
+    pub fn add_user(&self, user: &str, password: &str) {
+        let out = self.user_cmd(&["add", user, "--password", password]);
+        assert!(
+            out.status.success(),
+            "user add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        for _ in 0..200 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("server did not exit within 10 s of SIGTERM");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Accepts any certificate: the server under test makes a self-signed one.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+pub const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+
+/// What a read produced.
+#[derive(Debug)]
+pub enum Got {
+    Element(Element),
+    Header,
+    End,
+    Closed,
+}
+
+pub struct Client {
+    reader: XmlStream<BufReader<ReadHalf<Conn>>>,
+    writer: WriteHalf<Conn>,
+    pub jid: Option<String>,
+    pending: std::collections::VecDeque<Element>,
+    next_id: u32,
+    /// tls-exporter channel binding (RFC 9266), when on TLS 1.3.
+    pub exporter: Option<Vec<u8>>,
+}
+
+impl Client {
+    fn from_conn(conn: Conn) -> Client {
+        let exporter = match &conn {
+            Conn::Tls(t) => t
+                .get_ref()
+                .1
+                .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+                .ok(),
+            Conn::Plain(_) => None,
+        };
+        let (r, w) = tokio::io::split(conn);
+        Client {
+            reader: XmlStream::new(
+                BufReader::new(r),
+                XmlLimits {
+                    max_stanza_bytes: 16 << 20,
+                    ..XmlLimits::default()
+                },
+            ),
+            writer: w,
+            jid: None,
+            pending: Default::default(),
+            next_id: 1,
+            exporter,
+        }
+    }
+
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect timeout")
+            .expect("connect");
+        Client::from_conn(Conn::Plain(tcp))
+    }
+
+    /// Connect from a chosen loopback source address (127.0.0.x).
+    pub async fn connect_from(addr: SocketAddr, src: IpAddr) -> Client {
+        let sock = TcpSocket::new_v4().expect("socket");
+        sock.bind(SocketAddr::new(src, 0)).expect("bind source");
+        let tcp = tokio::time::timeout(WAIT, sock.connect(addr))
+            .await
+            .expect("connect timeout")
+            .expect("connect");
+        Client::from_conn(Conn::Plain(tcp))
+    }
+
+    pub async fn connect_tls(addr: SocketAddr) -> Client {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = tokio::time::timeout(WAIT, tls_connector().connect(name, tcp))
+            .await
+            .expect("tls timeout")
+            .expect("tls");
+        Client::from_conn(Conn::Tls(Box::new(tls)))
+    }
+
+    pub async fn send(&mut self, data: &str) {
+        self.writer.write_all(data.as_bytes()).await.expect("write");
+        self.writer.flush().await.expect("flush");
+    }
+
+    /// Send, tolerating a peer that already closed.
+    pub async fn try_send(&mut self, data: &str) -> bool {
+        self.writer.write_all(data.as_bytes()).await.is_ok() && self.writer.flush().await.is_ok()
+    }
+
+    pub async fn read(&mut self) -> Got {
+        loop {
+            let ev = tokio::time::timeout(WAIT, self.reader.next())
+                .await
+                .expect("timed out waiting for the server");
+            return match ev {
+                Ok(StreamEvent::Header(_)) => Got::Header,
+                Ok(StreamEvent::Stanza(el)) => Got::Element(el),
+                Ok(StreamEvent::Keepalive) => continue,
+                Ok(StreamEvent::End) => Got::End,
+                Err(_) => Got::Closed,
+            };
+        }
+    }
+
+    /// The next element (pending first); panics on anything else.
+    pub async fn element(&mut self) -> Element {
+        if let Some(el) = self.pending.pop_front() {
+            return el;
+        }
+        match self.read().await {
+            Got::Element(el) => el,
+            other => panic!("expected an element, got {other:?}"),
+        }
+    }
+
+    /// Open a stream and return the features.
+    pub async fn open(&mut self) -> Element {
+        self.send(HEADER).await;
+        match self.read().await {
+            Got::Header => {}
+            other => panic!("expected a stream header, got {other:?}"),
+        }
+        let f = self.element().await;
+        assert_eq!(f.name, "features", "{f:?}");
+        f
+    }
+
+    /// Read until a stream error; returns its condition. Also checks the
+    /// stream is then closed.
+    pub async fn stream_error(&mut self) -> String {
+        loop {
+            match self.read().await {
+                Got::Header => continue,
+                Got::Element(el)
+                    if el.name == "error" && el.ns == "http://etherx.jabber.org/streams" =>
+                {
+                    let cond = el
+                        .elements()
+                        .find(|c| c.name != "text")
+                        .map(|c| c.name.clone())
+                        .expect("condition element");
+                    let after = self.read().await;
+                    assert!(
+                        matches!(after, Got::End | Got::Closed),
+                        "stream not closed after error: {after:?}"
+                    );
+                    return cond;
+                }
+                Got::Element(_) => continue,
+                other => panic!("expected a stream error, got {other:?}"),
+            }
+        }
+    }
+
+    /// STARTTLS: returns the client on the TLS stream (stream not yet reopened).
+    pub async fn starttls(mut self) -> Client {
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await;
+        let p = self.element().await;
+        assert_eq!(p.name, "proceed", "{p:?}");
+        self.upgrade().await
+    }
+
+    /// Swap to TLS; any bytes read ahead are dropped.
+    pub async fn upgrade(self) -> Client {
+        let r = self.reader.into_inner().into_inner();
+        let Conn::Plain(tcp) = r.unsplit(self.writer) else {
+            panic!("already TLS")
+        };
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = tokio::time::timeout(WAIT, tls_connector().connect(name, tcp))
+            .await
+            .expect("tls timeout")
+            .expect("tls handshake");
+        Client::from_conn(Conn::Tls(Box::new(tls)))
+    }
+
+    /// SASL with a SCRAM mechanism; Ok on success, Err(condition) on failure.
+    pub async fn auth_scram(
+        &mut self,
+        mech: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<(), String> {
+        let hash = if mech.starts_with("SCRAM-SHA-256") {
+            ScramHash::Sha256
+        } else {
+            ScramHash::Sha1
+        };
+        let cb = if mech.ends_with("-PLUS") {
+            Some(self.exporter.clone().expect("TLS for -PLUS"))
+        } else {
+            None
+        };
+        let client = ScramClient::new(hash, user, password, cb);
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mech}'>{}</auth>",
+            b64(&client.first())
+        ))
+        .await;
+        let ch = self.element().await;
+        if ch.name == "failure" {
+            return Err(condition(&ch));
+        }
+        assert_eq!(ch.name, "challenge", "{ch:?}");
+        let server_first = unb64(&ch.text());
+        let (fin, expected) = client
+            .final_message(&server_first)
+            .expect("server-first parses");
+        self.send(&format!(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            b64(&fin)
+        ))
+        .await;
+        let res = self.element().await;
+        match res.name.as_str() {
+            "success" => {
+                assert_eq!(unb64(&res.text()), expected, "server signature must verify");
+                self.reader.restart();
+                Ok(())
+            }
+            "failure" => Err(condition(&res)),
+            _ => panic!("unexpected {res:?}"),
+        }
+    }
+
+    pub async fn auth_plain(&mut self, user: &str, password: &str) -> Result<(), String> {
+        let msg = format!("\0{user}\0{password}");
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+            b64(msg.as_bytes())
+        ))
+        .await;
+        let res = self.element().await;
+        match res.name.as_str() {
+            "success" => {
+                self.reader.restart();
+                Ok(())
+            }
+            "failure" => Err(condition(&res)),
+            _ => panic!("unexpected {res:?}"),
+        }
+    }
+
+    /// Bind; Ok(full JID) or Err(error condition).
+    pub async fn bind(&mut self, resource: Option<&str>) -> Result<String, String> {
+        let res = resource
+            .map(|r| format!("<resource>{r}</resource>"))
+            .unwrap_or_default();
+        self.send(&format!("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{res}</bind></iq>")).await;
+        let iq = self.element().await;
+        assert_eq!(iq.attr("id"), Some("bind1"), "{iq:?}");
+        if iq.attr("type") == Some("result") {
+            let jid = iq
+                .get_child("bind", "urn:ietf:params:xml:ns:xmpp-bind")
+                .and_then(|b| b.get_child("jid", "urn:ietf:params:xml:ns:xmpp-bind"))
+                .map(|j| j.text())
+                .expect("bound jid");
+            self.jid = Some(jid.clone());
+            Ok(jid)
+        } else {
+            Err(stanza_condition(&iq).unwrap_or_default())
+        }
+    }
+
+    /// Full login over STARTTLS with SCRAM-SHA-256, bound to `resource`.
+    pub async fn login(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Client {
+        let mut c = Client::connect(addr).await;
+        c.open().await;
+        let mut c = c.starttls().await;
+        c.open().await;
+        c.auth_scram("SCRAM-SHA-256", user, password)
+            .await
+            .expect("login");
+        let f = c.open().await;
+        assert!(f
+            .get_child("bind", "urn:ietf:params:xml:ns:xmpp-bind")
+            .is_some());
+        c.bind(Some(resource)).await.expect("bind");
+        c
+    }
+
+    /// Log in and send initial presence (and eat its echo).
+    pub async fn online(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Client {
+        let mut c = Client::login(addr, user, password, resource).await;
+        c.send("<presence/>").await;
+        let echo = c.stanza("presence").await;
+        assert_eq!(echo.attr("from"), c.jid.as_deref());
+        c
+    }
+
+    pub fn new_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("t{}", self.next_id)
+    }
+
+    /// Send an iq (its id is set here) and wait for the answer to it.
+    pub async fn iq(&mut self, mut iq: Element) -> Element {
+        let id = self.new_id();
+        iq.set_attr("id", id.clone());
+        self.send(&iq.to_xml("jabber:client")).await;
+        self.wait_for(|e| e.name == "iq" && e.attr("id") == Some(id.as_str()))
+            .await
+    }
+
+    /// The next stanza matching `pred`; others stay queued for later reads.
+    pub async fn wait_for(&mut self, pred: impl Fn(&Element) -> bool) -> Element {
+        if let Some(i) = self.pending.iter().position(&pred) {
+            return self.pending.remove(i).expect("index");
+        }
+        loop {
+            match self.read().await {
+                Got::Element(el) if pred(&el) => return el,
+                Got::Element(el) => self.pending.push_back(el),
+                other => panic!("stream ended while waiting: {other:?}"),
+            }
+        }
+    }
+
+    pub async fn stanza(&mut self, name: &str) -> Element {
+        self.wait_for(|e| e.name == name).await
+    }
+
+    /// True if nothing arrives within `d`.
+    pub async fn quiet_for(&mut self, d: Duration) -> bool {
+        if !self.pending.is_empty() {
+            return false;
+        }
+        match tokio::time::timeout(d, self.reader.next()).await {
+            Err(_) => true,
+            Ok(Ok(StreamEvent::Keepalive)) => true,
+            Ok(other) => {
+                if let Ok(StreamEvent::Stanza(el)) = other {
+                    self.pending.push_back(el);
+                }
+                false
+            }
+        }
+    }
+}
+
+pub fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+pub fn unb64(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .expect("base64")
+}
+
+/// The condition inside a SASL failure.
+pub fn condition(el: &Element) -> String {
+    el.elements()
+        .find(|c| c.name != "text")
+        .map(|c| c.name.clone())
+        .unwrap_or_default()
+}
+
+/// The defined condition of a stanza error.
+pub fn stanza_condition(stanza: &Element) -> Option<String> {
+    let err = stanza.get_child("error", "jabber:client")?;
+    err.elements()
+        .find(|c| c.ns == "urn:ietf:params:xml:ns:xmpp-stanzas" && c.name != "text")
+        .map(|c| c.name.clone())
+}
+
+pub fn iq_get(to: Option<&str>, payload: Element) -> Element {
+    let mut iq = Element::new("iq", "jabber:client")
+        .with_attr("type", "get")
+        .with_child(payload);
+    if let Some(t) = to {
+        iq.set_attr("to", t);
+    }
+    iq
+}
