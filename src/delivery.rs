@@ -202,9 +202,7 @@ fn presence(ctx: &ServerCtx, from: &FullJid, pres: Element, to: Option<Jid>) -> 
                 .get_child("priority", ns::CLIENT)
                 .and_then(|p| p.text().trim().parse::<i8>().ok())
                 .unwrap_or(0);
-            let Some(me) = ctx.router.get_full(from) else {
-                return None;
-            };
+            let me = ctx.router.get_full(from)?;
             let was_available = me.available;
             ctx.router.set_presence(from, me.id, available, priority);
             if available || was_available {

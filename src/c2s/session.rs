@@ -122,7 +122,7 @@ impl C2sSession {
         // claim its own full or bare JID.
         if let Some(from) = el.attr("from") {
             let ok = match Jid::new(from) {
-                Ok(j) => j == Jid::from(self.jid.clone()) || j == Jid::from(self.jid.to_bare()),
+                Ok(j) => j == self.jid.clone() || j == self.jid.to_bare(),
                 Err(_) => false,
             };
             if !ok {

@@ -1,0 +1,194 @@
+//! Server modules: disco (XEP-0030), ping (XEP-0199), version (XEP-0092),
+//! in-band registration (XEP-0077).
+mod common;
+use common::*;
+use starling::xml::Element;
+
+const REG: &str = "jabber:iq:register";
+
+#[tokio::test]
+async fn disco_ping_version() {
+    let s = Server::start();
+    s.add_user("alice", "pw");
+    let mut a = Client::online(s.c2s, "alice", "pw", "desk").await;
+    let info = a
+        .iq(iq_get(
+            Some("localhost"),
+            Element::new("query", "http://jabber.org/protocol/disco#info"),
+        ))
+        .await;
+    assert_eq!(info.attr("type"), Some("result"));
+    assert_eq!(info.attr("from"), Some("localhost"));
+    let q = info
+        .get_child("query", "http://jabber.org/protocol/disco#info")
+        .unwrap();
+    let id = q
+        .get_child("identity", "http://jabber.org/protocol/disco#info")
+        .unwrap();
+    assert_eq!(
+        (id.attr("category"), id.attr("type")),
+        (Some("server"), Some("im"))
+    );
+    let mut features: Vec<&str> = q
+        .elements()
+        .filter(|e| e.name == "feature")
+        .filter_map(|e| e.attr("var"))
+        .collect();
+    features.sort();
+    // Exactly what is implemented.
+    assert_eq!(
+        features,
+        vec![
+            "http://jabber.org/protocol/disco#info",
+            "http://jabber.org/protocol/disco#items",
+            "jabber:iq:register",
+            "jabber:iq:version",
+            "urn:xmpp:ping"
+        ]
+    );
+    let items = a
+        .iq(iq_get(
+            Some("localhost"),
+            Element::new("query", "http://jabber.org/protocol/disco#items"),
+        ))
+        .await;
+    assert_eq!(items.attr("type"), Some("result"));
+    let node = a
+        .iq(iq_get(
+            Some("localhost"),
+            Element::new("query", "http://jabber.org/protocol/disco#info").with_attr("node", "x"),
+        ))
+        .await;
+    assert_eq!(stanza_condition(&node).as_deref(), Some("item-not-found"));
+    let mine = a
+        .iq(iq_get(
+            None,
+            Element::new("query", "http://jabber.org/protocol/disco#info"),
+        ))
+        .await;
+    let q = mine
+        .get_child("query", "http://jabber.org/protocol/disco#info")
+        .unwrap();
+    assert_eq!(
+        q.get_child("identity", "http://jabber.org/protocol/disco#info")
+            .unwrap()
+            .attr("category"),
+        Some("account")
+    );
+
+    let pong = a
+        .iq(iq_get(
+            Some("localhost"),
+            Element::new("ping", "urn:xmpp:ping"),
+        ))
+        .await;
+    assert_eq!(pong.attr("type"), Some("result"));
+    assert!(pong.elements().next().is_none());
+
+    let v = a
+        .iq(iq_get(
+            Some("localhost"),
+            Element::new("query", "jabber:iq:version"),
+        ))
+        .await;
+    let q = v.get_child("query", "jabber:iq:version").unwrap();
+    assert_eq!(
+        q.get_child("name", "jabber:iq:version").unwrap().text(),
+        "Starling"
+    );
+    assert_eq!(
+        q.get_child("version", "jabber:iq:version").unwrap().text(),
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+async fn pre_auth_stream(s: &Server) -> (Client, Element) {
+    let mut c = Client::connect(s.c2s).await;
+    c.open().await;
+    let mut c = c.starttls().await;
+    let f = c.open().await;
+    (c, f)
+}
+
+fn register_set(user: &str, pw: &str) -> Element {
+    Element::new("iq", "jabber:client")
+        .with_attr("type", "set")
+        .with_child(
+            Element::new("query", REG)
+                .with_child(Element::new("username", REG).with_text(user))
+                .with_child(Element::new("password", REG).with_text(pw)),
+        )
+}
+
+#[tokio::test]
+async fn registration_closed_by_default() {
+    let s = Server::start();
+    let (mut c, f) = pre_auth_stream(&s).await;
+    assert!(f
+        .get_child("register", "http://jabber.org/features/iq-register")
+        .is_none());
+    let r = c.iq(register_set("eve", "pw")).await;
+    assert_eq!(stanza_condition(&r).as_deref(), Some("service-unavailable"));
+    let out = s.user_cmd(&["list"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("eve"));
+}
+
+#[tokio::test]
+async fn register_change_password_cancel() {
+    let s = Server::start_with(&[("STARLING_REGISTRATION_ALLOW", "true")]);
+    s.add_user("taken", "pw");
+    let (mut c, f) = pre_auth_stream(&s).await;
+    assert!(f
+        .get_child("register", "http://jabber.org/features/iq-register")
+        .is_some());
+    let form = c.iq(iq_get(None, Element::new("query", REG))).await;
+    let q = form.get_child("query", REG).expect("form");
+    assert!(q.get_child("username", REG).is_some() && q.get_child("password", REG).is_some());
+    let r = c.iq(register_set("taken", "x")).await;
+    assert_eq!(stanza_condition(&r).as_deref(), Some("conflict"));
+    let r = c
+        .iq(Element::new("iq", "jabber:client")
+            .with_attr("type", "set")
+            .with_child(
+                Element::new("query", REG)
+                    .with_child(Element::new("username", REG).with_text("nopw")),
+            ))
+        .await;
+    assert_eq!(stanza_condition(&r).as_deref(), Some("not-acceptable"));
+    let r = c.iq(register_set("bad@name", "x")).await;
+    assert_eq!(stanza_condition(&r).as_deref(), Some("jid-malformed"));
+    let r = c.iq(register_set("newbie", "first-pw")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    // Same stream goes on to log in with the new account.
+    c.auth_scram("SCRAM-SHA-256", "newbie", "first-pw")
+        .await
+        .expect("login as the new account");
+
+    // Change the password while logged in.
+    let mut n = Client::online(s.c2s, "newbie", "first-pw", "r").await;
+    let r = n.iq(register_set("someoneelse", "x")).await;
+    assert_eq!(stanza_condition(&r).as_deref(), Some("not-allowed"));
+    let r = n.iq(register_set("newbie", "second-pw")).await;
+    assert_eq!(r.attr("type"), Some("result"));
+    let (mut c, _) = pre_auth_stream(&s).await;
+    assert_eq!(
+        c.auth_scram("SCRAM-SHA-256", "newbie", "first-pw").await,
+        Err("not-authorized".into())
+    );
+    let mut other = Client::online(s.c2s, "newbie", "second-pw", "other").await;
+
+    // Cancel: the reply, then the stream ends; other sessions end too.
+    let r = n
+        .iq(Element::new("iq", "jabber:client")
+            .with_attr("type", "set")
+            .with_child(Element::new("query", REG).with_child(Element::new("remove", REG))))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"));
+    assert_eq!(n.stream_error().await, "not-authorized");
+    assert_eq!(other.stream_error().await, "not-authorized");
+    let (mut c, _) = pre_auth_stream(&s).await;
+    assert_eq!(
+        c.auth_scram("SCRAM-SHA-256", "newbie", "second-pw").await,
+        Err("not-authorized".into())
+    );
+}

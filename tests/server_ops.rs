@@ -1,0 +1,183 @@
+//! Running a node: config errors, graceful shutdown, account management.
+mod common;
+use common::*;
+use std::process::Command;
+
+fn serve_with(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .env_clear()
+        .env("STARLING_DATA_DIR", dir.path().join("data"))
+        .env("STARLING_C2S_LISTEN", "127.0.0.1:0")
+        .env("STARLING_C2S_DIRECT_TLS_LISTEN", "127.0.0.1:0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // Bounded: a config error exits at once; never wait on a server that started.
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("expected the command to exit");
+}
+
+fn one_line_error(out: &std::process::Output, needle: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit status; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(needle), "{needle:?} named in: {err}");
+}
+
+#[test]
+fn config_errors_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.toml");
+    std::fs::write(
+        &f,
+        "domain = 'x.example'\n[c2s]\nlisten = '127.0.0.1:0'\nlisen = 'oops'\n",
+    )
+    .unwrap();
+    one_line_error(
+        &serve_with(&[], &["serve", "--config", f.to_str().unwrap()]),
+        "lisen",
+    );
+    std::fs::write(&f, "[limits]\nmax_stanza_size = 'big'\n").unwrap();
+    one_line_error(
+        &serve_with(&[], &["serve", "--config", f.to_str().unwrap()]),
+        "max_stanza_size",
+    );
+    one_line_error(
+        &serve_with(&[("STARLING_C2S_LISTEN", "not-an-address")], &["serve"]),
+        "c2s.listen",
+    );
+    one_line_error(
+        &serve_with(&[("STARLING_LIMITS_AUTH_TIMEOUT_SECS", "soon")], &["serve"]),
+        "STARLING_LIMITS_AUTH_TIMEOUT_SECS",
+    );
+    one_line_error(
+        &serve_with(&[("STARLING_NO_SUCH_THING", "1")], &["serve"]),
+        "no_such_thing",
+    );
+    one_line_error(
+        &serve_with(&[], &["serve", "--config", "/nonexistent/starling.toml"]),
+        "/nonexistent/starling.toml",
+    );
+    // A port in use names the address.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    one_line_error(
+        &serve_with(&[("STARLING_C2S_LISTEN", &addr)], &["serve"]),
+        &addr,
+    );
+}
+
+#[tokio::test]
+async fn sigterm_sends_system_shutdown_and_exits_0() {
+    let mut s = Server::start();
+    s.add_user("alice", "pw");
+    let mut a = Client::online(s.c2s, "alice", "pw", "desk").await;
+    // One more connection still negotiating.
+    let mut pending = Client::connect(s.c2s).await;
+    pending.open().await;
+    let status = tokio::task::spawn_blocking(move || {
+        let st = s.terminate();
+        (st, s)
+    });
+    assert_eq!(a.stream_error().await, "system-shutdown");
+    assert_eq!(pending.stream_error().await, "system-shutdown");
+    let (status, s) = status.await.unwrap();
+    assert!(status.success(), "exit status {status:?}; log: {}", s.log());
+}
+
+#[tokio::test]
+async fn user_commands_offline_and_against_a_running_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let user = |args: &[&str], stdin: Option<&str>| {
+        let mut cmd = Command::new(bin());
+        cmd.arg("user")
+            .args(args)
+            .env_clear()
+            .env("STARLING_DATA_DIR", &data);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    };
+    // Offline, directly on the data dir; password from stdin.
+    assert!(user(&["add", "alice"], Some("from-stdin\n"))
+        .status
+        .success());
+    assert!(user(&["add", "bob", "-p", "pw"], None).status.success());
+    let dup = user(&["add", "bob", "-p", "pw"], None);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+    let bad = user(&["add", "a@b", "-p", "pw"], None);
+    assert!(!bad.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&user(&["list"], None).stdout),
+        "alice\nbob\n"
+    );
+
+    // Now with the node running on the same data dir: through the admin socket.
+    let s = Server::start_in(dir, &[]);
+    let data = s.data_dir();
+    let user = |args: &[&str]| {
+        Command::new(bin())
+            .arg("user")
+            .args(args)
+            .env_clear()
+            .env("STARLING_DATA_DIR", &data)
+            .output()
+            .unwrap()
+    };
+    Client::login(s.c2s, "alice", "from-stdin", "r").await;
+    assert!(user(&["passwd", "alice", "-p", "changed"]).status.success());
+    assert!(user(&["add", "carol", "-p", "pw3"]).status.success());
+    let mut carol = Client::online(s.c2s, "carol", "pw3", "r").await;
+    let mut c = Client::connect(s.c2s).await;
+    c.open().await;
+    let mut c = c.starttls().await;
+    c.open().await;
+    assert_eq!(
+        c.auth_scram("SCRAM-SHA-256", "alice", "from-stdin").await,
+        Err("not-authorized".into())
+    );
+    c.auth_scram("SCRAM-SHA-256", "alice", "changed")
+        .await
+        .expect("new password");
+    // Deleting an account ends its sessions.
+    assert!(user(&["del", "carol"]).status.success());
+    assert_eq!(carol.stream_error().await, "not-authorized");
+    assert_eq!(
+        String::from_utf8_lossy(&user(&["list"]).stdout),
+        "alice\nbob\n"
+    );
+    let missing = user(&["del", "nobody"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no account"));
+}
