@@ -70,7 +70,12 @@ pub async fn writer(
             w.write_all(buf.as_bytes()).await?;
             w.flush().await
         };
-        let ok = matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())));
+        // An abort while a write is blocked (the client stopped reading)
+        // drops the connection at once: an error cannot be written mid-stanza.
+        let ok = tokio::select! {
+            r = tokio::time::timeout(WRITE_TIMEOUT, write) => matches!(r, Ok(Ok(()))),
+            _ = &mut abort, if abort_live => false,
+        };
         buf.clear();
         if close.is_some() || !ok {
             let _ = tokio::time::timeout(Duration::from_secs(2), w.shutdown()).await;
