@@ -99,6 +99,10 @@ pub struct LimitsConfig {
     pub outbound_queue: usize,
     /// SASL attempts on one stream before it is closed (RFC 6120 §6.4.5).
     pub max_auth_attempts: u32,
+    /// Messages kept for an offline user (XEP-0160); more get <resource-constraint/>.
+    pub offline_messages: usize,
+    /// Largest vCard (XEP-0054) or private XML fragment (XEP-0049), in bytes.
+    pub vcard_size: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,6 +151,8 @@ impl Default for LimitsConfig {
             ping_timeout_secs: 60,
             outbound_queue: 1024,
             max_auth_attempts: 5,
+            offline_messages: 1000,
+            vcard_size: 64 * 1024,
         }
     }
 }
@@ -282,6 +288,8 @@ impl Config {
             ("limits.ping_timeout_secs", l.ping_timeout_secs),
             ("limits.outbound_queue", l.outbound_queue as u64),
             ("limits.max_auth_attempts", l.max_auth_attempts as u64),
+            ("limits.offline_messages", l.offline_messages as u64),
+            ("limits.vcard_size", l.vcard_size as u64),
         ] {
             if v == 0 {
                 return Err(ConfigError::BadValue {

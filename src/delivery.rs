@@ -1,15 +1,19 @@
 //! What happens to a stanza a local client sent (RFC 6120 §8, RFC 6121 §8):
-//! server-handled iqs go to the modules, everything else is delivered by
-//! address. Presence here is only what one node knows: available flags and
-//! priorities of the user's own sessions; rosters come with the IM work.
+//! iqs for the server or an account go to the modules; messages are
+//! delivered by address, stored offline (XEP-0160) when nobody can take
+//! them, and copied to carbons-enabled resources (XEP-0280); presence goes
+//! to the presence module.
 
+use actix::Addr;
 use jid::{BareJid, FullJid, Jid};
 
 use crate::c2s::session::bounce;
-use crate::modules::{Addressee, IqKind};
+use crate::modules::{blocking, carbons, Addressee, IqKind};
+use crate::presence::UserPresence;
 use crate::router::{deliver, SessionEntry};
 use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
+use crate::state::{Command, StateError};
 use crate::stream::StreamError;
 use crate::xml::{ns, Element};
 
@@ -31,21 +35,40 @@ impl Outcome {
     }
 }
 
-/// Route a stanza from the local session `from` (its 'from' already stamped).
-pub fn from_client(ctx: &ServerCtx, from: &FullJid, stanza: Element) -> Outcome {
+/// The session a stanza came from.
+pub struct Sender<'a> {
+    pub jid: &'a FullJid,
+    pub session_id: u64,
+    pub presence: &'a Addr<UserPresence>,
+}
+
+/// Route a stanza from a local session (its 'from' already stamped).
+pub fn from_client(ctx: &ServerCtx, sender: &Sender, stanza: Element) -> Outcome {
     let to = match stanza.attr("to").map(Jid::new) {
         None => None,
         Some(Ok(j)) => Some(j),
         Some(Err(_)) => return Outcome::reply(bounce(&stanza, StanzaCondition::JidMalformed)),
     };
+    let from = sender.jid;
     match stanza.name.as_str() {
-        "iq" => iq(ctx, from, stanza, to),
-        "message" => Outcome::reply(message(
+        "iq" => iq(ctx, sender, stanza, to),
+        "message" => {
+            let to = to.unwrap_or_else(|| from.to_bare().into());
+            let user = from.node().map(|n| n.as_str()).unwrap_or_default();
+            if blocking::blocks(ctx, user, to.as_str()) && stanza.attr("type") != Some("error") {
+                return Outcome::reply(Some(blocking::blocked_error(&stanza)));
+            }
+            carbons::copy_sent(ctx, from, &stanza);
+            Outcome::reply(message(ctx, stanza, to))
+        }
+        _ => Outcome::reply(crate::presence::from_client(
             ctx,
+            from,
+            sender.session_id,
+            sender.presence,
             stanza,
-            to.unwrap_or_else(|| from.to_bare().into()),
+            to,
         )),
-        _ => Outcome::reply(presence(ctx, from, stanza, to)),
     }
 }
 
@@ -53,7 +76,8 @@ fn is_local(ctx: &ServerCtx, jid: &Jid) -> bool {
     jid.domain().as_str() == ctx.config.domain
 }
 
-fn iq(ctx: &ServerCtx, from: &FullJid, iq: Element, to: Option<Jid>) -> Outcome {
+fn iq(ctx: &ServerCtx, sender: &Sender, iq: Element, to: Option<Jid>) -> Outcome {
+    let from = sender.jid;
     let kind = match iq.attr("type") {
         Some("get") => Some(IqKind::Get),
         Some("set") => Some(IqKind::Set),
@@ -82,17 +106,36 @@ fn iq(ctx: &ServerCtx, from: &FullJid, iq: Element, to: Option<Jid>) -> Outcome 
         ));
     }
     let own_bare = from.to_bare();
-    let addressee = match &to {
-        None => Some(Addressee::Account),
-        Some(j) if j.is_bare() && j.node().is_none() && is_local(ctx, j) => Some(Addressee::Host),
-        Some(j) if j.is_bare() && j.to_bare() == own_bare => Some(Addressee::Account),
-        _ => None,
+    let (addressee, target) = match &to {
+        None => (Some(Addressee::Account), None),
+        Some(j) if j.is_bare() && j.node().is_none() && is_local(ctx, j) => {
+            (Some(Addressee::Host), None)
+        }
+        Some(j) if j.is_bare() && j.to_bare() == own_bare => (Some(Addressee::Account), None),
+        Some(j) if j.is_bare() && is_local(ctx, j) => {
+            (Some(Addressee::OtherAccount), Some(j.to_bare()))
+        }
+        _ => (None, None),
     };
     if let Some(addressee) = addressee {
         let Some(kind) = kind else {
             return Outcome::default(); // a result or error for the server: nothing to do
         };
-        return crate::modules::dispatch(ctx, from, &iq, kind, addressee);
+        if let Some(t) = &target {
+            let owner = t.node().map(|n| n.as_str()).unwrap_or_default();
+            if !ctx.state.account_exists(owner) || blocking::blocks(ctx, owner, from.as_str()) {
+                return Outcome::reply(bounce(&iq, StanzaCondition::ServiceUnavailable));
+            }
+        }
+        return crate::modules::dispatch(
+            ctx,
+            from,
+            sender.session_id,
+            &iq,
+            kind,
+            addressee,
+            target,
+        );
     }
     let Some(to) = to else {
         return Outcome::default();
@@ -100,8 +143,14 @@ fn iq(ctx: &ServerCtx, from: &FullJid, iq: Element, to: Option<Jid>) -> Outcome 
     if !is_local(ctx, &to) {
         return Outcome::reply(bounce(&iq, StanzaCondition::RemoteServerNotFound));
     }
+    let user = from.node().map(|n| n.as_str()).unwrap_or_default();
+    if kind.is_some() && blocking::blocks(ctx, user, to.as_str()) {
+        return Outcome::reply(Some(blocking::blocked_error(&iq)));
+    }
+    let recipient = to.node().map(|n| n.as_str()).unwrap_or_default();
+    let blocked = blocking::blocks(ctx, recipient, from.as_str());
     match to.try_as_full() {
-        Ok(full) => match ctx.router.get_full(full) {
+        Ok(full) => match ctx.router.get_full(full).filter(|_| !blocked) {
             Some(entry) => {
                 deliver(&entry, iq);
                 Outcome::default()
@@ -111,17 +160,13 @@ fn iq(ctx: &ServerCtx, from: &FullJid, iq: Element, to: Option<Jid>) -> Outcome 
             }
             None => Outcome::default(),
         },
-        // RFC 6121 §8.5.3: an iq to another account's bare JID is answered by
-        // the server on its behalf; nothing here handles one yet.
-        Err(_) if kind.is_some() => {
-            Outcome::reply(bounce(&iq, StanzaCondition::ServiceUnavailable))
-        }
         Err(_) => Outcome::default(),
     }
 }
 
-/// RFC 6121 §8.5 for messages; returns an error reply for the sender, if any.
-fn message(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
+/// RFC 6121 §8.5 for a message to a local or remote address; returns an
+/// error reply for the sender, if any.
+pub fn message(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
     let mtype = msg.attr("type").unwrap_or("normal").to_string();
     if !is_local(ctx, &to) {
         return bounce(&msg, StanzaCondition::RemoteServerNotFound);
@@ -131,15 +176,21 @@ fn message(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
         return bounce(&msg, StanzaCondition::ServiceUnavailable).filter(|_| mtype != "headline");
     };
     let username = node.as_str();
-    if !ctx.state.account_exists(username) {
-        // §8.5.1: no such user.
+    let exists = ctx.state.account_exists(username);
+    let blocked = msg
+        .attr("from")
+        .is_some_and(|f| blocking::blocks(ctx, username, f));
+    if !exists || blocked {
+        // §8.5.1 (no such user) and XEP-0191 §3.5 (blocked sender).
         return match mtype.as_str() {
             "headline" | "error" => None,
             _ => bounce(&msg, StanzaCondition::ServiceUnavailable),
         };
     }
+    let bare = to.to_bare();
     if let Ok(full) = to.try_as_full() {
         if let Some(entry) = ctx.router.get_full(full) {
+            carbons::copy_received(ctx, &bare, &msg, std::slice::from_ref(&entry));
             deliver(&entry, msg);
             return None;
         }
@@ -148,26 +199,56 @@ fn message(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
             return bounce(&msg, StanzaCondition::ServiceUnavailable);
         }
     }
-    let bare = to.to_bare();
     let targets = bare_targets(ctx, &bare);
     match mtype.as_str() {
         "groupchat" => bounce(&msg, StanzaCondition::ServiceUnavailable),
-        "error" => {
+        "error" | "headline" => {
             targets.iter().for_each(|t| deliver(t, msg.clone()));
             None
         }
-        "headline" => {
-            targets.iter().for_each(|t| deliver(t, msg.clone()));
-            None
-        }
-        _ if targets.is_empty() => {
-            // §8.5.2.2: no available resource. Offline storage comes with
-            // the IM work; until then the sender learns it was not delivered.
-            bounce(&msg, StanzaCondition::ServiceUnavailable)
-        }
+        // §8.5.2.2 / XEP-0160: nobody to take it now: keep it for later.
+        _ if targets.is_empty() => store_offline(ctx, username, msg),
         _ => {
+            carbons::copy_received(ctx, &bare, &msg, &targets);
             targets.iter().for_each(|t| deliver(t, msg.clone()));
             None
+        }
+    }
+}
+
+/// XEP-0160 with a XEP-0203 delay stamp; a full queue answers
+/// `<resource-constraint/>` rather than dropping the message.
+fn store_offline(ctx: &ServerCtx, username: &str, mut msg: Element) -> Option<Element> {
+    if msg.get_child("body", ns::CLIENT).is_none() && msg.elements().next().is_none() {
+        return None; // nothing worth keeping
+    }
+    msg.push_child(
+        Element::new("delay", "urn:xmpp:delay")
+            .with_attr("from", ctx.config.domain.clone())
+            .with_attr("stamp", crate::time::xep82(crate::time::unix_now()))
+            .with_text("Offline Storage"),
+    );
+    let cmd = Command::OfflinePush {
+        username: username.to_string(),
+        stanza: msg.to_xml(ns::CLIENT),
+        quota: ctx.config.limits.offline_messages,
+    };
+    match ctx.state.apply(&cmd) {
+        Ok(_) => None,
+        Err(StateError::QuotaExceeded(_)) => {
+            msg.children.pop();
+            Some(
+                StanzaError::with_text(
+                    StanzaCondition::ResourceConstraint,
+                    "the recipient's offline storage is full",
+                )
+                .reply_to(&msg),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "offline storage failed");
+            msg.children.pop();
+            bounce(&msg, StanzaCondition::InternalServerError)
         }
     }
 }
@@ -184,71 +265,4 @@ fn bare_targets(ctx: &ServerCtx, bare: &BareJid) -> Vec<SessionEntry> {
         return Vec::new();
     };
     avail.into_iter().filter(|e| e.priority == top).collect()
-}
-
-/// RFC 6121 §4: broadcast presence goes to the user's own available
-/// resources (contacts come with rosters); directed presence to its target.
-fn presence(ctx: &ServerCtx, from: &FullJid, pres: Element, to: Option<Jid>) -> Option<Element> {
-    let ptype = pres.attr("type").unwrap_or("available").to_string();
-    match to {
-        None => {
-            let available = match ptype.as_str() {
-                "available" => true,
-                "unavailable" => false,
-                // Subscription management without a 'to' is meaningless.
-                _ => return bounce(&pres, StanzaCondition::BadRequest),
-            };
-            let priority = pres
-                .get_child("priority", ns::CLIENT)
-                .and_then(|p| p.text().trim().parse::<i8>().ok())
-                .unwrap_or(0);
-            let me = ctx.router.get_full(from)?;
-            let was_available = me.available;
-            ctx.router.set_presence(from, me.id, available, priority);
-            if available || was_available {
-                for entry in ctx.router.resources(&from.to_bare()) {
-                    if entry.available || entry.id == me.id {
-                        deliver(&entry, pres.clone());
-                    }
-                }
-            }
-            None
-        }
-        Some(to) => {
-            if !is_local(ctx, &to) {
-                return bounce(&pres, StanzaCondition::RemoteServerNotFound);
-            }
-            match to.try_as_full() {
-                Ok(full) => {
-                    if let Some(entry) = ctx.router.get_full(full) {
-                        deliver(&entry, pres);
-                    }
-                }
-                Err(bare) => {
-                    for entry in ctx
-                        .router
-                        .resources(bare)
-                        .into_iter()
-                        .filter(|e| e.available)
-                    {
-                        deliver(&entry, pres.clone());
-                    }
-                }
-            }
-            None
-        }
-    }
-}
-
-/// An available session ended: the user's other resources see it leave
-/// (RFC 6121 §4.5.2).
-pub fn session_ended(ctx: &ServerCtx, jid: &FullJid) {
-    let unavailable = Element::new("presence", ns::CLIENT)
-        .with_attr("type", "unavailable")
-        .with_attr("from", jid.to_string());
-    for entry in ctx.router.resources(&jid.to_bare()) {
-        if entry.available {
-            deliver(&entry, unavailable.clone());
-        }
-    }
 }

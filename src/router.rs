@@ -19,6 +19,12 @@ pub struct SessionEntry {
     /// Has sent available presence (RFC 6121 §4.2).
     pub available: bool,
     pub priority: i8,
+    /// Asked for the roster: gets roster pushes (RFC 6121 §2.1.6).
+    pub interested: bool,
+    /// Asked for the blocklist: gets blocklist pushes (XEP-0191).
+    pub blocklist_interested: bool,
+    /// Enabled message carbons (XEP-0280).
+    pub carbons: bool,
 }
 
 #[derive(Default)]
@@ -42,6 +48,9 @@ impl Router {
             addr,
             available: false,
             priority: 0,
+            interested: false,
+            blocklist_interested: false,
+            carbons: false,
         });
         old
     }
@@ -58,14 +67,14 @@ impl Router {
         }
     }
 
-    pub fn set_presence(&self, jid: &FullJid, id: u64, available: bool, priority: i8) {
+    /// Change one session's entry (if it is still that session).
+    pub fn update(&self, jid: &FullJid, id: u64, f: impl FnOnce(&mut SessionEntry)) {
         let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = map
             .get_mut(&jid.to_bare())
             .and_then(|l| l.iter_mut().find(|e| e.id == id))
         {
-            e.available = available;
-            e.priority = priority;
+            f(e);
         }
     }
 

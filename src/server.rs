@@ -29,6 +29,9 @@ pub struct ServerCtx {
     pub modules: Modules,
     pub tls: TlsAcceptor,
     pub throttle: AuthThrottle,
+    pub presence: crate::presence::PresenceRegistry,
+    /// When the node started (XEP-0012 uptime).
+    pub started: std::time::Instant,
     shutdown: watch::Receiver<bool>,
     next_id: AtomicU64,
     conns: Arc<AtomicUsize>,
@@ -135,6 +138,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         modules: Modules::standard(),
         tls: TlsAcceptor::from(tls),
         throttle: AuthThrottle::default(),
+        presence: Default::default(),
+        started: std::time::Instant::now(),
         shutdown: shutdown_rx,
         next_id: AtomicU64::new(1),
         conns: Arc::new(AtomicUsize::new(0)),

@@ -36,16 +36,21 @@ async fn disco_ping_version() {
         .collect();
     features.sort();
     // Exactly what is implemented.
-    assert_eq!(
-        features,
-        vec![
-            "http://jabber.org/protocol/disco#info",
-            "http://jabber.org/protocol/disco#items",
-            "jabber:iq:register",
-            "jabber:iq:version",
-            "urn:xmpp:ping"
-        ]
-    );
+    let expected = [
+        "http://jabber.org/protocol/disco#info",
+        "http://jabber.org/protocol/disco#items",
+        "jabber:iq:last",
+        "jabber:iq:private",
+        "jabber:iq:register",
+        "jabber:iq:version",
+        "msgoffline",
+        "urn:xmpp:blocking",
+        "urn:xmpp:carbons:2",
+        "urn:xmpp:ping",
+        "urn:xmpp:time",
+        "vcard-temp",
+    ];
+    assert_eq!(features, expected);
     let items = a
         .iq(iq_get(
             Some("localhost"),

@@ -52,16 +52,29 @@ async fn messages_to_full_and_bare_jids() {
         .await;
     assert_eq!(b2.stanza("message").await.attr("id"), Some("m3"));
 
-    // Only negative priority left: nothing can take it, the sender is told.
+    // Only negative priority left: nothing takes it now; it waits offline
+    // (RFC 6121 §8.5.2.2, XEP-0160) for a resource with priority >= 0.
     b2.send("<presence><priority>-1</priority></presence>")
         .await;
     b1.send("<presence type='unavailable'/>").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    a.send("<message to='bob@localhost' type='chat' id='m4'><body>x</body></message>")
+    let gone = b2
+        .wait_for(|e| e.name == "presence" && e.attr("from") == Some("bob@localhost/one"))
         .await;
-    let e = a.wait_for(|e| e.attr("id") == Some("m4")).await;
-    assert_eq!(e.attr("type"), Some("error"));
-    assert_eq!(stanza_condition(&e).as_deref(), Some("service-unavailable"));
+    assert_eq!(gone.attr("type"), Some("unavailable"));
+    b2.drain();
+    a.send("<message to='bob@localhost' type='chat' id='m4'><body>later</body></message>")
+        .await;
+    assert!(
+        a.quiet_for(Duration::from_millis(300)).await,
+        "no error: stored"
+    );
+    assert!(
+        b2.quiet_for(Duration::from_millis(300)).await,
+        "not given to a negative priority"
+    );
+    b1.send("<presence/>").await;
+    let m = b1.wait_for(|e| e.attr("id") == Some("m4")).await;
+    assert!(m.get_child("delay", "urn:xmpp:delay").is_some());
 }
 
 #[tokio::test]
@@ -157,11 +170,10 @@ async fn messages_nobody_can_take() {
         .await;
     let e = a.wait_for(|e| e.attr("id") == Some("n1")).await;
     assert_eq!(stanza_condition(&e).as_deref(), Some("service-unavailable"));
-    // Bob exists but is offline.
+    // Bob exists but is offline: the message is stored (see c2s_im tests).
     a.send("<message to='bob@localhost' id='n2'><body>x</body></message>")
         .await;
-    let e = a.wait_for(|e| e.attr("id") == Some("n2")).await;
-    assert_eq!(stanza_condition(&e).as_deref(), Some("service-unavailable"));
+    assert!(a.quiet_for(Duration::from_millis(300)).await);
     // Errors are never answered with errors; headlines are dropped quietly.
     a.send("<message to='nobody@localhost' type='error' id='n3'/>")
         .await;

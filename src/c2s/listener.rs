@@ -72,6 +72,8 @@ fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guard: Con
     let rate = RateLimit::new(limits.rate_bytes_per_sec, limits.rate_burst_bytes);
     let reader =
         tokio::spawn(io::reader(stream.parser, in_tx, activity.clone(), rate).in_current_span());
+    // The user's presence actor, started with the first session.
+    let presence = ctx.presence.get_or_start(&ctx, &jid.to_bare());
     let session = C2sSession::new(
         sid,
         jid.clone(),
@@ -82,6 +84,7 @@ fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guard: Con
         in_rx,
         activity,
         tracing::Span::current(),
+        presence,
     );
     let addr = session.start();
     if let Some(old) = ctx.router.bind(&jid, sid, addr) {

@@ -41,6 +41,7 @@ pub struct C2sSession {
     ping_sent_at: Option<u64>,
     closed: bool,
     span: Span,
+    presence: Addr<crate::presence::UserPresence>,
 }
 
 impl C2sSession {
@@ -55,6 +56,7 @@ impl C2sSession {
         inbound: mpsc::Receiver<Inbound>,
         activity: Arc<AtomicU64>,
         span: Span,
+        presence: Addr<crate::presence::UserPresence>,
     ) -> Self {
         C2sSession {
             id,
@@ -68,6 +70,7 @@ impl C2sSession {
             ping_sent_at: None,
             closed: false,
             span,
+            presence,
         }
     }
 
@@ -145,7 +148,12 @@ impl C2sSession {
         {
             return;
         }
-        let outcome = delivery::from_client(&self.ctx, &self.jid, el);
+        let sender = delivery::Sender {
+            jid: &self.jid,
+            session_id: self.id,
+            presence: &self.presence,
+        };
+        let outcome = delivery::from_client(&self.ctx, &sender, el);
         if let Some(reply) = outcome.reply {
             self.send(&reply, ctx);
         }
@@ -196,11 +204,6 @@ impl Actor for C2sSession {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        let was_available = self
-            .ctx
-            .router
-            .get_full(&self.jid)
-            .is_some_and(|e| e.id == self.id && e.available);
         self.ctx.router.unbind(&self.jid, self.id);
         if !self.closed {
             let _ = self.out.try_send(Outbound::Close(None));
@@ -208,9 +211,11 @@ impl Actor for C2sSession {
         if let Some(r) = self.reader.take() {
             r.abort();
         }
-        if was_available {
-            delivery::session_ended(&self.ctx, &self.jid);
-        }
+        // RFC 6121 §4.5.2: contacts see the resource go unavailable.
+        self.presence.do_send(crate::presence::Gone {
+            from: self.jid.clone(),
+            session_id: self.id,
+        });
         let _g = self.span.enter();
         tracing::info!("session ended");
     }

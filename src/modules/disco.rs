@@ -19,6 +19,8 @@ impl Module for Disco {
             (IqKind::Get, Addressee::Host, ns::DISCO_ITEMS),
             (IqKind::Get, Addressee::Account, ns::DISCO_INFO),
             (IqKind::Get, Addressee::Account, ns::DISCO_ITEMS),
+            (IqKind::Get, Addressee::OtherAccount, ns::DISCO_INFO),
+            (IqKind::Get, Addressee::OtherAccount, ns::DISCO_ITEMS),
         ]
     }
 
@@ -43,7 +45,7 @@ impl Module for Disco {
                     q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
                 }
             }
-            Addressee::Account => {
+            Addressee::Account | Addressee::OtherAccount => {
                 q.push_child(
                     Element::new("identity", ns::DISCO_INFO)
                         .with_attr("category", "account")

@@ -3,10 +3,18 @@
 //! events: (iq type, addressee, payload namespace). Service discovery is
 //! built from these declarations, so it cannot advertise what is not here.
 
+pub mod blocking;
+pub mod carbons;
 pub mod disco;
+pub mod entity_time;
+pub mod last;
 pub mod ping;
+pub mod private;
 pub mod register;
+pub mod roster;
 pub mod session;
+pub mod subscription;
+pub mod vcard;
 pub mod version;
 
 use std::collections::HashMap;
@@ -33,6 +41,9 @@ pub enum Addressee {
     Host,
     /// The sender's own account (no 'to', or its bare JID).
     Account,
+    /// Another local account's bare JID: the server answers on its behalf
+    /// (RFC 6121 §8.5.3).
+    OtherAccount,
 }
 
 /// One iq request as a module sees it.
@@ -43,6 +54,10 @@ pub struct IqRequest<'a> {
     pub payload: &'a Element,
     pub kind: IqKind,
     pub addressee: Addressee,
+    /// The addressed account, for `OtherAccount`.
+    pub target: Option<jid::BareJid>,
+    /// The sending session (modules that set per-session flags use it).
+    pub session_id: u64,
 }
 
 /// A module's answer: the result payload (or an error), and optionally an
@@ -73,6 +88,21 @@ pub trait Module: Send + Sync {
 
 type Key = (IqKind, Addressee, &'static str);
 
+/// XEP-0160: offline storage has no iq of its own; this declares it.
+struct OfflineFeature;
+
+impl Module for OfflineFeature {
+    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+        vec!["msgoffline"]
+    }
+    fn handles(&self) -> Vec<(IqKind, Addressee, &'static str)> {
+        Vec::new()
+    }
+    fn handle_iq(&self, _: &IqRequest) -> IqResponse {
+        Err(StanzaError::new(StanzaCondition::ServiceUnavailable)).into()
+    }
+}
+
 pub struct Modules {
     list: Vec<Arc<dyn Module>>,
     handlers: HashMap<Key, Arc<dyn Module>>,
@@ -97,6 +127,14 @@ impl Modules {
             Arc::new(version::Version),
             Arc::new(register::Register),
             Arc::new(session::Session),
+            Arc::new(roster::Roster),
+            Arc::new(blocking::Blocking),
+            Arc::new(carbons::Carbons),
+            Arc::new(vcard::Vcard),
+            Arc::new(private::Private),
+            Arc::new(last::LastActivity),
+            Arc::new(entity_time::EntityTime),
+            Arc::new(OfflineFeature),
         ])
     }
 
@@ -113,9 +151,11 @@ impl Modules {
 pub fn dispatch(
     ctx: &ServerCtx,
     from: &FullJid,
+    session_id: u64,
     iq: &Element,
     kind: IqKind,
     addressee: Addressee,
+    target: Option<jid::BareJid>,
 ) -> Outcome {
     let Some(payload) = iq.elements().next() else {
         return Outcome {
@@ -140,6 +180,8 @@ pub fn dispatch(
         payload,
         kind,
         addressee,
+        target,
+        session_id,
     };
     let resp = module.handle_iq(&req);
     let reply = match resp.result {

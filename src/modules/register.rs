@@ -176,7 +176,7 @@ impl Module for Register {
             username: user.clone(),
             credentials,
         }) {
-            Ok(()) => {
+            Ok(_) => {
                 tracing::info!(user = %user, "password changed in-band");
                 Ok(None).into()
             }

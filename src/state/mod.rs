@@ -5,12 +5,17 @@
 //! on every node without touching the features that issue them.
 
 pub mod accounts;
+pub mod roster;
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::sasl::Credentials;
+pub use roster::{RosterItem, Subscription};
+
+/// A stored vCard, private-storage fragment or stanza is kept as XML text.
+pub type Xml = String;
 
 /// A change to persistent state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,6 +31,60 @@ pub enum Command {
     DeleteAccount {
         username: String,
     },
+    /// Store (or replace) a roster item; empty items are deleted.
+    RosterPut {
+        username: String,
+        item: RosterItem,
+    },
+    RosterDelete {
+        username: String,
+        jid: String,
+    },
+    /// Queue a message for an offline user (XEP-0160), refused past `quota`.
+    OfflinePush {
+        username: String,
+        stanza: Xml,
+        quota: usize,
+    },
+    /// Drop the first `count` queued messages (they were delivered).
+    OfflineDrop {
+        username: String,
+        count: usize,
+    },
+    /// XEP-0191: add JIDs to the blocklist.
+    Block {
+        username: String,
+        jids: Vec<String>,
+    },
+    /// XEP-0191: remove JIDs from the blocklist; none means all.
+    Unblock {
+        username: String,
+        jids: Vec<String>,
+    },
+    /// XEP-0054.
+    SetVcard {
+        username: String,
+        vcard: Xml,
+    },
+    /// XEP-0049: `key` is the fragment's namespace (and name).
+    SetPrivate {
+        username: String,
+        key: String,
+        xml: Xml,
+    },
+    /// XEP-0012: when the user's last session ended, and its status.
+    SetLastActivity {
+        username: String,
+        unix_secs: u64,
+        status: String,
+    },
+}
+
+/// What applying a command produced, for commands that report back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The roster version after a roster change.
+    pub roster_version: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,12 +99,24 @@ pub enum StateError {
     AccountExists(String),
     #[error("no account {0}")]
     NoSuchAccount(String),
+    #[error("offline storage for {0} is full")]
+    QuotaExceeded(String),
 }
 
 /// The node's replica of persistent state, kept in sled.
 pub struct State {
     db: sled::Db,
     accounts: sled::Tree,
+    roster: sled::Tree,
+    roster_versions: sled::Tree,
+    offline: sled::Tree,
+    blocklist: sled::Tree,
+    user_data: sled::Tree,
+}
+
+/// Keys in `user_data`.
+fn data_key(user: &str, kind: &str, key: &str) -> Vec<u8> {
+    roster::key(user, &format!("{kind}\0{key}"))
 }
 
 impl State {
@@ -62,12 +133,20 @@ impl State {
                 }
                 _ => StateError::Storage(e),
             })?;
-        let accounts = db.open_tree("accounts")?;
-        Ok(State { db, accounts })
+        Ok(State {
+            accounts: db.open_tree("accounts")?,
+            roster: db.open_tree("roster")?,
+            roster_versions: db.open_tree("roster_versions")?,
+            offline: db.open_tree("offline")?,
+            blocklist: db.open_tree("blocklist")?,
+            user_data: db.open_tree("user_data")?,
+            db,
+        })
     }
 
     /// Apply one command and make it durable before returning.
-    pub fn apply(&self, cmd: &Command) -> Result<(), StateError> {
+    pub fn apply(&self, cmd: &Command) -> Result<Applied, StateError> {
+        let mut applied = Applied::default();
         match cmd {
             Command::CreateAccount {
                 username,
@@ -77,10 +156,150 @@ impl State {
                 username,
                 credentials,
             } => accounts::set_password(&self.accounts, username, credentials)?,
-            Command::DeleteAccount { username } => accounts::delete(&self.accounts, username)?,
+            Command::DeleteAccount { username } => {
+                accounts::delete(&self.accounts, username)?;
+                let p = roster::prefix(username);
+                for tree in [
+                    &self.roster,
+                    &self.offline,
+                    &self.blocklist,
+                    &self.user_data,
+                ] {
+                    for k in tree.scan_prefix(&p).keys() {
+                        tree.remove(k?)?;
+                    }
+                }
+                self.roster_versions.remove(username)?;
+            }
+            Command::RosterPut { username, item } => {
+                let k = roster::key(username, &item.jid);
+                if item.is_empty() {
+                    self.roster.remove(k)?;
+                } else {
+                    self.roster.insert(k, serde_json::to_vec(item)?)?;
+                }
+                applied.roster_version = roster::bump_version(&self.roster_versions, username)?;
+            }
+            Command::RosterDelete { username, jid } => {
+                self.roster.remove(roster::key(username, jid))?;
+                applied.roster_version = roster::bump_version(&self.roster_versions, username)?;
+            }
+            Command::OfflinePush {
+                username,
+                stanza,
+                quota,
+            } => {
+                let p = roster::prefix(username);
+                if self.offline.scan_prefix(&p).count() >= *quota {
+                    return Err(StateError::QuotaExceeded(username.clone()));
+                }
+                let seq = self.db.generate_id()?;
+                let mut k = p;
+                k.extend_from_slice(&seq.to_be_bytes());
+                self.offline.insert(k, stanza.as_bytes())?;
+            }
+            Command::OfflineDrop { username, count } => {
+                let keys: Vec<_> = self
+                    .offline
+                    .scan_prefix(roster::prefix(username))
+                    .keys()
+                    .take(*count)
+                    .collect();
+                for k in keys {
+                    self.offline.remove(k?)?;
+                }
+            }
+            Command::Block { username, jids } => {
+                for j in jids {
+                    self.blocklist.insert(roster::key(username, j), &[])?;
+                }
+            }
+            Command::Unblock { username, jids } => {
+                if jids.is_empty() {
+                    for k in self.blocklist.scan_prefix(roster::prefix(username)).keys() {
+                        self.blocklist.remove(k?)?;
+                    }
+                }
+                for j in jids {
+                    self.blocklist.remove(roster::key(username, j))?;
+                }
+            }
+            Command::SetVcard { username, vcard } => {
+                self.user_data
+                    .insert(data_key(username, "vcard", ""), vcard.as_bytes())?;
+            }
+            Command::SetPrivate { username, key, xml } => {
+                self.user_data
+                    .insert(data_key(username, "private", key), xml.as_bytes())?;
+            }
+            Command::SetLastActivity {
+                username,
+                unix_secs,
+                status,
+            } => {
+                let v = serde_json::to_vec(&(unix_secs, status))?;
+                self.user_data.insert(data_key(username, "last", ""), v)?;
+            }
         }
         self.db.flush()?;
-        Ok(())
+        Ok(applied)
+    }
+
+    pub fn roster_item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>, StateError> {
+        roster::get(&self.roster, user, contact)
+    }
+
+    pub fn roster(&self, user: &str) -> Result<Vec<RosterItem>, StateError> {
+        roster::list(&self.roster, user)
+    }
+
+    pub fn roster_version(&self, user: &str) -> Result<u64, StateError> {
+        roster::version(&self.roster_versions, user)
+    }
+
+    /// Queued offline messages, oldest first.
+    pub fn offline(&self, user: &str) -> Result<Vec<Xml>, StateError> {
+        self.offline
+            .scan_prefix(roster::prefix(user))
+            .values()
+            .map(|v| Ok(String::from_utf8_lossy(&v?).into_owned()))
+            .collect()
+    }
+
+    pub fn blocklist(&self, user: &str) -> Result<Vec<String>, StateError> {
+        let p = roster::prefix(user);
+        self.blocklist
+            .scan_prefix(&p)
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?[p.len()..]).into_owned()))
+            .collect()
+    }
+
+    pub fn is_blocked(&self, user: &str, jid: &str) -> bool {
+        self.blocklist
+            .contains_key(roster::key(user, jid))
+            .unwrap_or(false)
+    }
+
+    pub fn vcard(&self, user: &str) -> Result<Option<Xml>, StateError> {
+        Ok(self
+            .user_data
+            .get(data_key(user, "vcard", ""))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn private(&self, user: &str, key: &str) -> Result<Option<Xml>, StateError> {
+        Ok(self
+            .user_data
+            .get(data_key(user, "private", key))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn last_activity(&self, user: &str) -> Result<Option<(u64, String)>, StateError> {
+        match self.user_data.get(data_key(user, "last", ""))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
     }
 
     pub fn credentials(&self, username: &str) -> Result<Option<Credentials>, StateError> {

@@ -26,3 +26,47 @@ pub mod ns {
     pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
     pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 }
+
+/// Parse one complete XML element from a string (stored vCards, private
+/// XML). Runs the stream parser over the in-memory bytes to completion.
+pub fn parse_fragment(xml: &str) -> Result<Element, ParseError> {
+    let doc = format!(
+        "<stream:stream xmlns:stream='{}' xmlns='{}'>{xml}",
+        ns::STREAM,
+        ns::CLIENT
+    );
+    let mut parser = XmlStream::new(
+        doc.as_bytes(),
+        XmlLimits {
+            max_stanza_bytes: doc.len() + 1,
+            ..XmlLimits::default()
+        },
+    );
+    let fut = async {
+        loop {
+            match parser.next().await? {
+                StreamEvent::Stanza(el) => return Ok(el),
+                StreamEvent::End => return Err(ParseError::Closed),
+                _ => continue,
+            }
+        }
+    };
+    // The input is all in memory, so the future never waits on I/O.
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::future::Future::poll(fut.as_mut(), &mut cx) {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => Err(ParseError::Closed),
+    }
+}
+
+#[cfg(test)]
+mod fragment_tests {
+    #[test]
+    fn round_trips() {
+        let el =
+            super::parse_fragment("<vCard xmlns='vcard-temp'><FN>A &amp; B</FN></vCard>").unwrap();
+        assert_eq!(el.ns, "vcard-temp");
+        assert_eq!(super::parse_fragment(&el.to_xml("")).unwrap(), el);
+    }
+}

@@ -571,6 +571,11 @@ impl Client {
         self.wait_for(|e| e.name == name).await
     }
 
+    /// Forget stanzas read ahead and not asked for.
+    pub fn drain(&mut self) {
+        self.pending.clear();
+    }
+
     /// True if nothing arrives within `d`.
     pub async fn quiet_for(&mut self, d: Duration) -> bool {
         if !self.pending.is_empty() {

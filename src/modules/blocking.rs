@@ -1,0 +1,149 @@
+//! XEP-0191 Blocking Command: the blocklist, its pushes, and the check
+//! every delivery makes against it.
+
+use jid::{BareJid, Jid};
+
+use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
+use crate::router::deliver;
+use crate::server::ServerCtx;
+use crate::stanza_error::{StanzaCondition, StanzaError};
+use crate::state::Command;
+use crate::xml::{ns, Element};
+
+pub const NS: &str = "urn:xmpp:blocking";
+const ERRORS_NS: &str = "urn:xmpp:blocking:errors";
+
+pub struct Blocking;
+
+/// Whether `user` blocks `jid`: the full JID, its bare JID or its domain
+/// is on the list (XEP-0191 §3.5 matching).
+pub fn blocks(ctx: &ServerCtx, user: &str, jid: &str) -> bool {
+    let Ok(j) = Jid::new(jid) else { return false };
+    let state = &ctx.state;
+    state.is_blocked(user, j.as_str())
+        || (j.is_full() && state.is_blocked(user, j.to_bare().as_str()))
+        || state.is_blocked(user, j.domain().as_str())
+}
+
+/// The error for a stanza the user sent to someone they block (§3.6).
+pub fn blocked_error(stanza: &Element) -> Element {
+    let mut reply = StanzaError::new(StanzaCondition::NotAcceptable).reply_to(stanza);
+    if let Some(crate::xml::Node::Element(err)) = reply.children.last_mut() {
+        err.push_child(Element::new("blocked", ERRORS_NS));
+    }
+    reply
+}
+
+fn username(req: &IqRequest) -> String {
+    req.from
+        .node()
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_default()
+}
+
+fn items(payload: &Element) -> Result<Vec<String>, StanzaError> {
+    payload
+        .elements()
+        .filter(|e| e.is("item", NS))
+        .map(|e| {
+            let j = e.attr("jid").ok_or_else(|| {
+                StanzaError::with_text(StanzaCondition::BadRequest, "item without jid")
+            })?;
+            Jid::new(j)
+                .map(|j| j.to_string())
+                .map_err(|_| StanzaError::new(StanzaCondition::JidMalformed))
+        })
+        .collect()
+}
+
+fn push(ctx: &ServerCtx, user: &BareJid, payload: Element) {
+    for entry in ctx
+        .router
+        .resources(user)
+        .into_iter()
+        .filter(|e| e.blocklist_interested)
+    {
+        let iq = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "set")
+            .with_attr("id", "block-push")
+            .with_attr("to", format!("{user}/{}", entry.resource))
+            .with_child(payload.clone());
+        deliver(&entry, iq);
+    }
+}
+
+impl Module for Blocking {
+    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+        vec![NS]
+    }
+
+    fn handles(&self) -> Vec<(IqKind, Addressee, &'static str)> {
+        vec![
+            (IqKind::Get, Addressee::Account, NS),
+            (IqKind::Set, Addressee::Account, NS),
+        ]
+    }
+
+    fn handle_iq(&self, req: &IqRequest) -> IqResponse {
+        let ctx = req.server;
+        let user = username(req);
+        let bare = req.from.to_bare();
+        match (req.kind, req.payload.name.as_str()) {
+            (IqKind::Get, "blocklist") => {
+                ctx.router
+                    .update(req.from, req.session_id, |e| e.blocklist_interested = true);
+                let mut list = Element::new("blocklist", NS);
+                for j in ctx.state.blocklist(&user).unwrap_or_default() {
+                    list.push_child(Element::new("item", NS).with_attr("jid", j));
+                }
+                Ok(Some(list)).into()
+            }
+            (IqKind::Set, "block") => {
+                let jids = match items(req.payload) {
+                    Ok(j) if !j.is_empty() => j,
+                    Ok(_) => {
+                        return Err(StanzaError::with_text(
+                            StanzaCondition::BadRequest,
+                            "nothing to block",
+                        ))
+                        .into()
+                    }
+                    Err(e) => return Err(e).into(),
+                };
+                if let Err(e) = ctx.state.apply(&Command::Block {
+                    username: user,
+                    jids: jids.clone(),
+                }) {
+                    tracing::error!(error = %e, "blocklist write failed");
+                    return Err(StanzaError::new(StanzaCondition::InternalServerError)).into();
+                }
+                // §3.3: a blocked contact stops seeing the user's presence.
+                if let Some(a) = ctx.presence.get(&bare) {
+                    for j in &jids {
+                        if let Ok(b) = BareJid::new(j) {
+                            a.do_send(crate::presence::SendUnavailable { to: b });
+                        }
+                    }
+                }
+                push(ctx, &bare, req.payload.clone());
+                Ok(None).into()
+            }
+            (IqKind::Set, "unblock") => {
+                let jids = match items(req.payload) {
+                    Ok(j) => j,
+                    Err(e) => return Err(e).into(),
+                };
+                if let Err(e) = ctx.state.apply(&Command::Unblock {
+                    username: user,
+                    jids,
+                }) {
+                    tracing::error!(error = %e, "blocklist write failed");
+                    return Err(StanzaError::new(StanzaCondition::InternalServerError)).into();
+                }
+                push(ctx, &bare, req.payload.clone());
+                Ok(None).into()
+            }
+            _ => Err(StanzaError::new(StanzaCondition::BadRequest)).into(),
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! XEP-0202 Entity Time: the server's clock, in UTC.
+
+use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
+use crate::server::ServerCtx;
+use crate::xml::Element;
+
+pub const NS: &str = "urn:xmpp:time";
+
+pub struct EntityTime;
+
+impl Module for EntityTime {
+    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+        vec![NS]
+    }
+
+    fn handles(&self) -> Vec<(IqKind, Addressee, &'static str)> {
+        vec![(IqKind::Get, Addressee::Host, NS)]
+    }
+
+    fn handle_iq(&self, _req: &IqRequest) -> IqResponse {
+        let q = Element::new("time", NS)
+            .with_child(Element::new("tzo", NS).with_text("+00:00"))
+            .with_child(
+                Element::new("utc", NS).with_text(crate::time::xep82(crate::time::unix_now())),
+            );
+        Ok(Some(q)).into()
+    }
+}

@@ -1,0 +1,263 @@
+//! Roster management (RFC 6121 §2) with roster versioning (XEP-0237).
+
+use jid::BareJid;
+
+use super::subscription::SubKind;
+use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
+use crate::router::deliver;
+use crate::server::ServerCtx;
+use crate::stanza_error::{StanzaCondition, StanzaError};
+use crate::state::{Command, RosterItem};
+use crate::xml::{ns, Element};
+
+pub const NS: &str = "jabber:iq:roster";
+/// Longest item name or group name we keep (RFC 6121 §2.1.2.5 lets servers cap it).
+pub const MAX_TEXT: usize = 1023;
+/// Most groups on one item.
+pub const MAX_GROUPS: usize = 64;
+
+pub struct Roster;
+
+/// `<item/>` as clients see it.
+pub fn item_element(item: &RosterItem) -> Element {
+    let mut el = Element::new("item", NS)
+        .with_attr("jid", item.jid.clone())
+        .with_attr("subscription", item.sub.attr());
+    if let Some(n) = &item.name {
+        el.set_attr("name", n.clone());
+    }
+    if item.sub.pending_out {
+        el.set_attr("ask", "subscribe");
+    }
+    if item.approved {
+        el.set_attr("approved", "true");
+    }
+    for g in &item.groups {
+        el.push_child(Element::new("group", NS).with_text(g.clone()));
+    }
+    el
+}
+
+/// Push one item (or its removal) to each interested resource (§2.1.6).
+fn push(ctx: &ServerCtx, user: &BareJid, item: Element, ver: u64) {
+    let query = Element::new("query", NS)
+        .with_attr("ver", ver.to_string())
+        .with_child(item);
+    for entry in ctx
+        .router
+        .resources(user)
+        .into_iter()
+        .filter(|e| e.interested)
+    {
+        let iq = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "set")
+            .with_attr("id", format!("push{ver}"))
+            .with_attr("to", format!("{user}/{}", entry.resource))
+            .with_child(query.clone());
+        deliver(&entry, iq);
+    }
+}
+
+fn username(user: &BareJid) -> String {
+    user.node()
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_default()
+}
+
+/// Store an item and push it (or, when it left the roster, its removal).
+pub fn store_and_push(ctx: &ServerCtx, user: &BareJid, item: RosterItem) {
+    let visible = item.in_roster;
+    let el = if visible {
+        item_element(&item)
+    } else {
+        Element::new("item", NS)
+            .with_attr("jid", item.jid.clone())
+            .with_attr("subscription", "remove")
+    };
+    match ctx.state.apply(&Command::RosterPut {
+        username: username(user),
+        item,
+    }) {
+        Ok(applied) => push(ctx, user, el, applied.roster_version),
+        Err(e) => tracing::error!(error = %e, "roster write failed"),
+    }
+}
+
+/// Store an item that is not in the visible roster (a pending inbound request).
+pub fn store_quietly(ctx: &ServerCtx, user: &BareJid, item: RosterItem) {
+    if let Err(e) = ctx.state.apply(&Command::RosterPut {
+        username: username(user),
+        item,
+    }) {
+        tracing::error!(error = %e, "roster write failed");
+    }
+}
+
+fn bad(cond: StanzaCondition, text: &str) -> IqResponse {
+    Err(StanzaError::with_text(cond, text)).into()
+}
+
+impl Roster {
+    fn get(&self, req: &IqRequest) -> IqResponse {
+        let ctx = req.server;
+        let user = username(&req.from.to_bare());
+        ctx.router
+            .update(req.from, req.session_id, |e| e.interested = true);
+        let ver = ctx.state.roster_version(&user).unwrap_or(0);
+        // XEP-0237 §2.3: an up-to-date client gets an empty result.
+        if req.payload.attr("ver") == Some(ver.to_string().as_str()) {
+            return Ok(None).into();
+        }
+        let mut q = Element::new("query", NS).with_attr("ver", ver.to_string());
+        for item in ctx
+            .state
+            .roster(&user)
+            .unwrap_or_default()
+            .iter()
+            .filter(|i| i.in_roster)
+        {
+            q.push_child(item_element(item));
+        }
+        Ok(Some(q)).into()
+    }
+
+    fn set(&self, req: &IqRequest) -> IqResponse {
+        let ctx = req.server;
+        let user_bare = req.from.to_bare();
+        let user = username(&user_bare);
+        // RFC 6121 §2.3.3: exactly one item.
+        let mut items = req.payload.elements().filter(|e| e.is("item", NS));
+        let (Some(el), None) = (items.next(), items.next()) else {
+            return bad(
+                StanzaCondition::BadRequest,
+                "a roster set carries exactly one item",
+            );
+        };
+        let Some(jid) = el.attr("jid") else {
+            return bad(StanzaCondition::BadRequest, "item without a jid");
+        };
+        let Ok(contact) = BareJid::new(jid) else {
+            return bad(
+                StanzaCondition::JidMalformed,
+                "item jid is not a valid bare JID",
+            );
+        };
+        if jid.contains('/') {
+            return bad(StanzaCondition::BadRequest, "roster items are bare JIDs");
+        }
+        let existing = ctx
+            .state
+            .roster_item(&user, contact.as_str())
+            .ok()
+            .flatten();
+        if el.attr("subscription") == Some("remove") {
+            return remove(ctx, req, &user_bare, existing);
+        }
+        let name = el
+            .attr("name")
+            .map(str::to_string)
+            .filter(|n| !n.is_empty());
+        if name.as_ref().is_some_and(|n| n.len() > MAX_TEXT) {
+            return bad(StanzaCondition::NotAcceptable, "name too long");
+        }
+        let mut groups: Vec<String> = Vec::new();
+        for g in el.elements().filter(|e| e.is("group", NS)) {
+            let g = g.text();
+            if g.is_empty() {
+                return bad(StanzaCondition::NotAcceptable, "empty group name");
+            }
+            if g.len() > MAX_TEXT {
+                return bad(StanzaCondition::NotAcceptable, "group name too long");
+            }
+            if groups.contains(&g) {
+                return bad(StanzaCondition::BadRequest, "duplicate group");
+            }
+            groups.push(g);
+        }
+        if groups.len() > MAX_GROUPS {
+            return bad(StanzaCondition::NotAcceptable, "too many groups");
+        }
+        // 'subscription' and 'ask' from a client are ignored (§2.1.2.5).
+        let mut item = existing.unwrap_or_else(|| RosterItem::new(contact.as_str()));
+        item.name = name;
+        item.groups = groups;
+        item.in_roster = true;
+        store_and_push(ctx, &user_bare, item);
+        Ok(None).into()
+    }
+}
+
+/// §2.5: removing an item cancels subscriptions both ways first.
+fn remove(
+    ctx: &ServerCtx,
+    req: &IqRequest,
+    user: &BareJid,
+    existing: Option<RosterItem>,
+) -> IqResponse {
+    let Some(item) = existing.filter(|i| i.in_roster) else {
+        return bad(StanzaCondition::ItemNotFound, "no such roster item");
+    };
+    let Ok(contact) = BareJid::new(&item.jid) else {
+        return bad(StanzaCondition::ItemNotFound, "no such roster item");
+    };
+    let mut kinds = Vec::new();
+    if item.sub.to || item.sub.pending_out {
+        kinds.push(SubKind::Unsubscribe);
+    }
+    if item.sub.from || item.sub.pending_in {
+        kinds.push(SubKind::Unsubscribed);
+    }
+    for kind in kinds {
+        let p = Element::new("presence", ns::CLIENT)
+            .with_attr("type", kind.as_str())
+            .with_attr("from", user.to_string())
+            .with_attr("to", contact.to_string());
+        if kind == SubKind::Unsubscribed {
+            if let Some(a) = ctx.presence.get(user) {
+                a.do_send(crate::presence::SendUnavailable {
+                    to: contact.clone(),
+                });
+            }
+        }
+        crate::presence::subscription_inbound(ctx, p, kind, user, &contact);
+    }
+    match ctx.state.apply(&Command::RosterDelete {
+        username: username(user),
+        jid: item.jid.clone(),
+    }) {
+        Ok(applied) => {
+            let el = Element::new("item", NS)
+                .with_attr("jid", item.jid)
+                .with_attr("subscription", "remove");
+            push(ctx, user, el, applied.roster_version);
+            let _ = req;
+            Ok(None).into()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "roster delete failed");
+            bad(StanzaCondition::InternalServerError, "storage error")
+        }
+    }
+}
+
+impl Module for Roster {
+    fn handles(&self) -> Vec<(IqKind, Addressee, &'static str)> {
+        vec![
+            (IqKind::Get, Addressee::Account, NS),
+            (IqKind::Set, Addressee::Account, NS),
+            (IqKind::Get, Addressee::OtherAccount, NS),
+            (IqKind::Set, Addressee::OtherAccount, NS),
+        ]
+    }
+
+    fn handle_iq(&self, req: &IqRequest) -> IqResponse {
+        // §2.1.5 / §2.3.3: only the user may read or change their roster.
+        if req.addressee == Addressee::OtherAccount {
+            return bad(StanzaCondition::Forbidden, "not your roster");
+        }
+        match req.kind {
+            IqKind::Get => self.get(req),
+            IqKind::Set => self.set(req),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! XEP-0054 vcard-temp: each user's vCard, readable by anyone, writable by
+//! its owner, bounded in size.
+
+use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
+use crate::server::ServerCtx;
+use crate::stanza_error::{StanzaCondition, StanzaError};
+use crate::state::Command;
+use crate::xml::{parse_fragment, Element};
+
+pub const NS: &str = "vcard-temp";
+
+pub struct Vcard;
+
+impl Module for Vcard {
+    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+        vec![NS]
+    }
+
+    fn handles(&self) -> Vec<(IqKind, Addressee, &'static str)> {
+        vec![
+            (IqKind::Get, Addressee::Account, NS),
+            (IqKind::Set, Addressee::Account, NS),
+            (IqKind::Get, Addressee::OtherAccount, NS),
+            (IqKind::Set, Addressee::OtherAccount, NS),
+        ]
+    }
+
+    fn handle_iq(&self, req: &IqRequest) -> IqResponse {
+        let ctx = req.server;
+        let owner = match (&req.addressee, &req.target) {
+            (Addressee::OtherAccount, Some(t)) => {
+                t.node().map(|n| n.as_str().to_string()).unwrap_or_default()
+            }
+            _ => req
+                .from
+                .node()
+                .map(|n| n.as_str().to_string())
+                .unwrap_or_default(),
+        };
+        if req.payload.name != "vCard" {
+            return Err(StanzaError::new(StanzaCondition::BadRequest)).into();
+        }
+        match req.kind {
+            IqKind::Get => {
+                if !ctx.state.account_exists(&owner) {
+                    return Err(StanzaError::new(StanzaCondition::ServiceUnavailable)).into();
+                }
+                let card = ctx
+                    .state
+                    .vcard(&owner)
+                    .ok()
+                    .flatten()
+                    .and_then(|x| parse_fragment(&x).ok())
+                    .unwrap_or_else(|| Element::new("vCard", NS));
+                Ok(Some(card)).into()
+            }
+            IqKind::Set => {
+                if req.addressee == Addressee::OtherAccount {
+                    return Err(StanzaError::with_text(
+                        StanzaCondition::Forbidden,
+                        "not your vCard",
+                    ))
+                    .into();
+                }
+                let xml = req.payload.to_xml("");
+                let limit = ctx.config.limits.vcard_size;
+                if xml.len() > limit {
+                    return Err(StanzaError::with_text(
+                        StanzaCondition::NotAcceptable,
+                        format!("vCard larger than {limit} bytes"),
+                    ))
+                    .into();
+                }
+                match ctx.state.apply(&Command::SetVcard {
+                    username: owner,
+                    vcard: xml,
+                }) {
+                    Ok(_) => Ok(None).into(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "vCard write failed");
+                        Err(StanzaError::new(StanzaCondition::InternalServerError)).into()
+                    }
+                }
+            }
+        }
+    }
+}

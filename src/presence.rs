@@ -1,0 +1,609 @@
+//! Presence (RFC 6121 §3, §4). One `UserPresence` actor per online user
+//! holds each resource's last presence and its directed-presence targets; it
+//! broadcasts to subscribers, probes contacts at initial presence, answers
+//! probes, sends unavailable at logout, and hands over offline messages and
+//! pending subscription requests when a resource becomes available.
+//!
+//! Subscription stanzas run through the state machine in
+//! `modules::subscription`: outbound on the sender's roster item, then
+//! inbound on the contact's.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use jid::{BareJid, FullJid, Jid};
+
+use crate::c2s::session::bounce;
+use crate::modules::roster;
+use crate::modules::subscription::{self, SubKind};
+use crate::router::deliver;
+use crate::server::ServerCtx;
+use crate::stanza_error::StanzaCondition;
+use crate::state::{Command, RosterItem};
+use crate::xml::{ns, Element};
+
+/// Which user actors run on this node.
+#[derive(Default)]
+pub struct PresenceRegistry {
+    map: Mutex<HashMap<BareJid, Addr<UserPresence>>>,
+}
+
+impl PresenceRegistry {
+    /// The user's actor, started if it is not running.
+    pub fn get_or_start(&self, ctx: &Arc<ServerCtx>, bare: &BareJid) -> Addr<UserPresence> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = map.get(bare).filter(|a| a.connected()) {
+            return a.clone();
+        }
+        let addr = UserPresence {
+            bare: bare.clone(),
+            ctx: ctx.clone(),
+            resources: HashMap::new(),
+        }
+        .start();
+        map.insert(bare.clone(), addr.clone());
+        addr
+    }
+
+    pub fn get(&self, bare: &BareJid) -> Option<Addr<UserPresence>> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(bare).filter(|a| a.connected()).cloned()
+    }
+
+    /// Forget the actor once the user has no session left. Checked under the
+    /// registry lock, so a session binding at the same time gets a live actor.
+    fn retire_if_idle(&self, ctx: &ServerCtx, bare: &BareJid) -> bool {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if ctx.router.resources(bare).is_empty() {
+            map.remove(bare);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Resource {
+    session_id: u64,
+    /// The last available presence it sent, if it is available.
+    last: Option<Element>,
+    /// Entities it sent directed available presence to (RFC 6121 §4.6).
+    directed: HashSet<String>,
+}
+
+pub struct UserPresence {
+    bare: BareJid,
+    ctx: Arc<ServerCtx>,
+    resources: HashMap<String, Resource>,
+}
+
+impl Actor for UserPresence {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4096);
+    }
+}
+
+/// A presence stanza a resource sent with no 'to' (broadcast).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Broadcast {
+    pub from: FullJid,
+    pub session_id: u64,
+    pub stanza: Element,
+}
+
+/// A resource sent directed presence to `to`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Directed {
+    pub resource: String,
+    pub to: String,
+    pub available: bool,
+}
+
+/// A session ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Gone {
+    pub from: FullJid,
+    pub session_id: u64,
+}
+
+/// Send the current presence of each available resource to `to`
+/// (a probe answer, or after approving a subscription).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendCurrent {
+    pub to: BareJid,
+    /// Only if `to` is subscribed to this user (probes).
+    pub check_subscription: bool,
+}
+
+/// Send unavailable from each available resource to `to`
+/// (the subscription ended, or `to` was blocked).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendUnavailable {
+    pub to: BareJid,
+}
+
+impl UserPresence {
+    fn user(&self) -> String {
+        self.bare
+            .node()
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_default()
+    }
+
+    fn roster(&self) -> Vec<RosterItem> {
+        self.ctx.state.roster(&self.user()).unwrap_or_default()
+    }
+
+    /// Presence from `from` to the user's own available resources and to
+    /// every contact with a 'from' subscription (not blocked).
+    fn broadcast(&self, stanza: &Element, extra: impl IntoIterator<Item = String>) {
+        let user = self.user();
+        for entry in self.ctx.router.resources(&self.bare) {
+            if entry.available {
+                deliver(&entry, stanza.clone());
+            }
+        }
+        let mut sent = HashSet::new();
+        for item in self.roster().into_iter().filter(|i| i.sub.from) {
+            if self.ctx.state.is_blocked(&user, &item.jid) {
+                continue;
+            }
+            if let Ok(to) = Jid::new(&item.jid) {
+                let mut p = stanza.clone();
+                p.set_attr("to", item.jid.clone());
+                deliver_presence(&self.ctx, p, &to);
+                sent.insert(item.jid);
+            }
+        }
+        for target in extra {
+            if sent.contains(&target) {
+                continue;
+            }
+            if let Ok(to) = Jid::new(&target) {
+                let mut p = stanza.clone();
+                p.set_attr("to", target);
+                deliver_presence(&self.ctx, p, &to);
+            }
+        }
+    }
+
+    fn went_unavailable(&mut self, from: &FullJid, status: Option<Element>) {
+        let Some(res) = self.resources.get_mut(from.resource().as_str()) else {
+            return;
+        };
+        if res.last.take().is_none() {
+            return;
+        }
+        let directed: Vec<String> = res.directed.drain().collect();
+        let mut p = status.unwrap_or_else(|| Element::new("presence", ns::CLIENT));
+        p.set_attr("type", "unavailable");
+        p.set_attr("from", from.to_string());
+        p.remove_attr("to");
+        self.broadcast(&p, directed);
+    }
+
+    /// RFC 6121 §4.2: initial presence. Probe contacts we are subscribed
+    /// to, deliver offline messages and pending subscription requests.
+    fn initial(&self, from: &FullJid, priority: i8) {
+        let user = self.user();
+        for item in self.roster().into_iter().filter(|i| i.sub.to) {
+            let Ok(contact) = BareJid::new(&item.jid) else {
+                continue;
+            };
+            if contact.domain().as_str() != self.ctx.config.domain {
+                continue;
+            }
+            if let Some(addr) = self.ctx.presence.get(&contact) {
+                addr.do_send(SendCurrent {
+                    to: self.bare.clone(),
+                    check_subscription: true,
+                });
+            }
+        }
+        let Some(me) = self.ctx.router.get_full(from) else {
+            return;
+        };
+        // RFC 6121 §3.1.3: requests that arrived while offline are delivered now.
+        for item in self.roster().into_iter().filter(|i| i.sub.pending_in) {
+            let req = Element::new("presence", ns::CLIENT)
+                .with_attr("type", "subscribe")
+                .with_attr("from", item.jid.clone())
+                .with_attr("to", self.bare.to_string());
+            deliver(&me, req);
+        }
+        // XEP-0160: offline messages go to the first resource with non-negative priority.
+        if priority >= 0 {
+            if let Ok(stored) = self.ctx.state.offline(&user) {
+                let count = stored.len();
+                for xml in stored {
+                    if let Ok(el) = crate::xml::parse_fragment(&xml) {
+                        deliver(&me, el);
+                    }
+                }
+                if count > 0 {
+                    if let Err(e) = self.ctx.state.apply(&Command::OfflineDrop {
+                        username: user,
+                        count,
+                    }) {
+                        tracing::error!(error = %e, "cannot drop delivered offline messages");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Each available resource's last presence, addressed to `to`.
+    fn current(&self, to: &BareJid) -> Vec<Element> {
+        self.resources
+            .values()
+            .filter_map(|r| r.last.clone())
+            .map(|mut p| {
+                p.set_attr("to", to.to_string());
+                p
+            })
+            .collect()
+    }
+}
+
+impl Handler<Broadcast> for UserPresence {
+    type Result = ();
+
+    fn handle(&mut self, msg: Broadcast, _: &mut Context<Self>) {
+        let resource = msg.from.resource().as_str().to_string();
+        let available = msg.stanza.attr("type").is_none();
+        let priority = msg
+            .stanza
+            .get_child("priority", ns::CLIENT)
+            .and_then(|p| p.text().trim().parse::<i8>().ok())
+            .unwrap_or(0);
+        self.ctx.router.update(&msg.from, msg.session_id, |e| {
+            e.available = available;
+            e.priority = priority;
+        });
+        let res = self.resources.entry(resource).or_insert_with(|| Resource {
+            session_id: msg.session_id,
+            last: None,
+            directed: HashSet::new(),
+        });
+        res.session_id = msg.session_id;
+        if !available {
+            self.went_unavailable(&msg.from, Some(msg.stanza));
+            return;
+        }
+        let was_available = res.last.replace(msg.stanza.clone()).is_some();
+        self.broadcast(&msg.stanza, None);
+        if !was_available {
+            self.initial(&msg.from, priority);
+        }
+    }
+}
+
+impl Handler<Directed> for UserPresence {
+    type Result = ();
+
+    fn handle(&mut self, msg: Directed, _: &mut Context<Self>) {
+        if let Some(r) = self.resources.get_mut(&msg.resource) {
+            if msg.available {
+                r.directed.insert(msg.to);
+            } else {
+                r.directed.remove(&msg.to);
+            }
+        }
+    }
+}
+
+impl Handler<Gone> for UserPresence {
+    type Result = ();
+
+    fn handle(&mut self, msg: Gone, ctx: &mut Context<Self>) {
+        let resource = msg.from.resource().as_str();
+        if self
+            .resources
+            .get(resource)
+            .is_some_and(|r| r.session_id == msg.session_id)
+        {
+            self.went_unavailable(&msg.from, None);
+            self.resources.remove(resource);
+        }
+        if self.ctx.presence.retire_if_idle(&self.ctx, &self.bare) {
+            // XEP-0012: remember when the user was last seen.
+            let cmd = Command::SetLastActivity {
+                username: self.user(),
+                unix_secs: crate::time::unix_now().as_secs(),
+                status: String::new(),
+            };
+            if self.ctx.state.account_exists(&self.user()) {
+                let _ = self.ctx.state.apply(&cmd);
+            }
+            ctx.stop();
+        }
+    }
+}
+
+impl Handler<SendCurrent> for UserPresence {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendCurrent, _: &mut Context<Self>) {
+        if msg.check_subscription {
+            let item = self
+                .ctx
+                .state
+                .roster_item(&self.user(), msg.to.as_str())
+                .ok()
+                .flatten();
+            if !item.is_some_and(|i| i.sub.from)
+                || self.ctx.state.is_blocked(&self.user(), msg.to.as_str())
+            {
+                return;
+            }
+        }
+        let to = Jid::from(msg.to.clone());
+        for p in self.current(&msg.to) {
+            deliver_presence(&self.ctx, p, &to);
+        }
+    }
+}
+
+impl Handler<SendUnavailable> for UserPresence {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendUnavailable, _: &mut Context<Self>) {
+        let to = Jid::from(msg.to.clone());
+        for p in self.current(&msg.to) {
+            let mut u = Element::new("presence", ns::CLIENT).with_attr("type", "unavailable");
+            if let Some(f) = p.attr("from") {
+                u.set_attr("from", f);
+            }
+            u.set_attr("to", msg.to.to_string());
+            deliver_presence(&self.ctx, u, &to);
+        }
+    }
+}
+
+/// Deliver presence to a local entity: a full JID's session, or every
+/// available resource of a bare JID (RFC 6121 §8.5.2.1.2). Dropped when the
+/// recipient blocked the sender (XEP-0191) or does not exist.
+pub fn deliver_presence(ctx: &ServerCtx, stanza: Element, to: &Jid) {
+    if to.domain().as_str() != ctx.config.domain {
+        return;
+    }
+    let Some(node) = to.node() else { return };
+    if let Some(from) = stanza.attr("from") {
+        if crate::modules::blocking::blocks(ctx, node.as_str(), from) {
+            return;
+        }
+    }
+    match to.try_as_full() {
+        Ok(full) => {
+            if let Some(e) = ctx.router.get_full(full) {
+                deliver(&e, stanza);
+            }
+        }
+        Err(bare) => {
+            for e in ctx
+                .router
+                .resources(bare)
+                .into_iter()
+                .filter(|e| e.available)
+            {
+                deliver(&e, stanza.clone());
+            }
+        }
+    }
+}
+
+/// Presence a local client sent. Returns an error reply for the sender.
+pub fn from_client(
+    ctx: &ServerCtx,
+    from: &FullJid,
+    session_id: u64,
+    actor: &Addr<UserPresence>,
+    stanza: Element,
+    to: Option<Jid>,
+) -> Option<Element> {
+    let ptype = stanza.attr("type").unwrap_or("available").to_string();
+    let Some(to) = to else {
+        return match ptype.as_str() {
+            "available" | "unavailable" => {
+                let msg = Broadcast {
+                    from: from.clone(),
+                    session_id,
+                    stanza,
+                };
+                if actor.try_send(msg).is_err() {
+                    tracing::warn!("presence actor overloaded; presence dropped");
+                }
+                None
+            }
+            // Subscription stanzas need a contact; probes are the server's business.
+            _ => bounce(&stanza, StanzaCondition::BadRequest),
+        };
+    };
+    if let Some(kind) = SubKind::parse(&ptype) {
+        return subscription_outbound(ctx, from, stanza, kind, to.to_bare());
+    }
+    match ptype.as_str() {
+        "available" | "unavailable" | "error" => {
+            if to.domain().as_str() != ctx.config.domain {
+                return bounce(&stanza, StanzaCondition::RemoteServerNotFound);
+            }
+            if let Some(node) = to.node() {
+                if crate::modules::blocking::blocks(
+                    ctx,
+                    from.node().map(|n| n.as_str()).unwrap_or_default(),
+                    to.as_str(),
+                ) && ptype != "error"
+                {
+                    return Some(crate::modules::blocking::blocked_error(&stanza));
+                }
+                let _ = node;
+                if ptype != "error" {
+                    let _ = actor.try_send(Directed {
+                        resource: from.resource().as_str().to_string(),
+                        to: to.to_string(),
+                        available: ptype == "available",
+                    });
+                }
+                deliver_presence(ctx, stanza, &to);
+            }
+            None
+        }
+        // RFC 6121 §4.3: clients do not send probes; ignore them.
+        "probe" => None,
+        _ => bounce(&stanza, StanzaCondition::BadRequest),
+    }
+}
+
+/// RFC 6121 §3 on the user's server: apply A.2 to the user's item for the
+/// contact, then (if it is routed) hand the stanza to the contact's server.
+fn subscription_outbound(
+    ctx: &ServerCtx,
+    from: &FullJid,
+    mut stanza: Element,
+    kind: SubKind,
+    contact: BareJid,
+) -> Option<Element> {
+    let user_bare = from.to_bare();
+    let user = user_bare
+        .node()
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_default();
+    if contact == user_bare {
+        return Some(
+            crate::stanza_error::StanzaError::with_text(
+                StanzaCondition::BadRequest,
+                "cannot subscribe to yourself",
+            )
+            .reply_to(&stanza),
+        );
+    }
+    if contact.domain().as_str() != ctx.config.domain {
+        return bounce(&stanza, StanzaCondition::RemoteServerNotFound);
+    }
+    let old = ctx
+        .state
+        .roster_item(&user, contact.as_str())
+        .ok()
+        .flatten();
+    let mut item = old
+        .clone()
+        .unwrap_or_else(|| RosterItem::new(contact.as_str()));
+    let t = subscription::outbound(item.sub, item.approved, kind);
+    item.sub = t.sub;
+    item.approved = t.approved;
+    // §3.1.2: asking creates a roster item; §3.1.5: approving shows the contact.
+    if kind == SubKind::Subscribe || (kind == SubKind::Subscribed && t.forward) {
+        item.in_roster = true;
+    }
+    if old.as_ref() != Some(&item) {
+        roster::store_and_push(ctx, &user_bare, item);
+    }
+    if !t.forward {
+        return None;
+    }
+    // §3.1.2: subscription stanzas travel between bare JIDs.
+    stanza.set_attr("from", user_bare.to_string());
+    stanza.set_attr("to", contact.to_string());
+    subscription_inbound(ctx, stanza, kind, &user_bare, &contact);
+    match kind {
+        // §3.1.5: after approving, the contact gets the user's current presence.
+        SubKind::Subscribed => {
+            if let Some(a) = ctx.presence.get(&user_bare) {
+                a.do_send(SendCurrent {
+                    to: contact,
+                    check_subscription: false,
+                });
+            }
+        }
+        // §3.2.2: after cancelling, the contact sees the user go unavailable.
+        SubKind::Unsubscribed => {
+            if let Some(a) = ctx.presence.get(&user_bare) {
+                a.do_send(SendUnavailable { to: contact });
+            }
+        }
+        _ => {}
+    }
+    None
+}
+
+/// RFC 6121 §3 on the contact's server: apply A.3 to the contact's item for
+/// the sender, deliver or answer.
+pub fn subscription_inbound(
+    ctx: &ServerCtx,
+    stanza: Element,
+    kind: SubKind,
+    sender: &BareJid,
+    contact: &BareJid,
+) {
+    let Some(contact_user) = contact.node().map(|n| n.as_str().to_string()) else {
+        return;
+    };
+    if !ctx.state.account_exists(&contact_user) {
+        // §3.1.3: no such user: a subscribe is refused on its behalf.
+        if kind == SubKind::Subscribe {
+            let reply = Element::new("presence", ns::CLIENT)
+                .with_attr("type", "unsubscribed")
+                .with_attr("from", contact.to_string())
+                .with_attr("to", sender.to_string());
+            subscription_inbound(ctx, reply, SubKind::Unsubscribed, contact, sender);
+        }
+        return;
+    }
+    if crate::modules::blocking::blocks(ctx, &contact_user, sender.as_str()) {
+        return;
+    }
+    let old = ctx
+        .state
+        .roster_item(&contact_user, sender.as_str())
+        .ok()
+        .flatten();
+    let mut item = old
+        .clone()
+        .unwrap_or_else(|| RosterItem::new(sender.as_str()));
+    let t = subscription::inbound(item.sub, item.approved, kind);
+    item.sub = t.sub;
+    item.approved = t.approved;
+    if t.reply == Some(SubKind::Subscribed) {
+        item.in_roster = item.in_roster || old.is_some();
+    }
+    if old.as_ref() != Some(&item) {
+        if item.in_roster {
+            roster::store_and_push(ctx, contact, item);
+        } else {
+            roster::store_quietly(ctx, contact, item);
+        }
+    }
+    if t.forward {
+        let to = Jid::from(contact.clone());
+        deliver_presence(ctx, stanza, &to);
+        // §3.3.3: a cancelled subscription stops presence at once.
+        if kind == SubKind::Unsubscribe {
+            if let Some(a) = ctx.presence.get(contact) {
+                a.do_send(SendUnavailable { to: sender.clone() });
+            }
+        }
+    }
+    if let Some(reply) = t.reply {
+        let r = Element::new("presence", ns::CLIENT)
+            .with_attr("type", reply.as_str())
+            .with_attr("from", contact.to_string())
+            .with_attr("to", sender.to_string());
+        subscription_inbound(ctx, r, reply, contact, sender);
+        if reply == SubKind::Subscribed {
+            if let Some(a) = ctx.presence.get(contact) {
+                a.do_send(SendCurrent {
+                    to: sender.clone(),
+                    check_subscription: false,
+                });
+            }
+        }
+    }
+}
