@@ -140,6 +140,17 @@ fn iq(ctx: &ServerCtx, sender: &Sender, iq: Element, to: Option<Jid>) -> Outcome
     let Some(to) = to else {
         return Outcome::default();
     };
+    // RFC 6121 §2.1.6: roster pushes come only from the user's own server;
+    // a client cannot push into someone else's roster.
+    if kind == Some(IqKind::Set) && iq.elements().any(|p| p.ns == crate::modules::roster::NS) {
+        return Outcome::reply(Some(
+            StanzaError::with_text(
+                StanzaCondition::Forbidden,
+                "roster pushes come from the server",
+            )
+            .reply_to(&iq),
+        ));
+    }
     if !is_local(ctx, &to) {
         return Outcome::reply(bounce(&iq, StanzaCondition::RemoteServerNotFound));
     }

@@ -118,6 +118,8 @@ pub struct Gone {
 #[rtype(result = "()")]
 pub struct SendCurrent {
     pub to: BareJid,
+    /// Deliver to this resource of `to` only (a local probe's answer).
+    pub resource: Option<FullJid>,
     /// Only if `to` is subscribed to this user (probes).
     pub check_subscription: bool,
 }
@@ -204,6 +206,7 @@ impl UserPresence {
             if let Some(addr) = self.ctx.presence.get(&contact) {
                 addr.do_send(SendCurrent {
                     to: self.bare.clone(),
+                    resource: Some(from.clone()),
                     check_subscription: true,
                 });
             }
@@ -345,8 +348,12 @@ impl Handler<SendCurrent> for UserPresence {
                 return;
             }
         }
-        let to = Jid::from(msg.to.clone());
-        for p in self.current(&msg.to) {
+        let to = match msg.resource {
+            Some(full) => Jid::from(full),
+            None => Jid::from(msg.to.clone()),
+        };
+        for mut p in self.current(&msg.to) {
+            p.set_attr("to", to.to_string());
             deliver_presence(&self.ctx, p, &to);
         }
     }
@@ -500,11 +507,12 @@ fn subscription_outbound(
     item.sub = t.sub;
     item.approved = t.approved;
     // §3.1.2: asking creates a roster item; §3.1.5: approving shows the contact.
-    if kind == SubKind::Subscribe || (kind == SubKind::Subscribed && t.forward) {
+    // §3.4.1: a pre-approval also creates the item (approved='true').
+    if kind == SubKind::Subscribe || (kind == SubKind::Subscribed && (t.forward || t.approved)) {
         item.in_roster = true;
     }
     if old.as_ref() != Some(&item) {
-        roster::store_and_push(ctx, &user_bare, item);
+        roster::store(ctx, &user_bare, old.as_ref(), item);
     }
     if !t.forward {
         return None;
@@ -519,6 +527,7 @@ fn subscription_outbound(
             if let Some(a) = ctx.presence.get(&user_bare) {
                 a.do_send(SendCurrent {
                     to: contact,
+                    resource: None,
                     check_subscription: false,
                 });
             }
@@ -575,11 +584,7 @@ pub fn subscription_inbound(
         item.in_roster = item.in_roster || old.is_some();
     }
     if old.as_ref() != Some(&item) {
-        if item.in_roster {
-            roster::store_and_push(ctx, contact, item);
-        } else {
-            roster::store_quietly(ctx, contact, item);
-        }
+        roster::store(ctx, contact, old.as_ref(), item);
     }
     if t.forward {
         let to = Jid::from(contact.clone());
@@ -601,6 +606,7 @@ pub fn subscription_inbound(
             if let Some(a) = ctx.presence.get(contact) {
                 a.do_send(SendCurrent {
                     to: sender.clone(),
+                    resource: None,
                     check_subscription: false,
                 });
             }

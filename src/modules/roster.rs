@@ -83,8 +83,13 @@ pub fn store_and_push(ctx: &ServerCtx, user: &BareJid, item: RosterItem) {
     }
 }
 
-/// Store an item that is not in the visible roster (a pending inbound request).
-pub fn store_quietly(ctx: &ServerCtx, user: &BareJid, item: RosterItem) {
+/// Store a changed item; push it only if what the client sees changed
+/// (a pending inbound request, for one, is not part of the roster).
+pub fn store(ctx: &ServerCtx, user: &BareJid, old: Option<&RosterItem>, item: RosterItem) {
+    let seen = |i: &RosterItem| i.in_roster.then(|| item_element(i));
+    if old.and_then(seen) != seen(&item) {
+        return store_and_push(ctx, user, item);
+    }
     if let Err(e) = ctx.state.apply(&Command::RosterPut {
         username: username(user),
         item,

@@ -244,6 +244,8 @@ fn features(ctx: &ServerCtx, s: &Stream) -> Element {
         f.push_child(
             Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)),
         );
+        // XEP-0237 roster versioning.
+        f.push_child(Element::new("ver", "urn:xmpp:features:rosterver"));
         return f;
     }
     let require_tls = ctx.config.c2s.require_tls;

@@ -571,6 +571,20 @@ impl Client {
         self.wait_for(|e| e.name == name).await
     }
 
+    /// Everything that arrives within `d` (after what was read ahead).
+    pub async fn collect_for(&mut self, d: Duration) -> Vec<Element> {
+        let mut out: Vec<Element> = self.pending.drain(..).collect();
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(ev) = tokio::time::timeout_at(deadline, self.reader.next()).await {
+            match ev {
+                Ok(StreamEvent::Stanza(el)) => out.push(el),
+                Ok(StreamEvent::Keepalive) => continue,
+                _ => break,
+            }
+        }
+        out
+    }
+
     /// Forget stanzas read ahead and not asked for.
     pub fn drain(&mut self) {
         self.pending.clear();
