@@ -18,17 +18,14 @@ fn python() -> String {
     venv.to_string()
 }
 
-#[test]
-fn slixmpp_two_accounts_chat_ping_disco() {
+/// Run one script against a fresh server with alice and bob; returns stdout.
+fn run_script(name: &str) -> String {
     let s = Server::start();
     s.add_user("alice", "alice-pw");
     s.add_user("bob", "bob-pw");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/slixmpp_basic.py"
-    );
+    let script = format!("{}/tests/interop/{name}", env!("CARGO_MANIFEST_DIR"));
     let mut child = Command::new(python())
-        .arg(script)
+        .arg(&script)
         .args([
             "127.0.0.1",
             &s.c2s.port().to_string(),
@@ -44,24 +41,47 @@ fn slixmpp_two_accounts_chat_ping_disco() {
         .expect("run python");
     let mut waited = Duration::ZERO;
     while child.try_wait().unwrap().is_none() {
-        assert!(waited < Duration::from_secs(90), "slixmpp script hung");
+        if waited > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("{name} hung");
+        }
         std::thread::sleep(Duration::from_millis(100));
         waited += Duration::from_millis(100);
     }
     let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "slixmpp failed:\n{stdout}\n{}\nserver log:\n{}",
+        "{name} failed:\n{stdout}\n{}\nserver log:\n{}",
         String::from_utf8_lossy(&out.stderr),
         s.log()
     );
+    stdout
+}
+
+#[test]
+fn slixmpp_two_accounts_chat_ping_disco() {
+    let stdout = run_script("slixmpp_basic.py");
     for step in [
         "OK login",
         "mech=SCRAM-SHA-256",
         "OK messages both ways",
         "OK ping",
         "OK disco",
+        "ALL OK",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn slixmpp_subscription_presence_offline() {
+    let stdout = run_script("slixmpp_im.py");
+    for step in [
+        "OK subscription both ways",
+        "OK presence change seen",
+        "OK offline seen",
+        "OK offline messages delivered with delay",
         "ALL OK",
     ] {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
