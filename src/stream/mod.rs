@@ -246,6 +246,8 @@ fn features(ctx: &ServerCtx, s: &Stream) -> Element {
         );
         // XEP-0237 roster versioning.
         f.push_child(Element::new("ver", "urn:xmpp:features:rosterver"));
+        // RFC 6121 §3.4 subscription pre-approval.
+        f.push_child(Element::new("sub", "urn:xmpp:features:pre-approval"));
         return f;
     }
     let require_tls = ctx.config.c2s.require_tls;
