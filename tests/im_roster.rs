@@ -143,7 +143,9 @@ async fn versioned_roster_fetch() {
     c.auth_scram("SCRAM-SHA-256", "alice", "pw").await.unwrap();
     let f = c.open().await;
     assert!(f.get_child("ver", "urn:xmpp:features:rosterver").is_some());
-    assert!(f.get_child("sub", "urn:xmpp:features:pre-approval").is_some());
+    assert!(f
+        .get_child("sub", "urn:xmpp:features:pre-approval")
+        .is_some());
 }
 
 #[tokio::test]

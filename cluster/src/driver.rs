@@ -1,0 +1,324 @@
+//! The one task that drives raft-rs: tick, step, propose, and the Ready
+//! loop in the order the raft-rs docs (examples/five_mem_node) require:
+//! send messages, apply a snapshot, apply committed entries, append new
+//! entries, persist the hard state, flush when `must_sync`, and only then
+//! send the messages that depend on that durable write; then advance.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::prelude::*;
+use raft::{RawNode, StateRole};
+use slog::o;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::storage::{SledStorage, StoreError};
+use crate::transport::Transport;
+use crate::{ClusterConfig, ClusterError, Cmd, Status};
+
+type Reply = oneshot::Sender<Result<Vec<u8>, ClusterError>>;
+type PeersReply = oneshot::Sender<Result<Vec<(u64, String)>, ClusterError>>;
+
+/// A conf-change entry's context: who proposed it and the node's address.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChangeContext {
+    proposal: u128,
+    address: String,
+}
+
+pub struct Driver {
+    id: u64,
+    raw: RawNode<SledStorage>,
+    store: SledStorage,
+    transport: Transport,
+    status: watch::Sender<Status>,
+    tick: Duration,
+    compact_after: u64,
+    next_proposal: u64,
+    pending: HashMap<u128, Reply>,
+    pending_changes: HashMap<u128, PeersReply>,
+}
+
+impl Driver {
+    pub fn new(
+        cfg: &ClusterConfig,
+        store: SledStorage,
+        mut transport: Transport,
+        status: watch::Sender<Status>,
+    ) -> Result<Self, raft::Error> {
+        let config = Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied: store.applied(),
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            ..Config::default()
+        };
+        let logger = slog::Logger::root(tracing_slog::TracingSlogDrain, o!("raft_id" => cfg.id));
+        let raw = RawNode::new(&config, store.clone(), &logger)?;
+        transport.set_peers(&store.peers().unwrap_or_default());
+        Ok(Driver {
+            id: cfg.id,
+            raw,
+            store,
+            transport,
+            status,
+            tick: cfg.tick,
+            compact_after: cfg.compact_after,
+            next_proposal: 0,
+            pending: HashMap::new(),
+            pending_changes: HashMap::new(),
+        })
+    }
+
+    fn proposal_id(&mut self) -> u128 {
+        self.next_proposal += 1;
+        (u128::from(self.id) << 64) | u128::from(self.next_proposal)
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, mut stop: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(self.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                }
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                },
+                _ = stop.changed() => break,
+            }
+            if let Err(e) = self.on_ready() {
+                // Storage errors leave the node unusable: stop loudly.
+                tracing::error!(error = %e, "raft storage failed; this node stops");
+                break;
+            }
+            self.publish_status();
+        }
+        for (_, r) in self.pending.drain() {
+            let _ = r.send(Err(ClusterError::Stopped));
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Step(m) => {
+                if let Err(e) = self.raw.step(*m) {
+                    tracing::debug!(error = %e, "raft step rejected a message");
+                }
+            }
+            Cmd::Propose(data, reply) => {
+                let id = self.proposal_id();
+                let mut entry = id.to_be_bytes().to_vec();
+                entry.extend_from_slice(&data);
+                match self.raw.propose(vec![], entry) {
+                    Ok(()) => {
+                        self.pending.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(ClusterError::Rejected(e.to_string())));
+                    }
+                }
+            }
+            Cmd::AddNode(node, address, reply) => {
+                self.change(ConfChangeType::AddNode, node, address, reply)
+            }
+            Cmd::RemoveNode(node, reply) => {
+                self.change(ConfChangeType::RemoveNode, node, String::new(), reply)
+            }
+            Cmd::Unreachable(node) => self.raw.report_unreachable(node),
+            // raft-rs keeps a follower paused in Snapshot state until told
+            // how the snapshot went; without this a lost ack stalls it forever.
+            Cmd::SnapshotSent(node, ok) => {
+                let status = if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(node, status);
+            }
+            Cmd::TransferLeader(node) => self.raw.transfer_leader(node),
+            Cmd::SetPeers(peers) => {
+                if let Err(e) = self.store.set_peers(&peers) {
+                    tracing::error!(error = %e, "cannot store peers");
+                }
+                self.transport.set_peers(&peers);
+            }
+        }
+    }
+
+    fn change(&mut self, kind: ConfChangeType, node: u64, address: String, reply: PeersReply) {
+        let proposal = self.proposal_id();
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.set_node_id(node);
+        let mut cc = ConfChangeV2::default();
+        cc.changes = vec![single].into();
+        let ctx = ChangeContext { proposal, address };
+        cc.context = serde_json::to_vec(&ctx).unwrap_or_default().into();
+        match self.raw.propose_conf_change(vec![], cc) {
+            Ok(()) => {
+                self.pending_changes.insert(proposal, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(ClusterError::Rejected(e.to_string())));
+            }
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), StoreError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        // 1. Messages that need no durable write go out at once.
+        if !ready.messages().is_empty() {
+            self.transport.send(ready.take_messages());
+        }
+        // 2. A snapshot from the leader replaces our state.
+        if !ready.snapshot().is_empty() {
+            self.store.apply_snapshot(ready.snapshot())?;
+            self.transport.set_peers(&self.store.peers()?);
+        }
+        // 3. Committed entries are applied.
+        let committed = ready.take_committed_entries();
+        self.apply(committed)?;
+        // 4. New entries are appended and 5. the hard state persisted...
+        if !ready.entries().is_empty() {
+            self.store.append(ready.entries())?;
+        }
+        if let Some(hs) = ready.hs() {
+            self.store.set_hard_state(hs)?;
+        }
+        // ...and made durable before anything that promises them is sent.
+        if ready.must_sync() {
+            self.store.flush()?;
+        }
+        if !ready.persisted_messages().is_empty() {
+            self.transport.send(ready.take_persisted_messages());
+        }
+        // 6. Advance, then handle what that releases.
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.store.set_commit(commit)?;
+        }
+        self.transport.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.maybe_compact()?;
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        for entry in entries {
+            if entry.data.is_empty() {
+                continue; // a new leader's empty entry
+            }
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if entry.data.len() < 16 {
+                        continue;
+                    }
+                    let (id, cmd) = entry.data.split_at(16);
+                    let id = u128::from_be_bytes(id.try_into().unwrap_or([0; 16]));
+                    let out = self.store.state_machine().apply(entry.index, cmd);
+                    if let Some(r) = self.pending.remove(&id) {
+                        let _ = r.send(Ok(out));
+                    }
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_change(&entry)?
+                }
+            }
+        }
+        self.store.set_applied(last)?;
+        Ok(())
+    }
+
+    fn apply_change(&mut self, entry: &Entry) -> Result<(), StoreError> {
+        // We only ever propose ConfChangeV2 (design.md: membership by ConfChangeV2).
+        if entry.get_entry_type() != EntryType::EntryConfChangeV2 {
+            tracing::warn!(index = entry.index, "ignoring a v1 conf change entry");
+            return Ok(());
+        }
+        let cc = ConfChangeV2::parse_from_bytes(&entry.data)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let cs = match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(e) => {
+                tracing::warn!(error = %e, "conf change not applied");
+                return Ok(());
+            }
+        };
+        self.store.set_conf_state(&cs)?;
+        let ctx: Option<ChangeContext> = serde_json::from_slice(&cc.context).ok();
+        let mut peers = self.store.peers()?;
+        for change in cc.changes.iter() {
+            let node = change.node_id;
+            match change.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    if let Some(c) = &ctx {
+                        peers.retain(|(id, _)| *id != node);
+                        peers.push((node, c.address.clone()));
+                    }
+                }
+                ConfChangeType::RemoveNode => peers.retain(|(id, _)| *id != node),
+            }
+        }
+        peers.sort();
+        self.store.set_peers(&peers)?;
+        self.transport.set_peers(&peers);
+        tracing::info!(?peers, "membership changed");
+        if let Some(c) = ctx {
+            if let Some(r) = self.pending_changes.remove(&c.proposal) {
+                let _ = r.send(Ok(peers));
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_compact(&mut self) -> Result<(), StoreError> {
+        let applied = self.store.applied();
+        let first = raft::Storage::first_index(&self.store).unwrap_or(1);
+        if applied > first && applied - first >= self.compact_after {
+            self.store.compact(applied)?;
+        }
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let r = &self.raw.raft;
+        let role = match r.state {
+            StateRole::Leader => "leader",
+            StateRole::Follower => "follower",
+            StateRole::Candidate => "candidate",
+            StateRole::PreCandidate => "pre-candidate",
+        };
+        let s = Status {
+            id: self.id,
+            leader: r.leader_id,
+            term: r.term,
+            commit: r.raft_log.committed,
+            applied: self.store.applied(),
+            role: role.to_string(),
+            peers: self.store.peers().unwrap_or_default(),
+        };
+        self.status.send_if_modified(|old| {
+            if *old != s {
+                *old = s;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}

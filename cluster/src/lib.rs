@@ -1,0 +1,313 @@
+//! `starling-cluster`: one Raft group replicated over a tonic mesh, with
+//! its log in sled. It knows nothing of XMPP: it replicates opaque
+//! commands into a [`StateMachine`] that the server implements.
+//!
+//! One task drives the raft-rs `RawNode` (tick, step, propose, Ready) in
+//! `driver.rs`; `transport.rs` carries messages between nodes, which
+//! authenticate each other with a shared cluster secret.
+
+// rust-protobuf (v2) messages from raft-rs carry hidden bookkeeping fields
+// and are built by assigning fields after `default()`.
+#![allow(clippy::field_reassign_with_default)]
+
+mod driver;
+pub mod storage;
+mod transport;
+
+pub use transport::remote_status;
+
+/// Code generated from `proto/cluster.proto`.
+pub mod proto {
+    tonic::include_proto!("starling.cluster");
+}
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// What the cluster replicates into. `apply` must be deterministic: every
+/// node applies the same commands in the same order.
+pub trait StateMachine: Send + Sync + 'static {
+    /// Apply the command committed at `index`; the bytes returned go back
+    /// to the node that proposed it.
+    fn apply(&self, index: u64, command: &[u8]) -> Vec<u8>;
+    /// The whole state, for a node that joins or falls behind.
+    fn snapshot(&self) -> Result<Vec<u8>, String>;
+    /// Replace the whole state with a snapshot.
+    fn restore(&self, data: &[u8]) -> Result<(), String>;
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's id, unique in the cluster, never 0.
+    pub id: u64,
+    /// Where the mesh listens (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Address other nodes use to reach us; empty means the bound address.
+    pub advertise: String,
+    /// Shared secret every node presents; without it nothing is accepted.
+    pub secret: String,
+    /// A member to join through; `None` bootstraps a new cluster (or
+    /// restarts from the data already on disk).
+    pub join: Option<String>,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Compact the log once this many entries are applied past its start.
+    pub compact_after: u64,
+}
+
+impl ClusterConfig {
+    pub fn new(id: u64, listen: SocketAddr, secret: impl Into<String>) -> Self {
+        ClusterConfig {
+            id,
+            listen,
+            advertise: String::new(),
+            secret: secret.into(),
+            join: None,
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            compact_after: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    #[error("no quorum: the change could not be committed in time")]
+    NoQuorum,
+    #[error("the cluster node has stopped")]
+    Stopped,
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("cannot join: {0}")]
+    Join(String),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, String),
+    #[error("proposal rejected: {0}")]
+    Rejected(String),
+}
+
+/// A node's view of the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub id: u64,
+    pub leader: u64,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub role: String,
+    /// Members: (id, mesh address).
+    pub peers: Vec<(u64, String)>,
+}
+
+pub(crate) enum Cmd {
+    Step(Box<raft::prelude::Message>),
+    Propose(Vec<u8>, oneshot::Sender<Result<Vec<u8>, ClusterError>>),
+    AddNode(
+        u64,
+        String,
+        oneshot::Sender<Result<Vec<(u64, String)>, ClusterError>>,
+    ),
+    RemoveNode(
+        u64,
+        oneshot::Sender<Result<Vec<(u64, String)>, ClusterError>>,
+    ),
+    Unreachable(u64),
+    TransferLeader(u64),
+    SetPeers(Vec<(u64, String)>),
+    /// A snapshot to this peer was delivered (true) or lost (false).
+    SnapshotSent(u64, bool),
+}
+
+/// A running node. Dropping it does not stop it; call [`Cluster::shutdown`].
+#[derive(Clone)]
+pub struct Cluster {
+    id: u64,
+    tx: mpsc::Sender<Cmd>,
+    status: watch::Receiver<Status>,
+    addr: SocketAddr,
+    isolated: Arc<AtomicBool>,
+    stop: Arc<watch::Sender<bool>>,
+}
+
+impl Cluster {
+    /// Start a node on `db` (which also holds the state machine's data).
+    pub async fn start(
+        db: sled::Db,
+        sm: Arc<dyn StateMachine>,
+        cfg: ClusterConfig,
+    ) -> Result<Cluster, ClusterError> {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| ClusterError::Listen(cfg.listen.to_string(), e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ClusterError::Listen(cfg.listen.to_string(), e.to_string()))?;
+        let advertise = if cfg.advertise.is_empty() {
+            addr.to_string()
+        } else {
+            cfg.advertise.clone()
+        };
+        let store =
+            storage::SledStorage::open(db, sm).map_err(|e| ClusterError::Storage(e.to_string()))?;
+        let fresh = !store
+            .is_initialized()
+            .map_err(|e| ClusterError::Storage(e.to_string()))?;
+        if fresh && cfg.join.is_none() {
+            store
+                .bootstrap(cfg.id)
+                .map_err(|e| ClusterError::Storage(e.to_string()))?;
+            store
+                .set_peers(&[(cfg.id, advertise.clone())])
+                .map_err(|e| ClusterError::Storage(e.to_string()))?;
+        }
+        let (tx, rx) = mpsc::channel(4096);
+        let (status_tx, status) = watch::channel(Status {
+            id: cfg.id,
+            ..Status::default()
+        });
+        let isolated = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(watch::channel(false).0);
+        let transport =
+            transport::Transport::new(cfg.id, cfg.secret.clone(), isolated.clone(), tx.clone());
+        transport::serve(
+            listener,
+            cfg.secret.clone(),
+            isolated.clone(),
+            tx.clone(),
+            status.clone(),
+            stop.subscribe(),
+        );
+        let node = driver::Driver::new(&cfg, store.clone(), transport, status_tx)
+            .map_err(|e| ClusterError::Storage(e.to_string()))?;
+        tokio::spawn(node.run(rx, stop.subscribe()));
+        let cluster = Cluster {
+            id: cfg.id,
+            tx,
+            status,
+            addr,
+            isolated,
+            stop,
+        };
+        if fresh {
+            if let Some(seed) = &cfg.join {
+                let peers = transport::join(seed, &cfg.secret, cfg.id, &advertise).await?;
+                // Our replies must reach the leader before its quorum check runs.
+                cluster
+                    .tx
+                    .send(Cmd::SetPeers(peers))
+                    .await
+                    .map_err(|_| ClusterError::Stopped)?;
+            }
+        }
+        Ok(cluster)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The mesh address this node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Replicate `command`; resolves with the state machine's answer once
+    /// it is applied here. Fails with `NoQuorum` if a majority cannot be
+    /// reached within `timeout` (the outcome is then unknown).
+    pub async fn propose(
+        &self,
+        command: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ClusterError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            self.tx
+                .send(Cmd::Propose(command.clone(), tx))
+                .await
+                .map_err(|_| ClusterError::Stopped)?;
+            match tokio::time::timeout_at(deadline, rx).await {
+                // Dropped before entering the log (no leader yet): safe to retry.
+                Ok(Ok(Err(ClusterError::Rejected(_))))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Ok(r)) => return r,
+                Ok(Err(_)) => return Err(ClusterError::Stopped),
+                // Not committed in time: the outcome is unknown, so no retry.
+                Err(_) => return Err(ClusterError::NoQuorum),
+            }
+        }
+    }
+
+    /// Remove a member (through raft, so every node agrees).
+    pub async fn remove_node(
+        &self,
+        id: u64,
+        timeout: Duration,
+    ) -> Result<Vec<(u64, String)>, ClusterError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::RemoveNode(id, tx))
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ClusterError::Stopped),
+            Err(_) => Err(ClusterError::NoQuorum),
+        }
+    }
+
+    /// Ask the leader role to move to `id` (used before draining a node).
+    pub async fn transfer_leader(&self, id: u64) {
+        let _ = self.tx.send(Cmd::TransferLeader(id)).await;
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// Wait (bounded) until `pred` holds for this node's status.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Result<Status, Status> {
+        let mut rx = self.status.clone();
+        let res = tokio::time::timeout(timeout, async {
+            loop {
+                if pred(&rx.borrow()) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await;
+        let s = self.status();
+        if res.is_ok() {
+            Ok(s)
+        } else {
+            Err(s)
+        }
+    }
+
+    /// Test and operations switch: drop every raft message to and from
+    /// this node, as if its network were cut.
+    pub fn set_isolated(&self, isolated: bool) {
+        self.isolated.store(isolated, Ordering::SeqCst);
+    }
+
+    /// Stop the driver and the mesh server.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+}

@@ -1,0 +1,347 @@
+//! Raft log, hard state and snapshot position in sled (raft-rs `Storage`).
+//!
+//! Storage errors leave a node unusable, so they are fatal and loud:
+//! callers treat any error from the write side as a reason to stop.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::prelude::*;
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use crate::StateMachine;
+
+const HARD_STATE: &[u8] = b"hard_state";
+const CONF_STATE: &[u8] = b"conf_state";
+const SNAPSHOT_META: &[u8] = b"snapshot_meta";
+const PEERS: &[u8] = b"peers";
+const APPLIED: &[u8] = b"applied";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt raft record: {0}")]
+    Corrupt(String),
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn to_raft(e: StoreError) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+/// The log lives in `raft_log` (big-endian index -> Entry); the rest in `raft_meta`.
+#[derive(Clone)]
+pub struct SledStorage {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    sm: Arc<dyn StateMachine>,
+    /// Index and term of the last entry folded into a snapshot (0 if none).
+    snap_index: Arc<AtomicU64>,
+    snap_term: Arc<AtomicU64>,
+    /// The last index applied to the state machine.
+    applied: Arc<AtomicU64>,
+}
+
+impl SledStorage {
+    pub fn open(db: sled::Db, sm: Arc<dyn StateMachine>) -> Result<Self, StoreError> {
+        let log = db.open_tree("raft_log")?;
+        let meta = db.open_tree("raft_meta")?;
+        let (si, st) = match meta.get(SNAPSHOT_META)? {
+            Some(b) => {
+                let m = SnapshotMetadata::parse_from_bytes(&b).map_err(corrupt)?;
+                (m.index, m.term)
+            }
+            None => (0, 0),
+        };
+        let applied = match meta.get(APPLIED)? {
+            Some(b) => u64::from_be_bytes(b.as_ref().try_into().map_err(corrupt)?),
+            None => si,
+        };
+        Ok(SledStorage {
+            db,
+            log,
+            meta,
+            sm,
+            snap_index: Arc::new(AtomicU64::new(si)),
+            snap_term: Arc::new(AtomicU64::new(st)),
+            applied: Arc::new(AtomicU64::new(applied)),
+        })
+    }
+
+    /// Whether this store has ever been part of a cluster.
+    pub fn is_initialized(&self) -> Result<bool, StoreError> {
+        Ok(self.meta.contains_key(CONF_STATE)? || self.snap_index.load(Ordering::Acquire) > 0)
+    }
+
+    /// Make a brand-new single-member cluster. As in raft-rs's examples,
+    /// the first state is a snapshot at index 1 holding the conf state, so
+    /// nodes that join later get the membership by snapshot.
+    pub fn bootstrap(&self, id: u64) -> Result<(), StoreError> {
+        let mut cs = ConfState::default();
+        cs.voters = vec![id];
+        self.set_conf_state(&cs)?;
+        let mut m = SnapshotMetadata::default();
+        m.index = 1;
+        m.term = 1;
+        m.set_conf_state(cs);
+        self.meta
+            .insert(SNAPSHOT_META, m.write_to_bytes().map_err(corrupt)?)?;
+        self.snap_index.store(1, Ordering::Release);
+        self.snap_term.store(1, Ordering::Release);
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.commit = 1;
+        self.set_hard_state(&hs)?;
+        self.set_applied(1)?;
+        self.flush()
+    }
+
+    pub fn append(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        // A new entry at index i replaces i and everything after it.
+        let last = self.last_index_inner()?;
+        for idx in first.index..=last {
+            self.log.remove(idx.to_be_bytes())?;
+        }
+        for e in entries {
+            self.log
+                .insert(e.index.to_be_bytes(), e.write_to_bytes().map_err(corrupt)?)?;
+        }
+        Ok(())
+    }
+
+    pub fn set_hard_state(&self, hs: &HardState) -> Result<(), StoreError> {
+        self.meta
+            .insert(HARD_STATE, hs.write_to_bytes().map_err(corrupt)?)?;
+        Ok(())
+    }
+
+    pub fn hard_state(&self) -> Result<HardState, StoreError> {
+        match self.meta.get(HARD_STATE)? {
+            Some(b) => HardState::parse_from_bytes(&b).map_err(corrupt),
+            None => Ok(HardState::default()),
+        }
+    }
+
+    pub fn set_commit(&self, commit: u64) -> Result<(), StoreError> {
+        let mut hs = self.hard_state()?;
+        hs.commit = commit;
+        self.set_hard_state(&hs)
+    }
+
+    pub fn set_conf_state(&self, cs: &ConfState) -> Result<(), StoreError> {
+        self.meta
+            .insert(CONF_STATE, cs.write_to_bytes().map_err(corrupt)?)?;
+        Ok(())
+    }
+
+    fn conf_state(&self) -> Result<ConfState, StoreError> {
+        match self.meta.get(CONF_STATE)? {
+            Some(b) => ConfState::parse_from_bytes(&b).map_err(corrupt),
+            None => Ok(ConfState::default()),
+        }
+    }
+
+    pub fn state_machine(&self) -> &Arc<dyn StateMachine> {
+        &self.sm
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    pub fn set_applied(&self, index: u64) -> Result<(), StoreError> {
+        self.meta.insert(APPLIED, &index.to_be_bytes())?;
+        self.applied.store(index, Ordering::Release);
+        Ok(())
+    }
+
+    /// Peer addresses (id -> "host:port"), kept with the log.
+    pub fn peers(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        match self.meta.get(PEERS)? {
+            Some(b) => serde_json::from_slice(&b).map_err(corrupt),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    pub fn set_peers(&self, peers: &[(u64, String)]) -> Result<(), StoreError> {
+        self.meta
+            .insert(PEERS, serde_json::to_vec(peers).map_err(corrupt)?)?;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Install a snapshot from the leader: restore the state machine and
+    /// drop the log it covers.
+    pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StoreError> {
+        let m = snap.get_metadata();
+        let data = snap.get_data();
+        let (len, rest) = data
+            .split_at_checked(4)
+            .ok_or_else(|| corrupt("short snapshot"))?;
+        let len = u32::from_be_bytes(len.try_into().map_err(corrupt)?) as usize;
+        let (peers, sm) = rest
+            .split_at_checked(len)
+            .ok_or_else(|| corrupt("short snapshot"))?;
+        let peers: Vec<(u64, String)> = serde_json::from_slice(peers).map_err(corrupt)?;
+        self.sm.restore(sm).map_err(StoreError::Corrupt)?;
+        self.set_peers(&peers)?;
+        self.log.clear()?;
+        self.meta
+            .insert(SNAPSHOT_META, m.write_to_bytes().map_err(corrupt)?)?;
+        self.set_conf_state(m.get_conf_state())?;
+        let mut hs = self.hard_state()?;
+        hs.commit = hs.commit.max(m.index);
+        hs.term = hs.term.max(m.term);
+        self.set_hard_state(&hs)?;
+        self.snap_index.store(m.index, Ordering::Release);
+        self.snap_term.store(m.term, Ordering::Release);
+        self.set_applied(m.index)?;
+        self.flush()
+    }
+
+    /// Drop log entries up to `index` (applied), remembering its term.
+    pub fn compact(&self, index: u64) -> Result<(), StoreError> {
+        let first = self.first_index_inner();
+        if index < first {
+            return Ok(());
+        }
+        let term = self.term_inner(index)?;
+        for idx in first..=index {
+            self.log.remove(idx.to_be_bytes())?;
+        }
+        let mut m = SnapshotMetadata::default();
+        m.index = index;
+        m.term = term;
+        m.set_conf_state(self.conf_state()?);
+        self.meta
+            .insert(SNAPSHOT_META, m.write_to_bytes().map_err(corrupt)?)?;
+        self.snap_index.store(index, Ordering::Release);
+        self.snap_term.store(term, Ordering::Release);
+        Ok(())
+    }
+
+    fn first_index_inner(&self) -> u64 {
+        self.snap_index.load(Ordering::Acquire) + 1
+    }
+
+    fn last_index_inner(&self) -> Result<u64, StoreError> {
+        match self.log.last()? {
+            Some((k, _)) => Ok(u64::from_be_bytes(k.as_ref().try_into().map_err(corrupt)?)),
+            None => Ok(self.snap_index.load(Ordering::Acquire)),
+        }
+    }
+
+    fn term_inner(&self, idx: u64) -> Result<u64, StoreError> {
+        if idx == self.snap_index.load(Ordering::Acquire) {
+            return Ok(self.snap_term.load(Ordering::Acquire));
+        }
+        match self.log.get(idx.to_be_bytes())? {
+            Some(b) => Ok(Entry::parse_from_bytes(&b).map_err(corrupt)?.term),
+            None => Err(StoreError::Corrupt(format!("no entry {idx}"))),
+        }
+    }
+}
+
+impl raft::Storage for SledStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState {
+            hard_state: self.hard_state().map_err(to_raft)?,
+            conf_state: self.conf_state().map_err(to_raft)?,
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first_index_inner() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        let max = max_size.into().unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        let mut cut = false;
+        for item in self.log.range(low.to_be_bytes()..high.to_be_bytes()) {
+            let (_, v) = item.map_err(|e| to_raft(e.into()))?;
+            let e = Entry::parse_from_bytes(&v).map_err(|e| to_raft(corrupt(e)))?;
+            size += u64::from(e.compute_size());
+            if !out.is_empty() && size > max {
+                cut = true;
+                break;
+            }
+            out.push(e);
+        }
+        // Always at least one entry; fewer than asked only when cut by size.
+        if out.is_empty() || (!cut && out.len() as u64 != high - low) {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let si = self.snap_index.load(Ordering::Acquire);
+        if idx == si {
+            return Ok(self.snap_term.load(Ordering::Acquire));
+        }
+        if idx < si {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last_index_inner().map_err(to_raft)? {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        self.term_inner(idx).map_err(to_raft)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first_index_inner())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.last_index_inner().map_err(to_raft)
+    }
+
+    /// A snapshot of the state machine as applied right now (the driver
+    /// applies in the same task that calls this, so the two agree).
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let applied = self.applied();
+        if applied < request_index || applied < self.snap_index.load(Ordering::Acquire) {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let sm = self
+            .sm
+            .snapshot()
+            .map_err(|e| to_raft(StoreError::Corrupt(e)))?;
+        // Peers' addresses travel with the snapshot: the conf changes that
+        // carried them may be compacted away.
+        let peers =
+            serde_json::to_vec(&self.peers().map_err(to_raft)?).map_err(|e| to_raft(corrupt(e)))?;
+        let mut data = (peers.len() as u32).to_be_bytes().to_vec();
+        data.extend_from_slice(&peers);
+        data.extend_from_slice(&sm);
+        let mut snap = Snapshot::default();
+        snap.set_data(data.into());
+        let m = snap.mut_metadata();
+        m.index = applied;
+        m.term = self.term_inner(applied).map_err(to_raft)?;
+        m.set_conf_state(self.conf_state().map_err(to_raft)?);
+        Ok(snap)
+    }
+}
