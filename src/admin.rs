@@ -45,8 +45,14 @@ pub struct Response {
     pub users: Vec<String>,
 }
 
-/// Carry out `op` on `state`; the user list for `List`.
-pub fn execute(state: &State, domain: &str, op: &AdminOp) -> Result<Vec<String>, String> {
+/// Carry out `op`: reads from `state`, writes through `commit` (the
+/// cluster on a running node, the local state machine offline).
+pub fn execute(
+    state: &State,
+    domain: &str,
+    op: &AdminOp,
+    commit: impl Fn(&Command) -> Result<crate::state::Applied, crate::state::StateError>,
+) -> Result<Vec<String>, String> {
     let user = |u: &str| {
         normalize_username(u, domain).ok_or_else(|| format!("{u:?} is not a valid username"))
     };
@@ -63,7 +69,7 @@ pub fn execute(state: &State, domain: &str, op: &AdminOp) -> Result<Vec<String>,
         },
         AdminOp::Del { user: u } => Command::DeleteAccount { username: user(u)? },
     };
-    state.apply(&cmd).map_err(|e| e.to_string())?;
+    commit(&cmd).map_err(|e| e.to_string())?;
     Ok(Vec::new())
 }
 
@@ -122,7 +128,14 @@ pub async fn serve(ctx: Arc<ServerCtx>, listener: std::os::unix::net::UnixListen
                     users: vec![],
                 },
                 Ok(req) => {
-                    let result = execute(&ctx.state, &ctx.config.domain, &req.op);
+                    // The commit blocks for one replication round: off the arbiter.
+                    let c = ctx.clone();
+                    let op = req.op.clone();
+                    let result = tokio::task::spawn_blocking(move || {
+                        execute(&c.state, &c.config.domain, &op, |cmd| c.commit(cmd))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
                     if let (Ok(_), AdminOp::Del { user }) = (&result, &req.op) {
                         kick(&ctx, user);
                     }

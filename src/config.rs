@@ -37,6 +37,36 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub cluster: ClusterSection,
+}
+
+/// The node's place in the cluster (Raft over the gRPC mesh).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Unique per node, never 0.
+    pub node_id: u64,
+    /// Mesh listener (gRPC), "host:port".
+    pub listen: String,
+    /// Address other nodes dial; empty means the bound listen address.
+    pub advertise: String,
+    /// Shared secret of the cluster; empty means one generated into
+    /// data_dir/cluster.secret (fine for one node; copy it to others).
+    pub secret: String,
+    /// A member's mesh address to join through (first start only).
+    pub join: String,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            node_id: 1,
+            listen: "127.0.0.1:7222".into(),
+            advertise: String::new(),
+            secret: String::new(),
+            join: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +153,7 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
+            cluster: ClusterSection::default(),
         }
     }
 }
@@ -166,7 +197,7 @@ impl Default for LogConfig {
 }
 
 /// Sections that `STARLING_<SECTION>_<KEY>` can address.
-const SECTIONS: [&str; 5] = ["c2s", "tls", "registration", "limits", "log"];
+const SECTIONS: [&str; 6] = ["c2s", "tls", "registration", "limits", "log", "cluster"];
 
 impl Config {
     /// Load `path` (if any), apply `STARLING_*` overrides from `env`, validate.
@@ -271,6 +302,13 @@ impl Config {
         if !self.c2s.direct_tls_listen.is_empty() {
             parse_addr("c2s.direct_tls_listen", &self.c2s.direct_tls_listen)?;
         }
+        parse_addr("cluster.listen", &self.cluster.listen)?;
+        if self.cluster.node_id == 0 {
+            return Err(ConfigError::BadValue {
+                key: "cluster.node_id".into(),
+                message: "must be greater than 0".into(),
+            });
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::BadValue {
                 key: "tls.cert".into(),
@@ -325,6 +363,10 @@ impl Config {
             parse_addr("c2s.direct_tls_listen", &self.c2s.direct_tls_listen)
                 .expect("validated at load"),
         )
+    }
+
+    pub fn cluster_listen(&self) -> SocketAddr {
+        parse_addr("cluster.listen", &self.cluster.listen).expect("validated at load")
     }
 
     pub fn workers(&self) -> usize {

@@ -244,7 +244,7 @@ fn store_offline(ctx: &ServerCtx, username: &str, mut msg: Element) -> Option<El
         stanza: msg.to_xml(ns::CLIENT),
         quota: ctx.config.limits.offline_messages,
     };
-    match ctx.state.apply(&cmd) {
+    match ctx.commit(&cmd) {
         Ok(_) => None,
         Err(StateError::QuotaExceeded(_)) => {
             msg.children.pop();

@@ -7,6 +7,7 @@ pub mod config;
 pub mod delivery;
 pub mod modules;
 pub mod presence;
+pub mod replication;
 pub mod router;
 pub mod sasl;
 pub mod server;

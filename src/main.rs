@@ -22,11 +22,30 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a node.
-    Serve,
+    Serve {
+        /// Join the cluster through this member's mesh address (first start).
+        #[arg(long)]
+        join: Option<String>,
+    },
+    /// Inspect the cluster.
+    Cluster {
+        #[command(subcommand)]
+        op: ClusterCmd,
+    },
     /// Manage accounts, on a running node or directly on its data dir.
     User {
         #[command(subcommand)]
         op: UserCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Members, roles, leader, term, commit and applied index.
+    Status {
+        /// Mesh address of the node to ask (default: this config's node).
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 
@@ -54,14 +73,22 @@ enum UserCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            if let Cmd::Serve { join: Some(j) } = &cli.command {
+                c.cluster.join = j.clone();
+            }
+            c
+        }
         Err(e) => {
             eprintln!("starling: {e}");
             return ExitCode::from(2);
         }
     };
     match cli.command {
-        Cmd::Serve => {
+        Cmd::Cluster {
+            op: ClusterCmd::Status { node },
+        } => cluster_status(&config, node),
+        Cmd::Serve { .. } => {
             init_logging(&config.log.level);
             match starling::server::run(config) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -72,6 +99,45 @@ fn main() -> ExitCode {
             }
         }
         Cmd::User { op } => user(&config, op),
+    }
+}
+
+fn cluster_status(config: &Config, node: Option<String>) -> ExitCode {
+    let secret = match starling::server::cluster_secret(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("starling: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let addr = node.unwrap_or_else(|| config.cluster.listen.replace("0.0.0.0", "127.0.0.1"));
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("starling: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(starling_cluster::remote_status(&addr, &secret)) {
+        Ok(s) => {
+            println!(
+                "node {} ({}) term {} leader {} commit {} applied {}",
+                s.id, s.role, s.term, s.leader, s.commit, s.applied
+            );
+            println!("members:");
+            for (id, a) in s.peers {
+                let role = if id == s.leader { "leader" } else { "member" };
+                println!("  {id}\t{a}\t{role}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("starling: cannot reach the node at {addr}: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -136,5 +202,7 @@ fn run_user_op(config: &Config, op: &AdminOp) -> Result<Vec<String>, String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
     let state = State::open(&config.data_dir).map_err(|e| e.to_string())?;
-    admin::execute(&state, &config.domain, op)
+    // No node is running: apply locally; the node replicates its state
+    // from here on (the data dir belongs to this node alone).
+    admin::execute(&state, &config.domain, op, |cmd| state.apply(cmd))
 }

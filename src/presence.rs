@@ -232,7 +232,7 @@ impl UserPresence {
                     }
                 }
                 if count > 0 {
-                    if let Err(e) = self.ctx.state.apply(&Command::OfflineDrop {
+                    if let Err(e) = self.ctx.commit(&Command::OfflineDrop {
                         username: user,
                         count,
                     }) {
@@ -324,7 +324,7 @@ impl Handler<Gone> for UserPresence {
                 status: String::new(),
             };
             if self.ctx.state.account_exists(&self.user()) {
-                let _ = self.ctx.state.apply(&cmd);
+                let _ = self.ctx.commit(&cmd);
             }
             ctx.stop();
         }

@@ -24,7 +24,9 @@ use crate::xml::XmlLimits;
 /// Everything a connection needs, shared by all arbiters.
 pub struct ServerCtx {
     pub config: Config,
-    pub state: State,
+    /// The local replica: reads only. Writes go through [`ServerCtx::commit`].
+    pub state: Arc<State>,
+    pub replicator: crate::replication::Replicator,
     pub router: Router,
     pub modules: Modules,
     pub tls: TlsAcceptor,
@@ -47,6 +49,11 @@ impl Drop for ConnGuard {
 }
 
 impl ServerCtx {
+    /// Replicate a change through the cluster and apply it (see replication.rs).
+    pub fn commit(&self, cmd: &crate::state::Command) -> Result<crate::state::Applied, StateError> {
+        self.replicator.commit(cmd)
+    }
+
     pub fn xml_limits(&self) -> XmlLimits {
         let l = &self.config.limits;
         XmlLimits {
@@ -81,6 +88,8 @@ pub enum StartError {
     State(#[from] StateError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         key: &'static str,
@@ -114,7 +123,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .direct_tls_listen()
         .map(|a| bind("c2s.direct_tls_listen", a))
         .transpose()?;
-    let state = State::open(&config.data_dir)?;
+    let state = Arc::new(State::open(&config.data_dir)?);
+    let (replicator, raft_thread) = start_cluster(&config, state.clone())?;
     let tls = crate::tls::server_config(
         config.tls.cert.as_deref(),
         config.tls.key.as_deref(),
@@ -134,6 +144,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let workers = config.workers();
     let ctx = Arc::new(ServerCtx {
         state,
+        replicator,
         router: Router::default(),
         modules: Modules::standard(),
         tls: TlsAcceptor::from(tls),
@@ -149,13 +160,16 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let direct_addr = direct.as_ref().and_then(|d| d.local_addr().ok());
     tracing::info!(domain = %ctx.config.domain, c2s = ?c2s_addr, direct_tls = ?direct_addr, workers, "starling is up");
     // One machine-readable line on stdout: tests and scripts read the bound ports here.
+    let cluster = ctx.replicator.cluster();
     println!(
-        "starling ready domain={} c2s={} c2s_tls={}",
+        "starling ready domain={} c2s={} c2s_tls={} cluster={} node={}",
         ctx.config.domain,
         c2s_addr.map(|a| a.to_string()).unwrap_or_default(),
         direct_addr
             .map(|a| a.to_string())
-            .unwrap_or_else(|| "off".into())
+            .unwrap_or_else(|| "off".into()),
+        cluster.local_addr(),
+        cluster.id(),
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -197,9 +211,89 @@ pub fn run(config: Config) -> Result<(), StartError> {
         let _ = a.join();
     }
     crate::admin::remove(&ctx.config.data_dir);
+    ctx.replicator.cluster().shutdown();
+    let _ = raft_thread.join();
     ctx.state.flush()?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The cluster secret: configured, or generated once into the data dir.
+pub fn cluster_secret(config: &Config) -> Result<String, StartError> {
+    if !config.cluster.secret.is_empty() {
+        return Ok(config.cluster.secret.clone());
+    }
+    let path = config.data_dir.join("cluster.secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s.trim().to_string());
+    }
+    use rand::distributions::Alphanumeric;
+    use rand::Rng;
+    let secret: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(40)
+        .map(char::from)
+        .collect();
+    crate::tls::write_private(&path, secret.as_bytes())
+        .map_err(|e| StartError::Cluster(format!("cannot write {}: {e}", path.display())))?;
+    Ok(secret)
+}
+
+/// Start this node's Raft member on a runtime thread of its own and wait
+/// until it has a leader (a lone node elects itself at once).
+fn start_cluster(
+    config: &Config,
+    state: Arc<State>,
+) -> Result<(crate::replication::Replicator, std::thread::JoinHandle<()>), StartError> {
+    let mut cfg = starling_cluster::ClusterConfig::new(
+        config.cluster.node_id,
+        config.cluster_listen(),
+        cluster_secret(config)?,
+    );
+    cfg.advertise = config.cluster.advertise.clone();
+    cfg.join = Some(config.cluster.join.clone()).filter(|j| !j.is_empty());
+    let db = state.db().clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(StartError::Cluster(e.to_string())));
+                    return;
+                }
+            };
+            let sm = Arc::new(crate::replication::ReplicatedState(state));
+            let started = rt.block_on(starling_cluster::Cluster::start(db, sm, cfg));
+            match started {
+                Ok(cluster) => {
+                    let waited =
+                        rt.block_on(cluster.wait_for(Duration::from_secs(30), |s| s.leader != 0));
+                    if waited.is_err() {
+                        tracing::warn!("no cluster leader yet; writes wait for a quorum");
+                    }
+                    let _ = tx.send(Ok((cluster.clone(), rt.handle().clone())));
+                    // Keep the runtime alive until the node is shut down.
+                    let mut stopped = cluster.stopped();
+                    rt.block_on(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    });
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(StartError::Cluster(e.to_string())));
+                }
+            }
+        })
+        .map_err(|e| StartError::Cluster(e.to_string()))?;
+    let (cluster, handle) = rx
+        .recv()
+        .map_err(|_| StartError::Cluster("raft thread died".into()))??;
+    Ok((crate::replication::Replicator::new(cluster, handle), thread))
 }
 
 async fn wait_for_signal() {

@@ -59,8 +59,21 @@ impl Driver {
             ..Config::default()
         };
         let logger = slog::Logger::root(tracing_slog::TracingSlogDrain, o!("raft_id" => cfg.id));
-        let raw = RawNode::new(&config, store.clone(), &logger)?;
+        let mut raw = RawNode::new(&config, store.clone(), &logger)?;
         transport.set_peers(&store.peers().unwrap_or_default());
+        // A lone voter need not wait out an election timeout.
+        if raw
+            .raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .collect::<Vec<_>>()
+            == vec![cfg.id]
+        {
+            raw.campaign()?;
+        }
         Ok(Driver {
             id: cfg.id,
             raw,

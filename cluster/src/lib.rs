@@ -306,6 +306,11 @@ impl Cluster {
         self.isolated.store(isolated, Ordering::SeqCst);
     }
 
+    /// Resolves when [`Cluster::shutdown`] has been called.
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
     /// Stop the driver and the mesh server.
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);

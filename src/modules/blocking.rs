@@ -110,7 +110,7 @@ impl Module for Blocking {
                     }
                     Err(e) => return Err(e).into(),
                 };
-                if let Err(e) = ctx.state.apply(&Command::Block {
+                if let Err(e) = ctx.commit(&Command::Block {
                     username: user,
                     jids: jids.clone(),
                 }) {
@@ -133,7 +133,7 @@ impl Module for Blocking {
                     Ok(j) => j,
                     Err(e) => return Err(e).into(),
                 };
-                if let Err(e) = ctx.state.apply(&Command::Unblock {
+                if let Err(e) = ctx.commit(&Command::Unblock {
                     username: user,
                     jids,
                 }) {

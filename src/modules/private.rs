@@ -75,7 +75,7 @@ impl Module for Private {
                     ))
                     .into();
                 }
-                match ctx.state.apply(&Command::SetPrivate {
+                match ctx.commit(&Command::SetPrivate {
                     username: user,
                     key,
                     xml,

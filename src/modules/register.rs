@@ -88,12 +88,11 @@ fn create(ctx: &ServerCtx, q: &Element) -> Result<Option<Element>, StanzaError> 
     })?;
     let credentials = Credentials::new(&password)
         .map_err(|e| StanzaError::with_text(StanzaCondition::NotAcceptable, e.to_string()))?;
-    ctx.state
-        .apply(&Command::CreateAccount {
-            username: username.clone(),
-            credentials,
-        })
-        .map_err(storage_error)?;
+    ctx.commit(&Command::CreateAccount {
+        username: username.clone(),
+        credentials,
+    })
+    .map_err(storage_error)?;
     tracing::info!(user = %username, "account registered in-band");
     Ok(None)
 }
@@ -129,7 +128,7 @@ impl Module for Register {
         }
         let q = req.payload;
         if q.get_child("remove", ns::REGISTER).is_some() {
-            if let Err(e) = ctx.state.apply(&Command::DeleteAccount {
+            if let Err(e) = ctx.commit(&Command::DeleteAccount {
                 username: user.clone(),
             }) {
                 return Err(storage_error(e)).into();
@@ -172,7 +171,7 @@ impl Module for Register {
                 .into()
             }
         };
-        match ctx.state.apply(&Command::SetPassword {
+        match ctx.commit(&Command::SetPassword {
             username: user.clone(),
             credentials,
         }) {

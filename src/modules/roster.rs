@@ -74,7 +74,7 @@ pub fn store_and_push(ctx: &ServerCtx, user: &BareJid, item: RosterItem) {
             .with_attr("jid", item.jid.clone())
             .with_attr("subscription", "remove")
     };
-    match ctx.state.apply(&Command::RosterPut {
+    match ctx.commit(&Command::RosterPut {
         username: username(user),
         item,
     }) {
@@ -90,7 +90,7 @@ pub fn store(ctx: &ServerCtx, user: &BareJid, old: Option<&RosterItem>, item: Ro
     if old.and_then(seen) != seen(&item) {
         return store_and_push(ctx, user, item);
     }
-    if let Err(e) = ctx.state.apply(&Command::RosterPut {
+    if let Err(e) = ctx.commit(&Command::RosterPut {
         username: username(user),
         item,
     }) {
@@ -226,7 +226,7 @@ fn remove(
         }
         crate::presence::subscription_inbound(ctx, p, kind, user, &contact);
     }
-    match ctx.state.apply(&Command::RosterDelete {
+    match ctx.commit(&Command::RosterDelete {
         username: username(user),
         jid: item.jid.clone(),
     }) {

@@ -71,7 +71,7 @@ impl Module for Vcard {
                     ))
                     .into();
                 }
-                match ctx.state.apply(&Command::SetVcard {
+                match ctx.commit(&Command::SetVcard {
                     username: owner,
                     vcard: xml,
                 }) {

@@ -101,6 +101,9 @@ pub enum StateError {
     NoSuchAccount(String),
     #[error("offline storage for {0} is full")]
     QuotaExceeded(String),
+    /// The change could not be replicated (no quorum, node stopping).
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// The node's replica of persistent state, kept in sled.
@@ -119,20 +122,75 @@ fn data_key(user: &str, kind: &str, key: &str) -> Vec<u8> {
     roster::key(user, &format!("{kind}\0{key}"))
 }
 
+/// The trees that make up replicated state (and its snapshots).
+const TREES: [&str; 6] = [
+    "accounts",
+    "roster",
+    "roster_versions",
+    "offline",
+    "blocklist",
+    "user_data",
+];
+
+/// Open the node's sled database (state and Raft log share it).
+pub fn open_db(dir: &Path) -> Result<sled::Db, StateError> {
+    sled::Config::new()
+        .path(dir.join("db"))
+        .open()
+        .map_err(|e| match &e {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
+                StateError::Locked(dir.display().to_string())
+            }
+            _ => StateError::Storage(e),
+        })
+}
+
 impl State {
     pub fn open(dir: &Path) -> Result<State, StateError> {
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .open()
-            .map_err(|e| match &e {
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("lock") =>
-                {
-                    StateError::Locked(dir.display().to_string())
-                }
-                _ => StateError::Storage(e),
-            })?;
+        Self::from_db(open_db(dir)?)
+    }
+
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Everything replicated, for a Raft snapshot.
+    pub fn export(&self) -> Result<Vec<u8>, StateError> {
+        let mut all: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = Vec::new();
+        for name in TREES {
+            let tree = self.db.open_tree(name)?;
+            let kvs = tree
+                .iter()
+                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect::<Result<Vec<_>, _>>()?;
+            all.push((name.to_string(), kvs));
+        }
+        Ok(serde_json::to_vec(&all)?)
+    }
+
+    /// Replace everything replicated with a snapshot's contents.
+    pub fn import(&self, data: &[u8]) -> Result<(), StateError> {
+        let all: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = serde_json::from_slice(data)?;
+        for name in TREES {
+            self.db.open_tree(name)?.clear()?;
+        }
+        for (name, kvs) in all {
+            if !TREES.contains(&name.as_str()) {
+                continue;
+            }
+            let tree = self.db.open_tree(&name)?;
+            for (k, v) in kvs {
+                tree.insert(k, v)?;
+            }
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn from_db(db: sled::Db) -> Result<State, StateError> {
         Ok(State {
             accounts: db.open_tree("accounts")?,
             roster: db.open_tree("roster")?,

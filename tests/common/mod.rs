@@ -27,6 +27,8 @@ pub struct Server {
     child: Option<Child>,
     pub c2s: SocketAddr,
     pub c2s_tls: Option<SocketAddr>,
+    /// The node's cluster mesh address.
+    pub mesh: SocketAddr,
     pub dir: tempfile::TempDir,
     stderr_log: std::path::PathBuf,
 }
@@ -51,6 +53,7 @@ impl Server {
             .env("STARLING_DATA_DIR", dir.path().join("data"))
             .env("STARLING_C2S_LISTEN", "127.0.0.1:0")
             .env("STARLING_C2S_DIRECT_TLS_LISTEN", "127.0.0.1:0")
+            .env("STARLING_CLUSTER_LISTEN", "127.0.0.1:0")
             .env("STARLING_LOG_LEVEL", "debug")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).expect("log file"));
@@ -86,10 +89,14 @@ impl Server {
             .and_then(|a| a.parse().ok())
             .expect("c2s address on ready line");
         let c2s_tls = field("c2s_tls").and_then(|a| a.parse().ok());
+        let mesh = field("cluster")
+            .and_then(|a| a.parse().ok())
+            .expect("cluster address on ready line");
         Server {
             child: Some(child),
             c2s,
             c2s_tls,
+            mesh,
             dir,
             stderr_log,
         }

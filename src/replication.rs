@@ -1,0 +1,116 @@
+//! Persistent state replicated through Raft: the server's typed commands
+//! are proposed to the cluster and applied on every node by the same state
+//! machine (design.md, "Cluster state"). Reads use the local replica.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use starling_cluster::{Cluster, ClusterError, StateMachine};
+
+use crate::state::{Applied, Command, State, StateError};
+
+/// How long a write waits for a quorum before it is refused.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A command's result as it travels back to the proposing node.
+#[derive(Debug, Serialize, Deserialize)]
+enum Outcome {
+    Ok { roster_version: u64 },
+    AccountExists(String),
+    NoSuchAccount(String),
+    QuotaExceeded(String),
+    Failed(String),
+}
+
+impl From<Result<Applied, StateError>> for Outcome {
+    fn from(r: Result<Applied, StateError>) -> Self {
+        match r {
+            Ok(a) => Outcome::Ok {
+                roster_version: a.roster_version,
+            },
+            Err(StateError::AccountExists(u)) => Outcome::AccountExists(u),
+            Err(StateError::NoSuchAccount(u)) => Outcome::NoSuchAccount(u),
+            Err(StateError::QuotaExceeded(u)) => Outcome::QuotaExceeded(u),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+}
+
+impl From<Outcome> for Result<Applied, StateError> {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Ok { roster_version } => Ok(Applied { roster_version }),
+            Outcome::AccountExists(u) => Err(StateError::AccountExists(u)),
+            Outcome::NoSuchAccount(u) => Err(StateError::NoSuchAccount(u)),
+            Outcome::QuotaExceeded(u) => Err(StateError::QuotaExceeded(u)),
+            Outcome::Failed(e) => Err(StateError::Cluster(e)),
+        }
+    }
+}
+
+/// The state machine the cluster applies committed commands to.
+pub struct ReplicatedState(pub Arc<State>);
+
+impl StateMachine for ReplicatedState {
+    fn apply(&self, _index: u64, command: &[u8]) -> Vec<u8> {
+        let result = match serde_json::from_slice::<Command>(command) {
+            Ok(cmd) => self.0.apply(&cmd),
+            Err(e) => Err(StateError::Corrupt(e)),
+        };
+        if let Err(e) = &result {
+            if matches!(e, StateError::Storage(_) | StateError::Corrupt(_)) {
+                tracing::error!(error = %e, "applying a committed command failed");
+            }
+        }
+        serde_json::to_vec(&Outcome::from(result)).unwrap_or_default()
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        self.0.export().map_err(|e| e.to_string())
+    }
+
+    fn restore(&self, data: &[u8]) -> Result<(), String> {
+        self.0.import(data).map_err(|e| e.to_string())
+    }
+}
+
+/// Proposes commands from synchronous code (actors, modules) to the Raft
+/// driver, which runs on its own runtime thread.
+pub struct Replicator {
+    cluster: Cluster,
+    rt: tokio::runtime::Handle,
+}
+
+impl Replicator {
+    pub fn new(cluster: Cluster, rt: tokio::runtime::Handle) -> Self {
+        Replicator { cluster, rt }
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Replicate `cmd` and return its result once applied on this node.
+    /// Blocks the calling thread for one commit (a few milliseconds); a
+    /// node cut off from the majority gets an error instead of a silent,
+    /// inconsistent write.
+    pub fn commit(&self, cmd: &Command) -> Result<Applied, StateError> {
+        let bytes = serde_json::to_vec(cmd)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cluster = self.cluster.clone();
+        self.rt.spawn(async move {
+            let _ = tx.send(cluster.propose(bytes, COMMIT_TIMEOUT).await);
+        });
+        match rx.recv_timeout(COMMIT_TIMEOUT + Duration::from_secs(1)) {
+            Ok(Ok(out)) => match serde_json::from_slice::<Outcome>(&out) {
+                Ok(o) => o.into(),
+                Err(e) => Err(StateError::Corrupt(e)),
+            },
+            Ok(Err(ClusterError::NoQuorum)) | Err(_) => Err(StateError::Cluster(
+                "no quorum: this node cannot reach a majority of the cluster".into(),
+            )),
+            Ok(Err(e)) => Err(StateError::Cluster(e.to_string())),
+        }
+    }
+}
