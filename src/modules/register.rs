@@ -22,6 +22,8 @@ fn storage_error(e: StateError) -> StanzaError {
             StanzaError::with_text(StanzaCondition::Conflict, "username taken")
         }
         StateError::NoSuchAccount(_) => StanzaError::new(StanzaCondition::ItemNotFound),
+        // RFC 6120 §8.3.3.5: internal-server-error is of type "wait": try later.
+        StateError::Cluster(e) => StanzaError::with_text(StanzaCondition::InternalServerError, e),
         other => {
             tracing::error!(error = %other, "registration storage error");
             StanzaError::new(StanzaCondition::InternalServerError)

@@ -130,6 +130,26 @@ impl Server {
         self.child.as_ref().expect("running").id()
     }
 
+    /// SIGKILL: the node dies without any cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `starling cluster status` against this node's mesh address.
+    pub fn cluster_status(&self, secret: &str) -> String {
+        let out = Command::new(bin())
+            .args(["cluster", "status", "--node", &self.mesh.to_string()])
+            .env_clear()
+            .env("STARLING_DATA_DIR", self.data_dir())
+            .env("STARLING_CLUSTER_SECRET", secret)
+            .output()
+            .expect("run starling cluster status");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
     /// SIGTERM, then wait (bounded) for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");

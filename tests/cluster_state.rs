@@ -1,0 +1,174 @@
+//! Three real `starling` processes (one data dir each) joined into one
+//! Raft cluster: accounts, rosters and offline messages written through one
+//! node are there on the others; a killed node does not stop the rest; a
+//! node without a majority refuses writes with a clear error.
+mod common;
+use common::*;
+use starling::xml::Element;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "cluster-test-secret-0123456789";
+
+fn node(id: u64, join: Option<&Server>) -> Server {
+    let id = id.to_string();
+    let join = join.map(|s| s.mesh.to_string()).unwrap_or_default();
+    Server::start_with(&[
+        ("STARLING_CLUSTER_NODE_ID", &id),
+        ("STARLING_CLUSTER_SECRET", SECRET),
+        ("STARLING_CLUSTER_JOIN", &join),
+        ("STARLING_REGISTRATION_ALLOW", "true"),
+    ])
+}
+
+/// Poll `f` until it holds (bounded).
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn can_login(s: &Server, user: &str, pw: &str) -> bool {
+    let mut c = Client::connect(s.c2s).await;
+    c.open().await;
+    let mut c = c.starttls().await;
+    c.open().await;
+    c.auth_scram("SCRAM-SHA-256", user, pw).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_state() {
+    let n1 = node(1, None);
+    let n2 = node(2, Some(&n1));
+    let mut n3 = node(3, Some(&n1));
+    eventually("three members in cluster status", || {
+        n1.cluster_status(SECRET).matches("127.0.0.1:").count() >= 3
+    })
+    .await;
+    let status = n2.cluster_status(SECRET);
+    assert!(
+        status.contains("members:") && status.contains("leader"),
+        "{status}"
+    );
+
+    // An account made through node 1's admin socket logs in on node 3.
+    n1.add_user("alice", "pw-a");
+    let mut ok = false;
+    for _ in 0..50 {
+        if can_login(&n3, "alice", "pw-a").await {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "alice can log in on node 3");
+    // In-band registration on node 2, login on node 1.
+    let mut c = Client::connect(n2.c2s).await;
+    c.open().await;
+    let mut c = c.starttls().await;
+    c.open().await;
+    let reg = Element::new("iq", "jabber:client")
+        .with_attr("type", "set")
+        .with_child(
+            Element::new("query", "jabber:iq:register")
+                .with_child(Element::new("username", "jabber:iq:register").with_text("bob"))
+                .with_child(Element::new("password", "jabber:iq:register").with_text("pw-b")),
+        );
+    assert_eq!(c.iq(reg).await.attr("type"), Some("result"));
+    assert!(
+        can_login(&n1, "bob", "pw-b").await,
+        "bob registered on node 2 logs in on node 1"
+    );
+    // The same username cannot be taken twice, whichever node is asked.
+    let dup = n3.user_cmd(&["add", "bob", "-p", "x"]);
+    assert!(!dup.status.success());
+
+    // A roster change on node 1 is there when alice logs in on node 2.
+    let mut a1 = Client::online(n1.c2s, "alice", "pw-a", "one").await;
+    let set = Element::new("iq", "jabber:client")
+        .with_attr("type", "set")
+        .with_child(
+            Element::new("query", "jabber:iq:roster").with_child(
+                Element::new("item", "jabber:iq:roster")
+                    .with_attr("jid", "carol@localhost")
+                    .with_attr("name", "Carol"),
+            ),
+        );
+    assert_eq!(a1.iq(set).await.attr("type"), Some("result"));
+    let mut a2 = Client::online(n2.c2s, "alice", "pw-a", "two").await;
+    let r = a2
+        .iq(iq_get(None, Element::new("query", "jabber:iq:roster")))
+        .await;
+    let items: Vec<_> = r
+        .get_child("query", "jabber:iq:roster")
+        .unwrap()
+        .elements()
+        .filter_map(|i| i.attr("jid"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(items, vec!["carol@localhost".to_string()]);
+
+    // A message to bob while he is offline is stored through the cluster
+    // and delivered when he logs in on another node.
+    a1.send("<message to='bob@localhost' type='chat' id='x1'><body>stored cluster-wide</body></message>").await;
+    a1.iq(iq_get(
+        Some("localhost"),
+        Element::new("ping", "urn:xmpp:ping"),
+    ))
+    .await;
+    let mut b3 = Client::login(n3.c2s, "bob", "pw-b", "r").await;
+    b3.send("<presence/>").await;
+    let m = b3.wait_for(|e| e.name == "message").await;
+    assert_eq!(m.attr("id"), Some("x1"));
+
+    // kill -9 node 3: the other two still commit.
+    n3.kill9();
+    n1.add_user("dave", "pw-d");
+    assert!(can_login(&n2, "dave", "pw-d").await);
+    let status = n1.cluster_status(SECRET);
+    assert!(status.contains("leader"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_majority_refuses_writes() {
+    let n1 = node(1, None);
+    let mut n2 = node(2, Some(&n1));
+    let mut n3 = node(3, Some(&n1));
+    eventually("three members", || {
+        n1.cluster_status(SECRET).matches("127.0.0.1:").count() >= 3
+    })
+    .await;
+    n1.add_user("alice", "pw");
+    // Two of three gone: node 1 alone is a minority.
+    n2.kill9();
+    n3.kill9();
+    let started = Instant::now();
+    let out = n1.user_cmd(&["add", "eve", "-p", "pw"]);
+    assert!(
+        !out.status.success(),
+        "a write without a majority must fail"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("quorum") || err.contains("majority"),
+        "clear error: {err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15), "bounded wait");
+    // Registration in-band gets a stanza error, not a silent success.
+    let mut c = Client::connect(n1.c2s).await;
+    c.open().await;
+    let mut c = c.starttls().await;
+    c.open().await;
+    let reg = Element::new("iq", "jabber:client")
+        .with_attr("type", "set")
+        .with_child(
+            Element::new("query", "jabber:iq:register")
+                .with_child(Element::new("username", "jabber:iq:register").with_text("mallory"))
+                .with_child(Element::new("password", "jabber:iq:register").with_text("pw")),
+        );
+    let r = c.iq(reg).await;
+    assert_eq!(r.attr("type"), Some("error"), "{r:?}");
+    // Reads still work: the existing account can authenticate.
+    assert!(can_login(&n1, "alice", "pw").await);
+}
