@@ -122,6 +122,9 @@ fn data_key(user: &str, kind: &str, key: &str) -> Vec<u8> {
     roster::key(user, &format!("{kind}\0{key}"))
 }
 
+/// A snapshot's contents: each tree's name and its key/value pairs.
+type TreeDump = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+
 /// The trees that make up replicated state (and its snapshots).
 const TREES: [&str; 6] = [
     "accounts",
@@ -159,7 +162,7 @@ impl State {
 
     /// Everything replicated, for a Raft snapshot.
     pub fn export(&self) -> Result<Vec<u8>, StateError> {
-        let mut all: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = Vec::new();
+        let mut all: TreeDump = Vec::new();
         for name in TREES {
             let tree = self.db.open_tree(name)?;
             let kvs = tree
@@ -173,7 +176,7 @@ impl State {
 
     /// Replace everything replicated with a snapshot's contents.
     pub fn import(&self, data: &[u8]) -> Result<(), StateError> {
-        let all: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = serde_json::from_slice(data)?;
+        let all: TreeDump = serde_json::from_slice(data)?;
         for name in TREES {
             self.db.open_tree(name)?.clear()?;
         }
