@@ -10,7 +10,6 @@ use jid::{BareJid, FullJid, Jid};
 use crate::c2s::session::bounce;
 use crate::modules::{blocking, carbons, Addressee, IqKind};
 use crate::presence::UserPresence;
-use crate::router::{deliver, SessionEntry};
 use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::{Command, StateError};
@@ -161,9 +160,9 @@ fn iq(ctx: &ServerCtx, sender: &Sender, iq: Element, to: Option<Jid>) -> Outcome
     let recipient = to.node().map(|n| n.as_str()).unwrap_or_default();
     let blocked = blocking::blocks(ctx, recipient, from.as_str());
     match to.try_as_full() {
-        Ok(full) => match ctx.router.get_full(full).filter(|_| !blocked) {
-            Some(entry) => {
-                deliver(&entry, iq);
+        Ok(full) => match crate::route::full(ctx, full).filter(|_| !blocked) {
+            Some(t) => {
+                crate::route::send(ctx, &t, iq, None);
                 Outcome::default()
             }
             None if kind.is_some() => {
@@ -200,9 +199,9 @@ pub fn message(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
     }
     let bare = to.to_bare();
     if let Ok(full) = to.try_as_full() {
-        if let Some(entry) = ctx.router.get_full(full) {
-            carbons::copy_received(ctx, &bare, &msg, std::slice::from_ref(&entry));
-            deliver(&entry, msg);
+        if let Some(t) = crate::route::full(ctx, full) {
+            carbons::copy_received(ctx, &bare, &msg, std::slice::from_ref(&t));
+            crate::route::send(ctx, &t, msg, None);
             return None;
         }
         // §8.5.3.2.1: an offline full JID is treated as the bare JID, except groupchat.
@@ -214,14 +213,18 @@ pub fn message(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
     match mtype.as_str() {
         "groupchat" => bounce(&msg, StanzaCondition::ServiceUnavailable),
         "error" | "headline" => {
-            targets.iter().for_each(|t| deliver(t, msg.clone()));
+            targets
+                .iter()
+                .for_each(|t| crate::route::send(ctx, t, msg.clone(), None));
             None
         }
         // §8.5.2.2 / XEP-0160: nobody to take it now: keep it for later.
         _ if targets.is_empty() => store_offline(ctx, username, msg),
         _ => {
             carbons::copy_received(ctx, &bare, &msg, &targets);
-            targets.iter().for_each(|t| deliver(t, msg.clone()));
+            targets
+                .iter()
+                .for_each(|t| crate::route::send(ctx, t, msg.clone(), None));
             None
         }
     }
@@ -264,16 +267,15 @@ fn store_offline(ctx: &ServerCtx, username: &str, mut msg: Element) -> Option<El
     }
 }
 
-/// §8.5.2.1: the available resources with the highest non-negative priority.
-fn bare_targets(ctx: &ServerCtx, bare: &BareJid) -> Vec<SessionEntry> {
-    let avail: Vec<SessionEntry> = ctx
-        .router
-        .resources(bare)
+/// §8.5.2.1: the available resources with the highest non-negative
+/// priority, on any node.
+fn bare_targets(ctx: &ServerCtx, bare: &BareJid) -> Vec<crate::route::Target> {
+    let avail: Vec<_> = crate::route::resources(ctx, bare)
         .into_iter()
-        .filter(|e| e.available && e.priority >= 0)
+        .filter(|t| t.available && t.priority >= 0)
         .collect();
-    let Some(top) = avail.iter().map(|e| e.priority).max() else {
+    let Some(top) = avail.iter().map(|t| t.priority).max() else {
         return Vec::new();
     };
-    avail.into_iter().filter(|e| e.priority == top).collect()
+    avail.into_iter().filter(|t| t.priority == top).collect()
 }

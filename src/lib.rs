@@ -8,6 +8,7 @@ pub mod delivery;
 pub mod modules;
 pub mod presence;
 pub mod replication;
+pub mod route;
 pub mod router;
 pub mod sasl;
 pub mod server;

@@ -148,9 +148,9 @@ impl UserPresence {
     /// every contact with a 'from' subscription (not blocked).
     fn broadcast(&self, stanza: &Element, extra: impl IntoIterator<Item = String>) {
         let user = self.user();
-        for entry in self.ctx.router.resources(&self.bare) {
-            if entry.available {
-                deliver(&entry, stanza.clone());
+        for t in crate::route::resources(&self.ctx, &self.bare) {
+            if t.available {
+                crate::route::send(&self.ctx, &t, stanza.clone(), None);
             }
         }
         let mut sent = HashSet::new();
@@ -209,6 +209,29 @@ impl UserPresence {
                     resource: Some(from.clone()),
                     check_subscription: true,
                 });
+            }
+            // The contact's resources on other nodes answer from there.
+            let me = self.ctx.node_id();
+            let mut nodes: Vec<u64> = self
+                .ctx
+                .state
+                .sessions_of(contact.as_str())
+                .iter()
+                .map(|r| r.node)
+                .filter(|n| *n != me)
+                .collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            for node in nodes {
+                crate::route::relay(
+                    &self.ctx,
+                    node,
+                    &crate::route::Relay::Probe {
+                        from: self.bare.to_string(),
+                        reply_to: from.to_string(),
+                        contact: contact.to_string(),
+                    },
+                );
             }
         }
         let Some(me) = self.ctx.router.get_full(from) else {
@@ -270,6 +293,16 @@ impl Handler<Broadcast> for UserPresence {
         self.ctx.router.update(&msg.from, msg.session_id, |e| {
             e.available = available;
             e.priority = priority;
+        });
+        // Other nodes route to the bare JID by these facts (RFC 6121 §8.5).
+        self.ctx.replicator.submit(&Command::SessionPresence {
+            record: crate::state::SessionRecord {
+                jid: msg.from.to_string(),
+                node: self.ctx.node_id(),
+                sid: msg.session_id,
+                available,
+                priority,
+            },
         });
         let res = self.resources.entry(resource).or_insert_with(|| Resource {
             session_id: msg.session_id,
@@ -390,18 +423,16 @@ pub fn deliver_presence(ctx: &ServerCtx, stanza: Element, to: &Jid) {
     }
     match to.try_as_full() {
         Ok(full) => {
-            if let Some(e) = ctx.router.get_full(full) {
-                deliver(&e, stanza);
+            if let Some(t) = crate::route::full(ctx, full) {
+                crate::route::send(ctx, &t, stanza, None);
             }
         }
         Err(bare) => {
-            for e in ctx
-                .router
-                .resources(bare)
+            for t in crate::route::resources(ctx, bare)
                 .into_iter()
-                .filter(|e| e.available)
+                .filter(|t| t.available)
             {
-                deliver(&e, stanza.clone());
+                crate::route::send(ctx, &t, stanza.clone(), None);
             }
         }
     }

@@ -40,7 +40,10 @@ impl From<Result<Applied, StateError>> for Outcome {
 impl From<Outcome> for Result<Applied, StateError> {
     fn from(o: Outcome) -> Self {
         match o {
-            Outcome::Ok { roster_version } => Ok(Applied { roster_version }),
+            Outcome::Ok { roster_version } => Ok(Applied {
+                roster_version,
+                displaced: None,
+            }),
             Outcome::AccountExists(u) => Err(StateError::AccountExists(u)),
             Outcome::NoSuchAccount(u) => Err(StateError::NoSuchAccount(u)),
             Outcome::QuotaExceeded(u) => Err(StateError::QuotaExceeded(u)),
@@ -49,15 +52,37 @@ impl From<Outcome> for Result<Applied, StateError> {
     }
 }
 
+pub type DisplacedHook = Box<dyn Fn(crate::state::SessionRecord) + Send + Sync>;
+
 /// The state machine the cluster applies committed commands to.
-pub struct ReplicatedState(pub Arc<State>);
+pub struct ReplicatedState {
+    pub state: Arc<State>,
+    /// This node's id.
+    pub node: u64,
+    /// Called when a bind elsewhere displaces one of this node's sessions
+    /// (set once the server is up).
+    pub on_displaced: Arc<std::sync::OnceLock<DisplacedHook>>,
+}
 
 impl StateMachine for ReplicatedState {
     fn apply(&self, _index: u64, command: &[u8]) -> Vec<u8> {
         let result = match serde_json::from_slice::<Command>(command) {
-            Ok(cmd) => self.0.apply(&cmd),
+            Ok(cmd) => self.state.apply(&cmd),
             Err(e) => Err(StateError::Corrupt(e)),
         };
+        // RFC 6120 §7.7.2.2 across nodes: the node that held the resource
+        // ends its session, so every node resolves the conflict the same way.
+        if let Ok(Applied {
+            displaced: Some(old),
+            ..
+        }) = &result
+        {
+            if old.node == self.node {
+                if let Some(hook) = self.on_displaced.get() {
+                    hook(old.clone());
+                }
+            }
+        }
         if let Err(e) = &result {
             if matches!(e, StateError::Storage(_) | StateError::Corrupt(_)) {
                 tracing::error!(error = %e, "applying a committed command failed");
@@ -67,11 +92,11 @@ impl StateMachine for ReplicatedState {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, String> {
-        self.0.export().map_err(|e| e.to_string())
+        self.state.export().map_err(|e| e.to_string())
     }
 
     fn restore(&self, data: &[u8]) -> Result<(), String> {
-        self.0.import(data).map_err(|e| e.to_string())
+        self.state.import(data).map_err(|e| e.to_string())
     }
 }
 
@@ -89,6 +114,24 @@ impl Replicator {
 
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
+    }
+
+    /// Propose without waiting (session bookkeeping that must not hold up
+    /// an actor). Failures are logged; the node purge cleans up.
+    pub fn submit(&self, cmd: &Command) {
+        let Ok(bytes) = serde_json::to_vec(cmd) else {
+            return;
+        };
+        let cluster = self.cluster.clone();
+        self.rt.spawn(async move {
+            if let Err(e) = cluster.propose(bytes, COMMIT_TIMEOUT).await {
+                tracing::warn!(error = %e, "session table update not committed");
+            }
+        });
+    }
+
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.rt
     }
 
     /// Replicate `cmd` and return its result once applied on this node.

@@ -49,6 +49,10 @@ impl Drop for ConnGuard {
 }
 
 impl ServerCtx {
+    pub fn node_id(&self) -> u64 {
+        self.config.cluster.node_id
+    }
+
     /// Replicate a change through the cluster and apply it (see replication.rs).
     pub fn commit(&self, cmd: &crate::state::Command) -> Result<crate::state::Applied, StateError> {
         self.replicator.commit(cmd)
@@ -124,7 +128,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .map(|a| bind("c2s.direct_tls_listen", a))
         .transpose()?;
     let state = Arc::new(State::open(&config.data_dir)?);
-    let (replicator, raft_thread) = start_cluster(&config, state.clone())?;
+    let displaced_hook = Arc::new(std::sync::OnceLock::new());
+    let (replicator, raft_thread) = start_cluster(&config, state.clone(), displaced_hook.clone())?;
     let tls = crate::tls::server_config(
         config.tls.cert.as_deref(),
         config.tls.key.as_deref(),
@@ -156,6 +161,31 @@ pub fn run(config: Config) -> Result<(), StartError> {
         conns: Arc::new(AtomicUsize::new(0)),
         config,
     });
+    // A bind on another node displaced one of ours: close it (<conflict/>).
+    let weak = Arc::downgrade(&ctx);
+    let _ = displaced_hook.set(Box::new(move |old: crate::state::SessionRecord| {
+        let Some(ctx) = weak.upgrade() else { return };
+        let Ok(full) = jid::FullJid::new(&old.jid) else {
+            return;
+        };
+        if let Some(e) = ctx.router.get_full(&full).filter(|e| e.id == old.sid) {
+            e.addr.do_send(CloseStream(StreamError::with_text(
+                StreamCondition::Conflict,
+                "replaced by a new connection",
+            )));
+        }
+    }));
+    // Sessions this node held before a restart are gone.
+    if let Err(e) = ctx.commit(&crate::state::Command::PurgeNode {
+        node: ctx.node_id(),
+    }) {
+        tracing::warn!(error = %e, "could not purge this node's old sessions");
+    }
+    if let Some(rx) = ctx.replicator.cluster().take_relay_receiver() {
+        ctx.replicator
+            .runtime()
+            .spawn(crate::route::serve_relays(ctx.clone(), rx));
+    }
     let c2s_addr = c2s.local_addr().ok();
     let direct_addr = direct.as_ref().and_then(|d| d.local_addr().ok());
     tracing::info!(domain = %ctx.config.domain, c2s = ?c2s_addr, direct_tls = ?direct_addr, workers, "starling is up");
@@ -244,6 +274,7 @@ pub fn cluster_secret(config: &Config) -> Result<String, StartError> {
 fn start_cluster(
     config: &Config,
     state: Arc<State>,
+    hook: Arc<std::sync::OnceLock<crate::replication::DisplacedHook>>,
 ) -> Result<(crate::replication::Replicator, std::thread::JoinHandle<()>), StartError> {
     let mut cfg = starling_cluster::ClusterConfig::new(
         config.cluster.node_id,
@@ -253,6 +284,7 @@ fn start_cluster(
     cfg.advertise = config.cluster.advertise.clone();
     cfg.join = Some(config.cluster.join.clone()).filter(|j| !j.is_empty());
     let db = state.db().clone();
+    let node_id = config.cluster.node_id;
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("raft".into())
@@ -268,7 +300,11 @@ fn start_cluster(
                     return;
                 }
             };
-            let sm = Arc::new(crate::replication::ReplicatedState(state));
+            let sm = Arc::new(crate::replication::ReplicatedState {
+                state,
+                node: node_id,
+                on_displaced: hook,
+            });
             let started = rt.block_on(starling_cluster::Cluster::start(db, sm, cfg));
             match started {
                 Ok(cluster) => {

@@ -133,6 +133,11 @@ pub struct Cluster {
     addr: SocketAddr,
     isolated: Arc<AtomicBool>,
     stop: Arc<watch::Sender<bool>>,
+    relayer: Arc<transport::Relayer>,
+    relay_rx: Arc<std::sync::Mutex<Option<mpsc::Receiver<(u64, Vec<u8>)>>>>,
+    /// The runtime the node runs on (relay tasks are spawned there even
+    /// when `relay` is called from another thread).
+    rt: tokio::runtime::Handle,
 }
 
 impl Cluster {
@@ -175,17 +180,26 @@ impl Cluster {
         let stop = Arc::new(watch::channel(false).0);
         let transport =
             transport::Transport::new(cfg.id, cfg.secret.clone(), isolated.clone(), tx.clone());
+        let (relay_tx, relay_rx) = mpsc::channel(8192);
         transport::serve(
             listener,
             cfg.secret.clone(),
             isolated.clone(),
             tx.clone(),
             status.clone(),
+            relay_tx,
             stop.subscribe(),
         );
+        let relayer = Arc::new(transport::Relayer::new(
+            cfg.id,
+            cfg.secret.clone(),
+            isolated.clone(),
+            status.clone(),
+        ));
         let node = driver::Driver::new(&cfg, store.clone(), transport, status_tx)
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
         tokio::spawn(node.run(rx, stop.subscribe()));
+        let relay_rx = Arc::new(std::sync::Mutex::new(Some(relay_rx)));
         let cluster = Cluster {
             id: cfg.id,
             tx,
@@ -193,6 +207,9 @@ impl Cluster {
             addr,
             isolated,
             stop,
+            relayer,
+            relay_rx,
+            rt: tokio::runtime::Handle::current(),
         };
         if fresh {
             if let Some(seed) = &cfg.join {
@@ -304,6 +321,21 @@ impl Cluster {
     /// this node, as if its network were cut.
     pub fn set_isolated(&self, isolated: bool) {
         self.isolated.store(isolated, Ordering::SeqCst);
+    }
+
+    /// Send an application message to another member (best effort,
+    /// bounded queue, retried; ordered per destination). Callable from any
+    /// thread.
+    pub fn relay(&self, node: u64, payload: Vec<u8>) -> bool {
+        self.relayer.send(node, payload, &self.rt)
+    }
+
+    /// The stream of (sender, payload) application messages; once.
+    pub fn take_relay_receiver(&self) -> Option<mpsc::Receiver<(u64, Vec<u8>)>> {
+        self.relay_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Resolves when [`Cluster::shutdown`] has been called.

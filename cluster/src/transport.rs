@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status as RpcStatus};
 use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server::{Raft, RaftServer};
 use crate::proto::{
-    Ack, JoinRequest, JoinResponse, Peer, RaftBatch, StatusRequest, StatusResponse,
+    Ack, JoinRequest, JoinResponse, Peer, RaftBatch, RelayBatch, StatusRequest, StatusResponse,
 };
 use crate::{ClusterError, Cmd, Status};
 
@@ -52,6 +52,7 @@ struct Service {
     isolated: Arc<AtomicBool>,
     tx: mpsc::Sender<Cmd>,
     status: watch::Receiver<Status>,
+    relay: mpsc::Sender<(u64, Vec<u8>)>,
 }
 
 fn peers_out(peers: Vec<(u64, String)>) -> Vec<Peer> {
@@ -113,6 +114,22 @@ impl Raft for Service {
         }
     }
 
+    async fn relay(&self, req: Request<RelayBatch>) -> Result<Response<Ack>, RpcStatus> {
+        authorized(&req, &self.secret)?;
+        if self.isolated.load(Ordering::SeqCst) {
+            return Err(RpcStatus::unavailable("isolated"));
+        }
+        let RelayBatch { from, payloads } = req.into_inner();
+        for p in payloads {
+            // Waiting here pushes back on the sender (bounded queue).
+            self.relay
+                .send((from, p))
+                .await
+                .map_err(|_| RpcStatus::unavailable("stopping"))?;
+        }
+        Ok(Response::new(Ack {}))
+    }
+
     async fn status(
         &self,
         req: Request<StatusRequest>,
@@ -138,6 +155,7 @@ pub fn serve(
     isolated: Arc<AtomicBool>,
     tx: mpsc::Sender<Cmd>,
     status: watch::Receiver<Status>,
+    relay: mpsc::Sender<(u64, Vec<u8>)>,
     mut stop: watch::Receiver<bool>,
 ) {
     let svc = RaftServer::new(Service {
@@ -145,6 +163,7 @@ pub fn serve(
         isolated,
         tx,
         status,
+        relay,
     })
     .max_decoding_message_size(64 << 20);
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -369,4 +388,124 @@ pub async fn remote_status(addr: &str, secret: &str) -> Result<Status, String> {
         role: s.role,
         peers: s.peers.into_iter().map(|p| (p.id, p.address)).collect(),
     })
+}
+
+/// Outbound application messages: one bounded queue and task per node.
+pub struct Relayer {
+    id: u64,
+    secret: String,
+    isolated: Arc<AtomicBool>,
+    status: watch::Receiver<Status>,
+    queues: std::sync::Mutex<HashMap<u64, (String, mpsc::Sender<Vec<u8>>)>>,
+}
+
+/// Payloads queued per node before new ones are refused.
+const RELAY_QUEUE: usize = 8192;
+
+impl Relayer {
+    pub fn new(
+        id: u64,
+        secret: String,
+        isolated: Arc<AtomicBool>,
+        status: watch::Receiver<Status>,
+    ) -> Self {
+        Relayer {
+            id,
+            secret,
+            isolated,
+            status,
+            queues: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Queue `payload` for `node`. False if the node is unknown or its
+    /// queue is full (the caller decides what a lost message means).
+    pub fn send(&self, node: u64, payload: Vec<u8>, rt: &tokio::runtime::Handle) -> bool {
+        let addr = match self
+            .status
+            .borrow()
+            .peers
+            .iter()
+            .find(|(id, _)| *id == node)
+        {
+            Some((_, a)) => a.clone(),
+            None => return false,
+        };
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = queues
+            .get(&node)
+            .is_none_or(|(a, tx)| *a != addr || tx.is_closed());
+        if fresh {
+            let (tx, rx) = mpsc::channel(RELAY_QUEUE);
+            rt.spawn(relay_task(
+                node,
+                addr.clone(),
+                self.id,
+                self.secret.clone(),
+                self.isolated.clone(),
+                rx,
+            ));
+            queues.insert(node, (addr, tx));
+        }
+        match queues.get(&node) {
+            Some((_, tx)) => tx.try_send(payload).is_ok(),
+            None => false,
+        }
+    }
+}
+
+async fn relay_task(
+    node: u64,
+    addr: String,
+    from: u64,
+    secret: String,
+    isolated: Arc<AtomicBool>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) {
+    let mut client: Option<RaftClient<tonic::transport::Channel>> = None;
+    while let Some(first) = rx.recv().await {
+        let mut payloads = vec![first];
+        while payloads.len() < BATCH {
+            match rx.try_recv() {
+                Ok(p) => payloads.push(p),
+                Err(_) => break,
+            }
+        }
+        for attempt in 0..5u64 {
+            if isolated.load(Ordering::SeqCst) {
+                break;
+            }
+            if client.is_none() {
+                if let Ok(e) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+                    if let Ok(ch) = e
+                        .connect_timeout(Duration::from_millis(500))
+                        .timeout(Duration::from_secs(5))
+                        .connect()
+                        .await
+                    {
+                        client = Some(RaftClient::new(ch).max_encoding_message_size(64 << 20));
+                    }
+                }
+            }
+            if let Some(c) = client.as_mut() {
+                match c
+                    .relay(with_secret(
+                        RelayBatch {
+                            from,
+                            payloads: payloads.clone(),
+                        },
+                        &secret,
+                    ))
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::debug!(node, error = %e, "relay failed");
+                        client = None;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+        }
+    }
 }

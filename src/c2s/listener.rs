@@ -59,6 +59,40 @@ fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guard: Con
         jid,
         bind_iq_id,
     } = bound;
+    // Binding commits through Raft (the cluster-wide session table): a node
+    // without a majority refuses the login instead of binding inconsistently.
+    let record = crate::state::SessionRecord {
+        jid: jid.to_string(),
+        node: ctx.node_id(),
+        sid,
+        available: false,
+        priority: 0,
+    };
+    if let Err(e) = ctx.commit(&crate::state::Command::SessionBind { record }) {
+        tracing::warn!(error = %e, "bind refused: cannot commit to the cluster");
+        let mut stream = stream;
+        let iq = crate::xml::Element::new("iq", ns::CLIENT)
+            .with_attr("type", "set")
+            .with_attr("id", bind_iq_id);
+        let err = crate::stanza_error::StanzaError::with_text(
+            crate::stanza_error::StanzaCondition::InternalServerError,
+            e.to_string(),
+        );
+        tokio::spawn(async move {
+            let _ = stream.send_element(&err.reply_to(&iq)).await;
+            stream
+                .fail(
+                    &ctx,
+                    StreamError::with_text(
+                        StreamCondition::InternalServerError,
+                        "the cluster has no quorum",
+                    ),
+                )
+                .await;
+            drop(guard);
+        });
+        return;
+    }
     let (out_tx, out_rx) = mpsc::channel::<Outbound>(ctx.config.limits.outbound_queue);
     let (abort_tx, abort_rx) = oneshot::channel();
     // The bind result is the first thing the session writes.

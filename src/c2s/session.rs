@@ -205,6 +205,13 @@ impl Actor for C2sSession {
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         self.ctx.router.unbind(&self.jid, self.id);
+        self.ctx
+            .replicator
+            .submit(&crate::state::Command::SessionUnbind {
+                jid: self.jid.to_string(),
+                node: self.ctx.node_id(),
+                sid: self.id,
+            });
         if !self.closed {
             let _ = self.out.try_send(Outbound::Close(None));
         }

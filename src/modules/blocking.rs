@@ -4,7 +4,6 @@
 use jid::{BareJid, Jid};
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
-use crate::router::deliver;
 use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::Command;
@@ -57,18 +56,13 @@ fn items(payload: &Element) -> Result<Vec<String>, StanzaError> {
 }
 
 fn push(ctx: &ServerCtx, user: &BareJid, payload: Element) {
-    for entry in ctx
-        .router
-        .resources(user)
-        .into_iter()
-        .filter(|e| e.blocklist_interested)
-    {
+    for t in crate::route::resources(ctx, user) {
         let iq = Element::new("iq", ns::CLIENT)
             .with_attr("type", "set")
             .with_attr("id", "block-push")
-            .with_attr("to", format!("{user}/{}", entry.resource))
+            .with_attr("to", t.jid.clone())
             .with_child(payload.clone());
-        deliver(&entry, iq);
+        crate::route::send(ctx, &t, iq, Some(crate::route::Require::Blocklist));
     }
 }
 

@@ -4,7 +4,7 @@
 use jid::FullJid;
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
-use crate::router::{deliver, SessionEntry};
+use crate::route::{Require, Target};
 use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::xml::{ns, Element};
@@ -39,21 +39,18 @@ fn wrap(kind: &str, user: &jid::BareJid, to: &str, msg: &Element) -> Element {
 }
 
 /// Copies of a message `user` received, for carbons-enabled resources
-/// other than those in `delivered_to`.
-pub fn copy_received(
-    ctx: &ServerCtx,
-    user: &jid::BareJid,
-    msg: &Element,
-    delivered_to: &[SessionEntry],
-) {
+/// other than those it was delivered to.
+pub fn copy_received(ctx: &ServerCtx, user: &jid::BareJid, msg: &Element, delivered_to: &[Target]) {
     if !eligible(msg) {
         return;
     }
-    for e in ctx.router.resources(user) {
-        if e.carbons && !delivered_to.iter().any(|d| d.id == e.id) {
-            deliver(
-                &e,
-                wrap("received", user, &format!("{user}/{}", e.resource), msg),
+    for t in crate::route::resources(ctx, user) {
+        if !delivered_to.iter().any(|d| d.jid == t.jid) {
+            crate::route::send(
+                ctx,
+                &t,
+                wrap("received", user, &t.jid, msg),
+                Some(Require::Carbons),
             );
         }
     }
@@ -65,11 +62,13 @@ pub fn copy_sent(ctx: &ServerCtx, from: &FullJid, msg: &Element) {
         return;
     }
     let user = from.to_bare();
-    for e in ctx.router.resources(&user) {
-        if e.carbons && e.resource != from.resource().as_str() {
-            deliver(
-                &e,
-                wrap("sent", &user, &format!("{user}/{}", e.resource), msg),
+    for t in crate::route::resources(ctx, &user) {
+        if t.jid != from.as_str() {
+            crate::route::send(
+                ctx,
+                &t,
+                wrap("sent", &user, &t.jid, msg),
+                Some(Require::Carbons),
             );
         }
     }

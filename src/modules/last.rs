@@ -55,7 +55,10 @@ impl Module for LastActivity {
                 if !allowed {
                     return Err(StanzaError::new(StanzaCondition::Forbidden)).into();
                 }
-                if ctx.router.resources(target).iter().any(|e| e.available) {
+                if crate::route::resources(ctx, target)
+                    .iter()
+                    .any(|t| t.available)
+                {
                     return answer(0, "");
                 }
                 match ctx.state.last_activity(&owner).ok().flatten() {

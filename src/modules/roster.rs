@@ -4,7 +4,6 @@ use jid::BareJid;
 
 use super::subscription::SubKind;
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
-use crate::router::deliver;
 use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::{Command, RosterItem};
@@ -38,23 +37,19 @@ pub fn item_element(item: &RosterItem) -> Element {
     el
 }
 
-/// Push one item (or its removal) to each interested resource (§2.1.6).
+/// Push one item (or its removal) to each interested resource (§2.1.6),
+/// on whichever node it is.
 fn push(ctx: &ServerCtx, user: &BareJid, item: Element, ver: u64) {
     let query = Element::new("query", NS)
         .with_attr("ver", ver.to_string())
         .with_child(item);
-    for entry in ctx
-        .router
-        .resources(user)
-        .into_iter()
-        .filter(|e| e.interested)
-    {
+    for t in crate::route::resources(ctx, user) {
         let iq = Element::new("iq", ns::CLIENT)
             .with_attr("type", "set")
             .with_attr("id", format!("push{ver}"))
-            .with_attr("to", format!("{user}/{}", entry.resource))
+            .with_attr("to", t.jid.clone())
             .with_child(query.clone());
-        deliver(&entry, iq);
+        crate::route::send(ctx, &t, iq, Some(crate::route::Require::Roster));
     }
 }
 

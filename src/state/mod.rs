@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod roster;
+pub mod sessions;
 
 use std::path::Path;
 
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sasl::Credentials;
 pub use roster::{RosterItem, Subscription};
+pub use sessions::SessionRecord;
 
 /// A stored vCard, private-storage fragment or stanza is kept as XML text.
 pub type Xml = String;
@@ -78,13 +80,33 @@ pub enum Command {
         unix_secs: u64,
         status: String,
     },
+    /// A resource was bound on a node (replaces any other holder).
+    SessionBind {
+        record: SessionRecord,
+    },
+    /// A session's availability and priority changed (RFC 6121 §8.5 routing).
+    SessionPresence {
+        record: SessionRecord,
+    },
+    /// A session ended (only removed if it is still that session).
+    SessionUnbind {
+        jid: String,
+        node: u64,
+        sid: u64,
+    },
+    /// A node is gone (or restarted): drop all its sessions.
+    PurgeNode {
+        node: u64,
+    },
 }
 
 /// What applying a command produced, for commands that report back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
     /// The roster version after a roster change.
     pub roster_version: u64,
+    /// The session a `SessionBind` displaced, if any.
+    pub displaced: Option<SessionRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +137,7 @@ pub struct State {
     offline: sled::Tree,
     blocklist: sled::Tree,
     user_data: sled::Tree,
+    sessions: sled::Tree,
 }
 
 /// Keys in `user_data`.
@@ -126,7 +149,8 @@ fn data_key(user: &str, kind: &str, key: &str) -> Vec<u8> {
 type TreeDump = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 
 /// The trees that make up replicated state (and its snapshots).
-const TREES: [&str; 6] = [
+const TREES: [&str; 7] = [
+    "sessions",
     "accounts",
     "roster",
     "roster_versions",
@@ -201,6 +225,7 @@ impl State {
             offline: db.open_tree("offline")?,
             blocklist: db.open_tree("blocklist")?,
             user_data: db.open_tree("user_data")?,
+            sessions: db.open_tree("sessions")?,
             db,
         })
     }
@@ -293,6 +318,24 @@ impl State {
                 self.user_data
                     .insert(data_key(username, "private", key), xml.as_bytes())?;
             }
+            Command::SessionBind { record } => {
+                applied.displaced = sessions::put(&self.sessions, record)?
+                    .filter(|old| old.node != record.node || old.sid != record.sid);
+            }
+            Command::SessionPresence { record } => {
+                // Only for a session that is still bound.
+                if sessions::get(&self.sessions, &record.jid)?
+                    .is_some_and(|r| r.node == record.node && r.sid == record.sid)
+                {
+                    sessions::put(&self.sessions, record)?;
+                }
+            }
+            Command::SessionUnbind { jid, node, sid } => {
+                sessions::remove(&self.sessions, jid, *node, *sid)?
+            }
+            Command::PurgeNode { node } => {
+                sessions::purge_node(&self.sessions, *node)?;
+            }
             Command::SetLastActivity {
                 username,
                 unix_secs,
@@ -304,6 +347,14 @@ impl State {
         }
         self.db.flush()?;
         Ok(applied)
+    }
+
+    pub fn session(&self, full: &str) -> Option<SessionRecord> {
+        sessions::get(&self.sessions, full).ok().flatten()
+    }
+
+    pub fn sessions_of(&self, bare: &str) -> Vec<SessionRecord> {
+        sessions::of(&self.sessions, bare).unwrap_or_default()
     }
 
     pub fn roster_item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>, StateError> {

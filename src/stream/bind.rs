@@ -39,7 +39,7 @@ pub(super) async fn handle(
             },
             None => generated(ctx, &user),
         };
-        if ctx.router.get_full(&jid).is_some()
+        if crate::route::full(ctx, &jid).is_some()
             && ctx.config.c2s.resource_conflict == ConflictPolicy::Reject
         {
             let err = StanzaError::with_text(StanzaCondition::Conflict, "resource in use");
@@ -69,7 +69,7 @@ fn generated(ctx: &ServerCtx, user: &str) -> FullJid {
             .map(char::from)
             .collect();
         if let Ok(j) = FullJid::new(&format!("{user}@{}/{res}", ctx.config.domain)) {
-            if ctx.router.get_full(&j).is_none() {
+            if crate::route::full(ctx, &j).is_none() {
                 return j;
             }
         }

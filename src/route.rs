@@ -1,0 +1,194 @@
+//! Where a stanza goes in the cluster: sessions on this node are in the
+//! local router; sessions on other nodes are found in the replicated
+//! session table and reached by relaying the stanza over the mesh to the
+//! node that holds them (design.md, "The flow of one message").
+
+use jid::{BareJid, FullJid};
+use serde::{Deserialize, Serialize};
+
+use crate::router::{deliver, SessionEntry};
+use crate::server::ServerCtx;
+use crate::xml::{ns, Element};
+
+/// A session that can receive a stanza, wherever it is.
+#[derive(Clone)]
+pub struct Target {
+    pub jid: String,
+    pub node: u64,
+    pub available: bool,
+    pub priority: i8,
+    /// Set when the session is on this node.
+    pub local: Option<SessionEntry>,
+}
+
+impl Target {
+    pub fn resource(&self) -> &str {
+        self.jid.split_once('/').map(|(_, r)| r).unwrap_or_default()
+    }
+}
+
+/// A per-session opt-in a delivery depends on (checked where the session is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Require {
+    /// Roster pushes: the session asked for the roster.
+    Roster,
+    /// Blocklist pushes: the session asked for the blocklist.
+    Blocklist,
+    /// Carbon copies: the session enabled carbons.
+    Carbons,
+}
+
+fn satisfied(e: &SessionEntry, require: Option<Require>) -> bool {
+    match require {
+        None => true,
+        Some(Require::Roster) => e.interested,
+        Some(Require::Blocklist) => e.blocklist_interested,
+        Some(Require::Carbons) => e.carbons,
+    }
+}
+
+/// What travels between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Relay {
+    /// Deliver to the session `to` on the receiving node.
+    Stanza {
+        to: String,
+        require: Option<Require>,
+        xml: String,
+    },
+    /// RFC 6121 §4.3: `from` (with resource `reply_to`) probes `contact`.
+    Probe {
+        from: String,
+        reply_to: String,
+        contact: String,
+    },
+}
+
+/// All sessions of `bare`: this node's from the router, the others' from
+/// the session table.
+pub fn resources(ctx: &ServerCtx, bare: &BareJid) -> Vec<Target> {
+    let me = ctx.node_id();
+    let mut out: Vec<Target> = ctx
+        .router
+        .resources(bare)
+        .into_iter()
+        .map(|e| Target {
+            jid: format!("{bare}/{}", e.resource),
+            node: me,
+            available: e.available,
+            priority: e.priority,
+            local: Some(e),
+        })
+        .collect();
+    for rec in ctx.state.sessions_of(bare.as_str()) {
+        if rec.node != me && !out.iter().any(|t| t.jid == rec.jid) {
+            out.push(Target {
+                jid: rec.jid,
+                node: rec.node,
+                available: rec.available,
+                priority: rec.priority,
+                local: None,
+            });
+        }
+    }
+    out
+}
+
+/// The session bound to `full`, here or elsewhere.
+pub fn full(ctx: &ServerCtx, full: &FullJid) -> Option<Target> {
+    if let Some(e) = ctx.router.get_full(full) {
+        return Some(Target {
+            jid: full.to_string(),
+            node: ctx.node_id(),
+            available: e.available,
+            priority: e.priority,
+            local: Some(e),
+        });
+    }
+    let rec = ctx.state.session(full.as_str())?;
+    (rec.node != ctx.node_id()).then_some(Target {
+        jid: rec.jid,
+        node: rec.node,
+        available: rec.available,
+        priority: rec.priority,
+        local: None,
+    })
+}
+
+/// Send `stanza` to one session.
+pub fn send(ctx: &ServerCtx, target: &Target, stanza: Element, require: Option<Require>) {
+    match &target.local {
+        Some(e) => {
+            if satisfied(e, require) {
+                deliver(e, stanza);
+            }
+        }
+        None => relay(
+            ctx,
+            target.node,
+            &Relay::Stanza {
+                to: target.jid.clone(),
+                require,
+                xml: stanza.to_xml(ns::CLIENT),
+            },
+        ),
+    }
+}
+
+pub fn relay(ctx: &ServerCtx, node: u64, msg: &Relay) {
+    let Ok(bytes) = serde_json::to_vec(msg) else {
+        return;
+    };
+    if !ctx.replicator.cluster().relay(node, bytes) {
+        tracing::warn!(node, "cannot relay to node (unknown or queue full)");
+    }
+}
+
+/// Handle what other nodes relay to us, until the stream ends.
+pub async fn serve_relays(
+    ctx: std::sync::Arc<ServerCtx>,
+    mut rx: tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>,
+) {
+    while let Some((from, bytes)) = rx.recv().await {
+        let msg = match serde_json::from_slice::<Relay>(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(from, error = %e, "bad relay message");
+                continue;
+            }
+        };
+        match msg {
+            Relay::Stanza { to, require, xml } => {
+                let Ok(to) = FullJid::new(&to) else { continue };
+                let Ok(el) = crate::xml::parse_fragment(&xml) else {
+                    continue;
+                };
+                if let Some(e) = ctx.router.get_full(&to) {
+                    if satisfied(&e, require) {
+                        deliver(&e, el);
+                    }
+                }
+            }
+            Relay::Probe {
+                from,
+                reply_to,
+                contact,
+            } => {
+                let (Ok(from), Ok(reply_to), Ok(contact)) = (
+                    BareJid::new(&from),
+                    FullJid::new(&reply_to),
+                    BareJid::new(&contact),
+                ) else {
+                    continue;
+                };
+                if let Some(a) = ctx.presence.get(&contact) {
+                    a.do_send(crate::presence::SendCurrent {
+                        to: from,
+                        resource: Some(reply_to),
+                        check_subscription: true,
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The cluster-wide session table: full JID -> the node holding it, with
+//! the presence facts routing needs (available, priority). Replicated so
+//! every node routes the same way; presence payloads are not.
+
+use serde::{Deserialize, Serialize};
+
+use super::StateError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub jid: String,
+    pub node: u64,
+    /// The session's id on its node (distinguishes a reconnect).
+    pub sid: u64,
+    pub available: bool,
+    pub priority: i8,
+}
+
+pub fn get(tree: &sled::Tree, full: &str) -> Result<Option<SessionRecord>, StateError> {
+    match tree.get(full)? {
+        Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+        None => Ok(None),
+    }
+}
+
+/// Sessions of a bare JID ("user@domain/..." keys share the prefix).
+pub fn of(tree: &sled::Tree, bare: &str) -> Result<Vec<SessionRecord>, StateError> {
+    tree.scan_prefix(format!("{bare}/"))
+        .values()
+        .map(|v| Ok(serde_json::from_slice(&v?)?))
+        .collect()
+}
+
+pub fn put(tree: &sled::Tree, rec: &SessionRecord) -> Result<Option<SessionRecord>, StateError> {
+    let old = tree.insert(rec.jid.as_bytes(), serde_json::to_vec(rec)?)?;
+    Ok(match old {
+        Some(v) => serde_json::from_slice(&v).ok(),
+        None => None,
+    })
+}
+
+/// Remove `full` if it is still the given session.
+pub fn remove(tree: &sled::Tree, full: &str, node: u64, sid: u64) -> Result<(), StateError> {
+    if let Some(rec) = get(tree, full)? {
+        if rec.node == node && rec.sid == sid {
+            tree.remove(full)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn purge_node(tree: &sled::Tree, node: u64) -> Result<usize, StateError> {
+    let mut n = 0;
+    for item in tree.iter() {
+        let (k, v) = item?;
+        if serde_json::from_slice::<SessionRecord>(&v).is_ok_and(|r| r.node == node) {
+            tree.remove(k)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
