@@ -5,6 +5,7 @@ pub mod c2s;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod liveness;
 pub mod modules;
 pub mod presence;
 pub mod replication;

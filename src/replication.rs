@@ -16,7 +16,11 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A command's result as it travels back to the proposing node.
 #[derive(Debug, Serialize, Deserialize)]
 enum Outcome {
-    Ok { roster_version: u64 },
+    Ok {
+        roster_version: u64,
+        #[serde(default)]
+        purged: Vec<crate::state::SessionRecord>,
+    },
     AccountExists(String),
     NoSuchAccount(String),
     QuotaExceeded(String),
@@ -28,6 +32,7 @@ impl From<Result<Applied, StateError>> for Outcome {
         match r {
             Ok(a) => Outcome::Ok {
                 roster_version: a.roster_version,
+                purged: a.purged,
             },
             Err(StateError::AccountExists(u)) => Outcome::AccountExists(u),
             Err(StateError::NoSuchAccount(u)) => Outcome::NoSuchAccount(u),
@@ -40,9 +45,13 @@ impl From<Result<Applied, StateError>> for Outcome {
 impl From<Outcome> for Result<Applied, StateError> {
     fn from(o: Outcome) -> Self {
         match o {
-            Outcome::Ok { roster_version } => Ok(Applied {
+            Outcome::Ok {
+                roster_version,
+                purged,
+            } => Ok(Applied {
                 roster_version,
                 displaced: None,
+                purged,
             }),
             Outcome::AccountExists(u) => Err(StateError::AccountExists(u)),
             Outcome::NoSuchAccount(u) => Err(StateError::NoSuchAccount(u)),
@@ -128,6 +137,17 @@ impl Replicator {
                 tracing::warn!(error = %e, "session table update not committed");
             }
         });
+    }
+
+    /// `commit` for code already running on the Raft runtime.
+    pub async fn commit_async(&self, cmd: &Command) -> Result<Applied, StateError> {
+        let bytes = serde_json::to_vec(cmd)?;
+        match self.cluster.propose(bytes, COMMIT_TIMEOUT).await {
+            Ok(out) => serde_json::from_slice::<Outcome>(&out)
+                .map_err(StateError::Corrupt)?
+                .into(),
+            Err(e) => Err(StateError::Cluster(e.to_string())),
+        }
     }
 
     pub fn runtime(&self) -> &tokio::runtime::Handle {

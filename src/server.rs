@@ -186,6 +186,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .runtime()
             .spawn(crate::route::serve_relays(ctx.clone(), rx));
     }
+    ctx.replicator
+        .runtime()
+        .spawn(crate::liveness::watch(ctx.clone()));
     let c2s_addr = c2s.local_addr().ok();
     let direct_addr = direct.as_ref().and_then(|d| d.local_addr().ok());
     tracing::info!(domain = %ctx.config.domain, c2s = ?c2s_addr, direct_tls = ?direct_addr, workers, "starling is up");

@@ -324,6 +324,18 @@ impl Driver {
             applied: self.store.applied(),
             role: role.to_string(),
             peers: self.store.peers().unwrap_or_default(),
+            active: if r.state == StateRole::Leader {
+                let mut a: Vec<u64> = r
+                    .prs()
+                    .iter()
+                    .filter(|(_, p)| p.recent_active)
+                    .map(|(id, _)| *id)
+                    .collect();
+                a.sort_unstable();
+                a
+            } else {
+                Vec::new()
+            },
         };
         self.status.send_if_modified(|old| {
             if *old != s {

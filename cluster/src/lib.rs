@@ -103,7 +103,13 @@ pub struct Status {
     pub role: String,
     /// Members: (id, mesh address).
     pub peers: Vec<(u64, String)>,
+    /// On the leader: members it heard from within the last election
+    /// timeout (raft-rs check_quorum bookkeeping). Empty elsewhere.
+    pub active: Vec<u64>,
 }
+
+/// Application messages from other nodes: (sender id, payload).
+pub type RelayReceiver = mpsc::Receiver<(u64, Vec<u8>)>;
 
 pub(crate) enum Cmd {
     Step(Box<raft::prelude::Message>),
@@ -134,7 +140,7 @@ pub struct Cluster {
     isolated: Arc<AtomicBool>,
     stop: Arc<watch::Sender<bool>>,
     relayer: Arc<transport::Relayer>,
-    relay_rx: Arc<std::sync::Mutex<Option<mpsc::Receiver<(u64, Vec<u8>)>>>>,
+    relay_rx: Arc<std::sync::Mutex<Option<RelayReceiver>>>,
     /// The runtime the node runs on (relay tasks are spawned there even
     /// when `relay` is called from another thread).
     rt: tokio::runtime::Handle,
@@ -331,7 +337,7 @@ impl Cluster {
     }
 
     /// The stream of (sender, payload) application messages; once.
-    pub fn take_relay_receiver(&self) -> Option<mpsc::Receiver<(u64, Vec<u8>)>> {
+    pub fn take_relay_receiver(&self) -> Option<RelayReceiver> {
         self.relay_rx
             .lock()
             .unwrap_or_else(|e| e.into_inner())

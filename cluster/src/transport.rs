@@ -387,6 +387,7 @@ pub async fn remote_status(addr: &str, secret: &str) -> Result<Status, String> {
         applied: s.applied,
         role: s.role,
         peers: s.peers.into_iter().map(|p| (p.id, p.address)).collect(),
+        active: Vec::new(),
     })
 }
 
@@ -396,8 +397,11 @@ pub struct Relayer {
     secret: String,
     isolated: Arc<AtomicBool>,
     status: watch::Receiver<Status>,
-    queues: std::sync::Mutex<HashMap<u64, (String, mpsc::Sender<Vec<u8>>)>>,
+    queues: std::sync::Mutex<HashMap<u64, RelayQueue>>,
 }
+
+/// A node's address and the queue of its relay task.
+type RelayQueue = (String, mpsc::Sender<Vec<u8>>);
 
 /// Payloads queued per node before new ones are refused.
 const RELAY_QUEUE: usize = 8192;

@@ -107,6 +107,8 @@ pub struct Applied {
     pub roster_version: u64,
     /// The session a `SessionBind` displaced, if any.
     pub displaced: Option<SessionRecord>,
+    /// The sessions a `PurgeNode` removed.
+    pub purged: Vec<SessionRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -334,7 +336,7 @@ impl State {
                 sessions::remove(&self.sessions, jid, *node, *sid)?
             }
             Command::PurgeNode { node } => {
-                sessions::purge_node(&self.sessions, *node)?;
+                applied.purged = sessions::purge_node(&self.sessions, *node)?;
             }
             Command::SetLastActivity {
                 username,

@@ -49,14 +49,16 @@ pub fn remove(tree: &sled::Tree, full: &str, node: u64, sid: u64) -> Result<(), 
     Ok(())
 }
 
-pub fn purge_node(tree: &sled::Tree, node: u64) -> Result<usize, StateError> {
-    let mut n = 0;
+pub fn purge_node(tree: &sled::Tree, node: u64) -> Result<Vec<SessionRecord>, StateError> {
+    let mut gone = Vec::new();
     for item in tree.iter() {
         let (k, v) = item?;
-        if serde_json::from_slice::<SessionRecord>(&v).is_ok_and(|r| r.node == node) {
-            tree.remove(k)?;
-            n += 1;
+        if let Ok(r) = serde_json::from_slice::<SessionRecord>(&v) {
+            if r.node == node {
+                tree.remove(k)?;
+                gone.push(r);
+            }
         }
     }
-    Ok(n)
+    Ok(gone)
 }
