@@ -38,6 +38,23 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub cluster: ClusterSection,
+    pub http: HttpSection,
+}
+
+/// HTTP for health checks (and later websocket, metrics, admin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// "host:port"; empty turns HTTP off.
+    pub listen: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: "0.0.0.0:5280".into(),
+        }
+    }
 }
 
 /// The node's place in the cluster (Raft over the gRPC mesh).
@@ -154,6 +171,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
             cluster: ClusterSection::default(),
+            http: HttpSection::default(),
         }
     }
 }
@@ -197,7 +215,15 @@ impl Default for LogConfig {
 }
 
 /// Sections that `STARLING_<SECTION>_<KEY>` can address.
-const SECTIONS: [&str; 6] = ["c2s", "tls", "registration", "limits", "log", "cluster"];
+const SECTIONS: [&str; 7] = [
+    "c2s",
+    "tls",
+    "registration",
+    "limits",
+    "log",
+    "cluster",
+    "http",
+];
 
 impl Config {
     /// Load `path` (if any), apply `STARLING_*` overrides from `env`, validate.
@@ -303,6 +329,9 @@ impl Config {
             parse_addr("c2s.direct_tls_listen", &self.c2s.direct_tls_listen)?;
         }
         parse_addr("cluster.listen", &self.cluster.listen)?;
+        if !self.http.listen.is_empty() {
+            parse_addr("http.listen", &self.http.listen)?;
+        }
         if self.cluster.node_id == 0 {
             return Err(ConfigError::BadValue {
                 key: "cluster.node_id".into(),
@@ -363,6 +392,13 @@ impl Config {
             parse_addr("c2s.direct_tls_listen", &self.c2s.direct_tls_listen)
                 .expect("validated at load"),
         )
+    }
+
+    pub fn http_listen(&self) -> Option<SocketAddr> {
+        if self.http.listen.is_empty() {
+            return None;
+        }
+        Some(parse_addr("http.listen", &self.http.listen).expect("validated at load"))
     }
 
     pub fn cluster_listen(&self) -> SocketAddr {

@@ -34,6 +34,8 @@ pub struct ServerCtx {
     pub presence: crate::presence::PresenceRegistry,
     /// When the node started (XEP-0012 uptime).
     pub started: std::time::Instant,
+    /// Shutting down: not ready for new clients.
+    pub draining: std::sync::atomic::AtomicBool,
     shutdown: watch::Receiver<bool>,
     next_id: AtomicU64,
     conns: Arc<AtomicUsize>,
@@ -127,6 +129,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .direct_tls_listen()
         .map(|a| bind("c2s.direct_tls_listen", a))
         .transpose()?;
+    let http = config
+        .http_listen()
+        .map(|a| bind("http.listen", a))
+        .transpose()?;
     let state = Arc::new(State::open(&config.data_dir)?);
     let displaced_hook = Arc::new(std::sync::OnceLock::new());
     let (replicator, raft_thread) = start_cluster(&config, state.clone(), displaced_hook.clone())?;
@@ -156,6 +162,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         throttle: AuthThrottle::default(),
         presence: Default::default(),
         started: std::time::Instant::now(),
+        draining: std::sync::atomic::AtomicBool::new(false),
         shutdown: shutdown_rx,
         next_id: AtomicU64::new(1),
         conns: Arc::new(AtomicUsize::new(0)),
@@ -195,7 +202,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     // One machine-readable line on stdout: tests and scripts read the bound ports here.
     let cluster = ctx.replicator.cluster();
     println!(
-        "starling ready domain={} c2s={} c2s_tls={} cluster={} node={}",
+        "starling ready domain={} c2s={} c2s_tls={} cluster={} node={} http={}",
         ctx.config.domain,
         c2s_addr.map(|a| a.to_string()).unwrap_or_default(),
         direct_addr
@@ -203,6 +210,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .unwrap_or_else(|| "off".into()),
         cluster.local_addr(),
         cluster.id(),
+        http.as_ref()
+            .and_then(|h| h.local_addr().ok())
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -223,7 +234,16 @@ pub fn run(config: Config) -> Result<(), StartError> {
             )));
         }
         tasks.push(actix_rt::spawn(crate::admin::serve(ctx.clone(), admin)));
+        let http = match http.map(|l| crate::http::start(ctx.clone(), l)).transpose() {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "HTTP server failed to start");
+                None
+            }
+        };
         wait_for_signal().await;
+        // Not ready any more: load balancers stop sending new clients.
+        ctx.draining.store(true, Ordering::Release);
         tracing::info!(sessions = ctx.router.count(), "shutting down");
         let _ = shutdown_tx.send(true);
         for t in &tasks {
@@ -237,6 +257,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while ctx.conns.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(h) = http {
+            h.stop(false).await;
         }
     });
     for a in arbiters {

@@ -51,6 +51,12 @@ async fn three_nodes_share_state() {
         status.contains("members:") && status.contains("leader"),
         "{status}"
     );
+    // Load balancers see all three as ready.
+    for n in [&n1, &n2, &n3] {
+        let (code, body) = http_get(n.http, "/health/ready").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(http_get(n.http, "/health/live").await.0, 200);
+    }
 
     // An account made through node 1's admin socket logs in on node 3.
     n1.add_user("alice", "pw-a");
@@ -169,6 +175,21 @@ async fn a_node_without_a_majority_refuses_writes() {
         );
     let r = c.iq(reg).await;
     assert_eq!(r.attr("type"), Some("error"), "{r:?}");
-    // Reads still work: the existing account can authenticate.
+    // Reads still work: the existing account can authenticate...
     assert!(can_login(&n1, "alice", "pw").await);
+    // ...but the node tells load balancers it is not ready, while alive.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = http_get(n1.http, "/health/ready").await;
+        if code == 503 {
+            assert!(body.contains("not ready"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready without a majority: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(http_get(n1.http, "/health/live").await.0, 200);
 }

@@ -29,6 +29,8 @@ pub struct Server {
     pub c2s_tls: Option<SocketAddr>,
     /// The node's cluster mesh address.
     pub mesh: SocketAddr,
+    /// The HTTP (health) address.
+    pub http: SocketAddr,
     pub dir: tempfile::TempDir,
     stderr_log: std::path::PathBuf,
 }
@@ -54,6 +56,7 @@ impl Server {
             .env("STARLING_C2S_LISTEN", "127.0.0.1:0")
             .env("STARLING_C2S_DIRECT_TLS_LISTEN", "127.0.0.1:0")
             .env("STARLING_CLUSTER_LISTEN", "127.0.0.1:0")
+            .env("STARLING_HTTP_LISTEN", "127.0.0.1:0")
             .env("STARLING_LOG_LEVEL", "debug")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).expect("log file"));
@@ -92,11 +95,15 @@ impl Server {
         let mesh = field("cluster")
             .and_then(|a| a.parse().ok())
             .expect("cluster address on ready line");
+        let http = field("http")
+            .and_then(|a| a.parse().ok())
+            .expect("http address on ready line");
         Server {
             child: Some(child),
             c2s,
             c2s_tls,
             mesh,
+            http,
             dir,
             stderr_log,
         }
@@ -671,4 +678,32 @@ pub fn iq_get(to: Option<&str>, payload: Element) -> Element {
         iq.set_attr("to", t);
     }
     iq
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("http connect timeout")
+        .expect("http connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .expect("http write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("http read timeout")
+        .expect("http read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }
