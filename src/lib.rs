@@ -7,6 +7,7 @@ pub mod config;
 pub mod delivery;
 pub mod http;
 pub mod liveness;
+pub mod local_cluster;
 pub mod modules;
 pub mod presence;
 pub mod replication;

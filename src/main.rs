@@ -41,6 +41,27 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ClusterCmd {
+    /// Start a local cluster of N nodes on 127.0.0.1, 127.0.0.2, ...
+    /// (c2s 5222, direct TLS 5223, mesh 7222, HTTP 5280 on each address,
+    /// plus --port-offset). Stops them all on Ctrl-C.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: u8,
+        /// Where the nodes keep their data (one subdirectory each).
+        #[arg(long, default_value = "cluster-data")]
+        dir: PathBuf,
+        /// Added to every port, to run beside another server.
+        #[arg(long, default_value_t = 0)]
+        port_offset: u16,
+    },
+    /// Remove a member from the cluster (through any member).
+    Remove {
+        /// The id of the node to remove.
+        node_id: u64,
+        /// Mesh address of the member to ask (default: this config's node).
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Members, roles, leader, term, commit and applied index.
     Status {
         /// Mesh address of the node to ask (default: this config's node).
@@ -88,6 +109,17 @@ fn main() -> ExitCode {
         Cmd::Cluster {
             op: ClusterCmd::Status { node },
         } => cluster_status(&config, node),
+        Cmd::Cluster {
+            op: ClusterCmd::Remove { node_id, node },
+        } => cluster_remove(&config, node_id, node),
+        Cmd::Cluster {
+            op:
+                ClusterCmd::Up {
+                    nodes,
+                    dir,
+                    port_offset,
+                },
+        } => starling::local_cluster::up(nodes, &dir, port_offset),
         Cmd::Serve { .. } => {
             init_logging(&config.log.level);
             match starling::server::run(config) {
@@ -136,6 +168,36 @@ fn cluster_status(config: &Config, node: Option<String>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("starling: cannot reach the node at {addr}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn cluster_remove(config: &Config, id: u64, node: Option<String>) -> ExitCode {
+    let secret = match starling::server::cluster_secret(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("starling: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let addr = node.unwrap_or_else(|| config.cluster.listen.replace("0.0.0.0", "127.0.0.1"));
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return ExitCode::from(1);
+    };
+    match rt.block_on(starling_cluster::remote_remove(&addr, &secret, id)) {
+        Ok(peers) => {
+            println!("removed node {id}; members now:");
+            for (id, a) in peers {
+                println!("  {id}\t{a}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("starling: cannot remove node {id} via {addr}: {e}");
             ExitCode::from(1)
         }
     }

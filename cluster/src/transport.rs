@@ -17,7 +17,8 @@ use tonic::{Request, Response, Status as RpcStatus};
 use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server::{Raft, RaftServer};
 use crate::proto::{
-    Ack, JoinRequest, JoinResponse, Peer, RaftBatch, RelayBatch, StatusRequest, StatusResponse,
+    Ack, JoinRequest, JoinResponse, Peer, RaftBatch, RelayBatch, RemoveRequest, StatusRequest,
+    StatusResponse,
 };
 use crate::{ClusterError, Cmd, Status};
 
@@ -101,6 +102,28 @@ impl Raft for Service {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Cmd::AddNode(node_id, address, tx))
+            .await
+            .map_err(|_| RpcStatus::unavailable("stopping"))?;
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(Ok(peers))) => Ok(Response::new(JoinResponse {
+                peers: peers_out(peers),
+            })),
+            Ok(Ok(Err(e))) => Err(RpcStatus::failed_precondition(e.to_string())),
+            _ => Err(RpcStatus::unavailable(
+                "membership change not committed (no quorum?)",
+            )),
+        }
+    }
+
+    async fn remove(
+        &self,
+        req: Request<RemoveRequest>,
+    ) -> Result<Response<JoinResponse>, RpcStatus> {
+        authorized(&req, &self.secret)?;
+        let id = req.into_inner().node_id;
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::RemoveNode(id, tx))
             .await
             .map_err(|_| RpcStatus::unavailable("stopping"))?;
         match tokio::time::timeout(Duration::from_secs(10), rx).await {
@@ -512,4 +535,21 @@ async fn relay_task(
             tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
         }
     }
+}
+
+/// Ask a member at `addr` to remove node `id`; returns the members left.
+pub async fn remote_remove(
+    addr: &str,
+    secret: &str,
+    id: u64,
+) -> Result<Vec<(u64, String)>, String> {
+    let mut c = RaftClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let r = c
+        .remove(with_secret(RemoveRequest { node_id: id }, secret))
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    Ok(r.peers.into_iter().map(|p| (p.id, p.address)).collect())
 }

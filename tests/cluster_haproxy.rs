@@ -1,0 +1,147 @@
+//! The docker-compose topology without Docker: `starling cluster up
+//! --nodes 3` (127.0.0.1..3) behind Debian's haproxy, configured from the
+//! same tests/deploy/haproxy.cfg the compose file uses. Clients connect to
+//! HAProxy only and still reach each other across nodes.
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Ports are the defaults plus this offset (fixed, below 32768).
+const OFFSET: u16 = 3000;
+const FRONT: &str = "127.0.0.1:8300";
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        // cluster up drains its nodes on SIGTERM; haproxy just stops.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_behind_haproxy() {
+    assert!(
+        Command::new("haproxy").arg("-v").output().is_ok(),
+        "haproxy is not installed: run `bash .ci/run` (apt-get install haproxy)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Command::new(bin())
+        .args([
+            "cluster",
+            "up",
+            "--nodes",
+            "3",
+            "--port-offset",
+            &OFFSET.to_string(),
+            "--dir",
+        ])
+        .arg(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("STARLING_LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starling cluster up");
+    let out = up.stdout.take().unwrap();
+    let _up = Kill(up);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.starts_with("cluster up:") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(90))
+        .expect("cluster up did not start its nodes");
+
+    // Accounts through node 1's admin socket.
+    for (u, p) in [("alice", "pw"), ("bob", "pw")] {
+        let out = Command::new(bin())
+            .args(["user", "add", u, "-p", p])
+            .env_clear()
+            .env("STARLING_DATA_DIR", dir.path().join("node1"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deploy/haproxy.cfg");
+    let haproxy = Command::new("haproxy")
+        .args(["-f", cfg, "-db"])
+        .env("BIND", FRONT)
+        .env("NODE1", "127.0.0.1")
+        .env("NODE2", "127.0.0.2")
+        .env("NODE3", "127.0.0.3")
+        .env("C2S_PORT", (5222 + OFFSET).to_string())
+        .env("HTTP_PORT", (5280 + OFFSET).to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start haproxy");
+    let _haproxy = Kill(haproxy);
+
+    // Wait until HAProxy accepts and a node answers through it.
+    let front: std::net::SocketAddr = FRONT.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(front).await.is_ok() {
+            let mut c = Client::connect(front).await;
+            c.send(HEADER).await;
+            if matches!(
+                tokio::time::timeout(Duration::from_secs(2), c.read()).await,
+                Ok(Got::Header)
+            ) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "haproxy never passed a client to a node"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Round robin spreads these logins over the nodes.
+    let mut a = Client::online(front, "alice", "pw", "a").await;
+    let mut b = Client::online(front, "bob", "pw", "b").await;
+    let mut extra = Client::online(front, "alice", "pw", "c").await;
+    a.send(
+        "<message to='bob@localhost/b' type='chat' id='h1'><body>through haproxy</body></message>",
+    )
+    .await;
+    assert_eq!(
+        b.wait_for(|e| e.name == "message").await.attr("id"),
+        Some("h1")
+    );
+    b.send("<message to='alice@localhost/c' type='chat' id='h2'><body>back</body></message>")
+        .await;
+    assert_eq!(
+        extra.wait_for(|e| e.name == "message").await.attr("id"),
+        Some("h2")
+    );
+    // The nodes' health checks say ready.
+    for i in 1..=3 {
+        let addr: std::net::SocketAddr = format!("127.0.0.{i}:{}", 5280 + OFFSET).parse().unwrap();
+        assert_eq!(http_get(addr, "/health/ready").await.0, 200, "node {i}");
+    }
+}
