@@ -193,3 +193,179 @@ async fn a_node_without_a_majority_refuses_writes() {
     }
     assert_eq!(http_get(n1.http, "/health/live").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_joins_by_snapshot_and_a_node_is_removed() {
+    let n1 = node(1, None);
+    let n2 = node(2, Some(&n1));
+    let n3 = node(3, Some(&n1));
+    eventually("three members", || {
+        n1.cluster_status(SECRET).matches("127.0.0.1:").count() >= 3
+    })
+    .await;
+    for i in 0..20 {
+        n1.add_user(&format!("user{i}"), "pw");
+    }
+    // Node 4 starts empty; the leader's log starts after its bootstrap
+    // snapshot, so node 4 can only catch up by snapshot.
+    let n4 = node(4, Some(&n2));
+    eventually("four members", || {
+        n1.cluster_status(SECRET).matches("127.0.0.1:").count() >= 4
+    })
+    .await;
+    for i in [0, 19] {
+        let mut ok = false;
+        for _ in 0..50 {
+            if can_login(&n4, &format!("user{i}"), "pw").await {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ok, "user{i} replicated to node 4");
+    }
+    // Remove node 3 through node 2.
+    let out = std::process::Command::new(bin())
+        .args(["cluster", "remove", "3", "--node", &n2.mesh.to_string()])
+        .env_clear()
+        .env("STARLING_DATA_DIR", n2.data_dir())
+        .env("STARLING_CLUSTER_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("node 3 gone from the members", || {
+        !n1.cluster_status(SECRET).contains(&n3.mesh.to_string())
+    })
+    .await;
+    n4.add_user("after", "pw");
+    assert!(can_login(&n1, "after", "pw").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_roster_edits_survive_a_restart_consistently() {
+    let n1 = node(1, None);
+    let n2 = node(2, Some(&n1));
+    let mut n3 = node(3, Some(&n1));
+    eventually("three members", || {
+        n1.cluster_status(SECRET).matches("127.0.0.1:").count() >= 3
+    })
+    .await;
+    let users = ["ann", "ben", "cat"];
+    for u in users {
+        n1.add_user(u, "pw");
+    }
+    let addrs = [n1.c2s, n2.c2s, n3.c2s];
+    // One client per node edits its own roster; node 3 restarts midway.
+    let mut tasks = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        let addr = addrs[i];
+        let u = u.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut c: Option<Client> = None;
+            for k in 0..15 {
+                if c.is_none() {
+                    for _ in 0..100 {
+                        let mut t = Client::connect(addr).await;
+                        t.open().await;
+                        let mut t = t.starttls().await;
+                        t.open().await;
+                        if t.auth_scram("SCRAM-SHA-256", &u, "pw").await.is_ok() {
+                            t.open().await;
+                            if t.bind(Some("r")).await.is_ok() {
+                                c = Some(t);
+                                break;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                let Some(cl) = c.as_mut() else { break };
+                let jid = format!("contact{k}@localhost");
+                let set = Element::new("iq", "jabber:client")
+                    .with_attr("type", "set")
+                    .with_child(Element::new("query", "jabber:iq:roster").with_child(
+                        Element::new("item", "jabber:iq:roster").with_attr("jid", jid.clone()),
+                    ));
+                let id = cl.new_id();
+                let mut set = set;
+                set.set_attr("id", id.clone());
+                if !cl.try_send(&set.to_xml("jabber:client")).await {
+                    c = None;
+                    continue;
+                }
+                let r = tokio::time::timeout(
+                    Duration::from_secs(8),
+                    cl.wait_for(|e| e.attr("id") == Some(id.as_str())),
+                )
+                .await;
+                match r {
+                    Ok(r) if r.attr("type") == Some("result") => acked.push(jid),
+                    _ => c = None,
+                }
+            }
+            (u, acked)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // kill -9 node 3 and bring it back on the same addresses with its data.
+    let mesh3 = n3.mesh;
+    let c2s3 = n3.c2s;
+    n3.kill9();
+    let dir3 = std::mem::replace(&mut n3.dir, tempfile::tempdir().unwrap());
+    drop(n3);
+    let n3 = Server::start_in(
+        dir3,
+        &[
+            ("STARLING_CLUSTER_NODE_ID", "3"),
+            ("STARLING_CLUSTER_SECRET", SECRET),
+            ("STARLING_CLUSTER_LISTEN", &mesh3.to_string()),
+            ("STARLING_C2S_LISTEN", &c2s3.to_string()),
+            ("STARLING_REGISTRATION_ALLOW", "true"),
+        ],
+    );
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.push(t.await.unwrap());
+    }
+    // Every node ends with the same roster for each user, holding every
+    // acknowledged change.
+    for (u, ok) in &acked {
+        let mut seen: Vec<Vec<String>> = Vec::new();
+        for n in [&n1, &n2, &n3] {
+            let mut items: Vec<String>;
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let mut c = Client::login(n.c2s, u, "pw", "check").await;
+                let r = c
+                    .iq(iq_get(None, Element::new("query", "jabber:iq:roster")))
+                    .await;
+                items = r
+                    .get_child("query", "jabber:iq:roster")
+                    .unwrap()
+                    .elements()
+                    .filter_map(|i| i.attr("jid"))
+                    .map(str::to_string)
+                    .collect();
+                items.sort();
+                if ok.iter().all(|j| items.contains(j)) || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            for j in ok {
+                assert!(items.contains(j), "{u}: acknowledged {j} missing");
+            }
+            seen.push(items);
+        }
+        assert!(
+            seen.windows(2).all(|w| w[0] == w[1]),
+            "{u}: nodes differ: {seen:?}"
+        );
+        assert!(!ok.is_empty(), "{u}: some edits were acknowledged");
+    }
+}
