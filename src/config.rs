@@ -98,6 +98,10 @@ pub struct C2sConfig {
     /// What a second bind of the same full JID does: "replace" the old
     /// session (it gets `<conflict/>`) or "reject" the new bind.
     pub resource_conflict: ConflictPolicy,
+    /// Expect a PROXY protocol v2 header on every c2s connection (behind
+    /// HAProxy with `send-proxy-v2`). Off by default: with it on, clients
+    /// that connect directly are refused.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +187,7 @@ impl Default for C2sConfig {
             direct_tls_listen: "0.0.0.0:5223".into(),
             require_tls: true,
             resource_conflict: ConflictPolicy::Replace,
+            proxy_protocol: false,
         }
     }
 }

@@ -22,11 +22,23 @@ use crate::xml::ns;
 /// to the end of the session.
 pub async fn handle_connection(
     ctx: Arc<ServerCtx>,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    mut tcp: TcpStream,
+    mut peer: SocketAddr,
     direct_tls: bool,
     guard: ConnGuard,
 ) {
+    if ctx.config.c2s.proxy_protocol {
+        let limit = std::time::Duration::from_secs(ctx.config.limits.auth_timeout_secs);
+        match tokio::time::timeout(limit, super::proxy_protocol::read_header(&mut tcp)).await {
+            Ok(Ok(Some(client))) => peer = client,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "dropping a connection without a valid PROXY header");
+                return;
+            }
+            Err(_) => return,
+        }
+    }
     let sid = ctx.next_session_id();
     let span = tracing::info_span!("c2s", sid, %peer, jid = tracing::field::Empty);
     async move {

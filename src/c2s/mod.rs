@@ -3,4 +3,5 @@
 
 pub mod io;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod session;

@@ -366,6 +366,12 @@ impl Client {
         self.writer.flush().await.expect("flush");
     }
 
+    /// Raw bytes (e.g. a PROXY protocol header).
+    pub async fn send_raw(&mut self, data: &[u8]) {
+        self.writer.write_all(data).await.expect("write");
+        self.writer.flush().await.expect("flush");
+    }
+
     /// Send, tolerating a peer that already closed.
     pub async fn try_send(&mut self, data: &str) -> bool {
         self.writer.write_all(data.as_bytes()).await.is_ok() && self.writer.flush().await.is_ok()
