@@ -159,6 +159,9 @@ fn cluster_status(config: &Config, node: Option<String>) -> ExitCode {
                 "node {} ({}) term {} leader {} commit {} applied {}",
                 s.id, s.role, s.term, s.leader, s.commit, s.applied
             );
+            if !s.app.is_empty() {
+                println!("{}", s.app);
+            }
             println!("members:");
             for (id, a) in s.peers {
                 let role = if id == s.leader { "leader" } else { "member" };

@@ -196,6 +196,26 @@ pub fn run(config: Config) -> Result<(), StartError> {
     ctx.replicator
         .runtime()
         .spawn(crate::liveness::watch(ctx.clone()));
+    // `starling cluster status` shows sessions per node from the table.
+    let weak = Arc::downgrade(&ctx);
+    ctx.replicator.cluster().set_app_status(Box::new(move || {
+        let Some(ctx) = weak.upgrade() else {
+            return String::new();
+        };
+        let mut per: std::collections::BTreeMap<u64, usize> = Default::default();
+        for rec in ctx.state.all_sessions() {
+            *per.entry(rec.node).or_default() += 1;
+        }
+        let list: Vec<String> = per.iter().map(|(n, c)| format!("node {n}: {c}")).collect();
+        format!(
+            "sessions: {}",
+            if list.is_empty() {
+                "none".to_string()
+            } else {
+                list.join(", ")
+            }
+        )
+    }));
     let c2s_addr = c2s.local_addr().ok();
     let direct_addr = direct.as_ref().and_then(|d| d.local_addr().ok());
     tracing::info!(domain = %ctx.config.domain, c2s = ?c2s_addr, direct_tls = ?direct_addr, workers, "starling is up");

@@ -56,6 +56,12 @@ async fn users_on_different_nodes_talk() {
     let (n1, n2, n3) = cluster().await;
     let mut a = online(&n1, "alice", "one").await;
     let mut b = online(&n3, "bob", "three").await;
+    // `cluster status` counts sessions per node from the replicated table.
+    let status = n2.cluster_status(SECRET);
+    assert!(
+        status.contains("sessions: node 1: 1, node 3: 1"),
+        "{status}"
+    );
     // Full JID, both ways.
     a.send("<message to='bob@localhost/three' type='chat' id='m1'><body>hi from node 1</body></message>").await;
     let m = b.wait_for(|e| e.name == "message").await;

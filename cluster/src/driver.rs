@@ -336,6 +336,7 @@ impl Driver {
             } else {
                 Vec::new()
             },
+            app: String::new(),
         };
         self.status.send_if_modified(|old| {
             if *old != s {

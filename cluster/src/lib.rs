@@ -106,7 +106,12 @@ pub struct Status {
     /// On the leader: members it heard from within the last election
     /// timeout (raft-rs check_quorum bookkeeping). Empty elsewhere.
     pub active: Vec<u64>,
+    /// The application's own status line (remote status only).
+    pub app: String,
 }
+
+/// A function that describes the application's state for `Status`.
+pub type AppStatus = Arc<std::sync::OnceLock<Box<dyn Fn() -> String + Send + Sync>>>;
 
 /// Application messages from other nodes: (sender id, payload).
 pub type RelayReceiver = mpsc::Receiver<(u64, Vec<u8>)>;
@@ -144,6 +149,7 @@ pub struct Cluster {
     /// The runtime the node runs on (relay tasks are spawned there even
     /// when `relay` is called from another thread).
     rt: tokio::runtime::Handle,
+    app_status: AppStatus,
 }
 
 impl Cluster {
@@ -187,6 +193,7 @@ impl Cluster {
         let transport =
             transport::Transport::new(cfg.id, cfg.secret.clone(), isolated.clone(), tx.clone());
         let (relay_tx, relay_rx) = mpsc::channel(8192);
+        let app_status: AppStatus = Arc::new(std::sync::OnceLock::new());
         transport::serve(
             listener,
             cfg.secret.clone(),
@@ -194,6 +201,7 @@ impl Cluster {
             tx.clone(),
             status.clone(),
             relay_tx,
+            app_status.clone(),
             stop.subscribe(),
         );
         let relayer = Arc::new(transport::Relayer::new(
@@ -216,6 +224,7 @@ impl Cluster {
             relayer,
             relay_rx,
             rt: tokio::runtime::Handle::current(),
+            app_status,
         };
         if fresh {
             if let Some(seed) = &cfg.join {
@@ -334,6 +343,11 @@ impl Cluster {
     /// thread.
     pub fn relay(&self, node: u64, payload: Vec<u8>) -> bool {
         self.relayer.send(node, payload, &self.rt)
+    }
+
+    /// Describe the application's state in remote status answers (once).
+    pub fn set_app_status(&self, f: Box<dyn Fn() -> String + Send + Sync>) {
+        let _ = self.app_status.set(f);
     }
 
     /// The stream of (sender, payload) application messages; once.

@@ -54,6 +54,7 @@ struct Service {
     tx: mpsc::Sender<Cmd>,
     status: watch::Receiver<Status>,
     relay: mpsc::Sender<(u64, Vec<u8>)>,
+    app_status: crate::AppStatus,
 }
 
 fn peers_out(peers: Vec<(u64, String)>) -> Vec<Peer> {
@@ -167,6 +168,7 @@ impl Raft for Service {
             applied: s.applied,
             role: s.role,
             peers: peers_out(s.peers),
+            app: self.app_status.get().map(|f| f()).unwrap_or_default(),
         }))
     }
 }
@@ -179,6 +181,7 @@ pub fn serve(
     tx: mpsc::Sender<Cmd>,
     status: watch::Receiver<Status>,
     relay: mpsc::Sender<(u64, Vec<u8>)>,
+    app_status: crate::AppStatus,
     mut stop: watch::Receiver<bool>,
 ) {
     let svc = RaftServer::new(Service {
@@ -187,6 +190,7 @@ pub fn serve(
         tx,
         status,
         relay,
+        app_status,
     })
     .max_decoding_message_size(64 << 20);
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -411,6 +415,7 @@ pub async fn remote_status(addr: &str, secret: &str) -> Result<Status, String> {
         role: s.role,
         peers: s.peers.into_iter().map(|p| (p.id, p.address)).collect(),
         active: Vec::new(),
+        app: s.app,
     })
 }
 

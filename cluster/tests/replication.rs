@@ -72,7 +72,8 @@ impl Node {
 fn config(id: u64, join: Option<String>, compact_after: u64) -> ClusterConfig {
     let mut c = ClusterConfig::new(id, "127.0.0.1:0".parse().unwrap(), SECRET);
     c.join = join;
-    c.tick = Duration::from_millis(50);
+    // The production tick: shorter election timeouts flap on a loaded 2-core machine.
+    c.tick = Duration::from_millis(100);
     c.compact_after = compact_after;
     c
 }

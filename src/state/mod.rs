@@ -355,6 +355,14 @@ impl State {
         sessions::get(&self.sessions, full).ok().flatten()
     }
 
+    pub fn all_sessions(&self) -> Vec<SessionRecord> {
+        self.sessions
+            .iter()
+            .values()
+            .filter_map(|v| v.ok().and_then(|v| serde_json::from_slice(&v).ok()))
+            .collect()
+    }
+
     pub fn sessions_of(&self, bare: &str) -> Vec<SessionRecord> {
         sessions::of(&self.sessions, bare).unwrap_or_default()
     }
