@@ -196,12 +196,14 @@ impl Cluster {
         let app_status: AppStatus = Arc::new(std::sync::OnceLock::new());
         transport::serve(
             listener,
-            cfg.secret.clone(),
-            isolated.clone(),
-            tx.clone(),
-            status.clone(),
-            relay_tx,
-            app_status.clone(),
+            transport::Service {
+                secret: cfg.secret.clone(),
+                isolated: isolated.clone(),
+                tx: tx.clone(),
+                status: status.clone(),
+                relay: relay_tx,
+                app_status: app_status.clone(),
+            },
             stop.subscribe(),
         );
         let relayer = Arc::new(transport::Relayer::new(

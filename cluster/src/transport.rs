@@ -48,13 +48,14 @@ fn with_secret<T>(msg: T, secret: &str) -> Request<T> {
     req
 }
 
-struct Service {
-    secret: String,
-    isolated: Arc<AtomicBool>,
-    tx: mpsc::Sender<Cmd>,
-    status: watch::Receiver<Status>,
-    relay: mpsc::Sender<(u64, Vec<u8>)>,
-    app_status: crate::AppStatus,
+/// What the mesh server needs from the node.
+pub struct Service {
+    pub secret: String,
+    pub isolated: Arc<AtomicBool>,
+    pub tx: mpsc::Sender<Cmd>,
+    pub status: watch::Receiver<Status>,
+    pub relay: mpsc::Sender<(u64, Vec<u8>)>,
+    pub app_status: crate::AppStatus,
 }
 
 fn peers_out(peers: Vec<(u64, String)>) -> Vec<Peer> {
@@ -174,25 +175,8 @@ impl Raft for Service {
 }
 
 /// Serve the mesh on `listener` until `stop`.
-pub fn serve(
-    listener: tokio::net::TcpListener,
-    secret: String,
-    isolated: Arc<AtomicBool>,
-    tx: mpsc::Sender<Cmd>,
-    status: watch::Receiver<Status>,
-    relay: mpsc::Sender<(u64, Vec<u8>)>,
-    app_status: crate::AppStatus,
-    mut stop: watch::Receiver<bool>,
-) {
-    let svc = RaftServer::new(Service {
-        secret,
-        isolated,
-        tx,
-        status,
-        relay,
-        app_status,
-    })
-    .max_decoding_message_size(64 << 20);
+pub fn serve(listener: tokio::net::TcpListener, service: Service, mut stop: watch::Receiver<bool>) {
+    let svc = RaftServer::new(service).max_decoding_message_size(64 << 20);
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     tokio::spawn(async move {
         let shutdown = async move {
