@@ -198,6 +198,11 @@ impl Driver {
         if !ready.snapshot().is_empty() {
             self.store.apply_snapshot(ready.snapshot())?;
             self.transport.set_peers(&self.store.peers()?);
+            // Entries folded into the snapshot are never applied one by one
+            // here, so proposals waiting for them would wait forever.
+            for (_, r) in self.pending.drain() {
+                let _ = r.send(Err(ClusterError::Indeterminate));
+            }
         }
         // 3. Committed entries are applied.
         let committed = ready.take_committed_entries();

@@ -90,6 +90,10 @@ pub enum ClusterError {
     Listen(String, String),
     #[error("proposal rejected: {0}")]
     Rejected(String),
+    /// A snapshot replaced this node's state while the proposal was in
+    /// flight: it may or may not be in it.
+    #[error("outcome unknown: a snapshot was installed while the change was in flight")]
+    Indeterminate,
 }
 
 /// A node's view of the cluster.

@@ -130,6 +130,14 @@ async fn three(compact_after: u64) -> Vec<Node> {
             .await
             .expect("3 members and a leader");
     }
+    // Caught up with the leader (a joiner's first state comes by snapshot).
+    let commit = n1.cluster.status().commit;
+    for n in [&n1, &n2, &n3] {
+        n.cluster
+            .wait_for(WAIT, |s| s.applied >= commit)
+            .await
+            .expect("caught up");
+    }
     vec![n1, n2, n3]
 }
 
@@ -164,7 +172,13 @@ async fn three_nodes_replicate_and_survive_a_restart() {
             .cluster
             .propose(format!("cmd-{i}").into_bytes(), WAIT)
             .await
-            .expect("commit");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "commit {i} via node {}: {e}; {:?}",
+                    n.id,
+                    n.cluster.status()
+                )
+            });
         assert!(String::from_utf8(out).unwrap().starts_with("applied at "));
     }
     converge(&nodes.iter().collect::<Vec<_>>(), 9).await;
