@@ -154,6 +154,8 @@ pub struct LimitsConfig {
     pub offline_messages: usize,
     /// Largest vCard (XEP-0054) or private XML fragment (XEP-0049), in bytes.
     pub vcard_size: usize,
+    /// How long a stream-management session waits to be resumed (XEP-0198).
+    pub resume_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -207,6 +209,7 @@ impl Default for LimitsConfig {
             max_auth_attempts: 5,
             offline_messages: 1000,
             vcard_size: 64 * 1024,
+            resume_timeout_secs: 300,
         }
     }
 }
@@ -362,6 +365,7 @@ impl Config {
             ("limits.max_auth_attempts", l.max_auth_attempts as u64),
             ("limits.offline_messages", l.offline_messages as u64),
             ("limits.vcard_size", l.vcard_size as u64),
+            ("limits.resume_timeout_secs", l.resume_timeout_secs),
         ] {
             if v == 0 {
                 return Err(ConfigError::BadValue {

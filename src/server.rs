@@ -32,6 +32,8 @@ pub struct ServerCtx {
     pub tls: TlsAcceptor,
     pub throttle: AuthThrottle,
     pub presence: crate::presence::PresenceRegistry,
+    /// Stream-management sessions that can be resumed (XEP-0198).
+    pub sm_sessions: crate::c2s::stream_management::SmRegistry,
     /// When the node started (XEP-0012 uptime).
     pub started: std::time::Instant,
     /// Shutting down: not ready for new clients.
@@ -161,6 +163,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         tls: TlsAcceptor::from(tls),
         throttle: AuthThrottle::default(),
         presence: Default::default(),
+        sm_sessions: Default::default(),
         started: std::time::Instant::now(),
         draining: std::sync::atomic::AtomicBool::new(false),
         shutdown: shutdown_rx,

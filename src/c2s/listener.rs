@@ -55,11 +55,17 @@ pub async fn handle_connection(
         } else {
             MaybeTls::Plain(tcp)
         };
-        let Some(bound) = stream::negotiate(&ctx, conn, peer).await else {
-            return;
-        };
-        tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
-        start_session(ctx, bound, sid, guard);
+        match stream::negotiate(&ctx, conn, peer).await {
+            Some(stream::Negotiated::Bound(bound)) => {
+                tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
+                start_session(ctx, bound, sid, guard);
+            }
+            Some(stream::Negotiated::Resume(r)) => {
+                tracing::Span::current().record("jid", tracing::field::display(&r.jid));
+                resume_session(ctx, r, guard).await;
+            }
+            None => {}
+        }
     }
     .instrument(span)
     .await
@@ -105,30 +111,17 @@ fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guard: Con
         });
         return;
     }
-    let (out_tx, out_rx) = mpsc::channel::<Outbound>(ctx.config.limits.outbound_queue);
-    let (abort_tx, abort_rx) = oneshot::channel();
     // The bind result is the first thing the session writes.
-    let _ = out_tx.try_send(Outbound::Data(
-        bind_result(&bind_iq_id, &jid).to_xml(ns::CLIENT),
-    ));
-    tokio::spawn(io::writer(stream.writer, out_rx, abort_rx, guard).in_current_span());
-    let (in_tx, in_rx) = mpsc::channel(16);
-    let activity = Arc::new(AtomicU64::new(clock::now_ms()));
-    let limits = &ctx.config.limits;
-    let rate = RateLimit::new(limits.rate_bytes_per_sec, limits.rate_burst_bytes);
-    let reader =
-        tokio::spawn(io::reader(stream.parser, in_tx, activity.clone(), rate).in_current_span());
+    let first = bind_result(&bind_iq_id, &jid).to_xml(ns::CLIENT);
+    let (conn, in_rx) = connection_io(&ctx, stream, first, guard);
     // The user's presence actor, started with the first session.
     let presence = ctx.presence.get_or_start(&ctx, &jid.to_bare());
     let session = C2sSession::new(
         sid,
         jid.clone(),
         ctx.clone(),
-        out_tx,
-        abort_tx,
-        reader.abort_handle(),
+        conn,
         in_rx,
-        activity,
         tracing::Span::current(),
         presence,
     );
@@ -141,4 +134,58 @@ fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guard: Con
         )));
     }
     tracing::info!("session bound");
+}
+
+/// Start the reader and writer tasks for a negotiated stream; `first` is
+/// written before anything else.
+fn connection_io(
+    ctx: &ServerCtx,
+    stream: stream::Stream,
+    first: String,
+    guard: ConnGuard,
+) -> (super::session::Conn, mpsc::Receiver<io::Inbound>) {
+    let (out_tx, out_rx) = mpsc::channel::<Outbound>(ctx.config.limits.outbound_queue);
+    let (abort_tx, abort_rx) = oneshot::channel();
+    if !first.is_empty() {
+        let _ = out_tx.try_send(Outbound::Data(first));
+    }
+    tokio::spawn(io::writer(stream.writer, out_rx, abort_rx, guard).in_current_span());
+    let (in_tx, in_rx) = mpsc::channel(16);
+    let activity = Arc::new(AtomicU64::new(clock::now_ms()));
+    let limits = &ctx.config.limits;
+    let rate = RateLimit::new(limits.rate_bytes_per_sec, limits.rate_burst_bytes);
+    let reader =
+        tokio::spawn(io::reader(stream.parser, in_tx, activity.clone(), rate).in_current_span());
+    let conn = super::session::Conn {
+        out: out_tx,
+        abort: Some(abort_tx),
+        reader: reader.abort_handle(),
+        activity,
+    };
+    (conn, in_rx)
+}
+
+/// XEP-0198 §5: hand this connection to the detached session; it answers
+/// `<resumed/>` and resends what the client has not acknowledged.
+async fn resume_session(ctx: Arc<ServerCtx>, r: stream::Resuming, guard: ConnGuard) {
+    let stream::Resuming {
+        stream, session, h, ..
+    } = r;
+    let (conn, in_rx) = connection_io(&ctx, stream, String::new(), guard);
+    let out = conn.out.clone();
+    let attached = session
+        .send(super::session::Attach {
+            conn,
+            inbound: in_rx,
+            h,
+        })
+        .await;
+    if !matches!(attached, Ok(Ok(()))) {
+        // Gone in the meantime (timed out): the client binds anew.
+        let f = crate::xml::Element::new("failed", super::stream_management::NS).with_child(
+            crate::xml::Element::new("item-not-found", ns::STANZA_ERRORS),
+        );
+        let _ = out.try_send(Outbound::Data(f.to_xml("")));
+        let _ = out.try_send(Outbound::Close(None));
+    }
 }

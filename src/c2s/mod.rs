@@ -5,3 +5,4 @@ pub mod io;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod session;
+pub mod stream_management;

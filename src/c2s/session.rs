@@ -1,6 +1,11 @@
 //! `C2sSession`: one actor per bound client session. It owns the inbound
 //! stanza stream, checks and stamps `from`, hands stanzas to the delivery
 //! rules, and queues outbound stanzas to the writer task.
+//!
+//! With stream management (XEP-0198) the session outlives its connection:
+//! when the connection drops it detaches, keeps queueing, and a new
+//! connection can resume it (`Attach`) until the resume timeout; then what
+//! the client never acknowledged is stored offline or bounced.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,12 +17,16 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Span;
 
 use super::io::{Inbound, Outbound};
+use super::stream_management::{SmState, NS as SM_NS};
 use crate::clock;
 use crate::delivery;
 use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::stream::{StreamCondition, StreamError};
 use crate::xml::{ns, Element, ParseError, StreamEvent};
+
+/// XEP-0352 Client State Indication.
+pub const CSI_NS: &str = "urn:xmpp:csi:0";
 
 /// Deliver a stanza to this session's client.
 #[derive(Message)]
@@ -29,32 +38,59 @@ pub struct Deliver(pub Element);
 #[rtype(result = "()")]
 pub struct CloseStream(pub StreamError);
 
+/// One connection's I/O, as the session sees it.
+pub struct Conn {
+    pub out: mpsc::Sender<Outbound>,
+    pub abort: Option<oneshot::Sender<StreamError>>,
+    pub reader: tokio::task::AbortHandle,
+    pub activity: Arc<AtomicU64>,
+}
+
+/// Inbound events, tagged with the connection they came from.
+pub type Tagged = (u64, Inbound);
+
+/// A resuming connection takes over this session (XEP-0198 §5).
+#[derive(Message)]
+#[rtype(result = "Result<(), ()>")]
+pub struct Attach {
+    pub conn: Conn,
+    pub inbound: mpsc::Receiver<Inbound>,
+    /// The client's `h`.
+    pub h: u32,
+}
+
 pub struct C2sSession {
     pub id: u64,
     pub jid: FullJid,
     ctx: Arc<ServerCtx>,
-    out: mpsc::Sender<Outbound>,
-    abort: Option<oneshot::Sender<StreamError>>,
-    reader: Option<tokio::task::AbortHandle>,
-    inbound: Option<mpsc::Receiver<Inbound>>,
-    activity: Arc<AtomicU64>,
+    /// `None` while detached (connection lost, waiting for a resume).
+    conn: Option<Conn>,
+    /// Generation of the current connection; events from older ones are ignored.
+    generation: u64,
+    first_inbound: Option<mpsc::Receiver<Inbound>>,
     ping_sent_at: Option<u64>,
     closed: bool,
     span: Span,
     presence: Addr<crate::presence::UserPresence>,
+    sm: Option<SmState>,
+    ack_requested: bool,
+    resume_timer: Option<SpawnHandle>,
+    /// CSI: the client said it is inactive; presence is held, coalesced.
+    inactive: bool,
+    held: Vec<Element>,
+}
+
+fn is_stanza(el: &Element) -> bool {
+    el.ns == ns::CLIENT && matches!(el.name.as_str(), "message" | "presence" | "iq")
 }
 
 impl C2sSession {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u64,
         jid: FullJid,
         ctx: Arc<ServerCtx>,
-        out: mpsc::Sender<Outbound>,
-        abort: oneshot::Sender<StreamError>,
-        reader: tokio::task::AbortHandle,
+        conn: Conn,
         inbound: mpsc::Receiver<Inbound>,
-        activity: Arc<AtomicU64>,
         span: Span,
         presence: Addr<crate::presence::UserPresence>,
     ) -> Self {
@@ -62,28 +98,33 @@ impl C2sSession {
             id,
             jid,
             ctx,
-            out,
-            abort: Some(abort),
-            reader: Some(reader),
-            inbound: Some(inbound),
-            activity,
+            conn: Some(conn),
+            generation: 0,
+            first_inbound: Some(inbound),
             ping_sent_at: None,
             closed: false,
             span,
             presence,
+            sm: None,
+            ack_requested: false,
+            resume_timer: None,
+            inactive: false,
+            held: Vec::new(),
         }
     }
 
-    /// Queue serialized data for the client; a full queue cuts it off.
-    pub fn send(&mut self, el: &Element, ctx: &mut Context<Self>) {
-        if self.closed {
-            return;
-        }
-        if self
-            .out
-            .try_send(Outbound::Data(el.to_xml(ns::CLIENT)))
-            .is_err()
-        {
+    fn attach_stream(&mut self, rx: mpsc::Receiver<Inbound>, ctx: &mut Context<Self>) {
+        use tokio_stream::StreamExt;
+        let generation = self.generation;
+        ctx.add_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(move |i| (generation, i)),
+        );
+    }
+
+    /// Write raw XML (stream management and other non-stanza elements).
+    fn write(&mut self, data: String, ctx: &mut Context<Self>) {
+        let Some(conn) = &self.conn else { return };
+        if conn.out.try_send(Outbound::Data(data)).is_err() {
             self.close(
                 StreamError::with_text(
                     StreamCondition::ResourceConstraint,
@@ -94,25 +135,167 @@ impl C2sSession {
         }
     }
 
+    /// Send a stanza to the client: counted and queued for acknowledgement
+    /// with stream management, held while inactive if it is presence.
+    pub fn send(&mut self, el: &Element, ctx: &mut Context<Self>) {
+        if self.closed {
+            return;
+        }
+        // XEP-0352: presence waits (the latest per sender) while inactive.
+        if self.inactive && el.name == "presence" {
+            let from = el.attr("from").map(str::to_string);
+            self.held
+                .retain(|p| p.attr("from").map(str::to_string) != from);
+            self.held.push(el.clone());
+            return;
+        }
+        if let Some(sm) = &mut self.sm {
+            if is_stanza(el) {
+                sm.sent(el);
+            }
+        }
+        self.write(el.to_xml(ns::CLIENT), ctx);
+        // Ask for an acknowledgement now and then (XEP-0198 §4).
+        let ask = self.sm.as_ref().is_some_and(|s| s.unacked.len() >= 5) && !self.ack_requested;
+        if ask && self.conn.is_some() {
+            self.ack_requested = true;
+            self.write(format!("<r xmlns='{SM_NS}'/>"), ctx);
+        }
+    }
+
     /// End the stream with `err` and stop the actor.
     pub fn close(&mut self, err: StreamError, ctx: &mut Context<Self>) {
         if !self.closed {
             self.closed = true;
             let _g = self.span.enter();
             tracing::info!(%err, "closing session");
-            if let Err(mpsc::error::TrySendError::Full(_)) =
-                self.out.try_send(Outbound::Close(Some(err.clone())))
-            {
-                if let Some(abort) = self.abort.take() {
-                    let _ = abort.send(err);
+            if let Some(conn) = &mut self.conn {
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    conn.out.try_send(Outbound::Close(Some(err.clone())))
+                {
+                    if let Some(abort) = conn.abort.take() {
+                        let _ = abort.send(err);
+                    }
                 }
             }
         }
         ctx.stop();
     }
 
+    /// The connection is gone. A resumable session waits for a resume;
+    /// any other ends.
+    fn connection_lost(&mut self, ctx: &mut Context<Self>) {
+        let resumable = self.sm.as_ref().is_some_and(|s| s.id.is_some());
+        if let Some(conn) = self.conn.take() {
+            conn.reader.abort();
+            let _ = conn.out.try_send(Outbound::Close(None));
+        }
+        if !resumable || self.closed {
+            self.closed = true;
+            ctx.stop();
+            return;
+        }
+        let timeout = Duration::from_secs(self.ctx.config.limits.resume_timeout_secs);
+        let _g = self.span.enter();
+        tracing::info!(?timeout, "connection lost; waiting for a resume");
+        self.resume_timer = Some(ctx.run_later(timeout, |act, ctx| {
+            let _g = act.span.enter();
+            tracing::info!("not resumed in time; session ends");
+            act.closed = true;
+            ctx.stop();
+        }));
+    }
+
+    fn handle_sm(&mut self, el: Element, ctx: &mut Context<Self>) {
+        match el.name.as_str() {
+            "enable" if self.sm.is_none() => {
+                let resume = matches!(el.attr("resume"), Some("true") | Some("1"));
+                let id = resume.then(crate::stream::header::new_stream_id);
+                let mut enabled = Element::new("enabled", SM_NS);
+                if let Some(id) = &id {
+                    enabled.set_attr("id", id.clone());
+                    enabled.set_attr("resume", "true");
+                    enabled.set_attr(
+                        "max",
+                        self.ctx.config.limits.resume_timeout_secs.to_string(),
+                    );
+                    self.ctx
+                        .sm_sessions
+                        .insert(id, ctx.address(), self.jid.clone());
+                }
+                self.sm = Some(SmState::new(id));
+                self.write(enabled.to_xml(""), ctx);
+            }
+            "enable" => {
+                let f = Element::new("failed", SM_NS)
+                    .with_child(Element::new("unexpected-request", ns::STANZA_ERRORS));
+                self.write(f.to_xml(""), ctx);
+            }
+            "r" => {
+                let h = self.sm.as_ref().map(|s| s.inbound);
+                match h {
+                    Some(h) => self.write(format!("<a xmlns='{SM_NS}' h='{h}'/>"), ctx),
+                    None => self.close(
+                        StreamError::with_text(
+                            StreamCondition::UnsupportedStanzaType,
+                            "stream management is not enabled",
+                        ),
+                        ctx,
+                    ),
+                }
+            }
+            "a" => {
+                let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
+                let (Some(sm), Some(h)) = (self.sm.as_mut(), h) else {
+                    return self.close(
+                        StreamError::with_text(StreamCondition::UndefinedCondition, "bad <a/>"),
+                        ctx,
+                    );
+                };
+                self.ack_requested = false;
+                if let Err(e) = sm.ack(h) {
+                    let mut err = StreamError::with_text(
+                        StreamCondition::UndefinedCondition,
+                        format!("h={} but only {} stanzas were sent", e.h, e.sent),
+                    );
+                    err.text = Some(format!(
+                        "handled-count-too-high: h={} send-count={}",
+                        e.h, e.sent
+                    ));
+                    self.close(err, ctx);
+                }
+            }
+            _ => self.close(
+                StreamError::with_text(
+                    StreamCondition::UnsupportedStanzaType,
+                    format!("<{}/>", el.name),
+                ),
+                ctx,
+            ),
+        }
+    }
+
+    fn handle_csi(&mut self, el: Element, ctx: &mut Context<Self>) {
+        match el.name.as_str() {
+            "inactive" => self.inactive = true,
+            "active" => {
+                self.inactive = false;
+                for p in std::mem::take(&mut self.held) {
+                    self.send(&p, ctx);
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn handle_stanza(&mut self, mut el: Element, ctx: &mut Context<Self>) {
-        if el.ns != ns::CLIENT || !matches!(el.name.as_str(), "message" | "presence" | "iq") {
+        if el.ns == SM_NS {
+            return self.handle_sm(el, ctx);
+        }
+        if el.ns == CSI_NS {
+            return self.handle_csi(el, ctx);
+        }
+        if !is_stanza(&el) {
             return self.close(
                 StreamError::with_text(
                     StreamCondition::UnsupportedStanzaType,
@@ -120,6 +303,9 @@ impl C2sSession {
                 ),
                 ctx,
             );
+        }
+        if let Some(sm) = &mut self.sm {
+            sm.received();
         }
         // RFC 6120 §8.1.2.1: the server stamps 'from'; a client may only
         // claim its own full or bare JID.
@@ -164,12 +350,18 @@ impl C2sSession {
 
     /// XEP-0199 keepalive: ping a silent client, drop one that stays silent.
     fn check_idle(&mut self, ctx: &mut Context<Self>) {
+        let Some(conn) = &self.conn else { return };
         let limits = &self.ctx.config.limits;
         let now = clock::now_ms();
-        let last = self.activity.load(Ordering::Relaxed);
+        let last = conn.activity.load(Ordering::Relaxed);
         match self.ping_sent_at {
             Some(sent) if last >= sent => self.ping_sent_at = None,
             Some(sent) if now.saturating_sub(sent) >= limits.ping_timeout_secs * 1000 => {
+                // A dead connection: a resumable session detaches instead.
+                if self.sm.as_ref().is_some_and(|s| s.id.is_some()) {
+                    self.ping_sent_at = None;
+                    return self.connection_lost(ctx);
+                }
                 return self.close(
                     StreamError::with_text(StreamCondition::ConnectionTimeout, "no answer to ping"),
                     ctx,
@@ -186,7 +378,35 @@ impl C2sSession {
                 .with_attr("from", self.ctx.config.domain.clone())
                 .with_attr("to", self.jid.to_string())
                 .with_child(Element::new("ping", ns::PING));
-            self.send(&ping, ctx);
+            // Not counted by stream management: it is the server's own probe.
+            self.write(ping.to_xml(ns::CLIENT), ctx);
+        }
+    }
+
+    /// What the client never acknowledged must not vanish (XEP-0198 §5):
+    /// messages go back through delivery (offline storage if no other
+    /// resource takes them), iq requests get an error, presence is dropped.
+    fn redeliver_unacked(&mut self) {
+        let Some(sm) = self.sm.as_mut() else { return };
+        let pending: Vec<Element> = sm.unacked.drain(..).collect();
+        let bare = Jid::from(self.jid.to_bare());
+        for el in pending {
+            match el.name.as_str() {
+                "message" => {
+                    let _ = delivery::message(&self.ctx, el, bare.clone());
+                }
+                "iq" if matches!(el.attr("type"), Some("get") | Some("set")) => {
+                    let mut err =
+                        StanzaError::new(StanzaCondition::RecipientUnavailable).reply_to(&el);
+                    err.set_attr("from", self.jid.to_string());
+                    if let Some(to) = err.attr("to").and_then(|t| jid::FullJid::new(t).ok()) {
+                        if let Some(t) = crate::route::full(&self.ctx, &to) {
+                            crate::route::send(&self.ctx, &t, err, None);
+                        }
+                    }
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -196,8 +416,8 @@ impl Actor for C2sSession {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.ctx.config.limits.outbound_queue);
-        if let Some(rx) = self.inbound.take() {
-            ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Some(rx) = self.first_inbound.take() {
+            self.attach_stream(rx, ctx);
         }
         let ms = (self.ctx.config.limits.idle_ping_secs * 1000 / 2).clamp(250, 5000);
         ctx.run_interval(Duration::from_millis(ms), |act, ctx| act.check_idle(ctx));
@@ -212,11 +432,15 @@ impl Actor for C2sSession {
                 node: self.ctx.node_id(),
                 sid: self.id,
             });
-        if !self.closed {
-            let _ = self.out.try_send(Outbound::Close(None));
+        if let Some(id) = self.sm.as_ref().and_then(|s| s.id.clone()) {
+            self.ctx.sm_sessions.remove(&id);
         }
-        if let Some(r) = self.reader.take() {
-            r.abort();
+        self.redeliver_unacked();
+        if let Some(conn) = self.conn.take() {
+            if !self.closed {
+                let _ = conn.out.try_send(Outbound::Close(None));
+            }
+            conn.reader.abort();
         }
         // RFC 6121 §4.5.2: contacts see the resource go unavailable.
         self.presence.do_send(crate::presence::Gone {
@@ -228,32 +452,33 @@ impl Actor for C2sSession {
     }
 }
 
-impl StreamHandler<Inbound> for C2sSession {
-    fn handle(&mut self, item: Inbound, ctx: &mut Context<Self>) {
+impl StreamHandler<Tagged> for C2sSession {
+    fn handle(&mut self, (generation, item): Tagged, ctx: &mut Context<Self>) {
+        if generation != self.generation || self.conn.is_none() {
+            return; // a connection this session no longer uses
+        }
         let _g = self.span.clone().entered();
         match item {
             Ok(StreamEvent::Stanza(el)) => self.handle_stanza(el, ctx),
             Ok(StreamEvent::Keepalive) => {}
+            // A clean close ends the session: no resumption (XEP-0198 §5).
             Ok(StreamEvent::End) => {
+                if let Some(conn) = &self.conn {
+                    let _ = conn.out.try_send(Outbound::Close(None));
+                }
                 self.closed = true;
-                let _ = self.out.try_send(Outbound::Close(None));
                 ctx.stop();
             }
             Ok(StreamEvent::Header(_)) => {
                 self.close(StreamError::new(StreamCondition::NotWellFormed), ctx)
             }
-            Err(ParseError::Closed) | Err(ParseError::Io(_)) => {
-                self.closed = true;
-                let _ = self.out.try_send(Outbound::Close(None));
-                ctx.stop();
-            }
+            Err(ParseError::Closed) | Err(ParseError::Io(_)) => self.connection_lost(ctx),
             Err(e) => self.close(StreamError::from(&e), ctx),
         }
     }
 
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
+    /// Streams end after their last event; that event decides.
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
 }
 
 impl Handler<Deliver> for C2sSession {
@@ -269,6 +494,66 @@ impl Handler<CloseStream> for C2sSession {
 
     fn handle(&mut self, msg: CloseStream, ctx: &mut Context<Self>) {
         self.close(msg.0, ctx);
+    }
+}
+
+impl Handler<Attach> for C2sSession {
+    type Result = Result<(), ()>;
+
+    fn handle(&mut self, msg: Attach, ctx: &mut Context<Self>) -> Result<(), ()> {
+        let Attach { conn, inbound, h } = msg;
+        let Some(sm) = self.sm.as_mut().filter(|_| !self.closed) else {
+            return Err(());
+        };
+        let Some(id) = sm.id.clone() else {
+            return Err(());
+        };
+        if let Err(e) = sm.ack(h) {
+            let f = Element::new("failed", SM_NS)
+                .with_attr("h", sm.inbound.to_string())
+                .with_child(Element::new("undefined-condition", ns::STANZA_ERRORS))
+                .with_child(Element::new("text", ns::STANZA_ERRORS).with_text(format!(
+                    "handled-count-too-high: h={} send-count={}",
+                    e.h, e.sent
+                )));
+            let _ = conn.out.try_send(Outbound::Data(f.to_xml("")));
+            let _ = conn.out.try_send(Outbound::Close(None));
+            return Err(());
+        }
+        // A second resume takes over from a connection still attached.
+        if let Some(old) = self.conn.take() {
+            let _ = old
+                .out
+                .try_send(Outbound::Close(Some(StreamError::with_text(
+                    StreamCondition::Conflict,
+                    "session resumed elsewhere",
+                ))));
+            old.reader.abort();
+        }
+        if let Some(t) = self.resume_timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.generation += 1;
+        self.conn = Some(conn);
+        self.ping_sent_at = None;
+        self.attach_stream(inbound, ctx);
+        let inbound_h = self.sm.as_ref().map(|s| s.inbound).unwrap_or(0);
+        self.write(
+            format!("<resumed xmlns='{SM_NS}' h='{inbound_h}' previd='{id}'/>"),
+            ctx,
+        );
+        // Everything not acknowledged goes again, in order (§5).
+        let again: Vec<String> = self
+            .sm
+            .as_ref()
+            .map(|s| s.unacked.iter().map(|e| e.to_xml(ns::CLIENT)).collect())
+            .unwrap_or_default();
+        for x in again {
+            self.write(x, ctx);
+        }
+        let _g = self.span.enter();
+        tracing::info!("session resumed");
+        Ok(())
     }
 }
 

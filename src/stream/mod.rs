@@ -74,6 +74,25 @@ pub struct Bound {
 enum Step {
     StartTls,
     Bound(jid::FullJid, String),
+    Resume(
+        actix::Addr<crate::c2s::session::C2sSession>,
+        jid::FullJid,
+        u32,
+    ),
+}
+
+/// A stream resuming a detached session (XEP-0198 §5).
+pub struct Resuming {
+    pub stream: Stream,
+    pub session: actix::Addr<crate::c2s::session::C2sSession>,
+    pub jid: jid::FullJid,
+    pub h: u32,
+}
+
+/// What negotiation produced.
+pub enum Negotiated {
+    Bound(Bound),
+    Resume(Resuming),
 }
 
 impl Stream {
@@ -158,7 +177,11 @@ impl Stream {
 
 /// Negotiate a fresh connection up to a bound resource. `None` when the
 /// stream ended (an error was sent where one applies).
-pub async fn negotiate(ctx: &Arc<ServerCtx>, conn: MaybeTls, peer: SocketAddr) -> Option<Bound> {
+pub async fn negotiate(
+    ctx: &Arc<ServerCtx>,
+    conn: MaybeTls,
+    peer: SocketAddr,
+) -> Option<Negotiated> {
     let deadline = Instant::now() + Duration::from_secs(ctx.config.limits.auth_timeout_secs);
     let mut stream = Stream::new(conn, ctx, peer, deadline);
     loop {
@@ -168,11 +191,19 @@ pub async fn negotiate(ctx: &Arc<ServerCtx>, conn: MaybeTls, peer: SocketAddr) -
                 None => return None,
             },
             Ok(Step::Bound(jid, bind_iq_id)) => {
-                return Some(Bound {
+                return Some(Negotiated::Bound(Bound {
                     stream,
                     jid,
                     bind_iq_id,
-                })
+                }))
+            }
+            Ok(Step::Resume(session, jid, h)) => {
+                return Some(Negotiated::Resume(Resuming {
+                    stream,
+                    session,
+                    jid,
+                    h,
+                }))
             }
             Err(NegError::Stream(e)) => {
                 stream.fail(ctx, e).await;
@@ -222,6 +253,32 @@ async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
                         return Ok(step);
                     }
                 }
+                // XEP-0198 §5: resume instead of binding.
+                ("resume", crate::c2s::stream_management::NS) if s.authenticated.is_some() => {
+                    let user = s.authenticated.clone().unwrap_or_default();
+                    let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
+                    let found = el
+                        .attr("previd")
+                        .and_then(|id| ctx.sm_sessions.get(id, &user));
+                    match (found, h) {
+                        (Some((addr, jid)), Some(h)) => return Ok(Step::Resume(addr, jid, h)),
+                        (_, h) => {
+                            let mut f = Element::new("failed", crate::c2s::stream_management::NS)
+                                .with_child(Element::new(
+                                    if h.is_some() {
+                                        "item-not-found"
+                                    } else {
+                                        "bad-request"
+                                    },
+                                    ns::STANZA_ERRORS,
+                                ));
+                            if h.is_none() {
+                                f.remove_attr("h");
+                            }
+                            s.send(&f.to_xml("")).await?;
+                        }
+                    }
+                }
                 _ => return Err(not_authorized()),
             }
         }
@@ -248,6 +305,9 @@ fn features(ctx: &ServerCtx, s: &Stream) -> Element {
         f.push_child(Element::new("ver", "urn:xmpp:features:rosterver"));
         // RFC 6121 §3.4 subscription pre-approval.
         f.push_child(Element::new("sub", "urn:xmpp:features:pre-approval"));
+        // XEP-0198 stream management and XEP-0352 client state indication.
+        f.push_child(Element::new("sm", crate::c2s::stream_management::NS));
+        f.push_child(Element::new("csi", crate::c2s::session::CSI_NS));
         return f;
     }
     let require_tls = ctx.config.c2s.require_tls;

@@ -1,0 +1,147 @@
+//! XEP-0198 Stream Management: the counters and the queue of stanzas the
+//! client has not acknowledged. Counts are 32-bit and wrap (§5).
+
+use std::collections::VecDeque;
+
+use crate::xml::Element;
+
+pub const NS: &str = "urn:xmpp:sm:3";
+
+/// Per-session stream management state.
+#[derive(Debug)]
+pub struct SmState {
+    /// The resumption id (`previd`), if the client asked for resumption.
+    pub id: Option<String>,
+    /// Stanzas received from the client (`h` we report).
+    pub inbound: u32,
+    /// Stanzas sent to the client.
+    pub outbound: u32,
+    /// The last `h` the client acknowledged.
+    pub acked: u32,
+    /// Sent but not acknowledged, oldest first.
+    pub unacked: VecDeque<Element>,
+}
+
+/// The client acknowledged more than we sent (§4, handled-count-too-high).
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooHigh {
+    pub h: u32,
+    pub sent: u32,
+}
+
+impl SmState {
+    pub fn new(id: Option<String>) -> Self {
+        SmState {
+            id,
+            inbound: 0,
+            outbound: 0,
+            acked: 0,
+            unacked: VecDeque::new(),
+        }
+    }
+
+    pub fn received(&mut self) {
+        self.inbound = self.inbound.wrapping_add(1);
+    }
+
+    pub fn sent(&mut self, stanza: &Element) {
+        self.outbound = self.outbound.wrapping_add(1);
+        self.unacked.push_back(stanza.clone());
+    }
+
+    /// Apply an `<a h/>` (or a resume's `h`): drop what it acknowledges.
+    pub fn ack(&mut self, h: u32) -> Result<(), TooHigh> {
+        let newly = h.wrapping_sub(self.acked) as usize;
+        if newly > self.unacked.len() {
+            return Err(TooHigh {
+                h,
+                sent: self.outbound,
+            });
+        }
+        self.unacked.drain(..newly);
+        self.acked = h;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(i: u32) -> Element {
+        Element::new("message", "jabber:client").with_attr("id", i.to_string())
+    }
+
+    #[test]
+    fn acks_drop_what_they_cover() {
+        let mut s = SmState::new(None);
+        for i in 0..5 {
+            s.sent(&msg(i));
+        }
+        s.ack(3).unwrap();
+        assert_eq!(s.unacked.len(), 2);
+        assert_eq!(s.unacked[0].attr("id"), Some("3"));
+        s.ack(3).unwrap(); // repeated ack: nothing new
+        assert_eq!(s.unacked.len(), 2);
+        assert_eq!(s.ack(9), Err(TooHigh { h: 9, sent: 5 }));
+    }
+
+    #[test]
+    fn counters_wrap_at_32_bits() {
+        let mut s = SmState::new(None);
+        s.outbound = u32::MAX - 1;
+        s.acked = u32::MAX - 1;
+        for i in 0..4 {
+            s.sent(&msg(i));
+        }
+        assert_eq!(s.outbound, 2, "wrapped");
+        // h wraps past 2^32 - 1 to 1: three stanzas acknowledged.
+        s.ack(1).unwrap();
+        assert_eq!(s.unacked.len(), 1);
+        assert_eq!(s.unacked[0].attr("id"), Some("3"));
+        s.inbound = u32::MAX;
+        s.received();
+        assert_eq!(s.inbound, 0);
+    }
+}
+
+/// Resumable sessions on this node, by resumption id.
+#[derive(Default)]
+pub struct SmRegistry {
+    map: std::sync::Mutex<
+        std::collections::HashMap<String, (actix::Addr<super::session::C2sSession>, jid::FullJid)>,
+    >,
+}
+
+impl SmRegistry {
+    pub fn insert(
+        &self,
+        id: &str,
+        addr: actix::Addr<super::session::C2sSession>,
+        jid: jid::FullJid,
+    ) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), (addr, jid));
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// The session `id` if it belongs to `user` (a client may only resume its own).
+    pub fn get(
+        &self,
+        id: &str,
+        user: &str,
+    ) -> Option<(actix::Addr<super::session::C2sSession>, jid::FullJid)> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id)
+            .filter(|(a, j)| a.connected() && j.node().map(|n| n.as_str()) == Some(user))
+            .cloned()
+    }
+}
