@@ -112,6 +112,26 @@ pub struct Gone {
     pub session_id: u64,
 }
 
+/// A session moved to another node: forget the resource without telling
+/// anyone it left (it did not).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Moved {
+    pub from: FullJid,
+    pub session_id: u64,
+}
+
+/// A session arrived from another node with its last presence: record it
+/// without broadcasting (contacts already have it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Restore {
+    pub from: FullJid,
+    pub session_id: u64,
+    pub last: Option<Element>,
+    pub priority: i8,
+}
+
 /// Send the current presence of each available resource to `to`
 /// (a probe answer, or after approving a subscription).
 #[derive(Message)]
@@ -302,6 +322,7 @@ impl Handler<Broadcast> for UserPresence {
                 sid: msg.session_id,
                 available,
                 priority,
+                sm_id: None,
             },
         });
         let res = self.resources.entry(resource).or_insert_with(|| Resource {
@@ -361,6 +382,54 @@ impl Handler<Gone> for UserPresence {
             }
             ctx.stop();
         }
+    }
+}
+
+impl Handler<Moved> for UserPresence {
+    type Result = ();
+
+    fn handle(&mut self, msg: Moved, ctx: &mut Context<Self>) {
+        let resource = msg.from.resource().as_str();
+        if self
+            .resources
+            .get(resource)
+            .is_some_and(|r| r.session_id == msg.session_id)
+        {
+            self.resources.remove(resource);
+        }
+        if self.ctx.presence.retire_if_idle(&self.ctx, &self.bare) {
+            ctx.stop();
+        }
+    }
+}
+
+impl Handler<Restore> for UserPresence {
+    type Result = ();
+
+    fn handle(&mut self, msg: Restore, _: &mut Context<Self>) {
+        let available = msg.last.is_some();
+        self.ctx.router.update(&msg.from, msg.session_id, |e| {
+            e.available = available;
+            e.priority = msg.priority;
+        });
+        self.ctx.replicator.submit(&Command::SessionPresence {
+            record: crate::state::SessionRecord {
+                jid: msg.from.to_string(),
+                node: self.ctx.node_id(),
+                sid: msg.session_id,
+                available,
+                priority: msg.priority,
+                sm_id: None,
+            },
+        });
+        self.resources.insert(
+            msg.from.resource().as_str().to_string(),
+            Resource {
+                session_id: msg.session_id,
+                last: msg.last,
+                directed: HashSet::new(),
+            },
+        );
     }
 }
 

@@ -62,6 +62,36 @@ pub enum Relay {
         reply_to: String,
         contact: String,
     },
+    /// XEP-0198 across nodes: `user` resumes session `previd` on node
+    /// `reply_to`; the holder hands its state over.
+    HandOffRequest {
+        previd: String,
+        user: String,
+        token: u64,
+        reply_to: u64,
+    },
+    HandOffReply {
+        token: u64,
+        state: Option<HandOff>,
+    },
+}
+
+/// A stream-management session's state, moving between nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandOff {
+    pub jid: String,
+    pub sm_id: String,
+    pub inbound: u32,
+    pub outbound: u32,
+    pub acked: u32,
+    /// Sent and not acknowledged, oldest first (XML).
+    pub unacked: Vec<String>,
+    /// The last available presence the resource broadcast (XML).
+    pub presence: Option<String>,
+    pub priority: i8,
+    pub interested: bool,
+    pub blocklist_interested: bool,
+    pub carbons: bool,
 }
 
 /// All sessions of `bare`: this node's from the router, the others' from
@@ -167,6 +197,32 @@ pub async fn serve_relays(
                     if satisfied(&e, require) {
                         deliver(&e, el);
                     }
+                }
+            }
+            Relay::HandOffRequest {
+                previd,
+                user,
+                token,
+                reply_to,
+            } => {
+                let state = match ctx.sm_sessions.get(&previd, &user) {
+                    Some((addr, _)) => addr
+                        .send(crate::c2s::session::TakeOver)
+                        .await
+                        .ok()
+                        .flatten(),
+                    None => None,
+                };
+                relay(&ctx, reply_to, &Relay::HandOffReply { token, state });
+            }
+            Relay::HandOffReply { token, state } => {
+                let waiter = ctx
+                    .handoffs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&token);
+                if let Some(w) = waiter {
+                    let _ = w.send(state);
                 }
             }
             Relay::Probe {

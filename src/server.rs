@@ -34,6 +34,10 @@ pub struct ServerCtx {
     pub presence: crate::presence::PresenceRegistry,
     /// Stream-management sessions that can be resumed (XEP-0198).
     pub sm_sessions: crate::c2s::stream_management::SmRegistry,
+    /// Resumes waiting for another node to hand a session over.
+    pub handoffs: std::sync::Mutex<
+        std::collections::HashMap<u64, tokio::sync::oneshot::Sender<Option<crate::route::HandOff>>>,
+    >,
     /// When the node started (XEP-0012 uptime).
     pub started: std::time::Instant,
     /// Shutting down: not ready for new clients.
@@ -164,6 +168,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         throttle: AuthThrottle::default(),
         presence: Default::default(),
         sm_sessions: Default::default(),
+        handoffs: Default::default(),
         started: std::time::Instant::now(),
         draining: std::sync::atomic::AtomicBool::new(false),
         shutdown: shutdown_rx,

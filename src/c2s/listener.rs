@@ -85,6 +85,7 @@ fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guard: Con
         sid,
         available: false,
         priority: 0,
+        sm_id: None,
     };
     if let Err(e) = ctx.commit(&crate::state::Command::SessionBind { record }) {
         tracing::warn!(error = %e, "bind refused: cannot commit to the cluster");
@@ -165,22 +166,37 @@ fn connection_io(
     (conn, in_rx)
 }
 
-/// XEP-0198 §5: hand this connection to the detached session; it answers
+/// XEP-0198 §5: hand this connection to the detached session (fetching
+/// it from the node that holds it first, if need be); it answers
 /// `<resumed/>` and resends what the client has not acknowledged.
 async fn resume_session(ctx: Arc<ServerCtx>, r: stream::Resuming, guard: ConnGuard) {
     let stream::Resuming {
-        stream, session, h, ..
+        stream,
+        session,
+        h,
+        jid,
     } = r;
+    let session = match session {
+        stream::ResumeTarget::Local(addr) => Some(addr),
+        stream::ResumeTarget::Remote { node, previd } => {
+            fetch_session(&ctx, node, previd, &jid).await
+        }
+    };
     let (conn, in_rx) = connection_io(&ctx, stream, String::new(), guard);
     let out = conn.out.clone();
-    let attached = session
-        .send(super::session::Attach {
-            conn,
-            inbound: in_rx,
-            h,
-        })
-        .await;
-    if !matches!(attached, Ok(Ok(()))) {
+    let attached = match session {
+        Some(addr) => matches!(
+            addr.send(super::session::Attach {
+                conn,
+                inbound: in_rx,
+                h
+            })
+            .await,
+            Ok(Ok(()))
+        ),
+        None => false,
+    };
+    if !attached {
         // Gone in the meantime (timed out): the client binds anew.
         let f = crate::xml::Element::new("failed", super::stream_management::NS).with_child(
             crate::xml::Element::new("item-not-found", ns::STANZA_ERRORS),
@@ -188,4 +204,94 @@ async fn resume_session(ctx: Arc<ServerCtx>, r: stream::Resuming, guard: ConnGua
         let _ = out.try_send(Outbound::Data(f.to_xml("")));
         let _ = out.try_send(Outbound::Close(None));
     }
+}
+
+/// Ask `node` to hand over session `previd` and recreate it here, bound
+/// through Raft to this node, detached until the connection attaches.
+async fn fetch_session(
+    ctx: &Arc<ServerCtx>,
+    node: u64,
+    previd: String,
+    jid: &jid::FullJid,
+) -> Option<actix::Addr<C2sSession>> {
+    let user = jid
+        .node()
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_default();
+    let token = ctx.next_session_id();
+    let (tx, rx) = oneshot::channel();
+    ctx.handoffs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(token, tx);
+    let req = crate::route::Relay::HandOffRequest {
+        previd,
+        user,
+        token,
+        reply_to: ctx.node_id(),
+    };
+    crate::route::relay(ctx, node, &req);
+    let state = match tokio::time::timeout(std::time::Duration::from_secs(5), rx).await {
+        Ok(Ok(Some(state))) => state,
+        _ => {
+            ctx.handoffs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&token);
+            return None;
+        }
+    };
+    let jid = jid::FullJid::new(&state.jid).ok()?;
+    let sid = ctx.next_session_id();
+    let last = state
+        .presence
+        .as_deref()
+        .and_then(|x| crate::xml::parse_fragment(x).ok());
+    let record = crate::state::SessionRecord {
+        jid: jid.to_string(),
+        node: ctx.node_id(),
+        sid,
+        available: last.is_some(),
+        priority: state.priority,
+        sm_id: Some(state.sm_id.clone()),
+    };
+    if let Err(e) = ctx.commit(&crate::state::Command::SessionBind { record }) {
+        tracing::warn!(error = %e, "resume refused: cannot commit to the cluster");
+        return None;
+    }
+    let mut sm = super::stream_management::SmState::new(Some(state.sm_id.clone()));
+    sm.inbound = state.inbound;
+    sm.outbound = state.outbound;
+    sm.acked = state.acked;
+    sm.unacked = state
+        .unacked
+        .iter()
+        .filter_map(|x| crate::xml::parse_fragment(x).ok())
+        .collect();
+    let presence = ctx.presence.get_or_start(ctx, &jid.to_bare());
+    let session = C2sSession::resumed(
+        sid,
+        jid.clone(),
+        ctx.clone(),
+        tracing::Span::current(),
+        presence.clone(),
+        sm,
+        last.clone(),
+    );
+    let addr = session.start();
+    ctx.router.bind(&jid, sid, addr.clone());
+    ctx.router.update(&jid, sid, |e| {
+        e.interested = state.interested;
+        e.blocklist_interested = state.blocklist_interested;
+        e.carbons = state.carbons;
+    });
+    presence.do_send(crate::presence::Restore {
+        from: jid.clone(),
+        session_id: sid,
+        last,
+        priority: state.priority,
+    });
+    ctx.sm_sessions.insert(&state.sm_id, addr.clone(), jid);
+    tracing::info!(from_node = node, "session handed over from another node");
+    Some(addr)
 }

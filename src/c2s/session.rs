@@ -49,6 +49,12 @@ pub struct Conn {
 /// Inbound events, tagged with the connection they came from.
 pub type Tagged = (u64, Inbound);
 
+/// Another node resumes this session: hand over the state and stop
+/// quietly (no unavailable presence, nothing redelivered).
+#[derive(Message)]
+#[rtype(result = "Option<crate::route::HandOff>")]
+pub struct TakeOver;
+
 /// A resuming connection takes over this session (XEP-0198 §5).
 #[derive(Message)]
 #[rtype(result = "Result<(), ()>")]
@@ -78,6 +84,10 @@ pub struct C2sSession {
     /// CSI: the client said it is inactive; presence is held, coalesced.
     inactive: bool,
     held: Vec<Element>,
+    /// The last presence broadcast by this resource (moves with a hand-off).
+    last_presence: Option<Element>,
+    /// Handed to another node: stop without the usual goodbyes.
+    moved: bool,
 }
 
 fn is_stanza(el: &Element) -> bool {
@@ -110,6 +120,39 @@ impl C2sSession {
             resume_timer: None,
             inactive: false,
             held: Vec::new(),
+            last_presence: None,
+            moved: false,
+        }
+    }
+
+    /// A session arriving from another node, detached until `Attach`.
+    pub fn resumed(
+        id: u64,
+        jid: FullJid,
+        ctx: Arc<ServerCtx>,
+        span: Span,
+        presence: Addr<crate::presence::UserPresence>,
+        sm: SmState,
+        last_presence: Option<Element>,
+    ) -> Self {
+        C2sSession {
+            id,
+            jid,
+            ctx,
+            conn: None,
+            generation: 0,
+            first_inbound: None,
+            ping_sent_at: None,
+            closed: false,
+            span,
+            presence,
+            sm: Some(sm),
+            ack_requested: false,
+            resume_timer: None,
+            inactive: false,
+            held: Vec::new(),
+            last_presence,
+            moved: false,
         }
     }
 
@@ -222,6 +265,15 @@ impl C2sSession {
                     self.ctx
                         .sm_sessions
                         .insert(id, ctx.address(), self.jid.clone());
+                    // Recorded cluster-wide so the client can resume on any node.
+                    self.ctx
+                        .replicator
+                        .submit(&crate::state::Command::SessionResumable {
+                            jid: self.jid.to_string(),
+                            node: self.ctx.node_id(),
+                            sid: self.id,
+                            sm_id: id.clone(),
+                        });
                 }
                 self.sm = Some(SmState::new(id));
                 self.write(enabled.to_xml(""), ctx);
@@ -325,6 +377,12 @@ impl C2sSession {
             }
         }
         el.set_attr("from", self.jid.to_string());
+        if el.name == "presence" && el.attr("to").is_none() {
+            self.last_presence = match el.attr("type") {
+                None => Some(el.clone()),
+                _ => None,
+            };
+        }
         // Answers to our own keepalive pings end here.
         if el.name == "iq"
             && matches!(el.attr("type"), Some("result") | Some("error"))
@@ -425,6 +483,20 @@ impl Actor for C2sSession {
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         self.ctx.router.unbind(&self.jid, self.id);
+        if self.moved {
+            // The session lives on elsewhere: no unbind (its new bind
+            // replaced the record), no unavailable, nothing redelivered.
+            if let Some(id) = self.sm.as_ref().and_then(|s| s.id.clone()) {
+                self.ctx.sm_sessions.remove(&id);
+            }
+            self.presence.do_send(crate::presence::Moved {
+                from: self.jid.clone(),
+                session_id: self.id,
+            });
+            let _g = self.span.enter();
+            tracing::info!("session handed over to another node");
+            return;
+        }
         self.ctx
             .replicator
             .submit(&crate::state::Command::SessionUnbind {
@@ -494,6 +566,46 @@ impl Handler<CloseStream> for C2sSession {
 
     fn handle(&mut self, msg: CloseStream, ctx: &mut Context<Self>) {
         self.close(msg.0, ctx);
+    }
+}
+
+impl Handler<TakeOver> for C2sSession {
+    type Result = Option<crate::route::HandOff>;
+
+    fn handle(&mut self, _: TakeOver, ctx: &mut Context<Self>) -> Option<crate::route::HandOff> {
+        if self.closed || self.moved {
+            return None;
+        }
+        let sm = self.sm.as_ref()?;
+        let sm_id = sm.id.clone()?;
+        let entry = self.ctx.router.get_full(&self.jid);
+        let state = crate::route::HandOff {
+            jid: self.jid.to_string(),
+            sm_id,
+            inbound: sm.inbound,
+            outbound: sm.outbound,
+            acked: sm.acked,
+            unacked: sm.unacked.iter().map(|e| e.to_xml(ns::CLIENT)).collect(),
+            presence: self.last_presence.as_ref().map(|p| p.to_xml(ns::CLIENT)),
+            priority: entry.as_ref().map(|e| e.priority).unwrap_or(0),
+            interested: entry.as_ref().is_some_and(|e| e.interested),
+            blocklist_interested: entry.as_ref().is_some_and(|e| e.blocklist_interested),
+            carbons: entry.as_ref().is_some_and(|e| e.carbons),
+        };
+        // A connection still attached here is superseded.
+        if let Some(old) = self.conn.take() {
+            let _ = old
+                .out
+                .try_send(Outbound::Close(Some(StreamError::with_text(
+                    StreamCondition::Conflict,
+                    "session resumed elsewhere",
+                ))));
+            old.reader.abort();
+        }
+        self.moved = true;
+        self.closed = true;
+        ctx.stop();
+        Some(state)
     }
 }
 

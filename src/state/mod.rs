@@ -88,6 +88,13 @@ pub enum Command {
     SessionPresence {
         record: SessionRecord,
     },
+    /// A session became resumable (XEP-0198) under `sm_id`.
+    SessionResumable {
+        jid: String,
+        node: u64,
+        sid: u64,
+        sm_id: String,
+    },
     /// A session ended (only removed if it is still that session).
     SessionUnbind {
         jid: String,
@@ -325,11 +332,26 @@ impl State {
                     .filter(|old| old.node != record.node || old.sid != record.sid);
             }
             Command::SessionPresence { record } => {
-                // Only for a session that is still bound.
-                if sessions::get(&self.sessions, &record.jid)?
-                    .is_some_and(|r| r.node == record.node && r.sid == record.sid)
-                {
-                    sessions::put(&self.sessions, record)?;
+                // Only for a session that is still bound; keeps its sm_id.
+                if let Some(old) = sessions::get(&self.sessions, &record.jid)? {
+                    if old.node == record.node && old.sid == record.sid {
+                        let mut r = record.clone();
+                        r.sm_id = old.sm_id;
+                        sessions::put(&self.sessions, &r)?;
+                    }
+                }
+            }
+            Command::SessionResumable {
+                jid,
+                node,
+                sid,
+                sm_id,
+            } => {
+                if let Some(mut old) = sessions::get(&self.sessions, jid)? {
+                    if old.node == *node && old.sid == *sid {
+                        old.sm_id = Some(sm_id.clone());
+                        sessions::put(&self.sessions, &old)?;
+                    }
                 }
             }
             Command::SessionUnbind { jid, node, sid } => {

@@ -14,6 +14,10 @@ pub struct SessionRecord {
     pub sid: u64,
     pub available: bool,
     pub priority: i8,
+    /// XEP-0198 resumption id, when the client enabled resumption; any
+    /// node can then find where to resume it.
+    #[serde(default)]
+    pub sm_id: Option<String>,
 }
 
 pub fn get(tree: &sled::Tree, full: &str) -> Result<Option<SessionRecord>, StateError> {

@@ -74,17 +74,23 @@ pub struct Bound {
 enum Step {
     StartTls,
     Bound(jid::FullJid, String),
-    Resume(
-        actix::Addr<crate::c2s::session::C2sSession>,
-        jid::FullJid,
-        u32,
-    ),
+    Resume(ResumeTarget, jid::FullJid, u32),
+}
+
+/// Where the session to resume lives.
+pub enum ResumeTarget {
+    Local(actix::Addr<crate::c2s::session::C2sSession>),
+    /// On another node (found in the replicated session table).
+    Remote {
+        node: u64,
+        previd: String,
+    },
 }
 
 /// A stream resuming a detached session (XEP-0198 §5).
 pub struct Resuming {
     pub stream: Stream,
-    pub session: actix::Addr<crate::c2s::session::C2sSession>,
+    pub session: ResumeTarget,
     pub jid: jid::FullJid,
     pub h: u32,
 }
@@ -257,11 +263,35 @@ async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
                 ("resume", crate::c2s::stream_management::NS) if s.authenticated.is_some() => {
                     let user = s.authenticated.clone().unwrap_or_default();
                     let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
-                    let found = el
-                        .attr("previd")
-                        .and_then(|id| ctx.sm_sessions.get(id, &user));
+                    let previd = el.attr("previd").unwrap_or_default().to_string();
+                    let found = ctx
+                        .sm_sessions
+                        .get(&previd, &user)
+                        .map(|(addr, jid)| (ResumeTarget::Local(addr), jid))
+                        .or_else(|| {
+                            // Held by another node? The session table knows.
+                            let bare = format!("{user}@{}", ctx.config.domain);
+                            ctx.state
+                                .sessions_of(&bare)
+                                .into_iter()
+                                .find(|r| {
+                                    !previd.is_empty()
+                                        && r.sm_id.as_deref() == Some(previd.as_str())
+                                        && r.node != ctx.node_id()
+                                })
+                                .and_then(|r| {
+                                    let jid = jid::FullJid::new(&r.jid).ok()?;
+                                    Some((
+                                        ResumeTarget::Remote {
+                                            node: r.node,
+                                            previd: previd.clone(),
+                                        },
+                                        jid,
+                                    ))
+                                })
+                        });
                     match (found, h) {
-                        (Some((addr, jid)), Some(h)) => return Ok(Step::Resume(addr, jid, h)),
+                        (Some((target, jid)), Some(h)) => return Ok(Step::Resume(target, jid, h)),
                         (_, h) => {
                             let mut f = Element::new("failed", crate::c2s::stream_management::NS)
                                 .with_child(Element::new(

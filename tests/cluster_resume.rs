@@ -1,0 +1,122 @@
+//! Resumption on another node (XEP-0198 across the cluster): the session's
+//! state moves over the mesh and the routing table follows through Raft.
+mod common;
+use common::*;
+use std::time::Duration;
+
+const SECRET: &str = "cluster-resume-secret-0123456789";
+const SM: &str = "urn:xmpp:sm:3";
+
+fn node(id: u64, join: Option<&Server>) -> Server {
+    let id = id.to_string();
+    let join = join.map(|s| s.mesh.to_string()).unwrap_or_default();
+    Server::start_with(&[
+        ("STARLING_CLUSTER_NODE_ID", &id),
+        ("STARLING_CLUSTER_SECRET", SECRET),
+        ("STARLING_CLUSTER_JOIN", &join),
+    ])
+}
+
+async fn authed(s: &Server, user: &str) -> Client {
+    for _ in 0..50 {
+        let mut c = Client::connect(s.c2s).await;
+        c.open().await;
+        let mut c = c.starttls().await;
+        c.open().await;
+        if c.auth_scram("SCRAM-SHA-256", user, "pw").await.is_ok() {
+            c.open().await;
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{user} cannot authenticate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumes_on_another_node_with_nothing_lost() {
+    let n1 = node(1, None);
+    let n2 = node(2, Some(&n1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while n1.cluster_status(SECRET).matches("127.0.0.1:").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "cluster did not form");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    n1.add_user("alice", "pw");
+    n1.add_user("bob", "pw");
+
+    let mut a = authed(&n1, "alice").await;
+    a.bind(Some("phone")).await.unwrap();
+    a.send(&format!("<enable xmlns='{SM}' resume='true'/>"))
+        .await;
+    let id = a
+        .wait_for(|e| e.name == "enabled")
+        .await
+        .attr("id")
+        .unwrap()
+        .to_string();
+    a.send("<presence/>").await;
+    a.stanza("presence").await;
+    let mut b = authed(&n2, "bob").await;
+    b.bind(Some("r")).await.unwrap();
+    b.send("<presence/>").await;
+    b.stanza("presence").await;
+
+    for i in 1..=2 {
+        b.send(&format!(
+            "<message to='alice@localhost/phone' type='chat' id='x{i}'><body>{i}</body></message>"
+        ))
+        .await;
+        assert_eq!(
+            a.wait_for(|e| e.name == "message").await.attr("id"),
+            Some(format!("x{i}").as_str())
+        );
+    }
+    // Acknowledge the presence echo and x1 only; then the connection dies.
+    a.send(&format!("<a xmlns='{SM}' h='2'/>")).await;
+    a.iq(iq_get(
+        Some("localhost"),
+        starling::xml::Element::new("ping", "urn:xmpp:ping"),
+    ))
+    .await;
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.send("<message to='alice@localhost/phone' type='chat' id='x3'><body>3</body></message>")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // She comes back through the other node.
+    let mut a2 = authed(&n2, "alice").await;
+    a2.send(&format!("<resume xmlns='{SM}' previd='{id}' h='2'/>"))
+        .await;
+    let r = a2
+        .wait_for(|e| e.name == "resumed" || e.name == "failed")
+        .await;
+    assert_eq!(r.name, "resumed", "{r:?}\nnode 1 log:\n{}", n1.log());
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        ids.push(
+            a2.wait_for(|e| e.name == "message")
+                .await
+                .attr("id")
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(ids, vec!["x2", "x3"], "unacknowledged, in order");
+    assert!(
+        a2.collect_for(Duration::from_millis(300))
+            .await
+            .iter()
+            .all(|e| e.name != "message"),
+        "exactly once"
+    );
+    // The route followed: messages reach her on node 2.
+    b.send("<message to='alice@localhost/phone' type='chat' id='x4'><body>4</body></message>")
+        .await;
+    assert_eq!(
+        a2.wait_for(|e| e.name == "message").await.attr("id"),
+        Some("x4")
+    );
+    let status = n1.cluster_status(SECRET);
+    assert!(status.contains("sessions: node 2: 2"), "{status}");
+}
