@@ -23,10 +23,20 @@ const TOKEN: &str = "admin.token";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum AdminOp {
-    Add { user: String, password: String },
-    Passwd { user: String, password: String },
-    Del { user: String },
+    Add {
+        user: String,
+        password: String,
+    },
+    Passwd {
+        user: String,
+        password: String,
+    },
+    Del {
+        user: String,
+    },
     List,
+    /// Drain the node and stop it (`starling cluster drain`).
+    Drain,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,6 +69,7 @@ pub fn execute(
     let creds = |p: &str| Credentials::new(p).map_err(|e| e.to_string());
     let cmd = match op {
         AdminOp::List => return state.list_accounts().map_err(|e| e.to_string()),
+        AdminOp::Drain => return Err("no node is running on this data dir".into()),
         AdminOp::Add { user: u, password } => Command::CreateAccount {
             username: user(u)?,
             credentials: creds(password)?,
@@ -128,6 +139,18 @@ pub async fn serve(ctx: Arc<ServerCtx>, listener: std::os::unix::net::UnixListen
                     users: vec![],
                 },
                 Ok(req) => {
+                    if matches!(req.op, AdminOp::Drain) {
+                        ctx.drain_requested.notify_one();
+                        let mut out = serde_json::to_string(&Response {
+                            ok: true,
+                            error: None,
+                            users: vec![],
+                        })
+                        .unwrap_or_default();
+                        out.push('\n');
+                        let _ = w.write_all(out.as_bytes()).await;
+                        return;
+                    }
                     // The commit blocks for one replication round: off the arbiter.
                     let c = ctx.clone();
                     let op = req.op.clone();

@@ -5,6 +5,7 @@ pub mod c2s;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod drain;
 pub mod http;
 pub mod liveness;
 pub mod local_cluster;

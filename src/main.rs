@@ -54,6 +54,10 @@ enum ClusterCmd {
         #[arg(long, default_value_t = 0)]
         port_offset: u16,
     },
+    /// Drain this node (the one whose data dir the config names): it stops
+    /// taking clients, hands leadership and resumable sessions to other
+    /// nodes, ends its streams and exits, as on SIGTERM.
+    Drain,
     /// Remove a member from the cluster (through any member).
     Remove {
         /// The id of the node to remove.
@@ -112,6 +116,29 @@ fn main() -> ExitCode {
         Cmd::Cluster {
             op: ClusterCmd::Remove { node_id, node },
         } => cluster_remove(&config, node_id, node),
+        Cmd::Cluster {
+            op: ClusterCmd::Drain,
+        } => match admin::request(&config.data_dir, &AdminOp::Drain) {
+            Ok(Some(r)) if r.ok => {
+                println!("draining; the node exits once its sessions are handed over");
+                ExitCode::SUCCESS
+            }
+            Ok(Some(r)) => {
+                eprintln!("starling: {}", r.error.unwrap_or_default());
+                ExitCode::from(1)
+            }
+            Ok(None) => {
+                eprintln!(
+                    "starling: no node is running on {}",
+                    config.data_dir.display()
+                );
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                eprintln!("starling: {e}");
+                ExitCode::from(1)
+            }
+        },
         Cmd::Cluster {
             op:
                 ClusterCmd::Up {

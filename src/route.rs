@@ -74,6 +74,10 @@ pub enum Relay {
         token: u64,
         state: Option<HandOff>,
     },
+    /// A draining node pushes a session here to wait for its resume.
+    HandOffPush {
+        state: HandOff,
+    },
 }
 
 /// A stream-management session's state, moving between nodes.
@@ -207,13 +211,30 @@ pub async fn serve_relays(
             } => {
                 let state = match ctx.sm_sessions.get(&previd, &user) {
                     Some((addr, _)) => addr
-                        .send(crate::c2s::session::TakeOver)
+                        .send(crate::c2s::session::TakeOver(
+                            crate::stream::StreamError::with_text(
+                                crate::stream::StreamCondition::Conflict,
+                                "session resumed elsewhere",
+                            ),
+                        ))
                         .await
                         .ok()
                         .flatten(),
                     None => None,
                 };
                 relay(&ctx, reply_to, &Relay::HandOffReply { token, state });
+            }
+            Relay::HandOffPush { state } => {
+                // Actors live on arbiters: create the session there.
+                let c = ctx.clone();
+                match ctx.arbiters.get().and_then(|a| a.first().cloned()) {
+                    Some(arbiter) => {
+                        arbiter.spawn(async move {
+                            let _ = crate::c2s::listener::install_session(&c, state, from).await;
+                        });
+                    }
+                    None => tracing::warn!("no arbiter yet; dropping a pushed session"),
+                }
             }
             Relay::HandOffReply { token, state } => {
                 let waiter = ctx

@@ -35,6 +35,8 @@ pub struct ServerCtx {
     /// Stream-management sessions that can be resumed (XEP-0198).
     pub sm_sessions: crate::c2s::stream_management::SmRegistry,
     /// Resumes waiting for another node to hand a session over.
+    /// The worker arbiters (set once the actix System runs).
+    pub arbiters: std::sync::OnceLock<Vec<actix_rt::ArbiterHandle>>,
     pub handoffs: std::sync::Mutex<
         std::collections::HashMap<u64, tokio::sync::oneshot::Sender<Option<crate::route::HandOff>>>,
     >,
@@ -42,6 +44,8 @@ pub struct ServerCtx {
     pub started: std::time::Instant,
     /// Shutting down: not ready for new clients.
     pub draining: std::sync::atomic::AtomicBool,
+    /// `starling cluster drain` asks through the admin socket.
+    pub drain_requested: tokio::sync::Notify,
     shutdown: watch::Receiver<bool>,
     next_id: AtomicU64,
     conns: Arc<AtomicUsize>,
@@ -169,8 +173,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         presence: Default::default(),
         sm_sessions: Default::default(),
         handoffs: Default::default(),
+        arbiters: std::sync::OnceLock::new(),
         started: std::time::Instant::now(),
         draining: std::sync::atomic::AtomicBool::new(false),
+        drain_requested: tokio::sync::Notify::new(),
         shutdown: shutdown_rx,
         next_id: AtomicU64::new(1),
         conns: Arc::new(AtomicUsize::new(0)),
@@ -249,6 +255,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let system = System::new();
     let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
     let handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
+    let _ = ctx.arbiters.set(handles.clone());
     let run_ctx = ctx.clone();
     system.block_on(async move {
         let ctx = run_ctx;
@@ -269,9 +276,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 None
             }
         };
-        wait_for_signal().await;
-        // Not ready any more: load balancers stop sending new clients.
-        ctx.draining.store(true, Ordering::Release);
+        tokio::select! {
+            _ = wait_for_signal() => {}
+            _ = ctx.drain_requested.notified() => {}
+        }
+        // Not ready any more: load balancers stop sending new clients; hand
+        // leadership and resumable sessions to other nodes.
+        crate::drain::drain(&ctx).await;
         tracing::info!(sessions = ctx.router.count(), "shutting down");
         let _ = shutdown_tx.send(true);
         for t in &tasks {

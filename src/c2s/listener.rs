@@ -241,6 +241,16 @@ async fn fetch_session(
             return None;
         }
     };
+    install_session(ctx, state, node).await
+}
+
+/// Recreate a session handed over from `from_node`: bound here through
+/// Raft (the routing table follows), detached until a connection resumes it.
+pub async fn install_session(
+    ctx: &Arc<ServerCtx>,
+    state: crate::route::HandOff,
+    from_node: u64,
+) -> Option<actix::Addr<C2sSession>> {
     let jid = jid::FullJid::new(&state.jid).ok()?;
     let sid = ctx.next_session_id();
     let last = state
@@ -255,8 +265,12 @@ async fn fetch_session(
         priority: state.priority,
         sm_id: Some(state.sm_id.clone()),
     };
-    if let Err(e) = ctx.commit(&crate::state::Command::SessionBind { record }) {
-        tracing::warn!(error = %e, "resume refused: cannot commit to the cluster");
+    if let Err(e) = ctx
+        .replicator
+        .commit_async(&crate::state::Command::SessionBind { record })
+        .await
+    {
+        tracing::warn!(error = %e, "cannot take over a session: no commit");
         return None;
     }
     let mut sm = super::stream_management::SmState::new(Some(state.sm_id.clone()));
@@ -292,6 +306,6 @@ async fn fetch_session(
         priority: state.priority,
     });
     ctx.sm_sessions.insert(&state.sm_id, addr.clone(), jid);
-    tracing::info!(from_node = node, "session handed over from another node");
+    tracing::info!(from_node, "session handed over from another node");
     Some(addr)
 }

@@ -53,7 +53,7 @@ pub type Tagged = (u64, Inbound);
 /// quietly (no unavailable presence, nothing redelivered).
 #[derive(Message)]
 #[rtype(result = "Option<crate::route::HandOff>")]
-pub struct TakeOver;
+pub struct TakeOver(pub StreamError);
 
 /// A resuming connection takes over this session (XEP-0198 §5).
 #[derive(Message)]
@@ -477,6 +477,14 @@ impl Actor for C2sSession {
         if let Some(rx) = self.first_inbound.take() {
             self.attach_stream(rx, ctx);
         }
+        // Arrived from another node without a connection: wait for a resume.
+        if self.conn.is_none() {
+            let timeout = Duration::from_secs(self.ctx.config.limits.resume_timeout_secs);
+            self.resume_timer = Some(ctx.run_later(timeout, |act, ctx| {
+                act.closed = true;
+                ctx.stop();
+            }));
+        }
         let ms = (self.ctx.config.limits.idle_ping_secs * 1000 / 2).clamp(250, 5000);
         ctx.run_interval(Duration::from_millis(ms), |act, ctx| act.check_idle(ctx));
     }
@@ -572,7 +580,7 @@ impl Handler<CloseStream> for C2sSession {
 impl Handler<TakeOver> for C2sSession {
     type Result = Option<crate::route::HandOff>;
 
-    fn handle(&mut self, _: TakeOver, ctx: &mut Context<Self>) -> Option<crate::route::HandOff> {
+    fn handle(&mut self, msg: TakeOver, ctx: &mut Context<Self>) -> Option<crate::route::HandOff> {
         if self.closed || self.moved {
             return None;
         }
@@ -594,12 +602,7 @@ impl Handler<TakeOver> for C2sSession {
         };
         // A connection still attached here is superseded.
         if let Some(old) = self.conn.take() {
-            let _ = old
-                .out
-                .try_send(Outbound::Close(Some(StreamError::with_text(
-                    StreamCondition::Conflict,
-                    "session resumed elsewhere",
-                ))));
+            let _ = old.out.try_send(Outbound::Close(Some(msg.0)));
             old.reader.abort();
         }
         self.moved = true;

@@ -133,6 +133,13 @@ impl SmRegistry {
             .remove(id);
     }
 
+    pub fn all(&self) -> Vec<(String, actix::Addr<super::session::C2sSession>)> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .map(|(id, (a, _))| (id.clone(), a.clone()))
+            .collect()
+    }
+
     /// The session `id` if it belongs to `user` (a client may only resume its own).
     pub fn get(
         &self,
