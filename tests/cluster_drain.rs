@@ -49,6 +49,7 @@ async fn three() -> (Server, Server, Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_sessions_resume_elsewhere() {
+    let _turn = CLUSTER_TURN.lock().await;
     let (mut n1, n2, n3) = three().await;
     let mut a = authed(&n1, "alice").await;
     a.bind(Some("phone")).await.unwrap();
@@ -121,6 +122,7 @@ async fn sigterm_drains_and_sessions_resume_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_drain_command() {
+    let _turn = CLUSTER_TURN.lock().await;
     let (n1, _n2, _n3) = three().await;
     let out = std::process::Command::new(bin())
         .args(["cluster", "drain"])

@@ -34,6 +34,7 @@ async fn authed(s: &Server, user: &str) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_resumes_on_another_node_with_nothing_lost() {
+    let _turn = CLUSTER_TURN.lock().await;
     let n1 = node(1, None);
     let n2 = node(2, Some(&n1));
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

@@ -53,6 +53,7 @@ async fn online(s: &Server, user: &str, res: &str) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_on_different_nodes_talk() {
+    let _turn = CLUSTER_TURN.lock().await;
     let (n1, n2, n3) = cluster().await;
     let mut a = online(&n1, "alice", "one").await;
     let mut b = online(&n3, "bob", "three").await;
@@ -182,6 +183,7 @@ async fn users_on_different_nodes_talk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resource_conflict_across_nodes_replaces_the_old_session() {
+    let _turn = CLUSTER_TURN.lock().await;
     let (n1, n2, _n3) = cluster().await;
     let mut first = online(&n1, "alice", "desk").await;
     let mut second = online(&n2, "alice", "desk").await;
@@ -200,6 +202,7 @@ async fn a_resource_conflict_across_nodes_replaces_the_old_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_is_noticed_and_its_users_go_offline() {
+    let _turn = CLUSTER_TURN.lock().await;
     let (n1, n2, mut n3) = cluster().await;
     let mut a = online(&n1, "alice", "one").await;
     let mut b = online(&n3, "bob", "three").await;

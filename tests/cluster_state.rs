@@ -39,6 +39,7 @@ async fn can_login(s: &Server, user: &str, pw: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_state() {
+    let _turn = CLUSTER_TURN.lock().await;
     let n1 = node(1, None);
     let n2 = node(2, Some(&n1));
     let mut n3 = node(3, Some(&n1));
@@ -138,6 +139,7 @@ async fn three_nodes_share_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_a_majority_refuses_writes() {
+    let _turn = CLUSTER_TURN.lock().await;
     let n1 = node(1, None);
     let mut n2 = node(2, Some(&n1));
     let mut n3 = node(3, Some(&n1));
@@ -196,6 +198,7 @@ async fn a_node_without_a_majority_refuses_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_node_joins_by_snapshot_and_a_node_is_removed() {
+    let _turn = CLUSTER_TURN.lock().await;
     let n1 = node(1, None);
     let n2 = node(2, Some(&n1));
     let n3 = node(3, Some(&n1));
@@ -247,6 +250,7 @@ async fn a_fourth_node_joins_by_snapshot_and_a_node_is_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_roster_edits_survive_a_restart_consistently() {
+    let _turn = CLUSTER_TURN.lock().await;
     let n1 = node(1, None);
     let n2 = node(2, Some(&n1));
     let mut n3 = node(3, Some(&n1));

@@ -17,6 +17,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::rustls;
 
 pub const DOMAIN: &str = "localhost";
+
+/// Multi-process cluster tests take turns: on a 2-core machine, several
+/// clusters at once only measure the scheduler.
+pub static CLUSTER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub fn bin() -> &'static str {
