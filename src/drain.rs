@@ -33,12 +33,9 @@ pub async fn drain(ctx: &Arc<ServerCtx>) {
     if others.is_empty() {
         return;
     }
-    // Leadership first, so the cluster keeps committing without us.
-    if status.role == "leader" {
-        cluster.transfer_leader(others[0]).await;
-        let _ = cluster.wait_for(LEADER_WAIT, |s| s.role != "leader").await;
-    }
-    // Then each resumable session, spread over the other nodes.
+    // Each resumable session first, spread over the other nodes, while we
+    // are still leader (raft-rs drops proposals during a leader transfer,
+    // and the new nodes' binds are proposals).
     let sessions = ctx.sm_sessions.all();
     let mut moved = Vec::new();
     for (i, (_, addr)) in sessions.into_iter().enumerate() {
@@ -49,6 +46,10 @@ pub async fn drain(ctx: &Arc<ServerCtx>) {
         if let Ok(Some(state)) = addr.send(crate::c2s::session::TakeOver(reason)).await {
             let target = others[i % others.len()];
             moved.push((state.jid.clone(), target));
+            ctx.moved
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(state.jid.clone(), (target, std::time::Instant::now()));
             relay(ctx, target, &Relay::HandOffPush { state });
         }
     }
@@ -62,6 +63,12 @@ pub async fn drain(ctx: &Arc<ServerCtx>) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then leadership, so the cluster keeps committing without us.
+    let status = cluster.status();
+    if status.role == "leader" {
+        cluster.transfer_leader(others[0]).await;
+        let _ = cluster.wait_for(LEADER_WAIT, |s| s.role != "leader").await;
     }
     tracing::info!(handed_over = moved.len(), "drain done");
 }

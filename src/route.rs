@@ -55,6 +55,9 @@ pub enum Relay {
         to: String,
         require: Option<Require>,
         xml: String,
+        /// Forwards so far (a session moving between nodes); bounded.
+        #[serde(default)]
+        hops: u8,
     },
     /// RFC 6121 §4.3: `from` (with resource `reply_to`) probes `contact`.
     Probe {
@@ -139,6 +142,24 @@ pub fn full(ctx: &ServerCtx, full: &FullJid) -> Option<Target> {
             local: Some(e),
         });
     }
+    // Handed to another node moments ago (the table may not say so yet).
+    let moved = ctx
+        .moved
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(full.as_str())
+        .copied();
+    if let Some((node, when)) = moved {
+        if when.elapsed() < std::time::Duration::from_secs(30) && node != ctx.node_id() {
+            return Some(Target {
+                jid: full.to_string(),
+                node,
+                available: true,
+                priority: 0,
+                local: None,
+            });
+        }
+    }
     let rec = ctx.state.session(full.as_str())?;
     (rec.node != ctx.node_id()).then_some(Target {
         jid: rec.jid,
@@ -164,6 +185,7 @@ pub fn send(ctx: &ServerCtx, target: &Target, stanza: Element, require: Option<R
                 to: target.jid.clone(),
                 require,
                 xml: stanza.to_xml(ns::CLIENT),
+                hops: 0,
             },
         ),
     }
@@ -192,7 +214,12 @@ pub async fn serve_relays(
             }
         };
         match msg {
-            Relay::Stanza { to, require, xml } => {
+            Relay::Stanza {
+                to,
+                require,
+                xml,
+                hops,
+            } => {
                 let Ok(to) = FullJid::new(&to) else { continue };
                 let Ok(el) = crate::xml::parse_fragment(&xml) else {
                     continue;
@@ -200,6 +227,22 @@ pub async fn serve_relays(
                 if let Some(e) = ctx.router.get_full(&to) {
                     if satisfied(&e, require) {
                         deliver(&e, el);
+                    }
+                } else if hops < 3 {
+                    // The session moved on: follow it.
+                    if let Some(t) = full(&ctx, &to).filter(|t| t.local.is_none()) {
+                        relay(
+                            &ctx,
+                            t.node,
+                            &Relay::Stanza {
+                                to: to.to_string(),
+                                require,
+                                xml,
+                                hops: hops + 1,
+                            },
+                        );
+                    } else {
+                        tracing::warn!(to = %to, "relayed stanza for a session that is not here");
                     }
                 }
             }
@@ -222,6 +265,12 @@ pub async fn serve_relays(
                         .flatten(),
                     None => None,
                 };
+                if let Some(st) = &state {
+                    ctx.moved
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(st.jid.clone(), (reply_to, std::time::Instant::now()));
+                }
                 relay(&ctx, reply_to, &Relay::HandOffReply { token, state });
             }
             Relay::HandOffPush { state } => {

@@ -35,6 +35,9 @@ pub struct ServerCtx {
     /// Stream-management sessions that can be resumed (XEP-0198).
     pub sm_sessions: crate::c2s::stream_management::SmRegistry,
     /// Resumes waiting for another node to hand a session over.
+    /// Sessions recently handed to another node: full JID -> (node, when).
+    /// Stanzas still arriving here are forwarded there.
+    pub moved: std::sync::Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
     /// The worker arbiters (set once the actix System runs).
     pub arbiters: std::sync::OnceLock<Vec<actix_rt::ArbiterHandle>>,
     pub handoffs: std::sync::Mutex<
@@ -174,6 +177,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         sm_sessions: Default::default(),
         handoffs: Default::default(),
         arbiters: std::sync::OnceLock::new(),
+        moved: Default::default(),
         started: std::time::Instant::now(),
         draining: std::sync::atomic::AtomicBool::new(false),
         drain_requested: tokio::sync::Notify::new(),
@@ -282,9 +286,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
         // Not ready any more: load balancers stop sending new clients; hand
         // leadership and resumable sessions to other nodes.
+        // New streams (and resumes) here are refused with <system-shutdown/>
+        // from now on, so their clients go to a node that stays.
+        let _ = shutdown_tx.send(true);
         crate::drain::drain(&ctx).await;
         tracing::info!(sessions = ctx.router.count(), "shutting down");
-        let _ = shutdown_tx.send(true);
         for t in &tasks {
             t.abort();
         }

@@ -36,7 +36,10 @@ pub struct Driver {
     tick: Duration,
     compact_after: u64,
     next_proposal: u64,
-    pending: HashMap<u128, Reply>,
+    /// Proposals not yet applied: the reply and the entry (re-proposed with
+    /// the same id if the leader changes; the dedup window makes that safe).
+    pending: HashMap<u128, (Reply, Vec<u8>)>,
+    last_leader: u64,
     pending_changes: HashMap<u128, PeersReply>,
 }
 
@@ -84,6 +87,7 @@ impl Driver {
             compact_after: cfg.compact_after,
             next_proposal: 0,
             pending: HashMap::new(),
+            last_leader: 0,
             pending_changes: HashMap::new(),
         })
     }
@@ -112,9 +116,10 @@ impl Driver {
                 tracing::error!(error = %e, "raft storage failed; this node stops");
                 break;
             }
+            self.repropose_on_leader_change();
             self.publish_status();
         }
-        for (_, r) in self.pending.drain() {
+        for (_, (r, _)) in self.pending.drain() {
             let _ = r.send(Err(ClusterError::Stopped));
         }
     }
@@ -130,9 +135,9 @@ impl Driver {
                 let id = self.proposal_id();
                 let mut entry = id.to_be_bytes().to_vec();
                 entry.extend_from_slice(&data);
-                match self.raw.propose(vec![], entry) {
+                match self.raw.propose(vec![], entry.clone()) {
                     Ok(()) => {
-                        self.pending.insert(id, reply);
+                        self.pending.insert(id, (reply, entry));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(ClusterError::Rejected(e.to_string())));
@@ -200,7 +205,7 @@ impl Driver {
             self.transport.set_peers(&self.store.peers()?);
             // Entries folded into the snapshot are never applied one by one
             // here, so proposals waiting for them would wait forever.
-            for (_, r) in self.pending.drain() {
+            for (_, (r, _)) in self.pending.drain() {
                 let _ = r.send(Err(ClusterError::Indeterminate));
             }
         }
@@ -248,8 +253,17 @@ impl Driver {
                     }
                     let (id, cmd) = entry.data.split_at(16);
                     let id = u128::from_be_bytes(id.try_into().unwrap_or([0; 16]));
-                    let out = self.store.state_machine().apply(entry.index, cmd);
-                    if let Some(r) = self.pending.remove(&id) {
+                    // The same proposal twice (re-proposed after a leader
+                    // change) is applied once; every node decides alike.
+                    let out = match self.store.dedup_get(id)? {
+                        Some(first) => first,
+                        None => {
+                            let out = self.store.state_machine().apply(entry.index, cmd);
+                            self.store.dedup_put(entry.index, id, &out)?;
+                            out
+                        }
+                    };
+                    if let Some((r, _)) = self.pending.remove(&id) {
                         let _ = r.send(Ok(out));
                     }
                 }
@@ -311,6 +325,26 @@ impl Driver {
             self.store.compact(applied)?;
         }
         Ok(())
+    }
+
+    /// A proposal forwarded to a leader that then lost its role may be gone:
+    /// propose again what is still pending, under the same ids.
+    fn repropose_on_leader_change(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        if leader == self.last_leader {
+            return;
+        }
+        self.last_leader = leader;
+        if leader == 0 || self.pending.is_empty() {
+            return;
+        }
+        let entries: Vec<Vec<u8>> = self.pending.values().map(|(_, e)| e.clone()).collect();
+        for e in entries {
+            let _ = self.raw.propose(vec![], e);
+        }
+        if let Err(e) = self.on_ready() {
+            tracing::error!(error = %e, "raft storage failed");
+        }
     }
 
     fn publish_status(&self) {

@@ -17,6 +17,11 @@ const CONF_STATE: &[u8] = b"conf_state";
 const SNAPSHOT_META: &[u8] = b"snapshot_meta";
 const PEERS: &[u8] = b"peers";
 const APPLIED: &[u8] = b"applied";
+/// The dedup window as (applied index, proposal id, result) triples.
+type DedupDump = Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>;
+
+/// How many applied proposals are remembered for deduplication.
+const DEDUP_WINDOW: u64 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,6 +45,10 @@ pub struct SledStorage {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    /// Recently applied proposal ids and their results (deduplication).
+    dedup: sled::Tree,
+    /// Applied index -> proposal id, to expire the dedup window in order.
+    dedup_order: sled::Tree,
     sm: Arc<dyn StateMachine>,
     /// Index and term of the last entry folded into a snapshot (0 if none).
     snap_index: Arc<AtomicU64>,
@@ -52,6 +61,8 @@ impl SledStorage {
     pub fn open(db: sled::Db, sm: Arc<dyn StateMachine>) -> Result<Self, StoreError> {
         let log = db.open_tree("raft_log")?;
         let meta = db.open_tree("raft_meta")?;
+        let dedup = db.open_tree("raft_dedup")?;
+        let dedup_order = db.open_tree("raft_dedup_order")?;
         let (si, st) = match meta.get(SNAPSHOT_META)? {
             Some(b) => {
                 let m = SnapshotMetadata::parse_from_bytes(&b).map_err(corrupt)?;
@@ -67,6 +78,8 @@ impl SledStorage {
             db,
             log,
             meta,
+            dedup,
+            dedup_order,
             sm,
             snap_index: Arc::new(AtomicU64::new(si)),
             snap_term: Arc::new(AtomicU64::new(st)),
@@ -150,6 +163,44 @@ impl SledStorage {
         }
     }
 
+    pub fn dedup_get(&self, id: u128) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.dedup.get(id.to_be_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Remember `id`'s result; forget the one applied `DEDUP_WINDOW` ago.
+    pub fn dedup_put(&self, index: u64, id: u128, result: &[u8]) -> Result<(), StoreError> {
+        self.dedup.insert(id.to_be_bytes(), result)?;
+        self.dedup_order
+            .insert(index.to_be_bytes(), &id.to_be_bytes())?;
+        if index > DEDUP_WINDOW {
+            let old = (index - DEDUP_WINDOW).to_be_bytes();
+            if let Some(old_id) = self.dedup_order.remove(old)? {
+                self.dedup.remove(old_id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dedup_dump(&self) -> Result<DedupDump, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.dedup_order.iter() {
+            let (index, id) = kv?;
+            let result = self.dedup.get(&id)?.map(|v| v.to_vec()).unwrap_or_default();
+            out.push((index.to_vec(), id.to_vec(), result));
+        }
+        Ok(out)
+    }
+
+    fn dedup_restore(&self, dump: DedupDump) -> Result<(), StoreError> {
+        self.dedup.clear()?;
+        self.dedup_order.clear()?;
+        for (index, id, result) in dump {
+            self.dedup_order.insert(index, id.clone())?;
+            self.dedup.insert(id, result)?;
+        }
+        Ok(())
+    }
+
     pub fn state_machine(&self) -> &Arc<dyn StateMachine> {
         &self.sm
     }
@@ -192,10 +243,20 @@ impl SledStorage {
             .split_at_checked(4)
             .ok_or_else(|| corrupt("short snapshot"))?;
         let len = u32::from_be_bytes(len.try_into().map_err(corrupt)?) as usize;
-        let (peers, sm) = rest
+        let (peers, rest) = rest
             .split_at_checked(len)
             .ok_or_else(|| corrupt("short snapshot"))?;
         let peers: Vec<(u64, String)> = serde_json::from_slice(peers).map_err(corrupt)?;
+        let (dlen, rest) = rest
+            .split_at_checked(4)
+            .ok_or_else(|| corrupt("short snapshot"))?;
+        let dlen = u32::from_be_bytes(dlen.try_into().map_err(corrupt)?) as usize;
+        let (dedup, sm) = rest
+            .split_at_checked(dlen)
+            .ok_or_else(|| corrupt("short snapshot"))?;
+        let dedup: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> =
+            serde_json::from_slice(dedup).map_err(corrupt)?;
+        self.dedup_restore(dedup)?;
         self.sm.restore(sm).map_err(StoreError::Corrupt)?;
         self.set_peers(&peers)?;
         self.log.clear()?;
@@ -333,8 +394,14 @@ impl raft::Storage for SledStorage {
         // carried them may be compacted away.
         let peers =
             serde_json::to_vec(&self.peers().map_err(to_raft)?).map_err(|e| to_raft(corrupt(e)))?;
+        // The dedup window travels too, so a node restored from a snapshot
+        // decides duplicates exactly like the others.
+        let dedup = serde_json::to_vec(&self.dedup_dump().map_err(to_raft)?)
+            .map_err(|e| to_raft(corrupt(e)))?;
         let mut data = (peers.len() as u32).to_be_bytes().to_vec();
         data.extend_from_slice(&peers);
+        data.extend_from_slice(&(dedup.len() as u32).to_be_bytes());
+        data.extend_from_slice(&dedup);
         data.extend_from_slice(&sm);
         let mut snap = Snapshot::default();
         snap.set_data(data.into());

@@ -175,13 +175,45 @@ async fn resume_session(ctx: Arc<ServerCtx>, r: stream::Resuming, guard: ConnGua
         session,
         h,
         jid,
+        previd,
     } = r;
-    let session = match session {
-        stream::ResumeTarget::Local(addr) => Some(addr),
-        stream::ResumeTarget::Remote { node, previd } => {
-            fetch_session(&ctx, node, previd, &jid).await
+    if ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
+        // This node is going away: resume somewhere else.
+        stream
+            .fail(
+                &ctx,
+                StreamError::with_text(
+                    StreamCondition::SystemShutdown,
+                    "node draining; resume elsewhere",
+                ),
+            )
+            .await;
+        drop(guard);
+        return;
+    }
+    let user = jid
+        .node()
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_default();
+    // A session handed over by a draining node is in flight for a moment:
+    // look again (bounded) before giving up.
+    let mut target = Some(session);
+    let mut found = None;
+    for _ in 0..40 {
+        let Some(t) = target.take() else { break };
+        found = match t {
+            stream::ResumeTarget::Local(addr) => Some(addr),
+            stream::ResumeTarget::Remote { node, previd } => {
+                fetch_session(&ctx, node, previd, &jid).await
+            }
+        };
+        if found.is_some() {
+            break;
         }
-    };
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        target = stream::find_resumable(&ctx, &previd, &user).map(|(t, _)| t);
+    }
+    let session = found;
     let (conn, in_rx) = connection_io(&ctx, stream, String::new(), guard);
     let out = conn.out.clone();
     let attached = match session {
@@ -257,22 +289,6 @@ pub async fn install_session(
         .presence
         .as_deref()
         .and_then(|x| crate::xml::parse_fragment(x).ok());
-    let record = crate::state::SessionRecord {
-        jid: jid.to_string(),
-        node: ctx.node_id(),
-        sid,
-        available: last.is_some(),
-        priority: state.priority,
-        sm_id: Some(state.sm_id.clone()),
-    };
-    if let Err(e) = ctx
-        .replicator
-        .commit_async(&crate::state::Command::SessionBind { record })
-        .await
-    {
-        tracing::warn!(error = %e, "cannot take over a session: no commit");
-        return None;
-    }
     let mut sm = super::stream_management::SmState::new(Some(state.sm_id.clone()));
     sm.inbound = state.inbound;
     sm.outbound = state.outbound;
@@ -282,6 +298,7 @@ pub async fn install_session(
         .iter()
         .filter_map(|x| crate::xml::parse_fragment(x).ok())
         .collect();
+    // Bound here first, so stanzas that follow the session queue in it.
     let presence = ctx.presence.get_or_start(ctx, &jid.to_bare());
     let session = C2sSession::resumed(
         sid,
@@ -299,6 +316,29 @@ pub async fn install_session(
         e.blocklist_interested = state.blocklist_interested;
         e.carbons = state.carbons;
     });
+    ctx.moved
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&state.jid);
+    let record = crate::state::SessionRecord {
+        jid: jid.to_string(),
+        node: ctx.node_id(),
+        sid,
+        available: last.is_some(),
+        priority: state.priority,
+        sm_id: Some(state.sm_id.clone()),
+    };
+    if let Err(e) = ctx
+        .replicator
+        .commit_async(&crate::state::Command::SessionBind { record })
+        .await
+    {
+        tracing::warn!(error = %e, "cannot take over a session: no commit");
+        addr.do_send(CloseStream(StreamError::new(
+            StreamCondition::InternalServerError,
+        )));
+        return None;
+    }
     presence.do_send(crate::presence::Restore {
         from: jid.clone(),
         session_id: sid,

@@ -74,7 +74,36 @@ pub struct Bound {
 enum Step {
     StartTls,
     Bound(jid::FullJid, String),
-    Resume(ResumeTarget, jid::FullJid, u32),
+    Resume(ResumeTarget, jid::FullJid, u32, String),
+}
+
+/// Find the session `previd` of `user`: here, or on another node per the
+/// replicated session table.
+pub fn find_resumable(
+    ctx: &ServerCtx,
+    previd: &str,
+    user: &str,
+) -> Option<(ResumeTarget, jid::FullJid)> {
+    if previd.is_empty() {
+        return None;
+    }
+    if let Some((addr, jid)) = ctx.sm_sessions.get(previd, user) {
+        return Some((ResumeTarget::Local(addr), jid));
+    }
+    let bare = format!("{user}@{}", ctx.config.domain);
+    let r = ctx
+        .state
+        .sessions_of(&bare)
+        .into_iter()
+        .find(|r| r.sm_id.as_deref() == Some(previd) && r.node != ctx.node_id())?;
+    let jid = jid::FullJid::new(&r.jid).ok()?;
+    Some((
+        ResumeTarget::Remote {
+            node: r.node,
+            previd: previd.to_string(),
+        },
+        jid,
+    ))
 }
 
 /// Where the session to resume lives.
@@ -90,6 +119,7 @@ pub enum ResumeTarget {
 /// A stream resuming a detached session (XEP-0198 §5).
 pub struct Resuming {
     pub stream: Stream,
+    pub previd: String,
     pub session: ResumeTarget,
     pub jid: jid::FullJid,
     pub h: u32,
@@ -203,9 +233,10 @@ pub async fn negotiate(
                     bind_iq_id,
                 }))
             }
-            Ok(Step::Resume(session, jid, h)) => {
+            Ok(Step::Resume(session, jid, h, previd)) => {
                 return Some(Negotiated::Resume(Resuming {
                     stream,
+                    previd,
                     session,
                     jid,
                     h,
@@ -264,34 +295,11 @@ async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
                     let user = s.authenticated.clone().unwrap_or_default();
                     let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
                     let previd = el.attr("previd").unwrap_or_default().to_string();
-                    let found = ctx
-                        .sm_sessions
-                        .get(&previd, &user)
-                        .map(|(addr, jid)| (ResumeTarget::Local(addr), jid))
-                        .or_else(|| {
-                            // Held by another node? The session table knows.
-                            let bare = format!("{user}@{}", ctx.config.domain);
-                            ctx.state
-                                .sessions_of(&bare)
-                                .into_iter()
-                                .find(|r| {
-                                    !previd.is_empty()
-                                        && r.sm_id.as_deref() == Some(previd.as_str())
-                                        && r.node != ctx.node_id()
-                                })
-                                .and_then(|r| {
-                                    let jid = jid::FullJid::new(&r.jid).ok()?;
-                                    Some((
-                                        ResumeTarget::Remote {
-                                            node: r.node,
-                                            previd: previd.clone(),
-                                        },
-                                        jid,
-                                    ))
-                                })
-                        });
+                    let found = find_resumable(ctx, &previd, &user);
                     match (found, h) {
-                        (Some((target, jid)), Some(h)) => return Ok(Step::Resume(target, jid, h)),
+                        (Some((target, jid)), Some(h)) => {
+                            return Ok(Step::Resume(target, jid, h, previd))
+                        }
                         (_, h) => {
                             let mut f = Element::new("failed", crate::c2s::stream_management::NS)
                                 .with_child(Element::new(

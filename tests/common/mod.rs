@@ -63,7 +63,13 @@ impl Server {
             .env("STARLING_HTTP_LISTEN", "127.0.0.1:0")
             .env("STARLING_LOG_LEVEL", "debug")
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_log).expect("log file"));
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&stderr_log)
+                    .expect("log file"),
+            );
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -368,6 +374,96 @@ impl Client {
     pub async fn send(&mut self, data: &str) {
         self.writer.write_all(data.as_bytes()).await.expect("write");
         self.writer.flush().await.expect("flush");
+    }
+
+    /// Connect without panicking (for clients that retry).
+    pub async fn connect_raw(addr: SocketAddr) -> Option<Client> {
+        let tcp = TcpStream::connect(addr).await.ok()?;
+        Some(Client::from_conn(Conn::Plain(tcp)))
+    }
+
+    /// The next element within 3 s, or None (no panics).
+    pub async fn try_element(&mut self) -> Option<Element> {
+        if let Some(el) = self.pending.pop_front() {
+            return Some(el);
+        }
+        match tokio::time::timeout(Duration::from_secs(3), self.reader.next()).await {
+            Ok(Ok(StreamEvent::Stanza(el))) => Some(el),
+            _ => None,
+        }
+    }
+
+    /// SCRAM-SHA-256 without panicking (for clients that retry).
+    pub async fn try_auth(&mut self, user: &str, password: &str) -> bool {
+        let client = ScramClient::new(ScramHash::Sha256, user, password, None);
+        let auth = format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+            b64(&client.first())
+        );
+        if !self.try_send(&auth).await {
+            return false;
+        }
+        let Some(ch) = self.try_element().await.filter(|e| e.name == "challenge") else {
+            return false;
+        };
+        let Some((fin, _)) = client.final_message(&unb64(&ch.text())) else {
+            return false;
+        };
+        let resp = format!(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            b64(&fin)
+        );
+        if !self.try_send(&resp).await {
+            return false;
+        }
+        if self
+            .try_element()
+            .await
+            .is_some_and(|e| e.name == "success")
+        {
+            self.reader.restart();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// STARTTLS without panicking.
+    pub async fn try_starttls(mut self) -> Option<Client> {
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await;
+        let p = self.try_element().await?;
+        if p.name != "proceed" {
+            return None;
+        }
+        let r = self.reader.into_inner().into_inner();
+        let Conn::Plain(tcp) = r.unsplit(self.writer) else {
+            return None;
+        };
+        let name = rustls_pki_types::ServerName::try_from("localhost").ok()?;
+        let tls = tokio::time::timeout(WAIT, tls_connector().connect(name, tcp))
+            .await
+            .ok()?
+            .ok()?;
+        Some(Client::from_conn(Conn::Tls(Box::new(tls))))
+    }
+
+    /// Separate the read side (for a reader task) from the write side;
+    /// elements already read ahead come along.
+    pub fn split_reader(
+        self,
+    ) -> (
+        XmlStream<BufReader<ReadHalf<Conn>>>,
+        ClientWriter,
+        Vec<Element>,
+    ) {
+        (
+            self.reader,
+            ClientWriter {
+                writer: self.writer,
+            },
+            self.pending.into_iter().collect(),
+        )
     }
 
     /// Raw bytes (e.g. a PROXY protocol header).
@@ -716,4 +812,15 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (code, body)
+}
+
+/// The write side of a split client.
+pub struct ClientWriter {
+    writer: WriteHalf<Conn>,
+}
+
+impl ClientWriter {
+    pub async fn try_send(&mut self, data: &str) -> bool {
+        self.writer.write_all(data.as_bytes()).await.is_ok() && self.writer.flush().await.is_ok()
+    }
 }

@@ -1,0 +1,430 @@
+//! Rolling restart with nothing lost: three nodes behind HAProxy, 20
+//! stream-management clients exchanging messages continuously while every
+//! node in turn gets SIGTERM (drain) and starts again. Each client resumes
+//! wherever HAProxy sends it; every message is delivered exactly once,
+//! counted by id.
+mod common;
+use common::*;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use starling::xml::{Element, StreamEvent};
+use tokio::sync::mpsc;
+
+const SECRET: &str = "rolling-restart-secret-0123456789";
+const SM: &str = "urn:xmpp:sm:3";
+const FRONT: &str = "127.0.0.1:9300";
+const C2S_PORT: u16 = 9222;
+const HTTP_PORT: u16 = 9280;
+const MESH_PORT: u16 = 11222;
+const CLIENTS: usize = 20;
+
+fn start_node(i: u64, dir: tempfile::TempDir) -> Server {
+    let ip = format!("127.0.0.{i}");
+    let join = if i == 1 {
+        String::new()
+    } else {
+        format!("127.0.0.1:{MESH_PORT}")
+    };
+    Server::start_in(
+        dir,
+        &[
+            ("STARLING_CLUSTER_NODE_ID", &i.to_string()),
+            ("STARLING_CLUSTER_SECRET", SECRET),
+            ("STARLING_CLUSTER_JOIN", &join),
+            ("STARLING_CLUSTER_LISTEN", &format!("{ip}:{MESH_PORT}")),
+            ("STARLING_C2S_LISTEN", &format!("{ip}:{C2S_PORT}")),
+            ("STARLING_HTTP_LISTEN", &format!("{ip}:{HTTP_PORT}")),
+            ("STARLING_LOG_LEVEL", "info"),
+        ],
+    )
+}
+
+/// Events from a connection's reader task.
+enum Ev {
+    El(Element),
+    Gone,
+}
+
+/// A stream-management client that survives its server going away.
+struct SmClient {
+    user: String,
+    writer: Option<ClientWriter>,
+    events: mpsc::UnboundedReceiver<(u64, Ev)>,
+    tx: mpsc::UnboundedSender<(u64, Ev)>,
+    conn_gen: u64,
+    sm_id: String,
+    /// Stanzas received (our `h`).
+    h: u32,
+    /// Our messages the server has not acknowledged, with their XML.
+    unacked: VecDeque<String>,
+    acked: u32,
+    sent: u32,
+}
+
+async fn authed(front: SocketAddr, user: &str) -> Option<Client> {
+    let mut c = tokio::time::timeout(Duration::from_secs(3), Client::connect_raw(front))
+        .await
+        .ok()??;
+    if !c.try_send(HEADER).await {
+        return None;
+    }
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(3), c.read()).await,
+        Ok(Got::Header)
+    ) {
+        return None;
+    }
+    let _features = c.try_element().await?;
+    let mut c = c.try_starttls().await?;
+    if !c.try_send(HEADER).await {
+        return None;
+    }
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(3), c.read()).await,
+        Ok(Got::Header)
+    ) {
+        return None;
+    }
+    c.try_element().await?;
+    if !c.try_auth(user, "pw").await {
+        return None;
+    }
+    if !c.try_send(HEADER).await {
+        return None;
+    }
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(3), c.read()).await,
+        Ok(Got::Header)
+    ) {
+        return None;
+    }
+    c.try_element().await?;
+    Some(c)
+}
+
+impl SmClient {
+    async fn connect(user: &str) -> SmClient {
+        let front: SocketAddr = FRONT.parse().unwrap();
+        let (tx, events) = mpsc::unbounded_channel();
+        for _ in 0..100 {
+            if let Some(mut c) = authed(front, user).await {
+                c.bind(Some("r")).await.expect("bind");
+                c.send(&format!("<enable xmlns='{SM}' resume='true'/>"))
+                    .await;
+                let en = c.wait_for(|e| e.name == "enabled").await;
+                let sm_id = en.attr("id").unwrap().to_string();
+                let mut me = SmClient {
+                    user: user.into(),
+                    writer: None,
+                    events,
+                    tx,
+                    conn_gen: 0,
+                    sm_id,
+                    h: 0,
+                    unacked: VecDeque::new(),
+                    acked: 0,
+                    sent: 0,
+                };
+                me.attach(c);
+                return me;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{user} cannot log in through haproxy");
+    }
+
+    /// Give the read side to a task; keep the write side.
+    fn attach(&mut self, c: Client) {
+        self.conn_gen += 1;
+        let gen = self.conn_gen;
+        let (reader, writer, pending) = c.split_reader();
+        self.writer = Some(writer);
+        let tx = self.tx.clone();
+        for el in pending {
+            let _ = tx.send((gen, Ev::El(el)));
+        }
+        tokio::spawn(async move {
+            let mut reader = reader;
+            loop {
+                match reader.next().await {
+                    Ok(StreamEvent::Stanza(el)) => {
+                        if tx.send((gen, Ev::El(el))).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(StreamEvent::Keepalive) | Ok(StreamEvent::Header(_)) => {}
+                    _ => {
+                        let _ = tx.send((gen, Ev::Gone));
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    async fn write(&mut self, xml: &str) -> bool {
+        match self.writer.as_mut() {
+            Some(w) => w.try_send(xml).await,
+            None => false,
+        }
+    }
+
+    async fn send_message(&mut self, to: &str, id: &str) {
+        let xml = format!(
+            "<message to='{to}@localhost/r' type='chat' id='{id}'><body>{id}</body></message>"
+        );
+        self.unacked.push_back(xml.clone());
+        self.sent = self.sent.wrapping_add(1);
+        if self.write(&xml).await && self.unacked.len().is_multiple_of(5) {
+            self.write(&format!("<r xmlns='{SM}'/>")).await;
+        }
+    }
+
+    fn server_acked(&mut self, h: u32) {
+        let n = h.wrapping_sub(self.acked) as usize;
+        for _ in 0..n.min(self.unacked.len()) {
+            self.unacked.pop_front();
+        }
+        self.acked = h;
+    }
+
+    /// The connection died: resume through HAProxy, resend what the server
+    /// did not acknowledge.
+    async fn resume(&mut self) {
+        self.writer = None;
+        let front: SocketAddr = FRONT.parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(mut c) = authed(front, &self.user).await {
+                c.send(&format!(
+                    "<resume xmlns='{SM}' previd='{}' h='{}'/>",
+                    self.sm_id, self.h
+                ))
+                .await;
+                match tokio::time::timeout(
+                    Duration::from_secs(8),
+                    c.wait_for(|e| e.name == "resumed" || e.name == "failed"),
+                )
+                .await
+                {
+                    Ok(r) if r.name == "resumed" => {
+                        let h: u32 = r
+                            .attr("h")
+                            .and_then(|h| h.parse().ok())
+                            .unwrap_or(self.acked);
+                        self.server_acked(h);
+                        let again: Vec<String> = self.unacked.iter().cloned().collect();
+                        self.attach(c);
+                        for x in again {
+                            self.write(&x).await;
+                        }
+                        return;
+                    }
+                    Ok(r) => panic!("{}: resume failed: {r:?}", self.user),
+                    Err(_) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("{}: could not resume within 60 s", self.user);
+    }
+
+    /// Handle what arrived; returns received message ids.
+    async fn pump(&mut self, until: Instant, got: &mut Vec<String>) {
+        loop {
+            let Ok(ev) = tokio::time::timeout_at(until.into(), self.events.recv()).await else {
+                return;
+            };
+            let Some((gen, ev)) = ev else { return };
+            if gen != self.conn_gen {
+                continue;
+            }
+            match ev {
+                Ev::El(el) if el.ns == SM && el.name == "r" => {
+                    let h = self.h;
+                    self.write(&format!("<a xmlns='{SM}' h='{h}'/>")).await;
+                }
+                Ev::El(el) if el.ns == SM && el.name == "a" => {
+                    if let Some(h) = el.attr("h").and_then(|h| h.parse().ok()) {
+                        self.server_acked(h);
+                    }
+                }
+                Ev::El(el) if el.ns == "jabber:client" => {
+                    self.h = self.h.wrapping_add(1);
+                    if el.name == "message" {
+                        if let Some(id) = el.attr("id") {
+                            got.push(id.to_string());
+                        }
+                    }
+                }
+                Ev::El(_) => {}
+                Ev::Gone => self.resume().await,
+            }
+        }
+    }
+}
+
+struct Haproxy(Child);
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "work in progress (issue 5): about 1 in 20 resumes still fails during a rolling restart; see the closing note"]
+async fn rolling_restart_loses_nothing() {
+    let _turn = CLUSTER_TURN.lock().await;
+    assert!(
+        Command::new("haproxy").arg("-v").output().is_ok(),
+        "haproxy is not installed: run `bash .ci/run`"
+    );
+    let mut nodes: Vec<Option<Server>> = Vec::new();
+    for i in 1..=3u64 {
+        nodes.push(Some(start_node(i, tempfile::tempdir().unwrap())));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let n1 = nodes[0].as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while n1.cluster_status(SECRET).matches("127.0.0.").count() < 3 {
+        assert!(Instant::now() < deadline, "cluster did not form");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for u in 0..CLIENTS {
+        n1.add_user(&format!("u{u}"), "pw");
+    }
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deploy/haproxy.cfg");
+    let _haproxy = Haproxy(
+        Command::new("haproxy")
+            .args(["-f", cfg, "-db"])
+            .env("BIND", FRONT)
+            .env("NODE1", "127.0.0.1")
+            .env("NODE2", "127.0.0.2")
+            .env("NODE3", "127.0.0.3")
+            .env("C2S_PORT", C2S_PORT.to_string())
+            .env("HTTP_PORT", HTTP_PORT.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy"),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Every client sends to others in turn while the nodes restart.
+    let sent: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));
+    let received: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::new(Mutex::new(HashMap::new()));
+    let traffic_until = Instant::now() + Duration::from_secs(30);
+    let mut tasks = Vec::new();
+    // Everyone is connected before anyone writes (a message to a client
+    // not yet online would wait in offline storage, which is not this test).
+    let barrier = Arc::new(tokio::sync::Barrier::new(CLIENTS));
+    for u in 0..CLIENTS {
+        let sent = sent.clone();
+        let received = received.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let me = format!("u{u}");
+            let mut c = SmClient::connect(&me).await;
+            barrier.wait().await;
+            let mut got = Vec::new();
+            let mut k = 0u32;
+            while Instant::now() < traffic_until {
+                let to = format!("u{}", (u + 1 + (k as usize % (CLIENTS - 1))) % CLIENTS);
+                let id = format!("{me}-{k}");
+                sent.lock().unwrap().insert(id.clone(), to.clone());
+                c.send_message(&to, &id).await;
+                k += 1;
+                c.pump(Instant::now() + Duration::from_millis(250), &mut got)
+                    .await;
+            }
+            // Let the last messages arrive and be acknowledged.
+            c.write(&format!("<r xmlns='{SM}'/>")).await;
+            c.pump(Instant::now() + Duration::from_secs(8), &mut got)
+                .await;
+            received.lock().unwrap().insert(me, got);
+        }));
+    }
+    // Restart each node in turn with SIGTERM (drain), a few seconds apart.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in 0..3usize {
+        let mut node = nodes[i].take().unwrap();
+        let status = tokio::task::spawn_blocking(move || {
+            let st = node.terminate();
+            (st, node)
+        })
+        .await
+        .unwrap();
+        let (st, mut old) = status;
+        assert!(st.success(), "node {} exit: {st:?}", i + 1);
+        // Same data dir and addresses: the node rejoins and catches up.
+        let dir = std::mem::replace(&mut old.dir, tempfile::tempdir().unwrap());
+        drop(old);
+        nodes[i] = Some(start_node(i as u64 + 1, dir));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+    }
+    let mut failures = Vec::new();
+    for t in tasks {
+        if let Err(e) = t.await {
+            failures.push(format!("{e:?}"));
+        }
+    }
+    if !failures.is_empty() {
+        for (i, n) in nodes.iter().enumerate() {
+            if let Some(n) = n {
+                let log = n.log();
+                let _ = std::fs::write(
+                    std::env::temp_dir().join(format!("rolling-node{}.log", i + 1)),
+                    &log,
+                );
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| {
+                        l.contains("hand")
+                            || l.contains("resum")
+                            || l.contains("drain")
+                            || l.contains("WARN")
+                            || l.contains("ERROR")
+                    })
+                    .collect();
+                eprintln!(
+                    "--- node {} ({} lines of interest)\n{}",
+                    i + 1,
+                    lines.len(),
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+        }
+        panic!("{} clients failed: {}", failures.len(), failures[0]);
+    }
+    let sent = sent.lock().unwrap();
+    let received = received.lock().unwrap();
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for ids in received.values() {
+        for id in ids {
+            *count.entry(id.as_str()).or_default() += 1;
+        }
+    }
+    let missing: Vec<_> = sent
+        .keys()
+        .filter(|id| !count.contains_key(id.as_str()))
+        .collect();
+    let dup: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(sent.len() > CLIENTS * 50, "enough traffic: {}", sent.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {} messages lost: {:?}",
+        missing.len(),
+        sent.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        dup.is_empty(),
+        "duplicates: {:?}",
+        &dup[..dup.len().min(10)]
+    );
+}
