@@ -351,8 +351,8 @@ async fn rolling_restart_loses_nothing() {
     }
     // Restart each node in turn with SIGTERM (drain), a few seconds apart.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for i in 0..3usize {
-        let mut node = nodes[i].take().unwrap();
+    for (i, slot) in nodes.iter_mut().enumerate() {
+        let mut node = slot.take().unwrap();
         let status = tokio::task::spawn_blocking(move || {
             let st = node.terminate();
             (st, node)
@@ -364,7 +364,7 @@ async fn rolling_restart_loses_nothing() {
         // Same data dir and addresses: the node rejoins and catches up.
         let dir = std::mem::replace(&mut old.dir, tempfile::tempdir().unwrap());
         drop(old);
-        nodes[i] = Some(start_node(i as u64 + 1, dir));
+        *slot = Some(start_node(i as u64 + 1, dir));
         tokio::time::sleep(Duration::from_secs(4)).await;
     }
     let mut failures = Vec::new();
