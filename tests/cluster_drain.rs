@@ -9,28 +9,11 @@ const SECRET: &str = "cluster-drain-secret-0123456789";
 const SM: &str = "urn:xmpp:sm:3";
 
 fn node(id: u64, join: Option<&Server>) -> Server {
-    let id = id.to_string();
-    let join = join.map(|s| s.mesh.to_string()).unwrap_or_default();
-    Server::start_with(&[
-        ("STARLING_CLUSTER_NODE_ID", &id),
-        ("STARLING_CLUSTER_SECRET", SECRET),
-        ("STARLING_CLUSTER_JOIN", &join),
-    ])
+    cluster_node(id, join, SECRET, &[])
 }
 
 async fn authed(s: &Server, user: &str) -> Client {
-    for _ in 0..50 {
-        let mut c = Client::connect(s.c2s).await;
-        c.open().await;
-        let mut c = c.starttls().await;
-        c.open().await;
-        if c.auth_scram("SCRAM-SHA-256", user, "pw").await.is_ok() {
-            c.open().await;
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{user} cannot authenticate");
+    authed_retry(s, user, "pw").await
 }
 
 async fn three() -> (Server, Server, Server) {

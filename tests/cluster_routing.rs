@@ -9,13 +9,7 @@ use std::time::Duration;
 const SECRET: &str = "cluster-routing-secret-0123456789";
 
 fn node(id: u64, join: Option<&Server>) -> Server {
-    let id = id.to_string();
-    let join = join.map(|s| s.mesh.to_string()).unwrap_or_default();
-    Server::start_with(&[
-        ("STARLING_CLUSTER_NODE_ID", &id),
-        ("STARLING_CLUSTER_SECRET", SECRET),
-        ("STARLING_CLUSTER_JOIN", &join),
-    ])
+    cluster_node(id, join, SECRET, &[])
 }
 
 async fn cluster() -> (Server, Server, Server) {
@@ -34,21 +28,11 @@ async fn cluster() -> (Server, Server, Server) {
 
 /// Log in, retrying while the account replicates to this node.
 async fn online(s: &Server, user: &str, res: &str) -> Client {
-    for _ in 0..50 {
-        let mut c = Client::connect(s.c2s).await;
-        c.open().await;
-        let mut c = c.starttls().await;
-        c.open().await;
-        if c.auth_scram("SCRAM-SHA-256", user, "pw").await.is_ok() {
-            c.open().await;
-            c.bind(Some(res)).await.expect("bind");
-            c.send("<presence/>").await;
-            c.stanza("presence").await;
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{user} cannot log in");
+    let mut c = authed_retry(s, user, "pw").await;
+    c.bind(Some(res)).await.expect("bind");
+    c.send("<presence/>").await;
+    c.stanza("presence").await;
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,14 +10,7 @@ use std::time::{Duration, Instant};
 const SECRET: &str = "cluster-test-secret-0123456789";
 
 fn node(id: u64, join: Option<&Server>) -> Server {
-    let id = id.to_string();
-    let join = join.map(|s| s.mesh.to_string()).unwrap_or_default();
-    Server::start_with(&[
-        ("STARLING_CLUSTER_NODE_ID", &id),
-        ("STARLING_CLUSTER_SECRET", SECRET),
-        ("STARLING_CLUSTER_JOIN", &join),
-        ("STARLING_REGISTRATION_ALLOW", "true"),
-    ])
+    cluster_node(id, join, SECRET, &[("STARLING_REGISTRATION_ALLOW", "true")])
 }
 
 /// Poll `f` until it holds (bounded).

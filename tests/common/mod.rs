@@ -824,3 +824,39 @@ impl ClientWriter {
         self.writer.write_all(data.as_bytes()).await.is_ok() && self.writer.flush().await.is_ok()
     }
 }
+
+/// A cluster node process: node `id`, joining `join`'s mesh (None
+/// bootstraps), sharing `secret`, with extra settings.
+pub fn cluster_node(
+    id: u64,
+    join: Option<&Server>,
+    secret: &str,
+    extra: &[(&str, &str)],
+) -> Server {
+    let id = id.to_string();
+    let join = join.map(|s| s.mesh.to_string()).unwrap_or_default();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("STARLING_CLUSTER_NODE_ID", &id),
+        ("STARLING_CLUSTER_SECRET", secret),
+        ("STARLING_CLUSTER_JOIN", &join),
+    ];
+    env.extend_from_slice(extra);
+    Server::start_with(&env)
+}
+
+/// Authenticated (not yet bound) on `s`, retrying while the account
+/// replicates to that node.
+pub async fn authed_retry(s: &Server, user: &str, password: &str) -> Client {
+    for _ in 0..50 {
+        let mut c = Client::connect(s.c2s).await;
+        c.open().await;
+        let mut c = c.starttls().await;
+        c.open().await;
+        if c.auth_scram("SCRAM-SHA-256", user, password).await.is_ok() {
+            c.open().await;
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{user} cannot authenticate");
+}
