@@ -1,0 +1,95 @@
+//! What is guaranteed when a node dies without draining (kill -9), stated
+//! as a test. Stream-management state lives in the memory of the node
+//! holding the session, so:
+//! - sessions on the dead node cannot be resumed: `<failed/>`, then bind;
+//! - stanzas the client had not acknowledged are lost with the node;
+//! - once the leader notices (about 3-4 s), the user is offline and new
+//!   messages wait in offline storage; nothing sent after that is lost.
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "cluster-kill-secret-0123456789";
+const SM: &str = "urn:xmpp:sm:3";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_the_session_but_not_later_messages() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let n1 = cluster_node(1, None, SECRET, &[]);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
+    let mut n3 = cluster_node(3, Some(&n1), SECRET, &[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while n1.cluster_status(SECRET).matches("127.0.0.1:").count() < 3 {
+        assert!(Instant::now() < deadline, "cluster did not form");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    n1.add_user("alice", "pw");
+    n1.add_user("bob", "pw");
+
+    let mut a = authed_retry(&n3, "alice", "pw").await;
+    a.bind(Some("phone")).await.unwrap();
+    a.send(&format!("<enable xmlns='{SM}' resume='true'/>"))
+        .await;
+    let id = a
+        .wait_for(|e| e.name == "enabled")
+        .await
+        .attr("id")
+        .unwrap()
+        .to_string();
+    a.send("<presence/>").await;
+    a.stanza("presence").await;
+    let mut b = authed_retry(&n1, "bob", "pw").await;
+    b.bind(Some("r")).await.unwrap();
+    b.send(
+        "<message to='alice@localhost/phone' type='chat' id='k1'><body>unacked</body></message>",
+    )
+    .await;
+    assert_eq!(
+        a.wait_for(|e| e.name == "message").await.attr("id"),
+        Some("k1")
+    );
+
+    // Node 3 dies without a word; alice's connection dies with it.
+    n3.kill9();
+    drop(a);
+    // Wait until the leader has noticed (bob's node sees her gone).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while n1.cluster_status(SECRET).contains("node 3:") {
+        assert!(
+            Instant::now() < deadline,
+            "node 3's sessions were never purged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // From now on nothing is lost: this waits offline.
+    b.send("<message to='alice@localhost/phone' type='chat' id='k2'><body>after</body></message>")
+        .await;
+    let seen = b.collect_for(Duration::from_millis(500)).await;
+    assert!(
+        !seen.iter().any(|e| e.attr("id") == Some("k2")),
+        "stored, not bounced: {seen:?}"
+    );
+
+    // The session cannot be resumed: its state died with node 3.
+    let mut a2 = authed_retry(&n2, "alice", "pw").await;
+    a2.send(&format!("<resume xmlns='{SM}' previd='{id}' h='1'/>"))
+        .await;
+    let f = a2
+        .wait_for(|e| e.name == "failed" || e.name == "resumed")
+        .await;
+    assert_eq!(f.name, "failed");
+    assert!(f
+        .get_child("item-not-found", "urn:ietf:params:xml:ns:xmpp-stanzas")
+        .is_some());
+    // A fresh session gets what was sent after the failure was noticed;
+    // the unacknowledged k1 was lost with the node (stated above).
+    a2.bind(Some("phone")).await.unwrap();
+    a2.send("<presence/>").await;
+    let m = a2.wait_for(|e| e.name == "message").await;
+    assert_eq!(m.attr("id"), Some("k2"));
+    assert!(a2
+        .collect_for(Duration::from_millis(500))
+        .await
+        .iter()
+        .all(|e| e.attr("id") != Some("k1")));
+}
