@@ -595,14 +595,7 @@ fn subscription_outbound(
     if contact.domain().as_str() != ctx.config.domain {
         return bounce(&stanza, StanzaCondition::RemoteServerNotFound);
     }
-    let old = ctx
-        .state
-        .roster_item(&user, contact.as_str())
-        .ok()
-        .flatten();
-    let mut item = old
-        .clone()
-        .unwrap_or_else(|| RosterItem::new(contact.as_str()));
+    let (old, mut item) = current_item(ctx, &user, contact.as_str());
     let t = subscription::outbound(item.sub, item.approved, kind);
     item.sub = t.sub;
     item.approved = t.approved;
@@ -643,6 +636,13 @@ fn subscription_outbound(
     None
 }
 
+/// `user`'s stored item for `jid` (if any) and the item to update.
+fn current_item(ctx: &ServerCtx, user: &str, jid: &str) -> (Option<RosterItem>, RosterItem) {
+    let old = ctx.state.roster_item(user, jid).ok().flatten();
+    let item = old.clone().unwrap_or_else(|| RosterItem::new(jid));
+    (old, item)
+}
+
 /// RFC 6121 §3 on the contact's server: apply A.3 to the contact's item for
 /// the sender, deliver or answer.
 pub fn subscription_inbound(
@@ -669,14 +669,7 @@ pub fn subscription_inbound(
     if crate::modules::blocking::blocks(ctx, &contact_user, sender.as_str()) {
         return;
     }
-    let old = ctx
-        .state
-        .roster_item(&contact_user, sender.as_str())
-        .ok()
-        .flatten();
-    let mut item = old
-        .clone()
-        .unwrap_or_else(|| RosterItem::new(sender.as_str()));
+    let (old, mut item) = current_item(ctx, &contact_user, sender.as_str());
     let t = subscription::inbound(item.sub, item.approved, kind);
     item.sub = t.sub;
     item.approved = t.approved;

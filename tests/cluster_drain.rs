@@ -20,11 +20,7 @@ async fn three() -> (Server, Server, Server) {
     let n1 = node(1, None);
     let n2 = node(2, Some(&n1));
     let n3 = node(3, Some(&n1));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while n1.cluster_status(SECRET).matches("127.0.0.1:").count() < 3 {
-        assert!(Instant::now() < deadline, "cluster did not form");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_members(&n1, SECRET, 3).await;
     n1.add_user("alice", "pw");
     n1.add_user("bob", "pw");
     (n1, n2, n3)

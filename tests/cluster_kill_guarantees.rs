@@ -18,11 +18,7 @@ async fn kill_9_loses_the_session_but_not_later_messages() {
     let n1 = cluster_node(1, None, SECRET, &[]);
     let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
     let mut n3 = cluster_node(3, Some(&n1), SECRET, &[]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while n1.cluster_status(SECRET).matches("127.0.0.1:").count() < 3 {
-        assert!(Instant::now() < deadline, "cluster did not form");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_members(&n1, SECRET, 3).await;
     n1.add_user("alice", "pw");
     n1.add_user("bob", "pw");
 

@@ -20,11 +20,7 @@ async fn a_session_resumes_on_another_node_with_nothing_lost() {
     let _turn = CLUSTER_TURN.lock().await;
     let n1 = node(1, None);
     let n2 = node(2, Some(&n1));
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while n1.cluster_status(SECRET).matches("127.0.0.1:").count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "cluster did not form");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_members(&n1, SECRET, 2).await;
     n1.add_user("alice", "pw");
     n1.add_user("bob", "pw");
 

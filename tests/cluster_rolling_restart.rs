@@ -290,11 +290,7 @@ async fn rolling_restart_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let n1 = nodes[0].as_ref().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while n1.cluster_status(SECRET).matches("127.0.0.").count() < 3 {
-        assert!(Instant::now() < deadline, "cluster did not form");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_members(n1, SECRET, 3).await;
     for u in 0..CLIENTS {
         n1.add_user(&format!("u{u}"), "pw");
     }

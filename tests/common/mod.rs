@@ -860,3 +860,15 @@ pub async fn authed_retry(s: &Server, user: &str, password: &str) -> Client {
     }
     panic!("{user} cannot authenticate");
 }
+
+/// Wait (bounded) until `s` reports at least `n` cluster members.
+pub async fn wait_members(s: &Server, secret: &str, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while s.cluster_status(secret).matches("127.0.0.").count() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster never reached {n} members"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
