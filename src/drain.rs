@@ -8,12 +8,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::route::{relay, Relay};
+use crate::route::{relay, HandOff, Relay};
 use crate::server::ServerCtx;
 use crate::stream::{StreamCondition, StreamError};
 
 const LEADER_WAIT: Duration = Duration::from_secs(3);
-const HANDOFF_WAIT: Duration = Duration::from_secs(3);
+/// How long a drained node keeps forwarding to sessions it handed over.
+const LINGER: Duration = Duration::from_millis(500);
+/// How long one node gets to confirm a pushed session is bound there.
+const PUSH_WAIT: Duration = Duration::from_secs(2);
 
 pub async fn drain(ctx: &Arc<ServerCtx>) {
     ctx.draining.store(true, Ordering::Release);
@@ -37,38 +40,88 @@ pub async fn drain(ctx: &Arc<ServerCtx>) {
     // are still leader (raft-rs drops proposals during a leader transfer,
     // and the new nodes' binds are proposals).
     let sessions = ctx.sm_sessions.all();
-    let mut moved = Vec::new();
+    let mut pushes = tokio::task::JoinSet::new();
     for (i, (_, addr)) in sessions.into_iter().enumerate() {
         let reason = StreamError::with_text(
             StreamCondition::SystemShutdown,
             "node draining; resume elsewhere",
         );
         if let Ok(Some(state)) = addr.send(crate::c2s::session::TakeOver(reason)).await {
-            let target = others[i % others.len()];
-            moved.push((state.jid.clone(), target));
-            ctx.moved
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(state.jid.clone(), (target, std::time::Instant::now()));
-            relay(ctx, target, &Relay::HandOffPush { state });
+            let order: Vec<u64> = (0..others.len())
+                .map(|k| others[(i + k) % others.len()])
+                .collect();
+            pushes.spawn(push(ctx.clone(), state, order));
         }
     }
-    // Wait (bounded) until the routing table shows them on their new nodes.
-    let deadline = tokio::time::Instant::now() + HANDOFF_WAIT;
-    while tokio::time::Instant::now() < deadline {
-        let done = moved
-            .iter()
-            .all(|(jid, node)| ctx.state.session(jid).is_some_and(|r| r.node == *node));
-        if done {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let results = pushes.join_all().await;
+    let moved = results.iter().filter(|ok| **ok).count();
     // Then leadership, so the cluster keeps committing without us.
     let status = cluster.status();
     if status.role == "leader" {
         cluster.transfer_leader(others[0]).await;
         let _ = cluster.wait_for(LEADER_WAIT, |s| s.role != "leader").await;
     }
-    tracing::info!(handed_over = moved.len(), "drain done");
+    // Stanzas already on their way here for the moved sessions are
+    // forwarded by the old session actors: give them a moment to arrive.
+    if moved > 0 {
+        tokio::time::sleep(LINGER).await;
+    }
+    tracing::info!(
+        handed_over = moved,
+        failed = results.len() - moved,
+        "drain done"
+    );
+}
+
+/// Hand `state` to the first node in `order` that confirms it bound the
+/// session (the bind is a Raft commit there). When none does, the client
+/// cannot resume; what it never acknowledged goes back through delivery
+/// (offline storage), as on a resume timeout (XEP-0198 §5).
+async fn push(ctx: Arc<ServerCtx>, state: HandOff, order: Vec<u64>) -> bool {
+    for target in order {
+        ctx.moved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(state.jid.clone(), (target, std::time::Instant::now()));
+        let token = ctx.next_session_id();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ctx.push_acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, tx);
+        relay(
+            &ctx,
+            target,
+            &Relay::HandOffPush {
+                state: state.clone(),
+                token,
+            },
+        );
+        match tokio::time::timeout(PUSH_WAIT, rx).await {
+            Ok(Ok(true)) => return true,
+            _ => {
+                ctx.push_acks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&token);
+                tracing::warn!(jid = %state.jid, target, "session push not confirmed");
+            }
+        }
+    }
+    ctx.moved
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&state.jid);
+    let bare = match jid::FullJid::new(&state.jid) {
+        Ok(j) => jid::Jid::from(j.to_bare()),
+        Err(_) => return false,
+    };
+    for xml in &state.unacked {
+        if let Ok(el) = crate::xml::parse_fragment(xml) {
+            if el.name == "message" {
+                let _ = crate::delivery::message(&ctx, el, bare.clone());
+            }
+        }
+    }
+    false
 }

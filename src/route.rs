@@ -80,6 +80,12 @@ pub enum Relay {
     /// A draining node pushes a session here to wait for its resume.
     HandOffPush {
         state: HandOff,
+        /// Answered with `HandOffPushed` once the session is bound here.
+        token: u64,
+    },
+    HandOffPushed {
+        token: u64,
+        ok: bool,
     },
 }
 
@@ -151,6 +157,7 @@ pub fn full(ctx: &ServerCtx, full: &FullJid) -> Option<Target> {
         .copied();
     if let Some((node, when)) = moved {
         if when.elapsed() < std::time::Duration::from_secs(30) && node != ctx.node_id() {
+            tracing::trace!(to = %full, node, "route via moved");
             return Some(Target {
                 jid: full.to_string(),
                 node,
@@ -161,6 +168,7 @@ pub fn full(ctx: &ServerCtx, full: &FullJid) -> Option<Target> {
         }
     }
     let rec = ctx.state.session(full.as_str())?;
+    tracing::trace!(to = %full, node = rec.node, sid = rec.sid, "route via table");
     (rec.node != ctx.node_id()).then_some(Target {
         jid: rec.jid,
         node: rec.node,
@@ -228,6 +236,14 @@ pub async fn serve_relays(
                     if satisfied(&e, require) {
                         deliver(&e, el);
                     }
+                } else if let Some(buf) = ctx
+                    .arriving
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_mut(to.as_str())
+                {
+                    // Handed to us and not bound yet: it waits a moment.
+                    buf.push((el, require));
                 } else if hops < 3 {
                     // The session moved on: follow it.
                     if let Some(t) = full(&ctx, &to).filter(|t| t.local.is_none()) {
@@ -242,8 +258,12 @@ pub async fn serve_relays(
                             },
                         );
                     } else {
-                        tracing::warn!(to = %to, "relayed stanza for a session that is not here");
+                        tracing::warn!(to = %to, from, hops, "relayed stanza for a session that is not here");
+                        redeliver(&ctx, el, &to);
                     }
+                } else {
+                    tracing::warn!(to = %to, from, "relayed stanza went round; delivering anew");
+                    redeliver(&ctx, el, &to);
                 }
             }
             Relay::HandOffRequest {
@@ -273,26 +293,57 @@ pub async fn serve_relays(
                 }
                 relay(&ctx, reply_to, &Relay::HandOffReply { token, state });
             }
-            Relay::HandOffPush { state } => {
-                // Actors live on arbiters: create the session there.
+            Relay::HandOffPush { state, token } => {
+                expect_arrival(&ctx, &state.jid);
+                // Actors live on arbiters: create the session there, and
+                // say whether it is bound (the pusher retries elsewhere).
                 let c = ctx.clone();
                 match ctx.arbiters.get().and_then(|a| a.first().cloned()) {
-                    Some(arbiter) => {
+                    Some(arbiter) if !ctx.draining.load(std::sync::atomic::Ordering::Acquire) => {
                         arbiter.spawn(async move {
-                            let _ = crate::c2s::listener::install_session(&c, state, from).await;
+                            let ok = crate::c2s::listener::install_session(&c, state, from)
+                                .await
+                                .is_some();
+                            relay(&c, from, &Relay::HandOffPushed { token, ok });
                         });
                     }
-                    None => tracing::warn!("no arbiter yet; dropping a pushed session"),
+                    _ => {
+                        tracing::warn!("cannot take a pushed session now");
+                        relay(&ctx, from, &Relay::HandOffPushed { token, ok: false });
+                    }
+                }
+            }
+            Relay::HandOffPushed { token, ok } => {
+                let waiter = ctx
+                    .push_acks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&token);
+                if let Some(w) = waiter {
+                    let _ = w.send(ok);
                 }
             }
             Relay::HandOffReply { token, state } => {
+                if let Some(s) = &state {
+                    expect_arrival(&ctx, &s.jid);
+                }
                 let waiter = ctx
                     .handoffs
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&token);
-                if let Some(w) = waiter {
-                    let _ = w.send(state);
+                match (waiter, state) {
+                    (Some(w), state) => {
+                        if let Err(e) = w.try_send(state.map(|s| (s, from))) {
+                            // The resume gave up a moment ago: keep the
+                            // session here rather than lose it.
+                            if let Some((s, from)) = e.into_inner() {
+                                install_here(&ctx, s, from);
+                            }
+                        }
+                    }
+                    (None, Some(s)) => install_here(&ctx, s, from),
+                    (None, None) => {}
                 }
             }
             Relay::Probe {
@@ -316,5 +367,58 @@ pub async fn serve_relays(
                 }
             }
         }
+    }
+}
+
+/// Recreate a handed-over session on this node, on a worker arbiter (where
+/// actors live), detached until its client resumes.
+fn install_here(ctx: &std::sync::Arc<ServerCtx>, state: HandOff, from: u64) {
+    let c = ctx.clone();
+    match ctx.arbiters.get().and_then(|a| a.first().cloned()) {
+        Some(arbiter) => {
+            arbiter.spawn(async move {
+                let _ = crate::c2s::listener::install_session(&c, state, from).await;
+            });
+        }
+        None => tracing::warn!("no arbiter yet; dropping a handed-over session"),
+    }
+}
+
+/// A session is on its way here: hold stanzas for it until it is bound.
+fn expect_arrival(ctx: &ServerCtx, jid: &str) {
+    ctx.arriving
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(jid.to_string())
+        .or_default();
+}
+
+/// The session `jid` is bound here now (`Some`), or will not be (`None`):
+/// what waited for it is delivered, or goes through delivery anew.
+pub fn arrived(ctx: &ServerCtx, jid: &FullJid, entry: Option<SessionEntry>) {
+    let waiting = ctx
+        .arriving
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(jid.as_str())
+        .unwrap_or_default();
+    for (el, require) in waiting {
+        match &entry {
+            Some(e) => {
+                if satisfied(e, require) {
+                    deliver(e, el);
+                }
+            }
+            None => redeliver(ctx, el, jid),
+        }
+    }
+}
+
+/// A stanza whose session could not be found: a message goes through
+/// delivery to the bare JID again (another resource, or offline storage)
+/// rather than vanish; anything else is dropped.
+fn redeliver(ctx: &ServerCtx, el: Element, to: &FullJid) {
+    if el.name == "message" {
+        let _ = crate::delivery::message(ctx, el, jid::Jid::from(to.to_bare()));
     }
 }

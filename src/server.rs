@@ -34,15 +34,32 @@ pub struct ServerCtx {
     pub presence: crate::presence::PresenceRegistry,
     /// Stream-management sessions that can be resumed (XEP-0198).
     pub sm_sessions: crate::c2s::stream_management::SmRegistry,
-    /// Resumes waiting for another node to hand a session over.
     /// Sessions recently handed to another node: full JID -> (node, when).
     /// Stanzas still arriving here are forwarded there.
     pub moved: std::sync::Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
     /// The worker arbiters (set once the actix System runs).
     pub arbiters: std::sync::OnceLock<Vec<actix_rt::ArbiterHandle>>,
+    /// Resumes waiting for another node to hand a session over.
+    /// token -> where to send the answer (the state, and the node it left).
+    #[allow(clippy::type_complexity)]
     pub handoffs: std::sync::Mutex<
-        std::collections::HashMap<u64, tokio::sync::oneshot::Sender<Option<crate::route::HandOff>>>,
+        std::collections::HashMap<
+            u64,
+            tokio::sync::mpsc::Sender<Option<(crate::route::HandOff, u64)>>,
+        >,
     >,
+    /// Sessions being handed to this node (full JID): stanzas relayed for
+    /// them before they are bound here wait in this buffer.
+    #[allow(clippy::type_complexity)]
+    pub arriving: std::sync::Mutex<
+        std::collections::HashMap<
+            String,
+            Vec<(crate::xml::Element, Option<crate::route::Require>)>,
+        >,
+    >,
+    /// Drain pushes waiting for the target node to confirm the bind.
+    pub push_acks:
+        std::sync::Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<bool>>>,
     /// When the node started (XEP-0012 uptime).
     pub started: std::time::Instant,
     /// Shutting down: not ready for new clients.
@@ -176,6 +193,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         presence: Default::default(),
         sm_sessions: Default::default(),
         handoffs: Default::default(),
+        push_acks: Default::default(),
+        arriving: Default::default(),
         arbiters: std::sync::OnceLock::new(),
         moved: Default::default(),
         started: std::time::Instant::now(),

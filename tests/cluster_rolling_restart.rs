@@ -20,7 +20,9 @@ const FRONT: &str = "127.0.0.1:9300";
 const C2S_PORT: u16 = 9222;
 const HTTP_PORT: u16 = 9280;
 const MESH_PORT: u16 = 11222;
+/// Users taking part: u0..u15 are our own test clients, u16..u19 slixmpp's.
 const CLIENTS: usize = 20;
+const OURS: usize = 16;
 
 fn start_node(i: u64, dir: tempfile::TempDir) -> Server {
     let ip = format!("127.0.0.{i}");
@@ -277,7 +279,6 @@ impl Drop for Haproxy {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "work in progress (issue 5): about 1 in 20 resumes still fails during a rolling restart; see the closing note"]
 async fn rolling_restart_loses_nothing() {
     let _turn = CLUSTER_TURN.lock().await;
     assert!(
@@ -318,8 +319,45 @@ async fn rolling_restart_loses_nothing() {
     let mut tasks = Vec::new();
     // Everyone is connected before anyone writes (a message to a client
     // not yet online would wait in offline storage, which is not this test).
-    let barrier = Arc::new(tokio::sync::Barrier::new(CLIENTS));
-    for u in 0..CLIENTS {
+    let barrier = Arc::new(tokio::sync::Barrier::new(OURS + 1));
+    // slixmpp's clients (its XEP-0198 plugin) in one Python process.
+    let mut slix = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/slixmpp_sm_load.py"
+        ))
+        .args(["127.0.0.1", "9300", "localhost", "pw", "24"])
+        .arg(CLIENTS.to_string())
+        .args((OURS..CLIENTS).map(|u| format!("u{u}")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run slixmpp clients");
+    let slix_out = {
+        use std::io::{BufRead, Write};
+        let mut stdin = slix.stdin.take().unwrap();
+        let stdout = slix.stdout.take().unwrap();
+        let barrier = barrier.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Option<String>>();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let online = lines.next().and_then(|l| l.ok());
+            if online.as_deref() != Some("ONLINE") {
+                let _ = tx.send(None);
+                return;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(barrier.wait());
+            let _ = writeln!(stdin, "GO");
+            let _ = stdin.flush();
+            let _ = tx.send(lines.next().and_then(|l| l.ok()));
+        });
+        rx
+    };
+    for u in 0..OURS {
         let sent = sent.clone();
         let received = received.clone();
         let barrier = barrier.clone();
@@ -369,14 +407,56 @@ async fn rolling_restart_loses_nothing() {
             failures.push(format!("{e:?}"));
         }
     }
+    // slixmpp's report: what its clients sent and received, and whether
+    // each kept or resumed its session.
+    let report = tokio::time::timeout(Duration::from_secs(60), slix_out).await;
+    let _ = slix.kill();
+    let stderr = {
+        use std::io::Read;
+        let mut e = String::new();
+        if let Some(mut s) = slix.stderr.take() {
+            let _ = s.read_to_string(&mut e);
+        }
+        e
+    };
+    let _ = slix.wait();
+    let report: serde_json::Value = match report {
+        Ok(Ok(Some(line))) => serde_json::from_str(&line).expect("slixmpp report is JSON"),
+        other => panic!("no report from the slixmpp clients ({other:?}): {stderr}"),
+    };
+    for f in report["failures"].as_array().into_iter().flatten() {
+        failures.push(format!("slixmpp: {f}"));
+    }
+    if let Some(m) = report["sent"].as_object() {
+        let mut sent = sent.lock().unwrap();
+        for (id, to) in m {
+            sent.insert(id.clone(), to.as_str().unwrap_or_default().to_string());
+        }
+    }
+    if let Some(m) = report["received"].as_object() {
+        let mut received = received.lock().unwrap();
+        for (user, ids) in m {
+            let ids = ids.as_array().into_iter().flatten();
+            received.insert(
+                user.clone(),
+                ids.filter_map(|i| i.as_str().map(str::to_string)).collect(),
+            );
+        }
+    }
+    let slix_resumed = report["resumed"].as_u64().unwrap_or(0);
+    // Node logs stay behind for a look when something fails.
+    for (i, n) in nodes.iter().enumerate() {
+        if let Some(n) = n {
+            let _ = std::fs::write(
+                std::env::temp_dir().join(format!("rolling-node{}.log", i + 1)),
+                n.log(),
+            );
+        }
+    }
     if !failures.is_empty() {
         for (i, n) in nodes.iter().enumerate() {
             if let Some(n) = n {
                 let log = n.log();
-                let _ = std::fs::write(
-                    std::env::temp_dir().join(format!("rolling-node{}.log", i + 1)),
-                    &log,
-                );
                 let lines: Vec<&str> = log
                     .lines()
                     .filter(|l| {
@@ -410,7 +490,20 @@ async fn rolling_restart_loses_nothing() {
         .filter(|id| !count.contains_key(id.as_str()))
         .collect();
     let dup: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    eprintln!(
+        "rolling restart: {} messages sent, {} delivered, {} missing, {} duplicated; slixmpp resumed {} times",
+        sent.len(),
+        count.len(),
+        missing.len(),
+        dup.len(),
+        slix_resumed
+    );
     assert!(sent.len() > CLIENTS * 50, "enough traffic: {}", sent.len());
+    // Each slixmpp client had its node restarted under it at least once.
+    assert!(
+        slix_resumed >= (CLIENTS - OURS) as u64,
+        "slixmpp resumed {slix_resumed} times"
+    );
     assert!(
         missing.is_empty(),
         "{} of {} messages lost: {:?}",

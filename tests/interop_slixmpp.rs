@@ -6,18 +6,6 @@ use common::*;
 use std::process::Command;
 use std::time::Duration;
 
-fn python() -> String {
-    if let Ok(p) = std::env::var("STARLING_PYTHON") {
-        return p;
-    }
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    assert!(
-        std::path::Path::new(venv).exists(),
-        "no Python venv with slixmpp at {venv}: run `bash .ci/run` (or python3 -m venv .venv && .venv/bin/pip install -r tests/interop/requirements.txt)"
-    );
-    venv.to_string()
-}
-
 /// Run one script against a fresh server with alice and bob; returns stdout.
 fn run_script(name: &str) -> String {
     let s = Server::start();

@@ -36,6 +36,8 @@ pub struct Driver {
     tick: Duration,
     compact_after: u64,
     next_proposal: u64,
+    /// Distinguishes this process's proposal ids from an earlier life's.
+    epoch: u64,
     /// Proposals not yet applied: the reply and the entry (re-proposed with
     /// the same id if the leader changes; the dedup window makes that safe).
     pending: HashMap<u128, (Reply, Vec<u8>)>,
@@ -86,15 +88,19 @@ impl Driver {
             tick: cfg.tick,
             compact_after: cfg.compact_after,
             next_proposal: 0,
+            epoch: process_epoch(cfg.id),
             pending: HashMap::new(),
             last_leader: 0,
             pending_changes: HashMap::new(),
         })
     }
 
+    /// Unique across the cluster and across restarts of this node: the
+    /// dedup window outlives the process, so a counter that starts again
+    /// at zero would make new proposals look like old ones (and be skipped).
     fn proposal_id(&mut self) -> u128 {
         self.next_proposal += 1;
-        (u128::from(self.id) << 64) | u128::from(self.next_proposal)
+        (u128::from(self.epoch) << 64) | u128::from(self.next_proposal)
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, mut stop: watch::Receiver<bool>) {
@@ -386,4 +392,14 @@ impl Driver {
             }
         });
     }
+}
+
+/// The high half of this process's proposal ids: the node id and the start
+/// time in nanoseconds, so two lives of one node never share ids.
+fn process_epoch(node: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    (node << 48) ^ nanos
 }

@@ -203,6 +203,20 @@ async fn three_nodes_replicate_and_survive_a_restart() {
     let n3 = start_in(dir3, cfg).await;
     nodes.push(n3);
     converge(&nodes.iter().collect::<Vec<_>>(), 14).await;
+    // Its first proposals in its new life are new proposals, not taken for
+    // repeats of the ones it made before the restart (the dedup window
+    // outlives the process).
+    for i in 14..17 {
+        nodes[2]
+            .cluster
+            .propose(format!("cmd-{i}").into_bytes(), WAIT)
+            .await
+            .expect("commit from the restarted node");
+    }
+    converge(&nodes.iter().collect::<Vec<_>>(), 17).await;
+    for n in &nodes {
+        assert!(n.commands().contains(&"cmd-16".to_string()));
+    }
     for n in &nodes {
         n.cluster.shutdown();
     }

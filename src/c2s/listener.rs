@@ -61,7 +61,7 @@ pub async fn handle_connection(
                 start_session(ctx, bound, sid, guard);
             }
             Some(stream::Negotiated::Resume(r)) => {
-                tracing::Span::current().record("jid", tracing::field::display(&r.jid));
+                tracing::Span::current().record("jid", tracing::field::display(&r.user));
                 resume_session(ctx, r, guard).await;
             }
             None => {}
@@ -171,63 +171,20 @@ fn connection_io(
 /// `<resumed/>` and resends what the client has not acknowledged.
 async fn resume_session(ctx: Arc<ServerCtx>, r: stream::Resuming, guard: ConnGuard) {
     let stream::Resuming {
-        stream,
-        session,
-        h,
-        jid,
-        previd,
+        stream, session, h, ..
     } = r;
-    if ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
-        // This node is going away: resume somewhere else.
-        stream
-            .fail(
-                &ctx,
-                StreamError::with_text(
-                    StreamCondition::SystemShutdown,
-                    "node draining; resume elsewhere",
-                ),
-            )
-            .await;
-        drop(guard);
-        return;
-    }
-    let user = jid
-        .node()
-        .map(|n| n.as_str().to_string())
-        .unwrap_or_default();
-    // A session handed over by a draining node is in flight for a moment:
-    // look again (bounded) before giving up.
-    let mut target = Some(session);
-    let mut found = None;
-    for _ in 0..40 {
-        let Some(t) = target.take() else { break };
-        found = match t {
-            stream::ResumeTarget::Local(addr) => Some(addr),
-            stream::ResumeTarget::Remote { node, previd } => {
-                fetch_session(&ctx, node, previd, &jid).await
-            }
-        };
-        if found.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        target = stream::find_resumable(&ctx, &previd, &user).map(|(t, _)| t);
-    }
-    let session = found;
     let (conn, in_rx) = connection_io(&ctx, stream, String::new(), guard);
     let out = conn.out.clone();
-    let attached = match session {
-        Some(addr) => matches!(
-            addr.send(super::session::Attach {
+    let attached = matches!(
+        session
+            .send(super::session::Attach {
                 conn,
                 inbound: in_rx,
                 h
             })
             .await,
-            Ok(Ok(()))
-        ),
-        None => false,
-    };
+        Ok(Ok(()))
+    );
     if !attached {
         // Gone in the meantime (timed out): the client binds anew.
         let f = crate::xml::Element::new("failed", super::stream_management::NS).with_child(
@@ -238,42 +195,105 @@ async fn resume_session(ctx: Arc<ServerCtx>, r: stream::Resuming, guard: ConnGua
     }
 }
 
-/// Ask `node` to hand over session `previd` and recreate it here, bound
-/// through Raft to this node, detached until the connection attaches.
-async fn fetch_session(
+/// Find session `previd` of `user` for a resume (XEP-0198 §5): here, or
+/// fetched from whichever node holds it. A session the replicated table
+/// knows may be moving between nodes (a drain): look again, bounded.
+pub async fn locate_session(
     ctx: &Arc<ServerCtx>,
-    node: u64,
-    previd: String,
-    jid: &jid::FullJid,
+    previd: &str,
+    user: &str,
 ) -> Option<actix::Addr<C2sSession>> {
-    let user = jid
-        .node()
-        .map(|n| n.as_str().to_string())
-        .unwrap_or_default();
-    let token = ctx.next_session_id();
-    let (tx, rx) = oneshot::channel();
-    ctx.handoffs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(token, tx);
-    let req = crate::route::Relay::HandOffRequest {
-        previd,
-        user,
-        token,
-        reply_to: ctx.node_id(),
-    };
-    crate::route::relay(ctx, node, &req);
-    let state = match tokio::time::timeout(std::time::Duration::from_secs(5), rx).await {
-        Ok(Ok(Some(state))) => state,
-        _ => {
-            ctx.handoffs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&token);
+    if previd.is_empty() {
+        return None;
+    }
+    let started = tokio::time::Instant::now();
+    let bare = format!("{user}@{}", ctx.config.domain);
+    loop {
+        if let Some((addr, _)) = ctx.sm_sessions.get(previd, user) {
+            return Some(addr);
+        }
+        if ctx.replicator.cluster().status().peers.len() < 2 {
+            return None; // a single node: nowhere else to look
+        }
+        if let Some(addr) = fetch_session(ctx, previd, user).await {
+            return Some(addr);
+        }
+        let known = ctx
+            .state
+            .sessions_of(&bare)
+            .iter()
+            .any(|r| r.sm_id.as_deref() == Some(previd));
+        // A node that restarted a moment ago may not know it yet either.
+        let young = started.elapsed() < std::time::Duration::from_secs(1);
+        if !(known || young) || started.elapsed() >= RESUME_SEARCH {
             return None;
         }
-    };
-    install_session(ctx, state, node).await
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// How long a resume keeps looking for a session that may be moving.
+const RESUME_SEARCH: std::time::Duration = std::time::Duration::from_secs(4);
+/// How long one round of asking the other nodes waits for their answers.
+const FETCH_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Ask every other node to hand over session `previd` of `user` (at most
+/// one holds it) and recreate it here, bound through Raft to this node,
+/// detached until the connection attaches.
+async fn fetch_session(
+    ctx: &Arc<ServerCtx>,
+    previd: &str,
+    user: &str,
+) -> Option<actix::Addr<C2sSession>> {
+    let status = ctx.replicator.cluster().status();
+    let others: Vec<u64> = status
+        .peers
+        .iter()
+        .map(|p| p.0)
+        .filter(|id| *id != status.id)
+        .collect();
+    if others.is_empty() {
+        return None;
+    }
+    let (tx, mut rx) = mpsc::channel(others.len().max(1));
+    let mut tokens = Vec::new();
+    for node in &others {
+        let token = ctx.next_session_id();
+        ctx.handoffs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, tx.clone());
+        tokens.push(token);
+        let req = crate::route::Relay::HandOffRequest {
+            previd: previd.to_string(),
+            user: user.to_string(),
+            token,
+            reply_to: ctx.node_id(),
+        };
+        crate::route::relay(ctx, *node, &req);
+    }
+    drop(tx);
+    let wait = tokio::time::Instant::now() + FETCH_WAIT;
+    let mut state = None;
+    for _ in 0..others.len() {
+        match tokio::time::timeout_at(wait, rx.recv()).await {
+            Ok(Some(Some(s))) => {
+                state = Some(s);
+                break;
+            }
+            Ok(Some(None)) => continue,
+            _ => break,
+        }
+    }
+    // Late answers find no waiter; one carrying the session installs it.
+    {
+        let mut h = ctx.handoffs.lock().unwrap_or_else(|e| e.into_inner());
+        for t in tokens {
+            h.remove(&t);
+        }
+    }
+    let (state, from) = state?;
+    install_session(ctx, state, from).await
 }
 
 /// Recreate a session handed over from `from_node`: bound here through
@@ -283,7 +303,13 @@ pub async fn install_session(
     state: crate::route::HandOff,
     from_node: u64,
 ) -> Option<actix::Addr<C2sSession>> {
-    let jid = jid::FullJid::new(&state.jid).ok()?;
+    let Ok(jid) = jid::FullJid::new(&state.jid) else {
+        ctx.arriving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&state.jid);
+        return None;
+    };
     let sid = ctx.next_session_id();
     let last = state
         .presence
@@ -316,6 +342,7 @@ pub async fn install_session(
         e.blocklist_interested = state.blocklist_interested;
         e.carbons = state.carbons;
     });
+    crate::route::arrived(ctx, &jid, ctx.router.get_full(&jid));
     ctx.moved
         .lock()
         .unwrap_or_else(|e| e.into_inner())

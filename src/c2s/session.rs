@@ -86,9 +86,16 @@ pub struct C2sSession {
     held: Vec<Element>,
     /// The last presence broadcast by this resource (moves with a hand-off).
     last_presence: Option<Element>,
-    /// Handed to another node: stop without the usual goodbyes.
+    /// Handed to another node: stop without the usual goodbyes, and
+    /// meanwhile forward what still arrives here.
     moved: bool,
+    /// Stanzas that arrived after the hand-off, before its target was known.
+    forward_later: Vec<Element>,
 }
+
+/// How long a handed-over session keeps forwarding stanzas that were
+/// already on their way to it.
+const FORWARD_GRACE: Duration = Duration::from_secs(10);
 
 fn is_stanza(el: &Element) -> bool {
     el.ns == ns::CLIENT && matches!(el.name.as_str(), "message" | "presence" | "iq")
@@ -122,6 +129,7 @@ impl C2sSession {
             held: Vec::new(),
             last_presence: None,
             moved: false,
+            forward_later: Vec::new(),
         }
     }
 
@@ -153,6 +161,7 @@ impl C2sSession {
             held: Vec::new(),
             last_presence,
             moved: false,
+            forward_later: Vec::new(),
         }
     }
 
@@ -441,6 +450,53 @@ impl C2sSession {
         }
     }
 
+    /// A stanza for a session already handed to another node: send it on
+    /// to that node (known once the hand-off is under way; until then it
+    /// waits here, and at the end of the grace period goes offline).
+    fn forward(&mut self, el: Element, ctx: &mut Context<Self>) {
+        let first = self.forward_later.is_empty();
+        self.forward_later.push(el);
+        if !self.flush_forwarded() && first {
+            self.retry_forward(ctx);
+        }
+    }
+
+    fn retry_forward(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_later(Duration::from_millis(100), |act, ctx| {
+            if !act.flush_forwarded() {
+                act.retry_forward(ctx);
+            }
+        });
+    }
+
+    /// Relay what waits to the node the session moved to; false if that
+    /// node is not known yet.
+    fn flush_forwarded(&mut self) -> bool {
+        let target = self
+            .ctx
+            .moved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(self.jid.as_str())
+            .map(|(node, _)| *node);
+        let Some(node) = target.filter(|n| *n != self.ctx.node_id()) else {
+            return false;
+        };
+        for el in self.forward_later.drain(..) {
+            crate::route::relay(
+                &self.ctx,
+                node,
+                &crate::route::Relay::Stanza {
+                    to: self.jid.to_string(),
+                    require: None,
+                    xml: el.to_xml(ns::CLIENT),
+                    hops: 1,
+                },
+            );
+        }
+        true
+    }
+
     /// What the client never acknowledged must not vanish (XEP-0198 §5):
     /// messages go back through delivery (offline storage if no other
     /// resource takes them), iq requests get an error, presence is dropped.
@@ -493,16 +549,14 @@ impl Actor for C2sSession {
         self.ctx.router.unbind(&self.jid, self.id);
         if self.moved {
             // The session lives on elsewhere: no unbind (its new bind
-            // replaced the record), no unavailable, nothing redelivered.
-            if let Some(id) = self.sm.as_ref().and_then(|s| s.id.clone()) {
-                self.ctx.sm_sessions.remove(&id);
+            // replaced the record), no unavailable. A message that could
+            // not follow it goes through delivery again (offline storage).
+            let bare = Jid::from(self.jid.to_bare());
+            for el in self.forward_later.drain(..) {
+                if el.name == "message" {
+                    let _ = delivery::message(&self.ctx, el, bare.clone());
+                }
             }
-            self.presence.do_send(crate::presence::Moved {
-                from: self.jid.clone(),
-                session_id: self.id,
-            });
-            let _g = self.span.enter();
-            tracing::info!("session handed over to another node");
             return;
         }
         self.ctx
@@ -565,7 +619,11 @@ impl Handler<Deliver> for C2sSession {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        self.send(&msg.0, ctx);
+        if self.moved {
+            self.forward(msg.0, ctx);
+        } else {
+            self.send(&msg.0, ctx);
+        }
     }
 }
 
@@ -607,7 +665,24 @@ impl Handler<TakeOver> for C2sSession {
         }
         self.moved = true;
         self.closed = true;
-        ctx.stop();
+        if let Some(t) = self.resume_timer.take() {
+            ctx.cancel_future(t);
+        }
+        // Out of the router now, so new stanzas follow the session; the
+        // ones already queued here are forwarded (see `forward`).
+        self.ctx.router.unbind(&self.jid, self.id);
+        if let Some(id) = self.sm.as_ref().and_then(|s| s.id.clone()) {
+            self.ctx.sm_sessions.remove(&id);
+        }
+        self.presence.do_send(crate::presence::Moved {
+            from: self.jid.clone(),
+            session_id: self.id,
+        });
+        {
+            let _g = self.span.enter();
+            tracing::info!("session handed over to another node");
+        }
+        ctx.run_later(FORWARD_GRACE, |_, ctx| ctx.stop());
         Some(state)
     }
 }

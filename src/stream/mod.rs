@@ -74,54 +74,22 @@ pub struct Bound {
 enum Step {
     StartTls,
     Bound(jid::FullJid, String),
-    Resume(ResumeTarget, jid::FullJid, u32, String),
-}
-
-/// Find the session `previd` of `user`: here, or on another node per the
-/// replicated session table.
-pub fn find_resumable(
-    ctx: &ServerCtx,
-    previd: &str,
-    user: &str,
-) -> Option<(ResumeTarget, jid::FullJid)> {
-    if previd.is_empty() {
-        return None;
-    }
-    if let Some((addr, jid)) = ctx.sm_sessions.get(previd, user) {
-        return Some((ResumeTarget::Local(addr), jid));
-    }
-    let bare = format!("{user}@{}", ctx.config.domain);
-    let r = ctx
-        .state
-        .sessions_of(&bare)
-        .into_iter()
-        .find(|r| r.sm_id.as_deref() == Some(previd) && r.node != ctx.node_id())?;
-    let jid = jid::FullJid::new(&r.jid).ok()?;
-    Some((
-        ResumeTarget::Remote {
-            node: r.node,
-            previd: previd.to_string(),
-        },
-        jid,
-    ))
-}
-
-/// Where the session to resume lives.
-pub enum ResumeTarget {
-    Local(actix::Addr<crate::c2s::session::C2sSession>),
-    /// On another node (found in the replicated session table).
-    Remote {
-        node: u64,
-        previd: String,
-    },
+    Resume(
+        actix::Addr<crate::c2s::session::C2sSession>,
+        String,
+        u32,
+        String,
+    ),
 }
 
 /// A stream resuming a detached session (XEP-0198 §5).
 pub struct Resuming {
     pub stream: Stream,
     pub previd: String,
-    pub session: ResumeTarget,
-    pub jid: jid::FullJid,
+    /// The session, found here or fetched from another node.
+    pub session: actix::Addr<crate::c2s::session::C2sSession>,
+    /// The authenticated user (localpart).
+    pub user: String,
     pub h: u32,
 }
 
@@ -233,12 +201,12 @@ pub async fn negotiate(
                     bind_iq_id,
                 }))
             }
-            Ok(Step::Resume(session, jid, h, previd)) => {
+            Ok(Step::Resume(session, user, h, previd)) => {
                 return Some(Negotiated::Resume(Resuming {
                     stream,
                     previd,
                     session,
-                    jid,
+                    user,
                     h,
                 }))
             }
@@ -295,10 +263,21 @@ async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
                     let user = s.authenticated.clone().unwrap_or_default();
                     let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
                     let previd = el.attr("previd").unwrap_or_default().to_string();
-                    let found = find_resumable(ctx, &previd, &user);
+                    if h.is_some() && ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
+                        // This node is going away: resume somewhere else.
+                        return Err(StreamError::with_text(
+                            StreamCondition::SystemShutdown,
+                            "node draining; resume elsewhere",
+                        )
+                        .into());
+                    }
+                    let found = match h {
+                        Some(_) => crate::c2s::listener::locate_session(ctx, &previd, &user).await,
+                        None => None,
+                    };
                     match (found, h) {
-                        (Some((target, jid)), Some(h)) => {
-                            return Ok(Step::Resume(target, jid, h, previd))
+                        (Some(session), Some(h)) => {
+                            return Ok(Step::Resume(session, user, h, previd))
                         }
                         (_, h) => {
                             let mut f = Element::new("failed", crate::c2s::stream_management::NS)

@@ -872,3 +872,18 @@ pub async fn wait_members(s: &Server, secret: &str, n: usize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The Python with slixmpp: `.venv` (made by `.ci/run` from
+/// tests/interop/requirements.txt), or STARLING_PYTHON.
+#[allow(dead_code)]
+pub fn python() -> String {
+    if let Ok(p) = std::env::var("STARLING_PYTHON") {
+        return p;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    assert!(
+        std::path::Path::new(venv).exists(),
+        "no Python venv with slixmpp at {venv}: run `bash .ci/run` (or python3 -m venv .venv && .venv/bin/pip install -r tests/interop/requirements.txt)"
+    );
+    venv.to_string()
+}
