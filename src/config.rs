@@ -39,6 +39,62 @@ pub struct Config {
     pub log: LogConfig,
     pub cluster: ClusterSection,
     pub http: HttpSection,
+    pub s2s: S2sSection,
+    pub component: ComponentSection,
+}
+
+/// Federation with other XMPP servers (RFC 6120 server-to-server).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sSection {
+    /// Inbound listener, "host:port"; empty turns federation off.
+    pub listen: String,
+    /// Verify remote servers' certificates (outbound TLS). Turn off only
+    /// for test setups with self-signed certificates: dialback still
+    /// authenticates the peer's domain, but not who answers at its address.
+    pub verify_certificates: bool,
+    /// Domain -> "host:port", tried before DNS (private federations, tests).
+    /// As an environment variable: "domain=host:port,domain2=host:port".
+    pub static_routes: std::collections::BTreeMap<String, String>,
+    /// Seconds an outbound link may take to connect and authenticate.
+    pub connect_timeout_secs: u64,
+    /// Seconds without traffic after which a link closes.
+    pub idle_timeout_secs: u64,
+    /// Stanzas waiting per remote domain while its link is set up.
+    pub queue: usize,
+}
+
+impl Default for S2sSection {
+    fn default() -> Self {
+        S2sSection {
+            listen: "0.0.0.0:5269".into(),
+            verify_certificates: true,
+            static_routes: Default::default(),
+            connect_timeout_secs: 10,
+            idle_timeout_secs: 600,
+            queue: 1000,
+        }
+    }
+}
+
+/// External components (XEP-0114): gateways and services on subdomains.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComponentSection {
+    /// Listener, "host:port"; empty turns components off.
+    pub listen: String,
+    /// Component domain -> shared secret. As an environment variable:
+    /// "domain=secret,domain2=secret".
+    pub secrets: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for ComponentSection {
+    fn default() -> Self {
+        ComponentSection {
+            listen: "127.0.0.1:5347".into(),
+            secrets: Default::default(),
+        }
+    }
 }
 
 /// HTTP for health checks (and later websocket, metrics, admin).
@@ -178,6 +234,8 @@ impl Default for Config {
             log: LogConfig::default(),
             cluster: ClusterSection::default(),
             http: HttpSection::default(),
+            s2s: S2sSection::default(),
+            component: ComponentSection::default(),
         }
     }
 }
@@ -223,7 +281,7 @@ impl Default for LogConfig {
 }
 
 /// Sections that `STARLING_<SECTION>_<KEY>` can address.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 9] = [
     "c2s",
     "tls",
     "registration",
@@ -231,6 +289,8 @@ const SECTIONS: [&str; 7] = [
     "log",
     "cluster",
     "http",
+    "s2s",
+    "component",
 ];
 
 impl Config {
@@ -302,6 +362,20 @@ impl Config {
                         })
                     }
                 },
+                // Maps: "key=value,key2=value2".
+                Some(toml::Value::Table(_)) => {
+                    let mut t = toml::Table::new();
+                    for pair in value.split(',').filter(|p| !p.trim().is_empty()) {
+                        let Some((k, v)) = pair.split_once('=') else {
+                            return Err(ConfigError::BadValue {
+                                key: var,
+                                message: format!("expected key=value pairs, got {pair:?}"),
+                            });
+                        };
+                        t.insert(k.trim().to_string(), toml::Value::String(v.trim().into()));
+                    }
+                    toml::Value::Table(t)
+                }
                 _ => toml::Value::String(value),
             };
             let target = match section {
@@ -339,6 +413,49 @@ impl Config {
         parse_addr("cluster.listen", &self.cluster.listen)?;
         if !self.http.listen.is_empty() {
             parse_addr("http.listen", &self.http.listen)?;
+        }
+        if !self.s2s.listen.is_empty() {
+            parse_addr("s2s.listen", &self.s2s.listen)?;
+        }
+        if !self.component.listen.is_empty() {
+            parse_addr("component.listen", &self.component.listen)?;
+        }
+        for (domain, target) in &self.s2s.static_routes {
+            if crate::s2s::resolve::parse_target(target).is_none() {
+                return Err(ConfigError::BadValue {
+                    key: format!("s2s.static_routes.{domain}"),
+                    message: format!("expected host:port, got {target:?}"),
+                });
+            }
+        }
+        for (domain, secret) in &self.component.secrets {
+            if jid::BareJid::new(domain)
+                .map(|j| j.node().is_some())
+                .unwrap_or(true)
+            {
+                return Err(ConfigError::BadValue {
+                    key: format!("component.secrets.{domain}"),
+                    message: "not a valid component domain".into(),
+                });
+            }
+            if secret.len() < 8 {
+                return Err(ConfigError::BadValue {
+                    key: format!("component.secrets.{domain}"),
+                    message: "the secret must have at least 8 characters".into(),
+                });
+            }
+        }
+        for (key, v) in [
+            ("s2s.connect_timeout_secs", self.s2s.connect_timeout_secs),
+            ("s2s.idle_timeout_secs", self.s2s.idle_timeout_secs),
+            ("s2s.queue", self.s2s.queue as u64),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::BadValue {
+                    key: key.into(),
+                    message: "must be greater than 0".into(),
+                });
+            }
         }
         if self.cluster.node_id == 0 {
             return Err(ConfigError::BadValue {
@@ -408,6 +525,17 @@ impl Config {
             return None;
         }
         Some(parse_addr("http.listen", &self.http.listen).expect("validated at load"))
+    }
+
+    pub fn s2s_listen(&self) -> Option<SocketAddr> {
+        (!self.s2s.listen.is_empty())
+            .then(|| parse_addr("s2s.listen", &self.s2s.listen).expect("validated at load"))
+    }
+
+    pub fn component_listen(&self) -> Option<SocketAddr> {
+        (!self.component.listen.is_empty()).then(|| {
+            parse_addr("component.listen", &self.component.listen).expect("validated at load")
+        })
     }
 
     pub fn cluster_listen(&self) -> SocketAddr {

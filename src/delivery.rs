@@ -151,7 +151,9 @@ fn iq(ctx: &ServerCtx, sender: &Sender, iq: Element, to: Option<Jid>) -> Outcome
         ));
     }
     if !is_local(ctx, &to) {
-        return Outcome::reply(bounce(&iq, StanzaCondition::RemoteServerNotFound));
+        // A remote server or a component.
+        crate::s2s::send(ctx, iq);
+        return Outcome::default();
     }
     let user = from.node().map(|n| n.as_str()).unwrap_or_default();
     if kind.is_some() && blocking::blocks(ctx, user, to.as_str()) {
@@ -179,7 +181,8 @@ fn iq(ctx: &ServerCtx, sender: &Sender, iq: Element, to: Option<Jid>) -> Outcome
 pub fn message(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
     let mtype = msg.attr("type").unwrap_or("normal").to_string();
     if !is_local(ctx, &to) {
-        return bounce(&msg, StanzaCondition::RemoteServerNotFound);
+        crate::s2s::send(ctx, msg);
+        return None;
     }
     let Some(node) = to.node() else {
         // Messages to the server itself: nothing answers them.

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod c2s;
 pub mod clock;
+pub mod component;
 pub mod config;
 pub mod delivery;
 pub mod drain;
@@ -14,6 +15,7 @@ pub mod presence;
 pub mod replication;
 pub mod route;
 pub mod router;
+pub mod s2s;
 pub mod sasl;
 pub mod server;
 pub mod stanza_error;

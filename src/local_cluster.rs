@@ -70,6 +70,14 @@ pub fn up(nodes: u8, dir: &Path, offset: u16) -> ExitCode {
                 "STARLING_HTTP_LISTEN",
                 format!("{ip}:{}", port(5280, offset)),
             )
+            .env(
+                "STARLING_S2S_LISTEN",
+                format!("{ip}:{}", port(5269, offset)),
+            )
+            .env(
+                "STARLING_COMPONENT_LISTEN",
+                format!("{ip}:{}", port(5347, offset)),
+            )
             .env("STARLING_CLUSTER_NODE_ID", i.to_string())
             .env("STARLING_CLUSTER_SECRET", &secret)
             .env(

@@ -221,6 +221,12 @@ impl UserPresence {
                 continue;
             };
             if contact.domain().as_str() != self.ctx.config.domain {
+                // RFC 6121 §4.3.1: the contact's server answers the probe.
+                let probe = Element::new("presence", ns::CLIENT)
+                    .with_attr("type", "probe")
+                    .with_attr("from", self.bare.to_string())
+                    .with_attr("to", contact.to_string());
+                crate::s2s::send(&self.ctx, probe);
                 continue;
             }
             if let Some(addr) = self.ctx.presence.get(&contact) {
@@ -482,6 +488,8 @@ impl Handler<SendUnavailable> for UserPresence {
 /// recipient blocked the sender (XEP-0191) or does not exist.
 pub fn deliver_presence(ctx: &ServerCtx, stanza: Element, to: &Jid) {
     if to.domain().as_str() != ctx.config.domain {
+        // A contact on a remote server, or a component.
+        crate::s2s::send(ctx, stanza);
         return;
     }
     let Some(node) = to.node() else { return };
@@ -497,10 +505,9 @@ pub fn deliver_presence(ctx: &ServerCtx, stanza: Element, to: &Jid) {
             }
         }
         Err(bare) => {
-            for t in crate::route::resources(ctx, bare)
-                .into_iter()
-                .filter(|t| t.available)
-            {
+            let targets = crate::route::resources(ctx, bare);
+            tracing::trace!(to = %bare, targets = ?targets.iter().map(|t| (t.jid.clone(), t.node, t.available)).collect::<Vec<_>>(), "presence to bare JID");
+            for t in targets.into_iter().filter(|t| t.available) {
                 crate::route::send(ctx, &t, stanza.clone(), None);
             }
         }
@@ -540,7 +547,15 @@ pub fn from_client(
     match ptype.as_str() {
         "available" | "unavailable" | "error" => {
             if to.domain().as_str() != ctx.config.domain {
-                return bounce(&stanza, StanzaCondition::RemoteServerNotFound);
+                if ptype != "error" {
+                    let _ = actor.try_send(Directed {
+                        resource: from.resource().as_str().to_string(),
+                        to: to.to_string(),
+                        available: ptype == "available",
+                    });
+                }
+                crate::s2s::send(ctx, stanza);
+                return None;
             }
             if let Some(node) = to.node() {
                 if crate::modules::blocking::blocks(
@@ -592,9 +607,6 @@ fn subscription_outbound(
             .reply_to(&stanza),
         );
     }
-    if contact.domain().as_str() != ctx.config.domain {
-        return bounce(&stanza, StanzaCondition::RemoteServerNotFound);
-    }
     let (old, mut item) = current_item(ctx, &user, contact.as_str());
     let t = subscription::outbound(item.sub, item.approved, kind);
     item.sub = t.sub;
@@ -613,7 +625,12 @@ fn subscription_outbound(
     // §3.1.2: subscription stanzas travel between bare JIDs.
     stanza.set_attr("from", user_bare.to_string());
     stanza.set_attr("to", contact.to_string());
-    subscription_inbound(ctx, stanza, kind, &user_bare, &contact);
+    if contact.domain().as_str() == ctx.config.domain {
+        subscription_inbound(ctx, stanza, kind, &user_bare, &contact);
+    } else {
+        // RFC 6121 §3.1.2: the contact's server applies A.3 there.
+        crate::s2s::send(ctx, stanza);
+    }
     match kind {
         // §3.1.5: after approving, the contact gets the user's current presence.
         SubKind::Subscribed => {
@@ -652,6 +669,11 @@ pub fn subscription_inbound(
     sender: &BareJid,
     contact: &BareJid,
 ) {
+    if contact.domain().as_str() != ctx.config.domain {
+        // An answer made here for a remote user: their server applies it.
+        crate::s2s::send(ctx, stanza);
+        return;
+    }
     let Some(contact_user) = contact.node().map(|n| n.as_str().to_string()) else {
         return;
     };

@@ -87,6 +87,11 @@ pub enum Relay {
         token: u64,
         ok: bool,
     },
+    /// A stanza for the external component `domain`, connected here.
+    Component {
+        domain: String,
+        xml: String,
+    },
 }
 
 /// A stream-management session's state, moving between nodes.
@@ -344,6 +349,17 @@ pub async fn serve_relays(
                     }
                     (None, Some(s)) => install_here(&ctx, s, from),
                     (None, None) => {}
+                }
+            }
+            Relay::Component { domain, xml } => {
+                if let Ok(el) = crate::xml::parse_fragment(&xml) {
+                    if !crate::component::deliver_here(&ctx, &el, &domain) {
+                        crate::s2s::bounce_local(
+                            &ctx,
+                            &el,
+                            crate::stanza_error::StanzaCondition::ServiceUnavailable,
+                        );
+                    }
                 }
             }
             Relay::Probe {

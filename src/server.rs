@@ -30,6 +30,12 @@ pub struct ServerCtx {
     pub router: Router,
     pub modules: Modules,
     pub tls: TlsAcceptor,
+    /// Federation: outbound links, dialback secret, resolver.
+    pub s2s: crate::s2s::S2s,
+    /// External components connected to this node (XEP-0114).
+    pub components: crate::component::Registry,
+    /// This context itself, for code that holds only a reference.
+    pub me: std::sync::OnceLock<std::sync::Weak<ServerCtx>>,
     pub throttle: AuthThrottle,
     pub presence: crate::presence::PresenceRegistry,
     /// Stream-management sessions that can be resumed (XEP-0198).
@@ -81,6 +87,11 @@ impl Drop for ConnGuard {
 }
 
 impl ServerCtx {
+    /// An owning handle on this context (alive as long as the server runs).
+    pub fn arc(&self) -> Option<Arc<ServerCtx>> {
+        self.me.get().and_then(|w| w.upgrade())
+    }
+
     pub fn node_id(&self) -> u64 {
         self.config.cluster.node_id
     }
@@ -163,6 +174,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .http_listen()
         .map(|a| bind("http.listen", a))
         .transpose()?;
+    let s2s = config
+        .s2s_listen()
+        .map(|a| bind("s2s.listen", a))
+        .transpose()?;
+    let component = config
+        .component_listen()
+        .map(|a| bind("component.listen", a))
+        .transpose()?;
     let state = Arc::new(State::open(&config.data_dir)?);
     let displaced_hook = Arc::new(std::sync::OnceLock::new());
     let (replicator, raft_thread) = start_cluster(&config, state.clone(), displaced_hook.clone())?;
@@ -188,7 +207,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
         replicator,
         router: Router::default(),
         modules: Modules::standard(),
-        tls: TlsAcceptor::from(tls),
+        tls: TlsAcceptor::from(tls.clone()),
+        s2s: crate::s2s::S2s::new(
+            &tls,
+            &cluster_secret(&config)?,
+            config.s2s.verify_certificates,
+        ),
+        components: Default::default(),
+        me: std::sync::OnceLock::new(),
         throttle: AuthThrottle::default(),
         presence: Default::default(),
         sm_sessions: Default::default(),
@@ -205,6 +231,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         conns: Arc::new(AtomicUsize::new(0)),
         config,
     });
+    let _ = ctx.me.set(Arc::downgrade(&ctx));
     // A bind on another node displaced one of ours: close it (<conflict/>).
     let weak = Arc::downgrade(&ctx);
     let _ = displaced_hook.set(Box::new(move |old: crate::state::SessionRecord| {
@@ -258,8 +285,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
     tracing::info!(domain = %ctx.config.domain, c2s = ?c2s_addr, direct_tls = ?direct_addr, workers, "starling is up");
     // One machine-readable line on stdout: tests and scripts read the bound ports here.
     let cluster = ctx.replicator.cluster();
+    let s2s_addr = s2s.as_ref().and_then(|l| l.local_addr().ok());
+    let component_addr = component.as_ref().and_then(|l| l.local_addr().ok());
+    let shown = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
     println!(
-        "starling ready domain={} c2s={} c2s_tls={} cluster={} node={} http={}",
+        "starling ready domain={} c2s={} c2s_tls={} cluster={} node={} http={} s2s={} component={}",
         ctx.config.domain,
         c2s_addr.map(|a| a.to_string()).unwrap_or_default(),
         direct_addr
@@ -271,6 +301,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .and_then(|h| h.local_addr().ok())
             .map(|a| a.to_string())
             .unwrap_or_else(|| "off".into()),
+        shown(s2s_addr),
+        shown(component_addr),
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -289,6 +321,22 @@ pub fn run(config: Config) -> Result<(), StartError> {
             let handles = handles.clone();
             tasks.push(actix_rt::spawn(accept_loop(
                 ctx, listener, direct_tls, handles,
+            )));
+        }
+        if let Some(l) = s2s {
+            tasks.push(actix_rt::spawn(serve_listener(
+                ctx.clone(),
+                l,
+                handles.clone(),
+                crate::s2s::inbound::handle,
+            )));
+        }
+        if let Some(l) = component {
+            tasks.push(actix_rt::spawn(serve_listener(
+                ctx.clone(),
+                l,
+                handles.clone(),
+                crate::component::handle,
             )));
         }
         tasks.push(actix_rt::spawn(crate::admin::serve(ctx.clone(), admin)));
@@ -478,5 +526,47 @@ async fn accept_loop(
                 handle_connection(ctx, tcp, peer, direct_tls, guard).await;
             }
         });
+    }
+}
+
+/// Accept on `listener` and run `handle` for each connection on the worker
+/// arbiters in turn (server-to-server and component streams).
+async fn serve_listener<F, Fut>(
+    ctx: Arc<ServerCtx>,
+    listener: std::net::TcpListener,
+    arbiters: Vec<actix_rt::ArbiterHandle>,
+    handle: F,
+) where
+    F: Fn(Arc<ServerCtx>, tokio::net::TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "listener failed");
+            return;
+        }
+    };
+    let mut next = 0usize;
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(std_tcp) = tcp.into_std() else {
+            continue;
+        };
+        let ctx = ctx.clone();
+        let handle = handle.clone();
+        arbiters[next % arbiters.len()].spawn(async move {
+            if let Ok(tcp) = tokio::net::TcpStream::from_std(std_tcp) {
+                handle(ctx, tcp, peer).await;
+            }
+        });
+        next = next.wrapping_add(1);
     }
 }

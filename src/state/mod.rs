@@ -101,9 +101,21 @@ pub enum Command {
         node: u64,
         sid: u64,
     },
-    /// A node is gone (or restarted): drop all its sessions.
+    /// A node is gone (or restarted): drop all its sessions (and components).
     PurgeNode {
         node: u64,
+    },
+    /// An external component (XEP-0114) for `domain` connected to `node`.
+    ComponentBind {
+        domain: String,
+        node: u64,
+        sid: u64,
+    },
+    /// That component connection ended (only if it is still the one bound).
+    ComponentUnbind {
+        domain: String,
+        node: u64,
+        sid: u64,
     },
 }
 
@@ -147,6 +159,8 @@ pub struct State {
     blocklist: sled::Tree,
     user_data: sled::Tree,
     sessions: sled::Tree,
+    /// Component domain -> (node, sid) of its connection.
+    components: sled::Tree,
 }
 
 /// Keys in `user_data`.
@@ -158,8 +172,9 @@ fn data_key(user: &str, kind: &str, key: &str) -> Vec<u8> {
 type TreeDump = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 
 /// The trees that make up replicated state (and its snapshots).
-const TREES: [&str; 7] = [
+const TREES: [&str; 8] = [
     "sessions",
+    "components",
     "accounts",
     "roster",
     "roster_versions",
@@ -235,6 +250,7 @@ impl State {
             blocklist: db.open_tree("blocklist")?,
             user_data: db.open_tree("user_data")?,
             sessions: db.open_tree("sessions")?,
+            components: db.open_tree("components")?,
             db,
         })
     }
@@ -359,6 +375,22 @@ impl State {
             }
             Command::PurgeNode { node } => {
                 applied.purged = sessions::purge_node(&self.sessions, *node)?;
+                for kv in self.components.iter() {
+                    let (k, v) = kv?;
+                    let (n, _): (u64, u64) = serde_json::from_slice(&v)?;
+                    if n == *node {
+                        self.components.remove(k)?;
+                    }
+                }
+            }
+            Command::ComponentBind { domain, node, sid } => {
+                self.components
+                    .insert(domain.as_bytes(), serde_json::to_vec(&(node, sid))?)?;
+            }
+            Command::ComponentUnbind { domain, node, sid } => {
+                if self.component(domain) == Some((*node, *sid)) {
+                    self.components.remove(domain.as_bytes())?;
+                }
             }
             Command::SetLastActivity {
                 username,
@@ -375,6 +407,12 @@ impl State {
 
     pub fn session(&self, full: &str) -> Option<SessionRecord> {
         sessions::get(&self.sessions, full).ok().flatten()
+    }
+
+    /// The node and connection serving component `domain`, if one is connected.
+    pub fn component(&self, domain: &str) -> Option<(u64, u64)> {
+        let v = self.components.get(domain.as_bytes()).ok()??;
+        serde_json::from_slice(&v).ok()
     }
 
     pub fn all_sessions(&self) -> Vec<SessionRecord> {

@@ -11,6 +11,8 @@ pub use parser::{ParseError, StreamEvent, StreamHeader, XmlLimits, XmlStream};
 pub mod ns {
     pub const STREAM: &str = "http://etherx.jabber.org/streams";
     pub const CLIENT: &str = "jabber:client";
+    pub const SERVER: &str = "jabber:server";
+    pub const COMPONENT: &str = "jabber:component:accept";
     pub const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
     pub const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
     pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";

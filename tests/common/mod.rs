@@ -35,6 +35,10 @@ pub struct Server {
     pub mesh: SocketAddr,
     /// The HTTP (health) address.
     pub http: SocketAddr,
+    /// Server-to-server listener (federation), if on.
+    pub s2s: Option<SocketAddr>,
+    /// External component listener (XEP-0114), if on.
+    pub component: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     stderr_log: std::path::PathBuf,
 }
@@ -61,6 +65,8 @@ impl Server {
             .env("STARLING_C2S_DIRECT_TLS_LISTEN", "127.0.0.1:0")
             .env("STARLING_CLUSTER_LISTEN", "127.0.0.1:0")
             .env("STARLING_HTTP_LISTEN", "127.0.0.1:0")
+            .env("STARLING_S2S_LISTEN", "127.0.0.1:0")
+            .env("STARLING_COMPONENT_LISTEN", "127.0.0.1:0")
             .env("STARLING_LOG_LEVEL", "debug")
             .stdout(Stdio::piped())
             .stderr(
@@ -108,12 +114,16 @@ impl Server {
         let http = field("http")
             .and_then(|a| a.parse().ok())
             .expect("http address on ready line");
+        let s2s = field("s2s").and_then(|a| a.parse().ok());
+        let component = field("component").and_then(|a| a.parse().ok());
         Server {
             child: Some(child),
             c2s,
             c2s_tls,
             mesh,
             http,
+            s2s,
+            component,
             dir,
             stderr_log,
         }

@@ -1,0 +1,289 @@
+//! Inbound server-to-server streams (RFC 6120 §4, §5; XEP-0220): offer
+//! STARTTLS and dialback, verify the remote's dialback key by asking its
+//! authoritative server, answer verification requests for keys any node of
+//! this cluster issued, and deliver stanzas only from domains this stream
+//! authenticated (anything else: `<invalid-from/>`).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use super::{dialback, stream, S2sError};
+use crate::server::ServerCtx;
+use crate::stream::{StreamCondition, StreamError};
+use crate::xml::{ns, Element, StreamEvent};
+
+/// One inbound connection, until it ends.
+pub async fn handle(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: SocketAddr) {
+    let span = tracing::info_span!("s2s_in", %peer, remote = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let conn = stream::Conn::new(Box::new(tcp), &ctx, false);
+        match serve(&ctx, conn).await {
+            Ok(()) => tracing::debug!("inbound stream ended"),
+            Err(e) => tracing::info!(error = %e, "inbound stream ended"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn serve(ctx: &Arc<ServerCtx>, mut conn: stream::Conn) -> Result<(), S2sError> {
+    let ours = ctx.config.domain.clone();
+    // Domains this stream has authenticated with dialback.
+    let mut authenticated: HashSet<String> = HashSet::new();
+    let auth_deadline =
+        tokio::time::Instant::now() + Duration::from_secs(ctx.config.limits.auth_timeout_secs);
+    let mut id;
+    'stream: loop {
+        let header = match tokio::time::timeout_at(auth_deadline, conn.header()).await {
+            Ok(h) => h?,
+            Err(_) => return Err(S2sError::Timeout),
+        };
+        id = crate::stream::header::new_stream_id();
+        let to = header.attr("to").map(str::to_string);
+        conn.send(&stream::response_header(&ours, header.attr("from"), &id))
+            .await?;
+        if header.default_ns.as_deref() != Some(ns::SERVER) {
+            return fail(
+                &mut conn,
+                StreamCondition::InvalidNamespace,
+                "expected jabber:server",
+            )
+            .await;
+        }
+        if let Some(to) = &to {
+            if !super::is_local_domain(ctx, to) {
+                return fail(&mut conn, StreamCondition::HostUnknown, "not served here").await;
+            }
+        }
+        let mut features = Element::new("features", ns::STREAM);
+        if !conn.tls {
+            features.push_child(Element::new("starttls", ns::TLS));
+        }
+        features.push_child(
+            Element::new("dialback", dialback::FEATURE_NS)
+                .with_child(Element::new("errors", dialback::FEATURE_NS)),
+        );
+        conn.send(&features.to_xml(ns::SERVER)).await?;
+        loop {
+            let ev = if authenticated.is_empty() {
+                match tokio::time::timeout_at(auth_deadline, conn.next()).await {
+                    Ok(ev) => ev?,
+                    Err(_) => return Err(S2sError::Timeout),
+                }
+            } else {
+                conn.next().await?
+            };
+            let el = match ev {
+                StreamEvent::Stanza(el) => el,
+                StreamEvent::Keepalive => continue,
+                StreamEvent::End => {
+                    let _ = conn.send("</stream:stream>").await;
+                    return Ok(());
+                }
+                StreamEvent::Header(_) => {
+                    return fail(
+                        &mut conn,
+                        StreamCondition::NotWellFormed,
+                        "unexpected header",
+                    )
+                    .await
+                }
+            };
+            if el.is("starttls", ns::TLS) && !conn.tls {
+                conn.send(&format!("<proceed xmlns='{}'/>", ns::TLS))
+                    .await?;
+                let io = conn.into_io();
+                let tls = ctx
+                    .s2s
+                    .acceptor
+                    .accept(io)
+                    .await
+                    .map_err(|e| S2sError::Tls(e.to_string()))?;
+                conn = stream::Conn::new(Box::new(tls), ctx, true);
+                continue 'stream;
+            }
+            if el.is("result", dialback::NS) {
+                authenticate(ctx, &mut conn, &el, &id, &mut authenticated).await?;
+                continue;
+            }
+            if el.is("verify", dialback::NS) {
+                answer_verify(ctx, &mut conn, &el).await?;
+                continue;
+            }
+            if el.is("error", ns::STREAM) {
+                return Ok(());
+            }
+            if el.ns != ns::SERVER || !matches!(el.name.as_str(), "message" | "presence" | "iq") {
+                return fail(
+                    &mut conn,
+                    StreamCondition::UnsupportedStanzaType,
+                    "not a stanza",
+                )
+                .await;
+            }
+            // RFC 6120 §4.9.3.9/§13.7.1.3: the sender must be a domain this
+            // stream authenticated, the recipient one we serve.
+            let from_domain = el
+                .attr("from")
+                .and_then(|f| jid::Jid::new(f).ok())
+                .map(|j| j.domain().as_str().to_ascii_lowercase());
+            let Some(from_domain) = from_domain.filter(|d| authenticated.contains(d)) else {
+                return fail(
+                    &mut conn,
+                    StreamCondition::InvalidFrom,
+                    "sender's domain not authenticated on this stream",
+                )
+                .await;
+            };
+            let to_local = el
+                .attr("to")
+                .and_then(|t| jid::Jid::new(t).ok())
+                .is_some_and(|j| super::is_local_domain(ctx, j.domain().as_str()));
+            if !to_local {
+                return fail(
+                    &mut conn,
+                    StreamCondition::HostUnknown,
+                    "recipient not served here",
+                )
+                .await;
+            }
+            let mut el = el;
+            super::retag(&mut el, ns::SERVER, ns::CLIENT);
+            tracing::trace!(from = %from_domain, stanza = %el.to_xml(ns::CLIENT), "inbound stanza");
+            super::deliver_local(ctx, el);
+        }
+    }
+}
+
+/// XEP-0220 §2.2: the remote claims `from` with a key; ask that domain's
+/// authoritative server whether it issued the key for this stream.
+async fn authenticate(
+    ctx: &Arc<ServerCtx>,
+    conn: &mut stream::Conn,
+    el: &Element,
+    stream_id: &str,
+    authenticated: &mut HashSet<String>,
+) -> Result<(), S2sError> {
+    let ours = &ctx.config.domain;
+    let Some(from) = el
+        .attr("from")
+        .and_then(|f| jid::BareJid::new(f).ok())
+        .filter(|j| j.node().is_none())
+        .map(|j| j.domain().as_str().to_ascii_lowercase())
+    else {
+        return fail(
+            conn,
+            StreamCondition::InvalidFrom,
+            "dialback needs a domain in 'from'",
+        )
+        .await;
+    };
+    if !el
+        .attr("to")
+        .is_some_and(|t| super::is_local_domain(ctx, t))
+    {
+        let reply = format!(
+            "<db:result from='{ours}' to='{from}' type='error'><error type='cancel'><item-not-found xmlns='{}'/></error></db:result>",
+            ns::STANZA_ERRORS
+        );
+        return conn.send(&reply).await;
+    }
+    if super::is_local_domain(ctx, &from) {
+        return fail(conn, StreamCondition::InvalidFrom, "that is our own domain").await;
+    }
+    let key = el.text();
+    let valid = verify_with(ctx, &from, stream_id, &key).await;
+    tracing::info!(remote = %from, valid, "dialback");
+    let verdict = if valid { "valid" } else { "invalid" };
+    conn.send(&format!(
+        "<db:result from='{ours}' to='{from}' type='{verdict}'/>"
+    ))
+    .await?;
+    if valid {
+        tracing::Span::current().record("remote", tracing::field::display(&from));
+        authenticated.insert(from);
+        Ok(())
+    } else {
+        // XEP-0220 §2.4: an invalid key ends the stream.
+        fail(
+            conn,
+            StreamCondition::NotAuthorized,
+            "dialback key not valid",
+        )
+        .await
+    }
+}
+
+/// Ask `remote`'s authoritative server (a new stream to it) to verify
+/// `key` for our stream `stream_id` (XEP-0220 §2.3).
+async fn verify_with(ctx: &Arc<ServerCtx>, remote: &str, stream_id: &str, key: &str) -> bool {
+    let ours = ctx.config.domain.clone();
+    let attempt = async {
+        let (mut conn, _, _) = stream::open(ctx, remote).await?;
+        conn.send(&format!(
+            "<db:verify from='{ours}' to='{remote}' id='{stream_id}'>{}</db:verify>",
+            crate::xml::element::escape(key)
+        ))
+        .await?;
+        loop {
+            let el = conn.element().await?;
+            if el.is("verify", dialback::NS) && el.attr("id") == Some(stream_id) {
+                let _ = conn.send("</stream:stream>").await;
+                return Ok::<bool, S2sError>(el.attr("type") == Some("valid"));
+            }
+        }
+    };
+    let wait = Duration::from_secs(ctx.config.s2s.connect_timeout_secs);
+    match tokio::time::timeout(wait, attempt).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::info!(remote, error = %e, "cannot verify a dialback key");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// XEP-0220 §2.3: we are the authoritative server; was this key ours?
+/// Any node can answer: the key derives from the cluster-wide secret.
+async fn answer_verify(
+    ctx: &Arc<ServerCtx>,
+    conn: &mut stream::Conn,
+    el: &Element,
+) -> Result<(), S2sError> {
+    let ours = &ctx.config.domain;
+    let from = el.attr("from").unwrap_or_default();
+    let id = el.attr("id").unwrap_or_default();
+    let for_us = el
+        .attr("to")
+        .is_some_and(|t| super::is_local_domain(ctx, t));
+    let valid = for_us
+        && jid::BareJid::new(from).is_ok()
+        && ctx.s2s.secret.verify(from, ours, id, &el.text());
+    tracing::info!(remote = %from, valid, "dialback verification asked");
+    conn.send(&format!(
+        "<db:verify from='{ours}' to='{}' id='{}' type='{}'/>",
+        crate::xml::element::escape(from),
+        crate::xml::element::escape(id),
+        if valid { "valid" } else { "invalid" }
+    ))
+    .await
+}
+
+async fn fail(
+    conn: &mut stream::Conn,
+    condition: StreamCondition,
+    text: &str,
+) -> Result<(), S2sError> {
+    let err = StreamError::with_text(condition, text);
+    let _ = conn
+        .send(&format!("{}</stream:stream>", err.to_xml()))
+        .await;
+    Err(S2sError::Protocol(format!("sent stream error: {text}")))
+}

@@ -1,0 +1,257 @@
+//! Federation (RFC 6120 server-to-server): the cluster is one domain to
+//! the rest of the XMPP network. Any node accepts inbound links and opens
+//! its own outbound links; a stanza that arrives on node 2 for a user on
+//! node 3 crosses the mesh like any other (route.rs).
+
+pub mod dialback;
+pub mod inbound;
+pub mod outbound;
+pub mod resolve;
+pub mod stream;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use actix::Addr;
+use jid::{BareJid, Jid};
+
+use crate::server::ServerCtx;
+use crate::stanza_error::{StanzaCondition, StanzaError};
+use crate::xml::{ns, Element};
+
+pub use outbound::OutboundLink;
+
+/// What can go wrong on a server-to-server stream.
+#[derive(Debug, thiserror::Error)]
+pub enum S2sError {
+    #[error("no address found for {0}")]
+    NotFound(String),
+    #[error("timed out")]
+    Timeout,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("xml: {0}")]
+    Xml(#[from] crate::xml::ParseError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("remote stream error: {0}")]
+    Remote(String),
+    #[error("dialback refused by {0}")]
+    Refused(String),
+}
+
+impl S2sError {
+    /// The stanza error a sender gets for stanzas that could not go out.
+    pub fn condition(&self) -> StanzaCondition {
+        match self {
+            S2sError::Timeout => StanzaCondition::RemoteServerTimeout,
+            _ => StanzaCondition::RemoteServerNotFound,
+        }
+    }
+}
+
+/// Federation state of this node.
+pub struct S2s {
+    /// TLS for inbound server streams (ALPN "xmpp-server", XEP-0368).
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub secret: dialback::Secret,
+    pub resolver: resolve::Resolver,
+    pub tls: tokio_rustls::TlsConnector,
+    /// One outbound link per remote domain.
+    pub links: Mutex<HashMap<String, Addr<OutboundLink>>>,
+}
+
+impl S2s {
+    pub fn new(
+        server_tls: &tokio_rustls::rustls::ServerConfig,
+        cluster_secret: &str,
+        verify_certificates: bool,
+    ) -> S2s {
+        let mut tls = server_tls.clone();
+        tls.alpn_protocols = vec![b"xmpp-server".to_vec()];
+        S2s {
+            acceptor: tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls)),
+            secret: dialback::Secret::from_cluster_secret(cluster_secret),
+            resolver: resolve::Resolver::new(),
+            tls: stream::client_tls(verify_certificates),
+            links: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Whether `domain` is served here (the cluster's domain).
+pub fn is_local_domain(ctx: &ServerCtx, domain: &str) -> bool {
+    domain.eq_ignore_ascii_case(&ctx.config.domain)
+}
+
+/// Send a stanza (from a local entity, `from` stamped) to a remote domain
+/// over this node's outbound link for it, set up on first use.
+pub fn send(ctx: &ServerCtx, stanza: Element) {
+    let Some(domain) = stanza
+        .attr("to")
+        .and_then(|t| Jid::new(t).ok())
+        .map(|j| j.domain().as_str().to_ascii_lowercase())
+    else {
+        return;
+    };
+    if crate::component::is_component(ctx, &domain) {
+        crate::component::route(ctx, stanza, &domain);
+        return;
+    }
+    if ctx.config.s2s.listen.is_empty() {
+        bounce_local(ctx, &stanza, StanzaCondition::RemoteServerNotFound);
+        return;
+    }
+    let mut links = ctx.s2s.links.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(addr) = links.get(&domain).filter(|a| a.connected()) {
+        addr.do_send(outbound::SendStanza(stanza));
+        return;
+    }
+    let Some(arbiter) = ctx.arbiters.get().and_then(|a| a.first().cloned()) else {
+        bounce_local(ctx, &stanza, StanzaCondition::RemoteServerNotFound);
+        return;
+    };
+    let Some(me) = ctx.arc() else {
+        return;
+    };
+    let link = OutboundLink::new(me, domain.clone());
+    let addr = actix::Actor::start_in_arbiter(&arbiter, |_| link);
+    addr.do_send(outbound::SendStanza(stanza));
+    links.insert(domain, addr);
+}
+
+/// Send `stanza` back to a local sender as an error, if it may have one
+/// (RFC 6120 §8.3.1: never an error for an error).
+pub fn bounce_local(ctx: &ServerCtx, stanza: &Element, condition: StanzaCondition) {
+    if let Some(err) = crate::c2s::session::bounce(stanza, condition) {
+        deliver_local(ctx, err);
+    }
+}
+
+/// Deliver a stanza addressed to a local entity from a remote one (its
+/// origin already checked), or an error made here for a local sender.
+pub fn deliver_local(ctx: &ServerCtx, el: Element) {
+    let Some(to) = el.attr("to").and_then(|t| Jid::new(t).ok()) else {
+        return;
+    };
+    let Some(from) = el.attr("from").and_then(|f| Jid::new(f).ok()) else {
+        return;
+    };
+    if !is_local_domain(ctx, to.domain().as_str()) {
+        return;
+    }
+    let recipient = to.node().map(|n| n.as_str().to_string());
+    let blocked = recipient
+        .as_deref()
+        .is_some_and(|r| crate::modules::blocking::blocks(ctx, r, from.as_str()));
+    match el.name.as_str() {
+        "message" => {
+            if blocked {
+                return;
+            }
+            if let Some(err) = crate::delivery::message(ctx, el, to) {
+                reply_remote(ctx, err);
+            }
+        }
+        "presence" => {
+            let ptype = el.attr("type").unwrap_or("available").to_string();
+            if let Some(kind) = crate::modules::subscription::SubKind::parse(&ptype) {
+                crate::presence::subscription_inbound(
+                    ctx,
+                    el,
+                    kind,
+                    &from.to_bare(),
+                    &to.to_bare(),
+                );
+            } else if ptype == "probe" {
+                // RFC 6121 §4.3.2: answered from the user's presence, if
+                // it is online here (see the closing note for other nodes).
+                if let Some(a) = ctx.presence.get(&to.to_bare()) {
+                    a.do_send(crate::presence::SendCurrent {
+                        to: from.to_bare(),
+                        resource: None,
+                        check_subscription: true,
+                    });
+                }
+            } else {
+                crate::presence::deliver_presence(ctx, el, &to);
+            }
+        }
+        "iq" => iq(ctx, el, &to, blocked),
+        _ => {}
+    }
+}
+
+fn iq(ctx: &ServerCtx, el: Element, to: &Jid, blocked: bool) {
+    let request = matches!(el.attr("type"), Some("get") | Some("set"));
+    if let Ok(full) = to.try_as_full() {
+        match crate::route::full(ctx, full).filter(|_| !blocked) {
+            Some(t) => crate::route::send(ctx, &t, el, None),
+            None if request => reply_remote_error(ctx, &el, StanzaCondition::ServiceUnavailable),
+            None => {}
+        }
+        return;
+    }
+    if !request {
+        return;
+    }
+    // XEP-0199: the server answers pings; other requests to the server or
+    // an account from a remote entity are not offered yet.
+    let ping = el.elements().any(|c| c.is("ping", "urn:xmpp:ping"));
+    if ping && to.node().is_none() {
+        let mut r = Element::new("iq", ns::CLIENT).with_attr("type", "result");
+        if let Some(id) = el.attr("id") {
+            r.set_attr("id", id);
+        }
+        r.set_attr("from", to.to_string());
+        if let Some(f) = el.attr("from") {
+            r.set_attr("to", f);
+        }
+        reply_remote(ctx, r);
+    } else {
+        reply_remote_error(ctx, &el, StanzaCondition::ServiceUnavailable);
+    }
+}
+
+fn reply_remote_error(ctx: &ServerCtx, el: &Element, condition: StanzaCondition) {
+    let mut err = StanzaError::new(condition).reply_to(el);
+    if let Some(to) = el.attr("to") {
+        err.set_attr("from", to);
+    }
+    reply_remote(ctx, err);
+}
+
+/// A reply to a remote entity (an error, a result).
+fn reply_remote(ctx: &ServerCtx, el: Element) {
+    let remote = el
+        .attr("to")
+        .and_then(|t| Jid::new(t).ok())
+        .is_some_and(|j| !is_local_domain(ctx, j.domain().as_str()));
+    if remote {
+        send(ctx, el);
+    } else {
+        deliver_local(ctx, el);
+    }
+}
+
+/// A remote bare JID, if `jid` is one.
+pub fn remote_bare(ctx: &ServerCtx, jid: &str) -> Option<BareJid> {
+    BareJid::new(jid)
+        .ok()
+        .filter(|j| !is_local_domain(ctx, j.domain().as_str()))
+}
+
+/// Rewrite stanza namespaces between streams: `jabber:client` inside the
+/// server, `jabber:server` on the wire between servers.
+pub fn retag(el: &mut Element, from_ns: &str, to_ns: &str) {
+    if el.ns == from_ns {
+        el.ns = to_ns.to_string();
+    }
+    for child in el.children.iter_mut() {
+        if let crate::xml::Node::Element(c) = child {
+            retag(c, from_ns, to_ns);
+        }
+    }
+}

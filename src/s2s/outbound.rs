@@ -1,0 +1,238 @@
+//! One outbound link per remote domain per node (RFC 6120 §4, XEP-0220):
+//! an actor that queues stanzas (bounded) while it connects, encrypts and
+//! authenticates with dialback, then writes them in order. If the link
+//! cannot be set up, what waits is bounced with `<remote-server-not-found/>`
+//! or `<remote-server-timeout/>`; an idle link closes.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use super::{dialback, stream, S2sError};
+use crate::server::ServerCtx;
+use crate::stanza_error::StanzaCondition;
+use crate::xml::{ns, Element, StreamEvent};
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendStanza(pub Element);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Established(mpsc::Sender<String>);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Failed(S2sError);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Closed;
+
+pub struct OutboundLink {
+    ctx: Arc<ServerCtx>,
+    remote: String,
+    queue: VecDeque<Element>,
+    writer: Option<mpsc::Sender<String>>,
+    last_activity: Instant,
+    span: tracing::Span,
+}
+
+impl OutboundLink {
+    pub fn new(ctx: Arc<ServerCtx>, remote: String) -> OutboundLink {
+        let span = tracing::info_span!("s2s_out", remote = %remote);
+        OutboundLink {
+            ctx,
+            remote,
+            queue: VecDeque::new(),
+            writer: None,
+            last_activity: Instant::now(),
+            span,
+        }
+    }
+
+    fn write(&mut self, mut el: Element, ctx: &mut Context<Self>) {
+        self.last_activity = Instant::now();
+        super::retag(&mut el, ns::CLIENT, ns::SERVER);
+        let xml = el.to_xml(ns::SERVER);
+        if let Some(w) = &self.writer {
+            if w.try_send(xml).is_err() {
+                let _g = self.span.enter();
+                tracing::warn!("outbound link is not keeping up; closing it");
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl Actor for OutboundLink {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let me = ctx.address();
+        let c = self.ctx.clone();
+        let remote = self.remote.clone();
+        let span = self.span.clone();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                match establish(&c, &remote).await {
+                    Ok(conn) => {
+                        tracing::info!("outbound link ready");
+                        let (tx, rx) = mpsc::channel(c.config.s2s.queue.max(16));
+                        me.do_send(Established(tx));
+                        run(conn, rx).await;
+                        me.do_send(Closed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot reach remote server");
+                        me.do_send(Failed(e));
+                    }
+                }
+            },
+            span,
+        ));
+        let idle = Duration::from_secs(self.ctx.config.s2s.idle_timeout_secs);
+        ctx.run_interval(idle.min(Duration::from_secs(30)), move |act, ctx| {
+            if act.writer.is_some() && act.last_activity.elapsed() >= idle {
+                let _g = act.span.enter();
+                tracing::info!("idle outbound link closes");
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        let mut links = self.ctx.s2s.links.lock().unwrap_or_else(|e| e.into_inner());
+        if links.get(&self.remote).is_some_and(|a| !a.connected()) {
+            links.remove(&self.remote);
+        }
+        drop(links);
+        // Anything still waiting never left: its senders hear so.
+        for el in self.queue.drain(..) {
+            super::bounce_local(&self.ctx, &el, StanzaCondition::RemoteServerNotFound);
+        }
+    }
+}
+
+impl Handler<SendStanza> for OutboundLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendStanza, ctx: &mut Context<Self>) {
+        if self.writer.is_some() {
+            self.write(msg.0, ctx);
+        } else if self.queue.len() >= self.ctx.config.s2s.queue {
+            super::bounce_local(&self.ctx, &msg.0, StanzaCondition::ResourceConstraint);
+        } else {
+            self.queue.push_back(msg.0);
+        }
+    }
+}
+
+impl Handler<Established> for OutboundLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: Established, ctx: &mut Context<Self>) {
+        self.writer = Some(msg.0);
+        let waiting: Vec<Element> = self.queue.drain(..).collect();
+        for el in waiting {
+            self.write(el, ctx);
+        }
+    }
+}
+
+impl Handler<Failed> for OutboundLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: Failed, ctx: &mut Context<Self>) {
+        let condition = msg.0.condition();
+        for el in self.queue.drain(..) {
+            super::bounce_local(&self.ctx, &el, condition);
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<Closed> for OutboundLink {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Closed, ctx: &mut Context<Self>) {
+        self.writer = None;
+        ctx.stop();
+    }
+}
+
+/// Connect and authenticate this domain to `remote` with dialback
+/// (XEP-0220 §2.1): send our key, wait for the remote's verdict, which it
+/// gets by asking our domain's authoritative server (any of our nodes).
+async fn establish(ctx: &Arc<ServerCtx>, remote: &str) -> Result<stream::Conn, S2sError> {
+    let (mut conn, id, features) = stream::open(ctx, remote).await?;
+    if features
+        .get_child("dialback", dialback::FEATURE_NS)
+        .is_none()
+    {
+        tracing::debug!("remote does not advertise dialback; trying it anyway");
+    }
+    let ours = ctx.config.domain.clone();
+    let key = ctx.s2s.secret.key(remote, &ours, &id);
+    conn.send(&format!(
+        "<db:result from='{ours}' to='{remote}'>{key}</db:result>"
+    ))
+    .await?;
+    let wait = Duration::from_secs(ctx.config.s2s.connect_timeout_secs);
+    let verdict = tokio::time::timeout(wait, async {
+        loop {
+            let el = conn.element().await?;
+            if el.is("result", dialback::NS) {
+                return Ok::<Element, S2sError>(el);
+            }
+        }
+    })
+    .await
+    .map_err(|_| S2sError::Timeout)??;
+    match verdict.attr("type") {
+        Some("valid") => Ok(conn),
+        _ => Err(S2sError::Refused(remote.to_string())),
+    }
+}
+
+/// Write queued stanzas until the link is dropped; read (and ignore)
+/// whatever the remote sends on our outbound stream until it closes.
+async fn run(conn: stream::Conn, mut rx: mpsc::Receiver<String>) {
+    let (mut reader, mut writer) = conn.split();
+    let read = async move {
+        loop {
+            match reader.next().await {
+                Ok(StreamEvent::End) | Err(_) => return,
+                Ok(StreamEvent::Stanza(el)) if el.is("error", ns::STREAM) => {
+                    tracing::warn!(error = ?el.elements().next().map(|e| e.name.clone()), "remote closed the link with a stream error");
+                    return;
+                }
+                Ok(_) => {}
+            }
+        }
+    };
+    let write = async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = first;
+            while let Ok(more) = rx.try_recv() {
+                batch.push_str(&more);
+                if batch.len() > 64 * 1024 {
+                    break;
+                }
+            }
+            if writer.write_all(batch.as_bytes()).await.is_err() || writer.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.write_all(b"</stream:stream>").await;
+        let _ = writer.shutdown().await;
+    };
+    tokio::select! {
+        _ = read => {}
+        _ = write => {}
+    }
+}

@@ -1,0 +1,173 @@
+//! Federation with a real Prosody (Debian's `prosody`, started here from a
+//! generated config): a user on a three-node Starling cluster and a user
+//! on Prosody complete a subscription handshake, see each other's
+//! presence and exchange messages both ways, with slixmpp as both clients.
+//! Prosody's link into Starling lands on node 2; the Starling user is on
+//! node 3, whose own outbound link carries the other direction (and whose
+//! dialback key node 2 verifies for Prosody).
+mod common;
+use common::*;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "federation-test-secret-0123456789";
+const PROSODY_C2S: u16 = 16222;
+const PROSODY_S2S: u16 = 16269;
+
+/// A throwaway Prosody on loopback, killed on drop.
+struct Prosody {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Prosody {
+    fn start(starling_s2s: SocketAddr) -> Prosody {
+        assert!(
+            Command::new("prosody").arg("-v").output().is_ok(),
+            "prosody is not installed: run `bash .ci/run` (apt-get install prosody)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("certs")).unwrap();
+        std::fs::create_dir_all(d.join("data")).unwrap();
+        let ok = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=prosody.localhost"])
+            .args(["-addext", "subjectAltName=DNS:prosody.localhost"])
+            .arg("-keyout")
+            .arg(d.join("certs/prosody.localhost.key"))
+            .arg("-out")
+            .arg(d.join("certs/prosody.localhost.crt"))
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl could not make a certificate");
+        let here = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/federation");
+        let cfg = std::fs::read_to_string(format!("{here}/prosody.cfg.lua.in"))
+            .unwrap()
+            .replace("@DIR@", &d.display().to_string())
+            .replace("@PLUGINS@", here)
+            .replace("@C2S@", &PROSODY_C2S.to_string())
+            .replace("@S2S@", &PROSODY_S2S.to_string())
+            .replace("@STARLING_S2S@", &starling_s2s.port().to_string());
+        assert_eq!(starling_s2s.ip().to_string(), "127.0.0.1");
+        std::fs::write(d.join("prosody.cfg.lua"), cfg).unwrap();
+        let child = Command::new("prosody")
+            .arg("--config")
+            .arg(d.join("prosody.cfg.lua"))
+            .arg("-F")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prosody");
+        let p = Prosody { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", PROSODY_C2S)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "prosody did not start: {}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    fn register(&self, user: &str, password: &str) {
+        let out = Command::new("prosodyctl")
+            .arg("--config")
+            .arg(self.dir.path().join("prosody.cfg.lua"))
+            .args(["register", user, "prosody.localhost", password])
+            .output()
+            .expect("prosodyctl");
+        assert!(out.status.success(), "prosodyctl register: {out:?}");
+    }
+
+    fn log(&self) -> String {
+        let d = self.dir.path();
+        let debug = std::fs::read_to_string(d.join("prosody.debug")).unwrap_or_default();
+        let s2s: Vec<&str> = debug.lines().filter(|l| l.contains("s2s")).collect();
+        format!(
+            "{}\n{}\n--- prosody s2s debug (last 60)\n{}",
+            std::fs::read_to_string(d.join("prosody.log")).unwrap_or_default(),
+            std::fs::read_to_string(d.join("prosody.err")).unwrap_or_default(),
+            s2s[s2s.len().saturating_sub(60)..].join("\n")
+        )
+    }
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn starling_node(id: u64, join: Option<&Server>) -> Server {
+    let route = format!("prosody.localhost=127.0.0.1:{PROSODY_S2S}");
+    cluster_node(
+        id,
+        join,
+        SECRET,
+        &[
+            ("STARLING_DOMAIN", "starling.localhost"),
+            ("STARLING_S2S_VERIFY_CERTIFICATES", "false"),
+            ("STARLING_S2S_STATIC_ROUTES", &route),
+            (
+                "STARLING_LOG_LEVEL",
+                "info,starling::s2s=trace,starling::route=trace,starling::presence=trace",
+            ),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_and_messages_with_prosody_across_the_cluster() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let n1 = starling_node(1, None);
+    let n2 = starling_node(2, Some(&n1));
+    let n3 = starling_node(3, Some(&n1));
+    wait_members(&n1, SECRET, 3).await;
+    // Through node 3's admin socket: committed and applied there on return.
+    n3.add_user("alice", "alice-pw");
+    let prosody = Prosody::start(n2.s2s.expect("s2s on"));
+    prosody.register("bob", "bob-pw");
+
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/interop/slixmpp_federation.py"
+            ))
+            .arg(n3.c2s.ip().to_string())
+            .arg(n3.c2s.port().to_string())
+            .args(["alice@starling.localhost/fed", "alice-pw", "127.0.0.1"])
+            .arg(PROSODY_C2S.to_string())
+            .args(["bob@prosody.localhost/fed", "bob-pw"])
+            .output()
+            .map(|o| (o, n3))
+    })
+    .await
+    .unwrap()
+    .expect("run python");
+    let (out, n3) = out;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "federation script failed:\n{stdout}\n{}\n--- prosody\n{}\n--- node 2\n{}\n--- node 3\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        prosody.log(),
+        n2.log(),
+        n3.log()
+    );
+    // Prosody's stream came in on node 2; node 3 opened its own link out.
+    assert!(n2.log().contains("dialback"), "node 2 took Prosody's link");
+    assert!(
+        n3.log().contains("outbound link ready"),
+        "node 3 linked out"
+    );
+}
