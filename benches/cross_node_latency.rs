@@ -45,6 +45,8 @@ fn start(dir: &std::path::Path, id: u64, join: &str) -> Node {
         .env("STARLING_C2S_DIRECT_TLS_LISTEN", "")
         .env("STARLING_C2S_REQUIRE_TLS", "false")
         .env("STARLING_HTTP_LISTEN", "")
+        .env("STARLING_S2S_LISTEN", "")
+        .env("STARLING_COMPONENT_LISTEN", "")
         .env("STARLING_CLUSTER_LISTEN", "127.0.0.1:0")
         .env("STARLING_CLUSTER_NODE_ID", id.to_string())
         .env("STARLING_CLUSTER_SECRET", SECRET)

@@ -53,6 +53,8 @@ pub struct S2sSection {
     /// for test setups with self-signed certificates: dialback still
     /// authenticates the peer's domain, but not who answers at its address.
     pub verify_certificates: bool,
+    /// Refuse dialback and stanzas on inbound streams that did not STARTTLS.
+    pub require_encryption: bool,
     /// Domain -> "host:port", tried before DNS (private federations, tests).
     /// As an environment variable: "domain=host:port,domain2=host:port".
     pub static_routes: std::collections::BTreeMap<String, String>,
@@ -69,6 +71,7 @@ impl Default for S2sSection {
         S2sSection {
             listen: "0.0.0.0:5269".into(),
             verify_certificates: true,
+            require_encryption: true,
             static_routes: Default::default(),
             connect_timeout_secs: 10,
             idle_timeout_secs: 600,

@@ -59,7 +59,8 @@ pub enum Relay {
         #[serde(default)]
         hops: u8,
     },
-    /// RFC 6121 §4.3: `from` (with resource `reply_to`) probes `contact`.
+    /// RFC 6121 §4.3: `from` (with resource `reply_to`, or a remote
+    /// server's user when empty) probes `contact`.
     Probe {
         from: String,
         reply_to: String,
@@ -367,17 +368,15 @@ pub async fn serve_relays(
                 reply_to,
                 contact,
             } => {
-                let (Ok(from), Ok(reply_to), Ok(contact)) = (
-                    BareJid::new(&from),
-                    FullJid::new(&reply_to),
-                    BareJid::new(&contact),
-                ) else {
+                let (Ok(from), Ok(contact)) = (BareJid::new(&from), BareJid::new(&contact)) else {
                     continue;
                 };
+                // An empty reply_to: a remote server probed; answer its bare JID.
+                let reply_to = FullJid::new(&reply_to).ok();
                 if let Some(a) = ctx.presence.get(&contact) {
                     a.do_send(crate::presence::SendCurrent {
                         to: from,
-                        resource: Some(reply_to),
+                        resource: reply_to,
                         check_subscription: true,
                     });
                 }

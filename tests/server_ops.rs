@@ -12,7 +12,9 @@ fn serve_with(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
         .env("STARLING_C2S_LISTEN", "127.0.0.1:0")
         .env("STARLING_C2S_DIRECT_TLS_LISTEN", "127.0.0.1:0")
         .env("STARLING_CLUSTER_LISTEN", "127.0.0.1:0")
-        .env("STARLING_HTTP_LISTEN", "127.0.0.1:0");
+        .env("STARLING_HTTP_LISTEN", "127.0.0.1:0")
+        .env("STARLING_S2S_LISTEN", "127.0.0.1:0")
+        .env("STARLING_COMPONENT_LISTEN", "127.0.0.1:0");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -62,8 +62,13 @@ async fn serve(ctx: &Arc<ServerCtx>, mut conn: stream::Conn) -> Result<(), S2sEr
             }
         }
         let mut features = Element::new("features", ns::STREAM);
+        let require_tls = ctx.config.s2s.require_encryption;
         if !conn.tls {
-            features.push_child(Element::new("starttls", ns::TLS));
+            let mut starttls = Element::new("starttls", ns::TLS);
+            if require_tls {
+                starttls.push_child(Element::new("required", ns::TLS));
+            }
+            features.push_child(starttls);
         }
         features.push_child(
             Element::new("dialback", dialback::FEATURE_NS)
@@ -107,6 +112,14 @@ async fn serve(ctx: &Arc<ServerCtx>, mut conn: stream::Conn) -> Result<(), S2sEr
                     .map_err(|e| S2sError::Tls(e.to_string()))?;
                 conn = stream::Conn::new(Box::new(tls), ctx, true);
                 continue 'stream;
+            }
+            if require_tls && !conn.tls {
+                return fail(
+                    &mut conn,
+                    StreamCondition::PolicyViolation,
+                    "encryption required: STARTTLS first",
+                )
+                .await;
             }
             if el.is("result", dialback::NS) {
                 authenticate(ctx, &mut conn, &el, &id, &mut authenticated).await?;

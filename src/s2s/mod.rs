@@ -166,14 +166,36 @@ pub fn deliver_local(ctx: &ServerCtx, el: Element) {
                     &to.to_bare(),
                 );
             } else if ptype == "probe" {
-                // RFC 6121 §4.3.2: answered from the user's presence, if
-                // it is online here (see the closing note for other nodes).
-                if let Some(a) = ctx.presence.get(&to.to_bare()) {
+                // RFC 6121 §4.3.2: answered from the user's presence, on
+                // whichever nodes the user is online.
+                let bare = to.to_bare();
+                if let Some(a) = ctx.presence.get(&bare) {
                     a.do_send(crate::presence::SendCurrent {
                         to: from.to_bare(),
                         resource: None,
                         check_subscription: true,
                     });
+                }
+                let me = ctx.node_id();
+                let mut nodes: Vec<u64> = ctx
+                    .state
+                    .sessions_of(bare.as_str())
+                    .iter()
+                    .map(|r| r.node)
+                    .filter(|n| *n != me)
+                    .collect();
+                nodes.sort_unstable();
+                nodes.dedup();
+                for node in nodes {
+                    crate::route::relay(
+                        ctx,
+                        node,
+                        &crate::route::Relay::Probe {
+                            from: from.to_bare().to_string(),
+                            reply_to: String::new(),
+                            contact: bare.to_string(),
+                        },
+                    );
                 }
             } else {
                 crate::presence::deliver_presence(ctx, el, &to);

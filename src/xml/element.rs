@@ -142,7 +142,6 @@ impl Element {
     }
 }
 
-/// Escape text or an attribute value (single-quoted) for XML output.
 /// `s` escaped for text or an attribute value.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -150,6 +149,7 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// Escape text or an attribute value (single-quoted) for XML output.
 pub fn escape_into(out: &mut String, s: &str) {
     let mut last = 0;
     for (i, b) in s.bytes().enumerate() {
