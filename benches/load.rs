@@ -1,0 +1,847 @@
+//! Load driver: standard XMPP over TLS, so it drives any server (Starling,
+//! Prosody, ejabberd). It creates accounts by in-band registration
+//! (XEP-0077) or uses existing ones, logs N users in at a set rate
+//! (STARTTLS, SASL SCRAM-SHA-256 or -SHA-1, bind, presence), then runs one
+//! scenario and prints a report, with a JSON line for scripts:
+//!
+//! - `idle`: resident memory per connected, authenticated session;
+//! - `login`: logins per second (many in flight);
+//! - `messages`: chat messages between random pairs (or ping-pong) at a
+//!   fixed offered rate; throughput, latency p50/p99/p99.9 (HDR histogram),
+//!   errors.
+//!
+//! Server CPU seconds and resident memory come from /proc of the PIDs given
+//! with `--pid` (several for a cluster); the driver reports its own CPU too,
+//! so a saturated driver is visible. Client sockets are spread over
+//! 127.0.0.x source addresses so tens of thousands fit. Only loopback.
+//!
+//! `cargo bench --bench load -- --server 127.0.0.1:5222 --domain localhost
+//!   --users 1000 --register --scenario messages --rate 5000 --duration 10
+//!   --pid $(pgrep -n starling)`
+//!
+//! Without arguments (as `cargo test --all-targets` runs benches) it does a
+//! small self-contained run against a Starling it starts.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use starling::sasl::credentials::ScramHash;
+use starling::sasl::scram::client::ScramClient;
+use starling::xml::{Element, StreamEvent, XmlLimits, XmlStream};
+use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "XMPP load driver")]
+struct Args {
+    /// c2s address (STARTTLS).
+    #[arg(long)]
+    server: Option<SocketAddr>,
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    #[arg(long, default_value_t = 100)]
+    users: usize,
+    #[arg(long, default_value = "load")]
+    prefix: String,
+    #[arg(long, default_value = "load-pw-1")]
+    password: String,
+    /// Create the accounts first with in-band registration (XEP-0077).
+    #[arg(long)]
+    register: bool,
+    /// idle | login | messages
+    #[arg(long, default_value = "messages")]
+    scenario: String,
+    /// Logins started per second (idle, messages); 0 = as fast as possible.
+    #[arg(long, default_value_t = 500)]
+    connect_rate: u64,
+    /// Logins in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Offered messages per second (all clients together).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// pairs (random sender and recipient) | pingpong (each reply triggers the next)
+    #[arg(long, default_value = "pairs")]
+    mode: String,
+    /// Server process ids for CPU and memory (several for a cluster).
+    #[arg(long)]
+    pid: Vec<u32>,
+    /// Spread client sockets over 127.0.0.1 .. 127.0.0.N.
+    #[arg(long, default_value_t = 8)]
+    sources: u8,
+    /// For a cluster: more c2s addresses; users are spread over all.
+    #[arg(long)]
+    also: Vec<SocketAddr>,
+    /// A label for the report.
+    #[arg(long, default_value = "server")]
+    label: String,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+type Tls = TlsStream<TcpStream>;
+
+/// One client connection: parser on the read half, raw write half.
+struct Conn {
+    r: XmlStream<BufReader<ReadHalf<Tls>>>,
+    w: WriteHalf<Tls>,
+}
+
+#[derive(Debug)]
+struct LoadError(String);
+
+fn err(s: impl Into<String>) -> LoadError {
+    LoadError(s.into())
+}
+
+impl Conn {
+    async fn send(&mut self, s: &str) -> Result<(), LoadError> {
+        self.w
+            .write_all(s.as_bytes())
+            .await
+            .map_err(|e| err(format!("write: {e}")))
+    }
+
+    async fn element(&mut self) -> Result<Element, LoadError> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), self.r.next()).await {
+                Err(_) => return Err(err("timeout")),
+                Ok(Err(e)) => return Err(err(format!("stream: {e}"))),
+                Ok(Ok(StreamEvent::Stanza(e))) => return Ok(e),
+                Ok(Ok(StreamEvent::End)) => return Err(err("stream ended")),
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+
+    async fn restart(&mut self, domain: &str) -> Result<Element, LoadError> {
+        self.r.restart();
+        self.send(&header(domain)).await?;
+        self.element().await
+    }
+}
+
+fn header(domain: &str) -> String {
+    format!("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{domain}' version='1.0'>")
+}
+
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    #[derive(Debug)]
+    struct Any(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for Any {
+        fn verify_server_cert(
+            &self,
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &[rustls_pki_types::CertificateDer<'_>],
+            _: &rustls_pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls_pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls_pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls_pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Any(provider)))
+        .with_no_client_auth();
+    Arc::new(cfg)
+}
+
+struct Ctx {
+    args: Args,
+    tls: tokio_rustls::TlsConnector,
+    next_source: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Ctx {
+    fn server_for(&self, i: usize) -> SocketAddr {
+        let all: Vec<SocketAddr> = self
+            .args
+            .server
+            .into_iter()
+            .chain(self.args.also.iter().copied())
+            .collect();
+        all[i % all.len()]
+    }
+}
+
+/// TCP from a 127.0.0.x source address, STARTTLS, stream restart.
+async fn connect(ctx: &Ctx, addr: SocketAddr) -> Result<(Conn, Element), LoadError> {
+    let n = ctx.next_source.fetch_add(1, Ordering::Relaxed);
+    let sock = TcpSocket::new_v4().map_err(|e| err(format!("socket: {e}")))?;
+    if addr.ip().is_loopback() {
+        let src = Ipv4Addr::new(127, 0, 0, 1 + (n % ctx.args.sources.max(1) as u64) as u8);
+        sock.bind(SocketAddr::new(IpAddr::V4(src), 0))
+            .map_err(|e| err(format!("bind: {e}")))?;
+    }
+    let mut tcp = sock
+        .connect(addr)
+        .await
+        .map_err(|e| err(format!("connect: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    // Plain-text part by hand: header, features, <starttls/>, <proceed/>.
+    tcp.write_all(header(&ctx.args.domain).as_bytes())
+        .await
+        .map_err(|e| err(format!("write: {e}")))?;
+    {
+        let mut plain = XmlStream::new(BufReader::new(&mut tcp), XmlLimits::default());
+        loop {
+            match plain.next().await.map_err(|e| err(format!("plain: {e}")))? {
+                StreamEvent::Stanza(e) if e.name == "features" => break,
+                StreamEvent::Stanza(e) => return Err(err(format!("unexpected {}", e.name))),
+                _ => {}
+            }
+        }
+    }
+    tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await
+        .map_err(|e| err(format!("write: {e}")))?;
+    // Read <proceed/> byte by byte so nothing of the TLS handshake is eaten.
+    let mut seen = Vec::new();
+    let mut b = [0u8; 1];
+    while !seen.ends_with(b"/>") || !String::from_utf8_lossy(&seen).contains("proceed") {
+        use tokio::io::AsyncReadExt;
+        let n = tcp
+            .read(&mut b)
+            .await
+            .map_err(|e| err(format!("read: {e}")))?;
+        if n == 0 || seen.len() > 512 {
+            return Err(err("no <proceed/>"));
+        }
+        seen.push(b[0]);
+    }
+    let name = rustls_pki_types::ServerName::try_from(ctx.args.domain.clone())
+        .map_err(|e| err(format!("name: {e}")))?;
+    let tls = ctx
+        .tls
+        .connect(name, tcp)
+        .await
+        .map_err(|e| err(format!("tls: {e}")))?;
+    let (r, w) = tokio::io::split(tls);
+    let mut c = Conn {
+        r: XmlStream::new(BufReader::new(r), XmlLimits::default()),
+        w,
+    };
+    c.send(&header(&ctx.args.domain)).await?;
+    let features = c.element().await?;
+    Ok((c, features))
+}
+
+fn best_scram(features: &Element) -> Option<(ScramHash, &'static str)> {
+    let mechs: Vec<String> = features
+        .get_child("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl")?
+        .elements()
+        .map(|m| m.text())
+        .collect();
+    if mechs.iter().any(|m| m == "SCRAM-SHA-256") {
+        Some((ScramHash::Sha256, "SCRAM-SHA-256"))
+    } else if mechs.iter().any(|m| m == "SCRAM-SHA-1") {
+        Some((ScramHash::Sha1, "SCRAM-SHA-1"))
+    } else {
+        None
+    }
+}
+
+/// In-band registration (XEP-0077); an existing account is fine.
+async fn register(ctx: &Ctx, i: usize) -> Result<(), LoadError> {
+    let (mut c, _) = connect(ctx, ctx.server_for(i)).await?;
+    let user = format!("{}{i}", ctx.args.prefix);
+    c.send(&format!(
+        "<iq type='set' id='reg'><query xmlns='jabber:iq:register'><username>{user}</username><password>{}</password></query></iq>",
+        ctx.args.password
+    ))
+    .await?;
+    let r = c.element().await?;
+    let conflict = r.get_child("error", "jabber:client").is_some_and(|e| {
+        e.get_child("conflict", "urn:ietf:params:xml:ns:xmpp-stanzas")
+            .is_some()
+    });
+    let _ = c.send("</stream:stream>").await;
+    if r.attr("type") == Some("result") || conflict {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "register {user}: {}",
+            r.to_xml("jabber:client")
+        )))
+    }
+}
+
+/// A full login: TLS, SCRAM, bind, initial presence.
+async fn login(ctx: &Ctx, i: usize) -> Result<Conn, LoadError> {
+    let (mut c, features) = connect(ctx, ctx.server_for(i)).await?;
+    let user = format!("{}{i}", ctx.args.prefix);
+    let (hash, mech) = best_scram(&features).ok_or_else(|| err("no SCRAM offered"))?;
+    let scram = ScramClient::new(hash, &user, &ctx.args.password, None);
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mech}'>{}</auth>",
+        B64.encode(scram.first())
+    ))
+    .await?;
+    let ch = c.element().await?;
+    if ch.name != "challenge" {
+        return Err(err(format!("{user}: auth: {}", ch.name)));
+    }
+    let (fin, _) = scram
+        .final_message(&B64.decode(ch.text().trim()).map_err(|_| err("b64"))?)
+        .ok_or_else(|| err("server-first"))?;
+    c.send(&format!(
+        "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+        B64.encode(fin)
+    ))
+    .await?;
+    let ok = c.element().await?;
+    if ok.name != "success" {
+        return Err(err(format!("{user}: {}", ok.name)));
+    }
+    c.restart(&ctx.args.domain).await?;
+    c.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>load</resource></bind></iq>").await?;
+    loop {
+        let e = c.element().await?;
+        if e.name == "iq" && e.attr("id") == Some("b") {
+            if e.attr("type") != Some("result") {
+                return Err(err("bind failed"));
+            }
+            break;
+        }
+    }
+    // Legacy session (RFC 3921) where a server still wants it; harmless otherwise.
+    c.send("<iq type='set' id='s'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
+        .await?;
+    c.send("<presence/>").await?;
+    Ok(c)
+}
+
+/// /proc figures for a process: (cpu seconds, resident bytes).
+fn proc_stats(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks / 100.0, rss_kb * 1024))
+}
+
+fn servers_stats(pids: &[u32]) -> (f64, u64) {
+    pids.iter()
+        .filter_map(|p| proc_stats(*p))
+        .fold((0.0, 0), |(c, r), (c2, r2)| (c + c2, r + r2))
+}
+
+/// Log in users `0..n` at the connect rate with bounded concurrency.
+async fn login_all(ctx: &Arc<Ctx>, n: usize, rate: u64) -> (Vec<Option<Conn>>, Duration) {
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(ctx.args.concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(n);
+    let done = Arc::new(AtomicU64::new(0));
+    for i in 0..n {
+        if rate > 0 {
+            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let permit = sem.clone().acquire_owned().await.expect("semaphore");
+        let ctx = ctx.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = login(&ctx, i).await;
+            drop(permit);
+            let k = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if k.is_multiple_of(1000) {
+                eprintln!("  {k} logged in");
+            }
+            match r {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    if ctx.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("  login {i}: {}", e.0);
+                    }
+                    None
+                }
+            }
+        }));
+    }
+    let mut conns = Vec::with_capacity(n);
+    for t in tasks {
+        conns.push(t.await.ok().flatten());
+    }
+    (conns, started.elapsed())
+}
+
+struct Report {
+    lines: Vec<String>,
+    json: Vec<(String, String)>,
+}
+
+impl Report {
+    fn add(&mut self, key: &str, value: String, text: String) {
+        self.lines.push(text);
+        self.json.push((key.to_string(), value));
+    }
+    fn print(&self, label: &str, scenario: &str) {
+        println!("== {label}: {scenario}");
+        for l in &self.lines {
+            println!("   {l}");
+        }
+        let fields: Vec<String> = self
+            .json
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
+        println!(
+            "RESULT {{\"label\":\"{label}\",\"scenario\":\"{scenario}\",{}}}",
+            fields.join(",")
+        );
+    }
+}
+
+async fn run(args: Args) {
+    let ctx = Arc::new(Ctx {
+        tls: tokio_rustls::TlsConnector::from(tls_config()),
+        next_source: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        args: args.clone(),
+    });
+    let me = std::process::id();
+    let mut report = Report {
+        lines: Vec::new(),
+        json: Vec::new(),
+    };
+    if args.register {
+        let t = Instant::now();
+        let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+        let mut tasks = Vec::new();
+        for i in 0..args.users {
+            let permit = sem.clone().acquire_owned().await.expect("semaphore");
+            let ctx = ctx.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = register(&ctx, i).await;
+                drop(permit);
+                r
+            }));
+        }
+        let mut failed = 0;
+        for t in tasks {
+            if let Ok(Err(e)) = t.await {
+                if failed < 3 {
+                    eprintln!("  {}", e.0);
+                }
+                failed += 1;
+            }
+        }
+        eprintln!(
+            "  registered {} accounts in {:.1} s ({failed} failed)",
+            args.users,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let (cpu0, rss0) = servers_stats(&args.pid);
+    let (me_cpu0, _) = proc_stats(me).unwrap_or_default();
+    match args.scenario.as_str() {
+        "login" => {
+            let (conns, took) = login_all(&ctx, args.users, 0).await;
+            let ok = conns.iter().filter(|c| c.is_some()).count();
+            let per_sec = ok as f64 / took.as_secs_f64();
+            report.add(
+                "logins_per_sec",
+                format!("{per_sec:.0}"),
+                format!(
+                    "{ok} logins in {:.2} s = {per_sec:.0}/s ({} in flight)",
+                    took.as_secs_f64(),
+                    args.concurrency
+                ),
+            );
+        }
+        "idle" => {
+            let (conns, took) = login_all(&ctx, args.users, args.connect_rate).await;
+            let ok = conns.iter().filter(|c| c.is_some()).count();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let (_, rss1) = servers_stats(&args.pid);
+            let per = (rss1 as f64 - rss0 as f64) / ok.max(1) as f64;
+            report.add(
+                "sessions",
+                ok.to_string(),
+                format!("{ok} sessions connected in {:.1} s", took.as_secs_f64()),
+            );
+            report.add(
+                "rss_per_session_bytes",
+                format!("{per:.0}"),
+                format!(
+                    "server resident memory {:.1} MiB -> {:.1} MiB: {:.1} kB per idle session",
+                    rss0 as f64 / 1048576.0,
+                    rss1 as f64 / 1048576.0,
+                    per / 1000.0
+                ),
+            );
+            drop(conns);
+        }
+        _ => messages(&ctx, &mut report).await,
+    }
+    let (cpu1, rss1) = servers_stats(&args.pid);
+    let (me_cpu1, _) = proc_stats(me).unwrap_or_default();
+    report.add(
+        "server_cpu_secs",
+        format!("{:.2}", cpu1 - cpu0),
+        format!(
+            "server CPU {:.2} s, resident {:.1} MiB; driver CPU {:.2} s",
+            cpu1 - cpu0,
+            rss1 as f64 / 1048576.0,
+            me_cpu1 - me_cpu0
+        ),
+    );
+    report.add(
+        "driver_cpu_secs",
+        format!("{:.2}", me_cpu1 - me_cpu0),
+        String::new(),
+    );
+    report.add(
+        "errors",
+        ctx.errors.load(Ordering::Relaxed).to_string(),
+        format!("errors: {}", ctx.errors.load(Ordering::Relaxed)),
+    );
+    report.lines.retain(|l| !l.is_empty());
+    report.print(&args.label, &args.scenario);
+}
+
+/// Messages at a fixed offered rate; each body carries its send time.
+async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
+    let args = &ctx.args;
+    let (conns, _) = login_all(ctx, args.users, args.connect_rate).await;
+    let epoch = Instant::now();
+    let hist = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+    ));
+    let received = Arc::new(AtomicU64::new(0));
+    let mut writers: Vec<Option<mpsc::Sender<String>>> = Vec::new();
+    let (pong_tx, mut pong_rx) = mpsc::unbounded_channel::<usize>();
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for (i, c) in conns.into_iter().enumerate() {
+        let Some(c) = c else {
+            writers.push(None);
+            continue;
+        };
+        let Conn { mut r, mut w } = c;
+        let (tx, mut rx) = mpsc::channel::<String>(1024);
+        writers.push(Some(tx));
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = first;
+                while let Ok(more) = rx.try_recv() {
+                    batch.push_str(&more);
+                }
+                if w.write_all(batch.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let hist = hist.clone();
+        let received = received.clone();
+        let pong = pong_tx.clone();
+        let measuring = measuring.clone();
+        let ctx2 = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                match r.next().await {
+                    Ok(StreamEvent::Stanza(e)) if e.name == "message" => {
+                        if e.attr("type") == Some("error") {
+                            ctx2.errors.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        let Some(b) = e.get_child("body", "jabber:client") else {
+                            continue;
+                        };
+                        let Ok(sent) = b.text().parse::<u64>() else {
+                            continue;
+                        };
+                        let now = epoch.elapsed().as_micros() as u64;
+                        if measuring.load(Ordering::Relaxed) {
+                            received.fetch_add(1, Ordering::Relaxed);
+                            let _ = hist
+                                .lock()
+                                .expect("hist")
+                                .record(now.saturating_sub(sent).max(1));
+                        }
+                        let _ = pong.send(i);
+                    }
+                    Ok(StreamEvent::Stanza(_))
+                    | Ok(StreamEvent::Keepalive)
+                    | Ok(StreamEvent::Header(_)) => {}
+                    _ => return,
+                }
+            }
+        });
+    }
+    let live: Vec<usize> = (0..writers.len())
+        .filter(|i| writers[*i].is_some())
+        .collect();
+    if live.len() < 2 {
+        report.add(
+            "msgs_per_sec",
+            "0".into(),
+            "fewer than two clients logged in".into(),
+        );
+        return;
+    }
+    let send = |from: usize, to: usize| {
+        let body = epoch.elapsed().as_micros();
+        let xml = format!(
+            "<message to='{}{to}@{}/load' type='chat'><body>{body}</body></message>",
+            args.prefix, args.domain
+        );
+        if let Some(Some(w)) = writers.get(from) {
+            if w.try_send(xml).is_err() {
+                ctx.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    };
+    // Warm up for a second, then measure for `duration`.
+    let mut rng_state = 0x9e3779b97f4a7c15u64;
+    let mut rand = move |n: usize| {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        (rng_state % n as u64) as usize
+    };
+    let total = Duration::from_secs(args.duration + 1);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut sent_measured = 0u64;
+    let mut last_progress = Instant::now();
+    if args.mode == "pingpong" {
+        // Each user pair keeps one message in flight: a reply triggers the next.
+        for k in 0..live.len() / 2 {
+            send(live[2 * k], live[2 * k + 1]);
+        }
+        while start.elapsed() < total {
+            if start.elapsed() >= Duration::from_secs(1) && !measuring.load(Ordering::Relaxed) {
+                measuring.store(true, Ordering::Relaxed);
+            }
+            match tokio::time::timeout(Duration::from_millis(100), pong_rx.recv()).await {
+                Ok(Some(i)) => {
+                    let peer = if i % 2 == 0 { i + 1 } else { i - 1 };
+                    send(i, peer.min(live.len() - 1));
+                    sent += 1;
+                    if measuring.load(Ordering::Relaxed) {
+                        sent_measured += 1;
+                    }
+                }
+                _ => continue,
+            }
+        }
+    } else {
+        let tick = Duration::from_millis(2);
+        let per_tick = args.rate as f64 * tick.as_secs_f64();
+        let mut carry = 0.0;
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        while start.elapsed() < total {
+            interval.tick().await;
+            if start.elapsed() >= Duration::from_secs(1) && !measuring.load(Ordering::Relaxed) {
+                measuring.store(true, Ordering::Relaxed);
+            }
+            carry += per_tick;
+            while carry >= 1.0 {
+                carry -= 1.0;
+                let a = live[rand(live.len())];
+                let mut b = live[rand(live.len())];
+                if a == b {
+                    b = live[(live.iter().position(|x| *x == a).unwrap_or(0) + 1) % live.len()];
+                }
+                send(a, b);
+                sent += 1;
+                if measuring.load(Ordering::Relaxed) {
+                    sent_measured += 1;
+                }
+            }
+            while pong_rx.try_recv().is_ok() {}
+            if last_progress.elapsed() >= Duration::from_secs(2) {
+                eprintln!(
+                    "  {:.0} s: sent {sent}, received {}",
+                    start.elapsed().as_secs_f64(),
+                    received.load(Ordering::Relaxed)
+                );
+                last_progress = Instant::now();
+            }
+        }
+    }
+    let measured_for = start.elapsed().as_secs_f64() - 1.0;
+    // Let stragglers arrive (bounded).
+    let wait = Instant::now();
+    while received.load(Ordering::Relaxed) < sent_measured
+        && wait.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while pong_rx.try_recv().is_ok() {}
+    }
+    measuring.store(false, Ordering::Relaxed);
+    let got = received.load(Ordering::Relaxed);
+    let h = hist.lock().expect("hist");
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let throughput = got as f64 / measured_for;
+    report.add(
+        "offered_per_sec",
+        if args.mode == "pingpong" {
+            "0".into()
+        } else {
+            args.rate.to_string()
+        },
+        format!(
+            "{} clients, mode {}, offered {}/s for {:.0} s (after 1 s warm-up)",
+            live.len(),
+            args.mode,
+            if args.mode == "pingpong" {
+                "as fast as replies".to_string()
+            } else {
+                args.rate.to_string()
+            },
+            measured_for
+        ),
+    );
+    report.add(
+        "msgs_per_sec",
+        format!("{throughput:.0}"),
+        format!("delivered {got} of {sent_measured} measured ({sent} sent in all) = {throughput:.0} msg/s"),
+    );
+    report.add(
+        "p50_ms",
+        format!("{:.3}", ms(0.5)),
+        format!("latency p50 {:.3} ms", ms(0.5)),
+    );
+    report.add(
+        "p99_ms",
+        format!("{:.3}", ms(0.99)),
+        format!("latency p99 {:.3} ms", ms(0.99)),
+    );
+    report.add(
+        "p999_ms",
+        format!("{:.3}", ms(0.999)),
+        format!("latency p99.9 {:.3} ms", ms(0.999)),
+    );
+    report.add(
+        "lost",
+        sent_measured.saturating_sub(got).to_string(),
+        format!(
+            "not delivered within 5 s: {}",
+            sent_measured.saturating_sub(got)
+        ),
+    );
+}
+
+/// No arguments: a small self-contained run against a Starling started
+/// here (what `cargo test --all-targets` exercises).
+fn self_contained() -> (Args, std::process::Child, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+        .arg("serve")
+        .env_clear()
+        .env("STARLING_DATA_DIR", dir.path().join("data"))
+        .env("STARLING_C2S_LISTEN", "127.0.0.1:0")
+        .env("STARLING_C2S_DIRECT_TLS_LISTEN", "")
+        .env("STARLING_HTTP_LISTEN", "")
+        .env("STARLING_S2S_LISTEN", "")
+        .env("STARLING_COMPONENT_LISTEN", "")
+        .env("STARLING_CLUSTER_LISTEN", "127.0.0.1:0")
+        .env("STARLING_REGISTRATION_ALLOW", "true")
+        .env("STARLING_LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start starling");
+    let out = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).expect("ready line");
+    let c2s: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("c2s="))
+        .and_then(|a| a.parse().ok())
+        .expect("c2s address");
+    let pid = child.id();
+    let args = Args::parse_from([
+        "load",
+        "--server",
+        &c2s.to_string(),
+        "--users",
+        "20",
+        "--register",
+        "--rate",
+        "200",
+        "--duration",
+        "2",
+        "--pid",
+        &pid.to_string(),
+        "--label",
+        "starling (smoke run)",
+    ]);
+    (args, child, dir)
+}
+
+fn main() {
+    let raw: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes --bench; `cargo test` passes nothing of ours.
+    let ours: Vec<String> = raw.iter().filter(|a| *a != "--bench").cloned().collect();
+    let (args, server) = if ours.len() <= 1 {
+        let (args, child, dir) = self_contained();
+        (args, Some((child, dir)))
+    } else {
+        (Args::parse_from(ours), None)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run(args));
+    if let Some((mut child, _dir)) = server {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
