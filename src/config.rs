@@ -49,6 +49,8 @@ pub struct Config {
 pub struct S2sSection {
     /// Inbound listener, "host:port"; empty turns federation off.
     pub listen: String,
+    /// Inbound direct TLS listener (XEP-0368, usually port 5270); off when empty.
+    pub direct_tls_listen: String,
     /// Verify remote servers' certificates (outbound TLS). Turn off only
     /// for test setups with self-signed certificates: dialback still
     /// authenticates the peer's domain, but not who answers at its address.
@@ -70,6 +72,7 @@ impl Default for S2sSection {
     fn default() -> Self {
         S2sSection {
             listen: "0.0.0.0:5269".into(),
+            direct_tls_listen: String::new(),
             verify_certificates: true,
             require_encryption: true,
             static_routes: Default::default(),
@@ -423,6 +426,9 @@ impl Config {
         if !self.component.listen.is_empty() {
             parse_addr("component.listen", &self.component.listen)?;
         }
+        if !self.s2s.direct_tls_listen.is_empty() {
+            parse_addr("s2s.direct_tls_listen", &self.s2s.direct_tls_listen)?;
+        }
         for (domain, target) in &self.s2s.static_routes {
             if crate::s2s::resolve::parse_target(target).is_none() {
                 return Err(ConfigError::BadValue {
@@ -533,6 +539,13 @@ impl Config {
     pub fn s2s_listen(&self) -> Option<SocketAddr> {
         (!self.s2s.listen.is_empty())
             .then(|| parse_addr("s2s.listen", &self.s2s.listen).expect("validated at load"))
+    }
+
+    pub fn s2s_direct_tls_listen(&self) -> Option<SocketAddr> {
+        (!self.s2s.direct_tls_listen.is_empty()).then(|| {
+            parse_addr("s2s.direct_tls_listen", &self.s2s.direct_tls_listen)
+                .expect("validated at load")
+        })
     }
 
     pub fn component_listen(&self) -> Option<SocketAddr> {

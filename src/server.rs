@@ -178,6 +178,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .s2s_listen()
         .map(|a| bind("s2s.listen", a))
         .transpose()?;
+    let s2s_direct = config
+        .s2s_direct_tls_listen()
+        .map(|a| bind("s2s.direct_tls_listen", a))
+        .transpose()?;
     let component = config
         .component_listen()
         .map(|a| bind("component.listen", a))
@@ -287,9 +291,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let cluster = ctx.replicator.cluster();
     let s2s_addr = s2s.as_ref().and_then(|l| l.local_addr().ok());
     let component_addr = component.as_ref().and_then(|l| l.local_addr().ok());
+    let s2s_tls_addr = s2s_direct.as_ref().and_then(|l| l.local_addr().ok());
     let shown = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
     println!(
-        "starling ready domain={} c2s={} c2s_tls={} cluster={} node={} http={} s2s={} component={}",
+        "starling ready domain={} c2s={} c2s_tls={} cluster={} node={} http={} s2s={} component={} s2s_tls={}",
         ctx.config.domain,
         c2s_addr.map(|a| a.to_string()).unwrap_or_default(),
         direct_addr
@@ -303,6 +308,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .unwrap_or_else(|| "off".into()),
         shown(s2s_addr),
         shown(component_addr),
+        shown(s2s_tls_addr),
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -329,6 +335,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 l,
                 handles.clone(),
                 crate::s2s::inbound::handle,
+            )));
+        }
+        if let Some(l) = s2s_direct {
+            tasks.push(actix_rt::spawn(serve_listener(
+                ctx.clone(),
+                l,
+                handles.clone(),
+                crate::s2s::inbound::handle_direct_tls,
             )));
         }
         if let Some(l) = component {

@@ -170,3 +170,36 @@ async fn unknown_remote_servers_bounce_remote_server_not_found() {
         "{m:?}"
     );
 }
+
+#[tokio::test]
+async fn direct_tls_streams_need_no_starttls() {
+    let s = server(&[("STARLING_S2S_DIRECT_TLS_LISTEN", "127.0.0.1:0")]);
+    let addr = s.s2s_tls.expect("direct TLS s2s on");
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("starling.localhost").unwrap();
+    let mut tls = tls_connector().connect(name, tcp).await.expect("TLS");
+    tls.write_all(b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='remote.example' to='starling.localhost' version='1.0'>").await.unwrap();
+    let key = Secret::from_cluster_secret(SECRET).key("remote.example", "starling.localhost", "d1");
+    tls.write_all(
+        format!(
+            "<db:verify from='remote.example' to='starling.localhost' id='d1'>{key}</db:verify>"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = vec![0u8; 4096];
+    while !seen.contains("type='valid'") {
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        !seen.contains("starttls"),
+        "no STARTTLS offered inside TLS: {seen}"
+    );
+}

@@ -32,6 +32,28 @@ pub async fn handle(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: SocketAddr) {
     .await
 }
 
+/// One inbound connection on the direct TLS port (XEP-0368): TLS from the
+/// first byte, then the same stream as after STARTTLS.
+pub async fn handle_direct_tls(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: SocketAddr) {
+    let span = tracing::info_span!("s2s_in", %peer, tls = "direct", remote = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let wait = Duration::from_secs(ctx.config.limits.auth_timeout_secs);
+        let tls = match tokio::time::timeout(wait, ctx.s2s.acceptor.accept(tcp)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => return,
+        };
+        let conn = stream::Conn::new(Box::new(tls), &ctx, true);
+        match serve(&ctx, conn).await {
+            Ok(()) => tracing::debug!("inbound stream ended"),
+            Err(e) => tracing::info!(error = %e, "inbound stream ended"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
 async fn serve(ctx: &Arc<ServerCtx>, mut conn: stream::Conn) -> Result<(), S2sError> {
     let ours = ctx.config.domain.clone();
     // Domains this stream has authenticated with dialback.

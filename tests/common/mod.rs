@@ -39,6 +39,8 @@ pub struct Server {
     pub s2s: Option<SocketAddr>,
     /// External component listener (XEP-0114), if on.
     pub component: Option<SocketAddr>,
+    /// Direct TLS server-to-server listener (XEP-0368), if on.
+    pub s2s_tls: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     stderr_log: std::path::PathBuf,
 }
@@ -116,6 +118,7 @@ impl Server {
             .expect("http address on ready line");
         let s2s = field("s2s").and_then(|a| a.parse().ok());
         let component = field("component").and_then(|a| a.parse().ok());
+        let s2s_tls = field("s2s_tls").and_then(|a| a.parse().ok());
         Server {
             child: Some(child),
             c2s,
@@ -124,6 +127,7 @@ impl Server {
             http,
             s2s,
             component,
+            s2s_tls,
             dir,
             stderr_log,
         }
@@ -244,7 +248,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
     }
 }
 
-fn tls_connector() -> tokio_rustls::TlsConnector {
+pub fn tls_connector() -> tokio_rustls::TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
