@@ -85,7 +85,9 @@ pub async fn writer(
     drop(guard);
 }
 
-pub type Inbound = Result<StreamEvent, ParseError>;
+/// Boxed: a channel allocates room for 32 events up front, and an unboxed
+/// event is ~100 bytes, which every idle session would carry (3 kB).
+pub type Inbound = Box<Result<StreamEvent, ParseError>>;
 
 /// A token bucket over inbound bytes (the per-connection rate limit).
 pub struct RateLimit {
@@ -132,7 +134,7 @@ pub async fn reader(
         activity.store(clock::now_ms(), Ordering::Relaxed);
         let last = !matches!(ev, Ok(StreamEvent::Stanza(_)) | Ok(StreamEvent::Keepalive));
         rate.charge(parser.last_event_bytes()).await;
-        if tx.send(ev).await.is_err() || last {
+        if tx.send(Box::new(ev)).await.is_err() || last {
             break;
         }
     }

@@ -592,7 +592,7 @@ impl StreamHandler<Tagged> for C2sSession {
             return; // a connection this session no longer uses
         }
         let _g = self.span.clone().entered();
-        match item {
+        match *item {
             Ok(StreamEvent::Stanza(el)) => self.handle_stanza(el, ctx),
             Ok(StreamEvent::Keepalive) => {}
             // A clean close ends the session: no resumption (XEP-0198 §5).

@@ -273,6 +273,18 @@ pub mod client {
 
         /// Returns (client-final-message, expected server signature).
         pub fn final_message(&self, server_first: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+            self.final_message_with(server_first, |salt, iter| {
+                self.hash.hi(self.password.as_bytes(), salt, iter)
+            })
+        }
+
+        /// As `final_message`, with the SaltedPassword from `salted` (a
+        /// client may cache it per salt and iteration count, RFC 5802 §5.1).
+        pub fn final_message_with(
+            &self,
+            server_first: &[u8],
+            salted: impl FnOnce(&[u8], u32) -> Vec<u8>,
+        ) -> Option<(Vec<u8>, Vec<u8>)> {
             let sf = std::str::from_utf8(server_first).ok()?;
             let mut nonce = None;
             let mut salt = None;
@@ -289,7 +301,7 @@ pub mod client {
             let mut cb = self.gs2_header.clone().into_bytes();
             cb.extend_from_slice(&self.cb_data);
             let without_proof = format!("c={},r={nonce}", B64.encode(cb));
-            let salted = self.hash.hi(self.password.as_bytes(), &salt, iter);
+            let salted = salted(&salt, iter);
             let client_key = self.hash.hmac(&salted, b"Client Key");
             let stored_key = self.hash.h(&client_key);
             let auth = format!("{},{sf},{without_proof}", self.client_first_bare);

@@ -105,7 +105,8 @@ impl Stream {
         let channel_binding = conn.channel_binding();
         let (r, w) = tokio::io::split(conn);
         Stream {
-            parser: XmlStream::new(BufReader::with_capacity(4096, r), ctx.xml_limits()),
+            // Small: TLS keeps its own buffer, and an idle session keeps this one.
+            parser: XmlStream::new(BufReader::with_capacity(1024, r), ctx.xml_limits()),
             writer: w,
             peer,
             secure,
