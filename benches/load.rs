@@ -602,6 +602,12 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
     let hist = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
     ));
+    // On a cluster (--also): same-node and cross-node deliveries apart.
+    let nodes = 1 + args.also.len();
+    let split = Arc::new(Mutex::new([
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+    ]));
     let received = Arc::new(AtomicU64::new(0));
     let mut writers: Vec<Option<mpsc::Sender<String>>> = Vec::new();
     let (pong_tx, mut pong_rx) = mpsc::unbounded_channel::<usize>();
@@ -626,6 +632,7 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
             }
         });
         let hist = hist.clone();
+        let split = split.clone();
         let received = received.clone();
         let pong = pong_tx.clone();
         let measuring = measuring.clone();
@@ -641,16 +648,21 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
                         let Some(b) = e.get_child("body", "jabber:client") else {
                             continue;
                         };
-                        let Ok(sent) = b.text().parse::<u64>() else {
+                        let text = b.text();
+                        let mut parts = text.split(' ');
+                        let Some(Ok(sent)) = parts.next().map(|t| t.parse::<u64>()) else {
                             continue;
                         };
+                        let from: usize = parts.next().and_then(|f| f.parse().ok()).unwrap_or(0);
                         let now = epoch.elapsed().as_micros() as u64;
                         if measuring.load(Ordering::Relaxed) {
                             received.fetch_add(1, Ordering::Relaxed);
-                            let _ = hist
-                                .lock()
-                                .expect("hist")
-                                .record(now.saturating_sub(sent).max(1));
+                            let us = now.saturating_sub(sent).max(1);
+                            let _ = hist.lock().expect("hist").record(us);
+                            if nodes > 1 {
+                                let cross = usize::from(from % nodes != i % nodes);
+                                let _ = split.lock().expect("hist")[cross].record(us);
+                            }
                         }
                         let _ = pong.send(i);
                     }
@@ -674,7 +686,7 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
         return;
     }
     let send = |from: usize, to: usize| {
-        let body = epoch.elapsed().as_micros();
+        let body = format!("{} {from}", epoch.elapsed().as_micros());
         let xml = format!(
             "<message to='{}{to}@{}/load' type='chat'><body>{body}</body></message>",
             args.prefix, args.domain
@@ -808,6 +820,28 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
         format!("{:.3}", ms(0.999)),
         format!("latency p99.9 {:.3} ms", ms(0.999)),
     );
+    if nodes > 1 {
+        let sp = split.lock().expect("hist");
+        for (k, name) in [(0, "same"), (1, "cross")] {
+            let q = |p: f64| sp[k].value_at_quantile(p) as f64 / 1000.0;
+            report.add(
+                &format!("{name}_node_p50_ms"),
+                format!("{:.3}", q(0.5)),
+                format!(
+                    "{name}-node ({} messages): p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
+                    sp[k].len(),
+                    q(0.5),
+                    q(0.99),
+                    q(0.999)
+                ),
+            );
+            report.add(
+                &format!("{name}_node_p99_ms"),
+                format!("{:.3}", q(0.99)),
+                String::new(),
+            );
+        }
+    }
     report.add(
         "lost",
         sent_measured.saturating_sub(got).to_string(),

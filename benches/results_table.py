@@ -29,6 +29,15 @@ for label, rs in by.items():
             r["offered_per_sec"], r["msgs_per_sec"], r["p50_ms"], r["p99_ms"], r["p999_ms"], r["lost"],
             r["server_cpu_secs"], r["driver_cpu_secs"]))
         first = False
+cluster = [r for r in rows if "same_node_p50_ms" in r]
+if cluster:
+    lines += ["", "Cluster (three nodes, users spread over them):", "",
+              "| server | offered msg/s | delivered msg/s | same-node p50 ms | same-node p99 ms | cross-node p50 ms | cross-node p99 ms | added at p50 ms |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in cluster:
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {:.3f} |".format(
+            r["label"], r["offered_per_sec"], r["msgs_per_sec"], r["same_node_p50_ms"], r["same_node_p99_ms"],
+            r["cross_node_p50_ms"], r["cross_node_p99_ms"], r["cross_node_p50_ms"] - r["same_node_p50_ms"]))
 with open(f"{out}/results.md", "w") as f:
     f.write("\n".join(lines) + "\n")
 

@@ -58,7 +58,7 @@ pub async fn handle_connection(
         match stream::negotiate(&ctx, conn, peer).await {
             Some(stream::Negotiated::Bound(bound)) => {
                 tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
-                start_session(ctx, bound, sid, guard);
+                start_session(ctx, bound, sid, guard).await;
             }
             Some(stream::Negotiated::Resume(r)) => {
                 tracing::Span::current().record("jid", tracing::field::display(&r.user));
@@ -71,7 +71,7 @@ pub async fn handle_connection(
     .await
 }
 
-fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guard: ConnGuard) {
+async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guard: ConnGuard) {
     let stream::Bound {
         stream,
         jid,
@@ -87,7 +87,12 @@ fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guard: Con
         priority: 0,
         sm_id: None,
     };
-    if let Err(e) = ctx.commit(&crate::state::Command::SessionBind { record }) {
+    // Awaited, not blocking: other connections on this worker go on meanwhile.
+    let committed = ctx
+        .replicator
+        .commit_async(&crate::state::Command::SessionBind { record })
+        .await;
+    if let Err(e) = committed {
         tracing::warn!(error = %e, "bind refused: cannot commit to the cluster");
         let mut stream = stream;
         let iq = crate::xml::Element::new("iq", ns::CLIENT)
