@@ -66,6 +66,7 @@ stop_server() {
 
 drive() { # label args...
   local label=$1; shift
+  sleep 5   # let the previous scenario's disconnects settle
   "$DRIVER" --server "$ADDR" --domain "$DOMAIN" --pid "$PID" --label "$label" "$@" \
     | tee /dev/stderr | grep '^RESULT ' | sed 's/^RESULT //' >> "$OUT/results.jsonl"
 }

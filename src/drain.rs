@@ -21,13 +21,7 @@ const PUSH_WAIT: Duration = Duration::from_secs(2);
 pub async fn drain(ctx: &Arc<ServerCtx>) {
     ctx.draining.store(true, Ordering::Release);
     let cluster = ctx.replicator.cluster();
-    let status = cluster.status();
-    let others: Vec<u64> = status
-        .peers
-        .iter()
-        .map(|p| p.0)
-        .filter(|id| *id != status.id)
-        .collect();
+    let others = ctx.other_nodes();
     tracing::info!(
         sessions = ctx.router.count(),
         peers = others.len(),

@@ -237,18 +237,7 @@ impl UserPresence {
                 });
             }
             // The contact's resources on other nodes answer from there.
-            let me = self.ctx.node_id();
-            let mut nodes: Vec<u64> = self
-                .ctx
-                .state
-                .sessions_of(contact.as_str())
-                .iter()
-                .map(|r| r.node)
-                .filter(|n| *n != me)
-                .collect();
-            nodes.sort_unstable();
-            nodes.dedup();
-            for node in nodes {
+            for node in crate::route::other_nodes_of(&self.ctx, contact.as_str()) {
                 crate::route::relay(
                     &self.ctx,
                     node,

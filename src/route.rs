@@ -113,6 +113,21 @@ pub struct HandOff {
     pub carbons: bool,
 }
 
+/// The other nodes where `bare` has sessions (per the session table).
+pub fn other_nodes_of(ctx: &ServerCtx, bare: &str) -> Vec<u64> {
+    let me = ctx.node_id();
+    let mut nodes: Vec<u64> = ctx
+        .state
+        .sessions_of(bare)
+        .iter()
+        .map(|r| r.node)
+        .filter(|n| *n != me)
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes
+}
+
 /// All sessions of `bare`: this node's from the router, the others' from
 /// the session table.
 pub fn resources(ctx: &ServerCtx, bare: &BareJid) -> Vec<Target> {

@@ -92,6 +92,17 @@ impl ServerCtx {
         self.me.get().and_then(|w| w.upgrade())
     }
 
+    /// The other members of the cluster, by node id.
+    pub fn other_nodes(&self) -> Vec<u64> {
+        let status = self.replicator.cluster().status();
+        status
+            .peers
+            .iter()
+            .map(|p| p.0)
+            .filter(|id| *id != status.id)
+            .collect()
+    }
+
     pub fn node_id(&self) -> u64 {
         self.config.cluster.node_id
     }
@@ -323,10 +334,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
         let mut tasks = Vec::new();
         for (listener, direct_tls) in std::iter::once((c2s, false)).chain(direct.map(|d| (d, true)))
         {
-            let ctx = ctx.clone();
-            let handles = handles.clone();
-            tasks.push(actix_rt::spawn(accept_loop(
-                ctx, listener, direct_tls, handles,
+            tasks.push(actix_rt::spawn(serve_listener(
+                ctx.clone(),
+                listener,
+                handles.clone(),
+                move |ctx: Arc<ServerCtx>, tcp, peer| {
+                    let guard = ctx.conn_guard();
+                    handle_connection(ctx, tcp, peer, direct_tls, guard)
+                },
             )));
         }
         if let Some(l) = s2s {
@@ -503,48 +518,9 @@ async fn wait_for_signal() {
     }
 }
 
-async fn accept_loop(
-    ctx: Arc<ServerCtx>,
-    listener: std::net::TcpListener,
-    direct_tls: bool,
-    arbiters: Vec<actix_rt::ArbiterHandle>,
-) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "listener failed");
-            return;
-        }
-    };
-    let mut next = 0usize;
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of file descriptors and the like: back off, keep serving.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(std_tcp) = tcp.into_std() else {
-            continue;
-        };
-        let guard = ctx.conn_guard();
-        let ctx = ctx.clone();
-        let arbiter = &arbiters[next % arbiters.len()];
-        next = next.wrapping_add(1);
-        arbiter.spawn(async move {
-            // Register the socket with this arbiter's own reactor.
-            if let Ok(tcp) = tokio::net::TcpStream::from_std(std_tcp) {
-                handle_connection(ctx, tcp, peer, direct_tls, guard).await;
-            }
-        });
-    }
-}
-
 /// Accept on `listener` and run `handle` for each connection on the worker
-/// arbiters in turn (server-to-server and component streams).
+/// arbiters in turn (client, server-to-server and component streams). An
+/// accept error (out of file descriptors and the like) backs off briefly.
 async fn serve_listener<F, Fut>(
     ctx: Arc<ServerCtx>,
     listener: std::net::TcpListener,
@@ -577,6 +553,7 @@ async fn serve_listener<F, Fut>(
         let ctx = ctx.clone();
         let handle = handle.clone();
         arbiters[next % arbiters.len()].spawn(async move {
+            // Register the socket with this arbiter's own reactor.
             if let Ok(tcp) = tokio::net::TcpStream::from_std(std_tcp) {
                 handle(ctx, tcp, peer).await;
             }

@@ -250,13 +250,7 @@ async fn fetch_session(
     previd: &str,
     user: &str,
 ) -> Option<actix::Addr<C2sSession>> {
-    let status = ctx.replicator.cluster().status();
-    let others: Vec<u64> = status
-        .peers
-        .iter()
-        .map(|p| p.0)
-        .filter(|id| *id != status.id)
-        .collect();
+    let others = ctx.other_nodes();
     if others.is_empty() {
         return None;
     }

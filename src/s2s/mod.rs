@@ -176,17 +176,7 @@ pub fn deliver_local(ctx: &ServerCtx, el: Element) {
                         check_subscription: true,
                     });
                 }
-                let me = ctx.node_id();
-                let mut nodes: Vec<u64> = ctx
-                    .state
-                    .sessions_of(bare.as_str())
-                    .iter()
-                    .map(|r| r.node)
-                    .filter(|n| *n != me)
-                    .collect();
-                nodes.sort_unstable();
-                nodes.dedup();
-                for node in nodes {
+                for node in crate::route::other_nodes_of(ctx, bare.as_str()) {
                     crate::route::relay(
                         ctx,
                         node,
