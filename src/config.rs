@@ -57,6 +57,9 @@ pub struct S2sSection {
     pub verify_certificates: bool,
     /// Refuse dialback and stanzas on inbound streams that did not STARTTLS.
     pub require_encryption: bool,
+    /// Extra trusted CA certificates (PEM) for peers' certificates, besides
+    /// the WebPKI roots: private federations and tests.
+    pub ca_file: String,
     /// Domain -> "host:port", tried before DNS (private federations, tests).
     /// As an environment variable: "domain=host:port,domain2=host:port".
     pub static_routes: std::collections::BTreeMap<String, String>,
@@ -75,6 +78,7 @@ impl Default for S2sSection {
             direct_tls_listen: String::new(),
             verify_certificates: true,
             require_encryption: true,
+            ca_file: String::new(),
             static_routes: Default::default(),
             connect_timeout_secs: 10,
             idle_timeout_secs: 600,

@@ -200,12 +200,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let state = Arc::new(State::open(&config.data_dir)?);
     let displaced_hook = Arc::new(std::sync::OnceLock::new());
     let (replicator, raft_thread) = start_cluster(&config, state.clone(), displaced_hook.clone())?;
-    let tls = crate::tls::server_config(
+    let identity = crate::tls::load_identity(
         config.tls.cert.as_deref(),
         config.tls.key.as_deref(),
         &config.data_dir,
         &config.domain,
     )?;
+    let tls = crate::tls::server_config(&identity)?;
+    let s2s_state = crate::s2s::S2s::new(&identity, &config.s2s, &cluster_secret(&config)?)?;
     let admin = crate::admin::bind(&config.data_dir).map_err(|source| StartError::Bind {
         key: "admin socket",
         addr: config
@@ -223,11 +225,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         router: Router::default(),
         modules: Modules::standard(),
         tls: TlsAcceptor::from(tls.clone()),
-        s2s: crate::s2s::S2s::new(
-            &tls,
-            &cluster_secret(&config)?,
-            config.s2s.verify_certificates,
-        ),
+        s2s: s2s_state,
         components: Default::default(),
         me: std::sync::OnceLock::new(),
         throttle: AuthThrottle::default(),

@@ -23,14 +23,29 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// Build the server config from `cert`/`key`, or from data_dir/tls, making a
-/// self-signed pair for `domain` there if none exists.
-pub fn server_config(
+/// This server's certificate chain and key.
+pub struct Identity {
+    pub certs: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            certs: self.certs.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// The configured `cert`/`key`, or data_dir/tls, making a self-signed pair
+/// for `domain` there if none exists.
+pub fn load_identity(
     cert: Option<&Path>,
     key: Option<&Path>,
     data_dir: &Path,
     domain: &str,
-) -> Result<Arc<ServerConfig>, TlsError> {
+) -> Result<Identity, TlsError> {
     let (cert_path, key_path) = match (cert, key) {
         (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
         _ => ensure_self_signed(data_dir, domain)?,
@@ -42,11 +57,17 @@ pub fn server_config(
         return Err(pem_err(&cert_path, "no certificate found"));
     }
     let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| pem_err(&key_path, e))?;
+    Ok(Identity { certs, key })
+}
+
+/// The client-to-server TLS config for `identity`.
+pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let identity = identity.clone();
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_single_cert(identity.certs, identity.key)?;
     // XEP-0368 direct TLS uses ALPN "xmpp-client"; accept it, do not require it.
     config.alpn_protocols = vec![b"xmpp-client".to_vec()];
     Ok(Arc::new(config))

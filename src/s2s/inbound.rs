@@ -23,7 +23,7 @@ pub async fn handle(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: SocketAddr) {
     async move {
         let _ = tcp.set_nodelay(true);
         let conn = stream::Conn::new(Box::new(tcp), &ctx, false);
-        match serve(&ctx, conn).await {
+        match serve(&ctx, conn, None).await {
             Ok(()) => tracing::debug!("inbound stream ended"),
             Err(e) => tracing::info!(error = %e, "inbound stream ended"),
         }
@@ -44,8 +44,9 @@ pub async fn handle_direct_tls(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: Socket
             Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
             Err(_) => return,
         };
+        let cert = peer_certificate(&tls);
         let conn = stream::Conn::new(Box::new(tls), &ctx, true);
-        match serve(&ctx, conn).await {
+        match serve(&ctx, conn, cert).await {
             Ok(()) => tracing::debug!("inbound stream ended"),
             Err(e) => tracing::info!(error = %e, "inbound stream ended"),
         }
@@ -54,7 +55,22 @@ pub async fn handle_direct_tls(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: Socket
     .await
 }
 
-async fn serve(ctx: &Arc<ServerCtx>, mut conn: stream::Conn) -> Result<(), S2sError> {
+type PeerCert = Option<rustls_pki_types::CertificateDer<'static>>;
+
+/// The certificate the peer presented in the TLS handshake, if any.
+fn peer_certificate<IO>(tls: &tokio_rustls::server::TlsStream<IO>) -> PeerCert {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.clone().into_owned())
+}
+
+async fn serve(
+    ctx: &Arc<ServerCtx>,
+    mut conn: stream::Conn,
+    mut peer_cert: PeerCert,
+) -> Result<(), S2sError> {
     let ours = ctx.config.domain.clone();
     // Domains this stream has authenticated with dialback.
     let mut authenticated: HashSet<String> = HashSet::new();
@@ -68,6 +84,10 @@ async fn serve(ctx: &Arc<ServerCtx>, mut conn: stream::Conn) -> Result<(), S2sEr
         };
         id = crate::stream::header::new_stream_id();
         let to = header.attr("to").map(str::to_string);
+        let claimed = header
+            .attr("from")
+            .map(str::to_ascii_lowercase)
+            .filter(|d| !super::is_local_domain(ctx, d));
         conn.send(&stream::response_header(&ours, header.attr("from"), &id))
             .await?;
         if header.default_ns.as_deref() != Some(ns::SERVER) {
@@ -91,6 +111,16 @@ async fn serve(ctx: &Arc<ServerCtx>, mut conn: stream::Conn) -> Result<(), S2sEr
                 starttls.push_child(Element::new("required", ns::TLS));
             }
             features.push_child(starttls);
+        }
+        // RFC 6120 §6.4, XEP-0178: EXTERNAL where the peer's verified
+        // certificate names the domain it claims.
+        let external = external_domain(ctx, &peer_cert, claimed.as_deref())
+            .filter(|d| !authenticated.contains(d));
+        if conn.tls && external.is_some() {
+            features.push_child(
+                Element::new("mechanisms", ns::SASL)
+                    .with_child(Element::new("mechanism", ns::SASL).with_text("EXTERNAL")),
+            );
         }
         features.push_child(
             Element::new("dialback", dialback::FEATURE_NS)
@@ -132,8 +162,42 @@ async fn serve(ctx: &Arc<ServerCtx>, mut conn: stream::Conn) -> Result<(), S2sEr
                     .accept(io)
                     .await
                     .map_err(|e| S2sError::Tls(e.to_string()))?;
+                peer_cert = peer_certificate(&tls);
                 conn = stream::Conn::new(Box::new(tls), ctx, true);
                 continue 'stream;
+            }
+            if el.is("auth", ns::SASL) && conn.tls {
+                let wanted = el.text();
+                // The authorization identity, if given, must be the claimed domain.
+                let authzid = match wanted.trim() {
+                    "" | "=" => None,
+                    b64 => {
+                        use base64::Engine;
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b64)
+                            .ok()
+                            .and_then(|v| String::from_utf8(v).ok())
+                            .map(|d| d.to_ascii_lowercase())
+                    }
+                };
+                let ok = el.attr("mechanism") == Some("EXTERNAL")
+                    && external.is_some()
+                    && (authzid.is_none() || authzid == external);
+                if let (true, Some(domain)) = (ok, external.clone()) {
+                    conn.send(&format!("<success xmlns='{}'/>", ns::SASL))
+                        .await?;
+                    tracing::info!(remote = %domain, "authenticated with SASL EXTERNAL");
+                    tracing::Span::current().record("remote", tracing::field::display(&domain));
+                    authenticated.insert(domain);
+                    conn.restart();
+                    continue 'stream;
+                }
+                conn.send(&format!(
+                    "<failure xmlns='{}'><not-authorized/></failure>",
+                    ns::SASL
+                ))
+                .await?;
+                continue;
             }
             if require_tls && !conn.tls {
                 return fail(
@@ -321,4 +385,12 @@ async fn fail(
         .send(&format!("{}</stream:stream>", err.to_xml()))
         .await;
     Err(S2sError::Protocol(format!("sent stream error: {text}")))
+}
+
+/// The domain SASL EXTERNAL may authenticate on this stream: the one the
+/// peer claims, if its certificate (verified against our trusted roots by
+/// the TLS layer) names it and peers are verified at all.
+fn external_domain(ctx: &ServerCtx, cert: &PeerCert, claimed: Option<&str>) -> Option<String> {
+    let (cert, claimed) = (cert.as_ref()?, claimed?);
+    (ctx.s2s.verify && stream::certificate_names(cert, claimed)).then(|| claimed.to_string())
 }

@@ -54,30 +54,34 @@ impl S2sError {
 
 /// Federation state of this node.
 pub struct S2s {
-    /// TLS for inbound server streams (ALPN "xmpp-server", XEP-0368).
+    /// TLS for inbound server streams (ALPN "xmpp-server", XEP-0368); asks
+    /// peers for a certificate, for SASL EXTERNAL (RFC 6120 §6.4, XEP-0178).
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub secret: dialback::Secret,
     pub resolver: resolve::Resolver,
+    /// TLS for outbound links: verifies the peer, presents our certificate.
     pub tls: tokio_rustls::TlsConnector,
+    /// Whether peers' certificates are verified (SASL EXTERNAL needs it).
+    pub verify: bool,
     /// One outbound link per remote domain.
     pub links: Mutex<HashMap<String, Addr<OutboundLink>>>,
 }
 
 impl S2s {
     pub fn new(
-        server_tls: &tokio_rustls::rustls::ServerConfig,
+        identity: &crate::tls::Identity,
+        config: &crate::config::S2sSection,
         cluster_secret: &str,
-        verify_certificates: bool,
-    ) -> S2s {
-        let mut tls = server_tls.clone();
-        tls.alpn_protocols = vec![b"xmpp-server".to_vec()];
-        S2s {
-            acceptor: tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls)),
+    ) -> Result<S2s, crate::tls::TlsError> {
+        let roots = stream::trust_roots(&config.ca_file)?;
+        Ok(S2s {
+            acceptor: stream::server_tls(identity, config.verify_certificates, roots.clone())?,
             secret: dialback::Secret::from_cluster_secret(cluster_secret),
             resolver: resolve::Resolver::new(),
-            tls: stream::client_tls(verify_certificates),
+            tls: stream::client_tls_with(Some(identity), config.verify_certificates, roots)?,
+            verify: config.verify_certificates,
             links: Mutex::new(HashMap::new()),
-        }
+        })
     }
 }
 

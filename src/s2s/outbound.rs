@@ -170,13 +170,37 @@ impl Handler<Closed> for OutboundLink {
 /// gets by asking our domain's authoritative server (any of our nodes).
 async fn establish(ctx: &Arc<ServerCtx>, remote: &str) -> Result<stream::Conn, S2sError> {
     let (mut conn, id, features) = stream::open(ctx, remote).await?;
+    let ours = ctx.config.domain.clone();
+    // RFC 6120 §6, XEP-0178: SASL EXTERNAL with our certificate where the
+    // peer offers it (it verified our certificate); dialback otherwise.
+    let external = features
+        .get_child("mechanisms", ns::SASL)
+        .is_some_and(|m| m.elements().any(|x| x.text().trim() == "EXTERNAL"));
+    if external && ctx.s2s.verify {
+        use base64::Engine;
+        let authzid = base64::engine::general_purpose::STANDARD.encode(&ours);
+        conn.send(&format!(
+            "<auth xmlns='{}' mechanism='EXTERNAL'>{authzid}</auth>",
+            ns::SASL
+        ))
+        .await?;
+        let answer = conn.element().await?;
+        if answer.is("success", ns::SASL) {
+            conn.restart();
+            conn.send(&stream::initiating_header(&ours, remote)).await?;
+            conn.header().await?;
+            let _features = conn.element().await?;
+            tracing::info!("authenticated with SASL EXTERNAL");
+            return Ok(conn);
+        }
+        tracing::info!("SASL EXTERNAL refused; trying dialback");
+    }
     if features
         .get_child("dialback", dialback::FEATURE_NS)
         .is_none()
     {
         tracing::debug!("remote does not advertise dialback; trying it anyway");
     }
-    let ours = ctx.config.domain.clone();
     let key = ctx.s2s.secret.key(remote, &ours, &id);
     conn.send(&format!(
         "<db:result from='{ours}' to='{remote}'>{key}</db:result>"

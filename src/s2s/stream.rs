@@ -116,25 +116,98 @@ pub fn response_header(from: &str, to: Option<&str>, id: &str) -> String {
     )
 }
 
-/// TLS for connections we open: the WebPKI roots, or (for test setups,
-/// `s2s.verify_certificates = false`) any certificate.
-pub fn client_tls(verify: bool) -> tokio_rustls::TlsConnector {
+/// The WebPKI roots, plus the CA certificates in `ca_file` (PEM), if set.
+pub fn trust_roots(ca_file: &str) -> Result<Arc<rustls::RootCertStore>, crate::tls::TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if !ca_file.is_empty() {
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca_file)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| crate::tls::TlsError::Pem {
+                path: ca_file.to_string(),
+                message: e.to_string(),
+            })?;
+        for c in certs {
+            roots.add(c)?;
+        }
+    }
+    Ok(Arc::new(roots))
+}
+
+/// TLS for connections we open: the trusted roots, or (for test setups,
+/// `s2s.verify_certificates = false`) any certificate. With an identity,
+/// we present our certificate (for SASL EXTERNAL at the peer).
+pub fn client_tls_with(
+    identity: Option<&crate::tls::Identity>,
+    verify: bool,
+    roots: Arc<rustls::RootCertStore>,
+) -> Result<tokio_rustls::TlsConnector, crate::tls::TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions");
-    let config = if verify {
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        builder.with_root_certificates(roots).with_no_client_auth()
+        .with_safe_default_protocol_versions()?;
+    let builder = if verify {
+        builder.with_root_certificates(roots)
     } else {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth()
     };
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    let config = match identity {
+        Some(id) => {
+            let id = id.clone();
+            builder.with_client_auth_cert(id.certs, id.key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// A client config that accepts any server certificate and presents none
+/// (tests and load tools against self-signed servers).
+pub fn client_tls(verify: bool) -> tokio_rustls::TlsConnector {
+    let roots = Arc::new(rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    });
+    client_tls_with(None, verify, roots).expect("default TLS configuration")
+}
+
+/// TLS for inbound server streams: our certificate, ALPN "xmpp-server";
+/// when peers are verified, a client certificate is asked for (optional)
+/// and checked against the trusted roots.
+pub fn server_tls(
+    identity: &crate::tls::Identity,
+    verify: bool,
+    roots: Arc<rustls::RootCertStore>,
+) -> Result<tokio_rustls::TlsAcceptor, crate::tls::TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = if verify {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| crate::tls::TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let id = identity.clone();
+    let mut config = builder.with_single_cert(id.certs, id.key)?;
+    config.alpn_protocols = vec![b"xmpp-server".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Whether the certificate a peer presented (already verified against our
+/// roots by the TLS layer) names `domain` (RFC 6125, XEP-0178).
+pub fn certificate_names(cert: &rustls_pki_types::CertificateDer<'_>, domain: &str) -> bool {
+    let Ok(name) = rustls_pki_types::ServerName::try_from(domain) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(cert)
+        .and_then(|c| c.verify_is_valid_for_subject_name(&name))
+        .is_ok()
 }
 
 /// Accepts every certificate (signatures are still checked): only with
