@@ -14,15 +14,20 @@ use std::time::{Duration, Instant};
 const SECRET: &str = "federation-test-secret-0123456789";
 const PROSODY_C2S: u16 = 16222;
 const PROSODY_S2S: u16 = 16269;
+/// For the bidirectional-link test (both tests run at once).
+const BIDI_C2S: u16 = 16322;
+const BIDI_S2S: u16 = 16369;
 
 /// A throwaway Prosody on loopback, killed on drop.
 struct Prosody {
     child: Child,
     dir: tempfile::TempDir,
+    c2s: u16,
 }
 
 impl Prosody {
-    fn start(starling_s2s: SocketAddr) -> Prosody {
+    /// With `bidi`, Prosody offers and uses XEP-0288 bidirectional links.
+    fn start(starling_s2s: SocketAddr, c2s: u16, s2s: u16, bidi: bool) -> Prosody {
         assert!(
             Command::new("prosody").arg("-v").output().is_ok(),
             "prosody is not installed: run `bash .ci/run` (apt-get install prosody)"
@@ -51,8 +56,10 @@ impl Prosody {
             .unwrap()
             .replace("@DIR@", &d.display().to_string())
             .replace("@PLUGINS@", here)
-            .replace("@C2S@", &PROSODY_C2S.to_string())
-            .replace("@S2S@", &PROSODY_S2S.to_string())
+            .replace("@C2S@", &c2s.to_string())
+            .replace("@S2S@", &s2s.to_string())
+            .replace("@DISABLED@", if bidi { "" } else { "\"s2s_bidi\";" })
+            .replace("@ENABLED@", if bidi { "\"s2s_bidi\";" } else { "" })
             .replace("@STARLING_S2S@", &starling_s2s.port().to_string());
         assert_eq!(starling_s2s.ip().to_string(), "127.0.0.1");
         std::fs::write(d.join("prosody.cfg.lua"), cfg).unwrap();
@@ -64,9 +71,9 @@ impl Prosody {
             .stderr(Stdio::null())
             .spawn()
             .expect("start prosody");
-        let p = Prosody { child, dir };
+        let p = Prosody { child, dir, c2s };
         let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", PROSODY_C2S)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", c2s)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "prosody did not start: {}",
@@ -107,8 +114,8 @@ impl Drop for Prosody {
     }
 }
 
-fn starling_node(id: u64, join: Option<&Server>) -> Server {
-    let route = format!("prosody.localhost=127.0.0.1:{PROSODY_S2S}");
+fn starling_node(id: u64, join: Option<&Server>, prosody_s2s: u16) -> Server {
+    let route = format!("prosody.localhost=127.0.0.1:{prosody_s2s}");
     cluster_node(
         id,
         join,
@@ -128,13 +135,13 @@ fn starling_node(id: u64, join: Option<&Server>) -> Server {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_and_messages_with_prosody_across_the_cluster() {
     let _turn = CLUSTER_TURN.lock().await;
-    let n1 = starling_node(1, None);
-    let n2 = starling_node(2, Some(&n1));
-    let n3 = starling_node(3, Some(&n1));
+    let n1 = starling_node(1, None, PROSODY_S2S);
+    let n2 = starling_node(2, Some(&n1), PROSODY_S2S);
+    let n3 = starling_node(3, Some(&n1), PROSODY_S2S);
     wait_members(&n1, SECRET, 3).await;
     // Through node 3's admin socket: committed and applied there on return.
     n3.add_user("alice", "alice-pw");
-    let prosody = Prosody::start(n2.s2s.expect("s2s on"));
+    let prosody = Prosody::start(n2.s2s.expect("s2s on"), PROSODY_C2S, PROSODY_S2S, false);
     prosody.register("bob", "bob-pw");
 
     let out = tokio::task::spawn_blocking(move || {
@@ -170,4 +177,47 @@ async fn subscription_and_messages_with_prosody_across_the_cluster() {
         n3.log().contains("outbound link ready"),
         "node 3 linked out"
     );
+}
+
+/// Run the slixmpp federation script: alice on `starling`, bob on `prosody`.
+async fn federate(starling: SocketAddr, prosody: &Prosody) -> std::process::Output {
+    let c2s = prosody.c2s;
+    tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/interop/slixmpp_federation.py"
+            ))
+            .args([starling.ip().to_string(), starling.port().to_string()])
+            .args(["alice@starling.localhost/fed", "alice-pw", "127.0.0.1"])
+            .arg(c2s.to_string())
+            .args(["bob@prosody.localhost/fed", "bob-pw"])
+            .output()
+            .expect("run python")
+    })
+    .await
+    .unwrap()
+}
+
+/// XEP-0288: Prosody offers a bidirectional link and Starling asks for it;
+/// federation works with Prosody's bidi module on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bidirectional_link_with_prosody() {
+    let n = starling_node(1, None, BIDI_S2S);
+    n.add_user("alice", "alice-pw");
+    let prosody = Prosody::start(n.s2s.expect("s2s on"), BIDI_C2S, BIDI_S2S, true);
+    prosody.register("bob", "bob-pw");
+    let out = federate(n.c2s, &prosody).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "federation over a bidirectional link failed:\n{stdout}\n--- prosody\n{}\n--- starling\n{}",
+        prosody.log(),
+        n.log()
+    );
+    let log = n.log();
+    assert!(log.contains("outbound link ready bidi=true"), "{log}");
+    // (Whether Prosody then routes over it is its choice: to verify our
+    // dialback key it connects to us and authenticates that connection
+    // too, and uses it.)
 }

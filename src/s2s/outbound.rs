@@ -80,11 +80,11 @@ impl Actor for OutboundLink {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 match establish(&c, &remote).await {
-                    Ok(conn) => {
-                        tracing::info!("outbound link ready");
+                    Ok((conn, bidi)) => {
+                        tracing::info!(bidi, "outbound link ready");
                         let (tx, rx) = mpsc::channel(c.config.s2s.queue.max(16));
                         me.do_send(Established(tx));
-                        run(conn, rx).await;
+                        run(&c, &remote, bidi, conn, rx).await;
                         me.do_send(Closed);
                     }
                     Err(e) => {
@@ -168,9 +168,15 @@ impl Handler<Closed> for OutboundLink {
 /// Connect and authenticate this domain to `remote` with dialback
 /// (XEP-0220 §2.1): send our key, wait for the remote's verdict, which it
 /// gets by asking our domain's authoritative server (any of our nodes).
-async fn establish(ctx: &Arc<ServerCtx>, remote: &str) -> Result<stream::Conn, S2sError> {
+async fn establish(ctx: &Arc<ServerCtx>, remote: &str) -> Result<(stream::Conn, bool), S2sError> {
     let (mut conn, id, features) = stream::open(ctx, remote).await?;
     let ours = ctx.config.domain.clone();
+    // XEP-0288: where the peer offers it, this link carries its stanzas to
+    // us too (asked for before authenticating).
+    let bidi = features.get_child("bidi", BIDI_FEATURE_NS).is_some();
+    if bidi {
+        conn.send(&format!("<bidi xmlns='{BIDI_NS}'/>")).await?;
+    }
     // RFC 6120 §6, XEP-0178: SASL EXTERNAL with our certificate where the
     // peer offers it (it verified our certificate); dialback otherwise.
     let external = features
@@ -191,7 +197,7 @@ async fn establish(ctx: &Arc<ServerCtx>, remote: &str) -> Result<stream::Conn, S
             conn.header().await?;
             let _features = conn.element().await?;
             tracing::info!("authenticated with SASL EXTERNAL");
-            return Ok(conn);
+            return Ok((conn, bidi));
         }
         tracing::info!("SASL EXTERNAL refused; trying dialback");
     }
@@ -218,15 +224,28 @@ async fn establish(ctx: &Arc<ServerCtx>, remote: &str) -> Result<stream::Conn, S
     .await
     .map_err(|_| S2sError::Timeout)??;
     match verdict.attr("type") {
-        Some("valid") => Ok(conn),
+        Some("valid") => Ok((conn, bidi)),
         _ => Err(S2sError::Refused(remote.to_string())),
     }
 }
 
-/// Write queued stanzas until the link is dropped; read (and ignore)
-/// whatever the remote sends on our outbound stream until it closes.
-async fn run(conn: stream::Conn, mut rx: mpsc::Receiver<String>) {
+/// XEP-0288 bidirectional server-to-server connections.
+const BIDI_FEATURE_NS: &str = "urn:xmpp:features:bidi";
+const BIDI_NS: &str = "urn:xmpp:bidi";
+
+/// Write queued stanzas until the link is dropped. Read what the remote
+/// sends: on a bidirectional link (XEP-0288), its stanzas to us, which must
+/// come from the domain we connected to and authenticated (`<invalid-from/>`
+/// otherwise); on a one-way link, nothing but a possible stream error.
+async fn run(
+    ctx: &Arc<ServerCtx>,
+    remote: &str,
+    bidi: bool,
+    conn: stream::Conn,
+    mut rx: mpsc::Receiver<String>,
+) {
     let (mut reader, mut writer) = conn.split();
+    let (err_tx, mut err_rx) = mpsc::channel::<String>(1);
     let read = async move {
         loop {
             match reader.next().await {
@@ -235,12 +254,48 @@ async fn run(conn: stream::Conn, mut rx: mpsc::Receiver<String>) {
                     tracing::warn!(error = ?el.elements().next().map(|e| e.name.clone()), "remote closed the link with a stream error");
                     return;
                 }
+                Ok(StreamEvent::Stanza(mut el))
+                    if bidi && matches!(el.name.as_str(), "message" | "presence" | "iq") =>
+                {
+                    let from_ok = el
+                        .attr("from")
+                        .and_then(|f| jid::Jid::new(f).ok())
+                        .is_some_and(|j| j.domain().as_str().eq_ignore_ascii_case(remote));
+                    let to_ok = el
+                        .attr("to")
+                        .and_then(|t| jid::Jid::new(t).ok())
+                        .is_some_and(|j| super::is_local_domain(ctx, j.domain().as_str()));
+                    if !(from_ok && to_ok) {
+                        let e = crate::stream::StreamError::with_text(
+                            crate::stream::StreamCondition::InvalidFrom,
+                            "stanza not from the domain of this link",
+                        );
+                        let _ = err_tx.try_send(format!("{}</stream:stream>", e.to_xml()));
+                        return;
+                    }
+                    super::retag(&mut el, ns::SERVER, ns::CLIENT);
+                    tracing::debug!(name = %el.name, "stanza in over the bidirectional link");
+                    super::deliver_local(ctx, el);
+                }
                 Ok(_) => {}
             }
         }
     };
     let write = async move {
-        while let Some(first) = rx.recv().await {
+        loop {
+            let first = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                e = err_rx.recv() => {
+                    if let Some(e) = e {
+                        let _ = writer.write_all(e.as_bytes()).await;
+                        let _ = writer.shutdown().await;
+                    }
+                    return;
+                }
+            };
             let mut batch = first;
             while let Ok(more) = rx.try_recv() {
                 batch.push_str(&more);
@@ -255,8 +310,13 @@ async fn run(conn: stream::Conn, mut rx: mpsc::Receiver<String>) {
         let _ = writer.write_all(b"</stream:stream>").await;
         let _ = writer.shutdown().await;
     };
+    tokio::pin!(read);
+    tokio::pin!(write);
     tokio::select! {
-        _ = read => {}
-        _ = write => {}
+        // The writer may still owe the remote a stream error.
+        _ = &mut read => {
+            let _ = tokio::time::timeout(Duration::from_millis(500), &mut write).await;
+        }
+        _ = &mut write => {}
     }
 }
