@@ -54,10 +54,15 @@ enum ClusterCmd {
         #[arg(long, default_value_t = 0)]
         port_offset: u16,
     },
-    /// Drain this node (the one whose data dir the config names): it stops
-    /// taking clients, hands leadership and resumable sessions to other
-    /// nodes, ends its streams and exits, as on SIGTERM.
-    Drain,
+    /// Drain a node: it stops taking clients, hands leadership and
+    /// resumable sessions to other nodes, ends its streams and exits, as on
+    /// SIGTERM. This config's node (through its admin socket), or any node
+    /// by its mesh address with `--node` (authorized by the cluster secret).
+    Drain {
+        /// Mesh address of the node to drain (default: this config's node).
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Remove a member from the cluster (through any member).
     Remove {
         /// The id of the node to remove.
@@ -117,7 +122,10 @@ fn main() -> ExitCode {
             op: ClusterCmd::Remove { node_id, node },
         } => cluster_remove(&config, node_id, node),
         Cmd::Cluster {
-            op: ClusterCmd::Drain,
+            op: ClusterCmd::Drain { node: Some(node) },
+        } => cluster_drain_remote(&config, &node),
+        Cmd::Cluster {
+            op: ClusterCmd::Drain { node: None },
         } => match admin::request(&config.data_dir, &AdminOp::Drain) {
             Ok(Some(r)) if r.ok => {
                 println!("draining; the node exits once its sessions are handed over");
@@ -158,6 +166,40 @@ fn main() -> ExitCode {
             }
         }
         Cmd::User { op } => user(&config, op),
+    }
+}
+
+/// `starling cluster drain --node ADDR`: ask that node over the mesh.
+fn cluster_drain_remote(config: &Config, node: &str) -> ExitCode {
+    let secret = match starling::server::cluster_secret(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("starling: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let Ok(payload) = serde_json::to_vec(&starling::route::Relay::Drain) else {
+        return ExitCode::from(1);
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("starling: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(starling_cluster::remote_relay(node, &secret, payload)) {
+        Ok(()) => {
+            println!("draining {node}; it exits once its sessions are handed over");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("starling: cannot ask {node} to drain: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -88,6 +88,8 @@ pub enum Relay {
         token: u64,
         ok: bool,
     },
+    /// Drain this node and stop it (`starling cluster drain --node`).
+    Drain,
     /// A stanza for the external component `domain`, connected here.
     Component {
         domain: String,
@@ -366,6 +368,10 @@ pub async fn serve_relays(
                     (None, Some(s)) => install_here(&ctx, s, from),
                     (None, None) => {}
                 }
+            }
+            Relay::Drain => {
+                tracing::info!(from, "drain requested over the mesh");
+                ctx.drain_requested.notify_one();
             }
             Relay::Component { domain, xml } => {
                 if let Ok(el) = crate::xml::parse_fragment(&xml) {

@@ -124,3 +124,40 @@ async fn cluster_drain_command() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_drain_of_another_node_by_mesh_address() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let (n1, _n2, n3) = three().await;
+    // From node 1's machine, naming node 3 by its mesh address.
+    let wrong = std::process::Command::new(bin())
+        .args(["cluster", "drain", "--node", &n3.mesh.to_string()])
+        .env_clear()
+        .env("STARLING_DATA_DIR", n1.data_dir())
+        .env("STARLING_CLUSTER_SECRET", "not-the-cluster-secret")
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success(), "a wrong secret cannot drain");
+    let out = std::process::Command::new(bin())
+        .args(["cluster", "drain", "--node", &n3.mesh.to_string()])
+        .env_clear()
+        .env("STARLING_DATA_DIR", n1.data_dir())
+        .env("STARLING_CLUSTER_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while std::net::TcpStream::connect(n3.c2s).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "node 3 still serving after drain"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Node 1 was not drained.
+    assert!(std::net::TcpStream::connect(n1.c2s).is_ok());
+}

@@ -14,7 +14,7 @@ mod driver;
 pub mod storage;
 mod transport;
 
-pub use transport::{remote_remove, remote_status};
+pub use transport::{remote_relay, remote_remove, remote_status};
 
 /// Code generated from `proto/cluster.proto`.
 pub mod proto {

@@ -542,3 +542,21 @@ pub async fn remote_remove(
         .into_inner();
     Ok(r.peers.into_iter().map(|p| (p.id, p.address)).collect())
 }
+
+/// Hand one application message to the node at `addr`, from outside the
+/// cluster (`from` is 0); the cluster secret authorizes it (admin tools).
+pub async fn remote_relay(addr: &str, secret: &str, payload: Vec<u8>) -> Result<(), String> {
+    let mut c = RaftClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    c.relay(with_secret(
+        RelayBatch {
+            from: 0,
+            payloads: vec![payload],
+        },
+        secret,
+    ))
+    .await
+    .map_err(|e| e.message().to_string())?;
+    Ok(())
+}
