@@ -32,7 +32,9 @@ pub async fn writer(
     mut abort: oneshot::Receiver<StreamError>,
     guard: crate::server::ConnGuard,
 ) {
-    let mut buf = String::with_capacity(4096);
+    // Grows while busy; given back when the queue runs dry, so an idle
+    // session keeps no write buffer.
+    let mut buf = String::new();
     // The session drops the abort handle when it stops; queued data and the
     // final close still come through `rx` then.
     let mut abort_live = true;
@@ -76,7 +78,11 @@ pub async fn writer(
             r = tokio::time::timeout(WRITE_TIMEOUT, write) => matches!(r, Ok(Ok(()))),
             _ = &mut abort, if abort_live => false,
         };
-        buf.clear();
+        if rx.is_empty() {
+            buf = String::new();
+        } else {
+            buf.clear();
+        }
         if close.is_some() || !ok {
             let _ = tokio::time::timeout(Duration::from_secs(2), w.shutdown()).await;
             break;
