@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::s2s::stream::Conn;
+use crate::s2s::stream::{fail, Conn};
 use crate::server::ServerCtx;
 use crate::stanza_error::StanzaCondition;
 use crate::state::Command;
@@ -237,18 +237,4 @@ fn from_component(ctx: &Arc<ServerCtx>, domain: &str, mut el: Element) -> Result
         crate::s2s::send(ctx, el);
     }
     Ok(())
-}
-
-async fn fail(
-    conn: &mut Conn,
-    condition: StreamCondition,
-    text: &str,
-) -> Result<(), crate::s2s::S2sError> {
-    let err = StreamError::with_text(condition, text);
-    let _ = conn
-        .send(&format!("{}</stream:stream>", err.to_xml()))
-        .await;
-    Err(crate::s2s::S2sError::Protocol(format!(
-        "sent stream error: {text}"
-    )))
 }

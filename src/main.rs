@@ -169,61 +169,63 @@ fn main() -> ExitCode {
     }
 }
 
-/// `starling cluster drain --node ADDR`: ask that node over the mesh.
-fn cluster_drain_remote(config: &Config, node: &str) -> ExitCode {
+/// Run one mesh request (`f` gets the cluster secret) on a small runtime;
+/// `None` once the failure is reported.
+fn mesh_call<T, F>(config: &Config, f: impl FnOnce(String) -> F) -> Option<T>
+where
+    F: std::future::Future<Output = T>,
+{
     let secret = match starling::server::cluster_secret(config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("starling: {e}");
-            return ExitCode::from(1);
+            return None;
         }
     };
-    let Ok(payload) = serde_json::to_vec(&starling::route::Relay::Drain) else {
-        return ExitCode::from(1);
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(rt) => Some(rt.block_on(f(secret))),
         Err(e) => {
             eprintln!("starling: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match rt.block_on(starling_cluster::remote_relay(node, &secret, payload)) {
-        Ok(()) => {
-            println!("draining {node}; it exits once its sessions are handed over");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("starling: cannot ask {node} to drain: {e}");
-            ExitCode::from(1)
+            None
         }
     }
 }
 
+/// The mesh address to ask: `--node`, or this config's own node.
+fn mesh_addr(config: &Config, node: Option<String>) -> String {
+    node.unwrap_or_else(|| config.cluster.listen.replace("0.0.0.0", "127.0.0.1"))
+}
+
+/// `starling cluster drain --node ADDR`: ask that node over the mesh.
+fn cluster_drain_remote(config: &Config, node: &str) -> ExitCode {
+    let Ok(payload) = serde_json::to_vec(&starling::route::Relay::Drain) else {
+        return ExitCode::from(1);
+    };
+    match mesh_call(config, |secret| async move {
+        starling_cluster::remote_relay(node, &secret, payload).await
+    }) {
+        Some(Ok(())) => {
+            println!("draining {node}; it exits once its sessions are handed over");
+            ExitCode::SUCCESS
+        }
+        Some(Err(e)) => {
+            eprintln!("starling: cannot ask {node} to drain: {e}");
+            ExitCode::from(1)
+        }
+        None => ExitCode::from(1),
+    }
+}
+
 fn cluster_status(config: &Config, node: Option<String>) -> ExitCode {
-    let secret = match starling::server::cluster_secret(config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("starling: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let addr = node.unwrap_or_else(|| config.cluster.listen.replace("0.0.0.0", "127.0.0.1"));
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("starling: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match rt.block_on(starling_cluster::remote_status(&addr, &secret)) {
-        Ok(s) => {
+    let addr = mesh_addr(config, node);
+    let at = addr.clone();
+    match mesh_call(config, |secret| async move {
+        starling_cluster::remote_status(&addr, &secret).await
+    }) {
+        Some(Ok(s)) => {
             println!(
                 "node {} ({}) term {} leader {} commit {} applied {}",
                 s.id, s.role, s.term, s.leader, s.commit, s.applied
@@ -238,40 +240,32 @@ fn cluster_status(config: &Config, node: Option<String>) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("starling: cannot reach the node at {addr}: {e}");
+        Some(Err(e)) => {
+            eprintln!("starling: cannot reach the node at {at}: {e}");
             ExitCode::from(1)
         }
+        None => ExitCode::from(1),
     }
 }
 
 fn cluster_remove(config: &Config, id: u64, node: Option<String>) -> ExitCode {
-    let secret = match starling::server::cluster_secret(config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("starling: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let addr = node.unwrap_or_else(|| config.cluster.listen.replace("0.0.0.0", "127.0.0.1"));
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return ExitCode::from(1);
-    };
-    match rt.block_on(starling_cluster::remote_remove(&addr, &secret, id)) {
-        Ok(peers) => {
+    let addr = mesh_addr(config, node);
+    let via = addr.clone();
+    match mesh_call(config, |secret| async move {
+        starling_cluster::remote_remove(&addr, &secret, id).await
+    }) {
+        Some(Ok(peers)) => {
             println!("removed node {id}; members now:");
             for (id, a) in peers {
                 println!("  {id}\t{a}");
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("starling: cannot remove node {id} via {addr}: {e}");
+        Some(Err(e)) => {
+            eprintln!("starling: cannot remove node {id} via {via}: {e}");
             ExitCode::from(1)
         }
+        None => ExitCode::from(1),
     }
 }
 

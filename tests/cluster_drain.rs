@@ -115,14 +115,7 @@ async fn cluster_drain_command() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The node stops on its own, cleanly.
-    let deadline = Instant::now() + Duration::from_secs(12);
-    while std::net::TcpStream::connect(n1.c2s).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "node 1 still serving after drain"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stops_serving(&n1, "node 1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,14 +143,19 @@ async fn cluster_drain_of_another_node_by_mesh_address() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stops_serving(&n3, "node 3").await;
+    // Node 1 was not drained.
+    assert!(std::net::TcpStream::connect(n1.c2s).is_ok());
+}
+
+/// Wait (at most 12 s) until a drained node no longer takes connections.
+async fn stops_serving(n: &Server, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(12);
-    while std::net::TcpStream::connect(n3.c2s).is_ok() {
+    while std::net::TcpStream::connect(n.c2s).is_ok() {
         assert!(
             Instant::now() < deadline,
-            "node 3 still serving after drain"
+            "{name} still serving after drain"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Node 1 was not drained.
-    assert!(std::net::TcpStream::connect(n1.c2s).is_ok());
 }

@@ -144,24 +144,7 @@ async fn subscription_and_messages_with_prosody_across_the_cluster() {
     let prosody = Prosody::start(n2.s2s.expect("s2s on"), PROSODY_C2S, PROSODY_S2S, false);
     prosody.register("bob", "bob-pw");
 
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/interop/slixmpp_federation.py"
-            ))
-            .arg(n3.c2s.ip().to_string())
-            .arg(n3.c2s.port().to_string())
-            .args(["alice@starling.localhost/fed", "alice-pw", "127.0.0.1"])
-            .arg(PROSODY_C2S.to_string())
-            .args(["bob@prosody.localhost/fed", "bob-pw"])
-            .output()
-            .map(|o| (o, n3))
-    })
-    .await
-    .unwrap()
-    .expect("run python");
-    let (out, n3) = out;
+    let out = federate(n3.c2s, &prosody).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("ALL OK"),

@@ -12,9 +12,10 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use super::stream::fail;
 use super::{dialback, stream, S2sError};
 use crate::server::ServerCtx;
-use crate::stream::{StreamCondition, StreamError};
+use crate::stream::StreamCondition;
 use crate::xml::{ns, Element, StreamEvent};
 
 /// One inbound connection, until it ends.
@@ -373,18 +374,6 @@ async fn answer_verify(
         if valid { "valid" } else { "invalid" }
     ))
     .await
-}
-
-async fn fail(
-    conn: &mut stream::Conn,
-    condition: StreamCondition,
-    text: &str,
-) -> Result<(), S2sError> {
-    let err = StreamError::with_text(condition, text);
-    let _ = conn
-        .send(&format!("{}</stream:stream>", err.to_xml()))
-        .await;
-    Err(S2sError::Protocol(format!("sent stream error: {text}")))
 }
 
 /// The domain SASL EXTERNAL may authenticate on this stream: the one the

@@ -354,3 +354,17 @@ async fn tls_connect(
         .map_err(|e| S2sError::Tls(e.to_string()))?;
     Ok(Box::new(tls))
 }
+
+/// End a stream we answered with `condition` (RFC 6120 §4.9): the error,
+/// then the closing tag. Always an `Err`, for the caller to return.
+pub async fn fail(
+    conn: &mut Conn,
+    condition: crate::stream::StreamCondition,
+    text: &str,
+) -> Result<(), S2sError> {
+    let err = crate::stream::StreamError::with_text(condition, text);
+    let _ = conn
+        .send(&format!("{}</stream:stream>", err.to_xml()))
+        .await;
+    Err(S2sError::Protocol(format!("sent stream error: {text}")))
+}
