@@ -39,7 +39,7 @@ impl PresenceRegistry {
         let addr = UserPresence {
             bare: bare.clone(),
             ctx: ctx.clone(),
-            resources: HashMap::new(),
+            resources: Resources::default(),
         }
         .start();
         map.insert(bare.clone(), addr.clone());
@@ -75,7 +75,57 @@ struct Resource {
 pub struct UserPresence {
     bare: BareJid,
     ctx: Arc<ServerCtx>,
-    resources: HashMap<String, Resource>,
+    resources: Resources,
+}
+
+/// A user's resources on this node: nearly always one or two, so a small
+/// vector (one allocation, sized to fit) rather than a hash map.
+#[derive(Default)]
+struct Resources(Vec<(String, Resource)>);
+
+impl Resources {
+    fn get(&self, name: &str) -> Option<&Resource> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, r)| r)
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut Resource> {
+        self.0.iter_mut().find(|(n, _)| n == name).map(|(_, r)| r)
+    }
+
+    fn get_or_insert_with(
+        &mut self,
+        name: String,
+        new: impl FnOnce() -> Resource,
+    ) -> &mut Resource {
+        match self.0.iter().position(|(n, _)| *n == name) {
+            Some(i) => &mut self.0[i].1,
+            None => {
+                self.insert(name, new());
+                let last = self.0.len() - 1;
+                &mut self.0[last].1
+            }
+        }
+    }
+
+    fn insert(&mut self, name: String, r: Resource) {
+        if let Some(slot) = self.get_mut(&name) {
+            *slot = r;
+            return;
+        }
+        self.0.reserve_exact(1);
+        self.0.push((name, r));
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| n != name);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Resource> {
+        self.0.iter().map(|(_, r)| r)
+    }
 }
 
 impl Actor for UserPresence {
@@ -320,7 +370,7 @@ impl Handler<Broadcast> for UserPresence {
                 sm_id: None,
             },
         });
-        let res = self.resources.entry(resource).or_insert_with(|| Resource {
+        let res = self.resources.get_or_insert_with(resource, || Resource {
             session_id: msg.session_id,
             last: None,
             directed: HashSet::new(),

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_channel::mpsc;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::clock;
 use crate::stream::{StreamError, StreamReader, StreamWriter};
@@ -55,11 +56,19 @@ pub async fn writer(
             Outbound::Data(d) => buf.push_str(&d),
             Outbound::Close(e) => close = Some(e),
         }
+        let mut ran_dry = false;
         while close.is_none() && buf.len() < BATCH_BYTES {
             match rx.try_recv() {
                 Ok(Outbound::Data(d)) => buf.push_str(&d),
                 Ok(Outbound::Close(e)) => close = Some(e),
-                Err(_) => break,
+                Err(mpsc::TryRecvError::Empty) => {
+                    ran_dry = true;
+                    break;
+                }
+                Err(mpsc::TryRecvError::Closed) => {
+                    close = Some(None);
+                    break;
+                }
             }
         }
         if let Some(err) = &close {
@@ -78,7 +87,7 @@ pub async fn writer(
             r = tokio::time::timeout(WRITE_TIMEOUT, write) => matches!(r, Ok(Ok(()))),
             _ = &mut abort, if abort_live => false,
         };
-        if rx.is_empty() {
+        if ran_dry {
             buf = String::new();
         } else {
             buf.clear();
@@ -91,8 +100,8 @@ pub async fn writer(
     drop(guard);
 }
 
-/// Boxed: a channel allocates room for 32 events up front, and an unboxed
-/// event is ~100 bytes, which every idle session would carry (3 kB).
+/// Boxed: a queued event is then one pointer, and an idle session's
+/// queue holds nothing (an unboxed event is ~100 bytes).
 pub type Inbound = Box<Result<StreamEvent, ParseError>>;
 
 /// A token bucket over inbound bytes (the per-connection rate limit).
@@ -131,7 +140,7 @@ impl RateLimit {
 /// or fails, or when the session goes away.
 pub async fn reader(
     mut parser: StreamReader,
-    tx: mpsc::Sender<Inbound>,
+    mut tx: mpsc::Sender<Inbound>,
     activity: Arc<AtomicU64>,
     mut rate: RateLimit,
 ) {
@@ -140,7 +149,11 @@ pub async fn reader(
         activity.store(clock::now_ms(), Ordering::Relaxed);
         let last = !matches!(ev, Ok(StreamEvent::Stanza(_)) | Ok(StreamEvent::Keepalive));
         rate.charge(parser.last_event_bytes()).await;
-        if tx.send(Box::new(ev)).await.is_err() || last {
+        let sent = match std::future::poll_fn(|cx| tx.poll_ready(cx)).await {
+            Ok(()) => tx.start_send(Box::new(ev)).is_ok(),
+            Err(_) => false,
+        };
+        if !sent || last {
             break;
         }
     }

@@ -5,8 +5,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use actix::Actor;
+use futures_channel::mpsc;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::io::{self, Outbound, RateLimit};
@@ -150,7 +151,7 @@ fn connection_io(
     first: String,
     guard: ConnGuard,
 ) -> (super::session::Conn, mpsc::Receiver<io::Inbound>) {
-    let (out_tx, out_rx) = mpsc::channel::<Outbound>(ctx.config.limits.outbound_queue);
+    let (mut out_tx, out_rx) = mpsc::channel::<Outbound>(ctx.config.limits.outbound_queue);
     let (abort_tx, abort_rx) = oneshot::channel();
     if !first.is_empty() {
         let _ = out_tx.try_send(Outbound::Data(first));
@@ -179,7 +180,7 @@ async fn resume_session(ctx: Arc<ServerCtx>, r: stream::Resuming, guard: ConnGua
         stream, session, h, ..
     } = r;
     let (conn, in_rx) = connection_io(&ctx, stream, String::new(), guard);
-    let out = conn.out.clone();
+    let mut out = conn.out.clone();
     let attached = matches!(
         session
             .send(super::session::Attach {
@@ -254,7 +255,7 @@ async fn fetch_session(
     if others.is_empty() {
         return None;
     }
-    let (tx, mut rx) = mpsc::channel(others.len().max(1));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(others.len().max(1));
     let mut tokens = Vec::new();
     for node in &others {
         let token = ctx.next_session_id();

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures_channel::mpsc;
 use jid::{FullJid, Jid};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::Span;
 
 use super::io::{Inbound, Outbound};
@@ -168,14 +169,12 @@ impl C2sSession {
     fn attach_stream(&mut self, rx: mpsc::Receiver<Inbound>, ctx: &mut Context<Self>) {
         use tokio_stream::StreamExt;
         let generation = self.generation;
-        ctx.add_stream(
-            tokio_stream::wrappers::ReceiverStream::new(rx).map(move |i| (generation, i)),
-        );
+        ctx.add_stream(rx.map(move |i| (generation, i)));
     }
 
     /// Write raw XML (stream management and other non-stanza elements).
     fn write(&mut self, data: String, ctx: &mut Context<Self>) {
-        let Some(conn) = &self.conn else { return };
+        let Some(conn) = &mut self.conn else { return };
         if conn.out.try_send(Outbound::Data(data)).is_err() {
             self.close(
                 StreamError::with_text(
@@ -222,9 +221,8 @@ impl C2sSession {
             let _g = self.span.enter();
             tracing::info!(%err, "closing session");
             if let Some(conn) = &mut self.conn {
-                if let Err(mpsc::error::TrySendError::Full(_)) =
-                    conn.out.try_send(Outbound::Close(Some(err.clone())))
-                {
+                let sent = conn.out.try_send(Outbound::Close(Some(err.clone())));
+                if sent.is_err_and(|e| e.is_full()) {
                     if let Some(abort) = conn.abort.take() {
                         let _ = abort.send(err);
                     }
@@ -238,7 +236,7 @@ impl C2sSession {
     /// any other ends.
     fn connection_lost(&mut self, ctx: &mut Context<Self>) {
         let resumable = self.sm.as_ref().is_some_and(|s| s.id.is_some());
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
             conn.reader.abort();
             let _ = conn.out.try_send(Outbound::Close(None));
         }
@@ -570,7 +568,7 @@ impl Actor for C2sSession {
             self.ctx.sm_sessions.remove(&id);
         }
         self.redeliver_unacked();
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
             if !self.closed {
                 let _ = conn.out.try_send(Outbound::Close(None));
             }
@@ -597,7 +595,7 @@ impl StreamHandler<Tagged> for C2sSession {
             Ok(StreamEvent::Keepalive) => {}
             // A clean close ends the session: no resumption (XEP-0198 §5).
             Ok(StreamEvent::End) => {
-                if let Some(conn) = &self.conn {
+                if let Some(conn) = &mut self.conn {
                     let _ = conn.out.try_send(Outbound::Close(None));
                 }
                 self.closed = true;
@@ -659,7 +657,7 @@ impl Handler<TakeOver> for C2sSession {
             carbons: entry.as_ref().is_some_and(|e| e.carbons),
         };
         // A connection still attached here is superseded.
-        if let Some(old) = self.conn.take() {
+        if let Some(mut old) = self.conn.take() {
             let _ = old.out.try_send(Outbound::Close(Some(msg.0)));
             old.reader.abort();
         }
@@ -691,7 +689,11 @@ impl Handler<Attach> for C2sSession {
     type Result = Result<(), ()>;
 
     fn handle(&mut self, msg: Attach, ctx: &mut Context<Self>) -> Result<(), ()> {
-        let Attach { conn, inbound, h } = msg;
+        let Attach {
+            mut conn,
+            inbound,
+            h,
+        } = msg;
         let Some(sm) = self.sm.as_mut().filter(|_| !self.closed) else {
             return Err(());
         };
@@ -711,7 +713,7 @@ impl Handler<Attach> for C2sSession {
             return Err(());
         }
         // A second resume takes over from a connection still attached.
-        if let Some(old) = self.conn.take() {
+        if let Some(mut old) = self.conn.take() {
             let _ = old
                 .out
                 .try_send(Outbound::Close(Some(StreamError::with_text(

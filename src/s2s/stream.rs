@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use crate::stream::lazy_reader::LazyBufReader;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
@@ -19,7 +21,7 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// The parsing read side of a connection.
-pub type Reader = XmlStream<BufReader<ReadHalf<Box<dyn Io>>>>;
+pub type Reader = XmlStream<LazyBufReader<ReadHalf<Box<dyn Io>>>>;
 
 pub struct Conn {
     reader: Reader,
@@ -31,7 +33,7 @@ impl Conn {
     pub fn new(io: Box<dyn Io>, ctx: &ServerCtx, tls: bool) -> Conn {
         let (r, w) = tokio::io::split(io);
         Conn {
-            reader: XmlStream::new(BufReader::with_capacity(4096, r), ctx.xml_limits()),
+            reader: XmlStream::new(LazyBufReader::with_capacity(4096, r), ctx.xml_limits()),
             writer: w,
             tls,
         }

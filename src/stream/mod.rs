@@ -5,6 +5,7 @@
 pub mod bind;
 pub mod error;
 pub mod header;
+pub mod lazy_reader;
 pub mod sasl;
 pub mod starttls;
 pub mod transport;
@@ -13,15 +14,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 use crate::server::ServerCtx;
 use crate::xml::{ns, Element, ParseError, StreamEvent, XmlStream};
 pub use error::{StreamCondition, StreamError};
+use lazy_reader::LazyBufReader;
 use transport::MaybeTls;
 
-pub type StreamReader = XmlStream<BufReader<ReadHalf<MaybeTls>>>;
+pub type StreamReader = XmlStream<LazyBufReader<ReadHalf<MaybeTls>>>;
 pub type StreamWriter = WriteHalf<MaybeTls>;
 
 /// Why negotiation stopped.
@@ -105,8 +107,8 @@ impl Stream {
         let channel_binding = conn.channel_binding();
         let (r, w) = tokio::io::split(conn);
         Stream {
-            // Small: TLS keeps its own buffer, and an idle session keeps this one.
-            parser: XmlStream::new(BufReader::with_capacity(1024, r), ctx.xml_limits()),
+            // Held only while bytes are being parsed, not while idle.
+            parser: XmlStream::new(LazyBufReader::with_capacity(4096, r), ctx.xml_limits()),
             writer: w,
             peer,
             secure,

@@ -169,7 +169,7 @@ impl<R: AsyncBufRead + Unpin> XmlStream<R> {
         cfg.check_end_names = true;
         XmlStream {
             reader: Some(reader),
-            buf: Vec::with_capacity(256),
+            buf: Vec::new(),
             limits,
             stack: Vec::new(),
             header_seen: false,
@@ -218,6 +218,9 @@ impl<R: AsyncBufRead + Unpin> XmlStream<R> {
             self.pending_end = false;
             return Ok(StreamEvent::End);
         }
+        // The event buffer is not kept across the wait for the next
+        // stanza: an idle stream holds no parse buffer.
+        self.buf = Vec::new();
         loop {
             self.buf.clear();
             let event = self
