@@ -327,10 +327,36 @@ impl Driver {
     fn maybe_compact(&mut self) -> Result<(), StoreError> {
         let applied = self.store.applied();
         let first = raft::Storage::first_index(&self.store).unwrap_or(1);
-        if applied > first && applied - first >= self.compact_after {
-            self.store.compact(applied)?;
+        let upto = self.compact_upto(applied);
+        if upto > first && upto - first >= self.compact_after {
+            self.store.compact(upto)?;
         }
         Ok(())
+    }
+
+    /// How far the log may be compacted. A leader keeps the entries its
+    /// slowest follower still needs, so a follower that fell a little
+    /// behind (a busy burst, a restart) catches up from the log instead of
+    /// by a snapshot of the whole state; past `KEEP_FOR_LAGGARDS` times
+    /// the compaction interval (a node that is gone) it stops waiting.
+    fn compact_upto(&self, applied: u64) -> u64 {
+        const KEEP_FOR_LAGGARDS: u64 = 100;
+        let raft = &self.raw.raft;
+        if raft.state != raft::StateRole::Leader {
+            return applied;
+        }
+        let slowest = raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != raft.id)
+            .map(|(_, p)| p.matched)
+            .min();
+        match slowest {
+            Some(m) if applied.saturating_sub(m) <= self.compact_after * KEEP_FOR_LAGGARDS => {
+                applied.min(m)
+            }
+            _ => applied,
+        }
     }
 
     /// A proposal forwarded to a leader that then lost its role may be gone:

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod roster;
 pub mod sessions;
+pub mod snapshot;
 
 use std::path::Path;
 
@@ -147,6 +148,8 @@ pub enum StateError {
     /// The change could not be replicated (no quorum, node stopping).
     #[error("cluster: {0}")]
     Cluster(String),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
 }
 
 /// The node's replica of persistent state, kept in sled.
@@ -169,8 +172,6 @@ fn data_key(user: &str, kind: &str, key: &str) -> Vec<u8> {
 }
 
 /// A snapshot's contents: each tree's name and its key/value pairs.
-type TreeDump = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
-
 /// The trees that make up replicated state (and its snapshots).
 const TREES: [&str; 8] = [
     "sessions",
@@ -210,7 +211,7 @@ impl State {
 
     /// Everything replicated, for a Raft snapshot.
     pub fn export(&self) -> Result<Vec<u8>, StateError> {
-        let mut all: TreeDump = Vec::new();
+        let mut all: snapshot::Trees = Vec::new();
         for name in TREES {
             let tree = self.db.open_tree(name)?;
             let kvs = tree
@@ -219,12 +220,12 @@ impl State {
                 .collect::<Result<Vec<_>, _>>()?;
             all.push((name.to_string(), kvs));
         }
-        Ok(serde_json::to_vec(&all)?)
+        Ok(snapshot::encode(all))
     }
 
     /// Replace everything replicated with a snapshot's contents.
     pub fn import(&self, data: &[u8]) -> Result<(), StateError> {
-        let all: TreeDump = serde_json::from_slice(data)?;
+        let all = snapshot::decode(data)?;
         for name in TREES {
             self.db.open_tree(name)?.clear()?;
         }
