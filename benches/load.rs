@@ -56,7 +56,7 @@ struct Args {
     /// Create the accounts first with in-band registration (XEP-0077).
     #[arg(long)]
     register: bool,
-    /// idle | login | messages
+    /// idle | login | messages | register (accounts only)
     #[arg(long, default_value = "messages")]
     scenario: String,
     /// Logins started per second (idle, messages); 0 = as fast as possible.
@@ -85,11 +85,48 @@ struct Args {
     /// A label for the report.
     #[arg(long, default_value = "server")]
     label: String,
+    /// Several drivers measuring one cluster together (one per node, as
+    /// one process cannot hold more sockets than its file limit): each
+    /// waits here for the others before it reads memory, and keeps its
+    /// sessions until all have read it.
+    #[arg(long)]
+    sync_dir: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    sync_parties: usize,
     #[arg(long, hide = true)]
     bench: bool,
 }
 
 type Tls = TlsStream<TcpStream>;
+
+/// Wait until `--sync-parties` drivers reached `stage` (a file each in
+/// `--sync-dir`); bounded at ten minutes.
+async fn barrier(args: &Args, stage: &str) {
+    let Some(dir) = &args.sync_dir else { return };
+    let mine = dir.join(format!("{stage}.{}", std::process::id()));
+    if let Err(e) = std::fs::write(&mine, b"") {
+        eprintln!("  cannot write {}: {e}", mine.display());
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let arrived = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with(&format!("{stage}."))
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if arrived >= args.sync_parties || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// One client connection: parser on the read half, raw write half.
 struct Conn {
@@ -457,6 +494,10 @@ async fn run(args: Args) {
             t.elapsed().as_secs_f64()
         );
     }
+    if args.scenario == "register" {
+        return;
+    }
+    barrier(&args, "start").await;
     let (cpu0, rss0) = servers_stats(&args.pid);
     let (me_cpu0, _) = proc_stats(me).unwrap_or_default();
     match args.scenario.as_str() {
@@ -492,8 +533,10 @@ async fn run(args: Args) {
         "idle" => {
             let (conns, took) = login_all(&ctx, args.users, args.connect_rate).await;
             let ok = conns.iter().filter(|c| c.is_some()).count();
+            barrier(&args, "connected").await;
             tokio::time::sleep(Duration::from_secs(5)).await;
             let (_, rss1) = servers_stats(&args.pid);
+            barrier(&args, "measured").await;
             let per = (rss1 as f64 - rss0 as f64) / ok.max(1) as f64;
             report.add(
                 "sessions",

@@ -18,7 +18,8 @@ RATES="${RATES:-1000 2000 5000 10000}"
 DURATION="${DURATION:-10}"
 SERVERS="${SERVERS:-starling prosody ejabberd}"
 CLUSTER="${CLUSTER:-1}"              # also a three-node Starling cluster
-OUT=benches/results
+CLUSTER_SESSIONS="${CLUSTER_SESSIONS:-0}"  # idle sessions over the cluster (e.g. 50000)
+OUT="${OUT:-benches/results}"
 mkdir -p "$OUT"
 : > "$OUT/results.jsonl"
 
@@ -100,6 +101,29 @@ if [ "$CLUSTER" = 1 ]; then
   for _ in $(seq 1 100); do [ "$(grep -c ready "$CDIR/ready" 2>/dev/null)" = 3 ] && break; sleep 0.2; done
   sleep 2
   PIDS=$(pgrep -P "$UPID" | sed 's/^/--pid /' | tr '\n' ' ')
+  if [ "$CLUSTER_SESSIONS" -gt 0 ]; then
+    # One driver per node (a process holds at most `ulimit -n` sockets,
+    # 20000 here), a third of the sessions each. They register, then
+    # connect together and read memory at the same moment (--sync-dir), so
+    # each node's figure includes what it holds for the other nodes'
+    # sessions (the replicated session table).
+    SYNC=$(mktemp -d)
+    per=$(( (CLUSTER_SESSIONS + 2) / 3 ))
+    WAITS=()
+    for i in 1 2 3; do
+      npid=$(ss -Hltnp "sport = :18222" | grep "127.0.0.$i:" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+      ( "$DRIVER" --server "127.0.0.$i:18222" --domain localhost --scenario register --users "$per" \
+          --register --prefix "idle$i" --concurrency 32 --sources 16 >&2 \
+        && "$DRIVER" --server "127.0.0.$i:18222" --domain localhost --pid "$npid" \
+          --label "starling x3" --scenario idle --users "$per" --prefix "idle$i" \
+          --connect-rate 500 --concurrency 32 --sources 16 --sync-dir "$SYNC" --sync-parties 3 \
+        | grep '^RESULT ' | sed 's/^RESULT //' > "$SYNC/result.$i" ) &
+      WAITS+=($!)
+    done
+    wait "${WAITS[@]}" || true
+    cat "$SYNC"/result.* | tee /dev/stderr >> "$OUT/results.jsonl"
+    rm -rf "$SYNC"
+  fi
   ADDR=127.0.0.1:18222; DOMAIN=localhost; PID=
   for r in $RATES; do
     "$DRIVER" --server 127.0.0.1:18222 --also 127.0.0.2:18222 --also 127.0.0.3:18222 --domain localhost \
@@ -112,4 +136,5 @@ if [ "$CLUSTER" = 1 ]; then
 fi
 
 python3 benches/results_table.py "$OUT/results.jsonl" "$OUT"
+cargo bench --bench plot -- "$OUT/results.jsonl" "$OUT/latency.svg"
 echo "wrote $OUT/results.md and $OUT/latency.svg" >&2
