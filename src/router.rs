@@ -42,6 +42,8 @@ impl Router {
             .iter()
             .position(|e| e.resource == resource)
             .map(|i| list.remove(i));
+        // Most users have one resource: grow one entry at a time, not four.
+        list.reserve_exact(1);
         list.push(SessionEntry {
             id,
             resource: resource.to_string(),

@@ -131,30 +131,46 @@ impl RateLimit {
         self.last = now;
         self.tokens -= bytes as f64;
         if self.tokens < 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(-self.tokens / self.rate)).await;
+            // Boxed: a timer is large, and only a throttled client needs one.
+            Box::pin(tokio::time::sleep(Duration::from_secs_f64(
+                -self.tokens / self.rate,
+            )))
+            .await;
         }
     }
 }
 
 /// Parse events and pass them to the session; stops after the stream ends
 /// or fails, or when the session goes away.
-pub async fn reader(
+#[allow(clippy::manual_async_fn)] // deliberate, see below
+pub fn reader(
     mut parser: StreamReader,
     mut tx: mpsc::Sender<Inbound>,
     activity: Arc<AtomicU64>,
     mut rate: RateLimit,
-) {
-    loop {
-        let ev = parser.next().await;
-        activity.store(clock::now_ms(), Ordering::Relaxed);
-        let last = !matches!(ev, Ok(StreamEvent::Stanza(_)) | Ok(StreamEvent::Keepalive));
-        rate.charge(parser.last_event_bytes()).await;
-        let sent = match std::future::poll_fn(|cx| tx.poll_ready(cx)).await {
-            Ok(()) => tx.start_send(Box::new(ev)).is_ok(),
-            Err(_) => false,
-        };
-        if !sent || last {
-            break;
+) -> impl std::future::Future<Output = ()> + Send {
+    // An `async move` block rather than an `async fn`: an async fn keeps
+    // its arguments twice in the task (rust-lang/rust#62958), the parser
+    // included.
+    async move {
+        loop {
+            // Wait for bytes first, then parse in a boxed future: the parse
+            // state exists only while bytes are being parsed, not while
+            // the client is idle.
+            let ev = match parser.ready().await {
+                Ok(()) => Box::pin(parser.next()).await,
+                Err(e) => Err(ParseError::Io(e)),
+            };
+            activity.store(clock::now_ms(), Ordering::Relaxed);
+            let last = !matches!(ev, Ok(StreamEvent::Stanza(_)) | Ok(StreamEvent::Keepalive));
+            rate.charge(parser.last_event_bytes()).await;
+            let sent = match std::future::poll_fn(|cx| tx.poll_ready(cx)).await {
+                Ok(()) => tx.start_send(Box::new(ev)).is_ok(),
+                Err(_) => false,
+            };
+            if !sent || last {
+                break;
+            }
         }
     }
 }

@@ -197,6 +197,21 @@ impl<R: AsyncBufRead + Unpin> XmlStream<R> {
             .inner
     }
 
+    /// Resolves when there is something to parse (bytes, the end of the
+    /// input, or an error), without starting a parse. A caller that waits
+    /// here between stanzas keeps no parse state while the peer is quiet.
+    pub async fn ready(&mut self) -> io::Result<()> {
+        if self.pending_end {
+            return Ok(());
+        }
+        let reader = self
+            .reader
+            .as_mut()
+            .expect("reader present outside restart")
+            .get_mut();
+        std::future::poll_fn(|cx| Pin::new(&mut *reader).poll_fill_buf(cx).map_ok(|_| ())).await
+    }
+
     /// Bytes the last returned event consumed.
     pub fn last_event_bytes(&self) -> usize {
         self.last_event_bytes
