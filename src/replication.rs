@@ -76,7 +76,7 @@ pub struct ReplicatedState {
 impl StateMachine for ReplicatedState {
     fn apply(&self, _index: u64, command: &[u8]) -> Vec<u8> {
         let result = match serde_json::from_slice::<Command>(command) {
-            Ok(cmd) => self.state.apply(&cmd),
+            Ok(cmd) => self.state.apply_unflushed(&cmd),
             Err(e) => Err(StateError::Corrupt(e)),
         };
         // RFC 6120 §7.7.2.2 across nodes: the node that held the resource

@@ -248,6 +248,7 @@ impl Driver {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(());
         };
+        let mut replies = Vec::new();
         for entry in entries {
             if entry.data.is_empty() {
                 continue; // a new leader's empty entry
@@ -270,7 +271,7 @@ impl Driver {
                         }
                     };
                     if let Some((r, _)) = self.pending.remove(&id) {
-                        let _ = r.send(Ok(out));
+                        replies.push((r, out));
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -279,6 +280,11 @@ impl Driver {
             }
         }
         self.store.set_applied(last)?;
+        // One flush for the batch, and only then the answers.
+        self.store.flush()?;
+        for (r, out) in replies {
+            let _ = r.send(Ok(out));
+        }
         Ok(())
     }
 

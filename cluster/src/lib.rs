@@ -32,7 +32,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// node applies the same commands in the same order.
 pub trait StateMachine: Send + Sync + 'static {
     /// Apply the command committed at `index`; the bytes returned go back
-    /// to the node that proposed it.
+    /// to the node that proposed it. The driver flushes the store after
+    /// each batch of commands and before it answers any proposer, so a
+    /// state machine kept in the same sled database need not flush itself.
     fn apply(&self, index: u64, command: &[u8]) -> Vec<u8>;
     /// The whole state, for a node that joins or falls behind.
     fn snapshot(&self) -> Result<Vec<u8>, String>;

@@ -258,6 +258,14 @@ impl State {
 
     /// Apply one command and make it durable before returning.
     pub fn apply(&self, cmd: &Command) -> Result<Applied, StateError> {
+        let applied = self.apply_unflushed(cmd)?;
+        self.db.flush()?;
+        Ok(applied)
+    }
+
+    /// Apply one command; durable at the next flush. The Raft driver
+    /// flushes once per batch of committed commands, not once per command.
+    pub fn apply_unflushed(&self, cmd: &Command) -> Result<Applied, StateError> {
         let mut applied = Applied::default();
         match cmd {
             Command::CreateAccount {
@@ -402,7 +410,6 @@ impl State {
                 self.user_data.insert(data_key(username, "last", ""), v)?;
             }
         }
-        self.db.flush()?;
         Ok(applied)
     }
 
