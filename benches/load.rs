@@ -386,6 +386,22 @@ fn servers_stats(pids: &[u32]) -> (f64, u64) {
         .fold((0.0, 0), |(c, r), (c2, r2)| (c + c2, r + r2))
 }
 
+/// Wait (at least 1 s, at most 30 s) until the servers use under 5% of a
+/// core over half a second.
+async fn settle(pids: &[u32]) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut last, _) = servers_stats(pids);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (now, _) = servers_stats(pids);
+        if now - last < 0.025 {
+            return;
+        }
+        last = now;
+    }
+}
+
 /// Log in users `0..n` at the connect rate with bounded concurrency.
 async fn login_all(ctx: &Arc<Ctx>, n: usize, rate: u64) -> (Vec<Option<Conn>>, Duration) {
     let started = Instant::now();
@@ -506,7 +522,10 @@ async fn run(args: Args) {
             // a real client keeps between logins), then the timed pass.
             let (warm, _) = login_all(&ctx, args.users, 0).await;
             drop(warm);
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // The warm pass's logouts are work too (session table,
+            // last-activity); let the server finish them first, so the
+            // timed pass measures logins only.
+            settle(&args.pid).await;
             let (cpu_a, _) = servers_stats(&args.pid);
             let (conns, took) = login_all(&ctx, args.users, 0).await;
             let (cpu_b, _) = servers_stats(&args.pid);

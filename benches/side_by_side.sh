@@ -69,7 +69,7 @@ drive() { # label args...
   local label=$1; shift
   sleep 5   # let the previous scenario's disconnects settle
   "$DRIVER" --server "$ADDR" --domain "$DOMAIN" --pid "$PID" --label "$label" "$@" \
-    | tee /dev/stderr | grep '^RESULT ' | sed 's/^RESULT //' >> "$OUT/results.jsonl"
+    | tee -a /dev/stderr | grep '^RESULT ' | sed 's/^RESULT //' >> "$OUT/results.jsonl"
 }
 
 for s in $SERVERS; do
@@ -101,7 +101,15 @@ if [ "$CLUSTER" = 1 ]; then
   for _ in $(seq 1 100); do [ "$(grep -c ready "$CDIR/ready" 2>/dev/null)" = 3 ] && break; sleep 0.2; done
   sleep 2
   PIDS=$(pgrep -P "$UPID" | sed 's/^/--pid /' | tr '\n' ' ')
+  ADDR=127.0.0.1:18222; DOMAIN=localhost; PID=
+  for r in $RATES; do
+    "$DRIVER" --server 127.0.0.1:18222 --also 127.0.0.2:18222 --also 127.0.0.3:18222 --domain localhost \
+      $PIDS --label "starling x3" --scenario messages --users "$USERS" --register --prefix chat \
+      --rate "$r" --duration "$DURATION" \
+      | tee -a /dev/stderr | grep '^RESULT ' | sed 's/^RESULT //' >> "$OUT/results.jsonl"
+  done
   if [ "$CLUSTER_SESSIONS" -gt 0 ]; then
+    # Last, as 50,000 logouts leave the cluster busy for a while.
     # One driver per node (a process holds at most `ulimit -n` sockets,
     # 20000 here), a third of the sessions each. They register, then
     # connect together and read memory at the same moment (--sync-dir), so
@@ -121,16 +129,9 @@ if [ "$CLUSTER" = 1 ]; then
       WAITS+=($!)
     done
     wait "${WAITS[@]}" || true
-    cat "$SYNC"/result.* | tee /dev/stderr >> "$OUT/results.jsonl"
+    cat "$SYNC"/result.* | tee -a /dev/stderr >> "$OUT/results.jsonl"
     rm -rf "$SYNC"
   fi
-  ADDR=127.0.0.1:18222; DOMAIN=localhost; PID=
-  for r in $RATES; do
-    "$DRIVER" --server 127.0.0.1:18222 --also 127.0.0.2:18222 --also 127.0.0.3:18222 --domain localhost \
-      $PIDS --label "starling x3" --scenario messages --users "$USERS" --register --prefix chat \
-      --rate "$r" --duration "$DURATION" \
-      | tee /dev/stderr | grep '^RESULT ' | sed 's/^RESULT //' >> "$OUT/results.jsonl"
-  done
   kill -INT "$UPID"; wait "$UPID" 2>/dev/null || true
   rm -rf "$CDIR"
 fi
