@@ -87,8 +87,8 @@ fn draw(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
+        .position(SeriesLabelPosition::MiddleRight)
+        .background_style(WHITE.mix(0.5))
         .border_style(BLACK)
         .label_font(("sans-serif", 13))
         .draw()?;
