@@ -279,6 +279,12 @@ impl Driver {
                 }
             }
         }
+        // Applied never runs ahead of the commit index on disk: a restart
+        // between this flush and the next hard-state write would otherwise
+        // find applied > committed, which raft-rs refuses.
+        if self.store.hard_state()?.commit < last {
+            self.store.set_commit(last)?;
+        }
         self.store.set_applied(last)?;
         // One flush for the batch, and only then the answers.
         self.store.flush()?;
