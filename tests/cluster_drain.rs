@@ -103,12 +103,7 @@ async fn sigterm_drains_and_sessions_resume_elsewhere() {
 async fn cluster_drain_command() {
     let _turn = CLUSTER_TURN.lock().await;
     let (n1, _n2, _n3) = three().await;
-    let out = std::process::Command::new(bin())
-        .args(["cluster", "drain"])
-        .env_clear()
-        .env("STARLING_DATA_DIR", n1.data_dir())
-        .output()
-        .unwrap();
+    let out = n1.cluster_cmd(&["drain"], None);
     assert!(
         out.status.success(),
         "{}",
@@ -123,21 +118,10 @@ async fn cluster_drain_of_another_node_by_mesh_address() {
     let _turn = CLUSTER_TURN.lock().await;
     let (n1, _n2, n3) = three().await;
     // From node 1's machine, naming node 3 by its mesh address.
-    let wrong = std::process::Command::new(bin())
-        .args(["cluster", "drain", "--node", &n3.mesh.to_string()])
-        .env_clear()
-        .env("STARLING_DATA_DIR", n1.data_dir())
-        .env("STARLING_CLUSTER_SECRET", "not-the-cluster-secret")
-        .output()
-        .unwrap();
+    let node3 = n3.mesh.to_string();
+    let wrong = n1.cluster_cmd(&["drain", "--node", &node3], Some("not-the-cluster-secret"));
     assert!(!wrong.status.success(), "a wrong secret cannot drain");
-    let out = std::process::Command::new(bin())
-        .args(["cluster", "drain", "--node", &n3.mesh.to_string()])
-        .env_clear()
-        .env("STARLING_DATA_DIR", n1.data_dir())
-        .env("STARLING_CLUSTER_SECRET", SECRET)
-        .output()
-        .unwrap();
+    let out = n1.cluster_cmd(&["drain", "--node", &node3], Some(SECRET));
     assert!(
         out.status.success(),
         "{}",

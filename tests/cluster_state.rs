@@ -221,13 +221,10 @@ async fn a_fourth_node_joins_by_snapshot_and_a_node_is_removed() {
         assert!(ok, "user{i} replicated to node 4");
     }
     // Remove node 3 through node 2.
-    let out = std::process::Command::new(bin())
-        .args(["cluster", "remove", "3", "--node", &n2.mesh.to_string()])
-        .env_clear()
-        .env("STARLING_DATA_DIR", n2.data_dir())
-        .env("STARLING_CLUSTER_SECRET", SECRET)
-        .output()
-        .unwrap();
+    let out = n2.cluster_cmd(
+        &["remove", "3", "--node", &n2.mesh.to_string()],
+        Some(SECRET),
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -200,6 +200,8 @@ impl<R: AsyncBufRead + Unpin> XmlStream<R> {
     /// Resolves when there is something to parse (bytes, the end of the
     /// input, or an error), without starting a parse. A caller that waits
     /// here between stanzas keeps no parse state while the peer is quiet.
+    /// The event buffer is given back when the wait begins, so it is not
+    /// reallocated per stanza while bytes keep coming.
     pub async fn ready(&mut self) -> io::Result<()> {
         if self.pending_end {
             return Ok(());
@@ -209,7 +211,17 @@ impl<R: AsyncBufRead + Unpin> XmlStream<R> {
             .as_mut()
             .expect("reader present outside restart")
             .get_mut();
-        std::future::poll_fn(|cx| Pin::new(&mut *reader).poll_fill_buf(cx).map_ok(|_| ())).await
+        let buf = &mut self.buf;
+        std::future::poll_fn(|cx| match Pin::new(&mut *reader).poll_fill_buf(cx) {
+            Poll::Pending => {
+                if buf.capacity() > 0 {
+                    *buf = Vec::new();
+                }
+                Poll::Pending
+            }
+            Poll::Ready(r) => Poll::Ready(r.map(|_| ())),
+        })
+        .await
     }
 
     /// Bytes the last returned event consumed.
@@ -233,9 +245,6 @@ impl<R: AsyncBufRead + Unpin> XmlStream<R> {
             self.pending_end = false;
             return Ok(StreamEvent::End);
         }
-        // The event buffer is not kept across the wait for the next
-        // stanza: an idle stream holds no parse buffer.
-        self.buf = Vec::new();
         loop {
             self.buf.clear();
             let event = self

@@ -167,15 +167,23 @@ impl Server {
         }
     }
 
+    /// Run `starling cluster ...` from this node's machine (its data dir),
+    /// with `secret` as the cluster secret when given.
+    pub fn cluster_cmd(&self, args: &[&str], secret: Option<&str>) -> std::process::Output {
+        let mut cmd = Command::new(bin());
+        cmd.arg("cluster")
+            .args(args)
+            .env_clear()
+            .env("STARLING_DATA_DIR", self.data_dir());
+        if let Some(secret) = secret {
+            cmd.env("STARLING_CLUSTER_SECRET", secret);
+        }
+        cmd.output().expect("run starling cluster")
+    }
+
     /// `starling cluster status` against this node's mesh address.
     pub fn cluster_status(&self, secret: &str) -> String {
-        let out = Command::new(bin())
-            .args(["cluster", "status", "--node", &self.mesh.to_string()])
-            .env_clear()
-            .env("STARLING_DATA_DIR", self.data_dir())
-            .env("STARLING_CLUSTER_SECRET", secret)
-            .output()
-            .expect("run starling cluster status");
+        let out = self.cluster_cmd(&["status", "--node", &self.mesh.to_string()], Some(secret));
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     }
 
