@@ -10,11 +10,13 @@ use jid::{BareJid, FullJid, Jid};
 use crate::c2s::session::bounce;
 use crate::modules::{blocking, carbons, Addressee, IqKind};
 use crate::presence::UserPresence;
+use crate::route::answer;
 use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::{Command, StateError};
 use crate::stream::StreamError;
 use crate::xml::{ns, Element};
+use starling_cluster::Receipt;
 
 /// What the sending session must do after routing.
 #[derive(Default)]
@@ -179,14 +181,67 @@ fn iq(ctx: &ServerCtx, sender: &Sender, iq: Element, to: Option<Jid>) -> Outcome
 /// RFC 6121 §8.5 for a message to a local or remote address; returns an
 /// error reply for the sender, if any.
 pub fn message(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
+    message_owned(ctx, msg, to, None, None)
+}
+
+/// A message that must not be lost: routed by bare JID (sessions on
+/// `exclude` are skipped: that node was given up on), stored offline last.
+/// True once it is owned: in a session's queue here, taken by the node
+/// holding the session, answered with an error, or committed offline.
+pub async fn store_or_route(
+    ctx: &std::sync::Arc<ServerCtx>,
+    msg: Element,
+    to: &FullJid,
+    exclude: Option<u64>,
+) -> bool {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if let Some(reply) = message_owned(ctx, msg, Jid::from(to.to_bare()), exclude, Some(tx)) {
+        route_reply(ctx, reply);
+    }
+    rx.await.unwrap_or(false)
+}
+
+/// Send an error reply the server made to whoever it is addressed to.
+pub fn route_reply(ctx: &ServerCtx, reply: Element) {
+    let Some(to) = reply.attr("to").and_then(|t| Jid::new(t).ok()) else {
+        return;
+    };
+    if !is_local(ctx, &to) {
+        crate::s2s::send(ctx, reply);
+    } else if let Ok(full) = to.try_as_full() {
+        match crate::route::full(ctx, full) {
+            Some(t) => crate::route::send(ctx, &t, reply, None),
+            None => tracing::info!(to = %full, "error reply for a session that is gone; dropped"),
+        }
+    }
+}
+
+/// [`message`] with a receipt, answered once the message is owned (see
+/// [`store_or_route`]) or, false, when it cannot be.
+pub fn message_owned(
+    ctx: &ServerCtx,
+    msg: Element,
+    to: Jid,
+    exclude: Option<u64>,
+    receipt: Option<Receipt>,
+) -> Option<Element> {
     let mtype = msg.attr("type").unwrap_or("normal").to_string();
     if !is_local(ctx, &to) {
         crate::s2s::send(ctx, msg);
+        answer(receipt, true);
         return None;
     }
+    // Answered at once unless a path below takes it along.
+    let handled = |receipt, reply: Option<Element>| {
+        answer(receipt, true);
+        reply
+    };
     let Some(node) = to.node() else {
         // Messages to the server itself: nothing answers them.
-        return bounce(&msg, StanzaCondition::ServiceUnavailable).filter(|_| mtype != "headline");
+        return handled(
+            receipt,
+            bounce(&msg, StanzaCondition::ServiceUnavailable).filter(|_| mtype != "headline"),
+        );
     };
     let username = node.as_str();
     let exists = ctx.state.account_exists(username);
@@ -195,50 +250,69 @@ pub fn message(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
         .is_some_and(|f| blocking::blocks(ctx, username, f));
     if !exists || blocked {
         // §8.5.1 (no such user) and XEP-0191 §3.5 (blocked sender).
-        return match mtype.as_str() {
-            "headline" | "error" => None,
-            _ => bounce(&msg, StanzaCondition::ServiceUnavailable),
-        };
+        return handled(
+            receipt,
+            match mtype.as_str() {
+                "headline" | "error" => None,
+                _ => bounce(&msg, StanzaCondition::ServiceUnavailable),
+            },
+        );
     }
     let bare = to.to_bare();
     if let Ok(full) = to.try_as_full() {
-        if let Some(t) = crate::route::full(ctx, full) {
+        if let Some(t) = crate::route::full(ctx, full).filter(|t| Some(t.node) != exclude) {
             carbons::copy_received(ctx, &bare, &msg, std::slice::from_ref(&t));
-            crate::route::send(ctx, &t, msg, None);
+            crate::route::send_owned(ctx, &t, msg, None, receipt);
             return None;
         }
         // §8.5.3.2.1: an offline full JID is treated as the bare JID, except groupchat.
         if mtype == "groupchat" {
-            return bounce(&msg, StanzaCondition::ServiceUnavailable);
+            return handled(receipt, bounce(&msg, StanzaCondition::ServiceUnavailable));
         }
     }
-    let targets = bare_targets(ctx, &bare);
+    let mut targets = bare_targets(ctx, &bare);
+    targets.retain(|t| Some(t.node) != exclude || t.local.is_some());
     match mtype.as_str() {
-        "groupchat" => bounce(&msg, StanzaCondition::ServiceUnavailable),
+        "groupchat" => handled(receipt, bounce(&msg, StanzaCondition::ServiceUnavailable)),
         "error" | "headline" => {
             targets
                 .iter()
                 .for_each(|t| crate::route::send(ctx, t, msg.clone(), None));
-            None
+            handled(receipt, None)
         }
         // §8.5.2.2 / XEP-0160: nobody to take it now: keep it for later.
-        _ if targets.is_empty() => store_offline(ctx, username, msg),
+        _ if targets.is_empty() => store_offline(ctx, username, msg, receipt),
         _ => {
             carbons::copy_received(ctx, &bare, &msg, &targets);
-            targets
-                .iter()
-                .for_each(|t| crate::route::send(ctx, t, msg.clone(), None));
+            // Owned once the first of the chosen resources has it.
+            let mut receipt = receipt;
+            for t in &targets {
+                crate::route::send_owned(ctx, t, msg.clone(), None, receipt.take());
+            }
             None
         }
     }
 }
 
 /// XEP-0160 with a XEP-0203 delay stamp; a full queue answers
-/// `<resource-constraint/>` rather than dropping the message.
-fn store_offline(ctx: &ServerCtx, username: &str, mut msg: Element) -> Option<Element> {
+/// `<resource-constraint/>` rather than dropping the message. The commit is
+/// awaited on the Raft runtime, never by the calling thread; `receipt` is
+/// answered when it is done (false: not stored, the holder keeps it). With
+/// no receipt, a failed commit is answered to the sender with an error.
+fn store_offline(
+    ctx: &ServerCtx,
+    username: &str,
+    mut msg: Element,
+    receipt: Option<Receipt>,
+) -> Option<Element> {
     if msg.get_child("body", ns::CLIENT).is_none() && msg.elements().next().is_none() {
+        answer(receipt, true);
         return None; // nothing worth keeping
     }
+    let Some(c) = ctx.arc() else {
+        answer(receipt, false);
+        return bounce(&msg, StanzaCondition::InternalServerError);
+    };
     msg.push_child(
         Element::new("delay", "urn:xmpp:delay")
             .with_attr("from", ctx.config.domain.clone())
@@ -250,23 +324,42 @@ fn store_offline(ctx: &ServerCtx, username: &str, mut msg: Element) -> Option<El
         stanza: msg.to_xml(ns::CLIENT),
         quota: ctx.config.limits.offline_messages,
     };
-    match ctx.commit(&cmd) {
-        Ok(_) => None,
-        Err(StateError::QuotaExceeded(_)) => {
-            msg.children.pop();
-            Some(
-                StanzaError::with_text(
+    ctx.replicator.runtime().spawn(async move {
+        match c.replicator.commit_async(&cmd).await {
+            Ok(_) => answer(receipt, true),
+            Err(StateError::QuotaExceeded(_)) => {
+                msg.children.pop();
+                let err = StanzaError::with_text(
                     StanzaCondition::ResourceConstraint,
                     "the recipient's offline storage is full",
                 )
-                .reply_to(&msg),
-            )
+                .reply_to(&msg);
+                route_reply(&c, err);
+                answer(receipt, true);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, to = %cmd_user(&cmd), "offline storage failed");
+                match receipt {
+                    Some(r) => {
+                        let _ = r.send(false);
+                    }
+                    None => {
+                        msg.children.pop();
+                        if let Some(err) = bounce(&msg, StanzaCondition::InternalServerError) {
+                            route_reply(&c, err);
+                        }
+                    }
+                }
+            }
         }
-        Err(e) => {
-            tracing::error!(error = %e, "offline storage failed");
-            msg.children.pop();
-            bounce(&msg, StanzaCondition::InternalServerError)
-        }
+    });
+    None
+}
+
+fn cmd_user(cmd: &Command) -> &str {
+    match cmd {
+        Command::OfflinePush { username, .. } => username,
+        _ => "",
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
 
@@ -22,6 +23,12 @@ async fn live() -> impl Responder {
 #[get("/health/ready")]
 async fn ready(ctx: web::Data<Arc<ServerCtx>>) -> impl Responder {
     let s = ctx.replicator.cluster().status();
+    // The latest commit failed: try one now before saying so.
+    let cannot_commit = ctx.replicator.cannot_commit()
+        && !matches!(
+            tokio::time::timeout(Duration::from_secs(2), ctx.replicator.probe()).await,
+            Ok(true)
+        );
     let reason = if ctx.draining.load(Ordering::Acquire) {
         Some("draining")
     } else if s.leader == 0 {
@@ -30,6 +37,8 @@ async fn ready(ctx: web::Data<Arc<ServerCtx>>) -> impl Responder {
         Some("catching up")
     } else if !s.peers.iter().any(|(id, _)| *id == s.id) {
         Some("not a cluster member")
+    } else if cannot_commit {
+        Some("cannot commit to the cluster")
     } else {
         None
     };

@@ -18,6 +18,7 @@ pub mod router;
 pub mod s2s;
 pub mod sasl;
 pub mod server;
+pub mod session_events;
 pub mod stanza_error;
 pub mod state;
 pub mod stream;

@@ -17,7 +17,7 @@ use jid::{BareJid, FullJid, Jid};
 use crate::c2s::session::bounce;
 use crate::modules::roster;
 use crate::modules::subscription::{self, SubKind};
-use crate::router::deliver;
+use crate::router::{deliver, SessionEntry};
 use crate::server::ServerCtx;
 use crate::stanza_error::StanzaCondition;
 use crate::state::{Command, RosterItem};
@@ -40,6 +40,7 @@ impl PresenceRegistry {
             bare: bare.clone(),
             ctx: ctx.clone(),
             resources: Resources::default(),
+            delivered_offline: HashSet::new(),
         }
         .start();
         map.insert(bare.clone(), addr.clone());
@@ -76,6 +77,9 @@ pub struct UserPresence {
     bare: BareJid,
     ctx: Arc<ServerCtx>,
     resources: Resources,
+    /// Offline messages delivered from here whose drop is not applied yet
+    /// (their keys): never delivered twice by this node.
+    delivered_offline: HashSet<u64>,
 }
 
 /// A user's resources on this node: nearly always one or two, so a small
@@ -143,6 +147,51 @@ pub struct Broadcast {
     pub from: FullJid,
     pub session_id: u64,
     pub stanza: Element,
+}
+
+/// Messages wait offline while a resource here should have them
+/// (replication.rs decides which node): deliver them to the best one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FlushOffline;
+
+impl Handler<FlushOffline> for UserPresence {
+    type Result = ();
+
+    fn handle(&mut self, _: FlushOffline, _: &mut Context<Self>) {
+        let best = self
+            .ctx
+            .router
+            .resources(&self.bare)
+            .into_iter()
+            .filter(|e| e.available && e.priority >= 0)
+            .max_by_key(|e| e.priority);
+        if let Some(e) = best {
+            self.flush_offline(&e);
+        }
+    }
+}
+
+/// Say again, to contacts and the user's other resources, each available
+/// resource's last presence (after this node's sessions were purged by
+/// mistake and registered again: contacts were told they left).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Rebroadcast;
+
+impl Handler<Rebroadcast> for UserPresence {
+    type Result = ();
+
+    fn handle(&mut self, _: Rebroadcast, _: &mut Context<Self>) {
+        let last: Vec<Element> = self
+            .resources
+            .values()
+            .filter_map(|r| r.last.clone())
+            .collect();
+        for p in last {
+            self.broadcast(&p, None);
+        }
+    }
 }
 
 /// A resource sent directed presence to `to`.
@@ -264,8 +313,7 @@ impl UserPresence {
 
     /// RFC 6121 §4.2: initial presence. Probe contacts we are subscribed
     /// to, deliver offline messages and pending subscription requests.
-    fn initial(&self, from: &FullJid, priority: i8) {
-        let user = self.user();
+    fn initial(&mut self, from: &FullJid, priority: i8) {
         for item in self.roster().into_iter().filter(|i| i.sub.to) {
             let Ok(contact) = BareJid::new(&item.jid) else {
                 continue;
@@ -312,22 +360,42 @@ impl UserPresence {
         }
         // XEP-0160: offline messages go to the first resource with non-negative priority.
         if priority >= 0 {
-            if let Ok(stored) = self.ctx.state.offline(&user) {
-                let count = stored.len();
-                for xml in stored {
-                    if let Ok(el) = crate::xml::parse_fragment(&xml) {
-                        deliver(&me, el);
-                    }
-                }
-                if count > 0 {
-                    if let Err(e) = self.ctx.commit(&Command::OfflineDrop {
-                        username: user,
-                        count,
-                    }) {
-                        tracing::error!(error = %e, "cannot drop delivered offline messages");
-                    }
+            self.flush_offline(&me);
+        }
+    }
+
+    /// Deliver what waits offline to `to` (a local session), then drop it
+    /// from the store by key (committed in the background: the actor never
+    /// waits on the cluster). Keys delivered and not yet dropped are
+    /// skipped, so a second flush never repeats a message.
+    fn flush_offline(&mut self, to: &SessionEntry) {
+        let user = self.user();
+        let stored = match self.ctx.state.offline_keyed(&user) {
+            Ok(s) => s,
+            Err(e) => return tracing::error!(error = %e, "cannot read offline messages"),
+        };
+        // What the store no longer has was dropped: forget it.
+        self.delivered_offline
+            .retain(|k| stored.iter().any(|(s, _)| s == k));
+        let mut keys = Vec::new();
+        for (key, xml) in stored {
+            if !self.delivered_offline.insert(key) {
+                continue;
+            }
+            match crate::xml::parse_fragment(&xml) {
+                Ok(el) => deliver(to, el),
+                Err(e) => {
+                    tracing::error!(key, error = %e, "stored offline message does not parse; dropped")
                 }
             }
+            keys.push(key);
+        }
+        if !keys.is_empty() {
+            self.ctx.replicator.submit(&Command::OfflineDrop {
+                username: user,
+                count: 0,
+                keys,
+            });
         }
     }
 
@@ -368,6 +436,7 @@ impl Handler<Broadcast> for UserPresence {
                 available,
                 priority,
                 sm_id: None,
+                bound_at: 0,
             },
         });
         let res = self.resources.get_or_insert_with(resource, || Resource {
@@ -423,7 +492,7 @@ impl Handler<Gone> for UserPresence {
                 status: String::new(),
             };
             if self.ctx.state.account_exists(&self.user()) {
-                let _ = self.ctx.commit(&cmd);
+                self.ctx.replicator.submit(&cmd);
             }
             ctx.stop();
         }
@@ -465,6 +534,7 @@ impl Handler<Restore> for UserPresence {
                 available,
                 priority: msg.priority,
                 sm_id: None,
+                bound_at: 0,
             },
         });
         self.resources.insert(

@@ -24,6 +24,7 @@ enum Outcome {
     AccountExists(String),
     NoSuchAccount(String),
     QuotaExceeded(String),
+    Superseded(String),
     Failed(String),
 }
 
@@ -37,6 +38,7 @@ impl From<Result<Applied, StateError>> for Outcome {
             Err(StateError::AccountExists(u)) => Outcome::AccountExists(u),
             Err(StateError::NoSuchAccount(u)) => Outcome::NoSuchAccount(u),
             Err(StateError::QuotaExceeded(u)) => Outcome::QuotaExceeded(u),
+            Err(StateError::Superseded(u)) => Outcome::Superseded(u),
             Err(e) => Outcome::Failed(e.to_string()),
         }
     }
@@ -56,42 +58,105 @@ impl From<Outcome> for Result<Applied, StateError> {
             Outcome::AccountExists(u) => Err(StateError::AccountExists(u)),
             Outcome::NoSuchAccount(u) => Err(StateError::NoSuchAccount(u)),
             Outcome::QuotaExceeded(u) => Err(StateError::QuotaExceeded(u)),
+            Outcome::Superseded(u) => Err(StateError::Superseded(u)),
             Outcome::Failed(e) => Err(StateError::Cluster(e)),
         }
     }
 }
 
-pub type DisplacedHook = Box<dyn Fn(crate::state::SessionRecord) + Send + Sync>;
+/// What applying a command means for this node's live sessions. Decided
+/// from the replica at that log index, so exactly one node acts where one
+/// must.
+#[derive(Debug)]
+pub enum StateEvent {
+    /// A bind elsewhere displaced this session of ours (RFC 6120 §7.7.2.2).
+    Displaced(crate::state::SessionRecord),
+    /// A node's sessions were purged (it was found dead). If it is this
+    /// node, it was wrong: its live sessions register again.
+    Purged(u64),
+    /// `bare` has messages waiting offline while this node holds the
+    /// resource that should get them (XEP-0160): deliver them now.
+    OfflineWaiting(String),
+}
+
+pub type EventHook = Box<dyn Fn(StateEvent) + Send + Sync>;
 
 /// The state machine the cluster applies committed commands to.
 pub struct ReplicatedState {
     pub state: Arc<State>,
     /// This node's id.
     pub node: u64,
-    /// Called when a bind elsewhere displaces one of this node's sessions
-    /// (set once the server is up).
-    pub on_displaced: Arc<std::sync::OnceLock<DisplacedHook>>,
+    /// The served domain (offline queues are per username).
+    pub domain: String,
+    /// Told of [`StateEvent`]s (set once the server is up). Called on the
+    /// Raft thread: it must only hand work on, never wait.
+    pub on_event: Arc<std::sync::OnceLock<EventHook>>,
+}
+
+impl ReplicatedState {
+    fn emit(&self, ev: StateEvent) {
+        if let Some(hook) = self.on_event.get() {
+            hook(ev);
+        }
+    }
+
+    /// After `cmd` applied: does this node hold the resource that should
+    /// get `bare`'s offline messages now? The best available resource with
+    /// a non-negative priority (ties: the smallest JID), the same answer on
+    /// every replica at this index.
+    fn offline_owner(&self, bare: &str) -> bool {
+        let user = bare.split('@').next().unwrap_or_default();
+        if !self.state.has_offline(user) {
+            return false;
+        }
+        self.state
+            .sessions_of(bare)
+            .into_iter()
+            .filter(|r| r.available && r.priority >= 0)
+            .max_by(|a, b| a.priority.cmp(&b.priority).then(b.jid.cmp(&a.jid)))
+            .is_some_and(|r| r.node == self.node)
+    }
+
+    fn events(&self, cmd: &Command, result: &Result<Applied, StateError>) {
+        let Ok(applied) = result else { return };
+        // RFC 6120 §7.7.2.2 across nodes: the node that held the resource
+        // ends its session, so every node resolves the conflict the same way.
+        if let Some(old) = &applied.displaced {
+            if old.node == self.node {
+                self.emit(StateEvent::Displaced(old.clone()));
+            }
+        }
+        let waiting = match cmd {
+            Command::PurgeNode { node } => {
+                self.emit(StateEvent::Purged(*node));
+                None
+            }
+            Command::OfflinePush { username, .. } => Some(format!("{username}@{}", self.domain)),
+            Command::SessionBind { record } | Command::SessionPresence { record }
+                if record.available && record.priority >= 0 =>
+            {
+                record.jid.split_once('/').map(|(b, _)| b.to_string())
+            }
+            _ => None,
+        };
+        if let Some(bare) = waiting.filter(|b| self.offline_owner(b)) {
+            self.emit(StateEvent::OfflineWaiting(bare));
+        }
+    }
 }
 
 impl StateMachine for ReplicatedState {
-    fn apply(&self, _index: u64, command: &[u8]) -> Vec<u8> {
+    fn apply(&self, index: u64, command: &[u8]) -> Vec<u8> {
         let result = match serde_json::from_slice::<Command>(command) {
-            Ok(cmd) => self.state.apply_unflushed(&cmd),
+            Ok(cmd) => {
+                let r = self
+                    .state
+                    .apply_unflushed(crate::state::LogIndex::Raft(index), &cmd);
+                self.events(&cmd, &r);
+                r
+            }
             Err(e) => Err(StateError::Corrupt(e)),
         };
-        // RFC 6120 §7.7.2.2 across nodes: the node that held the resource
-        // ends its session, so every node resolves the conflict the same way.
-        if let Ok(Applied {
-            displaced: Some(old),
-            ..
-        }) = &result
-        {
-            if old.node == self.node {
-                if let Some(hook) = self.on_displaced.get() {
-                    hook(old.clone());
-                }
-            }
-        }
         if let Err(e) = &result {
             if matches!(e, StateError::Storage(_) | StateError::Corrupt(_)) {
                 tracing::error!(error = %e, "applying a committed command failed");
@@ -114,11 +179,50 @@ impl StateMachine for ReplicatedState {
 pub struct Replicator {
     cluster: Cluster,
     rt: tokio::runtime::Handle,
+    health: Arc<CommitHealth>,
+}
+
+/// Unix ms of the last commit that succeeded and the last that failed: a
+/// node whose latest attempt failed is not ready (http.rs).
+#[derive(Default)]
+struct CommitHealth {
+    last_ok: std::sync::atomic::AtomicU64,
+    last_failed: std::sync::atomic::AtomicU64,
+}
+
+impl CommitHealth {
+    fn record(&self, ok: bool) {
+        let now = crate::time::unix_now().as_millis() as u64;
+        let slot = if ok { &self.last_ok } else { &self.last_failed };
+        slot.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Replicator {
     pub fn new(cluster: Cluster, rt: tokio::runtime::Handle) -> Self {
-        Replicator { cluster, rt }
+        Replicator {
+            cluster,
+            rt,
+            health: Arc::default(),
+        }
+    }
+
+    /// The latest commit attempt failed (no quorum, or the Raft thread is
+    /// stuck) and none succeeded since.
+    pub fn cannot_commit(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.health.last_failed.load(Relaxed) > self.health.last_ok.load(Relaxed)
+    }
+
+    /// Commit a command that changes nothing, to find out whether commits
+    /// go through again (readiness probes after a failure).
+    pub async fn probe(&self) -> bool {
+        let noop = Command::SessionUnbind {
+            jid: String::new(),
+            node: 0,
+            sid: 0,
+        };
+        self.commit_async(&noop).await.is_ok()
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -132,9 +236,12 @@ impl Replicator {
             return;
         };
         let cluster = self.cluster.clone();
+        let health = self.health.clone();
         self.rt.spawn(async move {
-            if let Err(e) = cluster.propose(bytes, COMMIT_TIMEOUT).await {
-                tracing::warn!(error = %e, "session table update not committed");
+            let r = cluster.propose(bytes, COMMIT_TIMEOUT).await;
+            health.record(r.is_ok());
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "state update not committed");
             }
         });
     }
@@ -142,10 +249,15 @@ impl Replicator {
     /// `commit` for code already running on the Raft runtime.
     pub async fn commit_async(&self, cmd: &Command) -> Result<Applied, StateError> {
         let bytes = serde_json::to_vec(cmd)?;
-        match self.cluster.propose(bytes, COMMIT_TIMEOUT).await {
+        let r = self.cluster.propose(bytes, COMMIT_TIMEOUT).await;
+        self.health.record(r.is_ok());
+        match r {
             Ok(out) => serde_json::from_slice::<Outcome>(&out)
                 .map_err(StateError::Corrupt)?
                 .into(),
+            Err(ClusterError::NoQuorum) => Err(StateError::Cluster(
+                "no quorum: this node cannot reach a majority of the cluster".into(),
+            )),
             Err(e) => Err(StateError::Cluster(e.to_string())),
         }
     }
@@ -162,8 +274,11 @@ impl Replicator {
         let bytes = serde_json::to_vec(cmd)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let cluster = self.cluster.clone();
+        let health = self.health.clone();
         self.rt.spawn(async move {
-            let _ = tx.send(cluster.propose(bytes, COMMIT_TIMEOUT).await);
+            let r = cluster.propose(bytes, COMMIT_TIMEOUT).await;
+            health.record(r.is_ok());
+            let _ = tx.send(r);
         });
         match rx.recv_timeout(COMMIT_TIMEOUT + Duration::from_secs(1)) {
             Ok(Ok(out)) => match serde_json::from_slice::<Outcome>(&out) {

@@ -6,6 +6,8 @@
 use jid::{BareJid, FullJid};
 use serde::{Deserialize, Serialize};
 
+use starling_cluster::{Incoming, Receipt, Returned};
+
 use crate::router::{deliver, SessionEntry};
 use crate::server::ServerCtx;
 use crate::xml::{ns, Element};
@@ -203,13 +205,33 @@ pub fn full(ctx: &ServerCtx, full: &FullJid) -> Option<Target> {
 
 /// Send `stanza` to one session.
 pub fn send(ctx: &ServerCtx, target: &Target, stanza: Element, require: Option<Require>) {
+    send_owned(ctx, target, stanza, require, None)
+}
+
+/// Answer a receipt: the stanza is owned (true) or could not be (false).
+pub fn answer(receipt: Option<Receipt>, owned: bool) {
+    if let Some(r) = receipt {
+        let _ = r.send(owned);
+    }
+}
+
+/// [`send`], answering `receipt` once the stanza is in the session's queue
+/// here, or the node holding the session has taken it.
+pub fn send_owned(
+    ctx: &ServerCtx,
+    target: &Target,
+    stanza: Element,
+    require: Option<Require>,
+    receipt: Option<Receipt>,
+) {
     match &target.local {
         Some(e) => {
             if satisfied(e, require) {
                 deliver(e, stanza);
             }
+            answer(receipt, true);
         }
-        None => relay(
+        None => relay_owned(
             ctx,
             target.node,
             &Relay::Stanza {
@@ -218,30 +240,140 @@ pub fn send(ctx: &ServerCtx, target: &Target, stanza: Element, require: Option<R
                 xml: stanza.to_xml(ns::CLIENT),
                 hops: 0,
             },
+            receipt,
         ),
     }
 }
 
 pub fn relay(ctx: &ServerCtx, node: u64, msg: &Relay) {
+    relay_owned(ctx, node, msg, None)
+}
+
+/// Queue `msg` for `node`; the relayer keeps it until that node owns it.
+/// What cannot be queued is routed again at once.
+fn relay_owned(ctx: &ServerCtx, node: u64, msg: &Relay, receipt: Option<Receipt>) {
     let Ok(bytes) = serde_json::to_vec(msg) else {
-        return;
+        tracing::error!(node, "cannot encode a relay message; dropped");
+        return answer(receipt, false);
     };
-    if !ctx.replicator.cluster().relay(node, bytes) {
-        tracing::warn!(node, "cannot relay to node (unknown or queue full)");
+    if let Err(back) = ctx.replicator.cluster().relay(node, bytes, receipt) {
+        tracing::warn!(
+            node,
+            "cannot queue a relay to node (unknown or queue full); routing it again"
+        );
+        match ctx.arc() {
+            Some(c) => {
+                ctx.replicator.runtime().spawn(reroute(c, back));
+            }
+            None => tracing::warn!(node, "server stopping: relay dropped"),
+        }
+    }
+}
+
+/// Route again what the relayer gave back: a message goes to where the
+/// addressee is now (another node, another resource, or offline storage);
+/// anything else is re-sent if its session is now elsewhere, else dropped
+/// with a log line.
+pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
+    let Returned {
+        node,
+        payload,
+        receipt,
+    } = back;
+    let msg = match serde_json::from_slice::<Relay>(&payload) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(node, error = %e, "returned relay does not decode; dropped");
+            return answer(receipt, false);
+        }
+    };
+    let Relay::Stanza {
+        to,
+        require,
+        xml,
+        hops,
+    } = msg
+    else {
+        tracing::info!(node, "control message for a node given up on; dropped");
+        return answer(receipt, true);
+    };
+    let (Ok(to), Ok(el)) = (FullJid::new(&to), crate::xml::parse_fragment(&xml)) else {
+        tracing::warn!(node, "returned relay is not a stanza; dropped");
+        return answer(receipt, false);
+    };
+    let elsewhere = full(&ctx, &to).filter(|t| t.node != node || t.local.is_some());
+    match elsewhere {
+        Some(t) if hops < MAX_HOPS => match &t.local {
+            Some(_) => send_owned(&ctx, &t, el, require, receipt),
+            None => relay_owned(
+                &ctx,
+                t.node,
+                &Relay::Stanza {
+                    to: to.to_string(),
+                    require,
+                    xml,
+                    hops: hops + 1,
+                },
+                receipt,
+            ),
+        },
+        _ if el.name == "message" => {
+            // The session is gone (or keeps moving): the bare JID decides,
+            // offline storage last; only a commit counts as owned.
+            let owned = crate::delivery::store_or_route(&ctx, el, &to, Some(node)).await;
+            if !owned {
+                tracing::warn!(to = %to, node, "message could not be routed again or stored (no quorum?); dropped");
+            }
+            answer(receipt, owned);
+        }
+        _ => {
+            tracing::info!(to = %to, node, stanza = %el.name, "stanza for a session that is gone; dropped");
+            answer(receipt, true);
+        }
+    }
+}
+
+/// Forwards of one stanza between nodes before it is delivered by bare JID.
+const MAX_HOPS: u8 = 3;
+
+/// Route again everything the relayer gives back, until it stops.
+pub async fn serve_returned(
+    ctx: std::sync::Arc<ServerCtx>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Returned>,
+) {
+    while let Some(back) = rx.recv().await {
+        tokio::spawn(reroute(ctx.clone(), back));
     }
 }
 
 /// Handle what other nodes relay to us, until the stream ends.
 pub async fn serve_relays(
     ctx: std::sync::Arc<ServerCtx>,
-    mut rx: tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>,
+    mut rx: tokio::sync::mpsc::Receiver<Incoming>,
 ) {
-    while let Some((from, bytes)) = rx.recv().await {
-        let msg = match serde_json::from_slice::<Relay>(&bytes) {
+    while let Some(Incoming {
+        from,
+        payload,
+        receipt,
+    }) = rx.recv().await
+    {
+        let msg = match serde_json::from_slice::<Relay>(&payload) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(from, error = %e, "bad relay message");
+                // Owned in the sense that nobody can do better with it.
+                tracing::warn!(from, error = %e, "bad relay message; dropped");
+                answer(Some(receipt), true);
                 continue;
+            }
+        };
+        // Everything but a stanza is answered at once; a stanza once it is
+        // in a session's queue, buffered for an arriving session, passed on
+        // to the node holding the session, or stored offline.
+        let receipt = match msg {
+            Relay::Stanza { .. } => Some(receipt),
+            _ => {
+                answer(Some(receipt), true);
+                None
             }
         };
         match msg {
@@ -251,14 +383,16 @@ pub async fn serve_relays(
                 xml,
                 hops,
             } => {
-                let Ok(to) = FullJid::new(&to) else { continue };
-                let Ok(el) = crate::xml::parse_fragment(&xml) else {
+                let (Ok(to), Ok(el)) = (FullJid::new(&to), crate::xml::parse_fragment(&xml)) else {
+                    tracing::warn!(from, "relayed stanza does not parse; dropped");
+                    answer(receipt, true);
                     continue;
                 };
                 if let Some(e) = ctx.router.get_full(&to) {
                     if satisfied(&e, require) {
                         deliver(&e, el);
                     }
+                    answer(receipt, true);
                 } else if let Some(buf) = ctx
                     .arriving
                     .lock()
@@ -267,10 +401,12 @@ pub async fn serve_relays(
                 {
                     // Handed to us and not bound yet: it waits a moment.
                     buf.push((el, require));
-                } else if hops < 3 {
+                    answer(receipt, true);
+                } else if hops < MAX_HOPS {
                     // The session moved on: follow it.
-                    if let Some(t) = full(&ctx, &to).filter(|t| t.local.is_none()) {
-                        relay(
+                    if let Some(t) = full(&ctx, &to).filter(|t| t.local.is_none() && t.node != from)
+                    {
+                        relay_owned(
                             &ctx,
                             t.node,
                             &Relay::Stanza {
@@ -279,14 +415,15 @@ pub async fn serve_relays(
                                 xml,
                                 hops: hops + 1,
                             },
+                            receipt,
                         );
                     } else {
-                        tracing::warn!(to = %to, from, hops, "relayed stanza for a session that is not here");
-                        redeliver(&ctx, el, &to);
+                        tracing::info!(to = %to, from, hops, "relayed stanza for a session that is not here");
+                        redeliver(&ctx, el, &to, receipt);
                     }
                 } else {
                     tracing::warn!(to = %to, from, "relayed stanza went round; delivering anew");
-                    redeliver(&ctx, el, &to);
+                    redeliver(&ctx, el, &to, receipt);
                 }
             }
             Relay::HandOffRequest {
@@ -445,16 +582,30 @@ pub fn arrived(ctx: &ServerCtx, jid: &FullJid, entry: Option<SessionEntry>) {
                     deliver(e, el);
                 }
             }
-            None => redeliver(ctx, el, jid),
+            None => redeliver(ctx, el, jid, None),
         }
     }
 }
 
 /// A stanza whose session could not be found: a message goes through
 /// delivery to the bare JID again (another resource, or offline storage)
-/// rather than vanish; anything else is dropped.
-fn redeliver(ctx: &ServerCtx, el: Element, to: &FullJid) {
-    if el.name == "message" {
-        let _ = crate::delivery::message(ctx, el, jid::Jid::from(to.to_bare()));
+/// rather than vanish; anything else is dropped. Never waits here: the
+/// offline commit is awaited on a task of its own.
+fn redeliver(ctx: &ServerCtx, el: Element, to: &FullJid, receipt: Option<Receipt>) {
+    if el.name != "message" {
+        tracing::info!(to = %to, stanza = %el.name, "stanza for a session that is not here; dropped");
+        return answer(receipt, true);
     }
+    let Some(c) = ctx.arc() else {
+        tracing::warn!(to = %to, "server stopping: message dropped");
+        return answer(receipt, false);
+    };
+    let to = to.clone();
+    ctx.replicator.runtime().spawn(async move {
+        let owned = crate::delivery::store_or_route(&c, el, &to, None).await;
+        if !owned {
+            tracing::warn!(to = %to, "message could not be delivered or stored (no quorum?)");
+        }
+        answer(receipt, owned);
+    });
 }

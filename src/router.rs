@@ -25,6 +25,8 @@ pub struct SessionEntry {
     pub blocklist_interested: bool,
     /// Enabled message carbons (XEP-0280).
     pub carbons: bool,
+    /// When it was bound (unix ms), as in its session-table record.
+    pub bound_at: u64,
 }
 
 #[derive(Default)]
@@ -53,6 +55,7 @@ impl Router {
             interested: false,
             blocklist_interested: false,
             carbons: false,
+            bound_at: 0,
         });
         old
     }
@@ -96,6 +99,19 @@ impl Router {
     pub fn all(&self) -> Vec<SessionEntry> {
         let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
         map.values().flatten().cloned().collect()
+    }
+
+    /// Every session here with its full JID.
+    pub fn all_full(&self) -> Vec<(FullJid, SessionEntry)> {
+        let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .flat_map(|(bare, list)| {
+                list.iter().filter_map(move |e| {
+                    let full = bare.with_resource_str(&e.resource).ok()?;
+                    Some((full, e.clone()))
+                })
+            })
+            .collect()
     }
 
     pub fn count(&self) -> usize {

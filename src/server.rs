@@ -198,8 +198,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .map(|a| bind("component.listen", a))
         .transpose()?;
     let state = Arc::new(State::open(&config.data_dir)?);
-    let displaced_hook = Arc::new(std::sync::OnceLock::new());
-    let (replicator, raft_thread) = start_cluster(&config, state.clone(), displaced_hook.clone())?;
+    let event_hook = Arc::new(std::sync::OnceLock::new());
+    let (replicator, raft_thread) = start_cluster(&config, state.clone(), event_hook.clone())?;
     let identity = crate::tls::load_identity(
         config.tls.cert.as_deref(),
         config.tls.key.as_deref(),
@@ -245,18 +245,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
         config,
     });
     let _ = ctx.me.set(Arc::downgrade(&ctx));
-    // A bind on another node displaced one of ours: close it (<conflict/>).
+    // What committed commands mean for this node's sessions (replication.rs).
     let weak = Arc::downgrade(&ctx);
-    let _ = displaced_hook.set(Box::new(move |old: crate::state::SessionRecord| {
-        let Some(ctx) = weak.upgrade() else { return };
-        let Ok(full) = jid::FullJid::new(&old.jid) else {
-            return;
-        };
-        if let Some(e) = ctx.router.get_full(&full).filter(|e| e.id == old.sid) {
-            e.addr.do_send(CloseStream(StreamError::with_text(
-                StreamCondition::Conflict,
-                "replaced by a new connection",
-            )));
+    let _ = event_hook.set(Box::new(move |ev| {
+        if let Some(ctx) = weak.upgrade() {
+            crate::session_events::on_event(&ctx, ev);
         }
     }));
     // Sessions this node held before a restart are gone.
@@ -269,6 +262,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
         ctx.replicator
             .runtime()
             .spawn(crate::route::serve_relays(ctx.clone(), rx));
+    }
+    if let Some(rx) = ctx.replicator.cluster().take_returned() {
+        ctx.replicator
+            .runtime()
+            .spawn(crate::route::serve_returned(ctx.clone(), rx));
     }
     ctx.replicator
         .runtime()
@@ -439,7 +437,7 @@ pub fn cluster_secret(config: &Config) -> Result<String, StartError> {
 fn start_cluster(
     config: &Config,
     state: Arc<State>,
-    hook: Arc<std::sync::OnceLock<crate::replication::DisplacedHook>>,
+    hook: Arc<std::sync::OnceLock<crate::replication::EventHook>>,
 ) -> Result<(crate::replication::Replicator, std::thread::JoinHandle<()>), StartError> {
     let mut cfg = starling_cluster::ClusterConfig::new(
         config.cluster.node_id,
@@ -450,6 +448,7 @@ fn start_cluster(
     cfg.join = Some(config.cluster.join.clone()).filter(|j| !j.is_empty());
     let db = state.db().clone();
     let node_id = config.cluster.node_id;
+    let domain = config.domain.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("raft".into())
@@ -468,7 +467,8 @@ fn start_cluster(
             let sm = Arc::new(crate::replication::ReplicatedState {
                 state,
                 node: node_id,
-                on_displaced: hook,
+                domain,
+                on_event: hook,
             });
             let started = rt.block_on(starling_cluster::Cluster::start(db, sm, cfg));
             match started {

@@ -382,6 +382,16 @@ impl Driver {
         if leader == 0 || self.pending.is_empty() {
             return;
         }
+        // A proposer that gave up (timed out, answered its client with an
+        // error) must not see its command land later: not proposed again.
+        let before = self.pending.len();
+        self.pending.retain(|_, (r, _)| !r.is_closed());
+        if self.pending.len() < before {
+            tracing::debug!(
+                dropped = before - self.pending.len(),
+                "abandoned proposals not proposed again"
+            );
+        }
         let entries: Vec<Vec<u8>> = self.pending.values().map(|(_, e)| e.clone()).collect();
         for e in entries {
             let _ = self.raw.propose(vec![], e);

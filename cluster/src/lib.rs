@@ -120,7 +120,28 @@ pub struct Status {
 pub type AppStatus = Arc<std::sync::OnceLock<Box<dyn Fn() -> String + Send + Sync>>>;
 
 /// Application messages from other nodes: (sender id, payload).
-pub type RelayReceiver = mpsc::Receiver<(u64, Vec<u8>)>;
+pub type RelayReceiver = mpsc::Receiver<Incoming>;
+
+/// The answer to one relayed payload: true once the receiving node owns
+/// it, false if it could not take it. Dropping it unanswered means false.
+pub type Receipt = oneshot::Sender<bool>;
+
+/// An application message from another member, with the receipt the
+/// sender waits for before it forgets the message.
+pub struct Incoming {
+    pub from: u64,
+    pub payload: Vec<u8>,
+    pub receipt: Receipt,
+}
+
+/// A payload the relayer gives back to the application: the node refused
+/// it, or was given up on ([`Cluster::take_back`]) before it took it. The
+/// application routes it again; `receipt` is the sender's, still unanswered.
+pub struct Returned {
+    pub node: u64,
+    pub payload: Vec<u8>,
+    pub receipt: Option<Receipt>,
+}
 
 pub(crate) enum Cmd {
     Step(Box<raft::prelude::Message>),
@@ -152,6 +173,7 @@ pub struct Cluster {
     stop: Arc<watch::Sender<bool>>,
     relayer: Arc<transport::Relayer>,
     relay_rx: Arc<std::sync::Mutex<Option<RelayReceiver>>>,
+    returned_rx: Arc<std::sync::Mutex<Option<mpsc::UnboundedReceiver<Returned>>>>,
     /// The runtime the node runs on (relay tasks are spawned there even
     /// when `relay` is called from another thread).
     rt: tokio::runtime::Handle,
@@ -212,16 +234,19 @@ impl Cluster {
             },
             stop.subscribe(),
         );
+        let (returned_tx, returned_rx) = mpsc::unbounded_channel();
         let relayer = Arc::new(transport::Relayer::new(
             cfg.id,
             cfg.secret.clone(),
             isolated.clone(),
             status.clone(),
+            returned_tx,
         ));
         let node = driver::Driver::new(&cfg, store.clone(), transport, status_tx)
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
         tokio::spawn(node.run(rx, stop.subscribe()));
         let relay_rx = Arc::new(std::sync::Mutex::new(Some(relay_rx)));
+        let returned_rx = Arc::new(std::sync::Mutex::new(Some(returned_rx)));
         let cluster = Cluster {
             id: cfg.id,
             tx,
@@ -231,6 +256,7 @@ impl Cluster {
             stop,
             relayer,
             relay_rx,
+            returned_rx,
             rt: tokio::runtime::Handle::current(),
             app_status,
         };
@@ -346,11 +372,33 @@ impl Cluster {
         self.isolated.store(isolated, Ordering::SeqCst);
     }
 
-    /// Send an application message to another member (best effort,
-    /// bounded queue, retried; ordered per destination). Callable from any
-    /// thread.
-    pub fn relay(&self, node: u64, payload: Vec<u8>) -> bool {
-        self.relayer.send(node, payload, &self.rt)
+    /// Send an application message to another member: ordered per
+    /// destination, kept and retried until that node answers for it. What
+    /// it refuses, or what is still here when [`Cluster::take_back`] gives
+    /// up on it, comes back through [`Cluster::take_returned`]. `receipt`
+    /// is answered true once the node owns the payload. Callable from any
+    /// thread. An unknown node or a full queue gives the payload back at once.
+    pub fn relay(
+        &self,
+        node: u64,
+        payload: Vec<u8>,
+        receipt: Option<Receipt>,
+    ) -> Result<(), Returned> {
+        self.relayer.send(node, payload, receipt, &self.rt)
+    }
+
+    /// Stop trying `node` (it was found dead): everything queued for it,
+    /// and a batch in flight if that fails, comes back as [`Returned`].
+    pub fn take_back(&self, node: u64) {
+        self.relayer.take_back(node)
+    }
+
+    /// The stream of payloads given back to the application; once.
+    pub fn take_returned(&self) -> Option<mpsc::UnboundedReceiver<Returned>> {
+        self.returned_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Describe the application's state in remote status answers (once).

@@ -20,7 +20,7 @@ use crate::proto::{
     Ack, JoinRequest, JoinResponse, Peer, RaftBatch, RelayBatch, RemoveRequest, StatusRequest,
     StatusResponse,
 };
-use crate::{ClusterError, Cmd, Status};
+use crate::{ClusterError, Cmd, Incoming, Receipt, Returned, Status};
 
 const SECRET_HEADER: &str = "x-starling-cluster-secret";
 /// Messages queued per peer; beyond this they are dropped (raft resends).
@@ -54,7 +54,7 @@ pub struct Service {
     pub isolated: Arc<AtomicBool>,
     pub tx: mpsc::Sender<Cmd>,
     pub status: watch::Receiver<Status>,
-    pub relay: mpsc::Sender<(u64, Vec<u8>)>,
+    pub relay: mpsc::Sender<Incoming>,
     pub app_status: crate::AppStatus,
 }
 
@@ -80,7 +80,7 @@ impl Raft for Service {
                 .await
                 .map_err(|_| RpcStatus::unavailable("stopping"))?;
         }
-        Ok(Response::new(Ack {}))
+        Ok(Response::new(Ack::default()))
     }
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, RpcStatus> {
@@ -144,15 +144,46 @@ impl Raft for Service {
         if self.isolated.load(Ordering::SeqCst) {
             return Err(RpcStatus::unavailable("isolated"));
         }
-        let RelayBatch { from, payloads } = req.into_inner();
-        for p in payloads {
+        let RelayBatch {
+            from,
+            payloads,
+            sent_at_ms,
+        } = req.into_inner();
+        // Read long after it was sent (this process was paused): the sender
+        // has given up on this attempt and may have routed it elsewhere.
+        if sent_at_ms != 0 && unix_ms().saturating_sub(sent_at_ms) > RELAY_STALE.as_millis() as u64
+        {
+            tracing::warn!(from, "refusing a stale relay batch (sent {sent_at_ms})");
+            return Err(RpcStatus::deadline_exceeded("stale relay batch"));
+        }
+        let mut receipts = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let (receipt, rx) = oneshot::channel();
             // Waiting here pushes back on the sender (bounded queue).
             self.relay
-                .send((from, p))
+                .send(Incoming {
+                    from,
+                    payload,
+                    receipt,
+                })
                 .await
                 .map_err(|_| RpcStatus::unavailable("stopping"))?;
+            receipts.push(rx);
         }
-        Ok(Response::new(Ack {}))
+        // Answered only once the application owns each payload (or says it
+        // cannot): the sender keeps them until then.
+        let mut refused = Vec::new();
+        for (i, rx) in receipts.into_iter().enumerate() {
+            let owned = tokio::time::timeout(RELAY_ANSWER, rx)
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or(false);
+            if !owned {
+                refused.push(i as u32);
+            }
+        }
+        Ok(Response::new(Ack { refused }))
     }
 
     async fn status(
@@ -403,20 +434,60 @@ pub async fn remote_status(addr: &str, secret: &str) -> Result<Status, String> {
     })
 }
 
-/// Outbound application messages: one bounded queue and task per node.
+/// Outbound application messages: one queue and task per node. A payload
+/// stays queued until the node answers for it; the node refusing it, or
+/// [`Relayer::take_back`], hands it back to the application.
 pub struct Relayer {
     id: u64,
     secret: String,
     isolated: Arc<AtomicBool>,
     status: watch::Receiver<Status>,
-    queues: std::sync::Mutex<HashMap<u64, RelayQueue>>,
+    queues: std::sync::Mutex<HashMap<u64, Arc<PeerRelay>>>,
+    returned: mpsc::UnboundedSender<Returned>,
 }
-
-/// A node's address and the queue of its relay task.
-type RelayQueue = (String, mpsc::Sender<Vec<u8>>);
 
 /// Payloads queued per node before new ones are refused.
 const RELAY_QUEUE: usize = 8192;
+/// A relay batch read later than this after it was sent is refused.
+const RELAY_STALE: Duration = Duration::from_millis(2500);
+/// How long a receiver waits for the application to take a payload.
+const RELAY_ANSWER: Duration = Duration::from_secs(8);
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One queued payload and the receipt of whoever waits for it.
+struct Queued {
+    payload: Vec<u8>,
+    receipt: Option<Receipt>,
+}
+
+/// A node's queue, shared by its relay task and the senders.
+struct PeerRelay {
+    addr: String,
+    state: std::sync::Mutex<PeerQueue>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct PeerQueue {
+    items: std::collections::VecDeque<Queued>,
+    /// Bumped by `take_back`: a batch in flight from before it comes back
+    /// if it fails, instead of being retried.
+    generation: u64,
+    /// The task has ended (the node left the membership).
+    closed: bool,
+}
+
+impl PeerRelay {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PeerQueue> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 impl Relayer {
     pub fn new(
@@ -424,6 +495,7 @@ impl Relayer {
         secret: String,
         isolated: Arc<AtomicBool>,
         status: watch::Receiver<Status>,
+        returned: mpsc::UnboundedSender<Returned>,
     ) -> Self {
         Relayer {
             id,
@@ -431,12 +503,24 @@ impl Relayer {
             isolated,
             status,
             queues: std::sync::Mutex::new(HashMap::new()),
+            returned,
         }
     }
 
-    /// Queue `payload` for `node`. False if the node is unknown or its
-    /// queue is full (the caller decides what a lost message means).
-    pub fn send(&self, node: u64, payload: Vec<u8>, rt: &tokio::runtime::Handle) -> bool {
+    /// Queue `payload` for `node`; given straight back if the node is
+    /// unknown or its queue is full.
+    pub fn send(
+        &self,
+        node: u64,
+        payload: Vec<u8>,
+        receipt: Option<Receipt>,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<(), Returned> {
+        let back = |payload, receipt| Returned {
+            node,
+            payload,
+            receipt,
+        };
         let addr = match self
             .status
             .borrow()
@@ -445,83 +529,201 @@ impl Relayer {
             .find(|(id, _)| *id == node)
         {
             Some((_, a)) => a.clone(),
-            None => return false,
+            None => return Err(back(payload, receipt)),
         };
-        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = queues
+        let peer = {
+            let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+            let fresh = queues
+                .get(&node)
+                .is_none_or(|p| p.addr != addr || p.lock().closed);
+            if fresh {
+                let peer = Arc::new(PeerRelay {
+                    addr: addr.clone(),
+                    state: std::sync::Mutex::new(PeerQueue::default()),
+                    wake: tokio::sync::Notify::new(),
+                });
+                // What the old task still held goes to the new address.
+                if let Some(old) = queues.insert(node, peer.clone()) {
+                    let mut o = old.lock();
+                    o.generation += 1;
+                    o.closed = true;
+                    let items = std::mem::take(&mut o.items);
+                    drop(o);
+                    old.wake.notify_one();
+                    peer.lock().items.extend(items);
+                }
+                rt.spawn(relay_task(
+                    node,
+                    peer.clone(),
+                    self.id,
+                    self.secret.clone(),
+                    self.isolated.clone(),
+                    self.status.clone(),
+                    self.returned.clone(),
+                ));
+            }
+            match queues.get(&node) {
+                Some(p) => p.clone(),
+                None => return Err(back(payload, receipt)),
+            }
+        };
+        {
+            let mut q = peer.lock();
+            if q.items.len() >= RELAY_QUEUE {
+                return Err(back(payload, receipt));
+            }
+            q.items.push_back(Queued { payload, receipt });
+        }
+        peer.wake.notify_one();
+        Ok(())
+    }
+
+    /// Give up on `node`: what is queued comes back now, a batch in flight
+    /// comes back if it fails.
+    pub fn take_back(&self, node: u64) {
+        let peer = self
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .get(&node)
-            .is_none_or(|(a, tx)| *a != addr || tx.is_closed());
-        if fresh {
-            let (tx, rx) = mpsc::channel(RELAY_QUEUE);
-            rt.spawn(relay_task(
+            .cloned();
+        let Some(peer) = peer else { return };
+        let items = {
+            let mut q = peer.lock();
+            q.generation += 1;
+            std::mem::take(&mut q.items)
+        };
+        if !items.is_empty() {
+            tracing::warn!(
                 node,
-                addr.clone(),
-                self.id,
-                self.secret.clone(),
-                self.isolated.clone(),
-                rx,
-            ));
-            queues.insert(node, (addr, tx));
+                count = items.len(),
+                "node given up on: its queued relays are routed again"
+            );
         }
-        match queues.get(&node) {
-            Some((_, tx)) => tx.try_send(payload).is_ok(),
-            None => false,
+        for it in items {
+            let _ = self.returned.send(Returned {
+                node,
+                payload: it.payload,
+                receipt: it.receipt,
+            });
         }
+        peer.wake.notify_one();
     }
 }
 
 async fn relay_task(
     node: u64,
-    addr: String,
+    peer: Arc<PeerRelay>,
     from: u64,
     secret: String,
     isolated: Arc<AtomicBool>,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    status: watch::Receiver<Status>,
+    returned: mpsc::UnboundedSender<Returned>,
 ) {
+    let give_back = |batch: Vec<Queued>| {
+        for it in batch {
+            let _ = returned.send(Returned {
+                node,
+                payload: it.payload,
+                receipt: it.receipt,
+            });
+        }
+    };
     let mut client: Option<RaftClient<tonic::transport::Channel>> = None;
-    while let Some(first) = rx.recv().await {
-        let mut payloads = vec![first];
-        while payloads.len() < BATCH {
-            match rx.try_recv() {
-                Ok(p) => payloads.push(p),
-                Err(_) => break,
+    loop {
+        let (batch, generation) = {
+            let mut q = peer.lock();
+            if q.closed {
+                return;
+            }
+            if q.items.is_empty() {
+                None
+            } else {
+                let n = q.items.len().min(BATCH);
+                Some((q.items.drain(..n).collect::<Vec<_>>(), q.generation))
             }
         }
-        for attempt in 0..5u64 {
-            if isolated.load(Ordering::SeqCst) {
+        .unzip();
+        let (Some(mut batch), Some(generation)) = (batch, generation) else {
+            // Nothing queued: wait for work, and leave once the node is no
+            // longer a member.
+            let member = status.borrow().peers.iter().any(|(id, _)| *id == node);
+            if !member {
+                peer.lock().closed = true;
+                let rest = std::mem::take(&mut peer.lock().items);
+                give_back(rest.into());
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), peer.wake.notified()).await;
+            continue;
+        };
+        let payloads: Vec<Vec<u8>> = batch.iter().map(|q| q.payload.clone()).collect();
+        let mut attempt = 0u32;
+        loop {
+            if peer.lock().generation != generation {
+                tracing::debug!(node, count = batch.len(), "relay batch given back");
+                give_back(batch);
                 break;
             }
-            if client.is_none() {
-                if let Ok(e) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
-                    if let Ok(ch) = e
-                        .connect_timeout(Duration::from_millis(500))
-                        .timeout(Duration::from_secs(5))
-                        .connect()
-                        .await
+            if !isolated.load(Ordering::SeqCst) {
+                if client.is_none() {
+                    if let Ok(e) =
+                        tonic::transport::Endpoint::from_shared(format!("http://{}", peer.addr))
                     {
-                        client = Some(RaftClient::new(ch).max_encoding_message_size(64 << 20));
+                        if let Ok(ch) = e
+                            .connect_timeout(Duration::from_millis(500))
+                            .timeout(RELAY_ANSWER + Duration::from_secs(2))
+                            .connect()
+                            .await
+                        {
+                            client = Some(RaftClient::new(ch).max_encoding_message_size(64 << 20));
+                        }
                     }
                 }
-            }
-            if let Some(c) = client.as_mut() {
-                match c
-                    .relay(with_secret(
+                if let Some(c) = client.as_mut() {
+                    let req = with_secret(
                         RelayBatch {
                             from,
                             payloads: payloads.clone(),
+                            sent_at_ms: unix_ms(),
                         },
                         &secret,
-                    ))
-                    .await
-                {
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::debug!(node, error = %e, "relay failed");
-                        client = None;
+                    );
+                    match c.relay(req).await {
+                        Ok(ack) => {
+                            let refused = ack.into_inner().refused;
+                            let mut back = Vec::new();
+                            for (i, it) in batch.drain(..).enumerate() {
+                                if refused.contains(&(i as u32)) {
+                                    back.push(it);
+                                } else if let Some(r) = it.receipt {
+                                    let _ = r.send(true);
+                                }
+                            }
+                            if !back.is_empty() {
+                                tracing::info!(
+                                    node,
+                                    count = back.len(),
+                                    "relayed payloads refused; routing them again"
+                                );
+                                give_back(back);
+                            }
+                            break;
+                        }
+                        Err(e) => {
+                            if attempt == 3 {
+                                tracing::warn!(node, error = %e, queued = batch.len(), "relay failing; keeping the batch and retrying");
+                            } else {
+                                tracing::debug!(node, error = %e, "relay failed");
+                            }
+                            client = None;
+                        }
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+            attempt += 1;
+            let wait = Duration::from_millis((50u64 << attempt.min(4)).min(500));
+            let _ = tokio::time::timeout(wait, peer.wake.notified()).await;
         }
     }
 }
@@ -553,6 +755,7 @@ pub async fn remote_relay(addr: &str, secret: &str, payload: Vec<u8>) -> Result<
         RelayBatch {
             from: 0,
             payloads: vec![payload],
+            sent_at_ms: unix_ms(),
         },
         secret,
     ))

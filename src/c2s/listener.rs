@@ -80,6 +80,7 @@ async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guar
     } = bound;
     // Binding commits through Raft (the cluster-wide session table): a node
     // without a majority refuses the login instead of binding inconsistently.
+    let bound_at = crate::time::unix_now().as_millis() as u64;
     let record = crate::state::SessionRecord {
         jid: jid.to_string(),
         node: ctx.node_id(),
@@ -87,6 +88,7 @@ async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guar
         available: false,
         priority: 0,
         sm_id: None,
+        bound_at,
     };
     // Awaited, not blocking: other connections on this worker go on meanwhile.
     let committed = ctx
@@ -95,6 +97,8 @@ async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guar
         .await;
     if let Err(e) = committed {
         tracing::warn!(error = %e, "bind refused: cannot commit to the cluster");
+        // If the bind still lands later, this takes it out again.
+        unbind_given_up(&ctx, &jid, sid);
         let mut stream = stream;
         let iq = crate::xml::Element::new("iq", ns::CLIENT)
             .with_attr("type", "set")
@@ -133,7 +137,9 @@ async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guar
         presence,
     );
     let addr = session.start();
-    if let Some(old) = ctx.router.bind(&jid, sid, addr) {
+    let replaced = ctx.router.bind(&jid, sid, addr);
+    ctx.router.update(&jid, sid, |e| e.bound_at = bound_at);
+    if let Some(old) = replaced {
         // RFC 6120 §7.7.2.2: the new session wins; the old one gets <conflict/>.
         old.addr.do_send(CloseStream(StreamError::with_text(
             StreamCondition::Conflict,
@@ -336,8 +342,10 @@ pub async fn install_session(
         last.clone(),
     );
     let addr = session.start();
+    let bound_at = crate::time::unix_now().as_millis() as u64;
     ctx.router.bind(&jid, sid, addr.clone());
     ctx.router.update(&jid, sid, |e| {
+        e.bound_at = bound_at;
         e.interested = state.interested;
         e.blocklist_interested = state.blocklist_interested;
         e.carbons = state.carbons;
@@ -354,6 +362,7 @@ pub async fn install_session(
         available: last.is_some(),
         priority: state.priority,
         sm_id: Some(state.sm_id.clone()),
+        bound_at,
     };
     if let Err(e) = ctx
         .replicator
@@ -361,6 +370,7 @@ pub async fn install_session(
         .await
     {
         tracing::warn!(error = %e, "cannot take over a session: no commit");
+        unbind_given_up(ctx, &jid, sid);
         addr.do_send(CloseStream(StreamError::new(
             StreamCondition::InternalServerError,
         )));
@@ -375,4 +385,15 @@ pub async fn install_session(
     ctx.sm_sessions.insert(&state.sm_id, addr.clone(), jid);
     tracing::info!(from_node, "session handed over from another node");
     Some(addr)
+}
+
+/// A bind whose commit timed out may still land once a leader is back:
+/// propose its removal too, so it cannot linger as a session nobody holds.
+fn unbind_given_up(ctx: &ServerCtx, jid: &jid::FullJid, sid: u64) {
+    ctx.replicator
+        .submit(&crate::state::Command::SessionUnbind {
+            jid: jid.to_string(),
+            node: ctx.node_id(),
+            sid,
+        });
 }

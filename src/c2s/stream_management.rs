@@ -114,6 +114,16 @@ pub struct SmRegistry {
 }
 
 impl SmRegistry {
+    /// The resumption id of the session bound to `jid`, if it has one.
+    pub fn id_of(&self, jid: &jid::FullJid) -> Option<String> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(_, (_, j))| j == jid)
+            .map(|(id, _)| id.clone())
+    }
+
     pub fn insert(
         &self,
         id: &str,

@@ -49,10 +49,14 @@ pub enum Command {
         stanza: Xml,
         quota: usize,
     },
-    /// Drop the first `count` queued messages (they were delivered).
+    /// Drop queued messages that were delivered: by their keys (the Raft
+    /// index that stored each), or the first `count` (older log entries).
     OfflineDrop {
         username: String,
+        #[serde(default)]
         count: usize,
+        #[serde(default)]
+        keys: Vec<u64>,
     },
     /// XEP-0191: add JIDs to the blocklist.
     Block {
@@ -131,6 +135,16 @@ pub struct Applied {
     pub purged: Vec<SessionRecord>,
 }
 
+/// Where a command sits in the replicated log: keys of records it creates
+/// derive from it, so every replica writes the same bytes.
+#[derive(Debug, Clone, Copy)]
+pub enum LogIndex {
+    /// The Raft index of the committed entry.
+    Raft(u64),
+    /// A single-node edit outside the cluster (the offline CLI).
+    Local,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("data directory {0} is in use by another process (is a node running?)")]
@@ -145,6 +159,10 @@ pub enum StateError {
     NoSuchAccount(String),
     #[error("offline storage for {0} is full")]
     QuotaExceeded(String),
+    /// A bind older than the session already bound to that address (a
+    /// proposal that landed after its caller gave up).
+    #[error("a newer session is bound to {0}")]
+    Superseded(String),
     /// The change could not be replicated (no quorum, node stopping).
     #[error("cluster: {0}")]
     Cluster(String),
@@ -258,14 +276,14 @@ impl State {
 
     /// Apply one command and make it durable before returning.
     pub fn apply(&self, cmd: &Command) -> Result<Applied, StateError> {
-        let applied = self.apply_unflushed(cmd)?;
+        let applied = self.apply_unflushed(LogIndex::Local, cmd)?;
         self.db.flush()?;
         Ok(applied)
     }
 
     /// Apply one command; durable at the next flush. The Raft driver
     /// flushes once per batch of committed commands, not once per command.
-    pub fn apply_unflushed(&self, cmd: &Command) -> Result<Applied, StateError> {
+    pub fn apply_unflushed(&self, index: LogIndex, cmd: &Command) -> Result<Applied, StateError> {
         let mut applied = Applied::default();
         match cmd {
             Command::CreateAccount {
@@ -313,19 +331,27 @@ impl State {
                 if self.offline.scan_prefix(&p).count() >= *quota {
                     return Err(StateError::QuotaExceeded(username.clone()));
                 }
-                let seq = self.db.generate_id()?;
+                let seq = match index {
+                    LogIndex::Raft(i) => i,
+                    LogIndex::Local => self.db.generate_id()?,
+                };
                 let mut k = p;
                 k.extend_from_slice(&seq.to_be_bytes());
                 self.offline.insert(k, stanza.as_bytes())?;
             }
-            Command::OfflineDrop { username, count } => {
-                let keys: Vec<_> = self
-                    .offline
-                    .scan_prefix(roster::prefix(username))
-                    .keys()
-                    .take(*count)
-                    .collect();
-                for k in keys {
+            Command::OfflineDrop {
+                username,
+                count,
+                keys,
+            } => {
+                let p = roster::prefix(username);
+                for seq in keys {
+                    let mut k = p.clone();
+                    k.extend_from_slice(&seq.to_be_bytes());
+                    self.offline.remove(k)?;
+                }
+                let first: Vec<_> = self.offline.scan_prefix(&p).keys().take(*count).collect();
+                for k in first {
                     self.offline.remove(k?)?;
                 }
             }
@@ -353,6 +379,14 @@ impl State {
                     .insert(data_key(username, "private", key), xml.as_bytes())?;
             }
             Command::SessionBind { record } => {
+                // A bind that lands after a newer one for the same address
+                // (its proposer gave up, the log kept it) changes nothing.
+                if let Some(old) = sessions::get(&self.sessions, &record.jid)? {
+                    let same = old.node == record.node && old.sid == record.sid;
+                    if !same && old.bound_at > record.bound_at {
+                        return Err(StateError::Superseded(record.jid.clone()));
+                    }
+                }
                 applied.displaced = sessions::put(&self.sessions, record)?
                     .filter(|old| old.node != record.node || old.sid != record.sid);
             }
@@ -362,6 +396,7 @@ impl State {
                     if old.node == record.node && old.sid == record.sid {
                         let mut r = record.clone();
                         r.sm_id = old.sm_id;
+                        r.bound_at = old.bound_at;
                         sessions::put(&self.sessions, &r)?;
                     }
                 }
@@ -449,11 +484,38 @@ impl State {
 
     /// Queued offline messages, oldest first.
     pub fn offline(&self, user: &str) -> Result<Vec<Xml>, StateError> {
+        Ok(self
+            .offline_keyed(user)?
+            .into_iter()
+            .map(|(_, xml)| xml)
+            .collect())
+    }
+
+    /// Queued messages with the keys `OfflineDrop` takes, oldest first.
+    pub fn offline_keyed(&self, user: &str) -> Result<Vec<(u64, Xml)>, StateError> {
+        let p = roster::prefix(user);
+        self.offline
+            .scan_prefix(&p)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let mut seq = [0u8; 8];
+                if k.len() == p.len() + 8 {
+                    seq.copy_from_slice(&k[p.len()..]);
+                }
+                Ok((
+                    u64::from_be_bytes(seq),
+                    String::from_utf8_lossy(&v).into_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether `user` has messages waiting.
+    pub fn has_offline(&self, user: &str) -> bool {
         self.offline
             .scan_prefix(roster::prefix(user))
-            .values()
-            .map(|v| Ok(String::from_utf8_lossy(&v?).into_owned()))
-            .collect()
+            .next()
+            .is_some()
     }
 
     pub fn blocklist(&self, user: &str) -> Result<Vec<String>, StateError> {

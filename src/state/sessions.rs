@@ -18,6 +18,10 @@ pub struct SessionRecord {
     /// node can then find where to resume it.
     #[serde(default)]
     pub sm_id: Option<String>,
+    /// When the client bound it (unix ms, the proposer's clock): of two
+    /// binds for one address, the later one wins whatever the log order.
+    #[serde(default)]
+    pub bound_at: u64,
 }
 
 pub fn get(tree: &sled::Tree, full: &str) -> Result<Option<SessionRecord>, StateError> {
