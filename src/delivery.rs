@@ -44,24 +44,45 @@ pub struct Sender<'a> {
 }
 
 /// Route a stanza from a local session (its 'from' already stamped).
-pub fn from_client(ctx: &ServerCtx, sender: &Sender, stanza: Element) -> Outcome {
+/// `receipt` (messages) is answered once the message is owned.
+pub fn from_client(
+    ctx: &ServerCtx,
+    sender: &Sender,
+    stanza: Element,
+    receipt: Option<Receipt>,
+) -> Outcome {
     let to = match stanza.attr("to").map(Jid::new) {
         None => None,
         Some(Ok(j)) => Some(j),
-        Some(Err(_)) => return Outcome::reply(bounce(&stanza, StanzaCondition::JidMalformed)),
+        Some(Err(_)) => {
+            answer(receipt, true);
+            return Outcome::reply(bounce(&stanza, StanzaCondition::JidMalformed));
+        }
     };
+    if stanza.name != "message" {
+        answer(receipt, true);
+        return from_client_other(ctx, sender, stanza, to);
+    }
+    let from = sender.jid;
+    let to = to.unwrap_or_else(|| from.to_bare().into());
+    let user = from.node().map(|n| n.as_str()).unwrap_or_default();
+    if blocking::blocks(ctx, user, to.as_str()) && stanza.attr("type") != Some("error") {
+        answer(receipt, true);
+        return Outcome::reply(Some(blocking::blocked_error(&stanza)));
+    }
+    carbons::copy_sent(ctx, from, &stanza);
+    Outcome::reply(message_owned(ctx, stanza, to, None, receipt))
+}
+
+fn from_client_other(
+    ctx: &ServerCtx,
+    sender: &Sender,
+    stanza: Element,
+    to: Option<Jid>,
+) -> Outcome {
     let from = sender.jid;
     match stanza.name.as_str() {
         "iq" => iq(ctx, sender, stanza, to),
-        "message" => {
-            let to = to.unwrap_or_else(|| from.to_bare().into());
-            let user = from.node().map(|n| n.as_str()).unwrap_or_default();
-            if blocking::blocks(ctx, user, to.as_str()) && stanza.attr("type") != Some("error") {
-                return Outcome::reply(Some(blocking::blocked_error(&stanza)));
-            }
-            carbons::copy_sent(ctx, from, &stanza);
-            Outcome::reply(message(ctx, stanza, to))
-        }
         _ => Outcome::reply(crate::presence::from_client(
             ctx,
             from,

@@ -322,7 +322,7 @@ pub async fn install_session(
         .as_deref()
         .and_then(|x| crate::xml::parse_fragment(x).ok());
     let mut sm = super::stream_management::SmState::new(Some(state.sm_id.clone()));
-    sm.inbound = state.inbound;
+    sm.set_inbound(state.inbound);
     sm.outbound = state.outbound;
     sm.acked = state.acked;
     sm.unacked = state

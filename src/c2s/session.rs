@@ -291,9 +291,15 @@ impl C2sSession {
                 self.write(f.to_xml(""), ctx);
             }
             "r" => {
-                let h = self.sm.as_ref().map(|s| s.inbound);
+                // Answered once everything received so far is owned (a
+                // message in flight to another node is not yet).
+                let h = self.sm.as_mut().map(|s| {
+                    s.wanted = Some(s.inbound);
+                    s.answer_due()
+                });
                 match h {
-                    Some(h) => self.write(format!("<a xmlns='{SM_NS}' h='{h}'/>"), ctx),
+                    Some(true) => self.answer_ack(ctx),
+                    Some(false) => {}
                     None => self.close(
                         StreamError::with_text(
                             StreamCondition::UnsupportedStanzaType,
@@ -334,6 +340,36 @@ impl C2sSession {
         }
     }
 
+    fn answer_ack(&mut self, ctx: &mut Context<Self>) {
+        if let Some(sm) = self.sm.as_mut() {
+            sm.wanted = None;
+            let h = sm.handled;
+            self.write(format!("<a xmlns='{SM_NS}' h='{h}'/>"), ctx);
+        }
+    }
+
+    /// Message `seq` is owned (or could not be): `h` may advance. One
+    /// that could not be owned (this node cannot reach the cluster) is
+    /// never acknowledged: the stream ends so the client resumes elsewhere
+    /// and sends it again.
+    fn settled(&mut self, seq: u32, owned: bool, ctx: &mut Context<Self>) {
+        let Some(sm) = self.sm.as_mut() else { return };
+        sm.settle(seq, owned);
+        if !owned {
+            tracing::warn!(seq, "a message could not be owned; closing the stream so the client resends it elsewhere");
+            return self.close(
+                StreamError::with_text(
+                    StreamCondition::InternalServerError,
+                    "this node cannot reach the cluster; resume on another node",
+                ),
+                ctx,
+            );
+        }
+        if sm.answer_due() {
+            self.answer_ack(ctx);
+        }
+    }
+
     fn handle_csi(&mut self, el: Element, ctx: &mut Context<Self>) {
         match el.name.as_str() {
             "inactive" => self.inactive = true,
@@ -363,9 +399,20 @@ impl C2sSession {
                 ctx,
             );
         }
-        if let Some(sm) = &mut self.sm {
-            sm.received();
-        }
+        // XEP-0198 with a promise: a message counts as handled (h) once the
+        // server owns it, not when it is read.
+        let (receipt, waiting) = match &mut self.sm {
+            Some(sm) if el.name == "message" => {
+                let seq = sm.received_pending();
+                let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
+                (Some(tx), Some((seq, rx)))
+            }
+            Some(sm) => {
+                sm.received();
+                (None, None)
+            }
+            None => (None, None),
+        };
         // RFC 6120 §8.1.2.1: the server stamps 'from'; a client may only
         // claim its own full or bare JID.
         if let Some(from) = el.attr("from") {
@@ -404,7 +451,23 @@ impl C2sSession {
             session_id: self.id,
             presence: &self.presence,
         };
-        let outcome = delivery::from_client(&self.ctx, &sender, el);
+        let outcome = delivery::from_client(&self.ctx, &sender, el, receipt);
+        if let Some((seq, mut rx)) = waiting {
+            match rx.try_recv() {
+                // Owned already (a session here took it): no task needed.
+                Ok(owned) => self.settled(seq, owned, ctx),
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    self.settled(seq, true, ctx)
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                    ctx.spawn(
+                        async move { rx.await.unwrap_or(true) }
+                            .into_actor(self)
+                            .map(move |owned, act, ctx| act.settled(seq, owned, ctx)),
+                    );
+                }
+            }
+        }
         if let Some(reply) = outcome.reply {
             self.send(&reply, ctx);
         }
@@ -646,7 +709,7 @@ impl Handler<TakeOver> for C2sSession {
         let state = crate::route::HandOff {
             jid: self.jid.to_string(),
             sm_id,
-            inbound: sm.inbound,
+            inbound: sm.resume_h(),
             outbound: sm.outbound,
             acked: sm.acked,
             unacked: sm.unacked.iter().map(|e| e.to_xml(ns::CLIENT)).collect(),
@@ -702,7 +765,7 @@ impl Handler<Attach> for C2sSession {
         };
         if let Err(e) = sm.ack(h) {
             let f = Element::new("failed", SM_NS)
-                .with_attr("h", sm.inbound.to_string())
+                .with_attr("h", sm.resume_h().to_string())
                 .with_child(Element::new("undefined-condition", ns::STANZA_ERRORS))
                 .with_child(Element::new("text", ns::STANZA_ERRORS).with_text(format!(
                     "handled-count-too-high: h={} send-count={}",
@@ -729,7 +792,7 @@ impl Handler<Attach> for C2sSession {
         self.conn = Some(conn);
         self.ping_sent_at = None;
         self.attach_stream(inbound, ctx);
-        let inbound_h = self.sm.as_ref().map(|s| s.inbound).unwrap_or(0);
+        let inbound_h = self.sm.as_ref().map(|s| s.resume_h()).unwrap_or(0);
         self.write(
             format!("<resumed xmlns='{SM_NS}' h='{inbound_h}' previd='{id}'/>"),
             ctx,

@@ -12,8 +12,19 @@ pub const NS: &str = "urn:xmpp:sm:3";
 pub struct SmState {
     /// The resumption id (`previd`), if the client asked for resumption.
     pub id: Option<String>,
-    /// Stanzas received from the client (`h` we report).
+    /// Stanzas received from the client.
     pub inbound: u32,
+    /// Stanzas received and owned by the server (the `h` an `<a/>`
+    /// reports): a message counts once it is in a session's queue, taken
+    /// by the node holding its session, or stored offline.
+    pub handled: u32,
+    /// The stanzas after `handled`, oldest first: still waiting (`None`),
+    /// owned, or not owned (`Some(false)`, which stops `handled` there).
+    pending: VecDeque<Option<bool>>,
+    /// A stanza could not be owned: nothing after it counts as handled.
+    pub failed: bool,
+    /// The client asked (`<r/>`) and is answered once `handled` reaches this.
+    pub wanted: Option<u32>,
     /// Stanzas sent to the client.
     pub outbound: u32,
     /// The last `h` the client acknowledged.
@@ -34,14 +45,69 @@ impl SmState {
         SmState {
             id,
             inbound: 0,
+            handled: 0,
+            pending: VecDeque::new(),
+            failed: false,
+            wanted: None,
             outbound: 0,
             acked: 0,
             unacked: VecDeque::new(),
         }
     }
 
+    /// A stanza handled at once.
     pub fn received(&mut self) {
         self.inbound = self.inbound.wrapping_add(1);
+        if self.pending.is_empty() && !self.failed {
+            self.handled = self.inbound;
+        } else {
+            self.pending.push_back(Some(true));
+        }
+    }
+
+    /// A stanza owned only later: its number, for [`SmState::settle`].
+    pub fn received_pending(&mut self) -> u32 {
+        self.inbound = self.inbound.wrapping_add(1);
+        self.pending.push_back(None);
+        self.inbound
+    }
+
+    /// Stanza `seq` is owned (or not); `handled` advances over every
+    /// leading owned stanza.
+    pub fn settle(&mut self, seq: u32, owned: bool) {
+        let i = seq.wrapping_sub(self.handled).wrapping_sub(1) as usize;
+        if let Some(slot) = self.pending.get_mut(i) {
+            *slot = Some(owned);
+        }
+        self.failed |= !owned;
+        while let Some(Some(true)) = self.pending.front() {
+            self.pending.pop_front();
+            self.handled = self.handled.wrapping_add(1);
+        }
+    }
+
+    /// Whether an outstanding `<r/>` can be answered now.
+    pub fn answer_due(&self) -> bool {
+        self.wanted
+            .is_some_and(|w| (self.handled.wrapping_sub(w) as i32) >= 0)
+    }
+
+    /// The `h` a resume reports: what is in flight here will be owned by
+    /// this node, which is alive (it is handing over), unless something
+    /// already could not be.
+    pub fn resume_h(&self) -> u32 {
+        if self.failed {
+            self.handled
+        } else {
+            self.inbound
+        }
+    }
+
+    /// Taken over with count `h` (a resume): all of it is handled.
+    pub fn set_inbound(&mut self, h: u32) {
+        self.inbound = h;
+        self.handled = h;
+        self.pending.clear();
     }
 
     pub fn sent(&mut self, stanza: &Element) {
@@ -99,9 +165,32 @@ mod tests {
         s.ack(1).unwrap();
         assert_eq!(s.unacked.len(), 1);
         assert_eq!(s.unacked[0].attr("id"), Some("3"));
-        s.inbound = u32::MAX;
+        s.set_inbound(u32::MAX);
         s.received();
         assert_eq!(s.inbound, 0);
+        assert_eq!(s.handled, 0);
+    }
+
+    #[test]
+    fn h_counts_only_what_is_owned_in_order() {
+        let mut s = SmState::new(None);
+        s.received();
+        let a = s.received_pending();
+        let b = s.received_pending();
+        s.received();
+        assert_eq!((s.inbound, s.handled), (4, 1));
+        s.settle(b, true);
+        assert_eq!(s.handled, 1, "b waits for a");
+        s.wanted = Some(s.inbound);
+        assert!(!s.answer_due());
+        s.settle(a, true);
+        assert_eq!(s.handled, 4);
+        assert!(s.answer_due());
+        // One that cannot be owned stops h for good.
+        let c = s.received_pending();
+        s.received();
+        s.settle(c, false);
+        assert_eq!((s.inbound, s.handled, s.resume_h()), (6, 4, 4));
     }
 }
 
