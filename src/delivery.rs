@@ -25,13 +25,16 @@ pub struct Outcome {
     pub reply: Option<Element>,
     /// End the sender's stream.
     pub close: Option<StreamError>,
+    /// The rest comes later (a write through the cluster): the session
+    /// awaits it without holding anything else up, then acts on it.
+    pub later: Option<crate::modules::Later<Outcome>>,
 }
 
 impl Outcome {
     fn reply(el: Option<Element>) -> Self {
         Outcome {
             reply: el,
-            close: None,
+            ..Outcome::default()
         }
     }
 }

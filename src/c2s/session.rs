@@ -468,11 +468,26 @@ impl C2sSession {
                 }
             }
         }
+        self.act_on(outcome, ctx);
+    }
+
+    /// Write the reply, end the stream if asked, and await what comes later.
+    fn act_on(&mut self, outcome: delivery::Outcome, ctx: &mut Context<Self>) {
         if let Some(reply) = outcome.reply {
             self.send(&reply, ctx);
         }
         if let Some(err) = outcome.close {
             self.close(err, ctx);
+        }
+        // The session reads nothing more until it is done (stanzas keep
+        // their order, a roster set lands before the presence after it);
+        // the thread and the other sessions on it go on.
+        if let Some(later) = outcome.later {
+            ctx.wait(later.into_actor(self).map(|o, act, ctx| {
+                if !act.closed {
+                    act.act_on(o, ctx)
+                }
+            }));
         }
     }
 

@@ -104,38 +104,38 @@ impl Module for Blocking {
                     }
                     Err(e) => return Err(e).into(),
                 };
-                if let Err(e) = ctx.commit(&Command::Block {
+                let payload = req.payload.clone();
+                let cmd = Command::Block {
                     username: user,
                     jids: jids.clone(),
-                }) {
-                    tracing::error!(error = %e, "blocklist write failed");
-                    return Err(StanzaError::new(StanzaCondition::InternalServerError)).into();
-                }
-                // §3.3: a blocked contact stops seeing the user's presence.
-                if let Some(a) = ctx.presence.get(&bare) {
-                    for j in &jids {
-                        if let Ok(b) = BareJid::new(j) {
-                            a.do_send(crate::presence::SendUnavailable { to: b });
+                };
+                super::commit_then(ctx, cmd, "blocklist write", move |ctx, _| {
+                    // §3.3: a blocked contact stops seeing the user's presence.
+                    if let Some(a) = ctx.presence.get(&bare) {
+                        for j in &jids {
+                            if let Ok(b) = BareJid::new(j) {
+                                a.do_send(crate::presence::SendUnavailable { to: b });
+                            }
                         }
                     }
-                }
-                push(ctx, &bare, req.payload.clone());
-                Ok(None).into()
+                    push(ctx, &bare, payload);
+                    Ok(None).into()
+                })
             }
             (IqKind::Set, "unblock") => {
                 let jids = match items(req.payload) {
                     Ok(j) => j,
                     Err(e) => return Err(e).into(),
                 };
-                if let Err(e) = ctx.commit(&Command::Unblock {
+                let payload = req.payload.clone();
+                let cmd = Command::Unblock {
                     username: user,
                     jids,
-                }) {
-                    tracing::error!(error = %e, "blocklist write failed");
-                    return Err(StanzaError::new(StanzaCondition::InternalServerError)).into();
-                }
-                push(ctx, &bare, req.payload.clone());
-                Ok(None).into()
+                };
+                super::commit_then(ctx, cmd, "blocklist write", move |ctx, _| {
+                    push(ctx, &bare, payload);
+                    Ok(None).into()
+                })
             }
             _ => Err(StanzaError::new(StanzaCondition::BadRequest)).into(),
         }

@@ -60,11 +60,17 @@ pub struct IqRequest<'a> {
     pub session_id: u64,
 }
 
+/// Work that finishes later, awaited by the session that asked for it.
+pub type Later<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
 /// A module's answer: the result payload (or an error), and optionally an
-/// instruction to end the sender's stream afterwards.
+/// instruction to end the sender's stream afterwards; or, for a module
+/// that writes through the cluster, the answer to come once the write is
+/// committed (no thread waits for it).
 pub struct IqResponse {
     pub result: Result<Option<Element>, StanzaError>,
     pub close: Option<StreamError>,
+    pub later: Option<Later<IqResponse>>,
 }
 
 impl From<Result<Option<Element>, StanzaError>> for IqResponse {
@@ -72,8 +78,47 @@ impl From<Result<Option<Element>, StanzaError>> for IqResponse {
         IqResponse {
             result,
             close: None,
+            later: None,
         }
     }
+}
+
+impl IqResponse {
+    /// Answer once `f` is done.
+    pub fn later(f: impl std::future::Future<Output = IqResponse> + Send + 'static) -> Self {
+        IqResponse {
+            result: Ok(None),
+            close: None,
+            later: Some(Box::pin(f)),
+        }
+    }
+}
+
+/// Commit `cmd` through the cluster, then answer with `then` (run with the
+/// server and what the command applied); a failed commit answers
+/// `<internal-server-error/>` and logs `what`.
+pub fn commit_then(
+    ctx: &ServerCtx,
+    cmd: crate::state::Command,
+    what: &'static str,
+    then: impl FnOnce(&ServerCtx, crate::state::Applied) -> IqResponse + Send + 'static,
+) -> IqResponse {
+    let Some(c) = ctx.arc() else {
+        return Err(StanzaError::new(StanzaCondition::InternalServerError)).into();
+    };
+    IqResponse::later(async move {
+        match c.replicator.commit_async(&cmd).await {
+            Ok(applied) => then(&c, applied),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed");
+                Err(StanzaError::with_text(
+                    StanzaCondition::InternalServerError,
+                    e.to_string(),
+                ))
+                .into()
+            }
+        }
+    })
 }
 
 pub trait Module: Send + Sync {
@@ -160,7 +205,7 @@ pub fn dispatch(
     let Some(payload) = iq.elements().next() else {
         return Outcome {
             reply: Some(StanzaError::new(StanzaCondition::BadRequest).reply_to(iq)),
-            close: None,
+            ..Outcome::default()
         };
     };
     let Some(module) = ctx
@@ -170,7 +215,7 @@ pub fn dispatch(
     else {
         return Outcome {
             reply: Some(StanzaError::new(StanzaCondition::ServiceUnavailable).reply_to(iq)),
-            close: None,
+            ..Outcome::default()
         };
     };
     let req = IqRequest {
@@ -183,7 +228,17 @@ pub fn dispatch(
         target,
         session_id,
     };
-    let resp = module.handle_iq(&req);
+    outcome(iq, module.handle_iq(&req))
+}
+
+fn outcome(iq: &Element, resp: IqResponse) -> Outcome {
+    if let Some(later) = resp.later {
+        let iq = iq.clone();
+        return Outcome {
+            later: Some(Box::pin(async move { outcome(&iq, later.await) })),
+            ..Outcome::default()
+        };
+    }
     let reply = match resp.result {
         Ok(payload) => result(iq, payload),
         Err(e) => e.reply_to(iq),
@@ -191,6 +246,7 @@ pub fn dispatch(
     Outcome {
         reply: Some(reply),
         close: resp.close,
+        later: None,
     }
 }
 

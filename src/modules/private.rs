@@ -75,17 +75,16 @@ impl Module for Private {
                     ))
                     .into();
                 }
-                match ctx.commit(&Command::SetPrivate {
-                    username: user,
-                    key,
-                    xml,
-                }) {
-                    Ok(_) => Ok(None).into(),
-                    Err(e) => {
-                        tracing::error!(error = %e, "private storage write failed");
-                        Err(StanzaError::new(StanzaCondition::InternalServerError)).into()
-                    }
-                }
+                super::commit_then(
+                    ctx,
+                    Command::SetPrivate {
+                        username: user,
+                        key,
+                        xml,
+                    },
+                    "private storage write",
+                    |_, _| Ok(None).into(),
+                )
             }
         }
     }

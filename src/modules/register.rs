@@ -34,7 +34,7 @@ fn storage_error(e: StateError) -> StanzaError {
 /// Handle an iq on an unauthenticated stream. `None` when it is not a
 /// registration request (the stream is then refused). `secure` says whether
 /// the transport satisfies the TLS policy.
-pub fn pre_auth(ctx: &ServerCtx, iq: &Element, secure: bool) -> Option<Element> {
+pub async fn pre_auth(ctx: &ServerCtx, iq: &Element, secure: bool) -> Option<Element> {
     let q = iq.get_child("query", ns::REGISTER)?;
     if !ctx.config.registration.allow {
         return Some(
@@ -66,7 +66,7 @@ pub fn pre_auth(ctx: &ServerCtx, iq: &Element, secure: bool) -> Option<Element> 
                 "log in to cancel an account",
             ))
         }
-        Some("set") => create(ctx, q),
+        Some("set") => create(ctx, q).await,
         _ => Err(StanzaError::new(StanzaCondition::BadRequest)),
     };
     Some(match reply {
@@ -75,7 +75,7 @@ pub fn pre_auth(ctx: &ServerCtx, iq: &Element, secure: bool) -> Option<Element> 
     })
 }
 
-fn create(ctx: &ServerCtx, q: &Element) -> Result<Option<Element>, StanzaError> {
+async fn create(ctx: &ServerCtx, q: &Element) -> Result<Option<Element>, StanzaError> {
     let (Some(user), Some(password)) = (field(q, "username"), field(q, "password")) else {
         return Err(StanzaError::with_text(
             StanzaCondition::NotAcceptable,
@@ -90,11 +90,13 @@ fn create(ctx: &ServerCtx, q: &Element) -> Result<Option<Element>, StanzaError> 
     })?;
     let credentials = Credentials::new(&password)
         .map_err(|e| StanzaError::with_text(StanzaCondition::NotAcceptable, e.to_string()))?;
-    ctx.commit(&Command::CreateAccount {
-        username: username.clone(),
-        credentials,
-    })
-    .map_err(storage_error)?;
+    ctx.replicator
+        .commit_async(&Command::CreateAccount {
+            username: username.clone(),
+            credentials,
+        })
+        .await
+        .map_err(storage_error)?;
     tracing::info!(user = %username, "account registered in-band");
     Ok(None)
 }
@@ -130,24 +132,33 @@ impl Module for Register {
         }
         let q = req.payload;
         if q.get_child("remove", ns::REGISTER).is_some() {
-            if let Err(e) = ctx.commit(&Command::DeleteAccount {
+            let from = req.from.clone();
+            let cmd = Command::DeleteAccount {
                 username: user.clone(),
-            }) {
-                return Err(storage_error(e)).into();
-            }
-            tracing::info!(user = %user, "account cancelled in-band");
-            let gone = StreamError::with_text(StreamCondition::NotAuthorized, "account removed");
-            for entry in ctx.router.resources(&req.from.to_bare()) {
-                if entry.resource != req.from.resource().as_str() {
-                    entry
-                        .addr
-                        .do_send(crate::c2s::session::CloseStream(gone.clone()));
-                }
-            }
-            return IqResponse {
-                result: Ok(None),
-                close: Some(gone),
             };
+            let Some(c) = ctx.arc() else {
+                return Err(StanzaError::new(StanzaCondition::InternalServerError)).into();
+            };
+            return IqResponse::later(async move {
+                if let Err(e) = c.replicator.commit_async(&cmd).await {
+                    return Err(storage_error(e)).into();
+                }
+                tracing::info!(user = %user, "account cancelled in-band");
+                let gone =
+                    StreamError::with_text(StreamCondition::NotAuthorized, "account removed");
+                for entry in c.router.resources(&from.to_bare()) {
+                    if entry.resource != from.resource().as_str() {
+                        entry
+                            .addr
+                            .do_send(crate::c2s::session::CloseStream(gone.clone()));
+                    }
+                }
+                IqResponse {
+                    result: Ok(None),
+                    close: Some(gone),
+                    later: None,
+                }
+            });
         }
         let (Some(name), Some(password)) = (field(q, "username"), field(q, "password")) else {
             return Err(StanzaError::with_text(
@@ -173,15 +184,13 @@ impl Module for Register {
                 .into()
             }
         };
-        match ctx.commit(&Command::SetPassword {
+        let cmd = Command::SetPassword {
             username: user.clone(),
             credentials,
-        }) {
-            Ok(_) => {
-                tracing::info!(user = %user, "password changed in-band");
-                Ok(None).into()
-            }
-            Err(e) => Err(storage_error(e)).into(),
-        }
+        };
+        super::commit_then(ctx, cmd, "password change", move |_, _| {
+            tracing::info!(user = %user, "password changed in-band");
+            Ok(None).into()
+        })
     }
 }

@@ -59,16 +59,35 @@ fn username(user: &BareJid) -> String {
         .unwrap_or_default()
 }
 
-/// Store an item and push it (or, when it left the roster, its removal).
-pub fn store_and_push(ctx: &ServerCtx, user: &BareJid, item: RosterItem) {
-    let visible = item.in_roster;
-    let el = if visible {
-        item_element(&item)
+/// What a roster push says of `item`: the item, or its removal.
+fn pushed_element(item: &RosterItem) -> Element {
+    if item.in_roster {
+        item_element(item)
     } else {
         Element::new("item", NS)
             .with_attr("jid", item.jid.clone())
             .with_attr("subscription", "remove")
+    }
+}
+
+/// A client's roster set: committed, then pushed and answered; the session
+/// goes on meanwhile.
+fn store_push_answer(ctx: &ServerCtx, user: &BareJid, item: RosterItem) -> IqResponse {
+    let el = pushed_element(&item);
+    let user = user.clone();
+    let cmd = Command::RosterPut {
+        username: username(&user),
+        item,
     };
+    super::commit_then(ctx, cmd, "roster write", move |ctx, applied| {
+        push(ctx, &user, el, applied.roster_version);
+        Ok(None).into()
+    })
+}
+
+/// Store an item and push it (or, when it left the roster, its removal).
+pub fn store_and_push(ctx: &ServerCtx, user: &BareJid, item: RosterItem) {
+    let el = pushed_element(&item);
     match ctx.commit(&Command::RosterPut {
         username: username(user),
         item,
@@ -182,8 +201,7 @@ impl Roster {
         item.name = name;
         item.groups = groups;
         item.in_roster = true;
-        store_and_push(ctx, &user_bare, item);
-        Ok(None).into()
+        store_push_answer(ctx, &user_bare, item)
     }
 }
 
@@ -221,23 +239,19 @@ fn remove(
         }
         crate::presence::subscription_inbound(ctx, p, kind, user, &contact);
     }
-    match ctx.commit(&Command::RosterDelete {
+    let _ = req;
+    let cmd = Command::RosterDelete {
         username: username(user),
         jid: item.jid.clone(),
-    }) {
-        Ok(applied) => {
-            let el = Element::new("item", NS)
-                .with_attr("jid", item.jid)
-                .with_attr("subscription", "remove");
-            push(ctx, user, el, applied.roster_version);
-            let _ = req;
-            Ok(None).into()
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "roster delete failed");
-            bad(StanzaCondition::InternalServerError, "storage error")
-        }
-    }
+    };
+    let user = user.clone();
+    super::commit_then(ctx, cmd, "roster delete", move |ctx, applied| {
+        let el = Element::new("item", NS)
+            .with_attr("jid", item.jid)
+            .with_attr("subscription", "remove");
+        push(ctx, &user, el, applied.roster_version);
+        Ok(None).into()
+    })
 }
 
 impl Module for Roster {

@@ -71,16 +71,15 @@ impl Module for Vcard {
                     ))
                     .into();
                 }
-                match ctx.commit(&Command::SetVcard {
-                    username: owner,
-                    vcard: xml,
-                }) {
-                    Ok(_) => Ok(None).into(),
-                    Err(e) => {
-                        tracing::error!(error = %e, "vCard write failed");
-                        Err(StanzaError::new(StanzaCondition::InternalServerError)).into()
-                    }
-                }
+                super::commit_then(
+                    ctx,
+                    Command::SetVcard {
+                        username: owner,
+                        vcard: xml,
+                    },
+                    "vCard write",
+                    |_, _| Ok(None).into(),
+                )
             }
         }
     }
