@@ -56,6 +56,15 @@ async fn messages_to_full_and_bare_jids() {
     // (RFC 6121 §8.5.2.2, XEP-0160) for a resource with priority >= 0.
     b2.send("<presence><priority>-1</priority></presence>")
         .await;
+    // Sessions are served in parallel: only b2's own echo says the server
+    // has taken its new priority (b1's presence may overtake it).
+    b2.wait_for(|e| {
+        e.name == "presence"
+            && e.attr("from") == Some("bob@localhost/two")
+            && e.get_child("priority", "jabber:client")
+                .is_some_and(|p| p.text() == "-1")
+    })
+    .await;
     b1.send("<presence type='unavailable'/>").await;
     let gone = b2
         .wait_for(|e| e.name == "presence" && e.attr("from") == Some("bob@localhost/one"))

@@ -571,3 +571,99 @@ impl State {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> (tempfile::TempDir, State) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = State::open(dir.path()).expect("open");
+        (dir, s)
+    }
+
+    fn push(s: &State, index: u64, text: &str) {
+        let cmd = Command::OfflinePush {
+            username: "bob".into(),
+            stanza: format!("<message><body>{text}</body></message>"),
+            quota: 100,
+        };
+        s.apply_unflushed(LogIndex::Raft(index), &cmd)
+            .expect("push");
+    }
+
+    /// Replicas agree byte for byte: offline keys are the Raft index of
+    /// the entry that stored them, whatever else each node's sled did, and
+    /// a drop names the keys it delivered.
+    #[test]
+    fn offline_keys_are_the_same_on_every_replica() {
+        let (_d1, a) = state();
+        let (_d2, b) = state();
+        // One replica has used its local id generator (it did other things).
+        for _ in 0..5 {
+            a.db().generate_id().expect("id");
+        }
+        for s in [&a, &b] {
+            push(s, 7, "one");
+            push(s, 9, "two");
+            push(s, 12, "three");
+        }
+        let keys = |s: &State| -> Vec<u64> {
+            s.offline_keyed("bob")
+                .expect("read")
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(keys(&a), vec![7, 9, 12]);
+        assert_eq!(keys(&a), keys(&b));
+        let drop = Command::OfflineDrop {
+            username: "bob".into(),
+            count: 0,
+            keys: vec![7, 12],
+        };
+        for s in [&a, &b] {
+            s.apply_unflushed(LogIndex::Raft(13), &drop).expect("drop");
+        }
+        assert_eq!(keys(&a), vec![9]);
+        assert_eq!(
+            a.offline("bob").expect("read"),
+            b.offline("bob").expect("read")
+        );
+    }
+
+    fn bind(jid: &str, node: u64, sid: u64, bound_at: u64) -> Command {
+        Command::SessionBind {
+            record: SessionRecord {
+                jid: jid.into(),
+                node,
+                sid,
+                available: false,
+                priority: 0,
+                sm_id: None,
+                bound_at,
+            },
+        }
+    }
+
+    /// A bind that lands after a newer one for the same address (its
+    /// proposer timed out, a later leader committed it) changes nothing.
+    #[test]
+    fn a_stale_bind_does_not_displace_a_newer_session() {
+        let (_d, s) = state();
+        let newer = bind("bob@localhost/phone", 2, 5, 2_000);
+        let applied = s.apply_unflushed(LogIndex::Raft(1), &newer).expect("bind");
+        assert_eq!(applied.displaced, None);
+        let stale = bind("bob@localhost/phone", 1, 9, 1_000);
+        assert!(matches!(
+            s.apply_unflushed(LogIndex::Raft(2), &stale),
+            Err(StateError::Superseded(_))
+        ));
+        let rec = s.session("bob@localhost/phone").expect("still bound");
+        assert_eq!((rec.node, rec.sid), (2, 5));
+        // A newer bind still replaces it (and says whom it displaced).
+        let later = bind("bob@localhost/phone", 3, 1, 3_000);
+        let applied = s.apply_unflushed(LogIndex::Raft(3), &later).expect("bind");
+        assert_eq!(applied.displaced.map(|d| d.node), Some(2));
+    }
+}

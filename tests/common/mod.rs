@@ -21,8 +21,14 @@ pub const DOMAIN: &str = "localhost";
 pub static CLUSTER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The server binary: this build's, or `STARLING_TEST_BIN` (to run a test
+/// against an older build, e.g. to see a regression test fail before a fix).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_starling")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("STARLING_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_starling").to_string())
+    })
 }
 
 pub struct Server {
@@ -157,6 +163,17 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT: the process pauses, sockets stay open.
+    pub fn pause(&self, stop: bool) {
+        let sig = if stop { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} failed");
     }
 
     /// SIGKILL: the node dies without any cleanup.
