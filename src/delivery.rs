@@ -348,7 +348,9 @@ fn store_offline(
         stanza: msg.to_xml(ns::CLIENT),
         quota: ctx.config.limits.offline_messages,
     };
+    let owning = ctx.replicator.owning();
     ctx.replicator.runtime().spawn(async move {
+        let _owning = owning;
         match c.replicator.commit_async(&cmd).await {
             Ok(_) => answer(receipt, true),
             Err(StateError::QuotaExceeded(_)) => {

@@ -180,6 +180,18 @@ pub struct Replicator {
     cluster: Cluster,
     rt: tokio::runtime::Handle,
     health: Arc<CommitHealth>,
+    /// Messages being stored or routed again on a task (see [`Owning`]).
+    owning: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Held while a task finishes taking a message into the server's care
+/// (an offline commit, a re-route): shutdown waits for these.
+pub struct Owning(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Owning {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Unix ms of the last commit that succeeded and the last that failed: a
@@ -204,7 +216,22 @@ impl Replicator {
             cluster,
             rt,
             health: Arc::default(),
+            owning: Arc::default(),
         }
+    }
+
+    /// Count a message being taken into the server's care until dropped.
+    pub fn owning(&self) -> Owning {
+        self.owning
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Owning(self.owning.clone())
+    }
+
+    /// Messages not yet owned anywhere: being stored, routed again, or
+    /// relayed and not yet taken by their node. A stopping node waits
+    /// (bounded) until this is zero.
+    pub fn unowned(&self) -> usize {
+        self.owning.load(std::sync::atomic::Ordering::Acquire) + self.cluster.relays_pending()
     }
 
     /// The latest commit attempt failed (no quorum, or the Raft thread is

@@ -275,6 +275,7 @@ fn relay_owned(ctx: &ServerCtx, node: u64, msg: &Relay, receipt: Option<Receipt>
 /// anything else is re-sent if its session is now elsewhere, else dropped
 /// with a log line.
 pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
+    let _owning = ctx.replicator.owning();
     let Returned {
         node,
         payload,
@@ -601,7 +602,9 @@ fn redeliver(ctx: &ServerCtx, el: Element, to: &FullJid, receipt: Option<Receipt
         return answer(receipt, false);
     };
     let to = to.clone();
+    let owning = ctx.replicator.owning();
     ctx.replicator.runtime().spawn(async move {
+        let _owning = owning;
         let owned = crate::delivery::store_or_route(&c, el, &to, None).await;
         if !owned {
             tracing::warn!(to = %to, "message could not be delivered or stored (no quorum?)");

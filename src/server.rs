@@ -21,6 +21,9 @@ use crate::stream::{StreamCondition, StreamError};
 use crate::tls::TlsError;
 use crate::xml::XmlLimits;
 
+/// How long a stopping node waits for the messages it holds to be owned.
+const UNOWNED_GRACE: Duration = Duration::from_secs(5);
+
 /// Everything a connection needs, shared by all arbiters.
 pub struct ServerCtx {
     pub config: Config,
@@ -394,6 +397,16 @@ pub fn run(config: Config) -> Result<(), StartError> {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while ctx.conns.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Messages this node still holds for others (relays not yet taken,
+        // offline commits under way) are seen through before it stops.
+        let deadline = tokio::time::Instant::now() + UNOWNED_GRACE;
+        while ctx.replicator.unowned() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = ctx.replicator.unowned();
+        if left > 0 {
+            tracing::warn!(left, "stopping with messages not yet owned by any node");
         }
         if let Some(h) = http {
             h.stop(false).await;

@@ -36,6 +36,15 @@ async fn collect_ids(c: &mut Client, prefix: &str, n: usize, limit: Duration) ->
     got
 }
 
+/// Bound and available on `s` (retrying while the account replicates).
+async fn online_on(s: &Server, user: &str, resource: &str) -> Client {
+    let mut c = authed_retry(s, user, "pw").await;
+    c.bind(Some(resource)).await.expect("bind");
+    c.send("<presence/>").await;
+    c.stanza("presence").await;
+    c
+}
+
 async fn wait_purged(n: &Server, node: u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while n.cluster_status(SECRET).contains(&format!("node {node}:")) {
@@ -71,7 +80,7 @@ async fn relays_to_a_dead_node_are_kept_and_routed_again() {
     n1.add_user("alice", "pw");
     n1.add_user("bob", "pw");
 
-    let b = Client::online(n3.c2s, "bob", "pw", "phone").await;
+    let b = online_on(&n3, "bob", "phone").await;
     let mut a = authed_retry(&n1, "alice", "pw").await;
     a.bind(Some("r")).await.unwrap();
     a.send(&format!("<enable xmlns='{SM}'/>")).await;
@@ -169,7 +178,7 @@ async fn a_paused_node_registers_its_sessions_again() {
     wait_members(&n1, SECRET, 3).await;
     n1.add_user("alice", "pw");
     n1.add_user("bob", "pw");
-    let mut b = Client::online(n3.c2s, "bob", "pw", "phone").await;
+    let mut b = online_on(&n3, "bob", "phone").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !n1.cluster_status(SECRET).contains("node 3: 1") {
         assert!(Instant::now() < deadline, "bob's session never replicated");

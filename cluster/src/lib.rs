@@ -387,6 +387,11 @@ impl Cluster {
         self.relayer.send(node, payload, receipt, &self.rt)
     }
 
+    /// Relayed payloads not yet owned by their node (queued or in flight).
+    pub fn relays_pending(&self) -> usize {
+        self.relayer.pending()
+    }
+
     /// Stop trying `node` (it was found dead): everything queued for it,
     /// and a batch in flight if that fails, comes back as [`Returned`].
     pub fn take_back(&self, node: u64) {

@@ -481,6 +481,8 @@ struct PeerQueue {
     generation: u64,
     /// The task has ended (the node left the membership).
     closed: bool,
+    /// Payloads taken for the batch being sent.
+    in_flight: usize,
 }
 
 impl PeerRelay {
@@ -578,6 +580,19 @@ impl Relayer {
         Ok(())
     }
 
+    /// Payloads queued or in flight to any node.
+    pub fn pending(&self) -> usize {
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|p| {
+                let q = p.lock();
+                q.items.len() + q.in_flight
+            })
+            .sum()
+    }
+
     /// Give up on `node`: what is queued comes back now, a batch in flight
     /// comes back if it fails.
     pub fn take_back(&self, node: u64) {
@@ -640,6 +655,7 @@ async fn relay_task(
                 None
             } else {
                 let n = q.items.len().min(BATCH);
+                q.in_flight = n;
                 Some((q.items.drain(..n).collect::<Vec<_>>(), q.generation))
             }
         }
@@ -659,6 +675,15 @@ async fn relay_task(
         };
         let payloads: Vec<Vec<u8>> = batch.iter().map(|q| q.payload.clone()).collect();
         let mut attempt = 0u32;
+        // Whatever way the batch ends (owned, given back), it is no longer
+        // in flight once this loop is left.
+        struct Landed<'a>(&'a PeerRelay);
+        impl Drop for Landed<'_> {
+            fn drop(&mut self) {
+                self.0.lock().in_flight = 0;
+            }
+        }
+        let _landed = Landed(&peer);
         loop {
             if peer.lock().generation != generation {
                 tracing::debug!(node, count = batch.len(), "relay batch given back");
