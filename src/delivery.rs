@@ -84,6 +84,26 @@ fn from_client_other(
     to: Option<Jid>,
 ) -> Outcome {
     let from = sender.jid;
+    // RFC 6121 §3: subscription changes write rosters through the cluster;
+    // the session waits for them without holding its thread.
+    let sub = (stanza.name == "presence")
+        .then(|| {
+            stanza
+                .attr("type")
+                .and_then(crate::modules::subscription::SubKind::parse)
+        })
+        .flatten();
+    if let (Some(kind), Some(to), Some(c)) = (sub, &to, ctx.arc()) {
+        let (from, contact) = (from.clone(), to.to_bare());
+        return Outcome {
+            later: Some(Box::pin(async move {
+                Outcome::reply(
+                    crate::presence::subscription_outbound(&c, &from, stanza, kind, contact).await,
+                )
+            })),
+            ..Outcome::default()
+        };
+    }
     match stanza.name.as_str() {
         "iq" => iq(ctx, sender, stanza, to),
         _ => Outcome::reply(crate::presence::from_client(

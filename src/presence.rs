@@ -650,8 +650,9 @@ pub fn from_client(
             _ => bounce(&stanza, StanzaCondition::BadRequest),
         };
     };
-    if let Some(kind) = SubKind::parse(&ptype) {
-        return subscription_outbound(ctx, from, stanza, kind, to.to_bare());
+    if SubKind::parse(&ptype).is_some() {
+        // delivery.rs sends subscription stanzas to subscription_outbound.
+        return None;
     }
     match ptype.as_str() {
         "available" | "unavailable" | "error" => {
@@ -695,7 +696,7 @@ pub fn from_client(
 
 /// RFC 6121 §3 on the user's server: apply A.2 to the user's item for the
 /// contact, then (if it is routed) hand the stanza to the contact's server.
-fn subscription_outbound(
+pub async fn subscription_outbound(
     ctx: &ServerCtx,
     from: &FullJid,
     mut stanza: Element,
@@ -726,7 +727,7 @@ fn subscription_outbound(
         item.in_roster = true;
     }
     if old.as_ref() != Some(&item) {
-        roster::store(ctx, &user_bare, old.as_ref(), item);
+        roster::store(ctx, &user_bare, old.as_ref(), item).await;
     }
     if !t.forward {
         return None;
@@ -735,7 +736,7 @@ fn subscription_outbound(
     stanza.set_attr("from", user_bare.to_string());
     stanza.set_attr("to", contact.to_string());
     if contact.domain().as_str() == ctx.config.domain {
-        subscription_inbound(ctx, stanza, kind, &user_bare, &contact);
+        subscription_inbound(ctx, stanza, kind, &user_bare, &contact).await;
     } else {
         // RFC 6121 §3.1.2: the contact's server applies A.3 there.
         crate::s2s::send(ctx, stanza);
@@ -771,7 +772,18 @@ fn current_item(ctx: &ServerCtx, user: &str, jid: &str) -> (Option<RosterItem>, 
 
 /// RFC 6121 §3 on the contact's server: apply A.3 to the contact's item for
 /// the sender, deliver or answer.
-pub fn subscription_inbound(
+/// Boxed: the answers it makes on the contact's behalf come back through it.
+pub fn subscription_inbound<'a>(
+    ctx: &'a ServerCtx,
+    stanza: Element,
+    kind: SubKind,
+    sender: &'a BareJid,
+    contact: &'a BareJid,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    Box::pin(subscription_inbound_now(ctx, stanza, kind, sender, contact))
+}
+
+async fn subscription_inbound_now(
     ctx: &ServerCtx,
     stanza: Element,
     kind: SubKind,
@@ -793,7 +805,7 @@ pub fn subscription_inbound(
                 .with_attr("type", "unsubscribed")
                 .with_attr("from", contact.to_string())
                 .with_attr("to", sender.to_string());
-            subscription_inbound(ctx, reply, SubKind::Unsubscribed, contact, sender);
+            subscription_inbound(ctx, reply, SubKind::Unsubscribed, contact, sender).await;
         }
         return;
     }
@@ -808,7 +820,7 @@ pub fn subscription_inbound(
         item.in_roster = item.in_roster || old.is_some();
     }
     if old.as_ref() != Some(&item) {
-        roster::store(ctx, contact, old.as_ref(), item);
+        roster::store(ctx, contact, old.as_ref(), item).await;
     }
     if t.forward {
         let to = Jid::from(contact.clone());
@@ -825,7 +837,7 @@ pub fn subscription_inbound(
             .with_attr("type", reply.as_str())
             .with_attr("from", contact.to_string())
             .with_attr("to", sender.to_string());
-        subscription_inbound(ctx, r, reply, contact, sender);
+        subscription_inbound(ctx, r, reply, contact, sender).await;
         if reply == SubKind::Subscribed {
             if let Some(a) = ctx.presence.get(contact) {
                 a.do_send(SendCurrent {

@@ -85,30 +85,23 @@ fn store_push_answer(ctx: &ServerCtx, user: &BareJid, item: RosterItem) -> IqRes
     })
 }
 
-/// Store an item and push it (or, when it left the roster, its removal).
-pub fn store_and_push(ctx: &ServerCtx, user: &BareJid, item: RosterItem) {
-    let el = pushed_element(&item);
-    match ctx.commit(&Command::RosterPut {
-        username: username(user),
-        item,
-    }) {
-        Ok(applied) => push(ctx, user, el, applied.roster_version),
-        Err(e) => tracing::error!(error = %e, "roster write failed"),
-    }
-}
-
-/// Store a changed item; push it only if what the client sees changed
-/// (a pending inbound request, for one, is not part of the roster).
-pub fn store(ctx: &ServerCtx, user: &BareJid, old: Option<&RosterItem>, item: RosterItem) {
+/// Store a changed item (awaited, not blocking); push it only if what the
+/// client sees changed (a pending inbound request, for one, is not part of
+/// the roster).
+pub async fn store(ctx: &ServerCtx, user: &BareJid, old: Option<&RosterItem>, item: RosterItem) {
     let seen = |i: &RosterItem| i.in_roster.then(|| item_element(i));
-    if old.and_then(seen) != seen(&item) {
-        return store_and_push(ctx, user, item);
-    }
-    if let Err(e) = ctx.commit(&Command::RosterPut {
+    let pushed = (old.and_then(seen) != seen(&item)).then(|| pushed_element(&item));
+    let cmd = Command::RosterPut {
         username: username(user),
         item,
-    }) {
-        tracing::error!(error = %e, "roster write failed");
+    };
+    match ctx.replicator.commit_async(&cmd).await {
+        Ok(applied) => {
+            if let Some(el) = pushed {
+                push(ctx, user, el, applied.roster_version);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "roster write failed"),
     }
 }
 
@@ -225,32 +218,43 @@ fn remove(
     if item.sub.from || item.sub.pending_in {
         kinds.push(SubKind::Unsubscribed);
     }
-    for kind in kinds {
-        let p = Element::new("presence", ns::CLIENT)
-            .with_attr("type", kind.as_str())
-            .with_attr("from", user.to_string())
-            .with_attr("to", contact.to_string());
-        if kind == SubKind::Unsubscribed {
-            if let Some(a) = ctx.presence.get(user) {
-                a.do_send(crate::presence::SendUnavailable {
-                    to: contact.clone(),
-                });
-            }
-        }
-        crate::presence::subscription_inbound(ctx, p, kind, user, &contact);
-    }
     let _ = req;
-    let cmd = Command::RosterDelete {
-        username: username(user),
-        jid: item.jid.clone(),
+    let Some(c) = ctx.arc() else {
+        return bad(StanzaCondition::InternalServerError, "stopping");
     };
     let user = user.clone();
-    super::commit_then(ctx, cmd, "roster delete", move |ctx, applied| {
-        let el = Element::new("item", NS)
-            .with_attr("jid", item.jid)
-            .with_attr("subscription", "remove");
-        push(ctx, &user, el, applied.roster_version);
-        Ok(None).into()
+    IqResponse::later(async move {
+        for kind in kinds {
+            let p = Element::new("presence", ns::CLIENT)
+                .with_attr("type", kind.as_str())
+                .with_attr("from", user.to_string())
+                .with_attr("to", contact.to_string());
+            if kind == SubKind::Unsubscribed {
+                if let Some(a) = c.presence.get(&user) {
+                    a.do_send(crate::presence::SendUnavailable {
+                        to: contact.clone(),
+                    });
+                }
+            }
+            crate::presence::subscription_inbound(&c, p, kind, &user, &contact).await;
+        }
+        let cmd = Command::RosterDelete {
+            username: username(&user),
+            jid: item.jid.clone(),
+        };
+        match c.replicator.commit_async(&cmd).await {
+            Ok(applied) => {
+                let el = Element::new("item", NS)
+                    .with_attr("jid", item.jid)
+                    .with_attr("subscription", "remove");
+                push(&c, &user, el, applied.roster_version);
+                Ok(None).into()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "roster delete failed");
+                bad(StanzaCondition::InternalServerError, "storage error")
+            }
+        }
     })
 }
 

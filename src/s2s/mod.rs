@@ -162,13 +162,17 @@ pub fn deliver_local(ctx: &ServerCtx, el: Element) {
         "presence" => {
             let ptype = el.attr("type").unwrap_or("available").to_string();
             if let Some(kind) = crate::modules::subscription::SubKind::parse(&ptype) {
-                crate::presence::subscription_inbound(
-                    ctx,
-                    el,
-                    kind,
-                    &from.to_bare(),
-                    &to.to_bare(),
-                );
+                // Roster writes are awaited on a task, never here; one at a
+                // time, in arrival order (each reads what the last wrote).
+                if let Some(c) = ctx.arc() {
+                    let (from, to) = (from.to_bare(), to.to_bare());
+                    in_order(
+                        ctx,
+                        Box::pin(async move {
+                            crate::presence::subscription_inbound(&c, el, kind, &from, &to).await;
+                        }),
+                    );
+                }
             } else if ptype == "probe" {
                 // RFC 6121 §4.3.2: answered from the user's presence, on
                 // whichever nodes the user is online.
@@ -269,5 +273,25 @@ pub fn retag(el: &mut Element, from_ns: &str, to_ns: &str) {
         if let crate::xml::Node::Element(c) = child {
             retag(c, from_ns, to_ns);
         }
+    }
+}
+
+/// Run `work` after all work queued before it, on the Raft runtime (remote
+/// subscription changes: each reads the roster the previous one wrote).
+fn in_order(ctx: &ServerCtx, work: crate::modules::Later<()>) {
+    static QUEUE: std::sync::OnceLock<
+        tokio::sync::mpsc::UnboundedSender<crate::modules::Later<()>>,
+    > = std::sync::OnceLock::new();
+    let tx = QUEUE.get_or_init(|| {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::modules::Later<()>>();
+        ctx.replicator.runtime().spawn(async move {
+            while let Some(w) = rx.recv().await {
+                w.await;
+            }
+        });
+        tx
+    });
+    if tx.send(work).is_err() {
+        tracing::warn!("subscription queue stopped; remote subscription change dropped");
     }
 }
