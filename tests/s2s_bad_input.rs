@@ -27,7 +27,8 @@ impl Raw {
             tcp,
             seen: String::new(),
         };
-        r.until("</features>").await;
+        // RFC 6120 §4.8.5, as ejabberd expects it: the stream prefix.
+        r.until("</stream:features>").await;
         r
     }
 

@@ -106,9 +106,16 @@ impl Element {
     /// Serialize; `parent_ns` is the namespace in scope (for stanzas on a
     /// client stream, `jabber:client`), so `xmlns` is written only when needed.
     pub fn write_to(&self, out: &mut String, parent_ns: &str) {
+        // RFC 6120 §4.8.5: stream-namespace elements (features, error) go
+        // with the `stream` prefix our stream headers bind; peers such as
+        // ejabberd match the prefixed name.
+        let prefixed = self.ns == super::ns::STREAM;
         out.push('<');
+        if prefixed {
+            out.push_str("stream:");
+        }
         out.push_str(&self.name);
-        if self.ns != parent_ns {
+        if self.ns != parent_ns && !prefixed {
             out.push_str(" xmlns='");
             escape_into(out, &self.ns);
             out.push('\'');
@@ -130,6 +137,9 @@ impl Element {
             }
         }
         out.push_str("</");
+        if prefixed {
+            out.push_str("stream:");
+        }
         out.push_str(&self.name);
         out.push('>');
     }
@@ -171,6 +181,20 @@ pub fn escape_into(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_elements_carry_the_stream_prefix() {
+        let f = Element::new("features", crate::xml::ns::STREAM)
+            .with_child(Element::new("bind", "urn:ietf:params:xml:ns:xmpp-bind"));
+        assert_eq!(
+            f.to_xml("jabber:client"),
+            "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>"
+        );
+        assert_eq!(
+            Element::new("features", crate::xml::ns::STREAM).to_xml("jabber:server"),
+            "<stream:features/>"
+        );
+    }
 
     #[test]
     fn writes_namespaces_only_where_they_change() {
