@@ -304,9 +304,17 @@ fn user(config: &Config, op: UserCmd) -> ExitCode {
         UserCmd::Del { user } => Ok(AdminOp::Del { user }),
         UserCmd::List => Ok(AdminOp::List),
     };
-    let result = op.and_then(|op| run_user_op(config, &op));
+    let result = op.and_then(|op| run_user_op(config, &op).map(|users| (op, users)));
     match result {
-        Ok(users) => {
+        Ok((op, users)) => {
+            // Say what was done (a silent success looked like nothing happened).
+            let at = |u: &str| format!("{u}@{}", config.domain);
+            match &op {
+                AdminOp::Add { user, .. } => println!("added {}", at(user)),
+                AdminOp::Passwd { user, .. } => println!("changed the password of {}", at(user)),
+                AdminOp::Del { user } => println!("deleted {}", at(user)),
+                _ => {}
+            }
             for u in users {
                 println!("{u}");
             }

@@ -92,9 +92,17 @@ fn ensure_self_signed(data_dir: &Path, domain: &str) -> Result<(PathBuf, PathBuf
         source,
     };
     std::fs::create_dir_all(&dir).map_err(|e| write_err(&dir, e))?;
-    let certified = rcgen::generate_simple_self_signed(vec![domain.to_string()])?;
-    std::fs::write(&cert_path, certified.cert.pem()).map_err(|e| write_err(&cert_path, e))?;
-    write_private(&key_path, certified.key_pair.serialize_pem().as_bytes())
+    // The domain as common name too (rcgen's default is "rcgen self signed
+    // cert", which is what clients showed in their trust prompt).
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, domain);
+    let key_pair = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key_pair)?;
+    std::fs::write(&cert_path, cert.pem()).map_err(|e| write_err(&cert_path, e))?;
+    write_private(&key_path, key_pair.serialize_pem().as_bytes())
         .map_err(|e| write_err(&key_path, e))?;
     tracing::warn!(
         cert = %cert_path.display(),

@@ -136,7 +136,13 @@ async fn user_commands_offline_and_against_a_running_node() {
     assert!(user(&["add", "alice"], Some("from-stdin\n"))
         .status
         .success());
-    assert!(user(&["add", "bob", "-p", "pw"], None).status.success());
+    let added = user(&["add", "bob", "-p", "pw"], None);
+    assert!(added.status.success());
+    // Issue 13: a success says so.
+    assert_eq!(
+        String::from_utf8_lossy(&added.stdout),
+        "added bob@localhost\n"
+    );
     let dup = user(&["add", "bob", "-p", "pw"], None);
     assert!(!dup.status.success());
     assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
@@ -184,4 +190,28 @@ async fn user_commands_offline_and_against_a_running_node() {
     let missing = user(&["del", "nobody"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no account"));
+}
+
+/// Issue 13: the self-signed certificate made on first start names the
+/// domain (it said "rcgen self signed cert" in clients' trust prompts).
+#[tokio::test]
+async fn the_self_signed_certificate_names_the_domain() {
+    let s = Server::start();
+    let cert = s.data_dir().join("tls/cert.pem");
+    let out = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-subject",
+            "-ext",
+            "subjectAltName",
+            "-in",
+        ])
+        .arg(&cert)
+        .output()
+        .expect("openssl (installed by .ci/run)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("CN = localhost"), "{text}");
+    assert!(text.contains("DNS:localhost"), "{text}");
 }

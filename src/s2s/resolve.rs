@@ -26,6 +26,12 @@ pub fn parse_target(s: &str) -> Option<(String, u16)> {
     Some((host.to_string(), port.parse().ok()?))
 }
 
+/// `localhost` or a name under it (RFC 6761 §6.3).
+pub fn is_localhost(name: &str) -> bool {
+    let n = name.trim_end_matches('.').to_ascii_lowercase();
+    n == "localhost" || n.ends_with(".localhost")
+}
+
 pub struct Resolver {
     dns: Option<TokioAsyncResolver>,
 }
@@ -52,6 +58,14 @@ impl Resolver {
             return vec![Candidate {
                 host,
                 port,
+                direct_tls: false,
+            }];
+        }
+        // RFC 6761 §6.3: names under .localhost are loopback, never asked of DNS.
+        if is_localhost(domain) {
+            return vec![Candidate {
+                host: "127.0.0.1".into(),
+                port: 5269,
                 direct_tls: false,
             }];
         }
@@ -93,6 +107,9 @@ impl Resolver {
         if let Ok(ip) = c.host.parse::<std::net::IpAddr>() {
             return vec![SocketAddr::new(ip, c.port)];
         }
+        if is_localhost(&c.host) {
+            return vec![SocketAddr::from(([127, 0, 0, 1], c.port))];
+        }
         match &self.dns {
             Some(dns) => match dns.lookup_ip(format!("{}.", c.host)).await {
                 Ok(ips) => ips.iter().map(|ip| SocketAddr::new(ip, c.port)).collect(),
@@ -122,5 +139,32 @@ mod tests {
         assert_eq!(parse_target("[::1]:5269"), Some(("::1".into(), 5269)));
         assert_eq!(parse_target("xmpp.example:x"), None);
         assert_eq!(parse_target("nohost"), None);
+    }
+
+    /// Issue 13: a name nobody configured under .localhost (a client
+    /// joining room@conference.localhost) went to the system resolver.
+    #[tokio::test]
+    async fn localhost_names_never_reach_dns() {
+        let r = Resolver { dns: None };
+        let routes = Default::default();
+        let c = r.candidates(&routes, "conference.localhost").await;
+        assert_eq!(
+            c,
+            vec![Candidate {
+                host: "127.0.0.1".into(),
+                port: 5269,
+                direct_tls: false
+            }]
+        );
+        assert!(is_localhost("LOCALHOST."));
+        assert!(!is_localhost("notlocalhost"));
+        let a = r
+            .addresses(&Candidate {
+                host: "xmpp.localhost".into(),
+                port: 5270,
+                direct_tls: false,
+            })
+            .await;
+        assert_eq!(a, vec![SocketAddr::from(([127, 0, 0, 1], 5270))]);
     }
 }

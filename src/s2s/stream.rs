@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::stream::lazy_reader::LazyBufReader;
+use crate::xml::element::escape;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
@@ -98,7 +99,9 @@ impl Conn {
 }
 
 /// Our initiating stream header (RFC 6120 §4.7, with the dialback prefix).
+/// Addresses are escaped: a peer's `from` comes back in our answer.
 pub fn initiating_header(from: &str, to: &str) -> String {
+    let (from, to) = (escape(from), escape(to));
     format!(
         "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' xmlns:db='{}' from='{from}' to='{to}' version='1.0'>",
         ns::SERVER,
@@ -109,7 +112,10 @@ pub fn initiating_header(from: &str, to: &str) -> String {
 
 /// Our answering stream header.
 pub fn response_header(from: &str, to: Option<&str>, id: &str) -> String {
-    let to = to.map(|t| format!(" to='{t}'")).unwrap_or_default();
+    let from = escape(from);
+    let to = to
+        .map(|t| format!(" to='{}'", escape(t)))
+        .unwrap_or_default();
     format!(
         "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' xmlns:db='{}' from='{from}'{to} id='{id}' version='1.0'>",
         ns::SERVER,
@@ -369,4 +375,18 @@ pub async fn fail(
         .send(&format!("{}</stream:stream>", err.to_xml()))
         .await;
     Err(S2sError::Protocol(format!("sent stream error: {text}")))
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    /// Issue 13: a peer's `from` went into our header unescaped.
+    #[test]
+    fn headers_escape_addresses() {
+        let h = response_header("starling.localhost", Some("evil' x='1"), "id1");
+        assert!(h.contains("to='evil&apos; x=&apos;1'"), "{h}");
+        let h = initiating_header("a<b", "c&d");
+        assert!(h.contains("from='a&lt;b' to='c&amp;d'"), "{h}");
+    }
 }

@@ -323,6 +323,7 @@ impl<R: AsyncBufRead + Unpin> XmlStream<R> {
                 },
                 Event::Text(t) => {
                     let text = t.xml10_content();
+                    xml_chars(&text)?;
                     match self.stack.last_mut() {
                         Some(parent) => push_text(parent, &text),
                         None if text.chars().all(is_xml_space) => {
@@ -335,7 +336,11 @@ impl<R: AsyncBufRead + Unpin> XmlStream<R> {
                     }
                 }
                 Event::CData(c) => match self.stack.last_mut() {
-                    Some(parent) => push_text(parent, &c.xml10_content()),
+                    Some(parent) => {
+                        let text = c.xml10_content();
+                        xml_chars(&text)?;
+                        push_text(parent, &text)
+                    }
                     None => return Err(ParseError::BadFormat("CDATA outside stanzas")),
                 },
                 Event::GeneralRef(r) => {
@@ -344,7 +349,9 @@ impl<R: AsyncBufRead + Unpin> XmlStream<R> {
                     };
                     if r.is_char_ref() {
                         match r.resolve_char_ref() {
-                            Ok(Some(c)) => push_text(parent, c.encode_utf8(&mut [0; 4])),
+                            Ok(Some(c)) if is_xml_char(c) => {
+                                push_text(parent, c.encode_utf8(&mut [0; 4]))
+                            }
                             _ => {
                                 return Err(ParseError::NotWellFormed(
                                     "bad character reference".into(),
@@ -416,6 +423,7 @@ fn attributes<R>(
         let value = attr
             .normalized_value(XmlVersion::Implicit1_0)
             .map_err(map_xml_error)?;
+        xml_chars(&value)?;
         attrs.push((key.to_string(), value.into_owned()));
     }
     Ok(attrs)
@@ -451,6 +459,26 @@ fn header<R>(
         default_ns,
         attrs: attributes(reader, limits, start)?,
     })
+}
+
+/// XML 1.0 §2.2 `Char`: what may appear in a document at all, literally or
+/// as a character reference. `&#1;` or a raw control character would be
+/// written back out unescaped and break the recipient's stream.
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+}
+
+fn xml_chars(text: &str) -> Result<(), ParseError> {
+    // Bytes first: C0 controls are single bytes; U+FFFE/U+FFFF start EF BF.
+    let suspicious = text
+        .bytes()
+        .any(|b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0xEF);
+    if suspicious && !text.chars().all(is_xml_char) {
+        return Err(ParseError::NotWellFormed(
+            "character not allowed in XML (XML 1.0 section 2.2)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn is_xml_space(c: char) -> bool {
@@ -566,6 +594,33 @@ mod tests {
             "{:?}",
             evs.last()
         );
+    }
+
+    /// Issue 13: `&#1;` and raw C0 controls were accepted and written back
+    /// unescaped, breaking the recipient's stream or a federation link.
+    #[tokio::test]
+    async fn rejects_characters_outside_the_xml_char_production() {
+        for bad in [
+            "<message><body>a&#1;b</body></message>",
+            "<message><body>a&#x1F;b</body></message>",
+            "<message><body>a\u{1}b</body></message>",
+            "<message><body>a\u{FFFE}b</body></message>",
+            "<message to='a&#0;b'/>",
+            "<message to='a\u{7}b'/>",
+            "<message><body><![CDATA[a\u{2}b]]></body></message>",
+        ] {
+            let input = format!("{HDR}{bad}");
+            let evs = parse_all(input.as_bytes()).await;
+            assert!(
+                matches!(evs.last(), Some(Err(ParseError::NotWellFormed(_)))),
+                "{bad:?}: {evs:?}"
+            );
+        }
+        // Tabs, newlines and the rest of Unicode are fine.
+        let ok =
+            format!("{HDR}<message><body>a\tb\nc\r&#9;\u{263A}\u{10000}&#xFFFD;</body></message>");
+        let evs = parse_all(ok.as_bytes()).await;
+        assert!(matches!(evs[1], Ok(StreamEvent::Stanza(_))), "{evs:?}");
     }
 
     #[tokio::test]
