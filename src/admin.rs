@@ -133,11 +133,19 @@ pub async fn serve(ctx: Arc<ServerCtx>, listener: std::os::unix::net::UnixListen
                     error: Some(format!("bad request: {e}")),
                     users: vec![],
                 },
-                Ok(req) if req.token != token => Response {
-                    ok: false,
-                    error: Some("bad admin token".into()),
-                    users: vec![],
-                },
+                // Compared in constant time: timing tells nothing of the token.
+                Ok(req)
+                    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+                        req.token.as_bytes(),
+                        token.as_bytes(),
+                    )) =>
+                {
+                    Response {
+                        ok: false,
+                        error: Some("bad admin token".into()),
+                        users: vec![],
+                    }
+                }
                 Ok(req) => {
                     if matches!(req.op, AdminOp::Drain) {
                         ctx.drain_requested.notify_one();

@@ -69,6 +69,9 @@ pub struct ServerCtx {
     /// Drain pushes waiting for the target node to confirm the bind.
     pub push_acks:
         std::sync::Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<bool>>>,
+    /// Keys the SCRAM salts made up for unknown users (from the cluster
+    /// secret: every node answers a probe alike, nobody else can compute it).
+    pub scram_fake_key: Vec<u8>,
     /// When the node started (XEP-0012 uptime).
     pub started: std::time::Instant,
     /// Shutting down: not ready for new clients.
@@ -239,6 +242,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         arriving: Default::default(),
         arbiters: std::sync::OnceLock::new(),
         moved: Default::default(),
+        scram_fake_key: crate::sasl::credentials::ScramHash::Sha256.hmac(
+            cluster_secret(&config)?.as_bytes(),
+            b"starling scram fake salt",
+        ),
         started: std::time::Instant::now(),
         draining: std::sync::atomic::AtomicBool::new(false),
         drain_requested: tokio::sync::Notify::new(),

@@ -21,6 +21,8 @@ pub struct ScramServer {
     /// when present we advertised -PLUS.
     cb_data: Option<Vec<u8>>,
     state: State,
+    /// Keys unknown users' fake salts (see `with_fake_salt_key`).
+    fake_salt_key: Vec<u8>,
 }
 
 enum State {
@@ -46,11 +48,20 @@ pub struct ScramSuccess {
 impl ScramServer {
     pub fn new(hash: ScramHash, plus: bool, cb_data: Option<Vec<u8>>) -> Self {
         ScramServer {
+            fake_salt_key: Vec::new(),
             hash,
             plus,
             cb_data,
             state: State::Initial,
         }
+    }
+
+    /// The server's secret for unknown users' fake salts: without it a
+    /// prober could compute them (a plain hash of the name) and tell which
+    /// accounts exist.
+    pub fn with_fake_salt_key(mut self, key: &[u8]) -> Self {
+        self.fake_salt_key = key.to_vec();
+        self
     }
 
     /// Handle client-first-message; `lookup` maps a raw SASL username to the
@@ -125,8 +136,9 @@ impl ScramServer {
         let (salt, iterations) = match &keys {
             Some(k) => (k.salt.clone(), k.iterations),
             None => {
-                // Deterministic per username, so repeated probes look stable.
-                let fake = self.hash.h(username.as_bytes());
+                // Deterministic per username, so repeated probes look
+                // stable; keyed, so nobody else can compute it.
+                let fake = self.hash.hmac(&self.fake_salt_key, username.as_bytes());
                 (fake[..16].to_vec(), super::credentials::DEFAULT_ITERATIONS)
             }
         };
@@ -369,6 +381,29 @@ mod tests {
         let mut server = ScramServer::new(ScramHash::Sha256, false, Some(vec![1; 32]));
         let r = server.client_first(b"y,,n=user,r=abc", |u| Some((u.into(), None)));
         assert_eq!(r.err(), Some(SaslFailure::NotAuthorized));
+    }
+
+    /// Issue 13: an unknown user's salt was SHA-256(username), which anyone
+    /// can compute: a probe could tell which accounts exist.
+    #[test]
+    fn unknown_users_get_a_keyed_fake_salt() {
+        let salt = |key: &[u8]| {
+            let mut server =
+                ScramServer::new(ScramHash::Sha256, false, None).with_fake_salt_key(key);
+            let first = server
+                .client_first(b"n,,n=ghost,r=abc", |u| Some((u.into(), None)))
+                .expect("server-first");
+            let first = String::from_utf8(first).expect("utf8");
+            first
+                .split(',')
+                .find_map(|p| p.strip_prefix("s="))
+                .expect("salt")
+                .to_string()
+        };
+        assert_eq!(salt(b"k1"), salt(b"k1"), "stable for repeated probes");
+        assert_ne!(salt(b"k1"), salt(b"k2"), "depends on the server's key");
+        let unkeyed = B64.encode(&ScramHash::Sha256.h(b"ghost")[..16]);
+        assert_ne!(salt(b"k1"), unkeyed);
     }
 
     #[test]

@@ -102,7 +102,8 @@ async fn exchange(
         "SCRAM-SHA-1" => (ScramHash::Sha1, false),
         _ => (ScramHash::Sha1, true),
     };
-    let mut scram = ScramServer::new(hash, plus, s.channel_binding.clone());
+    let mut scram = ScramServer::new(hash, plus, s.channel_binding.clone())
+        .with_fake_salt_key(&ctx.scram_fake_key);
     let domain = &ctx.config.domain;
     let server_first = scram.client_first(&initial, |raw| {
         let user = normalize_username(raw, domain)?;
