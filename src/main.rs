@@ -175,7 +175,8 @@ fn mesh_call<T, F>(config: &Config, f: impl FnOnce(String) -> F) -> Option<T>
 where
     F: std::future::Future<Output = T>,
 {
-    let secret = match starling::server::cluster_secret(config) {
+    // Read-only: a command that talks to a cluster never makes a secret.
+    let secret = match starling::server::known_cluster_secret(config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("starling: {e}");
@@ -242,6 +243,9 @@ fn cluster_status(config: &Config, node: Option<String>) -> ExitCode {
         }
         Some(Err(e)) => {
             eprintln!("starling: cannot reach the node at {at}: {e}");
+            if e.contains("secret") {
+                eprintln!("starling: pass the cluster's secret in STARLING_CLUSTER_SECRET");
+            }
             ExitCode::from(1)
         }
         None => ExitCode::from(1),

@@ -432,6 +432,23 @@ pub fn run(config: Config) -> Result<(), StartError> {
 }
 
 /// The cluster secret: configured, or generated once into the data dir.
+/// The cluster secret if this machine knows it (configured, or in the data
+/// dir), without making one: for commands that only talk to a cluster.
+pub fn known_cluster_secret(config: &Config) -> Result<String, String> {
+    if !config.cluster.secret.is_empty() {
+        return Ok(config.cluster.secret.clone());
+    }
+    let path = config.data_dir.join("cluster.secret");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok(s.trim().to_string()),
+        Err(_) => Err(format!(
+            "no cluster secret: set STARLING_CLUSTER_SECRET to the cluster's secret, or run this \
+             where a node's data dir is (its {} holds it)",
+            path.display()
+        )),
+    }
+}
+
 pub fn cluster_secret(config: &Config) -> Result<String, StartError> {
     if !config.cluster.secret.is_empty() {
         return Ok(config.cluster.secret.clone());

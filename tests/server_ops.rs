@@ -215,3 +215,34 @@ async fn the_self_signed_certificate_names_the_domain() {
     assert!(text.contains("CN = localhost"), "{text}");
     assert!(text.contains("DNS:localhost"), "{text}");
 }
+
+/// Issue 13: `cluster status` from a machine without the secret made a new
+/// data_dir/cluster.secret and then said "bad cluster secret". A read-only
+/// command never writes, and says how to pass the secret.
+#[tokio::test]
+async fn cluster_status_without_the_secret_writes_nothing_and_says_how() {
+    let s = Server::start();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let data = elsewhere.path().join("data");
+    let out = Command::new(bin())
+        .args(["cluster", "status", "--node", &s.mesh.to_string()])
+        .env_clear()
+        .env("STARLING_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("STARLING_CLUSTER_SECRET"), "{err}");
+    assert!(!data.join("cluster.secret").exists(), "wrote a secret");
+    // With the node's own secret it answers.
+    let secret = std::fs::read_to_string(s.data_dir().join("cluster.secret")).unwrap();
+    let out = Command::new(bin())
+        .args(["cluster", "status", "--node", &s.mesh.to_string()])
+        .env_clear()
+        .env("STARLING_DATA_DIR", &data)
+        .env("STARLING_CLUSTER_SECRET", secret.trim())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("leader"));
+}
