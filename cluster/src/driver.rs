@@ -63,7 +63,10 @@ impl Driver {
             max_inflight_msgs: 256,
             ..Config::default()
         };
-        let logger = slog::Logger::root(tracing_slog::TracingSlogDrain, o!("raft_id" => cfg.id));
+        let logger = slog::Logger::root(
+            slog::Drain::fuse(crate::raft_log::RaftLog { node: cfg.id }),
+            o!(),
+        );
         let mut raw = RawNode::new(&config, store.clone(), &logger)?;
         transport.set_peers(&store.peers().unwrap_or_default());
         // A lone voter need not wait out an election timeout.

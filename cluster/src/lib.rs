@@ -11,6 +11,7 @@
 #![allow(clippy::field_reassign_with_default)]
 
 mod driver;
+mod raft_log;
 pub mod storage;
 mod transport;
 
