@@ -38,13 +38,18 @@ async fn generated_and_requested_resources() {
             )))
         .await;
     assert_eq!(r.attr("type"), Some("result"));
-    // An invalid resourcepart is refused with bad-request, and binding can be retried.
+    // An invalid resourcepart (a C1 control: valid XML, not a valid
+    // resource) is refused with bad-request, and binding can be retried.
     let mut c = authed(&s, "alice", "pw").await;
     assert_eq!(
-        c.bind(Some("bad\u{0007}res")).await,
+        c.bind(Some("bad\u{0085}res")).await,
         Err("bad-request".into())
     );
     assert!(c.bind(Some("ok")).await.is_ok());
+    // A C0 control is not XML at all (XML 1.0 §2.2): the stream ends.
+    let mut d = authed(&s, "alice", "pw").await;
+    d.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>bad\u{0007}res</resource></bind></iq>").await;
+    assert_eq!(d.stream_error().await, "not-well-formed");
 }
 
 #[tokio::test]
