@@ -405,8 +405,10 @@ pub async fn serve_relays(
                     answer(receipt, true);
                 } else if hops < MAX_HOPS {
                     // The session moved on: follow it.
-                    if let Some(t) = full(&ctx, &to).filter(|t| t.local.is_none() && t.node != from)
-                    {
+                    // (Even back to the sender: its replica was behind, e.g.
+                    // right after a drain handed the session there; hops
+                    // bound this.)
+                    if let Some(t) = full(&ctx, &to).filter(|t| t.local.is_none()) {
                         relay_owned(
                             &ctx,
                             t.node,

@@ -423,6 +423,19 @@ pub fn run(config: Config) -> Result<(), StartError> {
         a.stop();
         let _ = a.join();
     }
+    // Sessions that stopped with the arbiters (handed-over ones forwarding
+    // what was still on its way to them) may have just queued relays or
+    // offline commits: the cluster stays up until those are owned.
+    let deadline = std::time::Instant::now() + UNOWNED_GRACE;
+    while ctx.replicator.unowned() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if ctx.replicator.unowned() > 0 {
+        tracing::warn!(
+            left = ctx.replicator.unowned(),
+            "stopped with messages not yet owned by any node"
+        );
+    }
     crate::admin::remove(&ctx.config.data_dir);
     ctx.replicator.cluster().shutdown();
     let _ = raft_thread.join();
