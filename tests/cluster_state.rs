@@ -264,16 +264,23 @@ async fn concurrent_roster_edits_survive_a_restart_consistently() {
             for k in 0..15 {
                 if c.is_none() {
                     for _ in 0..100 {
-                        let mut t = Client::connect(addr).await;
-                        t.open().await;
-                        let mut t = t.starttls().await;
-                        t.open().await;
-                        if t.auth_scram("SCRAM-SHA-256", &u, "pw").await.is_ok() {
+                        // The node may be down or restarting: an attempt
+                        // that fails anywhere (the helpers panic) is retried.
+                        let user = u.clone();
+                        let attempt = tokio::spawn(async move {
+                            let mut t = Client::connect(addr).await;
                             t.open().await;
-                            if t.bind(Some("r")).await.is_ok() {
-                                c = Some(t);
-                                break;
-                            }
+                            let mut t = t.starttls().await;
+                            t.open().await;
+                            t.auth_scram("SCRAM-SHA-256", &user, "pw").await.ok()?;
+                            t.open().await;
+                            t.bind(Some("r")).await.ok()?;
+                            Some(t)
+                        })
+                        .await;
+                        if let Ok(Some(t)) = attempt {
+                            c = Some(t);
+                            break;
                         }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
@@ -292,13 +299,20 @@ async fn concurrent_roster_edits_survive_a_restart_consistently() {
                     c = None;
                     continue;
                 }
-                let r = tokio::time::timeout(
-                    Duration::from_secs(8),
-                    cl.wait_for(|e| e.attr("id") == Some(id.as_str())),
-                )
+                // The node may be killed while we wait: a closed stream is
+                // an unacknowledged change, not a test failure.
+                let r = tokio::time::timeout(Duration::from_secs(8), async {
+                    loop {
+                        match cl.try_element().await {
+                            Some(e) if e.attr("id") == Some(id.as_str()) => break Some(e),
+                            Some(_) => continue,
+                            None => break None,
+                        }
+                    }
+                })
                 .await;
                 match r {
-                    Ok(r) if r.attr("type") == Some("result") => acked.push(jid),
+                    Ok(Some(r)) if r.attr("type") == Some("result") => acked.push(jid),
                     _ => c = None,
                 }
             }
