@@ -302,7 +302,13 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
         tracing::warn!(node, "returned relay is not a stanza; dropped");
         return answer(receipt, false);
     };
-    let elsewhere = full(&ctx, &to).filter(|t| t.node != node || t.local.is_some());
+    let usable = |t: &Target| t.node != node || t.local.is_some();
+    let mut elsewhere = full(&ctx, &to).filter(usable);
+    if elsewhere.is_none() && el.name == "message" {
+        // Between a purge and the session's next bind the table may not
+        // know it for a moment (a drain, a restart): look again, bounded.
+        elsewhere = settle_location(&ctx, &to, Some(node)).await;
+    }
     match elsewhere {
         Some(t) if hops < MAX_HOPS => match &t.local {
             Some(_) => send_owned(&ctx, &t, el, require, receipt),
@@ -336,6 +342,27 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
 
 /// Forwards of one stanza between nodes before it is delivered by bare JID.
 const MAX_HOPS: u8 = 3;
+/// A stanza relayed with more hops than this is final: the receiver
+/// delivers it or routes it by bare JID, it does not look further.
+const FINAL_HOPS: u8 = MAX_HOPS + 1;
+/// How long a message waits for the table to say where its session is.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Where `to` is, looking again for a moment while the session table does
+/// not know (a session between two nodes, or this node just restarted and
+/// catching up); `exclude` is a node given up on.
+async fn settle_location(ctx: &ServerCtx, to: &FullJid, exclude: Option<u64>) -> Option<Target> {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        if let Some(t) = full(ctx, to).filter(|t| Some(t.node) != exclude || t.local.is_some()) {
+            return Some(t);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
 
 /// Route again everything the relayer gives back, until it stops.
 pub async fn serve_returned(
@@ -403,6 +430,8 @@ pub async fn serve_relays(
                     // Handed to us and not bound yet: it waits a moment.
                     buf.push((el, require));
                     answer(receipt, true);
+                } else if hops >= FINAL_HOPS {
+                    redeliver_now(&ctx, el, &to, receipt);
                 } else if hops < MAX_HOPS {
                     // The session moved on: follow it.
                     // (Even back to the sender: its replica was behind, e.g.
@@ -595,6 +624,21 @@ pub fn arrived(ctx: &ServerCtx, jid: &FullJid, entry: Option<SessionEntry>) {
 /// rather than vanish; anything else is dropped. Never waits here: the
 /// offline commit is awaited on a task of its own.
 fn redeliver(ctx: &ServerCtx, el: Element, to: &FullJid, receipt: Option<Receipt>) {
+    redeliver_after(ctx, el, to, receipt, true)
+}
+
+/// [`redeliver`] without looking again (a final relay).
+fn redeliver_now(ctx: &ServerCtx, el: Element, to: &FullJid, receipt: Option<Receipt>) {
+    redeliver_after(ctx, el, to, receipt, false)
+}
+
+fn redeliver_after(
+    ctx: &ServerCtx,
+    el: Element,
+    to: &FullJid,
+    receipt: Option<Receipt>,
+    settle: bool,
+) {
     if el.name != "message" {
         tracing::info!(to = %to, stanza = %el.name, "stanza for a session that is not here; dropped");
         return answer(receipt, true);
@@ -607,6 +651,30 @@ fn redeliver(ctx: &ServerCtx, el: Element, to: &FullJid, receipt: Option<Receipt
     let owning = ctx.replicator.owning();
     ctx.replicator.runtime().spawn(async move {
         let _owning = owning;
+        // The session may be between nodes, or this node's replica behind:
+        // give the table a moment before falling back to the bare JID.
+        let found = if settle {
+            settle_location(&c, &to, None).await
+        } else {
+            None
+        };
+        if let Some(t) = found {
+            match &t.local {
+                Some(_) => send_owned(&c, &t, el, None, receipt),
+                None => relay_owned(
+                    &c,
+                    t.node,
+                    &Relay::Stanza {
+                        to: to.to_string(),
+                        require: None,
+                        xml: el.to_xml(ns::CLIENT),
+                        hops: FINAL_HOPS,
+                    },
+                    receipt,
+                ),
+            }
+            return;
+        }
         let owned = crate::delivery::store_or_route(&c, el, &to, None).await;
         if !owned {
             tracing::warn!(to = %to, "message could not be delivered or stored (no quorum?)");

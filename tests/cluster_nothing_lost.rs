@@ -152,9 +152,11 @@ async fn a_relayed_message_for_a_gone_session_is_stored_without_a_stall() {
             .await
             .expect("relay accepted");
     }
-    // Each relay is answered once the message is stored (before: 6 s each).
+    // Each relay is answered once the message is stored: after at most
+    // 1.5 s looking for the session in the table, then one commit (before:
+    // a 6 s freeze each, and the message dropped).
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(8),
         "relays took {:?}",
         started.elapsed()
     );
