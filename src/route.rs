@@ -449,12 +449,21 @@ pub async fn serve_relays(
                             },
                             receipt,
                         );
+                    } else if from != 0 {
+                        // Not here, and no better idea where: refused, so
+                        // the sender (which keeps it) routes it again. The
+                        // batch's answer never waits on this one, so a
+                        // node dying now cannot leave its other, delivered
+                        // payloads to be sent twice.
+                        tracing::info!(to = %to, from, hops, "relayed stanza for a session that is not here; the sender routes it again");
+                        answer(receipt, false);
                     } else {
-                        tracing::info!(to = %to, from, hops, "relayed stanza for a session that is not here");
                         redeliver(&ctx, el, &to, receipt);
                     }
+                } else if from != 0 {
+                    tracing::warn!(to = %to, from, "relayed stanza went round; the sender routes it again");
+                    answer(receipt, false);
                 } else {
-                    tracing::warn!(to = %to, from, "relayed stanza went round; delivering anew");
                     redeliver(&ctx, el, &to, receipt);
                 }
             }

@@ -2,7 +2,9 @@
 //! as a test. Stream-management state lives in the memory of the node
 //! holding the session, so:
 //! - sessions on the dead node cannot be resumed: `<failed/>`, then bind;
-//! - stanzas the client had not acknowledged are lost with the node;
+//! - stanzas the client had not acknowledged go with the node, except one
+//!   whose relay the node had not yet confirmed: its sender routes that
+//!   one again (offline storage);
 //! - once the leader notices (about 3-4 s), the user is offline and new
 //!   messages wait in offline storage; nothing sent after that is lost.
 mod common;
@@ -77,15 +79,19 @@ async fn kill_9_loses_the_session_but_not_later_messages() {
     assert!(f
         .get_child("item-not-found", "urn:ietf:params:xml:ns:xmpp-stanzas")
         .is_some());
-    // A fresh session gets what was sent after the failure was noticed;
-    // the unacknowledged k1 was lost with the node (stated above).
+    // A fresh session gets what was sent after the failure was noticed.
+    // k1 reached alice's old connection but she never acknowledged it; if
+    // node 3 died before confirming to node 1 that it took k1, node 1 still
+    // holds it and routes it again (offline storage): at most once more.
     a2.bind(Some("phone")).await.unwrap();
     a2.send("<presence/>").await;
-    let m = a2.wait_for(|e| e.name == "message").await;
-    assert_eq!(m.attr("id"), Some("k2"));
-    assert!(a2
-        .collect_for(Duration::from_millis(500))
-        .await
+    let mut got = vec![a2.wait_for(|e| e.name == "message").await];
+    got.extend(a2.collect_for(Duration::from_millis(500)).await);
+    let ids: Vec<&str> = got
         .iter()
-        .all(|e| e.attr("id") != Some("k1")));
+        .filter(|e| e.name == "message")
+        .filter_map(|e| e.attr("id"))
+        .collect();
+    assert_eq!(ids.iter().filter(|i| **i == "k2").count(), 1, "{ids:?}");
+    assert!(ids.iter().filter(|i| **i == "k1").count() <= 1, "{ids:?}");
 }
