@@ -10,7 +10,6 @@
 //! (RFC 6120 §4.8.5); before Starling used the prefix, 9 of 20 steps failed.
 mod common;
 use common::*;
-use std::net::SocketAddr;
 use std::process::Command;
 
 const SECRET: &str = "federation-ejabberd-secret-0123456789";
@@ -98,25 +97,6 @@ fn starling_node(id: u64, join: Option<&Server>, s2s_listen: &str) -> Server {
     )
 }
 
-/// Run the slixmpp federation script: alice on `starling`, bob on ejabberd.
-async fn federate(starling: SocketAddr) -> std::process::Output {
-    tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/interop/slixmpp_federation.py"
-            ))
-            .args([starling.ip().to_string(), starling.port().to_string()])
-            .args(["alice@starling.localhost/fed", "alice-pw", "127.0.0.1"])
-            .arg(EJ_C2S.to_string())
-            .args(["bob@ejabberd.localhost/fed", "bob-pw"])
-            .output()
-            .expect("run python")
-    })
-    .await
-    .unwrap()
-}
-
 fn check(out: &std::process::Output, ejabberd: &Ejabberd, nodes: &[&Server]) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let logs: Vec<String> = nodes.iter().map(|n| n.log()).collect();
@@ -136,7 +116,7 @@ async fn subscription_and_messages_with_ejabberd_single_node() {
     n.add_user("alice", "alice-pw");
     let ejabberd = Ejabberd::start();
     ejabberd.register("bob", "bob-pw");
-    let out = federate(n.c2s).await;
+    let out = federate(n.c2s, EJ_C2S, "bob@ejabberd.localhost/fed").await;
     check(&out, &ejabberd, &[&n]);
 }
 
@@ -151,6 +131,6 @@ async fn subscription_and_messages_with_ejabberd_across_the_cluster() {
     n3.add_user("alice", "alice-pw");
     let ejabberd = Ejabberd::start();
     ejabberd.register("bob", "bob-pw");
-    let out = federate(n3.c2s).await;
+    let out = federate(n3.c2s, EJ_C2S, "bob@ejabberd.localhost/fed").await;
     check(&out, &ejabberd, &[&n2, &n3]);
 }

@@ -144,7 +144,7 @@ async fn subscription_and_messages_with_prosody_across_the_cluster() {
     let prosody = Prosody::start(n2.s2s.expect("s2s on"), PROSODY_C2S, PROSODY_S2S, false);
     prosody.register("bob", "bob-pw");
 
-    let out = federate(n3.c2s, &prosody).await;
+    let out = federate(n3.c2s, prosody.c2s, "bob@prosody.localhost/fed").await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("ALL OK"),
@@ -162,26 +162,6 @@ async fn subscription_and_messages_with_prosody_across_the_cluster() {
     );
 }
 
-/// Run the slixmpp federation script: alice on `starling`, bob on `prosody`.
-async fn federate(starling: SocketAddr, prosody: &Prosody) -> std::process::Output {
-    let c2s = prosody.c2s;
-    tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/interop/slixmpp_federation.py"
-            ))
-            .args([starling.ip().to_string(), starling.port().to_string()])
-            .args(["alice@starling.localhost/fed", "alice-pw", "127.0.0.1"])
-            .arg(c2s.to_string())
-            .args(["bob@prosody.localhost/fed", "bob-pw"])
-            .output()
-            .expect("run python")
-    })
-    .await
-    .unwrap()
-}
-
 /// XEP-0288: Prosody offers a bidirectional link and Starling asks for it;
 /// federation works with Prosody's bidi module on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +170,7 @@ async fn bidirectional_link_with_prosody() {
     n.add_user("alice", "alice-pw");
     let prosody = Prosody::start(n.s2s.expect("s2s on"), BIDI_C2S, BIDI_S2S, true);
     prosody.register("bob", "bob-pw");
-    let out = federate(n.c2s, &prosody).await;
+    let out = federate(n.c2s, prosody.c2s, "bob@prosody.localhost/fed").await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("ALL OK"),

@@ -883,3 +883,28 @@ pub fn python() -> String {
     );
     venv.to_string()
 }
+
+/// Run tests/interop/slixmpp_federation.py: alice on Starling at
+/// `starling`, bob (`bob_jid`, password bob-pw) on a remote server whose
+/// c2s listens on 127.0.0.1:`remote_c2s`.
+pub async fn federate(
+    starling: SocketAddr,
+    remote_c2s: u16,
+    bob_jid: &'static str,
+) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/interop/slixmpp_federation.py"
+            ))
+            .args([starling.ip().to_string(), starling.port().to_string()])
+            .args(["alice@starling.localhost/fed", "alice-pw", "127.0.0.1"])
+            .arg(remote_c2s.to_string())
+            .args([bob_jid, "bob-pw"])
+            .output()
+            .expect("run python")
+    })
+    .await
+    .expect("federation script task")
+}
