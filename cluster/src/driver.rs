@@ -291,6 +291,15 @@ impl Driver {
         self.store.set_applied(last)?;
         // One flush for the batch, and only then the answers.
         self.store.flush()?;
+        // Published before the answers: whoever acts on an answer (relays a
+        // stanza) sends an applied index that covers it.
+        self.status.send_if_modified(|s| {
+            let newer = s.applied < last;
+            if newer {
+                s.applied = last;
+            }
+            newer
+        });
         for (r, out) in replies {
             let _ = r.send(Ok(out));
         }

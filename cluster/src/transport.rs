@@ -148,6 +148,7 @@ impl Raft for Service {
             from,
             payloads,
             sent_at_ms,
+            applied,
         } = req.into_inner();
         // Read long after it was sent (this process was paused): the sender
         // has given up on this attempt and may have routed it elsewhere.
@@ -155,6 +156,27 @@ impl Raft for Service {
         {
             tracing::warn!(from, "refusing a stale relay batch (sent {sent_at_ms})");
             return Err(RpcStatus::deadline_exceeded("stale relay batch"));
+        }
+        // Causality: what the sender had applied when it sent is applied
+        // here first (bounded: a lagging node delivers late, not never).
+        if applied > self.status.borrow().applied {
+            let mut st = self.status.clone();
+            let caught_up = tokio::time::timeout(RELAY_CATCH_UP, async {
+                while st.borrow_and_update().applied < applied {
+                    if st.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            if caught_up.is_err() {
+                tracing::info!(
+                    from,
+                    applied,
+                    here = self.status.borrow().applied,
+                    "relay batch handed on before this node applied as far as its sender"
+                );
+            }
         }
         let mut receipts = Vec::with_capacity(payloads.len());
         for payload in payloads {
@@ -452,6 +474,9 @@ const RELAY_QUEUE: usize = 8192;
 const RELAY_STALE: Duration = Duration::from_millis(2500);
 /// How long a receiver waits for the application to take a payload.
 const RELAY_ANSWER: Duration = Duration::from_secs(8);
+/// How long a relay batch waits for this node to apply what its sender had
+/// applied when it sent the batch.
+const RELAY_CATCH_UP: Duration = Duration::from_secs(1);
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -711,6 +736,7 @@ async fn relay_task(
                             from,
                             payloads: payloads.clone(),
                             sent_at_ms: unix_ms(),
+                            applied: status.borrow().applied,
                         },
                         &secret,
                     );
@@ -781,6 +807,7 @@ pub async fn remote_relay(addr: &str, secret: &str, payload: Vec<u8>) -> Result<
             from: 0,
             payloads: vec![payload],
             sent_at_ms: unix_ms(),
+            applied: 0,
         },
         secret,
     ))

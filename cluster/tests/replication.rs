@@ -331,3 +331,47 @@ async fn wrong_secret_cannot_join_and_nodes_can_be_removed() {
         n.cluster.shutdown();
     }
 }
+
+/// A relayed payload reaches the application only once the receiving node
+/// has applied what its sender had applied when it sent it: a stanza never
+/// overtakes the replicated change made before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_does_not_overtake_the_log() {
+    let nodes = three(1000).await;
+    let (n1, n3) = (&nodes[0], &nodes[2]);
+    let mut incoming = n3.cluster.take_relay_receiver().expect("relay receiver");
+    // Node 3 falls behind: it misses this commit while cut off.
+    n3.cluster.set_isolated(true);
+    n1.cluster
+        .propose(b"made-before-the-relay".to_vec(), WAIT)
+        .await
+        .expect("the majority commits");
+    assert!(!n3.commands().contains(&"made-before-the-relay".to_string()));
+    // Healed, and at once a payload from node 1, which has applied it.
+    n3.cluster.set_isolated(false);
+    let (receipt, answered) = tokio::sync::oneshot::channel();
+    assert!(n1
+        .cluster
+        .relay(3, b"hello".to_vec(), Some(receipt))
+        .is_ok());
+    let got = tokio::time::timeout(WAIT, incoming.recv())
+        .await
+        .expect("the relay arrives")
+        .expect("relay stream open");
+    assert_eq!((got.from, got.payload.as_slice()), (1, &b"hello"[..]));
+    assert!(
+        n3.commands().contains(&"made-before-the-relay".to_string()),
+        "the relay was handed on before the change that preceded it was applied"
+    );
+    let _ = got.receipt.send(true);
+    assert_eq!(
+        tokio::time::timeout(WAIT, answered)
+            .await
+            .ok()
+            .and_then(|r| r.ok()),
+        Some(true)
+    );
+    for n in &nodes {
+        n.cluster.shutdown();
+    }
+}
