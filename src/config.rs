@@ -69,6 +69,10 @@ pub struct S2sSection {
     pub idle_timeout_secs: u64,
     /// Stanzas waiting per remote domain while its link is set up.
     pub queue: usize,
+    /// Sustained inbound bytes per second on one incoming link (it carries
+    /// many users' traffic), and the burst over it.
+    pub rate_bytes_per_sec: u64,
+    pub rate_burst_bytes: u64,
 }
 
 impl Default for S2sSection {
@@ -83,6 +87,8 @@ impl Default for S2sSection {
             connect_timeout_secs: 10,
             idle_timeout_secs: 600,
             queue: 1000,
+            rate_bytes_per_sec: 1024 * 1024,
+            rate_burst_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -184,13 +190,19 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key for `cert`.
     pub key: Option<PathBuf>,
+    /// Send TLS 1.3 session tickets (resumption). Off by default, like
+    /// Prosody: XMPP connections are long-lived, and some clients (Smack's
+    /// NIO stack) handle post-handshake tickets badly.
+    pub session_tickets: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrationConfig {
     /// Allow in-band registration (XEP-0077) of new accounts.
     pub allow: bool,
+    /// Accounts one IP address may register in-band per hour (this node).
+    pub per_address_per_hour: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -222,6 +234,18 @@ pub struct LimitsConfig {
     pub vcard_size: usize,
     /// How long a stream-management session waits to be resumed (XEP-0198).
     pub resume_timeout_secs: u64,
+    /// Bytes kept for an offline user (XEP-0160); more get <resource-constraint/>.
+    pub offline_bytes: usize,
+    /// Stanzas sent to a client and not yet acknowledged (XEP-0198), also
+    /// while it waits to be resumed; past this or `sm_unacked_bytes` the
+    /// session ends with <resource-constraint/> and they go to offline storage.
+    pub sm_unacked: usize,
+    pub sm_unacked_bytes: usize,
+    /// Presence stanzas held for an inactive client (XEP-0352, one per
+    /// sender); past this they are all sent at once.
+    pub csi_held: usize,
+    /// Private XML namespaces (XEP-0049) one account may store.
+    pub private_items: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -278,6 +302,20 @@ impl Default for LimitsConfig {
             offline_messages: 1000,
             vcard_size: 64 * 1024,
             resume_timeout_secs: 300,
+            offline_bytes: 4 * 1024 * 1024,
+            sm_unacked: 1000,
+            sm_unacked_bytes: 4 * 1024 * 1024,
+            csi_held: 500,
+            private_items: 100,
+        }
+    }
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig {
+            allow: false,
+            per_address_per_hour: 5,
         }
     }
 }
@@ -462,6 +500,7 @@ impl Config {
             ("s2s.connect_timeout_secs", self.s2s.connect_timeout_secs),
             ("s2s.idle_timeout_secs", self.s2s.idle_timeout_secs),
             ("s2s.queue", self.s2s.queue as u64),
+            ("s2s.rate_bytes_per_sec", self.s2s.rate_bytes_per_sec),
         ] {
             if v == 0 {
                 return Err(ConfigError::BadValue {
@@ -496,6 +535,15 @@ impl Config {
             ("limits.offline_messages", l.offline_messages as u64),
             ("limits.vcard_size", l.vcard_size as u64),
             ("limits.resume_timeout_secs", l.resume_timeout_secs),
+            ("limits.offline_bytes", l.offline_bytes as u64),
+            ("limits.sm_unacked", l.sm_unacked as u64),
+            ("limits.sm_unacked_bytes", l.sm_unacked_bytes as u64),
+            ("limits.csi_held", l.csi_held as u64),
+            ("limits.private_items", l.private_items as u64),
+            (
+                "registration.per_address_per_hour",
+                self.registration.per_address_per_hour as u64,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::BadValue {

@@ -367,6 +367,7 @@ fn store_offline(
         username: username.to_string(),
         stanza: msg.to_xml(ns::CLIENT),
         quota: ctx.config.limits.offline_messages,
+        quota_bytes: ctx.config.limits.offline_bytes,
     };
     let owning = ctx.replicator.owning();
     ctx.replicator.runtime().spawn(async move {

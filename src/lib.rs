@@ -12,6 +12,7 @@ pub mod liveness;
 pub mod local_cluster;
 pub mod modules;
 pub mod presence;
+pub mod rate_limit;
 pub mod replication;
 pub mod route;
 pub mod router;

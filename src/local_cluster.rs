@@ -84,7 +84,8 @@ pub fn up(nodes: u8, dir: &Path, offset: u16) -> ExitCode {
                 "STARLING_CLUSTER_JOIN",
                 if i == 1 { String::new() } else { seed.clone() },
             )
-            .stdout(Stdio::piped());
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -93,6 +94,14 @@ pub fn up(nodes: u8, dir: &Path, offset: u16) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        // Its log lines, marked with the node they come from.
+        if let Some(err) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    eprintln!("node {i} | {line}");
+                }
+            });
+        }
         // Wait for its ready line before the next one joins.
         let Some(out) = child.stdout.take() else {
             stop(&mut children);

@@ -277,12 +277,25 @@ fn init_logging(level: &str) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(log_directives(level)));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// `[log] level`: a bare level past info ("debug", "trace") applies to
+/// Starling and Raft only; the libraries under it (HTTP/2, TLS, sled) stay
+/// at info, since their internals would drown what matters. A directive
+/// list ("info,stanza=trace") is taken as written.
+fn log_directives(level: &str) -> String {
+    match level.trim() {
+        l @ ("debug" | "trace") => {
+            format!("info,starling={l},starling_cluster={l},raft={l},stanza={l}")
+        }
+        other => other.to_string(),
+    }
 }
 
 fn password(given: Option<String>) -> Result<String, String> {
@@ -342,6 +355,19 @@ fn run_user_op(config: &Config, op: &AdminOp) -> Result<Vec<String>, String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
     let state = State::open(&config.data_dir).map_err(|e| e.to_string())?;
+    // A member of a multi-node cluster takes changes only through Raft: a
+    // change written here would reach no other node and be overwritten.
+    let members = starling_cluster::storage::stored_peers(state.db()).unwrap_or_default();
+    if members.len() > 1 && !matches!(op, AdminOp::List) {
+        return Err(format!(
+            "{} belongs to node {} of a {}-node cluster and no node is running on it; \
+             a change made here would not reach the other nodes. Start this node and run \
+             the command again, or run it against the data dir of any running member",
+            config.data_dir.display(),
+            config.cluster.node_id,
+            members.len()
+        ));
+    }
     // No node is running: apply locally; the node replicates its state
     // from here on (the data dir belongs to this node alone).
     admin::execute(&state, &config.domain, op, |cmd| state.apply(cmd))

@@ -77,6 +77,8 @@ pub enum StateEvent {
     /// `bare` has messages waiting offline while this node holds the
     /// resource that should get them (XEP-0160): deliver them now.
     OfflineWaiting(String),
+    /// The account (a username) was deleted: its sessions here end.
+    AccountDeleted(String),
 }
 
 pub type EventHook = Box<dyn Fn(StateEvent) + Send + Sync>;
@@ -129,6 +131,10 @@ impl ReplicatedState {
         let waiting = match cmd {
             Command::PurgeNode { node } => {
                 self.emit(StateEvent::Purged(*node));
+                None
+            }
+            Command::DeleteAccount { username } => {
+                self.emit(StateEvent::AccountDeleted(username.clone()));
                 None
             }
             Command::OfflinePush { username, .. } => Some(format!("{username}@{}", self.domain)),

@@ -212,7 +212,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         &config.data_dir,
         &config.domain,
     )?;
-    let tls = crate::tls::server_config(&identity)?;
+    let tls = crate::tls::server_config(&identity, config.tls.session_tickets)?;
     let s2s_state = crate::s2s::S2s::new(&identity, &config.s2s, &cluster_secret(&config)?)?;
     let admin = crate::admin::bind(&config.data_dir).map_err(|source| StartError::Bind {
         key: "admin socket",

@@ -10,7 +10,9 @@
 //!   majority): its live sessions register again, and their presence is
 //!   said again, so nobody routes around them;
 //! - messages wait offline while a resource here should have them
-//!   (XEP-0160): they are delivered now.
+//!   (XEP-0160): they are delivered now;
+//! - an account was deleted (on any node): its sessions here end with
+//!   `<not-authorized/>`.
 
 use std::sync::Arc;
 
@@ -30,11 +32,23 @@ pub fn on_event(ctx: &Arc<ServerCtx>, ev: StateEvent) {
             ctx.replicator.cluster().take_back(node)
         }
         StateEvent::Purged(_) => register_again(ctx),
+        StateEvent::AccountDeleted(user) => account_deleted(ctx, &user),
         StateEvent::OfflineWaiting(bare) => {
             if let Some(p) = BareJid::new(&bare).ok().and_then(|b| ctx.presence.get(&b)) {
                 p.do_send(crate::presence::FlushOffline);
             }
         }
+    }
+}
+
+fn account_deleted(ctx: &ServerCtx, user: &str) {
+    let Ok(bare) = BareJid::new(&format!("{user}@{}", ctx.config.domain)) else {
+        return;
+    };
+    let gone = StreamError::with_text(StreamCondition::NotAuthorized, "account removed");
+    for entry in ctx.router.resources(&bare) {
+        tracing::info!(jid = %bare, resource = %entry.resource, "account deleted: ending its session");
+        entry.addr.do_send(CloseStream(gone.clone()));
     }
 }
 

@@ -61,7 +61,10 @@ pub fn load_identity(
 }
 
 /// The client-to-server TLS config for `identity`.
-pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(
+    identity: &Identity,
+    session_tickets: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let identity = identity.clone();
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -70,6 +73,9 @@ pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, TlsError>
         .with_single_cert(identity.certs, identity.key)?;
     // XEP-0368 direct TLS uses ALPN "xmpp-client"; accept it, do not require it.
     config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+    if !session_tickets {
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
 }
 

@@ -197,3 +197,33 @@ async fn register_change_password_cancel() {
         Err("not-authorized".into())
     );
 }
+
+/// One address registers at most `[registration] per_address_per_hour`
+/// accounts; failed attempts do not count.
+#[tokio::test]
+async fn registration_is_limited_per_address() {
+    let s = Server::start_with(&[
+        ("STARLING_REGISTRATION_ALLOW", "true"),
+        ("STARLING_REGISTRATION_PER_ADDRESS_PER_HOUR", "2"),
+    ]);
+    let (mut c, _) = pre_auth_stream(&s).await;
+    let r = c.iq(register_set("bad@name", "x")).await;
+    assert_eq!(stanza_condition(&r).as_deref(), Some("jid-malformed"));
+    for user in ["first", "second"] {
+        let r = c.iq(register_set(user, "pw")).await;
+        assert_eq!(r.attr("type"), Some("result"), "{user}: {r:?}");
+    }
+    let (mut c, _) = pre_auth_stream(&s).await;
+    let r = c.iq(register_set("third", "pw")).await;
+    assert_eq!(
+        stanza_condition(&r).as_deref(),
+        Some("resource-constraint"),
+        "{r:?}"
+    );
+    let out = s.user_cmd(&["list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("second") && !listed.contains("third"),
+        "{listed}"
+    );
+}

@@ -103,3 +103,28 @@ async fn plaintext_when_tls_is_not_required() {
     c.open().await;
     c.bind(None).await.expect("bind");
 }
+
+/// `[tls] session_tickets`: off by default (no TLS 1.3 ticket after the
+/// handshake), on when set. Checked with OpenSSL's client, which reports
+/// each ticket it receives.
+#[tokio::test]
+async fn tls13_session_tickets_follow_the_setting() {
+    fn tickets(addr: std::net::SocketAddr) -> usize {
+        // stdin stays open for a second (tickets arrive after the
+        // handshake), then s_client ends.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "sleep 1 | timeout 10 openssl s_client -connect {addr} -tls1_3 -servername localhost"
+            ))
+            .output()
+            .expect("openssl (bash .ci/run installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("TLSv1.3"), "handshake: {text}");
+        text.matches("New Session Ticket arrived").count()
+    }
+    let off = Server::start();
+    assert_eq!(tickets(off.c2s_tls.expect("direct TLS")), 0);
+    let on = Server::start_with(&[("STARLING_TLS_SESSION_TICKETS", "true")]);
+    assert!(tickets(on.c2s_tls.expect("direct TLS")) > 0);
+}

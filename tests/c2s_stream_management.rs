@@ -267,3 +267,70 @@ async fn client_state_indication_holds_presence_not_messages() {
         .iter()
         .all(|e| e.name != "presence"));
 }
+
+/// A client that never acknowledges cannot make the server hold without
+/// bound: past `[limits] sm_unacked` the session ends with
+/// <resource-constraint/>, and what it had not acknowledged waits offline.
+#[tokio::test]
+async fn unacknowledged_stanzas_are_capped_and_kept() {
+    let s = Server::start_with(&[("STARLING_LIMITS_SM_UNACKED", "5")]);
+    users(&s);
+    let (mut a, _) = sm_login(&s, "alice", "r").await;
+    let mut b = Client::online(s.c2s, "bob", "pw", "r").await;
+    for i in 1..=6 {
+        b.send(&format!(
+            "<message to='alice@localhost' type='chat' id='u{i}'><body>{i}</body></message>"
+        ))
+        .await;
+    }
+    assert_eq!(a.stream_error().await, "resource-constraint");
+    drop(a);
+    // Everything alice never acknowledged reaches her next session.
+    let mut again = Client::login(s.c2s, "alice", "pw", "r2").await;
+    again.send("<presence/>").await;
+    let seen = again.collect_for(Duration::from_secs(3)).await;
+    let ids: Vec<_> = seen
+        .iter()
+        .filter(|e| e.name == "message")
+        .filter_map(|e| e.attr("id"))
+        .collect();
+    assert_eq!(ids, vec!["u1", "u2", "u3", "u4", "u5", "u6"]);
+}
+
+/// The CSI buffer is bounded: past `[limits] csi_held` senders, what is
+/// held goes out at once.
+#[tokio::test]
+async fn client_state_indication_buffer_is_bounded() {
+    let s = Server::start_with(&[("STARLING_LIMITS_CSI_HELD", "3")]);
+    s.add_user("alice", "pw");
+    let mut a = Client::online(s.c2s, "alice", "pw", "r").await;
+    a.send("<inactive xmlns='urn:xmpp:csi:0'/>").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut senders = Vec::new();
+    for i in 1..=4 {
+        let user = format!("u{i}");
+        s.add_user(&user, "pw");
+        let mut c = Client::online(s.c2s, &user, "pw", "r").await;
+        c.send("<presence to='alice@localhost/r'/>").await;
+        senders.push(c);
+        if i == 3 {
+            let seen = a.collect_for(Duration::from_millis(300)).await;
+            assert!(seen.iter().all(|e| e.name != "presence"), "held: {seen:?}");
+        }
+    }
+    let mut from = Vec::new();
+    while from.len() < 4 {
+        let p = a.stanza("presence").await;
+        from.push(p.attr("from").unwrap_or_default().to_string());
+    }
+    from.sort();
+    assert_eq!(
+        from,
+        vec![
+            "u1@localhost/r",
+            "u2@localhost/r",
+            "u3@localhost/r",
+            "u4@localhost/r"
+        ]
+    );
+}

@@ -54,10 +54,19 @@ async fn three_nodes_behind_haproxy() {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("STARLING_LOG_LEVEL", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("starling cluster up");
     let out = up.stdout.take().unwrap();
+    // The nodes' log lines, each marked with its node.
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let err = up.stderr.take().unwrap();
+    let kept = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            kept.lock().unwrap().push(line);
+        }
+    });
     let _up = Kill(up);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -69,6 +78,20 @@ async fn three_nodes_behind_haproxy() {
     });
     rx.recv_timeout(Duration::from_secs(90))
         .expect("cluster up did not start its nodes");
+    // Each node made its certificate on first start and said so (warn).
+    for i in 1..=3 {
+        let prefix = format!("node {i} | ");
+        let said = logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with(&prefix) && l.contains("self-signed"));
+        assert!(
+            said,
+            "no log line marked {prefix:?}: {:?}",
+            logs.lock().unwrap()
+        );
+    }
 
     // Accounts through node 1's admin socket.
     for (u, p) in [("alice", "pw"), ("bob", "pw")] {

@@ -170,9 +170,18 @@ async fn a_node_without_a_majority_refuses_writes() {
         );
     let r = c.iq(reg).await;
     assert_eq!(r.attr("type"), Some("error"), "{r:?}");
-    // Reads still work: the existing account can authenticate...
-    assert!(can_login(&n1, "alice", "pw").await);
-    // ...but the node tells load balancers it is not ready, while alive.
+    // A login cannot confirm current credentials without a majority: it
+    // gets a retryable failure (its client tries again, through the load
+    // balancer, on a node that can)...
+    let mut c = Client::connect(n1.c2s).await;
+    c.open().await;
+    let mut c = c.starttls().await;
+    c.open().await;
+    assert_eq!(
+        c.auth_scram("SCRAM-SHA-256", "alice", "pw").await,
+        Err("temporary-auth-failure".into())
+    );
+    // ...and the node tells load balancers it is not ready, while alive.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (code, body) = http_get(n1.http, "/health/ready").await;
@@ -376,4 +385,48 @@ async fn concurrent_roster_edits_survive_a_restart_consistently() {
         );
         assert!(!ok.is_empty(), "{u}: some edits were acknowledged");
     }
+}
+
+/// Logins read current credentials on every node (Raft ReadIndex before
+/// the lookup), a deleted account's sessions end on every node, and the
+/// offline `user` command refuses to change a multi-node member's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_are_current_on_every_node() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let n1 = node(1, None);
+    let n2 = node(2, Some(&n1));
+    let mut n3 = node(3, Some(&n1));
+    wait_members(&n1, SECRET, 3).await;
+    // Made on node 1: logs in on nodes 2 and 3 at the first try.
+    n1.add_user("alice", "pw-a");
+    assert!(can_login(&n2, "alice", "pw-a").await, "node 2, no retry");
+    assert!(can_login(&n3, "alice", "pw-a").await, "node 3, no retry");
+
+    // Deleted through node 1: bob's sessions on nodes 2 and 3 end, and
+    // his password stops working everywhere at once.
+    n1.add_user("bob", "pw-b");
+    let mut b2 = Client::online(n2.c2s, "bob", "pw-b", "two").await;
+    let mut b3 = Client::online(n3.c2s, "bob", "pw-b", "three").await;
+    let out = n1.user_cmd(&["del", "bob"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(b2.stream_error().await, "not-authorized");
+    assert_eq!(b3.stream_error().await, "not-authorized");
+    assert!(!can_login(&n3, "bob", "pw-b").await);
+    assert!(!can_login(&n2, "bob", "pw-b").await);
+
+    // Node 3 stopped: its data dir belongs to a 3-node cluster, so a
+    // change made on it offline is refused with what to do instead.
+    assert!(n3.terminate().success());
+    let out = n3.user_cmd(&["add", "eve", "--password", "pw-e"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused: {err}");
+    assert!(
+        err.contains("3-node cluster") && err.contains("Start this node"),
+        "{err}"
+    );
+    // Reading is fine.
+    let out = n3.user_cmd(&["list"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("alice"));
+    drop(n2);
 }

@@ -303,3 +303,27 @@ async fn vcard_private_last_time() {
         .unwrap();
     assert!(secs < 60);
 }
+
+/// XEP-0049 storage is capped per account: past `[limits] private_items`
+/// namespaces a new one gets <resource-constraint/>; stored ones still
+/// change.
+#[tokio::test]
+async fn private_storage_is_capped() {
+    let s = Server::start_with(&[("STARLING_LIMITS_PRIVATE_ITEMS", "2")]);
+    users(&s);
+    let mut a = Client::online(s.c2s, "alice", "pw", "r").await;
+    let store = |ns: &str, v: &str| {
+        set(Element::new("query", "jabber:iq:private")
+            .with_child(Element::new("prefs", ns).with_attr("v", v)))
+    };
+    for ns in ["urn:example:one", "urn:example:two"] {
+        assert_eq!(a.iq(store(ns, "1")).await.attr("type"), Some("result"));
+    }
+    let r = a.iq(store("urn:example:three", "1")).await;
+    assert_eq!(stanza_condition(&r).as_deref(), Some("resource-constraint"));
+    assert_eq!(
+        a.iq(store("urn:example:one", "2")).await.attr("type"),
+        Some("result"),
+        "a stored namespace still changes"
+    );
+}

@@ -43,6 +43,9 @@ pub struct Driver {
     pending: HashMap<u128, (Reply, Vec<u8>)>,
     last_leader: u64,
     pending_changes: HashMap<u128, PeersReply>,
+    /// ReadIndex requests waiting for the leader: context -> reply.
+    next_read: u64,
+    pending_reads: HashMap<Vec<u8>, oneshot::Sender<u64>>,
 }
 
 impl Driver {
@@ -95,6 +98,8 @@ impl Driver {
             pending: HashMap::new(),
             last_leader: 0,
             pending_changes: HashMap::new(),
+            next_read: 0,
+            pending_reads: HashMap::new(),
         })
     }
 
@@ -171,6 +176,14 @@ impl Driver {
                 self.raw.report_snapshot(node, status);
             }
             Cmd::TransferLeader(node) => self.raw.transfer_leader(node),
+            Cmd::ReadIndex(reply) => {
+                // Callers that gave up (no leader) leave closed senders.
+                self.pending_reads.retain(|_, r| !r.is_closed());
+                self.next_read += 1;
+                let ctx = self.next_read.to_be_bytes().to_vec();
+                self.pending_reads.insert(ctx.clone(), reply);
+                self.raw.read_index(ctx);
+            }
             Cmd::SetPeers(peers) => {
                 if let Err(e) = self.store.set_peers(&peers) {
                     tracing::error!(error = %e, "cannot store peers");
@@ -207,6 +220,12 @@ impl Driver {
         // 1. Messages that need no durable write go out at once.
         if !ready.messages().is_empty() {
             self.transport.send(ready.take_messages());
+        }
+        // Confirmed reads: the index to wait for.
+        for rs in ready.take_read_states() {
+            if let Some(r) = self.pending_reads.remove(&rs.request_ctx) {
+                let _ = r.send(rs.index);
+            }
         }
         // 2. A snapshot from the leader replaces our state.
         if !ready.snapshot().is_empty() {

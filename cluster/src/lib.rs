@@ -161,6 +161,9 @@ pub(crate) enum Cmd {
     SetPeers(Vec<(u64, String)>),
     /// A snapshot to this peer was delivered (true) or lost (false).
     SnapshotSent(u64, bool),
+    /// Raft ReadIndex: answered with the leader's commit index once the
+    /// leader has confirmed it still leads.
+    ReadIndex(oneshot::Sender<u64>),
 }
 
 /// A running node. Dropping it does not stop it; call [`Cluster::shutdown`].
@@ -312,6 +315,36 @@ impl Cluster {
                 Err(_) => return Err(ClusterError::NoQuorum),
             }
         }
+    }
+
+    /// Wait until this node has applied everything the cluster had
+    /// committed when asked (Raft ReadIndex: the leader confirms with a
+    /// quorum that it still leads): a read of local state after this is at
+    /// least as new as any write acknowledged before the call. Fails with
+    /// `NoQuorum` when no leader answers within `timeout`.
+    pub async fn caught_up(&self, timeout: Duration) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // raft-rs drops a read it cannot serve yet (no leader, or a leader
+        // that has not committed in its term): ask again now and then.
+        let index = loop {
+            let (tx, rx) = oneshot::channel();
+            self.tx
+                .send(Cmd::ReadIndex(tx))
+                .await
+                .map_err(|_| ClusterError::Stopped)?;
+            let retry = (tokio::time::Instant::now() + Duration::from_millis(300)).min(deadline);
+            match tokio::time::timeout_at(retry, rx).await {
+                Ok(Ok(i)) => break i,
+                Ok(Err(_)) => return Err(ClusterError::Stopped),
+                Err(_) if retry >= deadline => return Err(ClusterError::NoQuorum),
+                Err(_) => {}
+            }
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.wait_for(left, |s| s.applied >= index)
+            .await
+            .map(|_| ())
+            .map_err(|_| ClusterError::NoQuorum)
     }
 
     /// Remove a member (through raft, so every node agrees).

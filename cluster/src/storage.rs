@@ -57,6 +57,18 @@ pub struct SledStorage {
     applied: Arc<AtomicU64>,
 }
 
+/// The members recorded in a node's database, read without starting the
+/// node (and without creating anything in a database that has none).
+pub fn stored_peers(db: &sled::Db) -> Result<Vec<(u64, String)>, StoreError> {
+    if !db.tree_names().iter().any(|n| n.as_ref() == b"raft_meta") {
+        return Ok(Vec::new());
+    }
+    match db.open_tree("raft_meta")?.get(PEERS)? {
+        Some(b) => serde_json::from_slice(&b).map_err(corrupt),
+        None => Ok(Vec::new()),
+    }
+}
+
 impl SledStorage {
     pub fn open(db: sled::Db, sm: Arc<dyn StateMachine>) -> Result<Self, StoreError> {
         let log = db.open_tree("raft_log")?;

@@ -104,41 +104,7 @@ pub async fn writer(
 /// queue holds nothing (an unboxed event is ~100 bytes).
 pub type Inbound = Box<Result<StreamEvent, ParseError>>;
 
-/// A token bucket over inbound bytes (the per-connection rate limit).
-pub struct RateLimit {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: tokio::time::Instant,
-}
-
-impl RateLimit {
-    pub fn new(rate: u64, burst: u64) -> Self {
-        RateLimit {
-            rate: rate as f64,
-            burst: burst.max(rate) as f64,
-            tokens: burst.max(rate) as f64,
-            last: tokio::time::Instant::now(),
-        }
-    }
-
-    /// Charge `bytes`; sleeps while the bucket is in debt, which stops
-    /// reading and lets TCP push back on the client.
-    pub async fn charge(&mut self, bytes: usize) {
-        let now = tokio::time::Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        self.tokens -= bytes as f64;
-        if self.tokens < 0.0 {
-            // Boxed: a timer is large, and only a throttled client needs one.
-            Box::pin(tokio::time::sleep(Duration::from_secs_f64(
-                -self.tokens / self.rate,
-            )))
-            .await;
-        }
-    }
-}
+pub use crate::rate_limit::RateLimit;
 
 /// Parse events and pass them to the session; stops after the stream ends
 /// or fails, or when the session goes away.

@@ -325,11 +325,13 @@ pub async fn install_session(
     sm.set_inbound(state.inbound);
     sm.outbound = state.outbound;
     sm.acked = state.acked;
-    sm.unacked = state
-        .unacked
-        .iter()
-        .filter_map(|x| crate::xml::parse_fragment(x).ok())
-        .collect();
+    sm.set_unacked(
+        state
+            .unacked
+            .iter()
+            .filter_map(|x| crate::xml::parse_fragment(x).ok())
+            .collect(),
+    );
     // Bound here first, so stanzas that follow the session queue in it.
     let presence = ctx.presence.get_or_start(ctx, &jid.to_bare());
     let session = C2sSession::resumed(

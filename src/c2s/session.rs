@@ -175,6 +175,11 @@ impl C2sSession {
     /// Write raw XML (stream management and other non-stanza elements).
     fn write(&mut self, data: String, ctx: &mut Context<Self>) {
         let Some(conn) = &mut self.conn else { return };
+        // `[log] level = "info,stanza=trace"`: every stanza, in the session's span.
+        if tracing::enabled!(target: "stanza", tracing::Level::TRACE) {
+            let _g = self.span.enter();
+            tracing::trace!(target: "stanza", out = %data);
+        }
         if conn.out.try_send(Outbound::Data(data)).is_err() {
             self.close(
                 StreamError::with_text(
@@ -190,6 +195,8 @@ impl C2sSession {
     /// with stream management, held while inactive if it is presence.
     pub fn send(&mut self, el: &Element, ctx: &mut Context<Self>) {
         if self.closed {
+            // Reached a session that is ending: not lost with it.
+            self.give_back(el.clone());
             return;
         }
         // XEP-0352: presence waits (the latest per sender) while inactive.
@@ -198,14 +205,43 @@ impl C2sSession {
             self.held
                 .retain(|p| p.attr("from").map(str::to_string) != from);
             self.held.push(el.clone());
+            // Bounded: past the cap, everything held goes out now (the
+            // client pays the radio wake-up once, the server holds little).
+            if self.held.len() > self.ctx.config.limits.csi_held {
+                tracing::debug!(held = self.held.len(), "CSI buffer full; flushing");
+                self.inactive = false;
+                for p in std::mem::take(&mut self.held) {
+                    self.send(&p, ctx);
+                }
+                self.inactive = true;
+            }
             return;
         }
+        let xml = el.to_xml(ns::CLIENT);
         if let Some(sm) = &mut self.sm {
             if is_stanza(el) {
-                sm.sent(el);
+                sm.sent(el, xml.len());
+                // A client that never acknowledges (or never comes back to
+                // resume) cannot make the server hold unbounded data: the
+                // session ends and what it holds goes to offline storage.
+                let limits = &self.ctx.config.limits;
+                if sm.over(limits.sm_unacked, limits.sm_unacked_bytes) {
+                    let unacked = sm.unacked.len();
+                    self.span.in_scope(|| {
+                        tracing::warn!(unacked, "too much unacknowledged; ending the session")
+                    });
+                    self.close(
+                        StreamError::with_text(
+                            StreamCondition::ResourceConstraint,
+                            "too many unacknowledged stanzas",
+                        ),
+                        ctx,
+                    );
+                    return;
+                }
             }
         }
-        self.write(el.to_xml(ns::CLIENT), ctx);
+        self.write(xml, ctx);
         // Ask for an acknowledgement now and then (XEP-0198 §4).
         let ask = self.sm.as_ref().is_some_and(|s| s.unacked.len() >= 5) && !self.ack_requested;
         if ask && self.conn.is_some() {
@@ -218,6 +254,14 @@ impl C2sSession {
     pub fn close(&mut self, err: StreamError, ctx: &mut Context<Self>) {
         if !self.closed {
             self.closed = true;
+            // Nothing new is routed here from now on; what is already on
+            // its way is given back (send).
+            if !self.moved {
+                self.ctx.router.unbind(&self.jid, self.id);
+                // In order: what the client never acknowledged goes back
+                // before anything still on its way here.
+                self.redeliver_unacked();
+            }
             let _g = self.span.enter();
             tracing::info!(%err, "closing session");
             if let Some(conn) = &mut self.conn {
@@ -228,6 +272,10 @@ impl C2sSession {
                     }
                 }
             }
+            // Stop once what is already in the mailbox was handled (given
+            // back): stopping now would drop it with the mailbox.
+            ctx.address().do_send(Finish);
+            return;
         }
         ctx.stop();
     }
@@ -384,6 +432,10 @@ impl C2sSession {
     }
 
     fn handle_stanza(&mut self, mut el: Element, ctx: &mut Context<Self>) {
+        if tracing::enabled!(target: "stanza", tracing::Level::TRACE) {
+            let _g = self.span.enter();
+            tracing::trace!(target: "stanza", r#in = %el.to_xml(ns::CLIENT));
+        }
         if el.ns == SM_NS {
             return self.handle_sm(el, ctx);
         }
@@ -578,12 +630,21 @@ impl C2sSession {
     /// resource takes them), iq requests get an error, presence is dropped.
     fn redeliver_unacked(&mut self) {
         let Some(sm) = self.sm.as_mut() else { return };
-        let pending: Vec<Element> = sm.unacked.drain(..).collect();
-        let bare = Jid::from(self.jid.to_bare());
+        let pending: Vec<Element> = sm.take_unacked();
         for el in pending {
+            self.give_back(el);
+        }
+    }
+
+    /// A stanza this session will never deliver: a message goes through
+    /// delivery again (another resource, or offline storage), an iq
+    /// request gets an error, presence is dropped.
+    fn give_back(&mut self, el: Element) {
+        let bare = Jid::from(self.jid.to_bare());
+        {
             match el.name.as_str() {
                 "message" => {
-                    let _ = delivery::message(&self.ctx, el, bare.clone());
+                    let _ = delivery::message(&self.ctx, el, bare);
                 }
                 "iq" if matches!(el.attr("type"), Some("get") | Some("set")) => {
                     let mut err =
@@ -703,11 +764,28 @@ impl Handler<Deliver> for C2sSession {
     }
 }
 
+/// Stop a closed session after the stanzas queued before its close.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Finish;
+
+impl Handler<Finish> for C2sSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Finish, ctx: &mut Context<Self>) {
+        // A router lookup made just before the unbind may still be
+        // sending: a moment more for it.
+        ctx.run_later(Duration::from_millis(20), |_, ctx| ctx.stop());
+    }
+}
+
 impl Handler<CloseStream> for C2sSession {
     type Result = ();
 
     fn handle(&mut self, msg: CloseStream, ctx: &mut Context<Self>) {
-        self.close(msg.0, ctx);
+        if !self.closed {
+            self.close(msg.0, ctx);
+        }
     }
 }
 

@@ -31,6 +31,9 @@ pub struct SmState {
     pub acked: u32,
     /// Sent but not acknowledged, oldest first.
     pub unacked: VecDeque<Element>,
+    /// The serialized size of each of `unacked`, and their sum.
+    sizes: VecDeque<usize>,
+    unacked_bytes: usize,
 }
 
 /// The client acknowledged more than we sent (§4, handled-count-too-high).
@@ -52,7 +55,31 @@ impl SmState {
             outbound: 0,
             acked: 0,
             unacked: VecDeque::new(),
+            sizes: VecDeque::new(),
+            unacked_bytes: 0,
         }
+    }
+
+    /// Unacknowledged stanzas taken over from an earlier session (a resume).
+    pub fn set_unacked(&mut self, unacked: VecDeque<Element>) {
+        self.sizes = unacked
+            .iter()
+            .map(|e| e.to_xml(crate::xml::ns::CLIENT).len())
+            .collect();
+        self.unacked_bytes = self.sizes.iter().sum();
+        self.unacked = unacked;
+    }
+
+    /// Everything unacknowledged, oldest first, leaving none.
+    pub fn take_unacked(&mut self) -> Vec<Element> {
+        self.sizes.clear();
+        self.unacked_bytes = 0;
+        self.unacked.drain(..).collect()
+    }
+
+    /// More unacknowledged than `count` stanzas or `bytes` bytes.
+    pub fn over(&self, count: usize, bytes: usize) -> bool {
+        self.unacked.len() > count || self.unacked_bytes > bytes
     }
 
     /// A stanza handled at once.
@@ -110,9 +137,12 @@ impl SmState {
         self.pending.clear();
     }
 
-    pub fn sent(&mut self, stanza: &Element) {
+    /// A stanza went to the client; `bytes` is its serialized size.
+    pub fn sent(&mut self, stanza: &Element, bytes: usize) {
         self.outbound = self.outbound.wrapping_add(1);
         self.unacked.push_back(stanza.clone());
+        self.sizes.push_back(bytes);
+        self.unacked_bytes += bytes;
     }
 
     /// Apply an `<a h/>` (or a resume's `h`): drop what it acknowledges.
@@ -125,6 +155,8 @@ impl SmState {
             });
         }
         self.unacked.drain(..newly);
+        let freed: usize = self.sizes.drain(..newly.min(self.sizes.len())).sum();
+        self.unacked_bytes = self.unacked_bytes.saturating_sub(freed);
         self.acked = h;
         Ok(())
     }
@@ -142,7 +174,7 @@ mod tests {
     fn acks_drop_what_they_cover() {
         let mut s = SmState::new(None);
         for i in 0..5 {
-            s.sent(&msg(i));
+            s.sent(&msg(i), 10);
         }
         s.ack(3).unwrap();
         assert_eq!(s.unacked.len(), 2);
@@ -158,7 +190,7 @@ mod tests {
         s.outbound = u32::MAX - 1;
         s.acked = u32::MAX - 1;
         for i in 0..4 {
-            s.sent(&msg(i));
+            s.sent(&msg(i), 10);
         }
         assert_eq!(s.outbound, 2, "wrapped");
         // h wraps past 2^32 - 1 to 1: three stanzas acknowledged.

@@ -75,6 +75,16 @@ impl Module for Private {
                     ))
                     .into();
                 }
+                // A new namespace counts against the account's cap.
+                let known = ctx.state.private(&user, &key).ok().flatten().is_some();
+                let stored = ctx.state.private_count(&user).unwrap_or(0);
+                if !known && stored >= ctx.config.limits.private_items {
+                    return Err(StanzaError::with_text(
+                        StanzaCondition::ResourceConstraint,
+                        "too many private XML namespaces stored",
+                    ))
+                    .into();
+                }
                 super::commit_then(
                     ctx,
                     Command::SetPrivate {

@@ -34,7 +34,12 @@ fn storage_error(e: StateError) -> StanzaError {
 /// Handle an iq on an unauthenticated stream. `None` when it is not a
 /// registration request (the stream is then refused). `secure` says whether
 /// the transport satisfies the TLS policy.
-pub async fn pre_auth(ctx: &ServerCtx, iq: &Element, secure: bool) -> Option<Element> {
+pub async fn pre_auth(
+    ctx: &ServerCtx,
+    iq: &Element,
+    secure: bool,
+    peer: std::net::IpAddr,
+) -> Option<Element> {
     let q = iq.get_child("query", ns::REGISTER)?;
     if !ctx.config.registration.allow {
         return Some(
@@ -66,7 +71,25 @@ pub async fn pre_auth(ctx: &ServerCtx, iq: &Element, secure: bool) -> Option<Ele
                 "log in to cancel an account",
             ))
         }
-        Some("set") => create(ctx, q).await,
+        // One address cannot mint accounts without end (spam, squatting).
+        Some("set")
+            if !ctx
+                .throttle
+                .may_register(peer, ctx.config.registration.per_address_per_hour) =>
+        {
+            tracing::info!(%peer, "in-band registration refused: per-address limit");
+            Err(StanzaError::with_text(
+                StanzaCondition::ResourceConstraint,
+                "too many accounts registered from this address; try again later",
+            ))
+        }
+        Some("set") => {
+            let made = create(ctx, q).await;
+            if made.is_ok() {
+                ctx.throttle.registered(peer);
+            }
+            made
+        }
         _ => Err(StanzaError::new(StanzaCondition::BadRequest)),
     };
     Some(match reply {
@@ -132,7 +155,6 @@ impl Module for Register {
         }
         let q = req.payload;
         if q.get_child("remove", ns::REGISTER).is_some() {
-            let from = req.from.clone();
             let cmd = Command::DeleteAccount {
                 username: user.clone(),
             };
@@ -144,15 +166,11 @@ impl Module for Register {
                     return Err(storage_error(e)).into();
                 }
                 tracing::info!(user = %user, "account cancelled in-band");
+                // The user's other sessions, on every node, end when the
+                // deletion is applied (session_events.rs); this one ends
+                // after the result (XEP-0077 §3.2).
                 let gone =
                     StreamError::with_text(StreamCondition::NotAuthorized, "account removed");
-                for entry in c.router.resources(&from.to_bare()) {
-                    if entry.resource != from.resource().as_str() {
-                        entry
-                            .addr
-                            .do_send(crate::c2s::session::CloseStream(gone.clone()));
-                    }
-                }
                 IqResponse {
                     result: Ok(None),
                     close: Some(gone),

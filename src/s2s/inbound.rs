@@ -73,6 +73,12 @@ async fn serve(
     mut peer_cert: PeerCert,
 ) -> Result<(), S2sError> {
     let ours = ctx.config.domain.clone();
+    let s2s = &ctx.config.s2s;
+    conn.limit_rate(crate::rate_limit::RateLimit::new(
+        s2s.rate_bytes_per_sec,
+        s2s.rate_burst_bytes,
+    ));
+    let idle = Duration::from_secs(s2s.idle_timeout_secs);
     // Domains this stream has authenticated with dialback.
     let mut authenticated: HashSet<String> = HashSet::new();
     let auth_deadline =
@@ -135,7 +141,20 @@ async fn serve(
                     Err(_) => return Err(S2sError::Timeout),
                 }
             } else {
-                conn.next().await?
+                // An authenticated link silent this long is closed; the
+                // peer connects again when it has something to send.
+                match tokio::time::timeout(idle, conn.next()).await {
+                    Ok(ev) => ev?,
+                    Err(_) => {
+                        tracing::info!(peer = ?authenticated, "closing an idle incoming link");
+                        return fail(
+                            &mut conn,
+                            StreamCondition::ConnectionTimeout,
+                            "idle link closed",
+                        )
+                        .await;
+                    }
+                }
             };
             let el = match ev {
                 StreamEvent::Stanza(el) => el,

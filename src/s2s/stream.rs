@@ -28,6 +28,8 @@ pub struct Conn {
     reader: Reader,
     writer: WriteHalf<Box<dyn Io>>,
     pub tls: bool,
+    /// Inbound links only: what the peer may send per second.
+    rate: Option<crate::rate_limit::RateLimit>,
 }
 
 impl Conn {
@@ -37,7 +39,13 @@ impl Conn {
             reader: XmlStream::new(LazyBufReader::with_capacity(4096, r), ctx.xml_limits()),
             writer: w,
             tls,
+            rate: None,
         }
+    }
+
+    /// Limit what the peer may send (an incoming link).
+    pub fn limit_rate(&mut self, rate: crate::rate_limit::RateLimit) {
+        self.rate = Some(rate);
     }
 
     pub async fn send(&mut self, data: &str) -> Result<(), S2sError> {
@@ -47,7 +55,11 @@ impl Conn {
     }
 
     pub async fn next(&mut self) -> Result<StreamEvent, S2sError> {
-        Ok(self.reader.next().await?)
+        let ev = self.reader.next().await?;
+        if let Some(rate) = &mut self.rate {
+            rate.charge(self.reader.last_event_bytes()).await;
+        }
+        Ok(ev)
     }
 
     /// The next element, skipping whitespace keepalives. A stream error
@@ -204,6 +216,8 @@ pub fn server_tls(
     let id = identity.clone();
     let mut config = builder.with_single_cert(id.certs, id.key)?;
     config.alpn_protocols = vec![b"xmpp-server".to_vec()];
+    // Server links are long-lived and reconnect rarely: no resumption tickets.
+    config.send_tls13_tickets = 0;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 

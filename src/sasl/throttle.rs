@@ -14,7 +14,12 @@ const MAX_DELAY: Duration = Duration::from_secs(4);
 #[derive(Default)]
 pub struct AuthThrottle {
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// In-band registrations per address: (count, window start).
+    registrations: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
+
+/// The window of the per-address registration limit.
+const REGISTRATION_WINDOW: Duration = Duration::from_secs(3600);
 
 impl AuthThrottle {
     /// Record a failure and return how long to wait before answering it:
@@ -32,6 +37,29 @@ impl AuthThrottle {
         entry.0 += 1;
         entry.1 = now;
         (STEP * (entry.0 - 1)).min(MAX_DELAY)
+    }
+
+    /// May `ip` register one more account (at most `per_hour` an hour)?
+    pub fn may_register(&self, ip: IpAddr, per_hour: u32) -> bool {
+        let now = Instant::now();
+        let map = self.registrations.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&ip).is_none_or(|(n, since)| {
+            *n < per_hour || now.duration_since(*since) >= REGISTRATION_WINDOW
+        })
+    }
+
+    /// `ip` registered an account.
+    pub fn registered(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut map = self.registrations.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 100_000 {
+            map.retain(|_, (_, t)| now.duration_since(*t) < REGISTRATION_WINDOW);
+        }
+        let entry = map.entry(ip).or_insert((0, now));
+        if now.duration_since(entry.1) >= REGISTRATION_WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
     }
 
     pub fn succeed(&self, ip: IpAddr) {

@@ -43,11 +43,15 @@ pub enum Command {
         username: String,
         jid: String,
     },
-    /// Queue a message for an offline user (XEP-0160), refused past `quota`.
+    /// Queue a message for an offline user (XEP-0160), refused past
+    /// `quota` messages or `quota_bytes` bytes (0: no byte limit, as in
+    /// log entries written before it existed).
     OfflinePush {
         username: String,
         stanza: Xml,
         quota: usize,
+        #[serde(default)]
+        quota_bytes: usize,
     },
     /// Drop queued messages that were delivered: by their keys (the Raft
     /// index that stored each), or the first `count` (older log entries).
@@ -326,9 +330,15 @@ impl State {
                 username,
                 stanza,
                 quota,
+                quota_bytes,
             } => {
                 let p = roster::prefix(username);
-                if self.offline.scan_prefix(&p).count() >= *quota {
+                let (mut count, mut bytes) = (0usize, 0usize);
+                for v in self.offline.scan_prefix(&p).values() {
+                    count += 1;
+                    bytes += v?.len();
+                }
+                if count >= *quota || (*quota_bytes > 0 && bytes + stanza.len() > *quota_bytes) {
                     return Err(StateError::QuotaExceeded(username.clone()));
                 }
                 let seq = match index {
@@ -540,6 +550,20 @@ impl State {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// How many private XML fragments (XEP-0049) `user` stores.
+    pub fn private_count(&self, user: &str) -> Result<usize, StateError> {
+        let mut n = 0;
+        for k in self
+            .user_data
+            .scan_prefix(data_key(user, "private", ""))
+            .keys()
+        {
+            k?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     pub fn private(&self, user: &str, key: &str) -> Result<Option<Xml>, StateError> {
         Ok(self
             .user_data
@@ -587,9 +611,41 @@ mod tests {
             username: "bob".into(),
             stanza: format!("<message><body>{text}</body></message>"),
             quota: 100,
+            quota_bytes: 0,
         };
         s.apply_unflushed(LogIndex::Raft(index), &cmd)
             .expect("push");
+    }
+
+    /// XEP-0160 storage is capped by bytes as well as by count; an entry
+    /// logged before the byte cap existed (no field) has none.
+    #[test]
+    fn offline_storage_is_capped_by_bytes() {
+        let (_d, s) = state();
+        let big = |i: u64| Command::OfflinePush {
+            username: "bob".into(),
+            stanza: format!(
+                "<message id='{i}'><body>{}</body></message>",
+                "x".repeat(400)
+            ),
+            quota: 100,
+            quota_bytes: 1000,
+        };
+        s.apply_unflushed(LogIndex::Raft(1), &big(1))
+            .expect("first");
+        s.apply_unflushed(LogIndex::Raft(2), &big(2))
+            .expect("second");
+        assert!(matches!(
+            s.apply_unflushed(LogIndex::Raft(3), &big(3)),
+            Err(StateError::QuotaExceeded(_))
+        ));
+        let old: Command = serde_json::from_str(
+            r#"{"OfflinePush":{"username":"bob","stanza":"<message/>","quota":100}}"#,
+        )
+        .expect("an old log entry still parses");
+        s.apply_unflushed(LogIndex::Raft(4), &old)
+            .expect("no byte cap");
+        assert_eq!(s.offline_keyed("bob").expect("read").len(), 3);
     }
 
     /// Replicas agree byte for byte: offline keys are the Raft index of

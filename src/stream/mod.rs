@@ -251,7 +251,7 @@ async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
                 }
                 ("iq", ns::CLIENT) if s.authenticated.is_none() => {
                     let allowed = s.secure || !ctx.config.c2s.require_tls;
-                    match crate::modules::register::pre_auth(ctx, &el, allowed).await {
+                    match crate::modules::register::pre_auth(ctx, &el, allowed, s.peer.ip()).await {
                         Some(reply) => s.send_element(&reply).await?,
                         None => return Err(not_authorized()),
                     }

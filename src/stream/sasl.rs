@@ -48,7 +48,7 @@ pub async fn authenticate(
         }
         Err(failure) => {
             s.auth_attempts += 1;
-            if failure != SaslFailure::Aborted {
+            if failure != SaslFailure::Aborted && failure != SaslFailure::TemporaryAuthFailure {
                 let delay = ctx.throttle.fail(ip);
                 tokio::time::sleep(delay).await;
             }
@@ -70,6 +70,9 @@ pub async fn authenticate(
 }
 
 type Outcome = Result<(String, Option<Vec<u8>>), SaslFailure>;
+
+/// How long a login waits to read current credentials (Raft ReadIndex).
+const CURRENT_STATE: std::time::Duration = std::time::Duration::from_secs(3);
 
 async fn exchange(
     ctx: &ServerCtx,
@@ -93,6 +96,13 @@ async fn exchange(
         },
         Err(f) => return Ok(Err(f)),
     };
+    // Credentials are read from state at least as new as the cluster's
+    // commit: an account made or deleted on another node a moment ago is
+    // seen here as it is now.
+    if let Err(e) = ctx.replicator.cluster().caught_up(CURRENT_STATE).await {
+        tracing::warn!(error = %e, "cannot confirm current credentials with the cluster");
+        return Ok(Err(SaslFailure::TemporaryAuthFailure));
+    }
     if mechanism == "PLAIN" {
         return Ok(check_plain(ctx, &initial));
     }
