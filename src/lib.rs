@@ -10,6 +10,7 @@ pub mod drain;
 pub mod http;
 pub mod liveness;
 pub mod local_cluster;
+pub mod memory;
 pub mod modules;
 pub mod presence;
 pub mod rate_limit;

@@ -19,7 +19,7 @@ use crate::modules::roster;
 use crate::modules::subscription::{self, SubKind};
 use crate::router::{deliver, SessionEntry};
 use crate::server::ServerCtx;
-use crate::stanza_error::StanzaCondition;
+use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::{Command, RosterItem};
 use crate::xml::{ns, Element};
 
@@ -201,7 +201,14 @@ pub struct Directed {
     pub resource: String,
     pub to: String,
     pub available: bool,
+    /// Available presence to a local user: delivered here once tracked
+    /// (or refused past the cap).
+    pub deliver: Option<Element>,
 }
+
+/// Entities one resource may send directed presence to (RFC 6121 §4.6)
+/// and be tracked for its later unavailable presence.
+pub const MAX_DIRECTED: usize = 1000;
 
 /// A session ended.
 #[derive(Message)]
@@ -461,11 +468,39 @@ impl Handler<Directed> for UserPresence {
     type Result = ();
 
     fn handle(&mut self, msg: Directed, _: &mut Context<Self>) {
-        if let Some(r) = self.resources.get_mut(&msg.resource) {
-            if msg.available {
-                r.directed.insert(msg.to);
+        let Directed {
+            resource,
+            to,
+            available,
+            deliver,
+        } = msg;
+        if let Some(r) = self.resources.get_mut(&resource) {
+            if available {
+                // Bounded: each target is remembered until the resource
+                // goes unavailable.
+                if r.directed.len() >= MAX_DIRECTED && !r.directed.contains(&to) {
+                    if let Some(p) = deliver {
+                        tracing::info!(user = %self.bare, %resource, "directed presence refused: too many targets");
+                        let mut err = StanzaError::with_text(
+                            StanzaCondition::ResourceConstraint,
+                            "directed presence to too many entities",
+                        )
+                        .reply_to(&p);
+                        if let Ok(me) = self.bare.with_resource_str(&resource) {
+                            err.set_attr("to", me.to_string());
+                            deliver_presence(&self.ctx, err, &Jid::from(me));
+                        }
+                    }
+                    return;
+                }
+                r.directed.insert(to.clone());
             } else {
-                r.directed.remove(&msg.to);
+                r.directed.remove(&to);
+            }
+        }
+        if let Some(p) = deliver {
+            if let Ok(to) = Jid::new(&to) {
+                deliver_presence(&self.ctx, p, &to);
             }
         }
     }
@@ -662,6 +697,7 @@ pub fn from_client(
                         resource: from.resource().as_str().to_string(),
                         to: to.to_string(),
                         available: ptype == "available",
+                        deliver: None,
                     });
                 }
                 crate::s2s::send(ctx, stanza);
@@ -677,11 +713,31 @@ pub fn from_client(
                     return Some(crate::modules::blocking::blocked_error(&stanza));
                 }
                 let _ = node;
+                if ptype == "available" {
+                    // Tracked, then delivered, by the user's presence actor.
+                    let sent = actor.try_send(Directed {
+                        resource: from.resource().as_str().to_string(),
+                        to: to.to_string(),
+                        available: true,
+                        deliver: Some(stanza),
+                    });
+                    if let Err(e) = sent {
+                        tracing::warn!("presence actor overloaded; directed presence dropped");
+                        let stanza = match e {
+                            actix::prelude::SendError::Full(d)
+                            | actix::prelude::SendError::Closed(d) => d.deliver,
+                        };
+                        return stanza
+                            .and_then(|s| bounce(&s, StanzaCondition::ResourceConstraint));
+                    }
+                    return None;
+                }
                 if ptype != "error" {
                     let _ = actor.try_send(Directed {
                         resource: from.resource().as_str().to_string(),
                         to: to.to_string(),
-                        available: ptype == "available",
+                        available: false,
+                        deliver: None,
                     });
                 }
                 deliver_presence(ctx, stanza, &to);

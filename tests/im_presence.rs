@@ -249,3 +249,43 @@ async fn directed_presence_gets_its_unavailable() {
     let gone = presence_from(&mut c, "alice@localhost/r").await;
     assert_eq!(gone.attr("type"), Some("unavailable"));
 }
+
+/// Directed presence is tracked per resource (to send unavailable later,
+/// RFC 6121 §4.6) and bounded: past 1,000 targets a new one is refused
+/// with <resource-constraint/> instead of remembered without end.
+#[tokio::test]
+async fn directed_presence_targets_are_bounded() {
+    let s = Server::start();
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    let mut a = Client::online(s.c2s, "alice", "pw", "r").await;
+    let mut b = Client::online(s.c2s, "bob", "pw", "r").await;
+    for i in 0..1000 {
+        a.send(&format!("<presence to='nobody{i}@localhost'/>"))
+            .await;
+    }
+    a.send("<presence to='bob@localhost/r' id='one-too-many'/>")
+        .await;
+    let err = a
+        .wait_for(|e| e.name == "presence" && e.attr("type") == Some("error"))
+        .await;
+    assert_eq!(err.attr("id"), Some("one-too-many"));
+    assert_eq!(
+        stanza_condition(&err).as_deref(),
+        Some("resource-constraint")
+    );
+    let seen = b.collect_for(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !seen.iter().any(|e| e.attr("id") == Some("one-too-many")),
+        "not delivered: {seen:?}"
+    );
+    // A target already tracked still gets presence.
+    a.send("<presence to='nobody3@localhost' id='known'/>")
+        .await;
+    a.send("<presence type='unavailable' to='nobody3@localhost'/>")
+        .await;
+    a.send("<presence to='bob@localhost/r' id='room-again'/>")
+        .await;
+    let p = b.wait_for(|e| e.name == "presence").await;
+    assert_eq!(p.attr("id"), Some("room-again"));
+}

@@ -15,12 +15,13 @@
 //! so a saturated driver is visible. Client sockets are spread over
 //! 127.0.0.x source addresses so tens of thousands fit. Only loopback.
 //!
-//! `cargo bench --bench load -- --server 127.0.0.1:5222 --domain localhost
-//!   --users 1000 --register --scenario messages --rate 5000 --duration 10
-//!   --pid $(pgrep -n starling)`
+//! `cargo build --release -p starling-load && target/release/starling-load
+//!   --server 127.0.0.1:5222 --domain localhost --users 1000 --register
+//!   --scenario messages --rate 5000 --duration 10 --pid $(pgrep -n starling)`
 //!
-//! Without arguments (as `cargo test --all-targets` runs benches) it does a
-//! small self-contained run against a Starling it starts.
+//! Its own package (benches/load), so building it leaves the server binary
+//! as it was. `cargo test` runs a small self-contained run against a
+//! Starling it starts (the `starling` binary beside this one).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,6 +96,10 @@ struct Args {
     sync_parties: usize,
     #[arg(long, hide = true)]
     bench: bool,
+    /// idle: after the sessions log out, wait this many seconds and read
+    /// the server's resident memory again (0: do not).
+    #[arg(long, default_value_t = 0)]
+    logout_wait: u64,
 }
 
 type Tls = TlsStream<TcpStream>;
@@ -468,7 +473,7 @@ impl Report {
     }
 }
 
-async fn run(args: Args) {
+async fn run(args: Args) -> Report {
     let ctx = Arc::new(Ctx {
         // Any certificate: the servers under test use self-signed ones.
         tls: starling::s2s::stream::client_tls(false),
@@ -495,7 +500,7 @@ async fn run(args: Args) {
                 r
             }));
         }
-        let mut failed = 0;
+        let mut failed = 0u64;
         for t in tasks {
             if let Ok(Err(e)) = t.await {
                 if failed < 3 {
@@ -509,9 +514,10 @@ async fn run(args: Args) {
             args.users,
             t.elapsed().as_secs_f64()
         );
+        report.add("registration_failures", failed.to_string(), String::new());
     }
     if args.scenario == "register" {
-        return;
+        return report;
     }
     barrier(&args, "start").await;
     let (cpu0, rss0) = servers_stats(&args.pid);
@@ -573,6 +579,19 @@ async fn run(args: Args) {
                 ),
             );
             drop(conns);
+            if args.logout_wait > 0 {
+                tokio::time::sleep(Duration::from_secs(args.logout_wait)).await;
+                let (_, rss2) = servers_stats(&args.pid);
+                report.add(
+                    "rss_after_logout_mib",
+                    format!("{:.1}", rss2 as f64 / 1048576.0),
+                    format!(
+                        "server resident memory {:.1} MiB {} s after all logged out",
+                        rss2 as f64 / 1048576.0,
+                        args.logout_wait
+                    ),
+                );
+            }
         }
         _ => messages(&ctx, &mut report).await,
     }
@@ -599,7 +618,7 @@ async fn run(args: Args) {
         format!("errors: {}", ctx.errors.load(Ordering::Relaxed)),
     );
     report.lines.retain(|l| !l.is_empty());
-    report.print(&args.label, &args.scenario);
+    report
 }
 
 /// Messages at a fixed offered rate; each body carries its send time.
@@ -860,11 +879,27 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
     );
 }
 
-/// No arguments: a small self-contained run against a Starling started
-/// here (what `cargo test --all-targets` exercises).
+#[cfg(test)]
+/// The `starling` binary built beside this one (target/<profile>/, or one
+/// level up from a test harness in target/<profile>/deps/), or STARLING_BIN.
+fn starling_bin() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("STARLING_BIN") {
+        return p.into();
+    }
+    let me = std::env::current_exe().expect("own path");
+    me.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("starling"))
+        .find(|p| p.is_file())
+        .expect("the starling binary beside starling-load: build the workspace (cargo build)")
+}
+
+/// A small self-contained run against a Starling started here.
+#[cfg(test)]
 fn self_contained() -> (Args, std::process::Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+    let mut child = std::process::Command::new(starling_bin())
         .arg("serve")
         .env_clear()
         .env("STARLING_DATA_DIR", dir.path().join("data"))
@@ -875,6 +910,7 @@ fn self_contained() -> (Args, std::process::Child, tempfile::TempDir) {
         .env("STARLING_COMPONENT_LISTEN", "")
         .env("STARLING_CLUSTER_LISTEN", "127.0.0.1:0")
         .env("STARLING_REGISTRATION_ALLOW", "true")
+        .env("STARLING_REGISTRATION_PER_ADDRESS_PER_HOUR", "1000000")
         .env("STARLING_LOG_LEVEL", "warn")
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -889,7 +925,7 @@ fn self_contained() -> (Args, std::process::Child, tempfile::TempDir) {
         .expect("c2s address");
     let pid = child.id();
     let args = Args::parse_from([
-        "load",
+        "starling-load",
         "--server",
         &c2s.to_string(),
         "--users",
@@ -907,24 +943,44 @@ fn self_contained() -> (Args, std::process::Child, tempfile::TempDir) {
     (args, child, dir)
 }
 
-fn main() {
-    let raw: Vec<String> = std::env::args().collect();
-    // `cargo bench` passes --bench; `cargo test` passes nothing of ours.
-    let ours: Vec<String> = raw.iter().filter(|a| *a != "--bench").cloned().collect();
-    let (args, server) = if ours.len() <= 1 {
-        let (args, child, dir) = self_contained();
-        (args, Some((child, dir)))
-    } else {
-        (Args::parse_from(ours), None)
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime");
-    rt.block_on(run(args));
-    if let Some((mut child, _dir)) = server {
+        .expect("runtime")
+}
+
+fn main() {
+    let args = Args::parse();
+    let report = runtime().block_on(run(args.clone()));
+    report.print(&args.label, &args.scenario);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The driver against a real Starling: 20 accounts registered in-band,
+    /// two seconds of messages, every one answered, no errors.
+    #[test]
+    fn smoke_run() {
+        let (args, mut child, _dir) = self_contained();
+        let report = runtime().block_on(run(args.clone()));
         let _ = child.kill();
         let _ = child.wait();
+        report.print(&args.label, &args.scenario);
+        let field = |k: &str| {
+            report
+                .json
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("no {k} in the report"))
+        };
+        assert_eq!(field("registration_failures"), "0");
+        assert_eq!(field("errors"), "0");
+        let rate: f64 = field("msgs_per_sec").parse().expect("a number");
+        assert!(rate > 0.0, "messages went through");
     }
 }
