@@ -246,3 +246,42 @@ async fn cluster_status_without_the_secret_writes_nothing_and_says_how() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("leader"));
 }
+
+/// `[log] level = "info,stanza=trace"` logs every stanza in and out, in
+/// the session's span (its JID); plain "debug" keeps library internals
+/// (HTTP/2 frames, sled) out.
+#[tokio::test]
+async fn stanza_trace_logging_names_the_session() {
+    let s = Server::start_with(&[("STARLING_LOG_LEVEL", "info,stanza=trace")]);
+    s.add_user("alice", "pw");
+    let mut a = Client::online(s.c2s, "alice", "pw", "desk").await;
+    a.send(
+        "<message to='alice@localhost/desk' type='chat' id='traced-1'><body>hi</body></message>",
+    )
+    .await;
+    a.wait_for(|e| e.attr("id") == Some("traced-1")).await;
+    let log = s.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("traced-1")).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("jid=alice@localhost/desk") && l.contains(" in=")),
+        "inbound stanza logged in the session's span: {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("jid=alice@localhost/desk") && l.contains(" out=")),
+        "outbound stanza logged in the session's span: {lines:#?}"
+    );
+
+    let quiet = Server::start_with(&[("STARLING_LOG_LEVEL", "debug")]);
+    quiet.add_user("bob", "pw");
+    let _b = Client::online(quiet.c2s, "bob", "pw", "r").await;
+    let log = quiet.log();
+    assert!(log.contains("DEBUG"), "debug lines of Starling itself");
+    assert!(
+        !log.contains("h2::") && !log.contains("sled::") && !log.contains("rustls::"),
+        "no library internals at plain debug"
+    );
+}
