@@ -436,6 +436,14 @@ impl C2sSession {
             let _g = self.span.enter();
             tracing::trace!(target: "stanza", r#in = %el.to_xml(ns::CLIENT));
         }
+        if self.closed {
+            // Read after the stream was closed (the session drains its
+            // mailbox before it stops): never acknowledged, so the client
+            // sends it again on its next stream.
+            let _g = self.span.enter();
+            tracing::debug!(stanza = %el.name, "client stanza after close; not handled");
+            return;
+        }
         if el.ns == SM_NS {
             return self.handle_sm(el, ctx);
         }
