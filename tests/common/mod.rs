@@ -233,14 +233,14 @@ impl Drop for Server {
             let _ = c.wait();
         }
         // A failing test keeps its servers' logs (the temp dir goes).
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("STARLING_TEST_KEEP_LOGS").is_some() {
             let kept = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("failed-logs");
             let _ = std::fs::create_dir_all(&kept);
             let name = std::thread::current()
                 .name()
                 .unwrap_or("test")
                 .replace("::", "-");
-            let to = kept.join(format!("{name}-{}.log", self.c2s.port()));
+            let to = kept.join(format!("{name}-{}.log", self.c2s).replace(':', "-"));
             if std::fs::copy(&self.stderr_log, &to).is_ok() {
                 eprintln!("server log kept: {}", to.display());
             }
