@@ -194,13 +194,8 @@ impl C2sSession {
     /// Send a stanza to the client: counted and queued for acknowledgement
     /// with stream management, held while inactive if it is presence.
     pub fn send(&mut self, el: &Element, ctx: &mut Context<Self>) {
-        if self.closed {
-            // Reached a session that is ending: not lost with it.
-            self.give_back(el.clone());
-            return;
-        }
         // XEP-0352: presence waits (the latest per sender) while inactive.
-        if self.inactive && el.name == "presence" {
+        if self.inactive && !self.closed && el.name == "presence" {
             let from = el.attr("from").map(str::to_string);
             self.held
                 .retain(|p| p.attr("from").map(str::to_string) != from);
@@ -209,12 +204,25 @@ impl C2sSession {
             // client pays the radio wake-up once, the server holds little).
             if self.held.len() > self.ctx.config.limits.csi_held {
                 tracing::debug!(held = self.held.len(), "CSI buffer full; flushing");
-                self.inactive = false;
-                for p in std::mem::take(&mut self.held) {
-                    self.send(&p, ctx);
-                }
-                self.inactive = true;
+                self.flush_held(ctx);
             }
+            return;
+        }
+        self.send_now(el, ctx);
+    }
+
+    /// Send what CSI held, oldest first.
+    fn flush_held(&mut self, ctx: &mut Context<Self>) {
+        for p in std::mem::take(&mut self.held) {
+            self.send_now(&p, ctx);
+        }
+    }
+
+    /// [`Self::send`] past the CSI hold: counted for stream management, written.
+    fn send_now(&mut self, el: &Element, ctx: &mut Context<Self>) {
+        if self.closed {
+            // Reached a session that is ending: not lost with it.
+            self.give_back(el.clone());
             return;
         }
         let xml = el.to_xml(ns::CLIENT);
@@ -423,9 +431,7 @@ impl C2sSession {
             "inactive" => self.inactive = true,
             "active" => {
                 self.inactive = false;
-                for p in std::mem::take(&mut self.held) {
-                    self.send(&p, ctx);
-                }
+                self.flush_held(ctx);
             }
             _ => {}
         }
@@ -648,24 +654,20 @@ impl C2sSession {
     /// delivery again (another resource, or offline storage), an iq
     /// request gets an error, presence is dropped.
     fn give_back(&mut self, el: Element) {
-        let bare = Jid::from(self.jid.to_bare());
-        {
-            match el.name.as_str() {
-                "message" => {
-                    let _ = delivery::message(&self.ctx, el, bare);
-                }
-                "iq" if matches!(el.attr("type"), Some("get") | Some("set")) => {
-                    let mut err =
-                        StanzaError::new(StanzaCondition::RecipientUnavailable).reply_to(&el);
-                    err.set_attr("from", self.jid.to_string());
-                    if let Some(to) = err.attr("to").and_then(|t| jid::FullJid::new(t).ok()) {
-                        if let Some(t) = crate::route::full(&self.ctx, &to) {
-                            crate::route::send(&self.ctx, &t, err, None);
-                        }
+        match el.name.as_str() {
+            "message" => {
+                let _ = delivery::message(&self.ctx, el, Jid::from(self.jid.to_bare()));
+            }
+            "iq" if matches!(el.attr("type"), Some("get") | Some("set")) => {
+                let mut err = StanzaError::new(StanzaCondition::RecipientUnavailable).reply_to(&el);
+                err.set_attr("from", self.jid.to_string());
+                if let Some(to) = err.attr("to").and_then(|t| jid::FullJid::new(t).ok()) {
+                    if let Some(t) = crate::route::full(&self.ctx, &to) {
+                        crate::route::send(&self.ctx, &t, err, None);
                     }
                 }
-                _ => {}
             }
+            _ => {}
         }
     }
 }
