@@ -77,15 +77,25 @@ pub async fn writer(
             }
             buf.push_str("</stream:stream>");
         }
-        let write = async {
-            w.write_all(buf.as_bytes()).await?;
-            w.flush().await
-        };
-        // An abort while a write is blocked (the client stopped reading)
-        // drops the connection at once: an error cannot be written mid-stanza.
-        let ok = tokio::select! {
-            r = tokio::time::timeout(WRITE_TIMEOUT, write) => matches!(r, Ok(Ok(()))),
-            _ = &mut abort, if abort_live => false,
+        let ok = {
+            let write = tokio::time::timeout(WRITE_TIMEOUT, async {
+                w.write_all(buf.as_bytes()).await?;
+                w.flush().await
+            });
+            tokio::pin!(write);
+            // An abort while a write is blocked (the client stopped reading)
+            // drops the connection at once: an error cannot be written
+            // mid-stanza. The session merely going away is no abort: what
+            // it queued last (a <failed/>, a close) is still written.
+            loop {
+                tokio::select! {
+                    r = &mut write => break matches!(r, Ok(Ok(()))),
+                    e = &mut abort, if abort_live => match e {
+                        Ok(_) => break false,
+                        Err(_) => abort_live = false,
+                    },
+                }
+            }
         };
         if ran_dry {
             buf = String::new();
