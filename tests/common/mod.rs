@@ -459,6 +459,11 @@ impl Client {
 
     /// Separate the read side (for a reader task) from the write side;
     /// elements already read ahead come along.
+    /// What was read ahead and not yet taken, leaving none.
+    pub fn take_pending(&mut self) -> Vec<Element> {
+        self.pending.drain(..).collect()
+    }
+
     pub fn split_reader(
         self,
     ) -> (

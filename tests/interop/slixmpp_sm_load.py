@@ -5,8 +5,11 @@ users in turn, and on a dropped stream connects again and resumes.
 
 Prints "ONLINE" once every client has a session, then waits for a line on
 stdin ("GO") before sending. At the end prints one JSON line:
-{"sent": {id: to_user}, "received": {user: [ids]}, "resumed": n,
- "failures": [text]}.
+{"sent": {id: to_user}, "received": {user: [ids]}, "acked": [ids],
+ "resumed": n, "failures": [text]}. slixmpp drops a message it was still
+sending when its connection closed (its XEP-0198 filter runs after the
+disconnect, so the message is neither written nor queued for resending):
+only "acked" ones are the server's to deliver.
 
 usage: slixmpp_sm_load.py HOST PORT DOMAIN PASSWORD SECONDS TOTAL USER...
 (users are named uN; TOTAL is how many users take part in all)
@@ -42,6 +45,8 @@ class Client(slixmpp.ClientXMPP):
         self.online = asyncio.Event()
         self.ever_online = asyncio.Event()
         self.received = []
+        # Ids of our messages the server acknowledged (XEP-0198 <a h/>).
+        self.acked = []
         self.resumed = 0
         self.failures = []
         self.stopping = False
@@ -51,6 +56,7 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("disconnected", self.on_disconnected)
         self.add_event_handler("message", self.on_message)
         self.add_event_handler("failed_auth", self.on_failed_auth)
+        self.add_event_handler("stanza_acked", self.on_acked)
 
     async def on_start(self, _):
         if self.ever_online.is_set():
@@ -79,6 +85,10 @@ class Client(slixmpp.ClientXMPP):
     def reconnect_now(self):
         if not self.stopping:
             self.connect(host=HOST, port=int(PORT))
+
+    def on_acked(self, stanza):
+        if stanza.name == "message" and stanza["id"]:
+            self.acked.append(stanza["id"])
 
     def on_message(self, msg):
         if msg["type"] == "chat" and msg["id"]:
@@ -129,6 +139,7 @@ async def main():
             {
                 "sent": sent,
                 "received": {c.user: c.received for c in clients},
+                "acked": [i for c in clients for i in c.acked],
                 "resumed": sum(c.resumed for c in clients),
                 "failures": failures,
             }
