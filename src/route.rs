@@ -302,6 +302,16 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
         tracing::warn!(node, "returned relay is not a stanza; dropped");
         return answer(receipt, false);
     };
+    // A hand-off record pointing at the node that just gave this back is
+    // stale (the session moved on, or that node is gone): forget it, so
+    // the routing table decides from here.
+    {
+        let mut moved = ctx.moved.lock().unwrap_or_else(|e| e.into_inner());
+        if moved.get(to.as_str()).is_some_and(|(n, _)| *n == node) {
+            tracing::debug!(to = %to, node, "hand-off record for a node that gave the stanza back; forgotten");
+            moved.remove(to.as_str());
+        }
+    }
     let usable = |t: &Target| t.node != node || t.local.is_some();
     let mut elsewhere = full(&ctx, &to).filter(usable);
     if elsewhere.is_none() && el.name == "message" {
