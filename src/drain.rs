@@ -40,10 +40,14 @@ pub async fn drain(ctx: &Arc<ServerCtx>) {
             StreamCondition::SystemShutdown,
             "node draining; resume elsewhere",
         );
-        if let Ok(Some(state)) = addr.send(crate::c2s::session::TakeOver(reason)).await {
-            let order: Vec<u64> = (0..others.len())
-                .map(|k| others[(i + k) % others.len()])
-                .collect();
+        let order: Vec<u64> = (0..others.len())
+            .map(|k| others[(i + k) % others.len()])
+            .collect();
+        let take = crate::c2s::session::TakeOver {
+            reason,
+            to: order[0],
+        };
+        if let Ok(Some(state)) = addr.send(take).await {
             pushes.spawn(push(ctx.clone(), state, order));
         }
     }
@@ -73,10 +77,7 @@ pub async fn drain(ctx: &Arc<ServerCtx>) {
 /// (offline storage), as on a resume timeout (XEP-0198 §5).
 async fn push(ctx: Arc<ServerCtx>, state: HandOff, order: Vec<u64>) -> bool {
     for target in order {
-        ctx.moved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(state.jid.clone(), (target, std::time::Instant::now()));
+        crate::route::note_moved(&ctx, &state.jid, target);
         let token = ctx.next_session_id();
         let (tx, rx) = tokio::sync::oneshot::channel();
         ctx.push_acks
@@ -93,6 +94,22 @@ async fn push(ctx: Arc<ServerCtx>, state: HandOff, order: Vec<u64>) -> bool {
         );
         match tokio::time::timeout(PUSH_WAIT, rx).await {
             Ok(Ok(true)) => return true,
+            // No answer, but the table says the target bound it: the
+            // answer is late, and pushing elsewhere would make a second
+            // copy that replaces the first.
+            Err(_)
+                if ctx
+                    .state
+                    .session(&state.jid)
+                    .is_some_and(|r| r.node == target) =>
+            {
+                ctx.push_acks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&token);
+                tracing::info!(jid = %state.jid, target, "session push not answered, but bound there");
+                return true;
+            }
             _ => {
                 ctx.push_acks
                     .lock()

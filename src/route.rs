@@ -173,26 +173,35 @@ pub fn full(ctx: &ServerCtx, full: &FullJid) -> Option<Target> {
             local: Some(e),
         });
     }
-    // Handed to another node moments ago (the table may not say so yet).
+    let rec = ctx.state.session(full.as_str());
+    // Handed to another node moments ago (the table may not say so yet),
+    // unless the table has named another node since: then the session
+    // moved on again and the table is the newer word.
     let moved = ctx
         .moved
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(full.as_str())
         .copied();
-    if let Some((node, when)) = moved {
-        if when.elapsed() < std::time::Duration::from_secs(30) && node != ctx.node_id() {
-            tracing::trace!(to = %full, node, "route via moved");
+    if let Some(m) = moved {
+        let moved_on = rec
+            .as_ref()
+            .is_some_and(|r| r.node != ctx.node_id() && Some((r.node, r.sid)) != m.table_then);
+        if m.at.elapsed() < std::time::Duration::from_secs(30)
+            && m.node != ctx.node_id()
+            && !moved_on
+        {
+            tracing::trace!(to = %full, node = m.node, "route via moved");
             return Some(Target {
                 jid: full.to_string(),
-                node,
+                node: m.node,
                 available: true,
                 priority: 0,
                 local: None,
             });
         }
     }
-    let rec = ctx.state.session(full.as_str())?;
+    let rec = rec?;
     tracing::trace!(to = %full, node = rec.node, sid = rec.sid, "route via table");
     (rec.node != ctx.node_id()).then_some(Target {
         jid: rec.jid,
@@ -201,6 +210,20 @@ pub fn full(ctx: &ServerCtx, full: &FullJid) -> Option<Target> {
         priority: rec.priority,
         local: None,
     })
+}
+
+/// Session `jid` was handed to `node`: stanzas for it follow it there
+/// until the table says where it is.
+pub fn note_moved(ctx: &ServerCtx, jid: &str, node: u64) {
+    let table_then = ctx.state.session(jid).map(|r| (r.node, r.sid));
+    ctx.moved.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        jid.to_string(),
+        crate::server::Moved {
+            node,
+            at: std::time::Instant::now(),
+            table_then,
+        },
+    );
 }
 
 /// Send `stanza` to one session.
@@ -485,23 +508,18 @@ pub async fn serve_relays(
             } => {
                 let state = match ctx.sm_sessions.get(&previd, &user) {
                     Some((addr, _)) => addr
-                        .send(crate::c2s::session::TakeOver(
-                            crate::stream::StreamError::with_text(
+                        .send(crate::c2s::session::TakeOver {
+                            reason: crate::stream::StreamError::with_text(
                                 crate::stream::StreamCondition::Conflict,
                                 "session resumed elsewhere",
                             ),
-                        ))
+                            to: reply_to,
+                        })
                         .await
                         .ok()
                         .flatten(),
                     None => None,
                 };
-                if let Some(st) = &state {
-                    ctx.moved
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(st.jid.clone(), (reply_to, std::time::Instant::now()));
-                }
                 relay(&ctx, reply_to, &Relay::HandOffReply { token, state });
             }
             Relay::HandOffPush { state, token } => {

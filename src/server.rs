@@ -24,6 +24,16 @@ use crate::xml::XmlLimits;
 /// How long a stopping node waits for the messages it holds to be owned.
 const UNOWNED_GRACE: Duration = Duration::from_secs(5);
 
+/// Where a session handed over from this node went.
+#[derive(Clone, Copy, Debug)]
+pub struct Moved {
+    pub node: u64,
+    pub at: std::time::Instant,
+    /// The table's record (node, sid) when it left: once the table names
+    /// something else, the table knows better.
+    pub table_then: Option<(u64, u64)>,
+}
+
 /// Everything a connection needs, shared by all arbiters.
 pub struct ServerCtx {
     pub config: Config,
@@ -43,9 +53,9 @@ pub struct ServerCtx {
     pub presence: crate::presence::PresenceRegistry,
     /// Stream-management sessions that can be resumed (XEP-0198).
     pub sm_sessions: crate::c2s::stream_management::SmRegistry,
-    /// Sessions recently handed to another node: full JID -> (node, when).
-    /// Stanzas still arriving here are forwarded there.
-    pub moved: std::sync::Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
+    /// Sessions recently handed to another node, by full JID. Stanzas
+    /// still arriving here are forwarded there.
+    pub moved: std::sync::Mutex<std::collections::HashMap<String, Moved>>,
     /// The worker arbiters (set once the actix System runs).
     pub arbiters: std::sync::OnceLock<Vec<actix_rt::ArbiterHandle>>,
     /// Resumes waiting for another node to hand a session over.

@@ -334,11 +334,16 @@ pub async fn install_session(
     );
     // Bound here first, so stanzas that follow the session queue in it.
     let presence = ctx.presence.get_or_start(ctx, &jid.to_bare());
+    // A session pushed here (a drain) has no connection's span yet.
+    let span = match tracing::Span::current() {
+        s if s.is_none() => tracing::info_span!("c2s", sid, jid = %jid, from_node),
+        s => s,
+    };
     let session = C2sSession::resumed(
         sid,
         jid.clone(),
         ctx.clone(),
-        tracing::Span::current(),
+        span,
         presence.clone(),
         sm,
         last.clone(),

@@ -54,7 +54,13 @@ pub type Tagged = (u64, Inbound);
 /// quietly (no unavailable presence, nothing redelivered).
 #[derive(Message)]
 #[rtype(result = "Option<crate::route::HandOff>")]
-pub struct TakeOver(pub StreamError);
+pub struct TakeOver {
+    /// Why the client's connection here ends.
+    pub reason: StreamError,
+    /// The node the session goes to: stanzas for it follow it there from
+    /// the moment it leaves the router here.
+    pub to: u64,
+}
 
 /// A resuming connection takes over this session (XEP-0198 §5).
 #[derive(Message)]
@@ -620,7 +626,7 @@ impl C2sSession {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(self.jid.as_str())
-            .map(|(node, _)| *node);
+            .map(|m| m.node);
         let Some(node) = target.filter(|n| *n != self.ctx.node_id()) else {
             return false;
         };
@@ -824,7 +830,7 @@ impl Handler<TakeOver> for C2sSession {
         };
         // A connection still attached here is superseded.
         if let Some(mut old) = self.conn.take() {
-            let _ = old.out.try_send(Outbound::Close(Some(msg.0)));
+            let _ = old.out.try_send(Outbound::Close(Some(msg.reason)));
             old.reader.abort();
         }
         self.moved = true;
@@ -832,8 +838,10 @@ impl Handler<TakeOver> for C2sSession {
         if let Some(t) = self.resume_timer.take() {
             ctx.cancel_future(t);
         }
-        // Out of the router now, so new stanzas follow the session; the
-        // ones already queued here are forwarded (see `forward`).
+        // Out of the router now, so new stanzas follow the session (the
+        // table names this node until the new bind applies: `moved` says
+        // where it went); the ones already queued here are forwarded.
+        crate::route::note_moved(&self.ctx, self.jid.as_str(), msg.to);
         self.ctx.router.unbind(&self.jid, self.id);
         if let Some(id) = self.sm.as_ref().and_then(|s| s.id.clone()) {
             self.ctx.sm_sessions.remove(&id);

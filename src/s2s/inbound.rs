@@ -184,6 +184,12 @@ async fn serve(
                     .map_err(|e| S2sError::Tls(e.to_string()))?;
                 peer_cert = peer_certificate(&tls);
                 conn = stream::Conn::new(Box::new(tls), ctx, true);
+                // The limit holds on the encrypted stream too (once per
+                // link: STARTTLS cannot be repeated to refill the bucket).
+                conn.limit_rate(crate::rate_limit::RateLimit::new(
+                    s2s.rate_bytes_per_sec,
+                    s2s.rate_burst_bytes,
+                ));
                 continue 'stream;
             }
             if el.is("auth", ns::SASL) && conn.tls {

@@ -519,7 +519,13 @@ impl Client {
 
     /// Open a stream and return the features.
     pub async fn open(&mut self) -> Element {
-        self.send(HEADER).await;
+        self.open_to("localhost").await
+    }
+
+    /// Open a stream to `domain` and return the features.
+    pub async fn open_to(&mut self, domain: &str) -> Element {
+        self.send(&HEADER.replace("to='localhost'", &format!("to='{domain}'")))
+            .await;
         match self.read().await {
             Got::Header => {}
             other => panic!("expected a stream header, got {other:?}"),
@@ -669,14 +675,25 @@ impl Client {
 
     /// Full login over STARTTLS with SCRAM-SHA-256, bound to `resource`.
     pub async fn login(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Client {
+        Client::login_at(addr, "localhost", user, password, resource).await
+    }
+
+    /// [`Client::login`] to a server whose domain is `domain`.
+    pub async fn login_at(
+        addr: SocketAddr,
+        domain: &str,
+        user: &str,
+        password: &str,
+        resource: &str,
+    ) -> Client {
         let mut c = Client::connect(addr).await;
-        c.open().await;
+        c.open_to(domain).await;
         let mut c = c.starttls().await;
-        c.open().await;
+        c.open_to(domain).await;
         c.auth_scram("SCRAM-SHA-256", user, password)
             .await
             .expect("login");
-        let f = c.open().await;
+        let f = c.open_to(domain).await;
         assert!(f
             .get_child("bind", "urn:ietf:params:xml:ns:xmpp-bind")
             .is_some());
