@@ -16,7 +16,7 @@ const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// How long a drained node keeps forwarding to sessions it handed over.
 const LINGER: Duration = Duration::from_millis(500);
 /// How long one node gets to confirm a pushed session is bound there.
-const PUSH_WAIT: Duration = Duration::from_secs(2);
+const PUSH_WAIT: Duration = Duration::from_secs(3);
 
 pub async fn drain(ctx: &Arc<ServerCtx>) {
     ctx.draining.store(true, Ordering::Release);
@@ -92,32 +92,23 @@ async fn push(ctx: Arc<ServerCtx>, state: HandOff, order: Vec<u64>) -> bool {
                 token,
             },
         );
-        match tokio::time::timeout(PUSH_WAIT, rx).await {
-            Ok(Ok(true)) => return true,
-            // No answer, but the table says the target bound it: the
-            // answer is late, and pushing elsewhere would make a second
-            // copy that replaces the first.
-            Err(_)
-                if ctx
-                    .state
-                    .session(&state.jid)
-                    .is_some_and(|r| r.node == target) =>
-            {
-                ctx.push_acks
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&token);
-                tracing::info!(jid = %state.jid, target, "session push not answered, but bound there");
-                return true;
-            }
-            _ => {
-                ctx.push_acks
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&token);
-                tracing::warn!(jid = %state.jid, target, "session push not confirmed");
-            }
+        let confirmed = matches!(tokio::time::timeout(PUSH_WAIT, rx).await, Ok(Ok(true)));
+        if confirmed {
+            return true;
         }
+        ctx.push_acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&token);
+        // No answer (yet), or refused because a copy pushed earlier was
+        // bound first: the table knows. A copy bound elsewhere is the
+        // session; one more push could only lose to it.
+        if let Some(node) = bound_elsewhere(&ctx, &state) {
+            tracing::info!(jid = %state.jid, target, node, "session push not confirmed, but the session is bound there");
+            crate::route::note_moved(&ctx, &state.jid, node);
+            return true;
+        }
+        tracing::warn!(jid = %state.jid, target, "session push not confirmed");
     }
     ctx.moved
         .lock()
@@ -135,4 +126,13 @@ async fn push(ctx: Arc<ServerCtx>, state: HandOff, order: Vec<u64>) -> bool {
         }
     }
     false
+}
+
+/// The node where another copy of the handed-over session `state` is
+/// bound, per the table (same stream-management id, another node).
+fn bound_elsewhere(ctx: &ServerCtx, state: &HandOff) -> Option<u64> {
+    ctx.state
+        .session(&state.jid)
+        .filter(|r| r.node != ctx.node_id() && r.sm_id.as_deref() == Some(state.sm_id.as_str()))
+        .map(|r| r.node)
 }

@@ -363,7 +363,8 @@ impl UserPresence {
                 .with_attr("type", "subscribe")
                 .with_attr("from", item.jid.clone())
                 .with_attr("to", self.bare.to_string());
-            deliver(&me, req);
+            // A session that just ended has no use for it.
+            let _ = deliver(&me, req);
         }
         // XEP-0160: offline messages go to the first resource with non-negative priority.
         if priority >= 0 {
@@ -390,7 +391,13 @@ impl UserPresence {
                 continue;
             }
             match crate::xml::parse_fragment(&xml) {
-                Ok(el) => deliver(to, el),
+                Ok(el) => {
+                    if deliver(to, el).is_err() {
+                        // The session ended: the message stays stored.
+                        self.delivered_offline.remove(&key);
+                        break;
+                    }
+                }
                 Err(e) => {
                     tracing::error!(key, error = %e, "stored offline message does not parse; dropped")
                 }

@@ -138,7 +138,7 @@ impl ReplicatedState {
                 None
             }
             Command::OfflinePush { username, .. } => Some(format!("{username}@{}", self.domain)),
-            Command::SessionBind { record } | Command::SessionPresence { record }
+            Command::SessionBind { record, .. } | Command::SessionPresence { record }
                 if record.available && record.priority >= 0 =>
             {
                 record.jid.split_once('/').map(|(b, _)| b.to_string())

@@ -115,6 +115,10 @@ pub struct HandOff {
     pub interested: bool,
     pub blocklist_interested: bool,
     pub carbons: bool,
+    /// The session record it leaves, `(node, sid)`: its new bind lands
+    /// only in place of that one (see `Command::SessionBind`).
+    #[serde(default)]
+    pub holder: Option<(u64, u64)>,
 }
 
 /// The other nodes where `bare` has sessions (per the session table).
@@ -249,10 +253,13 @@ pub fn send_owned(
 ) {
     match &target.local {
         Some(e) => {
-            if satisfied(e, require) {
-                deliver(e, stanza);
+            if !satisfied(e, require) {
+                return answer(receipt, true);
             }
-            answer(receipt, true);
+            match (deliver(e, stanza), FullJid::new(&target.jid)) {
+                (Err(el), Ok(to)) => redeliver(ctx, el, &to, receipt),
+                _ => answer(receipt, true),
+            }
         }
         None => relay_owned(
             ctx,
@@ -279,7 +286,18 @@ fn relay_owned(ctx: &ServerCtx, node: u64, msg: &Relay, receipt: Option<Receipt>
         tracing::error!(node, "cannot encode a relay message; dropped");
         return answer(receipt, false);
     };
-    if let Err(back) = ctx.replicator.cluster().relay(node, bytes, receipt) {
+    // Hand-overs never wait behind a batch of stanzas (see `Lane`).
+    let lane = match msg {
+        Relay::HandOffRequest { .. }
+        | Relay::HandOffReply { .. }
+        | Relay::HandOffPush { .. }
+        | Relay::HandOffPushed { .. }
+        | Relay::Drain => starling_cluster::Lane::Control,
+        Relay::Stanza { .. } | Relay::Probe { .. } | Relay::Component { .. } => {
+            starling_cluster::Lane::Stanzas
+        }
+    };
+    if let Err(back) = ctx.replicator.cluster().relay(node, lane, bytes, receipt) {
         tracing::warn!(
             node,
             "cannot queue a relay to node (unknown or queue full); routing it again"
@@ -330,7 +348,7 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
     // the routing table decides from here.
     {
         let mut moved = ctx.moved.lock().unwrap_or_else(|e| e.into_inner());
-        if moved.get(to.as_str()).is_some_and(|(n, _)| *n == node) {
+        if moved.get(to.as_str()).is_some_and(|m| m.node == node) {
             tracing::debug!(to = %to, node, "hand-off record for a node that gave the stanza back; forgotten");
             moved.remove(to.as_str());
         }
@@ -387,7 +405,12 @@ const SETTLE: std::time::Duration = std::time::Duration::from_millis(1500);
 async fn settle_location(ctx: &ServerCtx, to: &FullJid, exclude: Option<u64>) -> Option<Target> {
     let deadline = tokio::time::Instant::now() + SETTLE;
     loop {
-        if let Some(t) = full(ctx, to).filter(|t| Some(t.node) != exclude || t.local.is_some()) {
+        // A local session that has ended is no answer (it gave the stanza back).
+        let live = |t: &Target| t.local.as_ref().is_none_or(|e| e.addr.connected());
+        if let Some(t) = full(ctx, to)
+            .filter(|t| Some(t.node) != exclude || t.local.is_some())
+            .filter(live)
+        {
             return Some(t);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -450,10 +473,10 @@ pub async fn serve_relays(
                     continue;
                 };
                 if let Some(e) = ctx.router.get_full(&to) {
-                    if satisfied(&e, require) {
-                        deliver(&e, el);
+                    match satisfied(&e, require).then(|| deliver(&e, el)) {
+                        Some(Err(el)) => redeliver(&ctx, el, &to, receipt),
+                        _ => answer(receipt, true),
                     }
-                    answer(receipt, true);
                 } else if let Some(buf) = ctx
                     .arriving
                     .lock()
@@ -463,14 +486,42 @@ pub async fn serve_relays(
                     // Handed to us and not bound yet: it waits a moment.
                     buf.push((el, require));
                     answer(receipt, true);
+                } else if from != 0 && ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
+                    // This node is leaving: it does not take on a message
+                    // it would have to pass on (a node that exits with a
+                    // message in flight cannot tell whether it arrived, and
+                    // the sender would send it again). Refused: the sender,
+                    // which keeps it, routes it itself.
+                    tracing::info!(to = %to, from, hops, "draining: a relayed stanza for a session not here goes back to its sender");
+                    answer(receipt, false);
                 } else if hops >= FINAL_HOPS {
                     redeliver_now(&ctx, el, &to, receipt);
                 } else if hops < MAX_HOPS {
                     // The session moved on: follow it.
-                    // (Even back to the sender: its replica was behind, e.g.
-                    // right after a drain handed the session there; hops
-                    // bound this.)
-                    if let Some(t) = full(&ctx, &to).filter(|t| t.local.is_none()) {
+                    let next = full(&ctx, &to).filter(|t| t.local.is_none());
+                    // Handed to the sender from here: it is there, even if
+                    // the sender's table did not say so when it sent.
+                    let handed_to_sender = ctx
+                        .moved
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(to.as_str())
+                        .is_some_and(|m| m.node == from);
+                    if let Some(t) = next
+                        .as_ref()
+                        .filter(|t| t.node == from && from != 0 && !handed_to_sender)
+                    {
+                        // Only the table (perhaps behind) says the sender:
+                        // not straight back, as the sender waits for this
+                        // answer and would read the relay only behind the
+                        // batch that carried this stanza (each waiting on
+                        // the other until the answer times out, and the
+                        // stanza goes out twice). The session is most
+                        // likely on its way here (a resume whose hand-over
+                        // has not landed yet): wait for it a moment.
+                        tracing::debug!(to = %to, from, node = t.node, hops, "relayed stanza would go back to its sender; settling here");
+                        redeliver_after(&ctx, el, &to, receipt, Settle::Excluding(from), require);
+                    } else if let Some(t) = next {
                         relay_owned(
                             &ctx,
                             t.node,
@@ -648,7 +699,9 @@ pub fn arrived(ctx: &ServerCtx, jid: &FullJid, entry: Option<SessionEntry>) {
         match &entry {
             Some(e) => {
                 if satisfied(e, require) {
-                    deliver(e, el);
+                    if let Err(el) = deliver(e, el) {
+                        redeliver(ctx, el, jid, None);
+                    }
                 }
             }
             None => redeliver(ctx, el, jid, None),
@@ -661,12 +714,23 @@ pub fn arrived(ctx: &ServerCtx, jid: &FullJid, entry: Option<SessionEntry>) {
 /// rather than vanish; anything else is dropped. Never waits here: the
 /// offline commit is awaited on a task of its own.
 fn redeliver(ctx: &ServerCtx, el: Element, to: &FullJid, receipt: Option<Receipt>) {
-    redeliver_after(ctx, el, to, receipt, true)
+    redeliver_after(ctx, el, to, receipt, Settle::Anywhere, None)
 }
 
 /// [`redeliver`] without looking again (a final relay).
 fn redeliver_now(ctx: &ServerCtx, el: Element, to: &FullJid, receipt: Option<Receipt>) {
-    redeliver_after(ctx, el, to, receipt, false)
+    redeliver_after(ctx, el, to, receipt, Settle::No, None)
+}
+
+/// Whether [`redeliver_after`] first gives the session a moment to appear.
+#[derive(Clone, Copy)]
+enum Settle {
+    No,
+    Anywhere,
+    /// Anywhere but on the given node (the sender, waiting for the
+    /// answer), which gets it back (final) if it shows up nowhere else;
+    /// any stanza, not only a message, waits for its session.
+    Excluding(u64),
 }
 
 fn redeliver_after(
@@ -674,14 +738,16 @@ fn redeliver_after(
     el: Element,
     to: &FullJid,
     receipt: Option<Receipt>,
-    settle: bool,
+    settle: Settle,
+    require: Option<Require>,
 ) {
-    if el.name != "message" {
+    let waits = el.name == "message" || matches!(settle, Settle::Excluding(_));
+    if !waits {
         tracing::info!(to = %to, stanza = %el.name, "stanza for a session that is not here; dropped");
         return answer(receipt, true);
     }
     let Some(c) = ctx.arc() else {
-        tracing::warn!(to = %to, "server stopping: message dropped");
+        tracing::warn!(to = %to, stanza = %el.name, "server stopping: stanza dropped");
         return answer(receipt, false);
     };
     let to = to.clone();
@@ -690,20 +756,20 @@ fn redeliver_after(
         let _owning = owning;
         // The session may be between nodes, or this node's replica behind:
         // give the table a moment before falling back to the bare JID.
-        let found = if settle {
-            settle_location(&c, &to, None).await
-        } else {
-            None
+        let found = match settle {
+            Settle::No => None,
+            Settle::Anywhere => settle_location(&c, &to, None).await,
+            Settle::Excluding(node) => settle_location(&c, &to, Some(node)).await,
         };
         if let Some(t) = found {
             match &t.local {
-                Some(_) => send_owned(&c, &t, el, None, receipt),
+                Some(_) => send_owned(&c, &t, el, require, receipt),
                 None => relay_owned(
                     &c,
                     t.node,
                     &Relay::Stanza {
                         to: to.to_string(),
-                        require: None,
+                        require,
                         xml: el.to_xml(ns::CLIENT),
                         hops: FINAL_HOPS,
                     },
@@ -711,6 +777,21 @@ fn redeliver_after(
                 ),
             }
             return;
+        }
+        if let Settle::Excluding(node) = settle {
+            // It did not come here: the table's word (the sender) stands,
+            // and the sender delivers or stores it, not passes it on.
+            return relay_owned(
+                &c,
+                node,
+                &Relay::Stanza {
+                    to: to.to_string(),
+                    require,
+                    xml: el.to_xml(ns::CLIENT),
+                    hops: FINAL_HOPS,
+                },
+                receipt,
+            );
         }
         let owned = crate::delivery::store_or_route(&c, el, &to, None).await;
         if !owned {

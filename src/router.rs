@@ -121,15 +121,28 @@ impl Router {
 }
 
 /// Hand a stanza to a session. A session whose mailbox is full cannot keep
-/// up: it is cut off rather than allowed to grow memory without bound.
-pub fn deliver(entry: &SessionEntry, stanza: Element) {
-    if let Err(e) = entry.addr.try_send(Deliver(stanza)) {
-        if matches!(e, actix::prelude::SendError::Full(_)) {
+/// up: it is cut off rather than allowed to grow memory without bound. The
+/// stanza that found it full still goes in, ahead of the close, so it ends
+/// like the rest of the queue: what the client never acknowledged goes
+/// back through delivery (XEP-0198 §5), not nowhere. A session that ended
+/// as the stanza reached it gives the stanza back (`Err`) for the caller
+/// to route again.
+pub fn deliver(entry: &SessionEntry, stanza: Element) -> Result<(), Element> {
+    use actix::prelude::SendError;
+    match entry.addr.try_send(Deliver(stanza)) {
+        Ok(()) => Ok(()),
+        Err(SendError::Full(last)) => {
             tracing::warn!(resource = %entry.resource, "session too slow; cutting it off");
+            entry.addr.do_send(last);
             entry.addr.do_send(CloseStream(StreamError::with_text(
                 StreamCondition::ResourceConstraint,
                 "too many stanzas queued for this client",
             )));
+            Ok(())
+        }
+        Err(SendError::Closed(Deliver(el))) => {
+            tracing::debug!(resource = %entry.resource, stanza = %el.name, "session ended as the stanza reached it; given back");
+            Err(el)
         }
     }
 }

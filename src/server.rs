@@ -23,6 +23,8 @@ use crate::xml::XmlLimits;
 
 /// How long a stopping node waits for the messages it holds to be owned.
 const UNOWNED_GRACE: Duration = Duration::from_secs(5);
+/// How often a node that restarted tries to purge its old sessions.
+const PURGE_TRIES: u32 = 10;
 
 /// Where a session handed over from this node went.
 #[derive(Clone, Copy, Debug)]
@@ -273,10 +275,39 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
     }));
     // Sessions this node held before a restart are gone.
-    if let Err(e) = ctx.commit(&crate::state::Command::PurgeNode {
+    let purge = crate::state::Command::PurgeNode {
         node: ctx.node_id(),
-    }) {
-        tracing::warn!(error = %e, "could not purge this node's old sessions");
+    };
+    if let Err(e) = ctx.commit(&purge) {
+        // Left in the table, they would route messages here for sessions
+        // that are gone (each found missing and routed again, slowly): try
+        // again in the background. A purge landing after this node bound
+        // new sessions registers them again (session_events.rs).
+        tracing::info!(error = %e, "could not purge this node's old sessions yet; retrying");
+        let c = ctx.clone();
+        ctx.replicator.runtime().spawn(async move {
+            for _ in 0..PURGE_TRIES {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let me = c.node_id();
+                let stale = c.state.all_sessions().into_iter().any(|r| {
+                    r.node == me
+                        && jid::FullJid::new(&r.jid)
+                            .ok()
+                            .and_then(|j| c.router.get_full(&j))
+                            .is_none_or(|e| e.id != r.sid)
+                });
+                if !stale {
+                    return tracing::info!("no old sessions of this node left in the table");
+                }
+                match c.replicator.commit_async(&purge).await {
+                    Ok(_) => return tracing::info!("this node's old sessions purged"),
+                    Err(e) => tracing::info!(error = %e, "purging this node's old sessions failed"),
+                }
+            }
+            tracing::warn!(
+                "could not purge this node's old sessions; they stay until the node is seen down"
+            );
+        });
     }
     if let Some(rx) = ctx.replicator.cluster().take_relay_receiver() {
         ctx.replicator

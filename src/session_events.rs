@@ -91,7 +91,10 @@ fn register_again(ctx: &Arc<ServerCtx>) {
         ctx.replicator.runtime().spawn(async move {
             match c
                 .replicator
-                .commit_async(&Command::SessionBind { record })
+                .commit_async(&Command::SessionBind {
+                    record,
+                    replaces: None,
+                })
                 .await
             {
                 Ok(_) => {

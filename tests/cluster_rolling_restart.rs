@@ -40,7 +40,12 @@ fn start_node(i: u64, dir: tempfile::TempDir) -> Server {
             ("STARLING_CLUSTER_LISTEN", &format!("{ip}:{MESH_PORT}")),
             ("STARLING_C2S_LISTEN", &format!("{ip}:{C2S_PORT}")),
             ("STARLING_HTTP_LISTEN", &format!("{ip}:{HTTP_PORT}")),
-            ("STARLING_LOG_LEVEL", "info"),
+            // ROLLING_LOG_LEVEL="info,stanza=trace,starling::route=trace"
+            // follows each message through the nodes' logs (kept on failure).
+            (
+                "STARLING_LOG_LEVEL",
+                &std::env::var("ROLLING_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+            ),
         ],
     )
 }

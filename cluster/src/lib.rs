@@ -15,7 +15,7 @@ mod raft_log;
 pub mod storage;
 mod transport;
 
-pub use transport::{remote_relay, remote_remove, remote_status};
+pub use transport::{remote_relay, remote_remove, remote_status, Lane};
 
 /// Code generated from `proto/cluster.proto`.
 pub mod proto {
@@ -415,10 +415,11 @@ impl Cluster {
     pub fn relay(
         &self,
         node: u64,
+        lane: Lane,
         payload: Vec<u8>,
         receipt: Option<Receipt>,
     ) -> Result<(), Returned> {
-        self.relayer.send(node, payload, receipt, &self.rt)
+        self.relayer.send(node, lane, payload, receipt, &self.rt)
     }
 
     /// Relayed payloads not yet owned by their node (queued or in flight).

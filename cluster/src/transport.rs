@@ -456,16 +456,30 @@ pub async fn remote_status(addr: &str, secret: &str) -> Result<Status, String> {
     })
 }
 
-/// Outbound application messages: one queue and task per node. A payload
-/// stays queued until the node answers for it; the node refusing it, or
-/// [`Relayer::take_back`], hands it back to the application.
+/// Outbound application messages: one queue and task per node and lane. A
+/// payload stays queued until the node answers for it; the node refusing
+/// it, or [`Relayer::take_back`], hands it back to the application.
 pub struct Relayer {
     id: u64,
     secret: String,
     isolated: Arc<AtomicBool>,
     status: watch::Receiver<Status>,
-    queues: std::sync::Mutex<HashMap<u64, Arc<PeerRelay>>>,
+    queues: std::sync::Mutex<HashMap<(u64, Lane), Arc<PeerRelay>>>,
     returned: mpsc::UnboundedSender<Returned>,
+}
+
+/// Which queue to a node a payload takes. A batch is answered once the
+/// receiver owns every payload in it, which for a message can take seconds
+/// (it follows its session to a third node, or waits for a commit); control
+/// messages, answered at once, have their own queue so they never wait
+/// behind such a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Ordered traffic: stanzas.
+    Stanzas,
+    /// Coordination between nodes (session hand-overs): small, answered
+    /// at once, not ordered with the stanzas.
+    Control,
 }
 
 /// Payloads queued per node before new ones are refused.
@@ -539,6 +553,7 @@ impl Relayer {
     pub fn send(
         &self,
         node: u64,
+        lane: Lane,
         payload: Vec<u8>,
         receipt: Option<Receipt>,
         rt: &tokio::runtime::Handle,
@@ -560,8 +575,9 @@ impl Relayer {
         };
         let peer = {
             let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (node, lane);
             let fresh = queues
-                .get(&node)
+                .get(&key)
                 .is_none_or(|p| p.addr != addr || p.lock().closed);
             if fresh {
                 let peer = Arc::new(PeerRelay {
@@ -570,7 +586,7 @@ impl Relayer {
                     wake: tokio::sync::Notify::new(),
                 });
                 // What the old task still held goes to the new address.
-                if let Some(old) = queues.insert(node, peer.clone()) {
+                if let Some(old) = queues.insert(key, peer.clone()) {
                     let mut o = old.lock();
                     o.generation += 1;
                     o.closed = true;
@@ -589,7 +605,7 @@ impl Relayer {
                     self.returned.clone(),
                 ));
             }
-            match queues.get(&node) {
+            match queues.get(&key) {
                 Some(p) => p.clone(),
                 None => return Err(back(payload, receipt)),
             }
@@ -621,13 +637,20 @@ impl Relayer {
     /// Give up on `node`: what is queued comes back now, a batch in flight
     /// comes back if it fails.
     pub fn take_back(&self, node: u64) {
-        let peer = self
+        let peers: Vec<Arc<PeerRelay>> = self
             .queues
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&node)
-            .cloned();
-        let Some(peer) = peer else { return };
+            .iter()
+            .filter(|((n, _), _)| *n == node)
+            .map(|(_, p)| p.clone())
+            .collect();
+        for peer in peers {
+            self.take_back_from(node, &peer);
+        }
+    }
+
+    fn take_back_from(&self, node: u64, peer: &PeerRelay) {
         let items = {
             let mut q = peer.lock();
             q.generation += 1;

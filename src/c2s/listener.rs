@@ -93,7 +93,10 @@ async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guar
     // Awaited, not blocking: other connections on this worker go on meanwhile.
     let committed = ctx
         .replicator
-        .commit_async(&crate::state::Command::SessionBind { record })
+        .commit_async(&crate::state::Command::SessionBind {
+            record,
+            replaces: None,
+        })
         .await;
     if let Err(e) = committed {
         tracing::warn!(error = %e, "bind refused: cannot commit to the cluster");
@@ -371,17 +374,46 @@ pub async fn install_session(
         sm_id: Some(state.sm_id.clone()),
         bound_at,
     };
-    if let Err(e) = ctx
+    let arrived_with = state.outbound;
+    match ctx
         .replicator
-        .commit_async(&crate::state::Command::SessionBind { record })
+        .commit_async(&crate::state::Command::SessionBind {
+            record,
+            replaces: state.holder,
+        })
         .await
     {
-        tracing::warn!(error = %e, "cannot take over a session: no commit");
-        unbind_given_up(ctx, &jid, sid);
-        addr.do_send(CloseStream(StreamError::new(
-            StreamCondition::InternalServerError,
-        )));
-        return None;
+        Ok(_) => {}
+        Err(crate::state::StateError::Superseded(_)) => {
+            // Another copy of this session was bound first (a drain gave
+            // up on this node and pushed it elsewhere): that one is the
+            // session; this copy leaves quietly.
+            // Whether the address went to another copy of this session
+            // (which has what this one arrived with) or to a new login
+            // (which has not: it goes back through delivery).
+            let same_session = ctx
+                .state
+                .session(jid.as_str())
+                .is_some_and(|r| r.sm_id.as_deref() == Some(state.sm_id.as_str()));
+            tracing::info!(
+                from_node,
+                same_session,
+                "the address was bound elsewhere first; this copy leaves"
+            );
+            addr.do_send(super::session::Abandon {
+                arrived_with,
+                same_session,
+            });
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot take over a session: no commit");
+            unbind_given_up(ctx, &jid, sid);
+            addr.do_send(CloseStream(StreamError::new(
+                StreamCondition::InternalServerError,
+            )));
+            return None;
+        }
     }
     presence.do_send(crate::presence::Restore {
         from: jid.clone(),

@@ -827,6 +827,7 @@ impl Handler<TakeOver> for C2sSession {
             interested: entry.as_ref().is_some_and(|e| e.interested),
             blocklist_interested: entry.as_ref().is_some_and(|e| e.blocklist_interested),
             carbons: entry.as_ref().is_some_and(|e| e.carbons),
+            holder: Some((self.ctx.node_id(), self.id)),
         };
         // A connection still attached here is superseded.
         if let Some(mut old) = self.conn.take() {
@@ -856,6 +857,77 @@ impl Handler<TakeOver> for C2sSession {
         }
         ctx.run_later(FORWARD_GRACE, |_, ctx| ctx.stop());
         Some(state)
+    }
+}
+
+/// A handed-over copy of a session whose bind lost (see `install_session`):
+/// it leaves without a trace. When another copy of the same session won,
+/// what this one arrived with is the winner's too, and only what reached it
+/// since (`arrived_with` counts the stanzas it came with) follows the
+/// session to where the table says it is; when a new login took the
+/// address, everything unacknowledged goes back through delivery.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Abandon {
+    pub arrived_with: u32,
+    pub same_session: bool,
+}
+
+impl Handler<Abandon> for C2sSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Abandon, ctx: &mut Context<Self>) {
+        if self.moved {
+            return;
+        }
+        self.ctx.router.unbind(&self.jid, self.id);
+        let fresh: Vec<Element> = match self.sm.as_mut() {
+            Some(sm) if !msg.same_session => sm.take_unacked(),
+            Some(sm) => {
+                let n = sm.outbound.wrapping_sub(msg.arrived_with) as usize;
+                let all = sm.take_unacked();
+                let skip = all.len().saturating_sub(n);
+                all.into_iter().skip(skip).collect()
+            }
+            None => Vec::new(),
+        };
+        if let Some(mut old) = self.conn.take() {
+            let _ = old
+                .out
+                .try_send(Outbound::Close(Some(StreamError::with_text(
+                    StreamCondition::Conflict,
+                    "session resumed elsewhere",
+                ))));
+            old.reader.abort();
+        }
+        self.moved = true;
+        self.closed = true;
+        if let Some(t) = self.resume_timer.take() {
+            ctx.cancel_future(t);
+        }
+        if !msg.same_session {
+            for el in fresh {
+                self.give_back(el);
+            }
+        } else {
+            // Stanzas still on their way here follow it too (see `forward`).
+            if let Some(rec) = self
+                .ctx
+                .state
+                .session(self.jid.as_str())
+                .filter(|r| r.node != self.ctx.node_id())
+            {
+                crate::route::note_moved(&self.ctx, self.jid.as_str(), rec.node);
+            }
+            for el in fresh {
+                self.forward(el, ctx);
+            }
+        }
+        {
+            let _g = self.span.enter();
+            tracing::info!("left: another copy of this session was bound first");
+        }
+        ctx.run_later(FORWARD_GRACE, |_, ctx| ctx.stop());
     }
 }
 

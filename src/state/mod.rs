@@ -92,6 +92,13 @@ pub enum Command {
     /// A resource was bound on a node (replaces any other holder).
     SessionBind {
         record: SessionRecord,
+        /// A session handed over between nodes (XEP-0198 across the
+        /// cluster) binds only in place of the holder it left, `(node,
+        /// sid)`, or where the address is free: a copy whose hand-over
+        /// was given up on and tried elsewhere cannot land over the copy
+        /// that won.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaces: Option<(u64, u64)>,
     },
     /// A session's availability and priority changed (RFC 6121 §8.5 routing).
     SessionPresence {
@@ -388,12 +395,14 @@ impl State {
                 self.user_data
                     .insert(data_key(username, "private", key), xml.as_bytes())?;
             }
-            Command::SessionBind { record } => {
+            Command::SessionBind { record, replaces } => {
                 // A bind that lands after a newer one for the same address
-                // (its proposer gave up, the log kept it) changes nothing.
+                // (its proposer gave up, the log kept it) changes nothing;
+                // nor does a hand-over whose holder was replaced meanwhile.
                 if let Some(old) = sessions::get(&self.sessions, &record.jid)? {
                     let same = old.node == record.node && old.sid == record.sid;
-                    if !same && old.bound_at > record.bound_at {
+                    let holder_gone = replaces.is_some_and(|h| h != (old.node, old.sid));
+                    if !same && (old.bound_at > record.bound_at || holder_gone) {
                         return Err(StateError::Superseded(record.jid.clone()));
                     }
                 }
@@ -699,6 +708,7 @@ mod tests {
                 sm_id: None,
                 bound_at,
             },
+            replaces: None,
         }
     }
 
@@ -721,5 +731,40 @@ mod tests {
         let later = bind("bob@localhost/phone", 3, 1, 3_000);
         let applied = s.apply_unflushed(LogIndex::Raft(3), &later).expect("bind");
         assert_eq!(applied.displaced.map(|d| d.node), Some(2));
+    }
+
+    /// A session handed over twice (a drain gave up on its first target
+    /// and pushed it to a second): whichever copy binds first wins; the
+    /// other, landing later, changes nothing, however new its clock.
+    #[test]
+    fn a_hand_over_lands_only_in_place_of_its_holder() {
+        let (_d, s) = state();
+        let jid = "bob@localhost/phone";
+        s.apply_unflushed(LogIndex::Raft(1), &bind(jid, 3, 25, 1_000))
+            .expect("bind on node 3");
+        let handed = |node, sid, bound_at| match bind(jid, node, sid, bound_at) {
+            Command::SessionBind { record, .. } => Command::SessionBind {
+                record,
+                replaces: Some((3, 25)),
+            },
+            _ => unreachable!(),
+        };
+        // The second push's copy (node 2) binds first.
+        let applied = s
+            .apply_unflushed(LogIndex::Raft(2), &handed(2, 35, 3_000))
+            .expect("second copy binds");
+        assert_eq!(applied.displaced.map(|d| (d.node, d.sid)), Some((3, 25)));
+        // The first push's copy (node 1) lands late, with a newer clock.
+        assert!(matches!(
+            s.apply_unflushed(LogIndex::Raft(3), &handed(1, 40, 5_000)),
+            Err(StateError::Superseded(_))
+        ));
+        let rec = s.session(jid).expect("bound");
+        assert_eq!((rec.node, rec.sid), (2, 35));
+        // Where the holder's record is gone (its node was purged), a
+        // hand-over binds.
+        let (_d2, s2) = state();
+        s2.apply_unflushed(LogIndex::Raft(1), &handed(1, 40, 5_000))
+            .expect("free address");
     }
 }
