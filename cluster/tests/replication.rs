@@ -352,7 +352,12 @@ async fn a_relay_does_not_overtake_the_log() {
     let (receipt, answered) = tokio::sync::oneshot::channel();
     assert!(n1
         .cluster
-        .relay(3, b"hello".to_vec(), Some(receipt))
+        .relay(
+            3,
+            starling_cluster::Lane::Stanzas,
+            b"hello".to_vec(),
+            Some(receipt)
+        )
         .is_ok());
     let got = tokio::time::timeout(WAIT, incoming.recv())
         .await
