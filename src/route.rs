@@ -761,26 +761,17 @@ fn redeliver_after(
             Settle::Anywhere => settle_location(&c, &to, None).await,
             Settle::Excluding(node) => settle_location(&c, &to, Some(node)).await,
         };
-        if let Some(t) = found {
-            match &t.local {
-                Some(_) => send_owned(&c, &t, el, require, receipt),
-                None => relay_owned(
-                    &c,
-                    t.node,
-                    &Relay::Stanza {
-                        to: to.to_string(),
-                        require,
-                        xml: el.to_xml(ns::CLIENT),
-                        hops: FINAL_HOPS,
-                    },
-                    receipt,
-                ),
-            }
-            return;
-        }
-        if let Settle::Excluding(node) = settle {
+        let remote = match found {
+            Some(t) if t.local.is_some() => return send_owned(&c, &t, el, require, receipt),
+            Some(t) => Some(t.node),
             // It did not come here: the table's word (the sender) stands,
             // and the sender delivers or stores it, not passes it on.
+            None => match settle {
+                Settle::Excluding(node) => Some(node),
+                _ => None,
+            },
+        };
+        if let Some(node) = remote {
             return relay_owned(
                 &c,
                 node,
