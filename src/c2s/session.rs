@@ -645,6 +645,15 @@ impl C2sSession {
         true
     }
 
+    /// Close the connection attached here, if any: the session goes on
+    /// without it (elsewhere, or on a newer connection).
+    fn supersede_conn(&mut self, reason: StreamError) {
+        if let Some(mut old) = self.conn.take() {
+            let _ = old.out.try_send(Outbound::Close(Some(reason)));
+            old.reader.abort();
+        }
+    }
+
     /// What the client never acknowledged must not vanish (XEP-0198 §5):
     /// messages go back through delivery (offline storage if no other
     /// resource takes them), iq requests get an error, presence is dropped.
@@ -830,10 +839,7 @@ impl Handler<TakeOver> for C2sSession {
             holder: Some((self.ctx.node_id(), self.id)),
         };
         // A connection still attached here is superseded.
-        if let Some(mut old) = self.conn.take() {
-            let _ = old.out.try_send(Outbound::Close(Some(msg.reason)));
-            old.reader.abort();
-        }
+        self.supersede_conn(msg.reason);
         self.moved = true;
         self.closed = true;
         if let Some(t) = self.resume_timer.take() {
@@ -891,15 +897,10 @@ impl Handler<Abandon> for C2sSession {
             }
             None => Vec::new(),
         };
-        if let Some(mut old) = self.conn.take() {
-            let _ = old
-                .out
-                .try_send(Outbound::Close(Some(StreamError::with_text(
-                    StreamCondition::Conflict,
-                    "session resumed elsewhere",
-                ))));
-            old.reader.abort();
-        }
+        self.supersede_conn(StreamError::with_text(
+            StreamCondition::Conflict,
+            "session resumed elsewhere",
+        ));
         self.moved = true;
         self.closed = true;
         if let Some(t) = self.resume_timer.take() {
@@ -959,15 +960,10 @@ impl Handler<Attach> for C2sSession {
             return Err(());
         }
         // A second resume takes over from a connection still attached.
-        if let Some(mut old) = self.conn.take() {
-            let _ = old
-                .out
-                .try_send(Outbound::Close(Some(StreamError::with_text(
-                    StreamCondition::Conflict,
-                    "session resumed elsewhere",
-                ))));
-            old.reader.abort();
-        }
+        self.supersede_conn(StreamError::with_text(
+            StreamCondition::Conflict,
+            "session resumed elsewhere",
+        ));
         if let Some(t) = self.resume_timer.take() {
             ctx.cancel_future(t);
         }
