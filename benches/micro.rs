@@ -25,10 +25,10 @@ fn router_lookup(c: &mut Criterion) {
     let router = Router::default();
     let users = 10_000;
     let (tx, _rx) = actix::dev::channel::channel(16);
-    let addr = actix::Addr::new(tx);
+    let addr: actix::Addr<starling::c2s::session::C2sSession> = actix::Addr::new(tx);
     for i in 0..users {
         let jid = jid::FullJid::new(&format!("user{i}@localhost/res")).expect("jid");
-        router.bind(&jid, i as u64, addr.clone());
+        router.bind(&jid, i as u64, std::sync::Arc::new(addr.clone()));
     }
     let probe: Vec<jid::FullJid> = (0..1000)
         .map(|i| jid::FullJid::new(&format!("user{}@localhost/res", i * 7 % users)).expect("jid"))

@@ -11,7 +11,6 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::c2s::session::CloseStream;
 use crate::sasl::{normalize_username, Credentials};
 use crate::server::ServerCtx;
 use crate::state::{Command, State};
@@ -200,10 +199,10 @@ fn kick(ctx: &ServerCtx, user: &str) {
         return;
     };
     for entry in ctx.router.resources(&bare) {
-        entry.addr.do_send(CloseStream(StreamError::with_text(
+        entry.handle.close(StreamError::with_text(
             StreamCondition::NotAuthorized,
             "account removed",
-        )));
+        ));
     }
 }
 

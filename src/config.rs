@@ -472,7 +472,7 @@ impl Config {
             parse_addr("s2s.direct_tls_listen", &self.s2s.direct_tls_listen)?;
         }
         for (domain, target) in &self.s2s.static_routes {
-            if crate::s2s::resolve::parse_target(target).is_none() {
+            if parse_target(target).is_none() {
                 return Err(ConfigError::BadValue {
                     key: format!("s2s.static_routes.{domain}"),
                     message: format!("expected host:port, got {target:?}"),
@@ -643,6 +643,16 @@ fn invalid(origin: &str, e: impl std::fmt::Display) -> ConfigError {
         origin: origin.into(),
         message,
     }
+}
+
+/// "host:port" from configuration.
+pub fn parse_target(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_string(), port.parse().ok()?))
 }
 
 #[cfg(test)]

@@ -7,14 +7,14 @@
 use actix::Addr;
 use jid::{BareJid, FullJid, Jid};
 
-use crate::c2s::session::bounce;
 use crate::modules::{blocking, carbons, Addressee, IqKind};
 use crate::presence::UserPresence;
 use crate::route::answer;
 use crate::server::ServerCtx;
+use crate::stanza_error::bounce;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::{Command, StateError};
-use crate::stream::StreamError;
+use crate::stream_error::StreamError;
 use crate::xml::{ns, Element};
 use starling_cluster::Receipt;
 

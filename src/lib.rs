@@ -24,6 +24,7 @@ pub mod session_events;
 pub mod stanza_error;
 pub mod state;
 pub mod stream;
+pub mod stream_error;
 pub mod time;
 pub mod tls;
 pub mod xml;

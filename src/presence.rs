@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use jid::{BareJid, FullJid, Jid};
 
-use crate::c2s::session::bounce;
 use crate::modules::roster;
 use crate::modules::subscription::{self, SubKind};
 use crate::router::{deliver, SessionEntry};
 use crate::server::ServerCtx;
+use crate::stanza_error::bounce;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::{Command, RosterItem};
 use crate::xml::{ns, Element};

@@ -406,7 +406,7 @@ async fn settle_location(ctx: &ServerCtx, to: &FullJid, exclude: Option<u64>) ->
     let deadline = tokio::time::Instant::now() + SETTLE;
     loop {
         // A local session that has ended is no answer (it gave the stanza back).
-        let live = |t: &Target| t.local.as_ref().is_none_or(|e| e.addr.connected());
+        let live = |t: &Target| t.local.as_ref().is_none_or(|e| e.handle.connected());
         if let Some(t) = full(ctx, to)
             .filter(|t| Some(t.node) != exclude || t.local.is_some())
             .filter(live)
@@ -560,8 +560,8 @@ pub async fn serve_relays(
                 let state = match ctx.sm_sessions.get(&previd, &user) {
                     Some((addr, _)) => addr
                         .send(crate::c2s::session::TakeOver {
-                            reason: crate::stream::StreamError::with_text(
-                                crate::stream::StreamCondition::Conflict,
+                            reason: crate::stream_error::StreamError::with_text(
+                                crate::stream_error::StreamCondition::Conflict,
                                 "session resumed elsewhere",
                             ),
                             to: reply_to,

@@ -4,18 +4,40 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use actix::Addr;
+use std::sync::Arc;
+
 use jid::{BareJid, FullJid};
 
-use crate::c2s::session::{C2sSession, CloseStream, Deliver};
-use crate::stream::{StreamCondition, StreamError};
+use crate::stream_error::{StreamCondition, StreamError};
 use crate::xml::Element;
+
+/// What routing needs of a bound session, whatever transport carries it
+/// (a c2s connection today). The transport implements it; the table holds
+/// it without knowing the transport.
+pub trait SessionHandle: Send + Sync {
+    /// Queue a stanza for the client, unless the queue is full or the
+    /// session has ended: then the stanza comes back.
+    fn try_deliver(&self, stanza: Element) -> Result<(), Refused>;
+    /// Queue a stanza even past the queue's bound (one last stanza before
+    /// a close).
+    fn deliver_anyway(&self, stanza: Element);
+    /// End the session's stream with this error.
+    fn close(&self, error: StreamError);
+    /// The session is still running.
+    fn connected(&self) -> bool;
+}
+
+/// Why [`SessionHandle::try_deliver`] gave a stanza back.
+pub enum Refused {
+    Full(Element),
+    Closed(Element),
+}
 
 #[derive(Clone)]
 pub struct SessionEntry {
     pub id: u64,
     pub resource: String,
-    pub addr: Addr<C2sSession>,
+    pub handle: Arc<dyn SessionHandle>,
     /// Has sent available presence (RFC 6121 §4.2).
     pub available: bool,
     pub priority: i8,
@@ -36,7 +58,12 @@ pub struct Router {
 
 impl Router {
     /// Register a bound session; returns the session it replaces, if any.
-    pub fn bind(&self, jid: &FullJid, id: u64, addr: Addr<C2sSession>) -> Option<SessionEntry> {
+    pub fn bind(
+        &self,
+        jid: &FullJid,
+        id: u64,
+        handle: Arc<dyn SessionHandle>,
+    ) -> Option<SessionEntry> {
         let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
         let list = map.entry(jid.to_bare()).or_default();
         let resource = jid.resource().as_str();
@@ -49,7 +76,7 @@ impl Router {
         list.push(SessionEntry {
             id,
             resource: resource.to_string(),
-            addr,
+            handle,
             available: false,
             priority: 0,
             interested: false,
@@ -128,19 +155,18 @@ impl Router {
 /// as the stanza reached it gives the stanza back (`Err`) for the caller
 /// to route again.
 pub fn deliver(entry: &SessionEntry, stanza: Element) -> Result<(), Element> {
-    use actix::prelude::SendError;
-    match entry.addr.try_send(Deliver(stanza)) {
+    match entry.handle.try_deliver(stanza) {
         Ok(()) => Ok(()),
-        Err(SendError::Full(last)) => {
+        Err(Refused::Full(last)) => {
             tracing::warn!(resource = %entry.resource, "session too slow; cutting it off");
-            entry.addr.do_send(last);
-            entry.addr.do_send(CloseStream(StreamError::with_text(
+            entry.handle.deliver_anyway(last);
+            entry.handle.close(StreamError::with_text(
                 StreamCondition::ResourceConstraint,
                 "too many stanzas queued for this client",
-            )));
+            ));
             Ok(())
         }
-        Err(SendError::Closed(Deliver(el))) => {
+        Err(Refused::Closed(el)) => {
             tracing::debug!(resource = %entry.resource, stanza = %el.name, "session ended as the stanza reached it; given back");
             Err(el)
         }

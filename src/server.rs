@@ -11,7 +11,6 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::c2s::listener::handle_connection;
-use crate::c2s::session::CloseStream;
 use crate::config::Config;
 use crate::modules::Modules;
 use crate::router::Router;
@@ -166,6 +165,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("cluster: {0}")]
     Cluster(String),
+    #[error("feature modules: {0}")]
+    Modules(#[from] crate::modules::DuplicateHandler),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         key: &'static str,
@@ -241,7 +242,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         state,
         replicator,
         router: Router::default(),
-        modules: Modules::standard(),
+        modules: Modules::standard()?,
         tls: TlsAcceptor::from(tls.clone()),
         s2s: s2s_state,
         components: Default::default(),
@@ -441,9 +442,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
             t.abort();
         }
         for entry in ctx.router.all() {
-            entry.addr.do_send(CloseStream(StreamError::new(
-                StreamCondition::SystemShutdown,
-            )));
+            entry
+                .handle
+                .close(StreamError::new(StreamCondition::SystemShutdown));
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while ctx.conns.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {

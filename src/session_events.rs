@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use jid::{BareJid, FullJid};
 
-use crate::c2s::session::CloseStream;
 use crate::replication::StateEvent;
 use crate::server::ServerCtx;
 use crate::state::{Command, SessionRecord, StateError};
@@ -48,7 +47,7 @@ fn account_deleted(ctx: &ServerCtx, user: &str) {
     let gone = StreamError::with_text(StreamCondition::NotAuthorized, "account removed");
     for entry in ctx.router.resources(&bare) {
         tracing::info!(jid = %bare, resource = %entry.resource, "account deleted: ending its session");
-        entry.addr.do_send(CloseStream(gone.clone()));
+        entry.handle.close(gone.clone());
     }
 }
 
@@ -57,10 +56,10 @@ fn displaced(ctx: &ServerCtx, old: &SessionRecord) {
         return;
     };
     if let Some(e) = ctx.router.get_full(&full).filter(|e| e.id == old.sid) {
-        e.addr.do_send(CloseStream(StreamError::with_text(
+        e.handle.close(StreamError::with_text(
             StreamCondition::Conflict,
             "replaced by a new connection",
-        )));
+        ));
     }
 }
 
@@ -104,19 +103,19 @@ fn register_again(ctx: &Arc<ServerCtx>) {
                 }
                 Err(StateError::Superseded(_)) => {
                     tracing::info!(jid = %full, "a newer login replaced this session meanwhile");
-                    e.addr.do_send(CloseStream(StreamError::with_text(
+                    e.handle.close(StreamError::with_text(
                         StreamCondition::Conflict,
                         "replaced by a new connection",
-                    )));
+                    ));
                 }
                 Err(err) => {
                     // Still cut off: close it, so its client resumes on a
                     // node that can reach the cluster.
                     tracing::warn!(jid = %full, error = %err, "cannot register a live session again; closing it");
-                    e.addr.do_send(CloseStream(StreamError::with_text(
+                    e.handle.close(StreamError::with_text(
                         StreamCondition::SystemShutdown,
                         "this node lost touch with the cluster",
-                    )));
+                    ));
                 }
             }
         });

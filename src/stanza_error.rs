@@ -128,3 +128,12 @@ impl StanzaError {
         reply
     }
 }
+
+/// An error reply for a stanza the server could not process, unless it is
+/// itself an error (RFC 6120 §8.3.1: never answer an error with an error).
+pub fn bounce(stanza: &Element, condition: StanzaCondition) -> Option<Element> {
+    if stanza.attr("type") == Some("error") {
+        return None;
+    }
+    Some(StanzaError::new(condition).reply_to(stanza))
+}

@@ -140,14 +140,14 @@ async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guar
         presence,
     );
     let addr = session.start();
-    let replaced = ctx.router.bind(&jid, sid, addr);
+    let replaced = ctx.router.bind(&jid, sid, std::sync::Arc::new(addr));
     ctx.router.update(&jid, sid, |e| e.bound_at = bound_at);
     if let Some(old) = replaced {
         // RFC 6120 §7.7.2.2: the new session wins; the old one gets <conflict/>.
-        old.addr.do_send(CloseStream(StreamError::with_text(
+        old.handle.close(StreamError::with_text(
             StreamCondition::Conflict,
             "replaced by a new connection",
-        )));
+        ));
     }
     tracing::info!("session bound");
 }
@@ -353,7 +353,8 @@ pub async fn install_session(
     );
     let addr = session.start();
     let bound_at = crate::time::unix_now().as_millis() as u64;
-    ctx.router.bind(&jid, sid, addr.clone());
+    ctx.router
+        .bind(&jid, sid, std::sync::Arc::new(addr.clone()));
     ctx.router.update(&jid, sid, |e| {
         e.bound_at = bound_at;
         e.interested = state.interested;

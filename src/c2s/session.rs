@@ -777,6 +777,29 @@ impl StreamHandler<Tagged> for C2sSession {
     fn finished(&mut self, _ctx: &mut Context<Self>) {}
 }
 
+/// The routing table reaches a c2s session through its mailbox.
+impl crate::router::SessionHandle for Addr<C2sSession> {
+    fn try_deliver(&self, stanza: Element) -> Result<(), crate::router::Refused> {
+        match self.try_send(Deliver(stanza)) {
+            Ok(()) => Ok(()),
+            Err(SendError::Full(Deliver(el))) => Err(crate::router::Refused::Full(el)),
+            Err(SendError::Closed(Deliver(el))) => Err(crate::router::Refused::Closed(el)),
+        }
+    }
+
+    fn deliver_anyway(&self, stanza: Element) {
+        self.do_send(Deliver(stanza));
+    }
+
+    fn close(&self, error: StreamError) {
+        self.do_send(CloseStream(error));
+    }
+
+    fn connected(&self) -> bool {
+        Addr::connected(self)
+    }
+}
+
 impl Handler<Deliver> for C2sSession {
     type Result = ();
 
@@ -989,13 +1012,4 @@ impl Handler<Attach> for C2sSession {
         tracing::info!("session resumed");
         Ok(())
     }
-}
-
-/// An error reply for a stanza the server could not process, unless it is
-/// itself an error (RFC 6120 §8.3.1: never answer an error with an error).
-pub fn bounce(stanza: &Element, condition: StanzaCondition) -> Option<Element> {
-    if stanza.attr("type") == Some("error") {
-        return None;
-    }
-    Some(StanzaError::new(condition).reply_to(stanza))
 }

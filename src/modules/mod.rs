@@ -25,7 +25,7 @@ use jid::FullJid;
 use crate::delivery::Outcome;
 use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
-use crate::stream::StreamError;
+use crate::stream_error::StreamError;
 use crate::xml::{ns, Element};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,6 +122,11 @@ pub fn commit_then(
 }
 
 pub trait Module: Send + Sync {
+    /// The module's name, for messages (its type name by default).
+    fn name(&self) -> &'static str {
+        let full = std::any::type_name::<Self>();
+        full.rsplit("::").next().unwrap_or(full)
+    }
     /// disco#info features this module provides on the server.
     fn features(&self, _server: &ServerCtx) -> Vec<&'static str> {
         Vec::new()
@@ -153,19 +158,40 @@ pub struct Modules {
     handlers: HashMap<Key, Arc<dyn Module>>,
 }
 
+/// Two modules declared the same iq key: which one answers would depend on
+/// the order of the list, so the server refuses to start.
+#[derive(Debug, thiserror::Error)]
+#[error("iq {kind:?} to {addressee:?} with payload {ns} is declared by two modules ({first} and {second})")]
+pub struct DuplicateHandler {
+    pub kind: IqKind,
+    pub addressee: Addressee,
+    pub ns: &'static str,
+    pub first: &'static str,
+    pub second: &'static str,
+}
+
 impl Modules {
-    pub fn new(list: Vec<Arc<dyn Module>>) -> Self {
-        let mut handlers = HashMap::new();
+    pub fn new(list: Vec<Arc<dyn Module>>) -> Result<Self, DuplicateHandler> {
+        let mut handlers: HashMap<Key, Arc<dyn Module>> = HashMap::new();
         for m in &list {
             for key in m.handles() {
+                if let Some(first) = handlers.get(&key) {
+                    return Err(DuplicateHandler {
+                        kind: key.0,
+                        addressee: key.1,
+                        ns: key.2,
+                        first: first.name(),
+                        second: m.name(),
+                    });
+                }
                 handlers.insert(key, m.clone());
             }
         }
-        Modules { list, handlers }
+        Ok(Modules { list, handlers })
     }
 
     /// The standard set for a single node.
-    pub fn standard() -> Self {
+    pub fn standard() -> Result<Self, DuplicateHandler> {
         Modules::new(vec![
             Arc::new(disco::Disco),
             Arc::new(ping::Ping),
@@ -266,4 +292,24 @@ pub fn result(iq: &Element, payload: Option<Element>) -> Element {
         r.push_child(p);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_standard_set_has_one_handler_per_key() {
+        assert!(Modules::standard().is_ok());
+    }
+
+    #[test]
+    fn a_key_declared_twice_is_refused_with_both_names() {
+        let err = Modules::new(vec![Arc::new(ping::Ping), Arc::new(ping::Ping)])
+            .err()
+            .expect("a duplicate must be refused");
+        let text = err.to_string();
+        assert!(text.contains(ns::PING), "{text}");
+        assert!(text.contains("Ping and Ping"), "{text}");
+    }
 }

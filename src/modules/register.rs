@@ -7,7 +7,7 @@ use crate::sasl::{normalize_username, Credentials};
 use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::{Command, StateError};
-use crate::stream::{StreamCondition, StreamError};
+use crate::stream_error::{StreamCondition, StreamError};
 use crate::xml::{ns, Element};
 
 pub struct Register;

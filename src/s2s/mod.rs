@@ -129,7 +129,7 @@ pub fn send(ctx: &ServerCtx, stanza: Element) {
 /// Send `stanza` back to a local sender as an error, if it may have one
 /// (RFC 6120 §8.3.1: never an error for an error).
 pub fn bounce_local(ctx: &ServerCtx, stanza: &Element, condition: StanzaCondition) {
-    if let Some(err) = crate::c2s::session::bounce(stanza, condition) {
+    if let Some(err) = crate::stanza_error::bounce(stanza, condition) {
         deliver_local(ctx, err);
     }
 }

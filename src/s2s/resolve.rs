@@ -3,6 +3,7 @@
 //! `_xmpp-server._tcp` (STARTTLS) through hickory-resolver, then the
 //! domain's own A/AAAA records on port 5269.
 
+use crate::config::parse_target;
 use std::net::SocketAddr;
 
 use hickory_resolver::TokioAsyncResolver;
@@ -14,16 +15,6 @@ pub struct Candidate {
     pub port: u16,
     /// XEP-0368: TLS from the first byte instead of STARTTLS.
     pub direct_tls: bool,
-}
-
-/// "host:port" from configuration.
-pub fn parse_target(s: &str) -> Option<(String, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return None;
-    }
-    Some((host.to_string(), port.parse().ok()?))
 }
 
 /// `localhost` or a name under it (RFC 6761 §6.3).

@@ -3,7 +3,6 @@
 //! session actor, so nothing is routed from an unauthenticated stream.
 
 pub mod bind;
-pub mod error;
 pub mod header;
 pub mod lazy_reader;
 pub mod sasl;
@@ -18,8 +17,8 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 use crate::server::ServerCtx;
+pub use crate::stream_error::{StreamCondition, StreamError};
 use crate::xml::{ns, Element, ParseError, StreamEvent, XmlStream};
-pub use error::{StreamCondition, StreamError};
 use lazy_reader::LazyBufReader;
 use transport::MaybeTls;
 
