@@ -20,6 +20,11 @@ use crate::{ClusterConfig, ClusterError, Cmd, Status};
 type Reply = oneshot::Sender<Result<Vec<u8>, ClusterError>>;
 type PeersReply = oneshot::Sender<Result<Vec<(u64, String)>, ClusterError>>;
 
+/// At most this many commands (proposals, raft messages) are taken into
+/// one round of the Ready loop: enough to share an fsync among a burst,
+/// few enough that ticks and answers are not held back.
+const GROUP_MAX: usize = 256;
+
 /// A conf-change entry's context: who proposed it and the node's address.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ChangeContext {
@@ -120,7 +125,18 @@ impl Driver {
                     self.raw.tick();
                 }
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => {
+                        self.handle(cmd);
+                        // Group commit: whatever else is already waiting
+                        // (proposals, raft messages) joins this round, so
+                        // one Ready, one append and one fsync cover them all.
+                        for _ in 1..GROUP_MAX {
+                            match rx.try_recv() {
+                                Ok(cmd) => self.handle(cmd),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
                 _ = stop.changed() => break,
