@@ -128,3 +128,64 @@ async fn tls13_session_tickets_follow_the_setting() {
     let on = Server::start_with(&[("STARLING_TLS_SESSION_TICKETS", "true")]);
     assert!(tickets(on.c2s_tls.expect("direct TLS")) > 0);
 }
+
+/// Tickets on, a Java client that drives `SSLEngine` from a `Selector` the
+/// way Smack's NIO TLS code does (tests/interop/java/XmppTlsProbe.java:
+/// it keeps unwrapping while input remains, so the ticket record, which
+/// yields no application bytes, does not stop it) logs in 30 times in a
+/// row: STARTTLS, SASL PLAIN, bind and a ping, each step within 5 s. Most
+/// logins resume the TLS session from a ticket, so tickets were in play.
+#[test]
+fn a_java_nio_tls_client_logs_in_with_tickets_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/java/XmppTlsProbe.java"
+    );
+    let javac = std::process::Command::new("javac")
+        .args(["-d", dir.path().to_str().expect("utf-8 path"), src])
+        .output()
+        .expect("javac (a JDK; bash .ci/run installs one)");
+    assert!(
+        javac.status.success(),
+        "javac: {}",
+        String::from_utf8_lossy(&javac.stderr)
+    );
+    let s = Server::start_with(&[("STARLING_TLS_SESSION_TICKETS", "true")]);
+    s.add_user("alice", "pw");
+    let out = std::process::Command::new("timeout")
+        .args([
+            "120",
+            "java",
+            "-cp",
+            dir.path().to_str().expect("utf-8 path"),
+        ])
+        .args([
+            "XmppTlsProbe",
+            "nio",
+            &s.c2s.port().to_string(),
+            "30",
+            "1",
+            "alice",
+            "pw",
+        ])
+        .output()
+        .expect("java");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "probe: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("total=30 ok=30 stalls=0 errors=0"),
+        "every login completes: {text}"
+    );
+    let full: usize = text
+        .split("full handshakes (checkServerTrusted calls): ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the probe reports its full handshakes");
+    assert!(full < 30, "sessions resumed from tickets: {text}");
+}
