@@ -227,3 +227,38 @@ async fn registration_is_limited_per_address() {
         "{listed}"
     );
 }
+
+/// XEP-0030 §4: the server's disco#items lists the services it hosts (the
+/// external components configured for the cluster), so clients find them;
+/// an account's items stay empty.
+#[tokio::test]
+async fn disco_items_lists_the_hosted_components() {
+    let s = Server::start_with(&[(
+        "STARLING_COMPONENT_SECRETS",
+        "irc.localhost=one-secret,gw.localhost=another-secret",
+    )]);
+    s.add_user("alice", "pw");
+    let mut a = Client::online(s.c2s, "alice", "pw", "desk").await;
+    let items = a
+        .iq(iq_get(
+            Some("localhost"),
+            Element::new("query", "http://jabber.org/protocol/disco#items"),
+        ))
+        .await;
+    assert_eq!(items.attr("type"), Some("result"), "{items:?}");
+    let q = items
+        .get_child("query", "http://jabber.org/protocol/disco#items")
+        .expect("query");
+    let jids: Vec<&str> = q.elements().filter_map(|i| i.attr("jid")).collect();
+    assert_eq!(jids, ["gw.localhost", "irc.localhost"]);
+    let mine = a
+        .iq(iq_get(
+            None,
+            Element::new("query", "http://jabber.org/protocol/disco#items"),
+        ))
+        .await;
+    let q = mine
+        .get_child("query", "http://jabber.org/protocol/disco#items")
+        .expect("query");
+    assert_eq!(q.elements().count(), 0);
+}

@@ -1,5 +1,7 @@
 //! XEP-0030 Service Discovery: info and items for the server, info for the
-//! user's own account. Features come from what the modules declared.
+//! user's own account. Features come from what the modules declared; the
+//! server's items are the services it hosts (the external components of
+//! `[component] secrets`, cluster-wide), so clients find them (§4).
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
 use crate::server::ServerCtx;
@@ -30,7 +32,13 @@ impl Module for Disco {
             return Err(StanzaError::new(StanzaCondition::ItemNotFound)).into();
         }
         if req.payload.ns == ns::DISCO_ITEMS {
-            return Ok(Some(Element::new("query", ns::DISCO_ITEMS))).into();
+            let mut q = Element::new("query", ns::DISCO_ITEMS);
+            if req.addressee == Addressee::Host {
+                for domain in req.server.config.component.secrets.keys() {
+                    q.push_child(Element::new("item", ns::DISCO_ITEMS).with_attr("jid", domain));
+                }
+            }
+            return Ok(Some(q)).into();
         }
         let mut q = Element::new("query", ns::DISCO_INFO);
         match req.addressee {
