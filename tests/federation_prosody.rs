@@ -14,9 +14,13 @@ use std::time::{Duration, Instant};
 const SECRET: &str = "federation-test-secret-0123456789";
 const PROSODY_C2S: u16 = 16222;
 const PROSODY_S2S: u16 = 16269;
-/// For the bidirectional-link test (both tests run at once).
+/// For the bidirectional-link test (the tests run at once).
 const BIDI_C2S: u16 = 16322;
 const BIDI_S2S: u16 = 16369;
+/// For the hosted-component test.
+const COMP_C2S: u16 = 16422;
+const COMP_S2S: u16 = 16469;
+const ECHO_SECRET: &str = "echo-component-secret";
 
 /// A throwaway Prosody on loopback, killed on drop.
 struct Prosody {
@@ -115,21 +119,27 @@ impl Drop for Prosody {
 }
 
 fn starling_node(id: u64, join: Option<&Server>, prosody_s2s: u16) -> Server {
+    starling_node_with(id, join, prosody_s2s, &[])
+}
+
+fn starling_node_with(
+    id: u64,
+    join: Option<&Server>,
+    prosody_s2s: u16,
+    extra: &[(&str, &str)],
+) -> Server {
     let route = format!("prosody.localhost=127.0.0.1:{prosody_s2s}");
-    cluster_node(
-        id,
-        join,
-        SECRET,
-        &[
-            ("STARLING_DOMAIN", "starling.localhost"),
-            ("STARLING_S2S_VERIFY_CERTIFICATES", "false"),
-            ("STARLING_S2S_STATIC_ROUTES", &route),
-            (
-                "STARLING_LOG_LEVEL",
-                "info,starling::s2s=trace,starling::route=trace,starling::presence=trace",
-            ),
-        ],
-    )
+    let mut env = vec![
+        ("STARLING_DOMAIN", "starling.localhost"),
+        ("STARLING_S2S_VERIFY_CERTIFICATES", "false"),
+        ("STARLING_S2S_STATIC_ROUTES", &route),
+        (
+            "STARLING_LOG_LEVEL",
+            "info,starling::s2s=trace,starling::route=trace,starling::presence=trace",
+        ),
+    ];
+    env.extend_from_slice(extra);
+    cluster_node(id, join, SECRET, &env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,4 +193,85 @@ async fn bidirectional_link_with_prosody() {
     // (Whether Prosody then routes over it is its choice: to verify our
     // dialback key it connects to us and authenticates that connection
     // too, and uses it.)
+}
+
+/// A component hosted by the cluster is part of the federated domain: a
+/// Prosody user's messages to `bot@echo.starling.localhost` cross the s2s
+/// link into node 2 (Prosody's stream names the component's domain), go
+/// to the component connected to node 1, and its answers leave node 1 on
+/// an outbound link that authenticates as `echo.starling.localhost` with
+/// dialback (Prosody verifies the key with node 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosted_component_is_reached_from_prosody() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let secrets = format!("echo.starling.localhost={ECHO_SECRET}");
+    let extra = [("STARLING_COMPONENT_SECRETS", secrets.as_str())];
+    let n1 = starling_node_with(1, None, COMP_S2S, &extra);
+    let n2 = starling_node_with(2, Some(&n1), COMP_S2S, &extra);
+    wait_members(&n1, SECRET, 2).await;
+    let comp = n1.component.expect("component listener");
+    let mut gateway = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/slixmpp_component_echo.py"
+        ))
+        .args([comp.ip().to_string(), comp.port().to_string()])
+        .args(["echo.starling.localhost", ECHO_SECRET])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the echo component");
+    let stdout = gateway.stdout.take().expect("component stdout");
+    let first = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout).lines().next()
+    })
+    .await
+    .expect("read the component");
+    assert_eq!(
+        first.and_then(|l| l.ok()).as_deref(),
+        Some("CONNECTED"),
+        "the component did not connect: {}",
+        n1.log()
+    );
+    let prosody = Prosody::start(n2.s2s.expect("s2s on"), COMP_C2S, COMP_S2S, false);
+    prosody.register("bob", "bob-pw");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/interop/slixmpp_ask_echo.py"
+            ))
+            .args(["127.0.0.1", &COMP_C2S.to_string()])
+            .args(["bob@prosody.localhost/fed", "bob-pw"])
+            .args(["bot@echo.starling.localhost", "3"])
+            .output()
+            .expect("run python")
+    })
+    .await
+    .expect("client task");
+    let text = String::from_utf8_lossy(&out.stdout);
+    drop(gateway.stdin.take());
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    assert!(
+        out.status.success() && text.contains("ALL OK"),
+        "a Prosody user could not reach the hosted component:\n{text}\n{}\n--- prosody\n{}\n--- node 1\n{}\n--- node 2\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        prosody.log(),
+        n1.log(),
+        n2.log()
+    );
+    assert_eq!(
+        text.matches("ECHO bot@echo.starling.localhost").count(),
+        3,
+        "{text}"
+    );
+    // The answers left on a link authenticated as the component's domain.
+    let log = n1.log();
+    assert!(
+        log.contains("local=echo.starling.localhost") && log.contains("outbound link ready"),
+        "{log}"
+    );
 }

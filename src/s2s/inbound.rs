@@ -95,8 +95,17 @@ async fn serve(
             .attr("from")
             .map(str::to_ascii_lowercase)
             .filter(|d| !super::is_local_domain(ctx, d));
-        conn.send(&stream::response_header(&ours, header.attr("from"), &id))
-            .await?;
+        // We answer as the domain asked for (ours, or a hosted component's).
+        let answering = to
+            .as_deref()
+            .filter(|t| super::is_local_domain(ctx, t))
+            .unwrap_or(&ours);
+        conn.send(&stream::response_header(
+            answering,
+            header.attr("from"),
+            &id,
+        ))
+        .await?;
         if header.default_ns.as_deref() != Some(ns::SERVER) {
             return fail(
                 &mut conn,
@@ -295,7 +304,13 @@ async fn authenticate(
     stream_id: &str,
     authenticated: &mut HashSet<String>,
 ) -> Result<(), S2sError> {
-    let ours = &ctx.config.domain;
+    // The domain of ours the remote wants to reach (ours, or a hosted
+    // component's); anything else is answered as the cluster's domain.
+    let ours = el
+        .attr("to")
+        .filter(|t| super::is_local_domain(ctx, t))
+        .unwrap_or(&ctx.config.domain)
+        .to_ascii_lowercase();
     let Some(from) = el
         .attr("from")
         .and_then(|f| jid::BareJid::new(f).ok())
@@ -323,7 +338,7 @@ async fn authenticate(
         return fail(conn, StreamCondition::InvalidFrom, "that is our own domain").await;
     }
     let key = el.text();
-    let valid = verify_with(ctx, &from, stream_id, &key).await;
+    let valid = verify_with(ctx, &ours, &from, stream_id, &key).await;
     tracing::info!(remote = %from, valid, "dialback");
     let verdict = if valid { "valid" } else { "invalid" };
     conn.send(&format!(
@@ -347,10 +362,15 @@ async fn authenticate(
 
 /// Ask `remote`'s authoritative server (a new stream to it) to verify
 /// `key` for our stream `stream_id` (XEP-0220 §2.3).
-async fn verify_with(ctx: &Arc<ServerCtx>, remote: &str, stream_id: &str, key: &str) -> bool {
-    let ours = ctx.config.domain.clone();
+async fn verify_with(
+    ctx: &Arc<ServerCtx>,
+    ours: &str,
+    remote: &str,
+    stream_id: &str,
+    key: &str,
+) -> bool {
     let attempt = async {
-        let (mut conn, _, _) = stream::open(ctx, remote).await?;
+        let (mut conn, _, _) = stream::open(ctx, ours, remote).await?;
         conn.send(&format!(
             "<db:verify from='{ours}' to='{remote}' id='{stream_id}'>{}</db:verify>",
             crate::xml::element::escape(key)
@@ -382,7 +402,12 @@ async fn answer_verify(
     conn: &mut stream::Conn,
     el: &Element,
 ) -> Result<(), S2sError> {
-    let ours = &ctx.config.domain;
+    // The key was made for the domain of ours the verify is addressed to.
+    let ours = &el
+        .attr("to")
+        .filter(|t| super::is_local_domain(ctx, t))
+        .unwrap_or(&ctx.config.domain)
+        .to_ascii_lowercase();
     let from = el.attr("from").unwrap_or_default();
     let id = el.attr("id").unwrap_or_default();
     let for_us = el

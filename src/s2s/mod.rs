@@ -63,8 +63,9 @@ pub struct S2s {
     pub tls: tokio_rustls::TlsConnector,
     /// Whether peers' certificates are verified (SASL EXTERNAL needs it).
     pub verify: bool,
-    /// One outbound link per remote domain.
-    pub links: Mutex<HashMap<String, Addr<OutboundLink>>>,
+    /// One outbound link per (local domain, remote domain): a component's
+    /// stanzas leave on a link authenticated as the component's domain.
+    pub links: Mutex<HashMap<(String, String), Addr<OutboundLink>>>,
 }
 
 impl S2s {
@@ -85,9 +86,21 @@ impl S2s {
     }
 }
 
-/// Whether `domain` is served here (the cluster's domain).
+/// Whether `domain` is served here: the cluster's domain, or a component
+/// domain hosted cluster-wide (reachable over federation, XEP-0114 §1).
 pub fn is_local_domain(ctx: &ServerCtx, domain: &str) -> bool {
-    domain.eq_ignore_ascii_case(&ctx.config.domain)
+    domain.eq_ignore_ascii_case(&ctx.config.domain) || crate::component::is_component(ctx, domain)
+}
+
+/// The local domain a stanza leaves from: a hosted component's own domain
+/// (its links authenticate as that domain), else the cluster's domain.
+fn sending_domain(ctx: &ServerCtx, stanza: &Element) -> String {
+    stanza
+        .attr("from")
+        .and_then(|f| Jid::new(f).ok())
+        .map(|j| j.domain().as_str().to_ascii_lowercase())
+        .filter(|d| crate::component::is_component(ctx, d))
+        .unwrap_or_else(|| ctx.config.domain.to_ascii_lowercase())
 }
 
 /// Send a stanza (from a local entity, `from` stamped) to a remote domain
@@ -108,8 +121,10 @@ pub fn send(ctx: &ServerCtx, stanza: Element) {
         bounce_local(ctx, &stanza, StanzaCondition::RemoteServerNotFound);
         return;
     }
+    let local = sending_domain(ctx, &stanza);
+    let key = (local, domain);
     let mut links = ctx.s2s.links.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(addr) = links.get(&domain).filter(|a| a.connected()) {
+    if let Some(addr) = links.get(&key).filter(|a| a.connected()) {
         addr.do_send(outbound::SendStanza(stanza));
         return;
     }
@@ -120,10 +135,10 @@ pub fn send(ctx: &ServerCtx, stanza: Element) {
     let Some(me) = ctx.arc() else {
         return;
     };
-    let link = OutboundLink::new(me, domain.clone());
+    let link = OutboundLink::new(me, key.0.clone(), key.1.clone());
     let addr = actix::Actor::start_in_arbiter(&arbiter, |_| link);
     addr.do_send(outbound::SendStanza(stanza));
-    links.insert(domain, addr);
+    links.insert(key, addr);
 }
 
 /// Send `stanza` back to a local sender as an error, if it may have one
@@ -144,6 +159,11 @@ pub fn deliver_local(ctx: &ServerCtx, el: Element) {
         return;
     };
     if !is_local_domain(ctx, to.domain().as_str()) {
+        return;
+    }
+    if crate::component::is_component(ctx, to.domain().as_str()) {
+        let domain = to.domain().as_str().to_ascii_lowercase();
+        crate::component::route(ctx, el, &domain);
         return;
     }
     let recipient = to.node().map(|n| n.as_str().to_string());

@@ -35,6 +35,8 @@ struct Closed;
 
 pub struct OutboundLink {
     ctx: Arc<ServerCtx>,
+    /// Our domain on this link (the cluster's, or a hosted component's).
+    local: String,
     remote: String,
     queue: VecDeque<Element>,
     writer: Option<mpsc::Sender<String>>,
@@ -43,10 +45,11 @@ pub struct OutboundLink {
 }
 
 impl OutboundLink {
-    pub fn new(ctx: Arc<ServerCtx>, remote: String) -> OutboundLink {
-        let span = tracing::info_span!("s2s_out", remote = %remote);
+    pub fn new(ctx: Arc<ServerCtx>, local: String, remote: String) -> OutboundLink {
+        let span = tracing::info_span!("s2s_out", local = %local, remote = %remote);
         OutboundLink {
             ctx,
+            local,
             remote,
             queue: VecDeque::new(),
             writer: None,
@@ -76,10 +79,11 @@ impl Actor for OutboundLink {
         let me = ctx.address();
         let c = self.ctx.clone();
         let remote = self.remote.clone();
+        let local = self.local.clone();
         let span = self.span.clone();
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                match establish(&c, &remote).await {
+                match establish(&c, &local, &remote).await {
                     Ok((conn, bidi)) => {
                         tracing::info!(bidi, "outbound link ready");
                         let (tx, rx) = mpsc::channel(c.config.s2s.queue.max(16));
@@ -107,8 +111,9 @@ impl Actor for OutboundLink {
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         let mut links = self.ctx.s2s.links.lock().unwrap_or_else(|e| e.into_inner());
-        if links.get(&self.remote).is_some_and(|a| !a.connected()) {
-            links.remove(&self.remote);
+        let key = (self.local.clone(), self.remote.clone());
+        if links.get(&key).is_some_and(|a| !a.connected()) {
+            links.remove(&key);
         }
         drop(links);
         // Anything still waiting never left: its senders hear so.
@@ -165,12 +170,17 @@ impl Handler<Closed> for OutboundLink {
     }
 }
 
-/// Connect and authenticate this domain to `remote` with dialback
-/// (XEP-0220 §2.1): send our key, wait for the remote's verdict, which it
-/// gets by asking our domain's authoritative server (any of our nodes).
-async fn establish(ctx: &Arc<ServerCtx>, remote: &str) -> Result<(stream::Conn, bool), S2sError> {
-    let (mut conn, id, features) = stream::open(ctx, remote).await?;
-    let ours = ctx.config.domain.clone();
+/// Connect and authenticate `local` (our domain or a hosted component's)
+/// to `remote` with dialback (XEP-0220 §2.1): send our key, wait for the
+/// remote's verdict, which it gets by asking `local`'s authoritative
+/// server (any of our nodes).
+async fn establish(
+    ctx: &Arc<ServerCtx>,
+    local: &str,
+    remote: &str,
+) -> Result<(stream::Conn, bool), S2sError> {
+    let (mut conn, id, features) = stream::open(ctx, local, remote).await?;
+    let ours = local.to_string();
     // XEP-0288: where the peer offers it, this link carries its stanzas to
     // us too (asked for before authenticating).
     let bidi = features.get_child("bidi", BIDI_FEATURE_NS).is_some();

@@ -285,15 +285,23 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 /// An authenticated-to-be stream to `remote`: connected, encrypted, and
 /// past the restart. Returns the connection, the stream id the remote
 /// gave us, and its stream features. TLS is required.
-pub async fn open(ctx: &ServerCtx, remote: &str) -> Result<(Conn, String, Element), S2sError> {
+pub async fn open(
+    ctx: &ServerCtx,
+    local: &str,
+    remote: &str,
+) -> Result<(Conn, String, Element), S2sError> {
     let timeout = Duration::from_secs(ctx.config.s2s.connect_timeout_secs);
-    match tokio::time::timeout(timeout, open_inner(ctx, remote)).await {
+    match tokio::time::timeout(timeout, open_inner(ctx, local, remote)).await {
         Ok(r) => r,
         Err(_) => Err(S2sError::Timeout),
     }
 }
 
-async fn open_inner(ctx: &ServerCtx, remote: &str) -> Result<(Conn, String, Element), S2sError> {
+async fn open_inner(
+    ctx: &ServerCtx,
+    local: &str,
+    remote: &str,
+) -> Result<(Conn, String, Element), S2sError> {
     let candidates = ctx
         .s2s
         .resolver
@@ -301,7 +309,7 @@ async fn open_inner(ctx: &ServerCtx, remote: &str) -> Result<(Conn, String, Elem
         .await;
     let mut last = S2sError::NotFound(remote.to_string());
     for c in candidates {
-        match try_candidate(ctx, remote, &c).await {
+        match try_candidate(ctx, local, remote, &c).await {
             Ok(done) => return Ok(done),
             Err(e) => {
                 tracing::debug!(remote, host = %c.host, port = c.port, error = %e, "s2s candidate failed");
@@ -314,6 +322,7 @@ async fn open_inner(ctx: &ServerCtx, remote: &str) -> Result<(Conn, String, Elem
 
 async fn try_candidate(
     ctx: &ServerCtx,
+    local: &str,
     remote: &str,
     c: &Candidate,
 ) -> Result<(Conn, String, Element), S2sError> {
@@ -332,9 +341,8 @@ async fn try_candidate(
     } else {
         Conn::new(Box::new(tcp), ctx, false)
     };
-    let domain = ctx.config.domain.clone();
     loop {
-        conn.send(&initiating_header(&domain, remote)).await?;
+        conn.send(&initiating_header(local, remote)).await?;
         let header = conn.header().await?;
         if header.default_ns.as_deref() != Some(ns::SERVER) {
             return Err(S2sError::Protocol("not a jabber:server stream".into()));
