@@ -41,6 +41,7 @@ pub struct Config {
     pub http: HttpSection,
     pub s2s: S2sSection,
     pub component: ComponentSection,
+    pub services: ServicesSection,
 }
 
 /// Federation with other XMPP servers (RFC 6120 server-to-server).
@@ -111,6 +112,15 @@ impl Default for ComponentSection {
             secrets: Default::default(),
         }
     }
+}
+
+/// Hosted service domains (see `services.rs`): each service's domain, or
+/// empty for off.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServicesSection {
+    /// The diagnostic echo service: answers messages with "echo: <body>".
+    pub echo: String,
 }
 
 /// HTTP for health checks (and later websocket, metrics, admin).
@@ -274,6 +284,7 @@ impl Default for Config {
             http: HttpSection::default(),
             s2s: S2sSection::default(),
             component: ComponentSection::default(),
+            services: ServicesSection::default(),
         }
     }
 }
@@ -333,7 +344,7 @@ impl Default for LogConfig {
 }
 
 /// Sections that `STARLING_<SECTION>_<KEY>` can address.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "c2s",
     "tls",
     "registration",
@@ -343,6 +354,7 @@ const SECTIONS: [&str; 9] = [
     "http",
     "s2s",
     "component",
+    "services",
 ];
 
 impl Config {
@@ -480,6 +492,26 @@ impl Config {
                 return Err(ConfigError::BadValue {
                     key: format!("s2s.static_routes.{domain}"),
                     message: format!("expected host:port, got {target:?}"),
+                });
+            }
+        }
+        for (key, domain) in [("services.echo", &self.services.echo)] {
+            if domain.is_empty() {
+                continue;
+            }
+            let valid = jid::BareJid::new(domain).is_ok_and(|j| j.node().is_none());
+            let taken = domain.eq_ignore_ascii_case(&self.domain)
+                || self
+                    .component
+                    .secrets
+                    .keys()
+                    .any(|c| c.eq_ignore_ascii_case(domain));
+            if !valid || taken {
+                return Err(ConfigError::BadValue {
+                    key: key.into(),
+                    message: format!(
+                        "{domain:?} must be a domain of its own (not the server's, not a component's)"
+                    ),
                 });
             }
         }
@@ -676,6 +708,26 @@ mod tests {
         assert_eq!(c.domain, "localhost");
         assert!(c.c2s.require_tls);
         assert!(!c.registration.allow);
+    }
+
+    #[test]
+    fn a_service_domain_must_be_its_own() {
+        let e = Config::load(None, env(&[("STARLING_SERVICES_ECHO", "localhost")])).unwrap_err();
+        assert!(e.to_string().contains("services.echo"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[
+                ("STARLING_SERVICES_ECHO", "gw.localhost"),
+                ("STARLING_COMPONENT_SECRETS", "gw.localhost=s"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("services.echo"), "{e}");
+        let ok = Config::load(None, env(&[("STARLING_SERVICES_ECHO", "echo.localhost")]));
+        assert_eq!(
+            ok.map(|c| c.services.echo).ok().as_deref(),
+            Some("echo.localhost")
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod router;
 pub mod s2s;
 pub mod sasl;
 pub mod server;
+pub mod services;
 pub mod session_events;
 pub mod stanza_error;
 pub mod state;

@@ -48,6 +48,8 @@ pub struct ServerCtx {
     pub s2s: crate::s2s::S2s,
     /// External components connected to this node (XEP-0114).
     pub components: crate::component::Registry,
+    /// Hosted service domains (`[services]`).
+    pub services: crate::services::Services,
     /// This context itself, for code that holds only a reference.
     pub me: std::sync::OnceLock<std::sync::Weak<ServerCtx>>,
     pub throttle: AuthThrottle,
@@ -246,6 +248,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         tls: TlsAcceptor::from(tls.clone()),
         s2s: s2s_state,
         components: Default::default(),
+        services: crate::services::Services::from_config(&config.services),
         me: std::sync::OnceLock::new(),
         throttle: AuthThrottle::default(),
         presence: Default::default(),

@@ -233,10 +233,13 @@ async fn registration_is_limited_per_address() {
 /// an account's items stay empty.
 #[tokio::test]
 async fn disco_items_lists_the_hosted_components() {
-    let s = Server::start_with(&[(
-        "STARLING_COMPONENT_SECRETS",
-        "irc.localhost=one-secret,gw.localhost=another-secret",
-    )]);
+    let s = Server::start_with(&[
+        (
+            "STARLING_COMPONENT_SECRETS",
+            "irc.localhost=one-secret,gw.localhost=another-secret",
+        ),
+        ("STARLING_SERVICES_ECHO", "echo.localhost"),
+    ]);
     s.add_user("alice", "pw");
     let mut a = Client::online(s.c2s, "alice", "pw", "desk").await;
     let items = a
@@ -250,7 +253,7 @@ async fn disco_items_lists_the_hosted_components() {
         .get_child("query", "http://jabber.org/protocol/disco#items")
         .expect("query");
     let jids: Vec<&str> = q.elements().filter_map(|i| i.attr("jid")).collect();
-    assert_eq!(jids, ["gw.localhost", "irc.localhost"]);
+    assert_eq!(jids, ["echo.localhost", "gw.localhost", "irc.localhost"]);
     let mine = a
         .iq(iq_get(
             None,
@@ -261,4 +264,54 @@ async fn disco_items_lists_the_hosted_components() {
         .get_child("query", "http://jabber.org/protocol/disco#items")
         .expect("query");
     assert_eq!(q.elements().count(), 0);
+}
+
+/// A hosted service domain (`[services] echo`) answers a local user: its
+/// disco#info comes from the service's declaration, it answers pings, and
+/// the echo service answers a chat message from the addressed entity.
+#[tokio::test]
+async fn a_hosted_service_domain_answers_local_users() {
+    let s = Server::start_with(&[("STARLING_SERVICES_ECHO", "echo.localhost")]);
+    s.add_user("alice", "pw");
+    let mut a = Client::online(s.c2s, "alice", "pw", "desk").await;
+    let info = a
+        .iq(iq_get(
+            Some("echo.localhost"),
+            Element::new("query", "http://jabber.org/protocol/disco#info"),
+        ))
+        .await;
+    assert_eq!(info.attr("type"), Some("result"), "{info:?}");
+    assert_eq!(info.attr("from"), Some("echo.localhost"));
+    let q = info
+        .get_child("query", "http://jabber.org/protocol/disco#info")
+        .expect("query");
+    let identity = q.elements().next().expect("identity");
+    assert_eq!(identity.attr("category"), Some("component"));
+    let ping = a
+        .iq(iq_get(
+            Some("echo.localhost"),
+            Element::new("ping", "urn:xmpp:ping"),
+        ))
+        .await;
+    assert_eq!(ping.attr("type"), Some("result"), "{ping:?}");
+    a.send("<message to='bot@echo.localhost' type='chat' id='e1'><body>hello</body></message>")
+        .await;
+    let m = a.wait_for(|e| e.name == "message").await;
+    assert_eq!(m.attr("from"), Some("bot@echo.localhost"));
+    assert_eq!(m.attr("id"), Some("e1"));
+    assert_eq!(
+        m.get_child("body", "jabber:client").map(|b| b.text()),
+        Some("echo: hello".to_string())
+    );
+    // An iq the service does not handle is refused, not dropped.
+    let other = a
+        .iq(iq_get(
+            Some("echo.localhost"),
+            Element::new("query", "jabber:iq:version"),
+        ))
+        .await;
+    assert_eq!(
+        stanza_condition(&other).as_deref(),
+        Some("service-unavailable")
+    );
 }

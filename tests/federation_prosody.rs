@@ -200,12 +200,17 @@ async fn bidirectional_link_with_prosody() {
 /// link into node 2 (Prosody's stream names the component's domain), go
 /// to the component connected to node 1, and its answers leave node 1 on
 /// an outbound link that authenticates as `echo.starling.localhost` with
-/// dialback (Prosody verifies the key with node 2).
+/// dialback (Prosody verifies the key with node 2). The echo service on
+/// `svc.starling.localhost`, hosted by the nodes themselves, answers the
+/// same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hosted_component_is_reached_from_prosody() {
+async fn a_hosted_component_and_a_service_domain_are_reached_from_prosody() {
     let _turn = CLUSTER_TURN.lock().await;
     let secrets = format!("echo.starling.localhost={ECHO_SECRET}");
-    let extra = [("STARLING_COMPONENT_SECRETS", secrets.as_str())];
+    let extra = [
+        ("STARLING_COMPONENT_SECRETS", secrets.as_str()),
+        ("STARLING_SERVICES_ECHO", "svc.starling.localhost"),
+    ];
     let n1 = starling_node_with(1, None, COMP_S2S, &extra);
     let n2 = starling_node_with(2, Some(&n1), COMP_S2S, &extra);
     wait_members(&n1, SECRET, 2).await;
@@ -237,36 +242,18 @@ async fn a_hosted_component_is_reached_from_prosody() {
     );
     let prosody = Prosody::start(n2.s2s.expect("s2s on"), COMP_C2S, COMP_S2S, false);
     prosody.register("bob", "bob-pw");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/interop/slixmpp_ask_echo.py"
-            ))
-            .args(["127.0.0.1", &COMP_C2S.to_string()])
-            .args(["bob@prosody.localhost/fed", "bob-pw"])
-            .args(["bot@echo.starling.localhost", "3"])
-            .output()
-            .expect("run python")
-    })
-    .await
-    .expect("client task");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = ask_echo("bot@echo.starling.localhost").await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
     drop(gateway.stdin.take());
     let _ = gateway.kill();
     let _ = gateway.wait();
     assert!(
-        out.status.success() && text.contains("ALL OK"),
+        out.status.success() && text.matches("ECHO bot@echo.starling.localhost").count() == 3,
         "a Prosody user could not reach the hosted component:\n{text}\n{}\n--- prosody\n{}\n--- node 1\n{}\n--- node 2\n{}",
         String::from_utf8_lossy(&out.stderr),
         prosody.log(),
         n1.log(),
         n2.log()
-    );
-    assert_eq!(
-        text.matches("ECHO bot@echo.starling.localhost").count(),
-        3,
-        "{text}"
     );
     // The answers left on a link authenticated as the component's domain.
     let log = n1.log();
@@ -274,4 +261,31 @@ async fn a_hosted_component_is_reached_from_prosody() {
         log.contains("local=echo.starling.localhost") && log.contains("outbound link ready"),
         "{log}"
     );
+    // A service domain the cluster hosts itself is reached the same way.
+    let out = ask_echo("bot@svc.starling.localhost").await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.matches("ECHO bot@svc.starling.localhost").count() == 3,
+        "a Prosody user could not reach the hosted service:\n{text}\n--- prosody\n{}\n--- node 2\n{}",
+        prosody.log(),
+        n2.log()
+    );
+}
+
+/// A Prosody user (bob) sends three chat messages to `to` and waits for
+/// each echo (tests/interop/slixmpp_ask_echo.py).
+async fn ask_echo(to: &'static str) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/interop/slixmpp_ask_echo.py"
+            ))
+            .args(["127.0.0.1", &COMP_C2S.to_string()])
+            .args(["bob@prosody.localhost/fed", "bob-pw", to, "3"])
+            .output()
+            .expect("run python")
+    })
+    .await
+    .expect("client task")
 }

@@ -1,7 +1,8 @@
 //! XEP-0030 Service Discovery: info and items for the server, info for the
 //! user's own account. Features come from what the modules declared; the
 //! server's items are the services it hosts (the external components of
-//! `[component] secrets`, cluster-wide), so clients find them (§4).
+//! `[component] secrets`, cluster-wide, and the `[services]` domains), so
+//! clients find them (§4).
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
 use crate::server::ServerCtx;
@@ -34,7 +35,17 @@ impl Module for Disco {
         if req.payload.ns == ns::DISCO_ITEMS {
             let mut q = Element::new("query", ns::DISCO_ITEMS);
             if req.addressee == Addressee::Host {
-                for domain in req.server.config.component.secrets.keys() {
+                let mut domains: Vec<&str> = req
+                    .server
+                    .config
+                    .component
+                    .secrets
+                    .keys()
+                    .map(String::as_str)
+                    .chain(req.server.services.domains())
+                    .collect();
+                domains.sort_unstable();
+                for domain in domains {
                     q.push_child(Element::new("item", ns::DISCO_ITEMS).with_attr("jid", domain));
                 }
             }

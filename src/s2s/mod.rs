@@ -89,7 +89,9 @@ impl S2s {
 /// Whether `domain` is served here: the cluster's domain, or a component
 /// domain hosted cluster-wide (reachable over federation, XEP-0114 §1).
 pub fn is_local_domain(ctx: &ServerCtx, domain: &str) -> bool {
-    domain.eq_ignore_ascii_case(&ctx.config.domain) || crate::component::is_component(ctx, domain)
+    domain.eq_ignore_ascii_case(&ctx.config.domain)
+        || crate::component::is_component(ctx, domain)
+        || ctx.services.hosts(domain)
 }
 
 /// The local domain a stanza leaves from: a hosted component's own domain
@@ -99,7 +101,7 @@ fn sending_domain(ctx: &ServerCtx, stanza: &Element) -> String {
         .attr("from")
         .and_then(|f| Jid::new(f).ok())
         .map(|j| j.domain().as_str().to_ascii_lowercase())
-        .filter(|d| crate::component::is_component(ctx, d))
+        .filter(|d| crate::component::is_component(ctx, d) || ctx.services.hosts(d))
         .unwrap_or_else(|| ctx.config.domain.to_ascii_lowercase())
 }
 
@@ -113,6 +115,10 @@ pub fn send(ctx: &ServerCtx, stanza: Element) {
     else {
         return;
     };
+    if ctx.services.hosts(&domain) {
+        serve_hosted(ctx, &domain, stanza);
+        return;
+    }
     if crate::component::is_component(ctx, &domain) {
         crate::component::route(ctx, stanza, &domain);
         return;
@@ -141,6 +147,23 @@ pub fn send(ctx: &ServerCtx, stanza: Element) {
     links.insert(key, addr);
 }
 
+/// A stanza for a hosted service domain (from a local user, a component
+/// or a remote server): the service answers on this node, and each answer
+/// goes where it is addressed, like a component's stanzas.
+fn serve_hosted(ctx: &ServerCtx, domain: &str, stanza: Element) {
+    for out in ctx.services.handle(domain, &stanza) {
+        let local = out
+            .attr("to")
+            .and_then(|t| Jid::new(t).ok())
+            .is_some_and(|j| is_local_domain(ctx, j.domain().as_str()));
+        if local {
+            deliver_local(ctx, out);
+        } else {
+            send(ctx, out);
+        }
+    }
+}
+
 /// Send `stanza` back to a local sender as an error, if it may have one
 /// (RFC 6120 §8.3.1: never an error for an error).
 pub fn bounce_local(ctx: &ServerCtx, stanza: &Element, condition: StanzaCondition) {
@@ -159,6 +182,11 @@ pub fn deliver_local(ctx: &ServerCtx, el: Element) {
         return;
     };
     if !is_local_domain(ctx, to.domain().as_str()) {
+        return;
+    }
+    if ctx.services.hosts(to.domain().as_str()) {
+        let domain = to.domain().as_str().to_ascii_lowercase();
+        serve_hosted(ctx, &domain, el);
         return;
     }
     if crate::component::is_component(ctx, to.domain().as_str()) {
