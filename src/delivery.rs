@@ -7,7 +7,8 @@
 use actix::Addr;
 use jid::{BareJid, FullJid, Jid};
 
-use crate::modules::{blocking, carbons, Addressee, IqKind};
+use crate::modules::hooks::Verdict;
+use crate::modules::{blocking, Addressee, IqKind};
 use crate::presence::UserPresence;
 use crate::route::answer;
 use crate::server::ServerCtx;
@@ -68,12 +69,11 @@ pub fn from_client(
     }
     let from = sender.jid;
     let to = to.unwrap_or_else(|| from.to_bare().into());
-    let user = from.node().map(|n| n.as_str()).unwrap_or_default();
-    if blocking::blocks(ctx, user, to.as_str()) && stanza.attr("type") != Some("error") {
+    // The message pipeline (modules/hooks.rs): blocking, carbons, ...
+    if let Verdict::Stop(reply) = ctx.modules.hooks.outbound(ctx, from, &to, &stanza) {
         answer(receipt, true);
-        return Outcome::reply(Some(blocking::blocked_error(&stanza)));
+        return Outcome::reply(reply);
     }
-    carbons::copy_sent(ctx, from, &stanza);
     Outcome::reply(message_owned(ctx, stanza, to, None, receipt))
 }
 
@@ -288,12 +288,8 @@ pub fn message_owned(
         );
     };
     let username = node.as_str();
-    let exists = ctx.state.account_exists(username);
-    let blocked = msg
-        .attr("from")
-        .is_some_and(|f| blocking::blocks(ctx, username, f));
-    if !exists || blocked {
-        // §8.5.1 (no such user) and XEP-0191 §3.5 (blocked sender).
+    if !ctx.state.account_exists(username) {
+        // §8.5.1: no such user.
         return handled(
             receipt,
             match mtype.as_str() {
@@ -302,10 +298,16 @@ pub fn message_owned(
             },
         );
     }
+    // The pipeline's inbound side (blocking: XEP-0191 §3.5).
+    if let Verdict::Stop(reply) = ctx.modules.hooks.inbound(ctx, username, &msg) {
+        return handled(receipt, reply);
+    }
     let bare = to.to_bare();
     if let Ok(full) = to.try_as_full() {
         if let Some(t) = crate::route::full(ctx, full).filter(|t| Some(t.node) != exclude) {
-            carbons::copy_received(ctx, &bare, &msg, std::slice::from_ref(&t));
+            ctx.modules
+                .hooks
+                .delivering(ctx, &bare, &msg, std::slice::from_ref(&t));
             crate::route::send_owned(ctx, &t, msg, None, receipt);
             return None;
         }
@@ -327,7 +329,7 @@ pub fn message_owned(
         // §8.5.2.2 / XEP-0160: nobody to take it now: keep it for later.
         _ if targets.is_empty() => store_offline(ctx, username, msg, receipt),
         _ => {
-            carbons::copy_received(ctx, &bare, &msg, &targets);
+            ctx.modules.hooks.delivering(ctx, &bare, &msg, &targets);
             // Owned once the first of the chosen resources has it.
             let mut receipt = receipt;
             for t in &targets {

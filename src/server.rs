@@ -168,7 +168,7 @@ pub enum StartError {
     #[error("cluster: {0}")]
     Cluster(String),
     #[error("feature modules: {0}")]
-    Modules(#[from] crate::modules::DuplicateHandler),
+    Modules(#[from] crate::modules::ModulesError),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         key: &'static str,

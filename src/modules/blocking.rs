@@ -66,6 +66,39 @@ fn push(ctx: &ServerCtx, user: &BareJid, payload: Element) {
     }
 }
 
+/// Blocking in the message pipeline (place 10): a message to someone the
+/// sender blocks is refused (§3.6); one from someone the addressee blocks
+/// is answered as if the account did not exist (§3.5).
+impl super::hooks::MessageHook for Blocking {
+    fn order(&self) -> u16 {
+        10
+    }
+
+    fn outbound(
+        &self,
+        ctx: &ServerCtx,
+        from: &jid::FullJid,
+        to: &Jid,
+        msg: &Element,
+    ) -> super::hooks::Verdict {
+        let user = from.node().map(|n| n.as_str()).unwrap_or_default();
+        if msg.attr("type") != Some("error") && blocks(ctx, user, to.as_str()) {
+            return super::hooks::Verdict::Stop(Some(blocked_error(msg)));
+        }
+        super::hooks::Verdict::Continue
+    }
+
+    fn inbound(&self, ctx: &ServerCtx, user: &str, msg: &Element) -> super::hooks::Verdict {
+        if !msg.attr("from").is_some_and(|f| blocks(ctx, user, f)) {
+            return super::hooks::Verdict::Continue;
+        }
+        super::hooks::Verdict::Stop(match msg.attr("type").unwrap_or("normal") {
+            "headline" | "error" => None,
+            _ => crate::stanza_error::bounce(msg, StanzaCondition::ServiceUnavailable),
+        })
+    }
+}
+
 impl Module for Blocking {
     fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
         vec![NS]

@@ -74,6 +74,29 @@ pub fn copy_sent(ctx: &ServerCtx, from: &FullJid, msg: &Element) {
     }
 }
 
+/// Carbons in the message pipeline (place 20): copies of what a user sent
+/// and received go to their other carbons-enabled resources.
+impl super::hooks::MessageHook for Carbons {
+    fn order(&self) -> u16 {
+        20
+    }
+
+    fn outbound(
+        &self,
+        ctx: &ServerCtx,
+        from: &FullJid,
+        _to: &jid::Jid,
+        msg: &Element,
+    ) -> super::hooks::Verdict {
+        copy_sent(ctx, from, msg);
+        super::hooks::Verdict::Continue
+    }
+
+    fn delivering(&self, ctx: &ServerCtx, user: &jid::BareJid, msg: &Element, to: &[Target]) {
+        copy_received(ctx, user, msg, to);
+    }
+}
+
 impl Module for Carbons {
     fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
         vec![NS]

@@ -7,6 +7,7 @@ pub mod blocking;
 pub mod carbons;
 pub mod disco;
 pub mod entity_time;
+pub mod hooks;
 pub mod last;
 pub mod ping;
 pub mod private;
@@ -156,6 +157,17 @@ impl Module for OfflineFeature {
 pub struct Modules {
     list: Vec<Arc<dyn Module>>,
     handlers: HashMap<Key, Arc<dyn Module>>,
+    /// The message pipeline (`hooks.rs`).
+    pub hooks: hooks::Hooks,
+}
+
+/// What stops the server at start: modules whose declarations collide.
+#[derive(Debug, thiserror::Error)]
+pub enum ModulesError {
+    #[error(transparent)]
+    DuplicateHandler(#[from] DuplicateHandler),
+    #[error(transparent)]
+    SamePlace(#[from] hooks::SamePlace),
 }
 
 /// Two modules declared the same iq key: which one answers would depend on
@@ -171,42 +183,57 @@ pub struct DuplicateHandler {
 }
 
 impl Modules {
-    pub fn new(list: Vec<Arc<dyn Module>>) -> Result<Self, DuplicateHandler> {
+    pub fn new(
+        list: Vec<Arc<dyn Module>>,
+        message_hooks: Vec<Arc<dyn hooks::MessageHook>>,
+    ) -> Result<Self, ModulesError> {
         let mut handlers: HashMap<Key, Arc<dyn Module>> = HashMap::new();
         for m in &list {
             for key in m.handles() {
                 if let Some(first) = handlers.get(&key) {
-                    return Err(DuplicateHandler {
+                    return Err(ModulesError::DuplicateHandler(DuplicateHandler {
                         kind: key.0,
                         addressee: key.1,
                         ns: key.2,
                         first: first.name(),
                         second: m.name(),
-                    });
+                    }));
                 }
                 handlers.insert(key, m.clone());
             }
         }
-        Ok(Modules { list, handlers })
+        let hooks = hooks::Hooks::new(message_hooks)?;
+        Ok(Modules {
+            list,
+            handlers,
+            hooks,
+        })
     }
 
     /// The standard set for a single node.
-    pub fn standard() -> Result<Self, DuplicateHandler> {
-        Modules::new(vec![
-            Arc::new(disco::Disco),
-            Arc::new(ping::Ping),
-            Arc::new(version::Version),
-            Arc::new(register::Register),
-            Arc::new(session::Session),
-            Arc::new(roster::Roster),
-            Arc::new(blocking::Blocking),
-            Arc::new(carbons::Carbons),
-            Arc::new(vcard::Vcard),
-            Arc::new(private::Private),
-            Arc::new(last::LastActivity),
-            Arc::new(entity_time::EntityTime),
-            Arc::new(OfflineFeature),
-        ])
+    pub fn standard() -> Result<Self, ModulesError> {
+        let blocking = Arc::new(blocking::Blocking);
+        let carbons = Arc::new(carbons::Carbons);
+        let message_hooks: Vec<Arc<dyn hooks::MessageHook>> =
+            vec![blocking.clone(), carbons.clone()];
+        Modules::new(
+            vec![
+                Arc::new(disco::Disco),
+                Arc::new(ping::Ping),
+                Arc::new(version::Version),
+                Arc::new(register::Register),
+                Arc::new(session::Session),
+                Arc::new(roster::Roster),
+                blocking,
+                carbons,
+                Arc::new(vcard::Vcard),
+                Arc::new(private::Private),
+                Arc::new(last::LastActivity),
+                Arc::new(entity_time::EntityTime),
+                Arc::new(OfflineFeature),
+            ],
+            message_hooks,
+        )
     }
 
     /// All features the server offers, for disco#info.
@@ -305,11 +332,22 @@ mod tests {
 
     #[test]
     fn a_key_declared_twice_is_refused_with_both_names() {
-        let err = Modules::new(vec![Arc::new(ping::Ping), Arc::new(ping::Ping)])
+        let err = Modules::new(vec![Arc::new(ping::Ping), Arc::new(ping::Ping)], Vec::new())
             .err()
             .expect("a duplicate must be refused");
         let text = err.to_string();
         assert!(text.contains(ns::PING), "{text}");
         assert!(text.contains("Ping and Ping"), "{text}");
+    }
+
+    #[test]
+    fn two_hooks_in_one_place_are_refused() {
+        let err = Modules::new(
+            Vec::new(),
+            vec![Arc::new(blocking::Blocking), Arc::new(blocking::Blocking)],
+        )
+        .err()
+        .expect("the same place twice must be refused");
+        assert!(err.to_string().contains("place 10"), "{err}");
     }
 }

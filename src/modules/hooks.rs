@@ -1,0 +1,91 @@
+//! The message pipeline: features that act on messages as they pass
+//! (RFC 6121 §8) register a [`MessageHook`] instead of being called from
+//! `delivery.rs` by name. Hooks run in their stated [`order`]
+//! (lower first; two hooks may not share a place, checked at start):
+//!
+//! | order | hook | on |
+//! |---|---|---|
+//! | 10 | blocking (XEP-0191) | outbound, inbound |
+//! | 20 | carbons (XEP-0280) | outbound, delivering |
+//!
+//! An archive (XEP-0313) takes a place after carbons. Offline storage
+//! (XEP-0160) is the last step of routing itself, not a hook: it runs when
+//! no hook stopped the message and no resource can take it.
+//!
+//! [`order`]: MessageHook::order
+
+use jid::{BareJid, FullJid, Jid};
+
+use crate::route::Target;
+use crate::server::ServerCtx;
+use crate::xml::Element;
+
+/// What a hook decides about a message.
+pub enum Verdict {
+    /// Go on to the next hook, then routing.
+    Continue,
+    /// Stop here; answer the sender with this stanza, if any.
+    Stop(Option<Element>),
+}
+
+pub trait MessageHook: Send + Sync {
+    /// Its place in the chain; see the module table.
+    fn order(&self) -> u16;
+
+    /// A message a local user (`from`) sent to `to`, before it is routed.
+    fn outbound(&self, _ctx: &ServerCtx, _from: &FullJid, _to: &Jid, _msg: &Element) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// A message for the local account `user` (from anyone), before it is
+    /// routed to the account's resources or stored.
+    fn inbound(&self, _ctx: &ServerCtx, _user: &str, _msg: &Element) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// The message for `user` is about to be handed to these resources.
+    fn delivering(&self, _ctx: &ServerCtx, _user: &BareJid, _msg: &Element, _to: &[Target]) {}
+}
+
+/// The hooks in order.
+#[derive(Default)]
+pub struct Hooks(Vec<std::sync::Arc<dyn MessageHook>>);
+
+/// Two hooks declared the same place: their order would be an accident.
+#[derive(Debug, thiserror::Error)]
+#[error("two message hooks take place {0} in the pipeline")]
+pub struct SamePlace(pub u16);
+
+impl Hooks {
+    pub fn new(mut hooks: Vec<std::sync::Arc<dyn MessageHook>>) -> Result<Hooks, SamePlace> {
+        hooks.sort_by_key(|h| h.order());
+        if let Some(w) = hooks.windows(2).find(|w| w[0].order() == w[1].order()) {
+            return Err(SamePlace(w[0].order()));
+        }
+        Ok(Hooks(hooks))
+    }
+
+    pub fn outbound(&self, ctx: &ServerCtx, from: &FullJid, to: &Jid, msg: &Element) -> Verdict {
+        for h in &self.0 {
+            if let Verdict::Stop(reply) = h.outbound(ctx, from, to, msg) {
+                return Verdict::Stop(reply);
+            }
+        }
+        Verdict::Continue
+    }
+
+    pub fn inbound(&self, ctx: &ServerCtx, user: &str, msg: &Element) -> Verdict {
+        for h in &self.0 {
+            if let Verdict::Stop(reply) = h.inbound(ctx, user, msg) {
+                return Verdict::Stop(reply);
+            }
+        }
+        Verdict::Continue
+    }
+
+    pub fn delivering(&self, ctx: &ServerCtx, user: &BareJid, msg: &Element, to: &[Target]) {
+        for h in &self.0 {
+            h.delivering(ctx, user, msg, to);
+        }
+    }
+}
