@@ -198,7 +198,7 @@ fn iq(ctx: &ServerCtx, sender: &Sender, iq: Element, to: Option<Jid>) -> Outcome
     }
     if !is_local(ctx, &to) {
         // A remote server or a component.
-        crate::s2s::send(ctx, iq);
+        ctx.elsewhere.send(ctx, iq);
         return Outcome::default();
     }
     let user = from.node().map(|n| n.as_str()).unwrap_or_default();
@@ -251,7 +251,7 @@ pub fn route_reply(ctx: &ServerCtx, reply: Element) {
         return;
     };
     if !is_local(ctx, &to) {
-        crate::s2s::send(ctx, reply);
+        ctx.elsewhere.send(ctx, reply);
     } else if let Ok(full) = to.try_as_full() {
         match crate::route::full(ctx, full) {
             Some(t) => crate::route::send(ctx, &t, reply, None),
@@ -271,7 +271,7 @@ pub fn message_owned(
 ) -> Option<Element> {
     let mtype = msg.attr("type").unwrap_or("normal").to_string();
     if !is_local(ctx, &to) {
-        crate::s2s::send(ctx, msg);
+        ctx.elsewhere.send(ctx, msg);
         answer(receipt, true);
         return None;
     }

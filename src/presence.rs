@@ -331,7 +331,7 @@ impl UserPresence {
                     .with_attr("type", "probe")
                     .with_attr("from", self.bare.to_string())
                     .with_attr("to", contact.to_string());
-                crate::s2s::send(&self.ctx, probe);
+                self.ctx.elsewhere.send(&self.ctx, probe);
                 continue;
             }
             if let Some(addr) = self.ctx.presence.get(&contact) {
@@ -640,7 +640,7 @@ impl Handler<SendUnavailable> for UserPresence {
 pub fn deliver_presence(ctx: &ServerCtx, stanza: Element, to: &Jid) {
     if to.domain().as_str() != ctx.config.domain {
         // A contact on a remote server, or a component.
-        crate::s2s::send(ctx, stanza);
+        ctx.elsewhere.send(ctx, stanza);
         return;
     }
     let Some(node) = to.node() else { return };
@@ -707,7 +707,7 @@ pub fn from_client(
                         deliver: None,
                     });
                 }
-                crate::s2s::send(ctx, stanza);
+                ctx.elsewhere.send(ctx, stanza);
                 return None;
             }
             if let Some(node) = to.node() {
@@ -802,7 +802,7 @@ pub async fn subscription_outbound(
         subscription_inbound(ctx, stanza, kind, &user_bare, &contact).await;
     } else {
         // RFC 6121 §3.1.2: the contact's server applies A.3 there.
-        crate::s2s::send(ctx, stanza);
+        ctx.elsewhere.send(ctx, stanza);
     }
     match kind {
         // §3.1.5: after approving, the contact gets the user's current presence.
@@ -855,7 +855,7 @@ async fn subscription_inbound_now(
 ) {
     if contact.domain().as_str() != ctx.config.domain {
         // An answer made here for a remote user: their server applies it.
-        crate::s2s::send(ctx, stanza);
+        ctx.elsewhere.send(ctx, stanza);
         return;
     }
     let Some(contact_user) = contact.node().map(|n| n.as_str().to_string()) else {

@@ -12,6 +12,24 @@ use crate::router::{deliver, SessionEntry};
 use crate::server::ServerCtx;
 use crate::xml::{ns, Element};
 
+/// Stanzas for other domains: remote servers, external components and
+/// hosted services. The transports implement it (`s2s::Transports`) and
+/// the node hands it in at start, so the IM layer never names a transport.
+pub trait Elsewhere: Send + Sync {
+    /// Send a stanza a local entity addressed to another domain.
+    fn send(&self, ctx: &ServerCtx, stanza: Element);
+    /// A stanza relayed to this node for a component connected here;
+    /// false if it is not (any more).
+    fn to_component_here(&self, ctx: &ServerCtx, stanza: &Element, domain: &str) -> bool;
+    /// Answer a local sender with an error (never an error for an error).
+    fn bounce_local(
+        &self,
+        ctx: &ServerCtx,
+        stanza: &Element,
+        condition: crate::stanza_error::StanzaCondition,
+    );
+}
+
 /// A session that can receive a stanza, wherever it is.
 #[derive(Clone)]
 pub struct Target {
@@ -632,8 +650,8 @@ pub async fn serve_relays(
             }
             Relay::Component { domain, xml } => {
                 if let Ok(el) = crate::xml::parse_fragment(&xml) {
-                    if !crate::component::deliver_here(&ctx, &el, &domain) {
-                        crate::s2s::bounce_local(
+                    if !ctx.elsewhere.to_component_here(&ctx, &el, &domain) {
+                        ctx.elsewhere.bounce_local(
                             &ctx,
                             &el,
                             crate::stanza_error::StanzaCondition::ServiceUnavailable,

@@ -50,6 +50,8 @@ pub struct ServerCtx {
     pub components: crate::component::Registry,
     /// Hosted service domains (`[services]`).
     pub services: crate::services::Services,
+    /// Other domains: federation, components, hosted services.
+    pub elsewhere: Arc<dyn crate::route::Elsewhere>,
     /// This context itself, for code that holds only a reference.
     pub me: std::sync::OnceLock<std::sync::Weak<ServerCtx>>,
     pub throttle: AuthThrottle,
@@ -249,6 +251,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         s2s: s2s_state,
         components: Default::default(),
         services: crate::services::Services::from_config(&config.services),
+        elsewhere: Arc::new(crate::s2s::Transports),
         me: std::sync::OnceLock::new(),
         throttle: AuthThrottle::default(),
         presence: Default::default(),

@@ -147,6 +147,23 @@ pub fn send(ctx: &ServerCtx, stanza: Element) {
     links.insert(key, addr);
 }
 
+/// The transports that reach other domains, as the routing layer sees them.
+pub struct Transports;
+
+impl crate::route::Elsewhere for Transports {
+    fn send(&self, ctx: &ServerCtx, stanza: Element) {
+        send(ctx, stanza)
+    }
+
+    fn to_component_here(&self, ctx: &ServerCtx, stanza: &Element, domain: &str) -> bool {
+        crate::component::deliver_here(ctx, stanza, domain)
+    }
+
+    fn bounce_local(&self, ctx: &ServerCtx, stanza: &Element, condition: StanzaCondition) {
+        bounce_local(ctx, stanza, condition)
+    }
+}
+
 /// A stanza for a hosted service domain (from a local user, a component
 /// or a remote server): the service answers on this node, and each answer
 /// goes where it is addressed, like a component's stanzas.
