@@ -12,6 +12,48 @@ use crate::router::{deliver, SessionEntry};
 use crate::server::ServerCtx;
 use crate::xml::{ns, Element};
 
+/// Work that finishes later (a boxed future), for the handles below.
+pub type Later<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// What routing asks of the layers above it. The node hands it in at
+/// start (`server::Wiring`), so routing names none of them.
+pub trait Above: Send + Sync {
+    /// Route a message again by bare JID, offline storage last; true
+    /// once owned (`exclude`: a node given up on).
+    fn store_or_route(
+        &self,
+        ctx: std::sync::Arc<ServerCtx>,
+        el: Element,
+        to: FullJid,
+        exclude: Option<u64>,
+    ) -> Later<bool>;
+    /// A presence probe relayed here: `contact`'s presence answers `from`
+    /// (its resource `reply_to`, or the bare JID for a remote prober).
+    fn answer_probe(
+        &self,
+        ctx: &ServerCtx,
+        from: BareJid,
+        reply_to: Option<FullJid>,
+        contact: &BareJid,
+    );
+    /// Take the resumable session (`previd`, `user`) from this node for
+    /// node `to`: its state, if it was here.
+    fn take_over(
+        &self,
+        ctx: &ServerCtx,
+        previd: &str,
+        user: &str,
+        to: u64,
+    ) -> Later<Option<HandOff>>;
+    /// Recreate a handed-over session on this node; true once it is bound.
+    fn install_session(
+        &self,
+        ctx: std::sync::Arc<ServerCtx>,
+        state: HandOff,
+        from: u64,
+    ) -> Later<bool>;
+}
+
 /// Stanzas for other domains: remote servers, external components and
 /// hosted services. The transports implement it (`s2s::Transports`) and
 /// the node hands it in at start, so the IM layer never names a transport.
@@ -396,7 +438,10 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
         _ if el.name == "message" => {
             // The session is gone (or keeps moving): the bare JID decides,
             // offline storage last; only a commit counts as owned.
-            let owned = crate::delivery::store_or_route(&ctx, el, &to, Some(node)).await;
+            let owned = ctx
+                .above
+                .store_or_route(ctx.clone(), el, to.clone(), Some(node))
+                .await;
             if !owned {
                 tracing::warn!(to = %to, node, "message could not be routed again or stored (no quorum?); dropped");
             }
@@ -575,20 +620,7 @@ pub async fn serve_relays(
                 token,
                 reply_to,
             } => {
-                let state = match ctx.sm_sessions.get(&previd, &user) {
-                    Some((addr, _)) => addr
-                        .send(crate::c2s::session::TakeOver {
-                            reason: crate::stream_error::StreamError::with_text(
-                                crate::stream_error::StreamCondition::Conflict,
-                                "session resumed elsewhere",
-                            ),
-                            to: reply_to,
-                        })
-                        .await
-                        .ok()
-                        .flatten(),
-                    None => None,
-                };
+                let state = ctx.above.take_over(&ctx, &previd, &user, reply_to).await;
                 relay(&ctx, reply_to, &Relay::HandOffReply { token, state });
             }
             Relay::HandOffPush { state, token } => {
@@ -599,9 +631,7 @@ pub async fn serve_relays(
                 match ctx.arbiters.get().and_then(|a| a.first().cloned()) {
                     Some(arbiter) if !ctx.draining.load(std::sync::atomic::Ordering::Acquire) => {
                         arbiter.spawn(async move {
-                            let ok = crate::c2s::listener::install_session(&c, state, from)
-                                .await
-                                .is_some();
+                            let ok = c.above.install_session(c.clone(), state, from).await;
                             relay(&c, from, &Relay::HandOffPushed { token, ok });
                         });
                     }
@@ -669,13 +699,7 @@ pub async fn serve_relays(
                 };
                 // An empty reply_to: a remote server probed; answer its bare JID.
                 let reply_to = FullJid::new(&reply_to).ok();
-                if let Some(a) = ctx.presence.get(&contact) {
-                    a.do_send(crate::presence::SendCurrent {
-                        to: from,
-                        resource: reply_to,
-                        check_subscription: true,
-                    });
-                }
+                ctx.above.answer_probe(&ctx, from, reply_to, &contact);
             }
         }
     }
@@ -688,7 +712,7 @@ fn install_here(ctx: &std::sync::Arc<ServerCtx>, state: HandOff, from: u64) {
     match ctx.arbiters.get().and_then(|a| a.first().cloned()) {
         Some(arbiter) => {
             arbiter.spawn(async move {
-                let _ = crate::c2s::listener::install_session(&c, state, from).await;
+                let _ = c.above.install_session(c.clone(), state, from).await;
             });
         }
         None => tracing::warn!("no arbiter yet; dropping a handed-over session"),
@@ -802,7 +826,10 @@ fn redeliver_after(
                 receipt,
             );
         }
-        let owned = crate::delivery::store_or_route(&c, el, &to, None).await;
+        let owned = c
+            .above
+            .store_or_route(c.clone(), el, to.clone(), None)
+            .await;
         if !owned {
             tracing::warn!(to = %to, "message could not be delivered or stored (no quorum?)");
         }

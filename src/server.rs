@@ -52,6 +52,8 @@ pub struct ServerCtx {
     pub services: crate::services::Services,
     /// Other domains: federation, components, hosted services.
     pub elsewhere: Arc<dyn crate::route::Elsewhere>,
+    /// What routing asks of the layers above it ([`Wiring`]).
+    pub above: Arc<dyn crate::route::Above>,
     /// This context itself, for code that holds only a reference.
     pub me: std::sync::OnceLock<std::sync::Weak<ServerCtx>>,
     pub throttle: AuthThrottle,
@@ -96,6 +98,75 @@ pub struct ServerCtx {
     shutdown: watch::Receiver<bool>,
     next_id: AtomicU64,
     conns: Arc<AtomicUsize>,
+}
+
+/// The node wires routing to the layers above it: delivery (routing a
+/// message again, offline last), presence (probes relayed from other
+/// nodes) and c2s (session hand-over).
+struct Wiring;
+
+impl crate::route::Above for Wiring {
+    fn store_or_route(
+        &self,
+        ctx: Arc<ServerCtx>,
+        el: crate::xml::Element,
+        to: jid::FullJid,
+        exclude: Option<u64>,
+    ) -> crate::route::Later<bool> {
+        Box::pin(async move { crate::delivery::store_or_route(&ctx, el, &to, exclude).await })
+    }
+
+    fn answer_probe(
+        &self,
+        ctx: &ServerCtx,
+        from: jid::BareJid,
+        reply_to: Option<jid::FullJid>,
+        contact: &jid::BareJid,
+    ) {
+        if let Some(a) = ctx.presence.get(contact) {
+            a.do_send(crate::presence::SendCurrent {
+                to: from,
+                resource: reply_to,
+                check_subscription: true,
+            });
+        }
+    }
+
+    fn take_over(
+        &self,
+        ctx: &ServerCtx,
+        previd: &str,
+        user: &str,
+        to: u64,
+    ) -> crate::route::Later<Option<crate::route::HandOff>> {
+        let addr = ctx.sm_sessions.get(previd, user).map(|(addr, _)| addr);
+        Box::pin(async move {
+            let addr = addr?;
+            addr.send(crate::c2s::session::TakeOver {
+                reason: StreamError::with_text(
+                    crate::stream_error::StreamCondition::Conflict,
+                    "session resumed elsewhere",
+                ),
+                to,
+            })
+            .await
+            .ok()
+            .flatten()
+        })
+    }
+
+    fn install_session(
+        &self,
+        ctx: Arc<ServerCtx>,
+        state: crate::route::HandOff,
+        from: u64,
+    ) -> crate::route::Later<bool> {
+        Box::pin(async move {
+            crate::c2s::listener::install_session(&ctx, state, from)
+                .await
+                .is_some()
+        })
+    }
 }
 
 /// Counts a live connection until dropped, so shutdown can wait for writes.
@@ -252,6 +323,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         components: Default::default(),
         services: crate::services::Services::from_config(&config.services),
         elsewhere: Arc::new(crate::s2s::Transports),
+        above: Arc::new(Wiring),
         me: std::sync::OnceLock::new(),
         throttle: AuthThrottle::default(),
         presence: Default::default(),
