@@ -4,8 +4,6 @@
 //! disturbing the connected one.
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use starling::xml::Element;
@@ -53,28 +51,7 @@ async fn echo_gateway_reached_from_two_nodes() {
     n1.add_user("alice", "pw");
     n1.add_user("bob", "pw");
     let comp = n1.component.expect("component listener");
-    let mut gateway = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/interop/slixmpp_component_echo.py"
-        ))
-        .args([comp.ip().to_string(), comp.port().to_string()])
-        .args(["echo.localhost", ECHO_SECRET])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the echo component");
-    let mut lines = BufReader::new(gateway.stdout.take().unwrap()).lines();
-    let first = tokio::task::spawn_blocking(move || lines.next())
-        .await
-        .unwrap();
-    assert_eq!(
-        first.and_then(|l| l.ok()).as_deref(),
-        Some("CONNECTED"),
-        "the component did not connect: {}",
-        n1.log()
-    );
+    let _gateway = EchoComponent::start(comp, "echo.localhost", ECHO_SECRET, || n1.log()).await;
 
     let mut a = authed_retry(&n2, "alice", "pw").await;
     a.bind(Some("r")).await.unwrap();
@@ -138,7 +115,4 @@ async fn echo_gateway_reached_from_two_nodes() {
         m.get_child("body", "jabber:client").unwrap().text(),
         "echo: still there?"
     );
-    drop(gateway.stdin.take());
-    let _ = gateway.kill();
-    let _ = gateway.wait();
 }

@@ -215,38 +215,13 @@ async fn a_hosted_component_and_a_service_domain_are_reached_from_prosody() {
     let n2 = starling_node_with(2, Some(&n1), COMP_S2S, &extra);
     wait_members(&n1, SECRET, 2).await;
     let comp = n1.component.expect("component listener");
-    let mut gateway = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/interop/slixmpp_component_echo.py"
-        ))
-        .args([comp.ip().to_string(), comp.port().to_string()])
-        .args(["echo.starling.localhost", ECHO_SECRET])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the echo component");
-    let stdout = gateway.stdout.take().expect("component stdout");
-    let first = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stdout).lines().next()
-    })
-    .await
-    .expect("read the component");
-    assert_eq!(
-        first.and_then(|l| l.ok()).as_deref(),
-        Some("CONNECTED"),
-        "the component did not connect: {}",
-        n1.log()
-    );
+    let gateway =
+        EchoComponent::start(comp, "echo.starling.localhost", ECHO_SECRET, || n1.log()).await;
     let prosody = Prosody::start(n2.s2s.expect("s2s on"), COMP_C2S, COMP_S2S, false);
     prosody.register("bob", "bob-pw");
     let out = ask_echo("bot@echo.starling.localhost").await;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    drop(gateway.stdin.take());
-    let _ = gateway.kill();
-    let _ = gateway.wait();
+    drop(gateway);
     assert!(
         out.status.success() && text.matches("ECHO bot@echo.starling.localhost").count() == 3,
         "a Prosody user could not reach the hosted component:\n{text}\n{}\n--- prosody\n{}\n--- node 1\n{}\n--- node 2\n{}",

@@ -62,7 +62,7 @@ pub struct IqRequest<'a> {
 }
 
 /// Work that finishes later, awaited by the session that asked for it.
-pub type Later<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+pub use crate::route::Later;
 
 /// A module's answer: the result payload (or an error), and optionally an
 /// instruction to end the sender's stream afterwards; or, for a module

@@ -943,3 +943,51 @@ pub async fn federate(
     .await
     .expect("federation script task")
 }
+
+/// The slixmpp echo gateway (tests/interop/slixmpp_component_echo.py)
+/// connected to a component listener; stopped when dropped.
+pub struct EchoComponent(Child);
+
+impl EchoComponent {
+    /// Start it for `domain` and wait until it says it is connected
+    /// (`log` is shown if it does not).
+    pub async fn start(
+        addr: SocketAddr,
+        domain: &str,
+        secret: &str,
+        log: impl Fn() -> String,
+    ) -> EchoComponent {
+        let mut child = Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/interop/slixmpp_component_echo.py"
+            ))
+            .args([addr.ip().to_string(), addr.port().to_string()])
+            .args([domain, secret])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the echo component");
+        let stdout = child.stdout.take().expect("component stdout");
+        let first = tokio::task::spawn_blocking(move || StdBufReader::new(stdout).lines().next())
+            .await
+            .expect("read the component");
+        let component = EchoComponent(child);
+        assert_eq!(
+            first.and_then(|l| l.ok()).as_deref(),
+            Some("CONNECTED"),
+            "the component did not connect: {}",
+            log()
+        );
+        component
+    }
+}
+
+impl Drop for EchoComponent {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
