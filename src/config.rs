@@ -42,6 +42,38 @@ pub struct Config {
     pub s2s: S2sSection,
     pub component: ComponentSection,
     pub services: ServicesSection,
+    pub mam: MamSection,
+}
+
+/// The message archive (XEP-0313).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MamSection {
+    /// Archive users' messages at all.
+    pub enabled: bool,
+    /// What is archived for a user who set no preferences: "always",
+    /// "roster" (only messages with roster contacts) or "never".
+    pub default: String,
+    /// Days a message is kept; 0 keeps it until the user or an operator
+    /// deletes it.
+    pub retention_days: u64,
+    /// Bytes one user's archive may hold; past it nothing more is archived
+    /// for that user (messages are still delivered). 0: no limit.
+    pub quota_bytes: u64,
+    /// Most messages on one page of a query (a client asking for more gets this many).
+    pub max_page: usize,
+}
+
+impl Default for MamSection {
+    fn default() -> Self {
+        MamSection {
+            enabled: true,
+            default: "always".into(),
+            retention_days: 0,
+            quota_bytes: 256 * 1024 * 1024,
+            max_page: 250,
+        }
+    }
 }
 
 /// Federation with other XMPP servers (RFC 6120 server-to-server).
@@ -285,6 +317,7 @@ impl Default for Config {
             s2s: S2sSection::default(),
             component: ComponentSection::default(),
             services: ServicesSection::default(),
+            mam: MamSection::default(),
         }
     }
 }
@@ -344,7 +377,7 @@ impl Default for LogConfig {
 }
 
 /// Sections that `STARLING_<SECTION>_<KEY>` can address.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "c2s",
     "tls",
     "registration",
@@ -355,6 +388,7 @@ const SECTIONS: [&str; 10] = [
     "s2s",
     "component",
     "services",
+    "mam",
 ];
 
 impl Config {
@@ -545,9 +579,25 @@ impl Config {
                 });
             }
         }
-        if self.cluster.node_id == 0 {
+        // Archive ids (XEP-0359) carry the node id in 12 bits.
+        if self.cluster.node_id == 0 || self.cluster.node_id > 4095 {
             return Err(ConfigError::BadValue {
                 key: "cluster.node_id".into(),
+                message: "must be between 1 and 4095".into(),
+            });
+        }
+        if !matches!(self.mam.default.as_str(), "always" | "roster" | "never") {
+            return Err(ConfigError::BadValue {
+                key: "mam.default".into(),
+                message: format!(
+                    "must be always, roster or never, not {:?}",
+                    self.mam.default
+                ),
+            });
+        }
+        if self.mam.max_page == 0 {
+            return Err(ConfigError::BadValue {
+                key: "mam.max_page".into(),
                 message: "must be greater than 0".into(),
             });
         }

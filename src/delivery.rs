@@ -7,7 +7,7 @@
 use actix::Addr;
 use jid::{BareJid, FullJid, Jid};
 
-use crate::modules::hooks::Verdict;
+use crate::modules::hooks::{Verdict, Waits};
 use crate::modules::{blocking, Addressee, IqKind};
 use crate::presence::UserPresence;
 use crate::route::answer;
@@ -22,6 +22,8 @@ use starling_cluster::Receipt;
 /// What the sending session must do after routing.
 #[derive(Default)]
 pub struct Outcome {
+    /// Stanzas to write to the sender before the reply.
+    pub before: Vec<Element>,
     /// A reply to write back to the sender.
     pub reply: Option<Element>,
     /// End the sender's stream.
@@ -69,12 +71,33 @@ pub fn from_client(
     }
     let from = sender.jid;
     let to = to.unwrap_or_else(|| from.to_bare().into());
-    // The message pipeline (modules/hooks.rs): blocking, carbons, ...
-    if let Verdict::Stop(reply) = ctx.modules.hooks.outbound(ctx, from, &to, &stanza) {
+    // The message pipeline (modules/hooks.rs): blocking, archive, carbons, ...
+    let (mut stanza, mut waits) = (stanza, Waits::default());
+    if let Verdict::Stop(reply) =
+        ctx.modules
+            .hooks
+            .outbound(ctx, from, &to, &mut stanza, &mut waits)
+    {
         answer(receipt, true);
         return Outcome::reply(reply);
     }
-    Outcome::reply(message_owned(ctx, stanza, to, None, receipt))
+    let from = Jid::from(from.clone());
+    Outcome::reply(message_owned(
+        ctx,
+        stanza,
+        to,
+        None,
+        receipt,
+        Arrival::Fresh { from, waits },
+    ))
+}
+
+/// Whether a message is new to the server (it passes the pipeline's
+/// inbound side: blocking, the recipient's archive) or routed again after
+/// a session or node that held it went away (it passed already).
+pub enum Arrival {
+    Fresh { from: Jid, waits: Waits },
+    Again,
 }
 
 fn from_client_other(
@@ -222,10 +245,22 @@ fn iq(ctx: &ServerCtx, sender: &Sender, iq: Element, to: Option<Jid>) -> Outcome
     }
 }
 
-/// RFC 6121 §8.5 for a message to a local or remote address; returns an
-/// error reply for the sender, if any.
+/// RFC 6121 §8.5 for a message that arrived from elsewhere (a remote
+/// server, a component) to a local or remote address; returns an error
+/// reply for the sender, if any.
 pub fn message(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
-    message_owned(ctx, msg, to, None, None)
+    let from = msg
+        .attr("from")
+        .and_then(|f| Jid::new(f).ok())
+        .unwrap_or_else(|| to.clone());
+    let waits = Waits::default();
+    message_owned(ctx, msg, to, None, None, Arrival::Fresh { from, waits })
+}
+
+/// A message routed once already (a session that held it ended before the
+/// client acknowledged it): routed again to what can take it now.
+pub fn message_again(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
+    message_owned(ctx, msg, to, None, None, Arrival::Again)
 }
 
 /// A message that must not be lost: routed by bare JID (sessions on
@@ -239,7 +274,8 @@ pub async fn store_or_route(
     exclude: Option<u64>,
 ) -> bool {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if let Some(reply) = message_owned(ctx, msg, Jid::from(to.to_bare()), exclude, Some(tx)) {
+    let to = Jid::from(to.to_bare());
+    if let Some(reply) = message_owned(ctx, msg, to, exclude, Some(tx), Arrival::Again) {
         route_reply(ctx, reply);
     }
     rx.await.unwrap_or(false)
@@ -264,12 +300,23 @@ pub fn route_reply(ctx: &ServerCtx, reply: Element) {
 /// [`store_or_route`]) or, false, when it cannot be.
 pub fn message_owned(
     ctx: &ServerCtx,
-    msg: Element,
+    mut msg: Element,
     to: Jid,
     exclude: Option<u64>,
     receipt: Option<Receipt>,
+    arrival: Arrival,
 ) -> Option<Element> {
     let mtype = msg.attr("type").unwrap_or("normal").to_string();
+    let rt = ctx.replicator.runtime();
+    let (from, mut waits) = match arrival {
+        Arrival::Fresh { from, waits } => (Some(from), waits),
+        Arrival::Again => (None, Waits::default()),
+    };
+    let receipt = if is_local(ctx, &to) && to.node().is_some() && from.is_some() {
+        receipt // wrapped below, once the recipient's side has run too
+    } else {
+        waits.wrap(receipt, rt)
+    };
     if !is_local(ctx, &to) {
         ctx.elsewhere.send(ctx, msg);
         answer(receipt, true);
@@ -291,17 +338,28 @@ pub fn message_owned(
     if !ctx.state.account_exists(username) {
         // §8.5.1: no such user.
         return handled(
-            receipt,
+            waits.wrap(receipt, rt),
             match mtype.as_str() {
                 "headline" | "error" => None,
                 _ => bounce(&msg, StanzaCondition::ServiceUnavailable),
             },
         );
     }
-    // The pipeline's inbound side (blocking: XEP-0191 §3.5).
-    if let Verdict::Stop(reply) = ctx.modules.hooks.inbound(ctx, username, &msg) {
-        return handled(receipt, reply);
-    }
+    // The pipeline's inbound side (blocking: XEP-0191 §3.5; the archive).
+    let receipt = match &from {
+        Some(from) => {
+            let verdict = ctx
+                .modules
+                .hooks
+                .inbound(ctx, username, from, &mut msg, &mut waits);
+            let receipt = waits.wrap(receipt, rt);
+            if let Verdict::Stop(reply) = verdict {
+                return handled(receipt, reply);
+            }
+            receipt
+        }
+        None => receipt,
+    };
     let bare = to.to_bare();
     if let Ok(full) = to.try_as_full() {
         if let Some(t) = crate::route::full(ctx, full).filter(|t| Some(t.node) != exclude) {

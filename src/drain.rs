@@ -121,7 +121,7 @@ async fn push(ctx: Arc<ServerCtx>, state: HandOff, order: Vec<u64>) -> bool {
     for xml in &state.unacked {
         if let Ok(el) = crate::xml::parse_fragment(xml) {
             if el.name == "message" {
-                let _ = crate::delivery::message(&ctx, el, bare.clone());
+                let _ = crate::delivery::message_again(&ctx, el, bare.clone());
             }
         }
     }

@@ -20,6 +20,8 @@ enum Outcome {
         roster_version: u64,
         #[serde(default)]
         purged: Vec<crate::state::SessionRecord>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        refused: Vec<u64>,
     },
     AccountExists(String),
     NoSuchAccount(String),
@@ -34,6 +36,7 @@ impl From<Result<Applied, StateError>> for Outcome {
             Ok(a) => Outcome::Ok {
                 roster_version: a.roster_version,
                 purged: a.purged,
+                refused: a.refused,
             },
             Err(StateError::AccountExists(u)) => Outcome::AccountExists(u),
             Err(StateError::NoSuchAccount(u)) => Outcome::NoSuchAccount(u),
@@ -50,10 +53,12 @@ impl From<Outcome> for Result<Applied, StateError> {
             Outcome::Ok {
                 roster_version,
                 purged,
+                refused,
             } => Ok(Applied {
                 roster_version,
                 displaced: None,
                 purged,
+                refused,
             }),
             Outcome::AccountExists(u) => Err(StateError::AccountExists(u)),
             Outcome::NoSuchAccount(u) => Err(StateError::NoSuchAccount(u)),

@@ -8,21 +8,27 @@ use std::time::Duration;
 
 /// Run one script against a fresh server with alice and bob; returns stdout.
 fn run_script(name: &str) -> String {
+    run_script_for(name, &["alice", "bob"])
+}
+
+/// Run one script against a fresh server with these users (password:
+/// name + "-pw"), passed as `HOST PORT DOMAIN USER PASS...`.
+fn run_script_for(name: &str, users: &[&str]) -> String {
     let s = Server::start();
-    s.add_user("alice", "alice-pw");
-    s.add_user("bob", "bob-pw");
+    let mut args = vec![
+        "127.0.0.1".to_string(),
+        s.c2s.port().to_string(),
+        DOMAIN.to_string(),
+    ];
+    for u in users {
+        s.add_user(u, &format!("{u}-pw"));
+        args.push(u.to_string());
+        args.push(format!("{u}-pw"));
+    }
     let script = format!("{}/tests/interop/{name}", env!("CARGO_MANIFEST_DIR"));
     let mut child = Command::new(python())
         .arg(&script)
-        .args([
-            "127.0.0.1",
-            &s.c2s.port().to_string(),
-            DOMAIN,
-            "alice",
-            "alice-pw",
-            "bob",
-            "bob-pw",
-        ])
+        .args(&args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -70,6 +76,28 @@ fn slixmpp_subscription_presence_offline() {
         "OK presence change seen",
         "OK offline seen",
         "OK offline messages delivered with delay",
+        "ALL OK",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn slixmpp_message_archive() {
+    let stdout = run_script_for("slixmpp_mam.py", &["alice", "bob", "carol"]);
+    for step in [
+        "OK disco",
+        "OK carbons and mam ids match",
+        "OK forged stanza-id replaced",
+        "OK paging forward through 1001 in 11 pages",
+        "OK paging backward through 1001",
+        "OK slixmpp iterate",
+        "OK filters with, after-id, before-id, ids, start, end",
+        "OK flip-page",
+        "OK unknown id is item-not-found",
+        "OK prefs",
+        "OK metadata",
+        "OK second device sees history",
         "ALL OK",
     ] {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");

@@ -545,6 +545,9 @@ impl C2sSession {
 
     /// Write the reply, end the stream if asked, and await what comes later.
     fn act_on(&mut self, outcome: delivery::Outcome, ctx: &mut Context<Self>) {
+        for el in &outcome.before {
+            self.send(el, ctx);
+        }
         if let Some(reply) = outcome.reply {
             self.send(&reply, ctx);
         }
@@ -671,7 +674,7 @@ impl C2sSession {
     fn give_back(&mut self, el: Element) {
         match el.name.as_str() {
             "message" => {
-                let _ = delivery::message(&self.ctx, el, Jid::from(self.jid.to_bare()));
+                let _ = delivery::message_again(&self.ctx, el, Jid::from(self.jid.to_bare()));
             }
             "iq" if matches!(el.attr("type"), Some("get") | Some("set")) => {
                 let mut err = StanzaError::new(StanzaCondition::RecipientUnavailable).reply_to(&el);
@@ -716,7 +719,7 @@ impl Actor for C2sSession {
             let bare = Jid::from(self.jid.to_bare());
             for el in self.forward_later.drain(..) {
                 if el.name == "message" {
-                    let _ = delivery::message(&self.ctx, el, bare.clone());
+                    let _ = delivery::message_again(&self.ctx, el, bare.clone());
                 }
             }
             return;

@@ -79,7 +79,8 @@ impl super::hooks::MessageHook for Blocking {
         ctx: &ServerCtx,
         from: &jid::FullJid,
         to: &Jid,
-        msg: &Element,
+        msg: &mut Element,
+        _waits: &mut super::hooks::Waits,
     ) -> super::hooks::Verdict {
         let user = from.node().map(|n| n.as_str()).unwrap_or_default();
         if msg.attr("type") != Some("error") && blocks(ctx, user, to.as_str()) {
@@ -88,7 +89,14 @@ impl super::hooks::MessageHook for Blocking {
         super::hooks::Verdict::Continue
     }
 
-    fn inbound(&self, ctx: &ServerCtx, user: &str, msg: &Element) -> super::hooks::Verdict {
+    fn inbound(
+        &self,
+        ctx: &ServerCtx,
+        user: &str,
+        _from: &Jid,
+        msg: &mut Element,
+        _waits: &mut super::hooks::Waits,
+    ) -> super::hooks::Verdict {
         if !msg.attr("from").is_some_and(|f| blocks(ctx, user, f)) {
             return super::hooks::Verdict::Continue;
         }

@@ -86,7 +86,8 @@ impl super::hooks::MessageHook for Carbons {
         ctx: &ServerCtx,
         from: &FullJid,
         _to: &jid::Jid,
-        msg: &Element,
+        msg: &mut Element,
+        _waits: &mut super::hooks::Waits,
     ) -> super::hooks::Verdict {
         copy_sent(ctx, from, msg);
         super::hooks::Verdict::Continue

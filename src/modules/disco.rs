@@ -73,6 +73,9 @@ impl Module for Disco {
                 q.push_child(
                     Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO),
                 );
+                for f in req.server.modules.account_features(req.server) {
+                    q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
+                }
             }
         }
         Ok(Some(q)).into()

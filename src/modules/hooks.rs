@@ -6,9 +6,13 @@
 //! | order | hook | on |
 //! |---|---|---|
 //! | 10 | blocking (XEP-0191) | outbound, inbound |
+//! | 15 | archive (XEP-0313, XEP-0359) | outbound, inbound |
 //! | 20 | carbons (XEP-0280) | outbound, delivering |
 //!
-//! An archive (XEP-0313) takes a place after carbons. Offline storage
+//! The archive comes before carbons so that copies carry the stanza-id the
+//! archive gave the message. A hook may change the message (the archive
+//! stamps it) and may add to [`Waits`]: what the sender's acknowledgement
+//! (XEP-0198) waits for besides routing. Offline storage
 //! (XEP-0160) is the last step of routing itself, not a hook: it runs when
 //! no hook stopped the message and no resource can take it.
 //!
@@ -19,6 +23,43 @@ use jid::{BareJid, FullJid, Jid};
 use crate::route::Target;
 use crate::server::ServerCtx;
 use crate::xml::Element;
+
+/// Writes a hook started that must be done before the server owns the
+/// message (the sender's and recipient's archive commits): each answers
+/// true once done, false if it failed.
+#[derive(Default)]
+pub struct Waits(Vec<tokio::sync::oneshot::Receiver<bool>>);
+
+impl Waits {
+    pub fn push(&mut self, done: tokio::sync::oneshot::Receiver<bool>) {
+        self.0.push(done);
+    }
+
+    /// `receipt`, answered only once routing answered it and every wait is
+    /// done (false if any failed). With nothing to wait for, it is
+    /// `receipt` itself; with no receipt, nothing waits.
+    pub fn wrap(
+        &mut self,
+        receipt: Option<starling_cluster::Receipt>,
+        rt: &tokio::runtime::Handle,
+    ) -> Option<starling_cluster::Receipt> {
+        let outer = receipt?;
+        if self.0.is_empty() {
+            return Some(outer);
+        }
+        let waits = std::mem::take(&mut self.0);
+        let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
+        rt.spawn(async move {
+            // A receipt dropped by routing means owned (as the session reads it).
+            let mut owned = rx.await.unwrap_or(true);
+            for w in waits {
+                owned &= w.await.unwrap_or(false);
+            }
+            let _ = outer.send(owned);
+        });
+        Some(tx)
+    }
+}
 
 /// What a hook decides about a message.
 pub enum Verdict {
@@ -33,13 +74,28 @@ pub trait MessageHook: Send + Sync {
     fn order(&self) -> u16;
 
     /// A message a local user (`from`) sent to `to`, before it is routed.
-    fn outbound(&self, _ctx: &ServerCtx, _from: &FullJid, _to: &Jid, _msg: &Element) -> Verdict {
+    fn outbound(
+        &self,
+        _ctx: &ServerCtx,
+        _from: &FullJid,
+        _to: &Jid,
+        _msg: &mut Element,
+        _waits: &mut Waits,
+    ) -> Verdict {
         Verdict::Continue
     }
 
     /// A message for the local account `user` (from anyone), before it is
-    /// routed to the account's resources or stored.
-    fn inbound(&self, _ctx: &ServerCtx, _user: &str, _msg: &Element) -> Verdict {
+    /// routed to the account's resources or stored. `from` is the
+    /// message's sender.
+    fn inbound(
+        &self,
+        _ctx: &ServerCtx,
+        _user: &str,
+        _from: &Jid,
+        _msg: &mut Element,
+        _waits: &mut Waits,
+    ) -> Verdict {
         Verdict::Continue
     }
 
@@ -65,18 +121,32 @@ impl Hooks {
         Ok(Hooks(hooks))
     }
 
-    pub fn outbound(&self, ctx: &ServerCtx, from: &FullJid, to: &Jid, msg: &Element) -> Verdict {
+    pub fn outbound(
+        &self,
+        ctx: &ServerCtx,
+        from: &FullJid,
+        to: &Jid,
+        msg: &mut Element,
+        waits: &mut Waits,
+    ) -> Verdict {
         for h in &self.0 {
-            if let Verdict::Stop(reply) = h.outbound(ctx, from, to, msg) {
+            if let Verdict::Stop(reply) = h.outbound(ctx, from, to, msg, waits) {
                 return Verdict::Stop(reply);
             }
         }
         Verdict::Continue
     }
 
-    pub fn inbound(&self, ctx: &ServerCtx, user: &str, msg: &Element) -> Verdict {
+    pub fn inbound(
+        &self,
+        ctx: &ServerCtx,
+        user: &str,
+        from: &Jid,
+        msg: &mut Element,
+        waits: &mut Waits,
+    ) -> Verdict {
         for h in &self.0 {
-            if let Verdict::Stop(reply) = h.inbound(ctx, user, msg) {
+            if let Verdict::Stop(reply) = h.inbound(ctx, user, from, msg, waits) {
                 return Verdict::Stop(reply);
             }
         }

@@ -3,12 +3,14 @@
 //! events: (iq type, addressee, payload namespace). Service discovery is
 //! built from these declarations, so it cannot advertise what is not here.
 
+pub mod archive;
 pub mod blocking;
 pub mod carbons;
 pub mod disco;
 pub mod entity_time;
 pub mod hooks;
 pub mod last;
+pub mod mam;
 pub mod ping;
 pub mod private;
 pub mod register;
@@ -70,6 +72,9 @@ pub use crate::route::Later;
 /// committed (no thread waits for it).
 pub struct IqResponse {
     pub result: Result<Option<Element>, StanzaError>,
+    /// Stanzas for the asking session, written before the result (the
+    /// messages of an archive query, XEP-0313 §4.1).
+    pub before: Vec<Element>,
     pub close: Option<StreamError>,
     pub later: Option<Later<IqResponse>>,
 }
@@ -78,6 +83,7 @@ impl From<Result<Option<Element>, StanzaError>> for IqResponse {
     fn from(result: Result<Option<Element>, StanzaError>) -> Self {
         IqResponse {
             result,
+            before: Vec::new(),
             close: None,
             later: None,
         }
@@ -89,6 +95,7 @@ impl IqResponse {
     pub fn later(f: impl std::future::Future<Output = IqResponse> + Send + 'static) -> Self {
         IqResponse {
             result: Ok(None),
+            before: Vec::new(),
             close: None,
             later: Some(Box::pin(f)),
         }
@@ -130,6 +137,10 @@ pub trait Module: Send + Sync {
     }
     /// disco#info features this module provides on the server.
     fn features(&self, _server: &ServerCtx) -> Vec<&'static str> {
+        Vec::new()
+    }
+    /// disco#info features of each account's bare JID (XEP-0313 §7).
+    fn account_features(&self, _server: &ServerCtx) -> Vec<&'static str> {
         Vec::new()
     }
     /// The iqs this module answers.
@@ -214,8 +225,9 @@ impl Modules {
     pub fn standard() -> Result<Self, ModulesError> {
         let blocking = Arc::new(blocking::Blocking);
         let carbons = Arc::new(carbons::Carbons);
+        let archive = Arc::new(archive::Archive::default());
         let message_hooks: Vec<Arc<dyn hooks::MessageHook>> =
-            vec![blocking.clone(), carbons.clone()];
+            vec![blocking.clone(), archive, carbons.clone()];
         Modules::new(
             vec![
                 Arc::new(disco::Disco),
@@ -230,10 +242,23 @@ impl Modules {
                 Arc::new(private::Private),
                 Arc::new(last::LastActivity),
                 Arc::new(entity_time::EntityTime),
+                Arc::new(mam::Mam),
                 Arc::new(OfflineFeature),
             ],
             message_hooks,
         )
+    }
+
+    /// The features of an account's bare JID, for disco#info.
+    pub fn account_features(&self, server: &ServerCtx) -> Vec<&'static str> {
+        let mut f: Vec<&'static str> = self
+            .list
+            .iter()
+            .flat_map(|m| m.account_features(server))
+            .collect();
+        f.sort_unstable();
+        f.dedup();
+        f
     }
 
     /// All features the server offers, for disco#info.
@@ -297,6 +322,7 @@ fn outcome(iq: &Element, resp: IqResponse) -> Outcome {
         Err(e) => e.reply_to(iq),
     };
     Outcome {
+        before: resp.before,
         reply: Some(reply),
         close: resp.close,
         later: None,

@@ -173,6 +173,7 @@ impl Module for Register {
                     StreamError::with_text(StreamCondition::NotAuthorized, "account removed");
                 IqResponse {
                     result: Ok(None),
+                    before: Vec::new(),
                     close: Some(gone),
                     later: None,
                 }

@@ -5,6 +5,7 @@
 //! on every node without touching the features that issue them.
 
 pub mod accounts;
+pub mod archive;
 pub mod roster;
 pub mod sessions;
 pub mod snapshot;
@@ -14,6 +15,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::sasl::Credentials;
+pub use archive::{ArchiveEntry, ArchivePrefs};
 pub use roster::{RosterItem, Subscription};
 pub use sessions::SessionRecord;
 
@@ -133,6 +135,27 @@ pub enum Command {
         node: u64,
         sid: u64,
     },
+    /// XEP-0313: messages into their owners' archives, many per log entry.
+    /// An owner past `quota_bytes` (0: no limit) keeps what it has and
+    /// archives nothing more until messages expire or are purged.
+    ArchiveAppend {
+        entries: Vec<ArchiveEntry>,
+        quota_bytes: u64,
+    },
+    /// XEP-0313 §6.1: what `username`'s archive keeps.
+    SetArchivePrefs {
+        username: String,
+        prefs: ArchivePrefs,
+    },
+    /// Retention: drop every archived message made before `micros`
+    /// (microseconds since the epoch).
+    ArchiveExpire {
+        micros: u64,
+    },
+    /// An operator empties `username`'s archive.
+    ArchivePurge {
+        username: String,
+    },
 }
 
 /// What applying a command produced, for commands that report back.
@@ -144,6 +167,8 @@ pub struct Applied {
     pub displaced: Option<SessionRecord>,
     /// The sessions a `PurgeNode` removed.
     pub purged: Vec<SessionRecord>,
+    /// Archive entries an `ArchiveAppend` refused (their owner is over quota).
+    pub refused: Vec<u64>,
 }
 
 /// Where a command sits in the replicated log: keys of records it creates
@@ -193,6 +218,8 @@ pub struct State {
     sessions: sled::Tree,
     /// Component domain -> (node, sid) of its connection.
     components: sled::Tree,
+    /// XEP-0313 archives (`archive.rs`).
+    archive: sled::Tree,
 }
 
 /// Keys in `user_data`.
@@ -202,7 +229,7 @@ fn data_key(user: &str, kind: &str, key: &str) -> Vec<u8> {
 
 /// A snapshot's contents: each tree's name and its key/value pairs.
 /// The trees that make up replicated state (and its snapshots).
-const TREES: [&str; 8] = [
+const TREES: [&str; 9] = [
     "sessions",
     "components",
     "accounts",
@@ -211,6 +238,7 @@ const TREES: [&str; 8] = [
     "offline",
     "blocklist",
     "user_data",
+    "archive",
 ];
 
 /// Open the node's sled database (state and Raft log share it).
@@ -281,6 +309,7 @@ impl State {
             user_data: db.open_tree("user_data")?,
             sessions: db.open_tree("sessions")?,
             components: db.open_tree("components")?,
+            archive: db.open_tree("archive")?,
             db,
         })
     }
@@ -313,6 +342,7 @@ impl State {
                     &self.offline,
                     &self.blocklist,
                     &self.user_data,
+                    &self.archive,
                 ] {
                     for k in tree.scan_prefix(&p).keys() {
                         tree.remove(k?)?;
@@ -455,6 +485,53 @@ impl State {
                     self.components.remove(domain.as_bytes())?;
                 }
             }
+            Command::ArchiveAppend {
+                entries,
+                quota_bytes,
+            } => {
+                for e in entries {
+                    let k = archive::key(&e.user, e.id);
+                    let v = archive::value(e);
+                    let used_key = data_key(&e.user, "mam_bytes", "");
+                    let used = self
+                        .user_data
+                        .get(&used_key)?
+                        .and_then(|b| b.as_ref().try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0);
+                    let size = (k.len() + v.len()) as u64;
+                    if *quota_bytes > 0 && used + size > *quota_bytes {
+                        applied.refused.push(e.id);
+                        continue;
+                    }
+                    if self.archive.insert(k, v)?.is_none() {
+                        self.user_data
+                            .insert(used_key, &(used + size).to_be_bytes())?;
+                    }
+                }
+            }
+            Command::SetArchivePrefs { username, prefs } => {
+                self.user_data.insert(
+                    data_key(username, "mam_prefs", ""),
+                    serde_json::to_vec(prefs)?,
+                )?;
+            }
+            Command::ArchiveExpire { micros } => {
+                let users: Vec<String> = self.list_accounts()?;
+                for u in users {
+                    if archive::expire(&self.archive, &u, *micros)? > 0 {
+                        let used = archive::bytes(&self.archive, &u)? as u64;
+                        self.user_data
+                            .insert(data_key(&u, "mam_bytes", ""), &used.to_be_bytes())?;
+                    }
+                }
+            }
+            Command::ArchivePurge { username } => {
+                for k in self.archive.scan_prefix(roster::prefix(username)).keys() {
+                    self.archive.remove(k?)?;
+                }
+                self.user_data.remove(data_key(username, "mam_bytes", ""))?;
+            }
             Command::SetLastActivity {
                 username,
                 unix_secs,
@@ -582,6 +659,42 @@ impl State {
 
     pub fn last_activity(&self, user: &str) -> Result<Option<(u64, String)>, StateError> {
         match self.user_data.get(data_key(user, "last", ""))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One page of `user`'s archive (XEP-0313).
+    pub fn archive_page(
+        &self,
+        user: &str,
+        q: &archive::PageQuery,
+    ) -> Result<archive::Page, StateError> {
+        archive::page(&self.archive, user, q)
+    }
+
+    pub fn archive_contains(&self, user: &str, id: u64) -> Result<bool, StateError> {
+        archive::contains(&self.archive, user, id)
+    }
+
+    /// The first and last archived ids of `user`.
+    pub fn archive_ends(&self, user: &str) -> Result<Option<(u64, u64)>, StateError> {
+        archive::ends(&self.archive, user)
+    }
+
+    /// Bytes `user`'s archive holds (what the quota counts).
+    pub fn archive_bytes(&self, user: &str) -> Result<u64, StateError> {
+        Ok(self
+            .user_data
+            .get(data_key(user, "mam_bytes", ""))?
+            .and_then(|b| b.as_ref().try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// `user`'s archive preferences, if they set any.
+    pub fn archive_prefs(&self, user: &str) -> Result<Option<ArchivePrefs>, StateError> {
+        match self.user_data.get(data_key(user, "mam_prefs", ""))? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }

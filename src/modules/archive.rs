@@ -1,0 +1,301 @@
+//! Archiving messages as they pass (XEP-0313 §4 with XEP-0359 stanza ids
+//! and XEP-0334 hints): place 15 of the message pipeline.
+//!
+//! A message a local user sends goes into the sender's archive, and one a
+//! local user receives into the recipient's, each under a fresh id that
+//! the message then carries as `<stanza-id by='user@domain'/>`. Both
+//! writes go through the cluster, many messages per log entry (the
+//! [`Writer`] batches them); the sender's XEP-0198 acknowledgement waits
+//! for them ([`Waits`]), so an acknowledged message is on a majority's
+//! disk. A `<stanza-id/>` that claims to be ours but that we did not make
+//! (sent by a client or another server) is removed first (XEP-0359 §5).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use jid::{FullJid, Jid};
+use tokio::sync::{mpsc, oneshot};
+
+use super::hooks::{MessageHook, Verdict, Waits};
+use crate::server::ServerCtx;
+use crate::state::archive::ArchiveId;
+use crate::state::{ArchiveEntry, Command};
+use crate::xml::{ns, Element};
+
+pub const SID_NS: &str = "urn:xmpp:sid:0";
+const HINTS: &str = "urn:xmpp:hints";
+
+/// Payloads that make a body-less message worth keeping (§4: "messages
+/// that carry meaning for the conversation").
+const KEPT_PAYLOADS: [&str; 7] = [
+    "eu.siacs.conversations.axolotl", // OMEMO (XEP-0384 v0.3)
+    "urn:xmpp:omemo:2",
+    "urn:xmpp:chat-markers:0",    // XEP-0333
+    "urn:xmpp:message-retract:1", // XEP-0424
+    "urn:xmpp:reactions:0",       // XEP-0444
+    "urn:xmpp:message-correct:0", // XEP-0308
+    "urn:xmpp:jingle-message:0",  // XEP-0353
+];
+
+/// Most messages in one log entry.
+const BATCH_MAX: usize = 512;
+/// Log entries of archive messages being committed at once.
+const IN_FLIGHT: usize = 8;
+
+/// Whether a message goes into archives at all (§4, XEP-0334).
+pub fn archivable(msg: &Element) -> bool {
+    let t = msg.attr("type").unwrap_or("normal");
+    if matches!(t, "groupchat" | "error" | "headline") {
+        return false;
+    }
+    let hint = |name| msg.get_child(name, HINTS).is_some();
+    if hint("no-store") || hint("no-permanent-store") {
+        return false;
+    }
+    // Copies and query results are not new messages.
+    if msg.elements().any(|c| {
+        (c.ns == super::carbons::NS && (c.name == "sent" || c.name == "received"))
+            || (c.ns == super::mam::NS && c.name == "result")
+    }) {
+        return false;
+    }
+    msg.get_child("body", ns::CLIENT).is_some()
+        || hint("store")
+        || msg
+            .elements()
+            .any(|c| KEPT_PAYLOADS.contains(&c.ns.as_str()))
+}
+
+/// Drop `<stanza-id/>`s that name `by` as their maker: only the archive
+/// of `by` may put them there.
+fn strip_forged(msg: &mut Element, by: &str) {
+    msg.children.retain(|n| match n {
+        crate::xml::Node::Element(e) => {
+            !(e.name == "stanza-id"
+                && e.ns == SID_NS
+                && e.attr("by").is_some_and(|b| b.eq_ignore_ascii_case(by)))
+        }
+        _ => true,
+    });
+}
+
+/// Ids unique in the cluster and rising on this node: the time in
+/// microseconds (never less than the last one made) and the node's id.
+#[derive(Default)]
+struct Ids {
+    last_micros: AtomicU64,
+}
+
+impl Ids {
+    fn next(&self, node: u64) -> u64 {
+        let now = crate::time::unix_now().as_micros() as u64;
+        let mut last = self.last_micros.load(Ordering::Relaxed);
+        loop {
+            let t = now.max(last + 1);
+            match self.last_micros.compare_exchange_weak(
+                last,
+                t,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return ArchiveId::at(t) | (node & ((1 << ArchiveId::NODE_BITS) - 1)),
+                Err(seen) => last = seen,
+            }
+        }
+    }
+}
+
+type Job = (ArchiveEntry, oneshot::Sender<bool>);
+
+/// Archive writes on their way through the cluster: a task on the Raft
+/// runtime takes what has queued up (at most [`BATCH_MAX`]) into one
+/// `ArchiveAppend`, with up to [`IN_FLIGHT`] of them being committed at
+/// once, and tells each message's waiter when its entry is durable.
+struct Writer {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Writer {
+    fn start(ctx: &ServerCtx) -> Writer {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let me = ctx.me.get().cloned();
+        let quota_bytes = ctx.config.mam.quota_bytes;
+        ctx.replicator.runtime().spawn(async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some(first) = rx.recv().await else { return };
+                let mut batch = vec![first];
+                while batch.len() < BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let Some(c) = me.as_ref().and_then(|w| w.upgrade()) else {
+                    return; // the node is gone
+                };
+                let owning = c.replicator.owning();
+                tokio::spawn(async move {
+                    let (_slot, _owning) = (slot, owning);
+                    let (entries, done): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let n = entries.len();
+                    let cmd = Command::ArchiveAppend {
+                        entries,
+                        quota_bytes,
+                    };
+                    let ok = match c.replicator.commit_async(&cmd).await {
+                        Ok(applied) => {
+                            if !applied.refused.is_empty() {
+                                tracing::warn!(
+                                    refused = applied.refused.len(),
+                                    "archive quota reached: messages delivered but not archived"
+                                );
+                            }
+                            true
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, messages = n, "archive write failed");
+                            false
+                        }
+                    };
+                    for d in done {
+                        let _ = d.send(ok);
+                    }
+                });
+            }
+        });
+        Writer { tx }
+    }
+}
+
+/// The archiving hook.
+#[derive(Default)]
+pub struct Archive {
+    ids: Ids,
+    writer: OnceLock<Writer>,
+}
+
+impl Archive {
+    /// Put `msg` into `user`'s archive (with `with` the other party) if
+    /// the user's preferences want it, stamping it with the id; the
+    /// returned receiver answers once the entry is committed.
+    fn keep(&self, ctx: &ServerCtx, user: &str, with: &Jid, msg: &mut Element, waits: &mut Waits) {
+        if !super::mam::wanted(ctx, user, with) {
+            return;
+        }
+        let id = self.ids.next(ctx.config.cluster.node_id);
+        let entry = ArchiveEntry {
+            user: user.to_string(),
+            id,
+            with: with.to_string(),
+            xml: msg.to_xml(ns::CLIENT),
+        };
+        let (done, waiter) = oneshot::channel();
+        let writer = self.writer.get_or_init(|| Writer::start(ctx));
+        if writer.tx.send((entry, done)).is_err() {
+            tracing::warn!(user, "archive writer is gone; message not archived");
+            return;
+        }
+        waits.push(waiter);
+        msg.push_child(
+            Element::new("stanza-id", SID_NS)
+                .with_attr("by", format!("{user}@{}", ctx.config.domain))
+                .with_attr("id", ArchiveId::text(id)),
+        );
+    }
+}
+
+impl MessageHook for Archive {
+    fn order(&self) -> u16 {
+        15
+    }
+
+    fn outbound(
+        &self,
+        ctx: &ServerCtx,
+        from: &FullJid,
+        to: &Jid,
+        msg: &mut Element,
+        waits: &mut Waits,
+    ) -> Verdict {
+        let bare = from.to_bare();
+        strip_forged(msg, bare.as_str());
+        let user = from.node().map(|n| n.as_str()).unwrap_or_default();
+        if ctx.config.mam.enabled && archivable(msg) {
+            self.keep(ctx, user, to, msg, waits);
+        }
+        Verdict::Continue
+    }
+
+    fn inbound(
+        &self,
+        ctx: &ServerCtx,
+        user: &str,
+        from: &Jid,
+        msg: &mut Element,
+        waits: &mut Waits,
+    ) -> Verdict {
+        strip_forged(msg, &format!("{user}@{}", ctx.config.domain));
+        if ctx.config.mam.enabled && archivable(msg) {
+            self.keep(ctx, user, from, msg, waits);
+        }
+        Verdict::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(xml: &str) -> Element {
+        crate::xml::parse_fragment(xml).unwrap()
+    }
+
+    #[test]
+    fn what_is_archived_follows_section_4_and_the_hints() {
+        assert!(archivable(&msg(
+            "<message type='chat'><body>hi</body></message>"
+        )));
+        assert!(archivable(&msg("<message><body>hi</body></message>")));
+        assert!(!archivable(&msg("<message type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>")));
+        assert!(archivable(&msg(
+            "<message type='chat'><displayed xmlns='urn:xmpp:chat-markers:0' id='x'/></message>"
+        )));
+        assert!(!archivable(&msg(
+            "<message type='headline'><body>news</body></message>"
+        )));
+        assert!(!archivable(&msg(
+            "<message type='groupchat'><body>x</body></message>"
+        )));
+        assert!(!archivable(&msg(
+            "<message type='chat'><body>x</body><no-store xmlns='urn:xmpp:hints'/></message>"
+        )));
+        assert!(archivable(&msg(
+            "<message type='chat'><store xmlns='urn:xmpp:hints'/></message>"
+        )));
+    }
+
+    #[test]
+    fn only_stanza_ids_claiming_the_archive_owner_are_stripped() {
+        let mut m = msg("<message><body>x</body><stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' id='forged'/><stanza-id xmlns='urn:xmpp:sid:0' by='room@conference.example' id='theirs'/></message>");
+        strip_forged(&mut m, "bob@localhost");
+        let left: Vec<_> = m
+            .elements()
+            .filter(|e| e.name == "stanza-id")
+            .filter_map(|e| e.attr("id"))
+            .collect();
+        assert_eq!(left, ["theirs"]);
+    }
+
+    #[test]
+    fn ids_rise_even_when_made_in_the_same_microsecond() {
+        let ids = Ids::default();
+        let a = ids.next(3);
+        let b = ids.next(3);
+        assert!(b > a);
+        assert_eq!(a & 0xfff, 3);
+    }
+}

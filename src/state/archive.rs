@@ -1,0 +1,307 @@
+//! The message archive's storage (XEP-0313 §4, §5): one sled tree, keyed
+//! `user \0 id` with the id big-endian, so one user's archive is one key
+//! range in time order and a page is a range scan, never a load of the
+//! whole archive. The id is the message's XEP-0359 stanza-id: its high bits
+//! are the microseconds since the epoch at which it was made, its low 12
+//! bits the node that made it (see [`ArchiveId`]).
+//!
+//! A stored value is `with \0 xml`: the other party's JID, then the message
+//! as the archive's owner saw it.
+
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+
+use super::{roster, StateError, Xml};
+
+/// One message for one user's archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveEntry {
+    /// The archive's owner (a local username).
+    pub user: String,
+    pub id: u64,
+    /// The other party (the sender of an incoming message, the addressee
+    /// of an outgoing one), as a JID.
+    pub with: String,
+    pub xml: Xml,
+}
+
+/// How the ids of archived messages are made and read.
+pub struct ArchiveId;
+
+impl ArchiveId {
+    /// Bits for the node that made an id.
+    pub const NODE_BITS: u32 = 12;
+
+    /// The first id made at or after `micros` (microseconds since the epoch).
+    pub fn at(micros: u64) -> u64 {
+        micros << Self::NODE_BITS
+    }
+
+    /// When the id was made, in microseconds since the epoch.
+    pub fn micros(id: u64) -> u64 {
+        id >> Self::NODE_BITS
+    }
+
+    /// The id as clients see it (opaque to them).
+    pub fn text(id: u64) -> String {
+        format!("{id:016x}")
+    }
+
+    pub fn parse(text: &str) -> Option<u64> {
+        (text.len() == 16)
+            .then(|| u64::from_str_radix(text, 16).ok())
+            .flatten()
+    }
+}
+
+/// One archived message read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archived {
+    pub id: u64,
+    pub with: String,
+    pub xml: Xml,
+}
+
+/// A page request against one user's archive.
+#[derive(Debug, Clone)]
+pub struct PageQuery {
+    /// Ids in range (inclusive/exclusive bounds from start/end, after/before).
+    pub lower: Bound<u64>,
+    pub upper: Bound<u64>,
+    /// Only messages with this JID: a bare JID matches any of its resources.
+    pub with: Option<String>,
+    /// Only these ids (XEP-0313 #extended).
+    pub ids: Option<Vec<u64>>,
+    /// Most messages on the page.
+    pub max: usize,
+    /// From the newest end of the range (RSM `<before/>`).
+    pub backward: bool,
+}
+
+/// A page in chronological order, and whether the range ends with it (in
+/// the direction the query ran).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<Archived>,
+    pub complete: bool,
+}
+
+pub(super) fn key(user: &str, id: u64) -> Vec<u8> {
+    let mut k = roster::prefix(user);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub(super) fn value(e: &ArchiveEntry) -> Vec<u8> {
+    let mut v = Vec::with_capacity(e.with.len() + 1 + e.xml.len());
+    v.extend_from_slice(e.with.as_bytes());
+    v.push(0);
+    v.extend_from_slice(e.xml.as_bytes());
+    v
+}
+
+fn decode(prefix_len: usize, k: &[u8], v: &[u8]) -> Option<Archived> {
+    let id = u64::from_be_bytes(k.get(prefix_len..)?.try_into().ok()?);
+    let split = v.iter().position(|b| *b == 0)?;
+    Some(Archived {
+        id,
+        with: String::from_utf8_lossy(&v[..split]).into_owned(),
+        xml: String::from_utf8_lossy(&v[split + 1..]).into_owned(),
+    })
+}
+
+fn with_matches(filter: &str, with: &str) -> bool {
+    if filter.contains('/') {
+        filter == with
+    } else {
+        with == filter
+            || with
+                .strip_prefix(filter)
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+}
+
+fn bound_key(user: &str, b: Bound<u64>, low: bool) -> Bound<Vec<u8>> {
+    match b {
+        Bound::Included(id) => Bound::Included(key(user, id)),
+        Bound::Excluded(id) => Bound::Excluded(key(user, id)),
+        Bound::Unbounded if low => Bound::Included(roster::prefix(user)),
+        Bound::Unbounded => Bound::Included(key(user, u64::MAX)),
+    }
+}
+
+/// One page of `user`'s archive; reads only as far as the page needs (plus
+/// one message, to know whether the range goes on).
+pub fn page(tree: &sled::Tree, user: &str, q: &PageQuery) -> Result<Page, StateError> {
+    let p = roster::prefix(user).len();
+    let range = (
+        bound_key(user, q.lower, true),
+        bound_key(user, q.upper, false),
+    );
+    let iter = tree.range::<Vec<u8>, _>(range);
+    let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if q.backward {
+        Box::new(iter.rev())
+    } else {
+        Box::new(iter)
+    };
+    let mut items = Vec::new();
+    let mut complete = true;
+    for kv in iter {
+        let (k, v) = kv?;
+        let Some(a) = decode(p, &k, &v) else { continue };
+        if let Some(ids) = &q.ids {
+            if !ids.contains(&a.id) {
+                continue;
+            }
+        }
+        if let Some(w) = &q.with {
+            if !with_matches(w, &a.with) {
+                continue;
+            }
+        }
+        if items.len() == q.max {
+            complete = false;
+            break;
+        }
+        items.push(a);
+    }
+    if q.backward {
+        items.reverse();
+    }
+    Ok(Page { items, complete })
+}
+
+/// Whether `user`'s archive holds the message `id`.
+pub fn contains(tree: &sled::Tree, user: &str, id: u64) -> Result<bool, StateError> {
+    Ok(tree.contains_key(key(user, id))?)
+}
+
+/// The oldest and newest message of `user`'s archive (XEP-0313 §6.2 metadata).
+pub fn ends(tree: &sled::Tree, user: &str) -> Result<Option<(u64, u64)>, StateError> {
+    let p = roster::prefix(user);
+    let first = tree.scan_prefix(&p).keys().next().transpose()?;
+    let last = tree.scan_prefix(&p).keys().next_back().transpose()?;
+    let id = |k: sled::IVec| {
+        k.get(p.len()..)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    };
+    Ok(match (first.and_then(id), last.and_then(id)) {
+        (Some(a), Some(b)) => Some((a, b)),
+        _ => None,
+    })
+}
+
+/// Remove `user`'s messages made before `micros` (retention); returns how
+/// many went.
+pub fn expire(tree: &sled::Tree, user: &str, micros: u64) -> Result<usize, StateError> {
+    let range = roster::prefix(user)..key(user, ArchiveId::at(micros));
+    let mut n = 0;
+    for k in tree.range(range).keys() {
+        tree.remove(k?)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// What `user`'s archive occupies (keys and values), for the byte quota.
+pub fn bytes(tree: &sled::Tree, user: &str) -> Result<usize, StateError> {
+    let mut n = 0;
+    for kv in tree.scan_prefix(roster::prefix(user)) {
+        let (k, v) = kv?;
+        n += k.len() + v.len();
+    }
+    Ok(n)
+}
+
+/// What the archive keeps for a user (XEP-0313 §6.1 preferences).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivePrefs {
+    /// "always", "never" or "roster".
+    pub default: String,
+    /// Bare JIDs always archived.
+    pub always: Vec<String>,
+    /// Bare JIDs never archived.
+    pub never: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> (tempfile::TempDir, sled::Tree) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let t = db.open_tree("archive").unwrap();
+        (dir, t)
+    }
+
+    fn put(t: &sled::Tree, user: &str, id: u64, with: &str) {
+        let e = ArchiveEntry {
+            user: user.into(),
+            id,
+            with: with.into(),
+            xml: format!("<message id='{id}'/>"),
+        };
+        t.insert(key(user, id), value(&e)).unwrap();
+    }
+
+    fn q(max: usize, backward: bool) -> PageQuery {
+        PageQuery {
+            lower: Bound::Unbounded,
+            upper: Bound::Unbounded,
+            with: None,
+            ids: None,
+            max,
+            backward,
+        }
+    }
+
+    #[test]
+    fn pages_run_both_ways_and_know_where_the_range_ends() {
+        let (_d, t) = tree();
+        for id in 1..=5 {
+            put(&t, "alice", id, "bob@x/r");
+        }
+        put(&t, "alicea", 3, "bob@x"); // another user whose name extends alice's
+        let first = page(&t, "alice", &q(2, false)).unwrap();
+        assert_eq!(first.items.iter().map(|a| a.id).collect::<Vec<_>>(), [1, 2]);
+        assert!(!first.complete);
+        let last = page(&t, "alice", &q(2, true)).unwrap();
+        assert_eq!(last.items.iter().map(|a| a.id).collect::<Vec<_>>(), [4, 5]);
+        let mut rest = q(10, false);
+        rest.lower = Bound::Excluded(2);
+        let rest = page(&t, "alice", &rest).unwrap();
+        assert_eq!(rest.items.len(), 3);
+        assert!(rest.complete);
+        assert_eq!(ends(&t, "alice").unwrap(), Some((1, 5)));
+    }
+
+    #[test]
+    fn with_matches_a_bare_jid_and_its_resources_only() {
+        let (_d, t) = tree();
+        put(&t, "alice", 1, "bob@x/phone");
+        put(&t, "alice", 2, "bobby@x");
+        put(&t, "alice", 3, "bob@x");
+        let mut f = q(10, false);
+        f.with = Some("bob@x".into());
+        let ids: Vec<u64> = page(&t, "alice", &f)
+            .unwrap()
+            .items
+            .iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(ids, [1, 3]);
+        assert_eq!(expire(&t, "alice", ArchiveId::micros(3)).unwrap(), 0);
+    }
+
+    #[test]
+    fn ids_read_back_and_reject_what_is_not_one() {
+        let id = ArchiveId::at(1_700_000_000_000_000) | 7;
+        assert_eq!(ArchiveId::parse(&ArchiveId::text(id)), Some(id));
+        assert_eq!(ArchiveId::micros(id), 1_700_000_000_000_000);
+        assert_eq!(ArchiveId::parse("zz"), None);
+        assert_eq!(ArchiveId::parse("not-an-id-at-all"), None);
+    }
+}
