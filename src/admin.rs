@@ -33,6 +33,11 @@ pub enum AdminOp {
     Del {
         user: String,
     },
+    /// Empty the user's message archive.
+    #[serde(rename = "purge-archive")]
+    PurgeArchive {
+        user: String,
+    },
     List,
     /// Drain the node and stop it (`starling cluster drain`).
     Drain,
@@ -78,6 +83,13 @@ pub fn execute(
             credentials: creds(password)?,
         },
         AdminOp::Del { user: u } => Command::DeleteAccount { username: user(u)? },
+        AdminOp::PurgeArchive { user: u } => {
+            let username = user(u)?;
+            if !state.account_exists(&username) {
+                return Err(format!("no account {username}"));
+            }
+            Command::ArchivePurge { username }
+        }
     };
     commit(&cmd).map_err(|e| e.to_string())?;
     Ok(Vec::new())

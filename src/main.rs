@@ -96,6 +96,8 @@ enum UserCmd {
     },
     /// Delete an account (its sessions are closed).
     Del { user: String },
+    /// Empty an account's message archive (XEP-0313).
+    PurgeArchive { user: String },
     /// List accounts.
     List,
 }
@@ -319,6 +321,7 @@ fn user(config: &Config, op: UserCmd) -> ExitCode {
             password(p).map(|password| AdminOp::Passwd { user, password })
         }
         UserCmd::Del { user } => Ok(AdminOp::Del { user }),
+        UserCmd::PurgeArchive { user } => Ok(AdminOp::PurgeArchive { user }),
         UserCmd::List => Ok(AdminOp::List),
     };
     let result = op.and_then(|op| run_user_op(config, &op).map(|users| (op, users)));
@@ -330,6 +333,9 @@ fn user(config: &Config, op: UserCmd) -> ExitCode {
                 AdminOp::Add { user, .. } => println!("added {}", at(user)),
                 AdminOp::Passwd { user, .. } => println!("changed the password of {}", at(user)),
                 AdminOp::Del { user } => println!("deleted {}", at(user)),
+                AdminOp::PurgeArchive { user } => {
+                    println!("emptied the archive of {}", at(user))
+                }
                 _ => {}
             }
             for u in users {

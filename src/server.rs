@@ -404,6 +404,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
     ctx.replicator
         .runtime()
         .spawn(crate::memory::watch(ctx.clone()));
+    ctx.replicator
+        .runtime()
+        .spawn(crate::modules::archive::expire_old(ctx.clone()));
     // `starling cluster status` shows sessions per node from the table.
     let weak = Arc::downgrade(&ctx);
     ctx.replicator.cluster().set_app_status(Box::new(move || {

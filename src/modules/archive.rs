@@ -105,7 +105,11 @@ impl Ids {
     }
 }
 
-type Job = (ArchiveEntry, oneshot::Sender<bool>);
+enum Job {
+    Entry(ArchiveEntry, oneshot::Sender<bool>),
+    /// Answered once everything queued before it is committed.
+    Barrier(oneshot::Sender<()>),
+}
 
 /// Archive writes on their way through the cluster: a task on the Raft
 /// runtime takes what has queued up (at most [`BATCH_MAX`]) into one
@@ -113,31 +117,57 @@ type Job = (ArchiveEntry, oneshot::Sender<bool>);
 /// once, and tells each message's waiter when its entry is durable.
 struct Writer {
     tx: mpsc::UnboundedSender<Job>,
+    /// Entries queued and not yet committed (or failed).
+    pending: Arc<AtomicU64>,
 }
 
 impl Writer {
     fn start(ctx: &ServerCtx) -> Writer {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let pending = Arc::new(AtomicU64::new(0));
         let me = ctx.me.get().cloned();
         let quota_bytes = ctx.config.mam.quota_bytes;
+        let left = pending.clone();
         ctx.replicator.runtime().spawn(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+            let mut barrier = None;
             loop {
+                if let Some(b) = barrier.take() {
+                    // Every earlier batch is done once all slots are free.
+                    let Ok(all) = slots.acquire_many(IN_FLIGHT as u32).await else {
+                        return;
+                    };
+                    drop(all);
+                    let _ = oneshot::Sender::send(b, ());
+                }
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let Some(first) = rx.recv().await else { return };
-                let mut batch = vec![first];
-                while batch.len() < BATCH_MAX {
-                    match rx.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
+                let mut batch = Vec::new();
+                let mut next = rx.recv().await;
+                while let Some(job) = next.take() {
+                    match job {
+                        Job::Entry(e, done) => batch.push((e, done)),
+                        Job::Barrier(b) => {
+                            barrier = Some(b);
+                            break;
+                        }
                     }
+                    if batch.len() < BATCH_MAX {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if batch.is_empty() {
+                    if barrier.is_none() {
+                        return; // the channel closed: the node is stopping
+                    }
+                    continue;
                 }
                 let Some(c) = me.as_ref().and_then(|w| w.upgrade()) else {
                     return; // the node is gone
                 };
                 let owning = c.replicator.owning();
+                let left = left.clone();
                 tokio::spawn(async move {
                     let (_slot, _owning) = (slot, owning);
                     let (entries, done): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
@@ -161,13 +191,14 @@ impl Writer {
                             false
                         }
                     };
+                    left.fetch_sub(n as u64, Ordering::AcqRel);
                     for d in done {
                         let _ = d.send(ok);
                     }
                 });
             }
         });
-        Writer { tx }
+        Writer { tx, pending }
     }
 }
 
@@ -195,7 +226,9 @@ impl Archive {
         };
         let (done, waiter) = oneshot::channel();
         let writer = self.writer.get_or_init(|| Writer::start(ctx));
-        if writer.tx.send((entry, done)).is_err() {
+        writer.pending.fetch_add(1, Ordering::AcqRel);
+        if writer.tx.send(Job::Entry(entry, done)).is_err() {
+            writer.pending.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(user, "archive writer is gone; message not archived");
             return;
         }
@@ -205,6 +238,21 @@ impl Archive {
                 .with_attr("by", format!("{user}@{}", ctx.config.domain))
                 .with_attr("id", ArchiveId::text(id)),
         );
+    }
+}
+
+impl Archive {
+    /// Resolves once every message this node has queued for archives so
+    /// far is committed (at once when none is pending), so a query sees
+    /// what its user just sent and received here.
+    pub fn settled(&self) -> Option<oneshot::Receiver<()>> {
+        let w = self.writer.get()?;
+        if w.pending.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        w.tx.send(Job::Barrier(tx)).ok()?;
+        Some(rx)
     }
 }
 
@@ -243,6 +291,40 @@ impl MessageHook for Archive {
             self.keep(ctx, user, from, msg, waits);
         }
         Verdict::Continue
+    }
+}
+
+/// How often the leader looks for messages past `[mam] retention_days`.
+const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Retention: while this node leads, once an hour (the first time a minute
+/// after start), messages older than `[mam] retention_days` leave every
+/// archive in one replicated command.
+pub async fn expire_old(ctx: Arc<ServerCtx>) {
+    let days = ctx.config.mam.retention_days;
+    if !ctx.config.mam.enabled || days == 0 {
+        return;
+    }
+    let mut stopped = ctx.replicator.cluster().stopped();
+    let mut wait = std::time::Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopped.changed() => return,
+        }
+        wait = EXPIRE_EVERY;
+        if ctx.replicator.cluster().status().role != "leader" {
+            continue;
+        }
+        let now = crate::time::unix_now().as_micros() as u64;
+        let micros = now.saturating_sub(days * 86_400 * 1_000_000);
+        if let Err(e) = ctx
+            .replicator
+            .commit_async(&Command::ArchiveExpire { micros })
+            .await
+        {
+            tracing::warn!(error = %e, "archive retention pass failed; tried again later");
+        }
     }
 }
 

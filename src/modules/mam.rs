@@ -26,7 +26,10 @@ const DELAY: &str = "urn:xmpp:delay";
 /// A page when the client names no size.
 const DEFAULT_PAGE: usize = 50;
 
-pub struct Mam;
+pub struct Mam {
+    /// The archiving hook, whose writes a query waits for.
+    pub archive: std::sync::Arc<super::archive::Archive>,
+}
 
 /// Does `user` archive messages with `with` (§6.1)? The per-JID lists
 /// first, then the default (the user's own, else the server's).
@@ -411,7 +414,30 @@ impl Module for Mam {
         }
         let user = req.from.node().map(|n| n.as_str()).unwrap_or_default();
         match (req.kind, req.payload.name.as_str()) {
-            (IqKind::Set, "query") => query(req, user),
+            (IqKind::Set, "query") => match (self.archive.settled(), req.server.arc()) {
+                // Writes queued here first: answer once they are in.
+                (Some(settled), Some(c)) => {
+                    let (from, iq, payload) =
+                        (req.from.clone(), req.iq.clone(), req.payload.clone());
+                    let (kind, addressee, session_id) = (req.kind, req.addressee, req.session_id);
+                    let user = user.to_string();
+                    IqResponse::later(async move {
+                        let _ = settled.await;
+                        let req = IqRequest {
+                            server: &c,
+                            from: &from,
+                            iq: &iq,
+                            payload: &payload,
+                            kind,
+                            addressee,
+                            target: None,
+                            session_id,
+                        };
+                        query(&req, &user)
+                    })
+                }
+                _ => query(req, user),
+            },
             (IqKind::Get, "query") => Ok(Some(fields())).into(),
             (IqKind::Get, "prefs") => Ok(Some(prefs_element(&prefs_of(req, user)))).into(),
             (IqKind::Set, "prefs") => set_prefs(req, user),

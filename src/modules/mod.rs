@@ -227,7 +227,7 @@ impl Modules {
         let carbons = Arc::new(carbons::Carbons);
         let archive = Arc::new(archive::Archive::default());
         let message_hooks: Vec<Arc<dyn hooks::MessageHook>> =
-            vec![blocking.clone(), archive, carbons.clone()];
+            vec![blocking.clone(), archive.clone(), carbons.clone()];
         Modules::new(
             vec![
                 Arc::new(disco::Disco),
@@ -242,7 +242,7 @@ impl Modules {
                 Arc::new(private::Private),
                 Arc::new(last::LastActivity),
                 Arc::new(entity_time::EntityTime),
-                Arc::new(mam::Mam),
+                Arc::new(mam::Mam { archive }),
                 Arc::new(OfflineFeature),
             ],
             message_hooks,

@@ -880,4 +880,57 @@ mod tests {
         s2.apply_unflushed(LogIndex::Raft(1), &handed(1, 40, 5_000))
             .expect("free address");
     }
+
+    fn archived(user: &str, id: u64, text: &str) -> ArchiveEntry {
+        ArchiveEntry {
+            user: user.into(),
+            id,
+            with: "bob@localhost".into(),
+            xml: format!("<message><body>{text}</body></message>"),
+        }
+    }
+
+    #[test]
+    fn the_archive_quota_refuses_past_its_bytes_and_expiry_frees_them() {
+        let (_d, s) = state();
+        let at = archive::ArchiveId::at;
+        let append = |entries: Vec<ArchiveEntry>, quota_bytes: u64| {
+            s.apply(&Command::ArchiveAppend {
+                entries,
+                quota_bytes,
+            })
+            .unwrap()
+        };
+        let one = append(vec![archived("alice", at(10), "a")], 0);
+        assert!(one.refused.is_empty());
+        let size = s.archive_bytes("alice").unwrap();
+        assert!(size > 0);
+        // Room for one more of the same size, not two.
+        let two = append(
+            vec![
+                archived("alice", at(20), "b"),
+                archived("alice", at(30), "c"),
+            ],
+            size * 2,
+        );
+        assert_eq!(two.refused, vec![at(30)]);
+        assert_eq!(s.archive_bytes("alice").unwrap(), size * 2);
+        // The same entry applied again (a replayed log entry) counts once.
+        append(vec![archived("alice", at(20), "b")], 0);
+        assert_eq!(s.archive_bytes("alice").unwrap(), size * 2);
+        s.apply(&Command::CreateAccount {
+            username: "alice".into(),
+            credentials: crate::sasl::Credentials::new("pw").unwrap(),
+        })
+        .unwrap();
+        s.apply(&Command::ArchiveExpire { micros: 15 }).unwrap();
+        assert_eq!(s.archive_ends("alice").unwrap(), Some((at(20), at(20))));
+        assert_eq!(s.archive_bytes("alice").unwrap(), size);
+        s.apply(&Command::ArchivePurge {
+            username: "alice".into(),
+        })
+        .unwrap();
+        assert_eq!(s.archive_ends("alice").unwrap(), None);
+        assert_eq!(s.archive_bytes("alice").unwrap(), 0);
+    }
 }

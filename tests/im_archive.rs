@@ -1,0 +1,149 @@
+//! The message archive (XEP-0313) beside offline storage, operators'
+//! purge, bad queries, and a server with the archive turned off. Paging,
+//! filters and preferences are tested with slixmpp (interop_slixmpp.rs).
+mod common;
+use common::*;
+use starling::xml::Element;
+
+const MAM: &str = "urn:xmpp:mam:2";
+const SID: &str = "urn:xmpp:sid:0";
+
+fn query(queryid: &str, extra: &str) -> Element {
+    let q = format!("<query xmlns='{MAM}' queryid='{queryid}'>{extra}</query>");
+    Element::new("iq", "jabber:client")
+        .with_attr("type", "set")
+        .with_child(parse(&q))
+}
+
+fn parse(xml: &str) -> Element {
+    starling::xml::parse_fragment(xml).expect("test xml")
+}
+
+/// The bodies of a query's results, and the iq that ended it.
+async fn archive(c: &mut Client, queryid: &str, extra: &str) -> (Vec<(String, String)>, Element) {
+    let mut iq = query(queryid, extra);
+    let id = c.new_id();
+    iq.set_attr("id", id.clone());
+    c.send(&iq.to_xml("jabber:client")).await;
+    let mut got = Vec::new();
+    loop {
+        let el = c
+            .wait_for(|e| {
+                e.attr("id") == Some(id.as_str())
+                    || e.get_child("result", MAM)
+                        .is_some_and(|r| r.attr("queryid") == Some(queryid))
+            })
+            .await;
+        if el.name == "iq" {
+            return (got, el);
+        }
+        let r = el.get_child("result", MAM).unwrap();
+        let fwd = r.get_child("forwarded", "urn:xmpp:forward:0").unwrap();
+        let msg = fwd.get_child("message", "jabber:client").unwrap();
+        let body = msg
+            .get_child("body", "jabber:client")
+            .map(|b| b.text())
+            .unwrap_or_default();
+        got.push((r.attr("id").unwrap().to_string(), body));
+    }
+}
+
+#[tokio::test]
+async fn an_offline_message_is_archived_and_delivered_with_its_archive_id() {
+    let s = Server::start();
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    let mut a = Client::online(s.c2s, "alice", "pw", "r").await;
+    a.send(
+        "<message to='bob@localhost' type='chat' id='o1'><body>while you were out</body></message>",
+    )
+    .await;
+    // The sender's copy is in the sender's archive (a query waits for
+    // the archive writes queued before it).
+    let (sent, _) = archive(&mut a, "q1", "").await;
+    assert_eq!(sent.len(), 1);
+    let mut b = Client::online(s.c2s, "bob", "pw", "r").await;
+    let m = b.wait_for(|e| e.name == "message").await;
+    let sid = m
+        .elements()
+        .find(|e| e.name == "stanza-id" && e.ns == SID && e.attr("by") == Some("bob@localhost"))
+        .and_then(|e| e.attr("id"))
+        .expect("the offline copy carries bob's stanza-id")
+        .to_string();
+    let (got, fin) = archive(&mut b, "q2", "").await;
+    assert_eq!(got, vec![(sid, "while you were out".to_string())]);
+    let fin = fin.get_child("fin", MAM).expect("fin");
+    assert_eq!(fin.attr("complete"), Some("true"));
+}
+
+#[tokio::test]
+async fn an_operator_purges_an_archive_and_bad_queries_get_errors() {
+    let s = Server::start();
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    let mut a = Client::online(s.c2s, "alice", "pw", "r").await;
+    let mut b = Client::online(s.c2s, "bob", "pw", "r").await;
+    for i in 0..3 {
+        a.send(&format!(
+            "<message to='bob@localhost/r' type='chat'><body>{i}</body></message>"
+        ))
+        .await;
+        b.wait_for(|e| e.name == "message").await;
+    }
+    let (got, _) = archive(&mut b, "before", "").await;
+    assert_eq!(got.len(), 3);
+
+    for (form, cond) in [
+        (
+            "<x xmlns='jabber:x:data' type='submit'><field var='start'><value>yesterday</value></field></x>",
+            "bad-request",
+        ),
+        (
+            "<x xmlns='jabber:x:data' type='submit'><field var='colour'><value>red</value></field></x>",
+            "bad-request",
+        ),
+        (
+            "<set xmlns='http://jabber.org/protocol/rsm'><after>0000000000000001</after></set>",
+            "item-not-found",
+        ),
+    ] {
+        let (_, iq) = archive(&mut b, "bad", form).await;
+        assert_eq!(iq.attr("type"), Some("error"), "{form}");
+        let err = iq.get_child("error", "jabber:client").expect("error");
+        assert!(err.elements().any(|e| e.name == cond), "{form}: {iq:?}");
+    }
+
+    let out = s.user_cmd(&["purge-archive", "bob"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "emptied the archive of bob@localhost\n"
+    );
+    let (got, _) = archive(&mut b, "after", "").await;
+    assert!(got.is_empty(), "{got:?}");
+    // Alice's own copies are hers.
+    let (got, _) = archive(&mut a, "hers", "").await;
+    assert_eq!(got.len(), 3);
+    let missing = s.user_cmd(&["purge-archive", "nobody"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no account"));
+}
+
+#[tokio::test]
+async fn with_the_archive_off_nothing_is_stamped_or_answered() {
+    let s = Server::start_with(&[("STARLING_MAM_ENABLED", "false")]);
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    let mut a = Client::online(s.c2s, "alice", "pw", "r").await;
+    let mut b = Client::online(s.c2s, "bob", "pw", "r").await;
+    a.send("<message to='bob@localhost/r' type='chat'><body>x</body></message>")
+        .await;
+    let m = b.wait_for(|e| e.name == "message").await;
+    assert!(m.get_child("stanza-id", SID).is_none());
+    let (_, iq) = archive(&mut b, "off", "").await;
+    assert_eq!(iq.attr("type"), Some("error"));
+}
