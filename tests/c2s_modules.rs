@@ -80,6 +80,22 @@ async fn disco_ping_version() {
             .attr("category"),
         Some("account")
     );
+    // The archive is the account's (XEP-0313 §7).
+    let mut account: Vec<&str> = q
+        .elements()
+        .filter(|e| e.name == "feature")
+        .filter_map(|e| e.attr("var"))
+        .collect();
+    account.sort();
+    assert_eq!(
+        account,
+        [
+            "http://jabber.org/protocol/disco#info",
+            "urn:xmpp:mam:2",
+            "urn:xmpp:mam:2#extended",
+            "urn:xmpp:sid:0"
+        ]
+    );
 
     let pong = a
         .iq(iq_get(

@@ -5,47 +5,12 @@ mod common;
 use common::*;
 use starling::xml::Element;
 
-const MAM: &str = "urn:xmpp:mam:2";
+const MAM: &str = MAM_NS;
 const SID: &str = "urn:xmpp:sid:0";
-
-fn query(queryid: &str, extra: &str) -> Element {
-    let q = format!("<query xmlns='{MAM}' queryid='{queryid}'>{extra}</query>");
-    Element::new("iq", "jabber:client")
-        .with_attr("type", "set")
-        .with_child(parse(&q))
-}
-
-fn parse(xml: &str) -> Element {
-    starling::xml::parse_fragment(xml).expect("test xml")
-}
 
 /// The bodies of a query's results, and the iq that ended it.
 async fn archive(c: &mut Client, queryid: &str, extra: &str) -> (Vec<(String, String)>, Element) {
-    let mut iq = query(queryid, extra);
-    let id = c.new_id();
-    iq.set_attr("id", id.clone());
-    c.send(&iq.to_xml("jabber:client")).await;
-    let mut got = Vec::new();
-    loop {
-        let el = c
-            .wait_for(|e| {
-                e.attr("id") == Some(id.as_str())
-                    || e.get_child("result", MAM)
-                        .is_some_and(|r| r.attr("queryid") == Some(queryid))
-            })
-            .await;
-        if el.name == "iq" {
-            return (got, el);
-        }
-        let r = el.get_child("result", MAM).unwrap();
-        let fwd = r.get_child("forwarded", "urn:xmpp:forward:0").unwrap();
-        let msg = fwd.get_child("message", "jabber:client").unwrap();
-        let body = msg
-            .get_child("body", "jabber:client")
-            .map(|b| b.text())
-            .unwrap_or_default();
-        got.push((r.attr("id").unwrap().to_string(), body));
-    }
+    mam_query(c, queryid, extra).await
 }
 
 #[tokio::test]

@@ -41,6 +41,10 @@ const KEPT_PAYLOADS: [&str; 7] = [
 const BATCH_MAX: usize = 512;
 /// Log entries of archive messages being committed at once.
 const IN_FLIGHT: usize = 8;
+/// Entries waiting for the cluster at most; past this (the cluster cannot
+/// commit) a message is not owned: its sender is told so (XEP-0198 without
+/// an ack) instead of memory growing without bound.
+const MAX_PENDING: u64 = 65_536;
 
 /// Whether a message goes into archives at all (§4, XEP-0334).
 pub fn archivable(msg: &Element) -> bool {
@@ -226,7 +230,16 @@ impl Archive {
         };
         let (done, waiter) = oneshot::channel();
         let writer = self.writer.get_or_init(|| Writer::start(ctx));
-        writer.pending.fetch_add(1, Ordering::AcqRel);
+        if writer.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
+            writer.pending.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(
+                user,
+                "archive backlog full (the cluster is not committing); message not archived"
+            );
+            let _ = done.send(false);
+            waits.push(waiter);
+            return;
+        }
         if writer.tx.send(Job::Entry(entry, done)).is_err() {
             writer.pending.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(user, "archive writer is gone; message not archived");

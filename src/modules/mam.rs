@@ -397,10 +397,6 @@ impl Module for Mam {
         }
     }
 
-    fn features(&self, ctx: &ServerCtx) -> Vec<&'static str> {
-        self.account_features(ctx)
-    }
-
     fn handles(&self) -> Vec<(IqKind, Addressee, &'static str)> {
         vec![
             (IqKind::Get, Addressee::Account, NS),

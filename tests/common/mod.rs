@@ -991,3 +991,41 @@ impl Drop for EchoComponent {
         let _ = self.0.wait();
     }
 }
+
+pub const MAM_NS: &str = "urn:xmpp:mam:2";
+
+/// One XEP-0313 query of the client's own archive (`extra` goes inside
+/// `<query/>`): the results' (id, body), and the iq that ended it.
+pub async fn mam_query(
+    c: &mut Client,
+    queryid: &str,
+    extra: &str,
+) -> (Vec<(String, String)>, Element) {
+    let q = format!("<query xmlns='{MAM_NS}' queryid='{queryid}'>{extra}</query>");
+    let mut iq = Element::new("iq", "jabber:client").with_attr("type", "set");
+    iq.push_child(starling::xml::parse_fragment(&q).expect("test xml"));
+    let id = c.new_id();
+    iq.set_attr("id", id.clone());
+    c.send(&iq.to_xml("jabber:client")).await;
+    let mut got = Vec::new();
+    loop {
+        let el = c
+            .wait_for(|e| {
+                e.attr("id") == Some(id.as_str())
+                    || e.get_child("result", MAM_NS)
+                        .is_some_and(|r| r.attr("queryid") == Some(queryid))
+            })
+            .await;
+        if el.name == "iq" {
+            return (got, el);
+        }
+        let r = el.get_child("result", MAM_NS).expect("result");
+        let body = r
+            .get_child("forwarded", "urn:xmpp:forward:0")
+            .and_then(|f| f.get_child("message", "jabber:client"))
+            .and_then(|m| m.get_child("body", "jabber:client"))
+            .map(|b| b.text())
+            .unwrap_or_default();
+        got.push((r.attr("id").unwrap_or_default().to_string(), body));
+    }
+}

@@ -1,0 +1,167 @@
+//! The archive's promise across the cluster (XEP-0313 with XEP-0198): a
+//! message the server acknowledged is in the sender's and the recipient's
+//! archives on a majority, so kill -9 of the sender's node right after its
+//! `<a/>` loses none of them; every node's archive is the same, also on
+//! the killed node once it is back.
+mod common;
+use common::*;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "cluster-archive-secret-0123456789";
+const SM: &str = "urn:xmpp:sm:3";
+const C2S_PORT: u16 = 9322;
+const HTTP_PORT: u16 = 9380;
+const MESH_PORT: u16 = 11322;
+const SENT: usize = 300;
+
+fn start_node(i: u64, dir: tempfile::TempDir) -> Server {
+    let ip = format!("127.0.0.{i}");
+    let join = if i == 1 {
+        String::new()
+    } else {
+        format!("127.0.0.1:{MESH_PORT}")
+    };
+    Server::start_in(
+        dir,
+        &[
+            ("STARLING_CLUSTER_NODE_ID", &i.to_string()),
+            ("STARLING_CLUSTER_SECRET", SECRET),
+            ("STARLING_CLUSTER_JOIN", &join),
+            ("STARLING_CLUSTER_LISTEN", &format!("{ip}:{MESH_PORT}")),
+            ("STARLING_C2S_LISTEN", &format!("{ip}:{C2S_PORT}")),
+            ("STARLING_HTTP_LISTEN", &format!("{ip}:{HTTP_PORT}")),
+        ],
+    )
+}
+
+/// `user`'s whole archive as read on `node`: (id, body) oldest first.
+async fn whole_archive(node: &Server, user: &str) -> Vec<(String, String)> {
+    let mut c = authed_retry(node, user, "pw").await;
+    c.bind(None).await.unwrap();
+    let mut all = Vec::new();
+    let mut after = String::new();
+    for page in 0..100 {
+        let rsm = if after.is_empty() {
+            "<set xmlns='http://jabber.org/protocol/rsm'><max>250</max></set>".to_string()
+        } else {
+            format!("<set xmlns='http://jabber.org/protocol/rsm'><max>250</max><after>{after}</after></set>")
+        };
+        let (items, fin) = mam_query(&mut c, &format!("p{page}"), &rsm).await;
+        assert_eq!(fin.attr("type"), Some("result"), "{fin:?}");
+        let Some(last) = items.last() else { break };
+        after = last.0.clone();
+        all.extend(items);
+        let complete = fin
+            .get_child("fin", MAM_NS)
+            .and_then(|f| f.attr("complete"))
+            == Some("true");
+        if complete {
+            break;
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_an_ack_loses_nothing_from_any_archive() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let n1 = start_node(1, tempfile::tempdir().unwrap());
+    let n2 = start_node(2, tempfile::tempdir().unwrap());
+    let mut n3 = start_node(3, tempfile::tempdir().unwrap());
+    wait_members(&n1, SECRET, 3).await;
+    n1.add_user("alice", "pw");
+    n1.add_user("bob", "pw");
+
+    // Both on node 3: delivery there is immediate, so only the archive
+    // writes stand between a message and its ack.
+    let mut b = authed_retry(&n3, "bob", "pw").await;
+    b.bind(Some("r")).await.unwrap();
+    let mut a = authed_retry(&n3, "alice", "pw").await;
+    a.bind(Some("phone")).await.unwrap();
+    a.send(&format!("<enable xmlns='{SM}'/>")).await;
+    a.wait_for(|e| e.name == "enabled").await;
+
+    // Rounds of ten messages, each followed by a request for an ack; a
+    // round goes out before the last one's ack is read, so messages are
+    // in flight when the node dies, the moment an ack covers half.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut acked = 0;
+    for round in 0..SENT / 10 {
+        for i in round * 10..round * 10 + 10 {
+            a.send(&format!(
+                "<message to='bob@localhost/r' type='chat' id='m{i}'><body>{i}</body></message>"
+            ))
+            .await;
+        }
+        a.send(&format!("<r xmlns='{SM}'/>")).await;
+        if round == 0 {
+            continue;
+        }
+        while acked < (round - 1) * 10 + 10 {
+            assert!(Instant::now() < deadline, "acks stopped at {acked}");
+            let ack = a.wait_for(|e| e.name == "a").await;
+            acked = ack.attr("h").unwrap().parse().unwrap();
+        }
+        if acked >= SENT / 2 {
+            break;
+        }
+    }
+    n3.kill9();
+    drop(a);
+    eprintln!("node 3 killed after an ack for {acked} of {SENT} messages");
+
+    let want: Vec<String> = (0..acked).map(|i| i.to_string()).collect();
+    let mut seen: HashMap<&str, Vec<(String, String)>> = HashMap::new();
+    for (node, name) in [(&n1, "node 1"), (&n2, "node 2")] {
+        for user in ["alice", "bob"] {
+            let all = whole_archive(node, user).await;
+            let bodies: Vec<&str> = all.iter().map(|(_, b)| b.as_str()).collect();
+            for w in &want {
+                assert_eq!(
+                    bodies.iter().filter(|b| *b == w).count(),
+                    1,
+                    "acknowledged message {w} in {user}'s archive on {name}: {} of {acked} acked there",
+                    want.iter().filter(|w| bodies.contains(&w.as_str())).count()
+                );
+            }
+            let mut unique = bodies.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(
+                unique.len(),
+                bodies.len(),
+                "no duplicates in {user}'s archive on {name}"
+            );
+            eprintln!("{user}'s archive on {name}: {} messages", all.len());
+            if let Some(other) = seen.get(user) {
+                assert_eq!(
+                    other, &all,
+                    "{user}'s archive is the same on node 1 and node 2"
+                );
+            }
+            seen.insert(user, all);
+        }
+    }
+
+    // The killed node comes back with its data and catches up.
+    let dir = std::mem::replace(&mut n3.dir, tempfile::tempdir().unwrap());
+    drop(n3);
+    let n3 = start_node(3, dir);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for user in ["alice", "bob"] {
+        loop {
+            let all = whole_archive(&n3, user).await;
+            if &all == seen.get(user).unwrap() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{user}'s archive on the restarted node 3 differs: {} entries, {} on node 1",
+                all.len(),
+                seen[user].len()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
