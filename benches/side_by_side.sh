@@ -7,7 +7,14 @@
 #   SESSIONS=10000 RATES="2000 5000 10000 25000" bash benches/side_by_side.sh
 #
 # Prosody and ejabberd come from Debian (apt-get install prosody ejabberd)
-# and are started by ../shared/peers/ (configs written there, MAM off).
+# and are started by ../shared/peers/ (configs written there). Servers:
+#   starling        the defaults: message archive (XEP-0313) on
+#   starling-nomam  the same with [mam] enabled = false
+#   prosody, ejabberd              archives off
+#   prosody-mam, ejabberd-mam      archives on (mod_mam)
+#
+#   SERVERS="starling starling-nomam prosody-mam ejabberd-mam" RATES="500 1000 10000 30000" \
+#     CLUSTER=0 bash benches/side_by_side.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PEERS="${PEERS:-$(cd .. && pwd)/shared/peers}"
@@ -44,8 +51,10 @@ trap cleanup EXIT
 
 start_server() { # name -> sets ADDR DOMAIN PID
   case "$1" in
-    starling)
-      STARLING_DATA_DIR="$STARLING_DIR/data" STARLING_C2S_LISTEN=127.0.0.1:17222 \
+    starling|starling-nomam)
+      MAM_ON=true; [ "$1" = starling-nomam ] && MAM_ON=false
+      rm -rf "$STARLING_DIR/data"
+      STARLING_MAM_ENABLED=$MAM_ON STARLING_DATA_DIR="$STARLING_DIR/data" STARLING_C2S_LISTEN=127.0.0.1:17222 \
       STARLING_C2S_DIRECT_TLS_LISTEN= STARLING_HTTP_LISTEN= STARLING_S2S_LISTEN= \
       STARLING_COMPONENT_LISTEN= STARLING_CLUSTER_LISTEN=127.0.0.1:17322 \
       STARLING_REGISTRATION_ALLOW=true STARLING_REGISTRATION_PER_ADDRESS_PER_HOUR=100000000 STARLING_LOG_LEVEL=warn \
@@ -54,20 +63,22 @@ start_server() { # name -> sets ADDR DOMAIN PID
       SPID=$!
       for _ in $(seq 1 100); do grep -q ready "$STARLING_DIR/ready" 2>/dev/null && break; sleep 0.1; done
       ADDR=127.0.0.1:17222; DOMAIN=localhost; PID=$SPID ;;
-    prosody)
-      PEERS_MAM=0 "$PEERS/start-prosody.sh" --fresh >/dev/null
+    prosody|prosody-mam)
+      MAM=0; [ "$1" = prosody-mam ] && MAM=1
+      PEERS_MAM=$MAM "$PEERS/start-prosody.sh" --fresh >/dev/null
       ADDR=127.0.0.1:15222; DOMAIN=prosody.localhost; PID=$(cat "${PEERS_TMP:-/tmp/peers}/prosody/server.pid") ;;
-    ejabberd)
-      PEERS_MAM=0 "$PEERS/start-ejabberd.sh" --fresh >/dev/null
+    ejabberd|ejabberd-mam)
+      MAM=0; [ "$1" = ejabberd-mam ] && MAM=1
+      PEERS_MAM=$MAM "$PEERS/start-ejabberd.sh" --fresh >/dev/null
       ADDR=127.0.0.1:25222; DOMAIN=ejabberd.localhost; PID=$(cat "${PEERS_TMP:-/tmp/peers}/ejabberd/server.pid") ;;
   esac
 }
 
 stop_server() {
   case "$1" in
-    starling) kill "$SPID"; wait "$SPID" 2>/dev/null || true; SPID= ;;
-    prosody) "$PEERS/stop-prosody.sh" >/dev/null ;;
-    ejabberd) "$PEERS/stop-ejabberd.sh" >/dev/null ;;
+    starling|starling-nomam) kill "$SPID"; wait "$SPID" 2>/dev/null || true; SPID= ;;
+    prosody|prosody-mam) "$PEERS/stop-prosody.sh" >/dev/null ;;
+    ejabberd|ejabberd-mam) "$PEERS/stop-ejabberd.sh" >/dev/null ;;
   esac
 }
 
@@ -85,7 +96,7 @@ for s in $SERVERS; do
   # attempts beyond a small backlog: with more than a few handshakes in
   # flight its clients wait for SYN retransmits (7 logins/s at 64 in
   # flight, 620/s at 4). It gets 4 in flight so that it is measured at its best.
-  conc=64; [ "$s" = ejabberd ] && conc=4
+  conc=64; case "$s" in ejabberd*) conc=4 ;; esac
   drive "$s" --scenario idle --users "$SESSIONS" --register --prefix idle --connect-rate 1000 --concurrency "$conc" --sources 16 --logout-wait 25
   drive "$s" --scenario login --users "$LOGINS" --prefix idle --concurrency "$conc" --sources 16
   drive "$s" --scenario messages --users "$USERS" --register --prefix chat --rate 0 --mode pingpong --duration "$DURATION" --concurrency "$conc"

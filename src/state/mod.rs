@@ -220,6 +220,8 @@ pub struct State {
     components: sled::Tree,
     /// XEP-0313 archives (`archive.rs`).
     archive: sled::Tree,
+    /// Bytes each user's archive holds (what the quota counts).
+    archive_used: sled::Tree,
 }
 
 /// Keys in `user_data`.
@@ -229,7 +231,7 @@ fn data_key(user: &str, kind: &str, key: &str) -> Vec<u8> {
 
 /// A snapshot's contents: each tree's name and its key/value pairs.
 /// The trees that make up replicated state (and its snapshots).
-const TREES: [&str; 9] = [
+const TREES: [&str; 10] = [
     "sessions",
     "components",
     "accounts",
@@ -239,6 +241,7 @@ const TREES: [&str; 9] = [
     "blocklist",
     "user_data",
     "archive",
+    "archive_used",
 ];
 
 /// Open the node's sled database (state and Raft log share it).
@@ -310,6 +313,7 @@ impl State {
             sessions: db.open_tree("sessions")?,
             components: db.open_tree("components")?,
             archive: db.open_tree("archive")?,
+            archive_used: db.open_tree("archive_used")?,
             db,
         })
     }
@@ -336,6 +340,7 @@ impl State {
             } => accounts::set_password(&self.accounts, username, credentials)?,
             Command::DeleteAccount { username } => {
                 accounts::delete(&self.accounts, username)?;
+                self.archive_used.remove(username.as_bytes())?;
                 let p = roster::prefix(username);
                 for tree in [
                     &self.roster,
@@ -489,25 +494,33 @@ impl State {
                 entries,
                 quota_bytes,
             } => {
+                // Each owner's byte count is read and written once per
+                // batch, in a tree of its own (a key every message reads
+                // and writes makes sled rebuild its page for each reader).
+                let mut used: std::collections::HashMap<&str, u64> =
+                    std::collections::HashMap::new();
                 for e in entries {
                     let k = archive::key(&e.user, e.id);
                     let v = archive::value(e);
-                    let used_key = data_key(&e.user, "mam_bytes", "");
-                    let used = self
-                        .user_data
-                        .get(&used_key)?
-                        .and_then(|b| b.as_ref().try_into().ok())
-                        .map(u64::from_be_bytes)
-                        .unwrap_or(0);
+                    let u = match used.get_mut(e.user.as_str()) {
+                        Some(u) => u,
+                        None => used
+                            .entry(e.user.as_str())
+                            .or_insert(self.archive_bytes(&e.user)?),
+                    };
                     let size = (k.len() + v.len()) as u64;
-                    if *quota_bytes > 0 && used + size > *quota_bytes {
+                    if *quota_bytes > 0 && *u + size > *quota_bytes {
                         applied.refused.push(e.id);
                         continue;
                     }
+                    // A replayed entry (same key, same bytes) counts once.
                     if self.archive.insert(k, v)?.is_none() {
-                        self.user_data
-                            .insert(used_key, &(used + size).to_be_bytes())?;
+                        *u += size;
                     }
+                }
+                for (user, n) in used {
+                    self.archive_used
+                        .insert(user.as_bytes(), &n.to_be_bytes())?;
                 }
             }
             Command::SetArchivePrefs { username, prefs } => {
@@ -521,8 +534,8 @@ impl State {
                 for u in users {
                     if archive::expire(&self.archive, &u, *micros)? > 0 {
                         let used = archive::bytes(&self.archive, &u)? as u64;
-                        self.user_data
-                            .insert(data_key(&u, "mam_bytes", ""), &used.to_be_bytes())?;
+                        self.archive_used
+                            .insert(u.as_bytes(), &used.to_be_bytes())?;
                     }
                 }
             }
@@ -530,7 +543,7 @@ impl State {
                 for k in self.archive.scan_prefix(roster::prefix(username)).keys() {
                     self.archive.remove(k?)?;
                 }
-                self.user_data.remove(data_key(username, "mam_bytes", ""))?;
+                self.archive_used.remove(username.as_bytes())?;
             }
             Command::SetLastActivity {
                 username,
@@ -685,8 +698,8 @@ impl State {
     /// Bytes `user`'s archive holds (what the quota counts).
     pub fn archive_bytes(&self, user: &str) -> Result<u64, StateError> {
         Ok(self
-            .user_data
-            .get(data_key(user, "mam_bytes", ""))?
+            .archive_used
+            .get(user.as_bytes())?
             .and_then(|b| b.as_ref().try_into().ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0))

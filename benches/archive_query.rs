@@ -1,0 +1,86 @@
+//! XEP-0313 query cost on a large archive: one user with 100,000 archived
+//! messages (written as the cluster writes them: `ArchiveAppend` batches
+//! of 512 applied to the sled store), then the last page of 50 asked for
+//! 2,000 times, each answer read and parsed back into elements as the
+//! query handler does. Also the store's bytes per archived message.
+//! Run: cargo bench --bench archive_query
+
+use std::ops::Bound;
+use std::time::Instant;
+
+use starling::state::archive::{ArchiveId, PageQuery};
+use starling::state::{ArchiveEntry, Command, State};
+
+const MESSAGES: u64 = 100_000;
+const QUERIES: usize = 2_000;
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = State::open(dir.path()).expect("open");
+    let start = 1_780_000_000_000_000u64;
+    let t = Instant::now();
+    for chunk in 0..MESSAGES.div_ceil(512) {
+        let entries = (chunk * 512..((chunk + 1) * 512).min(MESSAGES))
+            .map(|i| ArchiveEntry {
+                user: "alice".into(),
+                id: ArchiveId::at(start + i * 1000) | 1,
+                with: if i % 2 == 0 { "bob@localhost/phone" } else { "carol@localhost" }.into(),
+                xml: format!(
+                    "<message xmlns='jabber:client' from='alice@localhost/laptop' to='bob@localhost' type='chat' id='m{i}'><body>message number {i} of the benchmark</body><origin-id xmlns='urn:xmpp:sid:0' id='o{i}'/></message>"
+                ),
+            })
+            .collect();
+        state
+            .apply(&Command::ArchiveAppend {
+                entries,
+                quota_bytes: 0,
+            })
+            .expect("append");
+    }
+    let fill = t.elapsed();
+    let bytes = state.archive_bytes("alice").expect("bytes");
+    state.flush().expect("flush");
+    let on_disk = state.db().size_on_disk().expect("size");
+    let mut lat = Vec::with_capacity(QUERIES);
+    for _ in 0..QUERIES {
+        let t = Instant::now();
+        let page = state
+            .archive_page(
+                "alice",
+                &PageQuery {
+                    lower: Bound::Unbounded,
+                    upper: Bound::Unbounded,
+                    with: None,
+                    ids: None,
+                    max: 50,
+                    backward: true,
+                },
+            )
+            .expect("page");
+        let parsed = page
+            .items
+            .iter()
+            .filter(|a| starling::xml::parse_fragment(&a.xml).is_ok())
+            .count();
+        assert_eq!(parsed, 50);
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!(
+        "archive of {MESSAGES} messages written in {:.2} s ({:.0} msg/s applied); {:.0} bytes per message (key + value)",
+        fill.as_secs_f64(),
+        MESSAGES as f64 / fill.as_secs_f64(),
+        bytes as f64 / MESSAGES as f64
+    );
+    println!(
+        "sled data dir after the fill: {:.0} bytes per message on disk",
+        on_disk as f64 / MESSAGES as f64
+    );
+    println!(
+        "last 50 of {MESSAGES}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {QUERIES} queries",
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        lat[lat.len() - 1].as_secs_f64() * 1e3
+    );
+}
