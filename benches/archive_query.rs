@@ -17,6 +17,12 @@ const QUERIES: usize = 2_000;
 fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = State::open(dir.path()).expect("open");
+    state
+        .apply(&Command::CreateAccount {
+            username: "alice".into(),
+            credentials: starling::sasl::Credentials::new("pw").expect("credentials"),
+        })
+        .expect("account");
     let start = 1_780_000_000_000_000u64;
     let t = Instant::now();
     for chunk in 0..MESSAGES.div_ceil(512) {

@@ -81,6 +81,8 @@ pub fn from_client(
         answer(receipt, true);
         return Outcome::reply(reply);
     }
+    // The sender's archive id went into its carbons; the contact gets none.
+    crate::modules::archive::strip_forged(&mut stanza, from.to_bare().as_str());
     let from = Jid::from(from.clone());
     Outcome::reply(message_owned(
         ctx,
@@ -260,6 +262,11 @@ pub fn message(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
 /// A message routed once already (a session that held it ended before the
 /// client acknowledged it): routed again to what can take it now.
 pub fn message_again(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
+    // An archive query's result was for the session that asked; it ended.
+    if msg.get_child("result", crate::modules::mam::NS).is_some() {
+        tracing::debug!(to = %to, "archive result for an ended session; dropped");
+        return None;
+    }
     message_owned(ctx, msg, to, None, None, Arrival::Again)
 }
 

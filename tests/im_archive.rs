@@ -65,7 +65,7 @@ async fn an_operator_purges_an_archive_and_bad_queries_get_errors() {
         ),
         (
             "<x xmlns='jabber:x:data' type='submit'><field var='colour'><value>red</value></field></x>",
-            "bad-request",
+            "feature-not-implemented",
         ),
         (
             "<set xmlns='http://jabber.org/protocol/rsm'><after>0000000000000001</after></set>",
@@ -111,4 +111,32 @@ async fn with_the_archive_off_nothing_is_stamped_or_answered() {
     assert!(m.get_child("stanza-id", SID).is_none());
     let (_, iq) = archive(&mut b, "off", "").await;
     assert_eq!(iq.attr("type"), Some("error"));
+}
+
+#[tokio::test]
+async fn the_contact_gets_only_its_own_id_and_a_note_to_self_is_kept_once() {
+    let s = Server::start();
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    let mut a = Client::online(s.c2s, "alice", "pw", "r").await;
+    let mut b = Client::online(s.c2s, "bob", "pw", "r").await;
+    a.send("<message to='bob@localhost/r' type='chat'><body>hi</body></message>")
+        .await;
+    let m = b.wait_for(|e| e.name == "message").await;
+    let by: Vec<&str> = m
+        .elements()
+        .filter(|e| e.name == "stanza-id" && e.ns == SID)
+        .filter_map(|e| e.attr("by"))
+        .collect();
+    assert_eq!(
+        by,
+        ["bob@localhost"],
+        "XEP-0313 §3: the sender's id is not sent on"
+    );
+    a.send("<message to='alice@localhost' type='chat'><body>note to self</body></message>")
+        .await;
+    a.wait_for(|e| e.name == "message").await;
+    let (got, _) = archive(&mut a, "self", "").await;
+    let notes = got.iter().filter(|(_, b)| b == "note to self").count();
+    assert_eq!(notes, 1, "{got:?}");
 }

@@ -37,8 +37,10 @@ const KEPT_PAYLOADS: [&str; 7] = [
     "urn:xmpp:jingle-message:0",  // XEP-0353
 ];
 
-/// Most messages in one log entry.
+/// Most messages in one log entry, and most bytes of XML (well under the
+/// mesh's message limit, whatever the size of each message).
 const BATCH_MAX: usize = 512;
+const BATCH_MAX_BYTES: usize = 4 << 20;
 /// Log entries of archive messages being committed at once.
 const IN_FLIGHT: usize = 8;
 /// Entries waiting for the cluster at most; past this (the cluster cannot
@@ -71,8 +73,10 @@ pub fn archivable(msg: &Element) -> bool {
 }
 
 /// Drop `<stanza-id/>`s that name `by` as their maker: only the archive
-/// of `by` may put them there.
-fn strip_forged(msg: &mut Element, by: &str) {
+/// of `by` may put them there. Also used to take the sender's own id off
+/// the copy that goes to the contact (XEP-0313 §3: it belongs to the
+/// sender's carbons only).
+pub fn strip_forged(msg: &mut Element, by: &str) {
     msg.children.retain(|n| match n {
         crate::xml::Node::Element(e) => {
             !(e.name == "stanza-id"
@@ -148,16 +152,20 @@ impl Writer {
                     return;
                 };
                 let mut batch = Vec::new();
+                let mut bytes = 0;
                 let mut next = rx.recv().await;
                 while let Some(job) = next.take() {
                     match job {
-                        Job::Entry(e, done) => batch.push((e, done)),
+                        Job::Entry(e, done) => {
+                            bytes += e.xml.len() + e.with.len();
+                            batch.push((e, done));
+                        }
                         Job::Barrier(b) => {
                             barrier = Some(b);
                             break;
                         }
                     }
-                    if batch.len() < BATCH_MAX {
+                    if batch.len() < BATCH_MAX && bytes < BATCH_MAX_BYTES {
                         next = rx.try_recv().ok();
                     }
                 }
@@ -285,7 +293,9 @@ impl MessageHook for Archive {
         let bare = from.to_bare();
         strip_forged(msg, bare.as_str());
         let user = from.node().map(|n| n.as_str()).unwrap_or_default();
-        if ctx.config.mam.enabled && archivable(msg) {
+        // A note to self is archived once, as it arrives (inbound).
+        let to_self = to.to_bare() == bare;
+        if ctx.config.mam.enabled && !to_self && archivable(msg) {
             self.keep(ctx, user, to, msg, waits);
         }
         Verdict::Continue

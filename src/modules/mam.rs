@@ -147,7 +147,13 @@ fn parse(req: &IqRequest, user: &str) -> Result<Asked, StanzaError> {
                             .collect(),
                     )
                 }
-                other => return Err(bad(format!("unsupported field {other}"))),
+                other => {
+                    // §4.1.1: a field the server does not support.
+                    return Err(StanzaError::with_text(
+                        StanzaCondition::FeatureNotImplemented,
+                        format!("unsupported field {other}"),
+                    ));
+                }
             }
         }
     }
@@ -196,7 +202,17 @@ fn query(req: &IqRequest, user: &str) -> IqResponse {
     let cfg = &req.server.config.mam;
     let max = a.max.unwrap_or(DEFAULT_PAGE).min(cfg.max_page);
     let backward = a.rsm_before.is_some();
+    // An index is served by reading past what it skips: cheap near the
+    // start, refused past a bound (XEP-0059 §2.4 makes it optional).
+    const MAX_INDEX: usize = 10_000;
     let skip = if backward { 0 } else { a.index.unwrap_or(0) };
+    if skip > MAX_INDEX {
+        return Err(StanzaError::with_text(
+            StanzaCondition::FeatureNotImplemented,
+            format!("index past {MAX_INDEX} is not supported; page with after"),
+        ))
+        .into();
+    }
     let page = match range(&a) {
         None => Ok(crate::state::archive::Page {
             items: Vec::new(),
@@ -222,6 +238,13 @@ fn query(req: &IqRequest, user: &str) -> IqResponse {
         }
     };
     page.items.drain(..skip.min(page.items.len()));
+    // RSM first/last name the page in time order; flip-page changes only
+    // the order the results are sent in (§4.1.2).
+    let ends = page
+        .items
+        .first()
+        .map(|f| f.id)
+        .zip(page.items.last().map(|l| l.id));
     if a.flip {
         page.items.reverse();
     }
@@ -257,13 +280,13 @@ fn query(req: &IqRequest, user: &str) -> IqResponse {
         );
     }
     let mut set = Element::new("set", RSM);
-    if let (Some(first), Some(last)) = (page.items.first(), page.items.last()) {
-        let mut f = Element::new("first", RSM).with_text(ArchiveId::text(first.id));
-        if let Some(i) = a.index.filter(|_| !backward && !a.flip) {
+    if let Some((first, last)) = ends {
+        let mut f = Element::new("first", RSM).with_text(ArchiveId::text(first));
+        if let Some(i) = a.index.filter(|_| !backward) {
             f.set_attr("index", i.to_string());
         }
         set.push_child(f);
-        set.push_child(Element::new("last", RSM).with_text(ArchiveId::text(last.id)));
+        set.push_child(Element::new("last", RSM).with_text(ArchiveId::text(last)));
     }
     let mut fin = Element::new("fin", NS).with_child(set);
     if page.complete {

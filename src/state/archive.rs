@@ -35,7 +35,8 @@ impl ArchiveId {
 
     /// The first id made at or after `micros` (microseconds since the epoch).
     pub fn at(micros: u64) -> u64 {
-        micros << Self::NODE_BITS
+        // Past the year 2112 the time no longer fits: the last id.
+        micros.min(u64::MAX >> Self::NODE_BITS) << Self::NODE_BITS
     }
 
     /// When the id was made, in microseconds since the epoch.

@@ -500,6 +500,11 @@ impl State {
                 let mut used: std::collections::HashMap<&str, u64> =
                     std::collections::HashMap::new();
                 for e in entries {
+                    // Written after the account was deleted: nobody's.
+                    if !self.account_exists(&e.user) {
+                        applied.refused.push(e.id);
+                        continue;
+                    }
                     let k = archive::key(&e.user, e.id);
                     let v = archive::value(e);
                     let u = match used.get_mut(e.user.as_str()) {
@@ -914,6 +919,14 @@ mod tests {
             })
             .unwrap()
         };
+        // Nobody's archive: an entry for a user without an account.
+        let orphan = append(vec![archived("alice", at(5), "x")], 0);
+        assert_eq!(orphan.refused, vec![at(5)]);
+        s.apply(&Command::CreateAccount {
+            username: "alice".into(),
+            credentials: crate::sasl::Credentials::new("pw").unwrap(),
+        })
+        .unwrap();
         let one = append(vec![archived("alice", at(10), "a")], 0);
         assert!(one.refused.is_empty());
         let size = s.archive_bytes("alice").unwrap();
@@ -931,11 +944,6 @@ mod tests {
         // The same entry applied again (a replayed log entry) counts once.
         append(vec![archived("alice", at(20), "b")], 0);
         assert_eq!(s.archive_bytes("alice").unwrap(), size * 2);
-        s.apply(&Command::CreateAccount {
-            username: "alice".into(),
-            credentials: crate::sasl::Credentials::new("pw").unwrap(),
-        })
-        .unwrap();
         s.apply(&Command::ArchiveExpire { micros: 15 }).unwrap();
         assert_eq!(s.archive_ends("alice").unwrap(), Some((at(20), at(20))));
         assert_eq!(s.archive_bytes("alice").unwrap(), size);
