@@ -11,10 +11,15 @@ use std::time::Instant;
 use starling::state::archive::{ArchiveId, PageQuery};
 use starling::state::{ArchiveEntry, Command, State};
 
-const MESSAGES: u64 = 100_000;
-const QUERIES: usize = 2_000;
-
 fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this as
+    // a quick smoke test on a small archive.
+    let full = std::env::args().any(|a| a == "--bench");
+    let (messages, queries): (u64, usize) = if full { (100_000, 2_000) } else { (5_000, 50) };
+    run(messages, queries);
+}
+
+fn run(messages: u64, queries: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = State::open(dir.path()).expect("open");
     state
@@ -25,8 +30,8 @@ fn main() {
         .expect("account");
     let start = 1_780_000_000_000_000u64;
     let t = Instant::now();
-    for chunk in 0..MESSAGES.div_ceil(512) {
-        let entries = (chunk * 512..((chunk + 1) * 512).min(MESSAGES))
+    for chunk in 0..messages.div_ceil(512) {
+        let entries = (chunk * 512..((chunk + 1) * 512).min(messages))
             .map(|i| ArchiveEntry {
                 user: "alice".into(),
                 id: ArchiveId::at(start + i * 1000) | 1,
@@ -47,8 +52,8 @@ fn main() {
     let bytes = state.archive_bytes("alice").expect("bytes");
     state.flush().expect("flush");
     let on_disk = state.db().size_on_disk().expect("size");
-    let mut lat = Vec::with_capacity(QUERIES);
-    for _ in 0..QUERIES {
+    let mut lat = Vec::with_capacity(queries);
+    for _ in 0..queries {
         let t = Instant::now();
         let page = state
             .archive_page(
@@ -74,17 +79,17 @@ fn main() {
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     println!(
-        "archive of {MESSAGES} messages written in {:.2} s ({:.0} msg/s applied); {:.0} bytes per message (key + value)",
+        "archive of {messages} messages written in {:.2} s ({:.0} msg/s applied); {:.0} bytes per message (key + value)",
         fill.as_secs_f64(),
-        MESSAGES as f64 / fill.as_secs_f64(),
-        bytes as f64 / MESSAGES as f64
+        messages as f64 / fill.as_secs_f64(),
+        bytes as f64 / messages as f64
     );
     println!(
         "sled data dir after the fill: {:.0} bytes per message on disk",
-        on_disk as f64 / MESSAGES as f64
+        on_disk as f64 / messages as f64
     );
     println!(
-        "last 50 of {MESSAGES}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {QUERIES} queries",
+        "last 50 of {messages}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {queries} queries",
         pct(0.50).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
         lat[lat.len() - 1].as_secs_f64() * 1e3
