@@ -10,29 +10,15 @@ use std::time::{Duration, Instant};
 
 const SECRET: &str = "cluster-archive-secret-0123456789";
 const SM: &str = "urn:xmpp:sm:3";
-const C2S_PORT: u16 = 9322;
-const HTTP_PORT: u16 = 9380;
-const MESH_PORT: u16 = 11322;
+const PORTS: FixedPorts = FixedPorts {
+    c2s: 9322,
+    http: 9380,
+    mesh: 11322,
+};
 const SENT: usize = 300;
 
 fn start_node(i: u64, dir: tempfile::TempDir) -> Server {
-    let ip = format!("127.0.0.{i}");
-    let join = if i == 1 {
-        String::new()
-    } else {
-        format!("127.0.0.1:{MESH_PORT}")
-    };
-    Server::start_in(
-        dir,
-        &[
-            ("STARLING_CLUSTER_NODE_ID", &i.to_string()),
-            ("STARLING_CLUSTER_SECRET", SECRET),
-            ("STARLING_CLUSTER_JOIN", &join),
-            ("STARLING_CLUSTER_LISTEN", &format!("{ip}:{MESH_PORT}")),
-            ("STARLING_C2S_LISTEN", &format!("{ip}:{C2S_PORT}")),
-            ("STARLING_HTTP_LISTEN", &format!("{ip}:{HTTP_PORT}")),
-        ],
-    )
+    fixed_node(i, dir, SECRET, &PORTS, &[])
 }
 
 /// `user`'s whole archive as read on `node`: (id, body) oldest first.

@@ -25,29 +25,15 @@ const CLIENTS: usize = 20;
 const OURS: usize = 16;
 
 fn start_node(i: u64, dir: tempfile::TempDir) -> Server {
-    let ip = format!("127.0.0.{i}");
-    let join = if i == 1 {
-        String::new()
-    } else {
-        format!("127.0.0.1:{MESH_PORT}")
+    // ROLLING_LOG_LEVEL="info,stanza=trace,starling::route=trace"
+    // follows each message through the nodes' logs (kept on failure).
+    let level = std::env::var("ROLLING_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+    let ports = FixedPorts {
+        c2s: C2S_PORT,
+        http: HTTP_PORT,
+        mesh: MESH_PORT,
     };
-    Server::start_in(
-        dir,
-        &[
-            ("STARLING_CLUSTER_NODE_ID", &i.to_string()),
-            ("STARLING_CLUSTER_SECRET", SECRET),
-            ("STARLING_CLUSTER_JOIN", &join),
-            ("STARLING_CLUSTER_LISTEN", &format!("{ip}:{MESH_PORT}")),
-            ("STARLING_C2S_LISTEN", &format!("{ip}:{C2S_PORT}")),
-            ("STARLING_HTTP_LISTEN", &format!("{ip}:{HTTP_PORT}")),
-            // ROLLING_LOG_LEVEL="info,stanza=trace,starling::route=trace"
-            // follows each message through the nodes' logs (kept on failure).
-            (
-                "STARLING_LOG_LEVEL",
-                &std::env::var("ROLLING_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
-            ),
-        ],
-    )
+    fixed_node(i, dir, SECRET, &ports, &[("STARLING_LOG_LEVEL", &level)])
 }
 
 /// Events from a connection's reader task.

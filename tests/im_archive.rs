@@ -3,15 +3,8 @@
 //! filters and preferences are tested with slixmpp (interop_slixmpp.rs).
 mod common;
 use common::*;
-use starling::xml::Element;
 
-const MAM: &str = MAM_NS;
 const SID: &str = "urn:xmpp:sid:0";
-
-/// The bodies of a query's results, and the iq that ended it.
-async fn archive(c: &mut Client, queryid: &str, extra: &str) -> (Vec<(String, String)>, Element) {
-    mam_query(c, queryid, extra).await
-}
 
 #[tokio::test]
 async fn an_offline_message_is_archived_and_delivered_with_its_archive_id() {
@@ -25,7 +18,7 @@ async fn an_offline_message_is_archived_and_delivered_with_its_archive_id() {
     .await;
     // The sender's copy is in the sender's archive (a query waits for
     // the archive writes queued before it).
-    let (sent, _) = archive(&mut a, "q1", "").await;
+    let (sent, _) = mam_query(&mut a, "q1", "").await;
     assert_eq!(sent.len(), 1);
     let mut b = Client::online(s.c2s, "bob", "pw", "r").await;
     let m = b.wait_for(|e| e.name == "message").await;
@@ -35,9 +28,9 @@ async fn an_offline_message_is_archived_and_delivered_with_its_archive_id() {
         .and_then(|e| e.attr("id"))
         .expect("the offline copy carries bob's stanza-id")
         .to_string();
-    let (got, fin) = archive(&mut b, "q2", "").await;
+    let (got, fin) = mam_query(&mut b, "q2", "").await;
     assert_eq!(got, vec![(sid, "while you were out".to_string())]);
-    let fin = fin.get_child("fin", MAM).expect("fin");
+    let fin = fin.get_child("fin", MAM_NS).expect("fin");
     assert_eq!(fin.attr("complete"), Some("true"));
 }
 
@@ -55,7 +48,7 @@ async fn an_operator_purges_an_archive_and_bad_queries_get_errors() {
         .await;
         b.wait_for(|e| e.name == "message").await;
     }
-    let (got, _) = archive(&mut b, "before", "").await;
+    let (got, _) = mam_query(&mut b, "before", "").await;
     assert_eq!(got.len(), 3);
 
     for (form, cond) in [
@@ -72,7 +65,7 @@ async fn an_operator_purges_an_archive_and_bad_queries_get_errors() {
             "item-not-found",
         ),
     ] {
-        let (_, iq) = archive(&mut b, "bad", form).await;
+        let (_, iq) = mam_query(&mut b, "bad", form).await;
         assert_eq!(iq.attr("type"), Some("error"), "{form}");
         let err = iq.get_child("error", "jabber:client").expect("error");
         assert!(err.elements().any(|e| e.name == cond), "{form}: {iq:?}");
@@ -88,10 +81,10 @@ async fn an_operator_purges_an_archive_and_bad_queries_get_errors() {
         String::from_utf8_lossy(&out.stdout),
         "emptied the archive of bob@localhost\n"
     );
-    let (got, _) = archive(&mut b, "after", "").await;
+    let (got, _) = mam_query(&mut b, "after", "").await;
     assert!(got.is_empty(), "{got:?}");
     // Alice's own copies are hers.
-    let (got, _) = archive(&mut a, "hers", "").await;
+    let (got, _) = mam_query(&mut a, "hers", "").await;
     assert_eq!(got.len(), 3);
     let missing = s.user_cmd(&["purge-archive", "nobody"]);
     assert!(!missing.status.success());
@@ -109,7 +102,7 @@ async fn with_the_archive_off_nothing_is_stamped_or_answered() {
         .await;
     let m = b.wait_for(|e| e.name == "message").await;
     assert!(m.get_child("stanza-id", SID).is_none());
-    let (_, iq) = archive(&mut b, "off", "").await;
+    let (_, iq) = mam_query(&mut b, "off", "").await;
     assert_eq!(iq.attr("type"), Some("error"));
 }
 
@@ -136,7 +129,7 @@ async fn the_contact_gets_only_its_own_id_and_a_note_to_self_is_kept_once() {
     a.send("<message to='alice@localhost' type='chat'><body>note to self</body></message>")
         .await;
     a.wait_for(|e| e.name == "message").await;
-    let (got, _) = archive(&mut a, "self", "").await;
+    let (got, _) = mam_query(&mut a, "self", "").await;
     let notes = got.iter().filter(|(_, b)| b == "note to self").count();
     assert_eq!(notes, 1, "{got:?}");
 }

@@ -1029,3 +1029,43 @@ pub async fn mam_query(
         got.push((r.attr("id").unwrap_or_default().to_string(), body));
     }
 }
+
+/// Loopback ports of a cluster whose nodes keep their addresses across
+/// restarts: node i listens on 127.0.0.i at these ports.
+pub struct FixedPorts {
+    pub c2s: u16,
+    pub http: u16,
+    pub mesh: u16,
+}
+
+/// Node `i` of such a cluster on data dir `dir` (nodes after the first
+/// join node 1), with `extra` settings.
+pub fn fixed_node(
+    i: u64,
+    dir: tempfile::TempDir,
+    secret: &str,
+    ports: &FixedPorts,
+    extra: &[(&str, &str)],
+) -> Server {
+    let ip = format!("127.0.0.{i}");
+    let join = if i == 1 {
+        String::new()
+    } else {
+        format!("127.0.0.1:{}", ports.mesh)
+    };
+    let (id, mesh) = (i.to_string(), format!("{ip}:{}", ports.mesh));
+    let (c2s, http) = (
+        format!("{ip}:{}", ports.c2s),
+        format!("{ip}:{}", ports.http),
+    );
+    let mut env: Vec<(&str, &str)> = vec![
+        ("STARLING_CLUSTER_NODE_ID", &id),
+        ("STARLING_CLUSTER_SECRET", secret),
+        ("STARLING_CLUSTER_JOIN", &join),
+        ("STARLING_CLUSTER_LISTEN", &mesh),
+        ("STARLING_C2S_LISTEN", &c2s),
+        ("STARLING_HTTP_LISTEN", &http),
+    ];
+    env.extend_from_slice(extra);
+    Server::start_in(dir, &env)
+}
