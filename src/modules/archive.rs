@@ -44,8 +44,8 @@ const BATCH_MAX_BYTES: usize = 4 << 20;
 /// Log entries of archive messages being committed at once.
 const IN_FLIGHT: usize = 8;
 /// Entries waiting for the cluster at most; past this (the cluster cannot
-/// commit) a message is not owned: its sender is told so (XEP-0198 without
-/// an ack) instead of memory growing without bound.
+/// commit) messages are delivered but not archived (logged) instead of
+/// memory growing without bound.
 const MAX_PENDING: u64 = 65_536;
 
 /// Whether a message goes into archives at all (§4, XEP-0334).

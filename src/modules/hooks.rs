@@ -36,7 +36,8 @@ impl Waits {
     }
 
     /// `receipt`, answered only once routing answered it and every wait is
-    /// done (false if any failed). With nothing to wait for, it is
+    /// done (with routing's answer: a failed write is not a reason to have
+    /// the message sent again). With nothing to wait for, it is
     /// `receipt` itself; with no receipt, nothing waits.
     pub fn wrap(
         &mut self,
@@ -51,9 +52,13 @@ impl Waits {
         let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
         rt.spawn(async move {
             // A receipt dropped by routing means owned (as the session reads it).
-            let mut owned = rx.await.unwrap_or(true);
+            let owned = rx.await.unwrap_or(true);
+            // A write that failed (no quorum) does not un-own a message
+            // routing took: refusing it would make the client send again
+            // what was already delivered (a duplicate). It is logged where
+            // it failed.
             for w in waits {
-                owned &= w.await.unwrap_or(false);
+                let _ = w.await;
             }
             let _ = outer.send(owned);
         });
