@@ -437,9 +437,11 @@ fn store_offline(
         quota_bytes: ctx.config.limits.offline_bytes,
     };
     let owning = ctx.replicator.owning();
+    // Queued now, in arrival order: the user reads them back in that order.
+    let committed = ctx.replicator.commit_in_order(&cmd);
     ctx.replicator.runtime().spawn(async move {
         let _owning = owning;
-        match c.replicator.commit_async(&cmd).await {
+        match committed.await {
             Ok(_) => answer(receipt, true),
             Err(StateError::QuotaExceeded(_)) => {
                 msg.children.pop();

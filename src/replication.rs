@@ -289,14 +289,24 @@ impl Replicator {
         let bytes = serde_json::to_vec(cmd)?;
         let r = self.cluster.propose(bytes, COMMIT_TIMEOUT).await;
         self.health.record(r.is_ok());
-        match r {
-            Ok(out) => serde_json::from_slice::<Outcome>(&out)
-                .map_err(StateError::Corrupt)?
-                .into(),
-            Err(ClusterError::NoQuorum) => Err(StateError::Cluster(
-                "no quorum: this node cannot reach a majority of the cluster".into(),
-            )),
-            Err(e) => Err(StateError::Cluster(e.to_string())),
+        decode(r)
+    }
+
+    /// [`Replicator::commit_async`] with the command queued before this
+    /// returns: two commands committed in order from one thread enter the
+    /// log in that order whichever future is polled first.
+    pub fn commit_in_order(
+        &self,
+        cmd: &Command,
+    ) -> impl std::future::Future<Output = Result<Applied, StateError>> + Send + 'static {
+        let queued = serde_json::to_vec(cmd)
+            .map(|bytes| self.cluster.propose_in_order(bytes, COMMIT_TIMEOUT))
+            .map_err(StateError::from);
+        let health = self.health.clone();
+        async move {
+            let r = queued?.await;
+            health.record(r.is_ok());
+            decode(r)
         }
     }
 
@@ -328,5 +338,18 @@ impl Replicator {
             )),
             Ok(Err(e)) => Err(StateError::Cluster(e.to_string())),
         }
+    }
+}
+
+/// The state machine's answer to one commit.
+fn decode(r: Result<Vec<u8>, ClusterError>) -> Result<Applied, StateError> {
+    match r {
+        Ok(out) => serde_json::from_slice::<Outcome>(&out)
+            .map_err(StateError::Corrupt)?
+            .into(),
+        Err(ClusterError::NoQuorum) => Err(StateError::Cluster(
+            "no quorum: this node cannot reach a majority of the cluster".into(),
+        )),
+        Err(e) => Err(StateError::Cluster(e.to_string())),
     }
 }

@@ -9,7 +9,9 @@ async fn stored_while_offline_delivered_at_initial_presence() {
     s.add_user("alice", "pw");
     s.add_user("bob", "pw");
     let mut a = Client::online(s.c2s, "alice", "pw", "r").await;
-    for i in 0..3 {
+    // Enough of them that a reordering among their commits would show.
+    const N: usize = 20;
+    for i in 0..N {
         a.send(&format!("<message to='bob@localhost' type='chat' id='o{i}'><body>while you were out {i}</body></message>")).await;
     }
     // A headline is not kept; no error for any of them.
@@ -27,7 +29,7 @@ async fn stored_while_offline_delivered_at_initial_presence() {
     drop(b);
     let mut b = Client::login(s.c2s, "bob", "pw", "r").await;
     b.send("<presence/>").await;
-    for i in 0..3 {
+    for i in 0..N {
         let m = b.wait_for(|e| e.name == "message").await;
         assert_eq!(m.attr("id"), Some(format!("o{i}").as_str()), "in order");
         assert_eq!(m.attr("from"), Some("alice@localhost/r"));

@@ -295,13 +295,47 @@ impl Cluster {
         command: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, ClusterError> {
+        self.clone().proposed(None, command, timeout).await
+    }
+
+    /// [`Cluster::propose`] with the command queued before this returns, so
+    /// that commands proposed one after another from one thread enter the
+    /// log in that order (two offline messages to one user, say) whichever
+    /// of their futures runs first. A full queue falls back to waiting for
+    /// room, and a proposal refused for want of a leader is sent again;
+    /// only those two rare paths can reorder.
+    pub fn propose_in_order(
+        &self,
+        command: Vec<u8>,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, ClusterError>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let queued = match self.tx.try_send(Cmd::Propose(command.clone(), tx)) {
+            Ok(()) => Some(rx),
+            Err(_) => None,
+        };
+        self.clone().proposed(queued, command, timeout)
+    }
+
+    async fn proposed(
+        self,
+        mut queued: Option<oneshot::Receiver<Result<Vec<u8>, ClusterError>>>,
+        command: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ClusterError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let (tx, rx) = oneshot::channel();
-            self.tx
-                .send(Cmd::Propose(command.clone(), tx))
-                .await
-                .map_err(|_| ClusterError::Stopped)?;
+            let rx = match queued.take() {
+                Some(rx) => rx,
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    self.tx
+                        .send(Cmd::Propose(command.clone(), tx))
+                        .await
+                        .map_err(|_| ClusterError::Stopped)?;
+                    rx
+                }
+            };
             match tokio::time::timeout_at(deadline, rx).await {
                 // Dropped before entering the log (no leader yet): safe to retry.
                 Ok(Ok(Err(ClusterError::Rejected(_))))
