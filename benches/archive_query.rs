@@ -59,6 +59,7 @@ fn run(messages: u64, queries: usize) {
             .archive_page(
                 "alice",
                 &PageQuery {
+                    skip: 0,
                     lower: Bound::Unbounded,
                     upper: Bound::Unbounded,
                     with: None,

@@ -183,6 +183,20 @@ impl StateMachine for ReplicatedState {
     fn restore(&self, data: &[u8]) -> Result<(), String> {
         self.state.import(data).map_err(|e| e.to_string())
     }
+
+    /// Fixed here, written by the snapshot thread while commits go on
+    /// (`state/tracked.rs`): the archive never sits in memory whole.
+    fn snapshot_job(&self) -> Result<starling_cluster::SnapshotJob, String> {
+        self.state.begin_snapshot().map_err(|e| e.to_string())?;
+        let state = self.state.clone();
+        Ok(Box::new(move |out: &mut dyn std::io::Write| {
+            state.write_snapshot(out).map_err(|e| e.to_string())
+        }))
+    }
+
+    fn restore_from(&self, input: &mut dyn std::io::Read) -> Result<(), String> {
+        self.state.import_from(input).map_err(|e| e.to_string())
+    }
 }
 
 /// Proposes commands from synchronous code (actors, modules) to the Raft

@@ -622,6 +622,7 @@ fn start_cluster(
     );
     cfg.advertise = config.cluster.advertise.clone();
     cfg.join = Some(config.cluster.join.clone()).filter(|j| !j.is_empty());
+    cfg.snapshot_dir = Some(config.data_dir.join("snapshots"));
     let db = state.db().clone();
     let node_id = config.cluster.node_id;
     let domain = config.domain.clone();

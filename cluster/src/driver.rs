@@ -184,6 +184,9 @@ impl Driver {
             // raft-rs keeps a follower paused in Snapshot state until told
             // how the snapshot went; without this a lost ack stalls it forever.
             Cmd::SnapshotSent(node, ok) => {
+                if ok {
+                    self.store.snapshot_delivered();
+                }
                 let status = if ok {
                     raft::SnapshotStatus::Finish
                 } else {

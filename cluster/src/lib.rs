@@ -12,6 +12,7 @@
 
 mod driver;
 mod raft_log;
+mod snapshots;
 pub mod storage;
 mod transport;
 
@@ -41,7 +42,31 @@ pub trait StateMachine: Send + Sync + 'static {
     fn snapshot(&self) -> Result<Vec<u8>, String>;
     /// Replace the whole state with a snapshot.
     fn restore(&self, data: &[u8]) -> Result<(), String>;
+    /// Fix a snapshot at the state as applied now and answer the job that
+    /// writes it. Called on the driver thread between two applies, so it
+    /// must be quick; the job runs on a thread of its own while commands go
+    /// on being applied, and writes the state as it was at this call. The
+    /// default holds the whole state in memory ([`StateMachine::snapshot`]).
+    fn snapshot_job(&self) -> Result<SnapshotJob, String> {
+        let data = self.snapshot()?;
+        Ok(Box::new(move |out: &mut dyn std::io::Write| {
+            out.write_all(&data).map_err(|e| e.to_string())
+        }))
+    }
+    /// Replace the whole state with what a snapshot job wrote, read from
+    /// `input` (the default reads it all, then [`StateMachine::restore`]).
+    fn restore_from(&self, input: &mut dyn std::io::Read) -> Result<(), String> {
+        let mut data = Vec::new();
+        input
+            .read_to_end(&mut data)
+            .map_err(|e| format!("reading a snapshot: {e}"))?;
+        self.restore(&data)
+    }
 }
+
+/// Writes a snapshot fixed by [`StateMachine::snapshot_job`].
+pub type SnapshotJob =
+    Box<dyn FnOnce(&mut dyn std::io::Write) -> Result<(), String> + Send + 'static>;
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -61,6 +86,9 @@ pub struct ClusterConfig {
     pub heartbeat_ticks: usize,
     /// Compact the log once this many entries are applied past its start.
     pub compact_after: u64,
+    /// Where snapshot files are built and received (`None`: a directory
+    /// of this process under the system's temporary directory).
+    pub snapshot_dir: Option<std::path::PathBuf>,
 }
 
 impl ClusterConfig {
@@ -75,6 +103,7 @@ impl ClusterConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             compact_after: 1000,
+            snapshot_dir: None,
         }
     }
 }
@@ -202,8 +231,17 @@ impl Cluster {
         } else {
             cfg.advertise.clone()
         };
-        let store =
-            storage::SledStorage::open(db, sm).map_err(|e| ClusterError::Storage(e.to_string()))?;
+        let snapshot_dir = cfg.snapshot_dir.clone().unwrap_or_else(|| {
+            static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            std::env::temp_dir().join(format!(
+                "starling-snapshots-{}-{}-{}",
+                std::process::id(),
+                cfg.id,
+                STARTED.fetch_add(1, Ordering::Relaxed)
+            ))
+        });
+        let store = storage::SledStorage::open(db, sm, snapshot_dir.clone())
+            .map_err(|e| ClusterError::Storage(e.to_string()))?;
         let fresh = !store
             .is_initialized()
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
@@ -222,8 +260,13 @@ impl Cluster {
         });
         let isolated = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(watch::channel(false).0);
-        let transport =
-            transport::Transport::new(cfg.id, cfg.secret.clone(), isolated.clone(), tx.clone());
+        let transport = transport::Transport::new(
+            cfg.id,
+            cfg.secret.clone(),
+            isolated.clone(),
+            tx.clone(),
+            snapshot_dir.clone(),
+        );
         let (relay_tx, relay_rx) = mpsc::channel(8192);
         let app_status: AppStatus = Arc::new(std::sync::OnceLock::new());
         transport::serve(
@@ -235,6 +278,7 @@ impl Cluster {
                 status: status.clone(),
                 relay: relay_tx,
                 app_status: app_status.clone(),
+                snapshot_dir,
             },
             stop.subscribe(),
         );

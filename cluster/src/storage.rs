@@ -55,6 +55,9 @@ pub struct SledStorage {
     snap_term: Arc<AtomicU64>,
     /// The last index applied to the state machine.
     applied: Arc<AtomicU64>,
+    /// Snapshot files: built here, received from the leader.
+    snapshot_dir: Arc<std::path::PathBuf>,
+    outgoing: Arc<crate::snapshots::Outgoing>,
 }
 
 /// The members recorded in a node's database, read without starting the
@@ -70,7 +73,11 @@ pub fn stored_peers(db: &sled::Db) -> Result<Vec<(u64, String)>, StoreError> {
 }
 
 impl SledStorage {
-    pub fn open(db: sled::Db, sm: Arc<dyn StateMachine>) -> Result<Self, StoreError> {
+    pub fn open(
+        db: sled::Db,
+        sm: Arc<dyn StateMachine>,
+        snapshot_dir: std::path::PathBuf,
+    ) -> Result<Self, StoreError> {
         let log = db.open_tree("raft_log")?;
         let meta = db.open_tree("raft_meta")?;
         let dedup = db.open_tree("raft_dedup")?;
@@ -96,6 +103,8 @@ impl SledStorage {
             snap_index: Arc::new(AtomicU64::new(si)),
             snap_term: Arc::new(AtomicU64::new(st)),
             applied: Arc::new(AtomicU64::new(applied)),
+            snapshot_dir: Arc::new(snapshot_dir),
+            outgoing: Arc::default(),
         })
     }
 
@@ -250,26 +259,32 @@ impl SledStorage {
     /// drop the log it covers.
     pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StoreError> {
         let m = snap.get_metadata();
-        let data = snap.get_data();
-        let (len, rest) = data
-            .split_at_checked(4)
-            .ok_or_else(|| corrupt("short snapshot"))?;
-        let len = u32::from_be_bytes(len.try_into().map_err(corrupt)?) as usize;
-        let (peers, rest) = rest
-            .split_at_checked(len)
-            .ok_or_else(|| corrupt("short snapshot"))?;
-        let peers: Vec<(u64, String)> = serde_json::from_slice(peers).map_err(corrupt)?;
-        let (dlen, rest) = rest
-            .split_at_checked(4)
-            .ok_or_else(|| corrupt("short snapshot"))?;
-        let dlen = u32::from_be_bytes(dlen.try_into().map_err(corrupt)?) as usize;
-        let (dedup, sm) = rest
-            .split_at_checked(dlen)
-            .ok_or_else(|| corrupt("short snapshot"))?;
-        let dedup: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> =
-            serde_json::from_slice(dedup).map_err(corrupt)?;
-        self.dedup_restore(dedup)?;
-        self.sm.restore(sm).map_err(StoreError::Corrupt)?;
+        let peers = match crate::snapshots::Reference::decode(snap.get_data()) {
+            // Streamed to us beforehand as a file (see `snapshots.rs`).
+            Some(_) => {
+                let path = crate::snapshots::incoming(&self.snapshot_dir, m.index);
+                let (header, mut reader) = crate::snapshots::open(&path).map_err(corrupt)?;
+                if header.index != m.index {
+                    return Err(corrupt("snapshot file is for another index"));
+                }
+                let peers: Vec<(u64, String)> =
+                    serde_json::from_slice(&header.peers).map_err(corrupt)?;
+                let dedup: DedupDump = serde_json::from_slice(&header.dedup).map_err(corrupt)?;
+                self.dedup_restore(dedup)?;
+                let started = std::time::Instant::now();
+                self.sm
+                    .restore_from(&mut reader)
+                    .map_err(StoreError::Corrupt)?;
+                tracing::info!(
+                    index = m.index,
+                    secs = started.elapsed().as_secs_f64(),
+                    "snapshot installed"
+                );
+                crate::snapshots::remove_others(&self.snapshot_dir, "in-", None);
+                peers
+            }
+            None => self.apply_inline_snapshot(snap.get_data())?,
+        };
         self.set_peers(&peers)?;
         self.log.clear()?;
         self.meta
@@ -285,8 +300,42 @@ impl SledStorage {
         self.flush()
     }
 
+    /// A snapshot whose data is the state itself (nodes before streamed
+    /// snapshots sent these): restores it and answers the members.
+    fn apply_inline_snapshot(&self, data: &[u8]) -> Result<Vec<(u64, String)>, StoreError> {
+        let (len, rest) = data
+            .split_at_checked(4)
+            .ok_or_else(|| corrupt("short snapshot"))?;
+        let len = u32::from_be_bytes(len.try_into().map_err(corrupt)?) as usize;
+        let (peers, rest) = rest
+            .split_at_checked(len)
+            .ok_or_else(|| corrupt("short snapshot"))?;
+        let peers: Vec<(u64, String)> = serde_json::from_slice(peers).map_err(corrupt)?;
+        let (dlen, rest) = rest
+            .split_at_checked(4)
+            .ok_or_else(|| corrupt("short snapshot"))?;
+        let dlen = u32::from_be_bytes(dlen.try_into().map_err(corrupt)?) as usize;
+        let (dedup, sm) = rest
+            .split_at_checked(dlen)
+            .ok_or_else(|| corrupt("short snapshot"))?;
+        let dedup: DedupDump = serde_json::from_slice(dedup).map_err(corrupt)?;
+        self.dedup_restore(dedup)?;
+        self.sm.restore(sm).map_err(StoreError::Corrupt)?;
+        Ok(peers)
+    }
+
+    /// A follower has the snapshot on offer (compaction may go on).
+    pub fn snapshot_delivered(&self) {
+        self.outgoing.delivered();
+    }
+
     /// Drop log entries up to `index` (applied), remembering its term.
     pub fn compact(&self, index: u64) -> Result<(), StoreError> {
+        // A snapshot being built or on offer needs the entries after it.
+        let index = match self.outgoing.hold() {
+            Some(held) => index.min(held),
+            None => index,
+        };
         let first = self.first_index_inner();
         if index < first {
             return Ok(());
@@ -389,38 +438,65 @@ impl raft::Storage for SledStorage {
         self.last_index_inner().map_err(to_raft)
     }
 
-    /// A snapshot of the state machine as applied right now (the driver
-    /// applies in the same task that calls this, so the two agree).
+    /// A snapshot for a follower: a reference to a file this node built
+    /// off the driver thread (`snapshots.rs`). While it is being built,
+    /// raft-rs hears "temporarily unavailable" and asks again later. The
+    /// snapshot is fixed here, in the driver's task, between two applies,
+    /// so its index, term and members agree with its contents.
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let unavailable = raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
         let applied = self.applied();
         if applied < request_index || applied < self.snap_index.load(Ordering::Acquire) {
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
+            return Err(unavailable);
         }
-        let sm = self
-            .sm
-            .snapshot()
-            .map_err(|e| to_raft(StoreError::Corrupt(e)))?;
-        // Peers' addresses travel with the snapshot: the conf changes that
-        // carried them may be compacted away.
-        let peers =
-            serde_json::to_vec(&self.peers().map_err(to_raft)?).map_err(|e| to_raft(corrupt(e)))?;
-        // The dedup window travels too, so a node restored from a snapshot
-        // decides duplicates exactly like the others.
-        let dedup = serde_json::to_vec(&self.dedup_dump().map_err(to_raft)?)
-            .map_err(|e| to_raft(corrupt(e)))?;
-        let mut data = (peers.len() as u32).to_be_bytes().to_vec();
-        data.extend_from_slice(&peers);
-        data.extend_from_slice(&(dedup.len() as u32).to_be_bytes());
-        data.extend_from_slice(&dedup);
-        data.extend_from_slice(&sm);
+        let request = || -> Result<crate::snapshots::Request<'_>, String> {
+            // Peers' addresses travel with the snapshot: the conf changes
+            // that carried them may be compacted away. The dedup window
+            // travels too, so a node restored from a snapshot decides
+            // duplicates exactly like the others.
+            let peers = serde_json::to_vec(&self.peers().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            let dedup = serde_json::to_vec(&self.dedup_dump().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            Ok(crate::snapshots::Request {
+                applied,
+                term: self.term_inner(applied).map_err(|e| e.to_string())?,
+                conf: self.conf_state().map_err(|e| e.to_string())?,
+                header: crate::snapshots::Header {
+                    index: applied,
+                    peers,
+                    dedup,
+                },
+                sm: &self.sm,
+            })
+        };
+        // raft-rs panics on any error but "temporarily unavailable".
+        let members = match self.conf_state() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the members for a snapshot");
+                return Err(unavailable);
+            }
+        };
+        let Some(built) = self.outgoing.get(
+            &self.snapshot_dir,
+            request_index,
+            self.first_index_inner(),
+            &members,
+            request,
+        ) else {
+            return Err(unavailable);
+        };
         let mut snap = Snapshot::default();
-        snap.set_data(data.into());
+        snap.set_data(
+            crate::snapshots::Reference { size: built.size }
+                .encode()
+                .into(),
+        );
         let m = snap.mut_metadata();
-        m.index = applied;
-        m.term = self.term_inner(applied).map_err(to_raft)?;
-        m.set_conf_state(self.conf_state().map_err(to_raft)?);
+        m.index = built.index;
+        m.term = built.term;
+        m.set_conf_state(built.conf);
         Ok(snap)
     }
 }

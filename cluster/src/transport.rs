@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status as RpcStatus};
 use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server::{Raft, RaftServer};
 use crate::proto::{
-    Ack, JoinRequest, JoinResponse, Peer, RaftBatch, RelayBatch, RemoveRequest, StatusRequest,
-    StatusResponse,
+    Ack, JoinRequest, JoinResponse, Peer, RaftBatch, RelayBatch, RemoveRequest, SnapshotChunk,
+    StatusRequest, StatusResponse,
 };
 use crate::{ClusterError, Cmd, Incoming, Receipt, Returned, Status};
 
@@ -26,6 +26,8 @@ const SECRET_HEADER: &str = "x-starling-cluster-secret";
 /// Messages queued per peer; beyond this they are dropped (raft resends).
 const PEER_QUEUE: usize = 4096;
 const BATCH: usize = 256;
+/// HTTP/2 flow-control window for mesh streams (see `serve`).
+const WINDOW: u32 = 8 << 20;
 
 fn authorized<T>(req: &Request<T>, secret: &str) -> Result<(), RpcStatus> {
     let given = req
@@ -56,6 +58,7 @@ pub struct Service {
     pub status: watch::Receiver<Status>,
     pub relay: mpsc::Sender<Incoming>,
     pub app_status: crate::AppStatus,
+    pub snapshot_dir: std::path::PathBuf,
 }
 
 fn peers_out(peers: Vec<(u64, String)>) -> Vec<Peer> {
@@ -115,6 +118,76 @@ impl Raft for Service {
                 "membership change not committed (no quorum?)",
             )),
         }
+    }
+
+    /// A snapshot file from the leader, written under a temporary name and
+    /// renamed once complete (`snapshots.rs`).
+    async fn install_snapshot(
+        &self,
+        req: Request<tonic::Streaming<SnapshotChunk>>,
+    ) -> Result<Response<Ack>, RpcStatus> {
+        authorized(&req, &self.secret)?;
+        let mut chunks = req.into_inner();
+        let mut file: Option<(std::fs::File, u64, u64, std::path::PathBuf)> = None;
+        let mut written = 0u64;
+        while let Some(c) = chunks.message().await? {
+            if self.isolated.load(Ordering::SeqCst) {
+                return Err(RpcStatus::unavailable("isolated"));
+            }
+            let (f, index, size, part) = match file.take() {
+                Some(open) => open,
+                None => {
+                    let dir = self.snapshot_dir.clone();
+                    let part = crate::snapshots::incoming(&dir, c.index).with_extension("part");
+                    let p = part.clone();
+                    let f = tokio::task::spawn_blocking(move || {
+                        std::fs::create_dir_all(&dir)?;
+                        crate::snapshots::remove_others(&dir, "in-", None);
+                        std::fs::File::create(&p)
+                    })
+                    .await
+                    .map_err(|e| RpcStatus::internal(e.to_string()))?
+                    .map_err(|e| RpcStatus::internal(format!("{}: {e}", part.display())))?;
+                    tracing::info!(
+                        index = c.index,
+                        bytes = c.size,
+                        from = c.from,
+                        "receiving a snapshot"
+                    );
+                    (f, c.index, c.size, part)
+                }
+            };
+            if c.index != index || written + c.data.len() as u64 > size {
+                return Err(RpcStatus::invalid_argument("snapshot chunks do not add up"));
+            }
+            written += c.data.len() as u64;
+            let data = c.data;
+            let f = tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let mut f = f;
+                f.write_all(&data).map(|_| f)
+            })
+            .await
+            .map_err(|e| RpcStatus::internal(e.to_string()))?
+            .map_err(|e| RpcStatus::internal(e.to_string()))?;
+            file = Some((f, index, size, part));
+        }
+        let Some((f, index, size, part)) = file else {
+            return Err(RpcStatus::invalid_argument("an empty snapshot"));
+        };
+        if written != size {
+            return Err(RpcStatus::invalid_argument("snapshot cut short"));
+        }
+        let done = crate::snapshots::incoming(&self.snapshot_dir, index);
+        tokio::task::spawn_blocking(move || {
+            f.sync_all()?;
+            std::fs::rename(&part, &done)
+        })
+        .await
+        .map_err(|e| RpcStatus::internal(e.to_string()))?
+        .map_err(|e| RpcStatus::internal(e.to_string()))?;
+        tracing::info!(index, bytes = size, "snapshot received");
+        Ok(Response::new(Ack::default()))
     }
 
     async fn remove(
@@ -235,7 +308,11 @@ pub fn serve(listener: tokio::net::TcpListener, service: Service, mut stop: watc
         let shutdown = async move {
             let _ = stop.changed().await;
         };
+        // Windows wide enough for a snapshot's 1 MiB chunks: HTTP/2's
+        // default 64 KiB makes a stream wait for a round trip per 64 KiB.
         if let Err(e) = tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(WINDOW))
+            .initial_connection_window_size(Some(2 * WINDOW))
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
@@ -252,6 +329,7 @@ pub struct Transport {
     isolated: Arc<AtomicBool>,
     report: mpsc::Sender<Cmd>,
     peers: HashMap<u64, (String, mpsc::Sender<Message>)>,
+    snapshot_dir: Arc<std::path::PathBuf>,
 }
 
 impl Transport {
@@ -260,6 +338,7 @@ impl Transport {
         secret: String,
         isolated: Arc<AtomicBool>,
         report: mpsc::Sender<Cmd>,
+        snapshot_dir: std::path::PathBuf,
     ) -> Self {
         Transport {
             id,
@@ -267,6 +346,7 @@ impl Transport {
             isolated,
             report,
             peers: HashMap::new(),
+            snapshot_dir: Arc::new(snapshot_dir),
         }
     }
 
@@ -279,13 +359,16 @@ impl Transport {
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             tokio::spawn(peer_task(
-                *id,
-                addr.clone(),
-                self.id,
-                self.secret.clone(),
-                self.isolated.clone(),
+                PeerLink {
+                    peer: *id,
+                    addr: addr.clone(),
+                    from: self.id,
+                    secret: self.secret.clone(),
+                    isolated: self.isolated.clone(),
+                    dir: self.snapshot_dir.clone(),
+                    report: self.report.clone(),
+                },
                 rx,
-                self.report.clone(),
             ));
             self.peers.insert(*id, (addr.clone(), tx));
         }
@@ -306,15 +389,16 @@ impl Transport {
     }
 }
 
-async fn peer_task(
-    peer: u64,
-    addr: String,
-    from: u64,
-    secret: String,
-    isolated: Arc<AtomicBool>,
-    mut rx: mpsc::Receiver<Message>,
-    report: mpsc::Sender<Cmd>,
-) {
+async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
+    let PeerLink {
+        peer,
+        ref addr,
+        from,
+        ref secret,
+        ref isolated,
+        ref report,
+        ..
+    } = link;
     let mut client: Option<RaftClient<tonic::transport::Channel>> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -323,6 +407,19 @@ async fn peer_task(
                 Ok(m) => batch.push(m),
                 Err(_) => break,
             }
+        }
+        // A snapshot that refers to a file: the file goes first, on a
+        // connection of its own, so this peer's other messages do not wait.
+        batch.retain(|m| {
+            let streamed = m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot
+                && crate::snapshots::Reference::decode(m.get_snapshot().get_data()).is_some();
+            if streamed {
+                tokio::spawn(send_snapshot(link.clone(), m.clone()));
+            }
+            !streamed
+        });
+        if batch.is_empty() {
+            continue;
         }
         let has_snapshot = batch
             .iter()
@@ -368,7 +465,7 @@ async fn peer_task(
                             from,
                             messages: messages.clone(),
                         },
-                        &secret,
+                        secret,
                     ))
                     .await
                 {
@@ -391,6 +488,121 @@ async fn peer_task(
             let _ = report.try_send(Cmd::Unreachable(peer));
         }
     }
+}
+
+/// One peer as its sender task sees it.
+#[derive(Clone)]
+struct PeerLink {
+    peer: u64,
+    addr: String,
+    from: u64,
+    secret: String,
+    isolated: Arc<AtomicBool>,
+    dir: Arc<std::path::PathBuf>,
+    report: mpsc::Sender<Cmd>,
+}
+
+/// Stream a snapshot file to a peer, then hand it the Raft message that
+/// refers to it; raft-rs hears how it went either way.
+async fn send_snapshot(p: PeerLink, msg: Message) {
+    let index = msg.get_snapshot().get_metadata().index;
+    let size = crate::snapshots::Reference::decode(msg.get_snapshot().get_data())
+        .map(|r| r.size)
+        .unwrap_or(0);
+    let started = tokio::time::Instant::now();
+    // Generous: a stalled peer must not hold raft-rs's snapshot state forever.
+    let limit = Duration::from_secs(60) + Duration::from_millis(size / 2_000);
+    let r = tokio::time::timeout(limit, stream_snapshot(&p, &msg, index, size)).await;
+    let ok = match r {
+        Ok(Ok(())) => {
+            tracing::info!(
+                peer = p.peer,
+                index,
+                bytes = size,
+                secs = started.elapsed().as_secs_f64(),
+                "snapshot sent"
+            );
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(peer = p.peer, index, error = %e, "snapshot not sent");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(peer = p.peer, index, "snapshot not sent in time");
+            false
+        }
+    };
+    let _ = p.report.send(Cmd::SnapshotSent(p.peer, ok)).await;
+}
+
+async fn stream_snapshot(p: &PeerLink, msg: &Message, index: u64, size: u64) -> Result<(), String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", p.addr))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_millis(2000))
+        .tcp_keepalive(Some(Duration::from_secs(10)))
+        .initial_stream_window_size(Some(WINDOW))
+        .initial_connection_window_size(Some(2 * WINDOW));
+    let ch = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let mut client = RaftClient::new(ch)
+        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(64 << 20);
+    let path = crate::snapshots::outgoing(&p.dir, index);
+    let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
+    let (from, isolated) = (p.from, p.isolated.clone());
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        loop {
+            if isolated.load(Ordering::SeqCst) {
+                return Err("isolated".into());
+            }
+            let mut data = vec![0u8; crate::snapshots::CHUNK];
+            let mut n = 0;
+            while n < data.len() {
+                match f.read(&mut data[n..]).map_err(|e| e.to_string())? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            data.truncate(n);
+            let chunk = SnapshotChunk {
+                from,
+                index,
+                size,
+                data,
+            };
+            if tx.blocking_send(chunk).is_err() {
+                return Err("the receiver went away".into());
+            }
+        }
+    });
+    let sent = client
+        .install_snapshot(with_secret(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &p.secret,
+        ))
+        .await;
+    reader.await.map_err(|e| e.to_string())??;
+    sent.map_err(|e| e.message().to_string())?;
+    if p.isolated.load(Ordering::SeqCst) {
+        return Err("isolated".into());
+    }
+    let bytes = msg.write_to_bytes().map_err(|e| e.to_string())?;
+    client
+        .send(with_secret(
+            RaftBatch {
+                from: p.from,
+                messages: vec![bytes],
+            },
+            &p.secret,
+        ))
+        .await
+        .map_err(|e| e.message().to_string())?;
+    Ok(())
 }
 
 /// Ask a member at `seed` to add us; returns the members, us included.

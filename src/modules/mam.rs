@@ -225,7 +225,8 @@ fn query(req: &IqRequest, user: &str) -> IqResponse {
                 upper: Bound::Included(hi),
                 with: a.with.clone(),
                 ids: a.ids.clone(),
-                max: max + skip,
+                max,
+                skip,
                 backward,
             },
         ),
@@ -237,7 +238,6 @@ fn query(req: &IqRequest, user: &str) -> IqResponse {
             return Err(StanzaError::new(StanzaCondition::InternalServerError)).into();
         }
     };
-    page.items.drain(..skip.min(page.items.len()));
     // RSM first/last name the page in time order; flip-page changes only
     // the order the results are sent in (§4.1.2).
     let ends = page

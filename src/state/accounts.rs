@@ -10,14 +10,18 @@ pub fn get(tree: &sled::Tree, username: &str) -> Result<Option<Credentials>, Sta
     }
 }
 
-pub fn create(tree: &sled::Tree, username: &str, creds: &Credentials) -> Result<(), StateError> {
+pub fn create(
+    tree: &super::tracked::Tracked,
+    username: &str,
+    creds: &Credentials,
+) -> Result<(), StateError> {
     let value = serde_json::to_vec(creds)?;
     tree.compare_and_swap(username, None as Option<&[u8]>, Some(value))?
         .map_err(|_| StateError::AccountExists(username.to_string()))
 }
 
 pub fn set_password(
-    tree: &sled::Tree,
+    tree: &super::tracked::Tracked,
     username: &str,
     creds: &Credentials,
 ) -> Result<(), StateError> {
@@ -28,7 +32,7 @@ pub fn set_password(
     Ok(())
 }
 
-pub fn delete(tree: &sled::Tree, username: &str) -> Result<(), StateError> {
+pub fn delete(tree: &super::tracked::Tracked, username: &str) -> Result<(), StateError> {
     tree.remove(username)?
         .map(|_| ())
         .ok_or_else(|| StateError::NoSuchAccount(username.to_string()))

@@ -76,6 +76,9 @@ pub struct PageQuery {
     pub ids: Option<Vec<u64>>,
     /// Most messages on the page.
     pub max: usize,
+    /// Matching messages passed over before the page starts (RSM
+    /// `<index>`); they are counted, not kept.
+    pub skip: usize,
     /// From the newest end of the range (RSM `<before/>`).
     pub backward: bool,
 }
@@ -148,8 +151,14 @@ pub fn page(tree: &sled::Tree, user: &str, q: &PageQuery) -> Result<Page, StateE
     };
     let mut items = Vec::new();
     let mut complete = true;
+    let mut skip = q.skip;
     for kv in iter {
         let (k, v) = kv?;
+        // Without filters a skipped message is not even decoded.
+        if skip > 0 && q.ids.is_none() && q.with.is_none() {
+            skip -= 1;
+            continue;
+        }
         let Some(a) = decode(p, &k, &v) else { continue };
         if let Some(ids) = &q.ids {
             if !ids.contains(&a.id) {
@@ -160,6 +169,10 @@ pub fn page(tree: &sled::Tree, user: &str, q: &PageQuery) -> Result<Page, StateE
             if !with_matches(w, &a.with) {
                 continue;
             }
+        }
+        if skip > 0 {
+            skip -= 1;
+            continue;
         }
         if items.len() == q.max {
             complete = false;
@@ -196,7 +209,11 @@ pub fn ends(tree: &sled::Tree, user: &str) -> Result<Option<(u64, u64)>, StateEr
 
 /// Remove `user`'s messages made before `micros` (retention); returns how
 /// many went.
-pub fn expire(tree: &sled::Tree, user: &str, micros: u64) -> Result<usize, StateError> {
+pub fn expire(
+    tree: &super::tracked::Tracked,
+    user: &str,
+    micros: u64,
+) -> Result<usize, StateError> {
     let range = roster::prefix(user)..key(user, ArchiveId::at(micros));
     let mut n = 0;
     for k in tree.range(range).keys() {
@@ -231,11 +248,14 @@ pub struct ArchivePrefs {
 mod tests {
     use super::*;
 
-    fn tree() -> (tempfile::TempDir, sled::Tree) {
+    fn tree() -> (tempfile::TempDir, super::super::tracked::Tracked) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let t = db.open_tree("archive").unwrap();
-        (dir, t)
+        (
+            dir,
+            super::super::tracked::Tracked::new(t, 0, Default::default()),
+        )
     }
 
     fn put(t: &sled::Tree, user: &str, id: u64, with: &str) {
@@ -250,6 +270,7 @@ mod tests {
 
     fn q(max: usize, backward: bool) -> PageQuery {
         PageQuery {
+            skip: 0,
             lower: Bound::Unbounded,
             upper: Bound::Unbounded,
             with: None,

@@ -90,7 +90,7 @@ pub fn list(tree: &sled::Tree, user: &str) -> Result<Vec<RosterItem>, StateError
 }
 
 /// Bump and return the user's roster version.
-pub fn bump_version(versions: &sled::Tree, user: &str) -> Result<u64, StateError> {
+pub fn bump_version(versions: &super::tracked::Tracked, user: &str) -> Result<u64, StateError> {
     let new = versions
         .update_and_fetch(user, |old| {
             let n = old

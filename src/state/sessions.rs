@@ -39,7 +39,10 @@ pub fn of(tree: &sled::Tree, bare: &str) -> Result<Vec<SessionRecord>, StateErro
         .collect()
 }
 
-pub fn put(tree: &sled::Tree, rec: &SessionRecord) -> Result<Option<SessionRecord>, StateError> {
+pub fn put(
+    tree: &super::tracked::Tracked,
+    rec: &SessionRecord,
+) -> Result<Option<SessionRecord>, StateError> {
     let old = tree.insert(rec.jid.as_bytes(), serde_json::to_vec(rec)?)?;
     Ok(match old {
         Some(v) => serde_json::from_slice(&v).ok(),
@@ -48,7 +51,12 @@ pub fn put(tree: &sled::Tree, rec: &SessionRecord) -> Result<Option<SessionRecor
 }
 
 /// Remove `full` if it is still the given session.
-pub fn remove(tree: &sled::Tree, full: &str, node: u64, sid: u64) -> Result<(), StateError> {
+pub fn remove(
+    tree: &super::tracked::Tracked,
+    full: &str,
+    node: u64,
+    sid: u64,
+) -> Result<(), StateError> {
     if let Some(rec) = get(tree, full)? {
         if rec.node == node && rec.sid == sid {
             tree.remove(full)?;
@@ -57,7 +65,10 @@ pub fn remove(tree: &sled::Tree, full: &str, node: u64, sid: u64) -> Result<(), 
     Ok(())
 }
 
-pub fn purge_node(tree: &sled::Tree, node: u64) -> Result<Vec<SessionRecord>, StateError> {
+pub fn purge_node(
+    tree: &super::tracked::Tracked,
+    node: u64,
+) -> Result<Vec<SessionRecord>, StateError> {
     let mut gone = Vec::new();
     for item in tree.iter() {
         let (k, v) = item?;
