@@ -188,9 +188,10 @@ impl StateMachine for ReplicatedState {
     /// (`state/tracked.rs`): the archive never sits in memory whole.
     fn snapshot_job(&self) -> Result<starling_cluster::SnapshotJob, String> {
         self.state.begin_snapshot().map_err(|e| e.to_string())?;
-        let state = self.state.clone();
+        // A job dropped unrun (no disk space for the file) ends the record.
+        let pending = crate::state::SnapshotPending::new(self.state.clone());
         Ok(Box::new(move |out: &mut dyn std::io::Write| {
-            state.write_snapshot(out).map_err(|e| e.to_string())
+            pending.write(out).map_err(|e| e.to_string())
         }))
     }
 

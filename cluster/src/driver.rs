@@ -184,9 +184,6 @@ impl Driver {
             // raft-rs keeps a follower paused in Snapshot state until told
             // how the snapshot went; without this a lost ack stalls it forever.
             Cmd::SnapshotSent(node, ok) => {
-                if ok {
-                    self.store.snapshot_delivered();
-                }
                 let status = if ok {
                     raft::SnapshotStatus::Finish
                 } else {
@@ -248,7 +245,15 @@ impl Driver {
         }
         // 2. A snapshot from the leader replaces our state.
         if !ready.snapshot().is_empty() {
-            self.store.apply_snapshot(ready.snapshot())?;
+            // Installing reads the whole file: on a runtime with other
+            // workers, the mesh and relays go on meanwhile.
+            let snap = ready.snapshot();
+            let flavor = tokio::runtime::Handle::current().runtime_flavor();
+            if flavor == tokio::runtime::RuntimeFlavor::MultiThread {
+                tokio::task::block_in_place(|| self.store.apply_snapshot(snap))?;
+            } else {
+                self.store.apply_snapshot(snap)?;
+            }
             self.transport.set_peers(&self.store.peers()?);
             // Entries folded into the snapshot are never applied one by one
             // here, so proposals waiting for them would wait forever.
@@ -387,6 +392,14 @@ impl Driver {
     }
 
     fn maybe_compact(&mut self) -> Result<(), StoreError> {
+        // A snapshot on offer holds compaction back until every follower
+        // has what it holds (one installing it needs the entries after it).
+        if let Some(held) = self.store.snapshot_hold() {
+            let raft = &self.raw.raft;
+            if raft.prs().iter().all(|(_, p)| p.matched >= held) {
+                self.store.snapshot_delivered();
+            }
+        }
         let applied = self.store.applied();
         let first = raft::Storage::first_index(&self.store).unwrap_or(1);
         let upto = self.compact_upto(applied);

@@ -33,8 +33,10 @@ const MAGIC: &[u8; 8] = b"STRAFT1\n";
 /// What a snapshot message carries instead of the state: this, then the
 /// file's size (u64).
 const REFERENCE: &[u8; 8] = b"STREF1\0\0";
-/// How long a built snapshot is kept on offer (and compaction held back).
-const OFFER: Duration = Duration::from_secs(300);
+/// How long a built snapshot is kept on offer (and compaction held back
+/// until every follower has what it holds): longer than sending and
+/// installing a few GiB takes.
+const OFFER: Duration = Duration::from_secs(900);
 /// After a failed build, how long before the next attempt.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// How much of a snapshot goes in one chunk on the mesh.
@@ -82,6 +84,27 @@ pub fn remove_others(dir: &Path, prefix: &str, keep: Option<&Path>) {
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with(prefix));
         if ours && Some(p.as_path()) != keep {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Remove received snapshot files (complete or partial) for indexes
+/// below `index`.
+pub fn remove_older(dir: &Path, index: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let older = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("in-"))
+            .and_then(|n| n.get(..20))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|i| i < index);
+        if older {
             let _ = std::fs::remove_file(&p);
         }
     }
@@ -191,10 +214,43 @@ impl Outgoing {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A finished build becomes an offer (or a failure).
+    fn settle(g: &mut Offer) {
+        let Offer::Building {
+            index,
+            term,
+            conf,
+            done,
+        } = &*g
+        else {
+            return;
+        };
+        let finished = done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match finished {
+            None => {}
+            Some(Ok(size)) => {
+                *g = Offer::Ready {
+                    index: *index,
+                    term: *term,
+                    conf: conf.clone(),
+                    size,
+                    since: Instant::now(),
+                    delivered: false,
+                }
+            }
+            Some(Err(e)) => {
+                tracing::error!(index, error = %e, "building a snapshot failed");
+                *g = Offer::Failed { at: Instant::now() };
+            }
+        }
+    }
+
     /// The index compaction must not pass (a snapshot being built or on
     /// offer needs the entries after it).
     pub fn hold(&self) -> Option<u64> {
-        match &*self.lock() {
+        let mut g = self.lock();
+        Self::settle(&mut g);
+        match &*g {
             Offer::Building { index, .. } => Some(*index),
             Offer::Ready {
                 index,
@@ -206,7 +262,7 @@ impl Outgoing {
         }
     }
 
-    /// A follower installed the snapshot on offer.
+    /// Every follower is past the snapshot on offer: compaction may go on.
     pub fn delivered(&self) {
         if let Offer::Ready { delivered, .. } = &mut *self.lock() {
             *delivered = true;
@@ -228,32 +284,9 @@ impl Outgoing {
         req: impl FnOnce() -> Result<Request<'a>, String>,
     ) -> Option<Built> {
         let mut g = self.lock();
-        // A finished build becomes an offer (or a failure).
-        if let Offer::Building {
-            index,
-            term,
-            conf,
-            done,
-        } = &*g
-        {
-            let finished = done.lock().unwrap_or_else(|e| e.into_inner()).take();
-            match finished {
-                None => return None,
-                Some(Ok(size)) => {
-                    *g = Offer::Ready {
-                        index: *index,
-                        term: *term,
-                        conf: conf.clone(),
-                        size,
-                        since: Instant::now(),
-                        delivered: false,
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::error!(index, error = %e, "building a snapshot failed");
-                    *g = Offer::Failed { at: Instant::now() };
-                }
-            }
+        Self::settle(&mut g);
+        if matches!(&*g, Offer::Building { .. }) {
+            return None;
         }
         if let Offer::Failed { at } = &*g {
             if at.elapsed() < RETRY_AFTER {

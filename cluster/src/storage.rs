@@ -17,6 +17,8 @@ const CONF_STATE: &[u8] = b"conf_state";
 const SNAPSHOT_META: &[u8] = b"snapshot_meta";
 const PEERS: &[u8] = b"peers";
 const APPLIED: &[u8] = b"applied";
+/// Set while a snapshot is being installed (its index).
+const RESTORING: &[u8] = b"restoring_snapshot";
 /// The dedup window as (applied index, proposal id, result) triples.
 type DedupDump = Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>;
 
@@ -89,6 +91,13 @@ impl SledStorage {
             }
             None => (0, 0),
         };
+        if let Some(i) = meta.get(RESTORING)? {
+            let index = i.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            return Err(StoreError::Corrupt(format!(
+                "this node stopped while installing the snapshot at index {index}: its state is \
+                 incomplete; remove its data directory and let it join again"
+            )));
+        }
         let applied = match meta.get(APPLIED)? {
             Some(b) => u64::from_be_bytes(b.as_ref().try_into().map_err(corrupt)?),
             None => si,
@@ -270,6 +279,10 @@ impl SledStorage {
                 let peers: Vec<(u64, String)> =
                     serde_json::from_slice(&header.peers).map_err(corrupt)?;
                 let dedup: DedupDump = serde_json::from_slice(&header.dedup).map_err(corrupt)?;
+                // From here the state is half replaced until the end: a
+                // node stopped meanwhile must not start on it (`open`).
+                self.meta.insert(RESTORING, &m.index.to_be_bytes())?;
+                self.db.flush()?;
                 self.dedup_restore(dedup)?;
                 let started = std::time::Instant::now();
                 self.sm
@@ -280,7 +293,7 @@ impl SledStorage {
                     secs = started.elapsed().as_secs_f64(),
                     "snapshot installed"
                 );
-                crate::snapshots::remove_others(&self.snapshot_dir, "in-", None);
+                crate::snapshots::remove_older(&self.snapshot_dir, m.index + 1);
                 peers
             }
             None => self.apply_inline_snapshot(snap.get_data())?,
@@ -297,6 +310,7 @@ impl SledStorage {
         self.snap_index.store(m.index, Ordering::Release);
         self.snap_term.store(m.term, Ordering::Release);
         self.set_applied(m.index)?;
+        self.meta.remove(RESTORING)?;
         self.flush()
     }
 
@@ -324,9 +338,14 @@ impl SledStorage {
         Ok(peers)
     }
 
-    /// A follower has the snapshot on offer (compaction may go on).
+    /// Every follower is past the snapshot on offer (compaction may go on).
     pub fn snapshot_delivered(&self) {
         self.outgoing.delivered();
+    }
+
+    /// The index of a snapshot being built or on offer, if any.
+    pub fn snapshot_hold(&self) -> Option<u64> {
+        self.outgoing.hold()
     }
 
     /// Drop log entries up to `index` (applied), remembering its term.

@@ -78,6 +78,20 @@ impl Raft for Service {
         for bytes in req.into_inner().messages {
             let m = Message::parse_from_bytes(&bytes)
                 .map_err(|_| RpcStatus::invalid_argument("bad raft message"))?;
+            // A snapshot by reference is taken only with its whole file here
+            // (raft-rs would otherwise install a snapshot that is not there).
+            if m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
+                let snap = m.get_snapshot();
+                if let Some(r) = crate::snapshots::Reference::decode(snap.get_data()) {
+                    let index = snap.get_metadata().index;
+                    let path = crate::snapshots::incoming(&self.snapshot_dir, index);
+                    let complete = std::fs::metadata(&path).is_ok_and(|m| m.len() == r.size);
+                    if !complete {
+                        tracing::warn!(index, "a snapshot whose file did not arrive; refused");
+                        return Err(RpcStatus::failed_precondition("snapshot file missing"));
+                    }
+                }
+            }
             self.tx
                 .send(Cmd::Step(Box::new(m)))
                 .await
@@ -120,16 +134,17 @@ impl Raft for Service {
         }
     }
 
-    /// A snapshot file from the leader, written under a temporary name and
-    /// renamed once complete (`snapshots.rs`).
+    /// A snapshot file from the leader, written under a name of this
+    /// stream's own and renamed once complete and on disk (`snapshots.rs`).
     async fn install_snapshot(
         &self,
         req: Request<tonic::Streaming<SnapshotChunk>>,
     ) -> Result<Response<Ack>, RpcStatus> {
         authorized(&req, &self.secret)?;
         let mut chunks = req.into_inner();
-        let mut file: Option<(std::fs::File, u64, u64, std::path::PathBuf)> = None;
+        let mut file: Option<(std::fs::File, u64, u64, PartFile)> = None;
         let mut written = 0u64;
+        let internal = |e: String| RpcStatus::internal(e);
         while let Some(c) = chunks.message().await? {
             if self.isolated.load(Ordering::SeqCst) {
                 return Err(RpcStatus::unavailable("isolated"));
@@ -138,16 +153,20 @@ impl Raft for Service {
                 Some(open) => open,
                 None => {
                     let dir = self.snapshot_dir.clone();
-                    let part = crate::snapshots::incoming(&dir, c.index).with_extension("part");
-                    let p = part.clone();
+                    let part = PartFile(dir.join(format!(
+                        "in-{:020}-{}-{:016x}.part",
+                        c.index,
+                        c.from,
+                        rand::random::<u64>()
+                    )));
+                    let p = part.0.clone();
                     let f = tokio::task::spawn_blocking(move || {
                         std::fs::create_dir_all(&dir)?;
-                        crate::snapshots::remove_others(&dir, "in-", None);
                         std::fs::File::create(&p)
                     })
                     .await
-                    .map_err(|e| RpcStatus::internal(e.to_string()))?
-                    .map_err(|e| RpcStatus::internal(format!("{}: {e}", part.display())))?;
+                    .map_err(|e| internal(e.to_string()))?
+                    .map_err(|e| internal(format!("{}: {e}", part.0.display())))?;
                     tracing::info!(
                         index = c.index,
                         bytes = c.size,
@@ -157,7 +176,7 @@ impl Raft for Service {
                     (f, c.index, c.size, part)
                 }
             };
-            if c.index != index || written + c.data.len() as u64 > size {
+            if c.index != index || c.size != size || written + c.data.len() as u64 > size {
                 return Err(RpcStatus::invalid_argument("snapshot chunks do not add up"));
             }
             written += c.data.len() as u64;
@@ -168,8 +187,8 @@ impl Raft for Service {
                 f.write_all(&data).map(|_| f)
             })
             .await
-            .map_err(|e| RpcStatus::internal(e.to_string()))?
-            .map_err(|e| RpcStatus::internal(e.to_string()))?;
+            .map_err(|e| internal(e.to_string()))?
+            .map_err(|e| internal(e.to_string()))?;
             file = Some((f, index, size, part));
         }
         let Some((f, index, size, part)) = file else {
@@ -178,14 +197,18 @@ impl Raft for Service {
         if written != size {
             return Err(RpcStatus::invalid_argument("snapshot cut short"));
         }
-        let done = crate::snapshots::incoming(&self.snapshot_dir, index);
+        let dir = self.snapshot_dir.clone();
         tokio::task::spawn_blocking(move || {
             f.sync_all()?;
-            std::fs::rename(&part, &done)
+            let done = crate::snapshots::incoming(&dir, index);
+            std::fs::rename(&part.0, &done)?;
+            // Older snapshots received and never installed are of no use.
+            crate::snapshots::remove_older(&dir, index);
+            Ok::<(), std::io::Error>(())
         })
         .await
-        .map_err(|e| RpcStatus::internal(e.to_string()))?
-        .map_err(|e| RpcStatus::internal(e.to_string()))?;
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| internal(e.to_string()))?;
         tracing::info!(index, bytes = size, "snapshot received");
         Ok(Response::new(Ack::default()))
     }
@@ -487,6 +510,16 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
         if !sent {
             let _ = report.try_send(Cmd::Unreachable(peer));
         }
+    }
+}
+
+/// A snapshot file being received: removed unless it was renamed into
+/// place (a stream cut short, refused or failed leaves nothing behind).
+struct PartFile(std::path::PathBuf);
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

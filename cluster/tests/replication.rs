@@ -380,3 +380,27 @@ async fn a_relay_does_not_overtake_the_log() {
         n.cluster.shutdown();
     }
 }
+
+/// A node stopped while it installed a snapshot has half a state: it does
+/// not start on it, and says what to do.
+#[test]
+fn a_node_stopped_mid_install_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path().join("db")).unwrap();
+    db.open_tree("raft_meta")
+        .unwrap()
+        .insert("restoring_snapshot", &42u64.to_be_bytes())
+        .unwrap();
+    let sm = Arc::new(Log {
+        tree: db.open_tree("sm").unwrap(),
+    });
+    let err =
+        match starling_cluster::storage::SledStorage::open(db, sm, dir.path().join("snapshots")) {
+            Ok(_) => panic!("opened a half-installed store"),
+            Err(e) => e.to_string(),
+        };
+    assert!(
+        err.contains("index 42") && err.contains("join again"),
+        "{err}"
+    );
+}

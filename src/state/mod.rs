@@ -230,6 +230,32 @@ pub struct State {
     archive_used: Tracked,
 }
 
+/// A snapshot fixed by [`State::begin_snapshot`] and not written yet:
+/// dropped unwritten, it stops the undo record (which would otherwise grow
+/// with every write and refuse every later snapshot).
+pub struct SnapshotPending(Option<Arc<State>>);
+
+impl SnapshotPending {
+    pub fn new(state: Arc<State>) -> SnapshotPending {
+        SnapshotPending(Some(state))
+    }
+
+    pub fn write(mut self, out: &mut dyn std::io::Write) -> Result<(), DumpError> {
+        match self.0.take() {
+            Some(s) => s.write_snapshot(out),
+            None => Err(DumpError::Cancelled),
+        }
+    }
+}
+
+impl Drop for SnapshotPending {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.undo.end();
+        }
+    }
+}
+
 /// Keys in `user_data`.
 fn data_key(user: &str, kind: &str, key: &str) -> Vec<u8> {
     roster::key(user, &format!("{kind}\0{key}"))
