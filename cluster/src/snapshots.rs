@@ -72,42 +72,37 @@ pub fn incoming(dir: &Path, index: u64) -> PathBuf {
     dir.join(format!("in-{index:020}.snap"))
 }
 
-/// Remove this node's files of one kind (`out-` or `in-`) except `keep`.
-pub fn remove_others(dir: &Path, prefix: &str, keep: Option<&Path>) {
+/// Remove the files in `dir` whose names `unwanted` picks.
+fn remove_where(dir: &Path, unwanted: impl Fn(&str) -> bool) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let p = e.path();
-        let ours = p
-            .file_name()
+        if p.file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(prefix));
-        if ours && Some(p.as_path()) != keep {
+            .is_some_and(&unwanted)
+        {
             let _ = std::fs::remove_file(&p);
         }
     }
 }
 
+/// Remove this node's files of one kind (`out-` or `in-`) except `keep`.
+pub fn remove_others(dir: &Path, prefix: &str, keep: Option<&Path>) {
+    let keep = keep.and_then(|k| k.file_name()).and_then(|n| n.to_str());
+    remove_where(dir, |n| n.starts_with(prefix) && Some(n) != keep);
+}
+
 /// Remove received snapshot files (complete or partial) for indexes
 /// below `index`.
 pub fn remove_older(dir: &Path, index: u64) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        let older = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("in-"))
+    remove_where(dir, |n| {
+        n.strip_prefix("in-")
             .and_then(|n| n.get(..20))
             .and_then(|n| n.parse::<u64>().ok())
-            .is_some_and(|i| i < index);
-        if older {
-            let _ = std::fs::remove_file(&p);
-        }
-    }
+            .is_some_and(|i| i < index)
+    });
 }
 
 /// What the cluster layer puts before the state machine's data.
