@@ -280,6 +280,7 @@ const TREES: [&str; 10] = [
 pub fn open_db(dir: &Path) -> Result<sled::Db, StateError> {
     sled::Config::new()
         .path(dir.join("db"))
+        .mode(sled::Mode::HighThroughput)
         .open()
         .map_err(|e| match &e {
             sled::Error::Io(io)
