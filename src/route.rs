@@ -353,6 +353,8 @@ fn relay_owned(ctx: &ServerCtx, node: u64, msg: &Relay, receipt: Option<Receipt>
         | Relay::HandOffPush { .. }
         | Relay::HandOffPushed { .. }
         | Relay::Drain => starling_cluster::Lane::Control,
+        // Passed on after it was received: never behind first-hop batches.
+        Relay::Stanza { hops, .. } if *hops > 0 => starling_cluster::Lane::Forward(*hops),
         Relay::Stanza { .. } | Relay::Probe { .. } | Relay::Component { .. } => {
             starling_cluster::Lane::Stanzas
         }
@@ -575,13 +577,10 @@ pub async fn serve_relays(
                         .filter(|t| t.node == from && from != 0 && !handed_to_sender)
                     {
                         // Only the table (perhaps behind) says the sender:
-                        // not straight back, as the sender waits for this
-                        // answer and would read the relay only behind the
-                        // batch that carried this stanza (each waiting on
-                        // the other until the answer times out, and the
-                        // stanza goes out twice). The session is most
-                        // likely on its way here (a resume whose hand-over
-                        // has not landed yet): wait for it a moment.
+                        // not straight back (the sender would pass it on
+                        // again, here). The session is most likely on its
+                        // way here (a resume whose hand-over has not landed
+                        // yet): wait for it a moment.
                         tracing::debug!(to = %to, from, node = t.node, hops, "relayed stanza would go back to its sender; settling here");
                         redeliver_after(&ctx, el, &to, receipt, Settle::Excluding(from), require);
                     } else if let Some(t) = next {

@@ -725,6 +725,13 @@ pub enum Lane {
     /// Coordination between nodes (session hand-overs): small, answered
     /// at once, not ordered with the stanzas.
     Control,
+    /// A stanza a node passes on after receiving it (it followed its
+    /// session), by how many times it was passed on. A batch's answer
+    /// waits for what it passed on, so a forward never queues behind a
+    /// batch of the same or fewer hops: two nodes passing stanzas back to
+    /// each other cannot each wait for the other's answer (the hop count
+    /// only grows, and is bounded, along any chain of waits).
+    Forward(u8),
 }
 
 /// Payloads queued per node before new ones are refused.

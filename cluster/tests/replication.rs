@@ -381,6 +381,79 @@ async fn a_relay_does_not_overtake_the_log() {
     }
 }
 
+/// Two nodes each pass a received payload straight back to its sender,
+/// and answer for it only once the sender owns the copy (a stanza following
+/// its session back). The copies travel in the `Forward` lane, so neither
+/// waits behind the other's unanswered batch: both are owned, none is
+/// refused after the answer timeout (which would send it twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_passed_back_to_their_senders_do_not_wait_on_each_other() {
+    use starling_cluster::Lane;
+    let nodes = three(1000).await;
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let mut in1 = n1.cluster.take_relay_receiver().expect("relay receiver 1");
+    let mut in2 = n2.cluster.take_relay_receiver().expect("relay receiver 2");
+    let (r_a, answered_a) = tokio::sync::oneshot::channel();
+    let (r_b, answered_b) = tokio::sync::oneshot::channel();
+    assert!(n1
+        .cluster
+        .relay(2, Lane::Stanzas, b"a".to_vec(), Some(r_a))
+        .is_ok());
+    assert!(n2
+        .cluster
+        .relay(1, Lane::Stanzas, b"b".to_vec(), Some(r_b))
+        .is_ok());
+    // Both batches are in flight once both have arrived.
+    let got_a = tokio::time::timeout(WAIT, in2.recv())
+        .await
+        .expect("a arrives")
+        .expect("stream open");
+    let got_b = tokio::time::timeout(WAIT, in1.recv())
+        .await
+        .expect("b arrives")
+        .expect("stream open");
+    assert_eq!((got_a.from, got_b.from), (1, 2));
+    // Each passes its payload back to the sender, answering when it is owned.
+    let (f_a, owned_a) = tokio::sync::oneshot::channel();
+    let (f_b, owned_b) = tokio::sync::oneshot::channel();
+    assert!(n2
+        .cluster
+        .relay(1, Lane::Forward(1), b"a again".to_vec(), Some(f_a))
+        .is_ok());
+    assert!(n1
+        .cluster
+        .relay(2, Lane::Forward(1), b"b again".to_vec(), Some(f_b))
+        .is_ok());
+    tokio::spawn(async move {
+        let _ = got_a.receipt.send(owned_a.await.unwrap_or(false));
+    });
+    tokio::spawn(async move {
+        let _ = got_b.receipt.send(owned_b.await.unwrap_or(false));
+    });
+    // The copies arrive and are taken.
+    for (rx, want) in [(&mut in1, &b"a again"[..]), (&mut in2, &b"b again"[..])] {
+        let got = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("the copy arrives")
+            .expect("stream open");
+        assert_eq!(got.payload.as_slice(), want);
+        let _ = got.receipt.send(true);
+    }
+    for answered in [answered_a, answered_b] {
+        assert_eq!(
+            tokio::time::timeout(WAIT, answered)
+                .await
+                .ok()
+                .and_then(|r| r.ok()),
+            Some(true),
+            "a payload passed back was refused (its answer timed out)"
+        );
+    }
+    for n in &nodes {
+        n.cluster.shutdown();
+    }
+}
+
 /// A node stopped while it installed a snapshot has half a state: it does
 /// not start on it, and says what to do.
 #[test]
