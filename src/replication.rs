@@ -198,6 +198,13 @@ impl StateMachine for ReplicatedState {
     fn restore_from(&self, input: &mut dyn std::io::Read) -> Result<(), String> {
         self.state.import_from(input).map_err(|e| e.to_string())
     }
+
+    /// Archive appends order nothing: a message is delivered without
+    /// waiting for its archive copy, so a relay need not wait for a node
+    /// to apply the stream of them (cross-node latency under load).
+    fn orders_relays(&self, command: &[u8]) -> bool {
+        !crate::state::Command::is_archive_append(command)
+    }
 }
 
 /// Proposes commands from synchronous code (actors, modules) to the Raft

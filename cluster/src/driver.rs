@@ -51,6 +51,8 @@ pub struct Driver {
     /// ReadIndex requests waiting for the leader: context -> reply.
     next_read: u64,
     pending_reads: HashMap<Vec<u8>, oneshot::Sender<u64>>,
+    /// The newest applied entry relays are ordered after (`Status::ordered`).
+    ordered: u64,
 }
 
 impl Driver {
@@ -90,6 +92,7 @@ impl Driver {
         {
             raw.campaign()?;
         }
+        let ordered = store.applied();
         Ok(Driver {
             id: cfg.id,
             raw,
@@ -105,6 +108,7 @@ impl Driver {
             pending_changes: HashMap::new(),
             next_read: 0,
             pending_reads: HashMap::new(),
+            ordered,
         })
     }
 
@@ -255,6 +259,7 @@ impl Driver {
                 self.store.apply_snapshot(snap)?;
             }
             self.transport.set_peers(&self.store.peers()?);
+            self.ordered = self.store.applied();
             // Entries folded into the snapshot are never applied one by one
             // here, so proposals waiting for them would wait forever.
             for (_, (r, _)) in self.pending.drain() {
@@ -305,6 +310,9 @@ impl Driver {
                         continue;
                     }
                     let (id, cmd) = entry.data.split_at(16);
+                    if self.store.state_machine().orders_relays(cmd) {
+                        self.ordered = entry.index;
+                    }
                     let id = u128::from_be_bytes(id.try_into().unwrap_or([0; 16]));
                     // The same proposal twice (re-proposed after a leader
                     // change) is applied once; every node decides alike.
@@ -321,6 +329,7 @@ impl Driver {
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.ordered = entry.index;
                     self.apply_change(&entry)?
                 }
             }
@@ -336,10 +345,12 @@ impl Driver {
         self.store.flush()?;
         // Published before the answers: whoever acts on an answer (relays a
         // stanza) sends an applied index that covers it.
+        let ordered = self.ordered;
         self.status.send_if_modified(|s| {
             let newer = s.applied < last;
             if newer {
                 s.applied = last;
+                s.ordered = ordered;
             }
             newer
         });
@@ -478,6 +489,7 @@ impl Driver {
             term: r.term,
             commit: r.raft_log.committed,
             applied: self.store.applied(),
+            ordered: self.ordered,
             role: role.to_string(),
             peers: self.store.peers().unwrap_or_default(),
             active: if r.state == StateRole::Leader {

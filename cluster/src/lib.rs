@@ -62,6 +62,13 @@ pub trait StateMachine: Send + Sync + 'static {
             .map_err(|e| format!("reading a snapshot: {e}"))?;
         self.restore(&data)
     }
+    /// Whether a relay sent after this command was applied must find it
+    /// applied on the receiving node (the default). A command nothing
+    /// relayed depends on (an archive append) says no, so relays do not
+    /// wait for a lagging node to apply a stream of such commands.
+    fn orders_relays(&self, _command: &[u8]) -> bool {
+        true
+    }
 }
 
 /// Writes a snapshot fixed by [`StateMachine::snapshot_job`].
@@ -136,6 +143,9 @@ pub struct Status {
     pub term: u64,
     pub commit: u64,
     pub applied: u64,
+    /// The newest applied entry a relay from this node must find applied
+    /// at its receiver ([`StateMachine::orders_relays`]); at most `applied`.
+    pub ordered: u64,
     pub role: String,
     /// Members: (id, mesh address).
     pub peers: Vec<(u64, String)>,

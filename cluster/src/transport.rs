@@ -694,6 +694,7 @@ pub async fn remote_status(addr: &str, secret: &str) -> Result<Status, String> {
         term: s.term,
         commit: s.commit,
         applied: s.applied,
+        ordered: s.applied,
         role: s.role,
         peers: s.peers.into_iter().map(|p| (p.id, p.address)).collect(),
         active: Vec::new(),
@@ -1011,7 +1012,8 @@ async fn relay_task(
                             from,
                             payloads: payloads.clone(),
                             sent_at_ms: unix_ms(),
-                            applied: status.borrow().applied,
+                            // Causality: the receiver applies this first.
+                            applied: status.borrow().ordered,
                         },
                         &secret,
                     );

@@ -162,6 +162,14 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether `bytes` (a command as replicated: serde JSON, externally
+    /// tagged) is an [`Command::ArchiveAppend`], without decoding it all.
+    pub fn is_archive_append(bytes: &[u8]) -> bool {
+        bytes.starts_with(b"{\"ArchiveAppend\":")
+    }
+}
+
 /// What applying a command produced, for commands that report back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -881,6 +889,23 @@ mod tests {
         };
         s.apply_unflushed(LogIndex::Raft(index), &cmd)
             .expect("push");
+    }
+
+    /// Relays skip waiting for archive appends only: the check on the
+    /// replicated bytes knows an append, and nothing else, as one.
+    #[test]
+    fn archive_appends_are_known_from_their_bytes() {
+        let append = Command::ArchiveAppend {
+            entries: vec![archived("bob", 1, "hi")],
+            quota_bytes: 0,
+        };
+        let purge = Command::ArchivePurge {
+            username: "bob".into(),
+        };
+        let bytes = |c: &Command| serde_json::to_vec(c).expect("encode");
+        assert!(Command::is_archive_append(&bytes(&append)));
+        assert!(!Command::is_archive_append(&bytes(&purge)));
+        assert!(!Command::is_archive_append(b"{\"OfflinePush\":{}}"));
     }
 
     /// XEP-0160 storage is capped by bytes as well as by count; an entry
