@@ -608,7 +608,7 @@ pub fn cluster_secret(config: &Config) -> Result<String, StartError> {
     Ok(secret)
 }
 
-/// Start this node's Raft member on a runtime thread of its own and wait
+/// Start this node's Raft member on a runtime of its own and wait
 /// until it has a leader (a lone node elects itself at once).
 fn start_cluster(
     config: &Config,
@@ -630,8 +630,11 @@ fn start_cluster(
     let thread = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
+            // Two workers: while one applies and flushes a batch of
+            // commands (sled writes, an fsync), the other serves the mesh
+            // (relays in and out, raft messages) instead of queueing it.
             let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
+                .worker_threads(2)
                 .enable_all()
                 .build()
             {
