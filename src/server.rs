@@ -630,11 +630,11 @@ fn start_cluster(
     let thread = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
-            // Two workers: while one applies and flushes a batch of
-            // commands (sled writes, an fsync), the other serves the mesh
-            // (relays in and out, raft messages) instead of queueing it.
+            // The mesh (relays in and out, raft messages), the archive
+            // writer and the relay handlers; the Raft driver, which blocks
+            // while it applies and flushes, has a thread of its own.
             let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(1)
                 .enable_all()
                 .build()
             {

@@ -249,15 +249,9 @@ impl Driver {
         }
         // 2. A snapshot from the leader replaces our state.
         if !ready.snapshot().is_empty() {
-            // Installing reads the whole file: on a runtime with other
-            // workers, the mesh and relays go on meanwhile.
-            let snap = ready.snapshot();
-            let flavor = tokio::runtime::Handle::current().runtime_flavor();
-            if flavor == tokio::runtime::RuntimeFlavor::MultiThread {
-                tokio::task::block_in_place(|| self.store.apply_snapshot(snap))?;
-            } else {
-                self.store.apply_snapshot(snap)?;
-            }
+            // Installing reads the whole file, on the driver's own thread:
+            // the mesh and relays go on meanwhile.
+            self.store.apply_snapshot(ready.snapshot())?;
             self.transport.set_peers(&self.store.peers()?);
             self.ordered = self.store.applied();
             // Entries folded into the snapshot are never applied one by one

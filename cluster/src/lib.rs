@@ -302,7 +302,22 @@ impl Cluster {
         ));
         let node = driver::Driver::new(&cfg, store.clone(), transport, status_tx)
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
-        tokio::spawn(node.run(rx, stop.subscribe()));
+        // The driver has a thread of its own: applying a batch and its fsync
+        // block it, and the mesh (relays, raft messages, snapshots) goes on
+        // on this runtime meanwhile.
+        let stop_rx = stop.subscribe();
+        std::thread::Builder::new()
+            .name(format!("raft-driver-{}", cfg.id))
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(node.run(rx, stop_rx)),
+                    Err(e) => tracing::error!(error = %e, "cannot start the raft driver's runtime"),
+                }
+            })
+            .map_err(|e| ClusterError::Storage(format!("cannot start the raft driver: {e}")))?;
         let relay_rx = Arc::new(std::sync::Mutex::new(Some(relay_rx)));
         let returned_rx = Arc::new(std::sync::Mutex::new(Some(returned_rx)));
         let cluster = Cluster {

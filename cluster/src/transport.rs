@@ -353,6 +353,8 @@ pub struct Transport {
     report: mpsc::Sender<Cmd>,
     peers: HashMap<u64, (String, mpsc::Sender<Message>)>,
     snapshot_dir: Arc<std::path::PathBuf>,
+    /// The mesh's runtime: peer tasks run there, not on the driver's thread.
+    rt: tokio::runtime::Handle,
 }
 
 impl Transport {
@@ -370,6 +372,7 @@ impl Transport {
             report,
             peers: HashMap::new(),
             snapshot_dir: Arc::new(snapshot_dir),
+            rt: tokio::runtime::Handle::current(),
         }
     }
 
@@ -381,7 +384,7 @@ impl Transport {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            tokio::spawn(peer_task(
+            self.rt.spawn(peer_task(
                 PeerLink {
                     peer: *id,
                     addr: addr.clone(),
