@@ -563,7 +563,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
         );
     }
     crate::admin::remove(&ctx.config.data_dir);
-    ctx.replicator.cluster().shutdown();
+    // The driver finishes the batch it is applying before the store is
+    // flushed and the process exits.
+    ctx.replicator.cluster().shutdown_and_wait();
     let _ = raft_thread.join();
     ctx.state.flush()?;
     tracing::info!("stopped");

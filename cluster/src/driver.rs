@@ -293,6 +293,7 @@ impl Driver {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(());
         };
+        let mut ordered = 0;
         let mut replies = Vec::new();
         for entry in entries {
             if entry.data.is_empty() {
@@ -305,7 +306,7 @@ impl Driver {
                     }
                     let (id, cmd) = entry.data.split_at(16);
                     if self.store.state_machine().orders_relays(cmd) {
-                        self.ordered = entry.index;
+                        ordered = entry.index;
                     }
                     let id = u128::from_be_bytes(id.try_into().unwrap_or([0; 16]));
                     // The same proposal twice (re-proposed after a leader
@@ -323,7 +324,7 @@ impl Driver {
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    self.ordered = entry.index;
+                    ordered = entry.index;
                     self.apply_change(&entry)?
                 }
             }
@@ -339,6 +340,8 @@ impl Driver {
         self.store.flush()?;
         // Published before the answers: whoever acts on an answer (relays a
         // stanza) sends an applied index that covers it.
+        // Only now that `applied` covers it (never ahead of it).
+        self.ordered = self.ordered.max(ordered);
         let ordered = self.ordered;
         self.status.send_if_modified(|s| {
             let newer = s.applied < last;

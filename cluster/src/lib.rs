@@ -221,6 +221,8 @@ pub struct Cluster {
     /// when `relay` is called from another thread).
     rt: tokio::runtime::Handle,
     app_status: AppStatus,
+    /// The driver's thread, joined by [`Cluster::shutdown_and_wait`].
+    driver: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Cluster {
@@ -306,17 +308,13 @@ impl Cluster {
         // block it, and the mesh (relays, raft messages, snapshots) goes on
         // on this runtime meanwhile.
         let stop_rx = stop.subscribe();
-        std::thread::Builder::new()
+        let driver_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClusterError::Storage(format!("cannot start the raft driver: {e}")))?;
+        let driver = std::thread::Builder::new()
             .name(format!("raft-driver-{}", cfg.id))
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(node.run(rx, stop_rx)),
-                    Err(e) => tracing::error!(error = %e, "cannot start the raft driver's runtime"),
-                }
-            })
+            .spawn(move || driver_rt.block_on(node.run(rx, stop_rx)))
             .map_err(|e| ClusterError::Storage(format!("cannot start the raft driver: {e}")))?;
         let relay_rx = Arc::new(std::sync::Mutex::new(Some(relay_rx)));
         let returned_rx = Arc::new(std::sync::Mutex::new(Some(returned_rx)));
@@ -332,6 +330,7 @@ impl Cluster {
             returned_rx,
             rt: tokio::runtime::Handle::current(),
             app_status,
+            driver: Arc::new(std::sync::Mutex::new(Some(driver))),
         };
         if fresh {
             if let Some(seed) = &cfg.join {
@@ -565,5 +564,19 @@ impl Cluster {
     /// Stop the driver and the mesh server.
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// [`Cluster::shutdown`], then wait until the driver has finished what
+    /// it was doing (a batch being applied, a snapshot being installed):
+    /// a process that exits after this leaves its store consistent. Call
+    /// it from a thread that may block, not from the mesh's runtime.
+    pub fn shutdown_and_wait(&self) {
+        self.shutdown();
+        let handle = self.driver.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                tracing::error!("the raft driver thread panicked");
+            }
+        }
     }
 }
