@@ -120,6 +120,11 @@ pub enum Relay {
         /// Forwards so far (a session moving between nodes); bounded.
         #[serde(default)]
         hops: u8,
+        /// How many relay answers wait, one behind the other, for this
+        /// one (0: sent for a local sender). It picks the lane, so a relay
+        /// never queues behind a batch that waits for it (see `depth`).
+        #[serde(default)]
+        depth: u8,
     },
     /// RFC 6121 §4.3: `from` (with resource `reply_to`, or a remote
     /// server's user when empty) probes `contact`.
@@ -329,6 +334,7 @@ pub fn send_owned(
                 require,
                 xml: stanza.to_xml(ns::CLIENT),
                 hops: 0,
+                depth: depth(),
             },
             receipt,
         ),
@@ -353,8 +359,9 @@ fn relay_owned(ctx: &ServerCtx, node: u64, msg: &Relay, receipt: Option<Receipt>
         | Relay::HandOffPush { .. }
         | Relay::HandOffPushed { .. }
         | Relay::Drain => starling_cluster::Lane::Control,
-        // Passed on after it was received: never behind first-hop batches.
-        Relay::Stanza { hops, .. } if *hops > 0 => starling_cluster::Lane::Forward(*hops),
+        // Sent while an answer to another node waits for it: in the lane
+        // of its depth, never behind a batch that waits for it.
+        Relay::Stanza { depth, .. } if *depth > 0 => starling_cluster::Lane::Forward(*depth),
         Relay::Stanza { .. } | Relay::Probe { .. } | Relay::Component { .. } => {
             starling_cluster::Lane::Stanzas
         }
@@ -396,6 +403,7 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
         require,
         xml,
         hops,
+        depth: at,
     } = msg
     else {
         tracing::info!(node, "control message for a node given up on; dropped");
@@ -424,7 +432,7 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
     }
     match elsewhere {
         Some(t) if hops < MAX_HOPS => match &t.local {
-            Some(_) => send_owned(&ctx, &t, el, require, receipt),
+            Some(_) => DEPTH.sync_scope(at, || send_owned(&ctx, &t, el, require, receipt)),
             None => relay_owned(
                 &ctx,
                 t.node,
@@ -433,16 +441,21 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
                     require,
                     xml,
                     hops: hops + 1,
+                    depth: at,
                 },
                 receipt,
             ),
         },
         _ if el.name == "message" => {
             // The session is gone (or keeps moving): the bare JID decides,
-            // offline storage last; only a commit counts as owned.
-            let owned = ctx
-                .above
-                .store_or_route(ctx.clone(), el, to.clone(), Some(node))
+            // offline storage last; only a commit counts as owned. What it
+            // relays waits where this stanza did (its answer was given).
+            let owned = DEPTH
+                .scope(
+                    at,
+                    ctx.above
+                        .store_or_route(ctx.clone(), el, to.clone(), Some(node)),
+                )
                 .await;
             if !owned {
                 tracing::warn!(to = %to, node, "message could not be routed again or stored (no quorum?); dropped");
@@ -458,6 +471,22 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
 
 /// Forwards of one stanza between nodes before it is delivered by bare JID.
 const MAX_HOPS: u8 = 3;
+
+tokio::task_local! {
+    /// The depth of relays sent from here: set while a relayed stanza is
+    /// handled (its depth + 1: the answer to its sender waits for them),
+    /// and while a returned one is routed again (its own depth).
+    static DEPTH: u8;
+}
+
+/// Deeper than this, relays share the last lane (a chain this long of
+/// stanzas each waiting on the next is not met in practice).
+const MAX_DEPTH: u8 = 12;
+
+/// The depth a relay sent now has (0 outside any relay's handling).
+fn depth() -> u8 {
+    DEPTH.try_with(|d| *d).unwrap_or(0)
+}
 /// A stanza relayed with more hops than this is final: the receiver
 /// delivers it or routes it by bare JID, it does not look further.
 const FINAL_HOPS: u8 = MAX_HOPS + 1;
@@ -531,87 +560,13 @@ pub async fn serve_relays(
                 require,
                 xml,
                 hops,
+                depth,
             } => {
-                let (Ok(to), Ok(el)) = (FullJid::new(&to), crate::xml::parse_fragment(&xml)) else {
-                    tracing::warn!(from, "relayed stanza does not parse; dropped");
-                    answer(receipt, true);
-                    continue;
-                };
-                if let Some(e) = ctx.router.get_full(&to) {
-                    match satisfied(&e, require).then(|| deliver(&e, el)) {
-                        Some(Err(el)) => redeliver(&ctx, el, &to, receipt),
-                        _ => answer(receipt, true),
-                    }
-                } else if let Some(buf) = ctx
-                    .arriving
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_mut(to.as_str())
-                {
-                    // Handed to us and not bound yet: it waits a moment.
-                    buf.push((el, require));
-                    answer(receipt, true);
-                } else if from != 0 && ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
-                    // This node is leaving: it does not take on a message
-                    // it would have to pass on (a node that exits with a
-                    // message in flight cannot tell whether it arrived, and
-                    // the sender would send it again). Refused: the sender,
-                    // which keeps it, routes it itself.
-                    tracing::info!(to = %to, from, hops, "draining: a relayed stanza for a session not here goes back to its sender");
-                    answer(receipt, false);
-                } else if hops >= FINAL_HOPS {
-                    redeliver_now(&ctx, el, &to, receipt);
-                } else if hops < MAX_HOPS {
-                    // The session moved on: follow it.
-                    let next = full(&ctx, &to).filter(|t| t.local.is_none());
-                    // Handed to the sender from here: it is there, even if
-                    // the sender's table did not say so when it sent.
-                    let handed_to_sender = ctx
-                        .moved
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(to.as_str())
-                        .is_some_and(|m| m.node == from);
-                    if let Some(t) = next
-                        .as_ref()
-                        .filter(|t| t.node == from && from != 0 && !handed_to_sender)
-                    {
-                        // Only the table (perhaps behind) says the sender:
-                        // not straight back (the sender would pass it on
-                        // again, here). The session is most likely on its
-                        // way here (a resume whose hand-over has not landed
-                        // yet): wait for it a moment.
-                        tracing::debug!(to = %to, from, node = t.node, hops, "relayed stanza would go back to its sender; settling here");
-                        redeliver_after(&ctx, el, &to, receipt, Settle::Excluding(from), require);
-                    } else if let Some(t) = next {
-                        relay_owned(
-                            &ctx,
-                            t.node,
-                            &Relay::Stanza {
-                                to: to.to_string(),
-                                require,
-                                xml,
-                                hops: hops + 1,
-                            },
-                            receipt,
-                        );
-                    } else if from != 0 {
-                        // Not here, and no better idea where: refused, so
-                        // the sender (which keeps it) routes it again. The
-                        // batch's answer never waits on this one, so a
-                        // node dying now cannot leave its other, delivered
-                        // payloads to be sent twice.
-                        tracing::info!(to = %to, from, hops, "relayed stanza for a session that is not here; the sender routes it again");
-                        answer(receipt, false);
-                    } else {
-                        redeliver(&ctx, el, &to, receipt);
-                    }
-                } else if from != 0 {
-                    tracing::warn!(to = %to, from, "relayed stanza went round; the sender routes it again");
-                    answer(receipt, false);
-                } else {
-                    redeliver(&ctx, el, &to, receipt);
-                }
+                // What it relays waits behind it: one lane deeper.
+                let next = depth.saturating_add(1).min(MAX_DEPTH);
+                DEPTH.sync_scope(next, || {
+                    take_relayed_stanza(&ctx, from, to, require, xml, hops, receipt)
+                });
             }
             Relay::HandOffRequest {
                 previd,
@@ -704,6 +659,102 @@ pub async fn serve_relays(
     }
 }
 
+/// A stanza another node relayed (`from`, 0 for an admin tool): delivered
+/// here, held for an arriving session, passed on, or refused. Runs inside
+/// the [`DEPTH`] of what it relays.
+fn take_relayed_stanza(
+    ctx: &std::sync::Arc<ServerCtx>,
+    from: u64,
+    to: String,
+    require: Option<Require>,
+    xml: String,
+    hops: u8,
+    receipt: Option<Receipt>,
+) {
+    let ctx = ctx.clone();
+    let (Ok(to), Ok(el)) = (FullJid::new(&to), crate::xml::parse_fragment(&xml)) else {
+        tracing::warn!(from, "relayed stanza does not parse; dropped");
+        answer(receipt, true);
+        return;
+    };
+    if let Some(e) = ctx.router.get_full(&to) {
+        match satisfied(&e, require).then(|| deliver(&e, el)) {
+            Some(Err(el)) => redeliver(&ctx, el, &to, receipt),
+            _ => answer(receipt, true),
+        }
+    } else if let Some(buf) = ctx
+        .arriving
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(to.as_str())
+    {
+        // Handed to us and not bound yet: it waits a moment.
+        buf.push((el, require));
+        answer(receipt, true);
+    } else if from != 0 && ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
+        // This node is leaving: it does not take on a message
+        // it would have to pass on (a node that exits with a
+        // message in flight cannot tell whether it arrived, and
+        // the sender would send it again). Refused: the sender,
+        // which keeps it, routes it itself.
+        tracing::info!(to = %to, from, hops, "draining: a relayed stanza for a session not here goes back to its sender");
+        answer(receipt, false);
+    } else if hops >= FINAL_HOPS {
+        redeliver_now(&ctx, el, &to, receipt);
+    } else if hops < MAX_HOPS {
+        // The session moved on: follow it.
+        let next = full(&ctx, &to).filter(|t| t.local.is_none());
+        // Handed to the sender from here: it is there, even if
+        // the sender's table did not say so when it sent.
+        let handed_to_sender = ctx
+            .moved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(to.as_str())
+            .is_some_and(|m| m.node == from);
+        if let Some(t) = next
+            .as_ref()
+            .filter(|t| t.node == from && from != 0 && !handed_to_sender)
+        {
+            // Only the table (perhaps behind) says the sender:
+            // not straight back (the sender would pass it on
+            // again, here). The session is most likely on its
+            // way here (a resume whose hand-over has not landed
+            // yet): wait for it a moment.
+            tracing::debug!(to = %to, from, node = t.node, hops, "relayed stanza would go back to its sender; settling here");
+            redeliver_after(&ctx, el, &to, receipt, Settle::Excluding(from), require);
+        } else if let Some(t) = next {
+            relay_owned(
+                &ctx,
+                t.node,
+                &Relay::Stanza {
+                    to: to.to_string(),
+                    require,
+                    xml,
+                    hops: hops + 1,
+                    depth: depth(),
+                },
+                receipt,
+            );
+        } else if from != 0 {
+            // Not here, and no better idea where: refused, so
+            // the sender (which keeps it) routes it again. The
+            // batch's answer never waits on this one, so a
+            // node dying now cannot leave its other, delivered
+            // payloads to be sent twice.
+            tracing::info!(to = %to, from, hops, "relayed stanza for a session that is not here; the sender routes it again");
+            answer(receipt, false);
+        } else {
+            redeliver(&ctx, el, &to, receipt);
+        }
+    } else if from != 0 {
+        tracing::warn!(to = %to, from, "relayed stanza went round; the sender routes it again");
+        answer(receipt, false);
+    } else {
+        redeliver(&ctx, el, &to, receipt);
+    }
+}
+
 /// Recreate a handed-over session on this node, on a worker arbiter (where
 /// actors live), detached until its client resumes.
 fn install_here(ctx: &std::sync::Arc<ServerCtx>, state: HandOff, from: u64) {
@@ -793,7 +844,9 @@ fn redeliver_after(
     };
     let to = to.clone();
     let owning = ctx.replicator.owning();
-    ctx.replicator.runtime().spawn(async move {
+    // What it relays or stores keeps the depth of where it was called.
+    let at = depth();
+    ctx.replicator.runtime().spawn(DEPTH.scope(at, async move {
         let _owning = owning;
         // The session may be between nodes, or this node's replica behind:
         // give the table a moment before falling back to the bare JID.
@@ -821,6 +874,7 @@ fn redeliver_after(
                     require,
                     xml: el.to_xml(ns::CLIENT),
                     hops: FINAL_HOPS,
+                    depth: at,
                 },
                 receipt,
             );
@@ -833,5 +887,5 @@ fn redeliver_after(
             tracing::warn!(to = %to, "message could not be delivered or stored (no quorum?)");
         }
         answer(receipt, owned);
-    });
+    }));
 }

@@ -146,6 +146,7 @@ async fn a_relayed_message_for_a_gone_session_is_stored_without_a_stall() {
                 "<message xmlns='jabber:client' from='carol@localhost/x' to='bob@localhost/gone' type='chat' id='ghost{i}'><body>{i}</body></message>"
             ),
             hops: 0,
+            depth: 0,
         };
         let payload = serde_json::to_vec(&relay).unwrap();
         starling_cluster::remote_relay(&n1.mesh.to_string(), SECRET, payload)

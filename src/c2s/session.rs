@@ -642,6 +642,7 @@ impl C2sSession {
                     require: None,
                     xml: el.to_xml(ns::CLIENT),
                     hops: 1,
+                    depth: 0,
                 },
             );
         }
