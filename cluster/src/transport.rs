@@ -729,12 +729,13 @@ pub enum Lane {
     /// Coordination between nodes (session hand-overs): small, answered
     /// at once, not ordered with the stanzas.
     Control,
-    /// A stanza a node passes on after receiving it (it followed its
-    /// session), by how many times it was passed on. A batch's answer
-    /// waits for what it passed on, so a forward never queues behind a
-    /// batch of the same or fewer hops: two nodes passing stanzas back to
-    /// each other cannot each wait for the other's answer (the hop count
-    /// only grows, and is bounded, along any chain of waits).
+    /// A payload sent while the answer to a batch from another node waits
+    /// for it (a stanza passed on after it was received, following its
+    /// session), by depth: how many answers wait one behind the other. A
+    /// batch's answer waits only for payloads deeper than its own, so a
+    /// payload never queues behind a batch that waits for it, and two
+    /// nodes passing stanzas back to each other cannot each wait for the
+    /// other's answer. The application sets the depth.
     Forward(u8),
 }
 

@@ -127,6 +127,10 @@ struct Writer {
     tx: mpsc::UnboundedSender<Job>,
     /// Entries queued and not yet committed (or failed).
     pending: Arc<AtomicU64>,
+    /// Messages not archived for a full backlog since the last warning,
+    /// and when that was (ms): the warning says how many, once a second.
+    missed: AtomicU64,
+    missed_logged_at: AtomicU64,
 }
 
 impl Writer {
@@ -210,7 +214,12 @@ impl Writer {
                 });
             }
         });
-        Writer { tx, pending }
+        Writer {
+            tx,
+            pending,
+            missed: AtomicU64::new(0),
+            missed_logged_at: AtomicU64::new(0),
+        }
     }
 }
 
@@ -240,10 +249,23 @@ impl Archive {
         let writer = self.writer.get_or_init(|| Writer::start(ctx));
         if writer.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
             writer.pending.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(
-                user,
-                "archive backlog full (the cluster is not committing); message not archived"
-            );
+            // Under overload this is every message: one line a second.
+            let missed = writer.missed.fetch_add(1, Ordering::AcqRel) + 1;
+            let now = crate::clock::now_ms();
+            let last = writer.missed_logged_at.load(Ordering::Acquire);
+            if now.saturating_sub(last) >= 1000
+                && writer
+                    .missed_logged_at
+                    .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                writer.missed.fetch_sub(missed, Ordering::AcqRel);
+                tracing::warn!(
+                    user,
+                    messages = missed,
+                    "archive backlog full (the cluster is not committing fast enough); messages delivered but not archived"
+                );
+            }
             let _ = done.send(false);
             waits.push(waiter);
             return;
