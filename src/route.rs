@@ -433,18 +433,7 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
     match elsewhere {
         Some(t) if hops < MAX_HOPS => match &t.local {
             Some(_) => DEPTH.sync_scope(at, || send_owned(&ctx, &t, el, require, receipt)),
-            None => relay_owned(
-                &ctx,
-                t.node,
-                &Relay::Stanza {
-                    to: to.to_string(),
-                    require,
-                    xml,
-                    hops: hops + 1,
-                    depth: at,
-                },
-                receipt,
-            ),
+            None => pass_on(&ctx, t.node, &to, require, xml, hops, at, receipt),
         },
         _ if el.name == "message" => {
             // The session is gone (or keeps moving): the bare JID decides,
@@ -659,6 +648,28 @@ pub async fn serve_relays(
     }
 }
 
+/// Pass a stanza that followed its session on to `node`, one hop further.
+#[allow(clippy::too_many_arguments)]
+fn pass_on(
+    ctx: &ServerCtx,
+    node: u64,
+    to: &FullJid,
+    require: Option<Require>,
+    xml: String,
+    hops: u8,
+    depth: u8,
+    receipt: Option<Receipt>,
+) {
+    let msg = Relay::Stanza {
+        to: to.to_string(),
+        require,
+        xml,
+        hops: hops + 1,
+        depth,
+    };
+    relay_owned(ctx, node, &msg, receipt);
+}
+
 /// A stanza another node relayed (`from`, 0 for an admin tool): delivered
 /// here, held for an arriving session, passed on, or refused. Runs inside
 /// the [`DEPTH`] of what it relays.
@@ -671,7 +682,6 @@ fn take_relayed_stanza(
     hops: u8,
     receipt: Option<Receipt>,
 ) {
-    let ctx = ctx.clone();
     let (Ok(to), Ok(el)) = (FullJid::new(&to), crate::xml::parse_fragment(&xml)) else {
         tracing::warn!(from, "relayed stanza does not parse; dropped");
         answer(receipt, true);
@@ -679,7 +689,7 @@ fn take_relayed_stanza(
     };
     if let Some(e) = ctx.router.get_full(&to) {
         match satisfied(&e, require).then(|| deliver(&e, el)) {
-            Some(Err(el)) => redeliver(&ctx, el, &to, receipt),
+            Some(Err(el)) => redeliver(ctx, el, &to, receipt),
             _ => answer(receipt, true),
         }
     } else if let Some(buf) = ctx
@@ -700,10 +710,10 @@ fn take_relayed_stanza(
         tracing::info!(to = %to, from, hops, "draining: a relayed stanza for a session not here goes back to its sender");
         answer(receipt, false);
     } else if hops >= FINAL_HOPS {
-        redeliver_now(&ctx, el, &to, receipt);
+        redeliver_now(ctx, el, &to, receipt);
     } else if hops < MAX_HOPS {
         // The session moved on: follow it.
-        let next = full(&ctx, &to).filter(|t| t.local.is_none());
+        let next = full(ctx, &to).filter(|t| t.local.is_none());
         // Handed to the sender from here: it is there, even if
         // the sender's table did not say so when it sent.
         let handed_to_sender = ctx
@@ -722,20 +732,9 @@ fn take_relayed_stanza(
             // way here (a resume whose hand-over has not landed
             // yet): wait for it a moment.
             tracing::debug!(to = %to, from, node = t.node, hops, "relayed stanza would go back to its sender; settling here");
-            redeliver_after(&ctx, el, &to, receipt, Settle::Excluding(from), require);
+            redeliver_after(ctx, el, &to, receipt, Settle::Excluding(from), require);
         } else if let Some(t) = next {
-            relay_owned(
-                &ctx,
-                t.node,
-                &Relay::Stanza {
-                    to: to.to_string(),
-                    require,
-                    xml,
-                    hops: hops + 1,
-                    depth: depth(),
-                },
-                receipt,
-            );
+            pass_on(ctx, t.node, &to, require, xml, hops, depth(), receipt);
         } else if from != 0 {
             // Not here, and no better idea where: refused, so
             // the sender (which keeps it) routes it again. The
@@ -745,13 +744,13 @@ fn take_relayed_stanza(
             tracing::info!(to = %to, from, hops, "relayed stanza for a session that is not here; the sender routes it again");
             answer(receipt, false);
         } else {
-            redeliver(&ctx, el, &to, receipt);
+            redeliver(ctx, el, &to, receipt);
         }
     } else if from != 0 {
         tracing::warn!(to = %to, from, "relayed stanza went round; the sender routes it again");
         answer(receipt, false);
     } else {
-        redeliver(&ctx, el, &to, receipt);
+        redeliver(ctx, el, &to, receipt);
     }
 }
 
