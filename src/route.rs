@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use starling_cluster::{Incoming, Receipt, Returned};
 
-use crate::router::{deliver, SessionEntry};
+use crate::router::{deliver, deliver_owned, SessionEntry};
 use crate::server::ServerCtx;
 use crate::xml::{ns, Element};
 
@@ -307,8 +307,10 @@ pub fn answer(receipt: Option<Receipt>, owned: bool) {
     }
 }
 
-/// [`send`], answering `receipt` once the stanza is in the session's queue
-/// here, or the node holding the session has taken it.
+/// [`send`], answering `receipt` once the session here owns the stanza
+/// (written to its client's socket, or kept for a resume: see
+/// [`crate::router::SessionHandle::try_deliver`]), or the node holding the
+/// session has taken it.
 pub fn send_owned(
     ctx: &ServerCtx,
     target: &Target,
@@ -321,9 +323,10 @@ pub fn send_owned(
             if !satisfied(e, require) {
                 return answer(receipt, true);
             }
-            match (deliver(e, stanza), FullJid::new(&target.jid)) {
-                (Err(el), Ok(to)) => redeliver(ctx, el, &to, receipt),
-                _ => answer(receipt, true),
+            match (deliver_owned(e, stanza, receipt), FullJid::new(&target.jid)) {
+                (Err((el, receipt)), Ok(to)) => redeliver(ctx, el, &to, receipt),
+                (Err((_, receipt)), Err(_)) => answer(receipt, true),
+                (Ok(()), _) => {}
             }
         }
         None => relay_owned(
@@ -688,9 +691,11 @@ fn take_relayed_stanza(
         return;
     };
     if let Some(e) = ctx.router.get_full(&to) {
-        match satisfied(&e, require).then(|| deliver(&e, el)) {
-            Some(Err(el)) => redeliver(ctx, el, &to, receipt),
-            _ => answer(receipt, true),
+        if !satisfied(&e, require) {
+            return answer(receipt, true);
+        }
+        if let Err((el, receipt)) = deliver_owned(&e, el, receipt) {
+            redeliver(ctx, el, &to, receipt);
         }
     } else if let Some(buf) = ctx
         .arriving

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use jid::{BareJid, FullJid};
 
+use starling_cluster::Receipt;
+
 use crate::stream_error::{StreamCondition, StreamError};
 use crate::xml::Element;
 
@@ -16,11 +18,13 @@ use crate::xml::Element;
 /// it without knowing the transport.
 pub trait SessionHandle: Send + Sync {
     /// Queue a stanza for the client, unless the queue is full or the
-    /// session has ended: then the stanza comes back.
-    fn try_deliver(&self, stanza: Element) -> Result<(), Refused>;
+    /// session has ended: then the stanza (and `receipt`) comes back.
+    /// `receipt` is answered once the session owns the stanza for good:
+    /// written to its client's socket, or kept for the client to resume.
+    fn try_deliver(&self, stanza: Element, receipt: Option<Receipt>) -> Result<(), Refused>;
     /// Queue a stanza even past the queue's bound (one last stanza before
     /// a close).
-    fn deliver_anyway(&self, stanza: Element);
+    fn deliver_anyway(&self, stanza: Element, receipt: Option<Receipt>);
     /// End the session's stream with this error.
     fn close(&self, error: StreamError);
     /// The session is still running.
@@ -29,8 +33,8 @@ pub trait SessionHandle: Send + Sync {
 
 /// Why [`SessionHandle::try_deliver`] gave a stanza back.
 pub enum Refused {
-    Full(Element),
-    Closed(Element),
+    Full(Element, Option<Receipt>),
+    Closed(Element, Option<Receipt>),
 }
 
 #[derive(Clone)]
@@ -155,20 +159,30 @@ impl Router {
 /// as the stanza reached it gives the stanza back (`Err`) for the caller
 /// to route again.
 pub fn deliver(entry: &SessionEntry, stanza: Element) -> Result<(), Element> {
-    match entry.handle.try_deliver(stanza) {
+    deliver_owned(entry, stanza, None).map_err(|(el, _)| el)
+}
+
+/// [`deliver`], answering `receipt` once the session owns the stanza (see
+/// [`SessionHandle::try_deliver`]); given back with the stanza.
+pub fn deliver_owned(
+    entry: &SessionEntry,
+    stanza: Element,
+    receipt: Option<Receipt>,
+) -> Result<(), (Element, Option<Receipt>)> {
+    match entry.handle.try_deliver(stanza, receipt) {
         Ok(()) => Ok(()),
-        Err(Refused::Full(last)) => {
+        Err(Refused::Full(last, receipt)) => {
             tracing::warn!(resource = %entry.resource, "session too slow; cutting it off");
-            entry.handle.deliver_anyway(last);
+            entry.handle.deliver_anyway(last, receipt);
             entry.handle.close(StreamError::with_text(
                 StreamCondition::ResourceConstraint,
                 "too many stanzas queued for this client",
             ));
             Ok(())
         }
-        Err(Refused::Closed(el)) => {
+        Err(Refused::Closed(el, receipt)) => {
             tracing::debug!(resource = %entry.resource, stanza = %el.name, "session ended as the stanza reached it; given back");
-            Err(el)
+            Err((el, receipt))
         }
     }
 }

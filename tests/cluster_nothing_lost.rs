@@ -128,6 +128,112 @@ async fn relays_to_a_dead_node_are_kept_and_routed_again() {
     );
 }
 
+/// Cause: a node answered a relayed message "owned" as soon as it was in
+/// its addressee's session queue; killed before the session wrote it to
+/// the client, the message died with the queue although its sender had
+/// been acknowledged (fault checker, kill-leader: 1 of ~1,900). Now a
+/// session owns a message once its bytes are written to the socket (or,
+/// behind a client that stopped reading, after a second): until then the
+/// sending node keeps it. Here bob's client stops reading, so the node
+/// holding his session cannot write alice's messages; that node is
+/// killed; they reach bob from offline storage, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_its_session_has_not_written_yet_is_not_lost_with_the_node() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let fast = [
+        ("STARLING_LIMITS_RATE_BYTES_PER_SEC", "100000000"),
+        ("STARLING_LIMITS_RATE_BURST_BYTES", "100000000"),
+    ];
+    let n1 = cluster_node(1, None, SECRET, &fast);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &fast);
+    let mut n3 = cluster_node(3, Some(&n1), SECRET, &fast);
+    wait_members(&n1, SECRET, 3).await;
+    for u in ["alice", "bob", "carol"] {
+        n1.add_user(u, "pw");
+    }
+    // Bob is online on node 3, then reads nothing more.
+    let bob = online_on(&n3, "bob", "phone").await;
+    let mut carol = authed_retry(&n3, "carol", "pw").await;
+    carol.bind(Some("c")).await.unwrap();
+    let mut a = authed_retry(&n1, "alice", "pw").await;
+    a.bind(Some("r")).await.unwrap();
+    a.send(&format!("<enable xmlns='{SM}'/>")).await;
+    a.wait_for(|e| e.name == "enabled").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !n1.cluster_status(SECRET).contains("node 3: 2") {
+        assert!(
+            Instant::now() < deadline,
+            "node 3's sessions never replicated"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ~6 MB of headlines at bob: more than the socket buffers hold, fewer
+    // stanzas than his queue takes, so node 3's writer to him blocks.
+    let body = "y".repeat(60_000);
+    for i in 0..100 {
+        assert!(
+            carol
+                .try_send(&format!(
+                    "<message type='headline' to='bob@localhost/phone' id='flood{i}'><body>{body}</body></message>"
+                ))
+                .await,
+            "carol was cut off at {i}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    const N: usize = 5;
+    for i in 0..N {
+        a.send(&format!(
+            "<message to='bob@localhost/phone' type='chat' id='unwritten{i}'><body>{i}</body></message>"
+        ))
+        .await;
+    }
+    a.send(&format!("<r xmlns='{SM}'/>")).await;
+    // In bob's queue on node 3, not written: not acknowledged (before, all
+    // of them were at once).
+    let early = a.collect_for(Duration::from_millis(400)).await;
+    assert!(
+        acked_h(&early).unwrap_or(0) == 0,
+        "acknowledged while only in a queue on node 3: {early:?}"
+    );
+    n3.kill9();
+    drop(bob);
+    wait_purged(&n1, 3).await;
+    // Node 1 kept them: with node 3 given up on, they go to offline
+    // storage, and only then are they acknowledged.
+    let mut acked = acked_h(&early);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked != Some(N as u32) && Instant::now() < deadline {
+        a.send(&format!("<r xmlns='{SM}'/>")).await;
+        acked = acked_h(&a.collect_for(Duration::from_millis(500)).await).max(acked);
+    }
+    assert_eq!(acked, Some(N as u32), "all {N} acknowledged once owned");
+    let mut b = authed_retry(&n2, "bob", "pw").await;
+    b.bind(Some("laptop")).await.unwrap();
+    b.send("<presence/>").await;
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < N && Instant::now() < deadline {
+        for e in b.collect_for(Duration::from_millis(300)).await {
+            if let Some(id) = e.attr("id").filter(|id| id.starts_with("unwritten")) {
+                if e.name == "message" {
+                    seen.push(id.to_string());
+                }
+            }
+        }
+    }
+    // And no second copy behind them.
+    for e in b.collect_for(Duration::from_secs(1)).await {
+        if let Some(id) = e.attr("id").filter(|id| id.starts_with("unwritten")) {
+            seen.push(id.to_string());
+        }
+    }
+    seen.sort();
+    let want: Vec<String> = expected("unwritten", N).into_iter().collect();
+    assert_eq!(seen, want, "every acknowledged message, once");
+}
+
 /// Cause: a relayed message whose session was gone went to offline storage
 /// through a blocking commit on the Raft runtime's only thread, which
 /// waited for a proposal that needed that thread: the node froze 6 s per

@@ -9,15 +9,95 @@ use futures_channel::mpsc;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
+use starling_cluster::Receipt;
+
 use crate::clock;
-use crate::stream::{StreamError, StreamReader, StreamWriter};
+use crate::stream::{StreamError, StreamReader};
 use crate::xml::{ParseError, StreamEvent};
 
 /// What the writer task is asked to do.
 pub enum Outbound {
     Data(String),
+    /// Data the session numbered (its `n`-th): [`Written`] tells when it
+    /// reached the socket.
+    Marked(String, u64),
     /// End the stream, with an error first if given.
     Close(Option<StreamError>),
+}
+
+/// A stanza that waits to be owned (a relayed message, or a local
+/// sender's message whose `<a/>` waits) is owned by this node once its
+/// bytes are with the kernel: a kill -9 of this process then no longer
+/// loses it, while before that it died with the session's queue. Answers
+/// are given in the order of the marks; the writer answers everything
+/// when it ends (the stanzas stay in the session's stream management
+/// queue, which outlives the connection), and does not let an answer wait
+/// longer than [`OWNED_AFTER`] behind a client that stopped reading.
+#[derive(Default)]
+pub struct Written(std::sync::Mutex<WrittenState>);
+
+#[derive(Default)]
+struct WrittenState {
+    /// Every mark up to this one is written.
+    done: u64,
+    ended: bool,
+    waiting: std::collections::VecDeque<(u64, std::time::Instant, Receipt)>,
+}
+
+/// How long an answer waits at most behind a blocked write.
+const OWNED_AFTER: Duration = Duration::from_secs(1);
+
+impl Written {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WrittenState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Answer `receipt` once mark `n` is written.
+    pub fn after(&self, n: u64, receipt: Receipt) {
+        let mut st = self.lock();
+        if st.ended || n <= st.done {
+            drop(st);
+            let _ = receipt.send(true);
+        } else {
+            st.waiting
+                .push_back((n, std::time::Instant::now(), receipt));
+        }
+    }
+
+    fn up_to(&self, n: u64) {
+        let mut st = self.lock();
+        st.done = st.done.max(n);
+        while st.waiting.front().is_some_and(|w| w.0 <= n) {
+            if let Some((_, _, r)) = st.waiting.pop_front() {
+                let _ = r.send(true);
+            }
+        }
+    }
+
+    fn older_than(&self, age: Duration) {
+        let mut st = self.lock();
+        while st.waiting.front().is_some_and(|w| w.1.elapsed() >= age) {
+            if let Some((_, _, r)) = st.waiting.pop_front() {
+                let _ = r.send(true);
+            }
+        }
+    }
+
+    fn end(&self) {
+        let mut st = self.lock();
+        st.ended = true;
+        for (_, _, r) in st.waiting.drain(..) {
+            let _ = r.send(true);
+        }
+    }
+}
+
+impl Drop for WrittenState {
+    fn drop(&mut self) {
+        for (_, _, r) in self.waiting.drain(..) {
+            let _ = r.send(true);
+        }
+    }
 }
 
 /// Writes at most this much per batch before flushing.
@@ -27,11 +107,13 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs until the stream is closed. `abort` closes at once, even when the
 /// queue is full.
-pub async fn writer(
-    mut w: StreamWriter,
+/// `guard` is dropped once the stream is written and closed.
+pub async fn writer<W: tokio::io::AsyncWrite + Unpin, G>(
+    mut w: W,
     mut rx: mpsc::Receiver<Outbound>,
     mut abort: oneshot::Receiver<StreamError>,
-    guard: crate::server::ConnGuard,
+    written: Arc<Written>,
+    guard: G,
 ) {
     // Grows while busy; given back when the queue runs dry, so an idle
     // session keeps no write buffer.
@@ -43,7 +125,11 @@ pub async fn writer(
         let cmd = tokio::select! {
             biased;
             err = &mut abort, if abort_live => match err {
-                Ok(err) => Outbound::Close(Some(err)),
+                Ok(err) => {
+                    // A completed receiver must not be polled again.
+                    abort_live = false;
+                    Outbound::Close(Some(err))
+                }
                 Err(_) => {
                     abort_live = false;
                     continue;
@@ -52,14 +138,24 @@ pub async fn writer(
             cmd = rx.recv() => cmd.unwrap_or(Outbound::Close(None)),
         };
         let mut close = None;
+        // The last mark in this batch.
+        let mut mark = None;
         match cmd {
             Outbound::Data(d) => buf.push_str(&d),
+            Outbound::Marked(d, n) => {
+                buf.push_str(&d);
+                mark = Some(n);
+            }
             Outbound::Close(e) => close = Some(e),
         }
         let mut ran_dry = false;
         while close.is_none() && buf.len() < BATCH_BYTES {
             match rx.try_recv() {
                 Ok(Outbound::Data(d)) => buf.push_str(&d),
+                Ok(Outbound::Marked(d, n)) => {
+                    buf.push_str(&d);
+                    mark = Some(n);
+                }
                 Ok(Outbound::Close(e)) => close = Some(e),
                 Err(mpsc::TryRecvError::Empty) => {
                     ran_dry = true;
@@ -83,6 +179,8 @@ pub async fn writer(
                 w.flush().await
             });
             tokio::pin!(write);
+            let tick = tokio::time::sleep(OWNED_AFTER);
+            tokio::pin!(tick);
             // An abort while a write is blocked (the client stopped reading)
             // drops the connection at once: an error cannot be written
             // mid-stanza. The session merely going away is no abort: what
@@ -94,9 +192,16 @@ pub async fn writer(
                         Ok(_) => break false,
                         Err(_) => abort_live = false,
                     },
+                    () = &mut tick => {
+                        written.older_than(OWNED_AFTER);
+                        tick.as_mut().reset(tokio::time::Instant::now() + OWNED_AFTER);
+                    }
                 }
             }
         };
+        if let (true, Some(n)) = (ok, mark) {
+            written.up_to(n);
+        }
         if ran_dry {
             buf = String::new();
         } else {
@@ -107,6 +212,7 @@ pub async fn writer(
             break;
         }
     }
+    written.end();
     drop(guard);
 }
 
@@ -148,5 +254,102 @@ pub fn reader(
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A writer on a pipe of `cap` bytes, its receiving end, its queue.
+    fn pipe(
+        cap: usize,
+    ) -> (
+        tokio::io::DuplexStream,
+        mpsc::Sender<Outbound>,
+        Arc<Written>,
+        oneshot::Sender<StreamError>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (ours, theirs) = tokio::io::duplex(cap);
+        let (tx, rx) = mpsc::channel(16);
+        let (abort_tx, abort_rx) = oneshot::channel();
+        let written = Arc::new(Written::default());
+        let task = tokio::spawn(writer(ours, rx, abort_rx, written.clone(), ()));
+        (theirs, tx, written, abort_tx, task)
+    }
+
+    #[tokio::test]
+    async fn a_stanza_is_owned_once_its_bytes_are_written_not_when_queued() {
+        let (mut client, mut tx, written, _abort, _task) = pipe(64);
+        let stanza = format!("<message>{}</message>", "x".repeat(1000));
+        tx.try_send(Outbound::Marked(stanza.clone(), 1)).unwrap();
+        let (r, mut answered) = oneshot::channel();
+        written.after(1, r);
+        // The client reads nothing: 64 bytes of 1,019 fit in the pipe.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            answered.try_recv().is_err(),
+            "answered while its bytes were still queued"
+        );
+        let mut got = vec![0u8; stanza.len()];
+        client.read_exact(&mut got).await.unwrap();
+        let owned = tokio::time::timeout(Duration::from_secs(10), answered)
+            .await
+            .expect("answered once written");
+        assert_eq!(owned, Ok(true));
+        assert_eq!(got, stanza.as_bytes());
+        // A mark already written is answered at once.
+        let (r, answered) = oneshot::channel();
+        written.after(1, r);
+        assert_eq!(answered.await, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_does_not_hold_the_answer_past_a_second() {
+        let (_client, mut tx, written, _abort, _task) = pipe(64);
+        tx.try_send(Outbound::Marked("y".repeat(4096), 1)).unwrap();
+        let (r, answered) = oneshot::channel();
+        let t0 = std::time::Instant::now();
+        written.after(1, r);
+        let owned = tokio::time::timeout(Duration::from_secs(10), answered)
+            .await
+            .expect("answered while the write is still blocked");
+        assert_eq!(owned, Ok(true));
+        assert!(
+            t0.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_connection_answers_what_still_waits() {
+        let (client, mut tx, written, abort, task) = pipe(64);
+        tx.try_send(Outbound::Marked("z".repeat(4096), 1)).unwrap();
+        tx.try_send(Outbound::Marked("w".repeat(10), 2)).unwrap();
+        let (r1, a1) = oneshot::channel();
+        let (r2, a2) = oneshot::channel();
+        written.after(1, r1);
+        written.after(2, r2);
+        // The connection is dropped mid-write: the stanzas stay in the
+        // session's stream management queue, owned by this node.
+        drop(client);
+        let _ = abort.send(StreamError::with_text(
+            crate::stream::StreamCondition::Conflict,
+            "test",
+        ));
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("writer ends")
+            .unwrap();
+        assert_eq!(a1.await, Ok(true));
+        assert_eq!(a2.await, Ok(true));
+        // Anything asked after the end is answered at once (never refused:
+        // a refusal would make the sender route it a second time).
+        let (r, a) = oneshot::channel();
+        written.after(3, r);
+        assert_eq!(a.await, Ok(true));
     }
 }

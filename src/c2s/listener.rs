@@ -165,7 +165,10 @@ fn connection_io(
     if !first.is_empty() {
         let _ = out_tx.try_send(Outbound::Data(first));
     }
-    tokio::spawn(io::writer(stream.writer, out_rx, abort_rx, guard).in_current_span());
+    let written = Arc::new(io::Written::default());
+    tokio::spawn(
+        io::writer(stream.writer, out_rx, abort_rx, written.clone(), guard).in_current_span(),
+    );
     let (in_tx, in_rx) = mpsc::channel(16);
     let activity = Arc::new(AtomicU64::new(clock::now_ms()));
     let limits = &ctx.config.limits;
@@ -177,6 +180,8 @@ fn connection_io(
         abort: Some(abort_tx),
         reader: reader.abort_handle(),
         activity,
+        written,
+        marks: 0,
     };
     (conn, in_rx)
 }

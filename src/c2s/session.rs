@@ -14,6 +14,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_channel::mpsc;
 use jid::{FullJid, Jid};
+use starling_cluster::Receipt;
 use tokio::sync::oneshot;
 use tracing::Span;
 
@@ -29,10 +30,11 @@ use crate::xml::{ns, Element, ParseError, StreamEvent};
 /// XEP-0352 Client State Indication.
 pub const CSI_NS: &str = "urn:xmpp:csi:0";
 
-/// Deliver a stanza to this session's client.
+/// Deliver a stanza to this session's client; the receipt is answered
+/// once the session owns it for good (see [`Self::owned_when_written`]).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Element);
+pub struct Deliver(pub Element, pub Option<Receipt>);
 
 /// End this session's stream with an error.
 #[derive(Message)]
@@ -45,6 +47,10 @@ pub struct Conn {
     pub abort: Option<oneshot::Sender<StreamError>>,
     pub reader: tokio::task::AbortHandle,
     pub activity: Arc<AtomicU64>,
+    /// Answers that wait for a stanza to reach the socket.
+    pub written: Arc<super::io::Written>,
+    /// Writes numbered so far (see [`super::io::Outbound::Marked`]).
+    pub marks: u64,
 }
 
 /// Inbound events, tagged with the connection they came from.
@@ -186,7 +192,12 @@ impl C2sSession {
             let _g = self.span.enter();
             tracing::trace!(target: "stanza", out = %data);
         }
-        if conn.out.try_send(Outbound::Data(data)).is_err() {
+        conn.marks += 1;
+        if conn
+            .out
+            .try_send(Outbound::Marked(data, conn.marks))
+            .is_err()
+        {
             self.close(
                 StreamError::with_text(
                     StreamCondition::ResourceConstraint,
@@ -194,6 +205,18 @@ impl C2sSession {
                 ),
                 ctx,
             );
+        }
+    }
+
+    /// Answer `receipt` once what this session wrote last is with the
+    /// kernel (a kill -9 of this node no longer loses it); at once when
+    /// nothing is connected (the stanza waits in the stream management
+    /// queue for a resume, or went back through delivery) or the session
+    /// is ending (its queue goes back through delivery).
+    fn owned_when_written(&self, receipt: Receipt) {
+        match &self.conn {
+            Some(conn) if !self.closed => conn.written.after(conn.marks, receipt),
+            _ => crate::route::answer(Some(receipt), true),
         }
     }
 
@@ -783,16 +806,20 @@ impl StreamHandler<Tagged> for C2sSession {
 
 /// The routing table reaches a c2s session through its mailbox.
 impl crate::router::SessionHandle for Addr<C2sSession> {
-    fn try_deliver(&self, stanza: Element) -> Result<(), crate::router::Refused> {
-        match self.try_send(Deliver(stanza)) {
+    fn try_deliver(
+        &self,
+        stanza: Element,
+        receipt: Option<Receipt>,
+    ) -> Result<(), crate::router::Refused> {
+        match self.try_send(Deliver(stanza, receipt)) {
             Ok(()) => Ok(()),
-            Err(SendError::Full(Deliver(el))) => Err(crate::router::Refused::Full(el)),
-            Err(SendError::Closed(Deliver(el))) => Err(crate::router::Refused::Closed(el)),
+            Err(SendError::Full(Deliver(el, r))) => Err(crate::router::Refused::Full(el, r)),
+            Err(SendError::Closed(Deliver(el, r))) => Err(crate::router::Refused::Closed(el, r)),
         }
     }
 
-    fn deliver_anyway(&self, stanza: Element) {
-        self.do_send(Deliver(stanza));
+    fn deliver_anyway(&self, stanza: Element, receipt: Option<Receipt>) {
+        self.do_send(Deliver(stanza, receipt));
     }
 
     fn close(&self, error: StreamError) {
@@ -807,11 +834,15 @@ impl crate::router::SessionHandle for Addr<C2sSession> {
 impl Handler<Deliver> for C2sSession {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+    fn handle(&mut self, Deliver(el, receipt): Deliver, ctx: &mut Context<Self>) {
         if self.moved {
-            self.forward(msg.0, ctx);
+            self.forward(el, ctx);
+            crate::route::answer(receipt, true);
         } else {
-            self.send(&msg.0, ctx);
+            self.send(&el, ctx);
+            if let Some(r) = receipt {
+                self.owned_when_written(r);
+            }
         }
     }
 }
