@@ -62,6 +62,10 @@ pub struct MamSection {
     pub quota_bytes: u64,
     /// Most messages on one page of a query (a client asking for more gets this many).
     pub max_page: usize,
+    /// Archive writes one node may have waiting for the cluster; past it a
+    /// user's message is refused with `<resource-constraint/>` (type wait)
+    /// rather than acknowledged without being archived.
+    pub backlog: u64,
 }
 
 impl Default for MamSection {
@@ -72,6 +76,7 @@ impl Default for MamSection {
             retention_days: 0,
             quota_bytes: 256 * 1024 * 1024,
             max_page: 250,
+            backlog: 65_536,
         }
     }
 }
@@ -593,6 +598,12 @@ impl Config {
                     "must be always, roster or never, not {:?}",
                     self.mam.default
                 ),
+            });
+        }
+        if self.mam.backlog == 0 {
+            return Err(ConfigError::BadValue {
+                key: "mam.backlog".into(),
+                message: "must be greater than 0".into(),
             });
         }
         if self.mam.max_page == 0 {

@@ -151,3 +151,84 @@ async fn kill_9_after_an_ack_loses_nothing_from_any_archive() {
         }
     }
 }
+
+/// An acknowledged message is in its sender's archive, so a message that
+/// cannot be queued for the archive (the node's backlog of writes waiting
+/// for the cluster is full) is refused with `<resource-constraint/>`
+/// (type wait) instead of being delivered unarchived, as it was. Here the
+/// cluster cannot commit (its other node is paused) and the backlog holds
+/// two writes: the first message's two copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_archive_backlog_refuses_messages_instead_of_losing_their_archive() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let n1 = cluster_node(1, None, SECRET, &[("STARLING_MAM_BACKLOG", "2")]);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
+    wait_members(&n1, SECRET, 2).await;
+    n1.add_user("alice", "pw");
+    n1.add_user("bob", "pw");
+    let mut bob = authed_retry(&n1, "bob", "pw").await;
+    bob.bind(Some("b")).await.unwrap();
+    let mut alice = authed_retry(&n1, "alice", "pw").await;
+    alice.bind(Some("a")).await.unwrap();
+    alice.send(&format!("<enable xmlns='{SM}'/>")).await;
+    alice.wait_for(|e| e.name == "enabled").await;
+
+    n2.pause(true);
+    for id in ["kept", "refused"] {
+        alice
+            .send(&format!(
+                "<message to='bob@localhost/b' type='chat' id='{id}'><body>{id}</body></message>"
+            ))
+            .await;
+    }
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        alice.wait_for(|e| e.name == "message" && e.attr("type") == Some("error")),
+    )
+    .await
+    .expect("the second message is refused at once");
+    assert_eq!(err.attr("id"), Some("refused"), "{err:?}");
+    let error = err
+        .get_child("error", "jabber:client")
+        .expect("error child");
+    assert_eq!(error.attr("type"), Some("wait"), "{err:?}");
+    assert_eq!(
+        stanza_condition(&err).as_deref(),
+        Some("resource-constraint")
+    );
+    n2.pause(false);
+
+    // Bob gets the first and never the second.
+    let got: Vec<String> = bob
+        .collect_for(Duration::from_secs(2))
+        .await
+        .iter()
+        .filter(|e| e.name == "message")
+        .filter_map(|e| e.attr("id").map(str::to_string))
+        .collect();
+    assert_eq!(got, vec!["kept".to_string()]);
+    // Both are acknowledged once the cluster commits again: the first as
+    // archived, the second as handled (refused).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut acked = 0;
+    while acked < 2 && Instant::now() < deadline {
+        alice.send(&format!("<r xmlns='{SM}'/>")).await;
+        for e in alice.collect_for(Duration::from_millis(500)).await {
+            if e.name == "a" {
+                acked = acked.max(e.attr("h").and_then(|h| h.parse().ok()).unwrap_or(0));
+            }
+        }
+    }
+    assert_eq!(acked, 2, "both acknowledged once the cluster commits");
+    drop(alice);
+    let bodies: Vec<String> = whole_archive(&n1, "alice")
+        .await
+        .into_iter()
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(
+        bodies,
+        vec!["kept".to_string()],
+        "the archive has the acknowledged message only"
+    );
+}

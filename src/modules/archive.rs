@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::hooks::{MessageHook, Verdict, Waits};
 use crate::server::ServerCtx;
+use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::archive::ArchiveId;
 use crate::state::{ArchiveEntry, Command};
 use crate::xml::{ns, Element};
@@ -43,10 +44,6 @@ const BATCH_MAX: usize = 512;
 const BATCH_MAX_BYTES: usize = 4 << 20;
 /// Log entries of archive messages being committed at once.
 const IN_FLIGHT: usize = 8;
-/// Entries waiting for the cluster at most; past this (the cluster cannot
-/// commit) messages are delivered but not archived (logged) instead of
-/// memory growing without bound.
-const MAX_PENDING: u64 = 65_536;
 
 /// Whether a message goes into archives at all (§4, XEP-0334).
 pub fn archivable(msg: &Element) -> bool {
@@ -233,10 +230,19 @@ pub struct Archive {
 impl Archive {
     /// Put `msg` into `user`'s archive (with `with` the other party) if
     /// the user's preferences want it, stamping it with the id; the
-    /// returned receiver answers once the entry is committed.
-    fn keep(&self, ctx: &ServerCtx, user: &str, with: &Jid, msg: &mut Element, waits: &mut Waits) {
+    /// returned receiver answers once the entry is committed. False when
+    /// the backlog is full (the cluster commits slower than messages come):
+    /// nothing was queued.
+    fn keep(
+        &self,
+        ctx: &ServerCtx,
+        user: &str,
+        with: &Jid,
+        msg: &mut Element,
+        waits: &mut Waits,
+    ) -> bool {
         if !super::mam::wanted(ctx, user, with) {
-            return;
+            return true;
         }
         let id = self.ids.next(ctx.config.cluster.node_id);
         let entry = ArchiveEntry {
@@ -247,7 +253,7 @@ impl Archive {
         };
         let (done, waiter) = oneshot::channel();
         let writer = self.writer.get_or_init(|| Writer::start(ctx));
-        if writer.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
+        if writer.pending.fetch_add(1, Ordering::AcqRel) >= ctx.config.mam.backlog {
             writer.pending.fetch_sub(1, Ordering::AcqRel);
             // Under overload this is every message: one line a second.
             let missed = writer.missed.fetch_add(1, Ordering::AcqRel) + 1;
@@ -263,17 +269,15 @@ impl Archive {
                 tracing::warn!(
                     user,
                     messages = missed,
-                    "archive backlog full (the cluster is not committing fast enough); messages delivered but not archived"
+                    "archive backlog full (the cluster is not committing fast enough); messages refused with resource-constraint"
                 );
             }
-            let _ = done.send(false);
-            waits.push(waiter);
-            return;
+            return false;
         }
         if writer.tx.send(Job::Entry(entry, done)).is_err() {
             writer.pending.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(user, "archive writer is gone; message not archived");
-            return;
+            return true;
         }
         waits.push(waiter);
         msg.push_child(
@@ -281,6 +285,7 @@ impl Archive {
                 .with_attr("by", format!("{user}@{}", ctx.config.domain))
                 .with_attr("id", ArchiveId::text(id)),
         );
+        true
     }
 }
 
@@ -317,8 +322,22 @@ impl MessageHook for Archive {
         let user = from.node().map(|n| n.as_str()).unwrap_or_default();
         // A note to self is archived once, as it arrives (inbound).
         let to_self = to.to_bare() == bare;
-        if ctx.config.mam.enabled && !to_self && archivable(msg) {
-            self.keep(ctx, user, to, msg, waits);
+        if ctx.config.mam.enabled
+            && !to_self
+            && archivable(msg)
+            && !self.keep(ctx, user, to, msg, waits)
+        {
+            // An acknowledged message is in its sender's archive: one that
+            // cannot be archived now is refused, not delivered unarchived
+            // (RFC 6120 §8.3.3.18, type wait: the client may send it again).
+            tracing::debug!(user, "message refused: archive backlog full");
+            return Verdict::Stop(Some(
+                StanzaError::with_text(
+                    StanzaCondition::ResourceConstraint,
+                    "the message archive is behind; try again shortly",
+                )
+                .reply_to(msg),
+            ));
         }
         Verdict::Continue
     }
@@ -332,8 +351,13 @@ impl MessageHook for Archive {
         waits: &mut Waits,
     ) -> Verdict {
         strip_forged(msg, &format!("{user}@{}", ctx.config.domain));
-        if ctx.config.mam.enabled && archivable(msg) {
-            self.keep(ctx, user, from, msg, waits);
+        // The sender's copy decided whether the message goes on; a full
+        // backlog by now (a race) leaves only this copy out, logged.
+        if ctx.config.mam.enabled && archivable(msg) && !self.keep(ctx, user, from, msg, waits) {
+            tracing::warn!(
+                user,
+                "archive backlog full: an incoming copy delivered but not archived"
+            );
         }
         Verdict::Continue
     }
