@@ -407,10 +407,12 @@ impl State {
     }
 
     /// Replace everything replicated with a streamed snapshot, a record at
-    /// a time (sled batches of a few thousand pairs).
+    /// a time (sled batches of a few thousand pairs or a few MiB, whichever
+    /// comes first: archive entries can be large, and a batch sits in memory).
     pub fn import_from(&self, input: &mut dyn std::io::Read) -> Result<(), StateError> {
         use snapshot::stream::{Reader, Record};
         const BATCH: usize = 4096;
+        const BATCH_BYTES: usize = 8 << 20;
         self.undo.cancel();
         let mut reader = Reader::new(input).map_err(|e| StateError::Cluster(e.to_string()))?;
         for (_, tree) in self.trees() {
@@ -419,6 +421,7 @@ impl State {
         let mut current: Option<sled::Tree> = None;
         let mut batch = sled::Batch::default();
         let mut n = 0usize;
+        let mut bytes = 0usize;
         while let Some(rec) = reader
             .next_record()
             .map_err(|e| StateError::Cluster(e.to_string()))?
@@ -428,7 +431,7 @@ impl State {
                     if let Some(t) = current.take() {
                         t.apply_batch(std::mem::take(&mut batch))?;
                     }
-                    n = 0;
+                    (n, bytes) = (0, 0);
                     // Trees this version does not know are skipped.
                     current = TREES
                         .contains(&name.as_str())
@@ -437,10 +440,12 @@ impl State {
                 }
                 Record::Pair(k, v) => {
                     let Some(t) = &current else { continue };
+                    bytes += k.len() + v.len();
                     batch.insert(k, v);
                     n += 1;
-                    if n.is_multiple_of(BATCH) {
+                    if n >= BATCH || bytes >= BATCH_BYTES {
                         t.apply_batch(std::mem::take(&mut batch))?;
+                        (n, bytes) = (0, 0);
                     }
                 }
             }
