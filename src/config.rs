@@ -297,6 +297,10 @@ pub struct LimitsConfig {
     pub csi_held: usize,
     /// Private XML namespaces (XEP-0049) one account may store.
     pub private_items: usize,
+    /// Milliseconds a delivered message waits for its session to write it
+    /// before it counts as owned once queued (see `router::deliver_owned`);
+    /// at most 5,000, well inside a relay batch's answer time.
+    pub write_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -360,6 +364,7 @@ impl Default for LimitsConfig {
             sm_unacked_bytes: 4 * 1024 * 1024,
             csi_held: 500,
             private_items: 100,
+            write_wait_ms: 250,
         }
     }
 }
@@ -637,6 +642,7 @@ impl Config {
             ("limits.sm_unacked_bytes", l.sm_unacked_bytes as u64),
             ("limits.csi_held", l.csi_held as u64),
             ("limits.private_items", l.private_items as u64),
+            ("limits.write_wait_ms", l.write_wait_ms),
             (
                 "registration.per_address_per_hour",
                 self.registration.per_address_per_hour as u64,
@@ -648,6 +654,12 @@ impl Config {
                     message: "must be greater than 0".into(),
                 });
             }
+        }
+        if l.write_wait_ms > 5000 {
+            return Err(ConfigError::BadValue {
+                key: "limits.write_wait_ms".into(),
+                message: "must be at most 5000 (a relayed message's answer waits on it)".into(),
+            });
         }
         if l.max_stanza_size < 4096 {
             return Err(ConfigError::BadValue {

@@ -272,8 +272,9 @@ pub fn message_again(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> 
 
 /// A message that must not be lost: routed by bare JID (sessions on
 /// `exclude` are skipped: that node was given up on), stored offline last.
-/// True once it is owned: in a session's queue here, taken by the node
-/// holding the session, answered with an error, or committed offline.
+/// True once it is owned: written by a session here (see
+/// `router::deliver_owned`), taken by the node holding the session,
+/// answered with an error, or committed offline.
 pub async fn store_or_route(
     ctx: &std::sync::Arc<ServerCtx>,
     msg: Element,

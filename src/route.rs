@@ -536,9 +536,10 @@ pub async fn serve_relays(
                 continue;
             }
         };
-        // Everything but a stanza is answered at once; a stanza once it is
-        // in a session's queue, buffered for an arriving session, passed on
-        // to the node holding the session, or stored offline.
+        // Everything but a stanza is answered at once; a stanza once a
+        // session here has written it (`router::deliver_owned`), it is
+        // buffered for an arriving session, passed on to the node holding
+        // the session, or stored offline.
         let receipt = match msg {
             Relay::Stanza { .. } => Some(receipt),
             _ => {

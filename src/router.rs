@@ -9,6 +9,7 @@ use std::sync::Arc;
 use jid::{BareJid, FullJid};
 
 use starling_cluster::Receipt;
+use tokio::sync::oneshot;
 
 use crate::stream_error::{StreamCondition, StreamError};
 use crate::xml::Element;
@@ -169,20 +170,183 @@ pub fn deliver_owned(
     stanza: Element,
     receipt: Option<Receipt>,
 ) -> Result<(), (Element, Option<Receipt>)> {
-    match entry.handle.try_deliver(stanza, receipt) {
-        Ok(()) => Ok(()),
-        Err(Refused::Full(last, receipt)) => {
+    // The session answers `inner` once the stanza is written; `receipt` is
+    // answered from it, or after OWNED_AFTER in any case (see `watch`).
+    type Outer = Option<(
+        Receipt,
+        Option<(oneshot::Receiver<bool>, tokio::runtime::Handle)>,
+    )>;
+    let rt = receipt
+        .as_ref()
+        .and_then(|_| tokio::runtime::Handle::try_current().ok());
+    let (inner, outer): (Option<Receipt>, Outer) = match (receipt, rt) {
+        (Some(r), Some(rt)) => {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some((r, Some((rx, rt)))))
+        }
+        // No runtime to wait on (never in the server): owned when queued.
+        (Some(r), None) => (None, Some((r, None))),
+        (None, _) => (None, None),
+    };
+    let wait_for_session = |outer: Outer| match outer {
+        Some((r, Some((rx, rt)))) => {
+            rt.spawn(watch(r, rx));
+        }
+        Some((r, None)) => {
+            let _ = r.send(true);
+        }
+        None => {}
+    };
+    match entry.handle.try_deliver(stanza, inner) {
+        Ok(()) => {
+            wait_for_session(outer);
+            Ok(())
+        }
+        Err(Refused::Full(last, inner)) => {
             tracing::warn!(resource = %entry.resource, "session too slow; cutting it off");
-            entry.handle.deliver_anyway(last, receipt);
+            entry.handle.deliver_anyway(last, inner);
+            wait_for_session(outer);
             entry.handle.close(StreamError::with_text(
                 StreamCondition::ResourceConstraint,
                 "too many stanzas queued for this client",
             ));
             Ok(())
         }
-        Err(Refused::Closed(el, receipt)) => {
+        Err(Refused::Closed(el, _)) => {
             tracing::debug!(resource = %entry.resource, stanza = %el.name, "session ended as the stanza reached it; given back");
-            Err((el, receipt))
+            Err((el, outer.map(|(r, _)| r)))
         }
+    }
+}
+
+/// `OWNED_AFTER`, the longest a delivered stanza's receipt waits for the
+/// session to write it: 250 ms unless `[limits] write_wait_ms` says
+/// otherwise (set once at start, [`set_owned_after`]). Past it the stanza
+/// counts as owned once in the session's queue (as it did before writes
+/// were awaited): a session busy on a slow commit, or a client that reads
+/// slowly, does not hold up its sender (a relay batch is answered only
+/// when all its stanzas are owned).
+static OWNED_AFTER_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(250);
+
+/// The node's `[limits] write_wait_ms` (one setting per process).
+pub fn set_owned_after(wait: std::time::Duration) {
+    OWNED_AFTER_MS.store(
+        wait.as_millis().try_into().unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+fn owned_after() -> std::time::Duration {
+    std::time::Duration::from_millis(OWNED_AFTER_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Answer `receipt` with the session's answer, or `true` after
+/// `OWNED_AFTER`; `false` when the session dropped the stanza unprocessed
+/// (it stopped with the stanza in its mailbox: nobody has it, so the sender
+/// routes it again).
+async fn watch(receipt: Receipt, session: oneshot::Receiver<bool>) {
+    let owned = match tokio::time::timeout(owned_after(), session).await {
+        Ok(Ok(owned)) => owned,
+        Ok(Err(_)) => false,
+        Err(_) => true,
+    };
+    let _ = receipt.send(owned);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// What a fake session does with a delivered stanza's receipt.
+    enum Does {
+        Answers(bool),
+        Holds(std::sync::Mutex<Vec<Receipt>>),
+        Drops,
+        HasEnded,
+    }
+
+    impl SessionHandle for Does {
+        fn try_deliver(&self, stanza: Element, receipt: Option<Receipt>) -> Result<(), Refused> {
+            match self {
+                Does::Answers(v) => {
+                    if let Some(r) = receipt {
+                        let _ = r.send(*v);
+                    }
+                }
+                Does::Holds(held) => held.lock().unwrap().extend(receipt),
+                Does::Drops => drop(receipt),
+                Does::HasEnded => return Err(Refused::Closed(stanza, receipt)),
+            }
+            Ok(())
+        }
+        fn deliver_anyway(&self, _: Element, _: Option<Receipt>) {}
+        fn close(&self, _: StreamError) {}
+        fn connected(&self) -> bool {
+            true
+        }
+    }
+
+    fn entry(does: Does) -> SessionEntry {
+        SessionEntry {
+            id: 1,
+            resource: "r".into(),
+            handle: Arc::new(does),
+            available: true,
+            priority: 0,
+            interested: false,
+            blocklist_interested: false,
+            carbons: false,
+            bound_at: 0,
+        }
+    }
+
+    async fn delivered(does: Does) -> (Result<bool, ()>, Duration) {
+        let (r, answer) = oneshot::channel();
+        let started = Instant::now();
+        let e = entry(does);
+        assert!(deliver_owned(&e, Element::new("message", "jabber:client"), Some(r)).is_ok());
+        let got = tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .expect("answered")
+            .map_err(|_| ());
+        (got, started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn the_sessions_answer_is_the_answer() {
+        let (got, took) = delivered(Does::Answers(true)).await;
+        assert_eq!(got, Ok(true));
+        assert!(took < owned_after(), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_session_that_has_not_written_it_yet_owns_it_after_a_while() {
+        let (got, took) = delivered(Does::Holds(Default::default())).await;
+        assert_eq!(got, Ok(true), "in the session's queue: owned");
+        assert!(
+            took >= owned_after(),
+            "answered before the session could write: {took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stanza_the_session_dropped_unprocessed_is_not_owned() {
+        let (got, _) = delivered(Does::Drops).await;
+        assert_eq!(got, Ok(false), "the sender must route it again");
+    }
+
+    #[tokio::test]
+    async fn a_session_that_ended_gives_the_stanza_and_its_receipt_back() {
+        let (r, answer) = oneshot::channel();
+        let e = entry(Does::HasEnded);
+        let Err((el, Some(back))) =
+            deliver_owned(&e, Element::new("message", "jabber:client"), Some(r))
+        else {
+            panic!("not given back");
+        };
+        assert_eq!(el.name, "message");
+        let _ = back.send(true);
+        assert_eq!(answer.await, Ok(true), "the caller's receipt itself");
     }
 }

@@ -313,6 +313,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
     })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let workers = config.workers();
+    crate::router::set_owned_after(std::time::Duration::from_millis(
+        config.limits.write_wait_ms,
+    ));
     let ctx = Arc::new(ServerCtx {
         state,
         replicator,

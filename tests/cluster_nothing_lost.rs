@@ -134,15 +134,17 @@ async fn relays_to_a_dead_node_are_kept_and_routed_again() {
 /// been acknowledged (fault checker, kill-leader: 1 of ~1,900). Now a
 /// session owns a message once its bytes are written to the socket (or,
 /// behind a client that stopped reading, after a second): until then the
-/// sending node keeps it. Here bob's client stops reading, so the node
-/// holding his session cannot write alice's messages; that node is
-/// killed; they reach bob from offline storage, once each.
+/// sending node keeps it (for `[limits] write_wait_ms`, here raised to
+/// 5 s so the test does not race it). Here bob's client stops reading, so
+/// the node holding his session cannot write alice's messages; that node
+/// is killed; they reach bob from offline storage, once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_its_session_has_not_written_yet_is_not_lost_with_the_node() {
     let _turn = CLUSTER_TURN.lock().await;
     let fast = [
         ("STARLING_LIMITS_RATE_BYTES_PER_SEC", "100000000"),
         ("STARLING_LIMITS_RATE_BURST_BYTES", "100000000"),
+        ("STARLING_LIMITS_WRITE_WAIT_MS", "5000"),
     ];
     let n1 = cluster_node(1, None, SECRET, &fast);
     let n2 = cluster_node(2, Some(&n1), SECRET, &fast);

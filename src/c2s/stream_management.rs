@@ -15,8 +15,9 @@ pub struct SmState {
     /// Stanzas received from the client.
     pub inbound: u32,
     /// Stanzas received and owned by the server (the `h` an `<a/>`
-    /// reports): a message counts once it is in a session's queue, taken
-    /// by the node holding its session, or stored offline.
+    /// reports): a message counts once a session has written it (see
+    /// `router::deliver_owned`), the node holding its session has, or it
+    /// is stored offline.
     pub handled: u32,
     /// The stanzas after `handled`, oldest first: still waiting (`None`),
     /// owned, or not owned (`Some(false)`, which stops `handled` there).

@@ -231,8 +231,8 @@ impl Archive {
     /// Put `msg` into `user`'s archive (with `with` the other party) if
     /// the user's preferences want it, stamping it with the id; the
     /// returned receiver answers once the entry is committed. False when
-    /// the backlog is full (the cluster commits slower than messages come):
-    /// nothing was queued.
+    /// `limit` writes already wait (the cluster commits slower than
+    /// messages come): nothing was queued.
     fn keep(
         &self,
         ctx: &ServerCtx,
@@ -240,6 +240,7 @@ impl Archive {
         with: &Jid,
         msg: &mut Element,
         waits: &mut Waits,
+        limit: u64,
     ) -> bool {
         if !super::mam::wanted(ctx, user, with) {
             return true;
@@ -253,7 +254,7 @@ impl Archive {
         };
         let (done, waiter) = oneshot::channel();
         let writer = self.writer.get_or_init(|| Writer::start(ctx));
-        if writer.pending.fetch_add(1, Ordering::AcqRel) >= ctx.config.mam.backlog {
+        if writer.pending.fetch_add(1, Ordering::AcqRel) >= limit {
             writer.pending.fetch_sub(1, Ordering::AcqRel);
             // Under overload this is every message: one line a second.
             let missed = writer.missed.fetch_add(1, Ordering::AcqRel) + 1;
@@ -269,7 +270,7 @@ impl Archive {
                 tracing::warn!(
                     user,
                     messages = missed,
-                    "archive backlog full (the cluster is not committing fast enough); messages refused with resource-constraint"
+                    "archive backlog full (the cluster is not committing fast enough): messages refused with resource-constraint (incoming ones from other servers delivered unarchived)"
                 );
             }
             return false;
@@ -325,7 +326,7 @@ impl MessageHook for Archive {
         if ctx.config.mam.enabled
             && !to_self
             && archivable(msg)
-            && !self.keep(ctx, user, to, msg, waits)
+            && !self.keep(ctx, user, to, msg, waits, ctx.config.mam.backlog)
         {
             // An acknowledged message is in its sender's archive: one that
             // cannot be archived now is refused, not delivered unarchived
@@ -351,10 +352,15 @@ impl MessageHook for Archive {
         waits: &mut Waits,
     ) -> Verdict {
         strip_forged(msg, &format!("{user}@{}", ctx.config.domain));
-        // The sender's copy decided whether the message goes on; a full
-        // backlog by now (a race) leaves only this copy out, logged.
-        if ctx.config.mam.enabled && archivable(msg) && !self.keep(ctx, user, from, msg, waits) {
-            tracing::warn!(
+        // The sender's copy decided whether the message goes on (at
+        // `backlog`); the recipient's copy may go past it, up to twice
+        // that, so an accepted message gets both copies. Only a flood from
+        // outside (federation, components: no sender's copy here) reaches
+        // the hard cap; those copies are then delivered unarchived, logged.
+        let cap = ctx.config.mam.backlog.saturating_mul(2);
+        if ctx.config.mam.enabled && archivable(msg) && !self.keep(ctx, user, from, msg, waits, cap)
+        {
+            tracing::debug!(
                 user,
                 "archive backlog full: an incoming copy delivered but not archived"
             );
