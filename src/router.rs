@@ -172,51 +172,37 @@ pub fn deliver_owned(
 ) -> Result<(), (Element, Option<Receipt>)> {
     // The session answers `inner` once the stanza is written; `receipt` is
     // answered from it, or after OWNED_AFTER in any case (see `watch`).
-    type Outer = Option<(
-        Receipt,
-        Option<(oneshot::Receiver<bool>, tokio::runtime::Handle)>,
-    )>;
-    let rt = receipt
-        .as_ref()
-        .and_then(|_| tokio::runtime::Handle::try_current().ok());
-    let (inner, outer): (Option<Receipt>, Outer) = match (receipt, rt) {
-        (Some(r), Some(rt)) => {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some((r, Some((rx, rt)))))
-        }
-        // No runtime to wait on (never in the server): owned when queued.
-        (Some(r), None) => (None, Some((r, None))),
-        (None, _) => (None, None),
-    };
-    let wait_for_session = |outer: Outer| match outer {
-        Some((r, Some((rx, rt)))) => {
-            rt.spawn(watch(r, rx));
-        }
-        Some((r, None)) => {
-            let _ = r.send(true);
-        }
-        None => {}
+    // Without a runtime to wait on (never in the server) the session
+    // answers `receipt` itself.
+    let (inner, watched) = match receipt {
+        Some(r) => match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some((r, rx, rt)))
+            }
+            Err(_) => (Some(r), None),
+        },
+        None => (None, None),
     };
     match entry.handle.try_deliver(stanza, inner) {
-        Ok(()) => {
-            wait_for_session(outer);
-            Ok(())
-        }
+        Ok(()) => {}
         Err(Refused::Full(last, inner)) => {
             tracing::warn!(resource = %entry.resource, "session too slow; cutting it off");
             entry.handle.deliver_anyway(last, inner);
-            wait_for_session(outer);
             entry.handle.close(StreamError::with_text(
                 StreamCondition::ResourceConstraint,
                 "too many stanzas queued for this client",
             ));
-            Ok(())
         }
-        Err(Refused::Closed(el, _)) => {
+        Err(Refused::Closed(el, inner)) => {
             tracing::debug!(resource = %entry.resource, stanza = %el.name, "session ended as the stanza reached it; given back");
-            Err((el, outer.map(|(r, _)| r)))
+            return Err((el, watched.map(|(r, _, _)| r).or(inner)));
         }
     }
+    if let Some((r, rx, rt)) = watched {
+        rt.spawn(watch(r, rx));
+    }
+    Ok(())
 }
 
 /// `OWNED_AFTER`, the longest a delivered stanza's receipt waits for the

@@ -168,10 +168,7 @@ async fn a_full_archive_backlog_refuses_messages_instead_of_losing_their_archive
     n1.add_user("bob", "pw");
     let mut bob = authed_retry(&n1, "bob", "pw").await;
     bob.bind(Some("b")).await.unwrap();
-    let mut alice = authed_retry(&n1, "alice", "pw").await;
-    alice.bind(Some("a")).await.unwrap();
-    alice.send(&format!("<enable xmlns='{SM}'/>")).await;
-    alice.wait_for(|e| e.name == "enabled").await;
+    let mut alice = sm_bound(&n1, "alice", "pw", "a").await;
 
     n2.pause(true);
     for id in ["kept", "refused"] {
@@ -209,17 +206,8 @@ async fn a_full_archive_backlog_refuses_messages_instead_of_losing_their_archive
     assert_eq!(got, vec!["kept".to_string()]);
     // Both are acknowledged once the cluster commits again: the first as
     // archived, the second as handled (refused).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut acked = 0;
-    while acked < 2 && Instant::now() < deadline {
-        alice.send(&format!("<r xmlns='{SM}'/>")).await;
-        for e in alice.collect_for(Duration::from_millis(500)).await {
-            if e.name == "a" {
-                acked = acked.max(e.attr("h").and_then(|h| h.parse().ok()).unwrap_or(0));
-            }
-        }
-    }
-    assert_eq!(acked, 2, "both acknowledged once the cluster commits");
+    let acked = acked_up_to(&mut alice, 2, None, Duration::from_secs(20)).await;
+    assert_eq!(acked, Some(2), "both acknowledged once the cluster commits");
     drop(alice);
     let bodies: Vec<String> = whole_archive(&n1, "alice")
         .await

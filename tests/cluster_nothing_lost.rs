@@ -56,15 +56,6 @@ async fn wait_purged(n: &Server, node: u64) {
     }
 }
 
-/// The largest `h` in the `<a/>`s among `stanzas`.
-fn acked_h(stanzas: &[starling::xml::Element]) -> Option<u32> {
-    stanzas
-        .iter()
-        .filter(|e| e.name == "a" && e.ns == SM)
-        .filter_map(|e| e.attr("h")?.parse().ok())
-        .max()
-}
-
 /// Cause: a node relaying to a peer that died dropped the batch after five
 /// tries, and the sender had already acknowledged it. Now the relay stays
 /// with the sender, unacknowledged, until the dead node is purged, then
@@ -81,10 +72,7 @@ async fn relays_to_a_dead_node_are_kept_and_routed_again() {
     n1.add_user("bob", "pw");
 
     let b = online_on(&n3, "bob", "phone").await;
-    let mut a = authed_retry(&n1, "alice", "pw").await;
-    a.bind(Some("r")).await.unwrap();
-    a.send(&format!("<enable xmlns='{SM}'/>")).await;
-    a.wait_for(|e| e.name == "enabled").await;
+    let mut a = sm_bound(&n1, "alice", "pw", "r").await;
     // Bob's node is in alice's node's table: relays go there.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !n1.cluster_status(SECRET).contains("node 3: 1") {
@@ -110,12 +98,7 @@ async fn relays_to_a_dead_node_are_kept_and_routed_again() {
     );
     wait_purged(&n1, 3).await;
     // Once the node is given up on, they are stored offline and acknowledged.
-    let mut acked = acked_h(&early);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while acked != Some(N as u32) && Instant::now() < deadline {
-        a.send(&format!("<r xmlns='{SM}'/>")).await;
-        acked = acked_h(&a.collect_for(Duration::from_millis(500)).await).max(acked);
-    }
+    let acked = acked_up_to(&mut a, N as u32, acked_h(&early), Duration::from_secs(15)).await;
     assert_eq!(acked, Some(N as u32), "all {N} acknowledged once owned");
     let mut b = authed_retry(&n2, "bob", "pw").await;
     b.bind(Some("laptop")).await.unwrap();
@@ -157,10 +140,7 @@ async fn a_message_its_session_has_not_written_yet_is_not_lost_with_the_node() {
     let bob = online_on(&n3, "bob", "phone").await;
     let mut carol = authed_retry(&n3, "carol", "pw").await;
     carol.bind(Some("c")).await.unwrap();
-    let mut a = authed_retry(&n1, "alice", "pw").await;
-    a.bind(Some("r")).await.unwrap();
-    a.send(&format!("<enable xmlns='{SM}'/>")).await;
-    a.wait_for(|e| e.name == "enabled").await;
+    let mut a = sm_bound(&n1, "alice", "pw", "r").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !n1.cluster_status(SECRET).contains("node 3: 2") {
         assert!(
@@ -204,33 +184,29 @@ async fn a_message_its_session_has_not_written_yet_is_not_lost_with_the_node() {
     wait_purged(&n1, 3).await;
     // Node 1 kept them: with node 3 given up on, they go to offline
     // storage, and only then are they acknowledged.
-    let mut acked = acked_h(&early);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked != Some(N as u32) && Instant::now() < deadline {
-        a.send(&format!("<r xmlns='{SM}'/>")).await;
-        acked = acked_h(&a.collect_for(Duration::from_millis(500)).await).max(acked);
-    }
+    let acked = acked_up_to(&mut a, N as u32, acked_h(&early), Duration::from_secs(20)).await;
     assert_eq!(acked, Some(N as u32), "all {N} acknowledged once owned");
     let mut b = authed_retry(&n2, "bob", "pw").await;
     b.bind(Some("laptop")).await.unwrap();
     b.send("<presence/>").await;
+    // Every copy counts (a set would hide a second one).
+    let unwritten = |got: Vec<starling::xml::Element>| {
+        got.into_iter()
+            .filter(|e| e.name == "message")
+            .filter_map(|e| {
+                e.attr("id")
+                    .filter(|id| id.starts_with("unwritten"))
+                    .map(str::to_string)
+            })
+            .collect::<Vec<_>>()
+    };
     let mut seen: Vec<String> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while seen.len() < N && Instant::now() < deadline {
-        for e in b.collect_for(Duration::from_millis(300)).await {
-            if let Some(id) = e.attr("id").filter(|id| id.starts_with("unwritten")) {
-                if e.name == "message" {
-                    seen.push(id.to_string());
-                }
-            }
-        }
+        seen.extend(unwritten(b.collect_for(Duration::from_millis(300)).await));
     }
     // And no second copy behind them.
-    for e in b.collect_for(Duration::from_secs(1)).await {
-        if let Some(id) = e.attr("id").filter(|id| id.starts_with("unwritten")) {
-            seen.push(id.to_string());
-        }
-    }
+    seen.extend(unwritten(b.collect_for(Duration::from_secs(1)).await));
     seen.sort();
     let want: Vec<String> = expected("unwritten", N).into_iter().collect();
     assert_eq!(seen, want, "every acknowledged message, once");

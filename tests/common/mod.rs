@@ -892,6 +892,43 @@ pub async fn authed_retry(s: &Server, user: &str, password: &str) -> Client {
     panic!("{user} cannot authenticate");
 }
 
+/// Authenticated on `s` (retrying while the account replicates), bound
+/// to `resource`, with stream management (XEP-0198) enabled.
+pub async fn sm_bound(s: &Server, user: &str, password: &str, resource: &str) -> Client {
+    let mut c = authed_retry(s, user, password).await;
+    c.bind(Some(resource)).await.expect("bind");
+    c.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    c.wait_for(|e| e.name == "enabled").await;
+    c
+}
+
+/// The largest `h` in the stream management `<a/>`s among `stanzas`.
+pub fn acked_h(stanzas: &[Element]) -> Option<u32> {
+    stanzas
+        .iter()
+        .filter(|e| e.name == "a" && e.ns == "urn:xmpp:sm:3")
+        .filter_map(|e| e.attr("h")?.parse().ok())
+        .max()
+}
+
+/// Ask for acknowledgements (`<r/>`) until the server's `h` reaches `n`
+/// or `limit` passes; the largest `h` seen, counting `seen` (what an
+/// earlier read already showed).
+pub async fn acked_up_to(
+    c: &mut Client,
+    n: u32,
+    seen: Option<u32>,
+    limit: Duration,
+) -> Option<u32> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut acked = seen;
+    while acked != Some(n) && std::time::Instant::now() < deadline {
+        c.send("<r xmlns='urn:xmpp:sm:3'/>").await;
+        acked = acked_h(&c.collect_for(Duration::from_millis(500)).await).max(acked);
+    }
+    acked
+}
+
 /// Wait (bounded) until `s` reports at least `n` cluster members.
 pub async fn wait_members(s: &Server, secret: &str, n: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
