@@ -12,6 +12,7 @@
 
 mod driver;
 mod raft_log;
+mod relay_stream;
 mod snapshots;
 pub mod storage;
 mod transport;
@@ -221,6 +222,8 @@ pub struct Cluster {
     /// when `relay` is called from another thread).
     rt: tokio::runtime::Handle,
     app_status: AppStatus,
+    /// What relay streams carried here (and the fault switch that cuts them).
+    seen: Arc<relay_stream::Seen>,
     /// The driver's thread, joined by [`Cluster::shutdown_and_wait`].
     driver: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -281,6 +284,7 @@ impl Cluster {
         );
         let (relay_tx, relay_rx) = mpsc::channel(8192);
         let app_status: AppStatus = Arc::new(std::sync::OnceLock::new());
+        let seen = Arc::new(relay_stream::Seen::default());
         transport::serve(
             listener,
             transport::Service {
@@ -291,6 +295,7 @@ impl Cluster {
                 relay: relay_tx,
                 app_status: app_status.clone(),
                 snapshot_dir,
+                seen: seen.clone(),
             },
             stop.subscribe(),
         );
@@ -330,6 +335,7 @@ impl Cluster {
             returned_rx,
             rt: tokio::runtime::Handle::current(),
             app_status,
+            seen,
             driver: Arc::new(std::sync::Mutex::new(Some(driver))),
         };
         if fresh {
@@ -506,6 +512,27 @@ impl Cluster {
     /// this node, as if its network were cut.
     pub fn set_isolated(&self, isolated: bool) {
         self.isolated.store(isolated, Ordering::SeqCst);
+    }
+
+    /// Test and operations switch: cut every relay stream arriving here
+    /// right after `n` payloads were handed on (0: never), before their
+    /// answers go out, as a broken connection would. The senders open new
+    /// streams and send again what had no answer; nothing may be lost or
+    /// handed on twice.
+    pub fn set_relay_cut_every(&self, n: u64) {
+        self.seen.cut_every.store(n, Ordering::SeqCst);
+    }
+
+    /// Test switch: refuse relay streams as a node of an older version
+    /// does, so senders use `Relay` batches (a rolling upgrade's mixed
+    /// cluster).
+    pub fn set_relay_streams_refused(&self, refused: bool) {
+        self.seen.refuse_streams.store(refused, Ordering::SeqCst);
+    }
+
+    /// How many relay streams [`Cluster::set_relay_cut_every`] has cut.
+    pub fn relay_streams_cut(&self) -> u64 {
+        self.seen.cuts.load(Ordering::SeqCst)
     }
 
     /// Send an application message to another member: ordered per

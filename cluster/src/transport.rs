@@ -4,7 +4,7 @@
 //! a process without the secret can neither join nor inject messages.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +17,10 @@ use tonic::{Request, Response, Status as RpcStatus};
 use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server::{Raft, RaftServer};
 use crate::proto::{
-    Ack, JoinRequest, JoinResponse, Peer, RaftBatch, RelayBatch, RemoveRequest, SnapshotChunk,
-    StatusRequest, StatusResponse,
+    Ack, JoinRequest, JoinResponse, Peer, RaftBatch, RelayAnswers, RelayBatch, RelayFrames,
+    RelayPayload, RemoveRequest, SnapshotChunk, StatusRequest, StatusResponse,
 };
+use crate::relay_stream;
 use crate::{ClusterError, Cmd, Incoming, Receipt, Returned, Status};
 
 const SECRET_HEADER: &str = "x-starling-cluster-secret";
@@ -59,6 +60,8 @@ pub struct Service {
     pub relay: mpsc::Sender<Incoming>,
     pub app_status: crate::AppStatus,
     pub snapshot_dir: std::path::PathBuf,
+    /// What relay streams have carried here (see `relay_stream`).
+    pub seen: Arc<relay_stream::Seen>,
 }
 
 fn peers_out(peers: Vec<(u64, String)>) -> Vec<Peer> {
@@ -302,6 +305,41 @@ impl Raft for Service {
             }
         }
         Ok(Response::new(Ack { refused }))
+    }
+
+    type RelayStreamStream =
+        tokio_stream::wrappers::ReceiverStream<Result<RelayAnswers, RpcStatus>>;
+
+    async fn relay_stream(
+        &self,
+        req: Request<tonic::Streaming<RelayFrames>>,
+    ) -> Result<Response<Self::RelayStreamStream>, RpcStatus> {
+        authorized(&req, &self.secret)?;
+        if self.seen.refuse_streams.load(Ordering::SeqCst) {
+            return Err(RpcStatus::unimplemented(
+                "relay streams refused (test switch)",
+            ));
+        }
+        if self.isolated.load(Ordering::SeqCst) {
+            return Err(RpcStatus::unavailable("isolated"));
+        }
+        let (tx, rx) = mpsc::channel(relay_stream::WINDOW / relay_stream::FRAME + 2);
+        tokio::spawn(relay_stream::serve(
+            relay_stream::Receiving {
+                seen: self.seen.clone(),
+                isolated: self.isolated.clone(),
+                status: self.status.clone(),
+                relay: self.relay.clone(),
+                stale_after: RELAY_STALE,
+                answer_within: RELAY_ANSWER,
+                catch_up_within: RELAY_CATCH_UP,
+            },
+            req.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn status(
@@ -715,6 +753,8 @@ pub struct Relayer {
     status: watch::Receiver<Status>,
     queues: std::sync::Mutex<HashMap<(u64, Lane), Arc<PeerRelay>>>,
     returned: mpsc::UnboundedSender<Returned>,
+    /// The epoch of the next relay task (its stream's numbering).
+    next_epoch: AtomicU64,
 }
 
 /// Which queue to a node a payload takes. A batch is answered once the
@@ -749,7 +789,7 @@ const RELAY_ANSWER: Duration = Duration::from_secs(8);
 /// applied when it sent the batch.
 const RELAY_CATCH_UP: Duration = Duration::from_secs(1);
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -802,6 +842,14 @@ impl Relayer {
             status,
             queues: std::sync::Mutex::new(HashMap::new()),
             returned,
+            // Above every epoch an earlier life of this process used
+            // (they counted up from its own start time, in microseconds).
+            next_epoch: AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as u64)
+                    .unwrap_or(1),
+            ),
         }
     }
 
@@ -852,15 +900,19 @@ impl Relayer {
                     old.wake.notify_one();
                     peer.lock().items.extend(items);
                 }
-                rt.spawn(relay_task(
+                rt.spawn(relay_task(RelayLink {
                     node,
-                    peer.clone(),
-                    self.id,
-                    self.secret.clone(),
-                    self.isolated.clone(),
-                    self.status.clone(),
-                    self.returned.clone(),
-                ));
+                    lane,
+                    peer: peer.clone(),
+                    from: self.id,
+                    // Each task numbers its payloads from 1 under an
+                    // epoch of its own, never reused (see `next_epoch`).
+                    epoch: self.next_epoch.fetch_add(1, Ordering::Relaxed),
+                    secret: self.secret.clone(),
+                    isolated: self.isolated.clone(),
+                    status: self.status.clone(),
+                    returned: self.returned.clone(),
+                }));
             }
             match queues.get(&key) {
                 Some(p) => p.clone(),
@@ -931,131 +983,411 @@ impl Relayer {
     }
 }
 
-async fn relay_task(
+/// Where a lane's numbered stream is told apart from the others.
+fn lane_code(lane: Lane) -> u32 {
+    match lane {
+        Lane::Stanzas => 0,
+        Lane::Control => 1,
+        Lane::Forward(d) => 2 + u32::from(d),
+    }
+}
+
+/// What a relay task needs besides its queue.
+struct RelayLink {
     node: u64,
+    lane: Lane,
     peer: Arc<PeerRelay>,
     from: u64,
+    epoch: u64,
     secret: String,
     isolated: Arc<AtomicBool>,
     status: watch::Receiver<Status>,
     returned: mpsc::UnboundedSender<Returned>,
-) {
-    let give_back = |batch: Vec<Queued>| {
-        for it in batch {
-            let _ = returned.send(Returned {
-                node,
+}
+
+impl RelayLink {
+    fn give_back(&self, items: impl IntoIterator<Item = Queued>) {
+        for it in items {
+            let _ = self.returned.send(Returned {
+                node: self.node,
                 payload: it.payload,
                 receipt: it.receipt,
             });
         }
-    };
+    }
+
+    /// Not a member any more: nothing more goes there.
+    fn left(&self) -> bool {
+        !self
+            .status
+            .borrow()
+            .peers
+            .iter()
+            .any(|(id, _)| *id == self.node)
+    }
+}
+
+/// How a relay stream ended.
+enum Ended {
+    /// Broken (or never opened): open another and send again what had no
+    /// answer. True when it carried answers before it broke.
+    Broken(bool),
+    /// The node does not know streams (an older version): batches.
+    Unimplemented,
+    /// The queue is closed or the node left, and nothing is in flight.
+    Done,
+}
+
+/// Streams to an older node are tried again this long after it said it
+/// does not know them (it may have been upgraded meanwhile).
+const STREAM_RETRY: Duration = Duration::from_secs(30);
+
+async fn relay_task(link: RelayLink) {
     let mut client: Option<RaftClient<tonic::transport::Channel>> = None;
+    let mut outbox = relay_stream::Outbox::new(link.epoch, lane_code(link.lane));
+    let mut batches_until: Option<std::time::Instant> = None;
+    let mut attempt = 0u32;
+    // The queue's generation when what is in flight was sent.
+    let mut sent_in = link.peer.lock().generation;
     loop {
-        let (batch, generation) = {
-            let mut q = peer.lock();
-            if q.closed {
-                return;
+        // Given up on meanwhile ([`Relayer::take_back`]) or moved to a new
+        // address: what was in flight and had no answer goes back to the
+        // application, not to this node.
+        let generation = link.peer.lock().generation;
+        if generation != sent_in {
+            let items: Vec<Queued> = std::mem::take(&mut outbox.in_flight)
+                .into_values()
+                .map(|f| f.item)
+                .collect();
+            if !items.is_empty() {
+                tracing::debug!(
+                    node = link.node,
+                    count = items.len(),
+                    "relays in flight given back"
+                );
             }
-            if q.items.is_empty() {
-                None
-            } else {
-                let n = q.items.len().min(BATCH);
-                q.in_flight = n;
-                Some((q.items.drain(..n).collect::<Vec<_>>(), q.generation))
-            }
+            link.give_back(items);
+            link.peer.lock().in_flight = 0;
+            sent_in = generation;
         }
-        .unzip();
-        let (Some(mut batch), Some(generation)) = (batch, generation) else {
-            // Nothing queued: wait for work, and leave once the node is no
-            // longer a member.
-            let member = status.borrow().peers.iter().any(|(id, _)| *id == node);
-            if !member {
-                peer.lock().closed = true;
-                let rest = std::mem::take(&mut peer.lock().items);
-                give_back(rest.into());
-                return;
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(5), peer.wake.notified()).await;
+        let done = {
+            let q = link.peer.lock();
+            q.closed && outbox.in_flight.is_empty()
+        };
+        if done {
+            return;
+        }
+        if link.isolated.load(Ordering::SeqCst) {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), link.peer.wake.notified()).await;
+            continue;
+        }
+        if client.is_none() {
+            client = connect(&link.peer.addr).await;
+        }
+        let Some(c) = client.as_mut() else {
+            attempt += 1;
+            backoff(&link, attempt).await;
             continue;
         };
-        let payloads: Vec<Vec<u8>> = batch.iter().map(|q| q.payload.clone()).collect();
-        let mut attempt = 0u32;
-        // Whatever way the batch ends (owned, given back), it is no longer
-        // in flight once this loop is left.
-        struct Landed<'a>(&'a PeerRelay);
-        impl Drop for Landed<'_> {
-            fn drop(&mut self) {
-                self.0.lock().in_flight = 0;
+        if batches_until.is_some_and(|t| std::time::Instant::now() < t) {
+            match relay_batch(&link, c).await {
+                Some(true) => attempt = 0,
+                Some(false) => {
+                    client = None;
+                    attempt += 1;
+                    backoff(&link, attempt).await;
+                }
+                None => return,
+            }
+            continue;
+        }
+        match relay_stream_once(&link, c, &mut outbox).await {
+            Ended::Done => return,
+            Ended::Unimplemented => {
+                tracing::info!(
+                    node = link.node,
+                    "node relays in batches (an older version)"
+                );
+                // Whatever was in flight goes first in the batches.
+                let mut q = link.peer.lock();
+                let mut items: std::collections::VecDeque<Queued> =
+                    std::mem::take(&mut outbox.in_flight)
+                        .into_values()
+                        .map(|f| f.item)
+                        .collect();
+                items.extend(q.items.drain(..));
+                q.items = items;
+                batches_until = Some(std::time::Instant::now() + STREAM_RETRY);
+            }
+            Ended::Broken(answered) => {
+                client = None;
+                if answered {
+                    attempt = 0;
+                }
+                link.peer.lock().in_flight = outbox.in_flight.len();
+                attempt += 1;
+                if attempt == 4 {
+                    tracing::warn!(
+                        node = link.node,
+                        in_flight = outbox.in_flight.len(),
+                        "relay stream failing; keeping what is in flight and retrying"
+                    );
+                }
+                backoff(&link, attempt).await;
             }
         }
-        let _landed = Landed(&peer);
-        loop {
-            if peer.lock().generation != generation {
-                tracing::debug!(node, count = batch.len(), "relay batch given back");
-                give_back(batch);
-                break;
+    }
+}
+
+async fn connect(addr: &str) -> Option<RaftClient<tonic::transport::Channel>> {
+    let e = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?;
+    let ch = e
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .ok()?;
+    Some(
+        RaftClient::new(ch)
+            .max_encoding_message_size(64 << 20)
+            .max_decoding_message_size(64 << 20),
+    )
+}
+
+async fn backoff(link: &RelayLink, attempt: u32) {
+    let wait = Duration::from_millis((50u64 << attempt.min(4)).min(500));
+    let _ = tokio::time::timeout(wait, link.peer.wake.notified()).await;
+}
+
+/// One stream's life: send again what is in flight, then what is queued,
+/// and settle each payload as its answer comes.
+async fn relay_stream_once(
+    link: &RelayLink,
+    client: &mut RaftClient<tonic::transport::Channel>,
+    outbox: &mut relay_stream::Outbox<Queued>,
+) -> Ended {
+    // Room for every frame message the window allows, so sending never
+    // waits (what is in the channel is in flight).
+    let (tx, rx) = mpsc::channel::<RelayFrames>(relay_stream::WINDOW / relay_stream::FRAME + 2);
+    let frames = |outbox: &relay_stream::Outbox<Queued>, seqs: Vec<u64>| {
+        let payloads = seqs
+            .into_iter()
+            .filter_map(|seq| {
+                outbox.in_flight.get(&seq).map(|f| RelayPayload {
+                    seq,
+                    payload: f.item.payload.clone(),
+                })
+            })
+            .collect();
+        RelayFrames {
+            from: link.from,
+            epoch: outbox.epoch,
+            lane: outbox.lane,
+            sent_at_ms: unix_ms(),
+            // Causality: the receiver applies this first.
+            applied: link.status.borrow().ordered,
+            below: outbox.below(),
+            payloads,
+        }
+    };
+    // What had no answer on the last stream goes first, in order.
+    let again: Vec<u64> = outbox.in_flight.keys().copied().collect();
+    let now = std::time::Instant::now();
+    for f in outbox.in_flight.values_mut() {
+        f.sent = now;
+    }
+    for chunk in again.chunks(relay_stream::FRAME) {
+        let _ = tx.try_send(frames(outbox, chunk.to_vec()));
+    }
+    let answers = client
+        .relay_stream(with_secret(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &link.secret,
+        ))
+        .await;
+    let mut answers = match answers {
+        Ok(a) => a.into_inner(),
+        Err(e) if e.code() == tonic::Code::Unimplemented => return Ended::Unimplemented,
+        Err(e) => {
+            tracing::debug!(node = link.node, error = %e, "relay stream not opened");
+            return Ended::Broken(false);
+        }
+    };
+    let mut answered = false;
+    loop {
+        // Take what is queued, as far as the window allows.
+        let fresh: Vec<u64> = {
+            let mut q = link.peer.lock();
+            // Bounded by the window and by the room in the channel (a
+            // frame message per FRAME payloads), so sending never fails.
+            let room = relay_stream::WINDOW
+                .saturating_sub(outbox.in_flight.len())
+                .min(tx.capacity() * relay_stream::FRAME);
+            let n = if q.closed { 0 } else { room.min(q.items.len()) };
+            let now = std::time::Instant::now();
+            let seqs = q
+                .items
+                .drain(..n)
+                .map(|item| {
+                    let seq = outbox.next;
+                    outbox.next += 1;
+                    outbox
+                        .in_flight
+                        .insert(seq, relay_stream::InFlight { item, sent: now });
+                    seq
+                })
+                .collect();
+            q.in_flight = outbox.in_flight.len();
+            seqs
+        };
+        for chunk in fresh.chunks(relay_stream::FRAME) {
+            if tx.try_send(frames(outbox, chunk.to_vec())).is_err() {
+                return Ended::Broken(answered);
             }
-            if !isolated.load(Ordering::SeqCst) {
-                if client.is_none() {
-                    if let Ok(e) =
-                        tonic::transport::Endpoint::from_shared(format!("http://{}", peer.addr))
-                    {
-                        if let Ok(ch) = e
-                            .connect_timeout(Duration::from_millis(500))
-                            .timeout(RELAY_ANSWER + Duration::from_secs(2))
-                            .connect()
-                            .await
-                        {
-                            client = Some(RaftClient::new(ch).max_encoding_message_size(64 << 20));
+        }
+        let closed = link.peer.lock().closed;
+        if closed && outbox.in_flight.is_empty() {
+            return Ended::Done;
+        }
+        if link.isolated.load(Ordering::SeqCst) {
+            return Ended::Broken(answered);
+        }
+        // A live receiver answers every payload within RELAY_ANSWER; past
+        // that (and a margin) the stream is taken for dead.
+        let deadline = outbox
+            .oldest_sent()
+            .map(|t| t + RELAY_ANSWER + Duration::from_secs(2));
+        tokio::select! {
+            a = answers.message() => match a {
+                Ok(Some(a)) => {
+                    answered = true;
+                    let mut back = Vec::new();
+                    for seq in a.owned {
+                        if let Some(f) = outbox.in_flight.remove(&seq) {
+                            if let Some(r) = f.item.receipt {
+                                let _ = r.send(true);
+                            }
                         }
                     }
-                }
-                if let Some(c) = client.as_mut() {
-                    let req = with_secret(
-                        RelayBatch {
-                            from,
-                            payloads: payloads.clone(),
-                            sent_at_ms: unix_ms(),
-                            // Causality: the receiver applies this first.
-                            applied: status.borrow().ordered,
-                        },
-                        &secret,
-                    );
-                    match c.relay(req).await {
-                        Ok(ack) => {
-                            let refused = ack.into_inner().refused;
-                            let mut back = Vec::new();
-                            for (i, it) in batch.drain(..).enumerate() {
-                                if refused.contains(&(i as u32)) {
-                                    back.push(it);
-                                } else if let Some(r) = it.receipt {
-                                    let _ = r.send(true);
-                                }
-                            }
-                            if !back.is_empty() {
-                                tracing::info!(
-                                    node,
-                                    count = back.len(),
-                                    "relayed payloads refused; routing them again"
-                                );
-                                give_back(back);
-                            }
-                            break;
-                        }
-                        Err(e) => {
-                            if attempt == 3 {
-                                tracing::warn!(node, error = %e, queued = batch.len(), "relay failing; keeping the batch and retrying");
-                            } else {
-                                tracing::debug!(node, error = %e, "relay failed");
-                            }
-                            client = None;
+                    for seq in a.refused {
+                        if let Some(f) = outbox.in_flight.remove(&seq) {
+                            back.push(f.item);
                         }
                     }
+                    if !back.is_empty() {
+                        tracing::info!(node = link.node, count = back.len(), "relayed payloads refused; routing them again");
+                        link.give_back(back);
+                    }
+                    link.peer.lock().in_flight = outbox.in_flight.len();
+                }
+                Ok(None) => return Ended::Broken(answered),
+                Err(e) => {
+                    tracing::debug!(node = link.node, error = %e, "relay stream broken");
+                    return Ended::Broken(answered);
+                }
+            },
+            _ = link.peer.wake.notified() => {}
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::warn!(node = link.node, in_flight = outbox.in_flight.len(), "relay answers overdue; opening a new stream");
+                return Ended::Broken(answered);
+            }
+            _ = tokio::time::sleep(Duration::from_secs(5)), if outbox.in_flight.is_empty() => {
+                if link.left() {
+                    let rest: Vec<Queued> = {
+                        let mut q = link.peer.lock();
+                        q.closed = true;
+                        q.items.drain(..).collect()
+                    };
+                    link.give_back(rest);
+                    return Ended::Done;
                 }
             }
-            attempt += 1;
-            let wait = Duration::from_millis((50u64 << attempt.min(4)).min(500));
-            let _ = tokio::time::timeout(wait, peer.wake.notified()).await;
+        }
+    }
+}
+
+/// One batch by the unary `Relay` call (nodes that do not know streams):
+/// Some(true) when answered, Some(false) when the call failed (the batch
+/// stays queued, first), None when the task is done.
+async fn relay_batch(
+    link: &RelayLink,
+    c: &mut RaftClient<tonic::transport::Channel>,
+) -> Option<bool> {
+    let (batch, generation) = {
+        let mut q = link.peer.lock();
+        if q.closed && q.items.is_empty() {
+            return None;
+        }
+        let n = q.items.len().min(BATCH);
+        q.in_flight = n;
+        (q.items.drain(..n).collect::<Vec<_>>(), q.generation)
+    };
+    if batch.is_empty() {
+        if link.left() {
+            let rest: Vec<Queued> = {
+                let mut q = link.peer.lock();
+                q.closed = true;
+                q.items.drain(..).collect()
+            };
+            link.give_back(rest);
+            return None;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), link.peer.wake.notified()).await;
+        return Some(true);
+    }
+    let req = with_secret(
+        RelayBatch {
+            from: link.from,
+            payloads: batch.iter().map(|q| q.payload.clone()).collect(),
+            sent_at_ms: unix_ms(),
+            applied: link.status.borrow().ordered,
+        },
+        &link.secret,
+    );
+    let answer = tokio::time::timeout(RELAY_ANSWER + Duration::from_secs(2), c.relay(req)).await;
+    let mut q = link.peer.lock();
+    q.in_flight = 0;
+    match answer {
+        Ok(Ok(ack)) => {
+            drop(q);
+            let refused = ack.into_inner().refused;
+            let mut back = Vec::new();
+            for (i, it) in batch.into_iter().enumerate() {
+                if refused.contains(&(i as u32)) {
+                    back.push(it);
+                } else if let Some(r) = it.receipt {
+                    let _ = r.send(true);
+                }
+            }
+            if !back.is_empty() {
+                tracing::info!(
+                    node = link.node,
+                    count = back.len(),
+                    "relayed payloads refused; routing them again"
+                );
+                link.give_back(back);
+            }
+            Some(true)
+        }
+        failed => {
+            if let Ok(Err(e)) = failed {
+                tracing::debug!(node = link.node, error = %e, "relay failed");
+            }
+            if q.generation != generation {
+                drop(q);
+                link.give_back(batch);
+            } else {
+                // Kept, first in line, for the next attempt.
+                for it in batch.into_iter().rev() {
+                    q.items.push_front(it);
+                }
+            }
+            Some(false)
         }
     }
 }
