@@ -507,7 +507,13 @@ async def main(args):
         for mid in ids:
             got[mid] += 1
     delivered = sum(1 for mid in book.sent if got[mid] > 0)
-    lost = sorted((mid for mid in book.acked if got[mid] == 0),
+    # A message answered with an error (refused: the archive's backlog was
+    # full) was never owned by the server: its sender was told. Counted
+    # apart, not as lost.
+    refused = sorted(mid for mid in book.acked
+                     if got[mid] == 0 and mid in book.errors)
+    lost = sorted((mid for mid in book.acked
+                   if got[mid] == 0 and mid not in book.errors),
                   key=lambda m: book.sent[m]["t"])
     dup = sorted({mid for ids in book.received.values()
                   for mid, n in ids.items() if n > 1},
@@ -537,6 +543,7 @@ async def main(args):
         "sent": len(book.sent),
         "delivered": delivered,
         "lost": lost,
+        "refused": refused,
         "dup": dup,
         "resumed": book.resumed,
         "failures": book.failures,

@@ -636,6 +636,7 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
     ]));
     let received = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     let mut writers: Vec<Option<mpsc::Sender<String>>> = Vec::new();
     let (pong_tx, mut pong_rx) = mpsc::unbounded_channel::<usize>();
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -661,6 +662,7 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
         let hist = hist.clone();
         let split = split.clone();
         let received = received.clone();
+        let refused = refused.clone();
         let pong = pong_tx.clone();
         let measuring = measuring.clone();
         let ctx2 = ctx.clone();
@@ -670,6 +672,11 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
                     Ok(StreamEvent::Stanza(e)) if e.name == "message" => {
                         if e.attr("type") == Some("error") {
                             ctx2.errors.fetch_add(1, Ordering::Relaxed);
+                            // Refused with an error (the archive's backlog
+                            // full): answered, not lost.
+                            if measuring.load(Ordering::Relaxed) {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                            }
                             continue;
                         }
                         let Some(b) = e.get_child("body", "jabber:client") else {
@@ -797,7 +804,7 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
     let measured_for = start.elapsed().as_secs_f64() - 1.0;
     // Let stragglers arrive (bounded).
     let wait = Instant::now();
-    while received.load(Ordering::Relaxed) < sent_measured
+    while received.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed) < sent_measured
         && wait.elapsed() < Duration::from_secs(5)
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -869,13 +876,17 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
             );
         }
     }
+    let refused = refused.load(Ordering::Relaxed);
+    report.add(
+        "refused",
+        refused.to_string(),
+        format!("refused with an error reply (not lost, not delivered): {refused}"),
+    );
+    let lost = sent_measured.saturating_sub(got + refused);
     report.add(
         "lost",
-        sent_measured.saturating_sub(got).to_string(),
-        format!(
-            "not delivered within 5 s: {}",
-            sent_measured.saturating_sub(got)
-        ),
+        lost.to_string(),
+        format!("neither delivered nor refused within 5 s: {lost}"),
     );
 }
 
