@@ -70,29 +70,32 @@ fn main() {
             seq.as_secs_f64() * 1000.0 / count as f64
         );
 
-        let total = 5000;
-        let in_flight = 64;
-        let t = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..in_flight {
-            let c = if w % 3 == 0 { n1.clone() } else if w % 3 == 1 { n2.clone() } else { n3.clone() };
-            let p = payload.clone();
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..total / in_flight {
-                    c.propose(p.clone(), Duration::from_secs(10)).await.expect("commit");
-                }
-            }));
+        // Proposers in flight at once, spread over the three nodes (each
+        // waits for its commit before the next): 64, then more.
+        for in_flight in [64usize, 256, 1024] {
+            let total = (in_flight * 80).max(5000);
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for w in 0..in_flight {
+                let c = if w % 3 == 0 { n1.clone() } else if w % 3 == 1 { n2.clone() } else { n3.clone() };
+                let p = payload.clone();
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..total / in_flight {
+                        c.propose(p.clone(), Duration::from_secs(30)).await.expect("commit");
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("task");
+            }
+            let par = t.elapsed();
+            let done = (total / in_flight) * in_flight;
+            println!(
+                "{in_flight} in flight from all three nodes: {done} commits in {:.2} s = {:.0} commits/s",
+                par.as_secs_f64(),
+                done as f64 / par.as_secs_f64()
+            );
         }
-        for t in tasks {
-            t.await.expect("task");
-        }
-        let par = t.elapsed();
-        let done = (total / in_flight) * in_flight;
-        println!(
-            "{in_flight} in flight from all three nodes: {done} commits in {:.2} s = {:.0} commits/s",
-            par.as_secs_f64(),
-            done as f64 / par.as_secs_f64()
-        );
         for n in [&n1, &n2, &n3] {
             n.shutdown();
         }
