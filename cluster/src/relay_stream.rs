@@ -28,8 +28,10 @@ pub(crate) const WINDOW: usize = 4096;
 /// Payloads per frame message, at most.
 pub(crate) const FRAME: usize = 256;
 /// A stream forgotten this long after its last frame is dropped from the
-/// receiver's memory (its sender restarted or left).
-const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// receiver's memory (its sender restarted or left). Long: a sender cut
+/// off by a partition sends again what had no answer when it heals, and
+/// what is kept per stream is bounded by the sender's window.
+const FORGET_AFTER: Duration = Duration::from_secs(6 * 3600);
 
 /// What one sender's stream has been seen to carry: the payloads owned and
 /// those handed on and not yet answered by the application.
@@ -38,6 +40,10 @@ struct Stream {
     owned: BTreeSet<u64>,
     waiting: HashMap<u64, watch::Receiver<Option<bool>>>,
     last: Option<Instant>,
+    /// The highest `below` seen: the sender has settled every payload
+    /// under it, so one of those arriving late (from a stream it already
+    /// left) is never handed on.
+    floor: u64,
 }
 
 /// The receiver's memory of every sender's streams: (sender, epoch, lane).
@@ -74,11 +80,12 @@ impl Seen {
         let mut all = self.lock();
         let s = all.entry(key).or_default();
         s.last = Some(Instant::now());
-        if below > 0 {
+        if below > s.floor {
             // The sender has had every answer below `below`.
+            s.floor = below;
             s.owned = s.owned.split_off(&below);
         }
-        if s.owned.contains(&seq) {
+        if seq < s.floor || s.owned.contains(&seq) {
             return Fate::Owned;
         }
         if let Some(w) = s.waiting.get(&seq) {
@@ -137,20 +144,31 @@ pub async fn serve(r: Receiving, mut frames: tonic::Streaming<RelayFrames>, answ
     r.seen.forget_idle();
     let mut pending: JoinSet<(u64, bool)> = JoinSet::new();
     let mut reading = true;
-    // Set once the stream is cut (isolated, stale, fault switch): answers
-    // still come in and are remembered, but none is sent on it any more.
+    // Set once the stream is cut (the fault switch, or the sender left):
+    // answers still come in and are remembered, but none is sent on it.
     let mut cut = false;
+    // Why the stream ends (stale frames, cut off), sent after the answers
+    // of everything already handed on: a payload owned here is answered
+    // owned, or its sender would route it again (a duplicate).
+    let mut ending: Option<RpcStatus> = None;
+    let mut waited_for = 0u64;
     loop {
         tokio::select! {
             frame = frames.message(), if reading => match frame {
-                Ok(Some(f)) => {
-                    if let Err(e) = take(&r, f, &mut pending).await {
+                Ok(Some(f)) => match take(&r, f, &mut pending, &answers, &mut waited_for).await {
+                    Ok(()) => {}
+                    Err(Stop::Cut(e)) => {
                         tracing::debug!(reason = %e.message(), "relay stream cut");
                         let _ = answers.send(Err(e)).await;
                         reading = false;
                         cut = true;
                     }
-                }
+                    Err(Stop::End(e)) => {
+                        tracing::debug!(reason = %e.message(), "relay stream ends");
+                        reading = false;
+                        ending = Some(e);
+                    }
+                },
                 _ => reading = false,
             },
             Some(done) = pending.join_next(), if !pending.is_empty() => {
@@ -171,6 +189,17 @@ pub async fn serve(r: Receiving, mut frames: tonic::Streaming<RelayFrames>, answ
             else => break,
         }
     }
+    if let Some(e) = ending.filter(|_| !cut) {
+        let _ = answers.send(Err(e)).await;
+    }
+}
+
+/// Why a stream stops being read.
+enum Stop {
+    /// At once, answers not sent (the fault switch: a broken connection).
+    Cut(RpcStatus),
+    /// After answering what was already handed on.
+    End(RpcStatus),
 }
 
 /// Take one frame message: refuse the whole stream when this node is cut
@@ -179,20 +208,31 @@ async fn take(
     r: &Receiving,
     f: RelayFrames,
     pending: &mut JoinSet<(u64, bool)>,
-) -> Result<(), RpcStatus> {
+    answers: &Answers,
+    waited_for: &mut u64,
+) -> Result<(), Stop> {
+    // Read long after it was sent (this process was paused): the sender
+    // may have given up on it and routed it elsewhere. Checked again
+    // before each payload is handed on.
+    let (from, sent_at) = (f.from, f.sent_at_ms);
+    let stale = || {
+        let age = crate::transport::unix_ms().saturating_sub(sent_at);
+        (sent_at != 0 && age > r.stale_after.as_millis() as u64).then(|| {
+            tracing::warn!(from, age_ms = age, "refusing stale relay frames");
+            Stop::End(RpcStatus::deadline_exceeded("stale relay frames"))
+        })
+    };
     if r.isolated.load(Ordering::SeqCst) {
-        return Err(RpcStatus::unavailable("isolated"));
+        return Err(Stop::End(RpcStatus::unavailable("isolated")));
     }
-    let age = crate::transport::unix_ms().saturating_sub(f.sent_at_ms);
-    if f.sent_at_ms != 0 && age > r.stale_after.as_millis() as u64 {
-        // Read long after it was sent (this process was paused): the
-        // sender may have given up on it and routed it elsewhere.
-        tracing::warn!(from = f.from, age_ms = age, "refusing stale relay frames");
-        return Err(RpcStatus::deadline_exceeded("stale relay frames"));
+    if let Some(e) = stale() {
+        return Err(e);
     }
     // Causality: what the sender had applied when it sent is applied here
-    // first (bounded: a lagging node delivers late, not never).
-    if f.applied > r.status.borrow().applied {
+    // first (bounded: a lagging node delivers late, not never), once per
+    // level on a stream, so frames do not queue behind repeated waits.
+    if f.applied > *waited_for && f.applied > r.status.borrow().applied {
+        *waited_for = f.applied;
         let mut st = r.status.clone();
         let caught_up = tokio::time::timeout(r.catch_up_within, async {
             while st.borrow_and_update().applied < f.applied {
@@ -218,28 +258,39 @@ async fn take(
                 pending.spawn(async move { (seq, true) });
             }
             Fate::Waiting(mut w) => {
+                let within = r.answer_within;
                 pending.spawn(async move {
-                    let owned = w
-                        .wait_for(|v| v.is_some())
+                    let owned = tokio::time::timeout(within, w.wait_for(|v| v.is_some()))
                         .await
-                        .is_ok_and(|v| *v == Some(true));
+                        .is_ok_and(|r| r.is_ok_and(|v| *v == Some(true)));
                     (seq, owned)
                 });
             }
             Fate::New(done) => {
+                let not_handed = |why: Stop| {
+                    r.seen.answered(key, seq, false);
+                    let _ = done.send(Some(false));
+                    Err(why)
+                };
+                if let Some(e) = stale() {
+                    return not_handed(e);
+                }
                 let (receipt, rx) = oneshot::channel();
-                let handed = r
-                    .relay
-                    .send(Incoming {
+                // The sender leaving this stream (it gave up on it) stops
+                // the handing on: what had no answer it sends again, or
+                // gives back to be routed elsewhere.
+                let handed = tokio::select! {
+                    h = r.relay.send(Incoming {
                         from: f.from,
                         payload: p.payload,
                         receipt,
-                    })
-                    .await;
-                if handed.is_err() {
-                    r.seen.answered(key, seq, false);
-                    let _ = done.send(Some(false));
-                    return Err(RpcStatus::unavailable("stopping"));
+                    }) => h.is_ok(),
+                    _ = answers.closed() => {
+                        return not_handed(Stop::Cut(RpcStatus::cancelled("the sender left the stream")));
+                    }
+                };
+                if !handed {
+                    return not_handed(Stop::End(RpcStatus::unavailable("stopping")));
                 }
                 let seen = r.seen.clone();
                 let within = r.answer_within;
@@ -254,7 +305,9 @@ async fn take(
                     (seq, owned)
                 });
                 if r.seen.cut_now() {
-                    return Err(RpcStatus::unavailable("relay stream cut (fault switch)"));
+                    return Err(Stop::Cut(RpcStatus::unavailable(
+                        "relay stream cut (fault switch)",
+                    )));
                 }
             }
         }

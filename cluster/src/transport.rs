@@ -842,14 +842,10 @@ impl Relayer {
             status,
             queues: std::sync::Mutex::new(HashMap::new()),
             returned,
-            // Above every epoch an earlier life of this process used
-            // (they counted up from its own start time, in microseconds).
-            next_epoch: AtomicU64::new(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_micros() as u64)
-                    .unwrap_or(1),
-            ),
+            // A random start (not the clock, which may step back across a
+            // restart): a receiver never mistakes a new life's numbering
+            // for one it remembers.
+            next_epoch: AtomicU64::new(rand::random::<u64>() >> 1),
         }
     }
 
@@ -921,7 +917,9 @@ impl Relayer {
         };
         {
             let mut q = peer.lock();
-            if q.items.len() >= RELAY_QUEUE {
+            // Closed meanwhile (the node left, or moved to a new address):
+            // its task no longer sends what is queued here.
+            if q.items.len() >= RELAY_QUEUE || q.closed {
                 return Err(back(payload, receipt));
             }
             q.items.push_back(Queued { payload, receipt });
@@ -1041,6 +1039,12 @@ enum Ended {
 /// Streams to an older node are tried again this long after it said it
 /// does not know them (it may have been upgraded meanwhile).
 const STREAM_RETRY: Duration = Duration::from_secs(30);
+/// A payload in flight to a node given up on goes back to the application
+/// only once it was sent this long ago: by then the node, should it still
+/// read the frame, refuses it as stale.
+const GIVE_BACK_AFTER: Duration = Duration::from_millis(
+    RELAY_STALE.as_millis() as u64 + RELAY_CATCH_UP.as_millis() as u64 + 1000,
+);
 
 async fn relay_task(link: RelayLink) {
     let mut client: Option<RaftClient<tonic::transport::Channel>> = None;
@@ -1055,8 +1059,20 @@ async fn relay_task(link: RelayLink) {
         // application, not to this node.
         let generation = link.peer.lock().generation;
         if generation != sent_in {
-            let items: Vec<Queued> = std::mem::take(&mut outbox.in_flight)
-                .into_values()
+            // Only what was last sent long enough ago that the node can no
+            // longer take it (it refuses frames older than RELAY_STALE,
+            // after at most RELAY_CATCH_UP) goes back now; the rest waits
+            // here, not sent again, until it is that old.
+            let now = std::time::Instant::now();
+            let old: Vec<u64> = outbox
+                .in_flight
+                .iter()
+                .filter(|(_, f)| now.duration_since(f.sent) >= GIVE_BACK_AFTER)
+                .map(|(seq, _)| *seq)
+                .collect();
+            let items: Vec<Queued> = old
+                .into_iter()
+                .filter_map(|seq| outbox.in_flight.remove(&seq))
                 .map(|f| f.item)
                 .collect();
             if !items.is_empty() {
@@ -1067,7 +1083,12 @@ async fn relay_task(link: RelayLink) {
                 );
             }
             link.give_back(items);
-            link.peer.lock().in_flight = 0;
+            link.peer.lock().in_flight = outbox.in_flight.len();
+            if let Some(youngest) = outbox.in_flight.values().map(|f| f.sent).max() {
+                let at = youngest + GIVE_BACK_AFTER;
+                tokio::time::sleep_until(at.into()).await;
+                continue;
+            }
             sent_in = generation;
         }
         let done = {
@@ -1118,6 +1139,7 @@ async fn relay_task(link: RelayLink) {
                         .collect();
                 items.extend(q.items.drain(..));
                 q.items = items;
+                q.in_flight = 0;
                 batches_until = Some(std::time::Instant::now() + STREAM_RETRY);
             }
             Ended::Broken(answered) => {
@@ -1199,12 +1221,23 @@ async fn relay_stream_once(
     for chunk in again.chunks(relay_stream::FRAME) {
         let _ = tx.try_send(frames(outbox, chunk.to_vec()));
     }
-    let answers = client
-        .relay_stream(with_secret(
+    // Bounded: a node that accepts the connection but never answers (it is
+    // paused) must not hold this task (take_back, the queue's closing).
+    let answers = tokio::time::timeout(
+        RELAY_ANSWER + Duration::from_secs(2),
+        client.relay_stream(with_secret(
             tokio_stream::wrappers::ReceiverStream::new(rx),
             &link.secret,
-        ))
-        .await;
+        )),
+    )
+    .await;
+    let answers = match answers {
+        Err(_) => {
+            tracing::debug!(node = link.node, "relay stream not opened in time");
+            return Ended::Broken(false);
+        }
+        Ok(a) => a,
+    };
     let mut answers = match answers {
         Ok(a) => a.into_inner(),
         Err(e) if e.code() == tonic::Code::Unimplemented => return Ended::Unimplemented,

@@ -579,3 +579,119 @@ async fn relay_counted(count: usize, fault: impl Fn(&Cluster), min_cuts: u64) {
         n.cluster.shutdown();
     }
 }
+
+/// A node cut off while payloads it already handed on wait for their
+/// answers: it still answers those (owned), then ends the stream; the
+/// sender gives up on it (`take_back`) and gets back only what the node
+/// never took, once it is too old for the node to take. Counted by id:
+/// each payload is acknowledged and arrived once, or was given back and
+/// never arrived; none both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_answers_what_it_owns_and_the_rest_comes_back() {
+    use starling_cluster::Lane;
+    let nodes = three(1000).await;
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let mut incoming = n2.cluster.take_relay_receiver().expect("relay receiver");
+    let mut returned = n1.cluster.take_returned().expect("returned");
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+    let seen = arrivals.clone();
+    // The application on node 2 owns each payload 300 ms after it arrives.
+    let app = tokio::spawn(async move {
+        while let Some(inc) = incoming.recv().await {
+            let id: usize = String::from_utf8_lossy(&inc.payload)
+                .trim_start_matches('p')
+                .parse()
+                .expect("payload id");
+            seen.lock().unwrap().push(id);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = inc.receipt.send(true);
+            });
+        }
+    });
+    let mut answers = Vec::new();
+    let send = |i: usize, answers: &mut Vec<_>| {
+        let (r, answered) = tokio::sync::oneshot::channel();
+        assert!(n1
+            .cluster
+            .relay(2, Lane::Stanzas, format!("p{i}").into_bytes(), Some(r))
+            .is_ok());
+        answers.push((i, answered));
+    };
+    for i in 0..300 {
+        send(i, &mut answers);
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while arrivals.lock().unwrap().len() < 50 {
+        assert!(std::time::Instant::now() < deadline, "nothing arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Cut off with answers still owed; more is sent meanwhile.
+    n2.cluster.set_isolated(true);
+    for i in 300..350 {
+        send(i, &mut answers);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    n1.cluster.take_back(2);
+    let mut acked = std::collections::BTreeSet::new();
+    let mut back = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut open = answers;
+    while acked.len() + back.len() < 350 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unsettled: {} acknowledged, {} given back",
+            acked.len(),
+            back.len()
+        );
+        while let Ok(r) = returned.try_recv() {
+            let id: usize = String::from_utf8_lossy(&r.payload)
+                .trim_start_matches('p')
+                .parse()
+                .expect("payload id");
+            back.insert(id);
+        }
+        open.retain_mut(|(i, rx)| match rx.try_recv() {
+            Ok(true) => {
+                acked.insert(*i);
+                false
+            }
+            Ok(false) | Err(tokio::sync::oneshot::error::TryRecvError::Closed) => false,
+            Err(_) => true,
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = arrivals.lock().unwrap().clone();
+    let mut count = std::collections::HashMap::<usize, usize>::new();
+    for id in &got {
+        *count.entry(*id).or_default() += 1;
+    }
+    eprintln!(
+        "acknowledged {}, given back {}, arrived {}",
+        acked.len(),
+        back.len(),
+        got.len()
+    );
+    assert!(acked.is_disjoint(&back), "acknowledged and given back");
+    for id in 0..350 {
+        let n = count.get(&id).copied().unwrap_or(0);
+        if acked.contains(&id) {
+            assert_eq!(n, 1, "p{id} acknowledged but arrived {n} times");
+        } else {
+            assert!(
+                back.contains(&id),
+                "p{id} neither acknowledged nor given back"
+            );
+            assert_eq!(n, 0, "p{id} given back (to be routed again) but it arrived");
+        }
+    }
+    assert!(
+        !back.is_empty() && !acked.is_empty(),
+        "the cut fell outside the traffic"
+    );
+    n2.cluster.set_isolated(false);
+    app.abort();
+    for n in &nodes {
+        n.cluster.shutdown();
+    }
+}
