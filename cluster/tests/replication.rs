@@ -695,3 +695,64 @@ async fn a_node_cut_off_answers_what_it_owns_and_the_rest_comes_back() {
         n.cluster.shutdown();
     }
 }
+
+/// Group commit: once every voter says it reads batch entries, commands go
+/// in batches (each applied under `index << 16 | position`, so the test
+/// state machine's keys show it); while one voter says it reads single
+/// commands only (an older version during a rolling upgrade), none does,
+/// and every node applies every command once either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_go_in_batches_only_once_every_voter_reads_them() {
+    let nodes = three(100_000).await;
+    let keys = |n: &Node| -> Vec<u64> {
+        n.tree
+            .iter()
+            .keys()
+            .map(|k| u64::from_be_bytes(k.unwrap().as_ref().try_into().unwrap()))
+            .collect()
+    };
+    let propose_all = |tag: &'static str| {
+        let clusters: Vec<Cluster> = nodes.iter().map(|n| n.cluster.clone()).collect();
+        async move {
+            let mut tasks = Vec::new();
+            for (i, c) in clusters.into_iter().enumerate() {
+                for j in 0..20 {
+                    let c = c.clone();
+                    tasks.push(tokio::spawn(async move {
+                        c.propose(format!("{tag}-{i}-{j}").into_bytes(), WAIT).await
+                    }));
+                }
+            }
+            for t in tasks {
+                t.await.expect("task").expect("committed");
+            }
+        }
+    };
+    // One voter of an "older version": single commands.
+    nodes[2].cluster.set_claimed_log_format(1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    propose_all("single").await;
+    converge(&nodes.iter().collect::<Vec<_>>(), 60).await;
+    for n in &nodes {
+        assert!(
+            keys(n).iter().all(|k| *k < 1 << 16),
+            "a batch entry while a voter reads single commands only"
+        );
+    }
+    // All voters read batches: batch entries from every node.
+    nodes[2].cluster.set_claimed_log_format(0);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    propose_all("batched").await;
+    converge(&nodes.iter().collect::<Vec<_>>(), 120).await;
+    for n in &nodes {
+        let batched = keys(n).iter().filter(|k| **k >= 1 << 16).count();
+        assert_eq!(batched, 60, "every later command in a batch entry");
+        let mut cmds = n.commands();
+        cmds.sort();
+        cmds.dedup();
+        assert_eq!(cmds.len(), 120, "each command applied once");
+    }
+    for n in &nodes {
+        n.cluster.shutdown();
+    }
+}
