@@ -62,8 +62,6 @@ pub struct Service {
     pub snapshot_dir: std::path::PathBuf,
     /// What relay streams have carried here (see `relay_stream`).
     pub seen: Arc<relay_stream::Seen>,
-    /// Which log formats the peers read (see `batch`).
-    pub formats: Arc<crate::batch::LogFormats>,
 }
 
 fn peers_out(peers: Vec<(u64, String)>) -> Vec<Peer> {
@@ -80,16 +78,7 @@ impl Raft for Service {
         if self.isolated.load(Ordering::SeqCst) {
             return Err(RpcStatus::unavailable("isolated"));
         }
-        let RaftBatch {
-            from,
-            messages,
-            log_format,
-            cluster_log_format,
-        } = req.into_inner();
-        let leader = self.status.borrow().leader;
-        self.formats
-            .heard(from, log_format, cluster_log_format, leader);
-        for bytes in messages {
+        for bytes in req.into_inner().messages {
             let m = Message::parse_from_bytes(&bytes)
                 .map_err(|_| RpcStatus::invalid_argument("bad raft message"))?;
             // A snapshot by reference is taken only with its whole file here
@@ -402,7 +391,6 @@ pub struct Transport {
     report: mpsc::Sender<Cmd>,
     peers: HashMap<u64, (String, mpsc::Sender<Message>)>,
     snapshot_dir: Arc<std::path::PathBuf>,
-    formats: Arc<crate::batch::LogFormats>,
     /// The mesh's runtime: peer tasks run there, not on the driver's thread.
     rt: tokio::runtime::Handle,
 }
@@ -414,7 +402,6 @@ impl Transport {
         isolated: Arc<AtomicBool>,
         report: mpsc::Sender<Cmd>,
         snapshot_dir: std::path::PathBuf,
-        formats: Arc<crate::batch::LogFormats>,
     ) -> Self {
         Transport {
             id,
@@ -423,7 +410,6 @@ impl Transport {
             report,
             peers: HashMap::new(),
             snapshot_dir: Arc::new(snapshot_dir),
-            formats,
             rt: tokio::runtime::Handle::current(),
         }
     }
@@ -445,7 +431,6 @@ impl Transport {
                     isolated: self.isolated.clone(),
                     dir: self.snapshot_dir.clone(),
                     report: self.report.clone(),
-                    formats: self.formats.clone(),
                 },
                 rx,
             ));
@@ -543,8 +528,6 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
                         RaftBatch {
                             from,
                             messages: messages.clone(),
-                            log_format: link.formats.own(),
-                            cluster_log_format: link.formats.agreed(),
                         },
                         secret,
                     ))
@@ -591,7 +574,6 @@ struct PeerLink {
     isolated: Arc<AtomicBool>,
     dir: Arc<std::path::PathBuf>,
     report: mpsc::Sender<Cmd>,
-    formats: Arc<crate::batch::LogFormats>,
 }
 
 /// Stream a snapshot file to a peer, then hand it the Raft message that
@@ -689,8 +671,6 @@ async fn stream_snapshot(p: &PeerLink, msg: &Message, index: u64, size: u64) -> 
             RaftBatch {
                 from: p.from,
                 messages: vec![bytes],
-                log_format: p.formats.own(),
-                cluster_log_format: p.formats.agreed(),
             },
             &p.secret,
         ))
