@@ -174,6 +174,30 @@ impl Server {
             .map(|s| s.success())
             .unwrap_or(false);
         assert!(ok, "kill {sig} failed");
+        if stop {
+            // SIGSTOP takes effect when each thread is next scheduled: on a
+            // busy machine the node may still answer a raft message or two
+            // after kill returns. Wait (bounded) until every thread is
+            // stopped, so what the test does next meets a paused node.
+            let tasks = format!("/proc/{}/task", self.pid());
+            let stopped = || {
+                std::fs::read_dir(&tasks).is_ok_and(|d| {
+                    d.flatten().all(|t| {
+                        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                            st.rsplit_once(") ")
+                                .is_some_and(|(_, rest)| rest.starts_with('T'))
+                        })
+                    })
+                })
+            };
+            for _ in 0..200 {
+                if stopped() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!("node {} did not stop within 2 s of SIGSTOP", self.pid());
+        }
     }
 
     /// SIGKILL: the node dies without any cleanup.
