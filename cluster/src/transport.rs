@@ -1014,6 +1014,28 @@ impl RelayLink {
         }
     }
 
+    /// Payloads the node refused: routed again by the application.
+    fn refused(&self, back: Vec<Queued>) {
+        if !back.is_empty() {
+            tracing::info!(
+                node = self.node,
+                count = back.len(),
+                "relayed payloads refused; routing them again"
+            );
+            self.give_back(back);
+        }
+    }
+
+    /// The node left: the queue closes and what it holds goes back.
+    fn close(&self) {
+        let rest: Vec<Queued> = {
+            let mut q = self.peer.lock();
+            q.closed = true;
+            q.items.drain(..).collect()
+        };
+        self.give_back(rest);
+    }
+
     /// Not a member any more: nothing more goes there.
     fn left(&self) -> bool {
         !self
@@ -1331,12 +1353,7 @@ async fn relay_stream_once(
             }
             _ = tokio::time::sleep(Duration::from_secs(5)), if outbox.in_flight.is_empty() => {
                 if link.left() {
-                    let rest: Vec<Queued> = {
-                        let mut q = link.peer.lock();
-                        q.closed = true;
-                        q.items.drain(..).collect()
-                    };
-                    link.give_back(rest);
+                    link.close();
                     return Ended::Done;
                 }
             }
@@ -1362,12 +1379,7 @@ async fn relay_batch(
     };
     if batch.is_empty() {
         if link.left() {
-            let rest: Vec<Queued> = {
-                let mut q = link.peer.lock();
-                q.closed = true;
-                q.items.drain(..).collect()
-            };
-            link.give_back(rest);
+            link.close();
             return None;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), link.peer.wake.notified()).await;
@@ -1397,14 +1409,7 @@ async fn relay_batch(
                     let _ = r.send(true);
                 }
             }
-            if !back.is_empty() {
-                tracing::info!(
-                    node = link.node,
-                    count = back.len(),
-                    "relayed payloads refused; routing them again"
-                );
-                link.give_back(back);
-            }
+            link.refused(back);
             Some(true)
         }
         failed => {
