@@ -1329,10 +1329,7 @@ async fn relay_stream_once(
                             back.push(f.item);
                         }
                     }
-                    if !back.is_empty() {
-                        tracing::info!(node = link.node, count = back.len(), "relayed payloads refused; routing them again");
-                        link.give_back(back);
-                    }
+                    link.refused(back);
                     link.peer.lock().in_flight = outbox.in_flight.len();
                 }
                 Ok(None) => return Ended::Broken(answered),
