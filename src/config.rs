@@ -191,6 +191,12 @@ pub struct ClusterSection {
     pub secret: String,
     /// A member's mesh address to join through (first start only).
     pub join: String,
+    /// Mutual TLS on the mesh: the cluster CA (PEM), this node's
+    /// certificate naming `node-<node_id>.starling-mesh`, and its key, as
+    /// `starling cluster certs` makes them. All three, or none (plain mesh).
+    pub tls_ca: String,
+    pub tls_cert: String,
+    pub tls_key: String,
 }
 
 impl Default for ClusterSection {
@@ -201,6 +207,9 @@ impl Default for ClusterSection {
             advertise: String::new(),
             secret: String::new(),
             join: String::new(),
+            tls_ca: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -589,6 +598,18 @@ impl Config {
                 });
             }
         }
+        let mesh_tls = [
+            &self.cluster.tls_ca,
+            &self.cluster.tls_cert,
+            &self.cluster.tls_key,
+        ];
+        if mesh_tls.iter().any(|p| p.is_empty()) && mesh_tls.iter().any(|p| !p.is_empty()) {
+            return Err(ConfigError::BadValue {
+                key: "cluster.tls_ca".into(),
+                message: "cluster.tls_ca, tls_cert and tls_key go together: set all three or none"
+                    .into(),
+            });
+        }
         // Archive ids (XEP-0359) carry the node id in 12 bits.
         if self.cluster.node_id == 0 || self.cluster.node_id > 4095 {
             return Err(ConfigError::BadValue {
@@ -820,6 +841,22 @@ mod tests {
         assert!(!c.c2s.require_tls);
         assert_eq!(c.limits.max_stanza_size, 10000);
         assert_eq!(c.domain, "example.org");
+    }
+
+    #[test]
+    fn mesh_tls_files_go_together() {
+        let e = Config::load(None, env(&[("STARLING_CLUSTER_TLS_CERT", "/n.pem")])).unwrap_err();
+        assert!(e.to_string().contains("set all three or none"), "{e}");
+        let c = Config::load(
+            None,
+            env(&[
+                ("STARLING_CLUSTER_TLS_CA", "/ca.pem"),
+                ("STARLING_CLUSTER_TLS_CERT", "/n.pem"),
+                ("STARLING_CLUSTER_TLS_KEY", "/n-key.pem"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.cluster.tls_ca, "/ca.pem");
     }
 
     #[test]

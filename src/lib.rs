@@ -11,6 +11,7 @@ pub mod http;
 pub mod liveness;
 pub mod local_cluster;
 pub mod memory;
+pub mod mesh_certs;
 pub mod modules;
 pub mod presence;
 pub mod rate_limit;

@@ -1,7 +1,9 @@
 //! `starling cluster up --nodes N`: a local cluster to try clustering with
 //! one command. Node i listens on 127.0.0.i (c2s 5222, direct TLS 5223,
 //! mesh 7222, HTTP 5280, each plus an offset), keeps its data in
-//! DIR/node<i>, and joins through node 1. The same topology runs in
+//! DIR/node<i>, and joins through node 1; the mesh uses mutual TLS with
+//! certificates made in DIR/certs, and DIR/admin.toml is the config for
+//! `starling cluster status` and the other cluster commands. The same topology runs in
 //! docker-compose.yml behind HAProxy.
 
 use std::io::{BufRead, BufReader};
@@ -40,6 +42,33 @@ pub fn up(nodes: u8, dir: &Path, offset: u16) -> ExitCode {
             s
         }
     };
+    // Mutual TLS on the mesh: a CA of this cluster and a certificate per
+    // node; admin.toml lets the cluster commands in (secret and admin.pem).
+    let certs = dir.join("certs");
+    let ids: Vec<u64> = (1..=u64::from(nodes)).collect();
+    if let Err(e) = crate::mesh_certs::make(&certs, &ids) {
+        eprintln!("starling: {e}");
+        return ExitCode::from(2);
+    }
+    let abs = |p: std::path::PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+    let admin = crate::mesh_certs::admin_files(&certs);
+    let admin_toml = format!(
+        "# `starling --config {} cluster status --node 127.0.0.1:{}`\n[cluster]\nsecret = {:?}\n\
+         tls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+        dir.join("admin.toml").display(),
+        port(7222, offset),
+        secret,
+        abs(admin.ca).display().to_string(),
+        abs(admin.cert).display().to_string(),
+        abs(admin.key).display().to_string(),
+    );
+    if let Err(e) = crate::tls::write_private(&dir.join("admin.toml"), admin_toml.as_bytes()) {
+        eprintln!(
+            "starling: cannot write {}: {e}",
+            dir.join("admin.toml").display()
+        );
+        return ExitCode::from(2);
+    }
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
@@ -51,6 +80,7 @@ pub fn up(nodes: u8, dir: &Path, offset: u16) -> ExitCode {
     let mut children: Vec<Child> = Vec::new();
     for i in 1..=nodes {
         let ip = format!("127.0.0.{i}");
+        let files = crate::mesh_certs::node_files(&certs, u64::from(i));
         let mut cmd = Command::new(&exe);
         cmd.arg("serve")
             .env("STARLING_DATA_DIR", dir.join(format!("node{i}")))
@@ -80,6 +110,9 @@ pub fn up(nodes: u8, dir: &Path, offset: u16) -> ExitCode {
             )
             .env("STARLING_CLUSTER_NODE_ID", i.to_string())
             .env("STARLING_CLUSTER_SECRET", &secret)
+            .env("STARLING_CLUSTER_TLS_CA", abs(files.ca.clone()))
+            .env("STARLING_CLUSTER_TLS_CERT", abs(files.cert.clone()))
+            .env("STARLING_CLUSTER_TLS_KEY", abs(files.key.clone()))
             .env(
                 "STARLING_CLUSTER_JOIN",
                 if i == 1 { String::new() } else { seed.clone() },

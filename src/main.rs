@@ -71,6 +71,17 @@ enum ClusterCmd {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Make the cluster's CA and a mesh certificate per node (mutual TLS
+    /// between nodes): point each node's [cluster] tls_ca, tls_cert and
+    /// tls_key at its files. Run again with more ids to add nodes.
+    Certs {
+        /// Where the files go (the CA key stays here, off the nodes).
+        #[arg(long, default_value = "cluster-certs")]
+        dir: PathBuf,
+        /// Node ids to make certificates for, e.g. 1,2,3.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<u64>,
+    },
     /// Members, roles, leader, term, commit and applied index.
     Status {
         /// Mesh address of the node to ask (default: this config's node).
@@ -157,6 +168,25 @@ fn main() -> ExitCode {
                     port_offset,
                 },
         } => starling::local_cluster::up(nodes, &dir, port_offset),
+        Cmd::Cluster {
+            op: ClusterCmd::Certs { dir, nodes },
+        } => match starling::mesh_certs::make(&dir, &nodes) {
+            Ok(wrote) => {
+                for f in &wrote {
+                    println!("wrote {}", f.display());
+                }
+                println!(
+                    "node N: [cluster] tls_ca = \"{0}/ca.pem\", tls_cert = \"{0}/node-N.pem\", \
+                     tls_key = \"{0}/node-N-key.pem\"; cluster commands: admin.pem, admin-key.pem",
+                    dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("starling: {e}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::Serve { .. } => {
             init_logging(&config.log.level);
             match starling::server::run(config) {
@@ -171,14 +201,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Run one mesh request (`f` gets the cluster secret) on a small runtime;
-/// `None` once the failure is reported.
-fn mesh_call<T, F>(config: &Config, f: impl FnOnce(String) -> F) -> Option<T>
+/// Run one mesh request (`f` gets the secret and certificate) on a small
+/// runtime; `None` once the failure is reported.
+fn mesh_call<T, F>(config: &Config, f: impl FnOnce(starling_cluster::MeshAuth) -> F) -> Option<T>
 where
     F: std::future::Future<Output = T>,
 {
     // Read-only: a command that talks to a cluster never makes a secret.
-    let secret = match starling::server::known_cluster_secret(config) {
+    let auth = match starling::server::known_mesh_auth(config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("starling: {e}");
@@ -189,7 +219,7 @@ where
         .enable_all()
         .build()
     {
-        Ok(rt) => Some(rt.block_on(f(secret))),
+        Ok(rt) => Some(rt.block_on(f(auth))),
         Err(e) => {
             eprintln!("starling: {e}");
             None
@@ -207,8 +237,8 @@ fn cluster_drain_remote(config: &Config, node: &str) -> ExitCode {
     let Ok(payload) = serde_json::to_vec(&starling::route::Relay::Drain) else {
         return ExitCode::from(1);
     };
-    match mesh_call(config, |secret| async move {
-        starling_cluster::remote_relay(node, &secret, payload).await
+    match mesh_call(config, |auth| async move {
+        starling_cluster::remote_relay(node, &auth, payload).await
     }) {
         Some(Ok(())) => {
             println!("draining {node}; it exits once its sessions are handed over");
@@ -225,8 +255,8 @@ fn cluster_drain_remote(config: &Config, node: &str) -> ExitCode {
 fn cluster_status(config: &Config, node: Option<String>) -> ExitCode {
     let addr = mesh_addr(config, node);
     let at = addr.clone();
-    match mesh_call(config, |secret| async move {
-        starling_cluster::remote_status(&addr, &secret).await
+    match mesh_call(config, |auth| async move {
+        starling_cluster::remote_status(&addr, &auth).await
     }) {
         Some(Ok(s)) => {
             println!(
@@ -248,6 +278,12 @@ fn cluster_status(config: &Config, node: Option<String>) -> ExitCode {
             if e.contains("secret") {
                 eprintln!("starling: pass the cluster's secret in STARLING_CLUSTER_SECRET");
             }
+            if config.cluster.tls_cert.is_empty() {
+                eprintln!(
+                    "starling: if the mesh uses mutual TLS, set [cluster] tls_ca, tls_cert and \
+                     tls_key (`starling cluster up` writes DIR/admin.toml for these commands)"
+                );
+            }
             ExitCode::from(1)
         }
         None => ExitCode::from(1),
@@ -257,8 +293,8 @@ fn cluster_status(config: &Config, node: Option<String>) -> ExitCode {
 fn cluster_remove(config: &Config, id: u64, node: Option<String>) -> ExitCode {
     let addr = mesh_addr(config, node);
     let via = addr.clone();
-    match mesh_call(config, |secret| async move {
-        starling_cluster::remote_remove(&addr, &secret, id).await
+    match mesh_call(config, |auth| async move {
+        starling_cluster::remote_remove(&addr, &auth, id).await
     }) {
         Some(Ok(peers)) => {
             println!("removed node {id}; members now:");

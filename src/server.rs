@@ -593,6 +593,30 @@ pub fn known_cluster_secret(config: &Config) -> Result<String, String> {
     }
 }
 
+/// This node's mesh certificate, when `[cluster] tls_*` are set.
+pub fn mesh_tls(config: &Config) -> Result<Option<starling_cluster::MeshTls>, String> {
+    let c = &config.cluster;
+    if c.tls_cert.is_empty() {
+        return Ok(None);
+    }
+    starling_cluster::MeshTls::load(
+        std::path::Path::new(&c.tls_ca),
+        std::path::Path::new(&c.tls_cert),
+        std::path::Path::new(&c.tls_key),
+    )
+    .map(Some)
+    .map_err(|e| format!("[cluster] tls: {e}"))
+}
+
+/// What a command that talks to the cluster presents: the secret this
+/// machine knows and the configured certificate.
+pub fn known_mesh_auth(config: &Config) -> Result<starling_cluster::MeshAuth, String> {
+    Ok(starling_cluster::MeshAuth::new(
+        known_cluster_secret(config)?,
+        mesh_tls(config)?,
+    ))
+}
+
 pub fn cluster_secret(config: &Config) -> Result<String, StartError> {
     if !config.cluster.secret.is_empty() {
         return Ok(config.cluster.secret.clone());
@@ -627,6 +651,14 @@ fn start_cluster(
     );
     cfg.advertise = config.cluster.advertise.clone();
     cfg.join = Some(config.cluster.join.clone()).filter(|j| !j.is_empty());
+    cfg.tls = mesh_tls(config).map_err(StartError::Cluster)?;
+    if cfg.tls.is_none() && !config.cluster_listen().ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.cluster_listen(),
+            "the cluster mesh is plain HTTP/2 off loopback: set [cluster] tls_ca, tls_cert and \
+             tls_key (`starling cluster certs`) for mutual TLS between nodes"
+        );
+    }
     cfg.snapshot_dir = Some(config.data_dir.join("snapshots"));
     let db = state.db().clone();
     let node_id = config.cluster.node_id;

@@ -108,6 +108,38 @@ async fn three_nodes_behind_haproxy() {
         );
     }
 
+    // The mesh is mutual TLS: the cluster commands get in with the
+    // admin.toml cluster up wrote (secret and admin certificate), and not
+    // with the secret alone over a plain connection.
+    let mesh = format!("127.0.0.1:{}", 7222 + OFFSET);
+    let status = |with_tls: bool| {
+        let mut c = Command::new(bin());
+        c.env_clear();
+        if with_tls {
+            c.arg("--config").arg(dir.path().join("admin.toml"));
+        } else {
+            let secret = std::fs::read_to_string(dir.path().join("cluster.secret")).unwrap();
+            c.env("STARLING_CLUSTER_SECRET", secret.trim());
+        }
+        c.args(["cluster", "status", "--node", &mesh])
+            .output()
+            .unwrap()
+    };
+    let out = status(true);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success()
+            && (1..=3).all(|i| said.contains(&format!("127.0.0.{i}:{}", 7222 + OFFSET))),
+        "status over mutual TLS: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plain = status(false);
+    assert!(
+        !plain.status.success(),
+        "a plain connection with the secret was answered: {}",
+        String::from_utf8_lossy(&plain.stdout)
+    );
+
     let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deploy/haproxy.cfg");
     let haproxy = Command::new("haproxy")
         .args(["-f", cfg, "-db"])

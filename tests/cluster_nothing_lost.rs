@@ -233,7 +233,7 @@ async fn a_relayed_message_for_a_gone_session_is_stored_without_a_stall() {
             depth: 0,
         };
         let payload = serde_json::to_vec(&relay).unwrap();
-        starling_cluster::remote_relay(&n1.mesh.to_string(), SECRET, payload)
+        starling_cluster::remote_relay(&n1.mesh.to_string(), &mesh_auth(SECRET), payload)
             .await
             .expect("relay accepted");
     }

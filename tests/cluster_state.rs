@@ -335,16 +335,17 @@ async fn concurrent_roster_edits_survive_a_restart_consistently() {
     n3.kill9();
     let dir3 = std::mem::replace(&mut n3.dir, tempfile::tempdir().unwrap());
     drop(n3);
-    let n3 = Server::start_in(
-        dir3,
-        &[
-            ("STARLING_CLUSTER_NODE_ID", "3"),
-            ("STARLING_CLUSTER_SECRET", SECRET),
-            ("STARLING_CLUSTER_LISTEN", &mesh3.to_string()),
-            ("STARLING_C2S_LISTEN", &c2s3.to_string()),
-            ("STARLING_REGISTRATION_ALLOW", "true"),
-        ],
-    );
+    let tls = common::mesh_tls_env(Some(3));
+    let (mesh3, c2s3) = (mesh3.to_string(), c2s3.to_string());
+    let mut env: Vec<(&str, &str)> = vec![
+        ("STARLING_CLUSTER_NODE_ID", "3"),
+        ("STARLING_CLUSTER_SECRET", SECRET),
+        ("STARLING_CLUSTER_LISTEN", &mesh3),
+        ("STARLING_C2S_LISTEN", &c2s3),
+        ("STARLING_REGISTRATION_ALLOW", "true"),
+    ];
+    env.extend(tls.iter().map(|(k, v)| (*k, v.as_str())));
+    let n3 = Server::start_in(dir3, &env);
     let mut acked = Vec::new();
     for t in tasks {
         acked.push(t.await.unwrap());

@@ -4,19 +4,22 @@
 //!
 //! One task drives the raft-rs `RawNode` (tick, step, propose, Ready) in
 //! `driver.rs`; `transport.rs` carries messages between nodes, which
-//! authenticate each other with a shared cluster secret.
+//! authenticate each other with a shared cluster secret and, when
+//! configured, certificates of the cluster's CA (`mesh_tls.rs`).
 
 // rust-protobuf (v2) messages from raft-rs carry hidden bookkeeping fields
 // and are built by assigning fields after `default()`.
 #![allow(clippy::field_reassign_with_default)]
 
 mod driver;
+pub mod mesh_tls;
 mod raft_log;
 mod relay_stream;
 mod snapshots;
 pub mod storage;
 mod transport;
 
+pub use mesh_tls::{CertAuthority, MeshAuth, MeshTls, TlsError};
 pub use transport::{remote_relay, remote_remove, remote_status, Lane};
 
 /// Code generated from `proto/cluster.proto`.
@@ -86,6 +89,9 @@ pub struct ClusterConfig {
     pub advertise: String,
     /// Shared secret every node presents; without it nothing is accepted.
     pub secret: String,
+    /// This node's certificate and the cluster CA: mutual TLS on the mesh.
+    /// `None`: plain HTTP/2 (loopback and tests).
+    pub tls: Option<MeshTls>,
     /// A member to join through; `None` bootstraps a new cluster (or
     /// restarts from the data already on disk).
     pub join: Option<String>,
@@ -106,6 +112,7 @@ impl ClusterConfig {
             listen,
             advertise: String::new(),
             secret: secret.into(),
+            tls: None,
             join: None,
             tick: Duration::from_millis(100),
             election_ticks: 10,
@@ -126,6 +133,8 @@ pub enum ClusterError {
     Storage(String),
     #[error("cannot join: {0}")]
     Join(String),
+    #[error("mesh TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, String),
     #[error("proposal rejected: {0}")]
@@ -275,9 +284,10 @@ impl Cluster {
         });
         let isolated = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(watch::channel(false).0);
+        let auth = MeshAuth::new(cfg.secret.clone(), cfg.tls.clone());
         let transport = transport::Transport::new(
             cfg.id,
-            cfg.secret.clone(),
+            auth.clone(),
             isolated.clone(),
             tx.clone(),
             snapshot_dir.clone(),
@@ -288,7 +298,7 @@ impl Cluster {
         transport::serve(
             listener,
             transport::Service {
-                secret: cfg.secret.clone(),
+                auth: auth.clone(),
                 isolated: isolated.clone(),
                 tx: tx.clone(),
                 status: status.clone(),
@@ -298,11 +308,11 @@ impl Cluster {
                 seen: seen.clone(),
             },
             stop.subscribe(),
-        );
+        )?;
         let (returned_tx, returned_rx) = mpsc::unbounded_channel();
         let relayer = Arc::new(transport::Relayer::new(
             cfg.id,
-            cfg.secret.clone(),
+            auth.clone(),
             isolated.clone(),
             status.clone(),
             returned_tx,
@@ -340,7 +350,7 @@ impl Cluster {
         };
         if fresh {
             if let Some(seed) = &cfg.join {
-                let peers = transport::join(seed, &cfg.secret, cfg.id, &advertise).await?;
+                let peers = transport::join(seed, &auth, cfg.id, &advertise).await?;
                 // Our replies must reach the leader before its quorum check runs.
                 cluster
                     .tx

@@ -127,6 +127,8 @@ impl Seen {
 
 /// The receiving end's view of the node, for one stream.
 pub struct Receiving {
+    /// Who opened the stream: frames may speak only for its node.
+    pub caller: crate::mesh_tls::Caller,
     pub seen: Arc<Seen>,
     pub isolated: Arc<AtomicBool>,
     pub status: watch::Receiver<Status>,
@@ -222,6 +224,9 @@ async fn take(
             Stop::End(RpcStatus::deadline_exceeded("stale relay frames"))
         })
     };
+    if let Err(e) = r.caller.speaks_for(from) {
+        return Err(Stop::Cut(e));
+    }
     if r.isolated.load(Ordering::SeqCst) {
         return Err(Stop::End(RpcStatus::unavailable("isolated")));
     }

@@ -1,7 +1,9 @@
 //! The mesh: a tonic server that takes raft messages and join requests from
 //! other nodes, and one sender task per peer that batches messages to it.
 //! Every call carries the cluster secret; calls without it are refused, so
-//! a process without the secret can neither join nor inject messages.
+//! a process without the secret can neither join nor inject messages. With
+//! mutual TLS (`mesh_tls.rs`) a call must also come with a certificate the
+//! cluster CA signed, naming the node the call speaks for.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,10 +12,10 @@ use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::prelude::Message;
-use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status as RpcStatus};
 
+use crate::mesh_tls::MeshAuth;
 use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server::{Raft, RaftServer};
 use crate::proto::{
@@ -23,37 +25,28 @@ use crate::proto::{
 use crate::relay_stream;
 use crate::{ClusterError, Cmd, Incoming, Receipt, Returned, Status};
 
-const SECRET_HEADER: &str = "x-starling-cluster-secret";
 /// Messages queued per peer; beyond this they are dropped (raft resends).
 const PEER_QUEUE: usize = 4096;
 const BATCH: usize = 256;
 /// HTTP/2 flow-control window for mesh streams (see `serve`).
 const WINDOW: u32 = 8 << 20;
 
-fn authorized<T>(req: &Request<T>, secret: &str) -> Result<(), RpcStatus> {
-    let given = req
-        .metadata()
-        .get(SECRET_HEADER)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    if given.ct_eq(secret.as_bytes()).into() {
-        Ok(())
-    } else {
-        Err(RpcStatus::unauthenticated("bad cluster secret"))
-    }
+fn with_secret<T>(msg: T, auth: &MeshAuth) -> Request<T> {
+    auth.request(msg)
 }
 
-fn with_secret<T>(msg: T, secret: &str) -> Request<T> {
-    let mut req = Request::new(msg);
-    if let Ok(v) = secret.parse() {
-        req.metadata_mut().insert(SECRET_HEADER, v);
-    }
-    req
+/// A plain-or-TLS channel to `addr`, the node `peer` when known.
+fn endpoint(
+    auth: &MeshAuth,
+    addr: &str,
+    peer: Option<u64>,
+) -> Result<tonic::transport::Endpoint, String> {
+    auth.endpoint(addr, peer)
 }
 
 /// What the mesh server needs from the node.
 pub struct Service {
-    pub secret: String,
+    pub auth: MeshAuth,
     pub isolated: Arc<AtomicBool>,
     pub tx: mpsc::Sender<Cmd>,
     pub status: watch::Receiver<Status>,
@@ -74,7 +67,7 @@ fn peers_out(peers: Vec<(u64, String)>) -> Vec<Peer> {
 #[tonic::async_trait]
 impl Raft for Service {
     async fn send(&self, req: Request<RaftBatch>) -> Result<Response<Ack>, RpcStatus> {
-        authorized(&req, &self.secret)?;
+        self.auth.check_from(&req, req.get_ref().from)?;
         if self.isolated.load(Ordering::SeqCst) {
             return Err(RpcStatus::unavailable("isolated"));
         }
@@ -104,7 +97,7 @@ impl Raft for Service {
     }
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, RpcStatus> {
-        authorized(&req, &self.secret)?;
+        self.auth.check_from(&req, req.get_ref().node_id)?;
         let JoinRequest { node_id, address } = req.into_inner();
         if node_id == 0 || address.is_empty() {
             return Err(RpcStatus::invalid_argument(
@@ -143,12 +136,13 @@ impl Raft for Service {
         &self,
         req: Request<tonic::Streaming<SnapshotChunk>>,
     ) -> Result<Response<Ack>, RpcStatus> {
-        authorized(&req, &self.secret)?;
+        let caller = self.auth.check(&req)?;
         let mut chunks = req.into_inner();
         let mut file: Option<(std::fs::File, u64, u64, PartFile)> = None;
         let mut written = 0u64;
         let internal = |e: String| RpcStatus::internal(e);
         while let Some(c) = chunks.message().await? {
+            caller.speaks_for(c.from)?;
             if self.isolated.load(Ordering::SeqCst) {
                 return Err(RpcStatus::unavailable("isolated"));
             }
@@ -220,7 +214,7 @@ impl Raft for Service {
         &self,
         req: Request<RemoveRequest>,
     ) -> Result<Response<JoinResponse>, RpcStatus> {
-        authorized(&req, &self.secret)?;
+        self.auth.check(&req)?;
         let id = req.into_inner().node_id;
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -239,7 +233,7 @@ impl Raft for Service {
     }
 
     async fn relay(&self, req: Request<RelayBatch>) -> Result<Response<Ack>, RpcStatus> {
-        authorized(&req, &self.secret)?;
+        self.auth.check_from(&req, req.get_ref().from)?;
         if self.isolated.load(Ordering::SeqCst) {
             return Err(RpcStatus::unavailable("isolated"));
         }
@@ -314,7 +308,7 @@ impl Raft for Service {
         &self,
         req: Request<tonic::Streaming<RelayFrames>>,
     ) -> Result<Response<Self::RelayStreamStream>, RpcStatus> {
-        authorized(&req, &self.secret)?;
+        let caller = self.auth.check(&req)?;
         if self.seen.refuse_streams.load(Ordering::SeqCst) {
             return Err(RpcStatus::unimplemented(
                 "relay streams refused (test switch)",
@@ -326,6 +320,7 @@ impl Raft for Service {
         let (tx, rx) = mpsc::channel(relay_stream::WINDOW / relay_stream::FRAME + 2);
         tokio::spawn(relay_stream::serve(
             relay_stream::Receiving {
+                caller,
                 seen: self.seen.clone(),
                 isolated: self.isolated.clone(),
                 status: self.status.clone(),
@@ -346,7 +341,7 @@ impl Raft for Service {
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, RpcStatus> {
-        authorized(&req, &self.secret)?;
+        self.auth.check(&req)?;
         let s = self.status.borrow().clone();
         Ok(Response::new(StatusResponse {
             id: s.id,
@@ -362,18 +357,29 @@ impl Raft for Service {
 }
 
 /// Serve the mesh on `listener` until `stop`.
-pub fn serve(listener: tokio::net::TcpListener, service: Service, mut stop: watch::Receiver<bool>) {
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    service: Service,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ClusterError> {
+    let tls = service.auth.tls().map(|t| t.server_config());
     let svc = RaftServer::new(service).max_decoding_message_size(64 << 20);
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    // Windows wide enough for a snapshot's 1 MiB chunks: HTTP/2's
+    // default 64 KiB makes a stream wait for a round trip per 64 KiB.
+    let mut server = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(WINDOW))
+        .initial_connection_window_size(Some(2 * WINDOW));
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .map_err(|e| ClusterError::Tls(error_chain(&e)))?;
+    }
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop.changed().await;
         };
-        // Windows wide enough for a snapshot's 1 MiB chunks: HTTP/2's
-        // default 64 KiB makes a stream wait for a round trip per 64 KiB.
-        if let Err(e) = tonic::transport::Server::builder()
-            .initial_stream_window_size(Some(WINDOW))
-            .initial_connection_window_size(Some(2 * WINDOW))
+        if let Err(e) = server
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
@@ -381,12 +387,26 @@ pub fn serve(listener: tokio::net::TcpListener, service: Service, mut stop: watc
             tracing::error!(error = %e, "cluster mesh server failed");
         }
     });
+    Ok(())
+}
+
+/// An error with its sources: tonic's own text ("transport error") hides
+/// the TLS reason.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Outbound side: one queue and task per peer.
 pub struct Transport {
     id: u64,
-    secret: String,
+    auth: MeshAuth,
     isolated: Arc<AtomicBool>,
     report: mpsc::Sender<Cmd>,
     peers: HashMap<u64, (String, mpsc::Sender<Message>)>,
@@ -398,14 +418,14 @@ pub struct Transport {
 impl Transport {
     pub fn new(
         id: u64,
-        secret: String,
+        auth: MeshAuth,
         isolated: Arc<AtomicBool>,
         report: mpsc::Sender<Cmd>,
         snapshot_dir: std::path::PathBuf,
     ) -> Self {
         Transport {
             id,
-            secret,
+            auth,
             isolated,
             report,
             peers: HashMap::new(),
@@ -427,7 +447,7 @@ impl Transport {
                     peer: *id,
                     addr: addr.clone(),
                     from: self.id,
-                    secret: self.secret.clone(),
+                    auth: self.auth.clone(),
                     isolated: self.isolated.clone(),
                     dir: self.snapshot_dir.clone(),
                     report: self.report.clone(),
@@ -458,7 +478,7 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
         peer,
         ref addr,
         from,
-        ref secret,
+        ref auth,
         ref isolated,
         ref report,
         ..
@@ -506,9 +526,7 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
                 break;
             }
             if client.is_none() {
-                let Ok(endpoint) =
-                    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                else {
+                let Ok(endpoint) = endpoint(auth, addr, Some(peer)) else {
                     break;
                 };
                 let endpoint = endpoint
@@ -529,7 +547,7 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
                             from,
                             messages: messages.clone(),
                         },
-                        secret,
+                        auth,
                     ))
                     .await
                 {
@@ -570,7 +588,7 @@ struct PeerLink {
     peer: u64,
     addr: String,
     from: u64,
-    secret: String,
+    auth: MeshAuth,
     isolated: Arc<AtomicBool>,
     dir: Arc<std::path::PathBuf>,
     report: mpsc::Sender<Cmd>,
@@ -611,8 +629,7 @@ async fn send_snapshot(p: PeerLink, msg: Message) {
 }
 
 async fn stream_snapshot(p: &PeerLink, msg: &Message, index: u64, size: u64) -> Result<(), String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", p.addr))
-        .map_err(|e| e.to_string())?
+    let endpoint = endpoint(&p.auth, &p.addr, Some(p.peer))?
         .connect_timeout(Duration::from_millis(2000))
         .tcp_keepalive(Some(Duration::from_secs(10)))
         .initial_stream_window_size(Some(WINDOW))
@@ -657,7 +674,7 @@ async fn stream_snapshot(p: &PeerLink, msg: &Message, index: u64, size: u64) -> 
     let sent = client
         .install_snapshot(with_secret(
             tokio_stream::wrappers::ReceiverStream::new(rx),
-            &p.secret,
+            &p.auth,
         ))
         .await;
     reader.await.map_err(|e| e.to_string())??;
@@ -672,7 +689,7 @@ async fn stream_snapshot(p: &PeerLink, msg: &Message, index: u64, size: u64) -> 
                 from: p.from,
                 messages: vec![bytes],
             },
-            &p.secret,
+            &p.auth,
         ))
         .await
         .map_err(|e| e.message().to_string())?;
@@ -682,7 +699,7 @@ async fn stream_snapshot(p: &PeerLink, msg: &Message, index: u64, size: u64) -> 
 /// Ask a member at `seed` to add us; returns the members, us included.
 pub async fn join(
     seed: &str,
-    secret: &str,
+    auth: &MeshAuth,
     id: u64,
     address: &str,
 ) -> Result<Vec<(u64, String)>, ClusterError> {
@@ -690,17 +707,19 @@ pub async fn join(
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
         let attempt = async {
-            let mut c = RaftClient::connect(format!("http://{seed}"))
+            let ch = endpoint(auth, seed, None)?
+                .connect()
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| error_chain(&e))?;
+            let mut c = RaftClient::new(ch);
             let req = with_secret(
                 JoinRequest {
                     node_id: id,
                     address: address.to_string(),
                 },
-                secret,
+                auth,
             );
-            c.join(req).await.map_err(|e| e.message().to_string())
+            c.join(req).await.map_err(|e| status_text(&e))
         };
         match attempt.await {
             Ok(resp) => {
@@ -711,7 +730,8 @@ pub async fn join(
                     .map(|p| (p.id, p.address))
                     .collect())
             }
-            Err(e) if e.contains("secret") => return Err(ClusterError::Join(e)),
+            // Refused for who we are: trying again changes nothing.
+            Err(e) if refused_for_credentials(&e) => return Err(ClusterError::Join(e)),
             Err(e) => last = e,
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -720,12 +740,10 @@ pub async fn join(
 }
 
 /// Query a node's status over the mesh (for `starling cluster status`).
-pub async fn remote_status(addr: &str, secret: &str) -> Result<Status, String> {
-    let mut c = RaftClient::connect(format!("http://{addr}"))
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn remote_status(addr: &str, auth: &MeshAuth) -> Result<Status, String> {
+    let mut c = dial(auth, addr).await?;
     let s = c
-        .status(with_secret(StatusRequest {}, secret))
+        .status(with_secret(StatusRequest {}, auth))
         .await
         .map_err(|e| e.message().to_string())?
         .into_inner();
@@ -748,7 +766,7 @@ pub async fn remote_status(addr: &str, secret: &str) -> Result<Status, String> {
 /// it, or [`Relayer::take_back`], hands it back to the application.
 pub struct Relayer {
     id: u64,
-    secret: String,
+    auth: MeshAuth,
     isolated: Arc<AtomicBool>,
     status: watch::Receiver<Status>,
     queues: std::sync::Mutex<HashMap<(u64, Lane), Arc<PeerRelay>>>,
@@ -830,14 +848,14 @@ impl PeerRelay {
 impl Relayer {
     pub fn new(
         id: u64,
-        secret: String,
+        auth: MeshAuth,
         isolated: Arc<AtomicBool>,
         status: watch::Receiver<Status>,
         returned: mpsc::UnboundedSender<Returned>,
     ) -> Self {
         Relayer {
             id,
-            secret,
+            auth,
             isolated,
             status,
             queues: std::sync::Mutex::new(HashMap::new()),
@@ -904,7 +922,7 @@ impl Relayer {
                     // Each task numbers its payloads from 1 under an
                     // epoch of its own, never reused (see `next_epoch`).
                     epoch: self.next_epoch.fetch_add(1, Ordering::Relaxed),
-                    secret: self.secret.clone(),
+                    auth: self.auth.clone(),
                     isolated: self.isolated.clone(),
                     status: self.status.clone(),
                     returned: self.returned.clone(),
@@ -997,7 +1015,7 @@ struct RelayLink {
     peer: Arc<PeerRelay>,
     from: u64,
     epoch: u64,
-    secret: String,
+    auth: MeshAuth,
     isolated: Arc<AtomicBool>,
     status: watch::Receiver<Status>,
     returned: mpsc::UnboundedSender<Returned>,
@@ -1126,7 +1144,7 @@ async fn relay_task(link: RelayLink) {
             continue;
         }
         if client.is_none() {
-            client = connect(&link.peer.addr).await;
+            client = connect(&link.auth, &link.peer.addr, link.node).await;
         }
         let Some(c) = client.as_mut() else {
             attempt += 1;
@@ -1184,8 +1202,12 @@ async fn relay_task(link: RelayLink) {
     }
 }
 
-async fn connect(addr: &str) -> Option<RaftClient<tonic::transport::Channel>> {
-    let e = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?;
+async fn connect(
+    auth: &MeshAuth,
+    addr: &str,
+    node: u64,
+) -> Option<RaftClient<tonic::transport::Channel>> {
+    let e = endpoint(auth, addr, Some(node)).ok()?;
     let ch = e
         .connect_timeout(Duration::from_millis(500))
         .connect()
@@ -1249,7 +1271,7 @@ async fn relay_stream_once(
         RELAY_ANSWER + Duration::from_secs(2),
         client.relay_stream(with_secret(
             tokio_stream::wrappers::ReceiverStream::new(rx),
-            &link.secret,
+            &link.auth,
         )),
     )
     .await;
@@ -1389,7 +1411,7 @@ async fn relay_batch(
             sent_at_ms: unix_ms(),
             applied: link.status.borrow().ordered,
         },
-        &link.secret,
+        &link.auth,
     );
     let answer = tokio::time::timeout(RELAY_ANSWER + Duration::from_secs(2), c.relay(req)).await;
     let mut q = link.peer.lock();
@@ -1430,14 +1452,12 @@ async fn relay_batch(
 /// Ask a member at `addr` to remove node `id`; returns the members left.
 pub async fn remote_remove(
     addr: &str,
-    secret: &str,
+    auth: &MeshAuth,
     id: u64,
 ) -> Result<Vec<(u64, String)>, String> {
-    let mut c = RaftClient::connect(format!("http://{addr}"))
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut c = dial(auth, addr).await?;
     let r = c
-        .remove(with_secret(RemoveRequest { node_id: id }, secret))
+        .remove(with_secret(RemoveRequest { node_id: id }, auth))
         .await
         .map_err(|e| e.message().to_string())?
         .into_inner();
@@ -1446,10 +1466,8 @@ pub async fn remote_remove(
 
 /// Hand one application message to the node at `addr`, from outside the
 /// cluster (`from` is 0); the cluster secret authorizes it (admin tools).
-pub async fn remote_relay(addr: &str, secret: &str, payload: Vec<u8>) -> Result<(), String> {
-    let mut c = RaftClient::connect(format!("http://{addr}"))
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn remote_relay(addr: &str, auth: &MeshAuth, payload: Vec<u8>) -> Result<(), String> {
+    let mut c = dial(auth, addr).await?;
     c.relay(with_secret(
         RelayBatch {
             from: 0,
@@ -1457,9 +1475,38 @@ pub async fn remote_relay(addr: &str, secret: &str, payload: Vec<u8>) -> Result<
             sent_at_ms: unix_ms(),
             applied: 0,
         },
-        secret,
+        auth,
     ))
     .await
     .map_err(|e| e.message().to_string())?;
     Ok(())
+}
+
+/// Whether a join failed for the credentials it showed (the secret, the
+/// certificate, a TLS alert), which trying again does not change.
+fn refused_for_credentials(e: &str) -> bool {
+    let e = e.to_lowercase();
+    e.contains("secret") || e.contains("certificate") || e.contains("fatal alert")
+}
+
+/// A call's failure with what lies under it (a TLS alert, a refused
+/// connection).
+fn status_text(e: &RpcStatus) -> String {
+    use std::error::Error as _;
+    match e.source() {
+        Some(s) => format!("{}: {}", e.message(), error_chain(s)),
+        None => e.message().to_string(),
+    }
+}
+
+/// A client for an admin call to `addr` (any node; its id is not checked).
+async fn dial(
+    auth: &MeshAuth,
+    addr: &str,
+) -> Result<RaftClient<tonic::transport::Channel>, String> {
+    let ch = endpoint(auth, addr, None)?
+        .connect()
+        .await
+        .map_err(|e| error_chain(&e))?;
+    Ok(RaftClient::new(ch))
 }

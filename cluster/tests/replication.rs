@@ -695,3 +695,141 @@ async fn a_node_cut_off_answers_what_it_owns_and_the_rest_comes_back() {
         n.cluster.shutdown();
     }
 }
+
+/// Mutual TLS on the mesh: members with certificates of the cluster CA
+/// replicate and relay; a node whose certificate another CA signed, a node
+/// whose certificate names another node id, and a plain connection are
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_refuses_a_node_the_cluster_ca_did_not_sign() {
+    use starling_cluster::{CertAuthority, Lane, MeshAuth, MeshTls};
+    let ca = CertAuthority::generate().expect("cluster CA");
+    let with_tls = |id: u64, join: Option<String>| {
+        let mut c = config(id, join, 1000);
+        c.tls = Some(ca.node_tls(id).expect("node certificate"));
+        c
+    };
+    let n1 = start_in(tempfile::tempdir().unwrap(), with_tls(1, None)).await;
+    n1.cluster
+        .wait_for(WAIT, |s| s.role == "leader")
+        .await
+        .expect("n1 leads");
+    let seed = n1.cluster.local_addr().to_string();
+    let n2 = start_in(
+        tempfile::tempdir().unwrap(),
+        with_tls(2, Some(seed.clone())),
+    )
+    .await;
+    for n in [&n1, &n2] {
+        n.cluster
+            .wait_for(WAIT, |s| s.peers.len() == 2 && s.leader != 0)
+            .await
+            .expect("2 members and a leader");
+    }
+    n1.cluster
+        .propose(b"over-tls".to_vec(), WAIT)
+        .await
+        .expect("commit over TLS");
+    converge(&[&n1, &n2], 1).await;
+    assert!(n2.commands().contains(&"over-tls".to_string()));
+
+    // Relays go over TLS too, each answered.
+    let mut incoming = n2.cluster.take_relay_receiver().expect("relay receiver");
+    let app = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Some(inc) = incoming.recv().await {
+            got.push(String::from_utf8_lossy(&inc.payload).to_string());
+            let _ = inc.receipt.send(true);
+            if got.len() == 50 {
+                break;
+            }
+        }
+        got
+    });
+    let mut answers = Vec::new();
+    for i in 0..50 {
+        let (r, answered) = tokio::sync::oneshot::channel();
+        assert!(n1
+            .cluster
+            .relay(2, Lane::Stanzas, format!("p{i}").into_bytes(), Some(r))
+            .is_ok());
+        answers.push(answered);
+    }
+    for answered in answers {
+        let owned = tokio::time::timeout(WAIT, answered).await;
+        assert!(
+            matches!(owned, Ok(Ok(true))),
+            "a relay over TLS was not owned"
+        );
+    }
+    let got = tokio::time::timeout(WAIT, app)
+        .await
+        .expect("arrived")
+        .unwrap();
+    assert_eq!(got, (0..50).map(|i| format!("p{i}")).collect::<Vec<_>>());
+
+    let try_join = |id: u64, tls: MeshTls| {
+        let seed = seed.clone();
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let db = sled::open(dir.path().join("db")).unwrap();
+            let tree = db.open_tree("sm").unwrap();
+            let mut cfg = config(id, Some(seed), 1000);
+            cfg.tls = Some(tls);
+            let started = tokio::time::Instant::now();
+            let r = Cluster::start(db, Arc::new(Log { tree }), cfg).await;
+            (r.err(), started.elapsed())
+        }
+    };
+
+    // Another CA: the intruder trusts our CA (so it could talk to us) but
+    // its own certificate is signed by its CA, which we do not trust.
+    let other = CertAuthority::generate().expect("another CA");
+    let (cert, key) = other.issue(9).expect("intruder certificate");
+    let both = format!("{}{}", ca.cert_pem(), other.cert_pem());
+    let intruder = MeshTls::from_pem(both.into_bytes(), cert.into_bytes(), key.into_bytes())
+        .expect("signed by one of its CAs");
+    let (err, took) = try_join(9, intruder.clone()).await;
+    eprintln!("another CA: {err:?} after {took:?}");
+    assert!(
+        matches!(err, Some(ClusterError::Join(ref e)) if e.contains("alert")),
+        "{err:?}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "refused at once, not retried"
+    );
+    assert!(
+        remote_status_fails(&seed, MeshAuth::new(SECRET, Some(intruder))).await,
+        "an admin call with a certificate of another CA was answered"
+    );
+
+    // Our CA, but the certificate names node 5 while it joins as node 9.
+    let (err, _) = try_join(9, ca.node_tls(5).expect("node 5 certificate")).await;
+    eprintln!("certificate of another node: {err:?}");
+    assert!(
+        matches!(err, Some(ClusterError::Join(ref e)) if e.contains("does not name node-9")),
+        "{err:?}"
+    );
+
+    // No TLS at all, right secret: refused.
+    assert!(
+        remote_status_fails(&seed, MeshAuth::new(SECRET, None)).await,
+        "a plain connection was answered"
+    );
+    // A member's own certificate and the secret: answered.
+    let member = MeshAuth::new(SECRET, Some(ca.node_tls(1).expect("cert")));
+    let status = starling_cluster::remote_status(&seed, &member)
+        .await
+        .expect("a member's certificate is answered");
+    assert_eq!(status.peers.len(), 2, "nothing joined but the two members");
+    for n in [&n1, &n2] {
+        n.cluster.shutdown();
+    }
+}
+
+async fn remote_status_fails(addr: &str, auth: starling_cluster::MeshAuth) -> bool {
+    let r = tokio::time::timeout(WAIT, starling_cluster::remote_status(addr, &auth)).await;
+    eprintln!("remote status: {:?}", r.as_ref().map(|r| r.as_ref().err()));
+    matches!(r, Ok(Err(_)))
+}

@@ -31,6 +31,54 @@ pub fn bin() -> &'static str {
     })
 }
 
+/// Mutual TLS on the test clusters' mesh, as `starling cluster up` sets it
+/// up: one CA and certificates for nodes 1-9 and the admin commands, made
+/// once per run by `starling cluster certs`. The settings for node `id`
+/// (`None`: the admin certificate). `STARLING_TEST_PLAIN_MESH=1` leaves the
+/// mesh plain (for an older build under `STARLING_TEST_BIN`).
+pub fn mesh_tls_env(id: Option<u64>) -> Vec<(&'static str, String)> {
+    if std::env::var("STARLING_TEST_PLAIN_MESH").is_ok_and(|v| v == "1") {
+        return Vec::new();
+    }
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("mesh-certs");
+        let out = Command::new(env!("CARGO_BIN_EXE_starling"))
+            .args(["cluster", "certs", "--nodes", "1,2,3,4,5,6,7,8,9", "--dir"])
+            .arg(&dir)
+            .env_clear()
+            .output()
+            .expect("starling cluster certs");
+        assert!(
+            out.status.success(),
+            "starling cluster certs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    });
+    let (cert, key) = match id {
+        Some(id) => (format!("node-{id}.pem"), format!("node-{id}-key.pem")),
+        None => ("admin.pem".to_string(), "admin-key.pem".to_string()),
+    };
+    let path = |f: &str| dir.join(f).display().to_string();
+    vec![
+        ("STARLING_CLUSTER_TLS_CA", path("ca.pem")),
+        ("STARLING_CLUSTER_TLS_CERT", path(&cert)),
+        ("STARLING_CLUSTER_TLS_KEY", path(&key)),
+    ]
+}
+
+/// What a cluster command presents to a test cluster's mesh: `secret`
+/// and the admin certificate of [`mesh_tls_env`].
+pub fn mesh_auth(secret: &str) -> starling_cluster::MeshAuth {
+    let env = mesh_tls_env(None);
+    let tls = (env.len() == 3).then(|| {
+        let p = |i: usize| std::path::PathBuf::from(&env[i].1);
+        starling_cluster::MeshTls::load(&p(0), &p(1), &p(2)).expect("the admin certificate")
+    });
+    starling_cluster::MeshAuth::new(secret, tls)
+}
+
 pub struct Server {
     child: Option<Child>,
     pub c2s: SocketAddr,
@@ -215,7 +263,8 @@ impl Server {
         cmd.arg("cluster")
             .args(args)
             .env_clear()
-            .env("STARLING_DATA_DIR", self.data_dir());
+            .env("STARLING_DATA_DIR", self.data_dir())
+            .envs(mesh_tls_env(None));
         if let Some(secret) = secret {
             cmd.env("STARLING_CLUSTER_SECRET", secret);
         }
@@ -888,6 +937,7 @@ pub fn cluster_node(
     secret: &str,
     extra: &[(&str, &str)],
 ) -> Server {
+    let tls = mesh_tls_env(Some(id));
     let id = id.to_string();
     let join = join.map(|s| s.mesh.to_string()).unwrap_or_default();
     let mut env: Vec<(&str, &str)> = vec![
@@ -895,6 +945,7 @@ pub fn cluster_node(
         ("STARLING_CLUSTER_SECRET", secret),
         ("STARLING_CLUSTER_JOIN", &join),
     ];
+    env.extend(tls.iter().map(|(k, v)| (*k, v.as_str())));
     env.extend_from_slice(extra);
     Server::start_with(&env)
 }
@@ -1114,6 +1165,7 @@ pub fn fixed_node(
     } else {
         format!("127.0.0.1:{}", ports.mesh)
     };
+    let tls = mesh_tls_env(Some(i));
     let (id, mesh) = (i.to_string(), format!("{ip}:{}", ports.mesh));
     let (c2s, http) = (
         format!("{ip}:{}", ports.c2s),
@@ -1127,6 +1179,7 @@ pub fn fixed_node(
         ("STARLING_C2S_LISTEN", &c2s),
         ("STARLING_HTTP_LISTEN", &http),
     ];
+    env.extend(tls.iter().map(|(k, v)| (*k, v.as_str())));
     env.extend_from_slice(extra);
     Server::start_in(dir, &env)
 }

@@ -190,6 +190,9 @@ start_node() { # i
     STARLING_DOMAIN=localhost \
     STARLING_CLUSTER_NODE_ID="$i" \
     STARLING_CLUSTER_SECRET="$SECRET" \
+    STARLING_CLUSTER_TLS_CA="$T/certs/ca.pem" \
+    STARLING_CLUSTER_TLS_CERT="$T/certs/node-$i.pem" \
+    STARLING_CLUSTER_TLS_KEY="$T/certs/node-$i-key.pem" \
     STARLING_CLUSTER_JOIN="$join" \
     STARLING_CLUSTER_LISTEN="$ip:$MESH_PORT" \
     STARLING_C2S_LISTEN="$ip:$C2S_PORT" \
@@ -210,6 +213,8 @@ ready() { # i: /health/ready answers 200
 
 status() { # i: `starling cluster status` asked of node i
   (cd "${T:-/tmp}" && timeout 5 env -i PATH="$PATH" STARLING_CLUSTER_SECRET="$SECRET" \
+    STARLING_CLUSTER_TLS_CA="$T/certs/ca.pem" STARLING_CLUSTER_TLS_CERT="$T/certs/admin.pem" \
+    STARLING_CLUSTER_TLS_KEY="$T/certs/admin-key.pem" \
     "$BIN" cluster status --node "${NODE_IP[$1]}:$MESH_PORT" 2>&1)
 }
 
@@ -372,6 +377,8 @@ run_scenario() {
   SCEN=$1
   : >"$OUT/$SCEN.events"
   T=$(mktemp -d /tmp/starling-fault-data.XXXXXX)
+  # The mesh is mutual TLS, as `starling cluster up` sets it up.
+  env -i PATH="$PATH" "$BIN" cluster certs --dir "$T/certs" --nodes 1,2,3 >/dev/null
   NODE_IP=("" 127.0.0.1 127.0.0.2 127.0.0.3)
   IN_NS=0
   if [ "$SCEN" = partition ]; then
