@@ -52,28 +52,49 @@ pub fn make(dir: &Path, ids: &[u64]) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
     let mut wrote = Vec::new();
+    // A new CA only where there is none: a CA certificate without its key
+    // (kept elsewhere, or unreadable) is never replaced, or the nodes'
+    // certificates would stop verifying.
     let ca = match std::fs::read_to_string(&ca_key) {
         Ok(key) => {
             CertAuthority::from_key_pem(&key).map_err(|e| format!("{}: {e}", ca_key.display()))?
         }
-        Err(_) => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !ca_cert.exists() => {
             let ca = CertAuthority::generate().map_err(|e| e.to_string())?;
             write(&ca_key, &ca.key_pem(), true)?;
             write(&ca_cert, &ca.cert_pem(), false)?;
             wrote.extend([ca_key.clone(), ca_cert.clone()]);
             ca
         }
+        Err(e) => {
+            return Err(format!(
+                "{} is there but its key {} cannot be read ({e}): put the CA key back to add \
+                 certificates, or use another directory for a new CA",
+                ca_cert.display(),
+                ca_key.display()
+            ))
+        }
     };
     if !ca_cert.exists() {
         write(&ca_cert, &ca.cert_pem(), false)?;
-        wrote.push(ca_cert);
+        wrote.push(ca_cert.clone());
     }
+    let ca_pem = std::fs::read(&ca_cert).map_err(|e| format!("{}: {e}", ca_cert.display()))?;
     let mut issue =
         |files: NodeFiles, made: Result<(String, String), starling_cluster::TlsError>| {
             if files.cert.exists() && files.key.exists() {
                 return Ok(());
             }
             let (cert, key) = made.map_err(|e| e.to_string())?;
+            // The new certificate verifies against the CA file the nodes
+            // have (a ca.pem of another key would make certificates
+            // nobody trusts).
+            starling_cluster::MeshTls::from_pem(
+                ca_pem.clone(),
+                cert.clone().into_bytes(),
+                key.clone().into_bytes(),
+            )
+            .map_err(|e| format!("{}: {e}", ca_cert.display()))?;
             write(&files.key, &key, true)?;
             write(&files.cert, &cert, false)?;
             wrote.extend([files.cert, files.key]);
@@ -109,5 +130,15 @@ mod tests {
                 .expect("signed by the cluster CA");
         }
         assert!(make(dir.path(), &[0]).is_err());
+        // Without its key the CA is not replaced: adding a node fails.
+        std::fs::rename(
+            dir.path().join("ca-key.pem"),
+            dir.path().join("kept-away.pem"),
+        )
+        .unwrap();
+        let e = make(dir.path(), &[4]).unwrap_err();
+        assert!(e.contains("cannot be read"), "{e}");
+        assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca);
+        assert!(!dir.path().join("node-4.pem").exists());
     }
 }

@@ -244,6 +244,15 @@ impl Cluster {
         sm: Arc<dyn StateMachine>,
         cfg: ClusterConfig,
     ) -> Result<Cluster, ClusterError> {
+        if let Some(tls) = &cfg.tls {
+            if !tls.names_node(cfg.id) {
+                return Err(ClusterError::Tls(format!(
+                    "the node certificate does not name {} (the certificate of node {} is needed)",
+                    mesh_tls::node_name(cfg.id),
+                    cfg.id
+                )));
+            }
+        }
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| ClusterError::Listen(cfg.listen.to_string(), e.to_string()))?;

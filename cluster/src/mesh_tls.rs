@@ -5,10 +5,14 @@
 //! (and the shared name `starling-mesh`, which a node dials when it does
 //! not know the id behind an address yet: a seed it joins through). The
 //! server asks for the client's certificate and refuses any not signed by
-//! the CA; a call that speaks for node N (raft messages, relays, snapshot
-//! chunks, a join) is refused unless the certificate names node N. A
-//! client dialing a known peer checks the peer's certificate names that
-//! peer. The cluster secret is still checked on every call, inside TLS.
+//! the CA; a call that speaks for node N (raft messages, each of them from
+//! N to this node; relays, snapshot chunks, a join) is refused unless the
+//! certificate names node N. Calls from outside the cluster (`from` 0:
+//! `cluster drain --node`) and removing a member take the admin
+//! certificate (`admin.starling-mesh`, a client only); any certificate of
+//! the cluster may ask a node's status. A client dialing a known peer
+//! checks the peer's certificate names that peer. The cluster secret is
+//! still checked on every call, inside TLS.
 //!
 //! Without certificates (`ClusterConfig::tls` is `None`) the mesh is plain
 //! HTTP/2 with the secret in a header: for loopback and tests only.
@@ -22,6 +26,9 @@ use tonic::{Request, Status as RpcStatus};
 
 /// The DNS name every node certificate carries.
 pub const MESH_NAME: &str = "starling-mesh";
+/// The name of the admin certificate (cluster commands): a client only,
+/// speaking for no node.
+pub const ADMIN_NAME: &str = "admin.starling-mesh";
 const SECRET_HEADER: &str = "x-starling-cluster-secret";
 
 /// The DNS name that binds a certificate to node `id`.
@@ -135,6 +142,14 @@ impl MeshTls {
             .collect()
     }
 
+    /// Whether this certificate names node `id` (a node refuses to start
+    /// with another node's certificate).
+    pub fn names_node(&self, id: u64) -> bool {
+        pem_certs(&self.cert)
+            .first()
+            .is_some_and(|leaf| names(leaf, &node_name(id)))
+    }
+
     pub(crate) fn server_config(&self) -> ServerTlsConfig {
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert, &self.key))
@@ -171,11 +186,12 @@ impl MeshAuth {
     /// (its certificate must then name it).
     pub(crate) fn endpoint(&self, addr: &str, peer: Option<u64>) -> Result<Endpoint, String> {
         match self.tls() {
-            None => Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string()),
+            None => Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| crate::transport::error_chain(&e)),
             Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
-                .map_err(|e| e.to_string())?
+                .map_err(|e| crate::transport::error_chain(&e))?
                 .tls_config(tls.client_config(peer))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| crate::transport::error_chain(&e)),
         }
     }
 
@@ -211,9 +227,15 @@ impl MeshAuth {
     }
 
     /// The secret of a call that speaks for node `from` (0: an admin tool,
-    /// which any certificate of the cluster may be).
+    /// which only the admin certificate may be).
     pub(crate) fn check_from<T>(&self, req: &Request<T>, from: u64) -> Result<(), RpcStatus> {
         self.check(req)?.speaks_for(from)
+    }
+
+    /// The secret of an admin call (`remove`): with TLS, the admin
+    /// certificate only.
+    pub(crate) fn check_admin<T>(&self, req: &Request<T>) -> Result<(), RpcStatus> {
+        self.check(req)?.speaks_for(0)
     }
 }
 
@@ -233,23 +255,22 @@ impl Caller {
         }
     }
 
-    /// Whether the caller's certificate names node `from` (always true
-    /// without TLS, where the secret alone authorizes).
+    /// Whether the caller's certificate names node `from`, or for 0 (an
+    /// admin tool) is the admin certificate. Always true without TLS,
+    /// where the secret alone authorizes.
     pub(crate) fn speaks_for(&self, from: u64) -> Result<(), RpcStatus> {
         let Some(certs) = &self.certs else {
             return Ok(());
         };
-        if from == 0 || self.named.load(Ordering::Relaxed) == from {
+        if from != 0 && self.named.load(Ordering::Relaxed) == from {
             return Ok(());
         }
-        let Some(leaf) = certs.first() else {
-            return Err(RpcStatus::unauthenticated("no client certificate"));
+        let name = if from == 0 {
+            ADMIN_NAME.to_string()
+        } else {
+            node_name(from)
         };
-        let name = node_name(from);
-        let named = ServerName::try_from(name.as_str())
-            .ok()
-            .zip(webpki::EndEntityCert::try_from(leaf).ok())
-            .is_some_and(|(n, ee)| ee.verify_is_valid_for_subject_name(&n).is_ok());
+        let named = certs.first().is_some_and(|leaf| names(leaf, &name));
         if named {
             self.named.store(from, Ordering::Relaxed);
             Ok(())
@@ -263,6 +284,14 @@ impl Caller {
             )))
         }
     }
+}
+
+/// Whether `cert` is valid for the DNS name `name`.
+fn names(cert: &CertificateDer<'_>, name: &str) -> bool {
+    ServerName::try_from(name)
+        .ok()
+        .zip(webpki::EndEntityCert::try_from(cert).ok())
+        .is_some_and(|(n, ee)| ee.verify_is_valid_for_subject_name(&n).is_ok())
 }
 
 /// A cluster CA that issues node certificates (`starling cluster certs`).
@@ -317,25 +346,37 @@ impl CertAuthority {
 
     /// A certificate and key for node `id`, for both ends of a connection.
     pub fn issue(&self, id: u64) -> Result<(String, String), TlsError> {
-        self.issue_for(vec![node_name(id), MESH_NAME.to_string()], node_name(id))
+        self.issue_for(
+            vec![node_name(id), MESH_NAME.to_string()],
+            vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
     }
 
     /// A certificate for admin commands (`cluster status`, `remove`,
-    /// `drain --node`): of the cluster, but speaking for no node.
+    /// `drain --node`): of the cluster, a client only, speaking for no
+    /// node (it cannot serve the mesh or join it).
     pub fn issue_admin(&self) -> Result<(String, String), TlsError> {
-        self.issue_for(vec![MESH_NAME.to_string()], format!("admin.{MESH_NAME}"))
+        self.issue_for(
+            vec![ADMIN_NAME.to_string()],
+            vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+        )
     }
 
-    fn issue_for(&self, names: Vec<String>, cn: String) -> Result<(String, String), TlsError> {
+    fn issue_for(
+        &self,
+        names: Vec<String>,
+        usages: Vec<rcgen::ExtendedKeyUsagePurpose>,
+    ) -> Result<(String, String), TlsError> {
+        let cn = names.first().cloned().unwrap_or_default();
         let mut params = rcgen::CertificateParams::new(names)?;
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = usages;
         let key = rcgen::KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.cert, &self.key)?;
         Ok((cert.pem(), key.serialize_pem()))

@@ -67,13 +67,32 @@ fn peers_out(peers: Vec<(u64, String)>) -> Vec<Peer> {
 #[tonic::async_trait]
 impl Raft for Service {
     async fn send(&self, req: Request<RaftBatch>) -> Result<Response<Ack>, RpcStatus> {
-        self.auth.check_from(&req, req.get_ref().from)?;
+        let from = req.get_ref().from;
+        if from == 0 {
+            return Err(RpcStatus::invalid_argument(
+                "raft messages come from a node",
+            ));
+        }
+        self.auth.check_from(&req, from)?;
         if self.isolated.load(Ordering::SeqCst) {
             return Err(RpcStatus::unavailable("isolated"));
         }
+        let me = self.status.borrow().id;
         for bytes in req.into_inner().messages {
             let m = Message::parse_from_bytes(&bytes)
                 .map_err(|_| RpcStatus::invalid_argument("bad raft message"))?;
+            // A batch speaks for its sender only, to this node only.
+            if m.from != from || m.to != me {
+                tracing::warn!(
+                    from,
+                    message_from = m.from,
+                    message_to = m.to,
+                    "a raft message not from its batch's sender to this node; refused"
+                );
+                return Err(RpcStatus::permission_denied(
+                    "raft messages must be from the batch's sender to this node",
+                ));
+            }
             // A snapshot by reference is taken only with its whole file here
             // (raft-rs would otherwise install a snapshot that is not there).
             if m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
@@ -142,6 +161,9 @@ impl Raft for Service {
         let mut written = 0u64;
         let internal = |e: String| RpcStatus::internal(e);
         while let Some(c) = chunks.message().await? {
+            if c.from == 0 {
+                return Err(RpcStatus::invalid_argument("snapshots come from a node"));
+            }
             caller.speaks_for(c.from)?;
             if self.isolated.load(Ordering::SeqCst) {
                 return Err(RpcStatus::unavailable("isolated"));
@@ -214,7 +236,7 @@ impl Raft for Service {
         &self,
         req: Request<RemoveRequest>,
     ) -> Result<Response<JoinResponse>, RpcStatus> {
-        self.auth.check(&req)?;
+        self.auth.check_admin(&req)?;
         let id = req.into_inner().node_id;
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -719,7 +741,19 @@ pub async fn join(
                 },
                 auth,
             );
-            c.join(req).await.map_err(|e| status_text(&e))
+            c.join(req).await.map_err(|e| {
+                // Refused for who we are (the secret, the certificate).
+                let permanent = matches!(
+                    e.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                );
+                let text = status_text(&e);
+                if permanent {
+                    format!("refused: {text}")
+                } else {
+                    text
+                }
+            })
         };
         match attempt.await {
             Ok(resp) => {
@@ -745,7 +779,7 @@ pub async fn remote_status(addr: &str, auth: &MeshAuth) -> Result<Status, String
     let s = c
         .status(with_secret(StatusRequest {}, auth))
         .await
-        .map_err(|e| e.message().to_string())?
+        .map_err(|e| status_text(&e))?
         .into_inner();
     Ok(Status {
         id: s.id,
@@ -1459,7 +1493,7 @@ pub async fn remote_remove(
     let r = c
         .remove(with_secret(RemoveRequest { node_id: id }, auth))
         .await
-        .map_err(|e| e.message().to_string())?
+        .map_err(|e| status_text(&e))?
         .into_inner();
     Ok(r.peers.into_iter().map(|p| (p.id, p.address)).collect())
 }
@@ -1478,15 +1512,18 @@ pub async fn remote_relay(addr: &str, auth: &MeshAuth, payload: Vec<u8>) -> Resu
         auth,
     ))
     .await
-    .map_err(|e| e.message().to_string())?;
+    .map_err(|e| status_text(&e))?;
     Ok(())
 }
 
-/// Whether a join failed for the credentials it showed (the secret, the
-/// certificate, a TLS alert), which trying again does not change.
+/// Whether a join failed for the credentials it showed (the server said
+/// so, or the TLS handshake failed on a certificate or an alert), which
+/// trying again does not change.
 fn refused_for_credentials(e: &str) -> bool {
     let e = e.to_lowercase();
-    e.contains("secret") || e.contains("certificate") || e.contains("fatal alert")
+    e.starts_with("refused: ")
+        || e.contains("invalid peer certificate")
+        || e.contains("fatal alert")
 }
 
 /// A call's failure with what lies under it (a TLS alert, a refused

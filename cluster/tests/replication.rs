@@ -702,6 +702,7 @@ async fn a_node_cut_off_answers_what_it_owns_and_the_rest_comes_back() {
 /// refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mesh_refuses_a_node_the_cluster_ca_did_not_sign() {
+    use starling_cluster::proto::{RaftBatch, RelayBatch, RemoveRequest};
     use starling_cluster::{CertAuthority, Lane, MeshAuth, MeshTls};
     let ca = CertAuthority::generate().expect("cluster CA");
     let with_tls = |id: u64, join: Option<String>| {
@@ -804,11 +805,12 @@ async fn the_mesh_refuses_a_node_the_cluster_ca_did_not_sign() {
         "an admin call with a certificate of another CA was answered"
     );
 
-    // Our CA, but the certificate names node 5 while it joins as node 9.
+    // Our CA, but the certificate names node 5 while it is node 9: the
+    // node does not start, and the seed refuses such a join.
     let (err, _) = try_join(9, ca.node_tls(5).expect("node 5 certificate")).await;
     eprintln!("certificate of another node: {err:?}");
     assert!(
-        matches!(err, Some(ClusterError::Join(ref e)) if e.contains("does not name node-9")),
+        matches!(err, Some(ClusterError::Tls(ref e)) if e.contains("does not name node-9")),
         "{err:?}"
     );
 
@@ -817,6 +819,84 @@ async fn the_mesh_refuses_a_node_the_cluster_ca_did_not_sign() {
         remote_status_fails(&seed, MeshAuth::new(SECRET, None)).await,
         "a plain connection was answered"
     );
+    // A certificate of the cluster cannot speak for another node: raft
+    // messages claiming another sender, calls as an admin tool (from 0),
+    // removing a member. The admin certificate can do the last two.
+    let node5 = ca.issue(5).expect("node 5 certificate");
+    let admin = ca.issue_admin().expect("admin certificate");
+    let mut as5 = raw_client(&seed, &ca.cert_pem(), &node5).await;
+    let mut as_admin = raw_client(&seed, &ca.cert_pem(), &admin).await;
+    let forged = {
+        use protobuf::Message as _;
+        let mut m = raft::prelude::Message::default();
+        m.set_msg_type(raft::prelude::MessageType::MsgHeartbeat);
+        m.from = 2;
+        m.to = 1;
+        m.term = 1_000;
+        m.write_to_bytes().expect("encode")
+    };
+    let send = |from: u64| {
+        raw_request(RaftBatch {
+            from,
+            messages: vec![forged.clone()],
+        })
+    };
+    let refused = as5
+        .join(raw_request(starling_cluster::proto::JoinRequest {
+            node_id: 9,
+            address: "127.0.0.1:9".into(),
+        }))
+        .await
+        .expect_err("node 5's certificate joined as node 9");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let refused = as5
+        .send(send(5))
+        .await
+        .expect_err("node 5 spoke for node 2");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(as5.send(send(0)).await.is_err(), "raft messages from 0");
+    assert!(
+        as5.send(send(2)).await.is_err(),
+        "node 5's certificate as node 2"
+    );
+    let from_zero = || {
+        raw_request(RelayBatch {
+            from: 0,
+            payloads: vec![b"not a relay".to_vec()],
+            sent_at_ms: 0,
+            applied: 0,
+        })
+    };
+    let refused = as5
+        .relay(from_zero())
+        .await
+        .expect_err("a node certificate as an admin tool");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let refused = as5
+        .remove(raw_request(RemoveRequest { node_id: 2 }))
+        .await
+        .expect_err("a node certificate removed a member");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    // (No payload: nothing on node 1 takes relays any more.)
+    as_admin
+        .relay(raw_request(RelayBatch {
+            from: 0,
+            payloads: Vec::new(),
+            sent_at_ms: 0,
+            applied: 0,
+        }))
+        .await
+        .expect("the admin certificate may relay from 0");
+    assert!(
+        as_admin.send(send(0)).await.is_err(),
+        "the admin certificate sent raft messages"
+    );
+    assert_eq!(
+        n1.cluster.status().term,
+        n2.cluster.status().term,
+        "no forged term took"
+    );
+
     // A member's own certificate and the secret: answered.
     let member = MeshAuth::new(SECRET, Some(ca.node_tls(1).expect("cert")));
     let status = starling_cluster::remote_status(&seed, &member)
@@ -826,6 +906,35 @@ async fn the_mesh_refuses_a_node_the_cluster_ca_did_not_sign() {
     for n in [&n1, &n2] {
         n.cluster.shutdown();
     }
+}
+
+/// A client of the mesh with the certificate `(cert, key)`, dialing any
+/// node of the cluster.
+async fn raw_client(
+    addr: &str,
+    ca: &str,
+    (cert, key): &(String, String),
+) -> starling_cluster::proto::raft_client::RaftClient<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key))
+        .domain_name("starling-mesh");
+    let ch = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("a TLS connection with a certificate of the cluster");
+    starling_cluster::proto::raft_client::RaftClient::new(ch)
+}
+
+fn raw_request<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("x-starling-cluster-secret", SECRET.parse().unwrap());
+    req
 }
 
 async fn remote_status_fails(addr: &str, auth: starling_cluster::MeshAuth) -> bool {
