@@ -80,6 +80,48 @@ fn config_errors_exit_2_with_one_line() {
         &serve_with(&[], &["serve", "--config", "/nonexistent/starling.toml"]),
         "/nonexistent/starling.toml",
     );
+    // Mesh certificates: a missing file is named; another node's
+    // certificate is refused at start.
+    let certs = dir.path().join("certs");
+    let made = Command::new(bin())
+        .args(["cluster", "certs", "--nodes", "1,2", "--dir"])
+        .arg(&certs)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let file = |f: &str| certs.join(f).display().to_string();
+    let (ca, cert2, key2) = (file("ca.pem"), file("node-2.pem"), file("node-2-key.pem"));
+    one_line_error(
+        &serve_with(
+            &[
+                ("STARLING_CLUSTER_TLS_CA", "/nonexistent/ca.pem"),
+                ("STARLING_CLUSTER_TLS_CERT", &cert2),
+                ("STARLING_CLUSTER_TLS_KEY", &key2),
+            ],
+            &["serve"],
+        ),
+        "/nonexistent/ca.pem",
+    );
+    one_line_error(
+        &serve_with(
+            &[
+                ("STARLING_CLUSTER_TLS_CA", &ca),
+                ("STARLING_CLUSTER_TLS_CERT", &cert2),
+                ("STARLING_CLUSTER_TLS_KEY", &key2),
+            ],
+            &["serve"],
+        ),
+        "does not name node-1.starling-mesh",
+    );
+    one_line_error(
+        &serve_with(&[("STARLING_CLUSTER_TLS_CERT", &cert2)], &["serve"]),
+        "set all three or none",
+    );
     // A port in use names the address.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
