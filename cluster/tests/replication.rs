@@ -891,6 +891,38 @@ async fn the_mesh_refuses_a_node_the_cluster_ca_did_not_sign() {
         as_admin.send(send(0)).await.is_err(),
         "the admin certificate sent raft messages"
     );
+    // A relay stream opened with node 5's certificate carrying frames from
+    // node 2: the stream is cut, nothing is handed on.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(starling_cluster::proto::RelayFrames {
+        from: 2,
+        epoch: 7,
+        lane: 0,
+        sent_at_ms: 0,
+        applied: 0,
+        below: 0,
+        payloads: vec![starling_cluster::proto::RelayPayload {
+            seq: 1,
+            payload: b"forged".to_vec(),
+        }],
+    })
+    .await
+    .unwrap();
+    let answers = as5
+        .relay_stream(raw_request(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .await;
+    let refused = match answers {
+        Err(e) => e,
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            tokio::time::timeout(WAIT, stream.message())
+                .await
+                .expect("the stream answers")
+                .expect_err("frames from node 2 on node 5's stream were answered")
+        }
+    };
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    drop(tx);
     assert_eq!(
         n1.cluster.status().term,
         n2.cluster.status().term,
