@@ -159,8 +159,11 @@ pub fn up(nodes: u8, dir: &Path, offset: u16) -> ExitCode {
         }
     }
     println!(
-        "cluster up: {nodes} nodes; data in {}; Ctrl-C stops them",
-        dir.display()
+        "cluster up: {nodes} nodes; data in {}; Ctrl-C stops them; \
+         `starling --config {} cluster status --node 127.0.0.1:{}` asks node 1",
+        dir.display(),
+        dir.join("admin.toml").display(),
+        port(7222, offset)
     );
     let waited = tokio::runtime::Builder::new_current_thread()
         .enable_all()
