@@ -110,9 +110,9 @@ pub fn up(nodes: u8, dir: &Path, offset: u16) -> ExitCode {
             )
             .env("STARLING_CLUSTER_NODE_ID", i.to_string())
             .env("STARLING_CLUSTER_SECRET", &secret)
-            .env("STARLING_CLUSTER_TLS_CA", abs(files.ca.clone()))
-            .env("STARLING_CLUSTER_TLS_CERT", abs(files.cert.clone()))
-            .env("STARLING_CLUSTER_TLS_KEY", abs(files.key.clone()))
+            .env("STARLING_CLUSTER_TLS_CA", abs(files.ca))
+            .env("STARLING_CLUSTER_TLS_CERT", abs(files.cert))
+            .env("STARLING_CLUSTER_TLS_KEY", abs(files.key))
             .env(
                 "STARLING_CLUSTER_JOIN",
                 if i == 1 { String::new() } else { seed.clone() },

@@ -86,7 +86,7 @@ impl MeshTls {
         if !has(&cert, "CERTIFICATE") {
             return Err(TlsError::NoCertificate("the node certificate".into()));
         }
-        if !has(&key, "PRIVATE KEY") && !has(&key, "EC PRIVATE KEY") {
+        if !String::from_utf8_lossy(&key).contains("PRIVATE KEY-----") {
             return Err(TlsError::NoKey("the node key".into()));
         }
         let tls = MeshTls { ca, cert, key };
@@ -167,19 +167,28 @@ impl MeshTls {
 /// What a node presents on the mesh: the cluster secret and, when set,
 /// its certificate. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct MeshAuth(Arc<(String, Option<MeshTls>)>);
+pub struct MeshAuth(Arc<Credentials>);
+
+#[derive(Debug)]
+struct Credentials {
+    secret: String,
+    tls: Option<MeshTls>,
+}
 
 impl MeshAuth {
     pub fn new(secret: impl Into<String>, tls: Option<MeshTls>) -> MeshAuth {
-        MeshAuth(Arc::new((secret.into(), tls)))
+        MeshAuth(Arc::new(Credentials {
+            secret: secret.into(),
+            tls,
+        }))
     }
 
     fn secret(&self) -> &str {
-        &self.0 .0
+        &self.0.secret
     }
 
     pub(crate) fn tls(&self) -> Option<&MeshTls> {
-        self.0 .1.as_ref()
+        self.0.tls.as_ref()
     }
 
     /// Where to dial `addr`; `peer` is the node expected there, when known
@@ -232,6 +241,11 @@ impl MeshAuth {
         self.check(req)?.speaks_for(from)
     }
 
+    /// The secret of a call from node `from`, which must be a node (not 0).
+    pub(crate) fn check_node<T>(&self, req: &Request<T>, from: u64) -> Result<(), RpcStatus> {
+        self.check(req)?.speaks_for_node(from)
+    }
+
     /// The secret of an admin call (`remove`): with TLS, the admin
     /// certificate only.
     pub(crate) fn check_admin<T>(&self, req: &Request<T>) -> Result<(), RpcStatus> {
@@ -253,6 +267,15 @@ impl Caller {
             certs,
             named: AtomicU64::new(0),
         }
+    }
+
+    /// As [`Caller::speaks_for`], for what only nodes send (raft messages,
+    /// snapshots): `from` 0 is refused, with TLS or without.
+    pub(crate) fn speaks_for_node(&self, from: u64) -> Result<(), RpcStatus> {
+        if from == 0 {
+            return Err(RpcStatus::invalid_argument("this comes only from a node"));
+        }
+        self.speaks_for(from)
     }
 
     /// Whether the caller's certificate names node `from`, or for 0 (an

@@ -31,19 +31,6 @@ const BATCH: usize = 256;
 /// HTTP/2 flow-control window for mesh streams (see `serve`).
 const WINDOW: u32 = 8 << 20;
 
-fn with_secret<T>(msg: T, auth: &MeshAuth) -> Request<T> {
-    auth.request(msg)
-}
-
-/// A plain-or-TLS channel to `addr`, the node `peer` when known.
-fn endpoint(
-    auth: &MeshAuth,
-    addr: &str,
-    peer: Option<u64>,
-) -> Result<tonic::transport::Endpoint, String> {
-    auth.endpoint(addr, peer)
-}
-
 /// What the mesh server needs from the node.
 pub struct Service {
     pub auth: MeshAuth,
@@ -68,12 +55,7 @@ fn peers_out(peers: Vec<(u64, String)>) -> Vec<Peer> {
 impl Raft for Service {
     async fn send(&self, req: Request<RaftBatch>) -> Result<Response<Ack>, RpcStatus> {
         let from = req.get_ref().from;
-        if from == 0 {
-            return Err(RpcStatus::invalid_argument(
-                "raft messages come from a node",
-            ));
-        }
-        self.auth.check_from(&req, from)?;
+        self.auth.check_node(&req, from)?;
         if self.isolated.load(Ordering::SeqCst) {
             return Err(RpcStatus::unavailable("isolated"));
         }
@@ -161,10 +143,7 @@ impl Raft for Service {
         let mut written = 0u64;
         let internal = |e: String| RpcStatus::internal(e);
         while let Some(c) = chunks.message().await? {
-            if c.from == 0 {
-                return Err(RpcStatus::invalid_argument("snapshots come from a node"));
-            }
-            caller.speaks_for(c.from)?;
+            caller.speaks_for_node(c.from)?;
             if self.isolated.load(Ordering::SeqCst) {
                 return Err(RpcStatus::unavailable("isolated"));
             }
@@ -548,29 +527,16 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
                 break;
             }
             if client.is_none() {
-                let Ok(endpoint) = endpoint(auth, addr, Some(peer)) else {
-                    break;
-                };
-                let endpoint = endpoint
-                    .connect_timeout(Duration::from_millis(500))
-                    .timeout(Duration::from_secs(5));
-                if let Ok(ch) = endpoint.connect().await {
-                    client = Some(
-                        RaftClient::new(ch)
-                            .max_decoding_message_size(64 << 20)
-                            .max_encoding_message_size(64 << 20),
-                    );
-                }
+                client = dial(auth, addr, Some(peer), Some(Duration::from_secs(5)))
+                    .await
+                    .ok();
             }
             if let Some(c) = client.as_mut() {
                 match c
-                    .send(with_secret(
-                        RaftBatch {
-                            from,
-                            messages: messages.clone(),
-                        },
-                        auth,
-                    ))
+                    .send(auth.request(RaftBatch {
+                        from,
+                        messages: messages.clone(),
+                    }))
                     .await
                 {
                     Ok(_) => {
@@ -651,7 +617,9 @@ async fn send_snapshot(p: PeerLink, msg: Message) {
 }
 
 async fn stream_snapshot(p: &PeerLink, msg: &Message, index: u64, size: u64) -> Result<(), String> {
-    let endpoint = endpoint(&p.auth, &p.addr, Some(p.peer))?
+    let endpoint = p
+        .auth
+        .endpoint(&p.addr, Some(p.peer))?
         .connect_timeout(Duration::from_millis(2000))
         .tcp_keepalive(Some(Duration::from_secs(10)))
         .initial_stream_window_size(Some(WINDOW))
@@ -694,10 +662,10 @@ async fn stream_snapshot(p: &PeerLink, msg: &Message, index: u64, size: u64) -> 
         }
     });
     let sent = client
-        .install_snapshot(with_secret(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            &p.auth,
-        ))
+        .install_snapshot(
+            p.auth
+                .request(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
         .await;
     reader.await.map_err(|e| e.to_string())??;
     sent.map_err(|e| e.message().to_string())?;
@@ -706,13 +674,10 @@ async fn stream_snapshot(p: &PeerLink, msg: &Message, index: u64, size: u64) -> 
     }
     let bytes = msg.write_to_bytes().map_err(|e| e.to_string())?;
     client
-        .send(with_secret(
-            RaftBatch {
-                from: p.from,
-                messages: vec![bytes],
-            },
-            &p.auth,
-        ))
+        .send(p.auth.request(RaftBatch {
+            from: p.from,
+            messages: vec![bytes],
+        }))
         .await
         .map_err(|e| e.message().to_string())?;
     Ok(())
@@ -729,30 +694,23 @@ pub async fn join(
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
         let attempt = async {
-            let ch = endpoint(auth, seed, None)?
-                .connect()
+            let mut c = dial(auth, seed, None, None)
                 .await
-                .map_err(|e| error_chain(&e))?;
-            let mut c = RaftClient::new(ch);
-            let req = with_secret(
-                JoinRequest {
-                    node_id: id,
-                    address: address.to_string(),
-                },
-                auth,
-            );
+                .map_err(|e| (refused_in_handshake(&e), e))?;
+            let req = auth.request(JoinRequest {
+                node_id: id,
+                address: address.to_string(),
+            });
             c.join(req).await.map_err(|e| {
                 // Refused for who we are (the secret, the certificate).
-                let permanent = matches!(
+                // TLS 1.3 finishes the client's side of the handshake
+                // first: the server's alert comes with the first call.
+                let text = status_text(&e);
+                let refused = matches!(
                     e.code(),
                     tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-                );
-                let text = status_text(&e);
-                if permanent {
-                    format!("refused: {text}")
-                } else {
-                    text
-                }
+                ) || refused_in_handshake(&text);
+                (refused, text)
             })
         };
         match attempt.await {
@@ -765,8 +723,8 @@ pub async fn join(
                     .collect())
             }
             // Refused for who we are: trying again changes nothing.
-            Err(e) if refused_for_credentials(&e) => return Err(ClusterError::Join(e)),
-            Err(e) => last = e,
+            Err((true, e)) => return Err(ClusterError::Join(e)),
+            Err((false, e)) => last = e,
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -775,9 +733,9 @@ pub async fn join(
 
 /// Query a node's status over the mesh (for `starling cluster status`).
 pub async fn remote_status(addr: &str, auth: &MeshAuth) -> Result<Status, String> {
-    let mut c = dial(auth, addr).await?;
+    let mut c = dial(auth, addr, None, None).await?;
     let s = c
-        .status(with_secret(StatusRequest {}, auth))
+        .status(auth.request(StatusRequest {}))
         .await
         .map_err(|e| status_text(&e))?
         .into_inner();
@@ -1178,7 +1136,9 @@ async fn relay_task(link: RelayLink) {
             continue;
         }
         if client.is_none() {
-            client = connect(&link.auth, &link.peer.addr, link.node).await;
+            client = dial(&link.auth, &link.peer.addr, Some(link.node), None)
+                .await
+                .ok();
         }
         let Some(c) = client.as_mut() else {
             attempt += 1;
@@ -1236,24 +1196,6 @@ async fn relay_task(link: RelayLink) {
     }
 }
 
-async fn connect(
-    auth: &MeshAuth,
-    addr: &str,
-    node: u64,
-) -> Option<RaftClient<tonic::transport::Channel>> {
-    let e = endpoint(auth, addr, Some(node)).ok()?;
-    let ch = e
-        .connect_timeout(Duration::from_millis(500))
-        .connect()
-        .await
-        .ok()?;
-    Some(
-        RaftClient::new(ch)
-            .max_encoding_message_size(64 << 20)
-            .max_decoding_message_size(64 << 20),
-    )
-}
-
 async fn backoff(link: &RelayLink, attempt: u32) {
     let wait = Duration::from_millis((50u64 << attempt.min(4)).min(500));
     let _ = tokio::time::timeout(wait, link.peer.wake.notified()).await;
@@ -1303,10 +1245,10 @@ async fn relay_stream_once(
     // paused) must not hold this task (take_back, the queue's closing).
     let answers = tokio::time::timeout(
         RELAY_ANSWER + Duration::from_secs(2),
-        client.relay_stream(with_secret(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            &link.auth,
-        )),
+        client.relay_stream(
+            link.auth
+                .request(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        ),
     )
     .await;
     let answers = match answers {
@@ -1438,15 +1380,12 @@ async fn relay_batch(
         let _ = tokio::time::timeout(Duration::from_secs(5), link.peer.wake.notified()).await;
         return Some(true);
     }
-    let req = with_secret(
-        RelayBatch {
-            from: link.from,
-            payloads: batch.iter().map(|q| q.payload.clone()).collect(),
-            sent_at_ms: unix_ms(),
-            applied: link.status.borrow().ordered,
-        },
-        &link.auth,
-    );
+    let req = link.auth.request(RelayBatch {
+        from: link.from,
+        payloads: batch.iter().map(|q| q.payload.clone()).collect(),
+        sent_at_ms: unix_ms(),
+        applied: link.status.borrow().ordered,
+    });
     let answer = tokio::time::timeout(RELAY_ANSWER + Duration::from_secs(2), c.relay(req)).await;
     let mut q = link.peer.lock();
     q.in_flight = 0;
@@ -1489,9 +1428,9 @@ pub async fn remote_remove(
     auth: &MeshAuth,
     id: u64,
 ) -> Result<Vec<(u64, String)>, String> {
-    let mut c = dial(auth, addr).await?;
+    let mut c = dial(auth, addr, None, None).await?;
     let r = c
-        .remove(with_secret(RemoveRequest { node_id: id }, auth))
+        .remove(auth.request(RemoveRequest { node_id: id }))
         .await
         .map_err(|e| status_text(&e))?
         .into_inner();
@@ -1501,29 +1440,24 @@ pub async fn remote_remove(
 /// Hand one application message to the node at `addr`, from outside the
 /// cluster (`from` is 0); the cluster secret authorizes it (admin tools).
 pub async fn remote_relay(addr: &str, auth: &MeshAuth, payload: Vec<u8>) -> Result<(), String> {
-    let mut c = dial(auth, addr).await?;
-    c.relay(with_secret(
-        RelayBatch {
-            from: 0,
-            payloads: vec![payload],
-            sent_at_ms: unix_ms(),
-            applied: 0,
-        },
-        auth,
-    ))
+    let mut c = dial(auth, addr, None, None).await?;
+    c.relay(auth.request(RelayBatch {
+        from: 0,
+        payloads: vec![payload],
+        sent_at_ms: unix_ms(),
+        applied: 0,
+    }))
     .await
     .map_err(|e| status_text(&e))?;
     Ok(())
 }
 
-/// Whether a join failed for the credentials it showed (the server said
-/// so, or the TLS handshake failed on a certificate or an alert), which
-/// trying again does not change.
-fn refused_for_credentials(e: &str) -> bool {
+/// Whether a connection failed in the TLS handshake on a certificate or an
+/// alert (rustls's words): the credentials, which trying again does not
+/// change.
+fn refused_in_handshake(e: &str) -> bool {
     let e = e.to_lowercase();
-    e.starts_with("refused: ")
-        || e.contains("invalid peer certificate")
-        || e.contains("fatal alert")
+    e.contains("invalid peer certificate") || e.contains("fatal alert")
 }
 
 /// A call's failure with what lies under it (a TLS alert, a refused
@@ -1536,14 +1470,25 @@ fn status_text(e: &RpcStatus) -> String {
     }
 }
 
-/// A client for an admin call to `addr` (any node; its id is not checked).
+/// A client of the node at `addr`: `peer` when its id is known (its
+/// certificate must name it; a peer of ours is dialed with a short
+/// connect limit), with a time limit per call if given.
 async fn dial(
     auth: &MeshAuth,
     addr: &str,
+    peer: Option<u64>,
+    call_timeout: Option<Duration>,
 ) -> Result<RaftClient<tonic::transport::Channel>, String> {
-    let ch = endpoint(auth, addr, None)?
-        .connect()
-        .await
-        .map_err(|e| error_chain(&e))?;
-    Ok(RaftClient::new(ch))
+    let connect_within = match peer {
+        Some(_) => Duration::from_millis(500),
+        None => Duration::from_secs(5),
+    };
+    let mut e = auth.endpoint(addr, peer)?.connect_timeout(connect_within);
+    if let Some(t) = call_timeout {
+        e = e.timeout(t);
+    }
+    let ch = e.connect().await.map_err(|e| error_chain(&e))?;
+    Ok(RaftClient::new(ch)
+        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(64 << 20))
 }

@@ -33,12 +33,13 @@ pub fn bin() -> &'static str {
 
 /// Mutual TLS on the test clusters' mesh, as `starling cluster up` sets it
 /// up: one CA and certificates for nodes 1-9 and the admin commands, made
-/// once per run by `starling cluster certs`. The settings for node `id`
-/// (`None`: the admin certificate). `STARLING_TEST_PLAIN_MESH=1` leaves the
-/// mesh plain (for an older build under `STARLING_TEST_BIN`).
-pub fn mesh_tls_env(id: Option<u64>) -> Vec<(&'static str, String)> {
+/// once per run by `starling cluster certs`. The files of node `id`
+/// (`None`: the admin certificate); `None` when
+/// `STARLING_TEST_PLAIN_MESH=1` leaves the mesh plain (for an older build
+/// under `STARLING_TEST_BIN`).
+pub fn mesh_certs(id: Option<u64>) -> Option<starling::mesh_certs::NodeFiles> {
     if std::env::var("STARLING_TEST_PLAIN_MESH").is_ok_and(|v| v == "1") {
-        return Vec::new();
+        return None;
     }
     static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     let dir = DIR.get_or_init(|| {
@@ -56,25 +57,29 @@ pub fn mesh_tls_env(id: Option<u64>) -> Vec<(&'static str, String)> {
         );
         dir
     });
-    let (cert, key) = match id {
-        Some(id) => (format!("node-{id}.pem"), format!("node-{id}-key.pem")),
-        None => ("admin.pem".to_string(), "admin-key.pem".to_string()),
+    Some(match id {
+        Some(id) => starling::mesh_certs::node_files(dir, id),
+        None => starling::mesh_certs::admin_files(dir),
+    })
+}
+
+/// The `[cluster] tls_*` settings for [`mesh_certs`] of `id`.
+pub fn mesh_tls_env(id: Option<u64>) -> Vec<(&'static str, String)> {
+    let Some(f) = mesh_certs(id) else {
+        return Vec::new();
     };
-    let path = |f: &str| dir.join(f).display().to_string();
     vec![
-        ("STARLING_CLUSTER_TLS_CA", path("ca.pem")),
-        ("STARLING_CLUSTER_TLS_CERT", path(&cert)),
-        ("STARLING_CLUSTER_TLS_KEY", path(&key)),
+        ("STARLING_CLUSTER_TLS_CA", f.ca.display().to_string()),
+        ("STARLING_CLUSTER_TLS_CERT", f.cert.display().to_string()),
+        ("STARLING_CLUSTER_TLS_KEY", f.key.display().to_string()),
     ]
 }
 
 /// What a cluster command presents to a test cluster's mesh: `secret`
-/// and the admin certificate of [`mesh_tls_env`].
+/// and the admin certificate of [`mesh_certs`].
 pub fn mesh_auth(secret: &str) -> starling_cluster::MeshAuth {
-    let env = mesh_tls_env(None);
-    let tls = (env.len() == 3).then(|| {
-        let p = |i: usize| std::path::PathBuf::from(&env[i].1);
-        starling_cluster::MeshTls::load(&p(0), &p(1), &p(2)).expect("the admin certificate")
+    let tls = mesh_certs(None).map(|f| {
+        starling_cluster::MeshTls::load(&f.ca, &f.cert, &f.key).expect("the admin certificate")
     });
     starling_cluster::MeshAuth::new(secret, tls)
 }
