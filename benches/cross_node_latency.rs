@@ -2,6 +2,10 @@
 //! `starling` processes. alice and bob are on node 1, carol on node 2;
 //! alice sends at a fixed rate and the receivers timestamp arrivals in the
 //! same process, so one-way latency is exact. Reports p50/p99/p99.9.
+//! A third run sends to dave on node 2, whose session has XEP-0198
+//! resumption on: node 2 then marks each relayed message with its sender
+//! before writing it (one more mesh round trip; ARCHITECTURE.md, "The
+//! path of one message").
 //! Run: cargo bench --bench cross_node_latency
 
 use std::io::{BufRead, BufReader as StdBufReader};
@@ -79,6 +83,8 @@ fn start(dir: &std::path::Path, id: u64, join: &str) -> Node {
 struct Conn {
     r: XmlStream<BufReader<OwnedReadHalf>>,
     w: OwnedWriteHalf,
+    /// Stanzas handled since stream management was enabled (answers `<r/>`).
+    handled: Option<u32>,
 }
 
 impl Conn {
@@ -105,6 +111,7 @@ impl Conn {
         let mut c = Conn {
             r: XmlStream::new(BufReader::new(r), XmlLimits::default()),
             w,
+            handled: None,
         };
         c.send(HEADER).await;
         c.element().await; // features
@@ -131,6 +138,18 @@ impl Conn {
         c.element().await;
         c.send("<presence/>").await;
         c.element().await;
+        c
+    }
+}
+
+impl Conn {
+    /// [`Conn::login`] with stream management and resumption on.
+    async fn login_resumable(addr: SocketAddr, user: &str, res: &str) -> Conn {
+        let mut c = Conn::login(addr, user, res).await;
+        c.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+            .await;
+        while c.element().await.name != "enabled" {}
+        c.handled = Some(0);
         c
     }
 }
@@ -164,6 +183,14 @@ async fn measure(
         let mut lat = Vec::with_capacity(n);
         while lat.len() < n {
             let m = receiver.element().await;
+            if let Some(h) = receiver.handled.as_mut() {
+                if matches!(m.name.as_str(), "message" | "presence" | "iq") {
+                    *h += 1;
+                } else if m.name == "r" {
+                    let a = format!("<a xmlns='urn:xmpp:sm:3' h='{h}'/>");
+                    receiver.send(&a).await;
+                }
+            }
             if m.name != "message" {
                 continue;
             }
@@ -185,7 +212,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let n1 = start(dir.path(), 1, "");
     let n2 = start(dir.path(), 2, &n1.mesh);
-    for u in ["alice", "bob", "carol"] {
+    for u in ["alice", "bob", "carol", "dave"] {
         let ok = Command::new(env!("CARGO_BIN_EXE_starling"))
             .args(["user", "add", u, "-p", "pw"])
             .env_clear()
@@ -205,12 +232,19 @@ fn main() {
         let mut alice = Conn::login(n1.c2s, "alice", "a").await;
         let mut bob = Conn::login(n1.c2s, "bob", "b").await;
         let mut carol = Conn::login(n2.c2s, "carol", "c").await;
+        let mut dave = Conn::login_resumable(n2.c2s, "dave", "d").await;
         let (n, rate) = (3000, 500);
         measure(&mut alice, &mut bob, "bob@localhost/b", 200, rate, epoch).await; // warm-up
         measure(&mut alice, &mut carol, "carol@localhost/c", 200, rate, epoch).await;
+        measure(&mut alice, &mut dave, "dave@localhost/d", 200, rate, epoch).await;
         let same = measure(&mut alice, &mut bob, "bob@localhost/b", n, rate, epoch).await;
         let cross = measure(&mut alice, &mut carol, "carol@localhost/c", n, rate, epoch).await;
-        for (name, l) in [("same-node", &same), ("cross-node", &cross)] {
+        let marked = measure(&mut alice, &mut dave, "dave@localhost/d", n, rate, epoch).await;
+        for (name, l) in [
+            ("same-node", &same),
+            ("cross-node", &cross),
+            ("cross-node, resumable (marked)", &marked),
+        ] {
             println!(
                 "{name}: {n} messages at {rate}/s: p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms",
                 pct(l, 0.5),
@@ -220,6 +254,11 @@ fn main() {
             );
         }
         println!("cross-node adds {:.3} ms at p50", pct(&cross, 0.5) - pct(&same, 0.5));
+        println!(
+            "the mark adds {:.3} ms at p50, {:.3} ms at p99",
+            pct(&marked, 0.5) - pct(&cross, 0.5),
+            pct(&marked, 0.99) - pct(&cross, 0.99)
+        );
     });
     drop(n2);
     drop(n1);

@@ -29,4 +29,5 @@ pub mod stream;
 pub mod stream_error;
 pub mod time;
 pub mod tls;
+pub mod written_marks;
 pub mod xml;

@@ -6,9 +6,9 @@
 use jid::{BareJid, FullJid};
 use serde::{Deserialize, Serialize};
 
-use starling_cluster::{Incoming, Receipt, Returned};
+use starling_cluster::{Incoming, Marker, Receipt, Returned};
 
-use crate::router::{deliver, deliver_owned, SessionEntry};
+use crate::router::{deliver, deliver_marked, deliver_owned, SessionEntry};
 use crate::server::ServerCtx;
 use crate::xml::{ns, Element};
 
@@ -157,6 +157,14 @@ pub enum Relay {
     },
     /// Drain this node and stop it (`starling cluster drain --node`).
     Drain,
+    /// `user`'s client tried to resume `session` here with `h`, and the
+    /// session was nowhere (its node died): what that node was about to
+    /// write is settled by it (`written_marks.rs`).
+    ResumeFailed {
+        user: String,
+        session: String,
+        h: u32,
+    },
     /// A stanza for the external component `domain`, connected here.
     Component {
         domain: String,
@@ -361,6 +369,7 @@ fn relay_owned(ctx: &ServerCtx, node: u64, msg: &Relay, receipt: Option<Receipt>
         | Relay::HandOffReply { .. }
         | Relay::HandOffPush { .. }
         | Relay::HandOffPushed { .. }
+        | Relay::ResumeFailed { .. }
         | Relay::Drain => starling_cluster::Lane::Control,
         // Sent while an answer to another node waits for it: in the lane
         // of its depth, never behind a batch that waits for it.
@@ -393,6 +402,7 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
         node,
         payload,
         receipt,
+        marks,
     } = back;
     let msg = match serde_json::from_slice::<Relay>(&payload) {
         Ok(m) => m,
@@ -416,6 +426,24 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
         tracing::warn!(node, "returned relay is not a stanza; dropped");
         return answer(receipt, false);
     };
+    if !marks.is_empty() {
+        // The node may have written it before it died: its client's
+        // resume attempt says (written_marks.rs).
+        let user = to.node().map(|n| n.as_str()).unwrap_or_default();
+        let wait = crate::written_marks::VERDICT_WAIT;
+        match ctx.resume_verdicts.reached_within(user, &marks, wait).await {
+            Some(true) => {
+                tracing::info!(to = %to, node, "the client's resume says it has this message: not routed again");
+                return answer(receipt, true);
+            }
+            Some(false) => {
+                tracing::info!(to = %to, node, "the client's resume says this message never reached it; routing it again")
+            }
+            None => {
+                tracing::warn!(to = %to, node, "written to a client that has not tried to resume; routing it again (it may arrive twice)")
+            }
+        }
+    }
     // A hand-off record pointing at the node that just gave this back is
     // stale (the session moved on, or that node is gone): forget it, so
     // the routing table decides from here.
@@ -458,6 +486,21 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
             tracing::info!(to = %to, node, stanza = %el.name, "stanza for a session that is gone; dropped");
             answer(receipt, true);
         }
+    }
+}
+
+/// XEP-0198 §5: `user`'s client tried to resume `session` with `h` and
+/// the session was nowhere (its node died). Every node hears of it: one
+/// may hold a message that node was about to write (`written_marks.rs`).
+pub fn resume_failed(ctx: &ServerCtx, user: &str, session: &str, h: u32) {
+    ctx.resume_verdicts.record(user, session, h);
+    let msg = Relay::ResumeFailed {
+        user: user.to_string(),
+        session: session.to_string(),
+        h,
+    };
+    for node in ctx.other_nodes() {
+        relay(ctx, node, &msg);
     }
 }
 
@@ -506,6 +549,10 @@ async fn settle_location(ctx: &ServerCtx, to: &FullJid, exclude: Option<u64>) ->
     }
 }
 
+/// The environment variable of the fault switch in [`serve_relays`] (not
+/// `STARLING_*`: those are settings, and a node refuses unknown ones).
+pub const HOLD_ANSWERS: &str = "FAULT_HOLD_RELAY_ANSWERS";
+
 /// Route again everything the relayer gives back, until it stops.
 pub async fn serve_returned(
     ctx: std::sync::Arc<ServerCtx>,
@@ -521,10 +568,15 @@ pub async fn serve_relays(
     ctx: std::sync::Arc<ServerCtx>,
     mut rx: tokio::sync::mpsc::Receiver<Incoming>,
 ) {
+    // Fault switch for tests: relayed stanzas are delivered (and written)
+    // but never answered, as if this node died right after writing them.
+    let hold = std::env::var_os(HOLD_ANSWERS).is_some_and(|v| v == "1");
+    let mut held: Vec<Receipt> = Vec::new();
     while let Some(Incoming {
         from,
         payload,
         receipt,
+        mark,
     }) = rx.recv().await
     {
         let msg = match serde_json::from_slice::<Relay>(&payload) {
@@ -541,6 +593,10 @@ pub async fn serve_relays(
         // buffered for an arriving session, passed on to the node holding
         // the session, or stored offline.
         let receipt = match msg {
+            Relay::Stanza { .. } if hold && held.len() < 4096 => {
+                held.push(receipt);
+                None
+            }
             Relay::Stanza { .. } => Some(receipt),
             _ => {
                 answer(Some(receipt), true);
@@ -558,7 +614,7 @@ pub async fn serve_relays(
                 // What it relays waits behind it: one lane deeper.
                 let next = depth.saturating_add(1).min(MAX_DEPTH);
                 DEPTH.sync_scope(next, || {
-                    take_relayed_stanza(&ctx, from, to, require, xml, hops, receipt)
+                    take_relayed_stanza(&ctx, from, to, require, xml, hops, receipt, mark)
                 });
             }
             Relay::HandOffRequest {
@@ -621,6 +677,9 @@ pub async fn serve_relays(
                     (None, None) => {}
                 }
             }
+            Relay::ResumeFailed { user, session, h } => {
+                ctx.resume_verdicts.record(&user, &session, h);
+            }
             Relay::Drain => {
                 tracing::info!(from, "drain requested over the mesh");
                 ctx.drain_requested.notify_one();
@@ -677,6 +736,7 @@ fn pass_on(
 /// A stanza another node relayed (`from`, 0 for an admin tool): delivered
 /// here, held for an arriving session, passed on, or refused. Runs inside
 /// the [`DEPTH`] of what it relays.
+#[allow(clippy::too_many_arguments)]
 fn take_relayed_stanza(
     ctx: &std::sync::Arc<ServerCtx>,
     from: u64,
@@ -685,6 +745,7 @@ fn take_relayed_stanza(
     xml: String,
     hops: u8,
     receipt: Option<Receipt>,
+    mark: Option<Marker>,
 ) {
     let (Ok(to), Ok(el)) = (FullJid::new(&to), crate::xml::parse_fragment(&xml)) else {
         tracing::warn!(from, "relayed stanza does not parse; dropped");
@@ -695,7 +756,7 @@ fn take_relayed_stanza(
         if !satisfied(&e, require) {
             return answer(receipt, true);
         }
-        if let Err((el, receipt)) = deliver_owned(&e, el, receipt) {
+        if let Err((el, receipt)) = deliver_marked(&e, el, receipt, mark) {
             redeliver(ctx, el, &to, receipt);
         }
     } else if let Some(buf) = ctx

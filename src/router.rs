@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use jid::{BareJid, FullJid};
 
-use starling_cluster::Receipt;
+use starling_cluster::{Marker, Receipt};
 use tokio::sync::oneshot;
 
 use crate::stream_error::{StreamCondition, StreamError};
@@ -23,6 +23,18 @@ pub trait SessionHandle: Send + Sync {
     /// `receipt` is answered once the session owns the stanza for good:
     /// written to its client's socket, or kept for the client to resume.
     fn try_deliver(&self, stanza: Element, receipt: Option<Receipt>) -> Result<(), Refused>;
+    /// [`Self::try_deliver`] for a relayed stanza whose sender records,
+    /// before the stanza is written, which stanza of the session it is
+    /// ([`Marker`]). A transport without resumable sessions ignores it.
+    fn try_deliver_marked(
+        &self,
+        stanza: Element,
+        receipt: Option<Receipt>,
+        marker: Option<Marker>,
+    ) -> Result<(), Refused> {
+        let _ = marker;
+        self.try_deliver(stanza, receipt)
+    }
     /// Queue a stanza even past the queue's bound (one last stanza before
     /// a close).
     fn deliver_anyway(&self, stanza: Element, receipt: Option<Receipt>);
@@ -170,6 +182,16 @@ pub fn deliver_owned(
     stanza: Element,
     receipt: Option<Receipt>,
 ) -> Result<(), (Element, Option<Receipt>)> {
+    deliver_marked(entry, stanza, receipt, None)
+}
+
+/// [`deliver_owned`] for a relayed stanza with its sender's [`Marker`].
+pub fn deliver_marked(
+    entry: &SessionEntry,
+    stanza: Element,
+    receipt: Option<Receipt>,
+    marker: Option<Marker>,
+) -> Result<(), (Element, Option<Receipt>)> {
     // The session answers `inner` once the stanza is written; `receipt` is
     // answered from it, or after OWNED_AFTER in any case (see `watch`).
     // Without a runtime to wait on (never in the server) the session
@@ -184,7 +206,7 @@ pub fn deliver_owned(
         },
         None => (None, None),
     };
-    match entry.handle.try_deliver(stanza, inner) {
+    match entry.handle.try_deliver_marked(stanza, inner, marker) {
         Ok(()) => {}
         Err(Refused::Full(last, inner)) => {
             tracing::warn!(resource = %entry.resource, "session too slow; cutting it off");

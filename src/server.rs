@@ -86,6 +86,9 @@ pub struct ServerCtx {
     /// Drain pushes waiting for the target node to confirm the bind.
     pub push_acks:
         std::sync::Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<bool>>>,
+    /// Failed resumes heard of, which settle messages a dead node was
+    /// about to write (`written_marks.rs`).
+    pub resume_verdicts: crate::written_marks::Verdicts,
     /// Keys the SCRAM salts made up for unknown users (from the cluster
     /// secret: every node answers a probe alike, nobody else can compute it).
     pub scram_fake_key: Vec<u8>,
@@ -333,6 +336,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         sm_sessions: Default::default(),
         handoffs: Default::default(),
         push_acks: Default::default(),
+        resume_verdicts: Default::default(),
         arriving: Default::default(),
         arbiters: std::sync::OnceLock::new(),
         moved: Default::default(),

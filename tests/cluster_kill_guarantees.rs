@@ -4,11 +4,13 @@
 //! - sessions on the dead node cannot be resumed: `<failed/>`, then bind;
 //! - stanzas the client had not acknowledged go with the node, except one
 //!   whose relay the node had not yet confirmed: its sender routes that
-//!   one again (offline storage);
+//!   one again (offline storage), unless the client's failed resume says
+//!   (its `h`) that it had it;
 //! - once the leader notices (about 3-4 s), the user is offline and new
 //!   messages wait in offline storage; nothing sent after that is lost.
 mod common;
 use common::*;
+use starling::xml::Element;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "cluster-kill-secret-0123456789";
@@ -94,4 +96,118 @@ async fn kill_9_loses_the_session_but_not_later_messages() {
         .collect();
     assert_eq!(ids.iter().filter(|i| **i == "k2").count(), 1, "{ids:?}");
     assert!(ids.iter().filter(|i| **i == "k1").count() <= 1, "{ids:?}");
+}
+
+/// The stanzas (message, presence, iq) among `els`: what `h` counts.
+fn counted(els: Vec<Element>) -> impl Iterator<Item = Element> {
+    els.into_iter().filter(|e| {
+        e.ns == "jabber:client" && matches!(e.name.as_str(), "message" | "presence" | "iq")
+    })
+}
+
+/// A node that dies after writing a relayed message to its client and
+/// before telling the sender leaves the sender unsure: routed again, the
+/// message may arrive twice; taken as delivered, it may be lost. The
+/// writing node first told the sender which stanza of the session it was
+/// (a mark); the client's failed resume elsewhere says, with its `h`,
+/// which it handled. What `h` covers is not routed again; what it does not
+/// cover is, once. Node 3 holds its relay answers (a fault switch), so the
+/// kill always falls in that window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_written_just_before_a_kill_9_arrives_once() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let n1 = cluster_node(1, None, SECRET, &[]);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
+    let mut n3 = cluster_node(
+        3,
+        Some(&n1),
+        SECRET,
+        &[(starling::route::HOLD_ANSWERS, "1")],
+    );
+    wait_members(&n1, SECRET, 3).await;
+    n1.add_user("alice", "pw");
+    n1.add_user("bob", "pw");
+
+    let mut a = authed_retry(&n3, "alice", "pw").await;
+    a.bind(Some("phone")).await.unwrap();
+    a.send(&format!("<enable xmlns='{SM}' resume='true'/>"))
+        .await;
+    let id = a
+        .wait_for(|e| e.name == "enabled")
+        .await
+        .attr("id")
+        .unwrap()
+        .to_string();
+    // What came before <enabled/> is not counted by h.
+    a.drain();
+    a.send("<presence/>").await;
+    let mut b = sm_bound(&n1, "bob", "pw", "r").await;
+    for k in ["m1", "m2"] {
+        b.send(&format!(
+            "<message to='alice@localhost/phone' type='chat' id='{k}'><body>{k}</body></message>"
+        ))
+        .await;
+    }
+    // Everything alice's session sent her, in order, until both arrived.
+    let mut got: Vec<Element> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let at = |got: &[Element], k: &str| got.iter().position(|e| e.attr("id") == Some(k));
+    while at(&got, "m1").is_none() || at(&got, "m2").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "m1 and m2 never reached alice: {got:?}"
+        );
+        got.extend(counted(a.collect_for(Duration::from_millis(200)).await));
+    }
+    let (p1, p2) = (at(&got, "m1").unwrap(), at(&got, "m2").unwrap());
+    assert!(p1 < p2, "in order: {got:?}");
+    // Node 3 wrote both and answered neither; it dies now.
+    n3.kill9();
+    drop(a);
+
+    // Alice's client says it handled everything up to m1, not m2.
+    let h = p1 + 1;
+    let mut a2 = authed_retry(&n2, "alice", "pw").await;
+    a2.send(&format!("<resume xmlns='{SM}' previd='{id}' h='{h}'/>"))
+        .await;
+    let f = a2
+        .wait_for(|e| e.name == "failed" || e.name == "resumed")
+        .await;
+    assert_eq!(f.name, "failed", "the session died with node 3");
+    a2.bind(Some("phone")).await.unwrap();
+    a2.send("<presence/>").await;
+    // Node 1 gets both back once node 3 is found dead: m2 comes again,
+    // m1 does not.
+    let mut again: Vec<Element> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while !again.iter().any(|e| e.attr("id") == Some("m2")) {
+        assert!(
+            Instant::now() < deadline,
+            "m2 was not routed again: {again:?}\n--- node 1 ---\n{}",
+            n1.log()
+        );
+        again.extend(a2.collect_for(Duration::from_millis(300)).await);
+    }
+    again.extend(a2.collect_for(Duration::from_secs(2)).await);
+    let ids: Vec<&str> = again
+        .iter()
+        .filter(|e| e.name == "message")
+        .filter_map(|e| e.attr("id"))
+        .collect();
+    assert_eq!(ids.iter().filter(|i| **i == "m2").count(), 1, "{ids:?}");
+    assert_eq!(
+        ids.iter().filter(|i| **i == "m1").count(),
+        0,
+        "m1 twice: {ids:?}"
+    );
+    let log = n1.log();
+    assert!(
+        log.contains("the client's resume says it has this message"),
+        "node 1 settled m1 by the resume:\n{log}"
+    );
+    // Both are acknowledged to bob: each is owned, one way or the other.
+    assert_eq!(
+        acked_up_to(&mut b, 2, None, Duration::from_secs(10)).await,
+        Some(2)
+    );
 }

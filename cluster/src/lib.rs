@@ -182,6 +182,47 @@ pub struct Incoming {
     pub from: u64,
     pub payload: Vec<u8>,
     pub receipt: Receipt,
+    /// Set when the sender records marks (see [`Marker`]).
+    pub mark: Option<Marker>,
+}
+
+/// Lets the application tell a payload's sender, before it writes the
+/// payload to a client, which stanza of which resumable session it will
+/// be (`RelayAnswers.marks`). The sender keeps the mark with the payload:
+/// should this node die after the write and before its answer, the
+/// sender gives the payload back *with* its marks, and the client's next
+/// resume attempt (its XEP-0198 `h`) tells whether it arrived, instead of
+/// the payload being routed again (a duplicate) or taken as delivered (a
+/// loss). Write only once the returned receiver fires; if it fails (the
+/// stream broke, the sender is gone), write anyway: the sender then has
+/// no mark, as before marks.
+#[derive(Clone)]
+pub struct Marker {
+    pub(crate) seq: u64,
+    pub(crate) tx: mpsc::UnboundedSender<relay_stream::MarkRequest>,
+}
+
+impl Marker {
+    /// Ask the sender to record that this payload goes out as stanza
+    /// `number` of session `session` (its resumption id).
+    pub fn mark(&self, session: &str, number: u64) -> oneshot::Receiver<()> {
+        let (gate, rx) = oneshot::channel();
+        let _ = self.tx.send(relay_stream::MarkRequest {
+            seq: self.seq,
+            session: session.to_string(),
+            number,
+            gate,
+        });
+        rx
+    }
+}
+
+/// A mark the receiving node recorded with a payload before writing it:
+/// the payload went out as stanza `number` of resumable session `session`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    pub session: String,
+    pub number: u64,
 }
 
 /// A payload the relayer gives back to the application: the node refused
@@ -191,6 +232,9 @@ pub struct Returned {
     pub node: u64,
     pub payload: Vec<u8>,
     pub receipt: Option<Receipt>,
+    /// What the node said it was about to write it as (see [`Marker`]):
+    /// empty unless it may have reached a client.
+    pub marks: Vec<Mark>,
 }
 
 pub(crate) enum Cmd {

@@ -20,8 +20,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tonic::Status as RpcStatus;
 
-use crate::proto::{RelayAnswers, RelayFrames};
-use crate::{Incoming, Status};
+use crate::proto::{RelayAnswers, RelayFrames, RelayMark};
+use crate::{Incoming, Marker, Status};
+
+/// The application's ask to record a mark before it writes a payload
+/// ([`Marker::mark`]); `gate` fires once the sender has recorded it.
+pub(crate) struct MarkRequest {
+    pub seq: u64,
+    pub session: String,
+    pub number: u64,
+    pub gate: oneshot::Sender<()>,
+}
 
 /// Payloads sent and not yet answered, per stream, at most.
 pub(crate) const WINDOW: usize = 4096;
@@ -145,6 +154,11 @@ type Answers = mpsc::Sender<Result<RelayAnswers, RpcStatus>>;
 pub async fn serve(r: Receiving, mut frames: tonic::Streaming<RelayFrames>, answers: Answers) {
     r.seen.forget_idle();
     let mut pending: JoinSet<(u64, bool)> = JoinSet::new();
+    // Marks asked for by the application, and the writes waiting for the
+    // sender to record them, by payload. Dropped with the stream: the
+    // writes then go ahead unmarked.
+    let (mark_tx, mut mark_rx) = mpsc::unbounded_channel::<MarkRequest>();
+    let mut gates: HashMap<u64, Vec<oneshot::Sender<()>>> = HashMap::new();
     let mut reading = true;
     // Set once the stream is cut (the fault switch, or the sender left):
     // answers still come in and are remembered, but none is sent on it.
@@ -157,7 +171,10 @@ pub async fn serve(r: Receiving, mut frames: tonic::Streaming<RelayFrames>, answ
     loop {
         tokio::select! {
             frame = frames.message(), if reading => match frame {
-                Ok(Some(f)) => match take(&r, f, &mut pending, &answers, &mut waited_for).await {
+                Ok(Some(mut f)) => match match marked(&r, &mut f, &mut gates) {
+                    Ok(()) => take(&r, f, &mut pending, &answers, &mut waited_for, &mark_tx).await,
+                    Err(e) => Err(e),
+                } {
                     Ok(()) => {}
                     Err(Stop::Cut(e)) => {
                         tracing::debug!(reason = %e.message(), "relay stream cut");
@@ -184,8 +201,30 @@ pub async fn serve(r: Receiving, mut frames: tonic::Streaming<RelayFrames>, answ
                 while let Some(d) = pending.try_join_next() {
                     record(d);
                 }
+                // Answered: a write still waiting for its mark goes ahead
+                // (the sender has forgotten the payload).
+                for seq in out.owned.iter().chain(&out.refused) {
+                    gates.remove(seq);
+                }
                 if !cut && answers.send(Ok(out)).await.is_err() {
                     cut = true; // the sender is gone; it sends them again
+                }
+            },
+            // Only while something can still be handed on or answered:
+            // this end holds a sender itself, so the channel never ends.
+            Some(m) = mark_rx.recv(), if !cut && (reading || !pending.is_empty()) => {
+                let mut out = RelayAnswers::default();
+                let mut ask = |m: MarkRequest| {
+                    out.marks.push(RelayMark { seq: m.seq, session: m.session, number: m.number });
+                    gates.entry(m.seq).or_default().push(m.gate);
+                };
+                ask(m);
+                while let Ok(m) = mark_rx.try_recv() {
+                    ask(m);
+                }
+                if answers.send(Ok(out)).await.is_err() {
+                    cut = true;
+                    gates.clear();
                 }
             },
             else => break,
@@ -194,6 +233,26 @@ pub async fn serve(r: Receiving, mut frames: tonic::Streaming<RelayFrames>, answ
     if let Some(e) = ending.filter(|_| !cut) {
         let _ = answers.send(Err(e)).await;
     }
+}
+
+/// Open the writes whose marks the sender says it recorded.
+fn marked(
+    r: &Receiving,
+    f: &mut RelayFrames,
+    gates: &mut HashMap<u64, Vec<oneshot::Sender<()>>>,
+) -> Result<(), Stop> {
+    if f.marked.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = r.caller.speaks_for(f.from) {
+        return Err(Stop::Cut(e));
+    }
+    for seq in std::mem::take(&mut f.marked) {
+        for gate in gates.remove(&seq).unwrap_or_default() {
+            let _ = gate.send(());
+        }
+    }
+    Ok(())
 }
 
 /// Why a stream stops being read.
@@ -212,7 +271,11 @@ async fn take(
     pending: &mut JoinSet<(u64, bool)>,
     answers: &Answers,
     waited_for: &mut u64,
+    marks: &mpsc::UnboundedSender<MarkRequest>,
 ) -> Result<(), Stop> {
+    if f.payloads.is_empty() {
+        return Ok(()); // marks only (see `marked`)
+    }
     // Read long after it was sent (this process was paused): the sender
     // may have given up on it and routed it elsewhere. Checked again
     // before each payload is handed on.
@@ -256,6 +319,7 @@ async fn take(
         }
     }
     let key = (f.from, f.epoch, f.lane);
+    let marking = f.marking;
     for p in f.payloads {
         let seq = p.seq;
         match r.seen.fate(key, f.below, seq) {
@@ -289,6 +353,7 @@ async fn take(
                         from: f.from,
                         payload: p.payload,
                         receipt,
+                        mark: marking.then(|| Marker { seq, tx: marks.clone() }),
                     }) => h.is_ok(),
                     _ = answers.closed() => {
                         return not_handed(Stop::Cut(RpcStatus::cancelled("the sender left the stream")));

@@ -281,6 +281,7 @@ impl Raft for Service {
                     from,
                     payload,
                     receipt,
+                    mark: None,
                 })
                 .await
                 .map_err(|_| RpcStatus::unavailable("stopping"))?;
@@ -810,6 +811,8 @@ pub(crate) fn unix_ms() -> u64 {
 struct Queued {
     payload: Vec<u8>,
     receipt: Option<Receipt>,
+    /// What the receiver said it was about to write this as.
+    marks: Vec<crate::Mark>,
 }
 
 /// A node's queue, shared by its relay task and the senders.
@@ -873,6 +876,7 @@ impl Relayer {
             node,
             payload,
             receipt,
+            marks: Vec::new(),
         };
         let addr = match self
             .status
@@ -932,7 +936,11 @@ impl Relayer {
             if q.items.len() >= RELAY_QUEUE || q.closed {
                 return Err(back(payload, receipt));
             }
-            q.items.push_back(Queued { payload, receipt });
+            q.items.push_back(Queued {
+                payload,
+                receipt,
+                marks: Vec::new(),
+            });
         }
         peer.wake.notify_one();
         Ok(())
@@ -985,6 +993,7 @@ impl Relayer {
                 node,
                 payload: it.payload,
                 receipt: it.receipt,
+                marks: it.marks,
             });
         }
         peer.wake.notify_one();
@@ -1020,12 +1029,17 @@ impl RelayLink {
                 node: self.node,
                 payload: it.payload,
                 receipt: it.receipt,
+                marks: it.marks,
             });
         }
     }
 
-    /// Payloads the node refused: routed again by the application.
-    fn refused(&self, back: Vec<Queued>) {
+    /// Payloads the node refused: routed again by the application (it
+    /// wrote none of them, whatever it marked).
+    fn refused(&self, mut back: Vec<Queued>) {
+        for q in &mut back {
+            q.marks.clear();
+        }
         if !back.is_empty() {
             tracing::info!(
                 node = self.node,
@@ -1230,6 +1244,8 @@ async fn relay_stream_once(
             applied: link.status.borrow().ordered,
             below: outbox.below(),
             payloads,
+            marking: true,
+            marked: Vec::new(),
         }
     };
     // What had no answer on the last stream goes first, in order.
@@ -1267,7 +1283,18 @@ async fn relay_stream_once(
         }
     };
     let mut answered = false;
+    // Marks recorded and not yet confirmed to the receiver (the channel
+    // was full): confirmed with the next frame that fits.
+    let mut to_confirm: Vec<u64> = Vec::new();
     loop {
+        if !to_confirm.is_empty() {
+            let mut f = frames(outbox, Vec::new());
+            f.marked = std::mem::take(&mut to_confirm);
+            if let Err(e) = tx.try_send(f) {
+                let mut f = e.into_inner();
+                to_confirm = std::mem::take(&mut f.marked);
+            }
+        }
         // Take what is queued, as far as the window allows.
         let fresh: Vec<u64> = {
             let mut q = link.peer.lock();
@@ -1314,6 +1341,14 @@ async fn relay_stream_once(
             a = answers.message() => match a {
                 Ok(Some(a)) => {
                     answered = true;
+                    // The receiver is about to write these to a client:
+                    // kept with the payload, then confirmed.
+                    for m in a.marks {
+                        if let Some(f) = outbox.in_flight.get_mut(&m.seq) {
+                            f.item.marks.push(crate::Mark { session: m.session, number: m.number });
+                        }
+                        to_confirm.push(m.seq);
+                    }
                     let mut back = Vec::new();
                     for seq in a.owned {
                         if let Some(f) = outbox.in_flight.remove(&seq) {

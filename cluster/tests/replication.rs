@@ -905,6 +905,7 @@ async fn the_mesh_refuses_a_node_the_cluster_ca_did_not_sign() {
             seq: 1,
             payload: b"forged".to_vec(),
         }],
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -21,6 +21,11 @@ pub enum Outbound {
     /// Data the session numbered (its `n`-th): [`Written`] tells when it
     /// reached the socket.
     Marked(String, u64),
+    /// [`Outbound::Marked`], written only once `gate` fires (or fails, or
+    /// [`GATE_WAIT`] passes): a relayed stanza whose sender records which
+    /// stanza of the session it is before it reaches the client
+    /// ([`starling_cluster::Marker`]). What follows waits behind it.
+    Gated(String, u64, oneshot::Receiver<()>),
     /// End the stream, with an error first if given.
     Close(Option<StreamError>),
 }
@@ -87,6 +92,18 @@ impl Drop for WrittenState {
     }
 }
 
+/// The longest a gated write waits for its sender to record the mark
+/// (normally one mesh round trip); past it the stanza is written anyway,
+/// unmarked.
+pub const GATE_WAIT: Duration = Duration::from_secs(2);
+
+/// Wait for a gated write's gate, bounded.
+async fn open_gate(gate: oneshot::Receiver<()>) {
+    if tokio::time::timeout(GATE_WAIT, gate).await.is_err() {
+        tracing::debug!("relay mark not confirmed in time; written unmarked");
+    }
+}
+
 /// Writes at most this much per batch before flushing.
 const BATCH_BYTES: usize = 64 * 1024;
 /// A client that will not take our bytes for this long is gone.
@@ -108,8 +125,13 @@ pub async fn writer<W: tokio::io::AsyncWrite + Unpin, G>(
     // The session drops the abort handle when it stops; queued data and the
     // final close still come through `rx` then.
     let mut abort_live = true;
+    // A gated write met while batching: it starts the next batch.
+    let mut next: Option<Outbound> = None;
     loop {
-        let cmd = tokio::select! {
+        let cmd = if let Some(cmd) = next.take() {
+            cmd
+        } else {
+            tokio::select! {
             biased;
             err = &mut abort, if abort_live => match err {
                 Ok(err) => {
@@ -123,6 +145,14 @@ pub async fn writer<W: tokio::io::AsyncWrite + Unpin, G>(
                 }
             },
             cmd = rx.recv() => cmd.unwrap_or(Outbound::Close(None)),
+            }
+        };
+        let cmd = match cmd {
+            Outbound::Gated(d, n, gate) => {
+                open_gate(gate).await;
+                Outbound::Marked(d, n)
+            }
+            cmd => cmd,
         };
         let mut close = None;
         // The last mark in this batch.
@@ -134,6 +164,11 @@ pub async fn writer<W: tokio::io::AsyncWrite + Unpin, G>(
                 mark = Some(n);
             }
             Outbound::Close(e) => close = Some(e),
+            // Opened above.
+            Outbound::Gated(d, n, _) => {
+                buf.push_str(&d);
+                mark = Some(n);
+            }
         }
         let mut ran_dry = false;
         while close.is_none() && buf.len() < BATCH_BYTES {
@@ -144,6 +179,12 @@ pub async fn writer<W: tokio::io::AsyncWrite + Unpin, G>(
                     mark = Some(n);
                 }
                 Ok(Outbound::Close(e)) => close = Some(e),
+                Ok(gated @ Outbound::Gated(..)) => {
+                    // What is batched goes out first; the gate is awaited
+                    // at the top of the loop.
+                    next = Some(gated);
+                    break;
+                }
                 Err(mpsc::TryRecvError::Empty) => {
                     ran_dry = true;
                     break;
@@ -285,6 +326,49 @@ mod tests {
         let (r, answered) = oneshot::channel();
         written.after(1, r);
         assert_eq!(answered.await, Ok(true));
+    }
+
+    /// Read from `client` for `d`: whatever arrived.
+    async fn read_for(client: &mut tokio::io::DuplexStream, d: Duration) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, client.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(got).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_gated_write_and_what_follows_wait_for_the_gate() {
+        let (mut client, mut tx, _written, _abort, _task) = pipe(4096);
+        let (open, gate) = oneshot::channel();
+        tx.try_send(Outbound::Marked("<a/>".into(), 1)).unwrap();
+        tx.try_send(Outbound::Gated("<b/>".into(), 2, gate))
+            .unwrap();
+        tx.try_send(Outbound::Marked("<c/>".into(), 3)).unwrap();
+        // What came before the gate goes out; the rest waits.
+        assert_eq!(
+            read_for(&mut client, Duration::from_millis(300)).await,
+            "<a/>"
+        );
+        open.send(()).unwrap();
+        assert_eq!(
+            read_for(&mut client, Duration::from_millis(300)).await,
+            "<b/><c/>"
+        );
+        // A gate that fails (its stream broke) does not hold the write.
+        let (open, gate) = oneshot::channel::<()>();
+        tx.try_send(Outbound::Gated("<d/>".into(), 4, gate))
+            .unwrap();
+        drop(open);
+        assert_eq!(
+            read_for(&mut client, Duration::from_millis(300)).await,
+            "<d/>"
+        );
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_channel::mpsc;
 use jid::{FullJid, Jid};
-use starling_cluster::Receipt;
+use starling_cluster::{Marker, Receipt};
 use tokio::sync::oneshot;
 use tracing::Span;
 
@@ -34,7 +34,7 @@ pub const CSI_NS: &str = "urn:xmpp:csi:0";
 /// once the session owns it for good (see [`Self::owned_when_written`]).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Element, pub Option<Receipt>);
+pub struct Deliver(pub Element, pub Option<Receipt>, pub Option<Marker>);
 
 /// End this session's stream with an error.
 #[derive(Message)]
@@ -186,6 +186,17 @@ impl C2sSession {
 
     /// Write raw XML (stream management and other non-stanza elements).
     fn write(&mut self, data: String, ctx: &mut Context<Self>) {
+        self.write_gated(data, None, ctx)
+    }
+
+    /// [`Self::write`], held by the writer until `gate` opens (see
+    /// [`Outbound::Gated`]).
+    fn write_gated(
+        &mut self,
+        data: String,
+        gate: Option<oneshot::Receiver<()>>,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(conn) = &mut self.conn else { return };
         // `[log] level = "info,stanza=trace"`: every stanza, in the session's span.
         if tracing::enabled!(target: "stanza", tracing::Level::TRACE) {
@@ -193,11 +204,11 @@ impl C2sSession {
             tracing::trace!(target: "stanza", out = %data);
         }
         conn.marks += 1;
-        if conn
-            .out
-            .try_send(Outbound::Marked(data, conn.marks))
-            .is_err()
-        {
+        let out = match gate {
+            Some(gate) => Outbound::Gated(data, conn.marks, gate),
+            None => Outbound::Marked(data, conn.marks),
+        };
+        if conn.out.try_send(out).is_err() {
             self.close(
                 StreamError::with_text(
                     StreamCondition::ResourceConstraint,
@@ -223,6 +234,12 @@ impl C2sSession {
     /// Send a stanza to the client: counted and queued for acknowledgement
     /// with stream management, held while inactive if it is presence.
     pub fn send(&mut self, el: &Element, ctx: &mut Context<Self>) {
+        self.send_marked(el, None, ctx)
+    }
+
+    /// [`Self::send`] for a relayed stanza whose sender records, before
+    /// it is written, which stanza of this session it is (`marker`).
+    fn send_marked(&mut self, el: &Element, marker: Option<Marker>, ctx: &mut Context<Self>) {
         // XEP-0352: presence waits (the latest per sender) while inactive.
         if self.inactive && !self.closed && el.name == "presence" {
             let from = el.attr("from").map(str::to_string);
@@ -237,7 +254,7 @@ impl C2sSession {
             }
             return;
         }
-        self.send_now(el, ctx);
+        self.send_now_marked(el, marker, ctx);
     }
 
     /// Send what CSI held, oldest first.
@@ -249,15 +266,28 @@ impl C2sSession {
 
     /// [`Self::send`] past the CSI hold: counted for stream management, written.
     fn send_now(&mut self, el: &Element, ctx: &mut Context<Self>) {
+        self.send_now_marked(el, None, ctx)
+    }
+
+    /// [`Self::send_now`]; with a `marker`, the write waits until the
+    /// stanza's sender has recorded its number in this resumable session:
+    /// should this node die before answering the sender, the client's
+    /// resume attempt elsewhere (its `h`) tells the sender whether the
+    /// stanza arrived (`route::reroute`).
+    fn send_now_marked(&mut self, el: &Element, marker: Option<Marker>, ctx: &mut Context<Self>) {
         if self.closed {
             // Reached a session that is ending: not lost with it.
             self.give_back(el.clone());
             return;
         }
         let xml = el.to_xml(ns::CLIENT);
+        let mut gate = None;
         if let Some(sm) = &mut self.sm {
             if is_stanza(el) {
                 sm.sent(el, xml.len());
+                if let (Some(m), Some(id), Some(_)) = (marker, &sm.id, &self.conn) {
+                    gate = Some(m.mark(id, u64::from(sm.outbound)));
+                }
                 // A client that never acknowledges (or never comes back to
                 // resume) cannot make the server hold unbounded data: the
                 // session ends and what it holds goes to offline storage.
@@ -278,7 +308,7 @@ impl C2sSession {
                 }
             }
         }
-        self.write(xml, ctx);
+        self.write_gated(xml, gate, ctx);
         // Ask for an acknowledgement now and then (XEP-0198 §4).
         let ask = self.sm.as_ref().is_some_and(|s| s.unacked.len() >= 5) && !self.ack_requested;
         if ask && self.conn.is_some() {
@@ -811,15 +841,24 @@ impl crate::router::SessionHandle for Addr<C2sSession> {
         stanza: Element,
         receipt: Option<Receipt>,
     ) -> Result<(), crate::router::Refused> {
-        match self.try_send(Deliver(stanza, receipt)) {
+        self.try_deliver_marked(stanza, receipt, None)
+    }
+
+    fn try_deliver_marked(
+        &self,
+        stanza: Element,
+        receipt: Option<Receipt>,
+        marker: Option<Marker>,
+    ) -> Result<(), crate::router::Refused> {
+        match self.try_send(Deliver(stanza, receipt, marker)) {
             Ok(()) => Ok(()),
-            Err(SendError::Full(Deliver(el, r))) => Err(crate::router::Refused::Full(el, r)),
-            Err(SendError::Closed(Deliver(el, r))) => Err(crate::router::Refused::Closed(el, r)),
+            Err(SendError::Full(Deliver(el, r, _))) => Err(crate::router::Refused::Full(el, r)),
+            Err(SendError::Closed(Deliver(el, r, _))) => Err(crate::router::Refused::Closed(el, r)),
         }
     }
 
     fn deliver_anyway(&self, stanza: Element, receipt: Option<Receipt>) {
-        self.do_send(Deliver(stanza, receipt));
+        self.do_send(Deliver(stanza, receipt, None));
     }
 
     fn close(&self, error: StreamError) {
@@ -834,12 +873,12 @@ impl crate::router::SessionHandle for Addr<C2sSession> {
 impl Handler<Deliver> for C2sSession {
     type Result = ();
 
-    fn handle(&mut self, Deliver(el, receipt): Deliver, ctx: &mut Context<Self>) {
+    fn handle(&mut self, Deliver(el, receipt, marker): Deliver, ctx: &mut Context<Self>) {
         if self.moved {
             self.forward(el, ctx);
             crate::route::answer(receipt, true);
         } else {
-            self.send(&el, ctx);
+            self.send_marked(&el, marker, ctx);
             if let Some(r) = receipt {
                 self.owned_when_written(r);
             }

@@ -282,6 +282,11 @@ async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
                             return Ok(Step::Resume(session, user, h, previd))
                         }
                         (_, h) => {
+                            if let Some(h) = h.filter(|_| !previd.is_empty()) {
+                                // Its node may have died holding messages
+                                // it was writing: h says which arrived.
+                                crate::route::resume_failed(ctx, &user, &previd, h);
+                            }
                             let mut f = Element::new("failed", crate::c2s::stream_management::NS)
                                 .with_child(Element::new(
                                     if h.is_some() {
