@@ -426,12 +426,21 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
         tracing::warn!(node, "returned relay is not a stanza; dropped");
         return answer(receipt, false);
     };
-    if !marks.is_empty() {
+    if !marks.is_empty() && el.name == "message" {
         // The node may have written it before it died: its client's
         // resume attempt says (written_marks.rs).
         let user = to.node().map(|n| n.as_str()).unwrap_or_default();
-        let wait = crate::written_marks::VERDICT_WAIT;
-        match ctx.resume_verdicts.reached_within(user, &marks, wait).await {
+        // A stanza passed on from another node (depth > 0) owes that
+        // node an answer within its relay deadline: no waiting then.
+        let wait = match at {
+            0 => crate::written_marks::VERDICT_WAIT,
+            _ => std::time::Duration::ZERO,
+        };
+        match ctx
+            .resume_verdicts
+            .reached_within(user, &marks, wait, &ctx.draining)
+            .await
+        {
             Some(true) => {
                 tracing::info!(to = %to, node, "the client's resume says it has this message: not routed again");
                 return answer(receipt, true);
@@ -577,6 +586,7 @@ pub async fn serve_relays(
         payload,
         receipt,
         mark,
+        marks,
     }) = rx.recv().await
     {
         let msg = match serde_json::from_slice::<Relay>(&payload) {
@@ -613,6 +623,28 @@ pub async fn serve_relays(
             } => {
                 // What it relays waits behind it: one lane deeper.
                 let next = depth.saturating_add(1).min(MAX_DEPTH);
+                if !marks.is_empty() && xml.starts_with("<message") {
+                    // Sent again after this node restarted: its earlier
+                    // life may have written it. The client's resume
+                    // attempt settles it first (written_marks.rs).
+                    let c = ctx.clone();
+                    tokio::spawn(async move {
+                        let user = to.split('@').next().unwrap_or_default();
+                        let wait = crate::written_marks::VERDICT_WAIT_RESENT;
+                        let verdict = c
+                            .resume_verdicts
+                            .reached_within(user, &marks, wait, &c.draining)
+                            .await;
+                        if verdict == Some(true) {
+                            tracing::info!(to = %to, from, "sent again after a restart; the client's resume says it has it: not delivered again");
+                            return answer(receipt, true);
+                        }
+                        DEPTH.sync_scope(next, || {
+                            take_relayed_stanza(&c, from, to, require, xml, hops, receipt, mark)
+                        });
+                    });
+                    continue;
+                }
                 DEPTH.sync_scope(next, || {
                     take_relayed_stanza(&ctx, from, to, require, xml, hops, receipt, mark)
                 });

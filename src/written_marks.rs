@@ -18,10 +18,17 @@
 //!   answered as owned, not routed again;
 //! - every mark's session has an `h` below it: routed again;
 //! - no resume attempt heard of within [`VERDICT_WAIT`] (the client did
-//!   not come back, or came back without resumption): routed again, and
-//!   the client may then see it twice, as before marks.
+//!   not come back, or came back without resumption, or through a node of
+//!   an older version): routed again, and the client may then see it
+//!   twice, as before marks.
+//!
+//! The node may also be back before it is found dead (a crash and a quick
+//! restart): the sender then sends it the message again, with its marks,
+//! and the node's new life, which never saw it, settles it the same way
+//! before it delivers it (`route::serve_relays`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -34,21 +41,28 @@ pub const KEEP: Duration = Duration::from_secs(600);
 const MAX: usize = 65_536;
 /// How long a message given back with marks waits to hear of its
 /// client's resume attempt (a client cut off by a dead node reconnects
-/// within seconds; the node's death is noticed, and the message given
-/// back, after several).
-pub const VERDICT_WAIT: Duration = Duration::from_secs(20);
+/// within seconds, and a resume looks for its session for at most 4 s;
+/// the node's death is noticed, and the message given back, after
+/// several). Its sender's `<a/>` waits meanwhile.
+pub const VERDICT_WAIT: Duration = Duration::from_secs(10);
+/// The same for a message sent again to a node that restarted: its answer
+/// must reach the sender within `RELAY_ANSWER` (8 s).
+pub const VERDICT_WAIT_RESENT: Duration = Duration::from_secs(5);
+/// Marks kept per message at most (one per session it was written to).
+pub const MAX_MARKS: usize = 8;
 
-/// The failed resumes heard of: resumption id -> (user, `h`).
+/// The failed resumes heard of: (user, resumption id) -> `h`.
 #[derive(Default)]
 pub struct Verdicts {
-    seen: Mutex<HashMap<String, Verdict>>,
+    seen: Mutex<Seen>,
     news: Notify,
 }
 
-struct Verdict {
-    user: String,
-    h: u32,
-    at: Instant,
+#[derive(Default)]
+struct Seen {
+    by_session: HashMap<(String, String), u32>,
+    /// When each was first heard of, oldest first: expiry and the bound.
+    order: VecDeque<(Instant, (String, String))>,
 }
 
 /// Stanza `number` is within `h` (both count from the session's start
@@ -58,7 +72,7 @@ fn within(number: u64, h: u32) -> bool {
 }
 
 impl Verdicts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Verdict>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -67,24 +81,18 @@ impl Verdicts {
     pub fn record(&self, user: &str, session: &str, h: u32) {
         let mut seen = self.lock();
         let now = Instant::now();
-        seen.retain(|_, v| now.duration_since(v.at) < KEEP);
-        if seen.len() >= MAX {
-            if let Some(oldest) = seen
-                .iter()
-                .min_by_key(|(_, v)| v.at)
-                .map(|(k, _)| k.clone())
-            {
-                seen.remove(&oldest);
+        while let Some((at, _)) = seen.order.front() {
+            if now.duration_since(*at) < KEEP && seen.order.len() < MAX {
+                break;
+            }
+            if let Some((_, key)) = seen.order.pop_front() {
+                seen.by_session.remove(&key);
             }
         }
-        seen.insert(
-            session.to_string(),
-            Verdict {
-                user: user.to_string(),
-                h,
-                at: now,
-            },
-        );
+        let key = (user.to_string(), session.to_string());
+        if seen.by_session.insert(key.clone(), h).is_none() {
+            seen.order.push_back((now, key));
+        }
         drop(seen);
         self.news.notify_waiters();
     }
@@ -95,8 +103,8 @@ impl Verdicts {
         let seen = self.lock();
         let mut unknown = false;
         for m in marks {
-            match seen.get(&m.session).filter(|v| v.user == user) {
-                Some(v) if within(m.number, v.h) => return Some(true),
+            match seen.by_session.get(&(user.to_string(), m.session.clone())) {
+                Some(h) if within(m.number, *h) => return Some(true),
                 Some(_) => {}
                 None => unknown = true,
             }
@@ -105,8 +113,14 @@ impl Verdicts {
     }
 
     /// [`Self::reached`], waiting up to `wait` for the sessions to be
-    /// heard of.
-    pub async fn reached_within(&self, user: &str, marks: &[Mark], wait: Duration) -> Option<bool> {
+    /// heard of; no longer once `stop` is set (the node is stopping).
+    pub async fn reached_within(
+        &self,
+        user: &str,
+        marks: &[Mark],
+        wait: Duration,
+        stop: &AtomicBool,
+    ) -> Option<bool> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let news = self.news.notified();
@@ -115,9 +129,12 @@ impl Verdicts {
             if let Some(r) = self.reached(user, marks) {
                 return Some(r);
             }
-            if tokio::time::timeout_at(deadline, news).await.is_err() {
-                return self.reached(user, marks);
+            let now = tokio::time::Instant::now();
+            if now >= deadline || stop.load(Ordering::Acquire) {
+                return None;
             }
+            let look = deadline.min(now + Duration::from_millis(250));
+            let _ = tokio::time::timeout_at(look, news).await;
         }
     }
 }
@@ -140,8 +157,11 @@ mod tests {
         v.record("u1", "s1", 5);
         assert_eq!(v.reached("u1", &[mark("s1", 5)]), Some(true));
         assert_eq!(v.reached("u1", &[mark("s1", 6)]), Some(false));
-        // Another user's resume says nothing about this user's session.
+        // Another user's resume says nothing about this user's session,
+        // and does not hide it.
         assert_eq!(v.reached("u2", &[mark("s1", 5)]), None);
+        v.record("u2", "s1", 0);
+        assert_eq!(v.reached("u1", &[mark("s1", 5)]), Some(true));
         // One session of several had it: delivered.
         assert_eq!(v.reached("u1", &[mark("s9", 1), mark("s1", 2)]), Some(true));
         assert_eq!(v.reached("u1", &[mark("s9", 1), mark("s1", 7)]), None);
@@ -159,8 +179,13 @@ mod tests {
         let v = std::sync::Arc::new(Verdicts::default());
         let w = v.clone();
         let waiting = tokio::spawn(async move {
-            w.reached_within("u1", &[mark("s1", 3)], Duration::from_secs(10))
-                .await
+            w.reached_within(
+                "u1",
+                &[mark("s1", 3)],
+                Duration::from_secs(10),
+                &AtomicBool::new(false),
+            )
+            .await
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         v.record("u1", "s1", 4);
@@ -170,8 +195,25 @@ mod tests {
             .expect("task");
         assert_eq!(got, Some(true));
         let none = v
-            .reached_within("u1", &[mark("s2", 1)], Duration::from_millis(50))
+            .reached_within(
+                "u1",
+                &[mark("s2", 1)],
+                Duration::from_millis(50),
+                &AtomicBool::new(false),
+            )
             .await;
         assert_eq!(none, None, "never heard of: no verdict");
+        // A stopping node does not wait.
+        let started = std::time::Instant::now();
+        let stopping = v
+            .reached_within(
+                "u1",
+                &[mark("s2", 1)],
+                Duration::from_secs(30),
+                &AtomicBool::new(true),
+            )
+            .await;
+        assert_eq!(stopping, None);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

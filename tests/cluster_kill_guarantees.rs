@@ -211,3 +211,107 @@ async fn a_message_written_just_before_a_kill_9_arrives_once() {
         Some(2)
     );
 }
+
+/// Ports of the restart test below (nodes on 127.0.0.1-3).
+const PORTS: FixedPorts = FixedPorts {
+    c2s: 9522,
+    http: 9580,
+    mesh: 11522,
+};
+
+/// The same window, but node 3 restarts at once, before it is found dead:
+/// node 1 sends m1 and m2 again to node 3's new life, with the marks the
+/// old one recorded, and either node settles them by the client's resume
+/// (the new life before it delivers them, or node 1 if they come back to
+/// it). m1, which the client said it handled, never arrives again; m2
+/// arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_written_just_before_a_crash_and_restart_arrives_once() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let hold = [(starling::route::HOLD_ANSWERS, "1")];
+    let dir = || tempfile::tempdir().unwrap();
+    let n1 = fixed_node(1, dir(), SECRET, &PORTS, &[]);
+    let n2 = fixed_node(2, dir(), SECRET, &PORTS, &[]);
+    let mut n3 = fixed_node(3, dir(), SECRET, &PORTS, &hold);
+    wait_members(&n1, SECRET, 3).await;
+    n1.add_user("alice", "pw");
+    n1.add_user("bob", "pw");
+
+    let mut a = authed_retry(&n3, "alice", "pw").await;
+    a.bind(Some("phone")).await.unwrap();
+    a.send(&format!("<enable xmlns='{SM}' resume='true'/>"))
+        .await;
+    let id = a
+        .wait_for(|e| e.name == "enabled")
+        .await
+        .attr("id")
+        .unwrap()
+        .to_string();
+    a.drain();
+    a.send("<presence/>").await;
+    let mut b = sm_bound(&n1, "bob", "pw", "r").await;
+    for k in ["m1", "m2"] {
+        b.send(&format!(
+            "<message to='alice@localhost/phone' type='chat' id='{k}'><body>{k}</body></message>"
+        ))
+        .await;
+    }
+    let mut got: Vec<Element> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let at = |got: &[Element], k: &str| got.iter().position(|e| e.attr("id") == Some(k));
+    while at(&got, "m1").is_none() || at(&got, "m2").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "m1 and m2 never reached alice: {got:?}"
+        );
+        got.extend(counted(a.collect_for(Duration::from_millis(200)).await));
+    }
+    let h = at(&got, "m1").unwrap() + 1;
+    assert!(at(&got, "m2").unwrap() >= h, "in order: {got:?}");
+    // Node 3 wrote both and answered neither; it crashes and is back at
+    // once (this time answering its relays).
+    n3.kill9();
+    drop(a);
+    let old = std::mem::replace(&mut n3.dir, dir());
+    let n3 = fixed_node(3, old, SECRET, &PORTS, &[]);
+
+    let mut a2 = authed_retry(&n2, "alice", "pw").await;
+    a2.send(&format!("<resume xmlns='{SM}' previd='{id}' h='{h}'/>"))
+        .await;
+    let f = a2
+        .wait_for(|e| e.name == "failed" || e.name == "resumed")
+        .await;
+    assert_eq!(f.name, "failed", "the session died with node 3");
+    a2.bind(Some("phone")).await.unwrap();
+    a2.send("<presence/>").await;
+    let mut again: Vec<Element> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while !again.iter().any(|e| e.attr("id") == Some("m2")) {
+        assert!(
+            Instant::now() < deadline,
+            "m2 was not routed again: {again:?}\n--- node 1 ---\n{}\n--- node 3 ---\n{}",
+            n1.log(),
+            n3.log()
+        );
+        again.extend(a2.collect_for(Duration::from_millis(300)).await);
+    }
+    again.extend(a2.collect_for(Duration::from_secs(2)).await);
+    let ids: Vec<&str> = again
+        .iter()
+        .filter(|e| e.name == "message")
+        .filter_map(|e| e.attr("id"))
+        .collect();
+    assert_eq!(ids.iter().filter(|i| **i == "m2").count(), 1, "{ids:?}");
+    assert_eq!(
+        ids.iter().filter(|i| **i == "m1").count(),
+        0,
+        "m1 twice: {ids:?}\n--- node 1 ---\n{}\n--- node 3 ---\n{}",
+        n1.log(),
+        n3.log()
+    );
+    assert_eq!(
+        acked_up_to(&mut b, 2, None, Duration::from_secs(15)).await,
+        Some(2),
+        "both acknowledged to bob"
+    );
+}

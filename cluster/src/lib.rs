@@ -184,6 +184,10 @@ pub struct Incoming {
     pub receipt: Receipt,
     /// Set when the sender records marks (see [`Marker`]).
     pub mark: Option<Marker>,
+    /// Marks a payload sent again carries: an earlier life of this node
+    /// recorded them, and may have written it before it ended. Settle
+    /// them (the client's resume attempt) before delivering it again.
+    pub marks: Vec<Mark>,
 }
 
 /// Lets the application tell a payload's sender, before it writes the

@@ -201,11 +201,9 @@ pub async fn serve(r: Receiving, mut frames: tonic::Streaming<RelayFrames>, answ
                 while let Some(d) = pending.try_join_next() {
                     record(d);
                 }
-                // Answered: a write still waiting for its mark goes ahead
-                // (the sender has forgotten the payload).
-                for seq in out.owned.iter().chain(&out.refused) {
-                    gates.remove(seq);
-                }
+                // A write still waiting for its mark keeps waiting (for the
+                // confirmation, or its deadline): this answer is not with
+                // the sender yet.
                 if !cut && answers.send(Ok(out)).await.is_err() {
                     cut = true; // the sender is gone; it sends them again
                 }
@@ -354,6 +352,12 @@ async fn take(
                         payload: p.payload,
                         receipt,
                         mark: marking.then(|| Marker { seq, tx: marks.clone() }),
+                        marks: p
+                            .marks
+                            .into_iter()
+                            .take(8)
+                            .map(|m| crate::Mark { session: m.session, number: m.number })
+                            .collect(),
                     }) => h.is_ok(),
                     _ = answers.closed() => {
                         return not_handed(Stop::Cut(RpcStatus::cancelled("the sender left the stream")));

@@ -20,7 +20,7 @@ use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server::{Raft, RaftServer};
 use crate::proto::{
     Ack, JoinRequest, JoinResponse, Peer, RaftBatch, RelayAnswers, RelayBatch, RelayFrames,
-    RelayPayload, RemoveRequest, SnapshotChunk, StatusRequest, StatusResponse,
+    RelayMark, RelayPayload, RemoveRequest, SnapshotChunk, StatusRequest, StatusResponse,
 };
 use crate::relay_stream;
 use crate::{ClusterError, Cmd, Incoming, Receipt, Returned, Status};
@@ -282,6 +282,7 @@ impl Raft for Service {
                     payload,
                     receipt,
                     mark: None,
+                    marks: Vec::new(),
                 })
                 .await
                 .map_err(|_| RpcStatus::unavailable("stopping"))?;
@@ -790,6 +791,9 @@ pub enum Lane {
     Forward(u8),
 }
 
+/// Marks kept per payload at most (one per session it is written to; a
+/// relayed payload goes to one session).
+const MAX_MARKS: usize = 8;
 /// Payloads queued per node before new ones are refused.
 const RELAY_QUEUE: usize = 8192;
 /// A relay batch read later than this after it was sent is refused.
@@ -1232,6 +1236,16 @@ async fn relay_stream_once(
                 outbox.in_flight.get(&seq).map(|f| RelayPayload {
                     seq,
                     payload: f.item.payload.clone(),
+                    marks: f
+                        .item
+                        .marks
+                        .iter()
+                        .map(|m| RelayMark {
+                            seq,
+                            session: m.session.clone(),
+                            number: m.number,
+                        })
+                        .collect(),
                 })
             })
             .collect();
@@ -1345,7 +1359,9 @@ async fn relay_stream_once(
                     // kept with the payload, then confirmed.
                     for m in a.marks {
                         if let Some(f) = outbox.in_flight.get_mut(&m.seq) {
-                            f.item.marks.push(crate::Mark { session: m.session, number: m.number });
+                            if f.item.marks.len() < MAX_MARKS {
+                                f.item.marks.push(crate::Mark { session: m.session, number: m.number });
+                            }
                         }
                         to_confirm.push(m.seq);
                     }

@@ -904,6 +904,7 @@ async fn the_mesh_refuses_a_node_the_cluster_ca_did_not_sign() {
         payloads: vec![starling_cluster::proto::RelayPayload {
             seq: 1,
             payload: b"forged".to_vec(),
+            marks: Vec::new(),
         }],
         ..Default::default()
     })

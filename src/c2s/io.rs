@@ -25,7 +25,7 @@ pub enum Outbound {
     /// [`GATE_WAIT`] passes): a relayed stanza whose sender records which
     /// stanza of the session it is before it reaches the client
     /// ([`starling_cluster::Marker`]). What follows waits behind it.
-    Gated(String, u64, oneshot::Receiver<()>),
+    Gated(String, u64, Gate),
     /// End the stream, with an error first if given.
     Close(Option<StreamError>),
 }
@@ -97,9 +97,29 @@ impl Drop for WrittenState {
 /// unmarked.
 pub const GATE_WAIT: Duration = Duration::from_secs(2);
 
+/// What a gated write waits for: the confirmation, or the deadline set
+/// when the mark was asked for (so gates met one after another never add
+/// up to more than [`GATE_WAIT`] each from their own start).
+pub struct Gate {
+    pub confirmed: oneshot::Receiver<()>,
+    pub deadline: tokio::time::Instant,
+}
+
+impl Gate {
+    pub fn new(confirmed: oneshot::Receiver<()>) -> Gate {
+        Gate {
+            confirmed,
+            deadline: tokio::time::Instant::now() + GATE_WAIT,
+        }
+    }
+}
+
 /// Wait for a gated write's gate, bounded.
-async fn open_gate(gate: oneshot::Receiver<()>) {
-    if tokio::time::timeout(GATE_WAIT, gate).await.is_err() {
+async fn open_gate(gate: Gate) {
+    if tokio::time::timeout_at(gate.deadline, gate.confirmed)
+        .await
+        .is_err()
+    {
         tracing::debug!("relay mark not confirmed in time; written unmarked");
     }
 }
@@ -347,7 +367,7 @@ mod tests {
         let (mut client, mut tx, _written, _abort, _task) = pipe(4096);
         let (open, gate) = oneshot::channel();
         tx.try_send(Outbound::Marked("<a/>".into(), 1)).unwrap();
-        tx.try_send(Outbound::Gated("<b/>".into(), 2, gate))
+        tx.try_send(Outbound::Gated("<b/>".into(), 2, Gate::new(gate)))
             .unwrap();
         tx.try_send(Outbound::Marked("<c/>".into(), 3)).unwrap();
         // What came before the gate goes out; the rest waits.
@@ -362,7 +382,7 @@ mod tests {
         );
         // A gate that fails (its stream broke) does not hold the write.
         let (open, gate) = oneshot::channel::<()>();
-        tx.try_send(Outbound::Gated("<d/>".into(), 4, gate))
+        tx.try_send(Outbound::Gated("<d/>".into(), 4, Gate::new(gate)))
             .unwrap();
         drop(open);
         assert_eq!(

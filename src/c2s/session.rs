@@ -194,7 +194,7 @@ impl C2sSession {
     fn write_gated(
         &mut self,
         data: String,
-        gate: Option<oneshot::Receiver<()>>,
+        gate: Option<super::io::Gate>,
         ctx: &mut Context<Self>,
     ) {
         let Some(conn) = &mut self.conn else { return };
@@ -286,7 +286,7 @@ impl C2sSession {
             if is_stanza(el) {
                 sm.sent(el, xml.len());
                 if let (Some(m), Some(id), Some(_)) = (marker, &sm.id, &self.conn) {
-                    gate = Some(m.mark(id, u64::from(sm.outbound)));
+                    gate = Some(super::io::Gate::new(m.mark(id, u64::from(sm.outbound))));
                 }
                 // A client that never acknowledges (or never comes back to
                 // resume) cannot make the server hold unbounded data: the
