@@ -100,6 +100,12 @@ struct Args {
     /// the server's resident memory again (0: do not).
     #[arg(long, default_value_t = 0)]
     logout_wait: u64,
+    /// Enable stream management with resumption (XEP-0198) on every
+    /// session, as mobile clients do, and answer the server's `<r/>`s. On a
+    /// cluster the receiving node then marks each relayed message with its
+    /// sender before writing it.
+    #[arg(long)]
+    resume: bool,
 }
 
 type Tls = TlsStream<TcpStream>;
@@ -365,6 +371,10 @@ async fn login(ctx: &Ctx, i: usize) -> Result<Conn, LoadError> {
     c.send("<iq type='set' id='s'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
         .await?;
     c.send("<presence/>").await?;
+    if ctx.args.resume {
+        c.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+            .await?;
+    }
     Ok(c)
 }
 
@@ -666,9 +676,28 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
         let pong = pong_tx.clone();
         let measuring = measuring.clone();
         let ctx2 = ctx.clone();
+        // With --resume: stanzas handled since <enabled/>, for the <a/>s.
+        let acker = writers.last().cloned().flatten().filter(|_| args.resume);
+        let mut handled: Option<u32> = None;
         tokio::spawn(async move {
             loop {
-                match r.next().await {
+                let ev = r.next().await;
+                if let (Some(acker), Ok(StreamEvent::Stanza(e))) = (&acker, &ev) {
+                    match e.name.as_str() {
+                        "enabled" => handled = Some(0),
+                        "message" | "presence" | "iq" => {
+                            if let Some(h) = handled.as_mut() {
+                                *h = h.wrapping_add(1);
+                            }
+                        }
+                        "r" => {
+                            let h = handled.unwrap_or(0);
+                            let _ = acker.try_send(format!("<a xmlns='urn:xmpp:sm:3' h='{h}'/>"));
+                        }
+                        _ => {}
+                    }
+                }
+                match ev {
                     Ok(StreamEvent::Stanza(e)) if e.name == "message" => {
                         if e.attr("type") == Some("error") {
                             ctx2.errors.fetch_add(1, Ordering::Relaxed);
