@@ -226,6 +226,9 @@ pub async fn negotiate(
 
 /// Open the stream and run it until STARTTLS or bind.
 async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
+    // A failed resume is told to every node once per connection: a client
+    // repeating <resume/> cannot make the cluster broadcast at its pace.
+    let mut resume_told = false;
     'stream: loop {
         header::open(ctx, s).await?;
         s.send(&features(ctx, s).to_xml("")).await?;
@@ -282,7 +285,8 @@ async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
                             return Ok(Step::Resume(session, user, h, previd))
                         }
                         (_, h) => {
-                            if let Some(h) = h.filter(|_| !previd.is_empty()) {
+                            if let Some(h) = h.filter(|_| !previd.is_empty() && !resume_told) {
+                                resume_told = true;
                                 // Its node may have died holding messages
                                 // it was writing: h says which arrived.
                                 crate::route::resume_failed(ctx, &user, &previd, h);
