@@ -625,25 +625,25 @@ pub async fn serve_relays(
                 let next = depth.saturating_add(1).min(MAX_DEPTH);
                 if !marks.is_empty() && xml.starts_with("<message") {
                     // Sent again after this node restarted: its earlier
-                    // life may have written it. The client's resume
-                    // attempt settles it first (written_marks.rs).
-                    let c = ctx.clone();
-                    tokio::spawn(async move {
-                        let user = to.split('@').next().unwrap_or_default();
-                        let wait = crate::written_marks::VERDICT_WAIT_RESENT;
-                        let verdict = c
-                            .resume_verdicts
-                            .reached_within(user, &marks, wait, &c.draining)
-                            .await;
-                        if verdict == Some(true) {
+                    // life may have written it, and the client's resume
+                    // attempt decides (written_marks.rs). Not waited for
+                    // here (in order, within the sender's deadline): until
+                    // it is heard of, the sender keeps the message, marks
+                    // and all, and waits for it itself (`reroute`).
+                    let user = to.split('@').next().unwrap_or_default();
+                    match ctx.resume_verdicts.reached(user, &marks) {
+                        Some(true) => {
                             tracing::info!(to = %to, from, "sent again after a restart; the client's resume says it has it: not delivered again");
-                            return answer(receipt, true);
+                            answer(receipt, true);
+                            continue;
                         }
-                        DEPTH.sync_scope(next, || {
-                            take_relayed_stanza(&c, from, to, require, xml, hops, receipt, mark)
-                        });
-                    });
-                    continue;
+                        Some(false) => {}
+                        None => {
+                            tracing::info!(to = %to, from, "sent again after a restart, perhaps written before it: back to its sender until the client's resume says");
+                            answer(receipt, false);
+                            continue;
+                        }
+                    }
                 }
                 DEPTH.sync_scope(next, || {
                     take_relayed_stanza(&ctx, from, to, require, xml, hops, receipt, mark)

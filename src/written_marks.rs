@@ -23,9 +23,12 @@
 //!   twice, as before marks.
 //!
 //! The node may also be back before it is found dead (a crash and a quick
-//! restart): the sender then sends it the message again, with its marks,
-//! and the node's new life, which never saw it, settles it the same way
-//! before it delivers it (`route::serve_relays`).
+//! restart): the sender then sends it the message again, with its marks.
+//! The node's new life, which never saw it, answers at once: owned if a
+//! verdict already says the client had it, refused (back to the sender,
+//! marks and all, which waits for the verdict as above) if none is heard
+//! of yet, and delivers it if the client did not have it
+//! (`route::serve_relays`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,15 +44,10 @@ pub const KEEP: Duration = Duration::from_secs(600);
 const MAX: usize = 65_536;
 /// How long a message given back with marks waits to hear of its
 /// client's resume attempt (a client cut off by a dead node reconnects
-/// within seconds, and a resume looks for its session for at most 4 s;
+/// within seconds, and a resume looks for its session for about 5.5 s;
 /// the node's death is noticed, and the message given back, after
 /// several). Its sender's `<a/>` waits meanwhile.
 pub const VERDICT_WAIT: Duration = Duration::from_secs(10);
-/// The same for a message sent again to a node that restarted: its answer
-/// must reach the sender within `RELAY_ANSWER` (8 s).
-pub const VERDICT_WAIT_RESENT: Duration = Duration::from_secs(5);
-/// Marks kept per message at most (one per session it was written to).
-pub const MAX_MARKS: usize = 8;
 
 /// The failed resumes heard of: (user, resumption id) -> `h`.
 #[derive(Default)]

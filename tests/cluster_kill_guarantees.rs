@@ -220,11 +220,12 @@ const PORTS: FixedPorts = FixedPorts {
 };
 
 /// The same window, but node 3 restarts at once, before it is found dead:
-/// node 1 sends m1 and m2 again to node 3's new life, with the marks the
-/// old one recorded, and either node settles them by the client's resume
-/// (the new life before it delivers them, or node 1 if they come back to
-/// it). m1, which the client said it handled, never arrives again; m2
-/// arrives once.
+/// node 1 sends m1 and m2 again to node 3's new life with the marks the
+/// old one recorded (or, if node 3 purged its old sessions before node 1
+/// reconnected, routes them again itself). Node 3 hands back what no
+/// resume has settled yet, node 1 keeps the marks and waits for the
+/// client's resume. m1, which the client said it handled, never arrives
+/// again; m2 arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_written_just_before_a_crash_and_restart_arrives_once() {
     let _turn = CLUSTER_TURN.lock().await;
@@ -308,6 +309,13 @@ async fn a_message_written_just_before_a_crash_and_restart_arrives_once() {
         "m1 twice: {ids:?}\n--- node 1 ---\n{}\n--- node 3 ---\n{}",
         n1.log(),
         n3.log()
+    );
+    // Settled by the resume, on whichever node held m1 when it was heard of.
+    let (l1, l3) = (n1.log(), n3.log());
+    assert!(
+        l1.contains("the client's resume says it has this message")
+            || l3.contains("sent again after a restart; the client's resume says it has it"),
+        "m1 settled by the resume\n--- node 1 ---\n{l1}\n--- node 3 ---\n{l3}"
     );
     assert_eq!(
         acked_up_to(&mut b, 2, None, Duration::from_secs(15)).await,

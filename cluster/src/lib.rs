@@ -221,6 +221,10 @@ impl Marker {
     }
 }
 
+/// Marks kept per payload at most (one per session it is written to; a
+/// relayed payload goes to one session, once per life of its node).
+pub(crate) const MAX_MARKS: usize = 8;
+
 /// A mark the receiving node recorded with a payload before writing it:
 /// the payload went out as stanza `number` of resumable session `session`.
 #[derive(Debug, Clone, PartialEq, Eq)]

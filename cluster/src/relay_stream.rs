@@ -355,7 +355,7 @@ async fn take(
                         marks: p
                             .marks
                             .into_iter()
-                            .take(8)
+                            .take(crate::MAX_MARKS)
                             .map(|m| crate::Mark { session: m.session, number: m.number })
                             .collect(),
                     }) => h.is_ok(),

@@ -791,9 +791,6 @@ pub enum Lane {
     Forward(u8),
 }
 
-/// Marks kept per payload at most (one per session it is written to; a
-/// relayed payload goes to one session).
-const MAX_MARKS: usize = 8;
 /// Payloads queued per node before new ones are refused.
 const RELAY_QUEUE: usize = 8192;
 /// A relay batch read later than this after it was sent is refused.
@@ -1038,12 +1035,11 @@ impl RelayLink {
         }
     }
 
-    /// Payloads the node refused: routed again by the application (it
-    /// wrote none of them, whatever it marked).
-    fn refused(&self, mut back: Vec<Queued>) {
-        for q in &mut back {
-            q.marks.clear();
-        }
+    /// Payloads the node refused: routed again by the application. Their
+    /// marks stay: a node refuses only what it did not write, and marks a
+    /// payload refused still carries are an earlier life's, which may have
+    /// written it (a node that restarted, see `Incoming::marks`).
+    fn refused(&self, back: Vec<Queued>) {
         if !back.is_empty() {
             tracing::info!(
                 node = self.node,
@@ -1359,7 +1355,7 @@ async fn relay_stream_once(
                     // kept with the payload, then confirmed.
                     for m in a.marks {
                         if let Some(f) = outbox.in_flight.get_mut(&m.seq) {
-                            if f.item.marks.len() < MAX_MARKS {
+                            if f.item.marks.len() < crate::MAX_MARKS {
                                 f.item.marks.push(crate::Mark { session: m.session, number: m.number });
                             }
                         }
