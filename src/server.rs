@@ -361,6 +361,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
     }));
     // Sessions this node held before a restart are gone.
+    let started = crate::time::unix_now().as_millis() as u64;
     let purge = crate::state::Command::PurgeNode {
         node: ctx.node_id(),
     };
@@ -375,8 +376,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
             for _ in 0..PURGE_TRIES {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let me = c.node_id();
+                // Only a record from before this start is stale: one bound
+                // since may not be in the router yet (its commit
+                // lands first), and purging it would hide a live session
+                // until it registers again.
                 let stale = c.state.all_sessions().into_iter().any(|r| {
                     r.node == me
+                        && r.bound_at < started
                         && jid::FullJid::new(&r.jid)
                             .ok()
                             .and_then(|j| c.router.get_full(&j))
