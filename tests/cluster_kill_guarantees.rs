@@ -105,6 +105,79 @@ fn counted(els: Vec<Element>) -> impl Iterator<Item = Element> {
     })
 }
 
+/// Alice on node 3 with resumption on, bob (stream management) on node 1;
+/// bob sends m1 and m2 to alice's full JID and alice reads both. Alice's
+/// client, bob's client, her resumption id, and the `h` that covers m1 but
+/// not m2 (everything counted since `<enabled/>`).
+async fn m1_m2_written_on_node_3(n1: &Server, n3: &Server) -> (Client, Client, String, usize) {
+    let mut a = authed_retry(n3, "alice", "pw").await;
+    a.bind(Some("phone")).await.unwrap();
+    a.send(&format!("<enable xmlns='{SM}' resume='true'/>"))
+        .await;
+    let id = a
+        .wait_for(|e| e.name == "enabled")
+        .await
+        .attr("id")
+        .unwrap()
+        .to_string();
+    // What came before <enabled/> is not counted by h.
+    a.drain();
+    a.send("<presence/>").await;
+    let mut b = sm_bound(n1, "bob", "pw", "r").await;
+    for k in ["m1", "m2"] {
+        b.send(&format!(
+            "<message to='alice@localhost/phone' type='chat' id='{k}'><body>{k}</body></message>"
+        ))
+        .await;
+    }
+    // Everything alice's session sent her, in order, until both arrived.
+    let mut got: Vec<Element> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let at = |got: &[Element], k: &str| got.iter().position(|e| e.attr("id") == Some(k));
+    while at(&got, "m1").is_none() || at(&got, "m2").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "m1 and m2 never reached alice: {got:?}"
+        );
+        got.extend(counted(a.collect_for(Duration::from_millis(200)).await));
+    }
+    let (p1, p2) = (at(&got, "m1").unwrap(), at(&got, "m2").unwrap());
+    assert!(p1 < p2, "in order: {got:?}");
+    (a, b, id, p1 + 1)
+}
+
+/// Alice resumes session `id` through `n2` with `h`: it fails (its node
+/// died), she binds again and says she is available. What reaches her until
+/// m2 has come again, and 2 s more; `logs` goes into a failure message.
+async fn resume_fails_then_m2_arrives(
+    n2: &Server,
+    id: &str,
+    h: usize,
+    logs: impl Fn() -> String,
+) -> Vec<Element> {
+    let mut a2 = authed_retry(n2, "alice", "pw").await;
+    a2.send(&format!("<resume xmlns='{SM}' previd='{id}' h='{h}'/>"))
+        .await;
+    let f = a2
+        .wait_for(|e| e.name == "failed" || e.name == "resumed")
+        .await;
+    assert_eq!(f.name, "failed", "the session died with node 3");
+    a2.bind(Some("phone")).await.unwrap();
+    a2.send("<presence/>").await;
+    let mut again: Vec<Element> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while !again.iter().any(|e| e.attr("id") == Some("m2")) {
+        assert!(
+            Instant::now() < deadline,
+            "m2 was not routed again: {again:?}\n{}",
+            logs()
+        );
+        again.extend(a2.collect_for(Duration::from_millis(300)).await);
+    }
+    again.extend(a2.collect_for(Duration::from_secs(2)).await);
+    again
+}
+
 /// A node that dies after writing a relayed message to its client and
 /// before telling the sender leaves the sender unsure: routed again, the
 /// message may arrive twice; taken as delivered, it may be lost. The
@@ -128,67 +201,15 @@ async fn a_message_written_just_before_a_kill_9_arrives_once() {
     n1.add_user("alice", "pw");
     n1.add_user("bob", "pw");
 
-    let mut a = authed_retry(&n3, "alice", "pw").await;
-    a.bind(Some("phone")).await.unwrap();
-    a.send(&format!("<enable xmlns='{SM}' resume='true'/>"))
-        .await;
-    let id = a
-        .wait_for(|e| e.name == "enabled")
-        .await
-        .attr("id")
-        .unwrap()
-        .to_string();
-    // What came before <enabled/> is not counted by h.
-    a.drain();
-    a.send("<presence/>").await;
-    let mut b = sm_bound(&n1, "bob", "pw", "r").await;
-    for k in ["m1", "m2"] {
-        b.send(&format!(
-            "<message to='alice@localhost/phone' type='chat' id='{k}'><body>{k}</body></message>"
-        ))
-        .await;
-    }
-    // Everything alice's session sent her, in order, until both arrived.
-    let mut got: Vec<Element> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let at = |got: &[Element], k: &str| got.iter().position(|e| e.attr("id") == Some(k));
-    while at(&got, "m1").is_none() || at(&got, "m2").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "m1 and m2 never reached alice: {got:?}"
-        );
-        got.extend(counted(a.collect_for(Duration::from_millis(200)).await));
-    }
-    let (p1, p2) = (at(&got, "m1").unwrap(), at(&got, "m2").unwrap());
-    assert!(p1 < p2, "in order: {got:?}");
+    let (a, mut b, id, h) = m1_m2_written_on_node_3(&n1, &n3).await;
     // Node 3 wrote both and answered neither; it dies now.
     n3.kill9();
     drop(a);
 
     // Alice's client says it handled everything up to m1, not m2.
-    let h = p1 + 1;
-    let mut a2 = authed_retry(&n2, "alice", "pw").await;
-    a2.send(&format!("<resume xmlns='{SM}' previd='{id}' h='{h}'/>"))
-        .await;
-    let f = a2
-        .wait_for(|e| e.name == "failed" || e.name == "resumed")
-        .await;
-    assert_eq!(f.name, "failed", "the session died with node 3");
-    a2.bind(Some("phone")).await.unwrap();
-    a2.send("<presence/>").await;
     // Node 1 gets both back once node 3 is found dead: m2 comes again,
     // m1 does not.
-    let mut again: Vec<Element> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(45);
-    while !again.iter().any(|e| e.attr("id") == Some("m2")) {
-        assert!(
-            Instant::now() < deadline,
-            "m2 was not routed again: {again:?}\n--- node 1 ---\n{}",
-            n1.log()
-        );
-        again.extend(a2.collect_for(Duration::from_millis(300)).await);
-    }
-    again.extend(a2.collect_for(Duration::from_secs(2)).await);
+    let again = resume_fails_then_m2_arrives(&n2, &id, h, || n1.log()).await;
     let ids: Vec<&str> = again
         .iter()
         .filter(|e| e.name == "message")
@@ -238,37 +259,7 @@ async fn a_message_written_just_before_a_crash_and_restart_arrives_once() {
     n1.add_user("alice", "pw");
     n1.add_user("bob", "pw");
 
-    let mut a = authed_retry(&n3, "alice", "pw").await;
-    a.bind(Some("phone")).await.unwrap();
-    a.send(&format!("<enable xmlns='{SM}' resume='true'/>"))
-        .await;
-    let id = a
-        .wait_for(|e| e.name == "enabled")
-        .await
-        .attr("id")
-        .unwrap()
-        .to_string();
-    a.drain();
-    a.send("<presence/>").await;
-    let mut b = sm_bound(&n1, "bob", "pw", "r").await;
-    for k in ["m1", "m2"] {
-        b.send(&format!(
-            "<message to='alice@localhost/phone' type='chat' id='{k}'><body>{k}</body></message>"
-        ))
-        .await;
-    }
-    let mut got: Vec<Element> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let at = |got: &[Element], k: &str| got.iter().position(|e| e.attr("id") == Some(k));
-    while at(&got, "m1").is_none() || at(&got, "m2").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "m1 and m2 never reached alice: {got:?}"
-        );
-        got.extend(counted(a.collect_for(Duration::from_millis(200)).await));
-    }
-    let h = at(&got, "m1").unwrap() + 1;
-    assert!(at(&got, "m2").unwrap() >= h, "in order: {got:?}");
+    let (a, mut b, id, h) = m1_m2_written_on_node_3(&n1, &n3).await;
     // Node 3 wrote both and answered neither; it crashes and is back at
     // once (this time answering its relays).
     n3.kill9();
@@ -276,27 +267,8 @@ async fn a_message_written_just_before_a_crash_and_restart_arrives_once() {
     let old = std::mem::replace(&mut n3.dir, dir());
     let n3 = fixed_node(3, old, SECRET, &PORTS, &[]);
 
-    let mut a2 = authed_retry(&n2, "alice", "pw").await;
-    a2.send(&format!("<resume xmlns='{SM}' previd='{id}' h='{h}'/>"))
-        .await;
-    let f = a2
-        .wait_for(|e| e.name == "failed" || e.name == "resumed")
-        .await;
-    assert_eq!(f.name, "failed", "the session died with node 3");
-    a2.bind(Some("phone")).await.unwrap();
-    a2.send("<presence/>").await;
-    let mut again: Vec<Element> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(45);
-    while !again.iter().any(|e| e.attr("id") == Some("m2")) {
-        assert!(
-            Instant::now() < deadline,
-            "m2 was not routed again: {again:?}\n--- node 1 ---\n{}\n--- node 3 ---\n{}",
-            n1.log(),
-            n3.log()
-        );
-        again.extend(a2.collect_for(Duration::from_millis(300)).await);
-    }
-    again.extend(a2.collect_for(Duration::from_secs(2)).await);
+    let logs = || format!("--- node 1 ---\n{}\n--- node 3 ---\n{}", n1.log(), n3.log());
+    let again = resume_fails_then_m2_arrives(&n2, &id, h, logs).await;
     let ids: Vec<&str> = again
         .iter()
         .filter(|e| e.name == "message")
