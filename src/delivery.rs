@@ -393,7 +393,10 @@ pub fn message_owned(
             handled(receipt, None)
         }
         // §8.5.2.2 / XEP-0160: nobody to take it now: keep it for later.
-        _ if targets.is_empty() => store_offline(ctx, username, msg, receipt),
+        // Older messages still wait offline: behind them, in order.
+        _ if targets.is_empty() || ctx.presence.offline_pending(ctx, username) => {
+            store_offline(ctx, username, msg, receipt)
+        }
         _ => {
             ctx.modules.hooks.delivering(ctx, &bare, &msg, &targets);
             // Owned once the first of the chosen resources has it.
@@ -438,10 +441,12 @@ fn store_offline(
         quota_bytes: ctx.config.limits.offline_bytes,
     };
     let owning = ctx.replicator.owning();
+    let in_flight = ctx.presence.offline_queued(username);
     // Queued now, in arrival order: the user reads them back in that order.
     let committed = ctx.replicator.commit_in_order(&cmd);
     ctx.replicator.runtime().spawn(async move {
         let _owning = owning;
+        let _in_flight = in_flight;
         match committed.await {
             Ok(_) => answer(receipt, true),
             Err(StateError::QuotaExceeded(_)) => {

@@ -27,9 +27,57 @@ use crate::xml::{ns, Element};
 #[derive(Default)]
 pub struct PresenceRegistry {
     map: Mutex<HashMap<BareJid, Addr<UserPresence>>>,
+    /// Offline messages this node queued for a commit not yet applied, by
+    /// username (see [`PresenceRegistry::offline_pending`]).
+    offline_in_flight: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// Held while an offline message's commit is on its way; dropping it
+/// (applied, refused or failed) ends the wait.
+pub struct OfflineInFlight {
+    user: String,
+    counts: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Drop for OfflineInFlight {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
 }
 
 impl PresenceRegistry {
+    /// An offline message for `user` is being committed.
+    pub fn offline_queued(&self, user: &str) -> OfflineInFlight {
+        let mut counts = self
+            .offline_in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *counts.entry(user.to_string()).or_insert(0) += 1;
+        OfflineInFlight {
+            user: user.to_string(),
+            counts: self.offline_in_flight.clone(),
+        }
+    }
+
+    /// XEP-0160 keeps offline messages in order: while `user` has messages
+    /// stored (or queued here and not yet stored), a newer one must not
+    /// overtake them live. It is stored too, and the flush that follows
+    /// its commit delivers all of them in the order they were stored.
+    pub fn offline_pending(&self, ctx: &ServerCtx, user: &str) -> bool {
+        let queued = self
+            .offline_in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(user);
+        queued || ctx.state.has_offline(user)
+    }
+
     /// The user's actor, started if it is not running.
     pub fn get_or_start(&self, ctx: &Arc<ServerCtx>, bare: &BareJid) -> Addr<UserPresence> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());

@@ -288,13 +288,17 @@ async fn unacknowledged_stanzas_are_capped_and_kept() {
     // Everything alice never acknowledged reaches her next session.
     let mut again = Client::login(s.c2s, "alice", "pw", "r2").await;
     again.send("<presence/>").await;
-    let seen = again.collect_for(Duration::from_secs(3)).await;
-    let ids: Vec<_> = seen
-        .iter()
-        .filter(|e| e.name == "message")
-        .filter_map(|e| e.attr("id"))
-        .collect();
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let m = again.stanza("message").await;
+        ids.push(m.attr("id").unwrap_or_default().to_string());
+    }
     assert_eq!(ids, vec!["u1", "u2", "u3", "u4", "u5", "u6"]);
+    let after = again.collect_for(Duration::from_millis(500)).await;
+    assert!(
+        after.iter().all(|e| e.name != "message"),
+        "a message twice: {after:?}"
+    );
 }
 
 /// The CSI buffer is bounded: past `[limits] csi_held` senders, what is

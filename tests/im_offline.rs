@@ -51,6 +51,52 @@ async fn stored_while_offline_delivered_at_initial_presence() {
         .all(|e| e.name != "message"));
 }
 
+/// XEP-0160 order across the moment a user comes online: a message sent
+/// while the stored ones are being handed over (or are still being
+/// committed) arrives after them, never in between.
+#[tokio::test]
+async fn messages_sent_as_the_user_comes_online_stay_behind_stored_ones() {
+    let s = Server::start();
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    let mut a = Client::online(s.c2s, "alice", "pw", "r").await;
+    const STORED: usize = 400;
+    const LIVE: usize = 100;
+    for i in 0..STORED {
+        a.send(&format!(
+            "<message to='bob@localhost' type='chat' id='m{i}'><body>{i}</body></message>"
+        ))
+        .await;
+    }
+    let mut b = Client::login(s.c2s, "bob", "pw", "r").await;
+    // Initial presence and the next messages leave together: the flush of
+    // the stored ones and the new ones race on the server.
+    b.send("<presence/>").await;
+    for i in STORED..STORED + LIVE {
+        a.send(&format!(
+            "<message to='bob@localhost' type='chat' id='m{i}'><body>{i}</body></message>"
+        ))
+        .await;
+    }
+    let mut ids = Vec::new();
+    for _ in 0..STORED + LIVE {
+        let m = b.wait_for(|e| e.name == "message").await;
+        ids.push(m.attr("id").unwrap_or_default().to_string());
+    }
+    let want: Vec<String> = (0..STORED + LIVE).map(|i| format!("m{i}")).collect();
+    if let Some(i) = (0..want.len()).find(|&i| ids[i] != want[i]) {
+        panic!(
+            "not in the order alice sent them: at {i}, {:?}",
+            &ids[i..(i + 5).min(ids.len())]
+        );
+    }
+    let after = b.collect_for(Duration::from_millis(500)).await;
+    assert!(
+        after.iter().all(|e| e.name != "message"),
+        "twice: {after:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_full_queue_answers_resource_constraint() {
     let s = Server::start_with(&[("STARLING_LIMITS_OFFLINE_MESSAGES", "2")]);
