@@ -5,6 +5,7 @@
 //! send the messages that depend on that durable write; then advance.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use protobuf::Message as _;
@@ -13,6 +14,7 @@ use raft::{RawNode, StateRole};
 use slog::o;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::batch::{self, LogFormats};
 use crate::storage::{SledStorage, StoreError};
 use crate::transport::Transport;
 use crate::{ClusterConfig, ClusterError, Cmd, Status};
@@ -24,6 +26,16 @@ type PeersReply = oneshot::Sender<Result<Vec<(u64, String)>, ClusterError>>;
 /// one round of the Ready loop: enough to share an fsync among a burst,
 /// few enough that ticks and answers are not held back.
 const GROUP_MAX: usize = 256;
+
+/// A proposal not yet applied: who waits for each of its commands (None:
+/// the proposer gave up) and the entry, proposed again under the same id
+/// if the leader changes (the dedup window makes that safe).
+struct Pending {
+    replies: Vec<Option<Reply>>,
+    entry: Vec<u8>,
+    /// A batch entry ([`batch`]) rather than a single command.
+    batch: bool,
+}
 
 /// A conf-change entry's context: who proposed it and the node's address.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -43,9 +55,12 @@ pub struct Driver {
     next_proposal: u64,
     /// Distinguishes this process's proposal ids from an earlier life's.
     epoch: u64,
-    /// Proposals not yet applied: the reply and the entry (re-proposed with
-    /// the same id if the leader changes; the dedup window makes that safe).
-    pending: HashMap<u128, (Reply, Vec<u8>)>,
+    /// Proposals not yet applied, by proposal id.
+    pending: HashMap<u128, Pending>,
+    /// Commands taken this round, proposed together at its end.
+    proposals: Vec<(Reply, Vec<u8>)>,
+    /// Which log formats the voters read (batches only once all do).
+    formats: Arc<LogFormats>,
     last_leader: u64,
     pending_changes: HashMap<u128, PeersReply>,
     /// ReadIndex requests waiting for the leader: context -> reply.
@@ -61,6 +76,7 @@ impl Driver {
         store: SledStorage,
         mut transport: Transport,
         status: watch::Sender<Status>,
+        formats: Arc<LogFormats>,
     ) -> Result<Self, raft::Error> {
         let config = Config {
             id: cfg.id,
@@ -93,6 +109,9 @@ impl Driver {
             raw.campaign()?;
         }
         let ordered = store.applied();
+        if store.batched_since() != 0 {
+            formats.set_batched();
+        }
         Ok(Driver {
             id: cfg.id,
             raw,
@@ -104,6 +123,8 @@ impl Driver {
             next_proposal: 0,
             epoch: process_epoch(cfg.id),
             pending: HashMap::new(),
+            proposals: Vec::new(),
+            formats,
             last_leader: 0,
             pending_changes: HashMap::new(),
             next_read: 0,
@@ -140,6 +161,7 @@ impl Driver {
                                 Err(_) => break,
                             }
                         }
+                        self.propose_taken();
                     }
                     None => break,
                 },
@@ -153,8 +175,104 @@ impl Driver {
             self.repropose_on_leader_change();
             self.publish_status();
         }
-        for (_, (r, _)) in self.pending.drain() {
+        for (_, p) in self.pending.drain() {
+            for r in p.replies.into_iter().flatten() {
+                let _ = r.send(Err(ClusterError::Stopped));
+            }
+        }
+        for (r, _) in self.proposals.drain(..) {
             let _ = r.send(Err(ClusterError::Stopped));
+        }
+    }
+
+    /// Whether this round's proposals go in one batch entry: only once
+    /// every voter reads batches (the leader knows; a follower hears it
+    /// from the leader).
+    fn batching(&self) -> bool {
+        let agreed = if self.raw.raft.state == StateRole::Leader {
+            let voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+            self.formats.settle(self.id, &voters)
+        } else {
+            self.formats.step_down();
+            self.formats.leader_says()
+        };
+        // Once the log has batches it keeps them: older nodes are fenced.
+        agreed >= batch::FORMAT || self.store.batched_since() != 0
+    }
+
+    /// Propose what this round took: one entry per command, or (once all
+    /// voters read them) batch entries of many.
+    fn propose_taken(&mut self) {
+        let batching = self.batching();
+        let taken = std::mem::take(&mut self.proposals);
+        if !batching {
+            for (reply, data) in taken {
+                self.propose_single(reply, data);
+            }
+            return;
+        }
+        let mut chunk: Vec<(Reply, Vec<u8>)> = Vec::new();
+        let mut bytes = 0;
+        for (reply, data) in taken {
+            if !chunk.is_empty()
+                && (chunk.len() >= batch::MAX_COMMANDS || bytes + data.len() > batch::MAX_BYTES)
+            {
+                self.propose_batch(std::mem::take(&mut chunk));
+                bytes = 0;
+            }
+            bytes += data.len();
+            chunk.push((reply, data));
+        }
+        if !chunk.is_empty() {
+            self.propose_batch(chunk);
+        }
+    }
+
+    fn propose_single(&mut self, reply: Reply, data: Vec<u8>) {
+        let id = self.proposal_id();
+        let mut entry = id.to_be_bytes().to_vec();
+        entry.extend_from_slice(&data);
+        match self.raw.propose(vec![], entry.clone()) {
+            Ok(()) => {
+                self.pending.insert(
+                    id,
+                    Pending {
+                        replies: vec![Some(reply)],
+                        entry,
+                        batch: false,
+                    },
+                );
+            }
+            Err(e) => {
+                let _ = reply.send(Err(ClusterError::Rejected(e.to_string())));
+            }
+        }
+    }
+
+    fn propose_batch(&mut self, chunk: Vec<(Reply, Vec<u8>)>) {
+        // From the first batch proposed here, older nodes get nothing
+        // from this node (the leader is who sends them entries).
+        self.formats.set_batched();
+        let id = self.proposal_id();
+        let commands: Vec<&[u8]> = chunk.iter().map(|(_, d)| d.as_slice()).collect();
+        let entry = batch::encode(id, &commands);
+        let replies: Vec<Option<Reply>> = chunk.into_iter().map(|(r, _)| Some(r)).collect();
+        match self.raw.propose(vec![], entry.clone()) {
+            Ok(()) => {
+                self.pending.insert(
+                    id,
+                    Pending {
+                        replies,
+                        entry,
+                        batch: true,
+                    },
+                );
+            }
+            Err(e) => {
+                for r in replies.into_iter().flatten() {
+                    let _ = r.send(Err(ClusterError::Rejected(e.to_string())));
+                }
+            }
         }
     }
 
@@ -165,19 +283,7 @@ impl Driver {
                     tracing::debug!(error = %e, "raft step rejected a message");
                 }
             }
-            Cmd::Propose(data, reply) => {
-                let id = self.proposal_id();
-                let mut entry = id.to_be_bytes().to_vec();
-                entry.extend_from_slice(&data);
-                match self.raw.propose(vec![], entry.clone()) {
-                    Ok(()) => {
-                        self.pending.insert(id, (reply, entry));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(ClusterError::Rejected(e.to_string())));
-                    }
-                }
-            }
+            Cmd::Propose(data, reply) => self.proposals.push((reply, data)),
             Cmd::AddNode(node, address, reply) => {
                 self.change(ConfChangeType::AddNode, node, address, reply)
             }
@@ -254,10 +360,15 @@ impl Driver {
             self.store.apply_snapshot(ready.snapshot())?;
             self.transport.set_peers(&self.store.peers()?);
             self.ordered = self.store.applied();
+            if self.store.batched_since() != 0 {
+                self.formats.set_batched();
+            }
             // Entries folded into the snapshot are never applied one by one
             // here, so proposals waiting for them would wait forever.
-            for (_, (r, _)) in self.pending.drain() {
-                let _ = r.send(Err(ClusterError::Indeterminate));
+            for (_, p) in self.pending.drain() {
+                for r in p.replies.into_iter().flatten() {
+                    let _ = r.send(Err(ClusterError::Indeterminate));
+                }
             }
         }
         // 3. Committed entries are applied.
@@ -295,12 +406,64 @@ impl Driver {
         };
         let mut ordered = 0;
         let mut replies = Vec::new();
+        let mut unsure = Vec::new();
         for entry in entries {
             if entry.data.is_empty() {
                 continue; // a new leader's empty entry
             }
             match entry.get_entry_type() {
                 EntryType::EntryNormal => {
+                    if let Some((id, commands)) = batch::decode(&entry.data) {
+                        // The log's first batch: the switch, recorded
+                        // with the applied state (see `batch::sequence`).
+                        if self.store.batched_since() == 0 {
+                            self.store.set_batched_since(entry.index)?;
+                            self.formats.set_batched();
+                            tracing::info!(
+                                index = entry.index,
+                                "the log holds batch entries from here on"
+                            );
+                        }
+                        let since = self.store.batched_since();
+                        let sm = self.store.state_machine().clone();
+                        if commands
+                            .iter()
+                            .any(|c| !c.is_empty() && sm.orders_relays(c))
+                        {
+                            ordered = entry.index;
+                        }
+                        // Applied once however often it was proposed; each
+                        // command under a number of its own. The dedup
+                        // record keeps no outputs (a batch's are many): the
+                        // first copy answered its proposers, and a second
+                        // copy's (none in practice) hear "indeterminate".
+                        if self.store.dedup_get(id)?.is_some() {
+                            if let Some(p) = self.pending.remove(&id) {
+                                unsure.extend(p.replies.into_iter().flatten());
+                            }
+                            continue;
+                        }
+                        let outs: Vec<Vec<u8>> = commands
+                            .iter()
+                            .enumerate()
+                            .map(|(i, c)| {
+                                if c.is_empty() {
+                                    Vec::new() // its proposer gave up
+                                } else {
+                                    sm.apply(batch::sequence(entry.index, i, since), c)
+                                }
+                            })
+                            .collect();
+                        self.store.dedup_put(entry.index, id, &[])?;
+                        if let Some(p) = self.pending.remove(&id) {
+                            for (r, out) in p.replies.into_iter().zip(outs) {
+                                if let Some(r) = r {
+                                    replies.push((r, out));
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     if entry.data.len() < 16 {
                         continue;
                     }
@@ -314,12 +477,17 @@ impl Driver {
                     let out = match self.store.dedup_get(id)? {
                         Some(first) => first,
                         None => {
-                            let out = self.store.state_machine().apply(entry.index, cmd);
+                            let seq = batch::sequence(entry.index, 0, self.store.batched_since());
+                            let out = self.store.state_machine().apply(seq, cmd);
                             self.store.dedup_put(entry.index, id, &out)?;
                             out
                         }
                     };
-                    if let Some((r, _)) = self.pending.remove(&id) {
+                    if let Some(r) = self
+                        .pending
+                        .remove(&id)
+                        .and_then(|p| p.replies.into_iter().next().flatten())
+                    {
                         replies.push((r, out));
                     }
                 }
@@ -353,6 +521,9 @@ impl Driver {
         });
         for (r, out) in replies {
             let _ = r.send(Ok(out));
+        }
+        for r in unsure {
+            let _ = r.send(Err(ClusterError::Indeterminate));
         }
         Ok(())
     }
@@ -455,15 +626,35 @@ impl Driver {
         }
         // A proposer that gave up (timed out, answered its client with an
         // error) must not see its command land later: not proposed again.
-        let before = self.pending.len();
-        self.pending.retain(|_, (r, _)| !r.is_closed());
-        if self.pending.len() < before {
-            tracing::debug!(
-                dropped = before - self.pending.len(),
-                "abandoned proposals not proposed again"
-            );
+        let mut dropped = 0;
+        for (id, p) in self.pending.iter_mut() {
+            let mut changed = false;
+            for r in p.replies.iter_mut() {
+                if r.as_ref().is_some_and(|r| r.is_closed()) {
+                    *r = None;
+                    changed = true;
+                    dropped += 1;
+                }
+            }
+            // A batch goes again without what its proposers gave up on
+            // (same id: if the first one did land, it is applied once).
+            if changed && p.batch && p.replies.iter().any(Option::is_some) {
+                if let Some((_, commands)) = batch::decode(&p.entry) {
+                    let kept: Vec<&[u8]> = commands
+                        .iter()
+                        .zip(&p.replies)
+                        .map(|(c, r)| if r.is_some() { *c } else { &[][..] })
+                        .collect();
+                    p.entry = batch::encode(*id, &kept);
+                }
+            }
         }
-        let entries: Vec<Vec<u8>> = self.pending.values().map(|(_, e)| e.clone()).collect();
+        self.pending
+            .retain(|_, p| p.replies.iter().any(Option::is_some));
+        if dropped > 0 {
+            tracing::debug!(dropped, "abandoned proposals not proposed again");
+        }
+        let entries: Vec<Vec<u8>> = self.pending.values().map(|p| p.entry.clone()).collect();
         for e in entries {
             let _ = self.raw.propose(vec![], e);
         }

@@ -11,6 +11,7 @@
 // and are built by assigning fields after `default()`.
 #![allow(clippy::field_reassign_with_default)]
 
+mod batch;
 mod driver;
 pub mod mesh_tls;
 mod raft_log;
@@ -285,6 +286,8 @@ pub struct Cluster {
     app_status: AppStatus,
     /// What relay streams carried here (and the fault switch that cuts them).
     seen: Arc<relay_stream::Seen>,
+    /// Which log formats the members read (batch entries' gate).
+    formats: Arc<batch::LogFormats>,
     /// The driver's thread, joined by [`Cluster::shutdown_and_wait`].
     driver: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -346,12 +349,14 @@ impl Cluster {
         let isolated = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(watch::channel(false).0);
         let auth = MeshAuth::new(cfg.secret.clone(), cfg.tls.clone());
+        let formats = Arc::new(batch::LogFormats::default());
         let transport = transport::Transport::new(
             cfg.id,
             auth.clone(),
             isolated.clone(),
             tx.clone(),
             snapshot_dir.clone(),
+            formats.clone(),
         );
         let (relay_tx, relay_rx) = mpsc::channel(8192);
         let app_status: AppStatus = Arc::new(std::sync::OnceLock::new());
@@ -367,6 +372,7 @@ impl Cluster {
                 app_status: app_status.clone(),
                 snapshot_dir,
                 seen: seen.clone(),
+                formats: formats.clone(),
             },
             stop.subscribe(),
         )?;
@@ -378,7 +384,8 @@ impl Cluster {
             status.clone(),
             returned_tx,
         ));
-        let node = driver::Driver::new(&cfg, store.clone(), transport, status_tx)
+        let formats_keep = formats.clone();
+        let node = driver::Driver::new(&cfg, store.clone(), transport, status_tx, formats)
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
         // The driver has a thread of its own: applying a batch and its fsync
         // block it, and the mesh (relays, raft messages, snapshots) goes on
@@ -407,6 +414,7 @@ impl Cluster {
             rt: tokio::runtime::Handle::current(),
             app_status,
             seen,
+            formats: formats_keep,
             driver: Arc::new(std::sync::Mutex::new(Some(driver))),
         };
         if fresh {
@@ -592,6 +600,13 @@ impl Cluster {
     /// handed on twice.
     pub fn set_relay_cut_every(&self, n: u64) {
         self.seen.cut_every.store(n, Ordering::SeqCst);
+    }
+
+    /// Test switch: say this node reads log format `format` only (1: one
+    /// command per entry, as a node from before batch entries), so the
+    /// cluster proposes no batches while it is a voter.
+    pub fn set_claimed_log_format(&self, format: u32) {
+        self.formats.claim.store(format, Ordering::SeqCst);
     }
 
     /// Test switch: refuse relay streams as a node of an older version

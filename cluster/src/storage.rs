@@ -17,6 +17,11 @@ const CONF_STATE: &[u8] = b"conf_state";
 const SNAPSHOT_META: &[u8] = b"snapshot_meta";
 const PEERS: &[u8] = b"peers";
 const APPLIED: &[u8] = b"applied";
+/// The index of the first batch entry applied here (absent: none yet).
+const BATCHED_SINCE: &[u8] = b"batched_since";
+/// The dedup dump's record of [`BATCHED_SINCE`] (its "index" is not eight
+/// bytes long, so it is never taken for a proposal's).
+const BATCHED_RECORD: &[u8] = b"batched_since";
 /// Set while a snapshot is being installed (its index).
 const RESTORING: &[u8] = b"restoring_snapshot";
 /// The dedup window as (applied index, proposal id, result) triples.
@@ -57,6 +62,10 @@ pub struct SledStorage {
     snap_term: Arc<AtomicU64>,
     /// The last index applied to the state machine.
     applied: Arc<AtomicU64>,
+    /// The index of the first batch entry in the log (0: none yet): from
+    /// it on, every command is applied under `index << 16 | position`
+    /// (see `batch::sequence`). Kept with the log and in snapshots.
+    batched_since: Arc<AtomicU64>,
     /// Snapshot files: built here, received from the leader.
     snapshot_dir: Arc<std::path::PathBuf>,
     outgoing: Arc<crate::snapshots::Outgoing>,
@@ -102,6 +111,10 @@ impl SledStorage {
             Some(b) => u64::from_be_bytes(b.as_ref().try_into().map_err(corrupt)?),
             None => si,
         };
+        let batched_since = match meta.get(BATCHED_SINCE)? {
+            Some(b) => u64::from_be_bytes(b.as_ref().try_into().map_err(corrupt)?),
+            None => 0,
+        };
         Ok(SledStorage {
             db,
             log,
@@ -112,6 +125,7 @@ impl SledStorage {
             snap_index: Arc::new(AtomicU64::new(si)),
             snap_term: Arc::new(AtomicU64::new(st)),
             applied: Arc::new(AtomicU64::new(applied)),
+            batched_since: Arc::new(AtomicU64::new(batched_since)),
             snapshot_dir: Arc::new(snapshot_dir),
             outgoing: Arc::default(),
         })
@@ -211,8 +225,31 @@ impl SledStorage {
         Ok(())
     }
 
+    /// The first batch entry's index (0: none yet).
+    pub fn batched_since(&self) -> u64 {
+        self.batched_since.load(Ordering::Acquire)
+    }
+
+    /// The entry at `index` is the first batch entry: recorded with the
+    /// applied state (flushed with it).
+    pub fn set_batched_since(&self, index: u64) -> Result<(), StoreError> {
+        self.meta.insert(BATCHED_SINCE, &index.to_be_bytes())?;
+        self.batched_since.store(index, Ordering::Release);
+        Ok(())
+    }
+
     fn dedup_dump(&self) -> Result<DedupDump, StoreError> {
         let mut out = Vec::new();
+        // Only once there are batches: a node of an older version (which
+        // would take this record for a proposal) is refused by then.
+        let since = self.batched_since();
+        if since != 0 {
+            out.push((
+                BATCHED_RECORD.to_vec(),
+                Vec::new(),
+                since.to_be_bytes().to_vec(),
+            ));
+        }
         for kv in self.dedup_order.iter() {
             let (index, id) = kv?;
             let result = self.dedup.get(&id)?.map(|v| v.to_vec()).unwrap_or_default();
@@ -224,9 +261,22 @@ impl SledStorage {
     fn dedup_restore(&self, dump: DedupDump) -> Result<(), StoreError> {
         self.dedup.clear()?;
         self.dedup_order.clear()?;
+        let mut since = 0;
         for (index, id, result) in dump {
+            if index == BATCHED_RECORD {
+                since = u64::from_be_bytes(result.as_slice().try_into().map_err(corrupt)?);
+                continue;
+            }
             self.dedup_order.insert(index, id.clone())?;
             self.dedup.insert(id, result)?;
+        }
+        // The snapshot's word replaces this node's: no record, no batch
+        // entry up to its index.
+        if since == 0 {
+            self.meta.remove(BATCHED_SINCE)?;
+            self.batched_since.store(0, Ordering::Release);
+        } else {
+            self.set_batched_since(since)?;
         }
         Ok(())
     }

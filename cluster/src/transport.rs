@@ -42,6 +42,8 @@ pub struct Service {
     pub snapshot_dir: std::path::PathBuf,
     /// What relay streams have carried here (see `relay_stream`).
     pub seen: Arc<relay_stream::Seen>,
+    /// Which log formats the peers read (see `batch`).
+    pub formats: Arc<crate::batch::LogFormats>,
 }
 
 fn peers_out(peers: Vec<(u64, String)>) -> Vec<Peer> {
@@ -60,7 +62,22 @@ impl Raft for Service {
             return Err(RpcStatus::unavailable("isolated"));
         }
         let me = self.status.borrow().id;
-        for bytes in req.into_inner().messages {
+        let RaftBatch {
+            from,
+            messages,
+            log_format,
+            cluster_log_format,
+        } = req.into_inner();
+        let leader = self.status.borrow().leader;
+        self.formats
+            .heard(from, log_format, cluster_log_format, leader);
+        if self.formats.fenced(from, log_format) {
+            return Err(RpcStatus::failed_precondition(
+                "this cluster's log has batch entries (group commit) that this node's version \
+                 cannot read: upgrade it",
+            ));
+        }
+        for bytes in messages {
             let m = Message::parse_from_bytes(&bytes)
                 .map_err(|_| RpcStatus::invalid_argument("bad raft message"))?;
             // A batch speaks for its sender only, to this node only.
@@ -414,6 +431,7 @@ pub struct Transport {
     report: mpsc::Sender<Cmd>,
     peers: HashMap<u64, (String, mpsc::Sender<Message>)>,
     snapshot_dir: Arc<std::path::PathBuf>,
+    formats: Arc<crate::batch::LogFormats>,
     /// The mesh's runtime: peer tasks run there, not on the driver's thread.
     rt: tokio::runtime::Handle,
 }
@@ -425,6 +443,7 @@ impl Transport {
         isolated: Arc<AtomicBool>,
         report: mpsc::Sender<Cmd>,
         snapshot_dir: std::path::PathBuf,
+        formats: Arc<crate::batch::LogFormats>,
     ) -> Self {
         Transport {
             id,
@@ -433,6 +452,7 @@ impl Transport {
             report,
             peers: HashMap::new(),
             snapshot_dir: Arc::new(snapshot_dir),
+            formats,
             rt: tokio::runtime::Handle::current(),
         }
     }
@@ -454,6 +474,7 @@ impl Transport {
                     isolated: self.isolated.clone(),
                     dir: self.snapshot_dir.clone(),
                     report: self.report.clone(),
+                    formats: self.formats.clone(),
                 },
                 rx,
             ));
@@ -511,7 +532,13 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
         let has_snapshot = batch
             .iter()
             .any(|m| m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot);
-        if isolated.load(Ordering::SeqCst) {
+        // Nothing goes to a node of an older version once the log has
+        // batch entries: it would misapply them (`batch::LogFormats::fenced`).
+        let fenced = link
+            .formats
+            .peer_format(peer)
+            .is_some_and(|f| link.formats.fenced(peer, f));
+        if isolated.load(Ordering::SeqCst) || fenced {
             if has_snapshot {
                 let _ = report.try_send(Cmd::SnapshotSent(peer, false));
             }
@@ -538,6 +565,8 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
                     .send(auth.request(RaftBatch {
                         from,
                         messages: messages.clone(),
+                        log_format: link.formats.own(),
+                        cluster_log_format: link.formats.agreed(),
                     }))
                     .await
                 {
@@ -582,6 +611,7 @@ struct PeerLink {
     isolated: Arc<AtomicBool>,
     dir: Arc<std::path::PathBuf>,
     report: mpsc::Sender<Cmd>,
+    formats: Arc<crate::batch::LogFormats>,
 }
 
 /// Stream a snapshot file to a peer, then hand it the Raft message that
@@ -679,6 +709,8 @@ async fn stream_snapshot(p: &PeerLink, msg: &Message, index: u64, size: u64) -> 
         .send(p.auth.request(RaftBatch {
             from: p.from,
             messages: vec![bytes],
+            log_format: p.formats.own(),
+            cluster_log_format: p.formats.agreed(),
         }))
         .await
         .map_err(|e| e.message().to_string())?;

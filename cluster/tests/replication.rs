@@ -839,6 +839,8 @@ async fn the_mesh_refuses_a_node_the_cluster_ca_did_not_sign() {
         raw_request(RaftBatch {
             from,
             messages: vec![forged.clone()],
+            log_format: 2,
+            cluster_log_format: 0,
         })
     };
     let refused = as5
@@ -975,4 +977,101 @@ async fn remote_status_fails(addr: &str, auth: starling_cluster::MeshAuth) -> bo
     let r = tokio::time::timeout(WAIT, starling_cluster::remote_status(addr, &auth)).await;
     eprintln!("remote status: {:?}", r.as_ref().map(|r| r.as_ref().err()));
     matches!(r, Ok(Err(_)))
+}
+/// Group commit: once every voter says it reads batch entries, commands go
+/// in batches (each applied under `index << 16 | position`, so the test
+/// state machine's keys show it); while one voter says it reads single
+/// commands only (an older version during a rolling upgrade), none does,
+/// and every node applies every command once either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_go_in_batches_only_once_every_voter_reads_them() {
+    let nodes = three(100_000).await;
+    let keys = |n: &Node| -> Vec<u64> {
+        n.tree
+            .iter()
+            .keys()
+            .map(|k| u64::from_be_bytes(k.unwrap().as_ref().try_into().unwrap()))
+            .collect()
+    };
+    let propose_all = |tag: &'static str| {
+        let clusters: Vec<Cluster> = nodes.iter().map(|n| n.cluster.clone()).collect();
+        async move {
+            let mut tasks = Vec::new();
+            for (i, c) in clusters.into_iter().enumerate() {
+                for j in 0..20 {
+                    let c = c.clone();
+                    tasks.push(tokio::spawn(async move {
+                        c.propose(format!("{tag}-{i}-{j}").into_bytes(), WAIT).await
+                    }));
+                }
+            }
+            for t in tasks {
+                t.await.expect("task").expect("committed");
+            }
+        }
+    };
+    // One voter of an "older version": single commands.
+    nodes[2].cluster.set_claimed_log_format(1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    propose_all("single").await;
+    converge(&nodes.iter().collect::<Vec<_>>(), 60).await;
+    for n in &nodes {
+        assert!(
+            keys(n).iter().all(|k| *k < 1 << 16),
+            "a batch entry while a voter reads single commands only"
+        );
+    }
+    // All voters read batches: batch entries from every node.
+    nodes[2].cluster.set_claimed_log_format(0);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    propose_all("batched").await;
+    converge(&nodes.iter().collect::<Vec<_>>(), 120).await;
+    for n in &nodes {
+        let batched = keys(n).iter().filter(|k| **k >= 1 << 16).count();
+        assert_eq!(batched, 60, "every later command in a batch entry");
+        let mut cmds = n.commands();
+        cmds.sort();
+        cmds.dedup();
+        assert_eq!(cmds.len(), 120, "each command applied once");
+    }
+    // The log has batches now: a node that says again it reads single
+    // commands only (an older version started on it) is fenced: no Raft
+    // traffic either way, and the others go on without it.
+    nodes[2].cluster.set_claimed_log_format(1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let two: Vec<Cluster> = nodes[..2].iter().map(|n| n.cluster.clone()).collect();
+    let mut tasks = Vec::new();
+    for (i, c) in two.into_iter().enumerate() {
+        for j in 0..20 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                c.propose(format!("fenced-{i}-{j}").into_bytes(), WAIT)
+                    .await
+            }));
+        }
+    }
+    for t in tasks {
+        t.await
+            .expect("task")
+            .expect("committed without the fenced node");
+    }
+    converge(&[&nodes[0], &nodes[1]], 160).await;
+    assert_eq!(
+        nodes[2].commands().len(),
+        120,
+        "the fenced node got nothing new"
+    );
+    for n in &nodes[..2] {
+        let low = keys(n).iter().filter(|k| **k < 1 << 16).count();
+        assert_eq!(
+            low, 60,
+            "after the first batch, numbers never go back to plain indexes"
+        );
+    }
+    // Upgraded again: it catches up, and every node holds the same.
+    nodes[2].cluster.set_claimed_log_format(0);
+    converge(&nodes.iter().collect::<Vec<_>>(), 160).await;
+    for n in &nodes {
+        n.cluster.shutdown();
+    }
 }
