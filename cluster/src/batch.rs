@@ -79,7 +79,7 @@ impl LogFormats {
             .map(|v| peers.get(v).copied().unwrap_or(1))
             .min()
             .unwrap_or(FORMAT)
-            .min(FORMAT);
+            .min(self.own());
         drop(peers);
         self.agreed.store(agreed, Ordering::Release);
         agreed
@@ -137,9 +137,24 @@ impl LogFormats {
         true
     }
 
-    /// What `peer` last said it reads (None: not heard from yet).
+    /// What `peer` last said it reads (None: not heard from since the
+    /// connection to it last failed).
     pub fn peer_format(&self, peer: u64) -> Option<u32> {
         self.lock().get(&peer).copied()
+    }
+
+    /// The connection to `peer` failed: it may come back as another
+    /// version, so what it said no longer counts.
+    pub fn forget(&self, peer: u64) {
+        self.lock().remove(&peer);
+    }
+
+    /// Whether a message that carries log entries or a snapshot may go to
+    /// `peer`: once the log has batches, only to a node heard saying it
+    /// reads them since its connection last failed. Heartbeats and votes
+    /// always go (its answer says which version it is).
+    pub fn may_send_entries(&self, peer: u64) -> bool {
+        !self.batched() || self.peer_format(peer).is_some_and(|f| f >= FORMAT)
     }
 }
 
@@ -159,14 +174,23 @@ pub fn encode(id: u128, commands: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// Whether `data` is marked as a batch entry (whole or not).
+pub fn is_batch(data: &[u8]) -> bool {
+    data.starts_with(&MARK.to_be_bytes())
+}
+
 /// A batch entry's id and commands; None when `data` is not one (or is
-/// cut short: then the entry is not applied, on every node alike).
+/// cut short, or claims more commands than positions: then the entry is
+/// not applied, on every node alike).
 pub fn decode(data: &[u8]) -> Option<(u128, Vec<&[u8]>)> {
     let rest = data.strip_prefix(&MARK.to_be_bytes()[..])?;
     let (id, rest) = rest.split_at_checked(16)?;
     let id = u128::from_be_bytes(id.try_into().ok()?);
     let (n, mut rest) = rest.split_at_checked(4)?;
     let n = u32::from_be_bytes(n.try_into().ok()?) as usize;
+    if n > MAX_COMMANDS {
+        return None;
+    }
     let mut commands = Vec::with_capacity(n.min(MAX_COMMANDS));
     for _ in 0..n {
         let (len, r) = rest.split_at_checked(4)?;
@@ -249,5 +273,16 @@ mod tests {
         assert!(f.fenced(3, 1));
         assert!(f.fenced(3, 0), "a node that does not say reads format 1");
         assert!(!f.fenced(3, FORMAT));
+        // Entries go only to a node heard saying it reads batches since
+        // its connection last failed (it may be back as another version).
+        assert!(!f.may_send_entries(3), "not heard from yet");
+        f.heard(3, FORMAT, 0, 1);
+        assert!(f.may_send_entries(3));
+        f.forget(3);
+        assert!(!f.may_send_entries(3), "its connection failed");
+        // A batch claiming more commands than positions is not one.
+        let mut e = encode(1, &[b"x"]);
+        e[32..36].copy_from_slice(&(MAX_COMMANDS as u32 + 1).to_be_bytes());
+        assert!(decode(&e).is_none() && is_batch(&e));
     }
 }

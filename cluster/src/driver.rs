@@ -250,9 +250,6 @@ impl Driver {
     }
 
     fn propose_batch(&mut self, chunk: Vec<(Reply, Vec<u8>)>) {
-        // From the first batch proposed here, older nodes get nothing
-        // from this node (the leader is who sends them entries).
-        self.formats.set_batched();
         let id = self.proposal_id();
         let commands: Vec<&[u8]> = chunk.iter().map(|(_, d)| d.as_slice()).collect();
         let entry = batch::encode(id, &commands);
@@ -343,6 +340,17 @@ impl Driver {
             return Ok(());
         }
         let mut ready = self.raw.ready();
+        // A batch entry in the log (ours or the leader's): from now on
+        // older nodes are fenced, before any message that carries it goes
+        // out (see `batch::LogFormats::fenced`).
+        if !self.formats.batched()
+            && ready
+                .entries()
+                .iter()
+                .any(|e| e.get_entry_type() == EntryType::EntryNormal && batch::is_batch(&e.data))
+        {
+            self.formats.set_batched();
+        }
         // 1. Messages that need no durable write go out at once.
         if !ready.messages().is_empty() {
             self.transport.send(ready.take_messages());
@@ -464,7 +472,9 @@ impl Driver {
                         }
                         continue;
                     }
-                    if entry.data.len() < 16 {
+                    // Too short for a proposal id, or a batch cut short:
+                    // applied as nothing, on every node alike.
+                    if entry.data.len() < 16 || batch::is_batch(&entry.data) {
                         continue;
                     }
                     let (id, cmd) = entry.data.split_at(16);

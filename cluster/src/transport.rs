@@ -516,6 +516,35 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
                 Err(_) => break,
             }
         }
+        // Once the log has batch entries, a node of an older version gets
+        // nothing (`batch::LogFormats::fenced`), and entries or snapshots go
+        // only to a node heard saying it reads them since its connection
+        // last failed (it may have come back as another version).
+        if link
+            .formats
+            .peer_format(peer)
+            .is_some_and(|f| link.formats.fenced(peer, f))
+        {
+            if batch
+                .iter()
+                .any(|m| m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot)
+            {
+                let _ = report.try_send(Cmd::SnapshotSent(peer, false));
+            }
+            continue;
+        }
+        if !link.formats.may_send_entries(peer) {
+            batch.retain(|m| {
+                let snapshot = m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot;
+                if snapshot {
+                    let _ = report.try_send(Cmd::SnapshotSent(peer, false));
+                }
+                // Proposals forwarded to the leader still go.
+                !snapshot
+                    && (m.get_entries().is_empty()
+                        || m.get_msg_type() == raft::prelude::MessageType::MsgPropose)
+            });
+        }
         // A snapshot that refers to a file: the file goes first, on a
         // connection of its own, so this peer's other messages do not wait.
         batch.retain(|m| {
@@ -532,13 +561,7 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
         let has_snapshot = batch
             .iter()
             .any(|m| m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot);
-        // Nothing goes to a node of an older version once the log has
-        // batch entries: it would misapply them (`batch::LogFormats::fenced`).
-        let fenced = link
-            .formats
-            .peer_format(peer)
-            .is_some_and(|f| link.formats.fenced(peer, f));
-        if isolated.load(Ordering::SeqCst) || fenced {
+        if isolated.load(Ordering::SeqCst) {
             if has_snapshot {
                 let _ = report.try_send(Cmd::SnapshotSent(peer, false));
             }
@@ -577,6 +600,7 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
                     Err(e) => {
                         tracing::debug!(peer, error = %e, "raft send failed");
                         client = None;
+                        link.formats.forget(peer);
                     }
                 }
             }
