@@ -49,6 +49,84 @@ async fn whole_archive(node: &Server, user: &str) -> Vec<(String, String)> {
     all
 }
 
+/// The archive is in commit order: a message committed after another
+/// whose id is later (made on a node whose clock is behind) comes after
+/// it, under its own stanza-id, so a client paging `after` the last id it
+/// saw misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_from_a_node_whose_clock_is_behind_is_not_skipped_by_paging() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let n1 = start_node(1, tempfile::tempdir().unwrap());
+    // Node 2 makes its ids a minute in the past (a fault switch).
+    let n2 = fixed_node(
+        2,
+        tempfile::tempdir().unwrap(),
+        SECRET,
+        &PORTS,
+        &[("FAULT_ARCHIVE_CLOCK_BEHIND_SECS", "60")],
+    );
+    wait_members(&n1, SECRET, 2).await;
+    n1.add_user("alice", "pw");
+    n1.add_user("bob", "pw");
+    let mut a = authed_retry(&n1, "alice", "pw").await;
+    a.bind(Some("r")).await.unwrap();
+    let mut b = authed_retry(&n2, "bob", "pw").await;
+    b.bind(Some("r")).await.unwrap();
+    let sid = |m: &starling::xml::Element| {
+        m.elements()
+            .find(|c| c.name == "stanza-id" && c.attr("by") == Some("alice@localhost"))
+            .and_then(|c| c.attr("id"))
+            .map(str::to_string)
+    };
+
+    // alice's own copy is made on node 1 (now); the copy of bob's answer
+    // in alice's archive is made on node 2 (a minute ago), committed later.
+    a.send("<message to='bob@localhost/r' type='chat' id='a1'><body>first</body></message>")
+        .await;
+    b.wait_for(|e| e.name == "message" && e.attr("id") == Some("a1"))
+        .await;
+    let (seen, _) = mam_query(&mut a, "q0", "").await;
+    let first = seen
+        .last()
+        .expect("alice's own message is archived")
+        .0
+        .clone();
+    b.send("<message to='alice@localhost/r' type='chat' id='b1'><body>second</body></message>")
+        .await;
+    let answer = a
+        .wait_for(|e| e.name == "message" && e.attr("id") == Some("b1"))
+        .await;
+    let answer_id = sid(&answer).expect("the answer carries alice's stanza-id");
+    assert!(
+        answer_id < first,
+        "the switch took: {answer_id} was made before {first}"
+    );
+
+    // A client that saw `first` last pages on from it.
+    let rsm = format!("<set xmlns='http://jabber.org/protocol/rsm'><after>{first}</after></set>");
+    let (after, fin) = mam_query(&mut a, "q1", &rsm).await;
+    assert_eq!(fin.attr("type"), Some("result"), "{fin:?}");
+    assert_eq!(
+        after,
+        vec![(answer_id.clone(), "second".to_string())],
+        "the answer, under the id it arrived with"
+    );
+    // The whole archive, in the order it was committed, on both nodes.
+    for node in [&n1, &n2] {
+        let all = whole_archive(node, "alice").await;
+        let bodies: Vec<&str> = all.iter().map(|(_, b)| b.as_str()).collect();
+        assert_eq!(bodies, ["first", "second"]);
+        assert_eq!(all[1].0, answer_id);
+    }
+    // And its own id finds it (after-id of XEP-0313 §4.1.1 too).
+    let form = format!(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>{MAM_NS}</value></field><field var='after-id'><value>{answer_id}</value></field></x>"
+    );
+    let (rest, fin) = mam_query(&mut a, "q2", &form).await;
+    assert_eq!(fin.attr("type"), Some("result"), "{fin:?}");
+    assert!(rest.is_empty(), "nothing after the last: {rest:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_after_an_ack_loses_nothing_from_any_archive() {
     let _turn = CLUSTER_TURN.lock().await;

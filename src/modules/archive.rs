@@ -91,9 +91,25 @@ struct Ids {
     last_micros: AtomicU64,
 }
 
+/// The environment variable of a fault switch: this node makes its ids
+/// as if its clock were this many seconds behind (not `STARLING_*`: those
+/// are settings, and a node refuses unknown ones).
+pub const CLOCK_BEHIND: &str = "FAULT_ARCHIVE_CLOCK_BEHIND_SECS";
+
+fn clock_behind_micros() -> u64 {
+    static BEHIND: OnceLock<u64> = OnceLock::new();
+    *BEHIND.get_or_init(|| {
+        std::env::var(CLOCK_BEHIND)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |s| s.saturating_mul(1_000_000))
+    })
+}
+
 impl Ids {
     fn next(&self, node: u64) -> u64 {
-        let now = crate::time::unix_now().as_micros() as u64;
+        let now =
+            (crate::time::unix_now().as_micros() as u64).saturating_sub(clock_behind_micros());
         let mut last = self.last_micros.load(Ordering::Relaxed);
         loop {
             let t = now.max(last + 1);

@@ -92,14 +92,16 @@ fn one(values: &[String], var: &str) -> Result<String, StanzaError> {
     }
 }
 
-/// An id the client gave: unknown ids are `<item-not-found/>` (§5.1.2).
+/// An id the client gave, as its position in the archive's commit order
+/// (ranges run over positions); unknown ids are `<item-not-found/>`
+/// (§5.1.2).
 fn known_id(req: &IqRequest, user: &str, text: &str) -> Result<u64, StanzaError> {
     let not_found =
         || StanzaError::with_text(StanzaCondition::ItemNotFound, format!("no message {text}"));
     let id = ArchiveId::parse(text).ok_or_else(not_found)?;
-    match req.server.state.archive_contains(user, id) {
-        Ok(true) => Ok(id),
-        Ok(false) => Err(not_found()),
+    match req.server.state.archive_position(user, id) {
+        Ok(Some(position)) => Ok(position),
+        Ok(None) => Err(not_found()),
         Err(e) => Err(StanzaError::with_text(
             StanzaCondition::InternalServerError,
             e.to_string(),
@@ -178,7 +180,10 @@ fn parse(req: &IqRequest, user: &str) -> Result<Asked, StanzaError> {
     Ok(a)
 }
 
-/// The range of ids the query covers, inclusive, or `None` when empty.
+/// The range of positions the query covers, inclusive, or `None` when
+/// empty. A position is the message's id unless it committed after one
+/// with a later id; then it is just past that one's (`archive::place`), so
+/// times bound positions closely enough.
 fn range(a: &Asked) -> Option<(u64, u64)> {
     let mut lo = a.start.map(ArchiveId::at).unwrap_or(0);
     let mut hi = a

@@ -59,7 +59,11 @@ impl ArchiveId {
 /// One archived message read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Archived {
+    /// Its stanza-id (what clients see and page by).
     pub id: u64,
+    /// Where it sits in the archive's commit order (its id, unless it
+    /// committed after a message with a later id: see [`place`]).
+    pub position: u64,
     pub with: String,
     pub xml: Xml,
 }
@@ -105,14 +109,109 @@ pub(super) fn value(e: &ArchiveEntry) -> Vec<u8> {
     v
 }
 
+/// The value of a message placed after its id (see [`place`]): a marker
+/// byte no JID starts with, its stanza-id, then what [`value`] holds.
+const MOVED: u8 = 1;
+
+fn moved_value(e: &ArchiveEntry) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9 + e.with.len() + 1 + e.xml.len());
+    v.push(MOVED);
+    v.extend_from_slice(&e.id.to_be_bytes());
+    v.extend_from_slice(&value(e));
+    v
+}
+
+/// A moved message's alias: its stanza-id -> its position. Past every
+/// position key of the owner (`key(user, u64::MAX)` and longer), so ranges
+/// over positions never meet it; a prefix scan (the quota, a purge) does.
+fn alias_key(user: &str, id: u64) -> Vec<u8> {
+    let mut k = key(user, u64::MAX);
+    k.push(b'a');
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
 fn decode(prefix_len: usize, k: &[u8], v: &[u8]) -> Option<Archived> {
-    let id = u64::from_be_bytes(k.get(prefix_len..)?.try_into().ok()?);
+    let position = u64::from_be_bytes(k.get(prefix_len..)?.try_into().ok()?);
+    let (id, v) = match v.first() {
+        Some(&MOVED) => (u64::from_be_bytes(v.get(1..9)?.try_into().ok()?), &v[9..]),
+        _ => (position, v),
+    };
     let split = v.iter().position(|b| *b == 0)?;
     Some(Archived {
         id,
+        position,
         with: String::from_utf8_lossy(&v[..split]).into_owned(),
         xml: String::from_utf8_lossy(&v[split + 1..]).into_owned(),
     })
+}
+
+/// The owner's last position (None: an empty archive).
+fn last_position(tree: &sled::Tree, user: &str) -> Result<Option<u64>, StateError> {
+    let p = roster::prefix(user);
+    let last = tree
+        .range(p.clone()..=key(user, u64::MAX))
+        .keys()
+        .next_back()
+        .transpose()?;
+    Ok(last.and_then(|k| {
+        k.get(p.len()..)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    }))
+}
+
+/// Where the message with stanza-id `id` sits in `user`'s archive (None:
+/// not there).
+pub fn position(tree: &sled::Tree, user: &str, id: u64) -> Result<Option<u64>, StateError> {
+    if let Some(v) = tree.get(alias_key(user, id))? {
+        return Ok(v.as_ref().try_into().ok().map(u64::from_be_bytes));
+    }
+    // A position that holds a moved message is not that message's id.
+    Ok(match tree.get(key(user, id))? {
+        Some(v) if v.first() != Some(&MOVED) => Some(id),
+        _ => None,
+    })
+}
+
+/// Key-value pairs to write.
+pub(super) type Writes = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Where a newly committed message goes: the archive is in commit order,
+/// so a client that pages `after` the last id it saw never misses a
+/// message committed later with a smaller id (made earlier, or on a node
+/// whose clock is behind). A message whose id is past the owner's last
+/// position is written at its id; one that is not goes right after the
+/// last position, with an alias from its id. Returns the key-value pairs
+/// to write, or None if the message is already there (a replay).
+pub(super) fn place(
+    tree: &sled::Tree,
+    e: &ArchiveEntry,
+    last: &mut Option<u64>,
+) -> Result<Option<Writes>, StateError> {
+    if position(tree, &e.user, e.id)?.is_some() {
+        return Ok(None);
+    }
+    let last_now = match *last {
+        Some(l) => Some(l),
+        None => last_position(tree, &e.user)?,
+    };
+    Ok(Some(match last_now {
+        Some(l) if e.id <= l => {
+            let Some(at) = l.checked_add(1).filter(|a| *a < u64::MAX) else {
+                return Ok(Some(Vec::new())); // the id space is spent: not kept
+            };
+            *last = Some(at);
+            vec![
+                (key(&e.user, at), moved_value(e)),
+                (alias_key(&e.user, e.id), at.to_be_bytes().to_vec()),
+            ]
+        }
+        _ => {
+            *last = Some(e.id);
+            vec![(key(&e.user, e.id), value(e))]
+        }
+    }))
 }
 
 fn with_matches(filter: &str, with: &str) -> bool {
@@ -186,39 +285,41 @@ pub fn page(tree: &sled::Tree, user: &str, q: &PageQuery) -> Result<Page, StateE
     Ok(Page { items, complete })
 }
 
-/// Whether `user`'s archive holds the message `id`.
-pub fn contains(tree: &sled::Tree, user: &str, id: u64) -> Result<bool, StateError> {
-    Ok(tree.contains_key(key(user, id))?)
-}
-
-/// The oldest and newest message of `user`'s archive (XEP-0313 §6.2 metadata).
+/// The stanza-ids of the first and last message of `user`'s archive, in
+/// commit order (XEP-0313 §6.2 metadata).
 pub fn ends(tree: &sled::Tree, user: &str) -> Result<Option<(u64, u64)>, StateError> {
     let p = roster::prefix(user);
-    let first = tree.scan_prefix(&p).keys().next().transpose()?;
-    let last = tree.scan_prefix(&p).keys().next_back().transpose()?;
-    let id = |k: sled::IVec| {
-        k.get(p.len()..)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-    };
+    let mut all = tree.range(p.clone()..=key(user, u64::MAX));
+    let first = all.next().transpose()?;
+    let last = all.next_back().transpose()?.or_else(|| first.clone());
+    let id = |kv: (sled::IVec, sled::IVec)| decode(p.len(), &kv.0, &kv.1).map(|a| a.id);
     Ok(match (first.and_then(id), last.and_then(id)) {
         (Some(a), Some(b)) => Some((a, b)),
         _ => None,
     })
 }
 
-/// Remove `user`'s messages made before `micros` (retention); returns how
-/// many went.
+/// Remove `user`'s messages placed before `micros` (retention), with the
+/// aliases of those that were moved; returns how many went.
 pub fn expire(
     tree: &super::tracked::Tracked,
     user: &str,
     micros: u64,
 ) -> Result<usize, StateError> {
-    let range = roster::prefix(user)..key(user, ArchiveId::at(micros));
+    let cut = ArchiveId::at(micros);
+    let range = roster::prefix(user)..key(user, cut);
     let mut n = 0;
     for k in tree.range(range).keys() {
         tree.remove(k?)?;
         n += 1;
+    }
+    let aliases = alias_key(user, 0)..=alias_key(user, u64::MAX);
+    for kv in tree.range(aliases) {
+        let (k, v) = kv?;
+        let at = v.as_ref().try_into().ok().map(u64::from_be_bytes);
+        if at.is_none_or(|at| at < cut) {
+            tree.remove(k)?;
+        }
     }
     Ok(n)
 }
@@ -265,7 +366,57 @@ mod tests {
             with: with.into(),
             xml: format!("<message id='{id}'/>"),
         };
-        t.insert(key(user, id), value(&e)).unwrap();
+        let mut last = None;
+        for (k, v) in place(t, &e, &mut last).unwrap().unwrap_or_default() {
+            t.insert(k, v).unwrap();
+        }
+    }
+
+    /// Commit order, not id order: a message committed after one with a
+    /// later id comes after it, under its own id (an alias), so paging
+    /// `after` the later one finds it.
+    #[test]
+    fn a_message_committed_late_is_placed_after_what_is_there() {
+        let (_d, t) = tree();
+        put(&t, "alice", 10, "bob@x");
+        put(&t, "alice", 30, "bob@x");
+        put(&t, "alice", 20, "carol@x"); // made earlier, committed last
+        put(&t, "alice", 40, "bob@x");
+        let all = page(&t, "alice", &q(10, false)).unwrap();
+        let ids: Vec<u64> = all.items.iter().map(|a| a.id).collect();
+        assert_eq!(ids, [10, 30, 20, 40], "in commit order, stanza-ids kept");
+        assert_eq!(all.items[2].position, 31);
+        assert_eq!(all.items[2].with, "carol@x");
+        // A client that saw 30 last pages on from it and finds 20.
+        let mut after = q(10, false);
+        after.lower = Bound::Excluded(position(&t, "alice", 30).unwrap().unwrap());
+        let ids: Vec<u64> = page(&t, "alice", &after)
+            .unwrap()
+            .items
+            .iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(ids, [20, 40]);
+        // Its id leads to its place; the place is not an id of anything.
+        assert_eq!(position(&t, "alice", 20).unwrap(), Some(31));
+        assert_eq!(position(&t, "alice", 31).unwrap(), None);
+        assert_eq!(position(&t, "alice", 25).unwrap(), None);
+        // A replay of the same message writes nothing.
+        let e = ArchiveEntry {
+            user: "alice".into(),
+            id: 20,
+            with: "carol@x".into(),
+            xml: "<message id='20'/>".into(),
+        };
+        assert!(place(&t, &e, &mut None).unwrap().is_none());
+        assert_eq!(ends(&t, "alice").unwrap(), Some((10, 40)));
+        // Retention takes moved messages with their aliases.
+        assert_eq!(
+            expire(&t, "alice", ArchiveId::micros(ArchiveId::at(0)) + 1).unwrap(),
+            4
+        );
+        assert_eq!(position(&t, "alice", 20).unwrap(), None);
+        assert_eq!(t.scan_prefix(roster::prefix("alice")).count(), 0);
     }
 
     fn q(max: usize, backward: bool) -> PageQuery {

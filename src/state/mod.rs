@@ -638,29 +638,38 @@ impl State {
                 // and writes makes sled rebuild its page for each reader).
                 let mut used: std::collections::HashMap<&str, u64> =
                     std::collections::HashMap::new();
+                // Each owner's last position, as this batch moves it.
+                let mut last: std::collections::HashMap<&str, Option<u64>> =
+                    std::collections::HashMap::new();
                 for e in entries {
                     // Written after the account was deleted: nobody's.
                     if !self.account_exists(&e.user) {
                         applied.refused.push(e.id);
                         continue;
                     }
-                    let k = archive::key(&e.user, e.id);
-                    let v = archive::value(e);
+                    // In commit order (archive::place); a replayed entry
+                    // is already there and counts once.
+                    let l = last.entry(e.user.as_str()).or_insert(None);
+                    let mut moved_last = *l;
+                    let Some(writes) = archive::place(&self.archive, e, &mut moved_last)? else {
+                        continue;
+                    };
                     let u = match used.get_mut(e.user.as_str()) {
                         Some(u) => u,
                         None => used
                             .entry(e.user.as_str())
                             .or_insert(self.archive_bytes(&e.user)?),
                     };
-                    let size = (k.len() + v.len()) as u64;
-                    if *quota_bytes > 0 && *u + size > *quota_bytes {
+                    let size: u64 = writes.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+                    if writes.is_empty() || (*quota_bytes > 0 && *u + size > *quota_bytes) {
                         applied.refused.push(e.id);
                         continue;
                     }
-                    // A replayed entry (same key, same bytes) counts once.
-                    if self.archive.insert(k, v)?.is_none() {
-                        *u += size;
+                    *l = moved_last;
+                    for (k, v) in writes {
+                        self.archive.insert(k, v)?;
                     }
+                    *u += size;
                 }
                 for (user, n) in used {
                     self.archive_used
@@ -830,8 +839,10 @@ impl State {
         archive::page(&self.archive, user, q)
     }
 
-    pub fn archive_contains(&self, user: &str, id: u64) -> Result<bool, StateError> {
-        archive::contains(&self.archive, user, id)
+    /// Where the message with stanza-id `id` sits in `user`'s archive's
+    /// commit order (None: not there).
+    pub fn archive_position(&self, user: &str, id: u64) -> Result<Option<u64>, StateError> {
+        archive::position(&self.archive, user, id)
     }
 
     /// The first and last archived ids of `user`.
