@@ -64,6 +64,7 @@ fn run(messages: u64, queries: usize) {
                     upper: Bound::Unbounded,
                     with: None,
                     ids: None,
+                    id_within: (0, u64::MAX),
                     max: 50,
                     backward: true,
                 },

@@ -98,6 +98,9 @@ pub struct ReplicatedState {
     /// Told of [`StateEvent`]s (set once the server is up). Called on the
     /// Raft thread: it must only hand work on, never wait.
     pub on_event: Arc<std::sync::OnceLock<EventHook>>,
+    /// The index of the log's first batch entry (0: none yet), as the
+    /// cluster says (`StateMachine::batched_since`).
+    pub batched_since: std::sync::atomic::AtomicU64,
 }
 
 impl ReplicatedState {
@@ -158,6 +161,13 @@ impl ReplicatedState {
 
 impl StateMachine for ReplicatedState {
     fn apply(&self, index: u64, command: &[u8]) -> Vec<u8> {
+        // After the cluster's switch to batch entries (every node of this
+        // version or newer), the archive is kept in commit order.
+        let since = self
+            .batched_since
+            .load(std::sync::atomic::Ordering::Acquire);
+        self.state
+            .set_archive_commit_order(since != 0 && index >= since << 16);
         let result = match serde_json::from_slice::<Command>(command) {
             Ok(cmd) => {
                 let r = self
@@ -174,6 +184,11 @@ impl StateMachine for ReplicatedState {
             }
         }
         serde_json::to_vec(&Outcome::from(result)).unwrap_or_default()
+    }
+
+    fn batched_since(&self, index: u64) {
+        self.batched_since
+            .store(index, std::sync::atomic::Ordering::Release);
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, String> {

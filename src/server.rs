@@ -696,6 +696,7 @@ fn start_cluster(
                 node: node_id,
                 domain,
                 on_event: hook,
+                batched_since: Default::default(),
             });
             let started = rt.block_on(starling_cluster::Cluster::start(db, sm, cfg));
             match started {

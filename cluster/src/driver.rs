@@ -112,6 +112,7 @@ impl Driver {
         if store.batched_since() != 0 {
             formats.set_batched();
         }
+        store.state_machine().batched_since(store.batched_since());
         Ok(Driver {
             id: cfg.id,
             raw,
@@ -371,6 +372,9 @@ impl Driver {
             if self.store.batched_since() != 0 {
                 self.formats.set_batched();
             }
+            self.store
+                .state_machine()
+                .batched_since(self.store.batched_since());
             // Entries folded into the snapshot are never applied one by one
             // here, so proposals waiting for them would wait forever.
             for (_, p) in self.pending.drain() {
@@ -426,6 +430,7 @@ impl Driver {
                         // with the applied state (see `batch::sequence`).
                         if self.store.batched_since() == 0 {
                             self.store.set_batched_since(entry.index)?;
+                            self.store.state_machine().batched_since(entry.index);
                             self.formats.set_batched();
                             tracing::info!(
                                 index = entry.index,

@@ -74,6 +74,14 @@ pub trait StateMachine: Send + Sync + 'static {
     fn orders_relays(&self, _command: &[u8]) -> bool {
         true
     }
+    /// The log's first batch entry is at `index` (0: none; see
+    /// `batch.rs`): commands applied under a sequence number of at least
+    /// `index << 16` come after the cluster's switch to batch entries, when
+    /// every node runs a version that writes them. Told before any command
+    /// is applied, at the switch, and after a snapshot is installed. A
+    /// state machine can key a change of its own behaviour to it, so that
+    /// every node changes at the same command.
+    fn batched_since(&self, _index: u64) {}
 }
 
 /// Writes a snapshot fixed by [`StateMachine::snapshot_job`].

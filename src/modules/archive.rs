@@ -197,15 +197,19 @@ impl Writer {
                 };
                 let owning = c.replicator.owning();
                 let left = left.clone();
+                let (entries, done): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let n = entries.len();
+                let cmd = Command::ArchiveAppend {
+                    entries,
+                    quota_bytes,
+                };
+                // Queued here, in the order the messages came: the archive
+                // is in commit order, so the log must have them in order.
+                let committed = c.replicator.commit_in_order(&cmd);
+                drop(cmd);
                 tokio::spawn(async move {
                     let (_slot, _owning) = (slot, owning);
-                    let (entries, done): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                    let n = entries.len();
-                    let cmd = Command::ArchiveAppend {
-                        entries,
-                        quota_bytes,
-                    };
-                    let ok = match c.replicator.commit_async(&cmd).await {
+                    let ok = match committed.await {
                         Ok(applied) => {
                             if !applied.refused.is_empty() {
                                 tracing::warn!(

@@ -184,19 +184,43 @@ fn parse(req: &IqRequest, user: &str) -> Result<Asked, StanzaError> {
 /// empty. A position is the message's id unless it committed after one
 /// with a later id; then it is just past that one's (`archive::place`), so
 /// times bound positions closely enough.
-fn range(a: &Asked) -> Option<(u64, u64)> {
-    let mut lo = a.start.map(ArchiveId::at).unwrap_or(0);
-    let mut hi = a
+fn range(a: &Asked) -> Option<Range> {
+    let id_lo = a.start.map(ArchiveId::at).unwrap_or(0);
+    let id_hi = a
         .end
         .map(|e| ArchiveId::at(e) | ((1 << ArchiveId::NODE_BITS) - 1))
         .unwrap_or(u64::MAX);
+    // A message's position is never below its id, and past it only by how
+    // late it committed after a later message: read that much further.
+    let mut lo = id_lo;
+    let mut hi = if a.end.is_some() {
+        id_hi.saturating_add(ArchiveId::at(LATE_SECS * 1_000_000))
+    } else {
+        u64::MAX
+    };
     for after in [a.after_id, a.rsm_after].into_iter().flatten() {
         lo = lo.max(after.checked_add(1)?);
     }
     for before in [a.before_id, a.rsm_before.flatten()].into_iter().flatten() {
         hi = hi.min(before.checked_sub(1)?);
     }
-    (lo <= hi).then_some((lo, hi))
+    (lo <= hi && id_lo <= id_hi).then_some(Range {
+        positions: (lo, hi),
+        ids: (id_lo, id_hi),
+    })
+}
+
+/// How much later than a later message a message may commit and still be
+/// found by a query bounded by `end` (clock skew between nodes, commit
+/// delays). One committed later still is in the archive, in order, but a
+/// query that ends before its position misses it.
+const LATE_SECS: u64 = 600;
+
+/// What a query reads: positions (commit order), and the ids (times) it
+/// keeps of what it reads.
+struct Range {
+    positions: (u64, u64),
+    ids: (u64, u64),
 }
 
 fn query(req: &IqRequest, user: &str) -> IqResponse {
@@ -223,13 +247,17 @@ fn query(req: &IqRequest, user: &str) -> IqResponse {
             items: Vec::new(),
             complete: true,
         }),
-        Some((lo, hi)) => req.server.state.archive_page(
+        Some(Range {
+            positions: (lo, hi),
+            ids,
+        }) => req.server.state.archive_page(
             user,
             &PageQuery {
                 lower: Bound::Included(lo),
                 upper: Bound::Included(hi),
                 with: a.with.clone(),
                 ids: a.ids.clone(),
+                id_within: ids,
                 max,
                 skip,
                 backward,
@@ -482,12 +510,27 @@ mod tests {
             after_id: Some(ArchiveId::at(20)),
             ..Asked::default()
         };
-        assert_eq!(range(&a), Some((ArchiveId::at(20) + 1, u64::MAX)));
+        let r = range(&a).expect("a range");
+        assert_eq!(r.positions, (ArchiveId::at(20) + 1, u64::MAX));
+        assert_eq!(r.ids, (ArchiveId::at(10), u64::MAX));
         let crossed = Asked {
             after_id: Some(ArchiveId::at(30)),
             before_id: Some(ArchiveId::at(20)),
             ..Asked::default()
         };
-        assert_eq!(range(&crossed), None);
+        assert!(range(&crossed).is_none());
+        // An end reads positions further (a message that committed late
+        // sits past its id) and keeps ids up to the end only.
+        let ended = Asked {
+            end: Some(1_000_000),
+            ..Asked::default()
+        };
+        let r = range(&ended).expect("a range");
+        let last_id = ArchiveId::at(1_000_000) | ((1 << ArchiveId::NODE_BITS) - 1);
+        assert_eq!(r.ids, (0, last_id));
+        assert_eq!(
+            r.positions,
+            (0, last_id + ArchiveId::at(LATE_SECS * 1_000_000))
+        );
     }
 }

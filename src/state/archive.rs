@@ -78,6 +78,10 @@ pub struct PageQuery {
     pub with: Option<String>,
     /// Only these ids (XEP-0313 #extended).
     pub ids: Option<Vec<u64>>,
+    /// Only ids within these (inclusive): the times asked for. Positions
+    /// (`lower`, `upper`) are ids too unless a message was placed after
+    /// its id, so the range is read a little wider and ids decide.
+    pub id_within: (u64, u64),
     /// Most messages on the page.
     pub max: usize,
     /// Matching messages passed over before the page starts (RSM
@@ -174,44 +178,85 @@ pub fn position(tree: &sled::Tree, user: &str, id: u64) -> Result<Option<u64>, S
     })
 }
 
-/// Key-value pairs to write.
+/// Key-value pairs to write, in order.
 pub(super) type Writes = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Where a newly committed message goes: the archive is in commit order,
-/// so a client that pages `after` the last id it saw never misses a
-/// message committed later with a smaller id (made earlier, or on a node
-/// whose clock is behind). A message whose id is past the owner's last
-/// position is written at its id; one that is not goes right after the
-/// last position, with an alias from its id. Returns the key-value pairs
-/// to write, or None if the message is already there (a replay).
+/// What becomes of a newly committed message (see [`place`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Placed {
+    /// Already there as it is: a command applied again after a restart.
+    Replay,
+    /// Write these, in this order.
+    Write(Writes),
+    /// Not kept: its id already names another message (an id made twice,
+    /// by a node whose clock went back across a restart), or no position
+    /// is left.
+    Refused,
+}
+
+/// Where a newly committed message goes. In commit order (`commit_order`:
+/// once the cluster's log has switched to batch entries, so every node of
+/// the cluster places alike), a client that pages `after` the last id it
+/// saw never misses a message committed later with a smaller id (made
+/// earlier, or on a node whose clock is behind): a message whose id is
+/// past the owner's last position is written at its id; one that is not
+/// goes right after the last position, with an alias from its id, written
+/// first (a crash between the two leaves an alias, which the command,
+/// applied again, completes). Before the switch, a message is written at
+/// its id, as nodes of older versions do.
 pub(super) fn place(
     tree: &sled::Tree,
     e: &ArchiveEntry,
     last: &mut Option<u64>,
-) -> Result<Option<Writes>, StateError> {
-    if position(tree, &e.user, e.id)?.is_some() {
-        return Ok(None);
+    commit_order: bool,
+) -> Result<Placed, StateError> {
+    if let Some(at) = tree.get(alias_key(&e.user, e.id))? {
+        let Some(at) = at.as_ref().try_into().ok().map(u64::from_be_bytes) else {
+            return Ok(Placed::Refused);
+        };
+        let moved = moved_value(e);
+        return Ok(match tree.get(key(&e.user, at))? {
+            Some(v) if v.as_ref() == moved.as_slice() => Placed::Replay,
+            Some(_) => Placed::Refused,
+            None => {
+                *last = Some(last.map_or(at, |l| l.max(at)));
+                Placed::Write(vec![(key(&e.user, at), moved)])
+            }
+        });
+    }
+    if let Some(v) = tree.get(key(&e.user, e.id))? {
+        if v.first() != Some(&MOVED) {
+            return Ok(if v.as_ref() == value(e).as_slice() {
+                Placed::Replay
+            } else {
+                Placed::Refused
+            });
+        }
+        // That position holds a message placed after its own id.
+        if !commit_order {
+            return Ok(Placed::Refused);
+        }
     }
     let last_now = match *last {
         Some(l) => Some(l),
         None => last_position(tree, &e.user)?,
     };
-    Ok(Some(match last_now {
-        Some(l) if e.id <= l => {
+    Ok(match last_now {
+        Some(l) if commit_order && e.id <= l => {
             let Some(at) = l.checked_add(1).filter(|a| *a < u64::MAX) else {
-                return Ok(Some(Vec::new())); // the id space is spent: not kept
+                return Ok(Placed::Refused);
             };
             *last = Some(at);
-            vec![
-                (key(&e.user, at), moved_value(e)),
+            Placed::Write(vec![
                 (alias_key(&e.user, e.id), at.to_be_bytes().to_vec()),
-            ]
+                (key(&e.user, at), moved_value(e)),
+            ])
         }
         _ => {
-            *last = Some(e.id);
-            vec![(key(&e.user, e.id), value(e))]
+            *last = Some(last_now.map_or(e.id, |l| l.max(e.id)));
+            Placed::Write(vec![(key(&e.user, e.id), value(e))])
         }
-    }))
+    })
 }
 
 fn with_matches(filter: &str, with: &str) -> bool {
@@ -254,11 +299,15 @@ pub fn page(tree: &sled::Tree, user: &str, q: &PageQuery) -> Result<Page, StateE
     for kv in iter {
         let (k, v) = kv?;
         // Without filters a skipped message is not even decoded.
-        if skip > 0 && q.ids.is_none() && q.with.is_none() {
+        let unfiltered = q.ids.is_none() && q.with.is_none() && q.id_within == (0, u64::MAX);
+        if skip > 0 && unfiltered {
             skip -= 1;
             continue;
         }
         let Some(a) = decode(p, &k, &v) else { continue };
+        if a.id < q.id_within.0 || a.id > q.id_within.1 {
+            continue;
+        }
         if let Some(ids) = &q.ids {
             if !ids.contains(&a.id) {
                 continue;
@@ -366,9 +415,10 @@ mod tests {
             with: with.into(),
             xml: format!("<message id='{id}'/>"),
         };
-        let mut last = None;
-        for (k, v) in place(t, &e, &mut last).unwrap().unwrap_or_default() {
-            t.insert(k, v).unwrap();
+        if let Placed::Write(writes) = place(t, &e, &mut None, true).unwrap() {
+            for (k, v) in writes {
+                t.insert(k, v).unwrap();
+            }
         }
     }
 
@@ -408,7 +458,21 @@ mod tests {
             with: "carol@x".into(),
             xml: "<message id='20'/>".into(),
         };
-        assert!(place(&t, &e, &mut None).unwrap().is_none());
+        assert_eq!(place(&t, &e, &mut None, true).unwrap(), Placed::Replay);
+        // The same id for another message (made twice) is refused.
+        let other = ArchiveEntry {
+            xml: "<message id='other'/>".into(),
+            ..e.clone()
+        };
+        assert_eq!(place(&t, &other, &mut None, true).unwrap(), Placed::Refused);
+        // A crash between the alias and the position: applied again, the
+        // position is written, nowhere else.
+        t.remove(key("alice", 31)).unwrap();
+        match place(&t, &e, &mut None, true).unwrap() {
+            Placed::Write(w) => assert_eq!(w, vec![(key("alice", 31), moved_value(&e))]),
+            p => panic!("{p:?}"),
+        }
+        t.insert(key("alice", 31), moved_value(&e)).unwrap();
         assert_eq!(ends(&t, "alice").unwrap(), Some((10, 40)));
         // Retention takes moved messages with their aliases.
         assert_eq!(
@@ -426,6 +490,7 @@ mod tests {
             upper: Bound::Unbounded,
             with: None,
             ids: None,
+            id_within: (0, u64::MAX),
             max,
             backward,
         }

@@ -236,6 +236,11 @@ pub struct State {
     archive: Tracked,
     /// Bytes each user's archive holds (what the quota counts).
     archive_used: Tracked,
+    /// Whether the command being applied places archived messages in
+    /// commit order (`archive::place`): set for each command by the state
+    /// machine (replication.rs), from the cluster's switch to batch
+    /// entries, so every node of a cluster places alike.
+    archive_commit_order: std::sync::atomic::AtomicBool,
 }
 
 /// A snapshot fixed by [`State::begin_snapshot`] and not written yet:
@@ -367,6 +372,7 @@ impl State {
             components: t("components")?,
             archive: t("archive")?,
             archive_used: t("archive_used")?,
+            archive_commit_order: std::sync::atomic::AtomicBool::new(false),
             undo,
             db,
         })
@@ -641,6 +647,9 @@ impl State {
                 // Each owner's last position, as this batch moves it.
                 let mut last: std::collections::HashMap<&str, Option<u64>> =
                     std::collections::HashMap::new();
+                let commit_order = self
+                    .archive_commit_order
+                    .load(std::sync::atomic::Ordering::Acquire);
                 for e in entries {
                     // Written after the account was deleted: nobody's.
                     if !self.account_exists(&e.user) {
@@ -651,8 +660,19 @@ impl State {
                     // is already there and counts once.
                     let l = last.entry(e.user.as_str()).or_insert(None);
                     let mut moved_last = *l;
-                    let Some(writes) = archive::place(&self.archive, e, &mut moved_last)? else {
-                        continue;
+                    let writes = match archive::place(
+                        &self.archive,
+                        e,
+                        &mut moved_last,
+                        commit_order,
+                    )? {
+                        archive::Placed::Replay => continue,
+                        archive::Placed::Refused => {
+                            tracing::warn!(user = %e.user, id = e.id, "an archive id that names another message; not archived");
+                            applied.refused.push(e.id);
+                            continue;
+                        }
+                        archive::Placed::Write(w) => w,
                     };
                     let u = match used.get_mut(e.user.as_str()) {
                         Some(u) => u,
@@ -661,7 +681,7 @@ impl State {
                             .or_insert(self.archive_bytes(&e.user)?),
                     };
                     let size: u64 = writes.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
-                    if writes.is_empty() || (*quota_bytes > 0 && *u + size > *quota_bytes) {
+                    if *quota_bytes > 0 && *u + size > *quota_bytes {
                         applied.refused.push(e.id);
                         continue;
                     }
@@ -837,6 +857,13 @@ impl State {
         q: &archive::PageQuery,
     ) -> Result<archive::Page, StateError> {
         archive::page(&self.archive, user, q)
+    }
+
+    /// Whether archived messages of the commands applied from now on go in
+    /// commit order (see the field).
+    pub fn set_archive_commit_order(&self, on: bool) {
+        self.archive_commit_order
+            .store(on, std::sync::atomic::Ordering::Release);
     }
 
     /// Where the message with stanza-id `id` sits in `user`'s archive's
