@@ -125,6 +125,20 @@ async fn a_message_from_a_node_whose_clock_is_behind_is_not_skipped_by_paging() 
     let (rest, fin) = mam_query(&mut a, "q2", &form).await;
     assert_eq!(fin.attr("type"), Some("result"), "{fin:?}");
     assert!(rest.is_empty(), "nothing after the last: {rest:?}");
+    // A query that ends before `first` was made keeps the answer (made a
+    // minute earlier), though it sits after `first` in the archive.
+    let micros = u64::from_str_radix(&first, 16).expect("hex id") >> 12;
+    let end = starling::time::xep82(Duration::from_micros(micros - 1_000_000));
+    let form = format!(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>{MAM_NS}</value></field><field var='end'><value>{end}</value></field></x>"
+    );
+    let (ended, fin) = mam_query(&mut a, "q3", &form).await;
+    assert_eq!(fin.attr("type"), Some("result"), "{fin:?}");
+    assert_eq!(
+        ended,
+        vec![(answer_id, "second".to_string())],
+        "ending at {end}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -214,7 +214,7 @@ impl Writer {
                             if !applied.refused.is_empty() {
                                 tracing::warn!(
                                     refused = applied.refused.len(),
-                                    "archive quota reached: messages delivered but not archived"
+                                    "messages delivered but not archived: archive quota reached, or an id that names another message"
                                 );
                             }
                             true

@@ -184,17 +184,18 @@ fn parse(req: &IqRequest, user: &str) -> Result<Asked, StanzaError> {
 /// empty. A position is the message's id unless it committed after one
 /// with a later id; then it is just past that one's (`archive::place`), so
 /// times bound positions closely enough.
-fn range(a: &Asked) -> Option<Range> {
+fn range(a: &Asked, moved_reach: &dyn Fn(u64, u64) -> u64) -> Option<Range> {
     let id_lo = a.start.map(ArchiveId::at).unwrap_or(0);
     let id_hi = a
         .end
         .map(|e| ArchiveId::at(e) | ((1 << ArchiveId::NODE_BITS) - 1))
         .unwrap_or(u64::MAX);
-    // A message's position is never below its id, and past it only by how
-    // late it committed after a later message: read that much further.
+    // A message's position is never below its id; one placed past its id
+    // (it committed after a later message) has an alias: read as far as
+    // the furthest of those with an id in range.
     let mut lo = id_lo;
     let mut hi = if a.end.is_some() {
-        id_hi.saturating_add(ArchiveId::at(LATE_SECS * 1_000_000))
+        id_hi.max(moved_reach(id_lo, id_hi))
     } else {
         u64::MAX
     };
@@ -209,12 +210,6 @@ fn range(a: &Asked) -> Option<Range> {
         ids: (id_lo, id_hi),
     })
 }
-
-/// How much later than a later message a message may commit and still be
-/// found by a query bounded by `end` (clock skew between nodes, commit
-/// delays). One committed later still is in the archive, in order, but a
-/// query that ends before its position misses it.
-const LATE_SECS: u64 = 600;
 
 /// What a query reads: positions (commit order), and the ids (times) it
 /// keeps of what it reads.
@@ -242,7 +237,13 @@ fn query(req: &IqRequest, user: &str) -> IqResponse {
         ))
         .into();
     }
-    let page = match range(&a) {
+    let moved_reach = |lo: u64, hi: u64| {
+        req.server
+            .state
+            .archive_moved_reach(user, lo, hi)
+            .unwrap_or(u64::MAX)
+    };
+    let page = match range(&a, &moved_reach) {
         None => Ok(crate::state::archive::Page {
             items: Vec::new(),
             complete: true,
@@ -510,7 +511,8 @@ mod tests {
             after_id: Some(ArchiveId::at(20)),
             ..Asked::default()
         };
-        let r = range(&a).expect("a range");
+        let none = |_: u64, _: u64| 0;
+        let r = range(&a, &none).expect("a range");
         assert_eq!(r.positions, (ArchiveId::at(20) + 1, u64::MAX));
         assert_eq!(r.ids, (ArchiveId::at(10), u64::MAX));
         let crossed = Asked {
@@ -518,19 +520,22 @@ mod tests {
             before_id: Some(ArchiveId::at(20)),
             ..Asked::default()
         };
-        assert!(range(&crossed).is_none());
-        // An end reads positions further (a message that committed late
-        // sits past its id) and keeps ids up to the end only.
+        assert!(range(&crossed, &none).is_none());
+        // An end reads positions as far as the furthest message placed
+        // past its id (one that committed late) and keeps ids up to the
+        // end only.
         let ended = Asked {
             end: Some(1_000_000),
             ..Asked::default()
         };
-        let r = range(&ended).expect("a range");
         let last_id = ArchiveId::at(1_000_000) | ((1 << ArchiveId::NODE_BITS) - 1);
+        let r = range(&ended, &none).expect("a range");
         assert_eq!(r.ids, (0, last_id));
+        assert_eq!(r.positions, (0, last_id));
+        let far = |_: u64, _: u64| last_id + 77;
         assert_eq!(
-            r.positions,
-            (0, last_id + ArchiveId::at(LATE_SECS * 1_000_000))
+            range(&ended, &far).expect("a range").positions,
+            (0, last_id + 77)
         );
     }
 }

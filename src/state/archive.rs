@@ -219,7 +219,11 @@ pub(super) fn place(
             Some(v) if v.as_ref() == moved.as_slice() => Placed::Replay,
             Some(_) => Placed::Refused,
             None => {
-                *last = Some(last.map_or(at, |l| l.max(at)));
+                let base = match *last {
+                    Some(l) => Some(l),
+                    None => last_position(tree, &e.user)?,
+                };
+                *last = Some(base.map_or(at, |l| l.max(at)));
                 Placed::Write(vec![(key(&e.user, at), moved)])
             }
         });
@@ -332,6 +336,21 @@ pub fn page(tree: &sled::Tree, user: &str, q: &PageQuery) -> Result<Page, StateE
         items.reverse();
     }
     Ok(Page { items, complete })
+}
+
+/// The furthest position of a message of `user` placed past its id (it
+/// committed after a later message) whose id is within `lo..=hi` (0: none).
+pub fn moved_reach(tree: &sled::Tree, user: &str, lo: u64, hi: u64) -> Result<u64, StateError> {
+    let mut reach = 0;
+    for v in tree
+        .range(alias_key(user, lo)..=alias_key(user, hi))
+        .values()
+    {
+        if let Some(at) = v?.as_ref().try_into().ok().map(u64::from_be_bytes) {
+            reach = reach.max(at);
+        }
+    }
+    Ok(reach)
 }
 
 /// The stanza-ids of the first and last message of `user`'s archive, in
@@ -474,6 +493,8 @@ mod tests {
         }
         t.insert(key("alice", 31), moved_value(&e)).unwrap();
         assert_eq!(ends(&t, "alice").unwrap(), Some((10, 40)));
+        assert_eq!(moved_reach(&t, "alice", 0, 25).unwrap(), 31);
+        assert_eq!(moved_reach(&t, "alice", 21, 40).unwrap(), 0);
         // Retention takes moved messages with their aliases.
         assert_eq!(
             expire(&t, "alice", ArchiveId::micros(ArchiveId::at(0)) + 1).unwrap(),

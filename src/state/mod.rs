@@ -859,6 +859,12 @@ impl State {
         archive::page(&self.archive, user, q)
     }
 
+    /// The furthest position of a message of `user` placed past its id,
+    /// among ids `lo..=hi` (0: none).
+    pub fn archive_moved_reach(&self, user: &str, lo: u64, hi: u64) -> Result<u64, StateError> {
+        archive::moved_reach(&self.archive, user, lo, hi)
+    }
+
     /// Whether archived messages of the commands applied from now on go in
     /// commit order (see the field).
     pub fn set_archive_commit_order(&self, on: bool) {
