@@ -442,8 +442,12 @@ fn store_offline(
     };
     let owning = ctx.replicator.owning();
     let in_flight = ctx.presence.offline_queued(username);
-    // Queued now, in arrival order: the user reads them back in that order.
-    let committed = ctx.replicator.commit_in_order(&cmd);
+    // Queued now, in arrival order: the user reads them back in that order
+    // (and after what an ending session gives back: `offline_order`).
+    let committed = {
+        let _order = ctx.presence.offline_order(username);
+        ctx.replicator.commit_in_order(&cmd)
+    };
     ctx.replicator.runtime().spawn(async move {
         let _owning = owning;
         let _in_flight = in_flight;

@@ -30,6 +30,46 @@ pub struct PresenceRegistry {
     /// Offline messages this node queued for a commit not yet applied, by
     /// username (see [`PresenceRegistry::offline_pending`]).
     offline_in_flight: Arc<Mutex<HashMap<String, u32>>>,
+    /// Who may queue offline messages for a user now (see
+    /// [`PresenceRegistry::offline_order`]).
+    order: OfflineOrder,
+}
+
+/// Locks, by a hash of the username, that keep offline messages for one
+/// user in the order their sender sent them: a session that ends gives
+/// back what its client never acknowledged under the lock, so a newer
+/// message to the same user (routed once the session is unbound) is queued
+/// after them, not between them.
+struct OfflineOrder {
+    stripes: Vec<Mutex<()>>,
+}
+
+impl Default for OfflineOrder {
+    fn default() -> Self {
+        OfflineOrder {
+            stripes: (0..64).map(|_| Mutex::new(())).collect(),
+        }
+    }
+}
+
+thread_local! {
+    /// The stripes of [`OfflineOrder`] this thread holds (a give-back that
+    /// queues offline messages takes the lock it already has).
+    static HELD: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Held while offline messages for a user are queued in order.
+pub struct OrderGuard<'a> {
+    guard: Option<std::sync::MutexGuard<'a, ()>>,
+    stripe: usize,
+}
+
+impl Drop for OrderGuard<'_> {
+    fn drop(&mut self) {
+        if self.guard.is_some() {
+            HELD.with(|h| h.borrow_mut().retain(|s| *s != self.stripe));
+        }
+    }
 }
 
 /// Held while an offline message's commit is on its way; dropping it
@@ -52,6 +92,29 @@ impl Drop for OfflineInFlight {
 }
 
 impl PresenceRegistry {
+    /// Hold the order of offline messages for `user`: while the guard
+    /// lives, only this thread queues them (re-entrant on this thread).
+    pub fn offline_order(&self, user: &str) -> OrderGuard<'_> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut h);
+        let stripe = (h.finish() % self.order.stripes.len() as u64) as usize;
+        if HELD.with(|held| held.borrow().contains(&stripe)) {
+            return OrderGuard {
+                guard: None,
+                stripe,
+            };
+        }
+        let guard = self.order.stripes[stripe]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        HELD.with(|held| held.borrow_mut().push(stripe));
+        OrderGuard {
+            guard: Some(guard),
+            stripe,
+        }
+    }
+
     /// An offline message for `user` is being committed.
     pub fn offline_queued(&self, user: &str) -> OfflineInFlight {
         let mut counts = self

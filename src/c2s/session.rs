@@ -324,9 +324,14 @@ impl C2sSession {
             // Nothing new is routed here from now on; what is already on
             // its way is given back (send).
             if !self.moved {
-                self.ctx.router.unbind(&self.jid, self.id);
                 // In order: what the client never acknowledged goes back
-                // before anything still on its way here.
+                // before anything still on its way here, and before any
+                // message routed to the user once this session is unbound
+                // (offline storage queues those after these).
+                let ctx2 = self.ctx.clone();
+                let user = self.jid.node().map(|n| n.as_str().to_string());
+                let _order = ctx2.presence.offline_order(user.as_deref().unwrap_or(""));
+                self.ctx.router.unbind(&self.jid, self.id);
                 self.redeliver_unacked();
             }
             let _g = self.span.enter();
@@ -765,6 +770,11 @@ impl Actor for C2sSession {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        // What goes back to delivery from here is queued for offline
+        // storage before any newer message to the user (see `close`).
+        let ctx2 = self.ctx.clone();
+        let user = self.jid.node().map(|n| n.as_str().to_string());
+        let _order = ctx2.presence.offline_order(user.as_deref().unwrap_or(""));
         self.ctx.router.unbind(&self.jid, self.id);
         if self.moved {
             // The session lives on elsewhere: no unbind (its new bind
