@@ -153,11 +153,44 @@ impl Default for ComponentSection {
 
 /// Hosted service domains (see `services.rs`): each service's domain, or
 /// empty for off.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServicesSection {
     /// The diagnostic echo service: answers messages with "echo: <body>".
     pub echo: String,
+    /// Group chat (XEP-0045): its domain; unset means `conference.DOMAIN`,
+    /// empty turns it off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub muc: Option<String>,
+    /// Occupants one room admits (XEP-0045 §7.2.9).
+    pub muc_max_occupants: usize,
+    /// Messages a room keeps for history on join (XEP-0045 §7.2.15).
+    pub muc_history: usize,
+    /// Rooms one user may create and occupy on a node at once.
+    pub muc_max_rooms_per_user: usize,
+}
+
+impl Default for ServicesSection {
+    fn default() -> Self {
+        ServicesSection {
+            echo: String::new(),
+            muc: None,
+            muc_max_occupants: 1000,
+            muc_history: 50,
+            muc_max_rooms_per_user: 100,
+        }
+    }
+}
+
+impl ServicesSection {
+    /// The group-chat domain for a server of `domain`, if it is on.
+    pub fn muc_domain(&self, domain: &str) -> Option<String> {
+        match &self.muc {
+            None => Some(format!("conference.{domain}").to_ascii_lowercase()),
+            Some(d) if d.is_empty() => None,
+            Some(d) => Some(d.to_ascii_lowercase()),
+        }
+    }
 }
 
 /// HTTP for health checks (and later websocket, metrics, admin).
@@ -455,7 +488,7 @@ impl Config {
                 None => defaults.get(&key).filter(|v| !v.is_table()),
             };
             // Option fields are absent from the defaults; they take strings.
-            let known_optional = matches!(dotted.as_str(), "tls.cert" | "tls.key");
+            let known_optional = matches!(dotted.as_str(), "tls.cert" | "tls.key" | "services.muc");
             if default.is_none() && !known_optional {
                 return Err(ConfigError::UnknownEnv { var, key: dotted });
             }
@@ -548,9 +581,19 @@ impl Config {
                 });
             }
         }
-        for (key, domain) in [("services.echo", &self.services.echo)] {
+        let muc = self.services.muc_domain(&self.domain).unwrap_or_default();
+        for (key, domain) in [
+            ("services.echo", &self.services.echo),
+            ("services.muc", &muc),
+        ] {
             if domain.is_empty() {
                 continue;
+            }
+            if key == "services.muc" && domain.eq_ignore_ascii_case(&self.services.echo) {
+                return Err(ConfigError::BadValue {
+                    key: key.into(),
+                    message: format!("{domain:?} is the echo service's domain"),
+                });
             }
             let valid = jid::BareJid::new(domain).is_ok_and(|j| j.node().is_none());
             let taken = domain.eq_ignore_ascii_case(&self.domain)

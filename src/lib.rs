@@ -13,6 +13,7 @@ pub mod local_cluster;
 pub mod memory;
 pub mod mesh_certs;
 pub mod modules;
+pub mod muc;
 pub mod presence;
 pub mod rate_limit;
 pub mod replication;

@@ -63,6 +63,9 @@ pub trait Elsewhere: Send + Sync {
     /// A stanza relayed to this node for a component connected here;
     /// false if it is not (any more).
     fn to_component_here(&self, ctx: &ServerCtx, stanza: &Element, domain: &str) -> bool;
+    /// A stanza relayed to this node for an entity of a hosted service
+    /// (a group-chat room) this node owns.
+    fn to_hosted_here(&self, ctx: &ServerCtx, stanza: Element, domain: &str);
     /// Answer a local sender with an error (never an error for an error).
     fn bounce_local(
         &self,
@@ -167,6 +170,12 @@ pub enum Relay {
     },
     /// A stanza for the external component `domain`, connected here.
     Component {
+        domain: String,
+        xml: String,
+    },
+    /// A stanza for an entity of the hosted service `domain` (a room)
+    /// that this node owns.
+    Hosted {
         domain: String,
         xml: String,
     },
@@ -374,9 +383,10 @@ fn relay_owned(ctx: &ServerCtx, node: u64, msg: &Relay, receipt: Option<Receipt>
         // Sent while an answer to another node waits for it: in the lane
         // of its depth, never behind a batch that waits for it.
         Relay::Stanza { depth, .. } if *depth > 0 => starling_cluster::Lane::Forward(*depth),
-        Relay::Stanza { .. } | Relay::Probe { .. } | Relay::Component { .. } => {
-            starling_cluster::Lane::Stanzas
-        }
+        Relay::Stanza { .. }
+        | Relay::Probe { .. }
+        | Relay::Component { .. }
+        | Relay::Hosted { .. } => starling_cluster::Lane::Stanzas,
     };
     if let Err(back) = ctx.replicator.cluster().relay(node, lane, bytes, receipt) {
         tracing::warn!(
@@ -727,6 +737,12 @@ pub async fn serve_relays(
                     }
                 }
             }
+            Relay::Hosted { domain, xml } => match crate::xml::parse_fragment(&xml) {
+                Ok(el) => ctx.elsewhere.to_hosted_here(&ctx, el, &domain),
+                Err(e) => {
+                    tracing::warn!(from, error = %e, "relayed hosted stanza dropped: bad XML")
+                }
+            },
             Relay::Probe {
                 from,
                 reply_to,

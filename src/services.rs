@@ -3,23 +3,50 @@
 //! that domain or to an entity on it. Local users reach it from any node
 //! and other servers reach it over federation (the s2s transport accepts
 //! and sends for hosted domains); the server's disco#items lists it
-//! (XEP-0030 §4). A service sees only the stanza and answers with any
-//! number of stanzas; it holds no handle on the rest of the server.
+//! (XEP-0030 §4). A service holds no handle on the rest of the server but
+//! the [`Host`] it is given with each stanza.
 //!
 //! Generic answers for every service: disco#info from its declaration
-//! (XEP-0030 §3), empty disco#items, XEP-0199 ping; an iq nobody handles
-//! gets `<service-unavailable/>` (RFC 6120 §8.4).
+//! (XEP-0030 §3), disco#items from its items, XEP-0199 ping; an iq nobody
+//! handles gets `<service-unavailable/>` (RFC 6120 §8.4).
 //!
-//! The one service today is `echo` (`[services] echo = "echo.DOMAIN"`), a
-//! diagnostic: it answers chat and normal messages with "echo: <body>", so
-//! an operator (or a test) can check that a hosted domain is reachable
-//! locally and over federation.
+//! A service whose entities keep state (group-chat rooms) declares
+//! [`HostedService::owns_entities`]: each entity (`name@domain`) lives on
+//! one node of the cluster, the one that claimed it through Raft
+//! (`Command::HostedClaim`; a node that dies loses its claims with its
+//! sessions). A stanza for an entity reaches its owner from any node
+//! (relayed over the mesh); a stanza that may create one (a join) on an
+//! unclaimed entity claims it for the node it arrived on first.
+//!
+//! Services: `echo` (`[services] echo = "echo.DOMAIN"`), a diagnostic that
+//! answers chat and normal messages with "echo: <body>"; group chat
+//! (`muc.rs`'s rooms, `[services] muc`, by default `conference.DOMAIN`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::stanza_error::{bounce, StanzaCondition};
 use crate::xml::{ns, Element};
+
+/// What a service may ask of the node it runs on: the node implements it
+/// (the transports' side of routing), so a service never names them.
+pub trait Host: Send + Sync {
+    /// Send a stanza (its `from` an entity of the service) wherever its
+    /// `to` is: a local user on any node, a remote server, a service.
+    fn send(&self, stanza: Element);
+    /// This node's id.
+    fn node(&self) -> u64;
+    /// The node that owns `entity` (a bare JID), if one claimed it.
+    fn owner(&self, entity: &str) -> Option<u64>;
+    /// Claim `entity` for this node through the cluster; `then` gets the
+    /// owner once the claim is applied (this node, or an earlier
+    /// claimer), or None if the cluster could not commit.
+    fn claim(&self, entity: &str, then: Box<dyn FnOnce(Option<u64>) + Send>);
+    /// Pass a stanza for an entity of `domain` to its owner `node`.
+    fn relay(&self, node: u64, domain: &str, stanza: &Element);
+    /// Where the service starts its actors.
+    fn arbiter(&self) -> Option<actix_rt::ArbiterHandle>;
+}
 
 /// A service on a hosted domain.
 pub trait HostedService: Send + Sync {
@@ -29,9 +56,29 @@ pub trait HostedService: Send + Sync {
     fn features(&self) -> Vec<&'static str> {
         Vec::new()
     }
+    /// The disco#items of the service's domain: (jid, name).
+    fn items(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// A stanza for the service (not an iq the generic part answered);
     /// returns the stanzas to send, each with `from` and `to` set.
     fn handle(&self, stanza: &Element) -> Vec<Element>;
+    /// Whether its entities keep state, each on one owner node.
+    fn owns_entities(&self) -> bool {
+        false
+    }
+    /// Whether `stanza` may create the entity it is addressed to.
+    fn creates(&self, _stanza: &Element) -> bool {
+        false
+    }
+    /// A stanza for one of its entities, on the entity's owner node (or
+    /// on the node it arrived at, for an unclaimed entity that it does not
+    /// create); answers go out through `host`.
+    fn take(&self, stanza: Element, host: &Arc<dyn Host>) {
+        for out in self.handle(&stanza) {
+            host.send(out);
+        }
+    }
 }
 
 /// The hosted services, by domain (lower case).
@@ -41,12 +88,17 @@ pub struct Services {
 }
 
 impl Services {
-    /// The services `config` turns on.
-    pub fn from_config(config: &crate::config::ServicesSection) -> Services {
+    /// The services `config` turns on, for the server's `domain`.
+    pub fn from_config(config: &crate::config::ServicesSection, domain: &str) -> Services {
         let mut s = Services::default();
         if !config.echo.is_empty() {
             s.by_domain
                 .insert(config.echo.to_ascii_lowercase(), Arc::new(Echo));
+        }
+        if let Some(muc) = config.muc_domain(domain) {
+            let limits = crate::muc::Limits::from_config(config);
+            let service: Arc<dyn HostedService> = crate::muc::Muc::new(&muc, limits);
+            s.by_domain.insert(muc.clone(), service);
         }
         s
     }
@@ -63,8 +115,36 @@ impl Services {
         d
     }
 
-    /// Answer a stanza addressed to `domain` (or an entity on it): the
-    /// stanzas to send in return.
+    /// Serve a stanza addressed to `domain` (or an entity on it): answers
+    /// and stanzas for the entity's owner go out through `host`.
+    /// `relayed`: it came from another node, which took this node for the
+    /// owner (it is not passed on again).
+    pub fn serve(&self, domain: &str, stanza: Element, host: &Arc<dyn Host>, relayed: bool) {
+        let Some(service) = self.by_domain.get(&domain.to_ascii_lowercase()) else {
+            if let Some(e) = bounce(&stanza, StanzaCondition::ServiceUnavailable) {
+                host.send(e);
+            }
+            return;
+        };
+        let entity = stanza
+            .attr("to")
+            .and_then(|t| jid::Jid::new(t).ok())
+            .filter(|j| j.node().is_some())
+            .map(|j| j.to_bare().to_string());
+        match entity {
+            Some(entity) if service.owns_entities() => {
+                to_entity(service.clone(), domain, entity, stanza, host, relayed)
+            }
+            _ => {
+                for out in self.handle(domain, &stanza) {
+                    host.send(out);
+                }
+            }
+        }
+    }
+
+    /// Answer a stanza addressed to `domain` (or an entity on it, for a
+    /// service without owned entities): the stanzas to send in return.
     pub fn handle(&self, domain: &str, stanza: &Element) -> Vec<Element> {
         let Some(service) = self.by_domain.get(&domain.to_ascii_lowercase()) else {
             return bounce(stanza, StanzaCondition::ServiceUnavailable)
@@ -84,7 +164,9 @@ impl Services {
         let payload = stanza.elements().next();
         let get = stanza.attr("type") == Some("get");
         match payload.map(|p| p.ns.as_str()) {
-            Some(ns::DISCO_INFO) if get && to_domain => {
+            Some(ns::DISCO_INFO)
+                if get && to_domain && payload.and_then(|p| p.attr("node")).is_none() =>
+            {
                 let (category, kind, name) = service.identity();
                 let mut q = Element::new("query", ns::DISCO_INFO).with_child(
                     Element::new("identity", ns::DISCO_INFO)
@@ -101,11 +183,20 @@ impl Services {
                 }
                 vec![crate::modules::result(stanza, Some(q))]
             }
-            Some(ns::DISCO_ITEMS) if get && to_domain => vec![crate::modules::result(
-                stanza,
-                Some(Element::new("query", ns::DISCO_ITEMS)),
-            )],
-            Some(ns::PING) if get => vec![crate::modules::result(stanza, None)],
+            Some(ns::DISCO_ITEMS)
+                if get && to_domain && payload.and_then(|p| p.attr("node")).is_none() =>
+            {
+                let mut q = Element::new("query", ns::DISCO_ITEMS);
+                for (jid, name) in service.items() {
+                    let mut item = Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid);
+                    if !name.is_empty() {
+                        item.set_attr("name", name);
+                    }
+                    q.push_child(item);
+                }
+                vec![crate::modules::result(stanza, Some(q))]
+            }
+            Some(ns::PING) if get && to_domain => vec![crate::modules::result(stanza, None)],
             _ => {
                 let answers = service.handle(stanza);
                 if answers.is_empty() {
@@ -117,6 +208,46 @@ impl Services {
                 }
             }
         }
+    }
+}
+
+/// A stanza for `entity` of a service whose entities live on one node each.
+fn to_entity(
+    service: Arc<dyn HostedService>,
+    domain: &str,
+    entity: String,
+    stanza: Element,
+    host: &Arc<dyn Host>,
+    relayed: bool,
+) {
+    let me = host.node();
+    match host.owner(&entity) {
+        Some(n) if n == me => service.take(stanza, host),
+        Some(n) if !relayed => host.relay(n, domain, &stanza),
+        Some(n) => {
+            tracing::info!(%entity, owner = n, "hosted stanza dropped: relayed to a node that is not the owner");
+            if let Some(e) = bounce(&stanza, StanzaCondition::ServiceUnavailable) {
+                host.send(e);
+            }
+        }
+        None if service.creates(&stanza) => {
+            let h = host.clone();
+            let domain = domain.to_string();
+            host.claim(
+                &entity.clone(),
+                Box::new(move |owner| match owner {
+                    Some(n) if n == h.node() => service.take(stanza, &h),
+                    Some(n) => h.relay(n, &domain, &stanza),
+                    None => {
+                        tracing::info!(%entity, "hosted stanza dropped: no commit for the claim");
+                        if let Some(e) = bounce(&stanza, StanzaCondition::ServiceUnavailable) {
+                            h.send(e);
+                        }
+                    }
+                }),
+            );
+        }
+        None => service.take(stanza, host),
     }
 }
 
@@ -160,9 +291,14 @@ mod tests {
     use super::*;
 
     fn echo() -> Services {
-        Services::from_config(&crate::config::ServicesSection {
-            echo: "Echo.Example".into(),
-        })
+        Services::from_config(
+            &crate::config::ServicesSection {
+                echo: "Echo.Example".into(),
+                muc: Some(String::new()),
+                ..Default::default()
+            },
+            "example",
+        )
     }
 
     #[test]

@@ -245,8 +245,9 @@ async fn registration_is_limited_per_address() {
 }
 
 /// XEP-0030 §4: the server's disco#items lists the services it hosts (the
-/// external components configured for the cluster), so clients find them;
-/// an account's items stay empty.
+/// external components configured for the cluster, group chat and the
+/// other hosted services), so clients find them; an account's items stay
+/// empty.
 #[tokio::test]
 async fn disco_items_lists_the_hosted_components() {
     let s = Server::start_with(&[
@@ -269,7 +270,15 @@ async fn disco_items_lists_the_hosted_components() {
         .get_child("query", "http://jabber.org/protocol/disco#items")
         .expect("query");
     let jids: Vec<&str> = q.elements().filter_map(|i| i.attr("jid")).collect();
-    assert_eq!(jids, ["echo.localhost", "gw.localhost", "irc.localhost"]);
+    assert_eq!(
+        jids,
+        [
+            "conference.localhost",
+            "echo.localhost",
+            "gw.localhost",
+            "irc.localhost"
+        ]
+    );
     let mine = a
         .iq(iq_get(
             None,

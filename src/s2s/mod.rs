@@ -4,6 +4,7 @@
 //! node 3 crosses the mesh like any other (route.rs).
 
 pub mod dialback;
+mod hosted;
 pub mod inbound;
 pub mod outbound;
 pub mod resolve;
@@ -159,25 +160,37 @@ impl crate::route::Elsewhere for Transports {
         crate::component::deliver_here(ctx, stanza, domain)
     }
 
+    fn to_hosted_here(&self, ctx: &ServerCtx, stanza: Element, domain: &str) {
+        if let Some(host) = hosted::host(ctx) {
+            ctx.services.serve(domain, stanza, &host, true);
+        }
+    }
+
     fn bounce_local(&self, ctx: &ServerCtx, stanza: &Element, condition: StanzaCondition) {
         bounce_local(ctx, stanza, condition)
     }
 }
 
 /// A stanza for a hosted service domain (from a local user, a component
-/// or a remote server): the service answers on this node, and each answer
-/// goes where it is addressed, like a component's stanzas.
+/// or a remote server): the service answers on this node, or on the node
+/// that owns the entity it is for, and each answer goes where it is
+/// addressed, like a component's stanzas.
 fn serve_hosted(ctx: &ServerCtx, domain: &str, stanza: Element) {
-    for out in ctx.services.handle(domain, &stanza) {
-        let local = out
-            .attr("to")
-            .and_then(|t| Jid::new(t).ok())
-            .is_some_and(|j| is_local_domain(ctx, j.domain().as_str()));
-        if local {
-            deliver_local(ctx, out);
-        } else {
-            send(ctx, out);
-        }
+    if let Some(host) = hosted::host(ctx) {
+        ctx.services.serve(domain, stanza, &host, false);
+    }
+}
+
+/// A stanza from a hosted service's entity, to wherever it is addressed.
+pub(crate) fn from_hosted(ctx: &ServerCtx, out: Element) {
+    let local = out
+        .attr("to")
+        .and_then(|t| Jid::new(t).ok())
+        .is_some_and(|j| is_local_domain(ctx, j.domain().as_str()));
+    if local {
+        deliver_local(ctx, out);
+    } else {
+        send(ctx, out);
     }
 }
 

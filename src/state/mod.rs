@@ -139,6 +139,13 @@ pub enum Command {
         node: u64,
         sid: u64,
     },
+    /// A hosted service's entity (a group-chat room, `room@service`) lives
+    /// on `node`, unless another node claimed it first. Claims share the
+    /// components' tree (keys with an `@`), so a purged node loses them.
+    HostedClaim {
+        entity: String,
+        node: u64,
+    },
     /// XEP-0313: messages into their owners' archives, many per log entry.
     /// An owner past `quota_bytes` (0: no limit) keeps what it has and
     /// archives nothing more until messages expire or are purged.
@@ -630,6 +637,12 @@ impl State {
                 self.components
                     .insert(domain.as_bytes(), serde_json::to_vec(&(node, sid))?)?;
             }
+            Command::HostedClaim { entity, node } => {
+                if entity.contains('@') && self.component(entity).is_none() {
+                    self.components
+                        .insert(entity.as_bytes(), serde_json::to_vec(&(node, 0u64))?)?;
+                }
+            }
             Command::ComponentUnbind { domain, node, sid } => {
                 if self.component(domain) == Some((*node, *sid)) {
                     self.components.remove(domain.as_bytes())?;
@@ -738,6 +751,11 @@ impl State {
     pub fn component(&self, domain: &str) -> Option<(u64, u64)> {
         let v = self.components.get(domain.as_bytes()).ok()??;
         serde_json::from_slice(&v).ok()
+    }
+
+    /// The node that owns a hosted entity (`Command::HostedClaim`).
+    pub fn hosted_owner(&self, entity: &str) -> Option<u64> {
+        self.component(entity).map(|(node, _)| node)
     }
 
     pub fn all_sessions(&self) -> Vec<SessionRecord> {

@@ -1,0 +1,85 @@
+//! The node's side of hosted services (`services::Host`): where a
+//! service's answers go, who owns an entity, claiming one through Raft,
+//! and passing a stanza to its owner over the mesh.
+
+use std::sync::{Arc, Weak};
+
+use crate::server::ServerCtx;
+use crate::state::Command;
+use crate::xml::{ns, Element};
+
+struct NodeHost {
+    ctx: Weak<ServerCtx>,
+    node: u64,
+}
+
+/// The host a service is given with a stanza on this node.
+pub(crate) fn host(ctx: &ServerCtx) -> Option<Arc<dyn crate::services::Host>> {
+    let me = ctx.arc()?;
+    Some(Arc::new(NodeHost {
+        ctx: Arc::downgrade(&me),
+        node: ctx.node_id(),
+    }))
+}
+
+impl crate::services::Host for NodeHost {
+    fn send(&self, stanza: Element) {
+        match self.ctx.upgrade() {
+            Some(ctx) => super::from_hosted(&ctx, stanza),
+            None => tracing::info!("hosted stanza dropped: the node is stopping"),
+        }
+    }
+
+    fn node(&self) -> u64 {
+        self.node
+    }
+
+    fn owner(&self, entity: &str) -> Option<u64> {
+        self.ctx.upgrade()?.state.hosted_owner(entity)
+    }
+
+    fn claim(&self, entity: &str, then: Box<dyn FnOnce(Option<u64>) + Send>) {
+        let Some(ctx) = self.ctx.upgrade() else {
+            return then(None);
+        };
+        let entity = entity.to_string();
+        let cmd = Command::HostedClaim {
+            entity: entity.clone(),
+            node: self.node,
+        };
+        let rt = ctx.replicator.runtime().clone();
+        rt.spawn(async move {
+            match ctx.replicator.commit_async(&cmd).await {
+                Ok(_) => then(ctx.state.hosted_owner(&entity)),
+                Err(e) => {
+                    tracing::warn!(%entity, error = %e, "hosted entity not claimed: no commit");
+                    then(None)
+                }
+            }
+        });
+    }
+
+    fn relay(&self, node: u64, domain: &str, stanza: &Element) {
+        let Some(ctx) = self.ctx.upgrade() else {
+            return;
+        };
+        crate::route::relay(
+            &ctx,
+            node,
+            &crate::route::Relay::Hosted {
+                domain: domain.to_string(),
+                xml: stanza.to_xml(ns::CLIENT),
+            },
+        );
+    }
+
+    fn arbiter(&self) -> Option<actix_rt::ArbiterHandle> {
+        let ctx = self.ctx.upgrade()?;
+        let arbiters = ctx.arbiters.get()?;
+        if arbiters.is_empty() {
+            return None;
+        }
+        let i = rand::random::<usize>() % arbiters.len();
+        Some(arbiters[i].clone())
+    }
+}
