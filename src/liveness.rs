@@ -59,6 +59,12 @@ pub async fn watch(ctx: Arc<ServerCtx>) {
                         for rec in applied.purged {
                             announce_gone(&ctx, &rec);
                         }
+                        // Rooms the dead node held start again here.
+                        if !applied.released.is_empty() {
+                            if let Some(host) = crate::s2s::hosted::host(&ctx) {
+                                ctx.services.revive(&applied.released, &host);
+                            }
+                        }
                     }
                     Err(e) => tracing::warn!(node = id, error = %e, "cannot purge a down node"),
                 }

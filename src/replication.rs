@@ -22,6 +22,8 @@ enum Outcome {
         purged: Vec<crate::state::SessionRecord>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         refused: Vec<u64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        released: Vec<String>,
     },
     AccountExists(String),
     NoSuchAccount(String),
@@ -37,6 +39,7 @@ impl From<Result<Applied, StateError>> for Outcome {
                 roster_version: a.roster_version,
                 purged: a.purged,
                 refused: a.refused,
+                released: a.released,
             },
             Err(StateError::AccountExists(u)) => Outcome::AccountExists(u),
             Err(StateError::NoSuchAccount(u)) => Outcome::NoSuchAccount(u),
@@ -54,11 +57,13 @@ impl From<Outcome> for Result<Applied, StateError> {
                 roster_version,
                 purged,
                 refused,
+                released,
             } => Ok(Applied {
                 roster_version,
                 displaced: None,
                 purged,
                 refused,
+                released,
             }),
             Outcome::AccountExists(u) => Err(StateError::AccountExists(u)),
             Outcome::NoSuchAccount(u) => Err(StateError::NoSuchAccount(u)),

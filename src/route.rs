@@ -63,9 +63,10 @@ pub trait Elsewhere: Send + Sync {
     /// A stanza relayed to this node for a component connected here;
     /// false if it is not (any more).
     fn to_component_here(&self, ctx: &ServerCtx, stanza: &Element, domain: &str) -> bool;
-    /// A stanza relayed to this node for an entity of a hosted service
-    /// (a group-chat room) this node owns.
-    fn to_hosted_here(&self, ctx: &ServerCtx, stanza: Element, domain: &str);
+    /// A stanza for an entity of a hosted service (a group-chat room):
+    /// `relayed` to this node as its owner, or given back by a dead node
+    /// (then served again, wherever the entity lives now).
+    fn to_hosted(&self, ctx: &ServerCtx, stanza: Element, domain: &str, relayed: bool);
     /// Answer a local sender with an error (never an error for an error).
     fn bounce_local(
         &self,
@@ -421,6 +422,14 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
             return answer(receipt, false);
         }
     };
+    if let Relay::Hosted { domain, xml } = &msg {
+        // The room's node died with it queued: the room lives on.
+        match crate::xml::parse_fragment(xml) {
+            Ok(el) => ctx.elsewhere.to_hosted(&ctx, el, domain, false),
+            Err(_) => tracing::warn!(node, "returned hosted relay is not XML; dropped"),
+        }
+        return answer(receipt, true);
+    }
     let Relay::Stanza {
         to,
         require,
@@ -738,7 +747,7 @@ pub async fn serve_relays(
                 }
             }
             Relay::Hosted { domain, xml } => match crate::xml::parse_fragment(&xml) {
-                Ok(el) => ctx.elsewhere.to_hosted_here(&ctx, el, &domain),
+                Ok(el) => ctx.elsewhere.to_hosted(&ctx, el, &domain, true),
                 Err(e) => {
                     tracing::warn!(from, error = %e, "relayed hosted stanza dropped: bad XML")
                 }

@@ -46,6 +46,19 @@ pub trait Host: Send + Sync {
     fn relay(&self, node: u64, domain: &str, stanza: &Element);
     /// Where the service starts its actors.
     fn arbiter(&self) -> Option<actix_rt::ArbiterHandle>;
+    /// An entity's replicated records, by key (this node's replica).
+    fn load(&self, entity: &str) -> Vec<(String, String)>;
+    /// Write an entity's records through the cluster (None removes one);
+    /// `then` learns whether they are committed.
+    fn store(
+        &self,
+        entity: &str,
+        writes: Vec<(String, Option<String>)>,
+        then: Box<dyn FnOnce(bool) + Send>,
+    );
+    /// Whether `full` is a session of this cluster's users that the
+    /// cluster no longer has (its node died, or it ended unannounced).
+    fn session_gone(&self, full: &str) -> bool;
 }
 
 /// A service on a hosted domain.
@@ -71,6 +84,16 @@ pub trait HostedService: Send + Sync {
     fn creates(&self, _stanza: &Element) -> bool {
         false
     }
+    /// Whether `entity` has state kept in the cluster (an entity that
+    /// lives on, claimed again by the next node that needs it).
+    fn stored(&self, _entity: &str, _host: &Arc<dyn Host>) -> bool {
+        false
+    }
+    /// Start `entity` again from its kept state on this node, which just
+    /// claimed it (its owner died).
+    fn revive(&self, _entity: &str, _host: &Arc<dyn Host>) {}
+    /// A node died: entities here drop what they held of its sessions.
+    fn node_gone(&self, _host: &Arc<dyn Host>) {}
     /// A stanza for one of its entities, on the entity's owner node (or
     /// on the node it arrived at, for an unclaimed entity that it does not
     /// create); answers go out through `host`.
@@ -140,6 +163,41 @@ impl Services {
                     host.send(out);
                 }
             }
+        }
+    }
+
+    /// Entities a dead node owned (`Applied::released`): each with kept
+    /// state is claimed for this node and started again here.
+    pub fn revive(&self, entities: &[String], host: &Arc<dyn Host>) {
+        for entity in entities {
+            let Some(service) = jid::BareJid::new(entity).ok().and_then(|j| {
+                self.by_domain
+                    .get(&j.domain().as_str().to_ascii_lowercase())
+                    .cloned()
+            }) else {
+                continue;
+            };
+            if !service.owns_entities() || !service.stored(entity, host) {
+                continue;
+            }
+            let h = host.clone();
+            let e = entity.clone();
+            host.claim(
+                entity,
+                Box::new(move |owner| {
+                    if owner == Some(h.node()) {
+                        tracing::info!(entity = %e, "hosted entity revived here");
+                        service.revive(&e, &h);
+                    }
+                }),
+            );
+        }
+    }
+
+    /// A node died: every service drops what it held of its sessions.
+    pub fn node_gone(&self, host: &Arc<dyn Host>) {
+        for s in self.by_domain.values() {
+            s.node_gone(host);
         }
     }
 
@@ -230,7 +288,7 @@ fn to_entity(
                 host.send(e);
             }
         }
-        None if service.creates(&stanza) => {
+        None if service.creates(&stanza) || service.stored(&entity, host) => {
             let h = host.clone();
             let domain = domain.to_string();
             host.claim(

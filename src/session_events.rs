@@ -28,7 +28,11 @@ pub fn on_event(ctx: &Arc<ServerCtx>, ev: StateEvent) {
     match ev {
         StateEvent::Displaced(old) => displaced(ctx, &old),
         StateEvent::Purged(node) if node != ctx.node_id() => {
-            ctx.replicator.cluster().take_back(node)
+            ctx.replicator.cluster().take_back(node);
+            // Rooms here drop the dead node's occupants.
+            if let Some(host) = crate::s2s::hosted::host(ctx) {
+                ctx.services.node_gone(&host);
+            }
         }
         StateEvent::Purged(_) => register_again(ctx),
         StateEvent::AccountDeleted(user) => account_deleted(ctx, &user),

@@ -3,6 +3,7 @@
 //! node its creator's join reached; the others reach it over the mesh).
 mod common;
 use common::*;
+use starling::xml::Element;
 use std::process::Command;
 use std::time::Duration;
 
@@ -99,4 +100,173 @@ async fn slixmpp_group_chat_with_occupants_on_three_nodes() {
     .await
     .expect("join");
     assert!(out.contains("ALL OK"));
+}
+
+const ROOM: &str = "failover@conference.localhost";
+const MUC_NS: &str = "http://jabber.org/protocol/muc";
+const MUC_USER_NS: &str = "http://jabber.org/protocol/muc#user";
+
+/// Online on `s` (retrying while the account replicates), in the room
+/// as `nick`; returns once its own presence (110) came back.
+async fn in_room(s: &Server, user: &str, nick: &str) -> Client {
+    let mut c = authed_retry(s, user, &format!("{user}-pw")).await;
+    c.bind(Some("r")).await.expect("bind");
+    c.send("<presence/>").await;
+    c.send(&format!(
+        "<presence to='{ROOM}/{nick}'><x xmlns='{MUC_NS}'/></presence>"
+    ))
+    .await;
+    let own = format!("{ROOM}/{nick}");
+    c.wait_for(|e| {
+        e.name == "presence" && e.attr("from") == Some(own.as_str()) && has_status(e, "110")
+    })
+    .await;
+    c
+}
+
+fn has_status(e: &Element, code: &str) -> bool {
+    e.get_child("x", MUC_USER_NS).is_some_and(|x| {
+        x.elements()
+            .any(|s| s.name == "status" && s.attr("code") == Some(code))
+    })
+}
+
+fn body(e: &Element) -> Option<String> {
+    e.get_child("body", "jabber:client").map(|b| b.text())
+}
+
+/// XEP-0045 rooms that survive their node: the room lives on node 1 (its
+/// creator's join reached it first); kill -9 node 1 mid-conversation. The
+/// room comes back on a surviving node from its replicated records, the
+/// occupants on surviving nodes stay joined (their self-ping answers
+/// success, XEP-0410) and see only the dead node's occupant leave (333),
+/// and every message the room reflected to its sender (acknowledged) is
+/// in the history a newcomer gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_survives_kill_9_of_its_node_with_its_history_and_occupants() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let mut n1 = cluster_node(1, None, SECRET, &[]);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
+    let n3 = cluster_node(3, Some(&n1), SECRET, &[]);
+    wait_members(&n1, SECRET, 3).await;
+    for u in USERS {
+        n1.add_user(u, &format!("{u}-pw"));
+    }
+    let _alice = in_room(&n1, "alice", "alice").await;
+    let mut bob = in_room(&n2, "bob", "bob").await;
+    let mut carol = in_room(&n3, "carol", "carol").await;
+
+    // Acknowledged: reflected to bob.
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let id = format!("m{i}");
+        bob.send(&format!(
+            "<message to='{ROOM}' type='groupchat' id='{id}'><body>before {i}</body></message>"
+        ))
+        .await;
+        bob.wait_for(|e| e.name == "message" && e.attr("id") == Some(id.as_str()))
+            .await;
+        acked.push(format!("before {i}"));
+    }
+    carol
+        .wait_for(|e| e.name == "message" && e.attr("id") == Some("m19"))
+        .await;
+
+    let killed = std::time::Instant::now();
+    n1.kill9();
+
+    // Bob stays joined: his self-ping answers success once the room is
+    // back (bounded: 60 tries, a second each).
+    let mut seen = Vec::new();
+    let mut back = None;
+    for i in 0..60 {
+        bob.send(&format!(
+            "<iq type='get' id='sp{i}' to='{ROOM}/bob'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+        let got = bob.collect_for(Duration::from_secs(1)).await;
+        let ok = got.iter().any(|e| {
+            e.name == "iq"
+                && e.attr("type") == Some("result")
+                && e.attr("id").is_some_and(|id| id.starts_with("sp"))
+        });
+        let refused = got.iter().find(|e| {
+            e.name == "iq"
+                && e.attr("type") == Some("error")
+                && e.attr("id").is_some_and(|id| id.starts_with("sp"))
+        });
+        assert!(
+            refused.is_none(),
+            "self-ping refused after the room's node died: {refused:?}\n{}\n{}",
+            n2.log(),
+            n3.log()
+        );
+        seen.extend(got);
+        if ok {
+            back = Some(killed.elapsed());
+            break;
+        }
+    }
+    let back =
+        back.unwrap_or_else(|| panic!("the room did not come back\n{}\n{}", n2.log(), n3.log()));
+    println!("room back after {back:?} (self-ping answered)");
+
+    // Alice (on the dead node) left, with 333; nobody else did.
+    let alice_nick = format!("{ROOM}/alice");
+    let left = |e: &Element| e.name == "presence" && e.attr("type") == Some("unavailable");
+    if !seen
+        .iter()
+        .any(|e| left(e) && e.attr("from") == Some(alice_nick.as_str()))
+    {
+        let p = bob
+            .wait_for(|e| left(e) && e.attr("from") == Some(alice_nick.as_str()))
+            .await;
+        seen.push(p);
+    }
+    let gone: Vec<&str> = seen
+        .iter()
+        .filter(|e| left(e))
+        .filter_map(|e| e.attr("from"))
+        .collect();
+    assert_eq!(gone, [alice_nick.as_str()], "only alice left");
+    assert!(seen
+        .iter()
+        .filter(|e| left(e))
+        .all(|e| has_status(e, "333")));
+    let p = carol
+        .wait_for(|e| left(e) && e.attr("from") == Some(alice_nick.as_str()))
+        .await;
+    assert!(has_status(&p, "333"));
+
+    // The conversation goes on.
+    bob.send(&format!(
+        "<message to='{ROOM}' type='groupchat' id='after'><body>after</body></message>"
+    ))
+    .await;
+    bob.wait_for(|e| e.name == "message" && e.attr("id") == Some("after"))
+        .await;
+    acked.push("after".into());
+    carol
+        .wait_for(|e| e.name == "message" && e.attr("id") == Some("after"))
+        .await;
+
+    // A newcomer's history holds every acknowledged message, in order.
+    let mut dave = authed_retry(&n3, "dave", "dave-pw").await;
+    dave.bind(Some("r")).await.expect("bind");
+    dave.send(&format!(
+        "<presence to='{ROOM}/dave'><x xmlns='{MUC_NS}'/></presence>"
+    ))
+    .await;
+    let mut history = Vec::new();
+    loop {
+        let e = dave.stanza("message").await;
+        if e.get_child("subject", "jabber:client").is_some() {
+            break;
+        }
+        if let Some(b) = body(&e) {
+            history.push(b);
+        }
+    }
+    assert_eq!(history, acked, "history after the failover");
+    drop((n2, n3));
 }

@@ -136,8 +136,11 @@ impl Muc {
             }
             rooms.remove(&room);
         }
-        if !self.creates(&stanza) {
-            drop(rooms);
+        drop(rooms);
+        // Kept in the cluster (its node died, or it is persistent): it
+        // comes back from its records.
+        let records = host.load(&room);
+        if !self.creates(&stanza) && records.is_empty() {
             not_here(stanza, host);
             return;
         }
@@ -147,8 +150,7 @@ impl Muc {
             .and_then(|f| jid::Jid::new(f).ok())
             .map(|j| j.to_bare().to_string())
             .unwrap_or_default();
-        drop(rooms);
-        if self.directory.rooms_of(&user) >= self.limits.rooms_per_user {
+        if records.is_empty() && self.directory.rooms_of(&user) >= self.limits.rooms_per_user {
             tracing::info!(%user, %room, "join refused: rooms per user");
             if let Some(e) = refuse(
                 &stanza,
@@ -159,37 +161,51 @@ impl Muc {
             }
             return;
         }
-        let Some(arbiter) = host.arbiter() else {
-            tracing::warn!(%room, "join dropped: no arbiter to start the room on");
-            return;
-        };
+        match self.start_room(&room, records, host) {
+            Some(addr) => addr.do_send(room::Stanza(stanza)),
+            None => tracing::warn!(%room, "stanza dropped: the room cannot start"),
+        }
+    }
+
+    /// The room's actor on this node: the running one, or one started
+    /// from `records` (empty: a new room).
+    fn start_room(
+        &self,
+        room: &str,
+        records: Vec<(String, String)>,
+        host: &Arc<dyn Host>,
+    ) -> Option<actix::Addr<room::Room>> {
+        let arbiter = host.arbiter()?;
         let mut rooms = self.directory.lock();
         // Another thread may have started it meanwhile.
-        if let Some(e) = rooms.get(&room).filter(|e| e.addr.connected()) {
-            e.addr.do_send(room::Stanza(stanza));
-            return;
+        if let Some(e) = rooms.get(room).filter(|e| e.addr.connected()) {
+            return Some(e.addr.clone());
         }
-        let Ok(jid) = jid::BareJid::new(&room) else {
-            return;
-        };
+        let jid = jid::BareJid::new(room).ok()?;
+        let restored = !records.is_empty();
         let r = room::Room::new(
             jid,
             host.clone(),
             self.directory.clone(),
             self.me.clone(),
             self.limits,
-        );
+        )
+        .restore(records);
         let addr = room::Room::start_in_arbiter(&arbiter, move |_| r);
-        addr.do_send(room::Stanza(stanza));
+        if restored {
+            // Occupants whose sessions died with the old owner leave.
+            addr.do_send(room::Sweep);
+        }
         rooms.insert(
-            room,
+            room.to_string(),
             Entry {
-                addr,
+                addr: addr.clone(),
                 name: String::new(),
                 public: true,
                 occupants: Vec::new(),
             },
         );
+        Some(addr)
     }
 }
 
@@ -258,6 +274,23 @@ impl HostedService for Muc {
     fn take(&self, stanza: Element, host: &Arc<dyn Host>) {
         let _ = &self.domain;
         self.dispatch(stanza, host)
+    }
+
+    fn stored(&self, entity: &str, host: &Arc<dyn Host>) -> bool {
+        !host.load(entity).is_empty()
+    }
+
+    fn revive(&self, entity: &str, host: &Arc<dyn Host>) {
+        let records = host.load(entity);
+        if self.start_room(entity, records, host).is_none() {
+            tracing::warn!(room = %entity, "room not revived: it cannot start");
+        }
+    }
+
+    fn node_gone(&self, _host: &Arc<dyn Host>) {
+        for e in self.directory.lock().values() {
+            e.addr.do_send(room::Sweep);
+        }
     }
 }
 

@@ -12,7 +12,8 @@
 //! affiliation (§9: ban, members, admins, owners), configuration (§10.2)
 //! and destruction (§10.9).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
@@ -33,6 +34,12 @@ use crate::xml::{ns, Element};
 #[rtype(result = "()")]
 pub struct Stanza(pub Element);
 
+/// Drop occupants whose sessions the cluster no longer has (their node
+/// died): the others see them leave with status 333.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Sweep;
+
 /// Affiliations, lowest first (§5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Affiliation {
@@ -44,7 +51,7 @@ pub enum Affiliation {
 }
 
 impl Affiliation {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Affiliation::Outcast => "outcast",
             Affiliation::None => "none",
@@ -54,7 +61,7 @@ impl Affiliation {
         }
     }
 
-    fn parse(s: &str) -> Option<Affiliation> {
+    pub fn parse(s: &str) -> Option<Affiliation> {
         Some(match s {
             "outcast" => Affiliation::Outcast,
             "none" => Affiliation::None,
@@ -96,11 +103,14 @@ impl Role {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Occupant {
     /// The real full JID.
     real: String,
+    #[serde(with = "role_name")]
     role: Role,
     /// The client's last presence to the room, without the MUC payload.
+    #[serde(with = "xml_text")]
     presence: Element,
     /// XEP-0421: stable for one real bare JID in this room.
     occupant_id: String,
@@ -121,12 +131,72 @@ pub struct Room {
     affiliations: HashMap<String, Affiliation>,
     /// (who set it, as room/nick; the text).
     subject: Option<(String, String)>,
-    history: VecDeque<(Element, SystemTime)>,
+    /// (sequence number, message, when).
+    history: VecDeque<(u64, Element, SystemTime)>,
+    next_seq: u64,
     /// No occupant has entered yet: the first one creates the room (201).
     fresh: bool,
     /// Out of the directory: stanzas go back to the service.
     retired: bool,
     salt: u64,
+    /// Stanzas to send once this stanza's changes are committed.
+    out: RefCell<Vec<Element>>,
+    /// What changed since the last commit: occupants by nick, the room's
+    /// own record, history entries added and dropped.
+    dirty_nicks: BTreeSet<String>,
+    meta_dirty: bool,
+    history_added: Vec<u64>,
+    history_dropped: Vec<u64>,
+    /// The room is gone: its own record goes too.
+    deleted: bool,
+}
+
+/// The room's own record (configuration, affiliations, subject).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    config: RoomConfig,
+    affiliations: Vec<(String, String)>,
+    subject: Option<(String, String)>,
+    salt: u64,
+}
+
+/// A history entry's record.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kept {
+    xml: String,
+    micros: u64,
+}
+
+mod role_name {
+    use super::Role;
+    pub fn serialize<S: serde::Serializer>(r: &Role, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(r.name())
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+        let n: String = serde::Deserialize::deserialize(d)?;
+        Ok(Role::parse(&n).unwrap_or(Role::Participant))
+    }
+}
+
+mod xml_text {
+    use crate::xml::Element;
+    pub fn serialize<S: serde::Serializer>(e: &Element, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&e.to_xml(crate::xml::ns::CLIENT))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Element, D::Error> {
+        let x: String = serde::Deserialize::deserialize(d)?;
+        crate::xml::parse_fragment(&x).map_err(serde::de::Error::custom)
+    }
+}
+
+const META: &str = "meta";
+
+fn occupant_key(nick: &str) -> String {
+    format!("o/{nick}")
+}
+
+fn history_key(seq: u64) -> String {
+    format!("h/{seq:020}")
 }
 
 impl Actor for Room {
@@ -145,6 +215,18 @@ impl Handler<Stanza> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: Stanza, ctx: &mut Context<Self>) {
+        // Another node took the room over (this one was cut off and
+        // found dead): stanzas go to the room where it lives now.
+        if !self.retired
+            && self
+                .host
+                .owner(self.jid.as_str())
+                .is_some_and(|n| n != self.host.node())
+        {
+            tracing::warn!(room = %self.jid, "room owned elsewhere now; this copy retires");
+            self.retired = true;
+            self.directory.remove(self.jid.as_str(), &ctx.address());
+        }
         if self.retired {
             // Queued before the room left the directory: the service
             // starts a new room for it if it is a join.
@@ -158,6 +240,7 @@ impl Handler<Stanza> for Room {
         let span =
             tracing::info_span!("room", room = %self.jid, from = el.attr("from").unwrap_or(""));
         let _g = span.enter();
+        let trigger = el.clone();
         match el.name.as_str() {
             "presence" => self.presence(el),
             "message" => self.message(el),
@@ -165,10 +248,174 @@ impl Handler<Stanza> for Room {
             _ => {}
         }
         self.publish(ctx);
+        self.commit_then_send(Some(trigger), ctx);
+    }
+}
+
+impl Handler<Sweep> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: Sweep, ctx: &mut Context<Self>) {
+        if self.retired {
+            return;
+        }
+        let gone: Vec<String> = self
+            .occupants
+            .iter()
+            .filter(|(_, o)| self.host.session_gone(&o.real))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for nick in gone {
+            tracing::info!(room = %self.jid, %nick, "occupant's session is gone; removed");
+            self.remove_occupant(&nick, &[333], None, None);
+        }
+        self.publish(ctx);
+        self.commit_then_send(None, ctx);
     }
 }
 
 impl Room {
+    /// The changes the last stanza made, written through the cluster;
+    /// what it sends goes out only once they are committed (a message
+    /// reflected to its sender is in the room's history on a majority).
+    fn commit_then_send(&mut self, trigger: Option<Element>, ctx: &mut Context<Self>) {
+        let out = std::mem::take(self.out.get_mut());
+        let writes = self.take_writes();
+        if writes.is_empty() {
+            for o in out {
+                self.host.send(o);
+            }
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.host.store(
+            self.jid.as_str(),
+            writes,
+            Box::new(move |ok| {
+                let _ = tx.send(ok);
+            }),
+        );
+        let host = self.host.clone();
+        let room = self.jid.to_string();
+        // The room takes its next stanza once this one's changes are in.
+        ctx.wait(
+            async move { rx.await.unwrap_or(false) }
+                .into_actor(self)
+                .map(move |ok, _act, _ctx| {
+                    if ok {
+                        for o in out {
+                            host.send(o);
+                        }
+                        return;
+                    }
+                    tracing::warn!(%room, dropped = out.len(), "room change not committed; its stanzas dropped");
+                    if let Some(e) = trigger.and_then(|t| {
+                        refuse(&t, StanzaCondition::InternalServerError, Some("not stored; try again"))
+                    }) {
+                        host.send(e);
+                    }
+                }),
+        );
+    }
+
+    /// The records to write for what changed since the last call.
+    fn take_writes(&mut self) -> Vec<(String, Option<String>)> {
+        let mut w = Vec::new();
+        for nick in std::mem::take(&mut self.dirty_nicks) {
+            let v = self
+                .occupants
+                .get(&nick)
+                .and_then(|o| serde_json::to_string(o).ok());
+            w.push((occupant_key(&nick), v));
+        }
+        let added = std::mem::take(&mut self.history_added);
+        for seq in added {
+            if let Some((_, m, t)) = self.history.iter().find(|(s, _, _)| *s == seq) {
+                let kept = Kept {
+                    xml: m.to_xml(CLIENT),
+                    micros: t
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_micros() as u64)
+                        .unwrap_or(0),
+                };
+                w.push((history_key(seq), serde_json::to_string(&kept).ok()));
+            }
+        }
+        for seq in std::mem::take(&mut self.history_dropped) {
+            w.push((history_key(seq), None));
+        }
+        if self.deleted {
+            self.deleted = false;
+            self.meta_dirty = false;
+            w.push((META.to_string(), None));
+        } else if std::mem::take(&mut self.meta_dirty) {
+            let meta = Meta {
+                config: self.config.clone(),
+                affiliations: self
+                    .affiliations
+                    .iter()
+                    .map(|(j, a)| (j.clone(), a.name().to_string()))
+                    .collect(),
+                subject: self.subject.clone(),
+                salt: self.salt,
+            };
+            w.push((META.to_string(), serde_json::to_string(&meta).ok()));
+        }
+        w
+    }
+
+    /// A room from its records (its owner died, or it was out of memory):
+    /// everything but what sessions that are gone held.
+    pub(crate) fn restore(mut self, records: Vec<(String, String)>) -> Room {
+        for (key, value) in records {
+            if key == META {
+                if let Ok(m) = serde_json::from_str::<Meta>(&value) {
+                    self.config = m.config;
+                    self.affiliations = m
+                        .affiliations
+                        .into_iter()
+                        .filter_map(|(j, a)| Affiliation::parse(&a).map(|a| (j, a)))
+                        .collect();
+                    self.subject = m.subject;
+                    self.salt = m.salt;
+                    self.fresh = false;
+                }
+            } else if let Some(nick) = key.strip_prefix("o/") {
+                if let Ok(o) = serde_json::from_str::<Occupant>(&value) {
+                    self.by_real.insert(o.real.clone(), nick.to_string());
+                    self.occupants.insert(nick.to_string(), o);
+                }
+            } else if let Some(seq) = key.strip_prefix("h/").and_then(|s| s.parse::<u64>().ok()) {
+                if let Ok(k) = serde_json::from_str::<Kept>(&value) {
+                    if let Ok(m) = crate::xml::parse_fragment(&k.xml) {
+                        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(k.micros);
+                        self.history.push_back((seq, m, t));
+                        self.next_seq = self.next_seq.max(seq + 1);
+                    }
+                }
+            }
+        }
+        self.history.make_contiguous().sort_by_key(|(s, _, _)| *s);
+        tracing::info!(room = %self.jid, occupants = self.occupants.len(), history = self.history.len(), "room restored from its records");
+        self
+    }
+
+    fn push_history(&mut self, m: Element) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.history.push_back((seq, m, SystemTime::now()));
+        self.history_added.push(seq);
+        self.trim_history();
+    }
+
+    fn trim_history(&mut self) {
+        while self.history.len() > self.config.history_length {
+            if let Some((seq, _, _)) = self.history.pop_front() {
+                self.history_dropped.push(seq);
+            }
+        }
+    }
+
     pub(crate) fn new(
         jid: BareJid,
         host: Arc<dyn Host>,
@@ -188,9 +435,16 @@ impl Room {
             affiliations: HashMap::new(),
             subject: None,
             history: VecDeque::new(),
+            next_seq: 0,
             fresh: true,
             retired: false,
             salt: rand::random(),
+            out: RefCell::new(Vec::new()),
+            dirty_nicks: BTreeSet::new(),
+            meta_dirty: false,
+            history_added: Vec::new(),
+            history_dropped: Vec::new(),
+            deleted: false,
         }
     }
 
@@ -200,8 +454,12 @@ impl Room {
     fn publish(&mut self, ctx: &mut Context<Self>) {
         let room = self.jid.to_string();
         if self.occupants.is_empty() && !self.config.persistent && !self.fresh {
+            // A temporary room ends with its last occupant, records too.
             self.retired = true;
             self.directory.remove(&room, &ctx.address());
+            self.history_dropped
+                .extend(self.history.drain(..).map(|(s, _, _)| s));
+            self.deleted = true;
             return;
         }
         let mut users: Vec<String> = self.occupants.values().map(|o| bare_of(&o.real)).collect();
@@ -211,8 +469,10 @@ impl Room {
             .update(&room, &self.config.name, self.config.public, users);
     }
 
+    /// Queue a stanza: it goes out once the changes made with it are
+    /// committed.
     fn send(&self, el: Element) {
-        self.host.send(el);
+        self.out.borrow_mut().push(el);
     }
 
     fn reply_error(&self, stanza: &Element, condition: StanzaCondition, text: Option<&str>) {
@@ -345,6 +605,7 @@ impl Room {
         let Some(o) = self.occupants.remove(nick) else {
             return;
         };
+        self.dirty_nicks.insert(nick.to_string());
         self.by_real.remove(&o.real);
         let mut to_self = codes.to_vec();
         to_self.push(110);
@@ -466,6 +727,7 @@ impl Room {
             // §10.1.1: whoever creates the room owns it.
             self.affiliations.insert(bare_of(from), Affiliation::Owner);
             self.fresh = false;
+            self.meta_dirty = true;
             Affiliation::Owner
         } else {
             aff
@@ -477,6 +739,7 @@ impl Room {
             occupant_id: self.occupant_id(from),
         };
         self.occupants.insert(nick.to_string(), occupant);
+        self.dirty_nicks.insert(nick.to_string());
         self.by_real.insert(from.to_string(), nick.to_string());
         tracing::info!(%nick, created = creating, "occupant entered");
         // §7.2.3: the others' presence first, then its own to all.
@@ -516,17 +779,18 @@ impl Room {
             return;
         }
         let now = SystemTime::now();
-        let mut chosen: Vec<&(Element, SystemTime)> = self
+        let mut chosen: Vec<(&Element, &SystemTime)> = self
             .history
             .iter()
+            .map(|(_, m, t)| (m, t))
             .filter(|(_, t)| {
                 seconds.is_none_or(|s| {
-                    now.duration_since(*t)
+                    now.duration_since(**t)
                         .map(|d| d.as_secs() <= s)
                         .unwrap_or(true)
                 })
             })
-            .filter(|(_, t)| since.is_none_or(|s| *t >= s))
+            .filter(|(_, t)| since.is_none_or(|s| **t >= s))
             .collect();
         if let Some(n) = max_stanzas {
             let skip = chosen.len().saturating_sub(n);
@@ -581,6 +845,7 @@ impl Room {
         if let Some(o) = self.occupants.get_mut(nick) {
             o.presence = Self::kept_presence(&p);
         }
+        self.dirty_nicks.insert(nick.to_string());
         self.broadcast_presence(nick, &[], &[]);
     }
 
@@ -617,6 +882,8 @@ impl Room {
         o.presence = Self::kept_presence(&p);
         self.by_real.insert(o.real.clone(), new.to_string());
         self.occupants.insert(new.to_string(), o);
+        self.dirty_nicks.insert(old.to_string());
+        self.dirty_nicks.insert(new.to_string());
         self.broadcast_presence(new, &[], &[]);
     }
 
@@ -682,6 +949,7 @@ impl Room {
                 );
             }
             self.subject = Some((self.nick_jid(&nick), text.clone()));
+            self.meta_dirty = true;
         }
         let mut out = Element::new("message", CLIENT)
             .with_attr("from", self.nick_jid(&nick))
@@ -718,10 +986,7 @@ impl Room {
             self.send(copy);
         }
         if body && self.config.history_length > 0 {
-            self.history.push_back((out, SystemTime::now()));
-            while self.history.len() > self.config.history_length {
-                self.history.pop_front();
-            }
+            self.push_history(out);
         }
     }
 
@@ -811,6 +1076,7 @@ impl Room {
                 let bare = to.to_bare().to_string();
                 if self.affiliation(&bare) < Affiliation::Member {
                     self.affiliations.insert(bare, Affiliation::Member);
+                    self.meta_dirty = true;
                 }
             }
             let mut invite = Element::new("invite", MUC_USER).with_attr("from", bare_of(from));
@@ -975,9 +1241,8 @@ impl Room {
                     Ok(c) => {
                         let privacy_changed = c.whois != self.config.whois;
                         self.config = c;
-                        while self.history.len() > self.config.history_length {
-                            self.history.pop_front();
-                        }
+                        self.meta_dirty = true;
+                        self.trim_history();
                         self.send(crate::modules::result(&iq, None));
                         // §10.2.1: 104, and 172/173 when real JIDs show or hide.
                         let mut x = x_user()
@@ -1020,6 +1285,7 @@ impl Room {
         let nicks: Vec<String> = self.occupants.keys().cloned().collect();
         for n in nicks {
             if let Some(o) = self.occupants.remove(&n) {
+                self.dirty_nicks.insert(n.clone());
                 self.by_real.remove(&o.real);
                 let mut p = Element::new("presence", CLIENT)
                     .with_attr("from", self.nick_jid(&n))
@@ -1038,9 +1304,11 @@ impl Room {
             }
         }
         self.config.persistent = false;
-        self.history.clear();
+        self.history_dropped
+            .extend(self.history.drain(..).map(|(s, _, _)| s));
         self.affiliations.clear();
         self.subject = None;
+        self.deleted = true;
         self.send(crate::modules::result(&iq, None));
         tracing::info!("room destroyed");
     }
@@ -1204,6 +1472,7 @@ impl Room {
                     if let Some(o) = self.occupants.get_mut(&nick) {
                         o.role = r;
                     }
+                    self.dirty_nicks.insert(nick.clone());
                     self.broadcast_presence(&nick, &[], &[]);
                 }
                 Change::Aff(jid, a) => {
@@ -1212,6 +1481,7 @@ impl Room {
                     } else {
                         self.affiliations.insert(jid.clone(), a);
                     }
+                    self.meta_dirty = true;
                     let present: Vec<String> = self
                         .occupants
                         .iter()
@@ -1229,6 +1499,7 @@ impl Room {
                             if let Some(o) = self.occupants.get_mut(&nick) {
                                 o.role = role;
                             }
+                            self.dirty_nicks.insert(nick.clone());
                             self.broadcast_presence(&nick, &[], &[]);
                         }
                     }

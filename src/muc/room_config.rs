@@ -6,14 +6,14 @@ use super::DATA;
 use crate::xml::Element;
 
 /// Who may see occupants' real JIDs (`muc#roomconfig_whois`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Whois {
     Moderators,
     Anyone,
 }
 
 /// Who may send private messages (`muc#roomconfig_allowpm`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AllowPm {
     Anyone,
     Participants,
@@ -21,7 +21,7 @@ pub enum AllowPm {
     Nobody,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RoomConfig {
     pub name: String,
     pub description: String,

@@ -14,7 +14,7 @@ struct NodeHost {
 }
 
 /// The host a service is given with a stanza on this node.
-pub(crate) fn host(ctx: &ServerCtx) -> Option<Arc<dyn crate::services::Host>> {
+pub fn host(ctx: &ServerCtx) -> Option<Arc<dyn crate::services::Host>> {
     let me = ctx.arc()?;
     Some(Arc::new(NodeHost {
         ctx: Arc::downgrade(&me),
@@ -71,6 +71,49 @@ impl crate::services::Host for NodeHost {
                 xml: stanza.to_xml(ns::CLIENT),
             },
         );
+    }
+
+    fn load(&self, entity: &str) -> Vec<(String, String)> {
+        match self.ctx.upgrade() {
+            Some(ctx) => ctx.state.hosted_records(entity),
+            None => Vec::new(),
+        }
+    }
+
+    fn store(
+        &self,
+        entity: &str,
+        writes: Vec<(String, Option<String>)>,
+        then: Box<dyn FnOnce(bool) + Send>,
+    ) {
+        let Some(ctx) = self.ctx.upgrade() else {
+            return then(false);
+        };
+        let cmd = Command::HostedWrite {
+            entity: entity.to_string(),
+            writes,
+        };
+        let entity = entity.to_string();
+        // Queued in call order: one entity's writes commit in order.
+        let commit = ctx.replicator.commit_in_order(&cmd);
+        ctx.replicator.runtime().spawn(async move {
+            match commit.await {
+                Ok(_) => then(true),
+                Err(e) => {
+                    tracing::warn!(%entity, error = %e, "hosted records not written: no commit");
+                    then(false)
+                }
+            }
+        });
+    }
+
+    fn session_gone(&self, full: &str) -> bool {
+        let Some(ctx) = self.ctx.upgrade() else {
+            return false;
+        };
+        let ours = jid::Jid::new(full)
+            .is_ok_and(|j| j.domain().as_str().eq_ignore_ascii_case(&ctx.config.domain));
+        ours && ctx.state.session(full).is_none()
     }
 
     fn arbiter(&self) -> Option<actix_rt::ArbiterHandle> {

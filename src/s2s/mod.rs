@@ -4,7 +4,7 @@
 //! node 3 crosses the mesh like any other (route.rs).
 
 pub mod dialback;
-mod hosted;
+pub mod hosted;
 pub mod inbound;
 pub mod outbound;
 pub mod resolve;
@@ -160,9 +160,9 @@ impl crate::route::Elsewhere for Transports {
         crate::component::deliver_here(ctx, stanza, domain)
     }
 
-    fn to_hosted_here(&self, ctx: &ServerCtx, stanza: Element, domain: &str) {
+    fn to_hosted(&self, ctx: &ServerCtx, stanza: Element, domain: &str, relayed: bool) {
         if let Some(host) = hosted::host(ctx) {
-            ctx.services.serve(domain, stanza, &host, true);
+            ctx.services.serve(domain, stanza, &host, relayed);
         }
     }
 

@@ -146,6 +146,12 @@ pub enum Command {
         entity: String,
         node: u64,
     },
+    /// A hosted entity's records (a room's configuration, occupants,
+    /// history): each key set to its value, or removed for None.
+    HostedWrite {
+        entity: String,
+        writes: Vec<(String, Option<String>)>,
+    },
     /// XEP-0313: messages into their owners' archives, many per log entry.
     /// An owner past `quota_bytes` (0: no limit) keeps what it has and
     /// archives nothing more until messages expire or are purged.
@@ -188,6 +194,8 @@ pub struct Applied {
     pub purged: Vec<SessionRecord>,
     /// Archive entries an `ArchiveAppend` refused (their owner is over quota).
     pub refused: Vec<u64>,
+    /// Hosted entities a `PurgeNode` took from the node that owned them.
+    pub released: Vec<String>,
 }
 
 /// Where a command sits in the replicated log: keys of records it creates
@@ -629,7 +637,12 @@ impl State {
                     let (k, v) = kv?;
                     let (n, _): (u64, u64) = serde_json::from_slice(&v)?;
                     if n == *node {
-                        self.components.remove(k)?;
+                        self.components.remove(&k)?;
+                        if k.contains(&b'@') {
+                            applied
+                                .released
+                                .push(String::from_utf8_lossy(&k).into_owned());
+                        }
                     }
                 }
             }
@@ -641,6 +654,21 @@ impl State {
                 if entity.contains('@') && self.component(entity).is_none() {
                     self.components
                         .insert(entity.as_bytes(), serde_json::to_vec(&(node, 0u64))?)?;
+                }
+            }
+            Command::HostedWrite { entity, writes } => {
+                if entity.contains('@') {
+                    for (key, value) in writes {
+                        let k = data_key(entity, "hosted", key);
+                        match value {
+                            Some(v) => {
+                                self.user_data.insert(k, v.as_bytes())?;
+                            }
+                            None => {
+                                self.user_data.remove(k)?;
+                            }
+                        }
+                    }
                 }
             }
             Command::ComponentUnbind { domain, node, sid } => {
@@ -751,6 +779,21 @@ impl State {
     pub fn component(&self, domain: &str) -> Option<(u64, u64)> {
         let v = self.components.get(domain.as_bytes()).ok()??;
         serde_json::from_slice(&v).ok()
+    }
+
+    /// A hosted entity's records (`Command::HostedWrite`), by key.
+    pub fn hosted_records(&self, entity: &str) -> Vec<(String, String)> {
+        let prefix = data_key(entity, "hosted", "");
+        self.user_data
+            .scan_prefix(&prefix)
+            .filter_map(|kv| kv.ok())
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect()
     }
 
     /// The node that owns a hosted entity (`Command::HostedClaim`).
