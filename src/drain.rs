@@ -53,6 +53,8 @@ pub async fn drain(ctx: &Arc<ServerCtx>) {
     }
     let results = pushes.join_all().await;
     let moved = results.iter().filter(|ok| **ok).count();
+    // Then the rooms (their occupants are bound elsewhere by now).
+    ctx.services.hand_over(&others, PUSH_WAIT).await;
     // Then leadership, so the cluster keeps committing without us.
     let status = cluster.status();
     if status.role == "leader" {

@@ -56,6 +56,9 @@ pub trait Host: Send + Sync {
         writes: Vec<(String, Option<String>)>,
         then: Box<dyn FnOnce(bool) + Send>,
     );
+    /// Give `entity` to node `to` (this node drains); `then` learns
+    /// whether the move is committed.
+    fn hand_over(&self, entity: &str, to: u64, then: Box<dyn FnOnce(bool) + Send>);
     /// Whether `full` is a session of this cluster's users that the
     /// cluster no longer has (its node died, or it ended unannounced).
     fn session_gone(&self, full: &str) -> bool;
@@ -94,6 +97,12 @@ pub trait HostedService: Send + Sync {
     fn revive(&self, _entity: &str, _host: &Arc<dyn Host>) {}
     /// A node died: entities here drop what they held of its sessions.
     fn node_gone(&self, _host: &Arc<dyn Host>) {}
+    /// This node drains: give every entity here to one of `others`.
+    fn hand_over(&self, _others: &[u64]) {}
+    /// How many entities run on this node.
+    fn running(&self) -> usize {
+        0
+    }
     /// A stanza for one of its entities, on the entity's owner node (or
     /// on the node it arrived at, for an unclaimed entity that it does not
     /// create); answers go out through `host`.
@@ -192,6 +201,26 @@ impl Services {
                 }),
             );
         }
+    }
+
+    /// This node drains: its entities move to `others` (each starts
+    /// there from its records on its next stanza). Returns once none
+    /// runs here, or after `wait`.
+    pub async fn hand_over(&self, others: &[u64], wait: std::time::Duration) {
+        if others.is_empty() {
+            return;
+        }
+        for s in self.by_domain.values() {
+            s.hand_over(others);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline {
+            if self.by_domain.values().all(|s| s.running() == 0) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tracing::warn!("drain: some hosted entities were not handed over in time");
     }
 
     /// A node died: every service drops what it held of its sessions.

@@ -121,6 +121,10 @@ async fn in_room(s: &Server, user: &str, nick: &str) -> Client {
         e.name == "presence" && e.attr("from") == Some(own.as_str()) && has_status(e, "110")
     })
     .await;
+    // The others' presence came before, the subject comes last: forgotten.
+    c.wait_for(|e| e.name == "message" && e.get_child("subject", "jabber:client").is_some())
+        .await;
+    c.drain();
     c
 }
 
@@ -269,4 +273,131 @@ async fn a_room_survives_kill_9_of_its_node_with_its_history_and_occupants() {
     }
     assert_eq!(history, acked, "history after the failover");
     drop((n2, n3));
+}
+
+/// A drained node (SIGTERM, as in a rolling restart) hands its rooms over:
+/// the occupants on other nodes stay joined and see nothing but the
+/// drained node's own occupant leave, and every message reflected while
+/// the room moved is delivered and in its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_its_rooms_over_unnoticed() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let mut n1 = cluster_node(1, None, SECRET, &[]);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
+    let n3 = cluster_node(3, Some(&n1), SECRET, &[]);
+    wait_members(&n1, SECRET, 3).await;
+    for u in USERS {
+        n1.add_user(u, &format!("{u}-pw"));
+    }
+    let _alice = in_room(&n1, "alice", "alice").await;
+    let mut bob = in_room(&n2, "bob", "bob").await;
+    let mut carol = in_room(&n3, "carol", "carol").await;
+    let carol_nick = format!("{ROOM}/carol");
+    bob.wait_for(|e| e.name == "presence" && e.attr("from") == Some(carol_nick.as_str()))
+        .await;
+    bob.drain();
+
+    // Bob talks while node 1 drains and stops.
+    let stop = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        let status = n1.terminate();
+        (n1, status)
+    });
+    let mut reflected = Vec::new();
+    for i in 0..40 {
+        let id = format!("d{i}");
+        bob.send(&format!(
+            "<message to='{ROOM}' type='groupchat' id='{id}'><body>during {i}</body></message>"
+        ))
+        .await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (n1, status) = stop.await.expect("join");
+    assert!(status.success(), "node 1 did not drain cleanly: {status:?}");
+    let mut seen = Vec::new();
+    for i in 0..40 {
+        let id = format!("d{i}");
+        let m = bob
+            .wait_for(|e| e.name == "message" && e.attr("id") == Some(id.as_str()))
+            .await;
+        assert!(
+            m.attr("type") != Some("error"),
+            "message {id} refused during the hand-over: {m:?}\n{}",
+            n1.log()
+        );
+        reflected.push(body(&m).unwrap_or_default());
+    }
+    let mut got = Vec::new();
+    while got.len() < reflected.len() {
+        let m = carol
+            .wait_for(|e| e.name == "message" && e.attr("id").is_some_and(|i| i.starts_with('d')))
+            .await;
+        got.push(body(&m).unwrap_or_default());
+    }
+    let mut sorted = got.clone();
+    sorted.sort();
+    let mut want = reflected.clone();
+    want.sort();
+    assert_eq!(sorted, want, "carol got every reflected message once");
+    // Nobody but alice (whose node stopped) left; nobody was re-joined.
+    seen.extend(bob.collect_for(Duration::from_millis(500)).await);
+    let alice_nick = format!("{ROOM}/alice");
+    let from_room =
+        |e: &&Element| e.name == "presence" && e.attr("from").is_some_and(|f| f.starts_with(ROOM));
+    for e in seen.iter().filter(from_room) {
+        assert_eq!(
+            e.attr("from"),
+            Some(alice_nick.as_str()),
+            "unexpected presence {e:?}"
+        );
+        assert_eq!(
+            e.attr("type"),
+            Some("unavailable"),
+            "{e:?}\n{}\n{}",
+            n1.log(),
+            n2.log()
+                .lines()
+                .filter(|l| l.contains("alice") || l.contains("room") || l.contains("drain"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    // Still joined where the room lives now.
+    let r = bob
+        .iq(starling::xml::parse_fragment(&format!(
+            "<iq xmlns='jabber:client' type='get' to='{ROOM}/bob'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .expect("xml"))
+        .await;
+    assert_eq!(
+        r.attr("type"),
+        Some("result"),
+        "self-ping after the drain: {r:?}"
+    );
+    // The history has them all.
+    let mut dave = authed_retry(&n2, "dave", "dave-pw").await;
+    dave.bind(Some("r")).await.expect("bind");
+    dave.send(&format!(
+        "<presence to='{ROOM}/dave'><x xmlns='{MUC_NS}'><history maxstanzas='100'/></x></presence>"
+    ))
+    .await;
+    let mut history = Vec::new();
+    loop {
+        let e = dave.stanza("message").await;
+        if e.get_child("subject", "jabber:client").is_some() {
+            break;
+        }
+        if let Some(b) = body(&e) {
+            history.push(b);
+        }
+    }
+    let mut h = history.clone();
+    h.sort();
+    assert_eq!(h, want, "history after the hand-over");
+    println!(
+        "order kept for carol: {}; in history: {}",
+        got == reflected,
+        history == reflected
+    );
+    drop((n1, n2, n3));
 }

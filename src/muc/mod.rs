@@ -15,7 +15,7 @@ pub mod room;
 pub mod room_config;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use actix::Actor;
 
@@ -104,16 +104,14 @@ pub struct Muc {
     domain: String,
     limits: Limits,
     directory: Arc<Directory>,
-    me: Weak<Muc>,
 }
 
 impl Muc {
     pub fn new(domain: &str, limits: Limits) -> Arc<Muc> {
-        Arc::new_cyclic(|me| Muc {
+        Arc::new(Muc {
             domain: domain.to_ascii_lowercase(),
             limits,
             directory: Arc::new(Directory::default()),
-            me: me.clone(),
         })
     }
 
@@ -183,14 +181,8 @@ impl Muc {
         }
         let jid = jid::BareJid::new(room).ok()?;
         let restored = !records.is_empty();
-        let r = room::Room::new(
-            jid,
-            host.clone(),
-            self.directory.clone(),
-            self.me.clone(),
-            self.limits,
-        )
-        .restore(records);
+        let r = room::Room::new(jid, host.clone(), self.directory.clone(), self.limits)
+            .restore(records);
         let addr = room::Room::start_in_arbiter(&arbiter, move |_| r);
         if restored {
             // Occupants whose sessions died with the old owner leave.
@@ -285,6 +277,18 @@ impl HostedService for Muc {
         if self.start_room(entity, records, host).is_none() {
             tracing::warn!(room = %entity, "room not revived: it cannot start");
         }
+    }
+
+    fn hand_over(&self, others: &[u64]) {
+        for (i, e) in self.directory.lock().values().enumerate() {
+            e.addr.do_send(room::HandOver {
+                to: others[i % others.len()],
+            });
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.directory.lock().len()
     }
 
     fn node_gone(&self, _host: &Arc<dyn Host>) {

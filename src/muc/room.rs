@@ -14,7 +14,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use actix::prelude::*;
@@ -22,8 +22,8 @@ use jid::{BareJid, Jid};
 
 use super::room_config::{AllowPm, RoomConfig, Whois};
 use super::{
-    refuse, text_el, x_user, Directory, Limits, Muc, CLIENT, CONFERENCE, DATA, DELAY, MUC,
-    MUC_ADMIN, MUC_OWNER, MUC_USER, OCCUPANT_ID, STANZA_ID,
+    refuse, text_el, x_user, Directory, Limits, CLIENT, CONFERENCE, DATA, DELAY, MUC, MUC_ADMIN,
+    MUC_OWNER, MUC_USER, OCCUPANT_ID, STANZA_ID,
 };
 use crate::services::Host;
 use crate::stanza_error::StanzaCondition;
@@ -39,6 +39,14 @@ pub struct Stanza(pub Element);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Sweep;
+
+/// This node drains: the room moves to node `to` (it starts there from
+/// its records on its next stanza) and this copy retires.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HandOver {
+    pub to: u64,
+}
 
 /// Affiliations, lowest first (§5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -120,7 +128,7 @@ pub struct Room {
     jid: BareJid,
     host: Arc<dyn Host>,
     directory: Arc<Directory>,
-    service: Weak<Muc>,
+
     limits: Limits,
     config: RoomConfig,
     /// By nick.
@@ -228,12 +236,9 @@ impl Handler<Stanza> for Room {
             self.directory.remove(self.jid.as_str(), &ctx.address());
         }
         if self.retired {
-            // Queued before the room left the directory: the service
-            // starts a new room for it if it is a join.
-            match self.service.upgrade() {
-                Some(s) => s.dispatch(msg.0, &self.host),
-                None => tracing::info!(room = %self.jid, "stanza dropped: service gone"),
-            }
+            // Queued before the room left the directory (or moved): it
+            // goes where the room lives now, or starts it again.
+            self.host.send(msg.0);
             return;
         }
         let el = msg.0;
@@ -249,6 +254,39 @@ impl Handler<Stanza> for Room {
         }
         self.publish(ctx);
         self.commit_then_send(Some(trigger), ctx);
+    }
+}
+
+impl Handler<HandOver> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: HandOver, ctx: &mut Context<Self>) {
+        if self.retired {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.host.hand_over(
+            self.jid.as_str(),
+            msg.to,
+            Box::new(move |ok| {
+                let _ = tx.send(ok);
+            }),
+        );
+        // Stanzas wait in the mailbox until the move is committed; then
+        // they follow the room (see `retired`).
+        ctx.wait(
+            async move { rx.await.unwrap_or(false) }
+                .into_actor(self)
+                .map(move |ok, act, ctx| {
+                    if ok {
+                        tracing::info!(room = %act.jid, to = msg.to, "room handed over");
+                    } else {
+                        tracing::warn!(room = %act.jid, "room not handed over; it starts again from its records where it is next needed");
+                    }
+                    act.retired = true;
+                    act.directory.remove(act.jid.as_str(), &ctx.address());
+                }),
+        );
     }
 }
 
@@ -367,6 +405,10 @@ impl Room {
     /// A room from its records (its owner died, or it was out of memory):
     /// everything but what sessions that are gone held.
     pub(crate) fn restore(mut self, records: Vec<(String, String)>) -> Room {
+        if records.is_empty() {
+            return self;
+        }
+
         for (key, value) in records {
             if key == META {
                 if let Ok(m) = serde_json::from_str::<Meta>(&value) {
@@ -420,14 +462,12 @@ impl Room {
         jid: BareJid,
         host: Arc<dyn Host>,
         directory: Arc<Directory>,
-        service: Weak<Muc>,
         limits: Limits,
     ) -> Room {
         Room {
             jid,
             host,
             directory,
-            service,
             limits,
             config: RoomConfig::instant(limits.max_occupants, limits.history),
             occupants: BTreeMap::new(),

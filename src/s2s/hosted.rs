@@ -107,6 +107,27 @@ impl crate::services::Host for NodeHost {
         });
     }
 
+    fn hand_over(&self, entity: &str, to: u64, then: Box<dyn FnOnce(bool) + Send>) {
+        let Some(ctx) = self.ctx.upgrade() else {
+            return then(false);
+        };
+        let cmd = Command::HostedMove {
+            entity: entity.to_string(),
+            from: self.node,
+            to,
+        };
+        let rt = ctx.replicator.runtime().clone();
+        rt.spawn(async move {
+            match ctx.replicator.commit_async(&cmd).await {
+                Ok(_) => then(true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "hosted entity not handed over: no commit");
+                    then(false)
+                }
+            }
+        });
+    }
+
     fn session_gone(&self, full: &str) -> bool {
         let Some(ctx) = self.ctx.upgrade() else {
             return false;

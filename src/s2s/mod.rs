@@ -182,7 +182,35 @@ fn serve_hosted(ctx: &ServerCtx, domain: &str, stanza: Element) {
 }
 
 /// A stanza from a hosted service's entity, to wherever it is addressed.
+/// To a session of ours it goes straight to that session, whatever its
+/// kind, so a room's stanzas to one occupant arrive in the order the room
+/// sent them (XEP-0045 §7.2.3: presences, history, then the subject); a
+/// session that is gone answers with an error (a room then drops the
+/// occupant).
 pub(crate) fn from_hosted(ctx: &ServerCtx, out: Element) {
+    let to = out.attr("to").and_then(|t| Jid::new(t).ok());
+    if let Some(full) = to
+        .as_ref()
+        .filter(|j| j.domain().as_str().eq_ignore_ascii_case(&ctx.config.domain))
+        .and_then(|j| j.try_as_full().ok())
+    {
+        let blocked = match (full.node(), out.attr("from")) {
+            (Some(user), Some(from)) => crate::modules::blocking::blocks(ctx, user.as_str(), from),
+            _ => false,
+        };
+        if blocked {
+            tracing::info!(to = %full, "stanza from a hosted entity dropped: blocked");
+            return;
+        }
+        match crate::route::full(ctx, full) {
+            Some(t) => crate::route::send(ctx, &t, out, None),
+            None if out.name == "presence" => {
+                tracing::debug!(to = %full, "presence from a hosted entity dropped: session gone")
+            }
+            None => bounce_local(ctx, &out, StanzaCondition::ServiceUnavailable),
+        }
+        return;
+    }
     let local = out
         .attr("to")
         .and_then(|t| Jid::new(t).ok())

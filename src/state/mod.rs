@@ -146,6 +146,13 @@ pub enum Command {
         entity: String,
         node: u64,
     },
+    /// A draining node `from` hands its entity to node `to` (only if it
+    /// still owns it).
+    HostedMove {
+        entity: String,
+        from: u64,
+        to: u64,
+    },
     /// A hosted entity's records (a room's configuration, occupants,
     /// history): each key set to its value, or removed for None.
     HostedWrite {
@@ -654,6 +661,12 @@ impl State {
                 if entity.contains('@') && self.component(entity).is_none() {
                     self.components
                         .insert(entity.as_bytes(), serde_json::to_vec(&(node, 0u64))?)?;
+                }
+            }
+            Command::HostedMove { entity, from, to } => {
+                if self.hosted_owner(entity) == Some(*from) {
+                    self.components
+                        .insert(entity.as_bytes(), serde_json::to_vec(&(to, 0u64))?)?;
                 }
             }
             Command::HostedWrite { entity, writes } => {
