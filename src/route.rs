@@ -423,11 +423,27 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
         }
     };
     if let Relay::Hosted { domain, xml } = &msg {
-        // The room's node died with it queued: the room lives on.
-        match crate::xml::parse_fragment(xml) {
-            Ok(el) => ctx.elsewhere.to_hosted(&ctx, el, domain, false),
-            Err(_) => tracing::warn!(node, "returned hosted relay is not XML; dropped"),
+        let Ok(el) = crate::xml::parse_fragment(xml) else {
+            tracing::warn!(node, "returned hosted relay is not XML; dropped");
+            return answer(receipt, true);
+        };
+        // Still that node's (its queue is full, or it is not known yet):
+        // the sender is told to wait rather than sent round again.
+        let entity = el
+            .attr("to")
+            .and_then(|t| jid::Jid::new(t).ok())
+            .map(|j| j.to_bare().to_string());
+        if entity.is_some_and(|e| ctx.state.hosted_owner(&e) == Some(node)) {
+            tracing::info!(node, "hosted stanza refused: its owner cannot take it now");
+            ctx.elsewhere.bounce_local(
+                &ctx,
+                &el,
+                crate::stanza_error::StanzaCondition::ResourceConstraint,
+            );
+            return answer(receipt, true);
         }
+        // The entity's node died with it queued: the entity lives on.
+        ctx.elsewhere.to_hosted(&ctx, el, domain, false);
         return answer(receipt, true);
     }
     let Relay::Stanza {

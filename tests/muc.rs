@@ -57,6 +57,7 @@ fn run_muc_script(nodes: &[&Server]) -> String {
         "OK private message",
         "OK nick change",
         "OK self-ping",
+        "OK rejoin",
         "OK disco",
         "OK invitation",
         "OK kick",

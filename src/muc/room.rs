@@ -146,6 +146,8 @@ pub struct Room {
     fresh: bool,
     /// Out of the directory: stanzas go back to the service.
     retired: bool,
+    /// Emptied: out of the directory once its records are removed.
+    retiring: bool,
     salt: u64,
     /// Stanzas to send once this stanza's changes are committed.
     out: RefCell<Vec<Element>>,
@@ -305,7 +307,7 @@ impl Handler<Sweep> for Room {
             .collect();
         for nick in gone {
             tracing::info!(room = %self.jid, %nick, "occupant's session is gone; removed");
-            self.remove_occupant(&nick, &[333], None, None);
+            self.remove_occupant(&nick, &[333], Vec::new(), None);
         }
         self.publish(ctx);
         self.commit_then_send(None, ctx);
@@ -339,19 +341,30 @@ impl Room {
         ctx.wait(
             async move { rx.await.unwrap_or(false) }
                 .into_actor(self)
-                .map(move |ok, _act, _ctx| {
+                                .map(move |ok, act, ctx| {
                     if ok {
                         for o in out {
                             host.send(o);
                         }
+                        // An emptied temporary room leaves the directory
+                        // only once its records are gone: a join meanwhile
+                        // waits, then finds no old state.
+                        if act.retiring {
+                            act.retired = true;
+                            act.directory.remove(&room, &ctx.address());
+                        }
                         return;
                     }
-                    tracing::warn!(%room, dropped = out.len(), "room change not committed; its stanzas dropped");
+                                        tracing::warn!(%room, dropped = out.len(), "room change not committed (no quorum, or the room is owned elsewhere now); its stanzas dropped, this copy retires");
                     if let Some(e) = trigger.and_then(|t| {
                         refuse(&t, StanzaCondition::InternalServerError, Some("not stored; try again"))
                     }) {
                         host.send(e);
                     }
+                    // What is in memory is ahead of the records: the next
+                    // stanza starts the room again from them.
+                    act.retired = true;
+                    act.directory.remove(&room, &ctx.address());
                 }),
         );
     }
@@ -478,6 +491,7 @@ impl Room {
             next_seq: 0,
             fresh: true,
             retired: false,
+            retiring: false,
             salt: rand::random(),
             out: RefCell::new(Vec::new()),
             dirty_nicks: BTreeSet::new(),
@@ -491,12 +505,12 @@ impl Room {
     /// Tell the directory what it shows of the room; an empty temporary
     /// room retires (its address dropped, the actor ends when its
     /// mailbox is empty).
-    fn publish(&mut self, ctx: &mut Context<Self>) {
+    fn publish(&mut self, _ctx: &mut Context<Self>) {
         let room = self.jid.to_string();
         if self.occupants.is_empty() && !self.config.persistent && !self.fresh {
-            // A temporary room ends with its last occupant, records too.
-            self.retired = true;
-            self.directory.remove(&room, &ctx.address());
+            // A temporary room ends with its last occupant, records too
+            // (it leaves the directory once they are gone).
+            self.retiring = true;
             self.history_dropped
                 .extend(self.history.drain(..).map(|(s, _, _)| s));
             self.deleted = true;
@@ -593,7 +607,7 @@ impl Room {
         to: &str,
         viewer_sees: bool,
         codes: &[u16],
-        extra: Option<Element>,
+        extra: Vec<Element>,
     ) -> Element {
         let mut p = Element::new("presence", CLIENT)
             .with_attr("from", self.nick_jid(nick))
@@ -605,7 +619,7 @@ impl Room {
         if viewer_sees {
             item.set_attr("jid", o.real.clone());
         }
-        if let Some(e) = extra {
+        for e in extra {
             item.push_child(e);
         }
         let mut x = x_user().with_child(item);
@@ -639,7 +653,7 @@ impl Room {
         &mut self,
         nick: &str,
         codes: &[u16],
-        extra: Option<Element>,
+        extra: Vec<Element>,
         status: Option<&Element>,
     ) {
         let Some(o) = self.occupants.remove(nick) else {
@@ -688,6 +702,11 @@ impl Room {
                     return;
                 };
                 match self.by_real.get(&from).cloned() {
+                    // A client that lost track of the room joins again
+                    // (after a failed self-ping): the whole join again.
+                    Some(cur) if cur == nick && p.get_child("x", MUC).is_some() => {
+                        self.rejoin(&from, &nick, p)
+                    }
                     Some(cur) if cur == nick => self.update_presence(&nick, p),
                     Some(cur) => self.change_nick(&cur, &nick, p),
                     None => self.enter(&from, &nick, p),
@@ -696,14 +715,14 @@ impl Room {
             Some("unavailable") => {
                 if let Some(cur) = self.by_real.get(&from).cloned() {
                     let status = p.get_child("status", ns::CLIENT).cloned();
-                    self.remove_occupant(&cur, &[], None, status.as_ref());
+                    self.remove_occupant(&cur, &[], Vec::new(), status.as_ref());
                 }
             }
             // An occupant's client answered with an error: it is gone
             // (§7.2, "kicked for an error", status 333).
             Some("error") => {
                 if let Some(cur) = self.by_real.get(&from).cloned() {
-                    self.remove_occupant(&cur, &[333], None, None);
+                    self.remove_occupant(&cur, &[333], Vec::new(), None);
                 }
             }
             _ => {}
@@ -796,6 +815,30 @@ impl Room {
             self_codes.push(201);
         }
         self.broadcast_presence(nick, &[], &self_codes);
+        self.send_history(from, history.as_ref());
+        self.send_subject(from);
+    }
+
+    /// The join sequence again for an occupant already in (§7.2.3).
+    fn rejoin(&mut self, from: &str, nick: &str, p: Element) {
+        if let Some(o) = self.occupants.get_mut(nick) {
+            o.presence = Self::kept_presence(&p);
+        }
+        self.dirty_nicks.insert(nick.to_string());
+        for other in self.occupants.keys().filter(|n| n.as_str() != nick) {
+            if let Some(pr) = self.presence_of(other, nick, &[]) {
+                self.send(pr);
+            }
+        }
+        let mut self_codes = Vec::new();
+        if self.config.whois == Whois::Anyone {
+            self_codes.push(100);
+        }
+        self.broadcast_presence(nick, &[], &self_codes);
+        let history = p
+            .get_child("x", MUC)
+            .and_then(|x| x.get_child("history", MUC))
+            .cloned();
         self.send_history(from, history.as_ref());
         self.send_subject(from);
     }
@@ -903,7 +946,7 @@ impl Room {
             if v.real == o.real {
                 codes.push(110);
             }
-            let mut gone = self.gone_presence(old, &o, &v.real, sees, &codes, None);
+            let mut gone = self.gone_presence(old, &o, &v.real, sees, &codes, Vec::new());
             // The item keeps the role and carries the new nick.
             if let Some(x) = gone.children.iter_mut().find_map(|c| match c {
                 crate::xml::Node::Element(e) if e.is("x", MUC_USER) => Some(e),
@@ -939,9 +982,19 @@ impl Room {
             .and_then(|j| j.resource().map(|r| r.as_str().to_string()));
         let mtype = m.attr("type").unwrap_or("normal");
         if mtype == "error" {
-            // A message the room sent bounced: the occupant is gone.
-            if let Some(cur) = self.by_real.get(&from).cloned() {
-                self.remove_occupant(&cur, &[333], None, None);
+            match (&to_nick, self.by_real.get(&from).cloned()) {
+                // An answer to a private message: to its sender.
+                (Some(nick), Some(sender)) => {
+                    if let Some(target) = self.occupants.get(nick) {
+                        let mut out = m.clone();
+                        out.set_attr("from", self.nick_jid(&sender));
+                        out.set_attr("to", target.real.clone());
+                        self.send(out);
+                    }
+                }
+                // A message the room sent bounced: the occupant is gone.
+                (None, Some(cur)) => self.remove_occupant(&cur, &[333], Vec::new(), None),
+                _ => {}
             }
             return;
         }
@@ -1002,9 +1055,18 @@ impl Room {
         }
         let room = self.jid.to_string();
         for c in m.elements() {
-            // A client may not claim the room's ids (XEP-0359 §3.1, XEP-0421 §4).
-            let claims_room = c.is("stanza-id", STANZA_ID) && c.attr("by") == Some(room.as_str());
-            if claims_room || c.is("occupant-id", OCCUPANT_ID) {
+            // A client may not claim the room's ids (XEP-0359 §3.1,
+            // XEP-0421 §4), a time (XEP-0203), addresses (XEP-0033) or
+            // what the room says of its occupants.
+            let claims_room = c.is("stanza-id", STANZA_ID)
+                && c.attr("by")
+                    .and_then(|b| BareJid::new(b).ok())
+                    .is_some_and(|b| b == self.jid);
+            let forged = c.is("occupant-id", OCCUPANT_ID)
+                || c.is("delay", DELAY)
+                || c.is("addresses", "http://jabber.org/protocol/address")
+                || c.is("x", MUC_USER);
+            if claims_room || forged {
                 continue;
             }
             out.push_child(c.clone());
@@ -1079,8 +1141,17 @@ impl Room {
                 Some("send groupchat messages to the room"),
             );
         };
-        let invites: Vec<&Element> = x.elements().filter(|e| e.is("invite", MUC_USER)).collect();
-        let declines: Vec<&Element> = x.elements().filter(|e| e.is("decline", MUC_USER)).collect();
+        // One of each per message: the room is no relay for many.
+        let invites: Vec<&Element> = x
+            .elements()
+            .filter(|e| e.is("invite", MUC_USER))
+            .take(1)
+            .collect();
+        let declines: Vec<&Element> = x
+            .elements()
+            .filter(|e| e.is("decline", MUC_USER))
+            .take(1)
+            .collect();
         if invites.is_empty() && declines.is_empty() {
             return self.reply_error(&m, StanzaCondition::BadRequest, None);
         }
@@ -1106,13 +1177,6 @@ impl Room {
             }
             // §9.3: an admin's invitation to a members-only room makes a member.
             if self.config.members_only {
-                if aff < Affiliation::Admin {
-                    return self.reply_error(
-                        &m,
-                        StanzaCondition::Forbidden,
-                        Some("only admins invite to a members-only room"),
-                    );
-                }
                 let bare = to.to_bare().to_string();
                 if self.affiliation(&bare) < Affiliation::Member {
                     self.affiliations.insert(bare, Affiliation::Member);
@@ -1230,6 +1294,24 @@ impl Room {
     /// request goes to the occupant's real JID from the sender's nick, a
     /// response comes back from the occupant to the asker's nick.
     fn iq_to_occupant(&mut self, from: &str, nick: &str, iq: Element) {
+        let request = matches!(iq.attr("type"), Some("get") | Some("set"));
+        // An answer to an iq the room passed on: from the occupant (its
+        // client, or its account for a vCard) back to the asker.
+        if !request {
+            let responder = self.by_real.get(from).cloned().or_else(|| {
+                self.occupants
+                    .iter()
+                    .find(|(_, o)| bare_of(&o.real) == from)
+                    .map(|(n, _)| n.clone())
+            });
+            if let (Some(r), Some(target)) = (responder, self.occupants.get(nick)) {
+                let mut out = iq.clone();
+                out.set_attr("from", self.nick_jid(&r));
+                out.set_attr("to", target.real.clone());
+                self.send(out);
+            }
+            return;
+        }
         let Some(sender) = self.by_real.get(from).cloned() else {
             // XEP-0410 §3: not joined.
             return self.reply_error(
@@ -1238,8 +1320,7 @@ impl Room {
                 Some("you are not in the room"),
             );
         };
-        let request = matches!(iq.attr("type"), Some("get") | Some("set"));
-        if sender == nick && request && iq.get_child("ping", ns::PING).is_some() {
+        if sender == nick && iq.get_child("ping", ns::PING).is_some() {
             return self.send(crate::modules::result(&iq, None));
         }
         let Some(target) = self.occupants.get(nick) else {
@@ -1247,7 +1328,16 @@ impl Room {
         };
         let mut out = iq.clone();
         out.set_attr("from", self.nick_jid(&sender));
-        out.set_attr("to", target.real.clone());
+        // vCards live on the account, not the client (XEP-0054).
+        let vcard = out.get_child("vCard", "vcard-temp").is_some();
+        out.set_attr(
+            "to",
+            if vcard {
+                bare_of(&target.real)
+            } else {
+                target.real.clone()
+            },
+        );
         self.send(out);
     }
 
@@ -1280,10 +1370,24 @@ impl Room {
                 {
                     Ok(c) => {
                         let privacy_changed = c.whois != self.config.whois;
+                        let now_members_only = c.members_only && !self.config.members_only;
                         self.config = c;
                         self.meta_dirty = true;
                         self.trim_history();
                         self.send(crate::modules::result(&iq, None));
+                        // §9.4: non-members leave a room that became
+                        // members-only (322).
+                        if now_members_only {
+                            let out: Vec<String> = self
+                                .occupants
+                                .iter()
+                                .filter(|(_, o)| self.affiliation(&o.real) < Affiliation::Member)
+                                .map(|(n, _)| n.clone())
+                                .collect();
+                            for nick in out {
+                                self.remove_occupant(&nick, &[322], Vec::new(), None);
+                            }
+                        }
                         // §10.2.1: 104, and 172/173 when real JIDs show or hide.
                         let mut x = x_user()
                             .with_child(Element::new("status", MUC_USER).with_attr("code", "104"));
@@ -1410,13 +1514,13 @@ impl Room {
         }
         // Check every item first: a set is all or nothing (§9.1 ff).
         enum Change {
-            Role(String, Role),
-            Aff(String, Affiliation),
+            Role(String, Role, Option<String>),
+            Aff(String, Affiliation, Option<String>),
         }
+        let actor = self.by_real.get(from).cloned();
         let mut changes = Vec::new();
         for item in &items {
             let reason = item.get_child("reason", MUC_ADMIN).map(|r| r.text());
-            let _ = reason;
             if let Some(a) = item.attr("affiliation") {
                 let Some(a) = Affiliation::parse(a) else {
                     return self.reply_error(
@@ -1464,7 +1568,7 @@ impl Room {
                         Some("the room needs an owner"),
                     );
                 }
-                changes.push(Change::Aff(target, a));
+                changes.push(Change::Aff(target, a, reason));
             } else if let Some(r) = item.attr("role") {
                 let Some(r) = Role::parse(r) else {
                     return self.reply_error(
@@ -1493,10 +1597,18 @@ impl Room {
                 {
                     return self.reply_error(&iq, StanzaCondition::NotAllowed, None);
                 }
+                // §9.7: only admins revoke moderation, never an admin's
+                // or an owner's.
+                if o.role == Role::Moderator
+                    && r < Role::Moderator
+                    && (my_aff < Affiliation::Admin || their_aff >= Affiliation::Admin)
+                {
+                    return self.reply_error(&iq, StanzaCondition::NotAllowed, None);
+                }
                 if r == Role::Moderator && my_aff < Affiliation::Admin {
                     return self.reply_error(&iq, StanzaCondition::NotAllowed, None);
                 }
-                changes.push(Change::Role(nick.to_string(), r));
+                changes.push(Change::Role(nick.to_string(), r, reason));
             } else {
                 return self.reply_error(&iq, StanzaCondition::BadRequest, None);
             }
@@ -1504,18 +1616,19 @@ impl Room {
         self.send(crate::modules::result(&iq, None));
         for c in changes {
             match c {
-                Change::Role(nick, Role::None) => {
+                Change::Role(nick, Role::None, reason) => {
                     tracing::info!(%nick, "occupant kicked");
-                    self.remove_occupant(&nick, &[307], None, None);
+                    let extra = why(actor.as_deref(), reason.as_deref());
+                    self.remove_occupant(&nick, &[307], extra, None);
                 }
-                Change::Role(nick, r) => {
+                Change::Role(nick, r, _) => {
                     if let Some(o) = self.occupants.get_mut(&nick) {
                         o.role = r;
                     }
                     self.dirty_nicks.insert(nick.clone());
                     self.broadcast_presence(&nick, &[], &[]);
                 }
-                Change::Aff(jid, a) => {
+                Change::Aff(jid, a, reason) => {
                     if a == Affiliation::None {
                         self.affiliations.remove(&jid);
                     } else {
@@ -1531,9 +1644,10 @@ impl Room {
                     for nick in present {
                         if a == Affiliation::Outcast {
                             tracing::info!(%nick, "occupant banned");
-                            self.remove_occupant(&nick, &[301], None, None);
+                            let extra = why(actor.as_deref(), reason.as_deref());
+                            self.remove_occupant(&nick, &[301], extra, None);
                         } else if self.config.members_only && a < Affiliation::Member {
-                            self.remove_occupant(&nick, &[321], None, None);
+                            self.remove_occupant(&nick, &[321], Vec::new(), None);
                         } else {
                             let role = self.default_role(a);
                             if let Some(o) = self.occupants.get_mut(&nick) {
@@ -1547,6 +1661,18 @@ impl Room {
             }
         }
     }
+}
+
+/// The `<actor/>` and `<reason/>` of a kick or ban (§8.2, §9.1).
+fn why(actor: Option<&str>, reason: Option<&str>) -> Vec<Element> {
+    let mut v = Vec::new();
+    if let Some(a) = actor {
+        v.push(Element::new("actor", MUC_USER).with_attr("nick", a));
+    }
+    if let Some(r) = reason.filter(|r| !r.is_empty()) {
+        v.push(text_el("reason", MUC_USER, r));
+    }
+    v
 }
 
 fn bare_of(full: &str) -> String {

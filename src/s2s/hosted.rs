@@ -91,6 +91,7 @@ impl crate::services::Host for NodeHost {
         };
         let cmd = Command::HostedWrite {
             entity: entity.to_string(),
+            node: self.node,
             writes,
         };
         let entity = entity.to_string();

@@ -154,9 +154,12 @@ pub enum Command {
         to: u64,
     },
     /// A hosted entity's records (a room's configuration, occupants,
-    /// history): each key set to its value, or removed for None.
+    /// history): each key set to its value, or removed for None; only
+    /// from the entity's owner `node` (a copy left on a node that lost it
+    /// writes nothing). Removing its `meta` record releases the entity.
     HostedWrite {
         entity: String,
+        node: u64,
         writes: Vec<(String, Option<String>)>,
     },
     /// XEP-0313: messages into their owners' archives, many per log entry.
@@ -669,7 +672,17 @@ impl State {
                         .insert(entity.as_bytes(), serde_json::to_vec(&(to, 0u64))?)?;
                 }
             }
-            Command::HostedWrite { entity, writes } => {
+            Command::HostedWrite {
+                entity,
+                node,
+                writes,
+            } => {
+                if self.hosted_owner(entity) != Some(*node) {
+                    return Err(StateError::Superseded(entity.clone()));
+                }
+                if writes.iter().any(|(k, v)| k == "meta" && v.is_none()) {
+                    self.components.remove(entity.as_bytes())?;
+                }
                 if entity.contains('@') {
                     for (key, value) in writes {
                         let k = data_key(entity, "hosted", key);

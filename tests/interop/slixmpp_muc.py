@@ -206,6 +206,15 @@ async def main():
         check(e.iq["error"]["condition"] == "not-acceptable", "self-ping when not joined")
     print("OK self-ping", flush=True)
 
+    # Joining again while joined (a client that lost track, XEP-0410 §4):
+    # the whole join again, occupants, self-presence and subject.
+    pres, subject, occupants, _ = await muc[bob].join_muc_wait(ROOM, "bobby", timeout=T)
+    check("110" in codes(pres), "rejoin self-presence")
+    seen = sorted(o["from"].resource for o in occupants)
+    check(seen == ["alice", "bobby", "carol"], f"rejoin occupants {seen}")
+    check(subject["subject"] == "Today: MUC", "rejoin subject")
+    print("OK rejoin", flush=True)
+
     # Discovery: the room's features and info form; the public list.
     info = await dave.plugin["xep_0030"].get_info(jid=ROOM, timeout=T)
     feats = info["disco_info"]["features"]
@@ -228,6 +237,10 @@ async def main():
     await muc[alice].set_role(ROOM, "carol", "none", reason="out")
     p = await next_of(carol.presences, lambda p: p["type"] == "unavailable" and p["from"].resource == "carol", "carol kicked")
     check({"307", "110"} <= codes(p), f"kick codes {codes(p)}")
+    reason = item(p).find(f"{{{MUC_USER}}}reason")
+    actor = item(p).find(f"{{{MUC_USER}}}actor")
+    check(reason is not None and reason.text == "out", "kick carries the reason")
+    check(actor is not None and actor.get("nick") == "alice", "kick names the actor")
     await next_of(bob.presences, lambda p: p["from"].resource == "carol" and "307" in codes(p), "bob sees the kick")
     print("OK kick", flush=True)
 
