@@ -264,3 +264,69 @@ async fn ask_echo(to: &'static str) -> std::process::Output {
     .await
     .expect("client task")
 }
+
+/// For the group-chat test.
+const MUC_C2S: u16 = 16522;
+const MUC_S2S: u16 = 16569;
+
+/// XEP-0045 across servers: a Prosody user enters a Starling room (the
+/// room's stanzas to it leave from the room's own domain), and a Starling
+/// user enters a room on Prosody's MUC component.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_chat_with_prosody_both_ways() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let routes = format!(
+        "prosody.localhost=127.0.0.1:{MUC_S2S},conference.prosody.localhost=127.0.0.1:{MUC_S2S}"
+    );
+    let env = [
+        ("STARLING_DOMAIN", "starling.localhost"),
+        ("STARLING_S2S_VERIFY_CERTIFICATES", "false"),
+        ("STARLING_S2S_STATIC_ROUTES", routes.as_str()),
+        ("STARLING_LOG_LEVEL", "info,starling::s2s=debug"),
+    ];
+    let n1 = cluster_node(1, None, SECRET, &env);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &env);
+    wait_members(&n1, SECRET, 2).await;
+    n1.add_user("alice", "alice-pw");
+    let prosody = Prosody::start(n2.s2s.expect("s2s on"), MUC_C2S, MUC_S2S, false);
+    prosody.register("bob", "bob-pw");
+    let alice_at = n1.c2s.to_string();
+    let bob_at = format!("127.0.0.1:{MUC_C2S}");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/interop/slixmpp_muc_federated.py"
+            ))
+            .args([
+                "conference.starling.localhost",
+                "conference.prosody.localhost",
+            ])
+            .args([
+                alice_at.as_str(),
+                "alice@starling.localhost/fed",
+                "alice-pw",
+            ])
+            .args([bob_at.as_str(), "bob@prosody.localhost/fed", "bob-pw"])
+            .output()
+            .expect("run python")
+    })
+    .await
+    .expect("client task");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && text.contains("ALL OK"),
+        "group chat with Prosody failed:\n{text}\n{}\n--- prosody\n{}\n--- node 1\n{}\n--- node 2\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        prosody.log(),
+        n1.log(),
+        n2.log()
+    );
+    for step in [
+        "OK prosody user entered a starling room",
+        "OK messages both ways in a starling room",
+        "OK starling user in a prosody room",
+    ] {
+        assert!(text.contains(step), "missing {step:?} in:\n{text}");
+    }
+}
