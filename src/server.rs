@@ -327,7 +327,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
         tls: TlsAcceptor::from(tls.clone()),
         s2s: s2s_state,
         components: Default::default(),
-        services: crate::services::Services::from_config(&config.services, &config.domain),
+        services: crate::services::Services::from_config(
+            &config.services,
+            &config.domain,
+            config.mam.enabled,
+        ),
         elsewhere: Arc::new(crate::s2s::Transports),
         above: Arc::new(Wiring),
         me: std::sync::OnceLock::new(),

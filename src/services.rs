@@ -54,8 +54,12 @@ pub trait Host: Send + Sync {
         &self,
         entity: &str,
         writes: Vec<(String, Option<String>)>,
+        archive: Vec<crate::state::ArchiveEntry>,
         then: Box<dyn FnOnce(bool) + Send>,
     );
+    /// An archive query (XEP-0313) to `owner`'s own archive: the results
+    /// and the answer, in order.
+    fn archive_query(&self, owner: &str, iq: &Element) -> Vec<Element>;
     /// Give `entity` to node `to` (this node drains); `then` learns
     /// whether the move is committed.
     fn hand_over(&self, entity: &str, to: u64, then: Box<dyn FnOnce(bool) + Send>);
@@ -121,14 +125,18 @@ pub struct Services {
 
 impl Services {
     /// The services `config` turns on, for the server's `domain`.
-    pub fn from_config(config: &crate::config::ServicesSection, domain: &str) -> Services {
+    pub fn from_config(
+        config: &crate::config::ServicesSection,
+        domain: &str,
+        archive: bool,
+    ) -> Services {
         let mut s = Services::default();
         if !config.echo.is_empty() {
             s.by_domain
                 .insert(config.echo.to_ascii_lowercase(), Arc::new(Echo));
         }
         if let Some(muc) = config.muc_domain(domain) {
-            let limits = crate::muc::Limits::from_config(config);
+            let limits = crate::muc::Limits::from_config(config, archive);
             let service: Arc<dyn HostedService> = crate::muc::Muc::new(&muc, limits);
             s.by_domain.insert(muc.clone(), service);
         }
@@ -385,6 +393,7 @@ mod tests {
                 ..Default::default()
             },
             "example",
+            false,
         )
     }
 

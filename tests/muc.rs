@@ -53,6 +53,7 @@ fn run_muc_script(nodes: &[&Server]) -> String {
         "OK entered",
         "OK nick conflict",
         "OK message to all",
+        "OK room archive",
         "OK subject",
         "OK private message",
         "OK nick change",

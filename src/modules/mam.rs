@@ -219,6 +219,54 @@ struct Range {
 }
 
 fn query(req: &IqRequest, user: &str) -> IqResponse {
+    query_as(req, user, &req.from.to_bare().to_string())
+}
+
+/// XEP-0313 on a hosted entity's own archive (a group-chat room, §5 and
+/// XEP-0045's MAM use): `iq` from the asker to the entity `owner`; the
+/// result messages come from the entity. Returns what to send, in order.
+pub fn query_for(ctx: &ServerCtx, owner: &str, iq: &Element) -> Vec<Element> {
+    let (Some(from), Some(payload)) = (
+        iq.attr("from").and_then(|f| jid::FullJid::new(f).ok()),
+        iq.elements().next(),
+    ) else {
+        return Vec::new();
+    };
+    let kind = match iq.attr("type") {
+        Some("get") => IqKind::Get,
+        Some("set") => IqKind::Set,
+        _ => return Vec::new(),
+    };
+    let req = IqRequest {
+        server: ctx,
+        from: &from,
+        iq,
+        payload,
+        kind,
+        addressee: super::Addressee::Account,
+        target: None,
+        session_id: 0,
+    };
+    let resp: IqResponse = if !ctx.config.mam.enabled {
+        Err(StanzaError::new(StanzaCondition::ServiceUnavailable)).into()
+    } else {
+        match (kind, payload.name.as_str()) {
+            (IqKind::Set, "query") => query_as(&req, owner, owner),
+            (IqKind::Get, "query") => Ok(Some(fields())).into(),
+            (IqKind::Get, "metadata") => metadata(&req, owner),
+            _ => Err(StanzaError::new(StanzaCondition::FeatureNotImplemented)).into(),
+        }
+    };
+    let mut out = resp.before;
+    out.push(match resp.result {
+        Ok(payload) => super::result(iq, payload),
+        Err(e) => e.reply_to(iq),
+    });
+    out
+}
+
+/// [`query`] of `user`'s archive, the results from `results_from`.
+fn query_as(req: &IqRequest, user: &str, results_from: &str) -> IqResponse {
     let a = match parse(req, user) {
         Ok(a) => a,
         Err(e) => return Err(e).into(),
@@ -283,7 +331,7 @@ fn query(req: &IqRequest, user: &str) -> IqResponse {
         page.items.reverse();
     }
     let queryid = req.payload.attr("queryid");
-    let owner = req.from.to_bare().to_string();
+    let owner = results_from.to_string();
     let mut before = Vec::with_capacity(page.items.len());
     for item in &page.items {
         let Ok(stored) = crate::xml::parse_fragment(&item.xml) else {

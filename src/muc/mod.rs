@@ -33,6 +33,7 @@ pub const STANZA_ID: &str = "urn:xmpp:sid:0";
 pub const DELAY: &str = "urn:xmpp:delay";
 pub const DATA: &str = "jabber:x:data";
 pub const CONFERENCE: &str = "jabber:x:conference";
+pub const MAM: &str = "urn:xmpp:mam:2";
 
 /// What one room and one user may take.
 #[derive(Debug, Clone, Copy)]
@@ -40,14 +41,17 @@ pub struct Limits {
     pub max_occupants: usize,
     pub history: usize,
     pub rooms_per_user: usize,
+    /// Rooms archive their messages by default (XEP-0313 on).
+    pub archive: bool,
 }
 
 impl Limits {
-    pub fn from_config(c: &crate::config::ServicesSection) -> Limits {
+    pub fn from_config(c: &crate::config::ServicesSection, archive: bool) -> Limits {
         Limits {
             max_occupants: c.muc_max_occupants.max(1),
             history: c.muc_history,
             rooms_per_user: c.muc_max_rooms_per_user.max(1),
+            archive,
         }
     }
 }

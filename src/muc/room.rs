@@ -22,8 +22,8 @@ use jid::{BareJid, Jid};
 
 use super::room_config::{AllowPm, RoomConfig, Whois};
 use super::{
-    refuse, text_el, x_user, Directory, Limits, CLIENT, CONFERENCE, DATA, DELAY, MUC, MUC_ADMIN,
-    MUC_OWNER, MUC_USER, OCCUPANT_ID, STANZA_ID,
+    refuse, text_el, x_user, Directory, Limits, CLIENT, CONFERENCE, DATA, DELAY, MAM, MUC,
+    MUC_ADMIN, MUC_OWNER, MUC_USER, OCCUPANT_ID, STANZA_ID,
 };
 use crate::services::Host;
 use crate::stanza_error::StanzaCondition;
@@ -159,6 +159,10 @@ pub struct Room {
     history_dropped: Vec<u64>,
     /// The room is gone: its own record goes too.
     deleted: bool,
+    /// Messages for the room's archive, written with the records.
+    archive_pending: Vec<crate::state::ArchiveEntry>,
+    /// The last archive id this room made.
+    last_id: u64,
 }
 
 /// The room's own record (configuration, affiliations, subject).
@@ -321,7 +325,8 @@ impl Room {
     fn commit_then_send(&mut self, trigger: Option<Element>, ctx: &mut Context<Self>) {
         let out = std::mem::take(self.out.get_mut());
         let writes = self.take_writes();
-        if writes.is_empty() {
+        let archive = std::mem::take(&mut self.archive_pending);
+        if writes.is_empty() && archive.is_empty() {
             for o in out {
                 self.host.send(o);
             }
@@ -331,6 +336,7 @@ impl Room {
         self.host.store(
             self.jid.as_str(),
             writes,
+            archive,
             Box::new(move |ok| {
                 let _ = tx.send(ok);
             }),
@@ -455,6 +461,22 @@ impl Room {
         self
     }
 
+    /// An archive id after every one this room made (time-ordered, this
+    /// node's bits low, as `modules/archive.rs` makes them).
+    fn next_archive_id(&mut self) -> u64 {
+        use crate::state::archive::ArchiveId;
+        let bits = (1u64 << ArchiveId::NODE_BITS) - 1;
+        let node = self.host.node() & bits;
+        let now = ArchiveId::at(crate::time::unix_now().as_micros() as u64) | node;
+        let id = if now > self.last_id {
+            now
+        } else {
+            (((self.last_id >> ArchiveId::NODE_BITS) + 1) << ArchiveId::NODE_BITS) | node
+        };
+        self.last_id = id;
+        id
+    }
+
     fn push_history(&mut self, m: Element) {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -482,7 +504,7 @@ impl Room {
             host,
             directory,
             limits,
-            config: RoomConfig::instant(limits.max_occupants, limits.history),
+            config: RoomConfig::instant(limits.max_occupants, limits.history, limits.archive),
             occupants: BTreeMap::new(),
             by_real: HashMap::new(),
             affiliations: HashMap::new(),
@@ -499,6 +521,8 @@ impl Room {
             history_added: Vec::new(),
             history_dropped: Vec::new(),
             deleted: false,
+            archive_pending: Vec::new(),
+            last_id: 0,
         }
     }
 
@@ -1071,11 +1095,19 @@ impl Room {
             }
             out.push_child(c.clone());
         }
-        let sid = uuid_like();
+        // Archived (XEP-0313 on the room): the stanza-id is the archive's
+        // id, so clients page from it.
+        let archived = body && self.config.archiving;
+        let sid = if archived {
+            let id = self.next_archive_id();
+            crate::state::archive::ArchiveId::text(id)
+        } else {
+            uuid_like()
+        };
         out.push_child(
             Element::new("stanza-id", STANZA_ID)
-                .with_attr("id", sid)
-                .with_attr("by", room),
+                .with_attr("id", sid.clone())
+                .with_attr("by", room.clone()),
         );
         if let Some(o) = self.occupants.get(&nick) {
             out.push_child(
@@ -1086,6 +1118,16 @@ impl Room {
             let mut copy = out.clone();
             copy.set_attr("to", o.real.clone());
             self.send(copy);
+        }
+        if archived {
+            if let Some(id) = crate::state::archive::ArchiveId::parse(&sid) {
+                self.archive_pending.push(crate::state::ArchiveEntry {
+                    user: room,
+                    id,
+                    with: self.nick_jid(&nick),
+                    xml: out.to_xml(CLIENT),
+                });
+            }
         }
         if body && self.config.history_length > 0 {
             self.push_history(out);
@@ -1250,8 +1292,29 @@ impl Room {
             )),
             (ns::PING, "ping", true) => self.send(crate::modules::result(&iq, None)),
             (MUC_OWNER, "query", _) => self.owner_iq(&from, iq, &payload, get),
+            (MAM, _, _) => self.archive_iq(&from, iq),
             (MUC_ADMIN, "query", _) => self.admin_iq(&from, iq, &payload, get),
             _ => self.reply_error(&iq, StanzaCondition::ServiceUnavailable, None),
+        }
+    }
+
+    /// XEP-0313 on the room: occupants and members read its archive, and
+    /// anyone may read that of a public, open room.
+    fn archive_iq(&mut self, from: &str, iq: Element) {
+        let open =
+            self.config.public && !self.config.members_only && self.config.password.is_none();
+        let allowed = self.by_real.contains_key(from)
+            || self.affiliation(from) >= Affiliation::Member
+            || open;
+        if !allowed || self.affiliation(from) == Affiliation::Outcast {
+            return self.reply_error(
+                &iq,
+                StanzaCondition::Forbidden,
+                Some("not a member of the room"),
+            );
+        }
+        for el in self.host.archive_query(self.jid.as_str(), &iq) {
+            self.send(el);
         }
     }
 
@@ -1282,6 +1345,9 @@ impl Room {
             "http://jabber.org/protocol/muc#stable_id",
         ];
         features.extend(self.config.features());
+        if self.config.archiving {
+            features.push(MAM);
+        }
         for f in features {
             q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
         }

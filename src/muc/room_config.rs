@@ -41,7 +41,7 @@ pub struct RoomConfig {
 
 impl RoomConfig {
     /// An instant room's configuration (§10.1.2).
-    pub fn instant(max_users: usize, history: usize) -> RoomConfig {
+    pub fn instant(max_users: usize, history: usize, archiving: bool) -> RoomConfig {
         RoomConfig {
             name: String::new(),
             description: String::new(),
@@ -56,7 +56,7 @@ impl RoomConfig {
             allow_pm: AllowPm::Anyone,
             change_subject: false,
             allow_invites: true,
-            archiving: false,
+            archiving,
         }
     }
 
@@ -369,7 +369,7 @@ mod tests {
 
     #[test]
     fn a_submitted_form_changes_the_fields_it_names() {
-        let c = RoomConfig::instant(100, 20);
+        let c = RoomConfig::instant(100, 20, true);
         let n = c
             .apply(
                 &form("<field var='muc#roomconfig_roomname'><value>Lobby</value></field><field var='muc#roomconfig_membersonly'><value>true</value></field><field var='muc#roomconfig_maxusers'><value>30</value></field><field var='muc#roomconfig_whois'><value>anyone</value></field>"),
@@ -386,7 +386,7 @@ mod tests {
 
     #[test]
     fn wrong_types_and_out_of_range_values_refuse_the_form() {
-        let c = RoomConfig::instant(100, 20);
+        let c = RoomConfig::instant(100, 20, true);
         for bad in [
             "<field var='muc#roomconfig_persistentroom'><value>maybe</value></field>",
             "<field var='muc#roomconfig_maxusers'><value>lots</value></field>",

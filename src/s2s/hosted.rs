@@ -84,6 +84,7 @@ impl crate::services::Host for NodeHost {
         &self,
         entity: &str,
         writes: Vec<(String, Option<String>)>,
+        archive: Vec<crate::state::ArchiveEntry>,
         then: Box<dyn FnOnce(bool) + Send>,
     ) {
         let Some(ctx) = self.ctx.upgrade() else {
@@ -93,6 +94,8 @@ impl crate::services::Host for NodeHost {
             entity: entity.to_string(),
             node: self.node,
             writes,
+            archive,
+            quota_bytes: ctx.config.mam.quota_bytes,
         };
         let entity = entity.to_string();
         // Queued in call order: one entity's writes commit in order.
@@ -127,6 +130,13 @@ impl crate::services::Host for NodeHost {
                 }
             }
         });
+    }
+
+    fn archive_query(&self, owner: &str, iq: &Element) -> Vec<Element> {
+        match self.ctx.upgrade() {
+            Some(ctx) => crate::modules::mam::query_for(&ctx, owner, iq),
+            None => Vec::new(),
+        }
     }
 
     fn session_gone(&self, full: &str) -> bool {

@@ -161,6 +161,12 @@ pub enum Command {
         entity: String,
         node: u64,
         writes: Vec<(String, Option<String>)>,
+        /// Messages into the entity's own archive (XEP-0313 on a room),
+        /// with the owner's byte quota (0: no limit).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        archive: Vec<ArchiveEntry>,
+        #[serde(default)]
+        quota_bytes: u64,
     },
     /// XEP-0313: messages into their owners' archives, many per log entry.
     /// An owner past `quota_bytes` (0: no limit) keeps what it has and
@@ -676,6 +682,8 @@ impl State {
                 entity,
                 node,
                 writes,
+                archive,
+                quota_bytes,
             } => {
                 if self.hosted_owner(entity) != Some(*node) {
                     return Err(StateError::Superseded(entity.clone()));
@@ -684,6 +692,9 @@ impl State {
                     self.components.remove(entity.as_bytes())?;
                 }
                 if entity.contains('@') {
+                    let own: Vec<&ArchiveEntry> =
+                        archive.iter().filter(|e| &e.user == entity).collect();
+                    self.append_archive(&own, *quota_bytes, &mut applied, Some(entity))?;
                     for (key, value) in writes {
                         let k = data_key(entity, "hosted", key);
                         match value {
@@ -706,62 +717,8 @@ impl State {
                 entries,
                 quota_bytes,
             } => {
-                // Each owner's byte count is read and written once per
-                // batch, in a tree of its own (a key every message reads
-                // and writes makes sled rebuild its page for each reader).
-                let mut used: std::collections::HashMap<&str, u64> =
-                    std::collections::HashMap::new();
-                // Each owner's last position, as this batch moves it.
-                let mut last: std::collections::HashMap<&str, Option<u64>> =
-                    std::collections::HashMap::new();
-                let commit_order = self
-                    .archive_commit_order
-                    .load(std::sync::atomic::Ordering::Acquire);
-                for e in entries {
-                    // Written after the account was deleted: nobody's.
-                    if !self.account_exists(&e.user) {
-                        applied.refused.push(e.id);
-                        continue;
-                    }
-                    // In commit order (archive::place); a replayed entry
-                    // is already there and counts once.
-                    let l = last.entry(e.user.as_str()).or_insert(None);
-                    let mut moved_last = *l;
-                    let writes = match archive::place(
-                        &self.archive,
-                        e,
-                        &mut moved_last,
-                        commit_order,
-                    )? {
-                        archive::Placed::Replay => continue,
-                        archive::Placed::Refused => {
-                            tracing::warn!(user = %e.user, id = e.id, "an archive id that names another message; not archived");
-                            applied.refused.push(e.id);
-                            continue;
-                        }
-                        archive::Placed::Write(w) => w,
-                    };
-                    let u = match used.get_mut(e.user.as_str()) {
-                        Some(u) => u,
-                        None => used
-                            .entry(e.user.as_str())
-                            .or_insert(self.archive_bytes(&e.user)?),
-                    };
-                    let size: u64 = writes.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
-                    if *quota_bytes > 0 && *u + size > *quota_bytes {
-                        applied.refused.push(e.id);
-                        continue;
-                    }
-                    *l = moved_last;
-                    for (k, v) in writes {
-                        self.archive.insert(k, v)?;
-                    }
-                    *u += size;
-                }
-                for (user, n) in used {
-                    self.archive_used
-                        .insert(user.as_bytes(), &n.to_be_bytes())?;
-                }
+                let all: Vec<&ArchiveEntry> = entries.iter().collect();
+                self.append_archive(&all, *quota_bytes, &mut applied, None)?;
             }
             Command::SetArchivePrefs { username, prefs } => {
                 self.user_data.insert(
@@ -805,6 +762,69 @@ impl State {
     pub fn component(&self, domain: &str) -> Option<(u64, u64)> {
         let v = self.components.get(domain.as_bytes()).ok()??;
         serde_json::from_slice(&v).ok()
+    }
+
+    /// XEP-0313: messages into their owners' archives, in commit order
+    /// (`archive::place`); `hosted`: an entity that owns an archive of its
+    /// own (a group-chat room), besides accounts.
+    fn append_archive(
+        &self,
+        entries: &[&ArchiveEntry],
+        quota_bytes: u64,
+        applied: &mut Applied,
+        hosted: Option<&str>,
+    ) -> Result<(), StateError> {
+        // Each owner's byte count is read and written once per
+        // batch, in a tree of its own (a key every message reads
+        // and writes makes sled rebuild its page for each reader).
+        let mut used: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        // Each owner's last position, as this batch moves it.
+        let mut last: std::collections::HashMap<&str, Option<u64>> =
+            std::collections::HashMap::new();
+        let commit_order = self
+            .archive_commit_order
+            .load(std::sync::atomic::Ordering::Acquire);
+        for e in entries.iter().copied() {
+            // Written after the account was deleted: nobody's.
+            if !(self.account_exists(&e.user) || hosted == Some(e.user.as_str())) {
+                applied.refused.push(e.id);
+                continue;
+            }
+            // In commit order (archive::place); a replayed entry
+            // is already there and counts once.
+            let l = last.entry(e.user.as_str()).or_insert(None);
+            let mut moved_last = *l;
+            let writes = match archive::place(&self.archive, e, &mut moved_last, commit_order)? {
+                archive::Placed::Replay => continue,
+                archive::Placed::Refused => {
+                    tracing::warn!(user = %e.user, id = e.id, "an archive id that names another message; not archived");
+                    applied.refused.push(e.id);
+                    continue;
+                }
+                archive::Placed::Write(w) => w,
+            };
+            let u = match used.get_mut(e.user.as_str()) {
+                Some(u) => u,
+                None => used
+                    .entry(e.user.as_str())
+                    .or_insert(self.archive_bytes(&e.user)?),
+            };
+            let size: u64 = writes.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+            if quota_bytes > 0 && *u + size > quota_bytes {
+                applied.refused.push(e.id);
+                continue;
+            }
+            *l = moved_last;
+            for (k, v) in writes {
+                self.archive.insert(k, v)?;
+            }
+            *u += size;
+        }
+        for (user, n) in used {
+            self.archive_used
+                .insert(user.as_bytes(), &n.to_be_bytes())?;
+        }
+        Ok(())
     }
 
     /// A hosted entity's records (`Command::HostedWrite`), by key.

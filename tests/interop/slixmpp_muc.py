@@ -17,6 +17,8 @@ import sys
 import slixmpp
 from slixmpp import JID
 from slixmpp.exceptions import IqError, PresenceError
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import StanzaPath
 
 DOMAIN, MUCD = sys.argv[1:3]
 USERS = [sys.argv[3 + 3 * i: 6 + 3 * i] for i in range(4)]
@@ -34,8 +36,12 @@ class Client(slixmpp.ClientXMPP):
         self.ssl_context.verify_mode = ssl.CERT_NONE
         self.enable_direct_tls = False
         self.enable_plaintext = False
-        for p in ["xep_0030", "xep_0004", "xep_0045", "xep_0199", "xep_0203"]:
+        for p in ["xep_0030", "xep_0004", "xep_0045", "xep_0059", "xep_0199", "xep_0203", "xep_0313"]:
             self.register_plugin(p)
+        self.results = {}
+        self.register_handler(
+            Callback("mam results", StanzaPath("message/mam_result"), self.on_result)
+        )
         self.online = asyncio.Event()
         self.groupchat = asyncio.Queue()
         self.private = asyncio.Queue()
@@ -52,6 +58,12 @@ class Client(slixmpp.ClientXMPP):
     async def on_start(self, _):
         self.send_presence()
         self.online.set()
+
+    def on_result(self, m):
+        r = m["mam_result"]
+        self.results.setdefault(r["queryid"], []).append(
+            (str(m["from"]), r["id"], r["forwarded"]["stanza"]["body"], str(r["forwarded"]["stanza"]["from"]))
+        )
 
     def on_groupchat(self, m):
         if m["body"]:
@@ -172,6 +184,28 @@ async def main():
         check(m.xml.find(f"{{{OID}}}occupant-id") is not None, "occupant-id on message")
     check(len(ids) == 1, f"everyone sees the same stanza-id {ids}")
     print("OK message to all", flush=True)
+
+    # The room's archive (XEP-0313 on the room JID): results come from the
+    # room, with the ids everyone saw as the room's stanza-id.
+    info = await bob.plugin["xep_0030"].get_info(jid=ROOM, timeout=T)
+    check("urn:xmpp:mam:2" in info["disco_info"]["features"], "room advertises MAM")
+    async def mam(c, **rsm):
+        iq = c.make_iq_set(ito=ROOM)
+        qid = iq["id"]
+        iq["mam"]["queryid"] = qid
+        for k, v in rsm.items():
+            iq["mam"]["rsm"][k] = v
+        res = await iq.send(timeout=T)
+        return res["mam_fin"], c.results.pop(qid, [])
+    fin, page1 = await mam(bob, max="1")
+    check([b for (_, _, b, _) in page1] == ["first"], f"first page {page1}")
+    check(page1[0][0] == str(ROOM), f"results come from the room: {page1[0][0]}")
+    check(page1[0][3] == f"{ROOM}/alice", f"archived from the nick: {page1[0][3]}")
+    check(fin["complete"] is not True and fin["complete"] != "true", "first page is not the last")
+    fin, page2 = await mam(bob, max="10", after=fin["rsm"]["last"])
+    check([b for (_, _, b, _) in page2] == ["hello room"], f"second page {page2}")
+    check(page2[0][1] in ids, f"archive id {page2[0][1]} is the stanza-id {ids}")
+    print("OK room archive", flush=True)
 
     # The subject, set by an occupant (the room allows it).
     muc[bob].set_subject(ROOM, "Today: MUC")
