@@ -64,9 +64,9 @@ pub trait Elsewhere: Send + Sync {
     /// false if it is not (any more).
     fn to_component_here(&self, ctx: &ServerCtx, stanza: &Element, domain: &str) -> bool;
     /// A stanza for an entity of a hosted service (a group-chat room):
-    /// `relayed` to this node as its owner, or given back by a dead node
-    /// (then served again, wherever the entity lives now).
-    fn to_hosted(&self, ctx: &ServerCtx, stanza: Element, domain: &str, relayed: bool);
+    /// relayed to this node as its owner (`hops` nodes so far), or given
+    /// back by a dead node (0: served again, wherever the entity lives).
+    fn to_hosted(&self, ctx: &ServerCtx, stanza: Element, domain: &str, hops: u8);
     /// Answer a local sender with an error (never an error for an error).
     fn bounce_local(
         &self,
@@ -179,6 +179,10 @@ pub enum Relay {
     Hosted {
         domain: String,
         xml: String,
+        /// Nodes it went through (an owner that moved meanwhile passes it
+        /// on); bounded.
+        #[serde(default)]
+        hops: u8,
     },
 }
 
@@ -422,7 +426,7 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
             return answer(receipt, false);
         }
     };
-    if let Relay::Hosted { domain, xml } = &msg {
+    if let Relay::Hosted { domain, xml, .. } = &msg {
         let Ok(el) = crate::xml::parse_fragment(xml) else {
             tracing::warn!(node, "returned hosted relay is not XML; dropped");
             return answer(receipt, true);
@@ -443,7 +447,7 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
             return answer(receipt, true);
         }
         // The entity's node died with it queued: the entity lives on.
-        ctx.elsewhere.to_hosted(&ctx, el, domain, false);
+        ctx.elsewhere.to_hosted(&ctx, el, domain, 0);
         return answer(receipt, true);
     }
     let Relay::Stanza {
@@ -762,8 +766,8 @@ pub async fn serve_relays(
                     }
                 }
             }
-            Relay::Hosted { domain, xml } => match crate::xml::parse_fragment(&xml) {
-                Ok(el) => ctx.elsewhere.to_hosted(&ctx, el, &domain, true),
+            Relay::Hosted { domain, xml, hops } => match crate::xml::parse_fragment(&xml) {
+                Ok(el) => ctx.elsewhere.to_hosted(&ctx, el, &domain, hops.max(1)),
                 Err(e) => {
                     tracing::warn!(from, error = %e, "relayed hosted stanza dropped: bad XML")
                 }

@@ -42,8 +42,9 @@ pub trait Host: Send + Sync {
     /// owner once the claim is applied (this node, or an earlier
     /// claimer), or None if the cluster could not commit.
     fn claim(&self, entity: &str, then: Box<dyn FnOnce(Option<u64>) + Send>);
-    /// Pass a stanza for an entity of `domain` to its owner `node`.
-    fn relay(&self, node: u64, domain: &str, stanza: &Element);
+    /// Pass a stanza for an entity of `domain` to its owner `node`
+    /// (`hops`: nodes it went through, this one included).
+    fn relay(&self, node: u64, domain: &str, stanza: &Element, hops: u8);
     /// Where the service starts its actors.
     fn arbiter(&self) -> Option<actix_rt::ArbiterHandle>;
     /// An entity's replicated records, by key (this node's replica).
@@ -157,9 +158,10 @@ impl Services {
 
     /// Serve a stanza addressed to `domain` (or an entity on it): answers
     /// and stanzas for the entity's owner go out through `host`.
-    /// `relayed`: it came from another node, which took this node for the
-    /// owner (it is not passed on again).
-    pub fn serve(&self, domain: &str, stanza: Element, host: &Arc<dyn Host>, relayed: bool) {
+    /// `hops`: how many nodes it went through (another node took this one
+    /// for the owner; an owner that moved meanwhile gets it passed on, a
+    /// few times at most).
+    pub fn serve(&self, domain: &str, stanza: Element, host: &Arc<dyn Host>, hops: u8) {
         let Some(service) = self.by_domain.get(&domain.to_ascii_lowercase()) else {
             if let Some(e) = bounce(&stanza, StanzaCondition::ServiceUnavailable) {
                 host.send(e);
@@ -173,7 +175,7 @@ impl Services {
             .map(|j| j.to_bare().to_string());
         match entity {
             Some(entity) if service.owns_entities() => {
-                to_entity(service.clone(), domain, entity, stanza, host, relayed)
+                to_entity(service.clone(), domain, entity, stanza, host, hops)
             }
             _ => {
                 for out in self.handle(domain, &stanza) {
@@ -306,6 +308,9 @@ impl Services {
     }
 }
 
+/// How often a stanza for an entity is passed between nodes.
+const MAX_HOPS: u8 = 3;
+
 /// A stanza for `entity` of a service whose entities live on one node each.
 fn to_entity(
     service: Arc<dyn HostedService>,
@@ -313,14 +318,14 @@ fn to_entity(
     entity: String,
     stanza: Element,
     host: &Arc<dyn Host>,
-    relayed: bool,
+    hops: u8,
 ) {
     let me = host.node();
     match host.owner(&entity) {
         Some(n) if n == me => service.take(stanza, host),
-        Some(n) if !relayed => host.relay(n, domain, &stanza),
+        Some(n) if hops < MAX_HOPS => host.relay(n, domain, &stanza, hops + 1),
         Some(n) => {
-            tracing::info!(%entity, owner = n, "hosted stanza dropped: relayed to a node that is not the owner");
+            tracing::info!(%entity, owner = n, hops, "hosted stanza dropped: passed between nodes too often");
             if let Some(e) = bounce(&stanza, StanzaCondition::ServiceUnavailable) {
                 host.send(e);
             }
@@ -332,7 +337,7 @@ fn to_entity(
                 &entity.clone(),
                 Box::new(move |owner| match owner {
                     Some(n) if n == h.node() => service.take(stanza, &h),
-                    Some(n) => h.relay(n, &domain, &stanza),
+                    Some(n) => h.relay(n, &domain, &stanza, hops + 1),
                     None => {
                         tracing::info!(%entity, "hosted stanza dropped: no commit for the claim");
                         if let Some(e) = bounce(&stanza, StanzaCondition::ServiceUnavailable) {

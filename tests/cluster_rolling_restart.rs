@@ -2,7 +2,9 @@
 //! stream-management clients exchanging messages continuously while every
 //! node in turn gets SIGTERM (drain) and starts again. Each client resumes
 //! wherever HAProxy sends it; every message is delivered exactly once,
-//! counted by id.
+//! counted by id. Our 16 clients also sit in one group-chat room
+//! (XEP-0045) and talk there: the room moves with each drain, nobody
+//! leaves it, and every occupant gets every message to the room once.
 mod common;
 use common::*;
 use std::collections::{HashMap, VecDeque};
@@ -23,6 +25,8 @@ const MESH_PORT: u16 = 11222;
 /// Users taking part: u0..u15 are our own test clients, u16..u19 slixmpp's.
 const CLIENTS: usize = 20;
 const OURS: usize = 16;
+/// The room our clients share.
+const ROOM: &str = "rolling@conference.localhost";
 
 fn start_node(i: u64, dir: tempfile::TempDir) -> Server {
     // ROLLING_LOG_LEVEL="info,stanza=trace,starling::route=trace"
@@ -172,6 +176,25 @@ impl SmClient {
             Some(w) => w.try_send(xml).await,
             None => false,
         }
+    }
+
+    /// Enter the room (no history: every message is counted live).
+    async fn join_room(&mut self) {
+        let xml = format!(
+            "<presence to='{ROOM}/{}'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>",
+            self.user
+        );
+        self.unacked.push_back(xml.clone());
+        self.write(&xml).await;
+    }
+
+    /// A message to everyone in the room.
+    async fn send_groupchat(&mut self, id: &str) {
+        let xml =
+            format!("<message to='{ROOM}' type='groupchat' id='{id}'><body>{id}</body></message>");
+        self.unacked.push_back(xml.clone());
+        self.sent = self.sent.wrapping_add(1);
+        self.write(&xml).await;
     }
 
     async fn send_message(&mut self, to: &str, id: &str) {
@@ -374,14 +397,21 @@ async fn rolling_restart_loses_nothing() {
         tasks.push(tokio::spawn(async move {
             let me = format!("u{u}");
             let mut c = SmClient::connect(&me).await;
+            c.join_room().await;
             barrier.wait().await;
             let mut got = Vec::new();
             let mut k = 0u32;
             while Instant::now() < traffic_until {
-                let to = format!("u{}", (u + 1 + (k as usize % (CLIENTS - 1))) % CLIENTS);
-                let id = format!("{me}-{k}");
-                sent.lock().unwrap().insert(id.clone(), to.clone());
-                c.send_message(&to, &id).await;
+                if k % 4 == 3 {
+                    let id = format!("{me}-g{k}");
+                    sent.lock().unwrap().insert(id.clone(), ROOM.to_string());
+                    c.send_groupchat(&id).await;
+                } else {
+                    let to = format!("u{}", (u + 1 + (k as usize % (CLIENTS - 1))) % CLIENTS);
+                    let id = format!("{me}-{k}");
+                    sent.lock().unwrap().insert(id.clone(), to.clone());
+                    c.send_message(&to, &id).await;
+                }
                 k += 1;
                 c.pump(Instant::now() + Duration::from_millis(250), &mut got)
                     .await;
@@ -509,11 +539,27 @@ async fn rolling_restart_loses_nothing() {
             *count.entry(id.as_str()).or_default() += 1;
         }
     }
+    // A message to the room reaches each of our 16 occupants once.
+    let to_room = |id: &str| sent.get(id).is_some_and(|to| to == ROOM);
     let missing: Vec<_> = sent
         .keys()
         .filter(|id| !count.contains_key(id.as_str()))
         .collect();
-    let dup: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    let dup: Vec<_> = count
+        .iter()
+        .filter(|(id, n)| **n > 1 && !to_room(id))
+        .collect();
+    let room_sent = sent.values().filter(|to| *to == ROOM).count();
+    let room_wrong: Vec<_> = sent
+        .keys()
+        .filter(|id| to_room(id))
+        .map(|id| (id, count.get(id.as_str()).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n != OURS)
+        .collect();
+    eprintln!(
+        "rolling restart, group chat: {room_sent} messages to the room, {} not delivered to all {OURS} occupants exactly once",
+        room_wrong.len()
+    );
     eprintln!(
         "rolling restart: {} messages sent (and {slix_unacked} by slixmpp never acknowledged), {} delivered, {} missing, {} duplicated; slixmpp resumed {} times",
         sent.len(),
@@ -539,5 +585,12 @@ async fn rolling_restart_loses_nothing() {
         dup.is_empty(),
         "duplicates: {:?}",
         &dup[..dup.len().min(10)]
+    );
+    assert!(room_sent > 50, "enough group chat: {room_sent}");
+    assert!(
+        room_wrong.is_empty(),
+        "{} of {room_sent} messages to the room not delivered to every occupant exactly once (id, deliveries): {:?}",
+        room_wrong.len(),
+        &room_wrong[..room_wrong.len().min(10)]
     );
 }

@@ -59,7 +59,7 @@ impl crate::services::Host for NodeHost {
         });
     }
 
-    fn relay(&self, node: u64, domain: &str, stanza: &Element) {
+    fn relay(&self, node: u64, domain: &str, stanza: &Element, hops: u8) {
         let Some(ctx) = self.ctx.upgrade() else {
             return;
         };
@@ -69,6 +69,7 @@ impl crate::services::Host for NodeHost {
             &crate::route::Relay::Hosted {
                 domain: domain.to_string(),
                 xml: stanza.to_xml(ns::CLIENT),
+                hops,
             },
         );
     }

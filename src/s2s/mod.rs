@@ -160,9 +160,9 @@ impl crate::route::Elsewhere for Transports {
         crate::component::deliver_here(ctx, stanza, domain)
     }
 
-    fn to_hosted(&self, ctx: &ServerCtx, stanza: Element, domain: &str, relayed: bool) {
+    fn to_hosted(&self, ctx: &ServerCtx, stanza: Element, domain: &str, hops: u8) {
         if let Some(host) = hosted::host(ctx) {
-            ctx.services.serve(domain, stanza, &host, relayed);
+            ctx.services.serve(domain, stanza, &host, hops);
         }
     }
 
@@ -177,7 +177,7 @@ impl crate::route::Elsewhere for Transports {
 /// addressed, like a component's stanzas.
 fn serve_hosted(ctx: &ServerCtx, domain: &str, stanza: Element) {
     if let Some(host) = hosted::host(ctx) {
-        ctx.services.serve(domain, stanza, &host, false);
+        ctx.services.serve(domain, stanza, &host, 0);
     }
 }
 
