@@ -8,7 +8,10 @@
 //! - `login`: logins per second (many in flight);
 //! - `messages`: chat messages between random pairs (or ping-pong) at a
 //!   fixed offered rate; throughput, latency p50/p99/p99.9 (HDR histogram),
-//!   errors.
+//!   errors. With `--mode room`, every user enters one group-chat room
+//!   (XEP-0045, `--room`) and random occupants send to it at the offered
+//!   rate: the report counts deliveries to occupants (fan-out) per second
+//!   and their latency.
 //!
 //! Server CPU seconds and resident memory come from /proc of the PIDs given
 //! with `--pid` (several for a cluster); the driver reports its own CPU too,
@@ -71,9 +74,13 @@ struct Args {
     rate: u64,
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// pairs (random sender and recipient) | pingpong (each reply triggers the next)
+    /// pairs (random sender and recipient) | pingpong (each reply triggers
+    /// the next) | room (everyone in one group-chat room)
     #[arg(long, default_value = "pairs")]
     mode: String,
+    /// The room for `--mode room` (default: bench@conference.DOMAIN).
+    #[arg(long)]
+    room: Option<String>,
     /// Server process ids for CPU and memory (several for a cluster).
     #[arg(long)]
     pid: Vec<u32>,
@@ -650,6 +657,14 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
     let mut writers: Vec<Option<mpsc::Sender<String>>> = Vec::new();
     let (pong_tx, mut pong_rx) = mpsc::unbounded_channel::<usize>();
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let room_mode = args.mode == "room";
+    let room = args
+        .room
+        .clone()
+        .unwrap_or_else(|| format!("bench@conference.{}", args.domain));
+    // Room mode: each reader says when its user is in the room (true) or
+    // was refused (false).
+    let (joined_tx, mut joined_rx) = mpsc::unbounded_channel::<bool>();
     for (i, c) in conns.into_iter().enumerate() {
         let Some(c) = c else {
             writers.push(None);
@@ -676,6 +691,8 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
         let pong = pong_tx.clone();
         let measuring = measuring.clone();
         let ctx2 = ctx.clone();
+        let joined = joined_tx.clone();
+        let own_nick = format!("{room}/{}{i}", args.prefix);
         // With --resume: stanzas handled since <enabled/>, for the <a/>s.
         let acker = writers.last().cloned().flatten().filter(|_| args.resume);
         let mut handled: Option<u32> = None;
@@ -698,6 +715,21 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
                     }
                 }
                 match ev {
+                    Ok(StreamEvent::Stanza(e))
+                        if e.name == "presence" && e.attr("from") == Some(own_nick.as_str()) =>
+                    {
+                        let me = e
+                            .get_child("x", "http://jabber.org/protocol/muc#user")
+                            .is_some_and(|x| {
+                                x.elements()
+                                    .any(|s| s.name == "status" && s.attr("code") == Some("110"))
+                            });
+                        if e.attr("type") == Some("error") {
+                            let _ = joined.send(false);
+                        } else if me && e.attr("type").is_none() {
+                            let _ = joined.send(true);
+                        }
+                    }
                     Ok(StreamEvent::Stanza(e)) if e.name == "message" => {
                         if e.attr("type") == Some("error") {
                             ctx2.errors.fetch_add(1, Ordering::Relaxed);
@@ -748,12 +780,71 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
         );
         return;
     }
+    // Room mode: everyone enters (a few at a time), the first one takes
+    // the room as it is (an instant room, XEP-0045 §10.1.2, which also
+    // unlocks a server that locks new rooms).
+    let mut occupants = 1u64;
+    if room_mode {
+        let t = Instant::now();
+        let mut ok = 0u64;
+        let mut refused_joins = 0u64;
+        let join = |i: usize| {
+            let xml = format!(
+                "<presence to='{room}/{}{i}'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>",
+                args.prefix
+            );
+            if let Some(Some(w)) = writers.get(i) {
+                let _ = w.try_send(xml);
+            }
+        };
+        join(live[0]);
+        match tokio::time::timeout(Duration::from_secs(30), joined_rx.recv()).await {
+            Ok(Some(true)) => ok += 1,
+            _ => refused_joins += 1,
+        }
+        if let Some(Some(w)) = writers.get(live[0]) {
+            let _ = w.try_send(format!(
+                "<iq type='set' id='instant' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut next = 1;
+        let mut in_flight = 0;
+        while ok + refused_joins < live.len() as u64 && t.elapsed() < Duration::from_secs(300) {
+            while in_flight < 32 && next < live.len() {
+                join(live[next]);
+                next += 1;
+                in_flight += 1;
+            }
+            match tokio::time::timeout(Duration::from_secs(30), joined_rx.recv()).await {
+                Ok(Some(true)) => ok += 1,
+                Ok(Some(false)) => refused_joins += 1,
+                _ => break,
+            }
+            in_flight -= 1;
+        }
+        occupants = ok.max(1);
+        report.add(
+            "occupants",
+            ok.to_string(),
+            format!(
+                "{ok} occupants entered {room} in {:.1} s ({refused_joins} refused)",
+                t.elapsed().as_secs_f64()
+            ),
+        );
+        // Presence of the late joiners reaches everyone first.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let send = |from: usize, to: usize| {
         let body = format!("{} {from}", epoch.elapsed().as_micros());
-        let xml = format!(
-            "<message to='{}{to}@{}/load' type='chat'><body>{body}</body></message>",
-            args.prefix, args.domain
-        );
+        let xml = if room_mode {
+            format!("<message to='{room}' type='groupchat'><body>{body}</body></message>")
+        } else {
+            format!(
+                "<message to='{}{to}@{}/load' type='chat'><body>{body}</body></message>",
+                args.prefix, args.domain
+            )
+        };
         if let Some(Some(w)) = writers.get(from) {
             if w.try_send(xml).is_err() {
                 ctx.errors.fetch_add(1, Ordering::Relaxed);
@@ -833,7 +924,8 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
     let measured_for = start.elapsed().as_secs_f64() - 1.0;
     // Let stragglers arrive (bounded).
     let wait = Instant::now();
-    while received.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed) < sent_measured
+    while received.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed)
+        < sent_measured * occupants
         && wait.elapsed() < Duration::from_secs(5)
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -863,10 +955,24 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
             measured_for
         ),
     );
+    if room_mode {
+        report.add(
+            "room_msgs_per_sec",
+            format!("{:.0}", sent_measured as f64 / measured_for),
+            format!(
+                "{sent_measured} messages to the room measured ({sent} sent in all), to {occupants} occupants each"
+            ),
+        );
+    }
     report.add(
         "msgs_per_sec",
         format!("{throughput:.0}"),
-        format!("delivered {got} of {sent_measured} measured ({sent} sent in all) = {throughput:.0} msg/s"),
+        format!(
+            "delivered {got} of {} measured{} = {throughput:.0} {}/s",
+            sent_measured * occupants,
+            if room_mode { " deliveries" } else { "" },
+            if room_mode { "deliveries" } else { "msg" }
+        ),
     );
     report.add(
         "p50_ms",
@@ -911,7 +1017,7 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
         refused.to_string(),
         format!("refused with an error reply (not lost, not delivered): {refused}"),
     );
-    let lost = sent_measured.saturating_sub(got + refused);
+    let lost = (sent_measured * occupants).saturating_sub(got + refused);
     report.add(
         "lost",
         lost.to_string(),
