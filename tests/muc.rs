@@ -54,6 +54,7 @@ fn run_muc_script(nodes: &[&Server]) -> String {
         "OK nick conflict",
         "OK message to all",
         "OK room archive",
+        "OK two devices one nick",
         "OK subject",
         "OK private message",
         "OK nick change",

@@ -122,6 +122,10 @@ struct Occupant {
     presence: Element,
     /// XEP-0421: stable for one real bare JID in this room.
     occupant_id: String,
+    /// Other sessions of the same account under the same nick (a phone
+    /// and a desktop): each gets a copy of what the room sends `real`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    mirrors: Vec<String>,
 }
 
 pub struct Room {
@@ -204,6 +208,9 @@ mod xml_text {
 }
 
 const META: &str = "meta";
+
+/// Sessions of one account under one nick.
+const MAX_SESSIONS: usize = 8;
 
 fn occupant_key(nick: &str) -> String {
     format!("o/{nick}")
@@ -302,6 +309,18 @@ impl Handler<Sweep> for Room {
     fn handle(&mut self, _: Sweep, ctx: &mut Context<Self>) {
         if self.retired {
             return;
+        }
+        // Sessions of multi-session occupants first, then occupants.
+        let sessions: Vec<String> = self
+            .occupants
+            .values()
+            .filter(|o| !o.mirrors.is_empty())
+            .flat_map(|o| std::iter::once(&o.real).chain(o.mirrors.iter()))
+            .filter(|s| self.host.session_gone(s))
+            .cloned()
+            .collect();
+        for s in sessions {
+            self.drop_session(&s, &[333]);
         }
         let gone: Vec<String> = self
             .occupants
@@ -444,6 +463,9 @@ impl Room {
             } else if let Some(nick) = key.strip_prefix("o/") {
                 if let Ok(o) = serde_json::from_str::<Occupant>(&value) {
                     self.by_real.insert(o.real.clone(), nick.to_string());
+                    for m in &o.mirrors {
+                        self.by_real.insert(m.clone(), nick.to_string());
+                    }
                     self.occupants.insert(nick.to_string(), o);
                 }
             } else if let Some(seq) = key.strip_prefix("h/").and_then(|s| s.parse::<u64>().ok()) {
@@ -550,7 +572,91 @@ impl Room {
     /// Queue a stanza: it goes out once the changes made with it are
     /// committed.
     fn send(&self, el: Element) {
-        self.out.borrow_mut().push(el);
+        let mirrors = el
+            .attr("to")
+            .and_then(|to| {
+                let nick = self.by_real.get(to)?;
+                self.occupants.get(nick).filter(|o| o.real == to)
+            })
+            .map(|o| o.mirrors.clone())
+            .unwrap_or_default();
+        let mut out = self.out.borrow_mut();
+        for m in mirrors {
+            let mut copy = el.clone();
+            copy.set_attr("to", m);
+            out.push(copy);
+        }
+        out.push(el);
+    }
+
+    /// Another session of an occupant's account enters under its nick
+    /// (multi-session nicks): only that session gets the join sequence.
+    fn add_session(&mut self, from: &str, nick: &str, p: Element) {
+        if let Some(o) = self.occupants.get_mut(nick) {
+            o.mirrors.push(from.to_string());
+        }
+        self.by_real.insert(from.to_string(), nick.to_string());
+        self.dirty_nicks.insert(nick.to_string());
+        tracing::info!(%nick, "another session entered under the same nick");
+        for other in self.occupants.keys().filter(|n| n.as_str() != nick) {
+            if let Some(mut pr) = self.presence_of(other, nick, &[]) {
+                pr.set_attr("to", from);
+                self.out.borrow_mut().push(pr);
+            }
+        }
+        let mut codes = vec![110];
+        if self.config.whois == Whois::Anyone {
+            codes.push(100);
+        }
+        if let Some(mut own) = self.presence_of(nick, nick, &codes) {
+            own.set_attr("to", from);
+            if let Some(id) = p.attr("id") {
+                own.set_attr("id", id);
+            }
+            self.out.borrow_mut().push(own);
+        }
+        let history = p
+            .get_child("x", MUC)
+            .and_then(|x| x.get_child("history", MUC))
+            .cloned();
+        // Sent straight to this session (not mirrored to the others).
+        let before = self.out.borrow().len();
+        self.send_history(from, history.as_ref());
+        self.send_subject(from);
+        let mut out = self.out.borrow_mut();
+        let added: Vec<Element> = out
+            .drain(before..)
+            .filter(|e| e.attr("to") == Some(from))
+            .collect();
+        out.extend(added);
+    }
+
+    /// One session of a multi-session occupant leaves; true if it was one
+    /// of several (the occupant stays).
+    fn drop_session(&mut self, from: &str, codes: &[u16]) -> bool {
+        let Some(nick) = self.by_real.get(from).cloned() else {
+            return false;
+        };
+        let Some(o) = self.occupants.get_mut(&nick) else {
+            return false;
+        };
+        if o.mirrors.is_empty() {
+            return false;
+        }
+        if o.real == from {
+            o.real = o.mirrors.remove(0);
+        } else {
+            o.mirrors.retain(|m| m != from);
+        }
+        self.by_real.remove(from);
+        self.dirty_nicks.insert(nick.clone());
+        let mut to_self = codes.to_vec();
+        to_self.push(110);
+        if let Some(o) = self.occupants.get(&nick) {
+            let p = self.gone_presence(&nick, o, from, true, &to_self, Vec::new());
+            self.out.borrow_mut().push(p);
+        }
+        true
     }
 
     fn reply_error(&self, stanza: &Element, condition: StanzaCondition, text: Option<&str>) {
@@ -685,11 +791,20 @@ impl Room {
         };
         self.dirty_nicks.insert(nick.to_string());
         self.by_real.remove(&o.real);
+        for m in &o.mirrors {
+            self.by_real.remove(m);
+        }
         let mut to_self = codes.to_vec();
         to_self.push(110);
         let mut p = self.gone_presence(nick, &o, &o.real, true, &to_self, extra.clone());
         if let Some(s) = status {
             p.push_child(s.clone());
+        }
+        // Out of the table already: its other sessions are told here.
+        for m in &o.mirrors {
+            let mut copy = p.clone();
+            copy.set_attr("to", m.clone());
+            self.send(copy);
         }
         self.send(p);
         for v in self.occupants.values() {
@@ -737,6 +852,9 @@ impl Room {
                 }
             }
             Some("unavailable") => {
+                if self.drop_session(&from, &[]) {
+                    return;
+                }
                 if let Some(cur) = self.by_real.get(&from).cloned() {
                     let status = p.get_child("status", ns::CLIENT).cloned();
                     self.remove_occupant(&cur, &[], Vec::new(), status.as_ref());
@@ -745,6 +863,9 @@ impl Room {
             // An occupant's client answered with an error: it is gone
             // (§7.2, "kicked for an error", status 333).
             Some("error") => {
+                if self.drop_session(&from, &[333]) {
+                    return;
+                }
                 if let Some(cur) = self.by_real.get(&from).cloned() {
                     self.remove_occupant(&cur, &[333], Vec::new(), None);
                 }
@@ -782,7 +903,11 @@ impl Room {
                 Some("members only"),
             );
         }
-        if self.occupants.contains_key(nick) {
+        if let Some(o) = self.occupants.get(nick) {
+            // The same account again (another device): one occupant.
+            if bare_of(&o.real) == bare_of(from) && o.mirrors.len() < MAX_SESSIONS {
+                return self.add_session(from, nick, p);
+            }
             return self.reply_error(&p, StanzaCondition::Conflict, Some("that nick is taken"));
         }
         if self.occupants.len() >= self.config.max_users && aff < Affiliation::Admin {
@@ -820,6 +945,7 @@ impl Room {
             role: self.default_role(aff),
             presence: Self::kept_presence(&p),
             occupant_id: self.occupant_id(from),
+            mirrors: Vec::new(),
         };
         self.occupants.insert(nick.to_string(), occupant);
         self.dirty_nicks.insert(nick.to_string());
@@ -984,10 +1110,21 @@ impl Room {
                     item.set_attr("role", o.role.name());
                 }
             }
+            // Its other sessions (out of the table for the moment).
+            if v.real == o.real {
+                for m in &o.mirrors {
+                    let mut copy = gone.clone();
+                    copy.set_attr("to", m.clone());
+                    self.send(copy);
+                }
+            }
             self.send(gone);
         }
         o.presence = Self::kept_presence(&p);
         self.by_real.insert(o.real.clone(), new.to_string());
+        for m in &o.mirrors {
+            self.by_real.insert(m.clone(), new.to_string());
+        }
         self.occupants.insert(new.to_string(), o);
         self.dirty_nicks.insert(old.to_string());
         self.dirty_nicks.insert(new.to_string());
@@ -1510,6 +1647,12 @@ impl Room {
                         )
                         .with_child(destroy.clone()),
                 );
+                for m in &o.mirrors {
+                    self.by_real.remove(m);
+                    let mut copy = p.clone();
+                    copy.set_attr("to", m.clone());
+                    self.send(copy);
+                }
                 self.send(p);
             }
         }

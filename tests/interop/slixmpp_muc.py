@@ -185,6 +185,31 @@ async def main():
     check(len(ids) == 1, f"everyone sees the same stanza-id {ids}")
     print("OK message to all", flush=True)
 
+    # A second device of alice's account enters under the same nick: one
+    # occupant; both sessions get what the room sends; the phone leaving
+    # is not alice leaving.
+    addr, user, pw = USERS[0]
+    host, port = addr.rsplit(":", 1)
+    phone = Client(f"{user}@{DOMAIN}/phone", pw)
+    phone.connect(host=host, port=int(port))
+    await asyncio.wait_for(phone.online.wait(), T)
+    pres, _, occupants, _ = await phone.plugin["xep_0045"].join_muc_wait(ROOM, "alice", timeout=T)
+    check("110" in codes(pres), f"the phone is alice in the room: {codes(pres)}")
+    check(sorted(o["from"].resource for o in occupants) == ["alice", "bob", "carol"], "the phone sees the room")
+    bob.send_message(mto=ROOM, mbody="to both devices", mtype="groupchat")
+    for c in (alice, phone):
+        await next_of(c.groupchat, lambda m: m["body"] == "to both devices", "a message on both devices")
+    phone.plugin["xep_0045"].leave_muc(ROOM, "alice")
+    bob.send_message(mto=ROOM, mbody="alice still here", mtype="groupchat")
+    await next_of(alice.groupchat, lambda m: m["body"] == "alice still here", "alice still in")
+    await asyncio.sleep(0.5)
+    late = [m for m in list(phone.groupchat._queue) if m["body"] == "alice still here"]
+    check(late == [], "the phone got nothing after it left")
+    gone = [p for p in list(bob.presences._queue) if p["from"].resource == "alice" and p["type"] == "unavailable"]
+    check(gone == [], "bob did not see alice leave")
+    phone.disconnect()
+    print("OK two devices one nick", flush=True)
+
     # The room's archive (XEP-0313 on the room JID): results come from the
     # room, with the ids everyone saw as the room's stanza-id.
     info = await bob.plugin["xep_0030"].get_info(jid=ROOM, timeout=T)
@@ -202,7 +227,7 @@ async def main():
     check(page1[0][0] == str(ROOM), f"results come from the room: {page1[0][0]}")
     check(page1[0][3] == f"{ROOM}/alice", f"archived from the nick: {page1[0][3]}")
     check(fin["complete"] is not True and fin["complete"] != "true", "first page is not the last")
-    fin, page2 = await mam(bob, max="10", after=fin["rsm"]["last"])
+    fin, page2 = await mam(bob, max="1", after=fin["rsm"]["last"])
     check([b for (_, _, b, _) in page2] == ["hello room"], f"second page {page2}")
     check(page2[0][1] in ids, f"archive id {page2[0][1]} is the stanza-id {ids}")
     print("OK room archive", flush=True)
