@@ -168,6 +168,9 @@ pub struct ServicesSection {
     pub muc_history: usize,
     /// Rooms one user may create and occupy on a node at once.
     pub muc_max_rooms_per_user: usize,
+    /// Messages one occupant may send a room per second, with bursts of
+    /// twice that (0: no limit); past it: `<resource-constraint/>`.
+    pub muc_messages_per_sec: u64,
 }
 
 impl Default for ServicesSection {
@@ -178,6 +181,7 @@ impl Default for ServicesSection {
             muc_max_occupants: 1000,
             muc_history: 50,
             muc_max_rooms_per_user: 100,
+            muc_messages_per_sec: 10,
         }
     }
 }

@@ -22,6 +22,20 @@ impl RateLimit {
         }
     }
 
+    /// Take `n` tokens if the bucket holds them, without waiting: false
+    /// means over the rate (a group-chat occupant's messages).
+    pub fn try_take(&mut self, n: f64) -> bool {
+        let now = tokio::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens < n {
+            return false;
+        }
+        self.tokens -= n;
+        true
+    }
+
     /// Charge `bytes`; sleeps while the bucket is in debt, which stops
     /// reading and lets TCP push back on the client.
     pub async fn charge(&mut self, bytes: usize) {

@@ -106,6 +106,8 @@ async fn slixmpp_group_chat_with_occupants_on_three_nodes() {
 }
 
 const ROOM: &str = "failover@conference.localhost";
+/// The failover tests send faster than an occupant's default allowance.
+const NO_RATE: &[(&str, &str)] = &[("STARLING_SERVICES_MUC_MESSAGES_PER_SEC", "0")];
 const MUC_NS: &str = "http://jabber.org/protocol/muc";
 const MUC_USER_NS: &str = "http://jabber.org/protocol/muc#user";
 
@@ -152,9 +154,9 @@ fn body(e: &Element) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_survives_kill_9_of_its_node_with_its_history_and_occupants() {
     let _turn = CLUSTER_TURN.lock().await;
-    let mut n1 = cluster_node(1, None, SECRET, &[]);
-    let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
-    let n3 = cluster_node(3, Some(&n1), SECRET, &[]);
+    let mut n1 = cluster_node(1, None, SECRET, NO_RATE);
+    let n2 = cluster_node(2, Some(&n1), SECRET, NO_RATE);
+    let n3 = cluster_node(3, Some(&n1), SECRET, NO_RATE);
     wait_members(&n1, SECRET, 3).await;
     for u in USERS {
         n1.add_user(u, &format!("{u}-pw"));
@@ -285,9 +287,9 @@ async fn a_room_survives_kill_9_of_its_node_with_its_history_and_occupants() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_hands_its_rooms_over_unnoticed() {
     let _turn = CLUSTER_TURN.lock().await;
-    let mut n1 = cluster_node(1, None, SECRET, &[]);
-    let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
-    let n3 = cluster_node(3, Some(&n1), SECRET, &[]);
+    let mut n1 = cluster_node(1, None, SECRET, NO_RATE);
+    let n2 = cluster_node(2, Some(&n1), SECRET, NO_RATE);
+    let n3 = cluster_node(3, Some(&n1), SECRET, NO_RATE);
     wait_members(&n1, SECRET, 3).await;
     for u in USERS {
         n1.add_user(u, &format!("{u}-pw"));
@@ -403,4 +405,44 @@ async fn a_drained_node_hands_its_rooms_over_unnoticed() {
         history == reflected
     );
     drop((n1, n2, n3));
+}
+
+/// Limits (XEP-0045 leaves them to the service): an occupant sending
+/// faster than `[services] muc_messages_per_sec` (bursts of twice that)
+/// gets `<resource-constraint/>` for the excess; what was taken is
+/// reflected, and nothing is silently dropped.
+#[tokio::test]
+async fn an_occupant_over_its_message_rate_is_told_to_slow_down() {
+    let s = Server::start_with(&[("STARLING_SERVICES_MUC_MESSAGES_PER_SEC", "5")]);
+    s.add_user("alice", "alice-pw");
+    let mut a = Client::online(s.c2s, "alice", "alice-pw", "r").await;
+    a.send(&format!(
+        "<presence to='limits@conference.localhost/alice'><x xmlns='{MUC_NS}'/></presence>"
+    ))
+    .await;
+    a.wait_for(|e| e.name == "message" && e.get_child("subject", "jabber:client").is_some())
+        .await;
+    for i in 0..30 {
+        a.send(&format!(
+            "<message to='limits@conference.localhost' type='groupchat' id='q{i}'><body>{i}</body></message>"
+        ))
+        .await;
+    }
+    let (mut taken, mut refused) = (0, 0);
+    while taken + refused < 30 {
+        let m = a
+            .wait_for(|e| e.name == "message" && e.attr("id").is_some_and(|i| i.starts_with('q')))
+            .await;
+        if m.attr("type") == Some("error") {
+            assert_eq!(stanza_condition(&m).as_deref(), Some("resource-constraint"));
+            refused += 1;
+        } else {
+            taken += 1;
+        }
+    }
+    assert!(
+        (10..30).contains(&taken),
+        "taken {taken}, refused {refused}"
+    );
+    assert!(refused > 0);
 }

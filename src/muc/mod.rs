@@ -43,6 +43,8 @@ pub struct Limits {
     pub rooms_per_user: usize,
     /// Rooms archive their messages by default (XEP-0313 on).
     pub archive: bool,
+    /// Messages per second per occupant (0: no limit).
+    pub messages_per_sec: u64,
 }
 
 impl Limits {
@@ -52,6 +54,7 @@ impl Limits {
             history: c.muc_history,
             rooms_per_user: c.muc_max_rooms_per_user.max(1),
             archive,
+            messages_per_sec: c.muc_messages_per_sec,
         }
     }
 }

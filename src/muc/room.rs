@@ -167,6 +167,8 @@ pub struct Room {
     archive_pending: Vec<crate::state::ArchiveEntry>,
     /// The last archive id this room made.
     last_id: u64,
+    /// Each occupant's message allowance (by real bare JID).
+    rates: HashMap<String, crate::rate_limit::RateLimit>,
 }
 
 /// The room's own record (configuration, affiliations, subject).
@@ -545,6 +547,7 @@ impl Room {
             deleted: false,
             archive_pending: Vec::new(),
             last_id: 0,
+            rates: HashMap::new(),
         }
     }
 
@@ -1171,6 +1174,23 @@ impl Room {
         }
     }
 
+    /// Whether `from` (an occupant) may send one more message now.
+    fn within_rate(&mut self, from: &str) -> bool {
+        let rate = self.limits.messages_per_sec;
+        if rate == 0 {
+            return true;
+        }
+        if self.rates.len() > 4 * self.limits.max_occupants {
+            let present: std::collections::HashSet<String> =
+                self.occupants.values().map(|o| bare_of(&o.real)).collect();
+            self.rates.retain(|k, _| present.contains(k));
+        }
+        self.rates
+            .entry(bare_of(from))
+            .or_insert_with(|| crate::rate_limit::RateLimit::new(rate, rate * 2))
+            .try_take(1.0)
+    }
+
     /// §7.4: a message to all occupants; §8.1: a subject change.
     fn groupchat(&mut self, from: &str, m: Element) {
         let Some(nick) = self.by_real.get(from).cloned() else {
@@ -1180,6 +1200,13 @@ impl Room {
                 Some("you are not in the room"),
             );
         };
+        if !self.within_rate(from) {
+            return self.reply_error(
+                &m,
+                StanzaCondition::ResourceConstraint,
+                Some("too many messages; slow down"),
+            );
+        }
         let role = self
             .occupants
             .get(&nick)
@@ -1280,6 +1307,13 @@ impl Room {
                 Some("you are not in the room"),
             );
         };
+        if !self.within_rate(from) {
+            return self.reply_error(
+                &m,
+                StanzaCondition::ResourceConstraint,
+                Some("too many messages; slow down"),
+            );
+        }
         let Some(target) = self.occupants.get(to_nick) else {
             return self.reply_error(&m, StanzaCondition::ItemNotFound, Some("no such occupant"));
         };
