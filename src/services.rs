@@ -49,6 +49,10 @@ pub trait Host: Send + Sync {
     fn arbiter(&self) -> Option<actix_rt::ArbiterHandle>;
     /// An entity's replicated records, by key (this node's replica).
     fn load(&self, entity: &str) -> Vec<(String, String)>;
+    /// One of an entity's records.
+    fn load_one(&self, entity: &str, key: &str) -> Option<String>;
+    /// The entities of `domain` some node has claimed.
+    fn entities(&self, domain: &str) -> Vec<String>;
     /// Write an entity's records through the cluster (None removes one);
     /// `then` learns whether they are committed.
     fn store(
@@ -87,6 +91,11 @@ pub trait HostedService: Send + Sync {
     /// Whether its entities keep state, each on one owner node.
     fn owns_entities(&self) -> bool {
         false
+    }
+    /// The disco#items of the domain across the cluster (entities on any
+    /// node), if the service lists them from the store; else `items`.
+    fn cluster_items(&self, _domain: &str, _host: &Arc<dyn Host>) -> Option<Vec<(String, String)>> {
+        None
     }
     /// Whether `stanza` may create the entity it is addressed to.
     fn creates(&self, _stanza: &Element) -> bool {
@@ -173,6 +182,29 @@ impl Services {
             .and_then(|t| jid::Jid::new(t).ok())
             .filter(|j| j.node().is_some())
             .map(|j| j.to_bare().to_string());
+        let items_of_domain = stanza.name == "iq"
+            && stanza.attr("type") == Some("get")
+            && stanza
+                .attr("to")
+                .is_some_and(|t| t.eq_ignore_ascii_case(domain))
+            && stanza
+                .elements()
+                .next()
+                .is_some_and(|q| q.is("query", ns::DISCO_ITEMS) && q.attr("node").is_none());
+        if items_of_domain {
+            if let Some(items) = service.cluster_items(domain, host) {
+                let mut q = Element::new("query", ns::DISCO_ITEMS);
+                for (jid, name) in items {
+                    let mut item = Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid);
+                    if !name.is_empty() {
+                        item.set_attr("name", name);
+                    }
+                    q.push_child(item);
+                }
+                host.send(crate::modules::result(&stanza, Some(q)));
+                return;
+            }
+        }
         match entity {
             Some(entity) if service.owns_entities() => {
                 to_entity(service.clone(), domain, entity, stanza, host, hops)

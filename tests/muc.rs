@@ -446,3 +446,101 @@ async fn an_occupant_over_its_message_rate_is_told_to_slow_down() {
     );
     assert!(refused > 0);
 }
+
+/// The public room list covers every node's rooms (XEP-0045 §6.3, read
+/// from the replicated records), and a persistent room that empties
+/// leaves memory and comes back from its records, history and subject
+/// included, when someone enters again (here through another node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_rooms_are_listed_cluster_wide_and_come_back_from_their_records() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let n1 = cluster_node(1, None, SECRET, &[]);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
+    wait_members(&n1, SECRET, 2).await;
+    for u in USERS {
+        n1.add_user(u, &format!("{u}-pw"));
+    }
+    let room = "kept@conference.localhost";
+    let mut alice = authed_retry(&n1, "alice", "alice-pw").await;
+    alice.bind(Some("r")).await.expect("bind");
+    alice
+        .send(&format!(
+            "<presence to='{room}/alice'><x xmlns='{MUC_NS}'/></presence>"
+        ))
+        .await;
+    alice
+        .wait_for(|e| e.name == "message" && e.get_child("subject", "jabber:client").is_some())
+        .await;
+    let form = "<x xmlns='jabber:x:data' type='submit'>\
+        <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
+        <field var='muc#roomconfig_roomname'><value>Kept</value></field>\
+        <field var='muc#roomconfig_persistentroom'><value>1</value></field></x>";
+    let r = alice
+        .iq(starling::xml::parse_fragment(&format!(
+            "<iq xmlns='jabber:client' type='set' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'>{form}</query></iq>"
+        ))
+        .expect("xml"))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    alice
+        .send(&format!(
+            "<message to='{room}' type='groupchat' id='s1'><subject>kept subject</subject></message>"
+        ))
+        .await;
+    alice
+        .send(&format!(
+            "<message to='{room}' type='groupchat' id='k1'><body>kept message</body></message>"
+        ))
+        .await;
+    alice
+        .wait_for(|e| e.name == "message" && e.attr("id") == Some("k1"))
+        .await;
+    alice
+        .send(&format!("<presence to='{room}/alice' type='unavailable'/>"))
+        .await;
+    alice
+        .wait_for(|e| e.name == "presence" && e.attr("type") == Some("unavailable"))
+        .await;
+    // Listed, by its name, from the other node.
+    let mut bob = authed_retry(&n2, "bob", "bob-pw").await;
+    bob.bind(Some("r")).await.expect("bind");
+    let items = bob
+        .iq(starling::xml::parse_fragment(
+            "<iq xmlns='jabber:client' type='get' to='conference.localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
+        )
+        .expect("xml"))
+        .await;
+    let listed: Vec<(String, String)> = items
+        .get_child("query", "http://jabber.org/protocol/disco#items")
+        .map(|q| {
+            q.elements()
+                .map(|i| {
+                    (
+                        i.attr("jid").unwrap_or("").to_string(),
+                        i.attr("name").unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        listed.contains(&(room.to_string(), "Kept".to_string())),
+        "{listed:?}"
+    );
+    // Entering again: the history and subject come from the records.
+    bob.send(&format!(
+        "<presence to='{room}/bob'><x xmlns='{MUC_NS}'/></presence>"
+    ))
+    .await;
+    let mut bodies = Vec::new();
+    let subject = loop {
+        let e = bob.stanza("message").await;
+        if let Some(s) = e.get_child("subject", "jabber:client") {
+            break s.text();
+        }
+        bodies.extend(body(&e));
+    };
+    assert_eq!(bodies, ["kept message"]);
+    assert_eq!(subject, "kept subject");
+    drop((n1, n2));
+}

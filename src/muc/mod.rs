@@ -260,6 +260,20 @@ impl HostedService for Muc {
         true
     }
 
+    /// §6.3: the public rooms of every node (from their records).
+    fn cluster_items(&self, domain: &str, host: &Arc<dyn Host>) -> Option<Vec<(String, String)>> {
+        let mut items: Vec<(String, String)> = host
+            .entities(domain)
+            .into_iter()
+            .filter_map(|room| {
+                let name = room::listed(&host.load_one(&room, "meta")?)?;
+                Some((room, name))
+            })
+            .collect();
+        items.sort();
+        Some(items)
+    }
+
     /// A join: available presence to `room@service/nick`.
     fn creates(&self, stanza: &Element) -> bool {
         stanza.name == "presence"
@@ -276,7 +290,7 @@ impl HostedService for Muc {
     }
 
     fn stored(&self, entity: &str, host: &Arc<dyn Host>) -> bool {
-        !host.load(entity).is_empty()
+        host.load_one(entity, "meta").is_some()
     }
 
     fn revive(&self, entity: &str, host: &Arc<dyn Host>) {

@@ -152,6 +152,8 @@ pub struct Room {
     retired: bool,
     /// Emptied: out of the directory once its records are removed.
     retiring: bool,
+    /// Its last occupant left while handling this stanza.
+    emptied: bool,
     salt: u64,
     /// Stanzas to send once this stanza's changes are committed.
     out: RefCell<Vec<Element>>,
@@ -178,6 +180,13 @@ struct Meta {
     affiliations: Vec<(String, String)>,
     subject: Option<(String, String)>,
     salt: u64,
+}
+
+/// A room's name if its record says it is listed (public), for the
+/// service's disco#items (XEP-0045 §6.3).
+pub(crate) fn listed(meta: &str) -> Option<String> {
+    let m: Meta = serde_json::from_str(meta).ok()?;
+    m.config.public.then_some(m.config.name)
 }
 
 /// A history entry's record.
@@ -350,6 +359,10 @@ impl Room {
         if writes.is_empty() && archive.is_empty() {
             for o in out {
                 self.host.send(o);
+            }
+            if self.retiring {
+                self.retired = true;
+                self.directory.remove(self.jid.as_str(), &ctx.address());
             }
             return;
         }
@@ -538,6 +551,7 @@ impl Room {
             fresh: true,
             retired: false,
             retiring: false,
+            emptied: false,
             salt: rand::random(),
             out: RefCell::new(Vec::new()),
             dirty_nicks: BTreeSet::new(),
@@ -563,6 +577,16 @@ impl Room {
             self.history_dropped
                 .extend(self.history.drain(..).map(|(s, _, _)| s));
             self.deleted = true;
+            return;
+        }
+        if std::mem::take(&mut self.emptied)
+            && self.occupants.is_empty()
+            && self.config.persistent
+            && !self.fresh
+        {
+            // A persistent room its last occupant left leaves memory; its
+            // records stay, and its next stanza starts it from them.
+            self.retiring = true;
             return;
         }
         let mut users: Vec<String> = self.occupants.values().map(|o| bare_of(&o.real)).collect();
@@ -797,6 +821,7 @@ impl Room {
         for m in &o.mirrors {
             self.by_real.remove(m);
         }
+        self.emptied = self.occupants.is_empty();
         let mut to_self = codes.to_vec();
         to_self.push(110);
         let mut p = self.gone_presence(nick, &o, &o.real, true, &to_self, extra.clone());

@@ -81,6 +81,17 @@ impl crate::services::Host for NodeHost {
         }
     }
 
+    fn load_one(&self, entity: &str, key: &str) -> Option<String> {
+        self.ctx.upgrade()?.state.hosted_record(entity, key)
+    }
+
+    fn entities(&self, domain: &str) -> Vec<String> {
+        match self.ctx.upgrade() {
+            Some(ctx) => ctx.state.hosted_entities(domain),
+            None => Vec::new(),
+        }
+    }
+
     fn store(
         &self,
         entity: &str,

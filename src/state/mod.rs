@@ -842,6 +842,27 @@ impl State {
             .collect()
     }
 
+    /// The claimed entities of a hosted `domain` (`Command::HostedClaim`).
+    pub fn hosted_entities(&self, domain: &str) -> Vec<String> {
+        let suffix = format!("@{}", domain.to_ascii_lowercase());
+        self.components
+            .iter()
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
+            .filter(|k| k.ends_with(&suffix))
+            .collect()
+    }
+
+    /// One of a hosted entity's records.
+    pub fn hosted_record(&self, entity: &str, key: &str) -> Option<String> {
+        self.user_data
+            .get(data_key(entity, "hosted", key))
+            .ok()
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
     /// The node that owns a hosted entity (`Command::HostedClaim`).
     pub fn hosted_owner(&self, entity: &str) -> Option<u64> {
         self.component(entity).map(|(node, _)| node)

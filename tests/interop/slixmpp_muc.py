@@ -48,6 +48,11 @@ class Client(slixmpp.ClientXMPP):
         self.presences = asyncio.Queue()
         self.invites = asyncio.Queue()
         self.subjects = asyncio.Queue()
+        self.unavailable = asyncio.Queue()
+        self.register_handler(
+            Callback("unavailable", StanzaPath("presence@type=unavailable"),
+                     lambda p: self.unavailable.put_nowait(p))
+        )
         self.add_event_handler("groupchat_subject", lambda m: self.subjects.put_nowait(m))
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("groupchat_message", self.on_groupchat)
@@ -200,6 +205,8 @@ async def main():
     for c in (alice, phone):
         await next_of(c.groupchat, lambda m: m["body"] == "to both devices", "a message on both devices")
     phone.plugin["xep_0045"].leave_muc(ROOM, "alice")
+    # Its leaving is done once its own unavailable presence came back.
+    await next_of(phone.unavailable, lambda p: p["from"] == JID(f"{ROOM}/alice"), "the phone left")
     bob.send_message(mto=ROOM, mbody="alice still here", mtype="groupchat")
     await next_of(alice.groupchat, lambda m: m["body"] == "alice still here", "alice still in")
     await asyncio.sleep(0.5)
