@@ -355,7 +355,7 @@ fn to_entity(
     let me = host.node();
     match host.owner(&entity) {
         Some(n) if n == me => service.take(stanza, host),
-        Some(n) if hops < MAX_HOPS => host.relay(n, domain, &stanza, hops + 1),
+        Some(n) if hops < MAX_HOPS => host.relay(n, domain, &stanza, hops.saturating_add(1)),
         Some(n) => {
             tracing::info!(%entity, owner = n, hops, "hosted stanza dropped: passed between nodes too often");
             if let Some(e) = bounce(&stanza, StanzaCondition::ServiceUnavailable) {
@@ -369,7 +369,13 @@ fn to_entity(
                 &entity.clone(),
                 Box::new(move |owner| match owner {
                     Some(n) if n == h.node() => service.take(stanza, &h),
-                    Some(n) => h.relay(n, &domain, &stanza, hops + 1),
+                    Some(n) if hops < MAX_HOPS => h.relay(n, &domain, &stanza, hops.saturating_add(1)),
+                    Some(n) => {
+                        tracing::info!(%entity, owner = n, hops, "hosted stanza dropped: passed between nodes too often");
+                        if let Some(e) = bounce(&stanza, StanzaCondition::ServiceUnavailable) {
+                            h.send(e);
+                        }
+                    }
                     None => {
                         tracing::info!(%entity, "hosted stanza dropped: no commit for the claim");
                         if let Some(e) = bounce(&stanza, StanzaCondition::ServiceUnavailable) {

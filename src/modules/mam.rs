@@ -230,7 +230,9 @@ pub fn query_for(ctx: &ServerCtx, owner: &str, iq: &Element) -> Vec<Element> {
         iq.attr("from").and_then(|f| jid::FullJid::new(f).ok()),
         iq.elements().next(),
     ) else {
-        return Vec::new();
+        return crate::stanza_error::bounce(iq, StanzaCondition::BadRequest)
+            .into_iter()
+            .collect();
     };
     let kind = match iq.attr("type") {
         Some("get") => IqKind::Get,

@@ -144,7 +144,11 @@ impl Muc {
         drop(rooms);
         // Kept in the cluster (its node died, or it is persistent): it
         // comes back from its records.
-        let records = host.load(&room);
+        let mut records = host.load(&room);
+        // Records without the room's own record are leftovers, not a room.
+        if !records.iter().any(|(k, _)| k == "meta") {
+            records.clear();
+        }
         if !self.creates(&stanza) && records.is_empty() {
             not_here(stanza, host);
             return;

@@ -276,7 +276,7 @@ impl Handler<Stanza> for Room {
             "iq" => self.iq(el),
             _ => {}
         }
-        self.publish(ctx);
+        self.publish(ctx, true);
         self.commit_then_send(Some(trigger), ctx);
     }
 }
@@ -343,7 +343,7 @@ impl Handler<Sweep> for Room {
             tracing::info!(room = %self.jid, %nick, "occupant's session is gone; removed");
             self.remove_occupant(&nick, &[333], Vec::new(), None);
         }
-        self.publish(ctx);
+        self.publish(ctx, false);
         self.commit_then_send(None, ctx);
     }
 }
@@ -568,7 +568,7 @@ impl Room {
     /// Tell the directory what it shows of the room; an empty temporary
     /// room retires (its address dropped, the actor ends when its
     /// mailbox is empty).
-    fn publish(&mut self, _ctx: &mut Context<Self>) {
+    fn publish(&mut self, _ctx: &mut Context<Self>, after_stanza: bool) {
         let room = self.jid.to_string();
         if self.occupants.is_empty() && !self.config.persistent && !self.fresh {
             // A temporary room ends with its last occupant, records too
@@ -579,7 +579,7 @@ impl Room {
             self.deleted = true;
             return;
         }
-        if std::mem::take(&mut self.emptied)
+        if (std::mem::take(&mut self.emptied) || after_stanza)
             && self.occupants.is_empty()
             && self.config.persistent
             && !self.fresh
@@ -686,10 +686,17 @@ impl Room {
         true
     }
 
+    /// Queue a stanza for one session only (an answer, a query's results,
+    /// history and subject for the session that entered): never copied to
+    /// the occupant's other sessions.
+    fn reply(&self, el: Element) {
+        self.out.borrow_mut().push(el);
+    }
+
     fn reply_error(&self, stanza: &Element, condition: StanzaCondition, text: Option<&str>) {
         tracing::info!(condition = condition.name(), "room refused a stanza");
         if let Some(e) = refuse(stanza, condition, text) {
-            self.send(e);
+            self.reply(e);
         }
     }
 
@@ -931,14 +938,18 @@ impl Room {
                 Some("members only"),
             );
         }
-        if let Some(o) = self.occupants.get(nick) {
-            // The same account again (another device): one occupant.
-            if bare_of(&o.real) == bare_of(from) && o.mirrors.len() < MAX_SESSIONS {
-                return self.add_session(from, nick, p);
-            }
+        // The same account again (another device): one occupant.
+        let same_account = self
+            .occupants
+            .get(nick)
+            .is_some_and(|o| bare_of(&o.real) == bare_of(from) && o.mirrors.len() < MAX_SESSIONS);
+        if self.occupants.contains_key(nick) && !same_account {
             return self.reply_error(&p, StanzaCondition::Conflict, Some("that nick is taken"));
         }
-        if self.occupants.len() >= self.config.max_users && aff < Affiliation::Admin {
+        if !same_account
+            && self.occupants.len() >= self.config.max_users
+            && aff < Affiliation::Admin
+        {
             return self.reply_error(
                 &p,
                 StanzaCondition::ServiceUnavailable,
@@ -957,6 +968,9 @@ impl Room {
                     Some("a password is needed"),
                 );
             }
+        }
+        if same_account {
+            return self.add_session(from, nick, p);
         }
         let history = muc.and_then(|x| x.get_child("history", MUC)).cloned();
         let aff = if creating {
@@ -1092,7 +1106,7 @@ impl Room {
             .subject
             .clone()
             .unwrap_or_else(|| (self.jid.to_string(), String::new()));
-        self.send(
+        self.reply(
             Element::new("message", CLIENT)
                 .with_attr("from", from)
                 .with_attr("to", to)
@@ -1181,8 +1195,11 @@ impl Room {
                         self.send(out);
                     }
                 }
-                // A message the room sent bounced: the occupant is gone.
-                (None, Some(cur)) => self.remove_occupant(&cur, &[333], Vec::new(), None),
+                // A message the room sent bounced: that session is gone
+                // (the occupant, if it was its only one).
+                (None, Some(cur)) if !self.drop_session(&from, &[333]) => {
+                    self.remove_occupant(&cur, &[333], Vec::new(), None)
+                }
                 _ => {}
             }
             return;
@@ -1480,13 +1497,13 @@ impl Room {
         let get = kind == "get";
         match (payload.ns.as_str(), payload.name.as_str(), get) {
             (ns::DISCO_INFO, "query", true) if payload.attr("node").is_none() => {
-                self.send(crate::modules::result(&iq, Some(self.disco_info())))
+                self.reply(crate::modules::result(&iq, Some(self.disco_info())))
             }
-            (ns::DISCO_ITEMS, "query", true) => self.send(crate::modules::result(
+            (ns::DISCO_ITEMS, "query", true) => self.reply(crate::modules::result(
                 &iq,
                 Some(Element::new("query", ns::DISCO_ITEMS)),
             )),
-            (ns::PING, "ping", true) => self.send(crate::modules::result(&iq, None)),
+            (ns::PING, "ping", true) => self.reply(crate::modules::result(&iq, None)),
             (MUC_OWNER, "query", _) => self.owner_iq(&from, iq, &payload, get),
             (MAM, _, _) => self.archive_iq(&from, iq),
             (MUC_ADMIN, "query", _) => self.admin_iq(&from, iq, &payload, get),
@@ -1510,7 +1527,7 @@ impl Room {
             );
         }
         for el in self.host.archive_query(self.jid.as_str(), &iq) {
-            self.send(el);
+            self.reply(el);
         }
     }
 
@@ -1583,7 +1600,7 @@ impl Room {
             );
         };
         if sender == nick && iq.get_child("ping", ns::PING).is_some() {
-            return self.send(crate::modules::result(&iq, None));
+            return self.reply(crate::modules::result(&iq, None));
         }
         let Some(target) = self.occupants.get(nick) else {
             return self.reply_error(&iq, StanzaCondition::ItemNotFound, None);
@@ -1600,7 +1617,8 @@ impl Room {
                 target.real.clone()
             },
         );
-        self.send(out);
+        // One session answers (not each of a multi-session occupant's).
+        self.reply(out);
     }
 
     /// §10: configuration and destruction, for owners.
@@ -1612,7 +1630,7 @@ impl Room {
             let form = self
                 .config
                 .form(self.limits.max_occupants, self.limits.history);
-            return self.send(crate::modules::result(
+            return self.reply(crate::modules::result(
                 &iq,
                 Some(Element::new("query", MUC_OWNER).with_child(form)),
             ));
@@ -1624,7 +1642,7 @@ impl Room {
             return self.reply_error(&iq, StanzaCondition::BadRequest, None);
         };
         match x.attr("type") {
-            Some("cancel") => self.send(crate::modules::result(&iq, None)),
+            Some("cancel") => self.reply(crate::modules::result(&iq, None)),
             Some("submit") => {
                 match self
                     .config
@@ -1636,7 +1654,7 @@ impl Room {
                         self.config = c;
                         self.meta_dirty = true;
                         self.trim_history();
-                        self.send(crate::modules::result(&iq, None));
+                        self.reply(crate::modules::result(&iq, None));
                         // §9.4: non-members leave a room that became
                         // members-only (322).
                         if now_members_only {
@@ -1721,7 +1739,7 @@ impl Room {
         self.affiliations.clear();
         self.subject = None;
         self.deleted = true;
-        self.send(crate::modules::result(&iq, None));
+        self.reply(crate::modules::result(&iq, None));
         tracing::info!("room destroyed");
     }
 
@@ -1778,7 +1796,7 @@ impl Room {
                     return self.reply_error(&iq, StanzaCondition::BadRequest, None);
                 }
             }
-            return self.send(crate::modules::result(&iq, Some(out)));
+            return self.reply(crate::modules::result(&iq, Some(out)));
         }
         // Check every item first: a set is all or nothing (§9.1 ff).
         enum Change {
@@ -1881,7 +1899,7 @@ impl Room {
                 return self.reply_error(&iq, StanzaCondition::BadRequest, None);
             }
         }
-        self.send(crate::modules::result(&iq, None));
+        self.reply(crate::modules::result(&iq, None));
         for c in changes {
             match c {
                 Change::Role(nick, Role::None, reason) => {
