@@ -1233,22 +1233,33 @@ impl Room {
             .try_take(1.0)
     }
 
-    /// §7.4: a message to all occupants; §8.1: a subject change.
-    fn groupchat(&mut self, from: &str, m: Element) {
+    /// The nick of `from`, an occupant within its message rate; otherwise
+    /// the sender is told why (not-acceptable, resource-constraint).
+    fn admitted_sender(&mut self, from: &str, m: &Element) -> Option<String> {
         let Some(nick) = self.by_real.get(from).cloned() else {
-            return self.reply_error(
-                &m,
+            self.reply_error(
+                m,
                 StanzaCondition::NotAcceptable,
                 Some("you are not in the room"),
             );
+            return None;
         };
         if !self.within_rate(from) {
-            return self.reply_error(
-                &m,
+            self.reply_error(
+                m,
                 StanzaCondition::ResourceConstraint,
                 Some("too many messages; slow down"),
             );
+            return None;
         }
+        Some(nick)
+    }
+
+    /// §7.4: a message to all occupants; §8.1: a subject change.
+    fn groupchat(&mut self, from: &str, m: Element) {
+        let Some(nick) = self.admitted_sender(from, &m) else {
+            return;
+        };
         let role = self
             .occupants
             .get(&nick)
@@ -1342,20 +1353,9 @@ impl Room {
 
     /// §7.5: a private message to one occupant, from an occupant.
     fn private(&mut self, from: &str, to_nick: &str, m: Element) {
-        let Some(nick) = self.by_real.get(from).cloned() else {
-            return self.reply_error(
-                &m,
-                StanzaCondition::NotAcceptable,
-                Some("you are not in the room"),
-            );
+        let Some(nick) = self.admitted_sender(from, &m) else {
+            return;
         };
-        if !self.within_rate(from) {
-            return self.reply_error(
-                &m,
-                StanzaCondition::ResourceConstraint,
-                Some("too many messages; slow down"),
-            );
-        }
         let Some(target) = self.occupants.get(to_nick) else {
             return self.reply_error(&m, StanzaCondition::ItemNotFound, Some("no such occupant"));
         };
