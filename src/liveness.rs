@@ -46,7 +46,10 @@ pub async fn watch(ctx: Arc<ServerCtx>) {
             if since.elapsed() >= DOWN_AFTER && !purged.contains(id) {
                 match ctx
                     .replicator
-                    .commit_async(&Command::PurgeNode { node: *id })
+                    .commit_async(&Command::PurgeNode {
+                        node: *id,
+                        before: None,
+                    })
                     .await
                 {
                     Ok(applied) => {

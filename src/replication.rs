@@ -142,7 +142,11 @@ impl ReplicatedState {
             }
         }
         let waiting = match cmd {
-            Command::PurgeNode { node } => {
+            // A node's start-up purge that found nothing of its old
+            // sessions left has nothing for the node to mend.
+            Command::PurgeNode { node, before }
+                if before.is_none() || !applied.purged.is_empty() =>
+            {
                 self.emit(StateEvent::Purged(*node));
                 None
             }

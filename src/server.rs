@@ -368,6 +368,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let started = crate::time::unix_now().as_millis() as u64;
     let purge = crate::state::Command::PurgeNode {
         node: ctx.node_id(),
+        before: Some(started),
     };
     if let Err(e) = ctx.commit(&purge) {
         // Left in the table, they would route messages here for sessions

@@ -126,6 +126,11 @@ pub enum Command {
     /// A node is gone (or restarted): drop all its sessions (and components).
     PurgeNode {
         node: u64,
+        /// Only sessions bound before this time (unix ms): a node purging
+        /// its own records at start-up must not drop the sessions it bound
+        /// since, should the purge be applied late. `None`: all of them.
+        #[serde(default)]
+        before: Option<u64>,
     },
     /// An external component (XEP-0114) for `domain` connected to `node`.
     ComponentBind {
@@ -647,8 +652,8 @@ impl State {
             Command::SessionUnbind { jid, node, sid } => {
                 sessions::remove(&self.sessions, jid, *node, *sid)?
             }
-            Command::PurgeNode { node } => {
-                applied.purged = sessions::purge_node(&self.sessions, *node)?;
+            Command::PurgeNode { node, before } => {
+                applied.purged = sessions::purge_node(&self.sessions, *node, *before)?;
                 for kv in self.components.iter() {
                     let (k, v) = kv?;
                     let (n, _): (u64, u64) = serde_json::from_slice(&v)?;
@@ -1190,6 +1195,34 @@ mod tests {
         let later = bind("bob@localhost/phone", 3, 1, 3_000);
         let applied = s.apply_unflushed(LogIndex::Raft(3), &later).expect("bind");
         assert_eq!(applied.displaced.map(|d| d.node), Some(2));
+    }
+
+    /// A node's start-up purge of its own old records, applied late (its
+    /// proposer saw a snapshot land and gave up; the log kept it), drops
+    /// only what was bound before the node started, not the sessions it
+    /// bound since. A purge without a time (a dead node) drops them all.
+    #[test]
+    fn a_late_start_up_purge_keeps_sessions_bound_since() {
+        let (_d, s) = state();
+        s.apply_unflushed(LogIndex::Raft(1), &bind("old@localhost/a", 3, 1, 1_000))
+            .expect("bind before the restart");
+        s.apply_unflushed(LogIndex::Raft(2), &bind("bob@localhost/b", 3, 1, 5_000))
+            .expect("bind after the restart");
+        let purge = Command::PurgeNode {
+            node: 3,
+            before: Some(4_000),
+        };
+        let applied = s.apply_unflushed(LogIndex::Raft(3), &purge).expect("purge");
+        let gone: Vec<_> = applied.purged.iter().map(|r| r.jid.as_str()).collect();
+        assert_eq!(gone, vec!["old@localhost/a"]);
+        assert!(s.session("old@localhost/a").is_none());
+        assert!(s.session("bob@localhost/b").is_some());
+        // A record written before the field existed reads as "all of them".
+        let old: Command =
+            serde_json::from_str(r#"{"PurgeNode":{"node":3}}"#).expect("old form reads");
+        let applied = s.apply_unflushed(LogIndex::Raft(4), &old).expect("purge");
+        assert_eq!(applied.purged.len(), 1);
+        assert!(s.session("bob@localhost/b").is_none());
     }
 
     /// A session handed over twice (a drain gave up on its first target

@@ -68,12 +68,13 @@ pub fn remove(
 pub fn purge_node(
     tree: &super::tracked::Tracked,
     node: u64,
+    before: Option<u64>,
 ) -> Result<Vec<SessionRecord>, StateError> {
     let mut gone = Vec::new();
     for item in tree.iter() {
         let (k, v) = item?;
         if let Ok(r) = serde_json::from_slice::<SessionRecord>(&v) {
-            if r.node == node {
+            if r.node == node && before.is_none_or(|t| r.bound_at < t) {
                 tree.remove(k)?;
                 gone.push(r);
             }
