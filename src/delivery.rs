@@ -189,7 +189,12 @@ fn iq(ctx: &ServerCtx, sender: &Sender, iq: Element, to: Option<Jid>) -> Outcome
     };
     if let Some(addressee) = addressee {
         let Some(kind) = kind else {
-            return Outcome::default(); // a result or error for the server: nothing to do
+            // A result or error for the server: an answer to its caps
+            // question (XEP-0115), or nothing to do.
+            if addressee == Addressee::Host {
+                crate::modules::caps::answered(ctx, &iq);
+            }
+            return Outcome::default();
         };
         if let Some(t) = &target {
             let owner = t.node().map(|n| n.as_str()).unwrap_or_default();

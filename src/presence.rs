@@ -562,6 +562,7 @@ impl Handler<Broadcast> for UserPresence {
                 priority,
                 sm_id: None,
                 bound_at: 0,
+                caps: crate::modules::caps::ver_of(&msg.stanza),
             },
         });
         let res = self.resources.get_or_insert_with(resource, || Resource {
@@ -578,6 +579,17 @@ impl Handler<Broadcast> for UserPresence {
         self.broadcast(&msg.stanza, None);
         if !was_available {
             self.initial(&msg.from, priority);
+        }
+        // XEP-0115: what the client's capabilities mean; once known, a
+        // session coming online gets the last PEP items it wants
+        // (XEP-0163 §4.3.2; an unknown hash gets them when answered).
+        if crate::modules::caps::learn(&self.ctx, &msg.from, &msg.stanza) && !was_available {
+            if let Some(ver) = crate::modules::caps::ver_of(&msg.stanza) {
+                let interests =
+                    crate::modules::caps::interests_of(&self.ctx, msg.from.as_str(), &ver)
+                        .unwrap_or_default();
+                crate::modules::pep::send_last_items(&self.ctx, &msg.from, &interests);
+            }
         }
     }
 }
@@ -688,6 +700,7 @@ impl Handler<Restore> for UserPresence {
                 priority: msg.priority,
                 sm_id: None,
                 bound_at: 0,
+                caps: msg.last.as_ref().and_then(crate::modules::caps::ver_of),
             },
         });
         self.resources.insert(

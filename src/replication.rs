@@ -24,6 +24,8 @@ enum Outcome {
         refused: Vec<u64>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         released: Vec<String>,
+        #[serde(default)]
+        pubsub: crate::state::pubsub::PubsubApplied,
     },
     AccountExists(String),
     NoSuchAccount(String),
@@ -40,6 +42,7 @@ impl From<Result<Applied, StateError>> for Outcome {
                 purged: a.purged,
                 refused: a.refused,
                 released: a.released,
+                pubsub: a.pubsub,
             },
             Err(StateError::AccountExists(u)) => Outcome::AccountExists(u),
             Err(StateError::NoSuchAccount(u)) => Outcome::NoSuchAccount(u),
@@ -58,12 +61,14 @@ impl From<Outcome> for Result<Applied, StateError> {
                 purged,
                 refused,
                 released,
+                pubsub,
             } => Ok(Applied {
                 roster_version,
                 displaced: None,
                 purged,
                 refused,
                 released,
+                pubsub,
             }),
             Outcome::AccountExists(u) => Err(StateError::AccountExists(u)),
             Outcome::NoSuchAccount(u) => Err(StateError::NoSuchAccount(u)),

@@ -89,6 +89,7 @@ fn register_again(ctx: &Arc<ServerCtx>) {
             priority: e.priority,
             sm_id: ctx.sm_sessions.id_of(&full),
             bound_at: e.bound_at,
+            caps: None,
         };
         let c = ctx.clone();
         ctx.replicator.runtime().spawn(async move {

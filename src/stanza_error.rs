@@ -82,6 +82,9 @@ impl StanzaCondition {
 pub struct StanzaError {
     pub condition: StanzaCondition,
     pub text: Option<String>,
+    /// An application-specific condition (RFC 6120 §8.3.2), such as
+    /// XEP-0060's `<precondition-not-met/>`.
+    pub app: Option<Box<Element>>,
 }
 
 impl StanzaError {
@@ -89,6 +92,7 @@ impl StanzaError {
         StanzaError {
             condition,
             text: None,
+            app: None,
         }
     }
 
@@ -96,7 +100,14 @@ impl StanzaError {
         StanzaError {
             condition,
             text: Some(text.into()),
+            app: None,
         }
+    }
+
+    /// This error with an application-specific condition element.
+    pub fn with_app(mut self, app: Element) -> Self {
+        self.app = Some(Box::new(app));
+        self
     }
 
     fn element(&self) -> Element {
@@ -105,6 +116,9 @@ impl StanzaError {
             .with_child(Element::new(self.condition.name(), ns::STANZA_ERRORS));
         if let Some(t) = &self.text {
             err.push_child(Element::new("text", ns::STANZA_ERRORS).with_text(t.clone()));
+        }
+        if let Some(app) = &self.app {
+            err.push_child((**app).clone());
         }
         err
     }

@@ -89,6 +89,7 @@ async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guar
         priority: 0,
         sm_id: None,
         bound_at,
+        caps: None,
     };
     // Awaited, not blocking: other connections on this worker go on meanwhile.
     let committed = ctx
@@ -379,6 +380,7 @@ pub async fn install_session(
         priority: state.priority,
         sm_id: Some(state.sm_id.clone()),
         bound_at,
+        caps: last.as_ref().and_then(crate::modules::caps::ver_of),
     };
     let arrived_with = state.outbound;
     match ctx

@@ -70,6 +70,19 @@ impl Module for Disco {
                         .with_attr("category", "account")
                         .with_attr("type", "registered"),
                 );
+                // XEP-0163 §6: the account is a PEP service.
+                if req
+                    .server
+                    .modules
+                    .account_features(req.server)
+                    .contains(&super::pep::NS)
+                {
+                    q.push_child(
+                        Element::new("identity", ns::DISCO_INFO)
+                            .with_attr("category", "pubsub")
+                            .with_attr("type", "pep"),
+                    );
+                }
                 q.push_child(
                     Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO),
                 );

@@ -5,14 +5,17 @@
 
 pub mod archive;
 pub mod blocking;
+pub mod caps;
 pub mod carbons;
 pub mod disco;
 pub mod entity_time;
 pub mod hooks;
 pub mod last;
 pub mod mam;
+pub mod pep;
 pub mod ping;
 pub mod private;
+pub mod pubsub_config;
 pub mod register;
 pub mod roster;
 pub mod session;
@@ -240,6 +243,7 @@ impl Modules {
                 carbons,
                 Arc::new(vcard::Vcard),
                 Arc::new(private::Private),
+                Arc::new(pep::Pep),
                 Arc::new(last::LastActivity),
                 Arc::new(entity_time::EntityTime),
                 Arc::new(mam::Mam { archive }),

@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod archive;
+pub mod pubsub;
 pub mod roster;
 pub mod sessions;
 pub mod snapshot;
@@ -132,6 +133,19 @@ pub enum Command {
         #[serde(default)]
         before: Option<u64>,
     },
+    /// A change to one of an account's publish-subscribe nodes (PEP,
+    /// XEP-0163; `state/pubsub.rs`).
+    Pubsub {
+        owner: String,
+        node: String,
+        op: pubsub::PubsubOp,
+    },
+    /// What a client's capabilities (XEP-0115) say it wants notified of
+    /// (its `+notify` features, without the suffix), by verification string.
+    CapsNotify {
+        ver: String,
+        notify: Vec<String>,
+    },
     /// An external component (XEP-0114) for `domain` connected to `node`.
     ComponentBind {
         domain: String,
@@ -217,6 +231,8 @@ pub struct Applied {
     pub refused: Vec<u64>,
     /// Hosted entities a `PurgeNode` took from the node that owned them.
     pub released: Vec<String>,
+    /// What a `Pubsub` change did.
+    pub pubsub: pubsub::PubsubApplied,
 }
 
 /// Where a command sits in the replicated log: keys of records it creates
@@ -306,6 +322,11 @@ impl Drop for SnapshotPending {
 }
 
 /// Keys in `user_data`.
+/// Capabilities are kept under a name no account can have.
+fn caps_key(ver: &str) -> Vec<u8> {
+    data_key("@caps", "notify", ver)
+}
+
 fn data_key(user: &str, kind: &str, key: &str) -> Vec<u8> {
     roster::key(user, &format!("{kind}\0{key}"))
 }
@@ -667,6 +688,13 @@ impl State {
                     }
                 }
             }
+            Command::Pubsub { owner, node, op } => {
+                applied.pubsub = pubsub::apply(&self.user_data, owner, node, op)?;
+            }
+            Command::CapsNotify { ver, notify } => {
+                self.user_data
+                    .insert(caps_key(ver), serde_json::to_vec(notify)?)?;
+            }
             Command::ComponentBind { domain, node, sid } => {
                 self.components
                     .insert(domain.as_bytes(), serde_json::to_vec(&(node, sid))?)?;
@@ -757,6 +785,28 @@ impl State {
             }
         }
         Ok(applied)
+    }
+
+    /// One of `owner`'s publish-subscribe nodes.
+    pub fn pubsub_node(&self, owner: &str, node: &str) -> Option<pubsub::NodeMeta> {
+        pubsub::node(&self.user_data, owner, node).ok().flatten()
+    }
+
+    /// The names of `owner`'s publish-subscribe nodes.
+    pub fn pubsub_nodes(&self, owner: &str) -> Vec<String> {
+        pubsub::nodes(&self.user_data, owner).unwrap_or_default()
+    }
+
+    /// A node's items, oldest first: (item id, payload XML).
+    pub fn pubsub_items(&self, owner: &str, node: &str) -> Vec<(String, String)> {
+        pubsub::items(&self.user_data, owner, node).unwrap_or_default()
+    }
+
+    /// The `+notify` interests of a capabilities verification string, once
+    /// learned (XEP-0115).
+    pub fn caps_notify(&self, ver: &str) -> Option<Vec<String>> {
+        let v = self.user_data.get(caps_key(ver)).ok().flatten()?;
+        serde_json::from_slice(&v).ok()
     }
 
     pub fn session(&self, full: &str) -> Option<SessionRecord> {
@@ -1171,6 +1221,7 @@ mod tests {
                 priority: 0,
                 sm_id: None,
                 bound_at,
+                caps: None,
             },
             replaces: None,
         }

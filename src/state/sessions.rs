@@ -22,6 +22,10 @@ pub struct SessionRecord {
     /// binds for one address, the later one wins whatever the log order.
     #[serde(default)]
     pub bound_at: u64,
+    /// The client's capabilities verification string (XEP-0115), from its
+    /// last presence: which PEP notifications it wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caps: Option<String>,
 }
 
 pub fn get(tree: &sled::Tree, full: &str) -> Result<Option<SessionRecord>, StateError> {

@@ -1188,3 +1188,52 @@ pub fn fixed_node(
     env.extend_from_slice(extra);
     Server::start_in(dir, &env)
 }
+
+/// Run the interop script `tests/interop/NAME` with `args` (at most
+/// `limit`), and check that it exited cleanly and printed each of
+/// `steps`; on failure, its output and the logs of `nodes` are shown.
+#[allow(dead_code)]
+pub fn run_interop(
+    name: &str,
+    args: &[String],
+    nodes: &[&Server],
+    limit: Duration,
+    steps: &[&str],
+) -> String {
+    let script = format!("{}/tests/interop/{name}", env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new(python())
+        .arg(&script)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let mut waited = Duration::ZERO;
+    while child.try_wait().expect("wait").is_none() {
+        if waited > limit {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        waited += Duration::from_millis(100);
+    }
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let logs = || {
+        nodes
+            .iter()
+            .map(|n| n.log())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    assert!(
+        out.status.success(),
+        "{name} failed:\n{stdout}\n{}\nserver logs:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        logs()
+    );
+    for step in steps {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+    stdout
+}

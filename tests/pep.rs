@@ -1,0 +1,71 @@
+//! Personal eventing (XEP-0163) and publish-subscribe (XEP-0060) with
+//! client libraries we did not write: an OMEMO conversation (XEP-0384)
+//! between two slixmpp-omemo clients, on one node and on two nodes of a
+//! three-node cluster.
+mod common;
+use common::*;
+use std::time::Duration;
+
+const SECRET: &str = "pep-secret";
+
+const OMEMO_STEPS: &[&str] = &[
+    "OK contacts",
+    "OK device lists published",
+    "OK pep advertised",
+    "OK alice to bob decrypted",
+    "OK bob to alice decrypted",
+    "OK a conversation",
+    "OK device list notifications",
+    "ALL OK",
+];
+
+fn omemo_args(a: &Server, b: &Server) -> Vec<String> {
+    vec![
+        DOMAIN.into(),
+        a.c2s.to_string(),
+        "alice".into(),
+        "alice-pw".into(),
+        b.c2s.to_string(),
+        "bob".into(),
+        "bob-pw".into(),
+    ]
+}
+
+#[test]
+fn an_omemo_conversation_on_one_node() {
+    let s = Server::start();
+    s.add_user("alice", "alice-pw");
+    s.add_user("bob", "bob-pw");
+    run_interop(
+        "slixmpp_omemo_chat.py",
+        &omemo_args(&s, &s),
+        &[&s],
+        Duration::from_secs(180),
+        OMEMO_STEPS,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_omemo_conversation_between_two_nodes_of_three() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let n1 = cluster_node(1, None, SECRET, &[]);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
+    let n3 = cluster_node(3, Some(&n1), SECRET, &[]);
+    wait_members(&n1, SECRET, 3).await;
+    n1.add_user("alice", "alice-pw");
+    n1.add_user("bob", "bob-pw");
+    // Accounts reach every node before the clients log in.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::spawn_blocking(move || {
+        run_interop(
+            "slixmpp_omemo_chat.py",
+            &omemo_args(&n2, &n3),
+            &[&n1, &n2, &n3],
+            Duration::from_secs(180),
+            OMEMO_STEPS,
+        );
+        drop((n1, n2, n3));
+    })
+    .await
+    .expect("join");
+}
