@@ -1,7 +1,10 @@
 //! Personal eventing (XEP-0163) and publish-subscribe (XEP-0060) with
 //! client libraries we did not write: an OMEMO conversation (XEP-0384)
 //! between two slixmpp-omemo clients, on one node and on two nodes of a
-//! three-node cluster.
+//! three-node cluster; avatars, a user tune, bookmarks 2, publish options,
+//! capabilities-filtered notifications, access and last items with
+//! slixmpp's plugins (tests/interop/slixmpp_pep.py), users spread over a
+//! cluster.
 mod common;
 use common::*;
 use std::time::Duration;
@@ -63,6 +66,69 @@ async fn an_omemo_conversation_between_two_nodes_of_three() {
             &[&n1, &n2, &n3],
             Duration::from_secs(180),
             OMEMO_STEPS,
+        );
+        drop((n1, n2, n3));
+    })
+    .await
+    .expect("join");
+}
+
+const PEP_STEPS: &[&str] = &[
+    "OK contacts",
+    "OK avatar",
+    "OK tune and +notify filtering",
+    "OK bookmarks",
+    "OK precondition",
+    "OK retract",
+    "OK node lifecycle",
+    "OK access",
+    "OK last item on login",
+    "ALL OK",
+];
+
+fn pep_args(nodes: &[&Server]) -> Vec<String> {
+    let mut args = vec![DOMAIN.to_string()];
+    for (i, u) in ["alice", "bob", "carol", "dave"].iter().enumerate() {
+        args.push(nodes[i % nodes.len()].c2s.to_string());
+        args.push(u.to_string());
+        args.push(format!("{u}-pw"));
+    }
+    args
+}
+
+#[test]
+fn avatars_tunes_and_bookmarks_on_one_node() {
+    let s = Server::start();
+    for u in ["alice", "bob", "carol", "dave"] {
+        s.add_user(u, &format!("{u}-pw"));
+    }
+    run_interop(
+        "slixmpp_pep.py",
+        &pep_args(&[&s]),
+        &[&s],
+        Duration::from_secs(180),
+        PEP_STEPS,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avatars_tunes_and_bookmarks_across_three_nodes() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let n1 = cluster_node(1, None, SECRET, &[]);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
+    let n3 = cluster_node(3, Some(&n1), SECRET, &[]);
+    wait_members(&n1, SECRET, 3).await;
+    for u in ["alice", "bob", "carol", "dave"] {
+        n1.add_user(u, &format!("{u}-pw"));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::spawn_blocking(move || {
+        run_interop(
+            "slixmpp_pep.py",
+            &pep_args(&[&n1, &n2, &n3]),
+            &[&n1, &n2, &n3],
+            Duration::from_secs(180),
+            PEP_STEPS,
         );
         drop((n1, n2, n3));
     })
