@@ -330,3 +330,60 @@ async fn group_chat_with_prosody_both_ways() {
         assert!(text.contains(step), "missing {step:?} in:\n{text}");
     }
 }
+
+const PEP_C2S: u16 = 16622;
+const PEP_S2S: u16 = 16669;
+
+/// XEP-0163 across servers: a Prosody user who is a Starling user's
+/// contact hears of the Starling user's tune and avatar metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prosody_contact_hears_of_a_starling_users_pep() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let routes = format!("prosody.localhost=127.0.0.1:{PEP_S2S}");
+    let env = [
+        ("STARLING_DOMAIN", "starling.localhost"),
+        ("STARLING_S2S_VERIFY_CERTIFICATES", "false"),
+        ("STARLING_S2S_STATIC_ROUTES", routes.as_str()),
+    ];
+    let n1 = cluster_node(1, None, SECRET, &env);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &env);
+    wait_members(&n1, SECRET, 2).await;
+    n1.add_user("alice", "alice-pw");
+    let prosody = Prosody::start(n2.s2s.expect("s2s on"), PEP_C2S, PEP_S2S, false);
+    prosody.register("bob", "bob-pw");
+    let alice_at = n1.c2s.to_string();
+    let bob_at = format!("127.0.0.1:{PEP_C2S}");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/interop/slixmpp_pep_federated.py"
+            ))
+            .args([
+                alice_at.as_str(),
+                "alice@starling.localhost/fed",
+                "alice-pw",
+            ])
+            .args([bob_at.as_str(), "bob@prosody.localhost/fed", "bob-pw"])
+            .output()
+            .expect("run python")
+    })
+    .await
+    .expect("client task");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && text.contains("ALL OK"),
+        "PEP with Prosody failed:\n{text}\n{}\n--- prosody\n{}\n--- node 1\n{}\n--- node 2\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        prosody.log(),
+        n1.log(),
+        n2.log()
+    );
+    for step in [
+        "OK contacts across servers",
+        "OK prosody user notified of a starling user's tune",
+        "OK prosody user notified of avatar metadata",
+    ] {
+        assert!(text.contains(step), "missing {step:?} in:\n{text}");
+    }
+}
