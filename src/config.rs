@@ -162,6 +162,10 @@ pub struct ServicesSection {
     /// empty turns it off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub muc: Option<String>,
+    /// Publish-subscribe (XEP-0060): its domain; unset means
+    /// `pubsub.DOMAIN`, empty turns it off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pubsub: Option<String>,
     /// Occupants one room admits (XEP-0045 §7.2.9).
     pub muc_max_occupants: usize,
     /// Messages a room keeps for history on join (XEP-0045 §7.2.15).
@@ -178,6 +182,7 @@ impl Default for ServicesSection {
         ServicesSection {
             echo: String::new(),
             muc: None,
+            pubsub: None,
             muc_max_occupants: 1000,
             muc_history: 50,
             muc_max_rooms_per_user: 100,
@@ -189,11 +194,20 @@ impl Default for ServicesSection {
 impl ServicesSection {
     /// The group-chat domain for a server of `domain`, if it is on.
     pub fn muc_domain(&self, domain: &str) -> Option<String> {
-        match &self.muc {
-            None => Some(format!("conference.{domain}").to_ascii_lowercase()),
-            Some(d) if d.is_empty() => None,
-            Some(d) => Some(d.to_ascii_lowercase()),
-        }
+        service_domain(&self.muc, "conference", domain)
+    }
+
+    /// The publish-subscribe service's domain, if it is on.
+    pub fn pubsub_domain(&self, domain: &str) -> Option<String> {
+        service_domain(&self.pubsub, "pubsub", domain)
+    }
+}
+
+fn service_domain(set: &Option<String>, default: &str, domain: &str) -> Option<String> {
+    match set {
+        None => Some(format!("{default}.{domain}").to_ascii_lowercase()),
+        Some(d) if d.is_empty() => None,
+        Some(d) => Some(d.to_ascii_lowercase()),
     }
 }
 
@@ -586,17 +600,26 @@ impl Config {
             }
         }
         let muc = self.services.muc_domain(&self.domain).unwrap_or_default();
-        for (key, domain) in [
+        let pubsub = self
+            .services
+            .pubsub_domain(&self.domain)
+            .unwrap_or_default();
+        let services = [
             ("services.echo", &self.services.echo),
             ("services.muc", &muc),
-        ] {
+            ("services.pubsub", &pubsub),
+        ];
+        for (i, (key, domain)) in services.iter().enumerate() {
             if domain.is_empty() {
                 continue;
             }
-            if key == "services.muc" && domain.eq_ignore_ascii_case(&self.services.echo) {
+            if let Some((other, _)) = services[..i]
+                .iter()
+                .find(|(_, d)| d.eq_ignore_ascii_case(domain))
+            {
                 return Err(ConfigError::BadValue {
-                    key: key.into(),
-                    message: format!("{domain:?} is the echo service's domain"),
+                    key: key.to_string(),
+                    message: format!("{domain:?} is already {other}'s domain"),
                 });
             }
             let valid = jid::BareJid::new(domain).is_ok_and(|j| j.node().is_none());
@@ -608,7 +631,7 @@ impl Config {
                     .any(|c| c.eq_ignore_ascii_case(domain));
             if !valid || taken {
                 return Err(ConfigError::BadValue {
-                    key: key.into(),
+                    key: key.to_string(),
                     message: format!(
                         "{domain:?} must be a domain of its own (not the server's, not a component's)"
                     ),

@@ -15,6 +15,7 @@ pub mod mesh_certs;
 pub mod modules;
 pub mod muc;
 pub mod presence;
+pub mod pubsub;
 pub mod rate_limit;
 pub mod replication;
 pub mod route;

@@ -586,7 +586,7 @@ impl Handler<Broadcast> for UserPresence {
         if crate::modules::caps::learn(&self.ctx, &msg.from, &msg.stanza) && !was_available {
             if let Some(ver) = crate::modules::caps::ver_of(&msg.stanza) {
                 let interests =
-                    crate::modules::caps::interests_of(&self.ctx, msg.from.as_str(), &ver)
+                    crate::modules::caps::interests_of(&self.ctx.state, msg.from.as_str(), &ver)
                         .unwrap_or_default();
                 crate::modules::pep::send_last_items(&self.ctx, &msg.from, &interests);
             }

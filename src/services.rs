@@ -20,7 +20,9 @@
 //!
 //! Services: `echo` (`[services] echo = "echo.DOMAIN"`), a diagnostic that
 //! answers chat and normal messages with "echo: <body>"; group chat
-//! (`muc.rs`'s rooms, `[services] muc`, by default `conference.DOMAIN`).
+//! (`muc.rs`'s rooms, `[services] muc`, by default `conference.DOMAIN`);
+//! publish-subscribe (`pubsub/service.rs`, `[services] pubsub`, by
+//! default `pubsub.DOMAIN`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -71,6 +73,16 @@ pub trait Host: Send + Sync {
     /// Whether `full` is a session of this cluster's users that the
     /// cluster no longer has (its node died, or it ended unannounced).
     fn session_gone(&self, full: &str) -> bool;
+    /// This node's replica of the cluster's state (reads are local).
+    fn state(&self) -> Option<Arc<crate::state::State>>;
+    /// The server's own domain.
+    fn domain(&self) -> String;
+    /// Commit a change through the cluster; `then` learns what it applied.
+    fn commit(
+        &self,
+        cmd: crate::state::Command,
+        then: Box<dyn FnOnce(Result<crate::state::Applied, String>) + Send>,
+    );
 }
 
 /// A service on a hosted domain.
@@ -117,6 +129,13 @@ pub trait HostedService: Send + Sync {
     fn running(&self) -> usize {
         0
     }
+    /// A stanza for the service (or an entity of a service without owned
+    /// entities), before the generic answers: a service whose answers
+    /// come later (after a commit) takes it and answers through `host`;
+    /// false leaves it to the generic part and `handle`.
+    fn serve_later(&self, _stanza: &Element, _host: &Arc<dyn Host>) -> bool {
+        false
+    }
     /// A stanza for one of its entities, on the entity's owner node (or
     /// on the node it arrived at, for an unclaimed entity that it does not
     /// create); answers go out through `host`.
@@ -144,6 +163,10 @@ impl Services {
         if !config.echo.is_empty() {
             s.by_domain
                 .insert(config.echo.to_ascii_lowercase(), Arc::new(Echo));
+        }
+        if let Some(d) = config.pubsub_domain(domain) {
+            s.by_domain
+                .insert(d.clone(), Arc::new(crate::pubsub::service::Pubsub::new(&d)));
         }
         if let Some(muc) = config.muc_domain(domain) {
             let limits = crate::muc::Limits::from_config(config, archive);
@@ -210,6 +233,9 @@ impl Services {
                 to_entity(service.clone(), domain, entity, stanza, host, hops)
             }
             _ => {
+                if service.serve_later(&stanza, host) {
+                    return;
+                }
                 for out in self.handle(domain, &stanza) {
                     host.send(out);
                 }

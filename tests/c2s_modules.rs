@@ -87,8 +87,12 @@ async fn disco_ping_version() {
         .filter_map(|e| e.attr("var"))
         .collect();
     account.sort();
+    // The archive's, and the PEP service's (XEP-0163 §6).
+    let (pubsub, other): (Vec<&str>, Vec<&str>) = account
+        .iter()
+        .partition(|f| f.starts_with("http://jabber.org/protocol/pubsub"));
     assert_eq!(
-        account,
+        other,
         [
             "http://jabber.org/protocol/disco#info",
             "urn:xmpp:mam:2",
@@ -96,6 +100,10 @@ async fn disco_ping_version() {
             "urn:xmpp:sid:0"
         ]
     );
+    assert!(pubsub.contains(&"http://jabber.org/protocol/pubsub#publish-options"));
+    assert!(q.elements().any(|e| e.name == "identity"
+        && e.attr("category") == Some("pubsub")
+        && e.attr("type") == Some("pep")));
 
     let pong = a
         .iq(iq_get(
@@ -276,7 +284,8 @@ async fn disco_items_lists_the_hosted_components() {
             "conference.localhost",
             "echo.localhost",
             "gw.localhost",
-            "irc.localhost"
+            "irc.localhost",
+            "pubsub.localhost"
         ]
     );
     let mine = a

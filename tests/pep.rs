@@ -135,3 +135,47 @@ async fn avatars_tunes_and_bookmarks_across_three_nodes() {
     .await
     .expect("join");
 }
+
+const PUBSUB_STEPS: &[&str] = &[
+    "OK node created and listed",
+    "OK subscribers told of each publish",
+    "OK publisher affiliation",
+    "OK retract and purge",
+    "OK affiliations",
+    "OK node deleted",
+    "ALL OK",
+];
+
+/// The service at pubsub.DOMAIN, its users on three nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pubsub_node_lifecycle_across_three_nodes() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let n1 = cluster_node(1, None, SECRET, &[]);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
+    let n3 = cluster_node(3, Some(&n1), SECRET, &[]);
+    wait_members(&n1, SECRET, 3).await;
+    let users = ["alice", "bob", "carol"];
+    for u in users {
+        n1.add_user(u, &format!("{u}-pw"));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::spawn_blocking(move || {
+        let nodes = [&n1, &n2, &n3];
+        let mut args = vec![DOMAIN.to_string()];
+        for (i, u) in users.iter().enumerate() {
+            args.push(nodes[i].c2s.to_string());
+            args.push(u.to_string());
+            args.push(format!("{u}-pw"));
+        }
+        run_interop(
+            "slixmpp_pubsub.py",
+            &args,
+            &nodes,
+            Duration::from_secs(180),
+            PUBSUB_STEPS,
+        );
+        drop((n1, n2, n3));
+    })
+    .await
+    .expect("join");
+}

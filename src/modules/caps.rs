@@ -14,7 +14,7 @@ use jid::{FullJid, Jid};
 use sha1::{Digest, Sha1};
 
 use crate::server::ServerCtx;
-use crate::state::Command;
+use crate::state::{Command, State};
 use crate::xml::{ns, Element};
 
 pub const NS: &str = "http://jabber.org/protocol/caps";
@@ -135,7 +135,7 @@ pub fn learn(ctx: &ServerCtx, from: &FullJid, presence: &Element) -> bool {
     let Some(ver) = ver_of(presence) else {
         return false;
     };
-    if interests_of(ctx, from.as_str(), &ver).is_some() {
+    if interests_of(&ctx.state, from.as_str(), &ver).is_some() {
         return true;
     }
     {
@@ -225,18 +225,13 @@ fn unverified_key(bare: &str, ver: &str) -> String {
     format!("{bare}#{ver}")
 }
 
-/// The `+notify` interests of a session with capabilities `ver`, if known.
-pub fn interests_of(ctx: &ServerCtx, full: &str, ver: &str) -> Option<Vec<String>> {
-    ctx.state.caps_notify(ver).or_else(|| {
+/// The `+notify` interests of a session `full` with capabilities `ver`,
+/// if known.
+pub fn interests_of(state: &State, full: &str, ver: &str) -> Option<Vec<String>> {
+    state.caps_notify(ver).or_else(|| {
         let bare = full.split_once('/').map_or(full, |(b, _)| b);
-        ctx.state.caps_notify(&unverified_key(bare, ver))
+        state.caps_notify(&unverified_key(bare, ver))
     })
-}
-
-/// The `+notify` interests of the session `full`, if known.
-pub fn interests(ctx: &ServerCtx, full: &str) -> Option<Vec<String>> {
-    let ver = ctx.state.session(full)?.caps?;
-    interests_of(ctx, full, &ver)
 }
 
 #[cfg(test)]

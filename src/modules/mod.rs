@@ -15,7 +15,6 @@ pub mod mam;
 pub mod pep;
 pub mod ping;
 pub mod private;
-pub mod pubsub_config;
 pub mod register;
 pub mod roster;
 pub mod session;

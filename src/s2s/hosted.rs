@@ -160,6 +160,36 @@ impl crate::services::Host for NodeHost {
         ours && ctx.state.session(full).is_none()
     }
 
+    fn state(&self) -> Option<Arc<crate::state::State>> {
+        Some(self.ctx.upgrade()?.state.clone())
+    }
+
+    fn domain(&self) -> String {
+        self.ctx
+            .upgrade()
+            .map(|c| c.config.domain.clone())
+            .unwrap_or_default()
+    }
+
+    fn commit(
+        &self,
+        cmd: Command,
+        then: Box<dyn FnOnce(Result<crate::state::Applied, String>) + Send>,
+    ) {
+        let Some(ctx) = self.ctx.upgrade() else {
+            return then(Err("the node is stopping".into()));
+        };
+        let rt = ctx.replicator.runtime().clone();
+        rt.spawn(async move {
+            then(
+                ctx.replicator
+                    .commit_async(&cmd)
+                    .await
+                    .map_err(|e| e.to_string()),
+            );
+        });
+    }
+
     fn arbiter(&self) -> Option<actix_rt::ArbiterHandle> {
         let ctx = self.ctx.upgrade()?;
         let arbiters = ctx.arbiters.get()?;

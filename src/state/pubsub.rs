@@ -66,6 +66,38 @@ impl SendLast {
     }
 }
 
+/// An entity's standing on a node (XEP-0060 §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Affiliation {
+    Owner,
+    Publisher,
+    Member,
+    Outcast,
+}
+
+impl Affiliation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Affiliation::Owner => "owner",
+            Affiliation::Publisher => "publisher",
+            Affiliation::Member => "member",
+            Affiliation::Outcast => "outcast",
+        }
+    }
+
+    /// `none` is no affiliation (`Some(None)`); unknown is `None`.
+    pub fn parse(s: &str) -> Option<Option<Affiliation>> {
+        Some(Some(match s {
+            "owner" => Affiliation::Owner,
+            "publisher" => Affiliation::Publisher,
+            "member" => Affiliation::Member,
+            "outcast" => Affiliation::Outcast,
+            "none" => return Some(None),
+            _ => return None,
+        }))
+    }
+}
+
 /// A node's configuration (`pubsub#node_config`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeConfig {
@@ -102,6 +134,32 @@ pub struct NodeMeta {
     pub subscribers: Vec<String>,
     /// The next item's place in publish order.
     pub next: u64,
+    /// Affiliations by bare JID (a service's nodes; an account's PEP nodes
+    /// have their account as the one owner and keep none here).
+    #[serde(default)]
+    pub affiliations: Vec<(String, Affiliation)>,
+}
+
+impl NodeMeta {
+    fn new(config: &NodeConfig, creator: &Option<String>) -> NodeMeta {
+        NodeMeta {
+            config: config.clone(),
+            subscribers: Vec::new(),
+            next: 0,
+            affiliations: creator
+                .iter()
+                .map(|c| (c.clone(), Affiliation::Owner))
+                .collect(),
+        }
+    }
+
+    /// `bare`'s affiliation, if any.
+    pub fn affiliation(&self, bare: &str) -> Option<Affiliation> {
+        self.affiliations
+            .iter()
+            .find(|(j, _)| j == bare)
+            .map(|(_, a)| *a)
+    }
 }
 
 /// A change to one node.
@@ -113,9 +171,19 @@ pub enum PubsubOp {
         id: String,
         xml: String,
         config: NodeConfig,
+        /// Who becomes the owner of a node this creates (a service's).
+        #[serde(default)]
+        creator: Option<String>,
     },
     Create {
         config: NodeConfig,
+        #[serde(default)]
+        creator: Option<String>,
+    },
+    /// Set (or with None, remove) a bare JID's affiliation.
+    Affiliate {
+        jid: String,
+        affiliation: Option<Affiliation>,
     },
     Configure {
         config: NodeConfig,
@@ -223,12 +291,13 @@ pub fn apply(
         Ok(())
     };
     match op {
-        PubsubOp::Publish { id, xml, config } => {
-            let mut meta = old.unwrap_or(NodeMeta {
-                config: config.clone(),
-                subscribers: Vec::new(),
-                next: 0,
-            });
+        PubsubOp::Publish {
+            id,
+            xml,
+            config,
+            creator,
+        } => {
+            let mut meta = old.unwrap_or_else(|| NodeMeta::new(config, creator));
             let mut held = Vec::new();
             for (k, old_id) in item_keys(tree, owner, name)? {
                 if &old_id == id {
@@ -255,13 +324,23 @@ pub fn apply(
             }
             put(&meta)?;
         }
-        PubsubOp::Create { config } => {
+        PubsubOp::Create { config, creator } => {
             if old.is_none() {
-                put(&NodeMeta {
-                    config: config.clone(),
-                    subscribers: Vec::new(),
-                    next: 0,
-                })?;
+                put(&NodeMeta::new(config, creator))?;
+            }
+        }
+        PubsubOp::Affiliate { jid, affiliation } => {
+            if let Some(mut meta) = old {
+                meta.affiliations.retain(|(j, _)| j != jid);
+                if let Some(a) = affiliation {
+                    meta.affiliations.push((jid.clone(), *a));
+                }
+                // An outcast's subscriptions end (§8.8.2.4).
+                if *affiliation == Some(Affiliation::Outcast) {
+                    meta.subscribers
+                        .retain(|s| s.split_once('/').map_or(s.as_str(), |(b, _)| b) != jid);
+                }
+                put(&meta)?;
             }
         }
         PubsubOp::Configure { config } => {
