@@ -81,6 +81,7 @@ const PEP_STEPS: &[&str] = &[
     "OK precondition",
     "OK retract",
     "OK node lifecycle",
+    "OK bookmarks conversion",
     "OK access",
     "OK last item on login",
     "ALL OK",

@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod blocking;
+pub mod bookmarks_compat;
 pub mod caps;
 pub mod carbons;
 pub mod disco;

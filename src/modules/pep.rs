@@ -64,7 +64,8 @@ impl Backend for Node {
     }
 }
 
-fn backend(ctx: &ServerCtx) -> Option<Arc<dyn Backend>> {
+/// The engine's view of this node.
+pub fn backend(ctx: &ServerCtx) -> Option<Arc<dyn Backend>> {
     Some(Arc::new(Node(ctx.arc()?)))
 }
 
@@ -96,6 +97,7 @@ impl Module for Pep {
             "http://jabber.org/protocol/pubsub#retrieve-items",
             "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
             "http://jabber.org/protocol/pubsub#subscribe",
+            super::bookmarks_compat::COMPAT,
         ]
     }
 

@@ -1,5 +1,6 @@
 //! XEP-0049 Private XML Storage: one fragment per namespace per user.
 
+use super::bookmarks_compat as compat;
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
 use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
@@ -62,7 +63,13 @@ impl Module for Private {
                     .private(&user, &key)
                     .ok()
                     .flatten()
-                    .and_then(|x| parse_fragment(&x).ok())
+                    .and_then(|x| parse_fragment(&x).ok());
+                // Bookmarks: the PEP node's rooms (XEP-0402 §4).
+                let view = (key == compat::PRIVATE_KEY)
+                    .then(|| compat::private_view(&ctx.state, &user, stored.as_ref()))
+                    .flatten();
+                let stored = view
+                    .or(stored)
                     .unwrap_or_else(|| Element::new(frag.name.clone(), frag.ns.clone()));
                 Ok(Some(Element::new("query", NS).with_child(stored))).into()
             }
@@ -85,16 +92,32 @@ impl Module for Private {
                     ))
                     .into();
                 }
-                super::commit_then(
-                    ctx,
-                    Command::SetPrivate {
-                        username: user,
-                        key,
-                        xml,
-                    },
-                    "private storage write",
-                    |_, _| Ok(None).into(),
-                )
+                let cmd = Command::SetPrivate {
+                    username: user.clone(),
+                    key: key.clone(),
+                    xml,
+                };
+                if key != compat::PRIVATE_KEY {
+                    return super::commit_then(ctx, cmd, "private storage write", |_, _| {
+                        Ok(None).into()
+                    });
+                }
+                // Bookmarks: answered once the PEP node follows too.
+                let (Some(c), storage) = (ctx.arc(), frag.clone()) else {
+                    return Err(StanzaError::new(StanzaCondition::InternalServerError)).into();
+                };
+                IqResponse::later(async move {
+                    if let Err(e) = c.replicator.commit_async(&cmd).await {
+                        tracing::warn!(error = %e, "private storage write failed");
+                        return Err(StanzaError::with_text(
+                            StanzaCondition::InternalServerError,
+                            e.to_string(),
+                        ))
+                        .into();
+                    }
+                    compat::follow_private(&c, &user, &storage).await;
+                    Ok(None).into()
+                })
             }
         }
     }

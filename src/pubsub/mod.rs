@@ -841,6 +841,26 @@ impl Notice {
     }
 }
 
+/// Tell whoever should hear of a change to `node` committed outside a
+/// request (bookmarks written as private XML, XEP-0402 §4).
+pub fn tell(
+    backend: &Arc<dyn Backend>,
+    kind: Kind,
+    owner: &str,
+    service: &str,
+    node: &str,
+    inner: Element,
+) {
+    Notice {
+        kind,
+        owner: owner.to_string(),
+        service: service.to_string(),
+        node: node.to_string(),
+        meta: None,
+    }
+    .send(backend, inner)
+}
+
 fn is_local(b: &Arc<dyn Backend>, jid: &str) -> bool {
     Jid::new(jid).is_ok_and(|j| j.domain().as_str() == b.domain())
 }

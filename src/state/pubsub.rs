@@ -191,6 +191,13 @@ pub enum PubsubOp {
     Retract {
         id: String,
     },
+    /// Make the node (with `config` if new) hold exactly `items`, in
+    /// order (a client's whole bookmarks written through private storage,
+    /// XEP-0402 §4).
+    Replace {
+        items: Vec<(String, String)>,
+        config: NodeConfig,
+    },
     Purge,
     Delete,
     Subscribe {
@@ -321,6 +328,20 @@ pub fn apply(
             let over = (held.len() + 1).saturating_sub(keep);
             for k in held.into_iter().take(over) {
                 tree.remove(k)?;
+            }
+            put(&meta)?;
+        }
+        PubsubOp::Replace { items, config } => {
+            let mut meta = old.unwrap_or_else(|| NodeMeta::new(config, &None));
+            clear()?;
+            let keep = meta.config.max_items.max(1) as usize;
+            let from = items.len().saturating_sub(keep);
+            for (id, xml) in &items[from..] {
+                tree.insert(
+                    item_key(owner, name, meta.next),
+                    serde_json::to_vec(&(id, xml))?,
+                )?;
+                meta.next += 1;
             }
             put(&meta)?;
         }

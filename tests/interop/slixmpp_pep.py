@@ -12,6 +12,8 @@ the node given for it:
   and closed to contacts; a publish whose options differ from the node's
   answered `<precondition-not-met/>`; a retraction notified;
 - the node lifecycle: item-not-found, the configuration form, delete;
+- bookmarks in both places (XEP-0402 §4): a private-XML write seen on
+  PEP, a PEP publish seen in private XML;
 - access: a stranger refused a presence-access node;
 - the last item sent to a device coming online.
 
@@ -196,6 +198,32 @@ async def main():
     cond, _ = await condition_of(alice.plugin["xep_0060"].get_items(a_jid, BOOKMARKS))
     check(cond == "item-not-found", f"deleted: {cond}")
     print("OK node lifecycle", flush=True)
+
+    # Bookmarks in both places (XEP-0402 §4): written as private XML by
+    # an old client, seen on PEP by a new one, and back.
+    info = await alice.plugin["xep_0030"].get_info(jid=a_jid)
+    check("urn:xmpp:bookmarks:1#compat" in info["disco_info"]["features"], "compat advertised")
+    old_room = f"old@conference.{DOMAIN}"
+    iq = alice.Iq(stype="set")
+    iq.xml.append(ET.fromstring(
+        "<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'>"
+        f"<conference jid='{old_room}' name='Old room' autojoin='true'><nick>al</nick></conference>"
+        "<url name='site' url='https://example.org/'/></storage></query>"))
+    await iq.send()
+    m = await laptop.next_event("bookmarks_publish")
+    check(m["pubsub_event"]["items"]["item"]["id"] == old_room, "the private write reached PEP")
+    got = await laptop.plugin["xep_0060"].get_items(a_jid, BOOKMARKS)
+    check([i["id"] for i in got["pubsub"]["items"]] == [old_room], "the PEP node holds the room")
+    await alice.plugin["xep_0060"].publish(a_jid, BOOKMARKS, id=room, payload=conf,
+                                           options=options(**bm_opts))
+    iq = alice.Iq(stype="get")
+    iq.xml.append(ET.fromstring("<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query>"))
+    res = await iq.send()
+    storage = res.xml.find("{jabber:iq:private}query/{storage:bookmarks}storage")
+    jids = sorted(c.get("jid") for c in storage.findall("{storage:bookmarks}conference"))
+    check(jids == sorted([old_room, room]), f"private storage shows the PEP rooms: {jids}")
+    check(storage.find("{storage:bookmarks}url") is not None, "the URL bookmark stays")
+    print("OK bookmarks conversion", flush=True)
 
     # A stranger may not read a presence-access node.
     cond, app = await condition_of(dave.plugin["xep_0060"].get_items(a_jid, TUNE))
