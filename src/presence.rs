@@ -540,7 +540,13 @@ impl UserPresence {
 impl Handler<Broadcast> for UserPresence {
     type Result = ();
 
-    fn handle(&mut self, msg: Broadcast, _: &mut Context<Self>) {
+    fn handle(&mut self, mut msg: Broadcast, _: &mut Context<Self>) {
+        // XEP-0398 §3: the avatar's hash, for vCard-based contacts.
+        crate::modules::avatar_conversion::stamp_presence(
+            &self.ctx.state,
+            &self.user(),
+            &mut msg.stanza,
+        );
         let resource = msg.from.resource().as_str().to_string();
         let available = msg.stanza.attr("type").is_none();
         let priority = msg

@@ -87,10 +87,13 @@ async fn disco_ping_version() {
         .filter_map(|e| e.attr("var"))
         .collect();
     account.sort();
-    // The archive's, and the PEP service's (XEP-0163 §6).
-    let (pubsub, other): (Vec<&str>, Vec<&str>) = account
-        .iter()
-        .partition(|f| f.starts_with("http://jabber.org/protocol/pubsub"));
+    // The archive's, and the PEP service's (XEP-0163 §6, with XEP-0402's
+    // and XEP-0398's conversions).
+    let (pubsub, other): (Vec<&str>, Vec<&str>) = account.iter().partition(|f| {
+        f.starts_with("http://jabber.org/protocol/pubsub")
+            || **f == "urn:xmpp:bookmarks:1#compat"
+            || **f == "urn:xmpp:pep-vcard-conversion:0"
+    });
     assert_eq!(
         other,
         [

@@ -76,6 +76,7 @@ async fn an_omemo_conversation_between_two_nodes_of_three() {
 const PEP_STEPS: &[&str] = &[
     "OK contacts",
     "OK avatar",
+    "OK avatar conversion",
     "OK tune and +notify filtering",
     "OK bookmarks",
     "OK precondition",

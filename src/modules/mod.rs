@@ -4,6 +4,7 @@
 //! built from these declarations, so it cannot advertise what is not here.
 
 pub mod archive;
+pub mod avatar_conversion;
 pub mod blocking;
 pub mod bookmarks_compat;
 pub mod caps;

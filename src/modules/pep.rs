@@ -98,6 +98,7 @@ impl Module for Pep {
             "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
             "http://jabber.org/protocol/pubsub#subscribe",
             super::bookmarks_compat::COMPAT,
+            super::avatar_conversion::FEATURE,
         ]
     }
 
@@ -130,6 +131,12 @@ impl Module for Pep {
             service: owner_bare.to_string(),
             from: req.from.clone().into(),
         };
+        // XEP-0398: an avatar published here becomes the vCard's photo.
+        let avatar = (req.kind == IqKind::Set && owner_bare == req.from.to_bare())
+            .then(|| req.payload.get_child("publish", NS))
+            .flatten()
+            .is_some_and(|p| p.attr("node") == Some(super::avatar_conversion::META));
+        let (user, c) = (r.owner.clone(), req.server.arc());
         let (tx, rx) = tokio::sync::oneshot::channel();
         r.handle(
             req.kind == IqKind::Set,
@@ -139,9 +146,13 @@ impl Module for Pep {
             }),
         );
         IqResponse::later(async move {
-            rx.await
-                .unwrap_or_else(|_| Err(StanzaError::new(StanzaCondition::InternalServerError)))
-                .into()
+            let r = rx
+                .await
+                .unwrap_or_else(|_| Err(StanzaError::new(StanzaCondition::InternalServerError)));
+            if let (true, Ok(_), Some(c)) = (avatar, &r, c) {
+                super::avatar_conversion::vcard_follows_pep(&c, &user).await;
+            }
+            r.into()
         })
     }
 }

@@ -71,15 +71,27 @@ impl Module for Vcard {
                     ))
                     .into();
                 }
-                super::commit_then(
-                    ctx,
-                    Command::SetVcard {
-                        username: owner,
-                        vcard: xml,
-                    },
-                    "vCard write",
-                    |_, _| Ok(None).into(),
-                )
+                let Some(c) = ctx.arc() else {
+                    return Err(StanzaError::new(StanzaCondition::InternalServerError)).into();
+                };
+                let card = req.payload.clone();
+                let cmd = Command::SetVcard {
+                    username: owner.clone(),
+                    vcard: xml,
+                };
+                IqResponse::later(async move {
+                    if let Err(e) = c.replicator.commit_async(&cmd).await {
+                        tracing::warn!(error = %e, "vCard write failed");
+                        return Err(StanzaError::with_text(
+                            StanzaCondition::InternalServerError,
+                            e.to_string(),
+                        ))
+                        .into();
+                    }
+                    // XEP-0398: its photo becomes the PEP avatar.
+                    super::avatar_conversion::pep_follows_vcard(&c, &owner, &card).await;
+                    Ok(None).into()
+                })
             }
         }
     }

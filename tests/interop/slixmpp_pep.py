@@ -3,6 +3,8 @@ the node given for it:
 
 - an avatar (XEP-0084): data and metadata published, the metadata
   notified to contacts, the data fetched by id;
+- avatars in both forms (XEP-0398): the PEP avatar as the vCard photo and
+  the presence's hash, a vCard photo published with PEP;
 - a user tune (XEP-0118) published the way Smack-like clients do (a plain
   publish to the tune node), notified only to the contact whose
   capabilities (XEP-0115) ask for `tune+notify`, not to the one that does
@@ -20,6 +22,7 @@ the node given for it:
 usage: slixmpp_pep.py DOMAIN HOST:PORT USER PASS (x4: alice, bob, carol, dave)
 """
 import asyncio
+import base64
 import hashlib
 import ssl
 import sys
@@ -50,6 +53,8 @@ class Client(slixmpp.ClientXMPP):
         self.interests = interests
         self.online = asyncio.Event()
         self.events = asyncio.Queue()
+        self.presences = asyncio.Queue()
+        self.add_event_handler("presence_available", lambda p: self.presences.put_nowait(p))
         self.plugin["xep_0060"].map_node_event(BOOKMARKS, "bookmarks")
         # Every client would see a tune event, interested or not.
         self.plugin["xep_0060"].map_node_event(TUNE, "user_tune")
@@ -146,6 +151,36 @@ async def main():
     data = got["pubsub"]["items"]["item"]["avatar_data"]["value"]
     check(data == png, "avatar data fetched by id")
     print("OK avatar", flush=True)
+
+    # XEP-0398: the PEP avatar is the vCard's photo, and the presence
+    # carries its hash; a photo set in the vCard is published with PEP.
+    iq = bob.Iq(stype="get", sto=a_jid)
+    iq.xml.append(ET.fromstring("<vCard xmlns='vcard-temp'/>"))
+    res = await iq.send()
+    binval = res.xml.find("{vcard-temp}vCard/{vcard-temp}PHOTO/{vcard-temp}BINVAL")
+    check(binval is not None and base64.b64decode(binval.text) == png, "vCard PHOTO from PEP")
+    while not bob.presences.empty():
+        bob.presences.get_nowait()
+    alice.send_presence()
+    for _ in range(5):
+        p = await asyncio.wait_for(bob.presences.get(), T)
+        if p["from"] == alice.boundjid:
+            break
+    photo = p.xml.find("{vcard-temp:x:update}x/{vcard-temp:x:update}photo")
+    check(photo is not None and photo.text == avatar_id, "presence carries the avatar hash")
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(range(200))
+    iq = alice.Iq(stype="set")
+    iq.xml.append(ET.fromstring(
+        "<vCard xmlns='vcard-temp'><FN>Alice</FN><PHOTO><TYPE>image/jpeg</TYPE>"
+        f"<BINVAL>{base64.b64encode(jpeg).decode()}</BINVAL></PHOTO></vCard>"))
+    await iq.send()
+    m = await bob.next_event("avatar_metadata_publish")
+    info = m["pubsub_event"]["items"]["item"]["avatar_metadata"]["info"]
+    check(info["id"] == hashlib.sha1(jpeg).hexdigest() and info["type"] == "image/jpeg",
+          f"vCard photo published with PEP: {info}")
+    got = await bob.plugin["xep_0084"].retrieve_avatar(a_jid, info["id"])
+    check(got["pubsub"]["items"]["item"]["avatar_data"]["value"] == jpeg, "its data")
+    print("OK avatar conversion", flush=True)
 
     # A tune, published as a plain item: bob asked for tune+notify, carol
     # did not.
