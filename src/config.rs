@@ -32,6 +32,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Worker arbiters (threads); 0 means one per core.
     pub workers: usize,
+    /// Accounts (bare JIDs) that may run the server's administration
+    /// commands (XEP-0133) from a client.
+    pub admins: Vec<String>,
     pub c2s: C2sConfig,
     pub tls: TlsConfig,
     pub registration: RegistrationConfig,
@@ -376,6 +379,7 @@ impl Default for Config {
             domain: "localhost".into(),
             data_dir: PathBuf::from("data"),
             workers: 0,
+            admins: Vec::new(),
             c2s: C2sConfig::default(),
             tls: TlsConfig::default(),
             registration: RegistrationConfig::default(),
@@ -506,7 +510,10 @@ impl Config {
                 None => defaults.get(&key).filter(|v| !v.is_table()),
             };
             // Option fields are absent from the defaults; they take strings.
-            let known_optional = matches!(dotted.as_str(), "tls.cert" | "tls.key" | "services.muc");
+            let known_optional = matches!(
+                dotted.as_str(),
+                "tls.cert" | "tls.key" | "services.muc" | "services.pubsub"
+            );
             if default.is_none() && !known_optional {
                 return Err(ConfigError::UnknownEnv { var, key: dotted });
             }
@@ -530,6 +537,15 @@ impl Config {
                         })
                     }
                 },
+                // Lists: "a,b".
+                Some(toml::Value::Array(_)) => toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(|v| toml::Value::String(v.into()))
+                        .collect(),
+                ),
                 // Maps: "key=value,key2=value2".
                 Some(toml::Value::Table(_)) => {
                     let mut t = toml::Table::new();
@@ -892,6 +908,29 @@ mod tests {
             ok.map(|c| c.services.echo).ok().as_deref(),
             Some("echo.localhost")
         );
+    }
+
+    #[test]
+    fn lists_and_the_pubsub_domain_from_the_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("STARLING_ADMINS", "root@localhost, ops@localhost"),
+                ("STARLING_SERVICES_PUBSUB", "ps.localhost"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.admins, vec!["root@localhost", "ops@localhost"]);
+        assert_eq!(
+            c.services.pubsub_domain("localhost").as_deref(),
+            Some("ps.localhost")
+        );
+        let clash = Config::load(
+            None,
+            env(&[("STARLING_SERVICES_PUBSUB", "conference.localhost")]),
+        )
+        .unwrap_err();
+        assert!(clash.to_string().contains("services.muc"), "{clash}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Running a node: config errors, graceful shutdown, account management.
+//! Running a node: config errors, graceful shutdown, account management
+//! (from the command line, and from a client with XEP-0133 commands).
 mod common;
 use common::*;
 use std::process::Command;
@@ -325,5 +326,35 @@ async fn stanza_trace_logging_names_the_session() {
     assert!(
         !log.contains("h2::") && !log.contains("sled::") && !log.contains("rustls::"),
         "no library internals at plain debug"
+    );
+}
+
+/// Server administration from a client (XEP-0050, XEP-0133).
+#[test]
+fn admin_commands_from_a_client() {
+    let s = Server::start_with(&[("STARLING_ADMINS", "root@localhost")]);
+    s.add_user("root", "root-pw");
+    s.add_user("alice", "alice-pw");
+    run_interop(
+        "slixmpp_admin_commands.py",
+        &[
+            DOMAIN.into(),
+            s.c2s.to_string(),
+            "root".into(),
+            "root-pw".into(),
+            "alice".into(),
+            "alice-pw".into(),
+        ],
+        &[&s],
+        std::time::Duration::from_secs(180),
+        &[
+            "OK commands listed for admins only",
+            "OK add user",
+            "OK online users",
+            "OK announce",
+            "OK change password",
+            "OK delete user",
+            "ALL OK",
+        ],
     );
 }

@@ -28,9 +28,19 @@ impl Module for Disco {
     }
 
     fn handle_iq(&self, req: &IqRequest) -> IqResponse {
-        // Nodes are not used yet: any node is unknown.
-        if req.payload.attr("node").is_some() {
-            return Err(StanzaError::new(StanzaCondition::ItemNotFound)).into();
+        // The server's nodes are its ad-hoc commands (XEP-0050 §2).
+        if let Some(node) = req.payload.attr("node") {
+            let found = match (req.addressee, req.payload.ns.as_str()) {
+                (Addressee::Host, ns::DISCO_ITEMS) if node == super::admin_commands::NS => Some(
+                    super::admin_commands::items(req.server, &req.from.to_bare()),
+                ),
+                (Addressee::Host, ns::DISCO_INFO) => super::admin_commands::info(node),
+                _ => None,
+            };
+            return found
+                .map(|q| Ok(Some(q)))
+                .unwrap_or_else(|| Err(StanzaError::new(StanzaCondition::ItemNotFound)))
+                .into();
         }
         if req.payload.ns == ns::DISCO_ITEMS {
             let mut q = Element::new("query", ns::DISCO_ITEMS);

@@ -3,6 +3,7 @@
 //! events: (iq type, addressee, payload namespace). Service discovery is
 //! built from these declarations, so it cannot advertise what is not here.
 
+pub mod admin_commands;
 pub mod archive;
 pub mod avatar_conversion;
 pub mod blocking;
@@ -235,6 +236,7 @@ impl Modules {
         Modules::new(
             vec![
                 Arc::new(disco::Disco),
+                Arc::new(admin_commands::AdminCommands),
                 Arc::new(ping::Ping),
                 Arc::new(version::Version),
                 Arc::new(register::Register),
