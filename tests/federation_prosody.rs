@@ -382,6 +382,7 @@ async fn a_prosody_contact_hears_of_a_starling_users_pep() {
     for step in [
         "OK contacts across servers",
         "OK prosody user notified of a starling user's tune",
+        "OK prosody user reads a starling user's node",
         "OK prosody user notified of avatar metadata",
     ] {
         assert!(text.contains(step), "missing {step:?} in:\n{text}");

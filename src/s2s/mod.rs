@@ -323,8 +323,31 @@ fn iq(ctx: &ServerCtx, el: Element, to: &Jid, blocked: bool) {
     if !request {
         return;
     }
-    // XEP-0199: the server answers pings; other requests to the server or
-    // an account from a remote entity are not offered yet.
+    // A request to a local account's bare JID from a remote user (its
+    // vCard, its PEP nodes, disco): answered by the modules as for a
+    // local user of another account (RFC 6121 §8.5.1).
+    let from = el.attr("from").and_then(|f| jid::FullJid::new(f).ok());
+    if let (Some(user), Some(from), false) = (to.node(), from, blocked) {
+        if !ctx.state.account_exists(user.as_str()) || el.elements().count() != 1 {
+            return reply_remote_error(ctx, &el, StanzaCondition::ServiceUnavailable);
+        }
+        let kind = match el.attr("type") {
+            Some("set") => crate::modules::IqKind::Set,
+            _ => crate::modules::IqKind::Get,
+        };
+        let out = crate::modules::dispatch(
+            ctx,
+            &from,
+            0,
+            &el,
+            kind,
+            crate::modules::Addressee::OtherAccount,
+            Some(to.to_bare()),
+        );
+        return answer_remote(ctx, out);
+    }
+    // XEP-0199: the server answers pings; other requests to the server
+    // from a remote entity are not offered yet.
     let ping = el.elements().any(|c| c.is("ping", "urn:xmpp:ping"));
     if ping && to.node().is_none() {
         let mut r = Element::new("iq", ns::CLIENT).with_attr("type", "result");
@@ -338,6 +361,20 @@ fn iq(ctx: &ServerCtx, el: Element, to: &Jid, blocked: bool) {
         reply_remote(ctx, r);
     } else {
         reply_remote_error(ctx, &el, StanzaCondition::ServiceUnavailable);
+    }
+}
+
+/// Send a module's answer (now, or once its write is committed) back to
+/// the remote requester.
+fn answer_remote(ctx: &ServerCtx, out: crate::delivery::Outcome) {
+    if let Some(reply) = out.reply {
+        reply_remote(ctx, reply);
+    }
+    if let (Some(later), Some(c)) = (out.later, ctx.arc()) {
+        ctx.replicator.runtime().spawn(async move {
+            let out = later.await;
+            answer_remote(&c, out);
+        });
     }
 }
 

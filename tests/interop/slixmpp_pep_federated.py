@@ -1,7 +1,7 @@
 """PEP across servers (XEP-0163 §4.3.1): a Prosody user who is a contact
 of a Starling user hears of the Starling user's new tune (XEP-0118) and
-avatar metadata (XEP-0084), and can fetch the items from the Starling
-account.
+avatar metadata (XEP-0084), and reads the node from the Starling account
+(an iq from another server to a local account's bare JID).
 
 usage: slixmpp_pep_federated.py HOST:PORT JID PASS HOST:PORT JID PASS
   (the Starling user, then the Prosody user)
@@ -78,6 +78,13 @@ async def main():
     check(m["from"].bare == a, f"tune from {m['from']}")
     check(m["pubsub_event"]["items"]["item"]["tune"]["title"] == "Roundabout", "tune title")
     print("OK prosody user notified of a starling user's tune", flush=True)
+
+    got = await bob.plugin["xep_0060"].get_items(JID(a), TUNE, max_items=1)
+    items = list(got["pubsub"]["items"])
+    artist = items[0].xml.find(f"{{{TUNE}}}tune/{{{TUNE}}}artist") if items else None
+    check(len(items) == 1 and artist is not None and artist.text == "Yes",
+          "items fetched across servers")
+    print("OK prosody user reads a starling user's node", flush=True)
 
     await alice.plugin["xep_0084"].publish_avatar_metadata(
         {"id": "0123456789abcdef0123456789abcdef01234567", "type": "image/png", "bytes": 1024})
