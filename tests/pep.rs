@@ -181,3 +181,101 @@ async fn a_pubsub_node_lifecycle_across_three_nodes() {
     .await
     .expect("join");
 }
+
+/// An iq built from XML text.
+fn iq(xml: &str) -> starling::xml::Element {
+    starling::xml::parse_fragment(xml).expect("test iq parses")
+}
+
+async fn online_on(s: &Server, user: &str) -> Client {
+    let mut c = authed_retry(s, user, &format!("{user}-pw")).await;
+    c.bind(Some("r")).await.expect("bind");
+    c.send("<presence/>").await;
+    c
+}
+
+/// Items outlive the node they were published on: a PEP item and a
+/// pubsub.DOMAIN item published on node 2 are read on the others after
+/// node 2 is killed with SIGKILL, and a new publish there reaches a
+/// subscriber on another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_outlive_a_killed_node() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let n1 = cluster_node(1, None, SECRET, &[]);
+    let mut n2 = cluster_node(2, Some(&n1), SECRET, &[]);
+    let n3 = cluster_node(3, Some(&n1), SECRET, &[]);
+    wait_members(&n1, SECRET, 3).await;
+    for u in ["alice", "bob"] {
+        n1.add_user(u, &format!("{u}-pw"));
+    }
+    let mut alice = online_on(&n2, "alice").await;
+    let open = "<publish-options><x xmlns='jabber:x:data' type='submit'>\
+        <field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+        <field var='pubsub#access_model'><value>open</value></field></x></publish-options>";
+    let r = alice
+        .iq(iq(&format!(
+            "<iq type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+             <publish node='urn:xmpp:status'><item id='current'><status xmlns='urn:xmpp:status'>\
+             kept</status></item></publish>{open}</pubsub></iq>"
+        )))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    let r = alice
+        .iq(iq("<iq type='set' to='pubsub.localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+             <create node='board'/></pubsub></iq>"))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    let r = alice
+        .iq(iq("<iq type='set' to='pubsub.localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+             <publish node='board'><item id='first'><note xmlns='urn:example:board'>one</note></item>\
+             </publish></pubsub></iq>"))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    n2.kill9();
+    drop(alice);
+
+    let mut bob = online_on(&n3, "bob").await;
+    let r = bob
+        .iq(iq("<iq type='get' to='alice@localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+             <items node='urn:xmpp:status'/></pubsub></iq>"))
+        .await;
+    assert!(
+        r.to_xml("").contains("kept"),
+        "the PEP item after node 2 died: {r:?}"
+    );
+    let r = bob
+        .iq(iq("<iq type='get' to='pubsub.localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+             <items node='board'/></pubsub></iq>"))
+        .await;
+    assert!(
+        r.to_xml("").contains("one"),
+        "the service item after node 2 died: {r:?}"
+    );
+    let r = bob
+        .iq(iq("<iq type='set' to='pubsub.localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+             <subscribe node='board' jid='bob@localhost/r'/></pubsub></iq>"))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    // The last item comes on subscribing (§6.1.7).
+    let last = bob
+        .wait_for(|e| e.name == "message" && e.to_xml("").contains("first"))
+        .await;
+    assert_eq!(last.attr("from"), Some("pubsub.localhost"));
+
+    // Alice again, on node 1 now: her publish reaches bob on node 3.
+    let mut alice = online_on(&n1, "alice").await;
+    let r = alice
+        .iq(iq("<iq type='set' to='pubsub.localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+             <publish node='board'><item id='second'><note xmlns='urn:example:board'>two</note></item>\
+             </publish></pubsub></iq>"))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    let told = tokio::time::timeout(
+        WAIT,
+        bob.wait_for(|e| e.name == "message" && e.to_xml("").contains("second")),
+    )
+    .await
+    .expect("bob told of the new item");
+    assert!(told.to_xml("").contains("urn:example:board"));
+    drop((n1, n3));
+}
