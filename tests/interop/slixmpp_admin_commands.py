@@ -7,7 +7,6 @@ user; a non-admin sees no commands and is refused.
 usage: slixmpp_admin_commands.py DOMAIN HOST:PORT ADMIN PASS USER PASS
 """
 import asyncio
-import ssl
 import sys
 
 import slixmpp
@@ -15,20 +14,16 @@ from slixmpp import JID
 from slixmpp.exceptions import IqError
 from slixmpp.plugins.xep_0004 import Form
 
+from helpers import T, check, setup_client
+
 DOMAIN, ADDR, ADMIN, ADMIN_PW, USER, USER_PW = sys.argv[1:7]
-T = 20
 ADMIN_NS = "http://jabber.org/protocol/admin"
 
 
 class Client(slixmpp.ClientXMPP):
     def __init__(self, jid, password):
         super().__init__(jid, password, sasl_mech="SCRAM-SHA-256")
-        self.ssl_context.check_hostname = False
-        self.ssl_context.verify_mode = ssl.CERT_NONE
-        self.enable_direct_tls = False
-        self.enable_plaintext = False
-        for p in ["xep_0030", "xep_0004", "xep_0050"]:
-            self.register_plugin(p)
+        setup_client(self, ["xep_0030", "xep_0004", "xep_0050"])
         self.online = asyncio.Event()
         self.failed = asyncio.Event()
         self.headlines = asyncio.Queue()
@@ -43,12 +38,6 @@ class Client(slixmpp.ClientXMPP):
     def on_message(self, m):
         if m["type"] == "headline":
             self.headlines.put_nowait(m)
-
-
-def check(cond, what):
-    if not cond:
-        print(f"FAIL {what}", flush=True)
-        raise SystemExit(1)
 
 
 async def login(jid, pw):

@@ -9,7 +9,6 @@ so each also hears of the other's device list by notification.
 usage: slixmpp_omemo_chat.py DOMAIN HOST:PORT USER PASS HOST:PORT USER PASS
 """
 import asyncio
-import ssl
 import sys
 from typing import Any, Dict, FrozenSet, Optional
 
@@ -21,9 +20,10 @@ from slixmpp import JID
 from slixmpp.plugins import register_plugin
 from slixmpp_omemo import TrustLevel, XEP_0384
 
+from helpers import T, check, connect, setup_client, until
+
 DOMAIN = sys.argv[1]
 USERS = [sys.argv[2 + 3 * i: 5 + 3 * i] for i in range(2)]
-T = 30
 DEVICE_LIST = "urn:xmpp:omemo:2:devices"
 OLD_DEVICE_LIST = "eu.siacs.conversations.axolotl.devicelist"
 
@@ -75,12 +75,7 @@ register_plugin(XEP_0384Impl)
 class Client(slixmpp.ClientXMPP):
     def __init__(self, jid, password):
         super().__init__(jid, password, sasl_mech="SCRAM-SHA-256")
-        self.ssl_context.check_hostname = False
-        self.ssl_context.verify_mode = ssl.CERT_NONE
-        self.enable_direct_tls = False
-        self.enable_plaintext = False
-        for p in ["xep_0030", "xep_0004", "xep_0060", "xep_0115", "xep_0163", "xep_0199"]:
-            self.register_plugin(p)
+        setup_client(self, ["xep_0030", "xep_0004", "xep_0060", "xep_0115", "xep_0163", "xep_0199"])
         self.register_plugin("xep_0384", module=sys.modules[__name__])
         self.online = asyncio.Event()
         self.omemo_ready = asyncio.Event()
@@ -121,32 +116,12 @@ class Client(slixmpp.ClientXMPP):
         encrypted.send()
 
 
-def check(cond, what):
-    if not cond:
-        print(f"FAIL {what}", flush=True)
-        raise SystemExit(1)
-
-
-async def connect(c, addr):
-    host, port = addr.rsplit(":", 1)
-    c.connect(host=host, port=int(port))
-    await asyncio.wait_for(c.online.wait(), T)
-
-
-async def until(pred, what):
-    for _ in range(T * 10):
-        if pred():
-            return
-        await asyncio.sleep(0.1)
-    check(False, what)
-
-
 async def main():
     (a_addr, a_user, a_pw), (b_addr, b_user, b_pw) = USERS
     alice = Client(f"{a_user}@{DOMAIN}/phone", a_pw)
     bob = Client(f"{b_user}@{DOMAIN}/laptop", b_pw)
-    await connect(alice, a_addr)
-    await connect(bob, b_addr)
+    await connect(alice, a_addr, alice.online)
+    await connect(bob, b_addr, bob.online)
     a_jid, b_jid = JID(f"{a_user}@{DOMAIN}"), JID(f"{b_user}@{DOMAIN}")
 
     # Contacts both ways (slixmpp answers and returns subscriptions itself).

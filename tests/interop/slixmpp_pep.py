@@ -24,18 +24,17 @@ usage: slixmpp_pep.py DOMAIN HOST:PORT USER PASS (x4: alice, bob, carol, dave)
 import asyncio
 import base64
 import hashlib
-import ssl
 import sys
 
 import slixmpp
 from slixmpp import JID
-from slixmpp.exceptions import IqError
 from slixmpp.plugins.xep_0004 import Form
 from slixmpp.xmlstream import ET
 
+from helpers import T, check, condition_of, connect, setup_client, until
+
 DOMAIN = sys.argv[1]
 USERS = [sys.argv[2 + 3 * i: 5 + 3 * i] for i in range(4)]
-T = 20
 TUNE = "http://jabber.org/protocol/tune"
 BOOKMARKS = "urn:xmpp:bookmarks:1"
 AVATAR_META = "urn:xmpp:avatar:metadata"
@@ -44,12 +43,7 @@ AVATAR_META = "urn:xmpp:avatar:metadata"
 class Client(slixmpp.ClientXMPP):
     def __init__(self, jid, password, plugins=(), interests=()):
         super().__init__(jid, password, sasl_mech="SCRAM-SHA-256")
-        self.ssl_context.check_hostname = False
-        self.ssl_context.verify_mode = ssl.CERT_NONE
-        self.enable_direct_tls = False
-        self.enable_plaintext = False
-        for p in ["xep_0030", "xep_0004", "xep_0060", "xep_0115", "xep_0163", *plugins]:
-            self.register_plugin(p)
+        setup_client(self, ["xep_0030", "xep_0004", "xep_0060", "xep_0115", "xep_0163", *plugins])
         self.interests = interests
         self.online = asyncio.Event()
         self.events = asyncio.Queue()
@@ -79,26 +73,6 @@ class Client(slixmpp.ClientXMPP):
                 return m
 
 
-def check(cond, what):
-    if not cond:
-        print(f"FAIL {what}", flush=True)
-        raise SystemExit(1)
-
-
-async def connect(c, addr):
-    host, port = addr.rsplit(":", 1)
-    c.connect(host=host, port=int(port))
-    await asyncio.wait_for(c.online.wait(), T)
-
-
-async def until(pred, what):
-    for _ in range(T * 10):
-        if pred():
-            return
-        await asyncio.sleep(0.1)
-    check(False, what)
-
-
 def options(**fields):
     form = Form()
     form["type"] = "submit"
@@ -109,15 +83,6 @@ def options(**fields):
     return form
 
 
-async def condition_of(coro):
-    try:
-        await coro
-    except IqError as e:
-        app = [c.tag for c in e.iq["error"].xml]
-        return e.condition, app
-    return None, []
-
-
 async def main():
     (a_addr, a_user, a_pw), (b_addr, b_user, b_pw), (c_addr, c_user, c_pw), (d_addr, d_user, d_pw) = USERS
     alice = Client(f"{a_user}@{DOMAIN}/phone", a_pw, ["xep_0084", "xep_0118", "xep_0402"])
@@ -126,7 +91,7 @@ async def main():
     carol = Client(f"{c_user}@{DOMAIN}/desk", c_pw, ["xep_0084"])
     dave = Client(f"{d_user}@{DOMAIN}/desk", d_pw)
     for c, addr in [(alice, a_addr), (laptop, a_addr), (bob, b_addr), (carol, c_addr), (dave, d_addr)]:
-        await connect(c, addr)
+        await connect(c, addr, c.online)
     a_jid, b_jid, c_jid = JID(f"{a_user}@{DOMAIN}"), JID(f"{b_user}@{DOMAIN}"), JID(f"{c_user}@{DOMAIN}")
 
     for other, o_jid in [(bob, b_jid), (carol, c_jid)]:
@@ -268,7 +233,7 @@ async def main():
 
     # A device coming online gets the last tune.
     bob2 = Client(f"{b_user}@{DOMAIN}/phone", b_pw, ["xep_0118"])
-    await connect(bob2, b_addr)
+    await connect(bob2, b_addr, bob2.online)
     m = await bob2.next_event("user_tune_publish")
     check(m["pubsub_event"]["items"]["item"]["tune"]["artist"] == "Yes", "last tune on login")
     print("OK last item on login", flush=True)

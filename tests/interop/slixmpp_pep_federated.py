@@ -7,26 +7,23 @@ usage: slixmpp_pep_federated.py HOST:PORT JID PASS HOST:PORT JID PASS
   (the Starling user, then the Prosody user)
 """
 import asyncio
-import ssl
 import sys
 
 import slixmpp
 from slixmpp import JID
 from slixmpp.xmlstream import ET
 
+from helpers import T, check, connect, setup_client, until
+
 (A_ADDR, A_JID, A_PW, B_ADDR, B_JID, B_PW) = sys.argv[1:7]
-T = 20
 TUNE = "http://jabber.org/protocol/tune"
 
 
 class Client(slixmpp.ClientXMPP):
     def __init__(self, jid, password):
         super().__init__(jid, password)
-        self.ssl_context.check_hostname = False
-        self.ssl_context.verify_mode = ssl.CERT_NONE
-        self.enable_direct_tls = False
-        for p in ["xep_0030", "xep_0004", "xep_0060", "xep_0115", "xep_0163", "xep_0118", "xep_0084"]:
-            self.register_plugin(p)
+        setup_client(self, ["xep_0030", "xep_0004", "xep_0060", "xep_0115", "xep_0163",
+                            "xep_0118", "xep_0084"], mech=None)
         self.online = asyncio.Event()
         self.events = asyncio.Queue()
         for name in ["user_tune_publish", "avatar_metadata_publish"]:
@@ -46,26 +43,10 @@ class Client(slixmpp.ClientXMPP):
                 return m
 
 
-def check(cond, what):
-    if not cond:
-        print(f"FAIL {what}", flush=True)
-        raise SystemExit(1)
-
-
-async def until(pred, what):
-    for _ in range(T * 10):
-        if pred():
-            return
-        await asyncio.sleep(0.1)
-    check(False, what)
-
-
 async def main():
     alice, bob = Client(A_JID, A_PW), Client(B_JID, B_PW)
     for c, addr in [(alice, A_ADDR), (bob, B_ADDR)]:
-        host, port = addr.rsplit(":", 1)
-        c.connect(host=host, port=int(port))
-        await asyncio.wait_for(c.online.wait(), T)
+        await connect(c, addr, c.online)
     a, b = JID(A_JID).bare, JID(B_JID).bare
     alice.send_presence_subscription(pto=b)
     await until(lambda: alice.client_roster[b]["subscription"] == "both"

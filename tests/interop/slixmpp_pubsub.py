@@ -8,31 +8,25 @@ deletion notified; an outcast refused; the owner's affiliations list.
 usage: slixmpp_pubsub.py DOMAIN HOST:PORT USER PASS (x3: alice, bob, carol)
 """
 import asyncio
-import ssl
 import sys
 
 import slixmpp
 from slixmpp import JID
-from slixmpp.exceptions import IqError
 from slixmpp.plugins.xep_0004 import Form
 from slixmpp.xmlstream import ET
+
+from helpers import T, check, condition_of, connect, setup_client
 
 DOMAIN = sys.argv[1]
 USERS = [sys.argv[2 + 3 * i: 5 + 3 * i] for i in range(3)]
 SERVICE = JID(f"pubsub.{DOMAIN}")
 NODE = "news"
-T = 20
 
 
 class Client(slixmpp.ClientXMPP):
     def __init__(self, jid, password):
         super().__init__(jid, password, sasl_mech="SCRAM-SHA-256")
-        self.ssl_context.check_hostname = False
-        self.ssl_context.verify_mode = ssl.CERT_NONE
-        self.enable_direct_tls = False
-        self.enable_plaintext = False
-        for p in ["xep_0030", "xep_0004", "xep_0060"]:
-            self.register_plugin(p)
+        setup_client(self, ["xep_0030", "xep_0004", "xep_0060"])
         self.online = asyncio.Event()
         self.events = asyncio.Queue()
         for name in ["pubsub_publish", "pubsub_retract", "pubsub_purge", "pubsub_delete"]:
@@ -50,20 +44,6 @@ class Client(slixmpp.ClientXMPP):
                 return m
 
 
-def check(cond, what):
-    if not cond:
-        print(f"FAIL {what}", flush=True)
-        raise SystemExit(1)
-
-
-async def condition_of(coro):
-    try:
-        await coro
-    except IqError as e:
-        return e.condition
-    return None
-
-
 def entry(n):
     return ET.fromstring(f"<entry xmlns='http://www.w3.org/2005/Atom'><title>post {n}</title></entry>")
 
@@ -72,9 +52,7 @@ async def main():
     clients = []
     for addr, user, pw in USERS:
         c = Client(f"{user}@{DOMAIN}/desk", pw)
-        host, port = addr.rsplit(":", 1)
-        c.connect(host=host, port=int(port))
-        await asyncio.wait_for(c.online.wait(), T)
+        await connect(c, addr, c.online)
         clients.append(c)
     alice, bob, carol = clients
     ps = lambda c: c.plugin["xep_0060"]
@@ -88,7 +66,7 @@ async def main():
     form.add_field(var="pubsub#max_items", value="5")
     form.add_field(var="pubsub#access_model", value="open")
     await ps(alice).create_node(SERVICE, NODE, config=form)
-    cond = await condition_of(ps(bob).create_node(SERVICE, NODE))
+    cond, _ = await condition_of(ps(bob).create_node(SERVICE, NODE))
     check(cond == "conflict", f"a second create: {cond}")
     items = await alice.plugin["xep_0030"].get_items(jid=SERVICE)
     nodes = [(i[1], i[2]) for i in items["disco_items"]["items"]]
@@ -112,7 +90,7 @@ async def main():
     check(len(got["pubsub"]["items"]) == 2, "max_items on retrieval")
     print("OK subscribers told of each publish", flush=True)
 
-    cond = await condition_of(ps(bob).publish(SERVICE, NODE, id="b1", payload=entry("b")))
+    cond, _ = await condition_of(ps(bob).publish(SERVICE, NODE, id="b1", payload=entry("b")))
     check(cond == "forbidden", f"a non-publisher is refused: {cond}")
     await ps(alice).modify_affiliations(SERVICE, NODE, [(JID(bob.boundjid.bare), "publisher")])
     await ps(bob).publish(SERVICE, NODE, id="b1", payload=entry("b"))
@@ -131,18 +109,18 @@ async def main():
     print("OK retract and purge", flush=True)
 
     await ps(alice).modify_affiliations(SERVICE, NODE, [(JID(carol.boundjid.bare), "outcast")])
-    cond = await condition_of(ps(carol).subscribe(SERVICE, NODE))
+    cond, _ = await condition_of(ps(carol).subscribe(SERVICE, NODE))
     check(cond == "forbidden", f"an outcast is refused: {cond}")
     affs = await ps(alice).get_affiliations(SERVICE)
     mine = [(a["node"], a["affiliation"]) for a in affs["pubsub"]["affiliations"]]
     check((NODE, "owner") in mine, f"owner affiliation {mine}")
-    cond = await condition_of(ps(bob).delete_node(SERVICE, NODE))
+    cond, _ = await condition_of(ps(bob).delete_node(SERVICE, NODE))
     check(cond == "forbidden", f"only the owner deletes: {cond}")
     print("OK affiliations", flush=True)
 
     await ps(alice).delete_node(SERVICE, NODE)
     await bob.next_event("pubsub_delete")
-    cond = await condition_of(ps(bob).get_items(SERVICE, NODE))
+    cond, _ = await condition_of(ps(bob).get_items(SERVICE, NODE))
     check(cond == "item-not-found", f"deleted: {cond}")
     print("OK node deleted", flush=True)
 

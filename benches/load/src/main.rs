@@ -75,9 +75,14 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     duration: u64,
     /// pairs (random sender and recipient) | pingpong (each reply triggers
-    /// the next) | room (everyone in one group-chat room)
+    /// the next) | room (everyone in one group-chat room) | pep (the first
+    /// `--publishers` users publish to a PEP node; every other user is a
+    /// contact of each, interested in it by its capabilities)
     #[arg(long, default_value = "pairs")]
     mode: String,
+    /// Publishers for `--mode pep`.
+    #[arg(long, default_value_t = 10)]
+    publishers: usize,
     /// The room for `--mode room` (default: bench@conference.DOMAIN).
     #[arg(long)]
     room: Option<String>,
@@ -638,6 +643,13 @@ async fn run(args: Args) -> Report {
     report
 }
 
+/// The PEP node `--mode pep` publishes to.
+const PEP_NODE: &str = "urn:example:bench";
+/// The XEP-0115 hash of what a `--mode pep` contact answers (identity
+/// client/bot, feature PEP_NODE+notify): base64(sha1("client/bot//<"
+/// "urn:example:bench+notify<")).
+const PEP_CAPS: &str = "OyUWoDndR7oaSOyaKd6cDFQda/Q=";
+
 /// Messages at a fixed offered rate; each body carries its send time.
 async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
     let args = &ctx.args;
@@ -658,6 +670,9 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
     let (pong_tx, mut pong_rx) = mpsc::unbounded_channel::<usize>();
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let room_mode = args.mode == "room";
+    let pep_mode = args.mode == "pep";
+    // Both fan a message out: one sent, many delivered.
+    let fanout = room_mode || pep_mode;
     let room = args
         .room
         .clone()
@@ -695,6 +710,9 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
         let own_nick = format!("{room}/{}{i}", args.prefix);
         // With --resume: stanzas handled since <enabled/>, for the <a/>s.
         let acker = writers.last().cloned().flatten().filter(|_| args.resume);
+        // PEP mode: publishers accept subscription requests, contacts say
+        // what their capabilities mean when the server asks.
+        let answer = writers.last().cloned().flatten().filter(|_| pep_mode);
         let mut handled: Option<u32> = None;
         tokio::spawn(async move {
             loop {
@@ -714,6 +732,26 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
                         _ => {}
                     }
                 }
+                if let (Some(w), Ok(StreamEvent::Stanza(e))) = (&answer, &ev) {
+                    let from = e.attr("from").unwrap_or_default();
+                    if e.name == "presence" && e.attr("type") == Some("subscribe") {
+                        let _ = w.try_send(format!("<presence type='subscribed' to='{from}'/>"));
+                    }
+                    let caps_query = e.name == "iq"
+                        && e.attr("type") == Some("get")
+                        && e.get_child("query", "http://jabber.org/protocol/disco#info")
+                            .is_some();
+                    if caps_query {
+                        let node = e
+                            .get_child("query", "http://jabber.org/protocol/disco#info")
+                            .and_then(|q| q.attr("node"))
+                            .unwrap_or_default();
+                        let _ = w.try_send(format!(
+                            "<iq type='result' to='{from}' id='{}'><query xmlns='http://jabber.org/protocol/disco#info' node='{node}'><identity category='client' type='bot'/><feature var='{PEP_NODE}+notify'/></query></iq>",
+                            e.attr("id").unwrap_or_default()
+                        ));
+                    }
+                }
                 match ev {
                     Ok(StreamEvent::Stanza(e))
                         if e.name == "presence" && e.attr("from") == Some(own_nick.as_str()) =>
@@ -730,6 +768,12 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
                             let _ = joined.send(true);
                         }
                     }
+                    // A publish refused (PEP mode): counted as an error.
+                    Ok(StreamEvent::Stanza(e))
+                        if e.name == "iq" && e.attr("type") == Some("error") =>
+                    {
+                        ctx2.errors.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(StreamEvent::Stanza(e)) if e.name == "message" => {
                         if e.attr("type") == Some("error") {
                             ctx2.errors.fetch_add(1, Ordering::Relaxed);
@@ -740,10 +784,19 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
                             }
                             continue;
                         }
-                        let Some(b) = e.get_child("body", "jabber:client") else {
+                        // A PEP notification carries its send time in
+                        // the item's payload.
+                        let pep = e
+                            .get_child("event", "http://jabber.org/protocol/pubsub#event")
+                            .and_then(|ev| ev.elements().next())
+                            .and_then(|items| items.elements().next())
+                            .and_then(|item| item.get_child("bench", PEP_NODE))
+                            .map(|b| b.text());
+                        let Some(text) =
+                            pep.or_else(|| e.get_child("body", "jabber:client").map(|b| b.text()))
+                        else {
                             continue;
                         };
-                        let text = b.text();
                         let mut parts = text.split(' ');
                         let Some(Ok(sent)) = parts.next().map(|t| t.parse::<u64>()) else {
                             continue;
@@ -835,9 +888,76 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
         // Presence of the late joiners reaches everyone first.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    // PEP mode: every other user and each publisher subscribe to each
+    // other's presence (both accept), then the others say their
+    // capabilities, whose `+notify` the server learns by asking.
+    let publishers: Vec<usize> = live.iter().copied().take(args.publishers.max(1)).collect();
+    if pep_mode {
+        let contacts: Vec<usize> = live.iter().copied().skip(publishers.len()).collect();
+        let t = Instant::now();
+        for &c in &contacts {
+            if let Some(Some(w)) = writers.get(c) {
+                for &p in &publishers {
+                    let _ = w
+                        .send(format!(
+                            "<presence type='subscribe' to='{}{p}@{}'/>",
+                            args.prefix, args.domain
+                        ))
+                        .await;
+                }
+            }
+        }
+        // And back: servers that learn a contact's interests from the
+        // presence the publisher receives (Prosody, ejabberd) need it.
+        for &p in &publishers {
+            if let Some(Some(w)) = writers.get(p) {
+                for &c in &contacts {
+                    let _ = w
+                        .send(format!(
+                            "<presence type='subscribe' to='{}{c}@{}'/>",
+                            args.prefix, args.domain
+                        ))
+                        .await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for &c in &contacts {
+            if let Some(Some(w)) = writers.get(c) {
+                let _ = w
+                    .send(format!("<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:example:starling-load' ver='{PEP_CAPS}'/></presence>"))
+                    .await;
+            }
+        }
+        // The subscriptions and capabilities are committed before the run.
+        tokio::time::sleep(Duration::from_secs(
+            3 + (contacts.len() * publishers.len()) as u64 / 2000,
+        ))
+        .await;
+        occupants = contacts.len().max(1) as u64;
+        report.add(
+            "contacts",
+            contacts.len().to_string(),
+            format!(
+                "{} publishers, each with {} contacts (set up in {:.1} s)",
+                publishers.len(),
+                contacts.len(),
+                t.elapsed().as_secs_f64()
+            ),
+        );
+    }
     let send = |from: usize, to: usize| {
         let body = format!("{} {from}", epoch.elapsed().as_micros());
-        let xml = if room_mode {
+        let from = if pep_mode {
+            publishers[to % publishers.len()]
+        } else {
+            from
+        };
+        let xml = if pep_mode {
+            format!(
+                "<iq type='set' id='pub'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{PEP_NODE}'><item id='current'><bench xmlns='{PEP_NODE}'>{body}</bench></item></publish></pubsub></iq>"
+            )
+        } else if room_mode {
             format!("<message to='{room}' type='groupchat'><body>{body}</body></message>")
         } else {
             format!(
@@ -955,6 +1075,15 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
             measured_for
         ),
     );
+    if pep_mode {
+        report.add(
+            "publishes_per_sec",
+            format!("{:.0}", sent_measured as f64 / measured_for),
+            format!(
+                "{sent_measured} publishes measured ({sent} sent in all), to {occupants} contacts each"
+            ),
+        );
+    }
     if room_mode {
         report.add(
             "room_msgs_per_sec",
@@ -970,8 +1099,8 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
         format!(
             "delivered {got} of {} measured{} = {throughput:.0} {}/s",
             sent_measured * occupants,
-            if room_mode { " deliveries" } else { "" },
-            if room_mode { "deliveries" } else { "msg" }
+            if fanout { " deliveries" } else { "" },
+            if fanout { "deliveries" } else { "msg" }
         ),
     );
     report.add(
