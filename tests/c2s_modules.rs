@@ -37,6 +37,7 @@ async fn disco_ping_version() {
     features.sort();
     // Exactly what is implemented.
     let expected = [
+        "http://jabber.org/protocol/commands",
         "http://jabber.org/protocol/disco#info",
         "http://jabber.org/protocol/disco#items",
         "jabber:iq:last",

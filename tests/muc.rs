@@ -4,7 +4,6 @@
 mod common;
 use common::*;
 use starling::xml::Element;
-use std::process::Command;
 use std::time::Duration;
 
 const SECRET: &str = "muc-secret";
@@ -18,60 +17,34 @@ fn run_muc_script(nodes: &[&Server]) -> String {
         args.push(u.to_string());
         args.push(format!("{u}-pw"));
     }
-    let script = format!(
-        "{}/tests/interop/slixmpp_muc.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let mut child = Command::new(python())
-        .arg(&script)
-        .args(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run python");
-    let mut waited = Duration::ZERO;
-    while child.try_wait().expect("wait").is_none() {
-        if waited > Duration::from_secs(180) {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        waited += Duration::from_millis(100);
-    }
-    let out = child.wait_with_output().expect("output");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let logs: Vec<String> = nodes.iter().map(|n| n.log()).collect();
-    assert!(
-        out.status.success(),
-        "slixmpp_muc.py failed:\n{stdout}\n{}\nserver logs:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        logs.join("\n----\n")
-    );
-    for step in [
-        "OK room created",
-        "OK configured",
-        "OK entered",
-        "OK nick conflict",
-        "OK message to all",
-        "OK room archive",
-        "OK two devices one nick",
-        "OK subject",
-        "OK private message",
-        "OK nick change",
-        "OK self-ping",
-        "OK rejoin",
-        "OK disco",
-        "OK invitation",
-        "OK kick",
-        "OK ban",
-        "OK password",
-        "OK leave",
-        "OK destroy",
-        "ALL OK",
-    ] {
-        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
-    }
-    stdout
+    run_interop(
+        "slixmpp_muc.py",
+        &args,
+        nodes,
+        Duration::from_secs(180),
+        &[
+            "OK room created",
+            "OK configured",
+            "OK entered",
+            "OK nick conflict",
+            "OK message to all",
+            "OK room archive",
+            "OK two devices one nick",
+            "OK subject",
+            "OK private message",
+            "OK nick change",
+            "OK self-ping",
+            "OK rejoin",
+            "OK disco",
+            "OK invitation",
+            "OK kick",
+            "OK ban",
+            "OK password",
+            "OK leave",
+            "OK destroy",
+            "ALL OK",
+        ],
+    )
 }
 
 #[test]

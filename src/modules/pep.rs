@@ -71,35 +71,16 @@ pub fn backend(ctx: &ServerCtx) -> Option<Arc<dyn Backend>> {
 
 impl Module for Pep {
     fn account_features(&self, _: &ServerCtx) -> Vec<&'static str> {
-        vec![
-            NS,
-            "http://jabber.org/protocol/pubsub#access-open",
-            "http://jabber.org/protocol/pubsub#access-presence",
-            "http://jabber.org/protocol/pubsub#access-roster",
-            "http://jabber.org/protocol/pubsub#access-whitelist",
+        let mut f = pubsub::FEATURES.to_vec();
+        f.extend([
             "http://jabber.org/protocol/pubsub#auto-create",
             "http://jabber.org/protocol/pubsub#auto-subscribe",
-            "http://jabber.org/protocol/pubsub#config-node",
-            "http://jabber.org/protocol/pubsub#create-and-configure",
-            "http://jabber.org/protocol/pubsub#create-nodes",
-            "http://jabber.org/protocol/pubsub#delete-items",
-            "http://jabber.org/protocol/pubsub#delete-nodes",
             "http://jabber.org/protocol/pubsub#filtered-notifications",
-            "http://jabber.org/protocol/pubsub#item-ids",
             "http://jabber.org/protocol/pubsub#last-published",
-            "http://jabber.org/protocol/pubsub#persistent-items",
-            "http://jabber.org/protocol/pubsub#publish",
-            "http://jabber.org/protocol/pubsub#publish-options",
-            "http://jabber.org/protocol/pubsub#purge-nodes",
-            "http://jabber.org/protocol/pubsub#retract-items",
-            "http://jabber.org/protocol/pubsub#retrieve-affiliations",
-            "http://jabber.org/protocol/pubsub#retrieve-default",
-            "http://jabber.org/protocol/pubsub#retrieve-items",
-            "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
-            "http://jabber.org/protocol/pubsub#subscribe",
             super::bookmarks_compat::COMPAT,
             super::avatar_conversion::FEATURE,
-        ]
+        ]);
+        f
     }
 
     fn handles(&self) -> Vec<(IqKind, Addressee, &'static str)> {

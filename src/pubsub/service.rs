@@ -61,35 +61,16 @@ impl HostedService for Pubsub {
     }
 
     fn features(&self) -> Vec<&'static str> {
-        vec![
-            NS,
-            "http://jabber.org/protocol/pubsub#access-open",
-            "http://jabber.org/protocol/pubsub#access-presence",
-            "http://jabber.org/protocol/pubsub#access-roster",
-            "http://jabber.org/protocol/pubsub#access-whitelist",
-            "http://jabber.org/protocol/pubsub#config-node",
-            "http://jabber.org/protocol/pubsub#create-and-configure",
-            "http://jabber.org/protocol/pubsub#create-nodes",
-            "http://jabber.org/protocol/pubsub#delete-items",
-            "http://jabber.org/protocol/pubsub#delete-nodes",
-            "http://jabber.org/protocol/pubsub#item-ids",
+        let mut f = super::FEATURES.to_vec();
+        f.extend([
             "http://jabber.org/protocol/pubsub#meta-data",
             "http://jabber.org/protocol/pubsub#modify-affiliations",
             "http://jabber.org/protocol/pubsub#multi-subscribe",
             "http://jabber.org/protocol/pubsub#outcast-affiliation",
-            "http://jabber.org/protocol/pubsub#persistent-items",
-            "http://jabber.org/protocol/pubsub#publish",
-            "http://jabber.org/protocol/pubsub#publish-options",
             "http://jabber.org/protocol/pubsub#publisher-affiliation",
             "http://jabber.org/protocol/pubsub#member-affiliation",
-            "http://jabber.org/protocol/pubsub#purge-nodes",
-            "http://jabber.org/protocol/pubsub#retract-items",
-            "http://jabber.org/protocol/pubsub#retrieve-affiliations",
-            "http://jabber.org/protocol/pubsub#retrieve-default",
-            "http://jabber.org/protocol/pubsub#retrieve-items",
-            "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
-            "http://jabber.org/protocol/pubsub#subscribe",
-        ]
+        ]);
+        f
     }
 
     fn handle(&self, _stanza: &Element) -> Vec<Element> {
