@@ -77,6 +77,9 @@ pub trait Host: Send + Sync {
     fn state(&self) -> Option<Arc<crate::state::State>>;
     /// The server's own domain.
     fn domain(&self) -> String;
+    /// `then(true)` once this node has applied everything the cluster had
+    /// committed when asked (false: no quorum answered in time).
+    fn caught_up(&self, then: Box<dyn FnOnce(bool) + Send>);
     /// Commit a change through the cluster; `then` learns what it applied.
     fn commit(
         &self,

@@ -45,16 +45,25 @@ pub fn presence_photo(state: &State, user: &str) -> Option<String> {
 
 /// Add the avatar's hash to an available presence that has none.
 pub fn stamp_presence(state: &State, user: &str, presence: &mut Element) {
-    if presence.attr("type").is_some() || presence.get_child("x", UPDATE).is_some() {
+    let said = presence
+        .get_child("x", UPDATE)
+        .is_some_and(|x| x.get_child("photo", UPDATE).is_some());
+    if presence.attr("type").is_some() || said {
         return;
     }
-    if let Some(hash) = presence_photo(state, user) {
-        let mut photo = Element::new("photo", UPDATE);
-        if !hash.is_empty() {
-            photo = photo.with_text(hash);
-        }
-        presence.push_child(Element::new("x", UPDATE).with_child(photo));
+    let Some(hash) = presence_photo(state, user) else {
+        return;
+    };
+    let mut photo = Element::new("photo", UPDATE);
+    if !hash.is_empty() {
+        photo = photo.with_text(hash);
     }
+    // An empty `<x/>` (the client does not know yet) gets the hash.
+    presence.children.retain(|c| match c {
+        crate::xml::Node::Element(e) => !e.is("x", UPDATE),
+        _ => true,
+    });
+    presence.push_child(Element::new("x", UPDATE).with_child(photo));
 }
 
 /// After a client published avatar metadata: the vCard's PHOTO follows.

@@ -78,15 +78,29 @@ pub fn private_view(state: &State, user: &str, stored: Option<&Element>) -> Opti
 }
 
 /// The PEP items for a private-storage write of `storage`.
-pub fn items_of(storage: &Element) -> Vec<(String, String)> {
-    storage
-        .elements()
-        .filter(|e| e.name == "conference")
-        .filter_map(|c| {
-            let jid = BareJid::new(c.attr("jid")?).ok()?;
-            Some((jid.to_string(), convert(c, NODE).to_xml("")))
-        })
-        .collect()
+/// One per room (the last one written wins); a room's `<extensions/>`
+/// from `held` (the node's items now), which private XML cannot carry,
+/// are kept.
+pub fn items_of(storage: &Element, held: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for c in storage.elements().filter(|e| e.name == "conference") {
+        let Some(jid) = c.attr("jid").and_then(|j| BareJid::new(j).ok()) else {
+            continue;
+        };
+        let id = jid.to_string();
+        let mut item = convert(c, NODE);
+        let kept = held
+            .iter()
+            .find(|(i, _)| *i == id)
+            .and_then(|(_, xml)| parse_fragment(xml).ok())
+            .and_then(|old| old.get_child("extensions", NODE).cloned());
+        if let Some(ext) = kept {
+            item.push_child(ext);
+        }
+        out.retain(|(i, _)| *i != id);
+        out.push((id, item.to_xml("")));
+    }
+    out
 }
 
 /// After a private-storage write of `storage`: the PEP node holds the
@@ -95,7 +109,14 @@ pub async fn follow_private(ctx: &ServerCtx, user: &str, storage: &Element) {
     let Some(b) = super::pep::backend(ctx) else {
         return;
     };
-    let items = items_of(storage);
+    let held = ctx.state.pubsub_items(user, NODE);
+    let items = items_of(storage, &held);
+    // Rooms no longer there are retracted (clients drop them).
+    let gone: Vec<String> = held
+        .iter()
+        .map(|(id, _)| id.clone())
+        .filter(|id| !items.iter().any(|(i, _)| i == id))
+        .collect();
     let cmd = Command::Pubsub {
         owner: user.to_string(),
         node: NODE.to_string(),
@@ -118,6 +139,12 @@ pub async fn follow_private(ctx: &ServerCtx, user: &str, storage: &Element) {
                 }
             }
             pubsub::tell(&b, Kind::Pep, &user, &service, NODE, all);
+            for id in gone {
+                let retract = Element::new("items", pubsub::EVENT)
+                    .with_attr("node", NODE)
+                    .with_child(Element::new("retract", pubsub::EVENT).with_attr("id", id));
+                pubsub::tell(&b, Kind::Pep, &user, &service, NODE, retract);
+            }
         }
         Err(e) => tracing::warn!(%user, error = %e, "bookmarks not copied to PEP"),
     }
@@ -137,7 +164,7 @@ mod tests {
              <url name='site' url='https://example.org/'/></storage>",
         )
         .expect("parses");
-        let items = items_of(&storage);
+        let items = items_of(&storage, &[]);
         assert_eq!(items.len(), 1, "{items:?}");
         assert_eq!(items[0].0, "lobby@conference.localhost");
         let pep = parse_fragment(&items[0].1).expect("item parses");

@@ -125,6 +125,46 @@ fn asked() -> &'static Mutex<HashMap<String, Instant>> {
     ASKED.get_or_init(Default::default)
 }
 
+/// Questions out: id -> (the full JID asked, the hash asked about).
+type Pending = HashMap<String, (String, String, Instant)>;
+
+fn pending() -> &'static Mutex<Pending> {
+    static PENDING: OnceLock<Mutex<Pending>> = OnceLock::new();
+    PENDING.get_or_init(Default::default)
+}
+
+/// §5.4 step 3: an answer with two identical identities or features, or
+/// a `<` in a value (which would make two answers hash alike), is
+/// ill-formed and not used.
+fn well_formed(query: &Element) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    for e in query.elements() {
+        let key = match e.name.as_str() {
+            "identity" => format!(
+                "i {} {} {} {}",
+                e.attr("category").unwrap_or_default(),
+                e.attr("type").unwrap_or_default(),
+                e.attr("xml:lang").unwrap_or_default(),
+                e.attr("name").unwrap_or_default()
+            ),
+            "feature" => format!("f {}", e.attr("var").unwrap_or_default()),
+            _ => continue,
+        };
+        if key.contains('<') || !seen.insert(key) {
+            return false;
+        }
+    }
+    !query
+        .elements()
+        .filter(|x| x.is("x", "jabber:x:data"))
+        .flat_map(|x| x.elements())
+        .any(|f| {
+            f.attr("var").is_some_and(|v| v.contains('<'))
+                || f.elements()
+                    .any(|v| v.name == "value" && v.text().contains('<'))
+        })
+}
+
 /// A local client's available presence: if its hash is new to the
 /// cluster, ask the client what it means (§6.2). True if the hash is
 /// already known (its interests can be used now).
@@ -152,9 +192,20 @@ pub fn learn(ctx: &ServerCtx, from: &FullJid, presence: &Element) -> bool {
         asked.insert(key, Instant::now());
     }
     let node = c.attr("node").unwrap_or_default();
+    let id = format!("{ID_PREFIX}{}", rand::random::<u64>());
+    {
+        let mut p = pending().lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() >= ASKED_MAX {
+            p.retain(|_, (_, _, t)| t.elapsed() < ASK_AGAIN);
+        }
+        if p.len() >= ASKED_MAX {
+            return false; // too many questions out: ask later
+        }
+        p.insert(id.clone(), (from.to_string(), ver.clone(), Instant::now()));
+    }
     let iq = Element::new("iq", ns::CLIENT)
         .with_attr("type", "get")
-        .with_attr("id", format!("{ID_PREFIX}{}", rand::random::<u64>()))
+        .with_attr("id", id)
         .with_attr("from", ctx.config.domain.clone())
         .with_attr("to", from.to_string())
         .with_child(
@@ -170,8 +221,21 @@ pub fn learn(ctx: &ServerCtx, from: &FullJid, presence: &Element) -> bool {
 /// An iq result or error addressed to the server: if it answers a caps
 /// query, check it and keep what it declares. True if it was one.
 pub fn answered(ctx: &ServerCtx, iq: &Element) -> bool {
-    if !iq.attr("id").is_some_and(|id| id.starts_with(ID_PREFIX)) {
+    let Some(id) = iq.attr("id").filter(|id| id.starts_with(ID_PREFIX)) else {
         return false;
+    };
+    // Only an answer to a question asked, from whom it was asked.
+    let asked = pending()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(id);
+    let Some((asked_jid, asked_ver, _)) = asked else {
+        tracing::debug!(%id, "caps answer to no question; ignored");
+        return true;
+    };
+    if iq.attr("from") != Some(asked_jid.as_str()) {
+        tracing::debug!(%id, "caps answer from another JID than asked; ignored");
+        return true;
     }
     let Some(query) = iq.get_child("query", ns::DISCO_INFO) else {
         return true; // an error: the client will not say; nothing is kept
@@ -183,6 +247,10 @@ pub fn answered(ctx: &ServerCtx, iq: &Element) -> bool {
     else {
         return true;
     };
+    if ver != asked_ver || !well_formed(query) {
+        tracing::debug!(%id, "caps answer for another hash, or ill-formed; ignored");
+        return true;
+    }
     let Some(from) = iq.attr("from").and_then(|f| Jid::new(f).ok()) else {
         return true;
     };
@@ -276,6 +344,23 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(hash(&q), "q07IKJEyjvHSyhy//CH0CxmKi8w=");
+    }
+
+    /// §5.4: answers that would hash like another are not used.
+    #[test]
+    fn ill_formed_answers_are_refused() {
+        let q = |body: &str| {
+            parse_fragment(&format!(
+                "<query xmlns='http://jabber.org/protocol/disco#info'>{body}</query>"
+            ))
+            .expect("parses")
+        };
+        assert!(well_formed(&q("<feature var='a'/><feature var='b'/>")));
+        assert!(!well_formed(&q("<feature var='a'/><feature var='a'/>")));
+        assert!(!well_formed(&q("<feature var='a&lt;b+notify'/>")));
+        assert!(!well_formed(&q(
+            "<x xmlns='jabber:x:data' type='result'><field var='f'><value>x&lt;y</value></field></x>"
+        )));
     }
 
     #[test]

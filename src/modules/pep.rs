@@ -45,6 +45,19 @@ impl Backend for Node {
         });
     }
 
+    fn caught_up(&self, then: Box<dyn FnOnce(bool) + Send>) {
+        let c = self.0.clone();
+        self.0.replicator.runtime().spawn(async move {
+            let ok = c
+                .replicator
+                .cluster()
+                .caught_up(std::time::Duration::from_secs(2))
+                .await
+                .is_ok();
+            then(ok);
+        });
+    }
+
     fn send(&self, stanza: Element) {
         let ctx = &self.0;
         let Some(to) = stanza.attr("to").and_then(|t| jid::Jid::new(t).ok()) else {
@@ -168,7 +181,16 @@ pub fn send_last_items(ctx: &ServerCtx, full: &FullJid, interests: &[String]) {
             }
             let mine = owner == me;
             if !mine
-                && pubsub::may_read(&ctx.state, Kind::Pep, o, &meta, me.as_str(), None).is_err()
+                && pubsub::may_read(
+                    &ctx.state,
+                    &ctx.config.domain,
+                    Kind::Pep,
+                    o,
+                    &meta,
+                    me.as_str(),
+                    None,
+                )
+                .is_err()
             {
                 continue;
             }

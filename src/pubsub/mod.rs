@@ -39,6 +39,10 @@ pub const ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 pub const MAX_ITEMS: u32 = 256;
 /// The most nodes one account (or the service) keeps.
 pub const MAX_NODES: usize = 512;
+/// The most subscriptions one node keeps, and one bare JID holds on it
+/// (its resources): a remote server cannot grow a node without bound.
+pub const MAX_SUBSCRIBERS: usize = 1000;
+pub const MAX_SUBSCRIPTIONS_PER_JID: usize = 10;
 
 /// The XEP-0060 features both kinds of service offer (§10).
 pub const FEATURES: [&str; 21] = [
@@ -75,6 +79,9 @@ pub trait Backend: Send + Sync + 'static {
     fn commit(&self, cmd: Command, then: Box<dyn FnOnce(Result<Applied, String>) + Send>);
     /// Send a stanza to a local session (full JID) or another server.
     fn send(&self, stanza: Element);
+    /// `then(true)` once this node has applied everything the cluster had
+    /// committed when asked (false: no quorum answered in time).
+    fn caught_up(&self, then: Box<dyn FnOnce(bool) + Send>);
 }
 
 /// Which service a request is for.
@@ -175,6 +182,7 @@ impl Request {
     pub(crate) fn may_read(&self, meta: &NodeMeta) -> Result<(), StanzaError> {
         may_read(
             self.state(),
+            self.backend.domain(),
             self.kind,
             &self.owner,
             meta,
@@ -224,7 +232,56 @@ impl Request {
 
     /// Serve a get (`set` false) or set with payload `pubsub` (either
     /// namespace); `answer` is called once, maybe after a commit.
+    ///
+    /// A refusal read from this node's replica (no such node or item, not
+    /// allowed) may be stale: a change another node acknowledged (an
+    /// affiliation, a publish) may not be applied here yet. Before such an
+    /// answer goes out, this node catches up with the cluster and the
+    /// request is served again. (A refusal changed nothing, so serving it
+    /// again is safe.)
     pub fn handle(self, set: bool, pubsub: &Element, answer: Answer) {
+        let again = (
+            self.backend.clone(),
+            self.kind,
+            self.owner.clone(),
+            self.service.clone(),
+            self.from.clone(),
+            pubsub.clone(),
+        );
+        self.serve(
+            set,
+            pubsub,
+            Box::new(move |r| {
+                let maybe_stale = matches!(&r, Err(e) if matches!(
+                    e.condition,
+                    StanzaCondition::ItemNotFound
+                        | StanzaCondition::Forbidden
+                        | StanzaCondition::NotAuthorized
+                        | StanzaCondition::NotAllowed
+                ));
+                if !maybe_stale {
+                    return answer(r);
+                }
+                let (backend, kind, owner, service, from, pubsub) = again;
+                let b = backend.clone();
+                b.caught_up(Box::new(move |ok| {
+                    if !ok {
+                        return answer(r);
+                    }
+                    Request {
+                        backend,
+                        kind,
+                        owner,
+                        service,
+                        from,
+                    }
+                    .serve(set, &pubsub, answer)
+                }));
+            }),
+        );
+    }
+
+    fn serve(self, set: bool, pubsub: &Element, answer: Answer) {
         let Some(op) = pubsub.elements().next() else {
             return answer(Err(bad("an empty pubsub request")));
         };
@@ -266,17 +323,34 @@ impl Request {
         if let Err(e) = self.may_publish(existing.as_ref()) {
             return answer(Err(e));
         }
+        // §7.1.3.6: one item with one payload.
         let mut items = op.elements().filter(|e| e.name == "item");
-        let (Some(item), None) = (items.next(), items.next()) else {
-            return answer(Err(
-                err(StanzaCondition::BadRequest).with_app(app("invalid-payload"))
-            ));
+        let item = match (items.next(), items.next()) {
+            (Some(item), None) => item,
+            (None, _) => {
+                return answer(Err(
+                    err(StanzaCondition::BadRequest).with_app(app("item-required"))
+                ))
+            }
+            _ => {
+                return answer(Err(
+                    err(StanzaCondition::BadRequest).with_app(app("invalid-payload"))
+                ))
+            }
         };
         let mut payloads = item.elements();
-        let (Some(payload), None) = (payloads.next(), payloads.next()) else {
-            return answer(Err(
-                err(StanzaCondition::BadRequest).with_app(app("invalid-payload"))
-            ));
+        let payload = match (payloads.next(), payloads.next()) {
+            (Some(p), None) => p,
+            (None, _) => {
+                return answer(Err(
+                    err(StanzaCondition::BadRequest).with_app(app("payload-required"))
+                ))
+            }
+            _ => {
+                return answer(Err(
+                    err(StanzaCondition::BadRequest).with_app(app("invalid-payload"))
+                ))
+            }
         };
         let options = pubsub
             .get_child("publish-options", NS)
@@ -444,6 +518,20 @@ impl Request {
         if on {
             if let Err(e) = self.may_read(&meta) {
                 return answer(Err(e));
+            }
+            let bare = jid.to_bare();
+            let mine = meta
+                .subscribers
+                .iter()
+                .filter(|s| Jid::new(s).is_ok_and(|j| j.to_bare() == bare))
+                .count();
+            let new = !meta.subscribers.contains(&jid.to_string());
+            if new
+                && (mine >= MAX_SUBSCRIPTIONS_PER_JID || meta.subscribers.len() >= MAX_SUBSCRIBERS)
+            {
+                return answer(Err(
+                    err(StanzaCondition::PolicyViolation).with_app(app("too-many-subscriptions"))
+                ));
             }
         }
         let jid_s = jid.to_string();
@@ -696,12 +784,16 @@ impl Request {
             Ok(n) => n,
             Err(e) => return answer(Err(e)),
         };
-        let mut changes = Vec::new();
+        let mut changes: Vec<(String, Option<Affiliation>)> = Vec::new();
         for a in op.elements().filter(|e| e.name == "affiliation") {
             let jid = a.attr("jid").and_then(|j| BareJid::new(j).ok());
             let aff = a.attr("affiliation").and_then(Affiliation::parse);
             match (jid, aff) {
-                (Some(j), Some(aff)) => changes.push((j.to_string(), aff)),
+                (Some(j), Some(aff)) => {
+                    // One change per JID: the last one said.
+                    changes.retain(|(x, _)| x != j.as_str());
+                    changes.push((j.to_string(), aff));
+                }
                 _ => {
                     return answer(Err(bad(
                         "each affiliation needs a bare jid and a known affiliation",
@@ -717,12 +809,23 @@ impl Request {
                 after.push((j.clone(), *a));
             }
         }
+        if after.len() > MAX_SUBSCRIBERS {
+            return answer(Err(StanzaError::with_text(
+                StanzaCondition::NotAcceptable,
+                "too many affiliations on one node",
+            )));
+        }
         if !after.iter().any(|(_, a)| *a == Affiliation::Owner) {
             return answer(Err(StanzaError::with_text(
                 StanzaCondition::NotAcceptable,
                 "a node keeps at least one owner",
             )));
         }
+        if changes.len() > MAX_SUBSCRIBERS {
+            return answer(Err(bad("too many affiliations in one request")));
+        }
+        // Applied in the order given (`affiliate_each` takes from the end).
+        changes.reverse();
         self.affiliate_each(node, changes, answer);
     }
 
@@ -829,7 +932,17 @@ impl Notice {
             let mut bares = vec![self.service.clone()];
             if let Ok(roster) = state.roster(&self.owner) {
                 for item in roster.into_iter().filter(|i| i.sub.from) {
-                    if may_read(state, self.kind, &self.owner, &meta, &item.jid, None).is_ok() {
+                    if may_read(
+                        state,
+                        b.domain(),
+                        self.kind,
+                        &self.owner,
+                        &meta,
+                        &item.jid,
+                        None,
+                    )
+                    .is_ok()
+                    {
                         bares.push(item.jid);
                     }
                 }
@@ -852,9 +965,30 @@ impl Notice {
                 }
             }
         }
-        // Explicit subscribers: a local bare JID means its available
-        // resources.
+        // Explicit subscribers who may still read the node (its access
+        // model or their roster may have changed since): a local bare JID
+        // means its available resources.
         for s in &meta.subscribers {
+            let bare = Jid::new(s)
+                .map(|j| j.to_bare().to_string())
+                .unwrap_or_default();
+            let affiliation = match self.kind {
+                Kind::Pep => (bare == self.service).then_some(Affiliation::Owner),
+                Kind::Service => meta.affiliation(&bare),
+            };
+            if may_read(
+                state,
+                b.domain(),
+                self.kind,
+                &self.owner,
+                &meta,
+                &bare,
+                affiliation,
+            )
+            .is_err()
+            {
+                continue;
+            }
             if is_local(b, s) && !s.contains('/') {
                 for r in state.sessions_of(s).into_iter().filter(|r| r.available) {
                     send(r.jid);
@@ -893,6 +1027,7 @@ fn is_local(b: &Arc<dyn Backend>, jid: &str) -> bool {
 /// May `requester` (a bare JID) read `meta`'s items (§4.5, §6.5.x)?
 pub fn may_read(
     state: &State,
+    domain: &str,
     kind: Kind,
     owner: &str,
     meta: &NodeMeta,
@@ -911,7 +1046,9 @@ pub fn may_read(
             .affiliations
             .iter()
             .find(|(_, a)| *a == Affiliation::Owner)
-            .and_then(|(j, _)| j.split_once('@').map(|(u, _)| u.to_string())),
+            .and_then(|(j, _)| j.split_once('@'))
+            .filter(|(_, d)| *d == domain)
+            .map(|(u, _)| u.to_string()),
     };
     let item = || {
         roster_owner

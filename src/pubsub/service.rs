@@ -53,6 +53,10 @@ impl Backend for Hosted {
     fn send(&self, stanza: Element) {
         self.host.send(stanza)
     }
+
+    fn caught_up(&self, then: Box<dyn FnOnce(bool) + Send>) {
+        self.host.caught_up(then)
+    }
 }
 
 impl HostedService for Pubsub {

@@ -171,6 +171,22 @@ impl crate::services::Host for NodeHost {
             .unwrap_or_default()
     }
 
+    fn caught_up(&self, then: Box<dyn FnOnce(bool) + Send>) {
+        let Some(ctx) = self.ctx.upgrade() else {
+            return then(false);
+        };
+        let rt = ctx.replicator.runtime().clone();
+        rt.spawn(async move {
+            let ok = ctx
+                .replicator
+                .cluster()
+                .caught_up(std::time::Duration::from_secs(2))
+                .await
+                .is_ok();
+            then(ok);
+        });
+    }
+
     fn commit(
         &self,
         cmd: Command,

@@ -692,8 +692,14 @@ impl State {
                 applied.pubsub = pubsub::apply(&self.user_data, owner, node, op)?;
             }
             Command::CapsNotify { ver, notify } => {
-                self.user_data
-                    .insert(caps_key(ver), serde_json::to_vec(notify)?)?;
+                // A checked hash means the same everywhere: kept as first
+                // learned. (Per-account entries, keyed `bare#ver`, follow
+                // their client's latest answer.)
+                let verified = !ver.contains('#');
+                if !(verified && self.user_data.get(caps_key(ver))?.is_some()) {
+                    self.user_data
+                        .insert(caps_key(ver), serde_json::to_vec(notify)?)?;
+                }
             }
             Command::ComponentBind { domain, node, sid } => {
                 self.components

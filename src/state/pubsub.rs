@@ -304,6 +304,16 @@ pub fn apply(
             config,
             creator,
         } => {
+            // A service's node made by someone else between the request's
+            // check and this commit: only its owners and publishers write.
+            if let (Some(meta), Some(c)) = (&old, creator) {
+                if !matches!(
+                    meta.affiliation(c),
+                    Some(Affiliation::Owner | Affiliation::Publisher)
+                ) {
+                    return Err(StateError::Superseded(format!("{owner} {name}")));
+                }
+            }
             let mut meta = old.unwrap_or_else(|| NodeMeta::new(config, creator));
             let mut held = Vec::new();
             for (k, old_id) in item_keys(tree, owner, name)? {
@@ -334,7 +344,9 @@ pub fn apply(
         PubsubOp::Replace { items, config } => {
             let mut meta = old.unwrap_or_else(|| NodeMeta::new(config, &None));
             clear()?;
-            let keep = meta.config.max_items.max(1) as usize;
+            // The node holds them all (within the node's cap).
+            let keep = items.len().min(config.max_items.max(1) as usize);
+            meta.config.max_items = meta.config.max_items.max(keep as u32);
             let from = items.len().saturating_sub(keep);
             for (id, xml) in &items[from..] {
                 tree.insert(

@@ -223,6 +223,15 @@ async def main():
     jids = sorted(c.get("jid") for c in storage.findall("{storage:bookmarks}conference"))
     check(jids == sorted([old_room, room]), f"private storage shows the PEP rooms: {jids}")
     check(storage.find("{storage:bookmarks}url") is not None, "the URL bookmark stays")
+    # An old client writes the list without the old room: PEP clients are
+    # told it is gone.
+    iq = alice.Iq(stype="set")
+    iq.xml.append(ET.fromstring(
+        "<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'>"
+        f"<conference jid='{room}' name='The lobby' autojoin='true'/></storage></query>"))
+    await iq.send()
+    m = await laptop.next_event("bookmarks_retract")
+    check(m["pubsub_event"]["items"]["retract"]["id"] == old_room, "a removed room is retracted")
     print("OK bookmarks conversion", flush=True)
 
     # A stranger may not read a presence-access node.
