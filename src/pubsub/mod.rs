@@ -233,13 +233,20 @@ impl Request {
     /// Serve a get (`set` false) or set with payload `pubsub` (either
     /// namespace); `answer` is called once, maybe after a commit.
     ///
-    /// A refusal read from this node's replica (no such node or item, not
-    /// allowed) may be stale: a change another node acknowledged (an
-    /// affiliation, a publish) may not be applied here yet. Before such an
-    /// answer goes out, this node catches up with the cluster and the
+    /// A change's refusal read from this node's replica (no such node or
+    /// item, not allowed) may be stale: a change another node acknowledged
+    /// (an affiliation, a publish) may not be applied here yet. Before such
+    /// an answer goes out, this node catches up with the cluster and the
     /// request is served again. (A refusal changed nothing, so serving it
     /// again is safe.)
     pub fn handle(self, set: bool, pubsub: &Element, answer: Answer) {
+        // A read waits until this node has applied what the cluster had
+        // committed when it came (a purge, a publish another client was
+        // just told of): reads are never older than what was acknowledged.
+        if !set {
+            let (b, pubsub) = (self.backend.clone(), pubsub.clone());
+            return b.caught_up(Box::new(move |_| self.serve(false, &pubsub, answer)));
+        }
         let again = (
             self.backend.clone(),
             self.kind,

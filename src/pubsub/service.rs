@@ -117,11 +117,24 @@ impl HostedService for Pubsub {
                 let (h, iq) = (host.clone(), stanza.clone());
                 request.handle(set, payload, Box::new(move |r| h.send(reply(r, &iq))));
             }
-            (ns::DISCO_ITEMS, false) => {
-                host.send(reply(self.items(&request, &state, node.as_deref()), stanza))
-            }
-            (ns::DISCO_INFO, false) if node.is_some() => {
-                host.send(reply(self.info(&state, node.as_deref()), stanza))
+            // Reads wait until this node has applied what the cluster had
+            // committed (a node another node just made is listed).
+            (ns::DISCO_ITEMS, false) | (ns::DISCO_INFO, false)
+                if payload.ns == ns::DISCO_ITEMS || node.is_some() =>
+            {
+                let (h, iq, me) = (host.clone(), stanza.clone(), self.clone_ref());
+                host.caught_up(Box::new(move |_| {
+                    let r = if iq
+                        .elements()
+                        .next()
+                        .is_some_and(|q| q.ns == ns::DISCO_ITEMS)
+                    {
+                        me.items(&request, &state, node.as_deref())
+                    } else {
+                        me.info(&state, node.as_deref())
+                    };
+                    h.send(reply(r, &iq));
+                }));
             }
             _ => return false,
         }
@@ -130,6 +143,11 @@ impl HostedService for Pubsub {
 }
 
 impl Pubsub {
+    /// A copy to move into a callback (the service keeps no other state).
+    fn clone_ref(&self) -> Pubsub {
+        Pubsub::new(&self.domain)
+    }
+
     /// §5.2 (the nodes) and §5.5 (a node's items).
     fn items(
         &self,

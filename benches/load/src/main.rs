@@ -671,6 +671,8 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let room_mode = args.mode == "room";
     let pep_mode = args.mode == "pep";
+    // PEP mode: (contact, publisher) pairs a readiness publish reached.
+    let ready: Arc<Mutex<std::collections::HashSet<(usize, String)>>> = Arc::default();
     // Both fan a message out: one sent, many delivered.
     let fanout = room_mode || pep_mode;
     let room = args
@@ -713,6 +715,7 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
         // PEP mode: publishers accept subscription requests, contacts say
         // what their capabilities mean when the server asks.
         let answer = writers.last().cloned().flatten().filter(|_| pep_mode);
+        let ready2 = ready.clone();
         let mut handled: Option<u32> = None;
         tokio::spawn(async move {
             loop {
@@ -797,6 +800,12 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
                         else {
                             continue;
                         };
+                        // PEP mode's readiness round: which publishers this
+                        // contact hears from.
+                        if let Some(p) = text.strip_prefix("ready ") {
+                            ready2.lock().expect("ready").insert((i, p.to_string()));
+                            continue;
+                        }
                         let mut parts = text.split(' ');
                         let Some(Ok(sent)) = parts.next().map(|t| t.parse::<u64>()) else {
                             continue;
@@ -929,11 +938,29 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
                     .await;
             }
         }
-        // The subscriptions and capabilities are committed before the run.
-        tokio::time::sleep(Duration::from_secs(
-            3 + (contacts.len() * publishers.len()) as u64 / 2000,
-        ))
-        .await;
+        // The run starts once every contact hears from every publisher
+        // (the subscriptions and capabilities are all committed): each
+        // publisher publishes a readiness item every second until then.
+        let want = contacts.len() * publishers.len();
+        for _ in 0..60 {
+            for &p in &publishers {
+                if let Some(Some(w)) = writers.get(p) {
+                    let _ = w
+                        .send(format!(
+                            "<iq type='set' id='ready'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{PEP_NODE}'><item id='current'><bench xmlns='{PEP_NODE}'>ready {p}</bench></item></publish></pubsub></iq>"
+                        ))
+                        .await;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if ready.lock().expect("ready").len() >= want {
+                break;
+            }
+        }
+        let heard = ready.lock().expect("ready").len();
+        if heard < want {
+            eprintln!("  only {heard} of {want} contact/publisher pairs ready after 60 s");
+        }
         occupants = contacts.len().max(1) as u64;
         report.add(
             "contacts",
