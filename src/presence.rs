@@ -910,18 +910,28 @@ pub async fn subscription_outbound(
             .reply_to(&stanza),
         );
     }
-    let (old, mut item) = current_item(ctx, &user, contact.as_str());
-    let t = subscription::outbound(item.sub, item.approved, kind);
-    item.sub = t.sub;
-    item.approved = t.approved;
-    // §3.1.2: asking creates a roster item; §3.1.5: approving shows the contact.
-    // §3.4.1: a pre-approval also creates the item (approved='true').
-    if kind == SubKind::Subscribe || (kind == SubKind::Subscribed && (t.forward || t.approved)) {
-        item.in_roster = true;
-    }
-    if old.as_ref() != Some(&item) {
-        roster::store(ctx, &user_bare, old.as_ref(), item).await;
-    }
+    // Computed again if the item changed meanwhile (the contact's own
+    // change to it, on any node), a few times at most.
+    let mut tries = 0;
+    let t = loop {
+        let (old, mut item) = current_item(ctx, &user, contact.as_str());
+        let t = subscription::outbound(item.sub, item.approved, kind);
+        item.sub = t.sub;
+        item.approved = t.approved;
+        // §3.1.2: asking creates a roster item; §3.1.5: approving shows the contact.
+        // §3.4.1: a pre-approval also creates the item (approved='true').
+        if kind == SubKind::Subscribe || (kind == SubKind::Subscribed && (t.forward || t.approved))
+        {
+            item.in_roster = true;
+        }
+        tries += 1;
+        if old.as_ref() == Some(&item)
+            || roster::store(ctx, &user_bare, old.as_ref(), item).await
+            || tries >= STORE_TRIES
+        {
+            break t;
+        }
+    };
     if !t.forward {
         return None;
     }
@@ -955,6 +965,10 @@ pub async fn subscription_outbound(
     }
     None
 }
+
+/// How often a subscription change is computed again when its roster item
+/// changed under it.
+const STORE_TRIES: u32 = 5;
 
 /// `user`'s stored item for `jid` (if any) and the item to update.
 fn current_item(ctx: &ServerCtx, user: &str, jid: &str) -> (Option<RosterItem>, RosterItem) {
@@ -1005,16 +1019,23 @@ async fn subscription_inbound_now(
     if crate::modules::blocking::blocks(ctx, &contact_user, sender.as_str()) {
         return;
     }
-    let (old, mut item) = current_item(ctx, &contact_user, sender.as_str());
-    let t = subscription::inbound(item.sub, item.approved, kind);
-    item.sub = t.sub;
-    item.approved = t.approved;
-    if t.reply == Some(SubKind::Subscribed) {
-        item.in_roster = item.in_roster || old.is_some();
-    }
-    if old.as_ref() != Some(&item) {
-        roster::store(ctx, contact, old.as_ref(), item).await;
-    }
+    let mut tries = 0;
+    let t = loop {
+        let (old, mut item) = current_item(ctx, &contact_user, sender.as_str());
+        let t = subscription::inbound(item.sub, item.approved, kind);
+        item.sub = t.sub;
+        item.approved = t.approved;
+        if t.reply == Some(SubKind::Subscribed) {
+            item.in_roster = item.in_roster || old.is_some();
+        }
+        tries += 1;
+        if old.as_ref() == Some(&item)
+            || roster::store(ctx, contact, old.as_ref(), item).await
+            || tries >= STORE_TRIES
+        {
+            break t;
+        }
+    };
     if t.forward {
         let to = Jid::from(contact.clone());
         deliver_presence(ctx, stanza, &to);

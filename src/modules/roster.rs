@@ -78,6 +78,7 @@ fn store_push_answer(ctx: &ServerCtx, user: &BareJid, item: RosterItem) -> IqRes
     let cmd = Command::RosterPut {
         username: username(&user),
         item,
+        expect: None,
     };
     super::commit_then(ctx, cmd, "roster write", move |ctx, applied| {
         push(ctx, &user, el, applied.roster_version);
@@ -88,20 +89,39 @@ fn store_push_answer(ctx: &ServerCtx, user: &BareJid, item: RosterItem) -> IqRes
 /// Store a changed item (awaited, not blocking); push it only if what the
 /// client sees changed (a pending inbound request, for one, is not part of
 /// the roster).
-pub async fn store(ctx: &ServerCtx, user: &BareJid, old: Option<&RosterItem>, item: RosterItem) {
+///
+/// Only if the stored item is still `old`: a subscription change is
+/// computed from it, and another change to the same item (the contact's
+/// answer, on any node) may have landed meanwhile. Returns false when one
+/// did (nothing was written): read the item again and recompute.
+pub async fn store(
+    ctx: &ServerCtx,
+    user: &BareJid,
+    old: Option<&RosterItem>,
+    item: RosterItem,
+) -> bool {
     let seen = |i: &RosterItem| i.in_roster.then(|| item_element(i));
     let pushed = (old.and_then(seen) != seen(&item)).then(|| pushed_element(&item));
     let cmd = Command::RosterPut {
         username: username(user),
         item,
+        expect: Some(crate::state::ExpectedItem { item: old.cloned() }),
     };
     match ctx.replicator.commit_async(&cmd).await {
         Ok(applied) => {
             if let Some(el) = pushed {
                 push(ctx, user, el, applied.roster_version);
             }
+            true
         }
-        Err(e) => tracing::error!(error = %e, "roster write failed"),
+        Err(crate::state::StateError::Superseded(what)) => {
+            tracing::debug!(%what, "roster item changed meanwhile; computing again");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "roster write failed");
+            true
+        }
     }
 }
 

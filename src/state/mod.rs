@@ -27,6 +27,13 @@ pub use sessions::SessionRecord;
 /// A stored vCard, private-storage fragment or stanza is kept as XML text.
 pub type Xml = String;
 
+/// The roster item a conditional `RosterPut` expects to replace (None:
+/// none stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpectedItem {
+    pub item: Option<RosterItem>,
+}
+
 /// A change to persistent state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
@@ -41,10 +48,15 @@ pub enum Command {
     DeleteAccount {
         username: String,
     },
-    /// Store (or replace) a roster item; empty items are deleted.
+    /// Store (or replace) a roster item; empty items are deleted. With
+    /// `expect`, only if the stored item is still that one (a subscription
+    /// change computed from it; two at once for one item would otherwise
+    /// overwrite each other): else `Superseded`, and it is computed again.
     RosterPut {
         username: String,
         item: RosterItem,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<ExpectedItem>,
     },
     RosterDelete {
         username: String,
@@ -557,7 +569,19 @@ impl State {
                 }
                 self.roster_versions.remove(username)?;
             }
-            Command::RosterPut { username, item } => {
+            Command::RosterPut {
+                username,
+                item,
+                expect,
+            } => {
+                if let Some(e) = expect {
+                    if roster::get(&self.roster, username, &item.jid)? != e.item {
+                        return Err(StateError::Superseded(format!(
+                            "roster item {} of {username}",
+                            item.jid
+                        )));
+                    }
+                }
                 let k = roster::key(username, &item.jid);
                 if item.is_empty() {
                     self.roster.remove(k)?;
@@ -1252,6 +1276,45 @@ mod tests {
         let later = bind("bob@localhost/phone", 3, 1, 3_000);
         let applied = s.apply_unflushed(LogIndex::Raft(3), &later).expect("bind");
         assert_eq!(applied.displaced.map(|d| d.node), Some(2));
+    }
+
+    /// Two subscription changes computed from the same roster item (each
+    /// side of a pair answering the other at once): the second to land
+    /// finds the item changed and is refused, to be computed again,
+    /// instead of overwriting the first.
+    #[test]
+    fn a_roster_put_computed_from_an_old_item_is_refused() {
+        let (_d, s) = state();
+        let mut item = RosterItem::new("bob@localhost");
+        let put = |item: &RosterItem, expect: Option<RosterItem>| Command::RosterPut {
+            username: "alice".into(),
+            item: item.clone(),
+            expect: Some(ExpectedItem { item: expect }),
+        };
+        item.sub.to = true;
+        s.apply_unflushed(LogIndex::Raft(1), &put(&item, None))
+            .expect("first change");
+        let mut other = RosterItem::new("bob@localhost");
+        other.sub.from = true;
+        assert!(matches!(
+            s.apply_unflushed(LogIndex::Raft(2), &put(&other, None)),
+            Err(StateError::Superseded(_))
+        ));
+        let now = s.roster_item("alice", "bob@localhost").expect("read");
+        assert_eq!(
+            now.as_ref().map(|i| (i.sub.to, i.sub.from)),
+            Some((true, false))
+        );
+        // Computed again from what is stored, it lands.
+        let mut again = now.clone().expect("stored");
+        again.sub.from = true;
+        s.apply_unflushed(LogIndex::Raft(3), &put(&again, now))
+            .expect("recomputed change");
+        let both = s
+            .roster_item("alice", "bob@localhost")
+            .expect("read")
+            .expect("item");
+        assert!(both.sub.to && both.sub.from);
     }
 
     /// A node's start-up purge of its own old records, applied late (its
