@@ -238,6 +238,7 @@ impl StateMachine for ReplicatedState {
 
 /// Proposes commands from synchronous code (actors, modules) to the Raft
 /// driver, which runs on its own runtime thread.
+#[derive(Clone)]
 pub struct Replicator {
     cluster: Cluster,
     rt: tokio::runtime::Handle,
@@ -332,6 +333,25 @@ impl Replicator {
             if let Err(e) = r {
                 tracing::warn!(error = %e, "state update not committed");
             }
+        });
+    }
+
+    /// [`Replicator::commit_async`] for callers that cannot await: `then`
+    /// gets the outcome, on the Raft runtime.
+    pub fn commit_then(&self, cmd: Command, then: Box<dyn FnOnce(Result<Applied, String>) + Send>) {
+        let me = self.clone();
+        self.rt.spawn(async move {
+            then(me.commit_async(&cmd).await.map_err(|e| e.to_string()));
+        });
+    }
+
+    /// `then(true)` once this node has applied what the cluster had
+    /// committed when asked (Raft ReadIndex); false if no quorum answered
+    /// within 2 s.
+    pub fn caught_up_then(&self, then: Box<dyn FnOnce(bool) + Send>) {
+        let cluster = self.cluster.clone();
+        self.rt.spawn(async move {
+            then(cluster.caught_up(Duration::from_secs(2)).await.is_ok());
         });
     }
 

@@ -34,28 +34,11 @@ impl Backend for Node {
     }
 
     fn commit(&self, cmd: Command, then: Box<dyn FnOnce(Result<Applied, String>) + Send>) {
-        let c = self.0.clone();
-        self.0.replicator.runtime().spawn(async move {
-            then(
-                c.replicator
-                    .commit_async(&cmd)
-                    .await
-                    .map_err(|e| e.to_string()),
-            );
-        });
+        self.0.replicator.commit_then(cmd, then)
     }
 
     fn caught_up(&self, then: Box<dyn FnOnce(bool) + Send>) {
-        let c = self.0.clone();
-        self.0.replicator.runtime().spawn(async move {
-            let ok = c
-                .replicator
-                .cluster()
-                .caught_up(std::time::Duration::from_secs(2))
-                .await
-                .is_ok();
-            then(ok);
-        });
+        self.0.replicator.caught_up_then(then)
     }
 
     fn send(&self, stanza: Element) {

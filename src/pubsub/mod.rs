@@ -717,45 +717,37 @@ impl Request {
         );
     }
 
-    /// §8.4.
+    /// §8.4 (delete) and §8.5 (purge), each told to subscribers if the
+    /// node's configuration says so.
     fn delete(self, op: &Element, answer: Answer) {
-        let (node, meta) = match self.owned(op) {
-            Ok(n) => n,
-            Err(e) => return answer(Err(e)),
-        };
-        let to = Notice::of(&self, &node).with_meta(meta.clone());
-        self.commit(
-            &node,
-            PubsubOp::Delete,
-            answer,
-            Box::new(move |b, _| {
-                if meta.config.notify_delete {
-                    to.send(
-                        b,
-                        Element::new("delete", EVENT).with_attr("node", to.node.clone()),
-                    );
-                }
-                Ok(None)
-            }),
-        );
+        self.clear(op, true, answer)
     }
 
-    /// §8.5.
     fn purge(self, op: &Element, answer: Answer) {
+        self.clear(op, false, answer)
+    }
+
+    fn clear(self, op: &Element, delete: bool, answer: Answer) {
         let (node, meta) = match self.owned(op) {
             Ok(n) => n,
             Err(e) => return answer(Err(e)),
         };
-        let to = Notice::of(&self, &node);
+        // Deleted, the node's record is gone: its subscribers are read now.
+        let to = Notice::of(&self, &node).with_meta(meta.clone());
+        let (change, event, tell) = if delete {
+            (PubsubOp::Delete, "delete", meta.config.notify_delete)
+        } else {
+            (PubsubOp::Purge, "purge", meta.config.notify_retract)
+        };
         self.commit(
             &node,
-            PubsubOp::Purge,
+            change,
             answer,
             Box::new(move |b, _| {
-                if meta.config.notify_retract {
+                if tell {
                     to.send(
                         b,
-                        Element::new("purge", EVENT).with_attr("node", to.node.clone()),
+                        Element::new(event, EVENT).with_attr("node", to.node.clone()),
                     );
                 }
                 Ok(None)

@@ -172,19 +172,10 @@ impl crate::services::Host for NodeHost {
     }
 
     fn caught_up(&self, then: Box<dyn FnOnce(bool) + Send>) {
-        let Some(ctx) = self.ctx.upgrade() else {
-            return then(false);
-        };
-        let rt = ctx.replicator.runtime().clone();
-        rt.spawn(async move {
-            let ok = ctx
-                .replicator
-                .cluster()
-                .caught_up(std::time::Duration::from_secs(2))
-                .await
-                .is_ok();
-            then(ok);
-        });
+        match self.ctx.upgrade() {
+            Some(ctx) => ctx.replicator.caught_up_then(then),
+            None => then(false),
+        }
     }
 
     fn commit(
@@ -192,18 +183,10 @@ impl crate::services::Host for NodeHost {
         cmd: Command,
         then: Box<dyn FnOnce(Result<crate::state::Applied, String>) + Send>,
     ) {
-        let Some(ctx) = self.ctx.upgrade() else {
-            return then(Err("the node is stopping".into()));
-        };
-        let rt = ctx.replicator.runtime().clone();
-        rt.spawn(async move {
-            then(
-                ctx.replicator
-                    .commit_async(&cmd)
-                    .await
-                    .map_err(|e| e.to_string()),
-            );
-        });
+        match self.ctx.upgrade() {
+            Some(ctx) => ctx.replicator.commit_then(cmd, then),
+            None => then(Err("the node is stopping".into())),
+        }
     }
 
     fn arbiter(&self) -> Option<actix_rt::ArbiterHandle> {
