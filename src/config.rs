@@ -214,18 +214,39 @@ fn service_domain(set: &Option<String>, default: &str, domain: &str) -> Option<S
     }
 }
 
-/// HTTP for health checks (and later websocket, metrics, admin).
+/// HTTP: health checks, XMPP over WebSocket (RFC 7395), discovery
+/// (XEP-0156).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSection {
     /// "host:port"; empty turns HTTP off.
     pub listen: String,
+    /// "host:port" for HTTPS (and wss) with the server's certificate;
+    /// empty (the default) turns it off.
+    pub tls_listen: String,
+    /// Serve XMPP over WebSocket at `/xmpp-websocket`.
+    pub websocket: bool,
+    /// The public base URL clients reach this service at, e.g.
+    /// "https://chat.example.org" behind a proxy: used in host-meta and in
+    /// a drained WebSocket's see-other-uri. Empty: taken from each
+    /// request's Host header and scheme.
+    pub public_url: String,
+    /// Origins allowed by CORS (`Access-Control-Allow-Origin`); "*" for any.
+    pub cors_origins: Vec<String>,
+    /// Treat plain-HTTP clients as secure (a TLS-terminating proxy is in
+    /// front). Clients on loopback always are.
+    pub behind_tls_proxy: bool,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             listen: "0.0.0.0:5280".into(),
+            tls_listen: String::new(),
+            websocket: true,
+            public_url: String::new(),
+            cors_origins: vec!["*".into()],
+            behind_tls_proxy: false,
         }
     }
 }
@@ -598,6 +619,21 @@ impl Config {
         if !self.http.listen.is_empty() {
             parse_addr("http.listen", &self.http.listen)?;
         }
+        if !self.http.tls_listen.is_empty() {
+            parse_addr("http.tls_listen", &self.http.tls_listen)?;
+        }
+        if !(self.http.public_url.is_empty()
+            || self.http.public_url.starts_with("http://")
+            || self.http.public_url.starts_with("https://"))
+        {
+            return Err(ConfigError::BadValue {
+                key: "http.public_url".into(),
+                message: format!(
+                    "{:?} must start with http:// or https://",
+                    self.http.public_url
+                ),
+            });
+        }
         if !self.s2s.listen.is_empty() {
             parse_addr("s2s.listen", &self.s2s.listen)?;
         }
@@ -802,6 +838,12 @@ impl Config {
             return None;
         }
         Some(parse_addr("http.listen", &self.http.listen).expect("validated at load"))
+    }
+
+    pub fn http_tls_listen(&self) -> Option<SocketAddr> {
+        (!self.http.tls_listen.is_empty()).then(|| {
+            parse_addr("http.tls_listen", &self.http.tls_listen).expect("validated at load")
+        })
     }
 
     pub fn s2s_listen(&self) -> Option<SocketAddr> {

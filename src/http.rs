@@ -1,5 +1,7 @@
-//! HTTP for operators and load balancers (actix-web, default port 5280):
-//! `/health/live` answers while the process runs; `/health/ready` only
+//! HTTP (actix-web, default port 5280; HTTPS on `http.tls_listen`): XMPP
+//! over WebSocket at `/xmpp-websocket` (c2s/websocket.rs), connection
+//! discovery at `/.well-known/host-meta[.json]` (XEP-0156), and for
+//! operators and load balancers `/health/live` answers while the process runs; `/health/ready` only
 //! while the node is a cluster member with a leader, caught up with the
 //! commit index, and not shutting down, so HAProxy stops sending clients
 //! to a node that cannot serve them.
@@ -8,7 +10,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
+use actix_web::http::{header, Method, StatusCode};
+use actix_web::{
+    get, web, App, HttpRequest, HttpResponse, HttpResponseBuilder, HttpServer, Responder,
+};
 
 use crate::server::ServerCtx;
 
@@ -53,23 +58,121 @@ async fn ready(ctx: web::Data<Arc<ServerCtx>>) -> impl Responder {
     }
 }
 
-/// Serve on `listener` inside the running actix System.
+/// CORS: the request's Origin, if allowed (`http.cors_origins`).
+fn allowed_origin(req: &HttpRequest, config: &crate::config::Config) -> Option<String> {
+    let origins = &config.http.cors_origins;
+    if origins.iter().any(|o| o == "*") {
+        return Some("*".into());
+    }
+    let origin = req.headers().get(header::ORIGIN)?.to_str().ok()?;
+    origins
+        .iter()
+        .any(|o| o.eq_ignore_ascii_case(origin))
+        .then(|| origin.to_string())
+}
+
+/// A response builder with the CORS headers this request earns.
+pub fn cors(
+    req: &HttpRequest,
+    config: &crate::config::Config,
+    status: StatusCode,
+) -> HttpResponseBuilder {
+    let mut b = HttpResponse::build(status);
+    if let Some(origin) = allowed_origin(req, config) {
+        b.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin));
+        b.insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"));
+        b.insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, "Content-Type"));
+        b.insert_header((header::ACCESS_CONTROL_MAX_AGE, "86400"));
+        b.insert_header((header::VARY, "Origin"));
+    }
+    b
+}
+
+/// A CORS preflight.
+async fn preflight(req: HttpRequest, ctx: web::Data<Arc<ServerCtx>>) -> HttpResponse {
+    cors(&req, &ctx.config, StatusCode::NO_CONTENT).finish()
+}
+
+/// The connection endpoints this node serves (XEP-0156 §3).
+fn endpoints(req: &HttpRequest, config: &crate::config::Config) -> Vec<(&'static str, String)> {
+    let base = crate::c2s::http_bridge::public_base(req, config);
+    let mut links = Vec::new();
+    if config.http.websocket {
+        links.push((
+            "urn:xmpp:alt-connections:websocket",
+            format!("{}/xmpp-websocket", base.replacen("http", "ws", 1)),
+        ));
+    }
+    links
+}
+
+/// XEP-0156 §3.1: host-meta (XRD).
+#[get("/.well-known/host-meta")]
+async fn host_meta(req: HttpRequest, ctx: web::Data<Arc<ServerCtx>>) -> impl Responder {
+    let mut xrd = String::from(
+        "<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n",
+    );
+    for (rel, href) in endpoints(&req, &ctx.config) {
+        xrd.push_str(&format!(
+            "  <Link rel='{rel}' href='{}'/>\n",
+            crate::xml::element::escape(&href)
+        ));
+    }
+    xrd.push_str("</XRD>\n");
+    cors(&req, &ctx.config, StatusCode::OK)
+        .content_type("application/xrd+xml")
+        .body(xrd)
+}
+
+/// XEP-0156 §3.2: host-meta.json (JRD).
+#[get("/.well-known/host-meta.json")]
+async fn host_meta_json(req: HttpRequest, ctx: web::Data<Arc<ServerCtx>>) -> impl Responder {
+    let links: Vec<serde_json::Value> = endpoints(&req, &ctx.config)
+        .into_iter()
+        .map(|(rel, href)| serde_json::json!({ "rel": rel, "href": href }))
+        .collect();
+    cors(&req, &ctx.config, StatusCode::OK)
+        .content_type("application/json")
+        .body(serde_json::json!({ "links": links }).to_string())
+}
+
+/// Serve inside the running actix System: plain HTTP on `listener`, HTTPS
+/// (and wss) on `tls`. `None` when neither is configured.
 pub fn start(
     ctx: Arc<ServerCtx>,
-    listener: std::net::TcpListener,
-) -> std::io::Result<actix_web::dev::ServerHandle> {
+    listener: Option<std::net::TcpListener>,
+    tls: Option<(std::net::TcpListener, tokio_rustls::rustls::ServerConfig)>,
+) -> std::io::Result<Option<actix_web::dev::ServerHandle>> {
+    if listener.is_none() && tls.is_none() {
+        return Ok(None);
+    }
+    let workers = ctx.config.workers();
     let data = web::Data::new(ctx);
-    let server = HttpServer::new(move || {
+    let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .service(live)
             .service(ready)
+            .service(host_meta)
+            .service(host_meta_json)
+            .route(
+                "/xmpp-websocket",
+                web::get().to(crate::c2s::websocket::upgrade),
+            )
+            .default_service(web::route().method(Method::OPTIONS).to(preflight))
     })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)?
-    .run();
+    .workers(workers)
+    // Slow senders of request heads are cut off (slowloris).
+    .client_request_timeout(Duration::from_secs(5))
+    .disable_signals();
+    if let Some(l) = listener {
+        server = server.listen(l)?;
+    }
+    if let Some((l, config)) = tls {
+        server = server.listen_rustls_0_23(l, config)?;
+    }
+    let server = server.run();
     let handle = server.handle();
     actix_rt::spawn(server);
-    Ok(handle)
+    Ok(Some(handle))
 }

@@ -224,7 +224,7 @@ impl ServerCtx {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn conn_guard(&self) -> ConnGuard {
+    pub fn conn_guard(&self) -> ConnGuard {
         self.conns.fetch_add(1, Ordering::AcqRel);
         ConnGuard(self.conns.clone())
     }
@@ -282,6 +282,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .http_listen()
         .map(|a| bind("http.listen", a))
         .transpose()?;
+    let https = config
+        .http_tls_listen()
+        .map(|a| bind("http.tls_listen", a))
+        .transpose()?;
     let s2s = config
         .s2s_listen()
         .map(|a| bind("s2s.listen", a))
@@ -304,6 +308,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         &config.domain,
     )?;
     let tls = crate::tls::server_config(&identity, config.tls.session_tickets)?;
+    let https = match https {
+        Some(l) => Some((l, crate::tls::http_server_config(&identity)?)),
+        None => None,
+    };
     let s2s_state = crate::s2s::S2s::new(&identity, &config.s2s, &cluster_secret(&config)?)?;
     let admin = crate::admin::bind(&config.data_dir).map_err(|source| StartError::Bind {
         key: "admin socket",
@@ -455,7 +463,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let s2s_tls_addr = s2s_direct.as_ref().and_then(|l| l.local_addr().ok());
     let shown = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
     println!(
-        "starling ready domain={} c2s={} c2s_tls={} cluster={} node={} http={} s2s={} component={} s2s_tls={}",
+        "starling ready domain={} c2s={} c2s_tls={} cluster={} node={} http={} s2s={} component={} s2s_tls={} https={}",
         ctx.config.domain,
         c2s_addr.map(|a| a.to_string()).unwrap_or_default(),
         direct_addr
@@ -470,6 +478,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         shown(s2s_addr),
         shown(component_addr),
         shown(s2s_tls_addr),
+        shown(https.as_ref().and_then(|(l, _)| l.local_addr().ok())),
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -519,7 +528,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             )));
         }
         tasks.push(actix_rt::spawn(crate::admin::serve(ctx.clone(), admin)));
-        let http = match http.map(|l| crate::http::start(ctx.clone(), l)).transpose() {
+        let http = match crate::http::start(ctx.clone(), http, https) {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(error = %e, "HTTP server failed to start");

@@ -60,6 +60,19 @@ pub fn load_identity(
     Ok(Identity { certs, key })
 }
 
+/// The HTTPS (and wss) config for `identity`: HTTP/1.1 only (WebSocket
+/// upgrades and BOSH both ride on it).
+pub fn http_server_config(identity: &Identity) -> Result<ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let identity = identity.clone();
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(identity.certs, identity.key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// The client-to-server TLS config for `identity`.
 pub fn server_config(
     identity: &Identity,

@@ -56,20 +56,41 @@ pub async fn handle_connection(
         } else {
             MaybeTls::Plain(tcp)
         };
-        match stream::negotiate(&ctx, conn, peer).await {
-            Some(stream::Negotiated::Bound(bound)) => {
-                tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
-                start_session(ctx, bound, sid, guard).await;
-            }
-            Some(stream::Negotiated::Resume(r)) => {
-                tracing::Span::current().record("jid", tracing::field::display(&r.user));
-                resume_session(ctx, r, guard).await;
-            }
-            None => {}
-        }
+        serve(ctx, conn, peer, sid, guard).await
     }
     .instrument(span)
     .await
+}
+
+/// Handle a stream bridged from an HTTP transport (WebSocket, BOSH), from
+/// its first byte to the end of the session, on the current arbiter.
+pub async fn handle_bridged(
+    ctx: Arc<ServerCtx>,
+    io: tokio::io::DuplexStream,
+    secure: bool,
+    peer: SocketAddr,
+    transport: &'static str,
+) {
+    let guard = ctx.conn_guard();
+    let sid = ctx.next_session_id();
+    let span = tracing::info_span!("c2s", sid, %peer, transport, jid = tracing::field::Empty);
+    let conn = MaybeTls::Bridged { io, secure };
+    serve(ctx, conn, peer, sid, guard).instrument(span).await
+}
+
+/// Negotiate, then run the bound or resumed session.
+async fn serve(ctx: Arc<ServerCtx>, conn: MaybeTls, peer: SocketAddr, sid: u64, guard: ConnGuard) {
+    match stream::negotiate(&ctx, conn, peer).await {
+        Some(stream::Negotiated::Bound(bound)) => {
+            tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
+            start_session(ctx, bound, sid, guard).await;
+        }
+        Some(stream::Negotiated::Resume(r)) => {
+            tracing::Span::current().record("jid", tracing::field::display(&r.user));
+            resume_session(ctx, r, guard).await;
+        }
+        None => {}
+    }
 }
 
 async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guard: ConnGuard) {

@@ -52,6 +52,8 @@ pub struct Stream {
     pub writer: StreamWriter,
     pub peer: SocketAddr,
     pub secure: bool,
+    /// STARTTLS is possible (a plain TCP connection).
+    pub can_starttls: bool,
     /// tls-exporter data when the TLS session offers it.
     pub channel_binding: Option<Vec<u8>>,
     /// Our stream header has gone out (a stream error needs one first).
@@ -103,6 +105,7 @@ pub enum Negotiated {
 impl Stream {
     pub fn new(conn: MaybeTls, ctx: &ServerCtx, peer: SocketAddr, deadline: Instant) -> Stream {
         let secure = conn.is_tls();
+        let can_starttls = conn.can_starttls();
         let channel_binding = conn.channel_binding();
         let (r, w) = tokio::io::split(conn);
         Stream {
@@ -111,6 +114,7 @@ impl Stream {
             writer: w,
             peer,
             secure,
+            can_starttls,
             channel_binding,
             header_sent: false,
             stream_id: header::new_stream_id(),
@@ -235,7 +239,9 @@ async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
         loop {
             let el = s.read_element().await?;
             match (el.name.as_str(), el.ns.as_str()) {
-                ("starttls", ns::TLS) if !s.secure && s.authenticated.is_none() => {
+                ("starttls", ns::TLS)
+                    if !s.secure && s.can_starttls && s.authenticated.is_none() =>
+                {
                     return Ok(Step::StartTls);
                 }
                 ("auth", ns::SASL) if s.authenticated.is_none() => {
@@ -339,7 +345,7 @@ fn features(ctx: &ServerCtx, s: &Stream) -> Element {
         return f;
     }
     let require_tls = ctx.config.c2s.require_tls;
-    if !s.secure {
+    if !s.secure && s.can_starttls {
         let mut tls = Element::new("starttls", ns::TLS);
         if require_tls {
             tls.push_child(Element::new("required", ns::TLS));

@@ -1,4 +1,6 @@
-//! The client connection's transport: plain TCP until STARTTLS, then TLS.
+//! The client connection's transport: plain TCP until STARTTLS, then TLS;
+//! or an in-process pipe bridged to a WebSocket or BOSH session (which
+//! carry the classic stream's bytes, see `c2s::websocket`).
 
 use std::io;
 use std::pin::Pin;
@@ -11,11 +13,27 @@ use tokio_rustls::server::TlsStream;
 pub enum MaybeTls {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// The server's end of a pipe to an HTTP transport. `secure`: the
+    /// HTTP connection is TLS (or trusted to be, behind a TLS proxy).
+    Bridged {
+        io: tokio::io::DuplexStream,
+        secure: bool,
+    },
 }
 
 impl MaybeTls {
+    /// Whether the connection is protected by TLS (SASL PLAIN may run).
     pub fn is_tls(&self) -> bool {
-        matches!(self, MaybeTls::Tls(_))
+        matches!(
+            self,
+            MaybeTls::Tls(_) | MaybeTls::Bridged { secure: true, .. }
+        )
+    }
+
+    /// Whether STARTTLS can upgrade this connection (not a bridged one:
+    /// its TLS, if any, is the HTTP connection's).
+    pub fn can_starttls(&self) -> bool {
+        matches!(self, MaybeTls::Plain(_))
     }
 
     /// tls-exporter channel-binding data (RFC 9266), only on TLS 1.3 where
@@ -42,6 +60,7 @@ impl AsyncRead for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            MaybeTls::Bridged { io, .. } => Pin::new(io).poll_read(cx, buf),
         }
     }
 }
@@ -55,6 +74,7 @@ impl AsyncWrite for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            MaybeTls::Bridged { io, .. } => Pin::new(io).poll_write(cx, buf),
         }
     }
 
@@ -62,6 +82,7 @@ impl AsyncWrite for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MaybeTls::Bridged { io, .. } => Pin::new(io).poll_flush(cx),
         }
     }
 
@@ -69,6 +90,7 @@ impl AsyncWrite for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MaybeTls::Bridged { io, .. } => Pin::new(io).poll_shutdown(cx),
         }
     }
 }

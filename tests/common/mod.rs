@@ -98,6 +98,8 @@ pub struct Server {
     pub component: Option<SocketAddr>,
     /// Direct TLS server-to-server listener (XEP-0368), if on.
     pub s2s_tls: Option<SocketAddr>,
+    /// HTTPS (and wss), if `STARLING_HTTP_TLS_LISTEN` turned it on.
+    pub https: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     stderr_log: std::path::PathBuf,
 }
@@ -176,6 +178,7 @@ impl Server {
         let s2s = field("s2s").and_then(|a| a.parse().ok());
         let component = field("component").and_then(|a| a.parse().ok());
         let s2s_tls = field("s2s_tls").and_then(|a| a.parse().ok());
+        let https = field("https").and_then(|a| a.parse().ok());
         Server {
             child: Some(child),
             c2s,
@@ -185,6 +188,7 @@ impl Server {
             s2s,
             component,
             s2s_tls,
+            https,
             dir,
             stderr_log,
         }
@@ -1201,9 +1205,53 @@ pub fn run_interop(
     steps: &[&str],
 ) -> String {
     let script = format!("{}/tests/interop/{name}", env!("CARGO_MANIFEST_DIR"));
-    let mut child = std::process::Command::new(python())
-        .arg(&script)
+    let mut cmd = std::process::Command::new(python());
+    cmd.arg(&script).args(args);
+    run_client(cmd, name, nodes, limit, steps)
+}
+
+/// tests/web, where the JavaScript clients (npm) are installed.
+#[allow(dead_code)]
+pub fn web_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web");
+    assert!(
+        dir.join("node_modules").exists(),
+        "no npm packages in {}: run `bash .ci/run` (or npm ci there)",
+        dir.display()
+    );
+    dir
+}
+
+/// Run the Node script `tests/web/NAME` like [`run_interop`]. Certificates
+/// are not checked (the nodes' are self-signed).
+#[allow(dead_code)]
+pub fn run_web(
+    name: &str,
+    args: &[String],
+    nodes: &[&Server],
+    limit: Duration,
+    steps: &[&str],
+) -> String {
+    let dir = web_dir();
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(&dir)
+        .arg(dir.join(name))
         .args(args)
+        .env("NODE_TLS_REJECT_UNAUTHORIZED", "0")
+        .env("NODE_NO_WARNINGS", "1");
+    run_client(cmd, name, nodes, limit, steps)
+}
+
+/// Run a client program (bounded by `limit`) and check its steps.
+#[allow(dead_code)]
+fn run_client(
+    mut cmd: std::process::Command,
+    name: &str,
+    nodes: &[&Server],
+    limit: Duration,
+    steps: &[&str],
+) -> String {
+    let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -1,0 +1,77 @@
+//! What the HTTP transports (WebSocket, RFC 7395; later BOSH) share: a
+//! client stream on an in-process pipe, run by a worker arbiter like a TCP
+//! connection's (`MaybeTls::Bridged`), and the URLs clients know us by.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::HttpRequest;
+use tokio::io::DuplexStream;
+
+use crate::server::ServerCtx;
+
+/// What the pipe between an HTTP transport and its stream holds at most.
+const PIPE_BYTES: usize = 16 * 1024;
+
+/// Arbiters are given bridged streams in turn.
+static NEXT_ARBITER: AtomicUsize = AtomicUsize::new(0);
+
+/// Start a client stream for an HTTP transport: the stream's end of the
+/// pipe goes to a worker arbiter (negotiation, then the session); the
+/// transport's end is returned. `None` before the workers run.
+pub fn open_stream(
+    ctx: &Arc<ServerCtx>,
+    secure: bool,
+    peer: SocketAddr,
+    transport: &'static str,
+) -> Option<DuplexStream> {
+    let arbiter = ctx.arbiters.get().and_then(|a| {
+        let i = NEXT_ARBITER.fetch_add(1, Ordering::Relaxed);
+        a.get(i % a.len().max(1)).cloned()
+    })?;
+    let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
+    let ctx = ctx.clone();
+    arbiter.spawn(async move {
+        crate::c2s::listener::handle_bridged(ctx, theirs, secure, peer, transport).await
+    });
+    Some(ours)
+}
+
+/// The client's address (the socket's; proxies are not trusted for it).
+pub fn peer(req: &HttpRequest) -> SocketAddr {
+    req.peer_addr()
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// Whether the HTTP connection is protected: TLS here, loopback, or a
+/// TLS-terminating proxy in front (`http.behind_tls_proxy`).
+pub fn secure(req: &HttpRequest, config: &crate::config::Config) -> bool {
+    req.app_config().secure() || peer(req).ip().is_loopback() || config.http.behind_tls_proxy
+}
+
+/// The base URL clients reach this service at: `http.public_url`, else the
+/// request's own scheme and Host.
+pub fn public_base(req: &HttpRequest, config: &crate::config::Config) -> String {
+    if !config.http.public_url.is_empty() {
+        return config.http.public_url.trim_end_matches('/').to_string();
+    }
+    let scheme = if req.app_config().secure() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| req.app_config().host().to_string());
+    format!("{scheme}://{host}")
+}
