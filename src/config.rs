@@ -226,6 +226,10 @@ pub struct HttpSection {
     pub tls_listen: String,
     /// Serve XMPP over WebSocket at `/xmpp-websocket`.
     pub websocket: bool,
+    /// Serve XMPP over BOSH at `/http-bind` (XEP-0124/0206).
+    pub bosh: bool,
+    /// A BOSH session with no request for this long ends (XEP-0124 §8).
+    pub bosh_inactivity_secs: u64,
     /// The public base URL clients reach this service at, e.g.
     /// "https://chat.example.org" behind a proxy: used in host-meta and in
     /// a drained WebSocket's see-other-uri. Empty: taken from each
@@ -244,6 +248,8 @@ impl Default for HttpSection {
             listen: "0.0.0.0:5280".into(),
             tls_listen: String::new(),
             websocket: true,
+            bosh: true,
+            bosh_inactivity_secs: 60,
             public_url: String::new(),
             cors_origins: vec!["*".into()],
             behind_tls_proxy: false,

@@ -103,6 +103,12 @@ fn endpoints(req: &HttpRequest, config: &crate::config::Config) -> Vec<(&'static
             format!("{}/xmpp-websocket", base.replacen("http", "ws", 1)),
         ));
     }
+    if config.http.bosh {
+        links.push((
+            "urn:xmpp:alt-connections:xbosh",
+            format!("{base}/http-bind"),
+        ));
+    }
     links
 }
 
@@ -148,9 +154,12 @@ pub fn start(
     }
     let workers = ctx.config.workers();
     let data = web::Data::new(ctx);
+    // BOSH sessions, shared by every worker.
+    let bosh = web::Data::new(crate::c2s::bosh::Registry::default());
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(bosh.clone())
             .service(live)
             .service(ready)
             .service(host_meta)
@@ -159,6 +168,8 @@ pub fn start(
                 "/xmpp-websocket",
                 web::get().to(crate::c2s::websocket::upgrade),
             )
+            .route("/http-bind", web::post().to(crate::c2s::bosh::request))
+            .route("/http-bind", web::get().to(crate::c2s::bosh::info))
             .default_service(web::route().method(Method::OPTIONS).to(preflight))
     })
     .workers(workers)

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 /// Ports are the defaults plus this offset (fixed, below 32768).
 const OFFSET: u16 = 3000;
 const FRONT: &str = "127.0.0.1:8300";
+/// HAProxy's HTTP front (WebSocket and BOSH).
+const WEB_FRONT: &str = "127.0.0.1:8301";
 
 struct Kill(Child);
 
@@ -144,6 +146,7 @@ async fn three_nodes_behind_haproxy() {
     let haproxy = Command::new("haproxy")
         .args(["-f", cfg, "-db"])
         .env("BIND", FRONT)
+        .env("HTTP_BIND", WEB_FRONT)
         .env("NODE1", "127.0.0.1")
         .env("NODE2", "127.0.0.2")
         .env("NODE3", "127.0.0.3")
@@ -193,6 +196,30 @@ async fn three_nodes_behind_haproxy() {
     assert_eq!(
         extra.wait_for(|e| e.name == "message").await.attr("id"),
         Some("h2")
+    );
+    // A BOSH client through HAProxy: each request on a new connection,
+    // all pinned to the session's node by HAProxy's cookie.
+    let web: std::net::SocketAddr = WEB_FRONT.parse().unwrap();
+    let (mut w, jid) = Bosh::login(web, "bob", "pw", 5).await;
+    assert!(w.cookie.contains("STARLING_NODE=node"), "{:?}", w.cookie);
+    w.send("<presence xmlns='jabber:client'/>").await;
+    let (_, held) = w.next("", "");
+    let cookie = w.cookie.clone();
+    let waiting = tokio::spawn(async move { post_with(web, &held, &cookie).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.send(&format!(
+        "<message to='{jid}' type='chat' id='h3'><body>to the web</body></message>"
+    ))
+    .await;
+    let (code, _, r) = waiting.await.unwrap();
+    assert_eq!(code, 200);
+    assert!(r.contains("id='h3'"), "{r}");
+    let (_, _) = w
+        .send("<message xmlns='jabber:client' to='alice@localhost/a' type='chat' id='h4'><body>from the web</body></message>")
+        .await;
+    assert_eq!(
+        a.wait_for(|e| e.name == "message").await.attr("id"),
+        Some("h4")
     );
     // The nodes' health checks say ready.
     for i in 1..=3 {

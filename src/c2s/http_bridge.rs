@@ -11,6 +11,7 @@ use actix_web::HttpRequest;
 use tokio::io::DuplexStream;
 
 use crate::server::ServerCtx;
+use crate::xml::{ns, Element};
 
 /// What the pipe between an HTTP transport and its stream holds at most.
 const PIPE_BYTES: usize = 16 * 1024;
@@ -74,4 +75,17 @@ pub fn public_base(req: &HttpRequest, config: &crate::config::Config) -> String 
         .map(str::to_string)
         .unwrap_or_else(|| req.app_config().host().to_string());
     format!("{scheme}://{host}")
+}
+
+/// A top-level element standing alone (a WebSocket frame, RFC 7395 §3.3.3;
+/// a BOSH payload, XEP-0206): fully namespaced, stream elements with their
+/// prefix bound.
+pub fn standalone(el: &Element) -> String {
+    let xml = el.to_xml(ns::CLIENT);
+    if el.ns == ns::STREAM {
+        let at = "<stream:".len() + el.name.len();
+        format!("{} xmlns:stream='{}'{}", &xml[..at], ns::STREAM, &xml[at..])
+    } else {
+        el.to_xml("")
+    }
 }

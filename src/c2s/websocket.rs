@@ -244,18 +244,6 @@ fn close_frame(see_other_uri: Option<&str>) -> String {
     c.to_xml("")
 }
 
-/// A top-level element as a frame: fully namespaced, stream elements with
-/// their prefix bound (§3.3.3).
-fn stream_frame(el: &Element) -> String {
-    let xml = el.to_xml(ns::CLIENT);
-    if el.ns == ns::STREAM {
-        let at = "<stream:".len() + el.name.len();
-        format!("{} xmlns:stream='{}'{}", &xml[..at], ns::STREAM, &xml[at..])
-    } else {
-        el.to_xml("")
-    }
-}
-
 /// What the server writes, parsed and sent one element per frame.
 async fn outbound(
     ctx: Arc<ServerCtx>,
@@ -296,7 +284,7 @@ async fn outbound(
                     reason = Some(CloseReason::from(CloseCode::Restart));
                     break;
                 }
-                let frame = stream_frame(&el);
+                let frame = http_bridge::standalone(&el);
                 // SASL success: the stream restarts with a new header.
                 if el.name == "success" && el.ns == ns::SASL {
                     parser.restart();
@@ -379,12 +367,12 @@ mod tests {
         let f = Element::new("features", ns::STREAM)
             .with_child(Element::new("bind", "urn:ietf:params:xml:ns:xmpp-bind"));
         assert_eq!(
-            stream_frame(&f),
+            http_bridge::standalone(&f),
             "<stream:features xmlns:stream='http://etherx.jabber.org/streams'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>"
         );
         let m = Element::new("message", ns::CLIENT).with_attr("to", "a@b");
         assert_eq!(
-            stream_frame(&m),
+            http_bridge::standalone(&m),
             "<message xmlns='jabber:client' to='a@b'/>"
         );
         assert_eq!(

@@ -61,6 +61,9 @@ pub struct StreamHeader {
     /// The default namespace declared on the header (`xmlns`), if any.
     pub default_ns: Option<String>,
     pub attrs: Vec<(String, String)>,
+    /// Attributes in other namespaces (namespace, local name, value), such
+    /// as BOSH's `xmpp:restart` (XEP-0206).
+    pub ns_attrs: Vec<(String, String, String)>,
 }
 
 impl StreamHeader {
@@ -69,6 +72,14 @@ impl StreamHeader {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The attribute `name` in namespace `ns`.
+    pub fn ns_attr(&self, ns: &str, name: &str) -> Option<&str> {
+        self.ns_attrs
+            .iter()
+            .find(|(n, k, _)| n == ns && k == name)
+            .map(|(_, _, v)| v.as_str())
     }
 }
 
@@ -448,9 +459,24 @@ fn header<R>(
     start: &BytesStart,
 ) -> Result<StreamHeader, ParseError> {
     let mut default_ns = None;
+    let mut ns_attrs = Vec::new();
     for attr in start.attributes().flatten() {
-        if attr.key.into_inner() == "xmlns" {
-            default_ns = Some(attr.value.into_owned());
+        let key = attr.key.into_inner();
+        if key == "xmlns" {
+            default_ns = Some(attr.value.to_string());
+        }
+        if key.starts_with("xmlns:") || key.starts_with("xml:") || !key.contains(':') {
+            continue;
+        }
+        let (res, local) = reader.resolver().resolve_attribute(attr.key);
+        if let ResolveResult::Bound(ns) = res {
+            if ns_attrs.len() < limits.max_attributes {
+                ns_attrs.push((
+                    ns.into_inner().to_string(),
+                    local.into_inner().to_string(),
+                    attr.value.to_string(),
+                ));
+            }
         }
     }
     Ok(StreamHeader {
@@ -458,6 +484,7 @@ fn header<R>(
         ns: resolve_ns(reader, start)?,
         default_ns,
         attrs: attributes(reader, limits, start)?,
+        ns_attrs,
     })
 }
 

@@ -1285,3 +1285,144 @@ fn run_client(
     }
     stdout
 }
+
+/// BOSH's namespace (XEP-0124).
+#[allow(dead_code)]
+pub const BOSH_NS: &str = "http://jabber.org/protocol/httpbind";
+
+/// One HTTP/1.0 POST of `body` to /http-bind: status and response body.
+#[allow(dead_code)]
+pub async fn post(addr: SocketAddr, body: &str) -> (u16, String) {
+    let (code, _, body) = post_with(addr, body, "").await;
+    (code, body)
+}
+
+/// [`post`] with extra header lines (each ending in CRLF): status, head,
+/// body. A new connection per request, as a load balancer may see them.
+#[allow(dead_code)]
+pub async fn post_with(addr: SocketAddr, body: &str, headers: &str) -> (u16, String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "POST /http-bind HTTP/1.0\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(70), s.read_to_end(&mut buf))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (code, head.to_string(), body.to_string())
+}
+
+#[allow(dead_code)]
+pub fn attr(xml: &str, name: &str) -> Option<String> {
+    let at = xml.find(&format!(" {name}='"))? + name.len() + 3;
+    Some(xml[at..].split('\'').next()?.to_string())
+}
+
+#[allow(dead_code)]
+/// A BOSH client session, made by hand (tests/web_bosh.rs).
+#[derive(Clone)]
+pub struct Bosh {
+    pub addr: SocketAddr,
+    pub sid: String,
+    pub rid: u64,
+    /// Sent with every request (a load balancer's cookie).
+    pub cookie: String,
+}
+
+#[allow(dead_code)]
+impl Bosh {
+    /// Create a session (wait and hold as given): the session and the
+    /// creation response.
+    /// A load balancer's cookie, if the answer set one, is sent from then on.
+    pub async fn create(addr: SocketAddr, wait: u32, hold: u32) -> (Bosh, String) {
+        let rid = 1000;
+        let (code, head, r) = post_with(
+            addr,
+            &format!("<body rid='{rid}' to='localhost' wait='{wait}' hold='{hold}' ver='1.11' xml:lang='en' xmlns='{BOSH_NS}' xmlns:xmpp='urn:xmpp:xbosh' xmpp:version='1.0'/>"),
+            "",
+        )
+        .await;
+        assert_eq!(code, 200, "{r}");
+        let sid = attr(&r, "sid").unwrap_or_else(|| panic!("no sid in {r}"));
+        let cookie = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("set-cookie").then(|| v.trim())
+            })
+            .and_then(|v| v.split(';').next())
+            .map(|c| format!("Cookie: {c}\r\n"))
+            .unwrap_or_default();
+        (
+            Bosh {
+                addr,
+                sid,
+                rid,
+                cookie,
+            },
+            r,
+        )
+    }
+
+    /// The next request's body with `payload` (and extra attributes).
+    pub fn next(&mut self, extra: &str, payload: &str) -> (u64, String) {
+        self.rid += 1;
+        let b = format!(
+            "<body rid='{}' sid='{}' xmlns='{BOSH_NS}' xmlns:xmpp='urn:xmpp:xbosh'{extra}>{payload}</body>",
+            self.rid, self.sid
+        );
+        (self.rid, b)
+    }
+
+    pub async fn send(&mut self, payload: &str) -> (u16, String) {
+        let (_, b) = self.next("", payload);
+        let (code, _, body) = post_with(self.addr, &b, &self.cookie).await;
+        (code, body)
+    }
+
+    /// Create, SASL PLAIN, restart, bind: the session and its full JID.
+    pub async fn login(addr: SocketAddr, user: &str, password: &str, wait: u32) -> (Bosh, String) {
+        let (mut b, created) = Bosh::create(addr, wait, 1).await;
+        assert!(
+            created.contains("<mechanism>PLAIN</mechanism>"),
+            "{created}"
+        );
+        assert_eq!(
+            attr(&created, "requests").as_deref(),
+            Some("2"),
+            "{created}"
+        );
+        let plain = b64(format!("\0{user}\0{password}").as_bytes());
+        let (_, r) = b
+            .send(&format!(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>"
+            ))
+            .await;
+        assert!(r.contains("<success"), "{r}");
+        let (_, body) = b.next(" to='localhost' xmpp:restart='true'", "");
+        let (_, _, r) = post_with(addr, &body, &b.cookie).await;
+        assert!(
+            r.contains("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"),
+            "{r}"
+        );
+        let (_, r) = b
+            .send("<iq xmlns='jabber:client' type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>web</resource></bind></iq>")
+            .await;
+        assert!(
+            r.contains(&format!("<jid>{user}@localhost/web</jid>")),
+            "{r}"
+        );
+        (b, format!("{user}@localhost/web"))
+    }
+}

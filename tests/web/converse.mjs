@@ -1,0 +1,309 @@
+// Converse.js (npm converse.js) in headless Chromium against Starling, over
+// WebSocket (RFC 7395) or BOSH (XEP-0124/0206). Alice logs in with
+// Converse.js; bob is an @xmpp/client session over WebSocket, possibly on
+// another cluster node. Messages go both ways, alice's typed into the chat
+// textarea and sent through the UI, bob's looked for in the chat view's DOM.
+// Run by tests/web_converse.rs; prints "STEP ..." lines the test checks,
+// exits non-zero with "FAIL reason" on any failure. The browser's console is
+// written to stderr.
+//
+// usage: node converse.mjs TRANSPORT SERVICE_URL BOB_WS_URL DOMAIN PASSWORD SCREENSHOT_PATH
+//   TRANSPORT    websocket | bosh (how Converse.js reaches SERVICE_URL)
+//   SERVICE_URL  ws://HOST:PORT/xmpp-websocket or http://HOST:PORT/http-bind
+//   BOB_WS_URL   ws://HOST:PORT/xmpp-websocket for bob (@xmpp/client)
+// env: CHROMIUM (default /usr/bin/chromium)
+// Accounts alice and bob must exist with PASSWORD.
+import { client, xml } from "@xmpp/client";
+import { WebSocket } from "ws";
+import puppeteer from "puppeteer-core";
+import http from "node:http";
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+globalThis.WebSocket = WebSocket;
+
+const [transport, serviceUrl, bobUrl, domain, password, screenshotPath] = process.argv.slice(2);
+if (!["websocket", "bosh"].includes(transport) || !screenshotPath) {
+  console.log("FAIL usage: node converse.mjs websocket|bosh SERVICE_URL BOB_WS_URL DOMAIN PASSWORD SCREENSHOT_PATH");
+  process.exit(2);
+}
+const started = Date.now();
+const deadline = setTimeout(() => fail("timed out"), 120000);
+
+let browser = null;
+let httpServer = null;
+let bob = null;
+// The last lines of the browser's console, shown again on failure.
+const pageLog = [];
+
+function log(line) {
+  pageLog.push(line);
+  if (pageLog.length > 300) pageLog.shift();
+  process.stderr.write(line + "\n");
+}
+
+function fail(why) {
+  console.log("FAIL " + why);
+  process.stderr.write("--- last browser console lines ---\n" + pageLog.slice(-60).join("\n") + "\n");
+  const proc = browser && browser.process();
+  if (proc && proc.exitCode === null) proc.kill("SIGKILL");
+  process.exit(1);
+}
+
+async function until(what, pred, ms = 20000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    if (await pred()) return;
+    if (Date.now() > end) fail("waiting for " + what);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function bounded(what, promise, ms = 20000) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error("timed out: " + what)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+// Bodies carry this run's tag: what an earlier run left offline is not counted.
+const tag = Math.random().toString(36).slice(2, 8);
+const aliceJid = `alice@${domain}`;
+const bobJid = `bob@${domain}`;
+
+// --- the page: index.html and Converse.js's dist, on loopback -------------
+const here = path.dirname(fileURLToPath(import.meta.url));
+const dist = path.join(here, "node_modules", "converse.js", "dist");
+const types = {
+  ".html": "text/html; charset=utf-8",
+  ".js": "text/javascript",
+  ".mjs": "text/javascript",
+  ".css": "text/css",
+  ".json": "application/json",
+  ".map": "application/json",
+  ".wasm": "application/wasm",
+  ".ttf": "font/ttf",
+  ".woff": "font/woff",
+  ".woff2": "font/woff2",
+  ".png": "image/png",
+  ".svg": "image/svg+xml",
+  ".ico": "image/x-icon",
+  ".mp3": "audio/mpeg",
+  ".ogg": "audio/ogg",
+};
+
+const settings = {
+  [transport === "websocket" ? "websocket_url" : "bosh_service_url"]: serviceUrl,
+  discover_connection_methods: false,
+  authentication: "login",
+  auto_login: true,
+  jid: `${aliceJid}/converse`,
+  password,
+  auto_reconnect: false,
+  keepalive: false,
+  view_mode: "fullscreen",
+  assets_path: "/dist/",
+  i18n: "en",
+  loglevel: "debug",
+  allow_non_roster_messaging: true,
+  play_sounds: false,
+  show_desktop_notifications: false,
+  whitelisted_plugins: ["starling-probe"],
+  // OMEMO is not under test (and loads its wasm relative to the page).
+  blacklisted_plugins: ["converse-omemo", "converse-omemo-views"],
+};
+
+// Converse.js 14 is an ES module only. A plugin hands the private API to
+// the test (the public one has no chats).
+const indexHtml = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Converse.js on Starling</title>
+<link rel="stylesheet" href="/dist/converse.min.css">
+</head>
+<body class="converse-fullscreen">
+<script type="module">
+import converse from "/dist/converse.min.js";
+window.starling = { events: [] };
+converse.plugins.add("starling-probe", {
+  initialize() {
+    const api = this._converse.api;
+    window.starling.api = api;
+    for (const ev of ["connected", "reconnected", "disconnected", "reconnecting", "rosterContactsFetched", "statusInitialized"]) {
+      api.listen.on(ev, () => { window.starling.events.push(ev); console.log("EVENT " + ev); });
+    }
+  },
+});
+converse.initialize(${JSON.stringify(settings)}).catch((e) => console.error("initialize: " + e));
+</script>
+</body>
+</html>
+`;
+
+function serve(req, res) {
+  const url = new URL(req.url, "http://127.0.0.1");
+  if (url.pathname === "/favicon.ico") {
+    res.writeHead(204);
+    return res.end();
+  }
+  if (url.pathname === "/" || url.pathname === "/index.html") {
+    res.writeHead(200, { "content-type": types[".html"] });
+    return res.end(indexHtml);
+  }
+  if (url.pathname.startsWith("/dist/")) {
+    const file = path.normalize(path.join(dist, decodeURIComponent(url.pathname.slice("/dist/".length))));
+    if (file.startsWith(dist + path.sep) && fs.existsSync(file) && fs.statSync(file).isFile()) {
+      res.writeHead(200, { "content-type": types[path.extname(file)] || "application/octet-stream" });
+      return fs.createReadStream(file).pipe(res);
+    }
+  }
+  log(`page server: 404 ${url.pathname}`);
+  res.writeHead(404);
+  res.end();
+}
+
+function isLoopback(u) {
+  if (u.startsWith("data:") || u.startsWith("blob:") || u === "about:blank") return true;
+  try {
+    const h = new URL(u).hostname;
+    return h === "127.0.0.1" || h === "localhost" || h === "[::1]" || /^127\./.test(h);
+  } catch {
+    return false;
+  }
+}
+
+// --- bob: @xmpp/client over WebSocket --------------------------------------
+function connectBob() {
+  const x = client({ service: bobUrl, domain, username: "bob", password, resource: "web" });
+  x.on("error", (e) => log(`bob error: ${e}`));
+  x.got = [];
+  x.on("stanza", (s) => {
+    const body = s.is("message") && s.getChildText("body");
+    if (body && body.startsWith(tag + " ")) x.got.push(body.slice(tag.length + 1));
+  });
+  return x;
+}
+
+// Text of every message in alice's chat view with bob.
+function chatTexts(page) {
+  return page.$$eval(`converse-chat[jid="${bobJid}"] .chat-msg__text`, (els) => els.map((e) => e.textContent.trim()));
+}
+
+(async () => {
+  if (!fs.existsSync(dist)) fail(`no ${dist}: run npm ci in tests/web`);
+  httpServer = http.createServer(serve);
+  await new Promise((r) => httpServer.listen(0, "127.0.0.1", r));
+  const pageUrl = `http://127.0.0.1:${httpServer.address().port}/`;
+
+  bob = connectBob();
+  await bounded("bob's login", bob.start());
+  await until("stream management on bob", () => bob.streamManagement.enabled);
+  await bob.send(xml("presence"));
+  console.log(`STEP bob online over websocket as ${bob.jid}`);
+
+  browser = await bounded(
+    "chromium's start",
+    puppeteer.launch({
+      executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+      headless: true, // --headless=new
+      args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check"],
+      defaultViewport: { width: 1280, height: 800 },
+      protocolTimeout: 30000,
+    }),
+    30000,
+  );
+  const page = await browser.newPage();
+  page.on("console", (m) => log(`console.${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => log(`pageerror: ${e.message}`));
+  page.on("requestfailed", (r) => log(`requestfailed: ${r.url()} ${r.failure()?.errorText}`));
+  const blocked = [];
+  await page.setRequestInterception(true);
+  page.on("request", (r) => {
+    if (isLoopback(r.url())) return r.continue();
+    blocked.push(r.url());
+    log(`blocked non-loopback request: ${r.url()}`);
+    r.abort("blockedbyclient");
+  });
+  // WebSocket connections are not seen by request interception: log them.
+  const cdp = await page.createCDPSession();
+  await cdp.send("Network.enable");
+  cdp.on("Network.webSocketCreated", (e) => {
+    log(`websocket opened: ${e.url}`);
+    if (!isLoopback(e.url)) fail(`page opened a non-loopback websocket ${e.url}`);
+  });
+  cdp.on("Network.webSocketClosed", () => log("websocket closed"));
+
+  await page.goto(pageUrl, { waitUntil: "load", timeout: 20000 });
+  console.log(`STEP converse.js page loaded over ${transport}`);
+
+  const events = () => page.evaluate(() => window.starling.events);
+  await until("converse to connect", async () => {
+    const ev = await events();
+    if (ev.includes("disconnected")) fail("converse disconnected before it was online");
+    return ev.includes("connected");
+  });
+  const me = await page.evaluate(() => window.starling.api.connection.get().jid);
+  console.log(`STEP alice logged in with converse.js as ${me}`);
+  await until("the roster", async () => (await events()).includes("rosterContactsFetched"));
+  await until("alice's online status", async () => (await page.evaluate(() => window.starling.api.user.status.get())) === "online");
+  // The control box shows the logged-in user.
+  await until("the control box", () => page.$eval("#controlbox", (e) => !e.classList.contains("logged-out")).catch(() => false));
+  console.log("STEP alice roster fetched and online");
+
+  await page.evaluate((jid) => window.starling.api.chats.open(jid, {}, true).then(() => true), bobJid);
+  const textarea = `converse-chat[jid="${bobJid}"] textarea.chat-textarea`;
+  await page.waitForSelector(textarea, { visible: true, timeout: 20000 });
+  console.log(`STEP chat with ${bobJid} open`);
+
+  // bob -> alice (to the bare JID): it has to show in the chat view.
+  const b2a = "hello alice from bob";
+  await bob.send(xml("message", { to: aliceJid, type: "chat", id: `${tag}-b2a` }, xml("body", {}, `${tag} ${b2a}`)));
+  await until("bob's message in alice's chat view", async () => (await chatTexts(page)).includes(`${tag} ${b2a}`));
+  console.log("STEP bob's message shows in alice's chat view");
+
+  // alice -> bob, typed into the textarea and sent with Enter.
+  const a2b = "hi bob, converse here";
+  await page.click(textarea);
+  await page.type(textarea, `${tag} ${a2b}`);
+  await page.keyboard.press("Enter");
+  await until("alice's message in her own chat view", async () => (await chatTexts(page)).includes(`${tag} ${a2b}`));
+  await until("alice's message at bob", () => bob.got.includes(a2b));
+  const left = await page.$eval(textarea, (e) => e.value);
+  if (left !== "") fail(`the textarea still holds ${JSON.stringify(left)} after sending`);
+  console.log("STEP alice's message typed in converse.js reaches bob");
+
+  // And once more each way, now that the chat is going.
+  const b2a2 = "second from bob";
+  await bob.send(xml("message", { to: me, type: "chat", id: `${tag}-b2a2` }, xml("body", {}, `${tag} ${b2a2}`)));
+  await until("bob's second message in the chat view", async () => (await chatTexts(page)).includes(`${tag} ${b2a2}`));
+  const a2b2 = "second from alice";
+  await page.type(textarea, `${tag} ${a2b2}`);
+  await page.keyboard.press("Enter");
+  await until("alice's second message at bob", () => bob.got.includes(a2b2));
+  const texts = (await chatTexts(page)).filter((t) => t.startsWith(tag + " "));
+  const want = [b2a, a2b, b2a2, a2b2].map((t) => `${tag} ${t}`);
+  if (JSON.stringify(texts) !== JSON.stringify(want)) fail(`chat view shows ${JSON.stringify(texts)}, want ${JSON.stringify(want)}`);
+  console.log("STEP messages both ways, in order in the chat view");
+
+  await page.screenshot({ path: screenshotPath, fullPage: false });
+  console.log(`STEP screenshot saved to ${screenshotPath}`);
+
+  if ((await events()).includes("disconnected")) fail("converse got disconnected during the run");
+  if (blocked.length) log(`blocked ${blocked.length} non-loopback request(s)`);
+  console.log(`STEP no request left loopback (${blocked.length} blocked)`);
+
+  await bounded("converse's logout", page.evaluate(() => window.starling.api.user.logout().then(() => true)), 10000).catch((e) =>
+    log(`logout: ${e}`),
+  );
+  await bounded("closing chromium", browser.close(), 10000).catch((e) => log(`closing chromium: ${e}`));
+  await bounded("bob's logout", bob.stop(), 10000).catch((e) => log(`bob's logout: ${e}`));
+  httpServer.close();
+  clearTimeout(deadline);
+  console.log(`STEP done in ${((Date.now() - started) / 1000).toFixed(1)}s`);
+  process.exit(0);
+})().catch((e) => fail(e && e.stack ? e.stack : String(e)));
