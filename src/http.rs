@@ -10,10 +10,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::{header, Method, StatusCode};
-use actix_web::{
-    get, web, App, HttpRequest, HttpResponse, HttpResponseBuilder, HttpServer, Responder,
-};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{get, web, App, HttpRequest, HttpResponse, HttpServer, Responder};
 
 use crate::server::ServerCtx;
 
@@ -58,39 +56,9 @@ async fn ready(ctx: web::Data<Arc<ServerCtx>>) -> impl Responder {
     }
 }
 
-/// CORS: the request's Origin, if allowed (`http.cors_origins`).
-fn allowed_origin(req: &HttpRequest, config: &crate::config::Config) -> Option<String> {
-    let origins = &config.http.cors_origins;
-    if origins.iter().any(|o| o == "*") {
-        return Some("*".into());
-    }
-    let origin = req.headers().get(header::ORIGIN)?.to_str().ok()?;
-    origins
-        .iter()
-        .any(|o| o.eq_ignore_ascii_case(origin))
-        .then(|| origin.to_string())
-}
-
-/// A response builder with the CORS headers this request earns.
-pub fn cors(
-    req: &HttpRequest,
-    config: &crate::config::Config,
-    status: StatusCode,
-) -> HttpResponseBuilder {
-    let mut b = HttpResponse::build(status);
-    if let Some(origin) = allowed_origin(req, config) {
-        b.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin));
-        b.insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"));
-        b.insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, "Content-Type"));
-        b.insert_header((header::ACCESS_CONTROL_MAX_AGE, "86400"));
-        b.insert_header((header::VARY, "Origin"));
-    }
-    b
-}
-
 /// A CORS preflight.
 async fn preflight(req: HttpRequest, ctx: web::Data<Arc<ServerCtx>>) -> HttpResponse {
-    cors(&req, &ctx.config, StatusCode::NO_CONTENT).finish()
+    crate::c2s::http_bridge::cors(&req, &ctx.config, StatusCode::NO_CONTENT).finish()
 }
 
 /// The connection endpoints this node serves (XEP-0156 §3).
@@ -125,7 +93,7 @@ async fn host_meta(req: HttpRequest, ctx: web::Data<Arc<ServerCtx>>) -> impl Res
         ));
     }
     xrd.push_str("</XRD>\n");
-    cors(&req, &ctx.config, StatusCode::OK)
+    crate::c2s::http_bridge::cors(&req, &ctx.config, StatusCode::OK)
         .content_type("application/xrd+xml")
         .body(xrd)
 }
@@ -137,7 +105,7 @@ async fn host_meta_json(req: HttpRequest, ctx: web::Data<Arc<ServerCtx>>) -> imp
         .into_iter()
         .map(|(rel, href)| serde_json::json!({ "rel": rel, "href": href }))
         .collect();
-    cors(&req, &ctx.config, StatusCode::OK)
+    crate::c2s::http_bridge::cors(&req, &ctx.config, StatusCode::OK)
         .content_type("application/json")
         .body(serde_json::json!({ "links": links }).to_string())
 }

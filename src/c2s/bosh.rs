@@ -181,7 +181,7 @@ fn body_response(
     status: StatusCode,
     body: String,
 ) -> HttpResponse {
-    crate::http::cors(req, &ctx.config, status)
+    http_bridge::cors(req, &ctx.config, status)
         .content_type("text/xml; charset=utf-8")
         .body(body)
 }
@@ -265,7 +265,7 @@ pub async fn request(
     let bytes = match tokio::time::timeout(BODY_TIMEOUT, payload.to_bytes_limited(limit)).await {
         Err(_) => return HttpResponse::RequestTimeout().finish(),
         Ok(Err(_)) => {
-            return crate::http::cors(&req, &ctx.config, StatusCode::PAYLOAD_TOO_LARGE)
+            return http_bridge::cors(&req, &ctx.config, StatusCode::PAYLOAD_TOO_LARGE)
                 .content_type("text/xml; charset=utf-8")
                 .body(terminate_body(Some(Condition::PolicyViolation), ""))
         }

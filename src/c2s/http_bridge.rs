@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use actix_web::http::header;
-use actix_web::HttpRequest;
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use tokio::io::DuplexStream;
 
 use crate::server::ServerCtx;
@@ -88,4 +88,34 @@ pub fn standalone(el: &Element) -> String {
     } else {
         el.to_xml("")
     }
+}
+
+/// CORS: the request's Origin, if allowed (`http.cors_origins`).
+fn allowed_origin(req: &HttpRequest, config: &crate::config::Config) -> Option<String> {
+    let origins = &config.http.cors_origins;
+    if origins.iter().any(|o| o == "*") {
+        return Some("*".into());
+    }
+    let origin = req.headers().get(header::ORIGIN)?.to_str().ok()?;
+    origins
+        .iter()
+        .any(|o| o.eq_ignore_ascii_case(origin))
+        .then(|| origin.to_string())
+}
+
+/// A response builder with the CORS headers this request earns.
+pub fn cors(
+    req: &HttpRequest,
+    config: &crate::config::Config,
+    status: StatusCode,
+) -> HttpResponseBuilder {
+    let mut b = HttpResponse::build(status);
+    if let Some(origin) = allowed_origin(req, config) {
+        b.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin));
+        b.insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"));
+        b.insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, "Content-Type"));
+        b.insert_header((header::ACCESS_CONTROL_MAX_AGE, "86400"));
+        b.insert_header((header::VARY, "Origin"));
+    }
+    b
 }
