@@ -46,6 +46,53 @@ pub struct Config {
     pub component: ComponentSection,
     pub services: ServicesSection,
     pub mam: MamSection,
+    pub upload: UploadSection,
+}
+
+/// HTTP file upload (XEP-0363) at `upload.DOMAIN`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadSection {
+    /// The service's domain; unset means `upload.DOMAIN`, empty turns it off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Where files are kept; empty: `data_dir/upload`.
+    pub dir: String,
+    /// The largest file (bytes).
+    pub max_file_size: u64,
+    /// Bytes one user's files may take (0: no limit).
+    pub quota_bytes: u64,
+    /// Files are deleted this long after their upload (0: kept).
+    pub expire_after_secs: u64,
+    /// Nodes that hold each file before its upload is answered (at most
+    /// the cluster's size).
+    pub copies: usize,
+    /// Content types accepted (empty: any).
+    pub allowed_types: Vec<String>,
+    /// How long a slot's PUT URL is valid.
+    pub slot_valid_secs: u64,
+}
+
+impl Default for UploadSection {
+    fn default() -> Self {
+        UploadSection {
+            domain: None,
+            dir: String::new(),
+            max_file_size: 100 * 1024 * 1024,
+            quota_bytes: 1024 * 1024 * 1024,
+            expire_after_secs: 30 * 86_400,
+            copies: 2,
+            allowed_types: Vec::new(),
+            slot_valid_secs: 300,
+        }
+    }
+}
+
+impl UploadSection {
+    /// The upload service's domain for a server of `domain`, if it is on.
+    pub fn service_domain(&self, domain: &str) -> Option<String> {
+        service_domain(&self.domain, "upload", domain)
+    }
 }
 
 /// The message archive (XEP-0313).
@@ -418,6 +465,7 @@ impl Default for Config {
             component: ComponentSection::default(),
             services: ServicesSection::default(),
             mam: MamSection::default(),
+            upload: UploadSection::default(),
         }
     }
 }
@@ -478,7 +526,7 @@ impl Default for LogConfig {
 }
 
 /// Sections that `STARLING_<SECTION>_<KEY>` can address.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "c2s",
     "tls",
     "registration",
@@ -490,6 +538,7 @@ const SECTIONS: [&str; 11] = [
     "component",
     "services",
     "mam",
+    "upload",
 ];
 
 impl Config {
@@ -539,7 +588,7 @@ impl Config {
             // Option fields are absent from the defaults; they take strings.
             let known_optional = matches!(
                 dotted.as_str(),
-                "tls.cert" | "tls.key" | "services.muc" | "services.pubsub"
+                "tls.cert" | "tls.key" | "services.muc" | "services.pubsub" | "upload.domain"
             );
             if default.is_none() && !known_optional {
                 return Err(ConfigError::UnknownEnv { var, key: dotted });
@@ -662,10 +711,12 @@ impl Config {
             .services
             .pubsub_domain(&self.domain)
             .unwrap_or_default();
+        let upload = self.upload.service_domain(&self.domain).unwrap_or_default();
         let services = [
             ("services.echo", &self.services.echo),
             ("services.muc", &muc),
             ("services.pubsub", &pubsub),
+            ("upload.domain", &upload),
         ];
         for (i, (key, domain)) in services.iter().enumerate() {
             if domain.is_empty() {

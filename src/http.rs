@@ -137,6 +137,14 @@ pub fn start(
                 web::get().to(crate::c2s::websocket::upgrade),
             )
             .route("/http-bind", web::post().to(crate::c2s::bosh::request))
+            .route(
+                "/upload/{id}/{name}",
+                web::put().to(crate::upload::files::put),
+            )
+            .route(
+                "/upload/{id}/{name}",
+                web::get().to(crate::upload::files::get),
+            )
             .route("/http-bind", web::get().to(crate::c2s::bosh::info))
             .default_service(web::route().method(Method::OPTIONS).to(preflight))
     })

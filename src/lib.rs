@@ -31,5 +31,6 @@ pub mod stream;
 pub mod stream_error;
 pub mod time;
 pub mod tls;
+pub mod upload;
 pub mod written_marks;
 pub mod xml;

@@ -63,6 +63,8 @@ pub struct ServerCtx {
     /// Sessions recently handed to another node, by full JID. Stanzas
     /// still arriving here are forwarded there.
     pub moved: std::sync::Mutex<std::collections::HashMap<String, Moved>>,
+    /// HTTP file upload (XEP-0363), if on.
+    pub uploads: Option<Arc<crate::upload::Uploads>>,
     /// The worker arbiters (set once the actix System runs).
     pub arbiters: std::sync::OnceLock<Vec<actix_rt::ArbiterHandle>>,
     /// Resumes waiting for another node to hand a session over.
@@ -327,6 +329,28 @@ pub fn run(config: Config) -> Result<(), StartError> {
     crate::router::set_owned_after(std::time::Duration::from_millis(
         config.limits.write_wait_ms,
     ));
+    let secret = cluster_secret(&config)?;
+    let uploads = config.upload.service_domain(&config.domain).map(|d| {
+        Arc::new(crate::upload::Uploads::new(
+            d,
+            config.upload.clone(),
+            upload_dir(&config),
+            upload_base(
+                &config,
+                http.as_ref().and_then(|l| l.local_addr().ok()),
+                https.as_ref().and_then(|(l, _)| l.local_addr().ok()),
+            ),
+            &secret,
+        ))
+    });
+    let mut services = crate::services::Services::from_config(
+        &config.services,
+        &config.domain,
+        config.mam.enabled,
+    );
+    if let Some(u) = &uploads {
+        services.insert(&u.domain, Arc::new(crate::upload::UploadService(u.clone())));
+    }
     let ctx = Arc::new(ServerCtx {
         state,
         replicator,
@@ -335,11 +359,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         tls: TlsAcceptor::from(tls.clone()),
         s2s: s2s_state,
         components: Default::default(),
-        services: crate::services::Services::from_config(
-            &config.services,
-            &config.domain,
-            config.mam.enabled,
-        ),
+        services,
+        uploads,
         elsewhere: Arc::new(crate::s2s::Transports),
         above: Arc::new(Wiring),
         me: std::sync::OnceLock::new(),
@@ -433,6 +454,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
     ctx.replicator
         .runtime()
         .spawn(crate::modules::archive::expire_old(ctx.clone()));
+    ctx.replicator
+        .runtime()
+        .spawn(crate::upload::files::sweep(ctx.clone()));
     // `starling cluster status` shows sessions per node from the table.
     let weak = Arc::downgrade(&ctx);
     ctx.replicator.cluster().set_app_status(Box::new(move || {
@@ -641,6 +665,37 @@ pub fn known_mesh_auth(config: &Config) -> Result<starling_cluster::MeshAuth, St
     ))
 }
 
+/// Where uploaded files live (`[upload] dir`, else `data_dir/upload`).
+pub fn upload_dir(config: &Config) -> std::path::PathBuf {
+    if config.upload.dir.is_empty() {
+        config.data_dir.join("upload")
+    } else {
+        std::path::PathBuf::from(&config.upload.dir)
+    }
+}
+
+/// The URL base of upload URLs: `[http] public_url`, else this node's
+/// HTTPS or HTTP address (the domain in place of an unspecified address).
+fn upload_base(config: &Config, http: Option<SocketAddr>, https: Option<SocketAddr>) -> String {
+    if !config.http.public_url.is_empty() {
+        return config.http.public_url.trim_end_matches('/').to_string();
+    }
+    let (scheme, addr) = match (https, http) {
+        (Some(a), _) => ("https", a),
+        (None, Some(a)) => ("http", a),
+        (None, None) => return format!("https://{}", config.domain),
+    };
+    let host = if addr.ip().is_unspecified() {
+        config.domain.clone()
+    } else {
+        match addr.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    format!("{scheme}://{host}:{}", addr.port())
+}
+
 pub fn cluster_secret(config: &Config) -> Result<String, StartError> {
     if !config.cluster.secret.is_empty() {
         return Ok(config.cluster.secret.clone());
@@ -684,6 +739,7 @@ fn start_cluster(
         );
     }
     cfg.snapshot_dir = Some(config.data_dir.join("snapshots"));
+    cfg.blob_dir = Some(upload_dir(config));
     let db = state.db().clone();
     let node_id = config.cluster.node_id;
     let domain = config.domain.clone();

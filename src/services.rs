@@ -100,6 +100,10 @@ pub trait HostedService: Send + Sync {
     fn items(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+    /// An extended disco#info form (XEP-0128), if the service has one.
+    fn info_extension(&self) -> Option<Element> {
+        None
+    }
     /// A stanza for the service (not an iq the generic part answered);
     /// returns the stanzas to send, each with `from` and `to` set.
     fn handle(&self, stanza: &Element) -> Vec<Element>;
@@ -177,6 +181,11 @@ impl Services {
             s.by_domain.insert(muc.clone(), service);
         }
         s
+    }
+
+    /// Host `service` at `domain` too.
+    pub fn insert(&mut self, domain: &str, service: Arc<dyn HostedService>) {
+        self.by_domain.insert(domain.to_ascii_lowercase(), service);
     }
 
     /// Whether `domain` is a hosted service domain.
@@ -338,6 +347,9 @@ impl Services {
                 features.dedup();
                 for f in features {
                     q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
+                }
+                if let Some(form) = service.info_extension() {
+                    q.push_child(form);
                 }
                 vec![crate::modules::result(stanza, Some(q))]
             }

@@ -12,6 +12,7 @@
 #![allow(clippy::field_reassign_with_default)]
 
 mod batch;
+pub mod blobs;
 mod driver;
 pub mod mesh_tls;
 mod raft_log;
@@ -112,6 +113,9 @@ pub struct ClusterConfig {
     /// Where snapshot files are built and received (`None`: a directory
     /// of this process under the system's temporary directory).
     pub snapshot_dir: Option<std::path::PathBuf>,
+    /// Where application files (HTTP uploads) sent over the mesh are kept
+    /// (`None`: under the system's temporary directory).
+    pub blob_dir: Option<std::path::PathBuf>,
 }
 
 impl ClusterConfig {
@@ -128,6 +132,7 @@ impl ClusterConfig {
             heartbeat_ticks: 2,
             compact_after: 1000,
             snapshot_dir: None,
+            blob_dir: None,
         }
     }
 }
@@ -152,6 +157,9 @@ pub enum ClusterError {
     /// flight: it may or may not be in it.
     #[error("outcome unknown: a snapshot was installed while the change was in flight")]
     Indeterminate,
+    /// A peer could not be reached or did not take a file.
+    #[error("peer unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A node's view of the cluster.
@@ -298,6 +306,10 @@ pub struct Cluster {
     formats: Arc<batch::LogFormats>,
     /// The driver's thread, joined by [`Cluster::shutdown_and_wait`].
     driver: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// How this node authenticates to its peers (file streams dial them).
+    auth: MeshAuth,
+    /// Application files (see `blobs`).
+    blob_dir: std::path::PathBuf,
 }
 
 impl Cluster {
@@ -336,6 +348,10 @@ impl Cluster {
                 STARTED.fetch_add(1, Ordering::Relaxed)
             ))
         });
+        let blob_dir = cfg
+            .blob_dir
+            .clone()
+            .unwrap_or_else(|| snapshot_dir.join("blobs"));
         let store = storage::SledStorage::open(db, sm, snapshot_dir.clone())
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
         let fresh = !store
@@ -379,6 +395,7 @@ impl Cluster {
                 relay: relay_tx,
                 app_status: app_status.clone(),
                 snapshot_dir,
+                blob_dir: blob_dir.clone(),
                 seen: seen.clone(),
                 formats: formats.clone(),
             },
@@ -424,6 +441,8 @@ impl Cluster {
             seen,
             formats: formats_keep,
             driver: Arc::new(std::sync::Mutex::new(Some(driver))),
+            auth: auth.clone(),
+            blob_dir,
         };
         if fresh {
             if let Some(seed) = &cfg.join {
@@ -437,6 +456,61 @@ impl Cluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// Where application files are kept on this node.
+    pub fn blob_dir(&self) -> &std::path::Path {
+        &self.blob_dir
+    }
+
+    /// The mesh address of member `node`.
+    fn peer_addr(&self, node: u64) -> Result<String, ClusterError> {
+        self.status()
+            .peers
+            .iter()
+            .find(|(id, _)| *id == node)
+            .map(|(_, a)| a.clone())
+            .ok_or_else(|| ClusterError::Unavailable(format!("node {node} is not a member")))
+    }
+
+    /// Stream an application file to member `node` (`size` bytes, fed
+    /// through `chunks`); answered once it is on that node's disk.
+    pub async fn put_blob(
+        &self,
+        node: u64,
+        name: &str,
+        size: u64,
+        chunks: mpsc::Receiver<Vec<u8>>,
+    ) -> Result<(), ClusterError> {
+        if !blobs::valid_name(name) {
+            return Err(ClusterError::Unavailable(format!("bad blob name {name:?}")));
+        }
+        let addr = self.peer_addr(node)?;
+        transport::put_blob(
+            &self.auth,
+            self.id,
+            node,
+            &addr,
+            name.to_string(),
+            size,
+            chunks,
+        )
+        .await
+        .map_err(ClusterError::Unavailable)
+    }
+
+    /// An application file from member `node`: its size and its chunks
+    /// (`None` if that node has no such file).
+    #[allow(clippy::type_complexity)]
+    pub async fn get_blob(
+        &self,
+        node: u64,
+        name: &str,
+    ) -> Result<Option<(u64, mpsc::Receiver<Result<Vec<u8>, String>>)>, ClusterError> {
+        let addr = self.peer_addr(node)?;
+        transport::get_blob(&self.auth, self.id, node, &addr, name)
+            .await
+            .map_err(ClusterError::Unavailable)
     }
 
     pub fn id(&self) -> u64 {

@@ -19,8 +19,9 @@ use crate::mesh_tls::MeshAuth;
 use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server::{Raft, RaftServer};
 use crate::proto::{
-    Ack, JoinRequest, JoinResponse, Peer, RaftBatch, RelayAnswers, RelayBatch, RelayFrames,
-    RelayMark, RelayPayload, RemoveRequest, SnapshotChunk, StatusRequest, StatusResponse,
+    Ack, BlobChunk, BlobRequest, JoinRequest, JoinResponse, Peer, RaftBatch, RelayAnswers,
+    RelayBatch, RelayFrames, RelayMark, RelayPayload, RemoveRequest, SnapshotChunk, StatusRequest,
+    StatusResponse,
 };
 use crate::relay_stream;
 use crate::{ClusterError, Cmd, Incoming, Receipt, Returned, Status};
@@ -40,6 +41,8 @@ pub struct Service {
     pub relay: mpsc::Sender<Incoming>,
     pub app_status: crate::AppStatus,
     pub snapshot_dir: std::path::PathBuf,
+    /// Application files (see `blobs`).
+    pub blob_dir: std::path::PathBuf,
     /// What relay streams have carried here (see `relay_stream`).
     pub seen: Arc<relay_stream::Seen>,
     /// Which log formats the peers read (see `batch`).
@@ -226,6 +229,40 @@ impl Raft for Service {
         .map_err(|e| internal(e.to_string()))?;
         tracing::info!(index, bytes = size, "snapshot received");
         Ok(Response::new(Ack::default()))
+    }
+
+    async fn put_blob(
+        &self,
+        req: Request<tonic::Streaming<BlobChunk>>,
+    ) -> Result<Response<Ack>, RpcStatus> {
+        let caller = self.auth.check(&req)?;
+        if self.isolated.load(Ordering::SeqCst) {
+            return Err(RpcStatus::unavailable("isolated"));
+        }
+        crate::blobs::receive(&self.blob_dir, req.into_inner(), |from| {
+            caller.speaks_for_node(from)
+        })
+        .await?;
+        Ok(Response::new(Ack::default()))
+    }
+
+    type GetBlobStream = tokio_stream::wrappers::ReceiverStream<Result<BlobChunk, RpcStatus>>;
+
+    async fn get_blob(
+        &self,
+        req: Request<BlobRequest>,
+    ) -> Result<Response<Self::GetBlobStream>, RpcStatus> {
+        let caller = self.auth.check(&req)?;
+        if self.isolated.load(Ordering::SeqCst) {
+            return Err(RpcStatus::unavailable("isolated"));
+        }
+        let r = req.into_inner();
+        caller.speaks_for_node(r.from)?;
+        let me = self.status.borrow().id;
+        let rx = crate::blobs::send(&self.blob_dir, &r.name, me).await?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn remove(
@@ -1594,4 +1631,105 @@ async fn dial(
     Ok(RaftClient::new(ch)
         .max_encoding_message_size(64 << 20)
         .max_decoding_message_size(64 << 20))
+}
+
+/// A mesh client to `addr` (node `peer`) for streaming files.
+async fn blob_client(
+    auth: &MeshAuth,
+    addr: &str,
+    peer: u64,
+) -> Result<RaftClient<tonic::transport::Channel>, String> {
+    let endpoint = auth
+        .endpoint(addr, Some(peer))?
+        .connect_timeout(Duration::from_millis(2000))
+        .tcp_keepalive(Some(Duration::from_secs(10)))
+        .initial_stream_window_size(Some(WINDOW))
+        .initial_connection_window_size(Some(2 * WINDOW));
+    let ch = endpoint.connect().await.map_err(|e| e.to_string())?;
+    Ok(RaftClient::new(ch)
+        .max_encoding_message_size(8 << 20)
+        .max_decoding_message_size(8 << 20))
+}
+
+/// Stream file `name` (`size` bytes, in `chunks`) to node `peer` at
+/// `addr`; answered once it is on the peer's disk.
+pub async fn put_blob(
+    auth: &MeshAuth,
+    from: u64,
+    peer: u64,
+    addr: &str,
+    name: String,
+    size: u64,
+    mut chunks: mpsc::Receiver<Vec<u8>>,
+) -> Result<(), String> {
+    let mut client = blob_client(auth, addr, peer).await?;
+    let (tx, rx) = mpsc::channel::<BlobChunk>(4);
+    let feed = tokio::spawn(async move {
+        while let Some(data) = chunks.recv().await {
+            let c = BlobChunk {
+                from,
+                name: name.clone(),
+                size,
+                data,
+            };
+            if tx.send(c).await.is_err() {
+                return;
+            }
+        }
+    });
+    let r = client
+        .put_blob(auth.request(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .await;
+    feed.abort();
+    r.map(|_| ()).map_err(|e| e.message().to_string())
+}
+
+/// File `name` from node `peer` at `addr`: its size and its chunks.
+pub async fn get_blob(
+    auth: &MeshAuth,
+    from: u64,
+    peer: u64,
+    addr: &str,
+    name: &str,
+) -> Result<Option<(u64, mpsc::Receiver<Result<Vec<u8>, String>>)>, String> {
+    let mut client = blob_client(auth, addr, peer).await?;
+    let mut stream = match client
+        .get_blob(auth.request(BlobRequest {
+            from,
+            name: name.to_string(),
+        }))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) if e.code() == tonic::Code::NotFound => return Ok(None),
+        Err(e) => return Err(e.message().to_string()),
+    };
+    let first = match stream.message().await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Err("an empty blob stream".into()),
+        Err(e) if e.code() == tonic::Code::NotFound => return Ok(None),
+        Err(e) => return Err(e.message().to_string()),
+    };
+    let size = first.size;
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        if tx.send(Ok(first.data)).await.is_err() {
+            return;
+        }
+        loop {
+            match stream.message().await {
+                Ok(Some(c)) => {
+                    if tx.send(Ok(c.data)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e.message().to_string())).await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Some((size, rx)))
 }

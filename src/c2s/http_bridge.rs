@@ -112,7 +112,10 @@ pub fn cors(
     let mut b = HttpResponse::build(status);
     if let Some(origin) = allowed_origin(req, config) {
         b.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin));
-        b.insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"));
+        b.insert_header((
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            "GET, POST, PUT, OPTIONS",
+        ));
         b.insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, "Content-Type"));
         b.insert_header((header::ACCESS_CONTROL_MAX_AGE, "86400"));
         b.insert_header((header::VARY, "Origin"));

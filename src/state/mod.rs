@@ -11,6 +11,7 @@ pub mod roster;
 pub mod sessions;
 pub mod snapshot;
 pub mod tracked;
+pub mod uploads;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -157,6 +158,16 @@ pub enum Command {
     CapsNotify {
         ver: String,
         notify: Vec<String>,
+    },
+    /// An HTTP upload (XEP-0363) is stored on `record.holders`
+    /// (`state/uploads.rs`); refused if `id` is taken.
+    UploadStored {
+        id: String,
+        record: uploads::UploadRecord,
+    },
+    /// Uploads created before this time (unix ms) expire.
+    UploadExpire {
+        before_ms: u64,
     },
     /// An external component (XEP-0114) for `domain` connected to `node`.
     ComponentBind {
@@ -715,6 +726,14 @@ impl State {
             Command::Pubsub { owner, node, op } => {
                 applied.pubsub = pubsub::apply(&self.user_data, owner, node, op)?;
             }
+            Command::UploadStored { id, record } => {
+                if !uploads::store(&self.user_data, id, record)? {
+                    return Err(StateError::Superseded(format!("upload {id} exists")));
+                }
+            }
+            Command::UploadExpire { before_ms } => {
+                uploads::expire(&self.user_data, *before_ms)?;
+            }
             Command::CapsNotify { ver, notify } => {
                 // A checked hash means the same everywhere: kept as first
                 // learned. (Per-account entries, keyed `bare#ver`, follow
@@ -815,6 +834,16 @@ impl State {
             }
         }
         Ok(applied)
+    }
+
+    /// A stored upload.
+    pub fn upload(&self, id: &str) -> Option<uploads::UploadRecord> {
+        uploads::get(&self.user_data, id).ok().flatten()
+    }
+
+    /// Bytes `owner`'s uploads take.
+    pub fn upload_usage(&self, owner: &str) -> u64 {
+        uploads::usage(&self.user_data, owner).unwrap_or(0)
     }
 
     /// One of `owner`'s publish-subscribe nodes.
