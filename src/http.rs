@@ -149,6 +149,17 @@ pub fn start(
             .default_service(web::route().method(Method::OPTIONS).to(preflight))
     })
     .workers(workers)
+    // Small writes (a stanza, a BOSH answer) go out at once, not after the
+    // peer's delayed ACK (Nagle).
+    .on_connect(|conn, _| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            let _ = tcp.set_nodelay(true);
+        } else if let Some(tls) =
+            conn.downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>>()
+        {
+            let _ = tls.get_ref().0.set_nodelay(true);
+        }
+    })
     // Slow senders of request heads are cut off (slowloris).
     .client_request_timeout(Duration::from_secs(5))
     .disable_signals();
