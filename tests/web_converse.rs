@@ -1,9 +1,10 @@
 //! Converse.js (npm `converse.js`) in headless Chromium (Debian
 //! `chromium`, driven by puppeteer-core): alice logs in through a local
-//! page over WebSocket, and over BOSH, on node 1 of two; bob is on node 2
-//! (@xmpp/client). Messages typed into the chat view reach bob, bob's show
-//! in it (tests/web/converse.mjs checks the DOM). The screenshots are kept
-//! in target/web-results/.
+//! page over WebSocket, and over BOSH, on node 1 of two; bob is a slixmpp
+//! client (tests/interop/slixmpp_chat_peer.py, needs the .venv or
+//! STARLING_PYTHON) on node 2's c2s listener. Messages typed into the chat
+//! view reach bob, bob's show in it (tests/web/converse.mjs checks the DOM).
+//! The screenshots are kept in target/web-results/.
 mod common;
 use common::*;
 use std::time::Duration;
@@ -36,7 +37,7 @@ async fn converse(transport: &str, path: &str) {
                 },
                 1,
             ),
-            format!("ws://{}/xmpp-websocket", n2.http),
+            n2.c2s.to_string(),
             "localhost".into(),
             "secret".into(),
             shot.display().to_string(),
@@ -44,9 +45,11 @@ async fn converse(transport: &str, path: &str) {
         &[&n1, &n2],
         Duration::from_secs(150),
         &[
+            "STEP bob online with slixmpp as bob@localhost/slixmpp",
             &format!("STEP converse.js page loaded over {transport}"),
             "STEP alice logged in with converse.js as alice@localhost/converse",
             "STEP alice roster fetched and online",
+            "STEP chat with bob@localhost open",
             "STEP bob's message shows in alice's chat view",
             "STEP alice's message typed in converse.js reaches bob",
             "STEP messages both ways, in order in the chat view",

@@ -1,31 +1,32 @@
 // Converse.js (npm converse.js) in headless Chromium against Starling, over
 // WebSocket (RFC 7395) or BOSH (XEP-0124/0206). Alice logs in with
-// Converse.js; bob is an @xmpp/client session over WebSocket, possibly on
-// another cluster node. Messages go both ways, alice's typed into the chat
-// textarea and sent through the UI, bob's looked for in the chat view's DOM.
+// Converse.js; bob is a slixmpp client over c2s TCP (STARTTLS), possibly on
+// another cluster node: tests/interop/slixmpp_chat_peer.py, driven over its
+// stdin/stdout line protocol. Messages go both ways, alice's typed into the
+// chat textarea and sent through the UI, bob's looked for in the chat view's
+// DOM.
 // Run by tests/web_converse.rs; prints "STEP ..." lines the test checks,
 // exits non-zero with "FAIL reason" on any failure. The browser's console is
-// written to stderr.
+// written to stderr, and so is everything bob's script prints.
 //
-// usage: node converse.mjs TRANSPORT SERVICE_URL BOB_WS_URL DOMAIN PASSWORD SCREENSHOT_PATH
-//   TRANSPORT    websocket | bosh (how Converse.js reaches SERVICE_URL)
-//   SERVICE_URL  ws://HOST:PORT/xmpp-websocket or http://HOST:PORT/http-bind
-//   BOB_WS_URL   ws://HOST:PORT/xmpp-websocket for bob (@xmpp/client)
-// env: CHROMIUM (default /usr/bin/chromium)
+// usage: node converse.mjs TRANSPORT SERVICE_URL BOB_C2S_ADDR DOMAIN PASSWORD SCREENSHOT_PATH
+//   TRANSPORT     websocket | bosh (how Converse.js reaches SERVICE_URL)
+//   SERVICE_URL   ws://HOST:PORT/xmpp-websocket or http://HOST:PORT/http-bind
+//   BOB_C2S_ADDR  HOST:PORT of the c2s (STARTTLS) listener bob (slixmpp) uses
+// env: CHROMIUM (default /usr/bin/chromium); STARLING_PYTHON (default the
+// repository's .venv/bin/python, which has slixmpp)
 // Accounts alice and bob must exist with PASSWORD.
-import { client, xml } from "@xmpp/client";
-import { WebSocket } from "ws";
 import puppeteer from "puppeteer-core";
 import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
+import readline from "node:readline";
+import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
-globalThis.WebSocket = WebSocket;
-
-const [transport, serviceUrl, bobUrl, domain, password, screenshotPath] = process.argv.slice(2);
+const [transport, serviceUrl, bobAddr, domain, password, screenshotPath] = process.argv.slice(2);
 if (!["websocket", "bosh"].includes(transport) || !screenshotPath) {
-  console.log("FAIL usage: node converse.mjs websocket|bosh SERVICE_URL BOB_WS_URL DOMAIN PASSWORD SCREENSHOT_PATH");
+  console.log("FAIL usage: node converse.mjs websocket|bosh SERVICE_URL BOB_C2S_ADDR DOMAIN PASSWORD SCREENSHOT_PATH");
   process.exit(2);
 }
 const started = Date.now();
@@ -43,13 +44,23 @@ function log(line) {
   process.stderr.write(line + "\n");
 }
 
+function killBob() {
+  if (bob && bob.proc.exitCode === null && bob.proc.signalCode === null) bob.proc.kill("SIGKILL");
+}
+
 function fail(why) {
   console.log("FAIL " + why);
   process.stderr.write("--- last browser console lines ---\n" + pageLog.slice(-60).join("\n") + "\n");
   const proc = browser && browser.process();
   if (proc && proc.exitCode === null) proc.kill("SIGKILL");
+  killBob();
   process.exit(1);
 }
+
+// However this process ends, bob's python does not outlive it (it also
+// exits when its stdin closes).
+process.on("exit", killBob);
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) process.on(sig, () => fail("got " + sig));
 
 async function until(what, pred, ms = 20000) {
   const end = Date.now() + ms;
@@ -77,6 +88,8 @@ const bobJid = `bob@${domain}`;
 
 // --- the page: index.html and Converse.js's dist, on loopback -------------
 const here = path.dirname(fileURLToPath(import.meta.url));
+const python = process.env.STARLING_PYTHON || path.join(here, "..", "..", ".venv", "bin", "python");
+const peerScript = path.join(here, "..", "interop", "slixmpp_chat_peer.py");
 const dist = path.join(here, "node_modules", "converse.js", "dist");
 const types = {
   ".html": "text/html; charset=utf-8",
@@ -177,16 +190,54 @@ function isLoopback(u) {
   }
 }
 
-// --- bob: @xmpp/client over WebSocket --------------------------------------
-function connectBob() {
-  const x = client({ service: bobUrl, domain, username: "bob", password, resource: "web" });
-  x.on("error", (e) => log(`bob error: ${e}`));
-  x.got = [];
-  x.on("stanza", (s) => {
-    const body = s.is("message") && s.getChildText("body");
-    if (body && body.startsWith(tag + " ")) x.got.push(body.slice(tag.length + 1));
+// --- bob: slixmpp (tests/interop/slixmpp_chat_peer.py) over c2s TCP -------
+// Its stdout is a line protocol: "ONLINE <jid>", "GOT <from> <body>",
+// "FAIL ..."; its stdin takes "SEND <to> <body>" and "QUIT".
+function startBob() {
+  if (!fs.existsSync(python)) fail(`no python at ${python}: make the .venv (tests/interop/requirements.txt) or set STARLING_PYTHON`);
+  const proc = spawn(python, [peerScript, `${bobJid}/slixmpp`, password, bobAddr], {
+    cwd: path.dirname(peerScript),
+    stdio: ["pipe", "pipe", "pipe"],
+    env: { ...process.env, PYTHONUNBUFFERED: "1" },
   });
-  return x;
+  const b = { proc, jid: null, got: [], exited: null };
+  proc.on("error", (e) => fail(`bob's python: ${e}`));
+  proc.on("exit", (code, sig) => {
+    b.exited = sig || code;
+    log(`bob exited: ${b.exited}`);
+  });
+  proc.stdin.on("error", (e) => log(`bob's stdin: ${e}`));
+  readline.createInterface({ input: proc.stderr }).on("line", (l) => log(`bob stderr: ${l}`));
+  readline.createInterface({ input: proc.stdout }).on("line", (l) => {
+    log(`bob: ${l}`);
+    if (l.startsWith("ONLINE ")) b.jid = l.slice("ONLINE ".length);
+    else if (l.startsWith("FAIL ")) fail(`bob (slixmpp): ${l.slice("FAIL ".length)}`);
+    else if (l.startsWith("GOT ")) {
+      const rest = l.slice("GOT ".length);
+      const body = rest.slice(rest.indexOf(" ") + 1);
+      if (body.startsWith(tag + " ")) b.got.push(body.slice(tag.length + 1));
+    }
+  });
+  return b;
+}
+
+function bobCommand(line) {
+  if (bob.exited !== null) fail(`bob exited (${bob.exited}) before: ${line}`);
+  bob.proc.stdin.write(line + "\n");
+}
+
+function bobSend(to, body) {
+  bobCommand(`SEND ${to} ${tag} ${body}`);
+}
+
+// Bob says QUIT and is given a while to log out; then he is killed.
+async function stopBob() {
+  if (bob.exited === null) bob.proc.stdin.end("QUIT\n");
+  const end = Date.now() + 10000;
+  while (bob.exited === null && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+  if (bob.exited === null) log("bob did not quit in 10 s: killed");
+  else if (bob.exited !== 0) log(`bob's exit status: ${bob.exited}`);
+  killBob();
 }
 
 // Text of every message in alice's chat view with bob.
@@ -200,11 +251,12 @@ function chatTexts(page) {
   await new Promise((r) => httpServer.listen(0, "127.0.0.1", r));
   const pageUrl = `http://127.0.0.1:${httpServer.address().port}/`;
 
-  bob = connectBob();
-  await bounded("bob's login", bob.start());
-  await until("stream management on bob", () => bob.streamManagement.enabled);
-  await bob.send(xml("presence"));
-  console.log(`STEP bob online over websocket as ${bob.jid}`);
+  bob = startBob();
+  await until("bob (slixmpp) to be online", () => {
+    if (bob.exited !== null) fail(`bob (slixmpp) exited (${bob.exited}) before he was online`);
+    return bob.jid !== null;
+  }, 30000);
+  console.log(`STEP bob online with slixmpp as ${bob.jid}`);
 
   browser = await bounded(
     "chromium's start",
@@ -262,7 +314,7 @@ function chatTexts(page) {
 
   // bob -> alice (to the bare JID): it has to show in the chat view.
   const b2a = "hello alice from bob";
-  await bob.send(xml("message", { to: aliceJid, type: "chat", id: `${tag}-b2a` }, xml("body", {}, `${tag} ${b2a}`)));
+  bobSend(aliceJid, b2a);
   await until("bob's message in alice's chat view", async () => (await chatTexts(page)).includes(`${tag} ${b2a}`));
   console.log("STEP bob's message shows in alice's chat view");
 
@@ -279,7 +331,7 @@ function chatTexts(page) {
 
   // And once more each way, now that the chat is going.
   const b2a2 = "second from bob";
-  await bob.send(xml("message", { to: me, type: "chat", id: `${tag}-b2a2` }, xml("body", {}, `${tag} ${b2a2}`)));
+  bobSend(me, b2a2);
   await until("bob's second message in the chat view", async () => (await chatTexts(page)).includes(`${tag} ${b2a2}`));
   const a2b2 = "second from alice";
   await page.type(textarea, `${tag} ${a2b2}`);
@@ -301,7 +353,7 @@ function chatTexts(page) {
     log(`logout: ${e}`),
   );
   await bounded("closing chromium", browser.close(), 10000).catch((e) => log(`closing chromium: ${e}`));
-  await bounded("bob's logout", bob.stop(), 10000).catch((e) => log(`bob's logout: ${e}`));
+  await stopBob();
   httpServer.close();
   clearTimeout(deadline);
   console.log(`STEP done in ${((Date.now() - started) / 1000).toFixed(1)}s`);
