@@ -289,7 +289,8 @@ async fn disco_items_lists_the_hosted_components() {
             "echo.localhost",
             "gw.localhost",
             "irc.localhost",
-            "pubsub.localhost"
+            "pubsub.localhost",
+            "upload.localhost"
         ]
     );
     let mine = a

@@ -143,8 +143,9 @@ async fn three_nodes_behind_haproxy() {
     );
 
     let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deploy/haproxy.cfg");
+    let web = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deploy/haproxy-web.cfg");
     let haproxy = Command::new("haproxy")
-        .args(["-f", cfg, "-db"])
+        .args(["-f", cfg, "-f", web, "-db"])
         .env("BIND", FRONT)
         .env("HTTP_BIND", WEB_FRONT)
         .env("NODE1", "127.0.0.1")
