@@ -373,7 +373,10 @@ impl Module for AdminCommands {
                     return Err(bad("announcement is required")).into();
                 };
                 let mut sent = 0;
-                for r in ctx.state.all_sessions().into_iter().filter(|r| r.available) {
+                // Every online session (XEP-0133 §4.23), not only those
+                // whose initial presence is committed yet: a user who just
+                // logged in is online too.
+                for r in ctx.state.all_sessions() {
                     let Ok(full) = jid::FullJid::new(&r.jid) else {
                         continue;
                     };
