@@ -60,15 +60,21 @@ pub fn load_identity(
     Ok(Identity { certs, key })
 }
 
+/// A server config for `identity`: ring, safe protocol versions, no
+/// client certificates.
+fn base_config(identity: &Identity) -> Result<ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let identity = identity.clone();
+    Ok(ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(identity.certs, identity.key)?)
+}
+
 /// The HTTPS (and wss) config for `identity`: HTTP/1.1 only (WebSocket
 /// upgrades and BOSH both ride on it).
 pub fn http_server_config(identity: &Identity) -> Result<ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let identity = identity.clone();
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(identity.certs, identity.key)?;
+    let mut config = base_config(identity)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -78,12 +84,7 @@ pub fn server_config(
     identity: &Identity,
     session_tickets: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let identity = identity.clone();
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(identity.certs, identity.key)?;
+    let mut config = base_config(identity)?;
     // XEP-0368 direct TLS uses ALPN "xmpp-client"; accept it, do not require it.
     config.alpn_protocols = vec![b"xmpp-client".to_vec()];
     if !session_tickets {

@@ -22,27 +22,10 @@ async fn request(
     headers: &str,
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let head = format!("{method} {target} HTTP/1.0\r\nHost: localhost\r\n{headers}\r\n");
-    s.write_all(head.as_bytes()).await.expect("write");
-    s.write_all(body).await.expect("write body");
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut buf))
-        .await
-        .expect("answered in time")
-        .expect("read");
-    let at = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 4)
-        .unwrap_or(buf.len());
-    let head = String::from_utf8_lossy(&buf[..at]).into_owned();
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, head, buf[at..].to_vec())
+    let mut req =
+        format!("{method} {target} HTTP/1.0\r\nHost: localhost\r\n{headers}\r\n").into_bytes();
+    req.extend_from_slice(body);
+    http_exchange(addr, &req, Duration::from_secs(60)).await
 }
 
 /// The path (and query) of an upload URL.

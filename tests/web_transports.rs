@@ -165,15 +165,8 @@ async fn a_draining_node_closes_websockets_with_see_other_uri() {
 
 /// A raw HTTP/1.0 request; the whole response.
 async fn http(addr: std::net::SocketAddr, request: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .expect("answered in time")
-        .expect("read");
-    String::from_utf8_lossy(&buf).into_owned()
+    let (_, head, body) = http_exchange(addr, request.as_bytes(), Duration::from_secs(10)).await;
+    format!("{head}\r\n\r\n{}", String::from_utf8_lossy(&body))
 }
 
 /// XEP-0156: host-meta and host-meta.json name the WebSocket endpoint,

@@ -75,10 +75,6 @@ impl Registry {
     fn remove(&self, sid: &str) {
         self.lock().remove(sid);
     }
-
-    pub fn count(&self) -> usize {
-        self.lock().len()
-    }
 }
 
 /// One BOSH session.
@@ -234,12 +230,8 @@ fn parse(bytes: &[u8], limits: XmlLimits) -> Result<Request, ParseError> {
             }
         }
     };
-    let mut parse = std::pin::pin!(parse);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::future::Future::poll(parse.as_mut(), &mut cx) {
-        std::task::Poll::Ready(r) => r,
-        std::task::Poll::Pending => Err(ParseError::NotWellFormed("incomplete body".into())),
-    }
+    crate::xml::in_memory(parse)
+        .unwrap_or_else(|| Err(ParseError::NotWellFormed("incomplete body".into())))
 }
 
 /// GET /http-bind: a hint for people who open it in a browser.
@@ -326,16 +318,9 @@ async fn create(
         return refuse(&req, &ctx, legacy, Condition::InternalServerError);
     };
     let (r, mut w) = tokio::io::split(pipe);
-    let mut header = format!(
-        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' to='{}' version='1.0'",
-        ns::CLIENT,
-        ns::STREAM,
-        escape(to)
-    );
-    if let Some(lang) = body.attr("xml:lang") {
-        header.push_str(&format!(" xml:lang='{}'", escape(lang)));
-    }
-    header.push('>');
+    let lang = body.attr("xml:lang").map(|l| ("xml:lang", l));
+    let header =
+        http_bridge::stream_header([("to", to), ("version", "1.0")].into_iter().chain(lang));
     if w.write_all(header.as_bytes()).await.is_err() {
         return refuse(&req, &ctx, legacy, Condition::InternalServerError);
     }
@@ -498,12 +483,10 @@ async fn serve(
             data.push_str(&el.to_xml(ns::CLIENT));
         }
         if restart {
-            data.push_str(&format!(
-                "<stream:stream xmlns='{}' xmlns:stream='{}' to='{}' version='1.0'>",
-                ns::CLIENT,
-                ns::STREAM,
-                escape(&ctx.config.domain)
-            ));
+            data.push_str(&http_bridge::stream_header([
+                ("to", ctx.config.domain.as_str()),
+                ("version", "1.0"),
+            ]));
         }
         if terminate {
             data.push_str("</stream:stream>");
@@ -627,14 +610,7 @@ impl Drop for Held<'_> {
 
 /// What the server writes: parsed into elements for held requests.
 async fn output(s: Arc<Session>, pipe: ReadHalf<DuplexStream>) {
-    let mut parser = XmlStream::new(
-        crate::stream::lazy_reader::LazyBufReader::with_capacity(4096, pipe),
-        XmlLimits {
-            max_stanza_bytes: 16 * 1024 * 1024,
-            max_depth: 256,
-            max_attributes: 256,
-        },
-    );
+    let mut parser = http_bridge::server_output(pipe);
     loop {
         let ev = parser.next().await;
         let mut st = s.lock();
@@ -655,7 +631,7 @@ async fn output(s: Arc<Session>, pipe: ReadHalf<DuplexStream>) {
                     }
                     st.out.push(http_bridge::standalone(&el));
                     // SASL success: the stream restarts with a new header.
-                    if el.name == "success" && el.ns == ns::SASL {
+                    if http_bridge::restarts_stream(&el) {
                         parser.restart();
                     }
                 }

@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
-use tokio::io::DuplexStream;
+use tokio::io::{DuplexStream, ReadHalf};
 
 use crate::server::ServerCtx;
-use crate::xml::{ns, Element};
+use crate::stream::lazy_reader::LazyBufReader;
+use crate::xml::element::escape;
+use crate::xml::{ns, Element, XmlLimits, XmlStream};
 
 /// What the pipe between an HTTP transport and its stream holds at most.
 const PIPE_BYTES: usize = 16 * 1024;
@@ -38,6 +40,44 @@ pub fn open_stream(
         crate::c2s::listener::handle_bridged(ctx, theirs, secure, peer, transport).await
     });
     Some(ours)
+}
+
+/// A client's stream header as a TCP client opens it (RFC 6120 §4.7),
+/// carrying `attrs` (escaped).
+pub fn stream_header<'a>(attrs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut h = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}'",
+        ns::CLIENT,
+        ns::STREAM
+    );
+    for (key, value) in attrs {
+        h.push_str(&format!(" {key}='{}'", escape(value)));
+    }
+    h.push('>');
+    h
+}
+
+/// What the server writes on a bridged stream, parsed back into elements.
+pub type ServerOutput = XmlStream<LazyBufReader<ReadHalf<DuplexStream>>>;
+
+/// The parser of what the server writes: its own output, so bounded
+/// generously (a MAM page, a vCard with a photo); the read buffer is held
+/// only while bytes are being parsed.
+pub fn server_output(pipe: ReadHalf<DuplexStream>) -> ServerOutput {
+    XmlStream::new(
+        LazyBufReader::with_capacity(4096, pipe),
+        XmlLimits {
+            max_stanza_bytes: 16 * 1024 * 1024,
+            max_depth: 256,
+            max_attributes: 256,
+        },
+    )
+}
+
+/// Whether `el`, written by the server, restarts the stream (SASL
+/// success): its output parser then expects a new header.
+pub fn restarts_stream(el: &Element) -> bool {
+    el.name == "success" && el.ns == ns::SASL
 }
 
 /// The client's address (the socket's; proxies are not trusted for it).

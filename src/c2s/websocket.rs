@@ -32,15 +32,10 @@ use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use super::http_bridge;
 use crate::server::ServerCtx;
 use crate::stream::{StreamCondition, StreamError};
-use crate::xml::element::escape;
 use crate::xml::{ns, Element, ParseError, StreamEvent, XmlLimits, XmlStream};
 
 /// RFC 7395 §3.3.2.
 pub const FRAMING_NS: &str = "urn:ietf:params:xml:ns:xmpp-framing";
-
-/// The largest element the server writes in one frame (a MAM page, a
-/// vCard with a photo): ours, so bounded generously.
-const MAX_OUTBOUND_ELEMENT: usize = 16 * 1024 * 1024;
 
 /// GET /xmpp-websocket: upgrade, and bridge the connection to a stream.
 pub async fn upgrade(
@@ -168,20 +163,11 @@ fn translate(text: &str, limits: XmlLimits) -> Result<String, StreamError> {
         return Ok(el.to_xml(ns::CLIENT));
     }
     match el.name.as_str() {
-        "open" => {
-            let mut h = format!(
-                "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}'",
-                ns::CLIENT,
-                ns::STREAM
-            );
-            for key in ["to", "from", "version", "xml:lang", "id"] {
-                if let Some(v) = el.attr(key) {
-                    h.push_str(&format!(" {key}='{}'", escape(v)));
-                }
-            }
-            h.push('>');
-            Ok(h)
-        }
+        "open" => Ok(http_bridge::stream_header(
+            ["to", "from", "version", "xml:lang", "id"]
+                .into_iter()
+                .filter_map(|k| el.attr(k).map(|v| (k, v))),
+        )),
         "close" => Ok("</stream:stream>".into()),
         other => Err(StreamError::with_text(
             StreamCondition::UnsupportedStanzaType,
@@ -215,13 +201,8 @@ fn parse_frame(text: &str, limits: XmlLimits) -> Result<Element, ParseError> {
             }
         }
     };
-    // All in memory: the parse never waits on I/O.
-    let mut parse = std::pin::pin!(parse);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::future::Future::poll(parse.as_mut(), &mut cx) {
-        std::task::Poll::Ready(r) => r,
-        std::task::Poll::Pending => Err(ParseError::NotWellFormed("incomplete frame".into())),
-    }
+    crate::xml::in_memory(parse)
+        .unwrap_or_else(|| Err(ParseError::NotWellFormed("incomplete frame".into())))
 }
 
 /// End the WebSocket with a stream error (one the bridge itself found).
@@ -252,15 +233,7 @@ async fn outbound(
     see_other: String,
     inbound: actix_web::rt::task::JoinHandle<()>,
 ) {
-    // The read buffer is held only while bytes are being parsed.
-    let mut parser = XmlStream::new(
-        crate::stream::lazy_reader::LazyBufReader::with_capacity(4096, pipe),
-        XmlLimits {
-            max_stanza_bytes: MAX_OUTBOUND_ELEMENT,
-            max_depth: 256,
-            max_attributes: 256,
-        },
-    );
+    let mut parser = http_bridge::server_output(pipe);
     let mut reason = None;
     loop {
         let frame = match parser.next().await {
@@ -286,7 +259,7 @@ async fn outbound(
                 }
                 let frame = http_bridge::standalone(&el);
                 // SASL success: the stream restarts with a new header.
-                if el.name == "success" && el.ns == ns::SASL {
+                if http_bridge::restarts_stream(&el) {
                     parser.restart();
                 }
                 frame

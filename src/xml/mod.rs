@@ -53,12 +53,17 @@ pub fn parse_fragment(xml: &str) -> Result<Element, ParseError> {
             }
         }
     };
-    // The input is all in memory, so the future never waits on I/O.
+    in_memory(fut).unwrap_or(Err(ParseError::Closed))
+}
+
+/// Run a parse over bytes already in memory to its end: such a future
+/// never waits on I/O, so one poll finishes it (`None` if it would wait).
+pub fn in_memory<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
     let mut fut = std::pin::pin!(fut);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     match std::future::Future::poll(fut.as_mut(), &mut cx) {
-        std::task::Poll::Ready(r) => r,
-        std::task::Poll::Pending => Err(ParseError::Closed),
+        std::task::Poll::Ready(r) => Some(r),
+        std::task::Poll::Pending => None,
     }
 }
 

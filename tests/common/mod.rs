@@ -901,30 +901,41 @@ pub fn iq_get(to: Option<&str>, payload: Element) -> Element {
 
 /// A plain HTTP/1.0 GET on loopback: (status code, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let (code, _, body) = http_exchange(addr, req.as_bytes(), WAIT).await;
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One raw HTTP exchange on a new connection: `request` (head and body)
+/// sent as given, the answer read to its end within `wait`: its status,
+/// its head (without the blank line) and its body.
+pub async fn http_exchange(
+    addr: SocketAddr,
+    request: &[u8],
+    wait: Duration,
+) -> (u16, String, Vec<u8>) {
     use tokio::io::AsyncReadExt;
-    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+    let mut s = tokio::time::timeout(wait, TcpStream::connect(addr))
         .await
         .expect("http connect timeout")
         .expect("http connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .expect("http write");
+    s.write_all(request).await.expect("http write");
     let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+    tokio::time::timeout(wait, s.read_to_end(&mut buf))
         .await
         .expect("http read timeout")
         .expect("http read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
+    let (head, body) = match buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(at) => (&buf[..at], buf[at + 4..].to_vec()),
+        None => (&buf[..], Vec::new()),
+    };
+    let head = String::from_utf8_lossy(head).into_owned();
+    let code = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    (code, head, body)
 }
 
 /// The write side of a split client.
@@ -1301,26 +1312,12 @@ pub async fn post(addr: SocketAddr, body: &str) -> (u16, String) {
 /// body. A new connection per request, as a load balancer may see them.
 #[allow(dead_code)]
 pub async fn post_with(addr: SocketAddr, body: &str, headers: &str) -> (u16, String, String) {
-    use tokio::io::AsyncReadExt;
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req = format!(
         "POST /http-bind HTTP/1.0\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(70), s.read_to_end(&mut buf))
-        .await
-        .expect("answered in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (code, head.to_string(), body.to_string())
+    let (code, head, body) = http_exchange(addr, req.as_bytes(), Duration::from_secs(70)).await;
+    (code, head, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[allow(dead_code)]
