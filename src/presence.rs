@@ -430,7 +430,8 @@ impl UserPresence {
     }
 
     /// RFC 6121 §4.2: initial presence. Probe contacts we are subscribed
-    /// to, deliver offline messages and pending subscription requests.
+    /// to and deliver offline messages (pending subscription requests
+    /// follow once the availability is applied: `DeliverPending`).
     fn initial(&mut self, from: &FullJid, priority: i8) {
         for item in self.roster().into_iter().filter(|i| i.sub.to) {
             let Ok(contact) = BareJid::new(&item.jid) else {
@@ -468,15 +469,6 @@ impl UserPresence {
         let Some(me) = self.ctx.router.get_full(from) else {
             return;
         };
-        // RFC 6121 §3.1.3: requests that arrived while offline are delivered now.
-        for item in self.roster().into_iter().filter(|i| i.sub.pending_in) {
-            let req = Element::new("presence", ns::CLIENT)
-                .with_attr("type", "subscribe")
-                .with_attr("from", item.jid.clone())
-                .with_attr("to", self.bare.to_string());
-            // A session that just ended has no use for it.
-            let _ = deliver(&me, req);
-        }
         // XEP-0160: offline messages go to the first resource with non-negative priority.
         if priority >= 0 {
             self.flush_offline(&me);
@@ -540,7 +532,7 @@ impl UserPresence {
 impl Handler<Broadcast> for UserPresence {
     type Result = ();
 
-    fn handle(&mut self, mut msg: Broadcast, _: &mut Context<Self>) {
+    fn handle(&mut self, mut msg: Broadcast, ctx: &mut Context<Self>) {
         // XEP-0398 §3: the avatar's hash, for vCard-based contacts.
         crate::modules::avatar_conversion::stamp_presence(
             &self.ctx.state,
@@ -559,7 +551,7 @@ impl Handler<Broadcast> for UserPresence {
             e.priority = priority;
         });
         // Other nodes route to the bare JID by these facts (RFC 6121 §8.5).
-        self.ctx.replicator.submit(&Command::SessionPresence {
+        let cmd = Command::SessionPresence {
             record: crate::state::SessionRecord {
                 jid: msg.from.to_string(),
                 node: self.ctx.node_id(),
@@ -570,7 +562,25 @@ impl Handler<Broadcast> for UserPresence {
                 bound_at: 0,
                 caps: crate::modules::caps::ver_of(&msg.stanza),
             },
-        });
+        };
+        let first = available
+            && self
+                .resources
+                .get(&resource)
+                .is_none_or(|r| r.last.is_none());
+        if first {
+            // Pending subscription requests are read once this node has
+            // applied the availability: a request stored before it is seen
+            // here, one stored after it finds the resource available where
+            // it is handled (and is routed there).
+            let me = ctx.address();
+            let from = msg.from.clone();
+            self.ctx
+                .replicator
+                .commit_then(cmd, Box::new(move |_| me.do_send(DeliverPending { from })));
+        } else {
+            self.ctx.replicator.submit(&cmd);
+        }
         let res = self.resources.get_or_insert_with(resource, || Resource {
             session_id: msg.session_id,
             last: None,
@@ -717,6 +727,32 @@ impl Handler<Restore> for UserPresence {
                 directed: HashSet::new(),
             },
         );
+    }
+}
+
+/// RFC 6121 §3.1.3: deliver the subscription requests that wait for the
+/// user to `from`, once its availability is applied (see `Broadcast`).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DeliverPending {
+    from: FullJid,
+}
+
+impl Handler<DeliverPending> for UserPresence {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeliverPending, _: &mut Context<Self>) {
+        // A session that ended meanwhile has no use for them.
+        let Some(me) = self.ctx.router.get_full(&msg.from) else {
+            return;
+        };
+        for item in self.roster().into_iter().filter(|i| i.sub.pending_in) {
+            let req = Element::new("presence", ns::CLIENT)
+                .with_attr("type", "subscribe")
+                .with_attr("from", item.jid.clone())
+                .with_attr("to", self.bare.to_string());
+            let _ = deliver(&me, req);
+        }
     }
 }
 
