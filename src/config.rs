@@ -35,6 +35,10 @@ pub struct Config {
     /// Accounts (bare JIDs) that may run the server's administration
     /// commands (XEP-0133) from a client.
     pub admins: Vec<String>,
+    /// The anonymous host (XEP-0175, e.g. `anon.example.org`): a client
+    /// that connects to it logs in with SASL ANONYMOUS as a temporary
+    /// account, removed with its data when its session ends. Empty: off.
+    pub anonymous_domain: String,
     pub c2s: C2sConfig,
     pub tls: TlsConfig,
     pub registration: RegistrationConfig,
@@ -253,6 +257,31 @@ impl ServicesSection {
     }
 }
 
+/// The bare JID of the account keyed `user` on a server of `domain` (see
+/// `Config::account_jid`).
+pub fn account_jid(domain: &str, user: &str) -> String {
+    if is_anonymous_account(user) {
+        user.to_string()
+    } else {
+        format!("{user}@{domain}")
+    }
+}
+
+/// The key of the account whose bare JID is `bare` (one `account_jid`
+/// made) on a server of `domain`.
+pub fn account_key(domain: &str, bare: &str) -> String {
+    match bare.split_once('@') {
+        Some((user, d)) if d.eq_ignore_ascii_case(domain) => user.to_string(),
+        _ => bare.to_string(),
+    }
+}
+
+/// Whether the account key `user` is a temporary account of the anonymous
+/// host (see `Config::account_jid`).
+pub fn is_anonymous_account(user: &str) -> bool {
+    user.contains('@')
+}
+
 fn service_domain(set: &Option<String>, default: &str, domain: &str) -> Option<String> {
     match set {
         None => Some(format!("{default}.{domain}").to_ascii_lowercase()),
@@ -454,6 +483,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             workers: 0,
             admins: Vec::new(),
+            anonymous_domain: String::new(),
             c2s: C2sConfig::default(),
             tls: TlsConfig::default(),
             registration: RegistrationConfig::default(),
@@ -542,6 +572,44 @@ const SECTIONS: [&str; 12] = [
 ];
 
 impl Config {
+    /// The anonymous host, if it is on.
+    pub fn anonymous(&self) -> Option<&str> {
+        Some(self.anonymous_domain.as_str()).filter(|d| !d.is_empty())
+    }
+
+    /// Whether accounts live at `domain`: the server's domain, or the
+    /// anonymous host.
+    pub fn hosts_accounts(&self, domain: &str) -> bool {
+        domain.eq_ignore_ascii_case(&self.domain)
+            || self
+                .anonymous()
+                .is_some_and(|a| a.eq_ignore_ascii_case(domain))
+    }
+
+    /// The bare JID of the account keyed `user`. An account of the server's
+    /// domain is keyed by its local part; a temporary account of the
+    /// anonymous host by its whole bare JID (an `@` no local part can hold
+    /// keeps the two apart in every store).
+    pub fn account_jid(&self, user: &str) -> String {
+        account_jid(&self.domain, user)
+    }
+
+    /// The key of the account `jid` belongs to, if it is one served here.
+    pub fn account_of(&self, jid: &jid::Jid) -> Option<String> {
+        let node = jid.node()?.as_str();
+        let domain = jid.domain().as_str();
+        if domain.eq_ignore_ascii_case(&self.domain) {
+            Some(node.to_string())
+        } else if self
+            .anonymous()
+            .is_some_and(|a| a.eq_ignore_ascii_case(domain))
+        {
+            Some(format!("{node}@{}", domain.to_ascii_lowercase()))
+        } else {
+            None
+        }
+    }
+
     /// Load `path` (if any), apply `STARLING_*` overrides from `env`, validate.
     pub fn load(
         path: Option<&Path>,
@@ -713,6 +781,7 @@ impl Config {
             .unwrap_or_default();
         let upload = self.upload.service_domain(&self.domain).unwrap_or_default();
         let services = [
+            ("anonymous_domain", &self.anonymous_domain),
             ("services.echo", &self.services.echo),
             ("services.muc", &muc),
             ("services.pubsub", &pubsub),
@@ -987,6 +1056,39 @@ mod tests {
         assert_eq!(c.domain, "localhost");
         assert!(c.c2s.require_tls);
         assert!(!c.registration.allow);
+    }
+
+    #[test]
+    fn the_anonymous_host_keys_its_accounts_apart() {
+        let c = Config::load(
+            None,
+            env(&[("STARLING_ANONYMOUS_DOMAIN", "anon.localhost")]),
+        )
+        .expect("valid");
+        assert_eq!(c.anonymous(), Some("anon.localhost"));
+        assert!(Config::default().anonymous().is_none(), "off by default");
+        let j = |s: &str| jid::Jid::new(s).expect("jid");
+        assert_eq!(
+            c.account_of(&j("alice@localhost/r")).as_deref(),
+            Some("alice")
+        );
+        let anon = c.account_of(&j("x1@ANON.localhost/r")).expect("an account");
+        assert_eq!(anon, "x1@anon.localhost");
+        assert!(is_anonymous_account(&anon) && !is_anonymous_account("alice"));
+        assert_eq!(c.account_jid(&anon), "x1@anon.localhost");
+        assert_eq!(c.account_jid("alice"), "alice@localhost");
+        assert_eq!(account_key("localhost", "alice@localhost"), "alice");
+        assert_eq!(account_key("localhost", &anon), anon);
+        assert_eq!(c.account_of(&j("bob@example.org")), None);
+        assert_eq!(c.account_of(&j("localhost")), None);
+        // Not the server's own domain, nor a service's.
+        for taken in ["localhost", "conference.localhost"] {
+            let e = Config::load(None, env(&[("STARLING_ANONYMOUS_DOMAIN", taken)]));
+            assert!(
+                matches!(&e, Err(ConfigError::BadValue { key, .. }) if key.contains("anonymous_domain") || key.starts_with("services")),
+                "{taken}: {e:?}"
+            );
+        }
     }
 
     #[test]

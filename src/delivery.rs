@@ -143,7 +143,7 @@ fn from_client_other(
 }
 
 fn is_local(ctx: &ServerCtx, jid: &Jid) -> bool {
-    jid.domain().as_str() == ctx.config.domain
+    ctx.config.hosts_accounts(jid.domain().as_str())
 }
 
 fn iq(ctx: &ServerCtx, sender: &Sender, iq: Element, to: Option<Jid>) -> Outcome {
@@ -197,8 +197,8 @@ fn iq(ctx: &ServerCtx, sender: &Sender, iq: Element, to: Option<Jid>) -> Outcome
             return Outcome::default();
         };
         if let Some(t) = &target {
-            let owner = t.node().map(|n| n.as_str()).unwrap_or_default();
-            if !ctx.state.account_exists(owner) || blocking::blocks(ctx, owner, from.as_str()) {
+            let owner = ctx.config.account_of(t).unwrap_or_default();
+            if !ctx.state.account_exists(&owner) || blocking::blocks(ctx, &owner, from.as_str()) {
                 return Outcome::reply(bounce(&iq, StanzaCondition::ServiceUnavailable));
             }
         }
@@ -231,12 +231,12 @@ fn iq(ctx: &ServerCtx, sender: &Sender, iq: Element, to: Option<Jid>) -> Outcome
         ctx.elsewhere.send(ctx, iq);
         return Outcome::default();
     }
-    let user = from.node().map(|n| n.as_str()).unwrap_or_default();
-    if kind.is_some() && blocking::blocks(ctx, user, to.as_str()) {
+    let user = ctx.config.account_of(from).unwrap_or_default();
+    if kind.is_some() && blocking::blocks(ctx, &user, to.as_str()) {
         return Outcome::reply(Some(blocking::blocked_error(&iq)));
     }
-    let recipient = to.node().map(|n| n.as_str()).unwrap_or_default();
-    let blocked = blocking::blocks(ctx, recipient, from.as_str());
+    let recipient = ctx.config.account_of(&to).unwrap_or_default();
+    let blocked = blocking::blocks(ctx, &recipient, from.as_str());
     match to.try_as_full() {
         Ok(full) => match crate::route::full(ctx, full).filter(|_| !blocked) {
             Some(t) => {
@@ -340,14 +340,14 @@ pub fn message_owned(
         answer(receipt, true);
         reply
     };
-    let Some(node) = to.node() else {
+    let Some(username) = ctx.config.account_of(&to) else {
         // Messages to the server itself: nothing answers them.
         return handled(
             receipt,
             bounce(&msg, StanzaCondition::ServiceUnavailable).filter(|_| mtype != "headline"),
         );
     };
-    let username = node.as_str();
+    let username = username.as_str();
     if !ctx.state.account_exists(username) {
         // §8.5.1: no such user.
         return handled(

@@ -29,6 +29,7 @@ pub mod stanza_error;
 pub mod state;
 pub mod stream;
 pub mod stream_error;
+pub mod temporary_accounts;
 pub mod time;
 pub mod tls;
 pub mod upload;

@@ -86,10 +86,7 @@ fn announce_gone(ctx: &ServerCtx, rec: &SessionRecord) {
         return;
     };
     let bare = full.to_bare();
-    let user = bare
-        .node()
-        .map(|n| n.as_str().to_string())
-        .unwrap_or_default();
+    let user = ctx.config.account_of(&bare).unwrap_or_default();
     let p = Element::new("presence", ns::CLIENT)
         .with_attr("type", "unavailable")
         .with_attr("from", rec.jid.clone());

@@ -371,10 +371,7 @@ pub struct SendUnavailable {
 
 impl UserPresence {
     fn user(&self) -> String {
-        self.bare
-            .node()
-            .map(|n| n.as_str().to_string())
-            .unwrap_or_default()
+        self.ctx.config.account_of(&self.bare).unwrap_or_default()
     }
 
     fn roster(&self) -> Vec<RosterItem> {
@@ -437,7 +434,7 @@ impl UserPresence {
             let Ok(contact) = BareJid::new(&item.jid) else {
                 continue;
             };
-            if contact.domain().as_str() != self.ctx.config.domain {
+            if !self.ctx.config.hosts_accounts(contact.domain().as_str()) {
                 // RFC 6121 §4.3.1: the contact's server answers the probe.
                 let probe = Element::new("presence", ns::CLIENT)
                     .with_attr("type", "probe")
@@ -804,12 +801,14 @@ impl Handler<SendUnavailable> for UserPresence {
 /// available resource of a bare JID (RFC 6121 §8.5.2.1.2). Dropped when the
 /// recipient blocked the sender (XEP-0191) or does not exist.
 pub fn deliver_presence(ctx: &ServerCtx, stanza: Element, to: &Jid) {
-    if to.domain().as_str() != ctx.config.domain {
+    if !ctx.config.hosts_accounts(to.domain().as_str()) {
         // A contact on a remote server, or a component.
         ctx.elsewhere.send(ctx, stanza);
         return;
     }
-    let Some(node) = to.node() else { return };
+    let Some(node) = ctx.config.account_of(to) else {
+        return;
+    };
     if let Some(from) = stanza.attr("from") {
         if crate::modules::blocking::blocks(ctx, node.as_str(), from) {
             return;
@@ -864,7 +863,7 @@ pub fn from_client(
     }
     match ptype.as_str() {
         "available" | "unavailable" | "error" => {
-            if to.domain().as_str() != ctx.config.domain {
+            if !ctx.config.hosts_accounts(to.domain().as_str()) {
                 if ptype != "error" {
                     let _ = actor.try_send(Directed {
                         resource: from.resource().as_str().to_string(),
@@ -876,10 +875,10 @@ pub fn from_client(
                 ctx.elsewhere.send(ctx, stanza);
                 return None;
             }
-            if let Some(node) = to.node() {
+            if let Some(node) = ctx.config.account_of(&to) {
                 if crate::modules::blocking::blocks(
                     ctx,
-                    from.node().map(|n| n.as_str()).unwrap_or_default(),
+                    &ctx.config.account_of(from).unwrap_or_default(),
                     to.as_str(),
                 ) && ptype != "error"
                 {
@@ -933,10 +932,7 @@ pub async fn subscription_outbound(
     contact: BareJid,
 ) -> Option<Element> {
     let user_bare = from.to_bare();
-    let user = user_bare
-        .node()
-        .map(|n| n.as_str().to_string())
-        .unwrap_or_default();
+    let user = ctx.config.account_of(&user_bare).unwrap_or_default();
     if contact == user_bare {
         return Some(
             crate::stanza_error::StanzaError::with_text(
@@ -974,7 +970,7 @@ pub async fn subscription_outbound(
     // §3.1.2: subscription stanzas travel between bare JIDs.
     stanza.set_attr("from", user_bare.to_string());
     stanza.set_attr("to", contact.to_string());
-    if contact.domain().as_str() == ctx.config.domain {
+    if ctx.config.hosts_accounts(contact.domain().as_str()) {
         subscription_inbound(ctx, stanza, kind, &user_bare, &contact).await;
     } else {
         // RFC 6121 §3.1.2: the contact's server applies A.3 there.
@@ -1033,12 +1029,12 @@ async fn subscription_inbound_now(
     sender: &BareJid,
     contact: &BareJid,
 ) {
-    if contact.domain().as_str() != ctx.config.domain {
+    if !ctx.config.hosts_accounts(contact.domain().as_str()) {
         // An answer made here for a remote user: their server applies it.
         ctx.elsewhere.send(ctx, stanza);
         return;
     }
-    let Some(contact_user) = contact.node().map(|n| n.as_str().to_string()) else {
+    let Some(contact_user) = ctx.config.account_of(contact) else {
         return;
     };
     if !ctx.state.account_exists(&contact_user) {

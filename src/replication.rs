@@ -125,8 +125,8 @@ impl ReplicatedState {
     /// a non-negative priority (ties: the smallest JID), the same answer on
     /// every replica at this index.
     fn offline_owner(&self, bare: &str) -> bool {
-        let user = bare.split('@').next().unwrap_or_default();
-        if !self.state.has_offline(user) {
+        let user = crate::config::account_key(&self.domain, bare);
+        if !self.state.has_offline(&user) {
             return false;
         }
         self.state
@@ -159,7 +159,9 @@ impl ReplicatedState {
                 self.emit(StateEvent::AccountDeleted(username.clone()));
                 None
             }
-            Command::OfflinePush { username, .. } => Some(format!("{username}@{}", self.domain)),
+            Command::OfflinePush { username, .. } => {
+                Some(crate::config::account_jid(&self.domain, username))
+            }
             Command::SessionBind { record, .. } | Command::SessionPresence { record }
                 if record.available && record.priority >= 0 =>
             {

@@ -468,7 +468,8 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
     if !marks.is_empty() && el.name == "message" {
         // The node may have written it before it died: its client's
         // resume attempt says (written_marks.rs).
-        let user = to.node().map(|n| n.as_str()).unwrap_or_default();
+        let user = ctx.config.account_of(&to).unwrap_or_default();
+        let user = user.as_str();
         // A stanza passed on from another node (depth > 0) owes that
         // node an answer within its relay deadline: no waiting then.
         let wait = match at {
@@ -669,8 +670,11 @@ pub async fn serve_relays(
                     // here (in order, within the sender's deadline): until
                     // it is heard of, the sender keeps the message, marks
                     // and all, and waits for it itself (`reroute`).
-                    let user = to.split('@').next().unwrap_or_default();
-                    match ctx.resume_verdicts.reached(user, &marks) {
+                    let user = jid::Jid::new(&to)
+                        .ok()
+                        .and_then(|j| ctx.config.account_of(&j))
+                        .unwrap_or_default();
+                    match ctx.resume_verdicts.reached(&user, &marks) {
                         Some(true) => {
                             tracing::info!(to = %to, from, "sent again after a restart; the client's resume says it has it: not delivered again");
                             answer(receipt, true);

@@ -144,7 +144,8 @@ impl crate::route::Above for Wiring {
         user: &str,
         to: u64,
     ) -> crate::route::Later<Option<crate::route::HandOff>> {
-        let addr = ctx.sm_sessions.get(previd, user).map(|(addr, _)| addr);
+        let bare = ctx.config.account_jid(user);
+        let addr = ctx.sm_sessions.get(previd, &bare).map(|(addr, _)| addr);
         Box::pin(async move {
             let addr = addr?;
             addr.send(crate::c2s::session::TakeOver {
@@ -457,6 +458,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
     ctx.replicator
         .runtime()
         .spawn(crate::upload::files::sweep(ctx.clone()));
+    ctx.replicator
+        .runtime()
+        .spawn(crate::temporary_accounts::sweep(ctx.clone()));
     // `starling cluster status` shows sessions per node from the table.
     let weak = Arc::downgrade(&ctx);
     ctx.replicator.cluster().set_app_status(Box::new(move || {

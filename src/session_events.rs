@@ -45,7 +45,7 @@ pub fn on_event(ctx: &Arc<ServerCtx>, ev: StateEvent) {
 }
 
 fn account_deleted(ctx: &ServerCtx, user: &str) {
-    let Ok(bare) = BareJid::new(&format!("{user}@{}", ctx.config.domain)) else {
+    let Ok(bare) = BareJid::new(&ctx.config.account_jid(user)) else {
         return;
     };
     let gone = StreamError::with_text(StreamCondition::NotAuthorized, "account removed");

@@ -4,6 +4,8 @@
 //! client (tests/interop/slixmpp_chat_peer.py, needs the .venv or
 //! STARLING_PYTHON) on node 2's c2s listener. Messages typed into the chat
 //! view reach bob, bob's show in it (tests/web/converse.mjs checks the DOM).
+//! Over WebSocket alice also logs in anonymously (SASL ANONYMOUS at
+//! anon.localhost, XEP-0175) and chats with bob the same way.
 //! The screenshots are kept in target/web-results/.
 mod common;
 use common::*;
@@ -11,10 +13,12 @@ use std::time::Duration;
 
 const SECRET: &str = "web-converse-secret-0123456789";
 
-async fn converse(transport: &str, path: &str) {
+async fn converse(transport: &str, path: &str, anonymous: bool) {
     let _turn = CLUSTER_TURN.lock().await;
-    let n1 = cluster_node(1, None, SECRET, &[]);
-    let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
+    let env = [("STARLING_ANONYMOUS_DOMAIN", "anon.localhost")];
+    let env: &[(&str, &str)] = if anonymous { &env } else { &[] };
+    let n1 = cluster_node(1, None, SECRET, env);
+    let n2 = cluster_node(2, Some(&n1), SECRET, env);
     wait_members(&n1, SECRET, 2).await;
     n1.add_user("alice", "secret");
     n1.add_user("bob", "secret");
@@ -22,32 +26,42 @@ async fn converse(transport: &str, path: &str) {
     drop(authed_retry(&n2, "bob", "secret").await);
     let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/web-results");
     std::fs::create_dir_all(&results).expect("results dir");
-    let shot = results.join(format!("converse-{transport}.png"));
+    let name = if anonymous { "-anonymous" } else { "" };
+    let shot = results.join(format!("converse-{transport}{name}.png"));
     let _ = std::fs::remove_file(&shot);
-    run_web(
+    let login = if anonymous {
+        "STEP alice logged in with converse.js as "
+    } else {
+        "STEP alice logged in with converse.js as alice@localhost/converse"
+    };
+    let mut args = vec![
+        transport.into(),
+        format!("http://{}{path}", n1.http).replacen(
+            "http://",
+            if transport == "websocket" {
+                "ws://"
+            } else {
+                "http://"
+            },
+            1,
+        ),
+        n2.c2s.to_string(),
+        "localhost".into(),
+        "secret".into(),
+        shot.display().to_string(),
+    ];
+    if anonymous {
+        args.push("anon.localhost".into());
+    }
+    let out = run_web(
         "converse.mjs",
-        &[
-            transport.into(),
-            format!("http://{}{path}", n1.http).replacen(
-                "http://",
-                if transport == "websocket" {
-                    "ws://"
-                } else {
-                    "http://"
-                },
-                1,
-            ),
-            n2.c2s.to_string(),
-            "localhost".into(),
-            "secret".into(),
-            shot.display().to_string(),
-        ],
+        &args,
         &[&n1, &n2],
         Duration::from_secs(150),
         &[
             "STEP bob online with slixmpp as bob@localhost/slixmpp",
             &format!("STEP converse.js page loaded over {transport}"),
-            "STEP alice logged in with converse.js as alice@localhost/converse",
+            login,
             "STEP alice roster fetched and online",
             "STEP chat with bob@localhost open",
             "STEP bob's message shows in alice's chat view",
@@ -57,6 +71,29 @@ async fn converse(transport: &str, path: &str) {
             "STEP done",
         ],
     );
+    if anonymous {
+        let me = out
+            .lines()
+            .find_map(|l| l.strip_prefix(login))
+            .unwrap_or_default();
+        assert!(me.contains("@anon.localhost/"), "{out}");
+        // Logged out: the temporary account is gone, on both nodes.
+        let bare = me.split('/').next().unwrap_or_default().to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let listed = [&n1, &n2].iter().any(|n| {
+                let o = n.user_cmd(&["list"]);
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.trim() == bare)
+            });
+            if !listed {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{bare} still listed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let png = std::fs::read(&shot).expect("the screenshot");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
@@ -66,10 +103,15 @@ async fn converse(transport: &str, path: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converse_js_chats_over_websocket_across_nodes() {
-    converse("websocket", "/xmpp-websocket").await;
+    converse("websocket", "/xmpp-websocket", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converse_js_logs_in_anonymously_and_chats() {
+    converse("websocket", "/xmpp-websocket", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converse_js_chats_over_bosh_across_nodes() {
-    converse("bosh", "/http-bind").await;
+    converse("bosh", "/http-bind", false).await;
 }

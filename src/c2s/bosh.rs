@@ -80,6 +80,8 @@ impl Registry {
 /// One BOSH session.
 struct Session {
     sid: String,
+    /// The domain the session is for: the server's, or the anonymous host.
+    host: String,
     wait: Duration,
     hold: usize,
     requests: u64,
@@ -298,7 +300,7 @@ async fn create(
     let Some(to) = body.attr("to") else {
         return refuse(&req, &ctx, legacy, Condition::BadRequest);
     };
-    if !to.eq_ignore_ascii_case(&ctx.config.domain) {
+    if !ctx.config.hosts_accounts(to) {
         return refuse(&req, &ctx, legacy, Condition::HostUnknown);
     }
     if ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
@@ -327,6 +329,7 @@ async fn create(
     let sid = crate::stream::header::new_stream_id() + &crate::stream::header::new_stream_id();
     let session = Arc::new(Session {
         sid: sid.clone(),
+        host: to.to_ascii_lowercase(),
         wait: Duration::from_secs(wait),
         hold: hold as usize,
         requests: hold + 1,
@@ -484,7 +487,7 @@ async fn serve(
         }
         if restart {
             data.push_str(&http_bridge::stream_header([
-                ("to", ctx.config.domain.as_str()),
+                ("to", s.host.as_str()),
                 ("version", "1.0"),
             ]));
         }

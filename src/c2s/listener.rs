@@ -249,9 +249,9 @@ pub async fn locate_session(
         return None;
     }
     let started = tokio::time::Instant::now();
-    let bare = format!("{user}@{}", ctx.config.domain);
+    let bare = ctx.config.account_jid(user);
     loop {
-        if let Some((addr, _)) = ctx.sm_sessions.get(previd, user) {
+        if let Some((addr, _)) = ctx.sm_sessions.get(previd, &bare) {
             return Some(addr);
         }
         if ctx.replicator.cluster().status().peers.len() < 2 {

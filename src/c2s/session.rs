@@ -329,7 +329,7 @@ impl C2sSession {
                 // message routed to the user once this session is unbound
                 // (offline storage queues those after these).
                 let ctx2 = self.ctx.clone();
-                let user = self.jid.node().map(|n| n.as_str().to_string());
+                let user = self.ctx.config.account_of(&self.jid);
                 let _order = ctx2.presence.offline_order(user.as_deref().unwrap_or(""));
                 self.ctx.router.unbind(&self.jid, self.id);
                 self.redeliver_unacked();
@@ -719,6 +719,14 @@ impl C2sSession {
     /// What the client never acknowledged must not vanish (XEP-0198 §5):
     /// messages go back through delivery (offline storage if no other
     /// resource takes them), iq requests get an error, presence is dropped.
+    /// Whether this is a temporary account of the anonymous host.
+    fn anonymous(&self) -> bool {
+        self.ctx
+            .config
+            .account_of(&self.jid)
+            .is_some_and(|u| crate::config::is_anonymous_account(&u))
+    }
+
     fn redeliver_unacked(&mut self) {
         let Some(sm) = self.sm.as_mut() else { return };
         let pending: Vec<Element> = sm.take_unacked();
@@ -732,6 +740,19 @@ impl C2sSession {
     /// request gets an error, presence is dropped.
     fn give_back(&mut self, el: Element) {
         match el.name.as_str() {
+            // A temporary account ends with its session: nothing waits
+            // for it, the sender hears so (XEP-0175 §3).
+            "message" if self.anonymous() => {
+                tracing::info!(
+                    reason = "temporary account ended",
+                    "message returned to its sender"
+                );
+                if let Some(err) =
+                    crate::stanza_error::bounce(&el, StanzaCondition::RecipientUnavailable)
+                {
+                    delivery::route_reply(&self.ctx, err);
+                }
+            }
             "message" => {
                 let _ = delivery::message_again(&self.ctx, el, Jid::from(self.jid.to_bare()));
             }
@@ -773,7 +794,7 @@ impl Actor for C2sSession {
         // What goes back to delivery from here is queued for offline
         // storage before any newer message to the user (see `close`).
         let ctx2 = self.ctx.clone();
-        let user = self.jid.node().map(|n| n.as_str().to_string());
+        let user = self.ctx.config.account_of(&self.jid);
         let _order = ctx2.presence.offline_order(user.as_deref().unwrap_or(""));
         self.ctx.router.unbind(&self.jid, self.id);
         if self.moved {
@@ -799,6 +820,16 @@ impl Actor for C2sSession {
             self.ctx.sm_sessions.remove(&id);
         }
         self.redeliver_unacked();
+        if self.anonymous() {
+            // XEP-0175 §3: the temporary account goes with its session,
+            // and its data with it (roster, offline messages, archive).
+            if let Some(username) = user.clone() {
+                tracing::info!(%username, "temporary account removed at the end of its session");
+                self.ctx
+                    .replicator
+                    .submit(&crate::state::Command::DeleteAccount { username });
+            }
+        }
         if let Some(mut conn) = self.conn.take() {
             if !self.closed {
                 let _ = conn.out.try_send(Outbound::Close(None));

@@ -272,15 +272,16 @@ impl SmRegistry {
             .collect()
     }
 
-    /// The session `id` if it belongs to `user` (a client may only resume its own).
+    /// The session `id` if it belongs to the account `bare` (a client may
+    /// only resume its own).
     pub fn get(
         &self,
         id: &str,
-        user: &str,
+        bare: &str,
     ) -> Option<(actix::Addr<super::session::C2sSession>, jid::FullJid)> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.get(id)
-            .filter(|(a, j)| a.connected() && j.node().map(|n| n.as_str()) == Some(user))
+            .filter(|(a, j)| a.connected() && j.to_bare().as_str() == bare)
             .cloned()
     }
 }

@@ -303,7 +303,7 @@ impl Archive {
         waits.push(waiter);
         msg.push_child(
             Element::new("stanza-id", SID_NS)
-                .with_attr("by", format!("{user}@{}", ctx.config.domain))
+                .with_attr("by", ctx.config.account_jid(user))
                 .with_attr("id", ArchiveId::text(id)),
         );
         true
@@ -340,7 +340,8 @@ impl MessageHook for Archive {
     ) -> Verdict {
         let bare = from.to_bare();
         strip_forged(msg, bare.as_str());
-        let user = from.node().map(|n| n.as_str()).unwrap_or_default();
+        let user = ctx.config.account_of(from).unwrap_or_default();
+        let user = user.as_str();
         // A note to self is archived once, as it arrives (inbound).
         let to_self = to.to_bare() == bare;
         if ctx.config.mam.enabled
@@ -371,7 +372,7 @@ impl MessageHook for Archive {
         msg: &mut Element,
         waits: &mut Waits,
     ) -> Verdict {
-        strip_forged(msg, &format!("{user}@{}", ctx.config.domain));
+        strip_forged(msg, &ctx.config.account_jid(user));
         // The sender's copy decided whether the message goes on (at
         // `backlog`); the recipient's copy may go past it, up to twice
         // that, so an accepted message gets both copies. Only a flood from

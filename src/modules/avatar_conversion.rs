@@ -122,6 +122,9 @@ pub async fn vcard_follows_pep(ctx: &ServerCtx, user: &str) {
 /// After a vCard write: its PHOTO is published as the PEP avatar (data,
 /// then metadata, which the account's contacts are told of).
 pub async fn pep_follows_vcard(ctx: &ServerCtx, user: &str, card: &Element) {
+    if crate::config::is_anonymous_account(user) {
+        return; // no PEP service on the anonymous host
+    }
     let photo = card.get_child("PHOTO", VCARD);
     let current = current_info(&ctx.state, user);
     let (meta, data) = match photo.and_then(|p| p.get_child("BINVAL", VCARD)) {

@@ -34,10 +34,7 @@ pub fn blocked_error(stanza: &Element) -> Element {
 }
 
 fn username(req: &IqRequest) -> String {
-    req.from
-        .node()
-        .map(|n| n.as_str().to_string())
-        .unwrap_or_default()
+    req.user()
 }
 
 fn items(payload: &Element) -> Result<Vec<String>, StanzaError> {
@@ -82,8 +79,8 @@ impl super::hooks::MessageHook for Blocking {
         msg: &mut Element,
         _waits: &mut super::hooks::Waits,
     ) -> super::hooks::Verdict {
-        let user = from.node().map(|n| n.as_str()).unwrap_or_default();
-        if msg.attr("type") != Some("error") && blocks(ctx, user, to.as_str()) {
+        let user = ctx.config.account_of(from).unwrap_or_default();
+        if msg.attr("type") != Some("error") && blocks(ctx, &user, to.as_str()) {
             return super::hooks::Verdict::Stop(Some(blocked_error(msg)));
         }
         super::hooks::Verdict::Continue

@@ -106,6 +106,9 @@ pub fn items_of(storage: &Element, held: &[(String, String)]) -> Vec<(String, St
 /// After a private-storage write of `storage`: the PEP node holds the
 /// same rooms, and the account's interested resources hear of each.
 pub async fn follow_private(ctx: &ServerCtx, user: &str, storage: &Element) {
+    if crate::config::is_anonymous_account(user) {
+        return; // no PEP service on the anonymous host
+    }
     let Some(b) = super::pep::backend(ctx) else {
         return;
     };

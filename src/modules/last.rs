@@ -41,10 +41,7 @@ impl Module for LastActivity {
                 let Some(target) = &req.target else {
                     return Err(StanzaError::new(StanzaCondition::ServiceUnavailable)).into();
                 };
-                let owner = target
-                    .node()
-                    .map(|n| n.as_str().to_string())
-                    .unwrap_or_default();
+                let owner = ctx.config.account_of(target).unwrap_or_default();
                 let asker = req.from.to_bare();
                 let allowed = ctx
                     .state

@@ -515,7 +515,8 @@ impl Module for Mam {
         if !req.server.config.mam.enabled {
             return Err(StanzaError::new(StanzaCondition::ServiceUnavailable)).into();
         }
-        let user = req.from.node().map(|n| n.as_str()).unwrap_or_default();
+        let user = req.user();
+        let user = user.as_str();
         match (req.kind, req.payload.name.as_str()) {
             (IqKind::Set, "query") => match (self.archive.settled(), req.server.arc()) {
                 // Writes queued here first: answer once they are in.

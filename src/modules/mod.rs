@@ -68,6 +68,13 @@ pub struct IqRequest<'a> {
     pub session_id: u64,
 }
 
+impl IqRequest<'_> {
+    /// The sender's account key (see `Config::account_jid`).
+    pub fn user(&self) -> String {
+        self.server.config.account_of(self.from).unwrap_or_default()
+    }
+}
+
 /// Work that finishes later, awaited by the session that asked for it.
 pub use crate::route::Later;
 

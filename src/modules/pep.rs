@@ -46,7 +46,7 @@ impl Backend for Node {
         let Some(to) = stanza.attr("to").and_then(|t| jid::Jid::new(t).ok()) else {
             return;
         };
-        if to.domain().as_str() != ctx.config.domain {
+        if !ctx.config.hosts_accounts(to.domain().as_str()) {
             return ctx.elsewhere.send(ctx, stanza);
         }
         match to
@@ -95,6 +95,14 @@ impl Module for Pep {
             (Addressee::OtherAccount, Some(t)) => t.clone(),
             _ => req.from.to_bare(),
         };
+        // The anonymous host's temporary accounts have no PEP service.
+        if owner_bare.domain().as_str() != req.server.config.domain {
+            return Err(StanzaError::with_text(
+                StanzaCondition::ServiceUnavailable,
+                "temporary accounts have no personal eventing service",
+            ))
+            .into();
+        }
         let Some(backend) = backend(req.server) else {
             return Err(StanzaError::new(StanzaCondition::InternalServerError)).into();
         };
@@ -142,7 +150,10 @@ pub fn send_last_items(ctx: &ServerCtx, full: &FullJid, interests: &[String]) {
     }
     let Some(b) = backend(ctx) else { return };
     let me = full.to_bare();
-    let user = me.node().map(|n| n.as_str()).unwrap_or_default();
+    let Some(user) = ctx.config.account_of(&me) else {
+        return;
+    };
+    let user = user.as_str();
     let mut owners = vec![me.clone()];
     if let Ok(roster) = ctx.state.roster(user) {
         for item in roster.into_iter().filter(|i| i.sub.to) {

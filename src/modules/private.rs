@@ -34,11 +34,7 @@ impl Module for Private {
             .into();
         }
         let ctx = req.server;
-        let user = req
-            .from
-            .node()
-            .map(|n| n.as_str().to_string())
-            .unwrap_or_default();
+        let user = req.user();
         // §3: exactly one child, in a namespace of its own (not jabber:*).
         let mut children = req.payload.elements();
         let (Some(frag), None) = (children.next(), children.next()) else {

@@ -140,11 +140,7 @@ impl Module for Register {
     }
 
     fn handle_iq(&self, req: &IqRequest) -> IqResponse {
-        let user = req
-            .from
-            .node()
-            .map(|n| n.as_str().to_string())
-            .unwrap_or_default();
+        let user = req.user();
         let ctx = req.server;
         if req.kind == IqKind::Get {
             let q = Element::new("query", ns::REGISTER)

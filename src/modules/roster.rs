@@ -53,10 +53,8 @@ fn push(ctx: &ServerCtx, user: &BareJid, item: Element, ver: u64) {
     }
 }
 
-fn username(user: &BareJid) -> String {
-    user.node()
-        .map(|n| n.as_str().to_string())
-        .unwrap_or_default()
+fn username(ctx: &ServerCtx, user: &BareJid) -> String {
+    ctx.config.account_of(user).unwrap_or_default()
 }
 
 /// What a roster push says of `item`: the item, or its removal.
@@ -76,7 +74,7 @@ fn store_push_answer(ctx: &ServerCtx, user: &BareJid, item: RosterItem) -> IqRes
     let el = pushed_element(&item);
     let user = user.clone();
     let cmd = Command::RosterPut {
-        username: username(&user),
+        username: username(ctx, &user),
         item,
         expect: None,
     };
@@ -103,7 +101,7 @@ pub async fn store(
     let seen = |i: &RosterItem| i.in_roster.then(|| item_element(i));
     let pushed = (old.and_then(seen) != seen(&item)).then(|| pushed_element(&item));
     let cmd = Command::RosterPut {
-        username: username(user),
+        username: username(ctx, user),
         item,
         expect: Some(crate::state::ExpectedItem { item: old.cloned() }),
     };
@@ -132,7 +130,7 @@ fn bad(cond: StanzaCondition, text: &str) -> IqResponse {
 impl Roster {
     fn get(&self, req: &IqRequest) -> IqResponse {
         let ctx = req.server;
-        let user = username(&req.from.to_bare());
+        let user = username(ctx, &req.from.to_bare());
         ctx.router
             .update(req.from, req.session_id, |e| e.interested = true);
         let ver = ctx.state.roster_version(&user).unwrap_or(0);
@@ -156,7 +154,7 @@ impl Roster {
     fn set(&self, req: &IqRequest) -> IqResponse {
         let ctx = req.server;
         let user_bare = req.from.to_bare();
-        let user = username(&user_bare);
+        let user = username(ctx, &user_bare);
         // RFC 6121 §2.3.3: exactly one item.
         let mut items = req.payload.elements().filter(|e| e.is("item", NS));
         let (Some(el), None) = (items.next(), items.next()) else {
@@ -259,7 +257,7 @@ fn remove(
             crate::presence::subscription_inbound(&c, p, kind, &user, &contact).await;
         }
         let cmd = Command::RosterDelete {
-            username: username(&user),
+            username: username(&c, &user),
             jid: item.jid.clone(),
         };
         match c.replicator.commit_async(&cmd).await {

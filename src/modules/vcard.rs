@@ -28,14 +28,8 @@ impl Module for Vcard {
     fn handle_iq(&self, req: &IqRequest) -> IqResponse {
         let ctx = req.server;
         let owner = match (&req.addressee, &req.target) {
-            (Addressee::OtherAccount, Some(t)) => {
-                t.node().map(|n| n.as_str().to_string()).unwrap_or_default()
-            }
-            _ => req
-                .from
-                .node()
-                .map(|n| n.as_str().to_string())
-                .unwrap_or_default(),
+            (Addressee::OtherAccount, Some(t)) => ctx.config.account_of(t).unwrap_or_default(),
+            _ => req.user(),
         };
         if req.payload.name != "vCard" {
             return Err(StanzaError::new(StanzaCondition::BadRequest)).into();

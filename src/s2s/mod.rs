@@ -90,7 +90,7 @@ impl S2s {
 /// Whether `domain` is served here: the cluster's domain, or a component
 /// domain hosted cluster-wide (reachable over federation, XEP-0114 §1).
 pub fn is_local_domain(ctx: &ServerCtx, domain: &str) -> bool {
-    domain.eq_ignore_ascii_case(&ctx.config.domain)
+    ctx.config.hosts_accounts(domain)
         || crate::component::is_component(ctx, domain)
         || ctx.services.hosts(domain)
 }
@@ -122,6 +122,22 @@ pub fn send(ctx: &ServerCtx, stanza: Element) {
     }
     if crate::component::is_component(ctx, &domain) {
         crate::component::route(ctx, stanza, &domain);
+        return;
+    }
+    // The anonymous host's temporary accounts stay on this server (as
+    // Prosody's `disallow_s2s` for anonymous hosts): other servers cannot
+    // hold them to account.
+    let anonymous = stanza
+        .attr("from")
+        .and_then(|f| Jid::new(f).ok())
+        .is_some_and(|j| {
+            ctx.config
+                .anonymous()
+                .is_some_and(|a| a.eq_ignore_ascii_case(j.domain().as_str()))
+        });
+    if anonymous {
+        tracing::info!(to = %domain, reason = "temporary account", "stanza to another server refused");
+        bounce_local(ctx, &stanza, StanzaCondition::NotAllowed);
         return;
     }
     if ctx.config.s2s.listen.is_empty() {
@@ -191,11 +207,11 @@ pub(crate) fn from_hosted(ctx: &ServerCtx, out: Element) {
     let to = out.attr("to").and_then(|t| Jid::new(t).ok());
     if let Some(full) = to
         .as_ref()
-        .filter(|j| j.domain().as_str().eq_ignore_ascii_case(&ctx.config.domain))
+        .filter(|j| ctx.config.hosts_accounts(j.domain().as_str()))
         .and_then(|j| j.try_as_full().ok())
     {
-        let blocked = match (full.node(), out.attr("from")) {
-            (Some(user), Some(from)) => crate::modules::blocking::blocks(ctx, user.as_str(), from),
+        let blocked = match (ctx.config.account_of(full), out.attr("from")) {
+            (Some(user), Some(from)) => crate::modules::blocking::blocks(ctx, &user, from),
             _ => false,
         };
         if blocked {
@@ -252,7 +268,20 @@ pub fn deliver_local(ctx: &ServerCtx, el: Element) {
         crate::component::route(ctx, el, &domain);
         return;
     }
-    let recipient = to.node().map(|n| n.as_str().to_string());
+    // (Errors pass: those made here for a temporary account's own
+    // stanzas come this way.)
+    if !is_local_domain(ctx, from.domain().as_str())
+        && el.attr("type") != Some("error")
+        && ctx
+            .config
+            .anonymous()
+            .is_some_and(|a| a.eq_ignore_ascii_case(to.domain().as_str()))
+    {
+        // Temporary accounts stay on this server, both ways (see `send`).
+        tracing::info!(%to, %from, reason = "temporary account", "stanza from another server refused");
+        return reply_remote_error(ctx, &el, StanzaCondition::NotAllowed);
+    }
+    let recipient = ctx.config.account_of(&to);
     let blocked = recipient
         .as_deref()
         .is_some_and(|r| crate::modules::blocking::blocks(ctx, r, from.as_str()));
@@ -327,8 +356,8 @@ fn iq(ctx: &ServerCtx, el: Element, to: &Jid, blocked: bool) {
     // vCard, its PEP nodes, disco): answered by the modules as for a
     // local user of another account (RFC 6121 §8.5.1).
     let from = el.attr("from").and_then(|f| jid::FullJid::new(f).ok());
-    if let (Some(user), Some(from), false) = (to.node(), from, blocked) {
-        if !ctx.state.account_exists(user.as_str()) || el.elements().count() != 1 {
+    if let (Some(user), Some(from), false) = (ctx.config.account_of(to), from, blocked) {
+        if !ctx.state.account_exists(&user) || el.elements().count() != 1 {
             return reply_remote_error(ctx, &el, StanzaCondition::ServiceUnavailable);
         }
         let kind = match el.attr("type") {

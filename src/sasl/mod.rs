@@ -1,5 +1,6 @@
 //! SASL (RFC 6120 §6): mechanisms, stored credentials and failure conditions.
 
+pub mod anonymous;
 pub mod credentials;
 pub mod plain;
 pub mod scram;

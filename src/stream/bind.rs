@@ -26,7 +26,7 @@ pub(super) async fn handle(
             .map(|r| r.text())
             .filter(|r| !r.trim().is_empty());
         let jid = match requested {
-            Some(res) => match FullJid::new(&format!("{user}@{}/{res}", ctx.config.domain)) {
+            Some(res) => match FullJid::new(&format!("{}/{res}", ctx.config.account_jid(&user))) {
                 Ok(j) => j,
                 Err(_) => {
                     let err = StanzaError::with_text(
@@ -68,7 +68,7 @@ fn generated(ctx: &ServerCtx, user: &str) -> FullJid {
             .take(12)
             .map(char::from)
             .collect();
-        if let Ok(j) = FullJid::new(&format!("{user}@{}/{res}", ctx.config.domain)) {
+        if let Ok(j) = FullJid::new(&format!("{}/{res}", ctx.config.account_jid(user))) {
             if crate::route::full(ctx, &j).is_none() {
                 return j;
             }

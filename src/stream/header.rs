@@ -56,7 +56,24 @@ pub async fn open(ctx: &ServerCtx, s: &mut Stream) -> Result<(), NegError> {
             ));
         }
         match header.attr("to") {
-            Some(to) if to.eq_ignore_ascii_case(&ctx.config.domain) => Ok(()),
+            // A restart after authentication keeps the host it
+            // authenticated at.
+            Some(to)
+                if to.eq_ignore_ascii_case(&ctx.config.domain)
+                    && (s.authenticated.is_none() || !s.anonymous_host(ctx)) =>
+            {
+                Ok(())
+            }
+            // The anonymous host (XEP-0175).
+            Some(to)
+                if ctx
+                    .config
+                    .anonymous()
+                    .is_some_and(|a| a.eq_ignore_ascii_case(to))
+                    && (s.authenticated.is_none() || s.anonymous_host(ctx)) =>
+            {
+                Ok(())
+            }
             Some(_) => Err(StreamError::with_text(
                 StreamCondition::HostUnknown,
                 "this server does not serve that domain",
@@ -68,8 +85,12 @@ pub async fn open(ctx: &ServerCtx, s: &mut Stream) -> Result<(), NegError> {
         }
     };
     let result = check();
-    s.send(&response_header(&ctx.config.domain, &s.stream_id))
-        .await?;
+    if result.is_ok() {
+        if let Some(to) = header.attr("to").filter(|_| s.authenticated.is_none()) {
+            s.host = to.to_ascii_lowercase();
+        }
+    }
+    s.send(&response_header(&s.host, &s.stream_id)).await?;
     s.header_sent = true;
     result.map_err(NegError::from)
 }

@@ -59,6 +59,9 @@ pub struct Stream {
     /// Our stream header has gone out (a stream error needs one first).
     pub header_sent: bool,
     pub stream_id: String,
+    /// The domain the client addressed: the server's, or the anonymous
+    /// host (XEP-0175).
+    pub host: String,
     /// Set once SASL succeeds.
     pub authenticated: Option<String>,
     pub auth_attempts: u32,
@@ -118,11 +121,17 @@ impl Stream {
             channel_binding,
             header_sent: false,
             stream_id: header::new_stream_id(),
+            host: ctx.config.domain.clone(),
             authenticated: None,
             auth_attempts: 0,
             deadline,
             shutdown: ctx.shutdown_rx(),
         }
+    }
+
+    /// Whether the client addressed the anonymous host.
+    pub fn anonymous_host(&self, ctx: &ServerCtx) -> bool {
+        !self.host.eq_ignore_ascii_case(&ctx.config.domain)
     }
 
     pub async fn send(&mut self, data: &str) -> Result<(), NegError> {
@@ -166,14 +175,11 @@ impl Stream {
     }
 
     /// Send a stream error (with our header first if need be) and close.
-    pub async fn fail(mut self, ctx: &ServerCtx, err: StreamError) {
+    pub async fn fail(mut self, _ctx: &ServerCtx, err: StreamError) {
         tracing::debug!(%err, "closing stream during negotiation");
         let mut out = String::new();
         if !self.header_sent {
-            out.push_str(&header::response_header(
-                &ctx.config.domain,
-                &self.stream_id,
-            ));
+            out.push_str(&header::response_header(&self.host, &self.stream_id));
         }
         out.push_str(&err.to_xml());
         out.push_str("</stream:stream>");
@@ -217,14 +223,30 @@ pub async fn negotiate(
                 }))
             }
             Err(NegError::Stream(e)) => {
+                forget_temporary_account(ctx, &stream);
                 stream.fail(ctx, e).await;
                 return None;
             }
             Err(e) => {
+                forget_temporary_account(ctx, &stream);
                 tracing::debug!(error = %e, "connection ended during negotiation");
                 return None;
             }
         }
+    }
+}
+
+/// A temporary account (XEP-0175) made by this stream's login goes when the
+/// stream ends before a session took it over.
+fn forget_temporary_account(ctx: &ServerCtx, s: &Stream) {
+    if let Some(username) = s
+        .authenticated
+        .clone()
+        .filter(|u| crate::config::is_anonymous_account(u))
+    {
+        tracing::info!(%username, "temporary account removed: its login ended before binding");
+        ctx.replicator
+            .submit(&crate::state::Command::DeleteAccount { username });
     }
 }
 
@@ -257,7 +279,8 @@ async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
                         continue 'stream;
                     }
                 }
-                ("iq", ns::CLIENT) if s.authenticated.is_none() => {
+                // No registration on the anonymous host (XEP-0175).
+                ("iq", ns::CLIENT) if s.authenticated.is_none() && !s.anonymous_host(ctx) => {
                     let allowed = s.secure || !ctx.config.c2s.require_tls;
                     match crate::modules::register::pre_auth(ctx, &el, allowed, s.peer.ip()).await {
                         Some(reply) => s.send_element(&reply).await?,
@@ -356,7 +379,7 @@ fn features(ctx: &ServerCtx, s: &Stream) -> Element {
         }
     }
     let mut mechs = Element::new("mechanisms", ns::SASL);
-    for m in sasl::offered(s) {
+    for m in sasl::offered(ctx, s) {
         mechs.push_child(Element::new("mechanism", ns::SASL).with_text(m));
     }
     f.push_child(mechs);
@@ -368,7 +391,7 @@ fn features(ctx: &ServerCtx, s: &Stream) -> Element {
             ),
         );
     }
-    if ctx.config.registration.allow {
+    if ctx.config.registration.allow && !s.anonymous_host(ctx) {
         f.push_child(Element::new("register", ns::REGISTER_FEATURE));
     }
     f

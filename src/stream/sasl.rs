@@ -11,8 +11,11 @@ use crate::server::ServerCtx;
 use crate::xml::{ns, Element};
 
 /// Mechanisms offered on this stream: -PLUS only with channel-binding data,
-/// PLAIN only under TLS.
-pub fn offered(s: &Stream) -> Vec<&'static str> {
+/// PLAIN only under TLS; on the anonymous host, ANONYMOUS alone.
+pub fn offered(ctx: &ServerCtx, s: &Stream) -> Vec<&'static str> {
+    if s.anonymous_host(ctx) {
+        return vec!["ANONYMOUS"];
+    }
     let mut m = Vec::new();
     if s.channel_binding.is_some() {
         m.extend(["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"]);
@@ -80,13 +83,24 @@ async fn exchange(
     mechanism: &str,
     auth: &Element,
 ) -> Result<Outcome, NegError> {
-    if !offered(s).contains(&mechanism) {
+    if !offered(ctx, s).contains(&mechanism) {
         let failure = if mechanism == "PLAIN" {
             SaslFailure::EncryptionRequired
         } else {
             SaslFailure::InvalidMechanism
         };
         return Ok(Err(failure));
+    }
+    if mechanism == "ANONYMOUS" {
+        // RFC 4505: no challenge; the trace, if any, is the initial response.
+        let trace = match decode(auth) {
+            Ok(data) => crate::sasl::anonymous::parse_trace(data.as_deref()),
+            Err(f) => Err(f),
+        };
+        return Ok(match trace {
+            Ok(trace) => temporary_account(ctx, &s.host, &trace).await,
+            Err(f) => Err(f),
+        });
     }
     let initial = match decode(auth) {
         Ok(Some(data)) => data,
@@ -136,6 +150,30 @@ async fn exchange(
     Ok(scram
         .client_final(&client_final)
         .map(|ok| (ok.username, Some(ok.server_final))))
+}
+
+/// XEP-0175: a temporary account at the anonymous host `host`, made for
+/// this login (committed before success is sent) and removed when its
+/// session ends (c2s/session.rs).
+async fn temporary_account(ctx: &ServerCtx, host: &str, trace: &str) -> Outcome {
+    let local = crate::sasl::anonymous::new_local_part();
+    let username = format!("{local}@{host}");
+    let password: String =
+        crate::sasl::anonymous::new_local_part() + &crate::sasl::anonymous::new_local_part();
+    let credentials = crate::sasl::Credentials::new(&password).map_err(|e| {
+        tracing::warn!(error = %e, "cannot make a temporary account's credentials");
+        SaslFailure::TemporaryAuthFailure
+    })?;
+    let cmd = crate::state::Command::CreateAccount {
+        username: username.clone(),
+        credentials,
+    };
+    if let Err(e) = ctx.replicator.commit_async(&cmd).await {
+        tracing::warn!(error = %e, "temporary account not committed");
+        return Err(SaslFailure::TemporaryAuthFailure);
+    }
+    tracing::info!(user = %username, trace, "temporary account made (SASL ANONYMOUS)");
+    Ok((username, None))
 }
 
 fn check_plain(ctx: &ServerCtx, message: &[u8]) -> Outcome {

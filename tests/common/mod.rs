@@ -734,6 +734,25 @@ impl Client {
         }
     }
 
+    /// SASL ANONYMOUS (RFC 4505) with `initial` as the element's text
+    /// (empty: no initial response).
+    #[allow(dead_code)]
+    pub async fn auth_anonymous(&mut self, initial: &str) -> Result<(), String> {
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'>{initial}</auth>"
+        ))
+        .await;
+        let res = self.element().await;
+        match res.name.as_str() {
+            "success" => {
+                self.reader.restart();
+                Ok(())
+            }
+            "failure" => Err(condition(&res)),
+            _ => panic!("unexpected {res:?}"),
+        }
+    }
+
     /// Bind; Ok(full JID) or Err(error condition).
     pub async fn bind(&mut self, resource: Option<&str>) -> Result<String, String> {
         let res = resource

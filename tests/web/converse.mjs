@@ -9,13 +9,15 @@
 // exits non-zero with "FAIL reason" on any failure. The browser's console is
 // written to stderr, and so is everything bob's script prints.
 //
-// usage: node converse.mjs TRANSPORT SERVICE_URL BOB_C2S_ADDR DOMAIN PASSWORD SCREENSHOT_PATH
+// usage: node converse.mjs TRANSPORT SERVICE_URL BOB_C2S_ADDR DOMAIN PASSWORD SCREENSHOT_PATH [ANON_DOMAIN]
 //   TRANSPORT     websocket | bosh (how Converse.js reaches SERVICE_URL)
 //   SERVICE_URL   ws://HOST:PORT/xmpp-websocket or http://HOST:PORT/http-bind
 //   BOB_C2S_ADDR  HOST:PORT of the c2s (STARTTLS) listener bob (slixmpp) uses
 // env: CHROMIUM (default /usr/bin/chromium); STARLING_PYTHON (default the
 // repository's .venv/bin/python, which has slixmpp)
-// Accounts alice and bob must exist with PASSWORD.
+//   ANON_DOMAIN   alice logs in anonymously (SASL ANONYMOUS, XEP-0175) at
+//                 this host instead, as whatever temporary JID she is given
+// Accounts alice (unless anonymous) and bob must exist with PASSWORD.
 import puppeteer from "puppeteer-core";
 import http from "node:http";
 import fs from "node:fs";
@@ -24,7 +26,7 @@ import readline from "node:readline";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
-const [transport, serviceUrl, bobAddr, domain, password, screenshotPath] = process.argv.slice(2);
+const [transport, serviceUrl, bobAddr, domain, password, screenshotPath, anonDomain] = process.argv.slice(2);
 if (!["websocket", "bosh"].includes(transport) || !screenshotPath) {
   console.log("FAIL usage: node converse.mjs websocket|bosh SERVICE_URL BOB_C2S_ADDR DOMAIN PASSWORD SCREENSHOT_PATH");
   process.exit(2);
@@ -83,7 +85,8 @@ function bounded(what, promise, ms = 20000) {
 
 // Bodies carry this run's tag: what an earlier run left offline is not counted.
 const tag = Math.random().toString(36).slice(2, 8);
-const aliceJid = `alice@${domain}`;
+// Anonymous: known once she is logged in.
+let aliceJid = `alice@${domain}`;
 const bobJid = `bob@${domain}`;
 
 // --- the page: index.html and Converse.js's dist, on loopback -------------
@@ -112,10 +115,10 @@ const types = {
 const settings = {
   [transport === "websocket" ? "websocket_url" : "bosh_service_url"]: serviceUrl,
   discover_connection_methods: false,
-  authentication: "login",
+  authentication: anonDomain ? "anonymous" : "login",
   auto_login: true,
-  jid: `${aliceJid}/converse`,
-  password,
+  jid: anonDomain ? anonDomain : `${aliceJid}/converse`,
+  password: anonDomain ? undefined : password,
   auto_reconnect: false,
   keepalive: false,
   view_mode: "fullscreen",
@@ -301,6 +304,10 @@ function chatTexts(page) {
   });
   const me = await page.evaluate(() => window.starling.api.connection.get().jid);
   console.log(`STEP alice logged in with converse.js as ${me}`);
+  if (anonDomain) {
+    if (!me.split("/")[0].endsWith("@" + anonDomain)) fail(`anonymous login bound ${me}, not a JID at ${anonDomain}`);
+    aliceJid = me.split("/")[0];
+  }
   await until("the roster", async () => (await events()).includes("rosterContactsFetched"));
   await until("alice's online status", async () => (await page.evaluate(() => window.starling.api.user.status.get())) === "online");
   // The control box shows the logged-in user.
