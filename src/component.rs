@@ -72,6 +72,7 @@ pub fn deliver_here(ctx: &ServerCtx, stanza: &Element, domain: &str) -> bool {
 pub async fn handle(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("component", %peer, domain = tracing::field::Empty);
     async move {
+        let _live = crate::metrics::Live::new("component");
         let conn = Conn::new(Box::new(tcp), &ctx, false);
         if let Err(e) = serve(&ctx, conn).await {
             tracing::info!(error = %e, "component stream ended");

@@ -51,6 +51,98 @@ pub struct Config {
     pub services: ServicesSection,
     pub mam: MamSection,
     pub upload: UploadSection,
+    pub push: PushSection,
+    pub external_services: ExternalServicesSection,
+}
+
+/// One configured STUN/TURN service (XEP-0215).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalService {
+    /// "stun", "turn" or "turns".
+    pub kind: &'static str,
+    pub host: String,
+    pub port: u16,
+    /// "udp" or "tcp".
+    pub transport: &'static str,
+}
+
+/// Parse one entry: `[stun:|turn:|turns:]host:port[?transport=udp|tcp]`;
+/// `default` is the kind without a scheme.
+pub fn parse_external_service(entry: &str, default: &'static str) -> Option<ExternalService> {
+    let (kind, rest) = match entry.split_once(':') {
+        Some(("stun", r)) => ("stun", r),
+        Some(("turn", r)) => ("turn", r),
+        Some(("turns", r)) => ("turns", r),
+        _ => (default, entry),
+    };
+    let (addr, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (rest, None),
+    };
+    let transport = match query {
+        None if kind == "turns" => "tcp",
+        None => "udp",
+        Some("transport=udp") if kind != "turns" => "udp",
+        Some("transport=tcp") => "tcp",
+        Some(_) => return None,
+    };
+    let (host, port) = addr.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+    valid_host.then(|| ExternalService {
+        kind,
+        host: host.to_string(),
+        port,
+        transport,
+    })
+}
+
+/// STUN and TURN servers for audio and video calls (XEP-0215).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExternalServicesSection {
+    /// STUN servers: `host:port` (or `stun:host:port`).
+    pub stun: Vec<String>,
+    /// TURN servers: `host:port`, `turn:host:port?transport=tcp`, or
+    /// `turns:host:port` (TLS).
+    pub turn: Vec<String>,
+    /// coturn's `static-auth-secret`: clients get time-limited credentials
+    /// made with it. Empty: the TURN servers are listed without any.
+    pub turn_secret: String,
+    /// How long such credentials are valid.
+    pub credential_ttl_secs: u64,
+}
+
+/// Push notifications (XEP-0357) to the app servers devices register with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushSection {
+    /// Offer push at all.
+    pub enabled: bool,
+    /// Notifications may carry the last message's body (only for devices
+    /// whose publish options do not say `include-body` false); off keeps
+    /// message text away from app servers.
+    pub include_body: bool,
+    /// At most one notification per device in this time; messages within
+    /// it are told of in one notification at its end (the count).
+    pub min_interval_ms: u64,
+    /// Devices one account may register.
+    pub max_registrations: usize,
+}
+
+impl Default for PushSection {
+    fn default() -> Self {
+        PushSection {
+            enabled: true,
+            include_body: false,
+            min_interval_ms: 2000,
+            max_registrations: 10,
+        }
+    }
 }
 
 /// HTTP file upload (XEP-0363) at `upload.DOMAIN`.
@@ -302,6 +394,8 @@ pub struct HttpSection {
     pub tls_listen: String,
     /// Serve XMPP over WebSocket at `/xmpp-websocket`.
     pub websocket: bool,
+    /// Serve Prometheus metrics at `/metrics`.
+    pub metrics: bool,
     /// Serve XMPP over BOSH at `/http-bind` (XEP-0124/0206).
     pub bosh: bool,
     /// A BOSH session with no request for this long ends (XEP-0124 §8).
@@ -324,6 +418,7 @@ impl Default for HttpSection {
             listen: "0.0.0.0:5280".into(),
             tls_listen: String::new(),
             websocket: true,
+            metrics: true,
             bosh: true,
             bosh_inactivity_secs: 60,
             public_url: String::new(),
@@ -496,6 +591,11 @@ impl Default for Config {
             services: ServicesSection::default(),
             mam: MamSection::default(),
             upload: UploadSection::default(),
+            push: PushSection::default(),
+            external_services: ExternalServicesSection {
+                credential_ttl_secs: 86_400,
+                ..ExternalServicesSection::default()
+            },
         }
     }
 }
@@ -556,7 +656,7 @@ impl Default for LogConfig {
 }
 
 /// Sections that `STARLING_<SECTION>_<KEY>` can address.
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 14] = [
     "c2s",
     "tls",
     "registration",
@@ -569,6 +669,8 @@ const SECTIONS: [&str; 12] = [
     "services",
     "mam",
     "upload",
+    "push",
+    "external_services",
 ];
 
 impl Config {
@@ -812,6 +914,20 @@ impl Config {
                     key: key.to_string(),
                     message: format!(
                         "{domain:?} must be a domain of its own (not the server's, not a component's)"
+                    ),
+                });
+            }
+        }
+        let ext = &self.external_services;
+        for (key, list, kind) in [("stun", &ext.stun, "stun"), ("turn", &ext.turn, "turn")] {
+            if let Some(bad) = list
+                .iter()
+                .find(|e| parse_external_service(e, kind).is_none())
+            {
+                return Err(ConfigError::BadValue {
+                    key: format!("external_services.{key}"),
+                    message: format!(
+                        "{bad:?} is not host:port (optionally stun:, turn: or turns:, and ?transport=udp|tcp)"
                     ),
                 });
             }

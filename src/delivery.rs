@@ -457,7 +457,13 @@ fn store_offline(
         let _owning = owning;
         let _in_flight = in_flight;
         match committed.await {
-            Ok(_) => answer(receipt, true),
+            Ok(_) => {
+                answer(receipt, true);
+                // XEP-0357: the user's devices hear of it.
+                let user = cmd_user(&cmd);
+                let waiting = c.state.offline_count(user);
+                c.modules.push.missed(&c, user, &msg, waiting);
+            }
             Err(StateError::QuotaExceeded(_)) => {
                 msg.children.pop();
                 let err = StanzaError::with_text(

@@ -56,6 +56,63 @@ async fn ready(ctx: web::Data<Arc<ServerCtx>>) -> impl Responder {
     }
 }
 
+/// Prometheus/OpenMetrics exposition (`metrics.rs`): the counters, and
+/// gauges of this node's state read now.
+#[get("/metrics")]
+async fn metrics(ctx: web::Data<Arc<ServerCtx>>) -> HttpResponse {
+    if !ctx.config.http.metrics {
+        return HttpResponse::NotFound().finish();
+    }
+    let m = crate::metrics::get();
+    let s = ctx.replicator.cluster().status();
+    let set = |name, v: u64| m.set(name, i64::try_from(v).unwrap_or(i64::MAX));
+    m.sessions
+        .get_or_create(&vec![("transport", "client")])
+        .set(ctx.router.count() as i64);
+    let s2s_out = ctx
+        .s2s
+        .links
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|a| a.connected())
+        .count();
+    m.sessions
+        .get_or_create(&vec![("transport", "s2s_out")])
+        .set(s2s_out as i64);
+    set("raft_term", s.term);
+    set("raft_commit_index", s.commit);
+    set("raft_applied_index", s.applied);
+    set("raft_apply_lag", s.commit.saturating_sub(s.applied));
+    set("raft_leader_id", s.leader);
+    set("raft_is_leader", u64::from(s.role == "leader"));
+    set("cluster_members", s.peers.len() as u64);
+    set(
+        "relays_pending",
+        ctx.replicator.cluster().relays_pending() as u64,
+    );
+    set("offline_messages", ctx.state.offline_total());
+    set("archive_bytes", ctx.state.archive_bytes_total());
+    for q in ctx.replicator.cluster().relay_stats() {
+        let labels = |stat: &str| {
+            vec![
+                ("node", q.node.to_string()),
+                ("lane", q.lane.to_string()),
+                ("stat", stat.to_string()),
+            ]
+        };
+        m.node_gauges
+            .get_or_create(&labels("queued"))
+            .set(q.pending as i64);
+        m.node_gauges
+            .get_or_create(&labels("connects"))
+            .set(q.connects as i64);
+    }
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(m.encode())
+}
+
 /// A CORS preflight.
 async fn preflight(req: HttpRequest, ctx: web::Data<Arc<ServerCtx>>) -> HttpResponse {
     crate::c2s::http_bridge::cors(&req, &ctx.config, StatusCode::NO_CONTENT).finish()
@@ -130,6 +187,7 @@ pub fn start(
             .app_data(bosh.clone())
             .service(live)
             .service(ready)
+            .service(metrics)
             .service(host_meta)
             .service(host_meta_json)
             .route(

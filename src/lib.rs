@@ -12,6 +12,7 @@ pub mod liveness;
 pub mod local_cluster;
 pub mod memory;
 pub mod mesh_certs;
+pub mod metrics;
 pub mod modules;
 pub mod muc;
 pub mod presence;

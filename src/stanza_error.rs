@@ -139,12 +139,26 @@ impl StanzaError {
         }
         reply.children = stanza.children.clone();
         reply.push_child(self.element());
+        crate::metrics::get()
+            .stanza_errors
+            .get_or_create(&vec![("condition", self.condition.name())])
+            .inc();
         reply
     }
 }
 
 /// An error reply for a stanza the server could not process, unless it is
 /// itself an error (RFC 6120 §8.3.1: never answer an error with an error).
+/// The defined condition of an error stanza (RFC 6120 §8.3.2), if any.
+pub fn condition_of(stanza: &Element) -> Option<String> {
+    stanza
+        .elements()
+        .find(|e| e.name == "error")?
+        .elements()
+        .find(|c| c.ns == crate::xml::ns::STANZA_ERRORS && c.name != "text")
+        .map(|c| c.name.clone())
+}
+
 pub fn bounce(stanza: &Element, condition: StanzaCondition) -> Option<Element> {
     if stanza.attr("type") == Some("error") {
         return None;

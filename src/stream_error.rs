@@ -90,6 +90,10 @@ impl StreamError {
     /// `<stream:error>` as it goes on the wire (the `stream` prefix is bound
     /// by our header).
     pub fn to_xml(&self) -> String {
+        crate::metrics::get()
+            .stream_errors
+            .get_or_create(&vec![("condition", self.condition.name())])
+            .inc();
         let mut el = Element::new(self.condition.name(), ns::STREAM_ERRORS);
         let mut s = String::from("<stream:error>");
         el.write_to(&mut s, "");

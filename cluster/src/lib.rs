@@ -22,7 +22,7 @@ pub mod storage;
 mod transport;
 
 pub use mesh_tls::{CertAuthority, MeshAuth, MeshTls, TlsError};
-pub use transport::{remote_relay, remote_remove, remote_status, Lane};
+pub use transport::{remote_relay, remote_remove, remote_status, Lane, RelayQueueStats};
 
 /// Code generated from `proto/cluster.proto`.
 pub mod proto {
@@ -717,6 +717,11 @@ impl Cluster {
         receipt: Option<Receipt>,
     ) -> Result<(), Returned> {
         self.relayer.send(node, lane, payload, receipt, &self.rt)
+    }
+
+    /// Each relay queue's depth and connections (metrics).
+    pub fn relay_stats(&self) -> Vec<RelayQueueStats> {
+        self.relayer.stats()
     }
 
     /// Relayed payloads not yet owned by their node (queued or in flight).

@@ -914,6 +914,20 @@ struct PeerRelay {
     addr: String,
     state: std::sync::Mutex<PeerQueue>,
     wake: tokio::sync::Notify,
+    /// Mesh connections its relay task has made (1 when it never broke).
+    connects: AtomicU64,
+}
+
+/// One relay queue, for metrics.
+#[derive(Debug, Clone)]
+pub struct RelayQueueStats {
+    pub node: u64,
+    /// "stanzas", "control" or "forward".
+    pub lane: &'static str,
+    /// Payloads queued or in flight.
+    pub pending: usize,
+    /// Connections made to the node for this queue.
+    pub connects: u64,
 }
 
 #[derive(Default)]
@@ -993,6 +1007,7 @@ impl Relayer {
                     addr: addr.clone(),
                     state: std::sync::Mutex::new(PeerQueue::default()),
                     wake: tokio::sync::Notify::new(),
+                    connects: AtomicU64::new(0),
                 });
                 // What the old task still held goes to the new address.
                 if let Some(old) = queues.insert(key, peer.clone()) {
@@ -1038,6 +1053,28 @@ impl Relayer {
         }
         peer.wake.notify_one();
         Ok(())
+    }
+
+    /// Each queue's depth and connections, for metrics.
+    pub fn stats(&self) -> Vec<RelayQueueStats> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((node, lane), p)| {
+                let q = p.lock();
+                RelayQueueStats {
+                    node: *node,
+                    lane: match lane {
+                        Lane::Stanzas => "stanzas",
+                        Lane::Control => "control",
+                        Lane::Forward(_) => "forward",
+                    },
+                    pending: q.items.len() + q.in_flight,
+                    connects: p.connects.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
     }
 
     /// Payloads queued or in flight to any node.
@@ -1246,6 +1283,9 @@ async fn relay_task(link: RelayLink) {
             client = dial(&link.auth, &link.peer.addr, Some(link.node), None)
                 .await
                 .ok();
+            if client.is_some() {
+                link.peer.connects.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let Some(c) = client.as_mut() else {
             attempt += 1;

@@ -663,6 +663,7 @@ fn terminate_body_remote(error: &str) -> String {
 
 /// §8: a session with no request for `inactivity` (or past its pause) ends.
 async fn watchdog(s: Arc<Session>, registry: Arc<Registry>) {
+    let _live = crate::metrics::Live::new("bosh");
     // Seconds since the stream ended: the next request still hears why.
     let mut ended_for = 0u32;
     loop {

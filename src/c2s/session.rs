@@ -281,6 +281,7 @@ impl C2sSession {
             return;
         }
         let xml = el.to_xml(ns::CLIENT);
+        crate::metrics::get().stanza(false, &el.name);
         let mut gate = None;
         if let Some(sm) = &mut self.sm {
             if is_stanza(el) {
@@ -529,6 +530,7 @@ impl C2sSession {
                 ctx,
             );
         }
+        crate::metrics::get().stanza(true, &el.name);
         // XEP-0198 with a promise: a message counts as handled (h) once the
         // server owns it, not when it is read.
         let (receipt, waiting) = match &mut self.sm {
@@ -581,19 +583,31 @@ impl C2sSession {
             session_id: self.id,
             presence: &self.presence,
         };
+        // Where the message's recipient is, for the acknowledgement
+        // latency (metrics.rs).
+        let recipient = waiting.as_ref().map(|_| self.recipient_of(&el));
+        let started = std::time::Instant::now();
         let outcome = delivery::from_client(&self.ctx, &sender, el, receipt);
-        if let Some((seq, mut rx)) = waiting {
+        if let (Some((seq, mut rx)), Some(recipient)) = (waiting, recipient) {
+            let m = crate::metrics::get();
             match rx.try_recv() {
                 // Owned already (a session here took it): no task needed.
-                Ok(owned) => self.settled(seq, owned, ctx),
+                Ok(owned) => {
+                    m.acked(recipient, started.elapsed());
+                    self.settled(seq, owned, ctx)
+                }
                 Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    m.acked(recipient, started.elapsed());
                     self.settled(seq, true, ctx)
                 }
                 Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
                     ctx.spawn(
                         async move { rx.await.unwrap_or(true) }
                             .into_actor(self)
-                            .map(move |owned, act, ctx| act.settled(seq, owned, ctx)),
+                            .map(move |owned, act, ctx| {
+                                m.acked(recipient, started.elapsed());
+                                act.settled(seq, owned, ctx)
+                            }),
                     );
                 }
             }
@@ -719,6 +733,23 @@ impl C2sSession {
     /// What the client never acknowledged must not vanish (XEP-0198 §5):
     /// messages go back through delivery (offline storage if no other
     /// resource takes them), iq requests get an error, presence is dropped.
+    /// Where a message's addressee is: a session on this node, on another
+    /// node, or neither.
+    fn recipient_of(&self, el: &Element) -> crate::metrics::Recipient {
+        use crate::metrics::Recipient;
+        let Some(to) = el.attr("to").and_then(|t| Jid::new(t).ok()) else {
+            return Recipient::Elsewhere;
+        };
+        let bare = to.to_bare();
+        if !self.ctx.router.resources(&bare).is_empty() {
+            Recipient::Local
+        } else if !self.ctx.state.sessions_of(bare.as_str()).is_empty() {
+            Recipient::OtherNode
+        } else {
+            Recipient::Elsewhere
+        }
+    }
+
     /// Whether this is a temporary account of the anonymous host.
     fn anonymous(&self) -> bool {
         self.ctx
@@ -922,6 +953,18 @@ impl Handler<Deliver> for C2sSession {
             self.send_marked(&el, marker, ctx);
             if let Some(r) = receipt {
                 self.owned_when_written(r);
+            }
+            // XEP-0357: detached, waiting for a resume: the devices hear of it.
+            if self.conn.is_none() && !self.closed && el.name == "message" {
+                let waiting = self.sm.as_ref().map_or(1, |sm| {
+                    sm.unacked
+                        .iter()
+                        .filter(|m| crate::modules::push::wakes(m))
+                        .count() as u64
+                });
+                if let Some(user) = self.ctx.config.account_of(&self.jid) {
+                    self.ctx.modules.push.missed(&self.ctx, &user, &el, waiting);
+                }
             }
         }
     }

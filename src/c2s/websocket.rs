@@ -85,7 +85,14 @@ pub async fn upgrade(
         .aggregate_continuations()
         .max_continuation_size(limit);
     let (r, w) = tokio::io::split(ours);
-    let inbound = actix_web::rt::spawn(inbound(ctx.clone(), messages, w, session.clone(), peer));
+    let live = crate::metrics::Live::new("websocket");
+    let inbound = actix_web::rt::spawn({
+        let (ctx, session) = (ctx.clone(), session.clone());
+        async move {
+            let _live = live;
+            inbound(ctx, messages, w, session, peer).await
+        }
+    });
     actix_web::rt::spawn(outbound(ctx, r, session, see_other, inbound));
     Ok(response)
 }

@@ -12,12 +12,14 @@ pub mod caps;
 pub mod carbons;
 pub mod disco;
 pub mod entity_time;
+pub mod external_services;
 pub mod hooks;
 pub mod last;
 pub mod mam;
 pub mod pep;
 pub mod ping;
 pub mod private;
+pub mod push;
 pub mod register;
 pub mod roster;
 pub mod session;
@@ -182,6 +184,8 @@ pub struct Modules {
     handlers: HashMap<Key, Arc<dyn Module>>,
     /// The message pipeline (`hooks.rs`).
     pub hooks: hooks::Hooks,
+    /// Push notifications (XEP-0357), told of messages devices miss.
+    pub push: Arc<push::Push>,
 }
 
 /// What stops the server at start: modules whose declarations collide.
@@ -230,6 +234,7 @@ impl Modules {
             list,
             handlers,
             hooks,
+            push: push::new(),
         })
     }
 
@@ -240,7 +245,8 @@ impl Modules {
         let archive = Arc::new(archive::Archive::default());
         let message_hooks: Vec<Arc<dyn hooks::MessageHook>> =
             vec![blocking.clone(), archive.clone(), carbons.clone()];
-        Modules::new(
+        let push = push::new();
+        let mut modules = Modules::new(
             vec![
                 Arc::new(disco::Disco),
                 Arc::new(admin_commands::AdminCommands),
@@ -258,9 +264,13 @@ impl Modules {
                 Arc::new(entity_time::EntityTime),
                 Arc::new(mam::Mam { archive }),
                 Arc::new(OfflineFeature),
+                Arc::new(external_services::ExternalServices),
+                push.clone(),
             ],
             message_hooks,
-        )
+        )?;
+        modules.push = push;
+        Ok(modules)
     }
 
     /// The features of an account's bare JID, for disco#info.

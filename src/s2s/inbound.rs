@@ -22,6 +22,7 @@ use crate::xml::{ns, Element, StreamEvent};
 pub async fn handle(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("s2s_in", %peer, remote = tracing::field::Empty);
     async move {
+        let _live = crate::metrics::Live::new("s2s_in");
         let _ = tcp.set_nodelay(true);
         let conn = stream::Conn::new(Box::new(tcp), &ctx, false);
         match serve(&ctx, conn, None).await {
@@ -38,6 +39,7 @@ pub async fn handle(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: SocketAddr) {
 pub async fn handle_direct_tls(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("s2s_in", %peer, tls = "direct", remote = tracing::field::Empty);
     async move {
+        let _live = crate::metrics::Live::new("s2s_in");
         let _ = tcp.set_nodelay(true);
         let wait = Duration::from_secs(ctx.config.limits.auth_timeout_secs);
         let tls = match tokio::time::timeout(wait, ctx.s2s.acceptor.accept(tcp)).await {
@@ -287,6 +289,7 @@ async fn serve(
                 )
                 .await;
             }
+            crate::metrics::get().s2s_stanza(true);
             let mut el = el;
             super::retag(&mut el, ns::SERVER, ns::CLIENT);
             tracing::trace!(from = %from_domain, stanza = %el.to_xml(ns::CLIENT), "inbound stanza");

@@ -350,6 +350,8 @@ fn iq(ctx: &ServerCtx, el: Element, to: &Jid, blocked: bool) {
         return;
     }
     if !request {
+        // An app server's answer to a push notification (XEP-0357).
+        ctx.modules.push.answered(ctx, &el);
         return;
     }
     // A request to a local account's bare JID from a remote user (its

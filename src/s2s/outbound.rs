@@ -127,6 +127,7 @@ impl Handler<SendStanza> for OutboundLink {
     type Result = ();
 
     fn handle(&mut self, msg: SendStanza, ctx: &mut Context<Self>) {
+        crate::metrics::get().s2s_stanza(false);
         if self.writer.is_some() {
             self.write(msg.0, ctx);
         } else if self.queue.len() >= self.ctx.config.s2s.queue {

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod archive;
 pub mod pubsub;
+pub mod push;
 pub mod roster;
 pub mod sessions;
 pub mod snapshot;
@@ -168,6 +169,20 @@ pub enum Command {
     /// Uploads created before this time (unix ms) expire.
     UploadExpire {
         before_ms: u64,
+    },
+    /// XEP-0357: `username` registers (or registers again) a device with
+    /// an app server (`state/push.rs`); refused past `max` registrations.
+    PushEnable {
+        username: String,
+        registration: push::PushRegistration,
+        max: usize,
+    },
+    /// XEP-0357: registrations with the app server `jid` end (only the one
+    /// for `node`, when given).
+    PushDisable {
+        username: String,
+        jid: String,
+        node: Option<String>,
     },
     /// An external component (XEP-0114) for `domain` connected to `node`.
     ComponentBind {
@@ -824,6 +839,37 @@ impl State {
                 }
                 self.archive_used.remove(username.as_bytes())?;
             }
+            Command::PushEnable {
+                username,
+                registration,
+                max,
+            } => {
+                let r = registration;
+                let k = data_key(username, "push", &push::key(&r.jid, &r.node));
+                if !self.user_data.contains_key(&k)?
+                    && self.push_registrations(username)?.len() >= *max
+                {
+                    return Err(StateError::QuotaExceeded(format!(
+                        "{username} has {max} push registrations"
+                    )));
+                }
+                self.user_data.insert(k, serde_json::to_vec(r)?)?;
+            }
+            Command::PushDisable {
+                username,
+                jid,
+                node,
+            } => {
+                for r in self.push_registrations(username)? {
+                    if &r.jid == jid && node.as_ref().is_none_or(|n| n == &r.node) {
+                        self.user_data.remove(data_key(
+                            username,
+                            "push",
+                            &push::key(&r.jid, &r.node),
+                        ))?;
+                    }
+                }
+            }
             Command::SetLastActivity {
                 username,
                 unix_secs,
@@ -1034,6 +1080,30 @@ impl State {
             .collect()
     }
 
+    /// Messages waiting offline, all accounts (metrics; walks the keys).
+    pub fn offline_total(&self) -> u64 {
+        self.offline.len() as u64
+    }
+
+    /// Bytes in every account's archive (metrics).
+    pub fn archive_bytes_total(&self) -> u64 {
+        self.archive_used
+            .iter()
+            .values()
+            .filter_map(|v| v.ok())
+            .filter_map(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .sum()
+    }
+
+    /// How many messages wait for `user`.
+    pub fn offline_count(&self, user: &str) -> u64 {
+        self.offline
+            .scan_prefix(roster::prefix(user))
+            .keys()
+            .count() as u64
+    }
+
     /// Whether `user` has messages waiting.
     pub fn has_offline(&self, user: &str) -> bool {
         self.offline
@@ -1083,6 +1153,22 @@ impl State {
             .user_data
             .get(data_key(user, "private", key))?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// `user`'s push registrations (XEP-0357).
+    pub fn push_registrations(
+        &self,
+        user: &str,
+    ) -> Result<Vec<push::PushRegistration>, StateError> {
+        let mut out = Vec::new();
+        for v in self
+            .user_data
+            .scan_prefix(data_key(user, "push", ""))
+            .values()
+        {
+            out.push(serde_json::from_slice(&v?)?);
+        }
+        Ok(out)
     }
 
     pub fn last_activity(&self, user: &str) -> Result<Option<(u64, String)>, StateError> {

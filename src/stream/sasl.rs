@@ -46,6 +46,14 @@ pub async fn authenticate(
             }
             s.send(&success.to_xml("")).await?;
             tracing::info!(user = %username, mechanism, "authenticated");
+            let mech = offered(ctx, s)
+                .into_iter()
+                .find(|m| *m == mechanism)
+                .unwrap_or("other");
+            crate::metrics::get()
+                .logins
+                .get_or_create(&vec![("mechanism", mech)])
+                .inc();
             s.authenticated = Some(username);
             Ok(true)
         }
@@ -56,6 +64,10 @@ pub async fn authenticate(
                 tokio::time::sleep(delay).await;
             }
             tracing::info!(%failure, mechanism, peer = %s.peer, "authentication failed");
+            crate::metrics::get()
+                .login_failures
+                .get_or_create(&vec![("condition", failure.to_string())])
+                .inc();
             let f = Element::new("failure", ns::SASL)
                 .with_child(Element::new(failure.to_string(), ns::SASL));
             s.send(&f.to_xml("")).await?;
