@@ -17,7 +17,7 @@ use crate::state::{Command, State};
 use crate::stream::{StreamCondition, StreamError};
 
 pub const SOCKET: &str = "admin.sock";
-const TOKEN: &str = "admin.token";
+pub const TOKEN: &str = "admin.token";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]

@@ -410,6 +410,12 @@ pub struct HttpSection {
     /// Treat plain-HTTP clients as secure (a TLS-terminating proxy is in
     /// front). Clients on loopback always are.
     pub behind_tls_proxy: bool,
+    /// Who may use the admin API and status page (`/admin`): "loopback"
+    /// (requests from this machine only), "any", or "off".
+    pub admin: String,
+    /// Their bearer token; empty: the token the node writes to
+    /// `data_dir/admin.token` at start.
+    pub admin_token: String,
 }
 
 impl Default for HttpSection {
@@ -423,6 +429,8 @@ impl Default for HttpSection {
             bosh_inactivity_secs: 60,
             public_url: String::new(),
             cors_origins: vec!["*".into()],
+            admin: "loopback".into(),
+            admin_token: String::new(),
             behind_tls_proxy: false,
         }
     }
@@ -482,6 +490,9 @@ pub struct C2sConfig {
     /// HAProxy with `send-proxy-v2`). Off by default: with it on, clients
     /// that connect directly are refused.
     pub proxy_protocol: bool,
+    /// How long a FAST token (XEP-0484) is valid; a client using one past
+    /// half its life gets a new one.
+    pub fast_token_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -607,6 +618,7 @@ impl Default for C2sConfig {
             direct_tls_listen: "0.0.0.0:5223".into(),
             require_tls: true,
             resource_conflict: ConflictPolicy::Replace,
+            fast_token_ttl_secs: 14 * 86_400,
             proxy_protocol: false,
         }
     }
@@ -846,6 +858,12 @@ impl Config {
         }
         if !self.http.tls_listen.is_empty() {
             parse_addr("http.tls_listen", &self.http.tls_listen)?;
+        }
+        if !["loopback", "any", "off"].contains(&self.http.admin.as_str()) {
+            return Err(ConfigError::BadValue {
+                key: "http.admin".into(),
+                message: format!("{:?}: expected loopback, any or off", self.http.admin),
+            });
         }
         if !(self.http.public_url.is_empty()
             || self.http.public_url.starts_with("http://")

@@ -188,6 +188,7 @@ pub fn start(
             .service(live)
             .service(ready)
             .service(metrics)
+            .configure(crate::admin_http::routes)
             .service(host_meta)
             .service(host_meta_json)
             .route(

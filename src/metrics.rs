@@ -172,6 +172,12 @@ impl Metrics {
         }
     }
 
+    /// Client stanzas read and written so far: (in, out).
+    pub fn stanza_totals(&self) -> (u64, u64) {
+        let sum = |c: &[Counter; 3]| c.iter().map(|c| c.get()).sum();
+        (sum(&self.stanzas_in), sum(&self.stanzas_out))
+    }
+
     /// A stanza on a server-to-server link.
     pub fn s2s_stanza(&self, inbound: bool) {
         if inbound {

@@ -94,6 +94,8 @@ pub enum StateEvent {
     OfflineWaiting(String),
     /// The account (a username) was deleted: its sessions here end.
     AccountDeleted(String),
+    /// An operator ended this full JID's session.
+    Kicked(String),
 }
 
 pub type EventHook = Box<dyn Fn(StateEvent) + Send + Sync>;
@@ -157,6 +159,10 @@ impl ReplicatedState {
             }
             Command::DeleteAccount { username } => {
                 self.emit(StateEvent::AccountDeleted(username.clone()));
+                None
+            }
+            Command::SessionKick { jid } => {
+                self.emit(StateEvent::Kicked(jid.clone()));
                 None
             }
             Command::OfflinePush { username, .. } => {

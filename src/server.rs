@@ -472,13 +472,15 @@ pub fn run(config: Config) -> Result<(), StartError> {
             *per.entry(rec.node).or_default() += 1;
         }
         let list: Vec<String> = per.iter().map(|(n, c)| format!("node {n}: {c}")).collect();
+        // The status page (admin_http.rs) reads the JSON after "summary=".
         format!(
-            "sessions: {}",
+            "sessions: {} summary={}",
             if list.is_empty() {
                 "none".to_string()
             } else {
                 list.join(", ")
-            }
+            },
+            crate::admin_http::node_summary(&ctx)
         )
     }));
     let c2s_addr = c2s.local_addr().ok();

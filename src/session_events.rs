@@ -36,6 +36,18 @@ pub fn on_event(ctx: &Arc<ServerCtx>, ev: StateEvent) {
         }
         StateEvent::Purged(_) => register_again(ctx),
         StateEvent::AccountDeleted(user) => account_deleted(ctx, &user),
+        StateEvent::Kicked(jid) => {
+            if let Some(e) = FullJid::new(&jid)
+                .ok()
+                .and_then(|j| ctx.router.get_full(&j))
+            {
+                tracing::info!(%jid, "session ended by an operator");
+                e.handle.close(StreamError::with_text(
+                    StreamCondition::PolicyViolation,
+                    "ended by the server's operator",
+                ));
+            }
+        }
         StateEvent::OfflineWaiting(bare) => {
             if let Some(p) = BareJid::new(&bare).ok().and_then(|b| ctx.presence.get(&b)) {
                 p.do_send(crate::presence::FlushOffline);

@@ -98,6 +98,7 @@ async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guar
         stream,
         jid,
         bind_iq_id,
+        sasl2,
     } = bound;
     // Binding commits through Raft (the cluster-wide session table): a node
     // without a majority refuses the login instead of binding inconsistently.
@@ -132,8 +133,11 @@ async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guar
             crate::stanza_error::StanzaCondition::InternalServerError,
             e.to_string(),
         );
+        let bind2 = sasl2.is_some();
         tokio::spawn(async move {
-            let _ = stream.send_element(&err.reply_to(&iq)).await;
+            if !bind2 {
+                let _ = stream.send_element(&err.reply_to(&iq)).await;
+            }
             stream
                 .fail(
                     &ctx,
@@ -147,12 +151,37 @@ async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guar
         });
         return;
     }
-    // The bind result is the first thing the session writes.
-    let first = bind_result(&bind_iq_id, &jid).to_xml(ns::CLIENT);
+    // The bind result is the first thing the session writes; for Bind 2,
+    // the SASL2 success with what was enabled inline (XEP-0386 §3.3).
+    let mut inline = crate::stream::sasl2::BindInline::default();
+    let mut sm_id = None;
+    let first = match sasl2 {
+        None => bind_result(&bind_iq_id, &jid).to_xml(ns::CLIENT),
+        Some(b) => {
+            inline = b.inline;
+            let mut bound = crate::xml::Element::new("bound", crate::stream::sasl2::BIND2);
+            if let Some(resume) = inline.sm {
+                let mut enabled = crate::xml::Element::new("enabled", super::stream_management::NS);
+                if resume {
+                    let id = crate::stream::header::new_stream_id();
+                    enabled.set_attr("id", id.clone());
+                    enabled.set_attr("resume", "true");
+                    enabled.set_attr("max", ctx.config.limits.resume_timeout_secs.to_string());
+                    sm_id = Some(id);
+                }
+                bound.push_child(enabled);
+            }
+            let mut results = b.before;
+            results.push(bound);
+            // XEP-0388 §2.6.1: features follow a success; after Bind 2
+            // there is nothing left to negotiate.
+            b.auth.success(jid.as_str(), results).to_xml("") + "<stream:features/>"
+        }
+    };
     let (conn, in_rx) = connection_io(&ctx, stream, first, guard);
     // The user's presence actor, started with the first session.
     let presence = ctx.presence.get_or_start(&ctx, &jid.to_bare());
-    let session = C2sSession::new(
+    let mut session = C2sSession::new(
         sid,
         jid.clone(),
         ctx.clone(),
@@ -161,9 +190,17 @@ async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guar
         tracing::Span::current(),
         presence,
     );
+    if inline.sm.is_some() {
+        session.enable_sm_inline(sm_id);
+    }
+    session.set_inactive(inline.inactive);
     let addr = session.start();
     let replaced = ctx.router.bind(&jid, sid, std::sync::Arc::new(addr));
-    ctx.router.update(&jid, sid, |e| e.bound_at = bound_at);
+    ctx.router.update(&jid, sid, |e| {
+        e.bound_at = bound_at;
+        // XEP-0280 enabled at bind time.
+        e.carbons |= inline.carbons;
+    });
     if let Some(old) = replaced {
         // RFC 6120 §7.7.2.2: the new session wins; the old one gets <conflict/>.
         old.handle.close(StreamError::with_text(
@@ -213,7 +250,11 @@ fn connection_io(
 /// `<resumed/>` and resends what the client has not acknowledged.
 async fn resume_session(ctx: Arc<ServerCtx>, r: stream::Resuming, guard: ConnGuard) {
     let stream::Resuming {
-        stream, session, h, ..
+        stream,
+        session,
+        h,
+        sasl2,
+        ..
     } = r;
     let (conn, in_rx) = connection_io(&ctx, stream, String::new(), guard);
     let mut out = conn.out.clone();
@@ -222,7 +263,8 @@ async fn resume_session(ctx: Arc<ServerCtx>, r: stream::Resuming, guard: ConnGua
             .send(super::session::Attach {
                 conn,
                 inbound: in_rx,
-                h
+                h,
+                sasl2,
             })
             .await,
         Ok(Ok(()))

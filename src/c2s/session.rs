@@ -76,6 +76,8 @@ pub struct Attach {
     pub inbound: mpsc::Receiver<Inbound>,
     /// The client's `h`.
     pub h: u32,
+    /// Resumed inside SASL2 (XEP-0388): `<resumed/>` goes in its success.
+    pub sasl2: Option<crate::stream::sasl2::Authenticated>,
 }
 
 pub struct C2sSession {
@@ -104,6 +106,8 @@ pub struct C2sSession {
     moved: bool,
     /// Stanzas that arrived after the hand-off, before its target was known.
     forward_later: Vec<Element>,
+    /// A resumable id enabled at bind time, registered once started.
+    sm_inline: Option<String>,
 }
 
 /// How long a handed-over session keeps forwarding stanzas that were
@@ -143,6 +147,7 @@ impl C2sSession {
             last_presence: None,
             moved: false,
             forward_later: Vec::new(),
+            sm_inline: None,
         }
     }
 
@@ -175,6 +180,7 @@ impl C2sSession {
             last_presence,
             moved: false,
             forward_later: Vec::new(),
+            sm_inline: None,
         }
     }
 
@@ -750,6 +756,18 @@ impl C2sSession {
         }
     }
 
+    /// Stream management enabled at bind time (XEP-0386 inline); `id` when
+    /// resumable. The `<enabled/>` went out in the bind's success.
+    pub fn enable_sm_inline(&mut self, id: Option<String>) {
+        self.sm_inline = id.clone();
+        self.sm = Some(SmState::new(id));
+    }
+
+    /// CSI state at bind time (XEP-0386 inline `<inactive/>`).
+    pub fn set_inactive(&mut self, inactive: bool) {
+        self.inactive = inactive;
+    }
+
     /// Whether this is a temporary account of the anonymous host.
     fn anonymous(&self) -> bool {
         self.ctx
@@ -805,6 +823,21 @@ impl Actor for C2sSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // Resumable from the start (Bind 2 inline): findable here and,
+        // through the table, from every node.
+        if let Some(id) = self.sm_inline.take() {
+            self.ctx
+                .sm_sessions
+                .insert(&id, ctx.address(), self.jid.clone());
+            self.ctx
+                .replicator
+                .submit(&crate::state::Command::SessionResumable {
+                    jid: self.jid.to_string(),
+                    node: self.ctx.node_id(),
+                    sid: self.id,
+                    sm_id: id,
+                });
+        }
         ctx.set_mailbox_capacity(self.ctx.config.limits.outbound_queue);
         if let Some(rx) = self.first_inbound.take() {
             self.attach_stream(rx, ctx);
@@ -1121,6 +1154,7 @@ impl Handler<Attach> for C2sSession {
             mut conn,
             inbound,
             h,
+            sasl2,
         } = msg;
         let Some(sm) = self.sm.as_mut().filter(|_| !self.closed) else {
             return Err(());
@@ -1153,10 +1187,14 @@ impl Handler<Attach> for C2sSession {
         self.ping_sent_at = None;
         self.attach_stream(inbound, ctx);
         let inbound_h = self.sm.as_ref().map(|s| s.resume_h()).unwrap_or(0);
-        self.write(
-            format!("<resumed xmlns='{SM_NS}' h='{inbound_h}' previd='{id}'/>"),
-            ctx,
-        );
+        let resumed = Element::new("resumed", SM_NS)
+            .with_attr("h", inbound_h.to_string())
+            .with_attr("previd", id);
+        let first = match sasl2 {
+            Some(auth) => auth.success(self.jid.as_str(), vec![resumed]),
+            None => resumed,
+        };
+        self.write(first.to_xml(""), ctx);
         // Everything not acknowledged goes again, in order (§5).
         let again: Vec<String> = self
             .sm

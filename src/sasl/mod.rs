@@ -2,6 +2,7 @@
 
 pub mod anonymous;
 pub mod credentials;
+pub mod ht;
 pub mod plain;
 pub mod scram;
 pub mod throttle;

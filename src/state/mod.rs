@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod archive;
+pub mod fast;
 pub mod pubsub;
 pub mod push;
 pub mod roster;
@@ -169,6 +170,23 @@ pub enum Command {
     /// Uploads created before this time (unix ms) expire.
     UploadExpire {
         before_ms: u64,
+    },
+    /// An operator ends a session (the admin API): the node holding it
+    /// closes it. Nothing is stored.
+    SessionKick {
+        jid: String,
+    },
+    /// XEP-0484: a new FAST token for `username`'s client `agent`; the one
+    /// it had becomes the previous one.
+    FastIssue {
+        username: String,
+        agent: String,
+        token: fast::FastToken,
+    },
+    /// XEP-0484: `username`'s FAST tokens end: one client's, or all.
+    FastRevoke {
+        username: String,
+        agent: Option<String>,
     },
     /// XEP-0357: `username` registers (or registers again) a device with
     /// an app server (`state/push.rs`); refused past `max` registrations.
@@ -577,7 +595,31 @@ impl State {
             Command::SetPassword {
                 username,
                 credentials,
-            } => accounts::set_password(&self.accounts, username, credentials)?,
+            } => {
+                accounts::set_password(&self.accounts, username, credentials)?;
+                // A new password ends every FAST token (XEP-0484 §6).
+                self.revoke_fast(username, None)?;
+            }
+            Command::FastIssue {
+                username,
+                agent,
+                token,
+            } => {
+                let k = data_key(username, "fast", agent);
+                let previous = self
+                    .fast_tokens(username, agent)?
+                    .map(|t| t.current)
+                    .filter(|p| p.expiry_ms > token.issued_ms);
+                let entry = fast::FastTokens {
+                    current: token.clone(),
+                    previous,
+                };
+                self.user_data.insert(k, serde_json::to_vec(&entry)?)?;
+            }
+            Command::SessionKick { .. } => {}
+            Command::FastRevoke { username, agent } => {
+                self.revoke_fast(username, agent.as_deref())?;
+            }
             Command::DeleteAccount { username } => {
                 accounts::delete(&self.accounts, username)?;
                 self.archive_used.remove(username.as_bytes())?;
@@ -1024,6 +1066,20 @@ impl State {
     }
 
     /// The node that owns a hosted entity (`Command::HostedClaim`).
+    /// Hosted entities (group-chat rooms, `name@service`) claimed by a
+    /// node now, with that node.
+    pub fn hosted_claims(&self) -> Vec<(String, u64)> {
+        self.components
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let k = String::from_utf8(k.to_vec()).ok()?;
+                let (node, _): (u64, u64) = serde_json::from_slice(&v).ok()?;
+                k.contains('@').then_some((k, node))
+            })
+            .collect()
+    }
+
     pub fn hosted_owner(&self, entity: &str) -> Option<u64> {
         self.component(entity).map(|(node, _)| node)
     }
@@ -1153,6 +1209,33 @@ impl State {
             .user_data
             .get(data_key(user, "private", key))?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// `user`'s FAST tokens for the client `agent` (XEP-0484).
+    pub fn fast_tokens(
+        &self,
+        user: &str,
+        agent: &str,
+    ) -> Result<Option<fast::FastTokens>, StateError> {
+        match self.user_data.get(data_key(user, "fast", agent))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn revoke_fast(&self, user: &str, agent: Option<&str>) -> Result<(), StateError> {
+        let keys: Vec<sled::IVec> = match agent {
+            Some(a) => vec![data_key(user, "fast", a).into()],
+            None => self
+                .user_data
+                .scan_prefix(data_key(user, "fast", ""))
+                .keys()
+                .collect::<Result<_, _>>()?,
+        };
+        for k in keys {
+            self.user_data.remove(k)?;
+        }
+        Ok(())
     }
 
     /// `user`'s push registrations (XEP-0357).

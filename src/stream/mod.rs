@@ -6,6 +6,7 @@ pub mod bind;
 pub mod header;
 pub mod lazy_reader;
 pub mod sasl;
+pub mod sasl2;
 pub mod starttls;
 pub mod transport;
 
@@ -62,6 +63,8 @@ pub struct Stream {
     /// The domain the client addressed: the server's, or the anonymous
     /// host (XEP-0175).
     pub host: String,
+    /// SASL runs framed by SASL2 (XEP-0388).
+    pub sasl2: bool,
     /// Set once SASL succeeds.
     pub authenticated: Option<String>,
     pub auth_attempts: u32,
@@ -75,16 +78,29 @@ pub struct Bound {
     pub jid: jid::FullJid,
     /// The bind request, answered once the session is registered.
     pub bind_iq_id: String,
+    /// Bound by SASL2's Bind 2 instead: the success to send then.
+    pub sasl2: Option<Sasl2Bind>,
+}
+
+/// A Bind 2 bind (XEP-0386): what its `<success/>` needs once the session
+/// is in place.
+pub struct Sasl2Bind {
+    pub auth: sasl2::Authenticated,
+    pub inline: sasl2::BindInline,
+    /// Inline results from before the bind (a failed inline resume).
+    pub before: Vec<Element>,
 }
 
 enum Step {
     StartTls,
     Bound(jid::FullJid, String),
+    Bound2(jid::FullJid, Sasl2Bind),
     Resume(
         actix::Addr<crate::c2s::session::C2sSession>,
         String,
         u32,
         String,
+        Option<sasl2::Authenticated>,
     ),
 }
 
@@ -97,6 +113,8 @@ pub struct Resuming {
     /// The authenticated user (localpart).
     pub user: String,
     pub h: u32,
+    /// Resumed inside SASL2: the success to wrap `<resumed/>` in.
+    pub sasl2: Option<sasl2::Authenticated>,
 }
 
 /// What negotiation produced.
@@ -122,6 +140,7 @@ impl Stream {
             header_sent: false,
             stream_id: header::new_stream_id(),
             host: ctx.config.domain.clone(),
+            sasl2: false,
             authenticated: None,
             auth_attempts: 0,
             deadline,
@@ -211,15 +230,25 @@ pub async fn negotiate(
                     stream,
                     jid,
                     bind_iq_id,
+                    sasl2: None,
                 }))
             }
-            Ok(Step::Resume(session, user, h, previd)) => {
+            Ok(Step::Bound2(jid, bind)) => {
+                return Some(Negotiated::Bound(Bound {
+                    stream,
+                    jid,
+                    bind_iq_id: String::new(),
+                    sasl2: Some(bind),
+                }))
+            }
+            Ok(Step::Resume(session, user, h, previd, sasl2)) => {
                 return Some(Negotiated::Resume(Resuming {
                     stream,
                     previd,
                     session,
                     user,
                     h,
+                    sasl2,
                 }))
             }
             Err(NegError::Stream(e)) => {
@@ -280,6 +309,75 @@ async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
                     }
                 }
                 // No registration on the anonymous host (XEP-0175).
+                // XEP-0388: SASL2, with Bind 2, inline resumption and FAST.
+                ("authenticate", sasl2::NS) if s.authenticated.is_none() => {
+                    if !s.secure && ctx.config.c2s.require_tls {
+                        return Err(StreamError::with_text(
+                            StreamCondition::PolicyViolation,
+                            "STARTTLS is required before authentication",
+                        )
+                        .into());
+                    }
+                    let Some(auth) = sasl2::authenticate(ctx, s, el).await? else {
+                        continue;
+                    };
+                    let user = auth.username.clone();
+                    let mut before = Vec::new();
+                    if let Some((previd, h)) = auth.resume.clone() {
+                        if ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
+                            return Err(StreamError::with_text(
+                                StreamCondition::SystemShutdown,
+                                "node draining; resume elsewhere",
+                            )
+                            .into());
+                        }
+                        match crate::c2s::listener::locate_session(ctx, &previd, &user).await {
+                            Some(session) => {
+                                return Ok(Step::Resume(session, user, h, previd, Some(auth)))
+                            }
+                            None => {
+                                if !resume_told {
+                                    resume_told = true;
+                                    crate::route::resume_failed(ctx, &user, &previd, h);
+                                }
+                                before.push(
+                                    Element::new("failed", crate::c2s::stream_management::NS)
+                                        .with_child(Element::new(
+                                            "item-not-found",
+                                            ns::STANZA_ERRORS,
+                                        )),
+                                );
+                            }
+                        }
+                    }
+                    if let Some(bind) = auth.bind.clone() {
+                        let resource = sasl2::resource(&bind);
+                        let jid = jid::FullJid::new(&format!(
+                            "{}/{resource}",
+                            ctx.config.account_jid(&user)
+                        ))
+                        .map_err(|_| {
+                            StreamError::with_text(
+                                StreamCondition::InternalServerError,
+                                "no valid resource from this tag",
+                            )
+                        })?;
+                        let inline = sasl2::bind_inline(&bind);
+                        return Ok(Step::Bound2(
+                            jid,
+                            Sasl2Bind {
+                                auth,
+                                inline,
+                                before,
+                            },
+                        ));
+                    }
+                    // No Bind 2: success, then the features for binding on
+                    // the same stream (no restart, §2.6.1).
+                    let bare = ctx.config.account_jid(&user);
+                    s.send(&auth.success(&bare, before).to_xml("")).await?;
+                    s.send(&features(ctx, s).to_xml("")).await?;
+                }
                 ("iq", ns::CLIENT) if s.authenticated.is_none() && !s.anonymous_host(ctx) => {
                     let allowed = s.secure || !ctx.config.c2s.require_tls;
                     match crate::modules::register::pre_auth(ctx, &el, allowed, s.peer.ip()).await {
@@ -311,7 +409,7 @@ async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
                     };
                     match (found, h) {
                         (Some(session), Some(h)) => {
-                            return Ok(Step::Resume(session, user, h, previd))
+                            return Ok(Step::Resume(session, user, h, previd, None))
                         }
                         (_, h) => {
                             if let Some(h) = h.filter(|_| !previd.is_empty() && !resume_told) {
@@ -383,6 +481,7 @@ fn features(ctx: &ServerCtx, s: &Stream) -> Element {
         mechs.push_child(Element::new("mechanism", ns::SASL).with_text(m));
     }
     f.push_child(mechs);
+    f.push_child(sasl2::feature(ctx, s));
     if s.channel_binding.is_some() {
         // XEP-0440: which channel-binding types we support.
         f.push_child(

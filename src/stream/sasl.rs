@@ -35,61 +35,80 @@ pub async fn authenticate(
     auth: Element,
 ) -> Result<bool, NegError> {
     let mechanism = auth.attr("mechanism").unwrap_or_default().to_string();
-    let result = exchange(ctx, s, &mechanism, &auth).await?;
-    let ip = s.peer.ip();
-    match result {
+    s.sasl2 = false;
+    match exchange(ctx, s, &mechanism, &auth).await? {
         Ok((username, additional)) => {
-            ctx.throttle.succeed(ip);
             let mut success = Element::new("success", ns::SASL);
             if let Some(data) = additional {
                 success = success.with_text(B64.encode(data));
             }
             s.send(&success.to_xml("")).await?;
-            tracing::info!(user = %username, mechanism, "authenticated");
-            let mech = offered(ctx, s)
-                .into_iter()
-                .find(|m| *m == mechanism)
-                .unwrap_or("other");
-            crate::metrics::get()
-                .logins
-                .get_or_create(&vec![("mechanism", mech)])
-                .inc();
-            s.authenticated = Some(username);
+            succeeded(ctx, s, &mechanism, username);
             Ok(true)
         }
         Err(failure) => {
-            s.auth_attempts += 1;
-            if failure != SaslFailure::Aborted && failure != SaslFailure::TemporaryAuthFailure {
-                let delay = ctx.throttle.fail(ip);
-                tokio::time::sleep(delay).await;
-            }
-            tracing::info!(%failure, mechanism, peer = %s.peer, "authentication failed");
-            crate::metrics::get()
-                .login_failures
-                .get_or_create(&vec![("condition", failure.to_string())])
-                .inc();
-            let f = Element::new("failure", ns::SASL)
-                .with_child(Element::new(failure.to_string(), ns::SASL));
-            s.send(&f.to_xml("")).await?;
-            // RFC 6120 §6.4.5: a bounded number of retries, then the stream ends.
-            if s.auth_attempts >= ctx.config.limits.max_auth_attempts {
-                return Err(StreamError::with_text(
-                    StreamCondition::PolicyViolation,
-                    "too many failed authentication attempts",
-                )
-                .into());
-            }
+            failed(ctx, s, &mechanism, failure).await?;
             Ok(false)
         }
     }
 }
 
-type Outcome = Result<(String, Option<Vec<u8>>), SaslFailure>;
+/// After a success was sent: the throttle, metrics and log, and the
+/// stream is authenticated as `username`.
+pub(super) fn succeeded(ctx: &ServerCtx, s: &mut Stream, mechanism: &str, username: String) {
+    ctx.throttle.succeed(s.peer.ip());
+    tracing::info!(user = %username, mechanism, sasl2 = s.sasl2, "authenticated");
+    let mech = offered(ctx, s)
+        .into_iter()
+        .chain([crate::sasl::ht::MECHANISM])
+        .find(|m| *m == mechanism)
+        .unwrap_or("other");
+    crate::metrics::get()
+        .logins
+        .get_or_create(&vec![("mechanism", mech)])
+        .inc();
+    s.authenticated = Some(username);
+}
+
+/// Answer a failure (in the stream's SASL framing), slowed down for the
+/// address, and end the stream after too many (RFC 6120 §6.4.5).
+pub(super) async fn failed(
+    ctx: &ServerCtx,
+    s: &mut Stream,
+    mechanism: &str,
+    failure: SaslFailure,
+) -> Result<(), NegError> {
+    s.auth_attempts += 1;
+    if failure != SaslFailure::Aborted && failure != SaslFailure::TemporaryAuthFailure {
+        let delay = ctx.throttle.fail(s.peer.ip());
+        tokio::time::sleep(delay).await;
+    }
+    tracing::info!(%failure, mechanism, peer = %s.peer, "authentication failed");
+    crate::metrics::get()
+        .login_failures
+        .get_or_create(&vec![("condition", failure.to_string())])
+        .inc();
+    // XEP-0388 §2.6.2: the RFC 6120 condition inside SASL2's <failure/>.
+    let framing = if s.sasl2 { super::sasl2::NS } else { ns::SASL };
+    let f =
+        Element::new("failure", framing).with_child(Element::new(failure.to_string(), ns::SASL));
+    s.send(&f.to_xml("")).await?;
+    if s.auth_attempts >= ctx.config.limits.max_auth_attempts {
+        return Err(StreamError::with_text(
+            StreamCondition::PolicyViolation,
+            "too many failed authentication attempts",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+pub(super) type Outcome = Result<(String, Option<Vec<u8>>), SaslFailure>;
 
 /// How long a login waits to read current credentials (Raft ReadIndex).
-const CURRENT_STATE: std::time::Duration = std::time::Duration::from_secs(3);
+pub(super) const CURRENT_STATE: std::time::Duration = std::time::Duration::from_secs(3);
 
-async fn exchange(
+pub(super) async fn exchange(
     ctx: &ServerCtx,
     s: &mut Stream,
     mechanism: &str,
@@ -213,15 +232,17 @@ fn check_plain(ctx: &ServerCtx, message: &[u8]) -> Outcome {
 
 /// Send a challenge and wait for the client's response (or abort).
 async fn challenge(s: &mut Stream, data: &[u8]) -> Result<Result<Vec<u8>, SaslFailure>, NegError> {
-    let mut c = Element::new("challenge", ns::SASL);
+    // The same exchange framed by SASL2 (XEP-0388 §2.4) or RFC 6120.
+    let sasl_ns = if s.sasl2 { super::sasl2::NS } else { ns::SASL };
+    let mut c = Element::new("challenge", sasl_ns);
     if !data.is_empty() {
         c = c.with_text(B64.encode(data));
     }
     s.send(&c.to_xml("")).await?;
     let el = s.read_element().await?;
     match (el.name.as_str(), el.ns.as_str()) {
-        ("response", ns::SASL) => Ok(decode(&el).map(Option::unwrap_or_default)),
-        ("abort", ns::SASL) => Ok(Err(SaslFailure::Aborted)),
+        ("response", n) if n == sasl_ns => Ok(decode(&el).map(Option::unwrap_or_default)),
+        ("abort", n) if n == sasl_ns => Ok(Err(SaslFailure::Aborted)),
         _ => Err(StreamError::with_text(
             StreamCondition::NotAuthorized,
             "expected a SASL response",
@@ -231,7 +252,7 @@ async fn challenge(s: &mut Stream, data: &[u8]) -> Result<Result<Vec<u8>, SaslFa
 }
 
 /// Base64 payload of `<auth/>` or `<response/>`: none, empty ("="), or data.
-fn decode(el: &Element) -> Result<Option<Vec<u8>>, SaslFailure> {
+pub(super) fn decode(el: &Element) -> Result<Option<Vec<u8>>, SaslFailure> {
     let text = el.text();
     let text = text.trim();
     if text.is_empty() {

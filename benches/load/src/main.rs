@@ -118,6 +118,11 @@ struct Args {
     /// sender before writing it.
     #[arg(long)]
     resume: bool,
+    /// How sessions log in: scram (RFC 6120 SASL, stream restart, bind) |
+    /// sasl2 (XEP-0388 SCRAM with Bind 2, one round trip fewer) | fast
+    /// (XEP-0484: a token from a first SASL2 login, then HT-SHA-256-NONE).
+    #[arg(long, default_value = "scram")]
+    auth: String,
 }
 
 type Tls = TlsStream<TcpStream>;
@@ -203,6 +208,8 @@ struct Ctx {
     /// SaltedPassword by (salt, iterations).
     #[allow(clippy::type_complexity)]
     salted: Mutex<std::collections::HashMap<(Vec<u8>, u32), Vec<u8>>>,
+    /// FAST tokens by user index (`--auth fast`).
+    tokens: Mutex<std::collections::HashMap<usize, String>>,
 }
 
 impl Ctx {
@@ -319,8 +326,211 @@ async fn register(ctx: &Ctx, i: usize) -> Result<(), LoadError> {
     }
 }
 
+/// The SCRAM client-final for `server_first`, with the driver's cache of
+/// SaltedPassword (RFC 5802 §5.1 lets clients keep it; so the driver
+/// measures the server, not its own PBKDF2).
+fn scram_final(
+    ctx: &Ctx,
+    scram: &ScramClient,
+    hash: ScramHash,
+    server_first: &[u8],
+) -> Result<Vec<u8>, LoadError> {
+    scram
+        .final_message_with(server_first, |salt, iter| {
+            let key = (salt.to_vec(), iter);
+            if let Some(v) = ctx.salted.lock().expect("cache").get(&key) {
+                return v.clone();
+            }
+            let v = hash.hi(ctx.args.password.as_bytes(), salt, iter);
+            ctx.salted.lock().expect("cache").insert(key, v.clone());
+            v
+        })
+        .map(|(fin, _)| fin)
+        .ok_or_else(|| err("server-first"))
+}
+
+/// A SASL2 login (XEP-0388) with Bind 2 (and stream management inline
+/// with `--resume`), or the same with FAST (XEP-0484) when a token is
+/// known for user `i` (asked for otherwise with `--auth fast`); inline
+/// `resume` (previd, h) instead resumes that session. The success, and the
+/// server round trips it took from the authenticate.
+async fn sasl2_login(
+    ctx: &Ctx,
+    c: &mut Conn,
+    i: usize,
+    resume: Option<(&str, u32)>,
+) -> Result<(Element, u32), LoadError> {
+    const NS: &str = "urn:xmpp:sasl:2";
+    let user = format!("{}{i}", ctx.args.prefix);
+    let fast = ctx.args.auth == "fast";
+    let token = fast
+        .then(|| ctx.tokens.lock().expect("tokens").get(&i).cloned())
+        .flatten();
+    let sm = if ctx.args.resume {
+        "<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
+    } else {
+        ""
+    };
+    let inline = match resume {
+        Some((previd, h)) => format!("<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='{h}'/>"),
+        None => String::new(),
+    };
+    let bind = format!("<bind xmlns='urn:xmpp:bind:0'><tag>load</tag>{sm}</bind>");
+    let agent = format!("<user-agent id='load-{i}'/>");
+    let mut trips = 1;
+    let ok = if let Some(token) = &token {
+        use hmac::{Hmac, Mac};
+        let mut mac =
+            Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes()).map_err(|_| err("key"))?;
+        mac.update(b"Initiator");
+        let mut initial = format!("{user}\0").into_bytes();
+        initial.extend_from_slice(&mac.finalize().into_bytes());
+        c.send(&format!(
+            "<authenticate xmlns='{NS}' mechanism='HT-SHA-256-NONE'><initial-response>{}</initial-response>{agent}{inline}{bind}<fast xmlns='urn:xmpp:fast:0'/></authenticate>",
+            B64.encode(initial)
+        ))
+        .await?;
+        c.element().await?
+    } else {
+        let (hash, mech) = (ScramHash::Sha256, "SCRAM-SHA-256");
+        let scram = ScramClient::new(hash, &user, &ctx.args.password, None);
+        let ask = if fast {
+            "<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>"
+        } else {
+            ""
+        };
+        c.send(&format!(
+            "<authenticate xmlns='{NS}' mechanism='{mech}'><initial-response>{}</initial-response>{agent}{inline}{bind}{ask}</authenticate>",
+            B64.encode(scram.first())
+        ))
+        .await?;
+        let ch = c.element().await?;
+        if ch.name != "challenge" {
+            return Err(err(format!("{user}: authenticate: {}", ch.name)));
+        }
+        let server_first = B64.decode(ch.text().trim()).map_err(|_| err("b64"))?;
+        let fin = scram_final(ctx, &scram, hash, &server_first)?;
+        c.send(&format!(
+            "<response xmlns='{NS}'>{}</response>",
+            B64.encode(fin)
+        ))
+        .await?;
+        trips += 1;
+        c.element().await?
+    };
+    if ok.name != "success" {
+        return Err(err(format!("{user}: {}", ok.to_xml("jabber:client"))));
+    }
+    if let Some(t) = ok
+        .get_child("token", "urn:xmpp:fast:0")
+        .and_then(|t| t.attr("token"))
+    {
+        ctx.tokens.lock().expect("tokens").insert(i, t.to_string());
+    }
+    Ok((ok, trips))
+}
+
+/// Round trips of `connect`: TCP, stream header, STARTTLS, the TLS 1.3
+/// handshake, the stream header again.
+const CONNECT_TRIPS: u32 = 5;
+
+/// One reconnection of user `i` after its connection dropped, resuming its
+/// stream-management session: the classic way (SCRAM, stream restart,
+/// `<resume/>`) or with SASL2 (FAST token, resume inline). Returns how
+/// long it took and its round trips.
+async fn reconnect_once(ctx: &Ctx, i: usize, sasl2: bool) -> Result<(Duration, u32), LoadError> {
+    let user = format!("{}{i}", ctx.args.prefix);
+    // A resumable session, dropped without a goodbye.
+    let previd = if sasl2 {
+        let (mut c, _) = connect(ctx, ctx.server_for(i)).await?;
+        let (ok, _) = sasl2_login(ctx, &mut c, i, None).await?;
+        ok.get_child("bound", "urn:xmpp:bind:0")
+            .and_then(|b| b.get_child("enabled", "urn:xmpp:sm:3"))
+            .and_then(|e| e.attr("id"))
+            .ok_or_else(|| err("no inline <enabled/>"))?
+            .to_string()
+    } else {
+        let (mut c, features) = connect(ctx, ctx.server_for(i)).await?;
+        classic_auth(ctx, &mut c, &user, &features).await?;
+        c.restart(&ctx.args.domain).await?;
+        c.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>load</resource></bind></iq><enable xmlns='urn:xmpp:sm:3' resume='true'/>").await?;
+        loop {
+            let e = c.element().await?;
+            if e.name == "enabled" {
+                break e.attr("id").ok_or_else(|| err("no id"))?.to_string();
+            }
+        }
+    };
+    // The server sees the connection gone and keeps the session detached.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let t0 = Instant::now();
+    let (mut c, features) = connect(ctx, ctx.server_for(i)).await?;
+    let trips = if sasl2 {
+        let (ok, t) = sasl2_login(ctx, &mut c, i, Some((&previd, 0))).await?;
+        if ok.get_child("resumed", "urn:xmpp:sm:3").is_none() {
+            return Err(err(format!("not resumed: {}", ok.to_xml("jabber:client"))));
+        }
+        CONNECT_TRIPS + t
+    } else {
+        classic_auth(ctx, &mut c, &user, &features).await?;
+        c.restart(&ctx.args.domain).await?;
+        c.send(&format!(
+            "<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='0'/>"
+        ))
+        .await?;
+        let r = c.element().await?;
+        if r.name != "resumed" {
+            return Err(err(format!("not resumed: {}", r.name)));
+        }
+        CONNECT_TRIPS + 4
+    };
+    let took = t0.elapsed();
+    let _ = c.send("</stream:stream>").await;
+    Ok((took, trips))
+}
+
+/// RFC 6120 SCRAM (two round trips), with the driver's SaltedPassword cache.
+async fn classic_auth(
+    ctx: &Ctx,
+    c: &mut Conn,
+    user: &str,
+    features: &Element,
+) -> Result<(), LoadError> {
+    let (hash, mech) = best_scram(features).ok_or_else(|| err("no SCRAM offered"))?;
+    let scram = ScramClient::new(hash, user, &ctx.args.password, None);
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mech}'>{}</auth>",
+        B64.encode(scram.first())
+    ))
+    .await?;
+    let ch = c.element().await?;
+    let server_first = B64.decode(ch.text().trim()).map_err(|_| err("b64"))?;
+    let fin = scram_final(ctx, &scram, hash, &server_first)?;
+    c.send(&format!(
+        "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+        B64.encode(fin)
+    ))
+    .await?;
+    let ok = c.element().await?;
+    if ok.name != "success" {
+        return Err(err(format!("{user}: {}", ok.name)));
+    }
+    Ok(())
+}
+
 /// A full login: TLS, SCRAM, bind, initial presence.
 async fn login(ctx: &Ctx, i: usize) -> Result<Conn, LoadError> {
+    if ctx.args.auth != "scram" {
+        let (mut c, _) = connect(ctx, ctx.server_for(i)).await?;
+        sasl2_login(ctx, &mut c, i, None).await?;
+        // The features after the success (nothing left to negotiate).
+        let f = c.element().await?;
+        if f.name != "features" {
+            return Err(err(format!("after success: {}", f.name)));
+        }
+        c.send("<presence/>").await?;
+        return Ok(c);
+    }
     let t0 = Instant::now();
     let trace = std::env::var_os("LOAD_TRACE").is_some();
     let (mut c, features) = connect(ctx, ctx.server_for(i)).await?;
@@ -342,17 +552,7 @@ async fn login(ctx: &Ctx, i: usize) -> Result<Conn, LoadError> {
     // Clients may cache SaltedPassword (RFC 5802 §5.1); so does the driver,
     // so that repeated logins measure the server, not the driver's PBKDF2.
     let server_first = B64.decode(ch.text().trim()).map_err(|_| err("b64"))?;
-    let (fin, _) = scram
-        .final_message_with(&server_first, |salt, iter| {
-            let key = (salt.to_vec(), iter);
-            if let Some(v) = ctx.salted.lock().expect("cache").get(&key) {
-                return v.clone();
-            }
-            let v = hash.hi(ctx.args.password.as_bytes(), salt, iter);
-            ctx.salted.lock().expect("cache").insert(key, v.clone());
-            v
-        })
-        .ok_or_else(|| err("server-first"))?;
+    let fin = scram_final(ctx, &scram, hash, &server_first)?;
     c.send(&format!(
         "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
         B64.encode(fin)
@@ -502,6 +702,7 @@ async fn run(args: Args) -> Report {
         next_source: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         salted: Mutex::new(Default::default()),
+        tokens: Mutex::new(Default::default()),
         args: args.clone(),
     });
     let me = std::process::id();
@@ -576,6 +777,70 @@ async fn run(args: Args) -> Report {
                     args.concurrency
                 ),
             );
+        }
+        "reconnect" => {
+            // Each user in turn (no contention: this measures one client's
+            // wait), classic then SASL2 + FAST; the first round of each
+            // fills the caches (SaltedPassword, tokens) and is not counted.
+            if args.auth != "fast" || !args.resume {
+                eprintln!("  reconnect wants --auth fast --resume");
+            }
+            let mut classic = Vec::new();
+            let mut fast = Vec::new();
+            let mut trips = (0, 0);
+            for round in 0..2 {
+                for i in 0..args.users {
+                    match reconnect_once(&ctx, i, false).await {
+                        Ok((d, t)) if round == 1 => {
+                            classic.push(d);
+                            trips.0 = t;
+                        }
+                        Ok(_) => {}
+                        Err(e) => eprintln!("  classic reconnect {i}: {}", e.0),
+                    }
+                    match reconnect_once(&ctx, i, true).await {
+                        Ok((d, t)) if round == 1 => {
+                            fast.push(d);
+                            trips.1 = t;
+                        }
+                        Ok(_) => {}
+                        Err(e) => eprintln!("  FAST reconnect {i}: {}", e.0),
+                    }
+                }
+            }
+            let median = |v: &mut Vec<Duration>| {
+                v.sort();
+                v.get(v.len() / 2)
+                    .copied()
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    * 1000.0
+            };
+            let (c_ms, f_ms) = (median(&mut classic), median(&mut fast));
+            report.add(
+                "reconnect_classic_ms",
+                format!("{c_ms:.2}"),
+                format!(
+                    "classic reconnect (STARTTLS, SCRAM, restart, resume): {} round trips, median {c_ms:.2} ms ({} samples)",
+                    trips.0,
+                    classic.len()
+                ),
+            );
+            report.add(
+                "reconnect_fast_ms",
+                format!("{f_ms:.2}"),
+                format!(
+                    "SASL2 reconnect (STARTTLS, FAST, inline resume): {} round trips, median {f_ms:.2} ms ({} samples)",
+                    trips.1,
+                    fast.len()
+                ),
+            );
+            report.add(
+                "reconnect_classic_trips",
+                trips.0.to_string(),
+                String::new(),
+            );
+            report.add("reconnect_fast_trips", trips.1.to_string(), String::new());
         }
         "idle" => {
             let (conns, took) = login_all(&ctx, args.users, args.connect_rate).await;
