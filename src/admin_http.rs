@@ -12,8 +12,9 @@
 //! - `GET sessions`, `DELETE sessions/{full JID}` (ended on whichever node
 //!   holds it);
 //! - `POST cluster/drain` (this node), `DELETE cluster/nodes/{id}`;
-//! - `GET rooms` (group chat rooms with records), `POST broadcast`
-//!   `{"body"}` (a headline to every online session).
+//! - `GET rooms` (group chat rooms with records), `GET reports` (XEP-0377
+//!   spam and abuse reports), `POST broadcast` `{"body"}` (a headline to
+//!   every online session).
 //!
 //! `/admin` is the status page: HTML that asks for the token once and shows
 //! `status` every two seconds.
@@ -47,6 +48,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::delete().to(remove_node),
         )
         .route("/admin/api/rooms", web::get().to(rooms))
+        .route("/admin/api/reports", web::get().to(reports))
         .route("/admin/api/broadcast", web::post().to(broadcast));
 }
 
@@ -350,6 +352,16 @@ async fn rooms(req: HttpRequest, ctx: Ctx) -> HttpResponse {
         .map(|(jid, node)| json!({ "jid": jid, "node": node }))
         .collect();
     reply(actix_web::http::StatusCode::OK, json!({ "rooms": rooms }))
+}
+
+/// XEP-0377 spam and abuse reports, oldest first.
+async fn reports(req: HttpRequest, ctx: Ctx) -> HttpResponse {
+    guard!(req, ctx);
+    let list = ctx.state.spam_reports();
+    reply(
+        actix_web::http::StatusCode::OK,
+        json!({ "reports": serde_json::to_value(list).unwrap_or(Value::Null) }),
+    )
 }
 
 async fn broadcast(req: HttpRequest, ctx: Ctx, body: web::Bytes) -> HttpResponse {

@@ -541,6 +541,11 @@ pub struct LimitsConfig {
     pub rate_bytes_per_sec: u64,
     /// Burst allowance over the sustained rate, in bytes.
     pub rate_burst_bytes: u64,
+    /// Stanzas one client session may send per second (a shaper, like
+    /// ejabberd's): past it, with bursts of twice that, the server stops
+    /// reading the connection until the rate allows (TCP pushes back on
+    /// the client). 0: no limit.
+    pub stanzas_per_sec: u64,
     /// Seconds an unauthenticated stream may take to bind.
     pub auth_timeout_secs: u64,
     /// Seconds of client silence before the server pings (XEP-0199).
@@ -632,6 +637,7 @@ impl Default for LimitsConfig {
             max_attributes: 32,
             rate_bytes_per_sec: 256 * 1024,
             rate_burst_bytes: 1024 * 1024,
+            stanzas_per_sec: 0,
             auth_timeout_secs: 30,
             idle_ping_secs: 300,
             ping_timeout_secs: 60,

@@ -136,6 +136,26 @@ async fn the_api_manages_users_and_sessions_with_its_token() {
     .await;
     assert_eq!(code, 404);
 
+    // XEP-0377: a block with a report reaches the operators.
+    let report = "<iq type='set' id='rep'><block xmlns='urn:xmpp:blocking'><item jid='spammer@elsewhere.example'><report xmlns='urn:xmpp:reporting:1' reason='urn:xmpp:reporting:spam'><text>buy now</text></report></item></block></iq>";
+    alice.send(report).await;
+    let r = alice.wait_for(|e| e.attr("id") == Some("rep")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (_, v) = api(&s, "GET", "/admin/api/reports", Some(&t), "").await;
+        if v["reports"].as_array().is_some_and(|r| !r.is_empty()) {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let rep = &v["reports"][0];
+    assert_eq!(rep["reporter"], "alice@localhost");
+    assert_eq!(rep["jid"], "spammer@elsewhere.example");
+    assert_eq!(rep["reason"], "urn:xmpp:reporting:spam");
+    assert_eq!(rep["text"], "buy now");
+
     // Status, rooms; deleting an account ends its session.
     // (The kicked session leaves the table once its unbind is applied.)
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

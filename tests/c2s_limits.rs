@@ -3,6 +3,35 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
+/// The stanza shaper (`limits.stanzas_per_sec`): at 20/s with a burst of
+/// 40, 100 pings take at least 3 s, and every one is answered (the server
+/// stops reading; it drops nothing).
+#[tokio::test]
+async fn stanzas_per_second_are_shaped() {
+    let s = Server::start_with(&[("STARLING_LIMITS_STANZAS_PER_SEC", "20")]);
+    s.add_user("u", "p");
+    let mut c = Client::login(s.c2s, "u", "p", "r").await;
+    let started = Instant::now();
+    for i in 0..100 {
+        c.send(&format!(
+            "<iq type='get' id='p{i}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+    }
+    let mut answered = 0;
+    while answered < 100 {
+        let e = c.wait_for(|e| e.name == "iq").await;
+        assert_eq!(e.attr("type"), Some("result"), "{e:?}");
+        assert_eq!(e.attr("id"), Some(format!("p{answered}").as_str()));
+        answered += 1;
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2800),
+        "100 stanzas passed a 20/s shaper in {took:?}"
+    );
+}
+
 #[tokio::test]
 async fn inbound_rate_is_limited() {
     let s = Server::start_with(&[

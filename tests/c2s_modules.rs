@@ -48,6 +48,7 @@ async fn disco_ping_version() {
         "urn:xmpp:blocking",
         "urn:xmpp:carbons:2",
         "urn:xmpp:ping",
+        "urn:xmpp:reporting:1",
         "urn:xmpp:time",
         "vcard-temp",
     ];
@@ -101,6 +102,8 @@ async fn disco_ping_version() {
             "http://jabber.org/protocol/disco#info",
             "urn:xmpp:mam:2",
             "urn:xmpp:mam:2#extended",
+            // XEP-0357 §5: the account offers push.
+            "urn:xmpp:push:0",
             "urn:xmpp:sid:0"
         ]
     );

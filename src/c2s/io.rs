@@ -272,6 +272,7 @@ pub fn reader(
     mut tx: mpsc::Sender<Inbound>,
     activity: Arc<AtomicU64>,
     mut rate: RateLimit,
+    mut stanzas: Option<RateLimit>,
 ) -> impl std::future::Future<Output = ()> + Send {
     // An `async move` block rather than an `async fn`: an async fn keeps
     // its arguments twice in the task (rust-lang/rust#62958), the parser
@@ -288,6 +289,10 @@ pub fn reader(
             activity.store(clock::now_ms(), Ordering::Relaxed);
             let last = !matches!(ev, Ok(StreamEvent::Stanza(_)) | Ok(StreamEvent::Keepalive));
             rate.charge(parser.last_event_bytes()).await;
+            // The stanza shaper (`limits.stanzas_per_sec`): one token each.
+            if let (Some(s), Ok(StreamEvent::Stanza(_))) = (stanzas.as_mut(), &ev) {
+                s.charge(1).await;
+            }
             let sent = match std::future::poll_fn(|cx| tx.poll_ready(cx)).await {
                 Ok(()) => tx.start_send(Box::new(ev)).is_ok(),
                 Err(_) => false,

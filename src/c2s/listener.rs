@@ -232,8 +232,11 @@ fn connection_io(
     let activity = Arc::new(AtomicU64::new(clock::now_ms()));
     let limits = &ctx.config.limits;
     let rate = RateLimit::new(limits.rate_bytes_per_sec, limits.rate_burst_bytes);
-    let reader =
-        tokio::spawn(io::reader(stream.parser, in_tx, activity.clone(), rate).in_current_span());
+    let stanzas = (limits.stanzas_per_sec > 0)
+        .then(|| RateLimit::new(limits.stanzas_per_sec, limits.stanzas_per_sec * 2));
+    let reader = tokio::spawn(
+        io::reader(stream.parser, in_tx, activity.clone(), rate, stanzas).in_current_span(),
+    );
     let conn = super::session::Conn {
         out: out_tx,
         abort: Some(abort_tx),

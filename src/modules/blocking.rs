@@ -104,9 +104,50 @@ impl super::hooks::MessageHook for Blocking {
     }
 }
 
+/// XEP-0377 spam and abuse reporting, inside a block.
+pub const REPORTING: &str = "urn:xmpp:reporting:1";
+/// Reports kept for the operators (the oldest go first).
+const MAX_REPORTS: usize = 10_000;
+
+/// The reports in a `<block/>`'s items (XEP-0377 §2), from `reporter`.
+fn reports(payload: &Element, reporter: &str) -> Vec<crate::state::SpamReport> {
+    let at_ms = crate::time::unix_now().as_millis() as u64;
+    payload
+        .elements()
+        .filter(|e| e.is("item", NS))
+        .filter_map(|item| {
+            let jid = Jid::new(item.attr("jid")?).ok()?.to_string();
+            let r = item.get_child("report", REPORTING)?;
+            let reason = r.attr("reason").unwrap_or("urn:xmpp:reporting:spam");
+            if !matches!(
+                reason,
+                "urn:xmpp:reporting:spam" | "urn:xmpp:reporting:abuse"
+            ) {
+                return None;
+            }
+            Some(crate::state::SpamReport {
+                reporter: reporter.to_string(),
+                jid,
+                reason: reason.to_string(),
+                text: r
+                    .get_child("text", REPORTING)
+                    .map(|t| t.text().chars().take(1024).collect())
+                    .unwrap_or_default(),
+                stanza_ids: r
+                    .elements()
+                    .filter(|s| s.name == "stanza-id")
+                    .filter_map(|s| Some(format!("{} {}", s.attr("by")?, s.attr("id")?)))
+                    .take(20)
+                    .collect(),
+                at_ms,
+            })
+        })
+        .collect()
+}
+
 impl Module for Blocking {
     fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
-        vec![NS]
+        vec![NS, REPORTING]
     }
 
     fn handles(&self) -> Vec<(IqKind, Addressee, &'static str)> {
@@ -143,11 +184,20 @@ impl Module for Blocking {
                     Err(e) => return Err(e).into(),
                 };
                 let payload = req.payload.clone();
+                let reported = reports(req.payload, bare.as_str());
                 let cmd = Command::Block {
                     username: user,
                     jids: jids.clone(),
                 };
                 super::commit_then(ctx, cmd, "blocklist write", move |ctx, _| {
+                    // XEP-0377: recorded for the operators.
+                    for report in reported {
+                        tracing::info!(reporter = %report.reporter, jid = %report.jid, reason = %report.reason, "abuse report");
+                        ctx.replicator.submit(&Command::SpamReport {
+                            report,
+                            max: MAX_REPORTS,
+                        });
+                    }
                     // §3.3: a blocked contact stops seeing the user's presence.
                     if let Some(a) = ctx.presence.get(&bare) {
                         for j in &jids {

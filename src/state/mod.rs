@@ -171,6 +171,12 @@ pub enum Command {
     UploadExpire {
         before_ms: u64,
     },
+    /// XEP-0377: `reporter` reported `jid` (spam or abuse), for the
+    /// server's operators (the admin API); past `max` kept, the oldest goes.
+    SpamReport {
+        report: SpamReport,
+        max: usize,
+    },
     /// An operator ends a session (the admin API): the node holding it
     /// closes it. Nothing is stored.
     SessionKick {
@@ -376,6 +382,24 @@ impl Drop for SnapshotPending {
         }
     }
 }
+
+/// One abuse report (XEP-0377).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpamReport {
+    /// The reporting account's bare JID.
+    pub reporter: String,
+    /// Whom it reported.
+    pub jid: String,
+    /// `urn:xmpp:reporting:spam` or `urn:xmpp:reporting:abuse`.
+    pub reason: String,
+    pub text: String,
+    /// Stanza ids (XEP-0359) of the reported messages, as `by id`.
+    pub stanza_ids: Vec<String>,
+    pub at_ms: u64,
+}
+
+/// Reports are kept under a name no account can have.
+const REPORTS: &str = "@reports";
 
 /// Keys in `user_data`.
 /// Capabilities are kept under a name no account can have.
@@ -617,6 +641,23 @@ impl State {
                 self.user_data.insert(k, serde_json::to_vec(&entry)?)?;
             }
             Command::SessionKick { .. } => {}
+            Command::SpamReport { report, max } => {
+                let prefix = data_key(REPORTS, "report", "");
+                let kept: Vec<sled::IVec> = self
+                    .user_data
+                    .scan_prefix(&prefix)
+                    .keys()
+                    .collect::<Result<_, _>>()?;
+                for old in kept.iter().take((kept.len() + 1).saturating_sub(*max)) {
+                    self.user_data.remove(old)?;
+                }
+                let k = data_key(
+                    REPORTS,
+                    "report",
+                    &format!("{:020}\0{}\0{}", report.at_ms, report.reporter, report.jid),
+                );
+                self.user_data.insert(k, serde_json::to_vec(report)?)?;
+            }
             Command::FastRevoke { username, agent } => {
                 self.revoke_fast(username, agent.as_deref())?;
             }
@@ -1209,6 +1250,15 @@ impl State {
             .user_data
             .get(data_key(user, "private", key))?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Abuse reports (XEP-0377), oldest first.
+    pub fn spam_reports(&self) -> Vec<SpamReport> {
+        self.user_data
+            .scan_prefix(data_key(REPORTS, "report", ""))
+            .values()
+            .filter_map(|v| v.ok().and_then(|v| serde_json::from_slice(&v).ok()))
+            .collect()
     }
 
     /// `user`'s FAST tokens for the client `agent` (XEP-0484).
