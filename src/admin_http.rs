@@ -66,9 +66,14 @@ fn error(status: actix_web::http::StatusCode, why: impl Into<String>) -> HttpRes
 /// Whether the request may use the API: allowed from where it comes, and
 /// with the token. `Err` is the answer to give.
 fn allowed(req: &HttpRequest, ctx: &ServerCtx) -> Result<(), Box<HttpResponse>> {
+    allowed_with(req, ctx, &ctx.config.http.admin)
+}
+
+/// [`allowed`] with the access rule `mode` ("loopback", "any", "off").
+fn allowed_with(req: &HttpRequest, ctx: &ServerCtx, mode: &str) -> Result<(), Box<HttpResponse>> {
     use actix_web::http::StatusCode;
     let from_here = req.peer_addr().is_some_and(|p| p.ip().is_loopback());
-    match ctx.config.http.admin.as_str() {
+    match mode {
         "any" => {}
         "loopback" if from_here => {}
         _ => return Err(Box::new(error(StatusCode::NOT_FOUND, "not found"))),
@@ -97,6 +102,14 @@ fn allowed(req: &HttpRequest, ctx: &ServerCtx) -> Result<(), Box<HttpResponse>> 
             "a valid bearer token is required",
         )))
     }
+}
+
+/// `/metrics`: open to this machine; from elsewhere, with the token.
+pub fn may_scrape(req: &HttpRequest, ctx: &ServerCtx) -> bool {
+    if req.peer_addr().is_some_and(|p| p.ip().is_loopback()) {
+        return true;
+    }
+    ctx.config.http.admin != "off" && allowed_with(req, ctx, "any").is_ok()
 }
 
 macro_rules! guard {

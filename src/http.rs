@@ -59,9 +59,16 @@ async fn ready(ctx: web::Data<Arc<ServerCtx>>) -> impl Responder {
 /// Prometheus/OpenMetrics exposition (`metrics.rs`): the counters, and
 /// gauges of this node's state read now.
 #[get("/metrics")]
-async fn metrics(ctx: web::Data<Arc<ServerCtx>>) -> HttpResponse {
+async fn metrics(req: HttpRequest, ctx: web::Data<Arc<ServerCtx>>) -> HttpResponse {
     if !ctx.config.http.metrics {
         return HttpResponse::NotFound().finish();
+    }
+    // From this machine, or with the admin token (Prometheus sends it as
+    // a bearer token): the figures describe the cluster.
+    if !crate::admin_http::may_scrape(&req, &ctx) {
+        return HttpResponse::Unauthorized()
+            .content_type("text/plain")
+            .body("metrics: from loopback, or with the admin bearer token\n");
     }
     let m = crate::metrics::get();
     let s = ctx.replicator.cluster().status();

@@ -77,6 +77,16 @@ async fn a_temporary_account_chats_and_is_gone_with_its_session() {
     s.add_user("alice", "wonderland");
     let mut alice = Client::online(s.c2s, "alice", "wonderland", "home").await;
 
+    // Binding before authenticating ends the stream (it must not make a JID
+    // of no account, on either host).
+    for host in [ANON, "localhost"] {
+        let mut pre = Client::connect(s.c2s).await;
+        pre.open_to(host).await;
+        pre.send("<iq type='set' id='a'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+            .await;
+        assert_eq!(pre.stream_error().await, "not-authorized", "{host}");
+    }
+
     // The main domain still logs in as before, without ANONYMOUS.
     let (_, f) = tls_stream(s.c2s, "localhost").await;
     assert!(!mechanisms(&f).contains(&"ANONYMOUS".to_string()), "{f:?}");

@@ -257,8 +257,17 @@ async fn resume_session(ctx: Arc<ServerCtx>, r: stream::Resuming, guard: ConnGua
         session,
         h,
         sasl2,
+        user,
         ..
     } = r;
+    // For a resume inside SASL2, what to say if it fails after all.
+    let sasl2_failed = sasl2.as_ref().map(|auth| {
+        let failed = crate::xml::Element::new("failed", super::stream_management::NS).with_child(
+            crate::xml::Element::new("item-not-found", ns::STANZA_ERRORS),
+        );
+        auth.success(&ctx.config.account_jid(&user), vec![failed])
+            .to_xml("")
+    });
     let (conn, in_rx) = connection_io(&ctx, stream, String::new(), guard);
     let mut out = conn.out.clone();
     let attached = matches!(
@@ -274,10 +283,13 @@ async fn resume_session(ctx: Arc<ServerCtx>, r: stream::Resuming, guard: ConnGua
     );
     if !attached {
         // Gone in the meantime (timed out): the client binds anew.
+        // Inside SASL2 the client waits for a success: it gets one with the
+        // failure inline, then the stream ends and it logs in afresh.
         let f = crate::xml::Element::new("failed", super::stream_management::NS).with_child(
             crate::xml::Element::new("item-not-found", ns::STANZA_ERRORS),
         );
-        let _ = out.try_send(Outbound::Data(f.to_xml("")));
+        let answer = sasl2_failed.unwrap_or_else(|| f.to_xml(""));
+        let _ = out.try_send(Outbound::Data(answer));
         let _ = out.try_send(Outbound::Close(None));
     }
 }

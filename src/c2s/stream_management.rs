@@ -281,7 +281,7 @@ impl SmRegistry {
     ) -> Option<(actix::Addr<super::session::C2sSession>, jid::FullJid)> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.get(id)
-            .filter(|(a, j)| a.connected() && j.to_bare().as_str() == bare)
+            .filter(|(a, j)| a.connected() && j.to_bare().as_str().eq_ignore_ascii_case(bare))
             .cloned()
     }
 }

@@ -109,7 +109,11 @@ pub const REPORTING: &str = "urn:xmpp:reporting:1";
 /// Reports kept for the operators (the oldest go first).
 const MAX_REPORTS: usize = 10_000;
 
-/// The reports in a `<block/>`'s items (XEP-0377 §2), from `reporter`.
+/// Reports one block may carry.
+const REPORTS_PER_BLOCK: usize = 5;
+
+/// The reports in a `<block/>`'s items (XEP-0377 §2), from `reporter`
+/// (not from temporary accounts, which anyone can make).
 fn reports(payload: &Element, reporter: &str) -> Vec<crate::state::SpamReport> {
     let at_ms = crate::time::unix_now().as_millis() as u64;
     payload
@@ -142,6 +146,7 @@ fn reports(payload: &Element, reporter: &str) -> Vec<crate::state::SpamReport> {
                 at_ms,
             })
         })
+        .take(REPORTS_PER_BLOCK)
         .collect()
 }
 
@@ -184,7 +189,11 @@ impl Module for Blocking {
                     Err(e) => return Err(e).into(),
                 };
                 let payload = req.payload.clone();
-                let reported = reports(req.payload, bare.as_str());
+                let reported = if crate::config::is_anonymous_account(&user) {
+                    Vec::new()
+                } else {
+                    reports(req.payload, bare.as_str())
+                };
                 let cmd = Command::Block {
                     username: user,
                     jids: jids.clone(),

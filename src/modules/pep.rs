@@ -153,6 +153,11 @@ pub fn send_last_items(ctx: &ServerCtx, full: &FullJid, interests: &[String]) {
     let Some(user) = ctx.config.account_of(&me) else {
         return;
     };
+    // Temporary accounts have no PEP service (and their local part is not
+    // an account's).
+    if crate::config::is_anonymous_account(&user) {
+        return;
+    }
     let user = user.as_str();
     let mut owners = vec![me.clone()];
     if let Ok(roster) = ctx.state.roster(user) {

@@ -131,6 +131,9 @@ impl Module for Push {
             match c.replicator.commit_async(&cmd).await {
                 Ok(_) => {
                     tracing::info!(%user, op = ?cmd_name(&cmd), "push registration changed");
+                    if let Command::PushDisable { jid, node, .. } = &cmd {
+                        c.modules.push.forget(&user, jid, node.as_deref());
+                    }
                     Ok(None).into()
                 }
                 Err(StateError::QuotaExceeded(m)) => Err(StanzaError::with_text(
@@ -265,9 +268,23 @@ impl Push {
         });
     }
 
+    /// Forget the rate-limit state of devices no longer registered.
+    fn forget(&self, user: &str, jid: &str, node: Option<&str>) {
+        self.devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(u, j, n), _| !(u == user && j == jid && node.is_none_or(|x| x == n)));
+    }
+
     /// Publish one notification (§7) to the device's node.
     fn send(&self, ctx: &ServerCtx, device: &Device, reg: &PushRegistration, s: &Summary) {
-        let id = format!("push-{:016x}", rand::random::<u64>());
+        // The id names the device's node (hashed): an answer that reaches
+        // another node than this one is still understood there.
+        let id = format!(
+            "push-{:016x}-{}",
+            rand::random::<u64>(),
+            node_tag(&reg.node)
+        );
         {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
@@ -291,12 +308,15 @@ impl Push {
         let Some(id) = iq.attr("id").filter(|i| i.starts_with("push-")) else {
             return false;
         };
-        let Some((device, _)) = self
+        let pending = self
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id)
-        else {
+            .map(|(d, _)| d);
+        // Sent from another node: the registration is found from the
+        // answer itself (its addressee, its sender, the node's tag).
+        let Some(device) = pending.or_else(|| device_of_answer(ctx, iq, id)) else {
             return false;
         };
         // Only the app server asked may answer.
@@ -331,6 +351,32 @@ impl Push {
         });
         true
     }
+}
+
+/// A short stable tag of a device's node, for notification ids.
+fn node_tag(node: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(node.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The device an answer to notification `id` is about, when the
+/// notification went out from another node: the account it is addressed
+/// to, a registration with the answering app server whose node has the
+/// id's tag.
+fn device_of_answer(ctx: &ServerCtx, iq: &Element, id: &str) -> Option<Device> {
+    let tag = id.rsplit('-').next()?;
+    let to = jid::Jid::new(iq.attr("to")?).ok()?;
+    let user = ctx.config.account_of(&to)?;
+    let from = jid::Jid::new(iq.attr("from")?).ok()?.to_string();
+    ctx.state
+        .push_registrations(&user)
+        .ok()?
+        .into_iter()
+        .find(|r| r.jid == from && node_tag(&r.node) == tag)
+        .map(|r| (user, r.jid, r.node))
 }
 
 fn body_allowed(ctx: &ServerCtx, reg: &PushRegistration) -> bool {

@@ -398,6 +398,9 @@ pub struct SpamReport {
     pub at_ms: u64,
 }
 
+/// Clients (user-agent ids) with FAST tokens per account (XEP-0484).
+const MAX_FAST_CLIENTS: usize = 16;
+
 /// Reports are kept under a name no account can have.
 const REPORTS: &str = "@reports";
 
@@ -629,6 +632,32 @@ impl State {
                 agent,
                 token,
             } => {
+                // Bounded per account: expired tokens go, and past
+                // MAX_FAST_CLIENTS other clients the oldest issued goes.
+                let mut others: Vec<(u64, u64, sled::IVec)> = Vec::new();
+                for kv in self.user_data.scan_prefix(data_key(username, "fast", "")) {
+                    let (k, v) = kv?;
+                    if k.as_ref() == data_key(username, "fast", agent).as_slice() {
+                        continue;
+                    }
+                    let t: fast::FastTokens = serde_json::from_slice(&v)?;
+                    others.push((t.current.expiry_ms, t.current.issued_ms, k));
+                }
+                others.sort_by_key(|o| o.1);
+                let expired = others.iter().filter(|o| o.0 <= token.issued_ms).count();
+                let excess = others
+                    .len()
+                    .saturating_sub(expired)
+                    .saturating_sub(MAX_FAST_CLIENTS - 1);
+                let mut excess_left = excess;
+                for (expiry, _, k) in &others {
+                    if *expiry <= token.issued_ms {
+                        self.user_data.remove(k)?;
+                    } else if excess_left > 0 {
+                        excess_left -= 1;
+                        self.user_data.remove(k)?;
+                    }
+                }
                 let k = data_key(username, "fast", agent);
                 let previous = self
                     .fast_tokens(username, agent)?

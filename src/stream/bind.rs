@@ -37,7 +37,17 @@ pub(super) async fn handle(
                     return Ok(None);
                 }
             },
-            None => generated(ctx, &user),
+            None => match generated(ctx, &user) {
+                Some(j) => j,
+                None => {
+                    let err = StanzaError::with_text(
+                        StanzaCondition::InternalServerError,
+                        "no resource could be made for this account",
+                    );
+                    s.send_element(&err.reply_to(iq)).await?;
+                    return Ok(None);
+                }
+            },
         };
         if crate::route::full(ctx, &jid).is_some()
             && ctx.config.c2s.resource_conflict == ConflictPolicy::Reject
@@ -61,8 +71,9 @@ pub(super) async fn handle(
 }
 
 /// A server-generated resource (RFC 6120 §7.6.2.1), unique among this user's sessions.
-fn generated(ctx: &ServerCtx, user: &str) -> FullJid {
-    loop {
+fn generated(ctx: &ServerCtx, user: &str) -> Option<FullJid> {
+    // Bounded: a JID that cannot be made at all must not spin the thread.
+    for _ in 0..16 {
         let res: String = rand::thread_rng()
             .sample_iter(&Alphanumeric)
             .take(12)
@@ -70,10 +81,11 @@ fn generated(ctx: &ServerCtx, user: &str) -> FullJid {
             .collect();
         if let Ok(j) = FullJid::new(&format!("{}/{res}", ctx.config.account_jid(user))) {
             if crate::route::full(ctx, &j).is_none() {
-                return j;
+                return Some(j);
             }
         }
     }
+    None
 }
 
 /// The bind result sent once the session is in place.

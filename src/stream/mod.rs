@@ -351,17 +351,19 @@ async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
                         }
                     }
                     if let Some(bind) = auth.bind.clone() {
-                        let resource = sasl2::resource(&bind);
-                        let jid = jid::FullJid::new(&format!(
-                            "{}/{resource}",
-                            ctx.config.account_jid(&user)
-                        ))
-                        .map_err(|_| {
-                            StreamError::with_text(
-                                StreamCondition::InternalServerError,
-                                "no valid resource from this tag",
-                            )
-                        })?;
+                        let bare = ctx.config.account_jid(&user);
+                        // A tag that makes no valid resource: a random one.
+                        let jid = jid::FullJid::new(&format!("{bare}/{}", sasl2::resource(&bind)))
+                            .or_else(|_| {
+                                let untagged = Element::new("bind", sasl2::BIND2);
+                                jid::FullJid::new(&format!("{bare}/{}", sasl2::resource(&untagged)))
+                            })
+                            .map_err(|_| {
+                                StreamError::with_text(
+                                    StreamCondition::InternalServerError,
+                                    "no valid resource for this account",
+                                )
+                            })?;
                         let inline = sasl2::bind_inline(&bind);
                         return Ok(Step::Bound2(
                             jid,
@@ -385,7 +387,8 @@ async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
                         None => return Err(not_authorized()),
                     }
                 }
-                ("iq", ns::CLIENT) => {
+                // Bind (and the legacy session) only once authenticated.
+                ("iq", ns::CLIENT) if s.authenticated.is_some() => {
                     if let Some(step) = bind::handle(ctx, s, &el).await? {
                         return Ok(step);
                     }

@@ -189,12 +189,19 @@ pub(super) async fn exchange(
 async fn temporary_account(ctx: &ServerCtx, host: &str, trace: &str) -> Outcome {
     let local = crate::sasl::anonymous::new_local_part();
     let username = format!("{local}@{host}");
-    let password: String =
-        crate::sasl::anonymous::new_local_part() + &crate::sasl::anonymous::new_local_part();
-    let credentials = crate::sasl::Credentials::new(&password).map_err(|e| {
-        tracing::warn!(error = %e, "cannot make a temporary account's credentials");
-        SaslFailure::TemporaryAuthFailure
-    })?;
+    // Nobody can log in with a password to an account keyed `x@host`
+    // (no username normalizes to it), so one set of random credentials,
+    // derived once per process, serves every temporary account.
+    static UNUSABLE: std::sync::OnceLock<Option<crate::sasl::Credentials>> =
+        std::sync::OnceLock::new();
+    let credentials = UNUSABLE
+        .get_or_init(|| {
+            let password = crate::sasl::anonymous::new_local_part()
+                + &crate::sasl::anonymous::new_local_part();
+            crate::sasl::Credentials::new(&password).ok()
+        })
+        .clone()
+        .ok_or(SaslFailure::TemporaryAuthFailure)?;
     let cmd = crate::state::Command::CreateAccount {
         username: username.clone(),
         credentials,
