@@ -519,14 +519,24 @@ impl Module for Mam {
         let user = user.as_str();
         match (req.kind, req.payload.name.as_str()) {
             (IqKind::Set, "query") => match (self.archive.settled(), req.server.arc()) {
-                // Writes queued here first: answer once they are in.
-                (Some(settled), Some(c)) => {
+                // Writes queued here first, and what the cluster committed
+                // before the query (a copy another node archived, for a
+                // message already delivered here): answer once they are in.
+                (settled, Some(c)) => {
                     let (from, iq, payload) =
                         (req.from.clone(), req.iq.clone(), req.payload.clone());
                     let (kind, addressee, session_id) = (req.kind, req.addressee, req.session_id);
                     let user = user.to_string();
                     IqResponse::later(async move {
-                        let _ = settled.await;
+                        if let Some(settled) = settled {
+                            let _ = settled.await;
+                        }
+                        // Raft ReadIndex; on failure, what this node has.
+                        let _ = c
+                            .replicator
+                            .cluster()
+                            .caught_up(std::time::Duration::from_secs(2))
+                            .await;
                         let req = IqRequest {
                             server: &c,
                             from: &from,
