@@ -396,18 +396,7 @@ impl C2sSession {
                         "max",
                         self.ctx.config.limits.resume_timeout_secs.to_string(),
                     );
-                    self.ctx
-                        .sm_sessions
-                        .insert(id, ctx.address(), self.jid.clone());
-                    // Recorded cluster-wide so the client can resume on any node.
-                    self.ctx
-                        .replicator
-                        .submit(&crate::state::Command::SessionResumable {
-                            jid: self.jid.to_string(),
-                            node: self.ctx.node_id(),
-                            sid: self.id,
-                            sm_id: id.clone(),
-                        });
+                    self.register_resumable(id, ctx);
                 }
                 self.sm = Some(SmState::new(id));
                 self.write(enabled.to_xml(""), ctx);
@@ -756,6 +745,22 @@ impl C2sSession {
         }
     }
 
+    /// Make session `id` resumable: findable here, and recorded
+    /// cluster-wide so the client can resume on any node.
+    fn register_resumable(&self, id: &str, ctx: &mut Context<Self>) {
+        self.ctx
+            .sm_sessions
+            .insert(id, ctx.address(), self.jid.clone());
+        self.ctx
+            .replicator
+            .submit(&crate::state::Command::SessionResumable {
+                jid: self.jid.to_string(),
+                node: self.ctx.node_id(),
+                sid: self.id,
+                sm_id: id.to_string(),
+            });
+    }
+
     /// Stream management enabled at bind time (XEP-0386 inline); `id` when
     /// resumable. The `<enabled/>` went out in the bind's success.
     pub fn enable_sm_inline(&mut self, id: Option<String>) {
@@ -826,17 +831,7 @@ impl Actor for C2sSession {
         // Resumable from the start (Bind 2 inline): findable here and,
         // through the table, from every node.
         if let Some(id) = self.sm_inline.take() {
-            self.ctx
-                .sm_sessions
-                .insert(&id, ctx.address(), self.jid.clone());
-            self.ctx
-                .replicator
-                .submit(&crate::state::Command::SessionResumable {
-                    jid: self.jid.to_string(),
-                    node: self.ctx.node_id(),
-                    sid: self.id,
-                    sm_id: id,
-                });
+            self.register_resumable(&id, ctx);
         }
         ctx.set_mailbox_capacity(self.ctx.config.limits.outbound_queue);
         if let Some(rx) = self.first_inbound.take() {
