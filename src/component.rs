@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::s2s::stream::{fail, Conn};
 use crate::server::ServerCtx;
-use crate::stanza_error::StanzaCondition;
+use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::Command;
 use crate::stream::{StreamCondition, StreamError};
 use crate::xml::{ns, Element, StreamEvent};
@@ -36,7 +36,7 @@ pub fn is_component(ctx: &ServerCtx, domain: &str) -> bool {
 
 /// Route a stanza to the component serving its `to` domain: on this node,
 /// or relayed to the node it is connected to. Nobody connected: the sender
-/// gets `<service-unavailable/>`.
+/// gets `<service-unavailable/>` naming the component ([`bounce_away`]).
 pub fn route(ctx: &ServerCtx, stanza: Element, domain: &str) {
     if deliver_here(ctx, &stanza, domain) {
         return;
@@ -50,8 +50,28 @@ pub fn route(ctx: &ServerCtx, stanza: Element, domain: &str) {
                 xml: stanza.to_xml(ns::CLIENT),
             },
         ),
-        _ => crate::s2s::bounce_local(ctx, &stanza, StanzaCondition::ServiceUnavailable),
+        _ => bounce_away(ctx, &stanza, domain),
     }
+}
+
+/// A stanza for a component connected nowhere (a gateway restarting, or
+/// moving to another node after a drain): its sender, here or on another
+/// server, gets `<service-unavailable/>` with a text that says so (RFC 6120
+/// §8.3.3.19), rather than a bare condition a user cannot read.
+pub fn bounce_away(ctx: &ServerCtx, stanza: &Element, domain: &str) {
+    tracing::info!(
+        %domain,
+        kind = %stanza.name,
+        from = stanza.attr("from").unwrap_or_default(),
+        reason = "component not connected",
+        "stanza bounced"
+    );
+    if stanza.attr("type") == Some("error") {
+        return;
+    }
+    let text = format!("{domain} is not connected at the moment; try again shortly");
+    let err = StanzaError::with_text(StanzaCondition::ServiceUnavailable, text).reply_to(stanza);
+    crate::delivery::route_reply(ctx, err);
 }
 
 /// Hand `stanza` to the component connected here, if it is.
@@ -114,6 +134,16 @@ async fn serve(ctx: &Arc<ServerCtx>, mut conn: Conn) -> Result<(), crate::s2s::S
     let Some(secret) = secret else {
         return fail(&mut conn, StreamCondition::HostUnknown, "no such component").await;
     };
+    // A draining node takes no new components: the gateway reconnects to
+    // a node that stays (through the load balancer in front of them).
+    if ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return fail(
+            &mut conn,
+            StreamCondition::SystemShutdown,
+            "node draining; connect to another node",
+        )
+        .await;
+    }
     let hs = tokio::time::timeout(deadline, conn.element())
         .await
         .map_err(|_| crate::s2s::S2sError::Timeout)??;
@@ -212,6 +242,40 @@ async fn serve(ctx: &Arc<ServerCtx>, mut conn: Conn) -> Result<(), crate::s2s::S
     });
     tracing::info!("component disconnected");
     Ok(())
+}
+
+/// Draining: end every component stream here with `<system-shutdown/>`
+/// and unbind its domain cluster-wide (awaited, bounded), so stanzas for
+/// it get a readable error until the component is back on another node,
+/// instead of waiting on this one.
+pub async fn close_all(ctx: &ServerCtx, wait: Duration) {
+    let all: Vec<(String, (u64, mpsc::Sender<String>))> = ctx
+        .components
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .collect();
+    for (domain, (sid, tx)) in all {
+        let reason = StreamError::with_text(
+            StreamCondition::SystemShutdown,
+            "node draining; connect to another node",
+        );
+        // The writer closes the stream once this is out (its sender is
+        // dropped here).
+        let _ = tx.try_send(reason.to_xml());
+        drop(tx);
+        tracing::info!(%domain, "component closed: node draining");
+        let unbind = Command::ComponentUnbind {
+            domain: domain.clone(),
+            node: ctx.node_id(),
+            sid,
+        };
+        match tokio::time::timeout(wait, ctx.replicator.commit_async(&unbind)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(%domain, error = %e, "component unbind not committed"),
+            Err(_) => tracing::warn!(%domain, "component unbind not committed in time"),
+        }
+    }
 }
 
 /// A stanza the component sent: it must come from its own domain

@@ -2,7 +2,9 @@
 //! ready so load balancers send no new clients, move Raft leadership away,
 //! and hand every resumable session (XEP-0198) to another node, where its
 //! client resumes after `<system-shutdown/>`. Other sessions just end and
-//! their clients log in again. Every step is bounded.
+//! their clients log in again. External components are closed with
+//! `<system-shutdown/>` and unbound, to reconnect elsewhere. Every step is
+//! bounded.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,6 +35,9 @@ pub async fn drain(ctx: &Arc<ServerCtx>) {
     // Each resumable session first, spread over the other nodes, while we
     // are still leader (raft-rs drops proposals during a leader transfer,
     // and the new nodes' binds are proposals).
+    // Components (gateways) first: they reconnect to a node that stays,
+    // and meanwhile stanzas for them get an error that says why.
+    crate::component::close_all(ctx, PUSH_WAIT).await;
     let sessions = ctx.sm_sessions.all();
     let mut pushes = tokio::task::JoinSet::new();
     for (i, (_, addr)) in sessions.into_iter().enumerate() {

@@ -60,9 +60,9 @@ pub trait Above: Send + Sync {
 pub trait Elsewhere: Send + Sync {
     /// Send a stanza a local entity addressed to another domain.
     fn send(&self, ctx: &ServerCtx, stanza: Element);
-    /// A stanza relayed to this node for a component connected here;
-    /// false if it is not (any more).
-    fn to_component_here(&self, ctx: &ServerCtx, stanza: &Element, domain: &str) -> bool;
+    /// A stanza relayed to this node for a component connected here; if
+    /// it is not (any more), the sender gets an error naming it.
+    fn to_component_here(&self, ctx: &ServerCtx, stanza: &Element, domain: &str);
     /// A stanza for an entity of a hosted service (a group-chat room):
     /// relayed to this node as its owner (`hops` nodes so far), or given
     /// back by a dead node (0: served again, wherever the entity lives).
@@ -761,13 +761,7 @@ pub async fn serve_relays(
             }
             Relay::Component { domain, xml } => {
                 if let Ok(el) = crate::xml::parse_fragment(&xml) {
-                    if !ctx.elsewhere.to_component_here(&ctx, &el, &domain) {
-                        ctx.elsewhere.bounce_local(
-                            &ctx,
-                            &el,
-                            crate::stanza_error::StanzaCondition::ServiceUnavailable,
-                        );
-                    }
+                    ctx.elsewhere.to_component_here(&ctx, &el, &domain);
                 }
             }
             Relay::Hosted { domain, xml, hops } => match crate::xml::parse_fragment(&xml) {

@@ -172,8 +172,10 @@ impl crate::route::Elsewhere for Transports {
         send(ctx, stanza)
     }
 
-    fn to_component_here(&self, ctx: &ServerCtx, stanza: &Element, domain: &str) -> bool {
-        crate::component::deliver_here(ctx, stanza, domain)
+    fn to_component_here(&self, ctx: &ServerCtx, stanza: &Element, domain: &str) {
+        if !crate::component::deliver_here(ctx, stanza, domain) {
+            crate::component::bounce_away(ctx, stanza, domain);
+        }
     }
 
     fn to_hosted(&self, ctx: &ServerCtx, stanza: Element, domain: &str, hops: u8) {

@@ -3,6 +3,8 @@
 //! over real sockets.
 #![allow(dead_code)]
 
+pub mod prosody;
+
 use std::io::{BufRead, BufReader as StdBufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, ExitStatus, Stdio};
