@@ -44,6 +44,9 @@ pub struct ServerCtx {
     pub router: Router,
     pub modules: Modules,
     pub tls: TlsAcceptor,
+    /// tls-server-end-point data of the c2s certificate (RFC 5929), for
+    /// HT-SHA-256-ENDP (FAST); `None` for certificates it does not cover.
+    pub tls_end_point: Option<Vec<u8>>,
     /// Federation: outbound links, dialback secret, resolver.
     pub s2s: crate::s2s::S2s,
     /// External components connected to this node (XEP-0114).
@@ -311,6 +314,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         &config.domain,
     )?;
     let tls = crate::tls::server_config(&identity, config.tls.session_tickets)?;
+    let tls_end_point = identity
+        .certs
+        .first()
+        .and_then(|c| crate::sasl::ht::end_point_hash(c));
     let https = match https {
         Some(l) => Some((l, crate::tls::http_server_config(&identity)?)),
         None => None,
@@ -358,6 +365,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         router: Router::default(),
         modules: Modules::standard()?,
         tls: TlsAcceptor::from(tls.clone()),
+        tls_end_point,
         s2s: s2s_state,
         components: Default::default(),
         services,

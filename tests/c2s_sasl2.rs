@@ -66,12 +66,23 @@ fn authenticate(mechanism: &str, initial: &[u8], agent: &str, extra: Vec<Element
 }
 
 fn request_token() -> Element {
-    Element::new("request-token", FAST).with_attr("mechanism", "HT-SHA-256-NONE")
+    request_token_for("HT-SHA-256-NONE")
+}
+
+fn request_token_for(mechanism: &str) -> Element {
+    Element::new("request-token", FAST).with_attr("mechanism", mechanism)
 }
 
 fn ht_initial(user: &str, token: &str) -> Vec<u8> {
+    ht_initial_cb(user, token, b"")
+}
+
+/// The initiator's message with channel-binding data `cb` (the draft's
+/// "Initiator" || cb-data), computed here independently of the server.
+fn ht_initial_cb(user: &str, token: &str, cb: &[u8]) -> Vec<u8> {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes()).expect("key");
     mac.update(b"Initiator");
+    mac.update(cb);
     let mut m = format!("{user}\0").into_bytes();
     m.extend_from_slice(&mac.finalize().into_bytes());
     m
@@ -142,13 +153,14 @@ async fn sasl2_and_fast_on_raw_streams() {
     let inline = auth.get_child("inline", SASL2).expect("inline");
     assert!(inline.get_child("bind", "urn:xmpp:bind:0").is_some());
     assert!(inline.get_child("sm", "urn:xmpp:sm:3").is_some());
+    let fast: Vec<String> = inline
+        .get_child("fast", FAST)
+        .map(|f| f.elements().map(|m| m.text()).collect())
+        .unwrap_or_default();
     assert_eq!(
-        inline
-            .get_child("fast", FAST)
-            .and_then(|f| f.get_child("mechanism", FAST))
-            .map(|m| m.text())
-            .as_deref(),
-        Some("HT-SHA-256-NONE")
+        fast,
+        ["HT-SHA-256-EXPR", "HT-SHA-256-ENDP", "HT-SHA-256-NONE"],
+        "channel-bound first (TLS 1.3, an ECDSA P-256 certificate)"
     );
     assert!(f
         .get_child("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl")
@@ -273,6 +285,90 @@ async fn sasl2_and_fast_on_raw_streams() {
 }
 
 /// slixmpp has no SASL2: it still logs in with RFC 6120 SASL (SCRAM).
+/// HT-SHA-256-EXPR and -ENDP (XEP-0484 with the HT draft's channel
+/// bindings): a token is issued for the mechanism asked for, proves itself
+/// only over the channel it names (this connection's tls-exporter, or the
+/// hash of the server's certificate), and is refused under another
+/// mechanism.
+#[tokio::test]
+async fn fast_tokens_bound_to_the_tls_channel() {
+    let s = Server::start();
+    s.add_user("alice", "wonderland");
+    for mechanism in ["HT-SHA-256-EXPR", "HT-SHA-256-ENDP"] {
+        let agent = format!("agent-{mechanism}");
+        let (mut c, _) = tls_stream(&s).await;
+        c.send(&authenticate(
+            "PLAIN",
+            b"\0alice\0wonderland",
+            &agent,
+            vec![request_token_for(mechanism)],
+        ))
+        .await;
+        let ok = c.element().await;
+        let old_exporter = c.exporter.clone().expect("TLS 1.3 exporter");
+        let token = ok
+            .get_child("token", FAST)
+            .and_then(|t| t.attr("token"))
+            .unwrap_or_else(|| panic!("a token for {mechanism}: {ok:?}"))
+            .to_string();
+
+        // A new connection: its own channel-binding data.
+        let (mut c, _) = tls_stream(&s).await;
+        let cb = match mechanism {
+            "HT-SHA-256-EXPR" => c.exporter.clone().expect("exporter"),
+            _ => {
+                use sha2::Digest;
+                sha2::Sha256::digest(c.peer_cert.as_ref().expect("server certificate")).to_vec()
+            }
+        };
+        c.send(&authenticate(
+            mechanism,
+            &ht_initial_cb("alice", &token, &cb),
+            &agent,
+            vec![Element::new("fast", FAST)],
+        ))
+        .await;
+        let ok = c.element().await;
+        assert_eq!(ok.name, "success", "{mechanism}: {ok:?}");
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes()).expect("key");
+        mac.update(b"Responder");
+        mac.update(&cb);
+        let data = ok
+            .get_child("additional-data", SASL2)
+            .map(|d| B64.decode(d.text()).expect("base64"))
+            .expect("the server's proof");
+        assert_eq!(data, mac.finalize().into_bytes().to_vec(), "{mechanism}");
+
+        // The same token proved over other channel data, or under -NONE,
+        // is refused.
+        let wrong_cb = if mechanism == "HT-SHA-256-EXPR" {
+            old_exporter
+        } else {
+            vec![0u8; 32]
+        };
+        for (mech, initial) in [
+            (mechanism, ht_initial_cb("alice", &token, &wrong_cb)),
+            ("HT-SHA-256-NONE", ht_initial("alice", &token)),
+        ] {
+            let (mut c, _) = tls_stream(&s).await;
+            c.send(&authenticate(
+                mech,
+                &initial,
+                &agent,
+                vec![Element::new("fast", FAST)],
+            ))
+            .await;
+            let r = c.element().await;
+            assert_eq!(r.name, "failure", "{mechanism} token under {mech}: {r:?}");
+            assert!(
+                r.get_child("not-authorized", "urn:ietf:params:xml:ns:xmpp-sasl")
+                    .is_some(),
+                "{r:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_client_without_sasl2_still_logs_in() {
     let s = Server::start();

@@ -57,6 +57,8 @@ pub struct Stream {
     pub can_starttls: bool,
     /// tls-exporter data when the TLS session offers it.
     pub channel_binding: Option<Vec<u8>>,
+    /// tls-server-end-point data (RFC 5929) on a TLS stream to our listener.
+    pub end_point: Option<Vec<u8>>,
     /// Our stream header has gone out (a stream error needs one first).
     pub header_sent: bool,
     pub stream_id: String,
@@ -128,6 +130,11 @@ impl Stream {
         let secure = conn.is_tls();
         let can_starttls = conn.can_starttls();
         let channel_binding = conn.channel_binding();
+        // Our own certificate is the one on a TLS stream to our listener
+        // (not on one bridged from HTTP, whose TLS may be a proxy's).
+        let end_point = matches!(conn, MaybeTls::Tls(_))
+            .then(|| ctx.tls_end_point.clone())
+            .flatten();
         let (r, w) = tokio::io::split(conn);
         Stream {
             // Held only while bytes are being parsed, not while idle.
@@ -137,6 +144,7 @@ impl Stream {
             secure,
             can_starttls,
             channel_binding,
+            end_point,
             header_sent: false,
             stream_id: header::new_stream_id(),
             host: ctx.config.domain.clone(),

@@ -60,7 +60,11 @@ pub(super) fn succeeded(ctx: &ServerCtx, s: &mut Stream, mechanism: &str, userna
     tracing::info!(user = %username, mechanism, sasl2 = s.sasl2, "authenticated");
     let mech = offered(ctx, s)
         .into_iter()
-        .chain([crate::sasl::ht::MECHANISM])
+        .chain([
+            crate::sasl::ht::MECHANISM,
+            crate::sasl::ht::EXPR,
+            crate::sasl::ht::ENDP,
+        ])
         .find(|m| *m == mechanism)
         .unwrap_or("other");
     crate::metrics::get()

@@ -1,7 +1,8 @@
 //! SASL2 (XEP-0388) on the client stream, with what rides inside it: Bind 2
 //! (XEP-0386: the resource, and stream management, carbons and CSI at bind
 //! time), stream management resumption (XEP-0198 inline in SASL2), and FAST
-//! tokens (XEP-0484, HT-SHA-256-NONE). A client logs in, binds and enables
+//! tokens (XEP-0484: HT-SHA-256-NONE, and -EXPR / -ENDP bound to the TLS
+//! channel where it allows). A client logs in, binds and enables
 //! stream management in one round trip after TLS; with a FAST token, without
 //! SCRAM's key derivation either. The RFC 6120 `<auth/>` keeps working side
 //! by side.
@@ -45,14 +46,24 @@ pub fn feature(ctx: &ServerCtx, s: &Stream) -> Element {
         ),
     );
     if !s.anonymous_host(ctx) {
-        inline.push_child(
-            Element::new("fast", FAST)
-                .with_child(Element::new("mechanism", FAST).with_text(ht::MECHANISM)),
-        );
+        let mut fast = Element::new("fast", FAST);
+        for m in fast_mechanisms(s) {
+            fast.push_child(Element::new("mechanism", FAST).with_text(m));
+        }
+        inline.push_child(fast);
     }
     inline.push_child(Element::new("sm", SM));
     a.push_child(inline);
     a
+}
+
+/// The HT mechanisms this stream can run (XEP-0484 §2): the channel-bound
+/// ones first, where its TLS gives their data.
+fn fast_mechanisms(s: &Stream) -> Vec<&'static str> {
+    [ht::EXPR, ht::ENDP, ht::MECHANISM]
+        .into_iter()
+        .filter(|m| ht::cb_data(m, s.channel_binding.as_deref(), s.end_point.as_deref()).is_some())
+        .collect()
 }
 
 /// A successful SASL2 authentication, and what the client asked to go
@@ -113,8 +124,16 @@ pub async fn authenticate(
     let mechanism = auth.attr("mechanism").unwrap_or_default().to_string();
     let agent = agent_id(&auth);
     let fast = auth.get_child("fast", FAST);
-    let outcome = if mechanism == ht::MECHANISM && fast.is_some() && !s.anonymous_host(ctx) {
-        fast_login(ctx, &auth, agent.as_deref()).await
+    let outcome = if ht::is_ht(&mechanism) && fast.is_some() && !s.anonymous_host(ctx) {
+        match ht::cb_data(
+            &mechanism,
+            s.channel_binding.as_deref(),
+            s.end_point.as_deref(),
+        ) {
+            Some(cb) => fast_login(ctx, &auth, agent.as_deref(), &mechanism, cb).await,
+            // A channel-bound mechanism this stream cannot bind.
+            None => Err(SaslFailure::InvalidMechanism),
+        }
     } else {
         // The classic mechanisms, framed by SASL2 (challenge() follows
         // `s.sasl2`); the initial response is a child here.
@@ -144,10 +163,11 @@ pub async fn authenticate(
     }
     // XEP-0484: a token asked for, or the one used renewed past half its
     // life (or ended, if the client asked so).
+    let offered = fast_mechanisms(s);
     let asked = auth
         .get_child("request-token", FAST)
         .and_then(|r| r.attr("mechanism"))
-        .filter(|m| *m == ht::MECHANISM);
+        .and_then(|m| offered.iter().find(|o| **o == m).copied());
     let invalidate = fast
         .and_then(|f| f.attr("invalidate"))
         .is_some_and(|v| v == "true" || v == "1");
@@ -165,8 +185,14 @@ pub async fn authenticate(
             let renew = used.as_ref().is_some_and(|t: &FastToken| {
                 now > t.issued_ms + (t.expiry_ms.saturating_sub(t.issued_ms)) / 2
             });
-            if asked.is_some() || renew {
-                match issue(ctx, &username, agent, now).await {
+            // A renewed token keeps the mechanism of the one it replaces.
+            let mech = asked.or_else(|| {
+                used.as_ref()
+                    .filter(|_| renew)
+                    .and_then(|t| offered.iter().find(|o| **o == t.mechanism).copied())
+            });
+            if let Some(mech) = mech {
+                match issue(ctx, &username, agent, now, mech).await {
                     Some(t) => children.push(
                         Element::new("token", FAST)
                             .with_attr("token", t.token)
@@ -196,12 +222,18 @@ pub async fn authenticate(
 
 /// A new token for `username`'s client `agent`, committed before the
 /// success that carries it.
-async fn issue(ctx: &ServerCtx, username: &str, agent: &str, now: u64) -> Option<FastToken> {
+async fn issue(
+    ctx: &ServerCtx,
+    username: &str,
+    agent: &str,
+    now: u64,
+    mechanism: &str,
+) -> Option<FastToken> {
     let mut raw = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut raw);
     let token = FastToken {
         token: B64URL.encode(raw),
-        mechanism: ht::MECHANISM.to_string(),
+        mechanism: mechanism.to_string(),
         issued_ms: now,
         expiry_ms: now + ctx.config.c2s.fast_token_ttl_secs * 1000,
     };
@@ -216,9 +248,17 @@ async fn issue(ctx: &ServerCtx, username: &str, agent: &str, now: u64) -> Option
 
 type FastOutcome = Result<(String, Option<Vec<u8>>, Option<FastToken>), SaslFailure>;
 
-/// HT-SHA-256-NONE with a FAST token (XEP-0484 §3.3): the token must be
-/// this client's (its user-agent id), unexpired, and prove itself.
-async fn fast_login(ctx: &ServerCtx, auth: &Element, agent: Option<&str>) -> FastOutcome {
+/// An HT-SHA-256 login with a FAST token (XEP-0484 §3.3): the token must
+/// be this client's (its user-agent id), issued for this mechanism
+/// (§3.2), unexpired, and prove itself over this stream's channel
+/// binding `cb`.
+async fn fast_login(
+    ctx: &ServerCtx,
+    auth: &Element,
+    agent: Option<&str>,
+    mechanism: &str,
+    cb: &[u8],
+) -> FastOutcome {
     // XEP-0484 §3.3: tokens belong to a client, named by its user-agent id.
     let Some(agent) = agent else {
         return Err(SaslFailure::MalformedRequest);
@@ -243,7 +283,7 @@ async fn fast_login(ctx: &ServerCtx, auth: &Element, agent: Option<&str>) -> Fas
     let tokens = ctx.state.fast_tokens(&username, agent).ok().flatten();
     let Some(used) = tokens
         .as_ref()
-        .and_then(|t| t.find(|t| ht::verify(&t.token, &proof)))
+        .and_then(|t| t.find(|t| t.mechanism == mechanism && ht::verify(&t.token, &proof, cb)))
         .cloned()
     else {
         return Err(SaslFailure::NotAuthorized);
@@ -255,7 +295,7 @@ async fn fast_login(ctx: &ServerCtx, auth: &Element, agent: Option<&str>) -> Fas
     if !ctx.state.account_exists(&username) {
         return Err(SaslFailure::NotAuthorized);
     }
-    let answer = ht::responder(&used.token);
+    let answer = ht::responder(&used.token, cb);
     Ok((username, Some(answer), Some(used)))
 }
 

@@ -406,6 +406,8 @@ pub struct Client {
     next_id: u32,
     /// tls-exporter channel binding (RFC 9266), when on TLS 1.3.
     pub exporter: Option<Vec<u8>>,
+    /// The server's certificate (DER), when on TLS.
+    pub peer_cert: Option<Vec<u8>>,
 }
 
 impl Client {
@@ -416,6 +418,15 @@ impl Client {
                 .1
                 .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
                 .ok(),
+            Conn::Plain(_) => None,
+        };
+        let peer_cert = match &conn {
+            Conn::Tls(t) => t
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec()),
             Conn::Plain(_) => None,
         };
         let (r, w) = tokio::io::split(conn);
@@ -432,6 +443,7 @@ impl Client {
             pending: Default::default(),
             next_id: 1,
             exporter,
+            peer_cert,
         }
     }
 
