@@ -546,6 +546,15 @@ pub struct LimitsConfig {
     /// reading the connection until the rate allows (TCP pushes back on
     /// the client). 0: no limit.
     pub stanzas_per_sec: u64,
+    /// Client connections (TCP, direct TLS, WebSocket, BOSH) one address
+    /// may open per minute, counted across the cluster (approximately,
+    /// `ip_limits.rs`); past it a new stream ends with <policy-violation/>.
+    /// 0: no limit.
+    pub connections_per_ip_per_min: u32,
+    /// Login attempts (SASL, SASL2, FAST) one address may make per minute,
+    /// counted across the cluster; past it they fail with
+    /// <temporary-auth-failure/>. 0: no limit.
+    pub logins_per_ip_per_min: u32,
     /// Seconds an unauthenticated stream may take to bind.
     pub auth_timeout_secs: u64,
     /// Seconds of client silence before the server pings (XEP-0199).
@@ -638,6 +647,8 @@ impl Default for LimitsConfig {
             rate_bytes_per_sec: 256 * 1024,
             rate_burst_bytes: 1024 * 1024,
             stanzas_per_sec: 0,
+            connections_per_ip_per_min: 0,
+            logins_per_ip_per_min: 0,
             auth_timeout_secs: 30,
             idle_ping_secs: 300,
             ping_timeout_secs: 60,

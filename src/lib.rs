@@ -9,6 +9,8 @@ pub mod config;
 pub mod delivery;
 pub mod drain;
 pub mod http;
+pub mod ip_limits;
+pub mod ip_reports;
 pub mod liveness;
 pub mod local_cluster;
 pub mod memory;

@@ -47,6 +47,10 @@ pub struct Metrics {
     ack_other: Histogram,
     /// Push notifications sent (XEP-0357).
     pub push_sent: Counter,
+    /// Connections, logins and links refused or slowed by a limit, by
+    /// limit (connections-per-ip, logins-per-ip, s2s-links-per-domain,
+    /// s2s-stanzas-per-domain).
+    pub limited: Family<Labels, Counter>,
     /// Set before each scrape.
     pub gauges: Family<Labels, Gauge>,
     pub node_gauges: Family<OwnedLabels, Gauge>,
@@ -95,6 +99,12 @@ impl Metrics {
         );
         let s2s_in = s2s.get_or_create(&vec![("direction", "in")]).clone();
         let s2s_out = s2s.get_or_create(&vec![("direction", "out")]).clone();
+        let limited = Family::<Labels, Counter>::default();
+        registry.register(
+            "limited",
+            "Connections, logins and server-to-server links refused or slowed by a limit",
+            limited.clone(),
+        );
         let stanza_errors = Family::<Labels, Counter>::default();
         registry.register(
             "stanza_errors",
@@ -152,6 +162,7 @@ impl Metrics {
             ack_cross_node,
             ack_other,
             push_sent,
+            limited,
             gauges,
             node_gauges,
         }

@@ -161,6 +161,9 @@ pub enum Relay {
     },
     /// Drain this node and stop it (`starling cluster drain --node`).
     Drain,
+    /// The sender's per-address connection and login counts
+    /// (`ip_limits.rs`), every second while it has any worth telling.
+    IpCounts(crate::ip_limits::Report),
     /// `user`'s client tried to resume `session` here with `h`, and the
     /// session was nowhere (its node died): what that node was about to
     /// write is settled by it (`written_marks.rs`).
@@ -384,7 +387,8 @@ fn relay_owned(ctx: &ServerCtx, node: u64, msg: &Relay, receipt: Option<Receipt>
         | Relay::HandOffPush { .. }
         | Relay::HandOffPushed { .. }
         | Relay::ResumeFailed { .. }
-        | Relay::Drain => starling_cluster::Lane::Control,
+        | Relay::Drain
+        | Relay::IpCounts(_) => starling_cluster::Lane::Control,
         // Sent while an answer to another node waits for it: in the lane
         // of its depth, never behind a batch that waits for it.
         Relay::Stanza { depth, .. } if *depth > 0 => starling_cluster::Lane::Forward(*depth),
@@ -758,6 +762,10 @@ pub async fn serve_relays(
             Relay::Drain => {
                 tracing::info!(from, "drain requested over the mesh");
                 ctx.drain_requested.notify_one();
+            }
+            Relay::IpCounts(report) => {
+                let now = crate::time::unix_now().as_millis() as u64;
+                ctx.ip_limits.merge(from, report, now);
             }
             Relay::Component { domain, xml } => {
                 if let Ok(el) = crate::xml::parse_fragment(&xml) {

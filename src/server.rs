@@ -60,6 +60,8 @@ pub struct ServerCtx {
     /// This context itself, for code that holds only a reference.
     pub me: std::sync::OnceLock<std::sync::Weak<ServerCtx>>,
     pub throttle: AuthThrottle,
+    /// Per-address connection and login counts, shared over the mesh.
+    pub ip_limits: crate::ip_limits::IpLimits,
     pub presence: crate::presence::PresenceRegistry,
     /// Stream-management sessions that can be resumed (XEP-0198).
     pub sm_sessions: crate::c2s::stream_management::SmRegistry,
@@ -374,6 +376,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         above: Arc::new(Wiring),
         me: std::sync::OnceLock::new(),
         throttle: AuthThrottle::default(),
+        ip_limits: Default::default(),
         presence: Default::default(),
         sm_sessions: Default::default(),
         handoffs: Default::default(),
@@ -469,6 +472,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
     ctx.replicator
         .runtime()
         .spawn(crate::temporary_accounts::sweep(ctx.clone()));
+    ctx.replicator
+        .runtime()
+        .spawn(crate::ip_reports::report(ctx.clone()));
     // `starling cluster status` shows sessions per node from the table.
     let weak = Arc::downgrade(&ctx);
     ctx.replicator.cluster().set_app_status(Box::new(move || {

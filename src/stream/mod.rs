@@ -227,6 +227,25 @@ pub async fn negotiate(
 ) -> Option<Negotiated> {
     let deadline = Instant::now() + Duration::from_secs(ctx.config.limits.auth_timeout_secs);
     let mut stream = Stream::new(conn, ctx, peer, deadline);
+    // Connections per address and minute, cluster-wide (ip_limits.rs).
+    let now = crate::time::unix_now().as_millis() as u64;
+    let limit = ctx.config.limits.connections_per_ip_per_min;
+    if !ctx
+        .ip_limits
+        .admit(peer.ip(), crate::ip_limits::Kind::Connection, limit, now)
+    {
+        tracing::info!(%peer, limit, reason = "connections per address", "connection refused");
+        crate::metrics::get()
+            .limited
+            .get_or_create(&vec![("limit", "connections-per-ip")])
+            .inc();
+        let err = StreamError::with_text(
+            StreamCondition::PolicyViolation,
+            "too many connections from your address; try again in a minute",
+        );
+        stream.fail(ctx, err).await;
+        return None;
+    }
     loop {
         match run(ctx, &mut stream).await {
             Ok(Step::StartTls) => match starttls::upgrade(ctx, stream).await {

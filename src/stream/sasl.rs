@@ -36,6 +36,9 @@ pub async fn authenticate(
 ) -> Result<bool, NegError> {
     let mechanism = auth.attr("mechanism").unwrap_or_default().to_string();
     s.sasl2 = false;
+    if !login_admitted(ctx, s, &mechanism).await? {
+        return Ok(false);
+    }
     match exchange(ctx, s, &mechanism, &auth).await? {
         Ok((username, additional)) => {
             let mut success = Element::new("success", ns::SASL);
@@ -74,6 +77,38 @@ pub(super) fn succeeded(ctx: &ServerCtx, s: &mut Stream, mechanism: &str, userna
     s.authenticated = Some(username);
 }
 
+/// Logins per address and minute, counted across the cluster
+/// (`ip_limits.rs`): false, with a `<temporary-auth-failure/>` sent, past
+/// `[limits] logins_per_ip_per_min`.
+pub(super) async fn login_admitted(
+    ctx: &ServerCtx,
+    s: &mut Stream,
+    mechanism: &str,
+) -> Result<bool, NegError> {
+    let limit = ctx.config.limits.logins_per_ip_per_min;
+    let now = crate::time::unix_now().as_millis() as u64;
+    if ctx
+        .ip_limits
+        .admit(s.peer.ip(), crate::ip_limits::Kind::Login, limit, now)
+    {
+        return Ok(true);
+    }
+    tracing::info!(peer = %s.peer, limit, reason = "logins per address", "login refused");
+    crate::metrics::get()
+        .limited
+        .get_or_create(&vec![("limit", "logins-per-ip")])
+        .inc();
+    failed_with_text(
+        ctx,
+        s,
+        mechanism,
+        SaslFailure::TemporaryAuthFailure,
+        Some("too many logins from your address; try again in a minute"),
+    )
+    .await?;
+    Ok(false)
+}
+
 /// Answer a failure (in the stream's SASL framing), slowed down for the
 /// address, and end the stream after too many (RFC 6120 §6.4.5).
 pub(super) async fn failed(
@@ -81,6 +116,17 @@ pub(super) async fn failed(
     s: &mut Stream,
     mechanism: &str,
     failure: SaslFailure,
+) -> Result<(), NegError> {
+    failed_with_text(ctx, s, mechanism, failure, None).await
+}
+
+/// [`failed`] with a `<text/>` for the user.
+pub(super) async fn failed_with_text(
+    ctx: &ServerCtx,
+    s: &mut Stream,
+    mechanism: &str,
+    failure: SaslFailure,
+    text: Option<&str>,
 ) -> Result<(), NegError> {
     s.auth_attempts += 1;
     if failure != SaslFailure::Aborted && failure != SaslFailure::TemporaryAuthFailure {
@@ -94,8 +140,12 @@ pub(super) async fn failed(
         .inc();
     // XEP-0388 §2.6.2: the RFC 6120 condition inside SASL2's <failure/>.
     let framing = if s.sasl2 { super::sasl2::NS } else { ns::SASL };
-    let f =
+    let mut f =
         Element::new("failure", framing).with_child(Element::new(failure.to_string(), ns::SASL));
+    if let Some(t) = text {
+        // RFC 6120 §6.5: <text/> in the SASL namespace (SASL2 too, §2.6.2).
+        f.push_child(Element::new("text", ns::SASL).with_text(t));
+    }
     s.send(&f.to_xml("")).await?;
     if s.auth_attempts >= ctx.config.limits.max_auth_attempts {
         return Err(StreamError::with_text(

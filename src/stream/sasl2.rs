@@ -122,6 +122,9 @@ pub async fn authenticate(
 ) -> Result<Option<Authenticated>, NegError> {
     s.sasl2 = true;
     let mechanism = auth.attr("mechanism").unwrap_or_default().to_string();
+    if !super::sasl::login_admitted(ctx, s, &mechanism).await? {
+        return Ok(None);
+    }
     let agent = agent_id(&auth);
     let fast = auth.get_child("fast", FAST);
     let outcome = if ht::is_ht(&mechanism) && fast.is_some() && !s.anonymous_host(ctx) {
