@@ -257,6 +257,13 @@ pub struct S2sSection {
     /// many users' traffic), and the burst over it.
     pub rate_bytes_per_sec: u64,
     pub rate_burst_bytes: u64,
+    /// Inbound streams one remote domain may have authenticated into this
+    /// node at once (a remote cluster opens one per node); 0: no limit.
+    pub max_links_per_domain: usize,
+    /// Stanzas per second one remote domain may send to this node over all
+    /// its links, with bursts of twice that; past it reading pauses.
+    /// 0: no limit.
+    pub stanzas_per_sec_per_domain: u64,
 }
 
 impl Default for S2sSection {
@@ -273,6 +280,8 @@ impl Default for S2sSection {
             queue: 1000,
             rate_bytes_per_sec: 1024 * 1024,
             rate_burst_bytes: 4 * 1024 * 1024,
+            max_links_per_domain: 16,
+            stanzas_per_sec_per_domain: 0,
         }
     }
 }

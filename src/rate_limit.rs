@@ -39,17 +39,20 @@ impl RateLimit {
     /// Charge `bytes`; sleeps while the bucket is in debt, which stops
     /// reading and lets TCP push back on the client.
     pub async fn charge(&mut self, bytes: usize) {
+        if let Some(wait) = self.debt(bytes as f64) {
+            // Boxed: a timer is large, and only a throttled client needs one.
+            Box::pin(tokio::time::sleep(wait)).await;
+        }
+    }
+
+    /// Charge `n` without waiting: how long until the bucket is out of
+    /// debt, if it is in debt now (a bucket shared by several readers).
+    pub fn debt(&mut self, n: f64) -> Option<Duration> {
         let now = tokio::time::Instant::now();
         self.tokens =
             (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
         self.last = now;
-        self.tokens -= bytes as f64;
-        if self.tokens < 0.0 {
-            // Boxed: a timer is large, and only a throttled client needs one.
-            Box::pin(tokio::time::sleep(Duration::from_secs_f64(
-                -self.tokens / self.rate,
-            )))
-            .await;
-        }
+        self.tokens -= n;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
     }
 }

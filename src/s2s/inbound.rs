@@ -18,6 +18,44 @@ use crate::server::ServerCtx;
 use crate::stream::StreamCondition;
 use crate::xml::{ns, Element, StreamEvent};
 
+/// The domains a stream authenticated, each counted against its domain's
+/// link limit while the stream lasts (`domain_limits.rs`).
+#[derive(Default)]
+struct Authenticated {
+    domains: HashSet<String>,
+    links: Vec<super::domain_limits::LinkGuard>,
+}
+
+impl Authenticated {
+    fn contains(&self, domain: &str) -> bool {
+        self.domains.contains(domain)
+    }
+
+    /// Take `domain` as authenticated on this stream, if its limit of
+    /// links allows one more; false if not.
+    fn admit(&mut self, ctx: &ServerCtx, domain: String) -> bool {
+        if self.domains.contains(&domain) {
+            return true;
+        }
+        let max = ctx.config.s2s.max_links_per_domain;
+        match ctx.s2s.domain_limits.link(&domain, max) {
+            Some(guard) => {
+                self.links.push(guard);
+                self.domains.insert(domain);
+                true
+            }
+            None => {
+                tracing::info!(remote = %domain, max, reason = "links per domain", "server link refused");
+                crate::metrics::get()
+                    .limited
+                    .get_or_create(&vec![("limit", "s2s-links-per-domain")])
+                    .inc();
+                false
+            }
+        }
+    }
+}
+
 /// One inbound connection, until it ends.
 pub async fn handle(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("s2s_in", %peer, remote = tracing::field::Empty);
@@ -82,7 +120,7 @@ async fn serve(
     ));
     let idle = Duration::from_secs(s2s.idle_timeout_secs);
     // Domains this stream has authenticated with dialback.
-    let mut authenticated: HashSet<String> = HashSet::new();
+    let mut authenticated = Authenticated::default();
     let auth_deadline =
         tokio::time::Instant::now() + Duration::from_secs(ctx.config.limits.auth_timeout_secs);
     let mut id;
@@ -146,7 +184,7 @@ async fn serve(
         );
         conn.send(&features.to_xml(ns::SERVER)).await?;
         loop {
-            let ev = if authenticated.is_empty() {
+            let ev = if authenticated.domains.is_empty() {
                 match tokio::time::timeout_at(auth_deadline, conn.next()).await {
                     Ok(ev) => ev?,
                     Err(_) => return Err(S2sError::Timeout),
@@ -157,7 +195,7 @@ async fn serve(
                 match tokio::time::timeout(idle, conn.next()).await {
                     Ok(ev) => ev?,
                     Err(_) => {
-                        tracing::info!(peer = ?authenticated, "closing an idle incoming link");
+                        tracing::info!(peer = ?authenticated.domains, "closing an idle incoming link");
                         return fail(
                             &mut conn,
                             StreamCondition::ConnectionTimeout,
@@ -221,11 +259,18 @@ async fn serve(
                     && external.is_some()
                     && (authzid.is_none() || authzid == external);
                 if let (true, Some(domain)) = (ok, external.clone()) {
+                    if !authenticated.admit(ctx, domain.clone()) {
+                        return fail(
+                            &mut conn,
+                            StreamCondition::PolicyViolation,
+                            &format!("too many links from {domain}"),
+                        )
+                        .await;
+                    }
                     conn.send(&format!("<success xmlns='{}'/>", ns::SASL))
                         .await?;
                     tracing::info!(remote = %domain, "authenticated with SASL EXTERNAL");
                     tracing::Span::current().record("remote", tracing::field::display(&domain));
-                    authenticated.insert(domain);
                     conn.restart();
                     continue 'stream;
                 }
@@ -289,6 +334,15 @@ async fn serve(
                 )
                 .await;
             }
+            // The domain's stanza budget, shared by all its links here.
+            let per_sec = ctx.config.s2s.stanzas_per_sec_per_domain;
+            if let Some(wait) = ctx.s2s.domain_limits.pace(&from_domain, per_sec) {
+                crate::metrics::get()
+                    .limited
+                    .get_or_create(&vec![("limit", "s2s-stanzas-per-domain")])
+                    .inc();
+                tokio::time::sleep(wait).await;
+            }
             crate::metrics::get().s2s_stanza(true);
             let mut el = el;
             super::retag(&mut el, ns::SERVER, ns::CLIENT);
@@ -305,7 +359,7 @@ async fn authenticate(
     conn: &mut stream::Conn,
     el: &Element,
     stream_id: &str,
-    authenticated: &mut HashSet<String>,
+    authenticated: &mut Authenticated,
 ) -> Result<(), S2sError> {
     // The domain of ours the remote wants to reach (ours, or a hosted
     // component's); anything else is answered as the cluster's domain.
@@ -343,6 +397,14 @@ async fn authenticate(
     let key = el.text();
     let valid = verify_with(ctx, &ours, &from, stream_id, &key).await;
     tracing::info!(remote = %from, valid, "dialback");
+    if valid && !authenticated.admit(ctx, from.clone()) {
+        return fail(
+            conn,
+            StreamCondition::PolicyViolation,
+            &format!("too many links from {from}"),
+        )
+        .await;
+    }
     let verdict = if valid { "valid" } else { "invalid" };
     conn.send(&format!(
         "<db:result from='{ours}' to='{from}' type='{verdict}'/>"
@@ -350,7 +412,6 @@ async fn authenticate(
     .await?;
     if valid {
         tracing::Span::current().record("remote", tracing::field::display(&from));
-        authenticated.insert(from);
         Ok(())
     } else {
         // XEP-0220 §2.4: an invalid key ends the stream.

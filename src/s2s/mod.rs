@@ -4,6 +4,7 @@
 //! node 3 crosses the mesh like any other (route.rs).
 
 pub mod dialback;
+pub mod domain_limits;
 pub mod hosted;
 pub mod inbound;
 pub mod outbound;
@@ -67,6 +68,8 @@ pub struct S2s {
     /// One outbound link per (local domain, remote domain): a component's
     /// stanzas leave on a link authenticated as the component's domain.
     pub links: Mutex<HashMap<(String, String), Addr<OutboundLink>>>,
+    /// Inbound links and stanza rates per remote domain.
+    pub domain_limits: domain_limits::DomainLimits,
 }
 
 impl S2s {
@@ -83,6 +86,7 @@ impl S2s {
             tls: stream::client_tls_with(Some(identity), config.verify_certificates, roots)?,
             verify: config.verify_certificates,
             links: Mutex::new(HashMap::new()),
+            domain_limits: Default::default(),
         })
     }
 }
