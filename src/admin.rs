@@ -115,6 +115,7 @@ pub fn bind(data_dir: &Path) -> std::io::Result<std::os::unix::net::UnixListener
 
 pub fn remove(data_dir: &Path) {
     let _ = std::fs::remove_file(data_dir.join(SOCKET));
+    let _ = std::fs::remove_file(data_dir.join(crate::admin_client::URL_FILE));
     let _ = std::fs::remove_file(data_dir.join(TOKEN));
 }
 

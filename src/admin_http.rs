@@ -8,7 +8,8 @@
 //! - `GET status`: every node of the cluster (role, term, commit/applied
 //!   index and lag, sessions), the leader, this node's stanza counters;
 //! - `GET users`, `POST users` `{"user","password"}`, `PUT
-//!   users/{user}/password` `{"password"}`, `DELETE users/{user}`;
+//!   users/{user}/password` `{"password"}`, `DELETE users/{user}`,
+//!   `DELETE users/{user}/archive` (empties the message archive);
 //! - `GET sessions`, `DELETE sessions/{full JID}` (ended on whichever node
 //!   holds it);
 //! - `POST cluster/drain` (this node), `DELETE cluster/nodes/{id}`;
@@ -40,6 +41,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/api/users", web::post().to(add_user))
         .route("/admin/api/users/{user}", web::delete().to(delete_user))
         .route("/admin/api/users/{user}/password", web::put().to(password))
+        .route(
+            "/admin/api/users/{user}/archive",
+            web::delete().to(purge_archive),
+        )
         .route("/admin/api/sessions", web::get().to(sessions))
         .route("/admin/api/sessions/{jid}", web::delete().to(kick))
         .route("/admin/api/cluster/drain", web::post().to(drain))
@@ -278,6 +283,19 @@ async fn delete_user(req: HttpRequest, ctx: Ctx, path: web::Path<String>) -> Htt
         run(
             &ctx,
             AdminOp::Del {
+                user: path.into_inner(),
+            },
+        )
+        .await,
+    )
+}
+
+async fn purge_archive(req: HttpRequest, ctx: Ctx, path: web::Path<String>) -> HttpResponse {
+    guard!(req, ctx);
+    done(
+        run(
+            &ctx,
+            AdminOp::PurgeArchive {
                 user: path.into_inner(),
             },
         )

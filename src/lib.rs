@@ -1,6 +1,7 @@
 //! Starling: a clustered XMPP server.
 
 pub mod admin;
+pub mod admin_client;
 pub mod admin_http;
 pub mod c2s;
 pub mod clock;

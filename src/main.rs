@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use starling::admin::{self, AdminOp};
+use starling::admin_client::{self, Target};
 use starling::config::Config;
 use starling::state::State;
 
@@ -15,6 +16,18 @@ struct Cli {
     /// TOML config file (STARLING_* environment variables override it).
     #[arg(long, short, global = true, env = "STARLING_CONFIG")]
     config: Option<PathBuf>,
+    /// The admin API of the node to ask (`http://HOST:PORT`, the node's HTTP
+    /// listener); default: the node running on this config's data dir.
+    #[arg(long, global = true, env = "STARLING_ADMIN_URL")]
+    url: Option<String>,
+    /// The admin API's bearer token; default: the one in the data dir.
+    #[arg(
+        long,
+        global = true,
+        env = "STARLING_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -37,6 +50,24 @@ enum Cmd {
         #[command(subcommand)]
         op: UserCmd,
     },
+    /// Client sessions of the whole cluster (through a running node).
+    Session {
+        #[command(subcommand)]
+        op: SessionCmd,
+    },
+    /// Send a headline message to every online session of the cluster.
+    Broadcast {
+        /// The message text.
+        message: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionCmd {
+    /// List sessions: JID, node, available, resumable.
+    List,
+    /// End a session (full JID), on whichever node holds it.
+    Kick { jid: String },
 }
 
 #[derive(Subcommand)]
@@ -115,6 +146,10 @@ enum UserCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let api = Api {
+        url: cli.url.clone(),
+        token: cli.token.clone(),
+    };
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(mut c) => {
             if let Cmd::Serve { join: Some(j) } = &cli.command {
@@ -197,7 +232,84 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::User { op } => user(&config, op),
+        Cmd::User { op } => user(&config, &api, op),
+        Cmd::Session { op } => session(&config, &api, op),
+        Cmd::Broadcast { message } => broadcast(&config, &api, &message),
+    }
+}
+
+/// Where the admin API commands go (`--url`, `--token`).
+struct Api {
+    url: Option<String>,
+    token: Option<String>,
+}
+
+impl Api {
+    fn target(&self, config: &Config) -> Result<Option<Target>, String> {
+        Target::find(&config.data_dir, self.url.as_deref(), self.token.as_deref())
+            .map_err(|e| e.to_string())
+    }
+
+    /// A request that needs a running node.
+    fn call(
+        &self,
+        config: &Config,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
+        let Some(t) = self.target(config)? else {
+            return Err(format!(
+                "no node is running on {} (or its admin API is off); pass --url to ask another",
+                config.data_dir.display()
+            ));
+        };
+        t.call(method, path, body).map_err(|e| e.to_string())
+    }
+}
+
+fn session(config: &Config, api: &Api, op: SessionCmd) -> ExitCode {
+    let result = match op {
+        SessionCmd::List => api
+            .call(config, "GET", "/admin/api/sessions", None)
+            .map(|v| {
+                for s in v["sessions"].as_array().into_iter().flatten() {
+                    println!(
+                        "{} node={} available={} resumable={}",
+                        s["jid"].as_str().unwrap_or_default(),
+                        s["node"],
+                        s["available"],
+                        s["resumable"]
+                    );
+                }
+            }),
+        SessionCmd::Kick { jid } => api
+            .call(
+                config,
+                "DELETE",
+                &format!("/admin/api/sessions/{}", admin_client::segment(&jid)),
+                None,
+            )
+            .map(|_| println!("ended {jid}")),
+    };
+    done(result)
+}
+
+fn broadcast(config: &Config, api: &Api, message: &str) -> ExitCode {
+    let body = serde_json::json!({ "body": message });
+    done(
+        api.call(config, "POST", "/admin/api/broadcast", Some(&body))
+            .map(|v| println!("sent to {} sessions", v["sent"])),
+    )
+}
+
+fn done(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("starling: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -311,6 +423,53 @@ fn cluster_remove(config: &Config, id: u64, node: Option<String>) -> ExitCode {
     }
 }
 
+fn user_op_http(t: &Target, op: &AdminOp) -> Result<Vec<String>, admin_client::CallError> {
+    use admin_client::segment;
+    use serde_json::json;
+    let users = |v: serde_json::Value| {
+        v["users"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u.as_str().map(str::to_string))
+            .collect()
+    };
+    match op {
+        AdminOp::Add { user, password } => t
+            .call(
+                "POST",
+                "/admin/api/users",
+                Some(&json!({ "user": user, "password": password })),
+            )
+            .map(|_| Vec::new()),
+        AdminOp::Passwd { user, password } => t
+            .call(
+                "PUT",
+                &format!("/admin/api/users/{}/password", segment(user)),
+                Some(&json!({ "password": password })),
+            )
+            .map(|_| Vec::new()),
+        AdminOp::Del { user } => t
+            .call(
+                "DELETE",
+                &format!("/admin/api/users/{}", segment(user)),
+                None,
+            )
+            .map(|_| Vec::new()),
+        AdminOp::PurgeArchive { user } => t
+            .call(
+                "DELETE",
+                &format!("/admin/api/users/{}/archive", segment(user)),
+                None,
+            )
+            .map(|_| Vec::new()),
+        AdminOp::List => t.call("GET", "/admin/api/users", None).map(users),
+        AdminOp::Drain => t
+            .call("POST", "/admin/api/cluster/drain", None)
+            .map(|_| Vec::new()),
+    }
+}
+
 fn init_logging(level: &str) {
     let filter = std::env::var("RUST_LOG")
         .ok()
@@ -348,7 +507,7 @@ fn password(given: Option<String>) -> Result<String, String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
-fn user(config: &Config, op: UserCmd) -> ExitCode {
+fn user(config: &Config, api: &Api, op: UserCmd) -> ExitCode {
     let op = match op {
         UserCmd::Add { user, password: p } => {
             password(p).map(|password| AdminOp::Add { user, password })
@@ -360,7 +519,7 @@ fn user(config: &Config, op: UserCmd) -> ExitCode {
         UserCmd::PurgeArchive { user } => Ok(AdminOp::PurgeArchive { user }),
         UserCmd::List => Ok(AdminOp::List),
     };
-    let result = op.and_then(|op| run_user_op(config, &op).map(|users| (op, users)));
+    let result = op.and_then(|op| run_user_op(config, api, &op).map(|users| (op, users)));
     match result {
         Ok((op, users)) => {
             // Say what was done (a silent success looked like nothing happened).
@@ -386,7 +545,22 @@ fn user(config: &Config, op: UserCmd) -> ExitCode {
     }
 }
 
-fn run_user_op(config: &Config, op: &AdminOp) -> Result<Vec<String>, String> {
+/// An account operation through the running node's admin HTTP API (the
+/// address it wrote to the data dir, or `--url`); with no node running,
+/// through the admin socket of a node without HTTP admin, or directly on
+/// the data dir.
+fn run_user_op(config: &Config, api: &Api, op: &AdminOp) -> Result<Vec<String>, String> {
+    if let Some(t) = api.target(config)? {
+        match user_op_http(&t, op) {
+            Ok(users) => return Ok(users),
+            // A stale address file (the node was killed; its port may
+            // even be another's now): go on below.
+            Err(
+                admin_client::CallError::Unreachable(..) | admin_client::CallError::Unauthorized(_),
+            ) if !t.explicit => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
     if let Some(resp) = admin::request(&config.data_dir, op)? {
         return if resp.ok {
             Ok(resp.users)

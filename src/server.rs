@@ -526,6 +526,16 @@ pub fn run(config: Config) -> Result<(), StartError> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    // Where `starling user ...` finds this node's admin API.
+    if ctx.config.http.admin != "off" {
+        if let Some(a) = http.as_ref().and_then(|h| h.local_addr().ok()) {
+            let url = crate::admin_client::local_url(a);
+            let file = ctx.config.data_dir.join(crate::admin_client::URL_FILE);
+            if let Err(e) = std::fs::write(&file, url) {
+                tracing::warn!(error = %e, "cannot write the admin API address");
+            }
+        }
+    }
 
     let system = System::new();
     let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();

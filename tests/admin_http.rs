@@ -189,6 +189,94 @@ async fn off_means_not_there() {
     assert_eq!(http_get(s.http, "/admin").await.0, 404);
 }
 
+/// Run `starling ARGS` against `s`'s data dir: exit status, stdout, stderr.
+fn cli(s: &Server, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .env_clear()
+        .env("STARLING_DATA_DIR", s.data_dir())
+        .output()
+        .expect("run starling");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `starling` command goes through the admin HTTP API: with the admin
+/// socket gone, accounts, sessions, a broadcast and a kick still work
+/// (the node wrote its API address to the data dir); `--url` and
+/// `--token` name another node or token, and a wrong one is an error that
+/// says so. With the HTTP admin off, the socket still serves.
+#[tokio::test]
+async fn the_cli_uses_the_http_api() {
+    let s = Server::start();
+    let url = std::fs::read_to_string(s.data_dir().join("admin.url")).expect("admin.url");
+    assert_eq!(url, format!("http://{}", s.http));
+    std::fs::remove_file(s.data_dir().join("admin.sock")).expect("remove the socket");
+
+    let (ok, out, err) = cli(&s, &["user", "add", "carol", "--password", "pw1"]);
+    assert!(ok && out.contains("added carol@localhost"), "{out}{err}");
+    let (ok, out, _) = cli(&s, &["user", "passwd", "carol", "--password", "pw2"]);
+    assert!(ok && out.contains("changed the password"), "{out}");
+    let (ok, out, _) = cli(&s, &["user", "list"]);
+    assert!(ok && out.lines().any(|l| l == "carol"), "{out}");
+    let (ok, _, err) = cli(&s, &["user", "add", "carol", "--password", "x"]);
+    assert!(!ok && !err.is_empty(), "a second add fails: {err}");
+
+    let mut carol = Client::login(s.c2s, "carol", "pw2", "desk").await;
+    let (ok, out, err) = cli(&s, &["session", "list"]);
+    assert!(
+        ok && out.contains("carol@localhost/desk node=1"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = cli(&s, &["broadcast", "maintenance at noon"]);
+    assert!(ok && out.contains("sent to 1 sessions"), "{out}{err}");
+    let m = carol.wait_for(|e| e.name == "message").await;
+    assert_eq!(m.attr("type"), Some("headline"));
+    let (ok, out, _) = cli(&s, &["user", "purge-archive", "carol"]);
+    assert!(ok && out.contains("emptied the archive"), "{out}");
+    let (ok, out, err) = cli(&s, &["session", "kick", "carol@localhost/desk"]);
+    assert!(
+        ok && out.contains("ended carol@localhost/desk"),
+        "{out}{err}"
+    );
+    carol.stream_error().await;
+    // Once the session has unbound, there is nothing to kick.
+    let mut gone = false;
+    for _ in 0..50 {
+        let (ok, out, _) = cli(&s, &["session", "list"]);
+        if ok && !out.contains("carol@") {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the kicked session is still listed");
+    let (ok, _, err) = cli(&s, &["session", "kick", "carol@localhost/desk"]);
+    assert!(!ok && err.contains("no session"), "{err}");
+
+    // Another address, another token: said clearly.
+    let (ok, _, err) = cli(&s, &["--url", "http://127.0.0.1:1", "user", "list"]);
+    assert!(!ok && err.contains("cannot reach the admin API"), "{err}");
+    let http = format!("http://{}", s.http);
+    let (ok, _, err) = cli(&s, &["--url", &http, "--token", "wrong", "user", "list"]);
+    assert!(!ok && err.contains("did not accept the token"), "{err}");
+    let (ok, _, err) = cli(&s, &["--url", "https://x:1", "user", "list"]);
+    assert!(!ok && err.contains("bad admin URL"), "{err}");
+    let (ok, out, _) = cli(&s, &["user", "del", "carol"]);
+    assert!(ok && out.contains("deleted carol@localhost"), "{out}");
+
+    // HTTP admin off: no address file; the socket serves the CLI.
+    let off = Server::start_with(&[("STARLING_HTTP_ADMIN", "off")]);
+    assert!(!off.data_dir().join("admin.url").exists());
+    let (ok, out, _) = cli(&off, &["user", "add", "dave", "--password", "pw"]);
+    assert!(ok && out.contains("added dave@localhost"), "{out}");
+    let (ok, _, err) = cli(&off, &["session", "list"]);
+    assert!(!ok && err.contains("no node is running"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_a_three_node_cluster() {
     const SECRET: &str = "admin-status-secret-0123456789";
