@@ -62,6 +62,7 @@ pub trait Host: Send + Sync {
         entity: &str,
         writes: Vec<(String, Option<String>)>,
         archive: Vec<crate::state::ArchiveEntry>,
+        replace: Vec<crate::state::ArchiveEntry>,
         then: Box<dyn FnOnce(bool) + Send>,
     );
     /// An archive query (XEP-0313) to `owner`'s own archive: the results

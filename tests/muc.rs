@@ -517,3 +517,32 @@ async fn persistent_rooms_are_listed_cluster_wide_and_come_back_from_their_recor
     assert_eq!(subject, "kept subject");
     drop((n1, n2));
 }
+
+/// XEP-0425 with slixmpp's plugin: a moderator retracts a message; every
+/// occupant hears of it, the room's archive and a newcomer's history hold
+/// a tombstone in its place (tests/interop/slixmpp_muc_moderation.py).
+#[test]
+fn slixmpp_moderates_a_message() {
+    let s = Server::start();
+    let mut args = vec![format!("conference.{DOMAIN}")];
+    for u in ["alice", "bob", "carol"] {
+        s.add_user(u, &format!("{u}-pw"));
+        args.push(s.c2s.to_string());
+        args.push(format!("{u}@{DOMAIN}"));
+        args.push(format!("{u}-pw"));
+    }
+    run_interop(
+        "slixmpp_muc_moderation.py",
+        &args,
+        &[&s],
+        Duration::from_secs(90),
+        &[
+            "OK entered",
+            "OK refused",
+            "OK retracted",
+            "OK archive tombstone",
+            "OK history",
+            "ALL OK",
+        ],
+    );
+}

@@ -25,6 +25,8 @@ use super::{
     refuse, text_el, x_user, Directory, Limits, CLIENT, CONFERENCE, DATA, DELAY, MAM, MUC,
     MUC_ADMIN, MUC_OWNER, MUC_USER, OCCUPANT_ID, STANZA_ID,
 };
+mod moderation;
+
 use crate::services::Host;
 use crate::stanza_error::StanzaCondition;
 use crate::xml::{ns, Element};
@@ -167,6 +169,8 @@ pub struct Room {
     deleted: bool,
     /// Messages for the room's archive, written with the records.
     archive_pending: Vec<crate::state::ArchiveEntry>,
+    /// Archived messages to put tombstones in place of (XEP-0425).
+    archive_replace: Vec<crate::state::ArchiveEntry>,
     /// The last archive id this room made.
     last_id: u64,
     /// Each occupant's message allowance (by real bare JID).
@@ -356,7 +360,8 @@ impl Room {
         let out = std::mem::take(self.out.get_mut());
         let writes = self.take_writes();
         let archive = std::mem::take(&mut self.archive_pending);
-        if writes.is_empty() && archive.is_empty() {
+        let replace = std::mem::take(&mut self.archive_replace);
+        if writes.is_empty() && archive.is_empty() && replace.is_empty() {
             for o in out {
                 self.host.send(o);
             }
@@ -371,6 +376,7 @@ impl Room {
             self.jid.as_str(),
             writes,
             archive,
+            replace,
             Box::new(move |ok| {
                 let _ = tx.send(ok);
             }),
@@ -560,6 +566,7 @@ impl Room {
             history_dropped: Vec::new(),
             deleted: false,
             archive_pending: Vec::new(),
+            archive_replace: Vec::new(),
             last_id: 0,
             rates: HashMap::new(),
         }
@@ -1499,6 +1506,17 @@ impl Room {
             (ns::DISCO_INFO, "query", true) if payload.attr("node").is_none() => {
                 self.reply(crate::modules::result(&iq, Some(self.disco_info())))
             }
+            // §7.12: the nick reserved for the asker. Rooms here offer no
+            // registration, so nobody has one: an empty answer, as the
+            // XEP says for a user without one (not an error).
+            (ns::DISCO_INFO, "query", true) if payload.attr("node") == Some("x-roomuser-item") => {
+                self.reply(crate::modules::result(
+                    &iq,
+                    Some(
+                        Element::new("query", ns::DISCO_INFO).with_attr("node", "x-roomuser-item"),
+                    ),
+                ))
+            }
             (ns::DISCO_ITEMS, "query", true) => self.reply(crate::modules::result(
                 &iq,
                 Some(Element::new("query", ns::DISCO_ITEMS)),
@@ -1507,6 +1525,7 @@ impl Room {
             (MUC_OWNER, "query", _) => self.owner_iq(&from, iq, &payload, get),
             (MAM, _, _) => self.archive_iq(&from, iq),
             (MUC_ADMIN, "query", _) => self.admin_iq(&from, iq, &payload, get),
+            (moderation::MODERATE, "moderate", false) => self.moderate(&from, iq, &payload),
             _ => self.reply_error(&iq, StanzaCondition::ServiceUnavailable, None),
         }
     }
@@ -1556,6 +1575,8 @@ impl Room {
             OCCUPANT_ID,
             "http://jabber.org/protocol/muc#self-ping-optimization",
             "http://jabber.org/protocol/muc#stable_id",
+            moderation::MODERATE,
+            moderation::RETRACT,
         ];
         features.extend(self.config.features());
         if self.config.archiving {

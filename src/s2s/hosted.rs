@@ -97,6 +97,7 @@ impl crate::services::Host for NodeHost {
         entity: &str,
         writes: Vec<(String, Option<String>)>,
         archive: Vec<crate::state::ArchiveEntry>,
+        replace: Vec<crate::state::ArchiveEntry>,
         then: Box<dyn FnOnce(bool) + Send>,
     ) {
         let Some(ctx) = self.ctx.upgrade() else {
@@ -108,6 +109,7 @@ impl crate::services::Host for NodeHost {
             writes,
             archive,
             quota_bytes: ctx.config.mam.quota_bytes,
+            replace,
         };
         let entity = entity.to_string();
         // Queued in call order: one entity's writes commit in order.

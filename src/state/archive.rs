@@ -178,6 +178,52 @@ pub fn position(tree: &sled::Tree, user: &str, id: u64) -> Result<Option<u64>, S
     })
 }
 
+/// One stored message by its stanza-id (None: not there).
+pub fn get(tree: &sled::Tree, user: &str, id: u64) -> Result<Option<Archived>, StateError> {
+    let Some(pos) = position(tree, user, id)? else {
+        return Ok(None);
+    };
+    let k = key(user, pos);
+    Ok(tree
+        .get(&k)?
+        .and_then(|v| decode(roster::prefix(user).len(), &k, &v)))
+}
+
+/// Put `xml` in place of the stored message `id` of `user` (a retraction's
+/// tombstone, XEP-0424 §5.1 / XEP-0425 §4): the change in the owner's
+/// bytes, or None if the message is not there.
+pub(super) fn replace(
+    tree: &sled::Tree,
+    user: &str,
+    id: u64,
+    xml: &str,
+) -> Result<Option<i64>, StateError> {
+    let Some(pos) = position(tree, user, id)? else {
+        return Ok(None);
+    };
+    let k = key(user, pos);
+    let Some(old) = tree.get(&k)? else {
+        return Ok(None);
+    };
+    let Some(a) = decode(roster::prefix(user).len(), &k, &old) else {
+        return Ok(None);
+    };
+    let e = ArchiveEntry {
+        user: user.to_string(),
+        id: a.id,
+        with: a.with,
+        xml: xml.to_string(),
+    };
+    let new = if old.first() == Some(&MOVED) {
+        moved_value(&e)
+    } else {
+        value(&e)
+    };
+    let delta = new.len() as i64 - old.len() as i64;
+    tree.insert(k, new)?;
+    Ok(Some(delta))
+}
+
 /// Key-value pairs to write, in order.
 pub(super) type Writes = Vec<(Vec<u8>, Vec<u8>)>;
 

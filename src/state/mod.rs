@@ -248,6 +248,10 @@ pub enum Command {
         archive: Vec<ArchiveEntry>,
         #[serde(default)]
         quota_bytes: u64,
+        /// Messages of the entity's archive replaced (by id) with the
+        /// given XML: a moderated message's tombstone (XEP-0425).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replace: Vec<ArchiveEntry>,
     },
     /// XEP-0313: messages into their owners' archives, many per log entry.
     /// An owner past `quota_bytes` (0: no limit) keeps what it has and
@@ -893,6 +897,7 @@ impl State {
                 writes,
                 archive,
                 quota_bytes,
+                replace,
             } => {
                 if self.hosted_owner(entity) != Some(*node) {
                     return Err(StateError::Superseded(entity.clone()));
@@ -904,6 +909,14 @@ impl State {
                     let own: Vec<&ArchiveEntry> =
                         archive.iter().filter(|e| &e.user == entity).collect();
                     self.append_archive(&own, *quota_bytes, &mut applied, Some(entity))?;
+                    for r in replace.iter().filter(|r| &r.user == entity) {
+                        if let Some(delta) = archive::replace(&self.archive, entity, r.id, &r.xml)?
+                        {
+                            let used = (self.archive_bytes(entity)? as i64 + delta).max(0) as u64;
+                            self.archive_used
+                                .insert(entity.as_bytes(), &used.to_be_bytes())?;
+                        }
+                    }
                     for (key, value) in writes {
                         let k = data_key(entity, "hosted", key);
                         match value {
@@ -1374,6 +1387,14 @@ impl State {
     }
 
     /// Bytes `user`'s archive holds (what the quota counts).
+    /// One message of `owner`'s archive by its stanza-id: (with, xml).
+    pub fn archived(&self, owner: &str, id: u64) -> Option<(String, String)> {
+        archive::get(&self.archive, owner, id)
+            .ok()
+            .flatten()
+            .map(|a| (a.with, a.xml))
+    }
+
     pub fn archive_bytes(&self, user: &str) -> Result<u64, StateError> {
         Ok(self
             .archive_used

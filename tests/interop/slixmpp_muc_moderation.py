@@ -1,0 +1,175 @@
+"""XEP-0425 moderated message retraction with slixmpp's XEP-0425 plugin:
+alice owns a room, bob writes something a moderator removes. Everyone
+gets the retraction (with the moderator and the reason), the room's
+archive (XEP-0313) and the history a newcomer gets hold a tombstone in
+its place, a participant cannot retract, and an unknown id is
+item-not-found.
+
+usage: slixmpp_muc_moderation.py MUCDOMAIN HOST:PORT JID PASS (x3: alice, bob, carol)
+"""
+import asyncio
+import ssl
+import sys
+
+import slixmpp
+from slixmpp import JID
+from slixmpp.exceptions import IqError
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath, StanzaPath
+
+MUCD = sys.argv[1]
+USERS = [sys.argv[2 + 3 * i: 5 + 3 * i] for i in range(3)]
+T = 20
+ROOM = JID(f"modroom@{MUCD}")
+RETRACT = "urn:xmpp:message-retract:1"
+MODERATE = "urn:xmpp:message-moderate:1"
+SID = "urn:xmpp:sid:0"
+
+
+class Client(slixmpp.ClientXMPP):
+    def __init__(self, jid, password):
+        super().__init__(jid, password)
+        self.ssl_context.check_hostname = False
+        self.ssl_context.verify_mode = ssl.CERT_NONE
+        self.enable_direct_tls = False
+        for p in ["xep_0030", "xep_0004", "xep_0045", "xep_0059", "xep_0313", "xep_0421", "xep_0424", "xep_0425"]:
+            self.register_plugin(p)
+        self.online = asyncio.Event()
+        self.groupchat = asyncio.Queue()
+        self.moderated = asyncio.Queue()
+        self.results = {}
+        self.add_event_handler("session_start", self.on_start)
+        self.add_event_handler("groupchat_message", self.on_groupchat)
+        self.add_event_handler("moderated_message", lambda m: self.moderated.put_nowait(m))
+        self.register_handler(
+            Callback("mam results", StanzaPath("message/mam_result"), self.on_result)
+        )
+
+    async def on_start(self, _):
+        self.send_presence()
+        self.online.set()
+
+    def on_groupchat(self, m):
+        if m["body"]:
+            self.groupchat.put_nowait(m)
+
+    def on_result(self, m):
+        r = m["mam_result"]
+        self.results.setdefault(r["queryid"], []).append(r["forwarded"]["stanza"])
+
+
+def check(cond, what):
+    if not cond:
+        print("FAIL", what, flush=True)
+        sys.exit(1)
+
+
+async def next_of(q, pred, what):
+    try:
+        async with asyncio.timeout(T):
+            while True:
+                m = await q.get()
+                if pred(m):
+                    return m
+    except TimeoutError:
+        check(False, f"timed out waiting for {what}")
+
+
+def stanza_id(m):
+    for el in m.xml.findall(f"{{{SID}}}stanza-id"):
+        if el.get("by") == str(ROOM):
+            return el.get("id")
+    return None
+
+
+async def archive(c):
+    iq = c.make_iq_set(ito=ROOM)
+    qid = iq["id"]
+    iq["mam"]["queryid"] = qid
+    await iq.send(timeout=T)
+    return c.results.pop(qid, [])
+
+
+async def main():
+    clients = []
+    for (addr, jid, pw) in USERS:
+        host, port = addr.rsplit(":", 1)
+        c = Client(jid, pw)
+        c.connect(host=host, port=int(port))
+        clients.append(c)
+    for c in clients:
+        await asyncio.wait_for(c.online.wait(), T)
+    alice, bob, carol = clients
+    await alice.plugin["xep_0045"].join_muc_wait(ROOM, "alice", timeout=T)
+    await bob.plugin["xep_0045"].join_muc_wait(ROOM, "bob", timeout=T)
+    info = await bob.plugin["xep_0030"].get_info(jid=ROOM, timeout=T)
+    check(MODERATE in info["disco_info"]["features"], "the room advertises moderation")
+    # XEP-0045 §7.12: no reserved nick here is an empty answer, not an error.
+    reserved = await bob.plugin["xep_0030"].get_info(jid=ROOM, node="x-roomuser-item", timeout=T)
+    check(not reserved["disco_info"]["identities"], f"no reserved nick: {reserved}")
+    print("OK entered", flush=True)
+
+    bob.send_message(mto=ROOM, mbody="something regrettable", mtype="groupchat")
+    seen = await next_of(alice.groupchat, lambda m: m["body"] == "something regrettable", "bob's message")
+    sid = stanza_id(seen)
+    check(sid, f"a stanza-id on {seen}")
+    bob.send_message(mto=ROOM, mbody="something fine", mtype="groupchat")
+    await next_of(alice.groupchat, lambda m: m["body"] == "something fine", "bob's second message")
+
+    # A participant may not retract; an unknown id is not found.
+    try:
+        await bob.plugin["xep_0425"].moderate(ROOM, sid, "mine", timeout=T)
+        check(False, "a participant retracted a message")
+    except IqError as e:
+        check(e.condition == "forbidden", f"participant: {e.condition}")
+    try:
+        await alice.plugin["xep_0425"].moderate(ROOM, "0000000000000001", "", timeout=T)
+        check(False, "an unknown id was retracted")
+    except IqError as e:
+        check(e.condition == "item-not-found", f"unknown id: {e.condition}")
+    print("OK refused", flush=True)
+
+    await alice.plugin["xep_0425"].moderate(ROOM, sid, "off topic", timeout=T)
+    for c in (alice, bob):
+        m = await next_of(c.moderated, lambda m: m["retract"]["id"] == sid, "the retraction")
+        check(m["from"] == ROOM, f"retraction from {m['from']}")
+        check(m["retract"]["moderated"]["by"] == JID(f"{ROOM}/alice"), f"by {m['retract']['moderated']['by']}")
+        check(m["retract"]["reason"] == "off topic", f"reason {m['retract']['reason']!r}")
+    print("OK retracted", flush=True)
+
+    # The archive holds a tombstone where the message was.
+    msgs = await archive(bob)
+    bodies = [m["body"] for m in msgs]
+    check("something regrettable" not in bodies, f"the retracted body is still archived: {bodies}")
+    check("something fine" in bodies, f"the other message is archived: {bodies}")
+    stones = [m for m in msgs if m.xml.find(f"{{{RETRACT}}}retracted") is not None]
+    check(len(stones) == 1 and stanza_id(stones[0]) == sid, f"one tombstone with the id: {[str(m) for m in stones]}")
+    check(str(stones[0]["from"]) == f"{ROOM}/bob", f"the tombstone keeps its sender: {stones[0]['from']}")
+    print("OK archive tombstone", flush=True)
+
+    # A newcomer's history has the tombstone, not the message.
+    carol_seen = []
+    carol_stones = []
+    carol.add_event_handler("groupchat_message", carol_seen.append)
+    # A tombstone has no body: slixmpp's group chat events skip it.
+    carol.register_handler(Callback(
+        "tombstones", MatchXPath(f"{{jabber:client}}message/{{{RETRACT}}}retracted"), carol_stones.append))
+    _, _, _, history = await carol.plugin["xep_0045"].join_muc_wait(ROOM, "carol", timeout=T)
+    carol_seen.extend(history)
+    for _ in range(T * 10):
+        if any(m["body"] == "something fine" for m in carol_seen):
+            break
+        await asyncio.sleep(0.1)
+    bodies = [m["body"] for m in carol_seen]
+    check("something fine" in bodies, f"the history: {bodies}")
+    check("something regrettable" not in bodies, f"history still has it: {bodies}")
+    check([stanza_id(m) for m in carol_stones] == [sid],
+          f"the tombstone in the history: {[str(m) for m in carol_stones]}")
+    print("OK history", flush=True)
+
+    for c in clients:
+        c.disconnect()
+    print("ALL OK", flush=True)
+
+
+asyncio.run(main())
