@@ -244,8 +244,8 @@ async fn serve(ctx: &Arc<ServerCtx>, mut conn: Conn) -> Result<(), crate::s2s::S
     Ok(())
 }
 
-/// Draining: end every component stream here with `<system-shutdown/>`
-/// and unbind its domain cluster-wide (awaited, bounded), so stanzas for
+/// Draining: end every component stream here with `<system-shutdown/>`,
+/// then unbind its domain cluster-wide (awaited, bounded), so stanzas for
 /// it get a readable error until the component is back on another node,
 /// instead of waiting on this one.
 pub async fn close_all(ctx: &ServerCtx, wait: Duration) {
@@ -261,8 +261,9 @@ pub async fn close_all(ctx: &ServerCtx, wait: Duration) {
             "node draining; connect to another node",
         );
         // The writer closes the stream once this is out (its sender is
-        // dropped here).
-        let _ = tx.try_send(reason.to_xml());
+        // dropped here); a writer that cannot take it in a second (a stuck
+        // component) is closed without it.
+        let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(reason.to_xml())).await;
         drop(tx);
         tracing::info!(%domain, "component closed: node draining");
         let unbind = Command::ComponentUnbind {

@@ -32,12 +32,12 @@ pub async fn drain(ctx: &Arc<ServerCtx>) {
     if others.is_empty() {
         return;
     }
-    // Each resumable session first, spread over the other nodes, while we
-    // are still leader (raft-rs drops proposals during a leader transfer,
-    // and the new nodes' binds are proposals).
     // Components (gateways) first: they reconnect to a node that stays,
     // and meanwhile stanzas for them get an error that says why.
     crate::component::close_all(ctx, PUSH_WAIT).await;
+    // Then each resumable session, spread over the other nodes, while we
+    // are still leader (raft-rs drops proposals during a leader transfer,
+    // and the new nodes' binds are proposals).
     let sessions = ctx.sm_sessions.all();
     let mut pushes = tokio::task::JoinSet::new();
     for (i, (_, addr)) in sessions.into_iter().enumerate() {

@@ -12,7 +12,9 @@
 //! - a Prosody user reaches the same channel through federation, the
 //!   gateway's stanzas leaving on a link that authenticates as
 //!   `biboumi.localhost`;
-//! - biboumi stopped: a readable error; started again: it works;
+//! - biboumi killed: a readable error for entering, a group message and a
+//!   private message, here and for the Prosody user; started again: it
+//!   works;
 //! - node 3 drained while biboumi is paused: a readable error; biboumi
 //!   resumes, reconnects through HAProxy to node 2, and it works again.
 mod common;
@@ -172,16 +174,41 @@ fn biboumi_log(dir: &Path) -> String {
     lines[lines.len().saturating_sub(150)..].join("\n")
 }
 
-/// Wait (at most 30 s) until `n`'s log has `needle` `count` times.
-async fn log_count(n: &Server, needle: &str, count: usize, what: &str, dir: &Path) {
+/// Wait (at most 30 s) until `n`'s log has `needle` `count` times, while
+/// biboumi keeps running (it gives up if its very first connection fails).
+async fn log_count(
+    n: &Server,
+    needle: &str,
+    count: usize,
+    what: &str,
+    dir: &Path,
+    biboumi: &mut Proc,
+) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while n.log().matches(needle).count() < count {
+        let exited = biboumi.0.try_wait().ok().flatten();
         assert!(
-            Instant::now() < deadline,
-            "{what}\n--- node\n{}\n--- biboumi\n{}",
+            Instant::now() < deadline && exited.is_none(),
+            "{what} (biboumi exited: {exited:?})\n--- node\n{}\n--- biboumi\n{}",
             n.log(),
             biboumi_log(dir)
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait (at most 10 s) until `n` has the account `user` (replicated).
+async fn has_account(n: &Server, user: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = n.user_cmd(&["list"]);
+        if String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l == user)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{user} never reached this node");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -231,14 +258,17 @@ async fn irc_through_biboumi_from_any_node_and_over_federation() {
     wait_members(&n1, SECRET, 3).await;
     n1.add_user("alice", "alice-pw");
     n1.add_user("carol", "carol-pw");
+    has_account(&n2, "carol").await;
     let _haproxy = start_haproxy([&n1, &n2, &n3]);
     let mut biboumi = start_biboumi(d);
+    let bib = &mut biboumi;
     log_count(
         &n3,
         "component connected",
         1,
         "biboumi never reached node 3",
         d,
+        bib,
     )
     .await;
     let prosody = Prosody::start(n2.s2s.expect("s2s on"), PROSODY_C2S, PROSODY_S2S, false);
@@ -251,7 +281,8 @@ async fn irc_through_biboumi_from_any_node_and_over_federation() {
         "pete@prosody.localhost",
         "pete-pw",
     );
-    let out = phase("chat", &[alice.clone(), carol, pete], d, &[&n1, &n2, &n3]).await;
+    let users = [alice.clone(), carol, pete.clone()];
+    let out = phase("chat", &users, d, &[&n1, &n2, &n3]).await;
     for step in [
         "OK chat: alice entered",
         "OK chat: messages both ways with alice",
@@ -264,6 +295,7 @@ async fn irc_through_biboumi_from_any_node_and_over_federation() {
         "OK federation: pete entered",
         "OK federation: messages both ways with pete",
         "OK chat: the IRC part reached XMPP",
+        "OK chat: an IRC quit reached XMPP",
     ] {
         assert!(out.contains(step), "missing {step:?} in\n{out}");
     }
@@ -271,58 +303,69 @@ async fn irc_through_biboumi_from_any_node_and_over_federation() {
     // domain (dialback-verified by Prosody through node 2).
     let log = n3.log();
     assert!(
-        log.contains(&format!("local={GW}")) && log.contains("outbound link ready"),
+        log.lines()
+            .any(|l| l.contains(&format!("local={GW}")) && l.contains("outbound link ready")),
         "no link from {GW}:\n{log}\n--- prosody\n{}",
         prosody.log()
     );
 
-    // biboumi stops: a readable error; it starts again: it works.
-    let _ = Command::new("kill")
-        .args(["-TERM", &biboumi.0.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while biboumi.0.try_wait().ok().flatten().is_none() {
-        assert!(Instant::now() < deadline, "biboumi did not stop");
-        std::thread::sleep(Duration::from_millis(50));
+    // biboumi crashes (SIGKILL): a readable error for entering, a group
+    // message and a private message, for a user here and for the Prosody
+    // user; started again, it works.
+    let _ = biboumi.0.kill();
+    let _ = biboumi.0.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !n3.log().contains("component disconnected") {
+        assert!(Instant::now() < deadline, "node 3 never saw biboumi go");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let both = [alice.clone(), pete.clone()];
+    let out = phase("down", &both, d, &[&n1, &n2, &n3]).await;
+    assert!(
+        out.contains("is not connected")
+            && out.contains("OK down: pete@prosody.localhost's group message"),
+        "{out}"
+    );
+    biboumi = start_biboumi(d);
+    let bib = &mut biboumi;
     log_count(
         &n3,
-        "component disconnected",
-        1,
-        "node 3 never saw biboumi go",
+        "component connected",
+        2,
+        "biboumi never came back",
         d,
+        bib,
     )
     .await;
-    let out = phase("down", std::slice::from_ref(&alice), d, &[&n1, &n3]).await;
-    assert!(out.contains("is not connected"), "{out}");
-    biboumi = start_biboumi(d);
-    log_count(&n3, "component connected", 2, "biboumi never came back", d).await;
-    phase("again", std::slice::from_ref(&alice), d, &[&n1, &n3]).await;
+    let one = std::slice::from_ref(&alice);
+    phase("again", one, d, &[&n1, &n3]).await;
 
     // Node 3 drains while biboumi is paused (so it cannot reconnect yet):
     // a readable error. Resumed, biboumi reconnects through HAProxy to
     // node 2, and the gateway works again.
     let pid = biboumi.0.id().to_string();
     let _ = Command::new("kill").args(["-STOP", &pid]).status();
-    let status = n3.terminate();
+    let status = n3.terminate_within(Duration::from_secs(30));
     assert!(status.success(), "node 3 drain: {status:?}");
     assert!(
         n3.log().contains("component closed: node draining"),
         "node 3 did not close the gateway's stream:\n{}",
         n3.log()
     );
-    let out = phase("down", std::slice::from_ref(&alice), d, &[&n1, &n2]).await;
+    let out = phase("down", one, d, &[&n1, &n2]).await;
     assert!(out.contains("is not connected"), "{out}");
     let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    let bib = &mut biboumi;
     log_count(
         &n2,
         "component connected",
         1,
         "biboumi never reached node 2",
         d,
+        bib,
     )
     .await;
-    phase("again", &[alice], d, &[&n1, &n2]).await;
+    phase("again", one, d, &[&n1, &n2]).await;
     assert!(
         std::fs::read_to_string(d.join("biboumi.log"))
             .unwrap_or_default()

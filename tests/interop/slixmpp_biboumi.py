@@ -240,19 +240,40 @@ async def chat_phase(users):
     print("OK chat: the IRC part reached XMPP as unavailable presence", flush=True)
     irc.close()
 
+    # Another IRC user joins, then quits the network.
+    quitter = Irc("ircq")
+    await quitter.connect()
+    quitter.send("JOIN #test")
+    await quitter.expect(lambda l: " 366 " in l, "end of NAMES")
+    await next_of(alice.presences, lambda p: p["from"].resource == "ircq" and p["type"] != "unavailable",
+                  "ircq's join")
+    quitter.send("QUIT :gone fishing")
+    await next_of(alice.presences, lambda p: p["from"].resource == "ircq" and p["type"] == "unavailable",
+                  "ircq's quit")
+    print("OK chat: an IRC quit reached XMPP as unavailable presence", flush=True)
+
 
 async def down_phase(users):
-    alice = users[0]
-    alice.enter("alice")
-    p = await next_of(alice.errors, lambda p: p.name == "presence", "an error for entering")
-    cond, text = error_text(p)
-    check(cond is not None and text and GW in text, f"entering with the gateway away: {cond} {text!r}")
-    print(f"OK down: entering gets {cond}: {text}", flush=True)
-    alice.send_message(mto=f"someone%{IRC_HOST}@{GW}", mbody="anyone?", mtype="chat")
-    m = await next_of(alice.errors, lambda m: m.name == "message", "an error for a private message")
-    cond, text = error_text(m)
-    check(cond is not None and text and GW in text, f"a message with the gateway away: {cond} {text!r}")
-    print(f"OK down: a private message gets {cond}: {text}", flush=True)
+    # Each user (the last may be on another server): entering, a message
+    # to the channel and a private message each get an error that says
+    # the gateway is away.
+    for c in users:
+        who = c.boundjid.bare
+        c.enter(c.boundjid.user)
+        p = await next_of(c.errors, lambda p: p.name == "presence", f"{who}: an error for entering")
+        cond, text = error_text(p)
+        check(cond is not None and text and GW in text, f"{who} entering with the gateway away: {cond} {text!r}")
+        print(f"OK down: {who} entering gets {cond}: {text}", flush=True)
+        c.send_message(mto=ROOM, mbody="is anyone here?", mtype="groupchat")
+        m = await next_of(c.errors, lambda m: m.name == "message", f"{who}: an error for a group message")
+        cond, text = error_text(m)
+        check(cond is not None and text and GW in text, f"{who}'s group message with the gateway away: {cond} {text!r}")
+        print(f"OK down: {who}'s group message gets {cond}", flush=True)
+        c.send_message(mto=f"someone%{IRC_HOST}@{GW}", mbody="anyone?", mtype="chat")
+        m = await next_of(c.errors, lambda m: m.name == "message", f"{who}: an error for a private message")
+        cond, text = error_text(m)
+        check(cond is not None and text and GW in text, f"{who}'s private message with the gateway away: {cond} {text!r}")
+        print(f"OK down: {who}'s private message gets {cond}", flush=True)
 
 
 async def again_phase(users):
