@@ -13,7 +13,8 @@
 //! - `GET sessions`, `DELETE sessions/{full JID}` (ended on whichever node
 //!   holds it);
 //! - `POST cluster/drain` (this node), `DELETE cluster/nodes/{id}`;
-//! - `GET rooms` (group chat rooms with records), `GET reports` (XEP-0377
+//! - `GET rooms` (group chat rooms with records), `GET pubsub` (the nodes of
+//!   `pubsub.DOMAIN`), `GET reports` (XEP-0377
 //!   spam and abuse reports), `POST broadcast` `{"body"}` (a headline to
 //!   every online session).
 //!
@@ -53,6 +54,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::delete().to(remove_node),
         )
         .route("/admin/api/rooms", web::get().to(rooms))
+        .route("/admin/api/pubsub", web::get().to(pubsub_nodes))
         .route("/admin/api/reports", web::get().to(reports))
         .route("/admin/api/broadcast", web::post().to(broadcast));
 }
@@ -383,6 +385,35 @@ async fn rooms(req: HttpRequest, ctx: Ctx) -> HttpResponse {
         .map(|(jid, node)| json!({ "jid": jid, "node": node }))
         .collect();
     reply(actix_web::http::StatusCode::OK, json!({ "rooms": rooms }))
+}
+
+/// The nodes of the publish-subscribe service (`pubsub.DOMAIN`, XEP-0060):
+/// name, kind of access, items held.
+async fn pubsub_nodes(req: HttpRequest, ctx: Ctx) -> HttpResponse {
+    guard!(req, ctx);
+    let Some(domain) = ctx.config.services.pubsub_domain(&ctx.config.domain) else {
+        return reply(
+            actix_web::http::StatusCode::OK,
+            json!({ "service": Value::Null, "nodes": [] }),
+        );
+    };
+    let owner = crate::pubsub::service_key(&domain);
+    let nodes: Vec<Value> = ctx
+        .state
+        .pubsub_nodes(&owner)
+        .into_iter()
+        .map(|name| {
+            let items = ctx.state.pubsub_items(&owner, &name).len();
+            let meta = ctx.state.pubsub_node(&owner, &name);
+            let access = meta.as_ref().map(|m| m.config.access_model.as_str());
+            let title = meta.and_then(|m| m.config.title);
+            json!({ "node": name, "items": items, "access": access, "title": title })
+        })
+        .collect();
+    reply(
+        actix_web::http::StatusCode::OK,
+        json!({ "service": domain, "nodes": nodes }),
+    )
 }
 
 /// XEP-0377 spam and abuse reports, oldest first.

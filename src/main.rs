@@ -167,8 +167,29 @@ fn main() -> ExitCode {
             op: ClusterCmd::Status { node },
         } => cluster_status(&config, node),
         Cmd::Cluster {
+            op:
+                ClusterCmd::Remove {
+                    node_id,
+                    node: None,
+                },
+        } if api.reachable(&config) => done(
+            api.call(
+                &config,
+                "DELETE",
+                &format!("/admin/api/cluster/nodes/{node_id}"),
+                None,
+            )
+            .map(|_| println!("removed node {node_id}")),
+        ),
+        Cmd::Cluster {
             op: ClusterCmd::Remove { node_id, node },
         } => cluster_remove(&config, node_id, node),
+        Cmd::Cluster {
+            op: ClusterCmd::Drain { node: None },
+        } if api.reachable(&config) => done(
+            api.call(&config, "POST", "/admin/api/cluster/drain", None)
+                .map(|_| println!("draining; the node exits once its sessions are handed over")),
+        ),
         Cmd::Cluster {
             op: ClusterCmd::Drain { node: Some(node) },
         } => cluster_drain_remote(&config, &node),
@@ -248,6 +269,15 @@ impl Api {
     fn target(&self, config: &Config) -> Result<Option<Target>, String> {
         Target::find(&config.data_dir, self.url.as_deref(), self.token.as_deref())
             .map_err(|e| e.to_string())
+    }
+
+    /// Whether a node's admin API answers (`--url`, or the one running on
+    /// this data dir): the commands that can also go another way use it.
+    fn reachable(&self, config: &Config) -> bool {
+        matches!(
+            self.target(config),
+            Ok(Some(t)) if t.call("GET", "/admin/api/status", None).is_ok()
+        )
     }
 
     /// A request that needs a running node.

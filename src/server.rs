@@ -500,6 +500,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let c2s_addr = c2s.local_addr().ok();
     let direct_addr = direct.as_ref().and_then(|d| d.local_addr().ok());
     tracing::info!(domain = %ctx.config.domain, c2s = ?c2s_addr, direct_tls = ?direct_addr, workers, "starling is up");
+    // Where `starling user ...` finds this node's admin API (before the
+    // ready line: whoever waits for that finds the address too).
+    if ctx.config.http.admin != "off" {
+        if let Some(a) = http.as_ref().and_then(|h| h.local_addr().ok()) {
+            let url = crate::admin_client::local_url(a);
+            let file = ctx.config.data_dir.join(crate::admin_client::URL_FILE);
+            if let Err(e) = std::fs::write(&file, url) {
+                tracing::warn!(error = %e, "cannot write the admin API address");
+            }
+        }
+    }
     // One machine-readable line on stdout: tests and scripts read the bound ports here.
     let cluster = ctx.replicator.cluster();
     let s2s_addr = s2s.as_ref().and_then(|l| l.local_addr().ok());
@@ -526,16 +537,6 @@ pub fn run(config: Config) -> Result<(), StartError> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    // Where `starling user ...` finds this node's admin API.
-    if ctx.config.http.admin != "off" {
-        if let Some(a) = http.as_ref().and_then(|h| h.local_addr().ok()) {
-            let url = crate::admin_client::local_url(a);
-            let file = ctx.config.data_dir.join(crate::admin_client::URL_FILE);
-            if let Err(e) = std::fs::write(&file, url) {
-                tracing::warn!(error = %e, "cannot write the admin API address");
-            }
-        }
-    }
 
     let system = System::new();
     let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();

@@ -171,6 +171,22 @@ async fn the_api_manages_users_and_sessions_with_its_token() {
     assert_eq!(v["leader"], v["node"]);
     let (code, v) = api(&s, "GET", "/admin/api/rooms", Some(&t), "").await;
     assert_eq!((code, v["rooms"].as_array().map(Vec::len)), (200, Some(0)));
+    // A node of pubsub.localhost, with one item, is listed.
+    alice
+        .send("<iq type='set' to='pubsub.localhost' id='ps1'><pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='news'/></pubsub></iq>")
+        .await;
+    let r = alice.wait_for(|e| e.attr("id") == Some("ps1")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    alice
+        .send("<iq type='set' to='pubsub.localhost' id='ps2'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='news'><item id='i1'><entry xmlns='http://www.w3.org/2005/Atom'>hi</entry></item></publish></pubsub></iq>")
+        .await;
+    let r = alice.wait_for(|e| e.attr("id") == Some("ps2")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    let (code, v) = api(&s, "GET", "/admin/api/pubsub", Some(&t), "").await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["service"], "pubsub.localhost");
+    assert_eq!(v["nodes"][0]["node"], "news", "{v}");
+    assert_eq!(v["nodes"][0]["items"], 1, "{v}");
     let (code, _) = api(&s, "DELETE", "/admin/api/users/alice", Some(&t), "").await;
     assert_eq!(code, 200);
     assert_eq!(alice.stream_error().await, "not-authorized");
@@ -332,4 +348,30 @@ async fn the_status_page_shows_a_three_node_cluster() {
     let png = std::fs::read(&shot).expect("the screenshot");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 5_000);
     drop((a, b, b2));
+
+    // `starling cluster drain` and `cluster remove` through the API: node 3
+    // drains and exits, then node 1 removes it; the API's status lists two.
+    let mut n3 = n3;
+    let out = n3.cluster_cmd(&["drain"], None);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("draining"),
+        "{out:?}"
+    );
+    let mut exited = false;
+    for _ in 0..200 {
+        if n3.exited() {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(exited, "node 3 did not stop after the drain");
+    let out = n1.cluster_cmd(&["remove", "3"], None);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("removed node 3"),
+        "{out:?}"
+    );
+    let (code, v) = api(&n1, "GET", "/admin/api/status", Some(&token(&n1)), "").await;
+    assert_eq!(code, 200);
+    assert_eq!(v["nodes"].as_array().map(|n| n.len()), Some(2), "{v}");
 }

@@ -285,6 +285,107 @@ async fn sasl2_and_fast_on_raw_streams() {
 }
 
 /// slixmpp has no SASL2: it still logs in with RFC 6120 SASL (SCRAM).
+/// FAST tokens are replicated: one issued by node 1 logs in on node 2;
+/// a password change made on node 2 revokes it on node 1 too, and a
+/// deleted account's token is refused everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_tokens_work_on_every_node_and_are_revoked_everywhere() {
+    const SECRET: &str = "fast-cluster-secret-0123456789";
+    let _turn = CLUSTER_TURN.lock().await;
+    let n1 = cluster_node(1, None, SECRET, &[]);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
+    wait_members(&n1, SECRET, 2).await;
+    n1.add_user("alice", "wonderland");
+    let token = token_by_password(&n1, "agent-c").await;
+    let ok = fast_login(&n2, "agent-c", &token, Element::new("fast", FAST))
+        .await
+        .expect("node 1's token on node 2");
+    assert_eq!(ok.name, "success");
+    let out = n2.user_cmd(&["passwd", "alice", "--password", "changed"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        fast_login(&n1, "agent-c", &token, Element::new("fast", FAST))
+            .await
+            .err()
+            .as_deref(),
+        Some("not-authorized"),
+        "revoked on node 1 by a password change on node 2"
+    );
+    let out = n1.user_cmd(&["passwd", "alice", "--password", "wonderland"]);
+    assert!(out.status.success(), "{out:?}");
+    let token = token_by_password(&n2, "agent-d").await;
+    let out = n2.user_cmd(&["del", "alice"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        fast_login(&n1, "agent-d", &token, Element::new("fast", FAST))
+            .await
+            .err()
+            .as_deref(),
+        Some("not-authorized"),
+        "a deleted account's token"
+    );
+}
+
+/// Bind 2 with carbons enabled inline (XEP-0386 §3.2 with XEP-0280): the
+/// session is ready after the success, and a message to the user's other
+/// resource reaches it as a carbon without any <enable/> of its own; one
+/// bound with <inactive/> (XEP-0352) gets no presence until it is active.
+#[tokio::test]
+async fn bind2_enables_carbons_and_csi_inline() {
+    let s = Server::start();
+    s.add_user("alice", "wonderland");
+    s.add_user("bob", "builder");
+    let (mut a, _) = tls_stream(&s).await;
+    let bind = Element::new("bind", "urn:xmpp:bind:0")
+        .with_child(Element::new("tag", "urn:xmpp:bind:0").with_text("phone"))
+        .with_child(Element::new("enable", "urn:xmpp:carbons:2"))
+        .with_child(Element::new("inactive", "urn:xmpp:csi:0"));
+    a.send(&authenticate(
+        "PLAIN",
+        b"\0alice\0wonderland",
+        "agent-b2",
+        vec![bind],
+    ))
+    .await;
+    let ok = a.element().await;
+    assert_eq!(ok.name, "success", "{ok:?}");
+    assert!(ok.get_child("bound", "urn:xmpp:bind:0").is_some(), "{ok:?}");
+    let jid = ok
+        .get_child("authorization-identifier", SASL2)
+        .map(|j| j.text())
+        .expect("the full JID");
+    assert!(jid.starts_with("alice@localhost/phone"), "{jid}");
+    a.send("<presence/>").await;
+
+    let mut other = Client::login(s.c2s, "alice", "wonderland", "desk").await;
+    other.send("<presence/>").await;
+    let mut bob = Client::login(s.c2s, "bob", "builder", "r").await;
+    bob.send(
+        "<message to='alice@localhost/desk' type='chat' id='c1'><body>to the desk</body></message>",
+    )
+    .await;
+    let m = other.wait_for(|e| e.name == "message").await;
+    assert_eq!(m.attr("id"), Some("c1"));
+    let carbon = a.wait_for(|e| e.name == "message").await;
+    assert!(
+        carbon.get_child("received", "urn:xmpp:carbons:2").is_some(),
+        "a carbon for the phone: {carbon:?}"
+    );
+    // Inactive: alice's own other resource's presence is held back.
+    a.drain();
+    other.send("<presence><show>away</show></presence>").await;
+    assert!(
+        a.quiet_for(Duration::from_millis(800)).await,
+        "presence reached an inactive session"
+    );
+    a.send("<active xmlns='urn:xmpp:csi:0'/>").await;
+    // Held presence is flushed once active (its own echo too).
+    let p = a
+        .wait_for(|e| e.name == "presence" && e.attr("from") == Some("alice@localhost/desk"))
+        .await;
+    assert!(p.get_child("show", "jabber:client").is_some(), "{p:?}");
+}
+
 /// HT-SHA-256-EXPR and -ENDP (XEP-0484 with the HT draft's channel
 /// bindings): a token is issued for the mechanism asked for, proves itself
 /// only over the channel it names (this connection's tls-exporter, or the

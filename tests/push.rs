@@ -316,7 +316,8 @@ async fn detached_and_offline_devices_are_notified_until_forgotten_or_disabled()
 }
 
 /// bob's node is killed: the message goes offline on a node that lives, and
-/// that node notifies his device.
+/// that node notifies his device; the app server's item-not-found for a
+/// notification another node made removes the device cluster-wide.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_whose_node_died_is_still_notified() {
     const SECRET: &str = "push-tests-cluster-secret-0123456789";
@@ -332,6 +333,7 @@ async fn a_user_whose_node_died_is_still_notified() {
     wait_members(&n1, SECRET, 3).await;
     n1.add_user("alice", "wonderland");
     n1.add_user("bob", "builder");
+    n1.add_user("carol", "carol-pw");
     let mut app = AppServer::start(n1.component.expect("component listener"), || n1.log()).await;
     let mut alice = authed_retry(&n1, "alice", "wonderland").await;
     alice.bind(Some("home")).await.expect("bind");
@@ -345,5 +347,41 @@ async fn a_user_whose_node_died_is_still_notified() {
     alice.send(&chat("bob@localhost", "after the crash")).await;
     let n = app.until_body("bob-phone", "after the crash").await;
     assert_eq!(n.last().expect("one")["from"], "bob@localhost");
+
+    // A notification node 2 makes (carol writes from there) crosses the
+    // mesh to the app server on node 1; the app server's item-not-found
+    // comes back to node 1, which removes the device for the whole
+    // cluster: nothing more from node 2 or node 1.
+    let mut carol = authed_retry(&n2, "carol", "carol-pw").await;
+    carol.bind(Some("desk")).await.expect("bind");
+    app.forget("bob-phone");
+    loop {
+        let line = app.line(WAIT).await.expect("the app server's answer");
+        if line == "FORGOTTEN bob-phone" {
+            break;
+        }
+    }
+    carol.send(&chat("bob@localhost", "from node 2")).await;
+    app.until_body("bob-phone", "from node 2").await;
+    assert!(
+        n2.log().contains("push notification sent"),
+        "node 2 made the notification"
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while !n1
+        .log()
+        .contains("app server forgot the device: push registration removed")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 1 did not act on the answer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    carol.send(&chat("bob@localhost", "nobody hears")).await;
+    alice.send(&chat("bob@localhost", "nor this")).await;
+    let after = app.collect("bob-phone", Duration::from_secs(2)).await;
+    assert!(after.is_empty(), "notified after item-not-found: {after:?}");
     drop(n2);
 }

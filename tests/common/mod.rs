@@ -290,23 +290,37 @@ impl Server {
 
     /// SIGTERM, then wait (bounded) for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.terminate_within(Duration::from_secs(10))
+    }
+
+    /// SIGTERM, then wait at most `limit` for the exit status.
+    pub fn terminate_within(&mut self, limit: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
             .status();
-        for _ in 0..200 {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
                 return status;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
-        panic!("server did not exit within 10 s of SIGTERM");
+        let _ = child.wait();
+        panic!("server did not exit within {limit:?} of SIGTERM");
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Whether the process has exited (it is then reaped).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
     }
 }
 
