@@ -99,8 +99,10 @@ pub fn execute(
 pub fn bind(data_dir: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     let path = data_dir.join(SOCKET);
-    // We hold the data dir's lock, so a socket file here is stale.
+    // We hold the data dir's lock, so a socket file here is stale (and an
+    // admin API address, until this node writes its own).
     let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(data_dir.join(crate::admin_client::URL_FILE));
     let token: String = rand::thread_rng()
         .sample_iter(&Alphanumeric)
         .take(32)

@@ -35,6 +35,13 @@ pub enum CallError {
     /// The node answered with an error.
     #[error("{0}")]
     Refused(String),
+    /// The request went out but no whole answer came back: it may have
+    /// been carried out (not retried another way).
+    #[error("no answer from the admin API at {0} (the operation may have been done): {1}")]
+    NoAnswer(String, String),
+    /// A token must be given for a node on another machine.
+    #[error("--token is needed for {0}: this machine's token is not sent elsewhere")]
+    TokenNeeded(String),
     #[error("bad admin URL {0:?}: {1}")]
     BadUrl(String, String),
 }
@@ -46,6 +53,12 @@ pub struct Target {
     pub token: String,
     /// Given on the command line (not found in the data dir).
     pub explicit: bool,
+}
+
+/// What a node writes to [`URL_FILE`]: its loopback admin URL and its
+/// process id.
+pub fn url_file(listen: SocketAddr) -> String {
+    format!("{}\n{}\n", local_url(listen), std::process::id())
 }
 
 /// The loopback URL a node writes for `listen` (its bound HTTP address):
@@ -73,17 +86,34 @@ impl Target {
                 .unwrap_or_default()
         };
         if let Some(url) = url.filter(|u| !u.is_empty()) {
+            let addr = host_port(url)?;
+            let token = match token {
+                Some(t) => t.to_string(),
+                None if is_loopback(&addr) => file_token(),
+                None => return Err(CallError::TokenNeeded(url.to_string())),
+            };
             return Ok(Some(Target {
-                addr: host_port(url)?,
-                token: token.map(str::to_string).unwrap_or_else(file_token),
+                addr,
+                token,
                 explicit: true,
             }));
         }
-        let Ok(url) = std::fs::read_to_string(data_dir.join(URL_FILE)) else {
+        // "URL\nPID": the node that wrote it must still be running (a node
+        // killed with -9 leaves the file; its port may be another's now).
+        let Ok(file) = std::fs::read_to_string(data_dir.join(URL_FILE)) else {
             return Ok(None);
         };
+        let mut lines = file.lines();
+        let url = lines.next().unwrap_or_default().trim();
+        let alive = lines
+            .next()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            return Ok(None);
+        }
         Ok(Some(Target {
-            addr: host_port(url.trim())?,
+            addr: host_port(url)?,
             token: token.map(str::to_string).unwrap_or_else(file_token),
             explicit: false,
         }))
@@ -114,7 +144,7 @@ impl Target {
         let mut raw = Vec::new();
         tcp.take(16 << 20)
             .read_to_end(&mut raw)
-            .map_err(unreachable)?;
+            .map_err(|e| CallError::NoAnswer(self.addr.clone(), e.to_string()))?;
         let text = String::from_utf8_lossy(&raw);
         let (head, payload) = text
             .split_once("\r\n\r\n")
@@ -138,6 +168,13 @@ impl Target {
             .unwrap_or_else(|| format!("HTTP {status}"));
         Err(CallError::Refused(why))
     }
+}
+
+/// Whether `host:port` names this machine.
+fn is_loopback(addr: &str) -> bool {
+    addr.to_socket_addrs()
+        .map(|mut a| a.all(|a| a.ip().is_loopback()))
+        .unwrap_or(false)
 }
 
 /// "http://host:port[/]" -> "host:port".

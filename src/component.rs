@@ -38,8 +38,10 @@ pub fn is_component(ctx: &ServerCtx, domain: &str) -> bool {
 /// or relayed to the node it is connected to. Nobody connected: the sender
 /// gets `<service-unavailable/>` naming the component ([`bounce_away`]).
 pub fn route(ctx: &ServerCtx, stanza: Element, domain: &str) {
-    if deliver_here(ctx, &stanza, domain) {
-        return;
+    match deliver_here(ctx, &stanza, domain) {
+        Here::Delivered => return,
+        Here::Full => return bounce_busy(ctx, &stanza, domain),
+        Here::No => {}
     }
     match ctx.state.component(domain) {
         Some((node, _)) if node != ctx.node_id() => crate::route::relay(
@@ -74,18 +76,43 @@ pub fn bounce_away(ctx: &ServerCtx, stanza: &Element, domain: &str) {
     crate::delivery::route_reply(ctx, err);
 }
 
+/// What became of a stanza for a component on this node.
+pub enum Here {
+    Delivered,
+    /// Not connected here.
+    No,
+    /// Connected, but its queue is full (it reads too slowly).
+    Full,
+}
+
 /// Hand `stanza` to the component connected here, if it is.
-pub fn deliver_here(ctx: &ServerCtx, stanza: &Element, domain: &str) -> bool {
+pub fn deliver_here(ctx: &ServerCtx, stanza: &Element, domain: &str) -> Here {
     let writer = ctx
         .components
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(domain)
         .map(|(_, w)| w.clone());
-    let Some(w) = writer else { return false };
+    let Some(w) = writer else { return Here::No };
     let mut el = stanza.clone();
     crate::s2s::retag(&mut el, ns::CLIENT, ns::COMPONENT);
-    w.try_send(el.to_xml(ns::COMPONENT)).is_ok()
+    match w.try_send(el.to_xml(ns::COMPONENT)) {
+        Ok(()) => Here::Delivered,
+        Err(mpsc::error::TrySendError::Full(_)) => Here::Full,
+        Err(mpsc::error::TrySendError::Closed(_)) => Here::No,
+    }
+}
+
+/// A stanza for a component that is connected but not keeping up: its
+/// sender gets `<resource-constraint/>` (try again later) with a text.
+pub fn bounce_busy(ctx: &ServerCtx, stanza: &Element, domain: &str) {
+    tracing::info!(%domain, kind = %stanza.name, reason = "component queue full", "stanza bounced");
+    if stanza.attr("type") == Some("error") {
+        return;
+    }
+    let text = format!("{domain} is busy; try again shortly");
+    let err = StanzaError::with_text(StanzaCondition::ResourceConstraint, text).reply_to(stanza);
+    crate::delivery::route_reply(ctx, err);
 }
 
 /// One component connection, until it ends.
@@ -188,6 +215,11 @@ async fn serve(ctx: &Arc<ServerCtx>, mut conn: Conn) -> Result<(), crate::s2s::S
         .unwrap_or_else(|e| e.into_inner())
         .insert(domain.clone(), (sid, tx));
     drop(old); // a previous connection's writer ends with it
+               // A drain that began while this one was binding has already closed
+               // the others: this one goes too, and is unbound again.
+    if ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
+        close_all(ctx, Duration::from_secs(3)).await;
+    }
     let (mut reader, mut writer) = conn.split();
     let write = async move {
         while let Some(x) = rx.recv().await {

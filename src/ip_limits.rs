@@ -63,13 +63,35 @@ pub struct Report {
     pub previous: Vec<(IpAddr, Counts)>,
 }
 
+/// Another node's last report, indexed.
+struct Other {
+    window: u64,
+    current: HashMap<IpAddr, Counts>,
+    previous: HashMap<IpAddr, Counts>,
+}
+
 #[derive(Default)]
 struct Inner {
     window: u64,
     current: HashMap<IpAddr, Counts>,
     previous: HashMap<IpAddr, Counts>,
     /// Other nodes' last reports.
-    others: HashMap<u64, Report>,
+    others: HashMap<u64, Other>,
+}
+
+/// The address an event counts for: IPv6 by /64 (one host's usual share;
+/// per /128 a host would have 2^64 addresses to spread over).
+pub fn key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
 }
 
 impl Inner {
@@ -85,6 +107,8 @@ impl Inner {
         };
         self.current.clear();
         self.window = window;
+        // A node that stopped reporting (gone, or nothing to tell) is
+        // forgotten once its last report is stale.
         self.others
             .retain(|_, r| r.window + STALE_WINDOWS >= window);
     }
@@ -95,11 +119,8 @@ impl Inner {
         let mut cur = self.current.get(&ip).map_or(0, |c| c.get(kind)) as u64;
         let mut prev = self.previous.get(&ip).map_or(0, |c| c.get(kind)) as u64;
         for r in self.others.values() {
-            let find = |list: &[(IpAddr, Counts)]| {
-                list.iter()
-                    .find(|(a, _)| *a == ip)
-                    .map_or(0, |(_, c)| c.get(kind) as u64)
-            };
+            let find =
+                |map: &HashMap<IpAddr, Counts>| map.get(&ip).map_or(0, |c| c.get(kind) as u64);
             if r.window == self.window {
                 cur += find(&r.current);
                 prev += find(&r.previous);
@@ -122,9 +143,10 @@ impl IpLimits {
     /// cluster-wide estimate for the last minute stays within `limit`
     /// (0: no limit); an admitted event is counted, a refused one is not.
     pub fn admit(&self, ip: IpAddr, kind: Kind, limit: u32, now_ms: u64) -> bool {
-        if limit == 0 {
+        if limit == 0 || ip.is_unspecified() {
             return true;
         }
+        let ip = key(ip);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.roll(now_ms / 1000 / WINDOW_SECS);
         let (cur, prev) = inner.totals(ip, kind);
@@ -175,13 +197,20 @@ impl IpLimits {
         if report.window + STALE_WINDOWS < inner.window {
             return;
         }
-        inner.others.insert(node, report);
-    }
-
-    /// Forget `node`'s report (it left or died; its counts age out anyway).
-    pub fn forget(&self, node: u64) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.others.remove(&node);
+        let other = Other {
+            window: report.window,
+            current: report
+                .current
+                .into_iter()
+                .map(|(a, c)| (key(a), c))
+                .collect(),
+            previous: report
+                .previous
+                .into_iter()
+                .map(|(a, c)| (key(a), c))
+                .collect(),
+        };
+        inner.others.insert(node, other);
     }
 }
 
@@ -236,6 +265,21 @@ mod tests {
         for i in 0..4 {
             assert!(a.admit(ip(1), Kind::Login, 4, later + i));
         }
+    }
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let a = IpLimits::default();
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let other_host_same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(a.admit(one, Kind::Connection, 2, T0));
+        assert!(a.admit(other_host_same_64, Kind::Connection, 2, T0 + 1));
+        assert!(!a.admit(one, Kind::Connection, 2, T0 + 2));
+        assert!(a.admit(other_64, Kind::Connection, 2, T0 + 3));
+        // No address known: not counted.
+        assert!(a.admit(IpAddr::from([0, 0, 0, 0]), Kind::Connection, 1, T0 + 4));
+        assert!(a.admit(IpAddr::from([0, 0, 0, 0]), Kind::Connection, 1, T0 + 5));
     }
 
     #[test]

@@ -271,9 +271,14 @@ impl Api {
             .map_err(|e| e.to_string())
     }
 
-    /// Whether a node's admin API answers (`--url`, or the one running on
-    /// this data dir): the commands that can also go another way use it.
+    /// Whether to use the admin API for a command that can also go
+    /// another way: always when `--url` names a node (its errors are
+    /// reported, never replaced by acting on another node); else when the
+    /// node running on this data dir answers there.
     fn reachable(&self, config: &Config) -> bool {
+        if self.url.as_deref().is_some_and(|u| !u.is_empty()) {
+            return true;
+        }
         matches!(
             self.target(config),
             Ok(Some(t)) if t.call("GET", "/admin/api/status", None).is_ok()

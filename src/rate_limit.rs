@@ -45,6 +45,13 @@ impl RateLimit {
         }
     }
 
+    /// Whether the bucket has refilled to its burst (nothing owed, nothing
+    /// to remember).
+    pub fn is_full(&self) -> bool {
+        let now = tokio::time::Instant::now();
+        self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate >= self.burst
+    }
+
     /// Charge `n` without waiting: how long until the bucket is out of
     /// debt, if it is in debt now (a bucket shared by several readers).
     pub fn debt(&mut self, n: f64) -> Option<Duration> {

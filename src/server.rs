@@ -504,7 +504,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     // ready line: whoever waits for that finds the address too).
     if ctx.config.http.admin != "off" {
         if let Some(a) = http.as_ref().and_then(|h| h.local_addr().ok()) {
-            let url = crate::admin_client::local_url(a);
+            let url = crate::admin_client::url_file(a);
             let file = ctx.config.data_dir.join(crate::admin_client::URL_FILE);
             if let Err(e) = std::fs::write(&file, url) {
                 tracing::warn!(error = %e, "cannot write the admin API address");

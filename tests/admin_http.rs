@@ -229,7 +229,11 @@ fn cli(s: &Server, args: &[&str]) -> (bool, String, String) {
 async fn the_cli_uses_the_http_api() {
     let s = Server::start();
     let url = std::fs::read_to_string(s.data_dir().join("admin.url")).expect("admin.url");
-    assert_eq!(url, format!("http://{}", s.http));
+    assert_eq!(
+        url.lines().next(),
+        Some(format!("http://{}", s.http).as_str()),
+        "{url}"
+    );
     std::fs::remove_file(s.data_dir().join("admin.sock")).expect("remove the socket");
 
     let (ok, out, err) = cli(&s, &["user", "add", "carol", "--password", "pw1"]);
@@ -281,6 +285,9 @@ async fn the_cli_uses_the_http_api() {
     assert!(!ok && err.contains("did not accept the token"), "{err}");
     let (ok, _, err) = cli(&s, &["--url", "https://x:1", "user", "list"]);
     assert!(!ok && err.contains("bad admin URL"), "{err}");
+    // This machine's token is never sent to another machine.
+    let (ok, _, err) = cli(&s, &["--url", "http://192.0.2.1:5280", "user", "list"]);
+    assert!(!ok && err.contains("--token is needed"), "{err}");
     let (ok, out, _) = cli(&s, &["user", "del", "carol"]);
     assert!(ok && out.contains("deleted carol@localhost"), "{out}");
 

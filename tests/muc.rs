@@ -539,6 +539,7 @@ fn slixmpp_moderates_a_message() {
         &[
             "OK entered",
             "OK refused",
+            "OK forged tombstone dropped",
             "OK retracted",
             "OK archive tombstone",
             "OK history",

@@ -1310,10 +1310,16 @@ impl Room {
                 && c.attr("by")
                     .and_then(|b| BareJid::new(b).ok())
                     .is_some_and(|b| b == self.jid);
+            // Nor what only the room says of a moderated message
+            // (XEP-0425): a forged tombstone or moderation notice.
             let forged = c.is("occupant-id", OCCUPANT_ID)
                 || c.is("delay", DELAY)
                 || c.is("addresses", "http://jabber.org/protocol/address")
-                || c.is("x", MUC_USER);
+                || c.is("x", MUC_USER)
+                || c.is("retracted", moderation::RETRACT)
+                || c.is("moderated", moderation::MODERATE)
+                || (c.is("retract", moderation::RETRACT)
+                    && c.get_child("moderated", moderation::MODERATE).is_some());
             if claims_room || forged {
                 continue;
             }

@@ -68,8 +68,9 @@ impl DomainLimits {
         }
         let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
         if rates.len() > 10_000 {
-            // Domains that are gone: a fresh bucket is a full one anyway.
-            rates.clear();
+            // Forget domains whose bucket has refilled (a fresh bucket is
+            // a full one anyway); one still in debt keeps its debt.
+            rates.retain(|_, r| !r.is_full());
         }
         rates
             .entry(domain.to_string())

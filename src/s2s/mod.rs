@@ -177,8 +177,11 @@ impl crate::route::Elsewhere for Transports {
     }
 
     fn to_component_here(&self, ctx: &ServerCtx, stanza: &Element, domain: &str) {
-        if !crate::component::deliver_here(ctx, stanza, domain) {
-            crate::component::bounce_away(ctx, stanza, domain);
+        use crate::component::Here;
+        match crate::component::deliver_here(ctx, stanza, domain) {
+            Here::Delivered => {}
+            Here::Full => crate::component::bounce_busy(ctx, stanza, domain),
+            Here::No => crate::component::bounce_away(ctx, stanza, domain),
         }
     }
 

@@ -949,7 +949,13 @@ impl State {
                 )?;
             }
             Command::ArchiveExpire { micros } => {
-                let users: Vec<String> = self.list_accounts()?;
+                // Every archive: accounts', and those of hosted entities
+                // (group-chat rooms), which are counted in `archive_used`.
+                let mut users: std::collections::BTreeSet<String> =
+                    self.list_accounts()?.into_iter().collect();
+                for k in self.archive_used.iter().keys() {
+                    users.insert(String::from_utf8_lossy(&k?).into_owned());
+                }
                 for u in users {
                     if archive::expire(&self.archive, &u, *micros)? > 0 {
                         let used = archive::bytes(&self.archive, &u)? as u64;
@@ -1685,6 +1691,51 @@ mod tests {
             with: "bob@localhost".into(),
             xml: format!("<message><body>{text}</body></message>"),
         }
+    }
+
+    /// A room's archive (a hosted entity's): a moderated message's
+    /// tombstone replaces it in place (XEP-0425), and retention expires
+    /// the room's old messages as it does an account's.
+    #[test]
+    fn a_rooms_archive_takes_tombstones_and_expires() {
+        let (_d, s) = state();
+        let at = archive::ArchiveId::at;
+        let room = "lobby@conference.localhost";
+        s.apply(&Command::HostedClaim {
+            entity: room.into(),
+            node: 1,
+        })
+        .unwrap();
+        let write = |archive: Vec<ArchiveEntry>, replace: Vec<ArchiveEntry>| {
+            s.apply(&Command::HostedWrite {
+                entity: room.into(),
+                node: 1,
+                writes: Vec::new(),
+                archive,
+                quota_bytes: 0,
+                replace,
+            })
+            .unwrap()
+        };
+        write(
+            vec![archived(room, at(10), "old"), archived(room, at(30), "bad")],
+            Vec::new(),
+        );
+        let before = s.archive_bytes(room).unwrap();
+        write(Vec::new(), vec![archived(room, at(30), "")]);
+        let (with, xml) = s.archived(room, at(30)).expect("still there");
+        assert_eq!(with, "bob@localhost");
+        assert!(
+            xml.contains("<body></body>") && !xml.contains("bad"),
+            "{xml}"
+        );
+        assert_eq!(s.archive_bytes(room).unwrap(), before - 3);
+        // Replacing what is not there changes nothing.
+        write(Vec::new(), vec![archived(room, at(99), "x")]);
+        assert!(s.archived(room, at(99)).is_none());
+        s.apply(&Command::ArchiveExpire { micros: 20 }).unwrap();
+        assert!(s.archived(room, at(10)).is_none(), "expired");
+        assert!(s.archived(room, at(30)).is_some());
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub struct Stream {
     pub channel_binding: Option<Vec<u8>>,
     /// tls-server-end-point data (RFC 5929) on a TLS stream to our listener.
     pub end_point: Option<Vec<u8>>,
+    /// The address the per-address limits count (`ip_limits.rs`): none for
+    /// a stream bridged from HTTP behind a TLS proxy, whose peer is the
+    /// proxy for every client.
+    pub limited_ip: Option<std::net::IpAddr>,
     /// Our stream header has gone out (a stream error needs one first).
     pub header_sent: bool,
     pub stream_id: String,
@@ -135,6 +139,8 @@ impl Stream {
         let end_point = matches!(conn, MaybeTls::Tls(_))
             .then(|| ctx.tls_end_point.clone())
             .flatten();
+        let proxied = matches!(conn, MaybeTls::Bridged { .. }) && ctx.config.http.behind_tls_proxy;
+        let limited_ip = (!proxied).then(|| peer.ip());
         let (r, w) = tokio::io::split(conn);
         Stream {
             // Held only while bytes are being parsed, not while idle.
@@ -145,6 +151,7 @@ impl Stream {
             can_starttls,
             channel_binding,
             end_point,
+            limited_ip,
             header_sent: false,
             stream_id: header::new_stream_id(),
             host: ctx.config.domain.clone(),
@@ -230,10 +237,11 @@ pub async fn negotiate(
     // Connections per address and minute, cluster-wide (ip_limits.rs).
     let now = crate::time::unix_now().as_millis() as u64;
     let limit = ctx.config.limits.connections_per_ip_per_min;
-    if !ctx
-        .ip_limits
-        .admit(peer.ip(), crate::ip_limits::Kind::Connection, limit, now)
-    {
+    let admitted = stream.limited_ip.is_none_or(|ip| {
+        ctx.ip_limits
+            .admit(ip, crate::ip_limits::Kind::Connection, limit, now)
+    });
+    if !admitted {
         tracing::info!(%peer, limit, reason = "connections per address", "connection refused");
         crate::metrics::get()
             .limited

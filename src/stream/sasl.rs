@@ -87,10 +87,11 @@ pub(super) async fn login_admitted(
 ) -> Result<bool, NegError> {
     let limit = ctx.config.limits.logins_per_ip_per_min;
     let now = crate::time::unix_now().as_millis() as u64;
-    if ctx
-        .ip_limits
-        .admit(s.peer.ip(), crate::ip_limits::Kind::Login, limit, now)
-    {
+    let admitted = s.limited_ip.is_none_or(|ip| {
+        ctx.ip_limits
+            .admit(ip, crate::ip_limits::Kind::Login, limit, now)
+    });
+    if admitted {
         return Ok(true);
     }
     tracing::info!(peer = %s.peer, limit, reason = "logins per address", "login refused");

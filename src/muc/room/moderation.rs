@@ -71,11 +71,21 @@ impl Room {
                 )
             }
         };
+        // (Occupants cannot send a <retracted/> of their own: the room
+        // drops it, so one here is the room's tombstone.)
         if original.get_child("retracted", RETRACT).is_some() {
             return self.reply_error(
                 &iq,
                 StanzaCondition::ItemNotFound,
                 Some("already retracted"),
+            );
+        }
+        // The room's own notices are not an occupant's message.
+        if original.attr("from") == Some(self.jid.as_str()) {
+            return self.reply_error(
+                &iq,
+                StanzaCondition::NotAllowed,
+                Some("the room's own notices cannot be retracted"),
             );
         }
         let by = self.nick_jid(&nick);
