@@ -243,9 +243,15 @@ impl Request {
         // A read waits until this node has applied what the cluster had
         // committed when it came (a purge, a publish another client was
         // just told of): reads are never older than what was acknowledged.
-        if !set {
+        //
+        // A change to the service's nodes waits too: an affiliation another
+        // node just committed (an outcast, a publisher removed) must hold
+        // here at once, and a stale replica would let the request through.
+        // (An account's PEP nodes have one owner: only the refusals below
+        // are served again.)
+        if !set || self.kind == Kind::Service {
             let (b, pubsub) = (self.backend.clone(), pubsub.clone());
-            return b.caught_up(Box::new(move |_| self.serve(false, &pubsub, answer)));
+            return b.caught_up(Box::new(move |_| self.serve(set, &pubsub, answer)));
         }
         let again = (
             self.backend.clone(),
