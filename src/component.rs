@@ -61,19 +61,13 @@ pub fn route(ctx: &ServerCtx, stanza: Element, domain: &str) {
 /// server, gets `<service-unavailable/>` with a text that says so (RFC 6120
 /// §8.3.3.19), rather than a bare condition a user cannot read.
 pub fn bounce_away(ctx: &ServerCtx, stanza: &Element, domain: &str) {
-    tracing::info!(
-        %domain,
-        kind = %stanza.name,
-        from = stanza.attr("from").unwrap_or_default(),
-        reason = "component not connected",
-        "stanza bounced"
+    bounce(
+        ctx,
+        stanza,
+        StanzaCondition::ServiceUnavailable,
+        format!("{domain} is not connected at the moment; try again shortly"),
+        "component not connected",
     );
-    if stanza.attr("type") == Some("error") {
-        return;
-    }
-    let text = format!("{domain} is not connected at the moment; try again shortly");
-    let err = StanzaError::with_text(StanzaCondition::ServiceUnavailable, text).reply_to(stanza);
-    crate::delivery::route_reply(ctx, err);
 }
 
 /// What became of a stanza for a component on this node.
@@ -106,12 +100,36 @@ pub fn deliver_here(ctx: &ServerCtx, stanza: &Element, domain: &str) -> Here {
 /// A stanza for a component that is connected but not keeping up: its
 /// sender gets `<resource-constraint/>` (try again later) with a text.
 pub fn bounce_busy(ctx: &ServerCtx, stanza: &Element, domain: &str) {
-    tracing::info!(%domain, kind = %stanza.name, reason = "component queue full", "stanza bounced");
+    bounce(
+        ctx,
+        stanza,
+        StanzaCondition::ResourceConstraint,
+        format!("{domain} is busy; try again shortly"),
+        "component queue full",
+    );
+}
+
+/// Answer a stanza for a component with `condition` and `text`, to its
+/// sender wherever it is (never an error for an error); logged with
+/// `reason`.
+fn bounce(
+    ctx: &ServerCtx,
+    stanza: &Element,
+    condition: StanzaCondition,
+    text: String,
+    reason: &str,
+) {
+    tracing::info!(
+        kind = %stanza.name,
+        from = stanza.attr("from").unwrap_or_default(),
+        to = stanza.attr("to").unwrap_or_default(),
+        reason,
+        "stanza bounced"
+    );
     if stanza.attr("type") == Some("error") {
         return;
     }
-    let text = format!("{domain} is busy; try again shortly");
-    let err = StanzaError::with_text(StanzaCondition::ResourceConstraint, text).reply_to(stanza);
+    let err = StanzaError::with_text(condition, text).reply_to(stanza);
     crate::delivery::route_reply(ctx, err);
 }
 

@@ -34,6 +34,19 @@ async def connect(c, addr, online):
     await asyncio.wait_for(online.wait(), T)
 
 
+async def next_of(q, pred, what, seconds=T):
+    """The next item of the asyncio queue `q` that `pred` accepts (others
+    are skipped), within `seconds`."""
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                m = await q.get()
+                if pred(m):
+                    return m
+    except TimeoutError:
+        check(False, f"timed out waiting for {what}")
+
+
 async def until(pred, what, seconds=T):
     for _ in range(seconds * 10):
         if pred():

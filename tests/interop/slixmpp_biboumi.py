@@ -20,11 +20,13 @@ usage: slixmpp_biboumi.py PHASE GATEWAY IRC_HOST:PORT
             [HOST:PORT JID PASS]]           (a user of another server)
 """
 import asyncio
-import ssl
 import sys
 
 import slixmpp
 from slixmpp import JID
+
+import helpers
+from helpers import check, setup_client
 
 PHASE, GW, IRC = sys.argv[1:4]
 USERS = [sys.argv[i:i + 3] for i in range(4, len(sys.argv), 3)]
@@ -36,22 +38,8 @@ COMMANDS = "http://jabber.org/protocol/commands"
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 
-def check(cond, what):
-    if not cond:
-        print("FAIL", what, flush=True)
-        sys.exit(1)
-
-
 async def next_of(q, pred, what):
-    """The next item of `q` that `pred` accepts (others are skipped)."""
-    try:
-        async with asyncio.timeout(T):
-            while True:
-                m = await q.get()
-                if pred(m):
-                    return m
-    except TimeoutError:
-        check(False, f"timed out waiting for {what}")
+    return await helpers.next_of(q, pred, what, T)
 
 
 class Irc:
@@ -95,11 +83,7 @@ class Irc:
 class Client(slixmpp.ClientXMPP):
     def __init__(self, jid, password):
         super().__init__(jid, password)
-        self.ssl_context.check_hostname = False
-        self.ssl_context.verify_mode = ssl.CERT_NONE
-        self.enable_direct_tls = False
-        for p in ["xep_0030", "xep_0004", "xep_0045", "xep_0050", "xep_0199"]:
-            self.register_plugin(p)
+        setup_client(self, ["xep_0030", "xep_0004", "xep_0045", "xep_0050", "xep_0199"], mech=None)
         self.online = asyncio.Event()
         self.groupchat = asyncio.Queue()
         self.chats = asyncio.Queue()

@@ -8,7 +8,6 @@ item-not-found.
 usage: slixmpp_muc_moderation.py MUCDOMAIN HOST:PORT JID PASS (x3: alice, bob, carol)
 """
 import asyncio
-import ssl
 import sys
 
 import slixmpp
@@ -16,6 +15,8 @@ from slixmpp import JID
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath, StanzaPath
+
+from helpers import check, next_of, setup_client
 
 MUCD = sys.argv[1]
 USERS = [sys.argv[2 + 3 * i: 5 + 3 * i] for i in range(3)]
@@ -29,11 +30,8 @@ SID = "urn:xmpp:sid:0"
 class Client(slixmpp.ClientXMPP):
     def __init__(self, jid, password):
         super().__init__(jid, password)
-        self.ssl_context.check_hostname = False
-        self.ssl_context.verify_mode = ssl.CERT_NONE
-        self.enable_direct_tls = False
-        for p in ["xep_0030", "xep_0004", "xep_0045", "xep_0059", "xep_0313", "xep_0421", "xep_0424", "xep_0425"]:
-            self.register_plugin(p)
+        setup_client(self, ["xep_0030", "xep_0004", "xep_0045", "xep_0059", "xep_0313",
+                            "xep_0421", "xep_0424", "xep_0425"], mech=None)
         self.online = asyncio.Event()
         self.groupchat = asyncio.Queue()
         self.moderated = asyncio.Queue()
@@ -56,23 +54,6 @@ class Client(slixmpp.ClientXMPP):
     def on_result(self, m):
         r = m["mam_result"]
         self.results.setdefault(r["queryid"], []).append(r["forwarded"]["stanza"])
-
-
-def check(cond, what):
-    if not cond:
-        print("FAIL", what, flush=True)
-        sys.exit(1)
-
-
-async def next_of(q, pred, what):
-    try:
-        async with asyncio.timeout(T):
-            while True:
-                m = await q.get()
-                if pred(m):
-                    return m
-    except TimeoutError:
-        check(False, f"timed out waiting for {what}")
 
 
 def stanza_id(m):
