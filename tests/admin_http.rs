@@ -378,7 +378,15 @@ async fn the_status_page_shows_a_three_node_cluster() {
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("removed node 3"),
         "{out:?}"
     );
-    let (code, v) = api(&n1, "GET", "/admin/api/status", Some(&token(&n1)), "").await;
-    assert_eq!(code, 200);
-    assert_eq!(v["nodes"].as_array().map(|n| n.len()), Some(2), "{v}");
+    // The membership change is committed; node 1 lists it once applied.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, v) = api(&n1, "GET", "/admin/api/status", Some(&token(&n1)), "").await;
+        assert_eq!(code, 200);
+        if v["nodes"].as_array().map(|n| n.len()) == Some(2) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still listed: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
