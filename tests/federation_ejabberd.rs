@@ -8,6 +8,8 @@
 //! three-node cluster (ejabberd's link lands on node 2, the Starling user
 //! is on node 3). ejabberd matches `<stream:features>` by its literal name
 //! (RFC 6120 §4.8.5); before Starling used the prefix, 9 of 20 steps failed.
+//! Group chat both ways: an ejabberd user in a Starling room, a Starling
+//! user in a room on ejabberd's MUC service.
 mod common;
 use common::*;
 use std::process::Command;
@@ -29,6 +31,14 @@ struct Ejabberd {
 
 impl Ejabberd {
     fn start() -> Ejabberd {
+        Ejabberd::start_naming(&[])
+    }
+
+    /// Start it with `names` also resolved to Starling's address. The
+    /// shared script names only `starling.localhost` there; this runs a
+    /// copy of ../shared/peers whose resolver tables (the Erlang one and
+    /// the private /etc/hosts) list `names` beside it.
+    fn start_naming(names: &[&str]) -> Ejabberd {
         assert!(
             Command::new("sh")
                 .args(["-c", "command -v ejabberdctl"])
@@ -37,8 +47,12 @@ impl Ejabberd {
             "ejabberd is not installed: run `bash .ci/run` (apt-get install ejabberd)"
         );
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut scripts = peers();
+        if !names.is_empty() {
+            scripts = copy_peers_naming(dir.path(), names);
+        }
         let out = Command::new("bash")
-            .arg(format!("{}/start-ejabberd.sh", peers()))
+            .arg(format!("{scripts}/start-ejabberd.sh"))
             .arg("--fresh")
             .env("PEERS_TMP", dir.path())
             .env("PEERS_MAM", "0")
@@ -102,6 +116,39 @@ impl Drop for Ejabberd {
     }
 }
 
+/// A copy of ../shared/peers in `dir` whose ejabberd resolves `names` to
+/// 127.0.0.5 (Starling's s2s address) as it does `starling.localhost`.
+fn copy_peers_naming(dir: &std::path::Path, names: &[&str]) -> String {
+    let copy = dir.join("peers");
+    let status = Command::new("cp")
+        .args(["-r", &peers()])
+        .arg(&copy)
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "copy ../shared/peers");
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    let inetrc = copy.join("ejabberd/inetrc");
+    let mut table = std::fs::read_to_string(&inetrc).expect("read inetrc");
+    table.push_str(&format!(
+        "{{host, {{127,0,0,5}}, [{}]}}.\n",
+        quoted.join(", ")
+    ));
+    std::fs::write(&inetrc, table).expect("write inetrc");
+    let script = copy.join("start-ejabberd.sh");
+    let text = std::fs::read_to_string(&script).expect("read start-ejabberd.sh");
+    let line = "%s starling.localhost\\n";
+    assert!(
+        text.contains(line),
+        "start-ejabberd.sh no longer writes {line:?} to its hosts file"
+    );
+    let text = text.replace(
+        line,
+        &format!("%s starling.localhost {}\\n", names.join(" ")),
+    );
+    std::fs::write(&script, text).expect("write start-ejabberd.sh");
+    copy.to_string_lossy().into_owned()
+}
+
 fn starling_node(id: u64, join: Option<&Server>, s2s_listen: &str) -> Server {
     let route = format!("ejabberd.localhost=127.0.0.1:{EJ_S2S}");
     cluster_node(
@@ -154,4 +201,64 @@ async fn subscription_and_messages_with_ejabberd_across_the_cluster() {
     ejabberd.register("bob", "bob-pw");
     let out = federate(n3.c2s, EJ_C2S, "bob@ejabberd.localhost/fed").await;
     check(&out, &ejabberd, &[&n2, &n3]);
+}
+
+/// XEP-0045 across servers: an ejabberd user enters a Starling room (the
+/// room's stanzas to it leave from `conference.starling.localhost`, which
+/// ejabberd verifies by dialback), and a Starling user enters a room on
+/// ejabberd's MUC service. Two nodes: alice is on node 1, ejabberd's links
+/// land on node 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_chat_with_ejabberd_both_ways() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let routes = format!(
+        "ejabberd.localhost=127.0.0.1:{EJ_S2S},conference.ejabberd.localhost=127.0.0.1:{EJ_S2S}"
+    );
+    let env = [
+        ("STARLING_DOMAIN", "starling.localhost"),
+        ("STARLING_S2S_VERIFY_CERTIFICATES", "false"),
+        ("STARLING_S2S_STATIC_ROUTES", routes.as_str()),
+        ("STARLING_LOG_LEVEL", "info,starling::s2s=debug"),
+    ];
+    let n1 = cluster_node(1, None, SECRET, &env);
+    let mut env2 = env.to_vec();
+    env2.push(("STARLING_S2S_LISTEN", STARLING_S2S));
+    let n2 = cluster_node(2, Some(&n1), SECRET, &env2);
+    wait_members(&n1, SECRET, 2).await;
+    n1.add_user("alice", "alice-pw");
+    let ejabberd = Ejabberd::start_naming(&["conference.starling.localhost"]);
+    ejabberd.register("bob", "bob-pw");
+    let alice_at = n1.c2s.to_string();
+    let bob_at = format!("127.0.0.1:{EJ_C2S}");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/interop/slixmpp_muc_federated.py"
+            ))
+            .env("PEER", "ejabberd")
+            .args([
+                "conference.starling.localhost",
+                "conference.ejabberd.localhost",
+            ])
+            .args([
+                alice_at.as_str(),
+                "alice@starling.localhost/fed",
+                "alice-pw",
+            ])
+            .args([bob_at.as_str(), "bob@ejabberd.localhost/fed", "bob-pw"])
+            .output()
+            .expect("run python")
+    })
+    .await
+    .expect("client task");
+    check(&out, &ejabberd, &[&n1, &n2]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for step in [
+        "OK ejabberd user entered a starling room",
+        "OK messages both ways in a starling room",
+        "OK starling user in a room on ejabberd",
+    ] {
+        assert!(text.contains(step), "missing {step:?} in:\n{text}");
+    }
 }

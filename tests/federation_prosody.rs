@@ -228,7 +228,7 @@ async fn group_chat_with_prosody_both_ways() {
     for step in [
         "OK prosody user entered a starling room",
         "OK messages both ways in a starling room",
-        "OK starling user in a prosody room",
+        "OK starling user in a room on prosody",
     ] {
         assert!(text.contains(step), "missing {step:?} in:\n{text}");
     }

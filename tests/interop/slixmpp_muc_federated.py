@@ -1,12 +1,15 @@
-"""Group chat across servers, with slixmpp's XEP-0045 plugin: a Prosody
-user enters a Starling room (presence both ways, messages to all both
-ways, a private message), and a Starling user enters a room on Prosody.
+"""Group chat across servers, with slixmpp's XEP-0045 plugin: a user of
+the other server (Prosody or ejabberd) enters a Starling room (presence
+both ways, messages to all both ways, a private message), and a Starling
+user enters a room on the other server.
 
-usage: slixmpp_muc_federated.py STARLING_MUC PROSODY_MUC
+usage: slixmpp_muc_federated.py STARLING_MUC PEER_MUC
            HOST:PORT ALICE_JID PASS   (a Starling user)
-           HOST:PORT BOB_JID PASS     (a Prosody user)
+           HOST:PORT BOB_JID PASS     (the other server's user)
+The other server's name in the OK lines is PEER's (default "prosody").
 """
 import asyncio
+import os
 import ssl
 import sys
 
@@ -16,6 +19,7 @@ from slixmpp import JID
 S_MUC, P_MUC = sys.argv[1:3]
 USERS = [sys.argv[3:6], sys.argv[6:9]]
 T = 30
+PEER = os.environ.get("PEER", "prosody")
 MUC_USER = "http://jabber.org/protocol/muc#user"
 
 
@@ -83,18 +87,18 @@ async def main():
     alice, bob = clients
     print("OK login", flush=True)
 
-    # A Prosody user in a Starling room.
+    # The other server's user in a Starling room.
     room = JID(f"lobby@{S_MUC}")
     await alice.plugin["xep_0045"].join_muc_wait(room, "alice", timeout=T)
     pres, _, occupants, _ = await bob.plugin["xep_0045"].join_muc_wait(room, "bob", timeout=T)
     check("110" in codes(pres), f"bob's self-presence {codes(pres)}")
     check("alice" in [o["from"].resource for o in occupants], "bob sees alice")
     await next_of(alice.presences, lambda p: p["from"] == JID(f"{room}/bob"), "alice sees bob")
-    print("OK prosody user entered a starling room", flush=True)
-    bob.send_message(mto=room, mbody="hi from prosody", mtype="groupchat")
-    m = await next_of(alice.groupchat, lambda m: m["body"] == "hi from prosody", "bob's message at alice")
+    print(f"OK {PEER} user entered a starling room", flush=True)
+    bob.send_message(mto=room, mbody=f"hi from {PEER}", mtype="groupchat")
+    m = await next_of(alice.groupchat, lambda m: m["body"] == f"hi from {PEER}", "bob's message at alice")
     check(m["from"] == JID(f"{room}/bob"), f"from {m['from']}")
-    await next_of(bob.groupchat, lambda m: m["body"] == "hi from prosody", "bob's reflection")
+    await next_of(bob.groupchat, lambda m: m["body"] == f"hi from {PEER}", "bob's reflection")
     alice.send_message(mto=room, mbody="hi from starling", mtype="groupchat")
     await next_of(bob.groupchat, lambda m: m["body"] == "hi from starling", "alice's message at bob")
     bob.send_message(mto=JID(f"{room}/alice"), mbody="psst", mtype="chat")
@@ -104,7 +108,7 @@ async def main():
     await next_of(alice.presences, lambda p: p["from"] == JID(f"{room}/bob") and p["type"] == "unavailable", "bob left")
     print("OK messages both ways in a starling room", flush=True)
 
-    # A Starling user in a Prosody room.
+    # A Starling user in a room of the other server.
     proom = JID(f"hall@{P_MUC}")
     pres, _, _, _ = await bob.plugin["xep_0045"].join_muc_wait(proom, "bob", timeout=T)
     if "201" in codes(pres):
@@ -112,13 +116,13 @@ async def main():
         form["type"] = "submit"
         await bob.plugin["xep_0045"].set_room_config(proom, form)
     pres, _, occupants, _ = await alice.plugin["xep_0045"].join_muc_wait(proom, "alice", timeout=T)
-    check("110" in codes(pres), f"alice's self-presence in prosody's room {codes(pres)}")
-    check("bob" in [o["from"].resource for o in occupants], "alice sees bob in prosody's room")
+    check("110" in codes(pres), f"alice's self-presence in {PEER}'s room {codes(pres)}")
+    check("bob" in [o["from"].resource for o in occupants], f"alice sees bob in {PEER}'s room")
     alice.send_message(mto=proom, mbody="starling here", mtype="groupchat")
-    await next_of(bob.groupchat, lambda m: m["body"] == "starling here", "alice's message in prosody's room")
-    bob.send_message(mto=proom, mbody="prosody here", mtype="groupchat")
-    await next_of(alice.groupchat, lambda m: m["body"] == "prosody here", "bob's message at alice")
-    print("OK starling user in a prosody room", flush=True)
+    await next_of(bob.groupchat, lambda m: m["body"] == "starling here", f"alice's message in {PEER}'s room")
+    bob.send_message(mto=proom, mbody=f"{PEER} here", mtype="groupchat")
+    await next_of(alice.groupchat, lambda m: m["body"] == f"{PEER} here", "bob's message at alice")
+    print(f"OK starling user in a room on {PEER}", flush=True)
 
     for c in clients:
         c.disconnect()
