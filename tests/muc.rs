@@ -547,3 +547,46 @@ fn slixmpp_moderates_a_message() {
         ],
     );
 }
+
+/// XEP-0045 §7.10 and §7.12 across two nodes (alice and carol on node 1,
+/// bob on node 2; the room lives where alice created it): registering
+/// reserves a nick and makes a member, the nick is refused to others
+/// (entering, registering, changing nick), outlives the room leaving
+/// memory, and `<remove/>` gives it back
+/// (tests/interop/slixmpp_muc_registration.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_registers_a_nick_with_a_room() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let n1 = cluster_node(1, None, SECRET, &[]);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
+    wait_members(&n1, SECRET, 2).await;
+    let mut args = vec![format!("conference.{DOMAIN}")];
+    for (u, n) in [("alice", &n1), ("bob", &n2), ("carol", &n1)] {
+        n1.add_user(u, &format!("{u}-pw"));
+        args.push(n.c2s.to_string());
+        args.push(format!("{u}@{DOMAIN}"));
+        args.push(format!("{u}-pw"));
+    }
+    // Accounts reach every node before the clients log in.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::spawn_blocking(move || {
+        run_interop(
+            "slixmpp_muc_registration.py",
+            &args,
+            &[&n1, &n2],
+            Duration::from_secs(120),
+            &[
+                "OK form",
+                "OK registered",
+                "OK reserved",
+                "OK kept",
+                "OK refused",
+                "OK removed",
+                "ALL OK",
+            ],
+        );
+        drop((n1, n2));
+    })
+    .await
+    .expect("join");
+}

@@ -26,6 +26,7 @@ use super::{
     MUC_ADMIN, MUC_OWNER, MUC_USER, OCCUPANT_ID, STANZA_ID,
 };
 mod moderation;
+mod registration;
 
 use crate::services::Host;
 use crate::stanza_error::StanzaCondition;
@@ -143,6 +144,8 @@ pub struct Room {
     by_real: HashMap<String, String>,
     /// Real bare JID -> affiliation (none is not kept).
     affiliations: HashMap<String, Affiliation>,
+    /// Real bare JID -> the nick it registered (§7.10).
+    reserved: BTreeMap<String, String>,
     /// (who set it, as room/nick; the text).
     subject: Option<(String, String)>,
     /// (sequence number, message, when).
@@ -184,6 +187,9 @@ struct Meta {
     affiliations: Vec<(String, String)>,
     subject: Option<(String, String)>,
     salt: u64,
+    /// Registered nicks (§7.10), by real bare JID.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    nicks: Vec<(String, String)>,
 }
 
 /// A room's name if its record says it is listed (public), for the
@@ -455,6 +461,11 @@ impl Room {
                     .collect(),
                 subject: self.subject.clone(),
                 salt: self.salt,
+                nicks: self
+                    .reserved
+                    .iter()
+                    .map(|(j, n)| (j.clone(), n.clone()))
+                    .collect(),
             };
             w.push((META.to_string(), serde_json::to_string(&meta).ok()));
         }
@@ -479,6 +490,7 @@ impl Room {
                         .collect();
                     self.subject = m.subject;
                     self.salt = m.salt;
+                    self.reserved = m.nicks.into_iter().collect();
                     self.fresh = false;
                 }
             } else if let Some(nick) = key.strip_prefix("o/") {
@@ -551,6 +563,7 @@ impl Room {
             occupants: BTreeMap::new(),
             by_real: HashMap::new(),
             affiliations: HashMap::new(),
+            reserved: BTreeMap::new(),
             subject: None,
             history: VecDeque::new(),
             next_seq: 0,
@@ -953,6 +966,13 @@ impl Room {
         if self.occupants.contains_key(nick) && !same_account {
             return self.reply_error(&p, StanzaCondition::Conflict, Some("that nick is taken"));
         }
+        if self.reserved_by_other(nick, from) {
+            return self.reply_error(
+                &p,
+                StanzaCondition::Conflict,
+                Some("that nick is reserved by a member"),
+            );
+        }
         if !same_account
             && self.occupants.len() >= self.config.max_users
             && aff < Affiliation::Admin
@@ -1135,6 +1155,14 @@ impl Room {
     fn change_nick(&mut self, old: &str, new: &str, p: Element) {
         if self.occupants.contains_key(new) {
             return self.reply_error(&p, StanzaCondition::Conflict, Some("that nick is taken"));
+        }
+        let real = self.occupants.get(old).map(|o| o.real.clone());
+        if real.is_some_and(|r| self.reserved_by_other(new, &r)) {
+            return self.reply_error(
+                &p,
+                StanzaCondition::Conflict,
+                Some("that nick is reserved by a member"),
+            );
         }
         let Some(mut o) = self.occupants.remove(old) else {
             return;
@@ -1512,16 +1540,8 @@ impl Room {
             (ns::DISCO_INFO, "query", true) if payload.attr("node").is_none() => {
                 self.reply(crate::modules::result(&iq, Some(self.disco_info())))
             }
-            // §7.12: the nick reserved for the asker. Rooms here offer no
-            // registration, so nobody has one: an empty answer, as the
-            // XEP says for a user without one (not an error).
             (ns::DISCO_INFO, "query", true) if payload.attr("node") == Some("x-roomuser-item") => {
-                self.reply(crate::modules::result(
-                    &iq,
-                    Some(
-                        Element::new("query", ns::DISCO_INFO).with_attr("node", "x-roomuser-item"),
-                    ),
-                ))
+                self.reserved_nick_query(&from, &iq)
             }
             (ns::DISCO_ITEMS, "query", true) => self.reply(crate::modules::result(
                 &iq,
@@ -1532,6 +1552,7 @@ impl Room {
             (MAM, _, _) => self.archive_iq(&from, iq),
             (MUC_ADMIN, "query", _) => self.admin_iq(&from, iq, &payload, get),
             (moderation::MODERATE, "moderate", false) => self.moderate(&from, iq, &payload),
+            (registration::REGISTER, "query", _) => self.register_iq(&from, iq, &payload, get),
             _ => self.reply_error(&iq, StanzaCondition::ServiceUnavailable, None),
         }
     }
@@ -1583,6 +1604,7 @@ impl Room {
             "http://jabber.org/protocol/muc#stable_id",
             moderation::MODERATE,
             moderation::RETRACT,
+            registration::REGISTER,
         ];
         features.extend(self.config.features());
         if self.config.archiving {
@@ -1942,35 +1964,43 @@ impl Room {
                     self.broadcast_presence(&nick, &[], &[]);
                 }
                 Change::Aff(jid, a, reason) => {
-                    if a == Affiliation::None {
-                        self.affiliations.remove(&jid);
-                    } else {
-                        self.affiliations.insert(jid.clone(), a);
-                    }
-                    self.meta_dirty = true;
-                    let present: Vec<String> = self
-                        .occupants
-                        .iter()
-                        .filter(|(_, o)| bare_of(&o.real) == jid)
-                        .map(|(n, _)| n.clone())
-                        .collect();
-                    for nick in present {
-                        if a == Affiliation::Outcast {
-                            tracing::info!(%nick, "occupant banned");
-                            let extra = why(actor.as_deref(), reason.as_deref());
-                            self.remove_occupant(&nick, &[301], extra, None);
-                        } else if self.config.members_only && a < Affiliation::Member {
-                            self.remove_occupant(&nick, &[321], Vec::new(), None);
-                        } else {
-                            let role = self.default_role(a);
-                            if let Some(o) = self.occupants.get_mut(&nick) {
-                                o.role = role;
-                            }
-                            self.dirty_nicks.insert(nick.clone());
-                            self.broadcast_presence(&nick, &[], &[]);
-                        }
-                    }
+                    let extra = why(actor.as_deref(), reason.as_deref());
+                    self.set_affiliation(&jid, a, extra);
                 }
+            }
+        }
+    }
+
+    /// `jid`'s affiliation becomes `a` (§9, §10), and its occupants feel
+    /// it: banned (301, with `ban_why`), out of a members-only room
+    /// (321), or shown with their new affiliation and role.
+    fn set_affiliation(&mut self, jid: &str, a: Affiliation, ban_why: Vec<Element>) {
+        if a == Affiliation::None {
+            self.affiliations.remove(jid);
+        } else {
+            self.affiliations.insert(jid.to_string(), a);
+        }
+        self.affiliation_changed(jid, a);
+        self.meta_dirty = true;
+        let present: Vec<String> = self
+            .occupants
+            .iter()
+            .filter(|(_, o)| bare_of(&o.real) == jid)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for nick in present {
+            if a == Affiliation::Outcast {
+                tracing::info!(%nick, "occupant banned");
+                self.remove_occupant(&nick, &[301], ban_why.clone(), None);
+            } else if self.config.members_only && a < Affiliation::Member {
+                self.remove_occupant(&nick, &[321], Vec::new(), None);
+            } else {
+                let role = self.default_role(a);
+                if let Some(o) = self.occupants.get_mut(&nick) {
+                    o.role = role;
+                }
+                self.dirty_nicks.insert(nick.clone());
+                self.broadcast_presence(&nick, &[], &[]);
             }
         }
     }
