@@ -5,7 +5,11 @@
 //! STARLING_PYTHON) on node 2's c2s listener. Messages typed into the chat
 //! view reach bob, bob's show in it (tests/web/converse.mjs checks the DOM).
 //! Over WebSocket alice also logs in anonymously (SASL ANONYMOUS at
-//! anon.localhost, XEP-0175) and chats with bob the same way.
+//! anon.localhost, XEP-0175) and chats with bob the same way; and, logged
+//! in, she enters a room bob is in (XEP-0045, the room on whichever node
+//! bob's join reached): Converse.js registers her nick with the room
+//! (§7.10), bob is refused it, messages go both ways through the room's
+//! view, and closing the room gives the nick back.
 //! The screenshots are kept in target/web-results/.
 mod common;
 use common::*;
@@ -13,7 +17,7 @@ use std::time::Duration;
 
 const SECRET: &str = "web-converse-secret-0123456789";
 
-async fn converse(transport: &str, path: &str, anonymous: bool) {
+async fn converse(transport: &str, path: &str, anonymous: bool, room: bool) {
     let _turn = CLUSTER_TURN.lock().await;
     let env = [("STARLING_ANONYMOUS_DOMAIN", "anon.localhost")];
     let env: &[(&str, &str)] = if anonymous { &env } else { &[] };
@@ -51,25 +55,39 @@ async fn converse(transport: &str, path: &str, anonymous: bool) {
         shot.display().to_string(),
     ];
     if anonymous {
-        args.push("anon.localhost".into());
+        args.push("anon=anon.localhost".into());
     }
+    let room_shot = results.join(format!("converse-{transport}{name}-room.png"));
+    let _ = std::fs::remove_file(&room_shot);
+    let loaded = format!("STEP converse.js page loaded over {transport}");
+    let mut steps = vec![];
+    if room {
+        args.push("room=lobby@conference.localhost".into());
+        steps.extend([
+            "STEP alice entered lobby@conference.localhost with converse.js",
+            "STEP converse.js registered alice's nick; bob is refused it",
+            "STEP room messages both ways",
+            "STEP alice closed the room and her nick is free again",
+        ]);
+    }
+    steps.extend([
+        "STEP bob online with slixmpp as bob@localhost/slixmpp",
+        loaded.as_str(),
+        login,
+        "STEP alice roster fetched and online",
+        "STEP chat with bob@localhost open",
+        "STEP bob's message shows in alice's chat view",
+        "STEP alice's message typed in converse.js reaches bob",
+        "STEP messages both ways, in order in the chat view",
+        "STEP no request left loopback",
+        "STEP done",
+    ]);
     let out = run_web(
         "converse.mjs",
         &args,
         &[&n1, &n2],
         Duration::from_secs(150),
-        &[
-            "STEP bob online with slixmpp as bob@localhost/slixmpp",
-            &format!("STEP converse.js page loaded over {transport}"),
-            login,
-            "STEP alice roster fetched and online",
-            "STEP chat with bob@localhost open",
-            "STEP bob's message shows in alice's chat view",
-            "STEP alice's message typed in converse.js reaches bob",
-            "STEP messages both ways, in order in the chat view",
-            "STEP no request left loopback",
-            "STEP done",
-        ],
+        &steps,
     );
     if anonymous {
         let me = out
@@ -94,24 +112,30 @@ async fn converse(transport: &str, path: &str, anonymous: bool) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let png = std::fs::read(&shot).expect("the screenshot");
-    assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 10_000,
-        "a real PNG"
-    );
+    let mut shots = vec![&shot];
+    if room {
+        shots.push(&room_shot);
+    }
+    for shot in shots {
+        let png = std::fs::read(shot).expect("the screenshot");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "a real PNG"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn converse_js_chats_over_websocket_across_nodes() {
-    converse("websocket", "/xmpp-websocket", false).await;
+async fn converse_js_chats_and_uses_a_room_over_websocket_across_nodes() {
+    converse("websocket", "/xmpp-websocket", false, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converse_js_logs_in_anonymously_and_chats() {
-    converse("websocket", "/xmpp-websocket", true).await;
+    converse("websocket", "/xmpp-websocket", true, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converse_js_chats_over_bosh_across_nodes() {
-    converse("bosh", "/http-bind", false).await;
+    converse("bosh", "/http-bind", false, false).await;
 }

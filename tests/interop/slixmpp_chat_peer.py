@@ -4,20 +4,26 @@ languages (tests/web/converse.mjs uses it as bob).
 Logs in over STARTTLS with SCRAM-SHA-256, sends initial presence and prints
 "ONLINE <full jid>". Then reads commands from stdin, one per line:
   SEND <to-jid> <body...>   send a chat message (the body is the rest of the line)
+  JOIN <room> <nick>        enter a room (XEP-0045); prints "JOINED <room> <nick>"
+  GROUP <room> <body...>    send a message to the room
+  REGISTER <room> <nick>    register the nick with the room (§7.10); prints
+                            "REGISTER <room> ok" or "REGISTER <room> <condition>"
   QUIT                      disconnect and exit 0
 Every received chat or normal message with a body is printed as
-"GOT <from full jid> <body>". Exits 1 with "FAIL ..." if not online within
-20 s; exits when stdin closes.
+"GOT <from full jid> <body>", a room's message as "GROUPCHAT <from> <body>",
+and an occupant's presence as "OCCUPANT <room/nick> available|unavailable".
+Exits 1 with "FAIL ..." if not online within 20 s; exits when stdin closes.
 
 usage: slixmpp_chat_peer.py JID PASSWORD HOST:PORT
 """
 import asyncio
 import os
 import sys
+import xml.etree.ElementTree as ET
 
 import slixmpp
 
-from helpers import T, connect, setup_client
+from helpers import T, condition_of, connect, setup_client
 
 JID, PASSWORD, ADDR = sys.argv[1:4]
 
@@ -29,10 +35,12 @@ def out(line):
 class Client(slixmpp.ClientXMPP):
     def __init__(self):
         super().__init__(JID, PASSWORD, sasl_mech="SCRAM-SHA-256")
-        setup_client(self, ["xep_0030"])
+        setup_client(self, ["xep_0030", "xep_0045"])
         self.online = asyncio.Event()
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("message", self.on_message)
+        self.add_event_handler("groupchat_message", self.on_groupchat)
+        self.add_event_handler("groupchat_presence", self.on_occupant)
         self.add_event_handler("failed_auth", lambda _: fail(f"auth failed for {JID}"))
 
     def on_start(self, _):
@@ -43,6 +51,33 @@ class Client(slixmpp.ClientXMPP):
         if msg["type"] in ("chat", "normal") and msg["body"]:
             body = msg["body"].replace("\n", " ")
             out(f"GOT {msg['from']} {body}")
+
+    def on_groupchat(self, msg):
+        if msg["body"]:
+            body = msg["body"].replace("\n", " ")
+            out(f"GROUPCHAT {msg['from']} {body}")
+
+    def on_occupant(self, p):
+        state = "unavailable" if p["type"] == "unavailable" else "available"
+        out(f"OCCUPANT {p['from']} {state}")
+
+
+async def join(c, room, nick):
+    try:
+        await c.plugin["xep_0045"].join_muc_wait(room, nick, timeout=T)
+        out(f"JOINED {room} {nick}")
+    except Exception as e:
+        out(f"FAIL joining {room} as {nick}: {type(e).__name__} {e}")
+
+
+async def register(c, room, nick):
+    iq = c.make_iq_set(ito=room)
+    iq.append(ET.fromstring(
+        "<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>"
+        "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field>"
+        f"<field var='muc#register_roomnick'><value>{nick}</value></field></x></query>"))
+    cond, _ = await condition_of(iq.send(timeout=T))
+    out(f"REGISTER {room} {cond or 'ok'}")
 
 
 def fail(why):
@@ -77,6 +112,16 @@ async def main():
                 out(f"ERROR bad SEND line: {line}")
                 continue
             c.send_message(mto=parts[1], mbody=parts[2], mtype="chat")
+        elif line.startswith(("JOIN ", "GROUP ", "REGISTER ")):
+            parts = line.split(" ", 2)
+            if len(parts) < 3 or not parts[1] or not parts[2]:
+                out(f"ERROR bad line: {line}")
+            elif parts[0] == "JOIN":
+                asyncio.ensure_future(join(c, parts[1], parts[2]))
+            elif parts[0] == "GROUP":
+                c.send_message(mto=parts[1], mbody=parts[2], mtype="groupchat")
+            else:
+                asyncio.ensure_future(register(c, parts[1], parts[2]))
         elif line.strip():
             out(f"ERROR unknown command: {line}")
     try:

@@ -9,14 +9,20 @@
 // exits non-zero with "FAIL reason" on any failure. The browser's console is
 // written to stderr, and so is everything bob's script prints.
 //
-// usage: node converse.mjs TRANSPORT SERVICE_URL BOB_C2S_ADDR DOMAIN PASSWORD SCREENSHOT_PATH [ANON_DOMAIN]
+// usage: node converse.mjs TRANSPORT SERVICE_URL BOB_C2S_ADDR DOMAIN PASSWORD SCREENSHOT_PATH [anon=DOMAIN] [room=JID]
 //   TRANSPORT     websocket | bosh (how Converse.js reaches SERVICE_URL)
 //   SERVICE_URL   ws://HOST:PORT/xmpp-websocket or http://HOST:PORT/http-bind
 //   BOB_C2S_ADDR  HOST:PORT of the c2s (STARTTLS) listener bob (slixmpp) uses
 // env: CHROMIUM (default /usr/bin/chromium); STARLING_PYTHON (default the
 // repository's .venv/bin/python, which has slixmpp)
-//   ANON_DOMAIN   alice logs in anonymously (SASL ANONYMOUS, XEP-0175) at
+//   anon=DOMAIN   alice logs in anonymously (SASL ANONYMOUS, XEP-0175) at
 //                 this host instead, as whatever temporary JID she is given
+//   room=JID      then group chat (XEP-0045) in room JID: bob enters it,
+//                 alice opens it in Converse.js, which registers her nick
+//                 with the room (§7.10, auto_register_muc_nickname); bob is
+//                 refused that nick; messages go both ways through the
+//                 room's view; alice closes the room, which gives the nick
+//                 back; the room's view is kept as SCREENSHOT_PATH-room.png
 // Accounts alice (unless anonymous) and bob must exist with PASSWORD.
 import puppeteer from "puppeteer-core";
 import http from "node:http";
@@ -26,7 +32,10 @@ import readline from "node:readline";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
-const [transport, serviceUrl, bobAddr, domain, password, screenshotPath, anonDomain] = process.argv.slice(2);
+const [transport, serviceUrl, bobAddr, domain, password, screenshotPath, ...opts] = process.argv.slice(2);
+const option = (name) => opts.find((o) => o.startsWith(name + "="))?.slice(name.length + 1);
+const anonDomain = option("anon");
+const roomJid = option("room");
 if (!["websocket", "bosh"].includes(transport) || !screenshotPath) {
   console.log("FAIL usage: node converse.mjs websocket|bosh SERVICE_URL BOB_C2S_ADDR DOMAIN PASSWORD SCREENSHOT_PATH");
   process.exit(2);
@@ -126,6 +135,8 @@ const settings = {
   i18n: "en",
   loglevel: "debug",
   allow_non_roster_messaging: true,
+  // Register the nick with a room on entering, give it back on closing.
+  auto_register_muc_nickname: "unregister",
   play_sounds: false,
   show_desktop_notifications: false,
   whitelisted_plugins: ["starling-probe"],
@@ -203,7 +214,7 @@ function startBob() {
     stdio: ["pipe", "pipe", "pipe"],
     env: { ...process.env, PYTHONUNBUFFERED: "1" },
   });
-  const b = { proc, jid: null, got: [], exited: null };
+  const b = { proc, jid: null, got: [], group: [], occupants: {}, joined: [], registers: [], exited: null };
   proc.on("error", (e) => fail(`bob's python: ${e}`));
   proc.on("exit", (code, sig) => {
     b.exited = sig || code;
@@ -214,6 +225,17 @@ function startBob() {
   readline.createInterface({ input: proc.stdout }).on("line", (l) => {
     log(`bob: ${l}`);
     if (l.startsWith("ONLINE ")) b.jid = l.slice("ONLINE ".length);
+    else if (l.startsWith("JOINED ")) b.joined.push(l.slice("JOINED ".length));
+    else if (l.startsWith("REGISTER ")) b.registers.push(l.slice("REGISTER ".length));
+    else if (l.startsWith("OCCUPANT ")) {
+      const [who, state] = l.slice("OCCUPANT ".length).split(" ");
+      b.occupants[who] = state;
+    } else if (l.startsWith("GROUPCHAT ")) {
+      const rest = l.slice("GROUPCHAT ".length);
+      const from = rest.slice(0, rest.indexOf(" "));
+      const body = rest.slice(rest.indexOf(" ") + 1);
+      if (body.startsWith(tag + " ")) b.group.push({ from, body: body.slice(tag.length + 1) });
+    }
     else if (l.startsWith("FAIL ")) fail(`bob (slixmpp): ${l.slice("FAIL ".length)}`);
     else if (l.startsWith("GOT ")) {
       const rest = l.slice("GOT ".length);
@@ -246,6 +268,62 @@ async function stopBob() {
 // Text of every message in alice's chat view with bob.
 function chatTexts(page) {
   return page.$$eval(`converse-chat[jid="${bobJid}"] .chat-msg__text`, (els) => els.map((e) => e.textContent.trim()));
+}
+
+// Text of every message in alice's view of the room.
+function roomTexts(page) {
+  return page.$$eval(`converse-muc[jid="${roomJid}"] .chat-msg__text`, (els) => els.map((e) => e.textContent.trim()));
+}
+
+// Bob's answer to one REGISTER line.
+async function bobRegisters(nick) {
+  const before = bob.registers.length;
+  bobCommand(`REGISTER ${roomJid} ${nick}`);
+  await until(`bob's registration of ${nick}`, () => bob.registers.length > before);
+  return bob.registers[before].split(" ")[1];
+}
+
+async function groupChat(page) {
+  bobCommand(`JOIN ${roomJid} bob`);
+  await until("bob in the room", () => bob.joined.includes(`${roomJid} bob`));
+  await page.evaluate((jid) => window.starling.api.rooms.open(jid, { nick: "alice" }, true).then(() => true), roomJid);
+  const textarea = `converse-muc[jid="${roomJid}"] textarea.chat-textarea`;
+  await page.waitForSelector(textarea, { visible: true, timeout: 20000 });
+  await until("alice in the room, as bob sees it", () => bob.occupants[`${roomJid}/alice`] === "available");
+  console.log(`STEP alice entered ${roomJid} with converse.js`);
+
+  // Converse.js registers her nick once she is in (it asks disco first).
+  const reserved = () =>
+    page.evaluate((jid) => window.starling.api.rooms.get(jid).then((m) => m.getReservedNick()), roomJid);
+  await until("alice's nick registered with the room", async () => (await reserved()) === "alice");
+  const refused = await bobRegisters("alice");
+  if (refused !== "conflict") fail(`bob registering alice's nick got ${refused}, want conflict`);
+  console.log("STEP converse.js registered alice's nick; bob is refused it");
+
+  const b2r = "hello room from bob";
+  bobCommand(`GROUP ${roomJid} ${tag} ${b2r}`);
+  await until("bob's room message in alice's view", async () => (await roomTexts(page)).includes(`${tag} ${b2r}`));
+  const a2r = "hello room from converse";
+  await page.click(textarea);
+  await page.type(textarea, `${tag} ${a2r}`);
+  await page.keyboard.press("Enter");
+  await until("alice's room message at bob", () =>
+    bob.group.some((m) => m.from === `${roomJid}/alice` && m.body === a2r),
+  );
+  await until("alice's room message in her own view", async () => (await roomTexts(page)).includes(`${tag} ${a2r}`));
+  console.log("STEP room messages both ways");
+  const roomShot = screenshotPath.replace(/\.png$/, "") + "-room.png";
+  await page.screenshot({ path: roomShot, fullPage: false });
+
+  // Closing the room gives the nick back (auto_register_muc_nickname: "unregister").
+  await page.evaluate((jid) => window.starling.api.rooms.get(jid).then((m) => m.close()).then(() => true), roomJid);
+  await until("alice gone from the room", () => bob.occupants[`${roomJid}/alice`] === "unavailable");
+  let answer = null;
+  await until("alice's nick free again", async () => {
+    answer = await bobRegisters("alice");
+    return answer === "ok";
+  });
+  console.log("STEP alice closed the room and her nick is free again");
 }
 
 (async () => {
@@ -351,6 +429,8 @@ function chatTexts(page) {
 
   await page.screenshot({ path: screenshotPath, fullPage: false });
   console.log(`STEP screenshot saved to ${screenshotPath}`);
+
+  if (roomJid) await groupChat(page);
 
   if ((await events()).includes("disconnected")) fail("converse got disconnected during the run");
   if (blocked.length) log(`blocked ${blocked.length} non-loopback request(s)`);
