@@ -6,10 +6,12 @@
 //! view reach bob, bob's show in it (tests/web/converse.mjs checks the DOM).
 //! Over WebSocket alice also logs in anonymously (SASL ANONYMOUS at
 //! anon.localhost, XEP-0175) and chats with bob the same way; and, logged
-//! in, she enters a room bob is in (XEP-0045, the room on whichever node
-//! bob's join reached): Converse.js registers her nick with the room
-//! (§7.10), bob is refused it, messages go both ways through the room's
-//! view, and closing the room gives the nick back.
+//! in, she makes a room bob enters (XEP-0045, the room on node 1, bob
+//! reaching it over the mesh): Converse.js registers her nick with the
+//! room (§7.10) and bob is refused it; messages go both ways through the
+//! room's view with occupant and stanza ids; she retracts bob's message
+//! (XEP-0425); closing the room gives the nick back; and back in the room
+//! she sees what bob said meanwhile.
 //! The screenshots are kept in target/web-results/.
 mod common;
 use common::*;
@@ -64,10 +66,12 @@ async fn converse(transport: &str, path: &str, anonymous: bool, room: bool) {
     if room {
         args.push("room=lobby@conference.localhost".into());
         steps.extend([
-            "STEP alice entered lobby@conference.localhost with converse.js",
+            "STEP alice made and entered lobby@conference.localhost with converse.js; bob entered",
             "STEP converse.js registered alice's nick; bob is refused it",
-            "STEP room messages both ways",
+            "STEP room messages both ways, with occupant and stanza ids",
+            "STEP converse.js retracted bob's message; bob was told",
             "STEP alice closed the room and her nick is free again",
+            "STEP back in the room, alice sees what was said while she was away",
         ]);
     }
     steps.extend([

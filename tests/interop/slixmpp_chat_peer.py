@@ -8,10 +8,12 @@ Logs in over STARTTLS with SCRAM-SHA-256, sends initial presence and prints
   GROUP <room> <body...>    send a message to the room
   REGISTER <room> <nick>    register the nick with the room (§7.10); prints
                             "REGISTER <room> ok" or "REGISTER <room> <condition>"
+  UNREGISTER <room> -       give it back (<remove/>); prints "UNREGISTER <room> ..."
   QUIT                      disconnect and exit 0
 Every received chat or normal message with a body is printed as
 "GOT <from full jid> <body>", a room's message as "GROUPCHAT <from> <body>",
-and an occupant's presence as "OCCUPANT <room/nick> available|unavailable".
+an occupant's presence as "OCCUPANT <room/nick> available|unavailable",
+and a moderator's retraction (XEP-0425) as "RETRACTED <room> <stanza-id>".
 Exits 1 with "FAIL ..." if not online within 20 s; exits when stdin closes.
 
 usage: slixmpp_chat_peer.py JID PASSWORD HOST:PORT
@@ -22,10 +24,13 @@ import sys
 import xml.etree.ElementTree as ET
 
 import slixmpp
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from helpers import T, condition_of, connect, setup_client
 
 JID, PASSWORD, ADDR = sys.argv[1:4]
+RETRACT = "urn:xmpp:message-retract:1"
 
 
 def out(line):
@@ -41,11 +46,20 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("message", self.on_message)
         self.add_event_handler("groupchat_message", self.on_groupchat)
         self.add_event_handler("groupchat_presence", self.on_occupant)
+        # A room's retraction notice has no body, so slixmpp's message
+        # events never see it.
+        self.register_handler(Callback(
+            "retractions", MatchXPath(f"{{jabber:client}}message/{{{RETRACT}}}retract"), self.on_retract))
         self.add_event_handler("failed_auth", lambda _: fail(f"auth failed for {JID}"))
 
     def on_start(self, _):
         self.send_presence()
         self.online.set()
+
+    def on_retract(self, msg):
+        retract = msg.xml.find(f"{{{RETRACT}}}retract")
+        if retract.find("{urn:xmpp:message-moderate:1}moderated") is not None:
+            out(f"RETRACTED {msg['from']} {retract.get('id')}")
 
     def on_message(self, msg):
         if msg["type"] in ("chat", "normal") and msg["body"]:
@@ -72,12 +86,15 @@ async def join(c, room, nick):
 
 async def register(c, room, nick):
     iq = c.make_iq_set(ito=room)
-    iq.append(ET.fromstring(
-        "<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>"
-        "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field>"
-        f"<field var='muc#register_roomnick'><value>{nick}</value></field></x></query>"))
+    if nick is None:
+        payload = "<remove/>"
+    else:
+        payload = ("<x xmlns='jabber:x:data' type='submit'>"
+                   "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field>"
+                   f"<field var='muc#register_roomnick'><value>{nick}</value></field></x>")
+    iq.append(ET.fromstring(f"<query xmlns='jabber:iq:register'>{payload}</query>"))
     cond, _ = await condition_of(iq.send(timeout=T))
-    out(f"REGISTER {room} {cond or 'ok'}")
+    out(f"{'UNREGISTER' if nick is None else 'REGISTER'} {room} {cond or 'ok'}")
 
 
 def fail(why):
@@ -112,7 +129,7 @@ async def main():
                 out(f"ERROR bad SEND line: {line}")
                 continue
             c.send_message(mto=parts[1], mbody=parts[2], mtype="chat")
-        elif line.startswith(("JOIN ", "GROUP ", "REGISTER ")):
+        elif line.startswith(("JOIN ", "GROUP ", "REGISTER ", "UNREGISTER ")):
             parts = line.split(" ", 2)
             if len(parts) < 3 or not parts[1] or not parts[2]:
                 out(f"ERROR bad line: {line}")
@@ -120,8 +137,10 @@ async def main():
                 asyncio.ensure_future(join(c, parts[1], parts[2]))
             elif parts[0] == "GROUP":
                 c.send_message(mto=parts[1], mbody=parts[2], mtype="groupchat")
-            else:
+            elif parts[0] == "REGISTER":
                 asyncio.ensure_future(register(c, parts[1], parts[2]))
+            else:
+                asyncio.ensure_future(register(c, parts[1], None))
         elif line.strip():
             out(f"ERROR unknown command: {line}")
     try:

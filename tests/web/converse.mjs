@@ -17,12 +17,15 @@
 // repository's .venv/bin/python, which has slixmpp)
 //   anon=DOMAIN   alice logs in anonymously (SASL ANONYMOUS, XEP-0175) at
 //                 this host instead, as whatever temporary JID she is given
-//   room=JID      then group chat (XEP-0045) in room JID: bob enters it,
-//                 alice opens it in Converse.js, which registers her nick
-//                 with the room (§7.10, auto_register_muc_nickname); bob is
+//   room=JID      then group chat (XEP-0045) in room JID: alice makes it
+//                 in Converse.js, which registers her nick with the room
+//                 (§7.10, auto_register_muc_nickname); bob enters and is
 //                 refused that nick; messages go both ways through the
-//                 room's view; alice closes the room, which gives the nick
-//                 back; the room's view is kept as SCREENSHOT_PATH-room.png
+//                 room's view, with XEP-0421 occupant ids and XEP-0359
+//                 stanza ids; alice retracts bob's message (XEP-0425);
+//                 closing the room gives the nick back; back in the room,
+//                 she sees what bob said while she was away. The room's
+//                 view is kept as SCREENSHOT_PATH-room.png
 // Accounts alice (unless anonymous) and bob must exist with PASSWORD.
 import puppeteer from "puppeteer-core";
 import http from "node:http";
@@ -214,7 +217,7 @@ function startBob() {
     stdio: ["pipe", "pipe", "pipe"],
     env: { ...process.env, PYTHONUNBUFFERED: "1" },
   });
-  const b = { proc, jid: null, got: [], group: [], occupants: {}, joined: [], registers: [], exited: null };
+  const b = { proc, jid: null, got: [], group: [], occupants: {}, joined: [], registers: [], retracted: [], exited: null };
   proc.on("error", (e) => fail(`bob's python: ${e}`));
   proc.on("exit", (code, sig) => {
     b.exited = sig || code;
@@ -227,6 +230,11 @@ function startBob() {
     if (l.startsWith("ONLINE ")) b.jid = l.slice("ONLINE ".length);
     else if (l.startsWith("JOINED ")) b.joined.push(l.slice("JOINED ".length));
     else if (l.startsWith("REGISTER ")) b.registers.push(l.slice("REGISTER ".length));
+    else if (l.startsWith("UNREGISTER ")) b.registers.push(l.slice("UNREGISTER ".length));
+    else if (l.startsWith("RETRACTED ")) {
+      const [by, id] = l.slice("RETRACTED ".length).split(" ");
+      b.retracted.push({ by, id });
+    }
     else if (l.startsWith("OCCUPANT ")) {
       const [who, state] = l.slice("OCCUPANT ".length).split(" ");
       b.occupants[who] = state;
@@ -275,27 +283,44 @@ function roomTexts(page) {
   return page.$$eval(`converse-muc[jid="${roomJid}"] .chat-msg__text`, (els) => els.map((e) => e.textContent.trim()));
 }
 
-// Bob's answer to one REGISTER line.
+// Bob's answer to one REGISTER (or UNREGISTER) line.
 async function bobRegisters(nick) {
   const before = bob.registers.length;
-  bobCommand(`REGISTER ${roomJid} ${nick}`);
+  bobCommand(nick === null ? `UNREGISTER ${roomJid} -` : `REGISTER ${roomJid} ${nick}`);
   await until(`bob's registration of ${nick}`, () => bob.registers.length > before);
   return bob.registers[before].split(" ")[1];
 }
 
-async function groupChat(page) {
-  bobCommand(`JOIN ${roomJid} bob`);
-  await until("bob in the room", () => bob.joined.includes(`${roomJid} bob`));
+// Alice's room, as Converse.js models it.
+function inRoom(page, fn, ...args) {
+  return page.evaluate(
+    (jid, src, args) => window.starling.api.rooms.get(jid).then((m) => new Function("m", "args", src)(m, args)),
+    roomJid,
+    fn,
+    args,
+  );
+}
+
+// Alice opens the room in Converse.js and waits until she is in it (and
+// until Converse.js registered her nick, which it does once in).
+async function enterRoom(page) {
   await page.evaluate((jid) => window.starling.api.rooms.open(jid, { nick: "alice" }, true).then(() => true), roomJid);
   const textarea = `converse-muc[jid="${roomJid}"] textarea.chat-textarea`;
   await page.waitForSelector(textarea, { visible: true, timeout: 20000 });
-  await until("alice in the room, as bob sees it", () => bob.occupants[`${roomJid}/alice`] === "available");
-  console.log(`STEP alice entered ${roomJid} with converse.js`);
+  // ROOMSTATUS.ENTERED
+  await until("alice in the room", async () => (await inRoom(page, "return m.session.get('connection_status')")) === 5);
+  await until("alice's nick registered with the room", async () => (await inRoom(page, "return m.getReservedNick()")) === "alice");
+  return textarea;
+}
 
-  // Converse.js registers her nick once she is in (it asks disco first).
-  const reserved = () =>
-    page.evaluate((jid) => window.starling.api.rooms.get(jid).then((m) => m.getReservedNick()), roomJid);
-  await until("alice's nick registered with the room", async () => (await reserved()) === "alice");
+async function groupChat(page) {
+  // Converse.js creates the room (an instant room: alice owns it).
+  const textarea = await enterRoom(page);
+  bobCommand(`JOIN ${roomJid} bob`);
+  await until("bob in the room", () => bob.joined.includes(`${roomJid} bob`));
+  await until("alice, as bob sees her", () => bob.occupants[`${roomJid}/alice`] === "available");
+  console.log(`STEP alice made and entered ${roomJid} with converse.js; bob entered`);
+
   const refused = await bobRegisters("alice");
   if (refused !== "conflict") fail(`bob registering alice's nick got ${refused}, want conflict`);
   console.log("STEP converse.js registered alice's nick; bob is refused it");
@@ -311,19 +336,42 @@ async function groupChat(page) {
     bob.group.some((m) => m.from === `${roomJid}/alice` && m.body === a2r),
   );
   await until("alice's room message in her own view", async () => (await roomTexts(page)).includes(`${tag} ${a2r}`));
-  console.log("STEP room messages both ways");
+  // XEP-0421 and XEP-0359 as Converse.js read them off bob's message.
+  const [occupantId, stanzaId] = await inRoom(
+    page,
+    "const msg = m.messages.findWhere({ body: args[0] }); return [msg?.get('occupant_id'), msg?.get('stanza_id ' + m.get('jid'))];",
+    `${tag} ${b2r}`,
+  );
+  if (!occupantId || !stanzaId) fail(`bob's message in converse.js: occupant id ${occupantId}, stanza id ${stanzaId}`);
+  console.log("STEP room messages both ways, with occupant and stanza ids");
   const roomShot = screenshotPath.replace(/\.png$/, "") + "-room.png";
   await page.screenshot({ path: roomShot, fullPage: false });
 
+  // XEP-0425: alice (the owner, so a moderator) retracts bob's message.
+  const answer = await inRoom(
+    page,
+    "const msg = m.messages.findWhere({ body: args[0] }); return m.retractOtherMessage(msg, 'testing').then((r) => r?.getAttribute?.('type') ?? String(r));",
+    `${tag} ${b2r}`,
+  );
+  if (answer !== "result") fail(`converse.js retracting bob's message got ${answer}`);
+  await until("the retraction at bob", () => bob.retracted.some((r) => r.by === `${roomJid}` && r.id === stanzaId));
+  await until("bob's message gone from alice's view", async () => !(await roomTexts(page)).includes(`${tag} ${b2r}`));
+  console.log("STEP converse.js retracted bob's message; bob was told");
+
   // Closing the room gives the nick back (auto_register_muc_nickname: "unregister").
-  await page.evaluate((jid) => window.starling.api.rooms.get(jid).then((m) => m.close()).then(() => true), roomJid);
+  await inRoom(page, "return m.close().then(() => true)");
   await until("alice gone from the room", () => bob.occupants[`${roomJid}/alice`] === "unavailable");
-  let answer = null;
-  await until("alice's nick free again", async () => {
-    answer = await bobRegisters("alice");
-    return answer === "ok";
-  });
+  await until("alice's nick free again", async () => (await bobRegisters("alice")) === "ok");
+  if ((await bobRegisters(null)) !== "ok") fail("bob giving the nick back");
   console.log("STEP alice closed the room and her nick is free again");
+
+  // What was said while she was away shows when she comes back.
+  const away = "said while alice was away";
+  bobCommand(`GROUP ${roomJid} ${tag} ${away}`);
+  await until("bob's reflection", () => bob.group.some((m) => m.from === `${roomJid}/bob` && m.body === away));
+  await enterRoom(page);
+  await until("the message from while she was away", async () => (await roomTexts(page)).includes(`${tag} ${away}`));
+  console.log("STEP back in the room, alice sees what was said while she was away");
 }
 
 (async () => {
