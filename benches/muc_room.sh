@@ -12,7 +12,9 @@
 # ejabberd's mod_muc admits at most 200 occupants per room unless its
 # `max_users` option is raised (the peers' config keeps the default), so
 # ejabberd runs with min(OCCUPANTS, EJ_OCCUPANTS) occupants; compare rows
-# with the same occupant count.
+# with the same occupant count. With EJ_OCCUPANTS above 200, ejabberd runs
+# from a copy of ../shared/peers whose mod_muc (and default room) max_users
+# is raised to that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PEERS="${PEERS:-$(cd .. && pwd)/shared/peers}"
@@ -80,11 +82,19 @@ for s in $SERVERS; do
         "$PEERS/stop-prosody.sh" >/dev/null ;;
       ejabberd)
         n=$(( OCCUPANTS < EJ_OCCUPANTS ? OCCUPANTS : EJ_OCCUPANTS ))
-        "$PEERS/start-ejabberd.sh" --fresh >/dev/null
+        # EJ_OCCUPANTS above mod_muc's default of 200: a copy of
+        # ../shared/peers whose config admits that many to a room.
+        EJ_PEERS="$PEERS"
+        if [ "$n" -gt 200 ]; then
+          EJ_PEERS="$DIR/peers"; rm -rf "$EJ_PEERS"; cp -r "$PEERS" "$EJ_PEERS"
+          sed -i -e "s|^    access_create: local\$|&\n    max_users: $n|" \
+            -e "s|^      mam: true\$|&\n      max_users: $n|" "$EJ_PEERS/ejabberd/ejabberd.yml.tmpl"
+        fi
+        "$EJ_PEERS/start-ejabberd.sh" --fresh >/dev/null
         run "ejabberd" "$n" "$r" --server 127.0.0.1:25222 --domain ejabberd.localhost \
           --room "bench@conference.ejabberd.localhost" \
           --pid "$(cat "${PEERS_TMP:-/tmp/peers}/ejabberd/server.pid")"
-        "$PEERS/stop-ejabberd.sh" >/dev/null ;;
+        "$EJ_PEERS/stop-ejabberd.sh" >/dev/null ;;
     esac
   done
 done

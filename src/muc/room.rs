@@ -1786,6 +1786,7 @@ impl Room {
         self.history_dropped
             .extend(self.history.drain(..).map(|(s, _, _)| s));
         self.affiliations.clear();
+        self.reserved.clear();
         self.subject = None;
         self.deleted = true;
         self.reply(crate::modules::result(&iq, None));
@@ -2050,5 +2051,25 @@ mod tests {
         assert!(Role::Moderator > Role::Participant && Role::Participant > Role::Visitor);
         assert_eq!(Affiliation::parse("admin"), Some(Affiliation::Admin));
         assert_eq!(Role::parse("bogus"), None);
+    }
+
+    /// A room record written before registration (no `nicks`) still
+    /// reads, and one with registered nicks keeps them.
+    #[test]
+    fn room_records_with_and_without_registered_nicks() {
+        let config = serde_json::to_value(RoomConfig::instant(10, 10, true)).expect("config");
+        let old = serde_json::json!({
+            "config": config, "affiliations": [["a@x", "owner"]], "subject": null, "salt": 7
+        });
+        let m: Meta = serde_json::from_value(old).expect("an old record reads");
+        assert!(m.nicks.is_empty());
+        assert!(!serde_json::to_string(&m).expect("json").contains("nicks"));
+        let new = Meta {
+            nicks: vec![("b@x".into(), "bee".into())],
+            ..m
+        };
+        let back: Meta =
+            serde_json::from_str(&serde_json::to_string(&new).expect("json")).expect("reads");
+        assert_eq!(back.nicks, vec![("b@x".to_string(), "bee".to_string())]);
     }
 }

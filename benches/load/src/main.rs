@@ -12,6 +12,9 @@
 //!   (XEP-0045, `--room`) and random occupants send to it at the offered
 //!   rate: the report counts deliveries to occupants (fan-out) per second
 //!   and their latency.
+//! - `rooms`: each user creates a group-chat room of its own and stays in
+//!   it (one occupant per room); rooms entered per second and resident
+//!   memory per idle room, less what the sessions alone cost.
 //!
 //! Server CPU seconds and resident memory come from /proc of the PIDs given
 //! with `--pid` (several for a cluster); the driver reports its own CPU too,
@@ -60,7 +63,7 @@ struct Args {
     /// Create the accounts first with in-band registration (XEP-0077).
     #[arg(long)]
     register: bool,
-    /// idle | login | messages | register (accounts only)
+    /// idle | login | messages | rooms | register (accounts only)
     #[arg(long, default_value = "messages")]
     scenario: String,
     /// Logins started per second (idle, messages); 0 = as fast as possible.
@@ -880,6 +883,7 @@ async fn run(args: Args) -> Report {
                 );
             }
         }
+        "rooms" => rooms(&ctx, &mut report).await,
         _ => messages(&ctx, &mut report).await,
     }
     let (cpu1, rss1) = servers_stats(&args.pid);
@@ -916,6 +920,108 @@ const PEP_NODE: &str = "urn:example:bench";
 const PEP_CAPS: &str = "OyUWoDndR7oaSOyaKd6cDFQda/Q=";
 
 /// Messages at a fixed offered rate; each body carries its send time.
+/// One user's room: `{prefix}{i}-room@conference.DOMAIN`, entered as
+/// `{prefix}{i}` and taken as an instant room (XEP-0045 §10.1.2); true
+/// once the room answered the configuration.
+async fn own_room(c: &mut Conn, args: &Args, i: usize) -> Result<(), LoadError> {
+    let room = format!("{}{i}-room@conference.{}", args.prefix, args.domain);
+    let nick = format!("{room}/{}{i}", args.prefix);
+    c.send(&format!(
+        "<presence to='{nick}'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>"
+    ))
+    .await?;
+    loop {
+        let e = c.element().await?;
+        if e.name != "presence" || e.attr("from") != Some(nick.as_str()) {
+            continue;
+        }
+        if e.attr("type") == Some("error") {
+            return Err(err(format!("{room} refused the join")));
+        }
+        break;
+    }
+    c.send(&format!(
+        "<iq type='set' id='instant' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>"
+    ))
+    .await?;
+    loop {
+        let e = c.element().await?;
+        if e.name == "iq" && e.attr("id") == Some("instant") {
+            return match e.attr("type") {
+                Some("result") => Ok(()),
+                _ => Err(err(format!("{room} refused its configuration"))),
+            };
+        }
+    }
+}
+
+/// `rooms`: every user creates and enters a room of its own, `--concurrency`
+/// at a time; then all sit idle. Memory per idle room is the server's
+/// resident memory with the rooms less that with the sessions alone (read
+/// first, after the logins settled), over the rooms made.
+async fn rooms(ctx: &Arc<Ctx>, report: &mut Report) {
+    let args = &ctx.args;
+    let (conns, _) = login_all(ctx, args.users, args.connect_rate).await;
+    let logged_in = conns.iter().filter(|c| c.is_some()).count();
+    settle(&args.pid).await;
+    let (_, rss_sessions) = servers_stats(&args.pid);
+    let t = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(conns.len());
+    for (i, c) in conns.into_iter().enumerate() {
+        let Some(mut c) = c else { continue };
+        let permit = sem.clone().acquire_owned().await.expect("semaphore");
+        let ctx = ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = own_room(&mut c, &ctx.args, i).await;
+            drop(permit);
+            if let Err(e) = &r {
+                if ctx.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                    eprintln!("  room {i}: {}", e.0);
+                }
+            }
+            (c, r.is_ok())
+        }));
+    }
+    let mut kept = Vec::with_capacity(tasks.len());
+    let mut made = 0usize;
+    for task in tasks {
+        if let Ok((c, ok)) = task.await {
+            made += usize::from(ok);
+            kept.push(c);
+        }
+    }
+    let took = t.elapsed();
+    settle(&args.pid).await;
+    let (_, rss_rooms) = servers_stats(&args.pid);
+    let per = (rss_rooms as f64 - rss_sessions as f64) / made.max(1) as f64;
+    report.add(
+        "rooms",
+        made.to_string(),
+        format!(
+            "{made} rooms made and entered by {logged_in} sessions in {:.1} s = {:.0}/s",
+            took.as_secs_f64(),
+            made as f64 / took.as_secs_f64()
+        ),
+    );
+    report.add(
+        "rooms_per_sec",
+        format!("{:.0}", made as f64 / took.as_secs_f64()),
+        String::new(),
+    );
+    report.add(
+        "rss_per_room_bytes",
+        format!("{per:.0}"),
+        format!(
+            "server resident memory {:.1} MiB with the sessions -> {:.1} MiB with the rooms: {:.1} kB per idle room",
+            rss_sessions as f64 / 1048576.0,
+            rss_rooms as f64 / 1048576.0,
+            per / 1000.0
+        ),
+    );
+    drop(kept);
+}
+
 async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
     let args = &ctx.args;
     let (conns, _) = login_all(ctx, args.users, args.connect_rate).await;
@@ -1549,5 +1655,26 @@ mod tests {
         assert_eq!(field("errors"), "0");
         let rate: f64 = field("msgs_per_sec").parse().expect("a number");
         assert!(rate > 0.0, "messages went through");
+    }
+
+    /// `rooms`: each of the 20 users makes and enters a room of its own.
+    #[test]
+    fn rooms_run() {
+        let (mut args, mut child, _dir) = self_contained();
+        args.scenario = "rooms".into();
+        let report = runtime().block_on(run(args.clone()));
+        let _ = child.kill();
+        let _ = child.wait();
+        report.print(&args.label, &args.scenario);
+        let field = |k: &str| {
+            report
+                .json
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(field("errors").as_deref(), Some("0"));
+        assert_eq!(field("rooms").as_deref(), Some("20"));
+        assert!(field("rss_per_room_bytes").is_some());
     }
 }
