@@ -143,3 +143,70 @@ async fn converse_js_logs_in_anonymously_and_chats() {
 async fn converse_js_chats_over_bosh_across_nodes() {
     converse("bosh", "/http-bind", false, false).await;
 }
+
+/// A room that outlives its node, as a Converse.js user sees it: carol
+/// (a hand-driven client on node 1) makes the room there; alice
+/// (Converse.js over WebSocket on node 2) and bob (slixmpp on node 3)
+/// enter and talk; node 1 is killed with SIGKILL; the room comes back on
+/// a surviving node, carol leaves with her node, and alice, still in the
+/// room as Converse.js sees it, and bob go on talking (tests/web/converse.mjs
+/// with `kill=`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converse_js_stays_in_a_room_when_its_node_dies() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let n1 = cluster_node(1, None, SECRET, &[]);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &[]);
+    let n3 = cluster_node(3, Some(&n1), SECRET, &[]);
+    wait_members(&n1, SECRET, 3).await;
+    for u in ["alice", "bob", "carol"] {
+        n1.add_user(u, "secret");
+    }
+    drop(authed_retry(&n2, "alice", "secret").await);
+    drop(authed_retry(&n3, "bob", "secret").await);
+    let room = "failover@conference.localhost";
+    let mut carol = authed_retry(&n1, "carol", "secret").await;
+    carol.bind(Some("r")).await.expect("bind");
+    carol.send("<presence/>").await;
+    carol
+        .send(&format!(
+            "<presence to='{room}/carol'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    let own = format!("{room}/carol");
+    carol
+        .wait_for(|e| e.name == "presence" && e.attr("from") == Some(own.as_str()))
+        .await;
+    let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/web-results");
+    std::fs::create_dir_all(&results).expect("results dir");
+    let shot = results.join("converse-websocket-failover.png");
+    let args = vec![
+        "websocket".to_string(),
+        format!("ws://{}/xmpp-websocket", n2.http),
+        n3.c2s.to_string(),
+        "localhost".into(),
+        "secret".into(),
+        shot.display().to_string(),
+        format!("room={room}"),
+        format!("kill={}", n1.pid()),
+    ];
+    run_web(
+        "converse.mjs",
+        &args,
+        &[&n2, &n3],
+        Duration::from_secs(150),
+        &[
+            "STEP alice logged in with converse.js as alice@localhost/converse",
+            "STEP alice and bob talk in a room that lives on another node",
+            "STEP the room's node was killed: the room came back and alice and bob, still in it, go on talking",
+            "STEP done",
+        ],
+    );
+    // The room came back on a surviving node, from its records.
+    assert!(
+        [&n2, &n3]
+            .iter()
+            .any(|n| n.log().contains("room restored from its records")),
+        "no surviving node restored the room"
+    );
+    drop(carol);
+}

@@ -26,6 +26,10 @@
 //                 closing the room gives the nick back; back in the room,
 //                 she sees what bob said while she was away. The room's
 //                 view is kept as SCREENSHOT_PATH-room.png
+//   kill=PID      with room=: the room already exists on the node with
+//                 process PID (another user made it); alice and bob enter
+//                 and talk, then that node is killed (SIGKILL) and they
+//                 go on talking in the room once it is back elsewhere
 // Accounts alice (unless anonymous) and bob must exist with PASSWORD.
 import puppeteer from "puppeteer-core";
 import http from "node:http";
@@ -39,6 +43,7 @@ const [transport, serviceUrl, bobAddr, domain, password, screenshotPath, ...opts
 const option = (name) => opts.find((o) => o.startsWith(name + "="))?.slice(name.length + 1);
 const anonDomain = option("anon");
 const roomJid = option("room");
+const killPid = option("kill");
 if (!["websocket", "bosh"].includes(transport) || !screenshotPath) {
   console.log("FAIL usage: node converse.mjs websocket|bosh SERVICE_URL BOB_C2S_ADDR DOMAIN PASSWORD SCREENSHOT_PATH");
   process.exit(2);
@@ -374,6 +379,36 @@ async function groupChat(page) {
   console.log("STEP back in the room, alice sees what was said while she was away");
 }
 
+// The room lives on the node `killPid`; alice's and bob's nodes survive.
+async function roomFailover(page) {
+  const textarea = await enterRoom(page);
+  bobCommand(`JOIN ${roomJid} bob`);
+  await until("bob in the room", () => bob.joined.includes(`${roomJid} bob`));
+  await until("carol (the room's maker, on the room's node), as bob sees her", () => bob.occupants[`${roomJid}/carol`] === "available");
+  const say = async (text) => {
+    await page.click(textarea);
+    await page.type(textarea, `${tag} ${text}`);
+    await page.keyboard.press("Enter");
+    await until(`"${text}" at bob`, () => bob.group.some((m) => m.from === `${roomJid}/alice` && m.body === text), 30000);
+  };
+  const hear = async (text) => {
+    bobCommand(`GROUP ${roomJid} ${tag} ${text}`);
+    await until(`"${text}" in alice's view`, async () => (await roomTexts(page)).includes(`${tag} ${text}`), 30000);
+  };
+  await say("before");
+  await hear("before, from bob");
+  console.log("STEP alice and bob talk in a room that lives on another node");
+
+  process.kill(Number(killPid), "SIGKILL");
+  await until("carol gone with her node", () => bob.occupants[`${roomJid}/carol`] === "unavailable", 30000);
+  await say("after the room's node died");
+  await hear("after, from bob");
+  const status = await inRoom(page, "return m.session.get('connection_status')");
+  if (status !== 5) fail(`alice's room is in state ${status} after the failover, not entered (5)`);
+  if (bob.occupants[`${roomJid}/alice`] !== "available") fail("bob saw alice leave");
+  console.log("STEP the room's node was killed: the room came back and alice and bob, still in it, go on talking");
+}
+
 (async () => {
   if (!fs.existsSync(dist)) fail(`no ${dist}: run npm ci in tests/web`);
   httpServer = http.createServer(serve);
@@ -478,7 +513,8 @@ async function groupChat(page) {
   await page.screenshot({ path: screenshotPath, fullPage: false });
   console.log(`STEP screenshot saved to ${screenshotPath}`);
 
-  if (roomJid) await groupChat(page);
+  if (roomJid && killPid) await roomFailover(page);
+  else if (roomJid) await groupChat(page);
 
   if ((await events()).includes("disconnected")) fail("converse got disconnected during the run");
   if (blocked.length) log(`blocked ${blocked.length} non-loopback request(s)`);
