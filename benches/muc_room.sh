@@ -89,6 +89,8 @@ for s in $SERVERS; do
           EJ_PEERS="$DIR/peers"; rm -rf "$EJ_PEERS"; cp -r "$PEERS" "$EJ_PEERS"
           sed -i -e "s|^    access_create: local\$|&\n    max_users: $n|" \
             -e "s|^      mam: true\$|&\n      max_users: $n|" "$EJ_PEERS/ejabberd/ejabberd.yml.tmpl"
+          [ "$(grep -c "max_users: $n" "$EJ_PEERS/ejabberd/ejabberd.yml.tmpl")" = 2 ] || {
+            echo "could not raise ejabberd's max_users in its config template" >&2; exit 1; }
         fi
         "$EJ_PEERS/start-ejabberd.sh" --fresh >/dev/null
         run "ejabberd" "$n" "$r" --server 127.0.0.1:25222 --domain ejabberd.localhost \

@@ -567,8 +567,8 @@ async fn slixmpp_registers_a_nick_with_a_room() {
         args.push(format!("{u}@{DOMAIN}"));
         args.push(format!("{u}-pw"));
     }
-    // Accounts reach every node before the clients log in.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Accounts reach node 2 before the clients log in.
+    drop(authed_retry(&n2, "bob", "bob-pw").await);
     tokio::task::spawn_blocking(move || {
         run_interop(
             "slixmpp_muc_registration.py",
@@ -584,6 +584,11 @@ async fn slixmpp_registers_a_nick_with_a_room() {
                 "OK removed",
                 "ALL OK",
             ],
+        );
+        // "OK kept" checked the room after it had left memory.
+        assert!(
+            n1.log().contains("room restored from its records"),
+            "the room never came back from its records"
         );
         drop((n1, n2));
     })

@@ -146,6 +146,8 @@ pub struct Room {
     affiliations: HashMap<String, Affiliation>,
     /// Real bare JID -> the nick it registered (§7.10).
     reserved: BTreeMap<String, String>,
+    /// Real bare JIDs that became members by registering (§7.10).
+    registered_members: BTreeSet<String>,
     /// (who set it, as room/nick; the text).
     subject: Option<(String, String)>,
     /// (sequence number, message, when).
@@ -190,6 +192,9 @@ struct Meta {
     /// Registered nicks (§7.10), by real bare JID.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     nicks: Vec<(String, String)>,
+    /// Who became a member by registering (`<remove/>` takes it back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    registered_members: Vec<String>,
 }
 
 /// A room's name if its record says it is listed (public), for the
@@ -466,6 +471,7 @@ impl Room {
                     .iter()
                     .map(|(j, n)| (j.clone(), n.clone()))
                     .collect(),
+                registered_members: self.registered_members.iter().cloned().collect(),
             };
             w.push((META.to_string(), serde_json::to_string(&meta).ok()));
         }
@@ -491,6 +497,7 @@ impl Room {
                     self.subject = m.subject;
                     self.salt = m.salt;
                     self.reserved = m.nicks.into_iter().collect();
+                    self.registered_members = m.registered_members.into_iter().collect();
                     self.fresh = false;
                 }
             } else if let Some(nick) = key.strip_prefix("o/") {
@@ -564,6 +571,7 @@ impl Room {
             by_real: HashMap::new(),
             affiliations: HashMap::new(),
             reserved: BTreeMap::new(),
+            registered_members: BTreeSet::new(),
             subject: None,
             history: VecDeque::new(),
             next_seq: 0,
@@ -1787,6 +1795,7 @@ impl Room {
             .extend(self.history.drain(..).map(|(s, _, _)| s));
         self.affiliations.clear();
         self.reserved.clear();
+        self.registered_members.clear();
         self.subject = None;
         self.deleted = true;
         self.reply(crate::modules::result(&iq, None));

@@ -7,7 +7,7 @@ Logs in over STARTTLS with SCRAM-SHA-256, sends initial presence and prints
   JOIN <room> <nick>        enter a room (XEP-0045); prints "JOINED <room> <nick>"
   GROUP <room> <body...>    send a message to the room
   REGISTER <room> <nick>    register the nick with the room (§7.10); prints
-                            "REGISTER <room> ok" or "REGISTER <room> <condition>"
+                            "REGISTER <room> ok" or "REGISTER <room> <condition> <text>"
   UNREGISTER <room> -       give it back (<remove/>); prints "UNREGISTER <room> ..."
   QUIT                      disconnect and exit 0
 Every received chat or normal message with a body is printed as
@@ -27,7 +27,9 @@ import slixmpp
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from helpers import T, condition_of, connect, setup_client
+from slixmpp.exceptions import IqError, IqTimeout
+
+from helpers import T, connect, setup_client
 
 JID, PASSWORD, ADDR = sys.argv[1:4]
 RETRACT = "urn:xmpp:message-retract:1"
@@ -93,8 +95,14 @@ async def register(c, room, nick):
                    "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field>"
                    f"<field var='muc#register_roomnick'><value>{nick}</value></field></x>")
     iq.append(ET.fromstring(f"<query xmlns='jabber:iq:register'>{payload}</query>"))
-    cond, _ = await condition_of(iq.send(timeout=T))
-    out(f"{'UNREGISTER' if nick is None else 'REGISTER'} {room} {cond or 'ok'}")
+    kind = "UNREGISTER" if nick is None else "REGISTER"
+    try:
+        await iq.send(timeout=T)
+        out(f"{kind} {room} ok")
+    except IqError as e:
+        out(f"{kind} {room} {e.condition} {e.text}")
+    except IqTimeout:
+        out(f"{kind} {room} timeout")
 
 
 def fail(why):

@@ -158,6 +158,25 @@ async def main():
     await configure(alice, **{"muc#roomconfig_membersonly": True})
     cond, _ = await condition_of(register_iq(carol, "get"))
     check(cond == "registration-required", f"a non-member of a members-only room: {cond}")
+    await configure(alice, **{"muc#roomconfig_membersonly": False,
+                              "muc#roomconfig_passwordprotectedroom": True,
+                              "muc#roomconfig_roomsecret": "pw"})
+    cond, _ = await condition_of(register_iq(carol, "set", submit("cee")))
+    check(cond == "not-allowed", f"registering with a password room from outside: {cond}")
+    await configure(alice, **{"muc#roomconfig_passwordprotectedroom": False,
+                              "muc#roomconfig_roomsecret": "",
+                              "muc#roomconfig_moderatedroom": True})
+    cond, _ = await condition_of(register_iq(carol, "set", submit("cee")))
+    check(cond == "not-allowed", f"registering with a moderated room without voice: {cond}")
+    await configure(alice, **{"muc#roomconfig_moderatedroom": False,
+                              "muc#roomconfig_membersonly": True})
+    # A membership an admin gave stays when its holder gives a nick back.
+    await alice.plugin["xep_0045"].set_affiliation(ROOM, "member", jid=JID(carol.boundjid.bare))
+    await register_iq(carol, "set", submit("cee"))
+    await register_iq(carol, "set", "<remove/>")
+    members = await alice.plugin["xep_0045"].get_affiliation_list(ROOM, "member")
+    check(JID(carol.boundjid.bare) in [JID(j) for j in members], f"carol is still a member: {members}")
+    await alice.plugin["xep_0045"].set_affiliation(ROOM, "none", jid=JID(carol.boundjid.bare))
     print("OK refused", flush=True)
 
     # bob gives it back: no nick, no membership, out of the members-only room.

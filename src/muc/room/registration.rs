@@ -2,13 +2,16 @@
 //! reserved nick). Registering reserves a nick in the room for the
 //! account and makes it a member (§7.10: approval is automatic here);
 //! nobody else may enter with, or change to, a reserved nick (§7.2.9's
-//! conflict). `<remove/>` (XEP-0077 §3.2, as §7.10 borrows it) gives the
-//! nick back and, for a member, the membership. The reservation is kept
-//! in the room's record, written through the cluster like its
-//! affiliations, and ends when the account's affiliation falls below
-//! member.
+//! conflict). Membership by registration is no way around the room's
+//! gates: a password-protected room takes registrations only from its
+//! occupants, and a moderated one only from occupants with voice.
+//! `<remove/>` (XEP-0077 §3.2, as §7.10 borrows it) gives the nick back,
+//! and the membership if registering gave it (one an admin gave stays).
+//! The reservation is kept in the room's record, written through the
+//! cluster like its affiliations, and ends when the account's
+//! affiliation falls below member.
 
-use super::{bare_of, Affiliation, Room, DATA};
+use super::{bare_of, Affiliation, Role, Room, DATA};
 use crate::modules::result;
 use crate::stanza_error::StanzaCondition;
 use crate::xml::{ns, Element};
@@ -39,10 +42,12 @@ impl Room {
         self.reserved.iter().any(|(b, n)| n == nick && *b != bare)
     }
 
-    /// An account's affiliation changed to `a`: below member, its
-    /// reservation goes.
+    /// An admin or owner changed an account's affiliation to `a`: below
+    /// member, its reservation goes; either way the membership is no
+    /// longer registration's to take back.
     pub(super) fn affiliation_changed(&mut self, bare: &str, a: Affiliation) {
-        if a < Affiliation::Member && self.reserved.remove(bare).is_some() {
+        let dropped = a < Affiliation::Member && self.reserved.remove(bare).is_some();
+        if self.registered_members.remove(bare) || dropped {
             self.meta_dirty = true;
         }
     }
@@ -63,6 +68,27 @@ impl Room {
             );
         }
         let bare = bare_of(from);
+        if aff < Affiliation::Member {
+            let role = self
+                .by_real
+                .get(from)
+                .and_then(|n| self.occupants.get(n))
+                .map(|o| o.role);
+            if self.config.password.is_some() && role.is_none() {
+                return self.reply_error(
+                    &iq,
+                    StanzaCondition::NotAllowed,
+                    Some("enter the room (with its password) first"),
+                );
+            }
+            if self.config.moderated && role.is_none_or(|r| r < Role::Participant) {
+                return self.reply_error(
+                    &iq,
+                    StanzaCondition::NotAllowed,
+                    Some("a moderated room: ask a moderator for voice first"),
+                );
+            }
+        }
         if get {
             let answer = match self.reserved.get(&bare) {
                 // XEP-0077 §3.1: already registered.
@@ -114,30 +140,51 @@ impl Room {
             );
         };
         let nick = nick.as_str().to_string();
+        if self.reserved_by_other(&nick, from) {
+            return self.reply_error(
+                &iq,
+                StanzaCondition::Conflict,
+                Some("that nick is reserved by a member"),
+            );
+        }
         let taken = self
             .occupants
             .get(&nick)
             .is_some_and(|o| bare_of(&o.real) != bare);
-        if self.reserved_by_other(&nick, from) || taken {
-            return self.reply_error(
-                &iq,
-                StanzaCondition::Conflict,
-                Some("that nick is reserved or in use"),
-            );
+        if taken {
+            return self.reply_error(&iq, StanzaCondition::Conflict, Some("that nick is in use"));
         }
         tracing::info!(%nick, "nick reserved in a room");
         self.reserved.insert(bare.clone(), nick);
         self.meta_dirty = true;
         self.reply(result(&iq, None));
         if aff < Affiliation::Member {
-            self.set_affiliation(&bare, Affiliation::Member, Vec::new());
+            self.affiliations.insert(bare.clone(), Affiliation::Member);
+            self.registered_members.insert(bare.clone());
+            // Shown with the new affiliation; a role above a member's
+            // default (a moderator) is kept.
+            let present: Vec<String> = self
+                .occupants
+                .iter()
+                .filter(|(_, o)| bare_of(&o.real) == bare)
+                .map(|(n, _)| n.clone())
+                .collect();
+            let role = self.default_role(Affiliation::Member);
+            for n in present {
+                if let Some(o) = self.occupants.get_mut(&n) {
+                    o.role = o.role.max(role);
+                }
+                self.dirty_nicks.insert(n.clone());
+                self.broadcast_presence(&n, &[], &[]);
+            }
         }
     }
 
-    /// `<remove/>`: the nick goes back, and a member's membership.
+    /// `<remove/>`: the nick goes back, and the membership registering gave.
     fn unregister(&mut self, bare: &str, iq: Element) {
         let had = self.reserved.remove(bare).is_some();
-        let member = self.affiliation(bare) == Affiliation::Member;
+        let member =
+            self.registered_members.remove(bare) && self.affiliation(bare) == Affiliation::Member;
         if !had && !member {
             return self.reply_error(
                 &iq,
