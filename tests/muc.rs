@@ -595,3 +595,48 @@ async fn slixmpp_registers_a_nick_with_a_room() {
     .await
     .expect("join");
 }
+
+/// XEP-0045 limits and bad input with slixmpp's plugin
+/// (tests/interop/slixmpp_muc_limits.py): rooms per user, occupants per
+/// room, message rate, history length, forms with wrong types, an
+/// affiliation for a malformed JID. Two nodes: alice on node 1, bob and
+/// carol on node 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_meets_the_limits_and_bad_input() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let env = [
+        ("STARLING_SERVICES_MUC_MAX_ROOMS_PER_USER", "2"),
+        ("STARLING_SERVICES_MUC_MESSAGES_PER_SEC", "3"),
+        ("STARLING_SERVICES_MUC_HISTORY", "5"),
+    ];
+    let n1 = cluster_node(1, None, SECRET, &env);
+    let n2 = cluster_node(2, Some(&n1), SECRET, &env);
+    wait_members(&n1, SECRET, 2).await;
+    let mut args = vec![format!("conference.{DOMAIN}")];
+    for (u, n) in [("alice", &n1), ("bob", &n2), ("carol", &n2)] {
+        n1.add_user(u, &format!("{u}-pw"));
+        args.push(n.c2s.to_string());
+        args.push(format!("{u}@{DOMAIN}"));
+        args.push(format!("{u}-pw"));
+    }
+    drop(authed_retry(&n2, "carol", "carol-pw").await);
+    tokio::task::spawn_blocking(move || {
+        run_interop(
+            "slixmpp_muc_limits.py",
+            &args,
+            &[&n1, &n2],
+            Duration::from_secs(120),
+            &[
+                "OK rooms per user",
+                "OK occupants per room",
+                "OK forms",
+                "OK affiliations",
+                "OK message rate",
+                "ALL OK",
+            ],
+        );
+        drop((n1, n2));
+    })
+    .await
+    .expect("join");
+}

@@ -6,8 +6,8 @@
 //! view reach bob, bob's show in it (tests/web/converse.mjs checks the DOM).
 //! Over WebSocket alice also logs in anonymously (SASL ANONYMOUS at
 //! anon.localhost, XEP-0175) and chats with bob the same way; and, logged
-//! in, she makes a room bob enters (XEP-0045, the room on node 1, bob
-//! reaching it over the mesh): Converse.js registers her nick with the
+//! in, she enters a room bob made and made her an owner of (XEP-0045, the
+//! room on node 2, which she reaches over the mesh): Converse.js registers her nick with the
 //! room (§7.10) and bob is refused it; messages go both ways through the
 //! room's view with occupant and stanza ids; she retracts bob's message
 //! (XEP-0425); closing the room gives the nick back; and back in the room
@@ -66,7 +66,7 @@ async fn converse(transport: &str, path: &str, anonymous: bool, room: bool) {
     if room {
         args.push("room=lobby@conference.localhost".into());
         steps.extend([
-            "STEP alice made and entered lobby@conference.localhost with converse.js; bob entered",
+            "STEP bob made lobby@conference.localhost and alice, an owner, entered it with converse.js",
             "STEP converse.js registered alice's nick; bob is refused it",
             "STEP room messages both ways, with occupant and stanza ids",
             "STEP converse.js retracted bob's message; bob was told",

@@ -9,6 +9,8 @@ Logs in over STARTTLS with SCRAM-SHA-256, sends initial presence and prints
   REGISTER <room> <nick>    register the nick with the room (§7.10); prints
                             "REGISTER <room> ok" or "REGISTER <room> <condition> <text>"
   UNREGISTER <room> -       give it back (<remove/>); prints "UNREGISTER <room> ..."
+  OWNER <room> <bare-jid>   make that account an owner of the room (§10.3);
+                            prints "OWNER <room> ok" or "OWNER <room> <condition> <text>"
   QUIT                      disconnect and exit 0
 Every received chat or normal message with a body is printed as
 "GOT <from full jid> <body>", a room's message as "GROUPCHAT <from> <body>",
@@ -86,6 +88,20 @@ async def join(c, room, nick):
         out(f"FAIL joining {room} as {nick}: {type(e).__name__} {e}")
 
 
+async def make_owner(c, room, jid):
+    iq = c.make_iq_set(ito=room)
+    iq.append(ET.fromstring(
+        "<query xmlns='http://jabber.org/protocol/muc#admin'>"
+        f"<item affiliation='owner' jid='{jid}'/></query>"))
+    try:
+        await iq.send(timeout=T)
+        out(f"OWNER {room} ok")
+    except IqError as e:
+        out(f"OWNER {room} {e.condition} {e.text}")
+    except IqTimeout:
+        out(f"OWNER {room} timeout")
+
+
 async def register(c, room, nick):
     iq = c.make_iq_set(ito=room)
     if nick is None:
@@ -137,7 +153,7 @@ async def main():
                 out(f"ERROR bad SEND line: {line}")
                 continue
             c.send_message(mto=parts[1], mbody=parts[2], mtype="chat")
-        elif line.startswith(("JOIN ", "GROUP ", "REGISTER ", "UNREGISTER ")):
+        elif line.startswith(("JOIN ", "GROUP ", "REGISTER ", "UNREGISTER ", "OWNER ")):
             parts = line.split(" ", 2)
             if len(parts) < 3 or not parts[1] or not parts[2]:
                 out(f"ERROR bad line: {line}")
@@ -145,6 +161,8 @@ async def main():
                 asyncio.ensure_future(join(c, parts[1], parts[2]))
             elif parts[0] == "GROUP":
                 c.send_message(mto=parts[1], mbody=parts[2], mtype="groupchat")
+            elif parts[0] == "OWNER":
+                asyncio.ensure_future(make_owner(c, parts[1], parts[2]))
             elif parts[0] == "REGISTER":
                 asyncio.ensure_future(register(c, parts[1], parts[2]))
             else:

@@ -17,10 +17,10 @@
 // repository's .venv/bin/python, which has slixmpp)
 //   anon=DOMAIN   alice logs in anonymously (SASL ANONYMOUS, XEP-0175) at
 //                 this host instead, as whatever temporary JID she is given
-//   room=JID      then group chat (XEP-0045) in room JID: alice makes it
-//                 in Converse.js, which registers her nick with the room
-//                 (§7.10, auto_register_muc_nickname); bob enters and is
-//                 refused that nick; messages go both ways through the
+//   room=JID      then group chat (XEP-0045) in room JID: bob makes it and
+//                 makes alice an owner; she enters with Converse.js, which
+//                 registers her nick with the room (§7.10,
+//                 auto_register_muc_nickname); bob is refused that nick; messages go both ways through the
 //                 room's view, with XEP-0421 occupant ids and XEP-0359
 //                 stanza ids; alice retracts bob's message (XEP-0425);
 //                 closing the room gives the nick back; back in the room,
@@ -238,6 +238,7 @@ function startBob() {
     else if (l.startsWith("JOINED ")) b.joined.push(l.slice("JOINED ".length));
     else if (l.startsWith("REGISTER ")) b.registers.push(l.slice("REGISTER ".length));
     else if (l.startsWith("UNREGISTER ")) b.registers.push(l.slice("UNREGISTER ".length));
+    else if (l.startsWith("OWNER ")) b.registers.push(l.slice("OWNER ".length));
     else if (l.startsWith("RETRACTED ")) {
       const [by, id] = l.slice("RETRACTED ".length).split(" ");
       b.retracted.push({ by, id });
@@ -322,12 +323,19 @@ async function enterRoom(page) {
 }
 
 async function groupChat(page) {
-  // Converse.js creates the room (an instant room: alice owns it).
-  const textarea = await enterRoom(page);
+  // bob makes the room and makes alice an owner before she opens it: a
+  // room Converse.js makes itself may have answered its disco#info with
+  // item-not-found a moment before, and Converse.js then does not know
+  // the room takes registrations.
   bobCommand(`JOIN ${roomJid} bob`);
   await until("bob in the room", () => bob.joined.includes(`${roomJid} bob`));
+  const before = bob.registers.length;
+  bobCommand(`OWNER ${roomJid} ${aliceJid}`);
+  await until("alice made an owner", () => bob.registers.length > before);
+  if (bob.registers[before] !== `${roomJid} ok`) fail(`making alice an owner: ${bob.registers[before]}`);
+  const textarea = await enterRoom(page);
   await until("alice, as bob sees her", () => bob.occupants[`${roomJid}/alice`] === "available");
-  console.log(`STEP alice made and entered ${roomJid} with converse.js; bob entered`);
+  console.log(`STEP bob made ${roomJid} and alice, an owner, entered it with converse.js`);
 
   const refused = await bobRegisters("alice");
   if (!refused.startsWith("conflict") || !refused.includes("reserved")) {
