@@ -34,6 +34,21 @@ async def connect(c, addr, online):
     await asyncio.wait_for(online.wait(), T)
 
 
+async def online_clients(make, users):
+    """A client `make(jid, password)` per (HOST:PORT, JID, PASS) of
+    `users`, all connecting at once; returned once each has set its
+    `online` event."""
+    clients = []
+    for (addr, jid, pw) in users:
+        host, port = addr.rsplit(":", 1)
+        c = make(jid, pw)
+        c.connect(host=host, port=int(port))
+        clients.append(c)
+    for c in clients:
+        await asyncio.wait_for(c.online.wait(), T)
+    return clients
+
+
 async def next_of(q, pred, what, seconds=T):
     """The next item of the asyncio queue `q` that `pred` accepts (others
     are skipped), within `seconds`."""

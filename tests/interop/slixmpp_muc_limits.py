@@ -20,7 +20,7 @@ from slixmpp.exceptions import PresenceError
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import StanzaPath
 
-from helpers import T, check, condition_of, setup_client
+from helpers import T, check, condition_of, online_clients, setup_client
 
 MUCD = sys.argv[1]
 USERS = [sys.argv[2 + 3 * i: 5 + 3 * i] for i in range(3)]
@@ -70,14 +70,7 @@ async def config_value(c, room, var):
 
 
 async def main():
-    clients = []
-    for (addr, jid, pw) in USERS:
-        host, port = addr.rsplit(":", 1)
-        c = Client(jid, pw)
-        c.connect(host=host, port=int(port))
-        clients.append(c)
-    for c in clients:
-        await asyncio.wait_for(c.online.wait(), T)
+    clients = await online_clients(Client, USERS)
     alice, bob, carol = clients
 
     # Rooms per user: two, then a third is refused.

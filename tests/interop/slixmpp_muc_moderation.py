@@ -16,7 +16,7 @@ from slixmpp.exceptions import IqError
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath, StanzaPath
 
-from helpers import check, next_of, setup_client
+from helpers import check, next_of, online_clients, setup_client
 
 MUCD = sys.argv[1]
 USERS = [sys.argv[2 + 3 * i: 5 + 3 * i] for i in range(3)]
@@ -72,14 +72,7 @@ async def archive(c):
 
 
 async def main():
-    clients = []
-    for (addr, jid, pw) in USERS:
-        host, port = addr.rsplit(":", 1)
-        c = Client(jid, pw)
-        c.connect(host=host, port=int(port))
-        clients.append(c)
-    for c in clients:
-        await asyncio.wait_for(c.online.wait(), T)
+    clients = await online_clients(Client, USERS)
     alice, bob, carol = clients
     await alice.plugin["xep_0045"].join_muc_wait(ROOM, "alice", timeout=T)
     await bob.plugin["xep_0045"].join_muc_wait(ROOM, "bob", timeout=T)

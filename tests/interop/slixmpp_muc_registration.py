@@ -17,7 +17,7 @@ from slixmpp import JID
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import StanzaPath
 
-from helpers import check, condition_of, next_of, setup_client, T
+from helpers import check, condition_of, next_of, online_clients, setup_client, T
 
 MUCD = sys.argv[1]
 USERS = [sys.argv[2 + 3 * i: 5 + 3 * i] for i in range(3)]
@@ -85,14 +85,7 @@ async def configure(c, **fields):
 
 
 async def main():
-    clients = []
-    for (addr, jid, pw) in USERS:
-        host, port = addr.rsplit(":", 1)
-        c = Client(jid, pw)
-        c.connect(host=host, port=int(port))
-        clients.append(c)
-    for c in clients:
-        await asyncio.wait_for(c.online.wait(), T)
+    clients = await online_clients(Client, USERS)
     alice, bob, carol = clients
     pres, _, _, _ = await alice.plugin["xep_0045"].join_muc_wait(ROOM, "alice", timeout=T)
     await configure(alice, **{"muc#roomconfig_persistentroom": True})

@@ -677,6 +677,14 @@ struct Report {
 }
 
 impl Report {
+    #[cfg(test)]
+    fn value(&self, key: &str) -> Option<String> {
+        self.json
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+
     fn add(&mut self, key: &str, value: String, text: String) {
         self.lines.push(text);
         self.json.push((key.to_string(), value));
@@ -1645,10 +1653,7 @@ mod tests {
         report.print(&args.label, &args.scenario);
         let field = |k: &str| {
             report
-                .json
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.clone())
+                .value(k)
                 .unwrap_or_else(|| panic!("no {k} in the report"))
         };
         assert_eq!(field("registration_failures"), "0");
@@ -1666,15 +1671,8 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         report.print(&args.label, &args.scenario);
-        let field = |k: &str| {
-            report
-                .json
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.clone())
-        };
-        assert_eq!(field("errors").as_deref(), Some("0"));
-        assert_eq!(field("rooms").as_deref(), Some("20"));
-        assert!(field("rss_per_room_bytes").is_some());
+        assert_eq!(report.value("errors").as_deref(), Some("0"));
+        assert_eq!(report.value("rooms").as_deref(), Some("20"));
+        assert!(report.value("rss_per_room_bytes").is_some());
     }
 }
