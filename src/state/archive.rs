@@ -224,6 +224,74 @@ pub(super) fn replace(
     Ok(Some(delta))
 }
 
+/// What appending keeps in memory about each archive's owner, so that a
+/// message in order costs no reads (`State::append_archive`): its last
+/// position, whether it has any alias (a message placed after its own id),
+/// and the bytes it holds. Only the thread applying commands writes the
+/// archive; every change other than an append clears all of it (those are
+/// rare: deletion, expiry, purge, moderation, a snapshot installed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Head {
+    pub last: Option<u64>,
+    pub aliases: bool,
+    pub used: u64,
+}
+
+/// The owners' [`Head`]s, bounded (cleared when full: it is only a cache).
+#[derive(Default)]
+pub(super) struct Heads(std::sync::Mutex<std::collections::HashMap<String, Head>>);
+
+impl Heads {
+    const MAX: usize = 1 << 16;
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Head>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map
+    }
+
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// An owner's [`Head`] as the tree has it (`used` as counted).
+pub(super) fn head(tree: &sled::Tree, user: &str, used: u64) -> Result<Head, StateError> {
+    let mut aliases = key(user, u64::MAX);
+    aliases.push(b'a');
+    Ok(Head {
+        last: last_position(tree, user)?,
+        aliases: tree.scan_prefix(aliases).next().transpose()?.is_some(),
+        used,
+    })
+}
+
+/// [`place`] for an owner whose [`Head`] is known: a message past the last
+/// position of an archive without aliases can be nowhere yet (every key is
+/// at or below that position), so it is written at its id without a read.
+pub(super) fn place_at_head(
+    tree: &sled::Tree,
+    e: &ArchiveEntry,
+    head: &mut Head,
+    commit_order: bool,
+) -> Result<Placed, StateError> {
+    if !head.aliases && head.last.is_none_or(|l| e.id > l) {
+        head.last = Some(e.id);
+        return Ok(Placed::Write(vec![(key(&e.user, e.id), value(e))]));
+    }
+    let mut last = head.last;
+    let placed = place(tree, e, &mut last, commit_order)?;
+    if let Placed::Write(w) = &placed {
+        head.last = last;
+        // An alias is the only key longer than a position's.
+        let position_len = key(&e.user, 0).len();
+        head.aliases |= w.iter().any(|(k, _)| k.len() > position_len);
+    }
+    Ok(placed)
+}
+
 /// Key-value pairs to write, in order.
 pub(super) type Writes = Vec<(Vec<u8>, Vec<u8>)>;
 

@@ -359,6 +359,11 @@ pub struct State {
     /// machine (replication.rs), from the cluster's switch to batch
     /// entries, so every node of a cluster places alike.
     archive_commit_order: std::sync::atomic::AtomicBool,
+    /// Each archive owner's last position, aliases and bytes, for appends
+    /// (`archive::Heads`).
+    archive_heads: archive::Heads,
+    /// The session table by bare JID, as read (`sessions::Cache`).
+    session_cache: sessions::Cache,
 }
 
 /// A snapshot fixed by [`State::begin_snapshot`] and not written yet:
@@ -479,6 +484,7 @@ impl State {
             return self.import_from(&mut &data[..]);
         }
         self.undo.cancel();
+        self.archive_heads.clear();
         let all = snapshot::decode(data)?;
         for name in TREES {
             self.db.open_tree(name)?.clear()?;
@@ -492,6 +498,7 @@ impl State {
                 tree.insert(k, v)?;
             }
         }
+        self.session_cache.changed(None);
         self.db.flush()?;
         Ok(())
     }
@@ -517,6 +524,8 @@ impl State {
             archive: t("archive")?,
             archive_used: t("archive_used")?,
             archive_commit_order: std::sync::atomic::AtomicBool::new(false),
+            archive_heads: archive::Heads::default(),
+            session_cache: sessions::Cache::default(),
             undo,
             db,
         })
@@ -564,10 +573,12 @@ impl State {
         const BATCH: usize = 4096;
         const BATCH_BYTES: usize = 8 << 20;
         self.undo.cancel();
+        self.archive_heads.clear();
         let mut reader = Reader::new(input).map_err(|e| StateError::Cluster(e.to_string()))?;
         for (_, tree) in self.trees() {
             tree.clear()?;
         }
+        self.session_cache.changed(None);
         let mut current: Option<sled::Tree> = None;
         let mut batch = sled::Batch::default();
         let mut n = 0usize;
@@ -603,6 +614,7 @@ impl State {
         if let Some(t) = current {
             t.apply_batch(batch)?;
         }
+        self.session_cache.changed(None);
         self.db.flush()?;
         Ok(())
     }
@@ -617,6 +629,23 @@ impl State {
     /// Apply one command; durable at the next flush. The Raft driver
     /// flushes once per batch of committed commands, not once per command.
     pub fn apply_unflushed(&self, index: LogIndex, cmd: &Command) -> Result<Applied, StateError> {
+        let r = self.apply_command(index, cmd);
+        // After the write (whether or not all of it went through), so a
+        // reader never caches what it read before it.
+        match cmd {
+            Command::SessionBind { record, .. } | Command::SessionPresence { record } => {
+                self.session_cache.changed(Some(&record.jid))
+            }
+            Command::SessionResumable { jid, .. } | Command::SessionUnbind { jid, .. } => {
+                self.session_cache.changed(Some(jid))
+            }
+            Command::PurgeNode { .. } => self.session_cache.changed(None),
+            _ => {}
+        }
+        r
+    }
+
+    fn apply_command(&self, index: LogIndex, cmd: &Command) -> Result<Applied, StateError> {
         let mut applied = Applied::default();
         match cmd {
             Command::CreateAccount {
@@ -695,6 +724,7 @@ impl State {
                 self.revoke_fast(username, agent.as_deref())?;
             }
             Command::DeleteAccount { username } => {
+                self.archive_heads.clear();
                 accounts::delete(&self.accounts, username)?;
                 self.archive_used.remove(username.as_bytes())?;
                 let p = roster::prefix(username);
@@ -909,6 +939,9 @@ impl State {
                     let own: Vec<&ArchiveEntry> =
                         archive.iter().filter(|e| &e.user == entity).collect();
                     self.append_archive(&own, *quota_bytes, &mut applied, Some(entity))?;
+                    if replace.iter().any(|r| &r.user == entity) {
+                        self.archive_heads.clear();
+                    }
                     for r in replace.iter().filter(|r| &r.user == entity) {
                         if let Some(delta) = archive::replace(&self.archive, entity, r.id, &r.xml)?
                         {
@@ -949,6 +982,7 @@ impl State {
                 )?;
             }
             Command::ArchiveExpire { micros } => {
+                self.archive_heads.clear();
                 // Every archive: accounts', and those of hosted entities
                 // (group-chat rooms), which are counted in `archive_used`.
                 let mut users: std::collections::BTreeSet<String> =
@@ -965,6 +999,7 @@ impl State {
                 }
             }
             Command::ArchivePurge { username } => {
+                self.archive_heads.clear();
                 for k in self.archive.scan_prefix(roster::prefix(username)).keys() {
                     self.archive.remove(k?)?;
                 }
@@ -1065,27 +1100,50 @@ impl State {
         applied: &mut Applied,
         hosted: Option<&str>,
     ) -> Result<(), StateError> {
-        // Each owner's byte count is read and written once per
-        // batch, in a tree of its own (a key every message reads
+        // Each owner's last position, aliases and byte count come from
+        // memory (`archive::Heads`); the byte count is written once per
+        // owner and batch, in a tree of its own (a key every message reads
         // and writes makes sled rebuild its page for each reader).
-        let mut used: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
-        // Each owner's last position, as this batch moves it.
-        let mut last: std::collections::HashMap<&str, Option<u64>> =
-            std::collections::HashMap::new();
+        let mut heads = self.archive_heads.lock();
+        let r = self.append_archive_at(&mut heads, entries, quota_bytes, applied, hosted);
+        if r.is_err() {
+            // The tree may hold part of what failed: read it again.
+            heads.clear();
+        }
+        r
+    }
+
+    fn append_archive_at(
+        &self,
+        heads: &mut std::collections::HashMap<String, archive::Head>,
+        entries: &[&ArchiveEntry],
+        quota_bytes: u64,
+        applied: &mut Applied,
+        hosted: Option<&str>,
+    ) -> Result<(), StateError> {
+        let mut touched: std::collections::BTreeSet<&str> = Default::default();
         let commit_order = self
             .archive_commit_order
             .load(std::sync::atomic::Ordering::Acquire);
         for e in entries.iter().copied() {
-            // Written after the account was deleted: nobody's.
-            if !(self.account_exists(&e.user) || hosted == Some(e.user.as_str())) {
-                applied.refused.push(e.id);
-                continue;
-            }
+            // Written after the account was deleted: nobody's (an owner
+            // with a head exists: deleting an account clears them).
+            let owner = hosted == Some(e.user.as_str());
+            let head = match heads.get_mut(e.user.as_str()) {
+                Some(h) => h,
+                None if owner || self.account_exists(&e.user) => {
+                    let h = archive::head(&self.archive, &e.user, self.archive_bytes(&e.user)?)?;
+                    heads.entry(e.user.clone()).or_insert(h)
+                }
+                None => {
+                    applied.refused.push(e.id);
+                    continue;
+                }
+            };
             // In commit order (archive::place); a replayed entry
             // is already there and counts once.
-            let l = last.entry(e.user.as_str()).or_insert(None);
-            let mut moved_last = *l;
-            let writes = match archive::place(&self.archive, e, &mut moved_last, commit_order)? {
+            let mut moved = *head;
+            let writes = match archive::place_at_head(&self.archive, e, &mut moved, commit_order)? {
                 archive::Placed::Replay => continue,
                 archive::Placed::Refused => {
                     tracing::warn!(user = %e.user, id = e.id, "an archive id that names another message; not archived");
@@ -1094,26 +1152,23 @@ impl State {
                 }
                 archive::Placed::Write(w) => w,
             };
-            let u = match used.get_mut(e.user.as_str()) {
-                Some(u) => u,
-                None => used
-                    .entry(e.user.as_str())
-                    .or_insert(self.archive_bytes(&e.user)?),
-            };
             let size: u64 = writes.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
-            if quota_bytes > 0 && *u + size > quota_bytes {
+            if quota_bytes > 0 && head.used + size > quota_bytes {
                 applied.refused.push(e.id);
                 continue;
             }
-            *l = moved_last;
             for (k, v) in writes {
                 self.archive.insert(k, v)?;
             }
-            *u += size;
+            *head = moved;
+            head.used += size;
+            touched.insert(e.user.as_str());
         }
-        for (user, n) in used {
-            self.archive_used
-                .insert(user.as_bytes(), &n.to_be_bytes())?;
+        for user in touched {
+            if let Some(h) = heads.get(user) {
+                self.archive_used
+                    .insert(user.as_bytes(), &h.used.to_be_bytes())?;
+            }
         }
         Ok(())
     }
@@ -1181,8 +1236,12 @@ impl State {
             .collect()
     }
 
+    /// The sessions of `bare` in the table (from memory once read: every
+    /// message asks, for carbons and routing).
     pub fn sessions_of(&self, bare: &str) -> Vec<SessionRecord> {
-        sessions::of(&self.sessions, bare).unwrap_or_default()
+        self.session_cache.get_or_read(bare, || {
+            sessions::of(&self.sessions, bare).unwrap_or_default()
+        })
     }
 
     pub fn roster_item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>, StateError> {
@@ -1783,6 +1842,120 @@ mod tests {
         .unwrap();
         assert_eq!(s.archive_ends("alice").unwrap(), None);
         assert_eq!(s.archive_bytes("alice").unwrap(), 0);
+    }
+
+    /// Appends placed from what is kept in memory (`archive::Heads`) land
+    /// where reading the tree would have put them: in commit order, under
+    /// an alias when committed after a later id, counted once when applied
+    /// again; the same after a restart (nothing in memory) and after a
+    /// purge (memory cleared).
+    #[test]
+    fn archive_appends_placed_from_memory_match_the_tree() {
+        let (d, s) = state();
+        account(&s, "alice");
+        let at = archive::ArchiveId::at;
+        let append = |s: &State, ids: &[u64]| {
+            s.set_archive_commit_order(true);
+            let entries = ids
+                .iter()
+                .map(|i| archived("alice", at(*i), &format!("m{i}")))
+                .collect();
+            s.apply(&Command::ArchiveAppend {
+                entries,
+                quota_bytes: 0,
+            })
+            .unwrap()
+        };
+        let order = |s: &State| -> Vec<u64> {
+            let q = archive::PageQuery {
+                lower: std::ops::Bound::Unbounded,
+                upper: std::ops::Bound::Unbounded,
+                with: None,
+                ids: None,
+                id_within: (0, u64::MAX),
+                max: 100,
+                skip: 0,
+                backward: false,
+            };
+            let page = s.archive_page("alice", &q).unwrap();
+            page.items.iter().map(|a| a.id / at(1)).collect()
+        };
+        append(&s, &[10, 20]);
+        let one = s.archive_bytes("alice").unwrap() / 2;
+        append(&s, &[15]);
+        append(&s, &[15]);
+        append(&s, &[30]);
+        assert_eq!(order(&s), [10, 20, 15, 30]);
+        let bytes = s.archive_bytes("alice").unwrap();
+        assert!(bytes > 4 * one, "the alias counts too: {bytes}");
+        // Applied again in one batch (a replayed log entry): nothing changes.
+        append(&s, &[10, 20, 15, 30]);
+        assert_eq!(s.archive_bytes("alice").unwrap(), bytes);
+        drop(s);
+        // From a cold start, the tree is read again (with its alias).
+        let s = State::open(d.path()).unwrap();
+        assert_eq!(order(&s), [10, 20, 15, 30]);
+        append(&s, &[25, 40]);
+        assert_eq!(order(&s), [10, 20, 15, 30, 25, 40]);
+        s.apply(&Command::ArchivePurge {
+            username: "alice".into(),
+        })
+        .unwrap();
+        append(&s, &[50]);
+        assert_eq!(order(&s), [50]);
+        assert_eq!(s.archive_bytes("alice").unwrap(), one);
+        // An account deleted and made again starts from nothing.
+        s.apply(&Command::DeleteAccount {
+            username: "alice".into(),
+        })
+        .unwrap();
+        assert_eq!(append(&s, &[6]).refused, vec![at(6)]);
+        account(&s, "alice");
+        append(&s, &[7]);
+        assert_eq!(order(&s), [7]);
+    }
+
+    /// The sessions of a bare JID, read from memory once read, follow every
+    /// change to its records: binds, unbinds, a node's purge.
+    #[test]
+    fn sessions_read_from_memory_follow_every_change() {
+        let (_d, s) = state();
+        let jids = |s: &State| -> Vec<String> {
+            let mut v: Vec<String> = s
+                .sessions_of("bob@localhost")
+                .into_iter()
+                .map(|r| r.jid)
+                .collect();
+            v.sort();
+            v
+        };
+        assert!(jids(&s).is_empty());
+        s.apply(&bind("bob@localhost/phone", 1, 1, 1_000)).unwrap();
+        assert_eq!(jids(&s), ["bob@localhost/phone"]);
+        s.apply(&bind("bob@localhost/laptop", 2, 1, 1_000)).unwrap();
+        assert_eq!(jids(&s), ["bob@localhost/laptop", "bob@localhost/phone"]);
+        s.apply(&Command::SessionUnbind {
+            jid: "bob@localhost/phone".into(),
+            node: 1,
+            sid: 1,
+        })
+        .unwrap();
+        assert_eq!(jids(&s), ["bob@localhost/laptop"]);
+        s.apply(&Command::PurgeNode {
+            node: 2,
+            before: None,
+        })
+        .unwrap();
+        assert!(jids(&s).is_empty());
+        // A reader that began before a change keeps nothing it read.
+        let stale = s.session_cache.get_or_read("carol@localhost", || {
+            s.apply(&bind("carol@localhost/tablet", 3, 1, 1_000))
+                .unwrap();
+            Vec::new()
+        });
+        assert!(stale.is_empty());
+        let carol = s.sessions_of("carol@localhost");
+        assert_eq!(carol.len(), 1, "{carol:?}");
     }
 
     fn account(s: &State, name: &str) {

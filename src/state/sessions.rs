@@ -28,6 +28,70 @@ pub struct SessionRecord {
     pub caps: Option<String>,
 }
 
+/// The session table by bare JID, decoded, for readers on any thread (every
+/// message asks for its sender's and addressee's sessions). Filled by
+/// readers and emptied for a bare JID after the thread that applies
+/// commands changed its records; a reader keeps what it read only if no
+/// change came after it began reading (the generation), so a record read
+/// before a change is never kept past it.
+#[derive(Default)]
+pub struct Cache {
+    inner: std::sync::Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    generation: u64,
+    by_bare: std::collections::HashMap<String, std::sync::Arc<Vec<SessionRecord>>>,
+}
+
+impl Cache {
+    /// Bare JIDs kept at most (emptied when full: it is only a cache).
+    const MAX: usize = 1 << 16;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get_or_read(
+        &self,
+        bare: &str,
+        read: impl FnOnce() -> Vec<SessionRecord>,
+    ) -> Vec<SessionRecord> {
+        let generation = {
+            let inner = self.lock();
+            if let Some(v) = inner.by_bare.get(bare) {
+                return v.as_ref().clone();
+            }
+            inner.generation
+        };
+        let v = read();
+        let mut inner = self.lock();
+        if inner.generation == generation {
+            if inner.by_bare.len() >= Self::MAX {
+                inner.by_bare.clear();
+            }
+            inner
+                .by_bare
+                .insert(bare.to_string(), std::sync::Arc::new(v.clone()));
+        }
+        v
+    }
+
+    /// The records of `full`'s bare JID changed (None: any may have).
+    pub fn changed(&self, full: Option<&str>) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        match full {
+            Some(full) => {
+                let bare = full.split('/').next().unwrap_or(full);
+                inner.by_bare.remove(bare);
+            }
+            None => inner.by_bare.clear(),
+        }
+    }
+}
+
 pub fn get(tree: &sled::Tree, full: &str) -> Result<Option<SessionRecord>, StateError> {
     match tree.get(full)? {
         Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
