@@ -9,6 +9,7 @@ pub mod archive;
 pub mod fast;
 pub mod pubsub;
 pub mod push;
+mod read_cache;
 pub mod roster;
 pub mod sessions;
 pub mod snapshot;
@@ -362,8 +363,11 @@ pub struct State {
     /// Each archive owner's last position, aliases and bytes, for appends
     /// (`archive::Heads`).
     archive_heads: archive::Heads,
-    /// The session table by bare JID, as read (`sessions::Cache`).
-    session_cache: sessions::Cache,
+    /// Read on every message, kept decoded (`read_cache.rs`): the session
+    /// table by bare JID, whether a user blocks anyone, archive preferences.
+    session_cache: read_cache::ReadCache<std::sync::Arc<Vec<SessionRecord>>>,
+    blocks_anyone: read_cache::ReadCache<bool>,
+    prefs_cache: read_cache::ReadCache<Option<ArchivePrefs>>,
 }
 
 /// A snapshot fixed by [`State::begin_snapshot`] and not written yet:
@@ -498,7 +502,7 @@ impl State {
                 tree.insert(k, v)?;
             }
         }
-        self.session_cache.changed(None);
+        self.forget_reads();
         self.db.flush()?;
         Ok(())
     }
@@ -525,7 +529,9 @@ impl State {
             archive_used: t("archive_used")?,
             archive_commit_order: std::sync::atomic::AtomicBool::new(false),
             archive_heads: archive::Heads::default(),
-            session_cache: sessions::Cache::default(),
+            session_cache: Default::default(),
+            blocks_anyone: Default::default(),
+            prefs_cache: Default::default(),
             undo,
             db,
         })
@@ -578,7 +584,7 @@ impl State {
         for (_, tree) in self.trees() {
             tree.clear()?;
         }
-        self.session_cache.changed(None);
+        self.forget_reads();
         let mut current: Option<sled::Tree> = None;
         let mut batch = sled::Batch::default();
         let mut n = 0usize;
@@ -614,7 +620,7 @@ impl State {
         if let Some(t) = current {
             t.apply_batch(batch)?;
         }
-        self.session_cache.changed(None);
+        self.forget_reads();
         self.db.flush()?;
         Ok(())
     }
@@ -632,17 +638,33 @@ impl State {
         let r = self.apply_command(index, cmd);
         // After the write (whether or not all of it went through), so a
         // reader never caches what it read before it.
+        let bare = |full: &str| full.split('/').next().unwrap_or(full).to_string();
         match cmd {
             Command::SessionBind { record, .. } | Command::SessionPresence { record } => {
-                self.session_cache.changed(Some(&record.jid))
+                self.session_cache.changed(Some(&bare(&record.jid)))
             }
             Command::SessionResumable { jid, .. } | Command::SessionUnbind { jid, .. } => {
-                self.session_cache.changed(Some(jid))
+                self.session_cache.changed(Some(&bare(jid)))
             }
             Command::PurgeNode { .. } => self.session_cache.changed(None),
+            Command::Block { username, .. } | Command::Unblock { username, .. } => {
+                self.blocks_anyone.changed(Some(username))
+            }
+            Command::SetArchivePrefs { username, .. } => self.prefs_cache.changed(Some(username)),
+            Command::DeleteAccount { username } => {
+                self.blocks_anyone.changed(Some(username));
+                self.prefs_cache.changed(Some(username));
+            }
             _ => {}
         }
         r
+    }
+
+    /// Everything read from memory is read again (a snapshot installed).
+    fn forget_reads(&self) {
+        self.session_cache.changed(None);
+        self.blocks_anyone.changed(None);
+        self.prefs_cache.changed(None);
     }
 
     fn apply_command(&self, index: LogIndex, cmd: &Command) -> Result<Applied, StateError> {
@@ -1239,9 +1261,12 @@ impl State {
     /// The sessions of `bare` in the table (from memory once read: every
     /// message asks, for carbons and routing).
     pub fn sessions_of(&self, bare: &str) -> Vec<SessionRecord> {
-        self.session_cache.get_or_read(bare, || {
-            sessions::of(&self.sessions, bare).unwrap_or_default()
-        })
+        self.session_cache
+            .get_or_read(bare, || {
+                std::sync::Arc::new(sessions::of(&self.sessions, bare).unwrap_or_default())
+            })
+            .as_ref()
+            .clone()
     }
 
     pub fn roster_item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>, StateError> {
@@ -1326,9 +1351,18 @@ impl State {
     }
 
     pub fn is_blocked(&self, user: &str, jid: &str) -> bool {
-        self.blocklist
-            .contains_key(roster::key(user, jid))
-            .unwrap_or(false)
+        // Most users block nobody: that much is known from memory.
+        let anyone = self.blocks_anyone.get_or_read(user, || {
+            self.blocklist
+                .scan_prefix(roster::prefix(user))
+                .next()
+                .is_some()
+        });
+        anyone
+            && self
+                .blocklist
+                .contains_key(roster::key(user, jid))
+                .unwrap_or(false)
     }
 
     pub fn vcard(&self, user: &str) -> Result<Option<Xml>, StateError> {
@@ -1471,9 +1505,26 @@ impl State {
 
     /// `user`'s archive preferences, if they set any.
     pub fn archive_prefs(&self, user: &str) -> Result<Option<ArchivePrefs>, StateError> {
-        match self.user_data.get(data_key(user, "mam_prefs", ""))? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
-            None => Ok(None),
+        let mut failed = None;
+        let prefs = self.prefs_cache.get_or_read(user, || {
+            let read = || -> Result<Option<ArchivePrefs>, StateError> {
+                match self.user_data.get(data_key(user, "mam_prefs", ""))? {
+                    Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+                    None => Ok(None),
+                }
+            };
+            read().unwrap_or_else(|e| {
+                failed = Some(e);
+                None
+            })
+        });
+        match failed {
+            // Not kept: read again next time.
+            Some(e) => {
+                self.prefs_cache.changed(Some(user));
+                Err(e)
+            }
+            None => Ok(prefs),
         }
     }
 
@@ -1951,11 +2002,50 @@ mod tests {
         let stale = s.session_cache.get_or_read("carol@localhost", || {
             s.apply(&bind("carol@localhost/tablet", 3, 1, 1_000))
                 .unwrap();
-            Vec::new()
+            std::sync::Arc::new(Vec::new())
         });
         assert!(stale.is_empty());
         let carol = s.sessions_of("carol@localhost");
         assert_eq!(carol.len(), 1, "{carol:?}");
+    }
+
+    /// Blocklists and archive preferences read from memory follow every
+    /// change to them.
+    #[test]
+    fn blocks_and_archive_prefs_read_from_memory_follow_every_change() {
+        let (_d, s) = state();
+        account(&s, "alice");
+        assert!(!s.is_blocked("alice", "eve@localhost"));
+        s.apply(&Command::Block {
+            username: "alice".into(),
+            jids: vec!["eve@localhost".into()],
+        })
+        .unwrap();
+        assert!(s.is_blocked("alice", "eve@localhost"));
+        assert!(!s.is_blocked("alice", "bob@localhost"));
+        s.apply(&Command::Unblock {
+            username: "alice".into(),
+            jids: vec![],
+        })
+        .unwrap();
+        assert!(!s.is_blocked("alice", "eve@localhost"));
+        assert_eq!(s.archive_prefs("alice").unwrap(), None);
+        let prefs = ArchivePrefs {
+            default: "never".into(),
+            always: vec!["bob@localhost".into()],
+            never: vec![],
+        };
+        s.apply(&Command::SetArchivePrefs {
+            username: "alice".into(),
+            prefs: prefs.clone(),
+        })
+        .unwrap();
+        assert_eq!(s.archive_prefs("alice").unwrap(), Some(prefs));
+        s.apply(&Command::DeleteAccount {
+            username: "alice".into(),
+        })
+        .unwrap();
+        assert_eq!(s.archive_prefs("alice").unwrap(), None);
     }
 
     fn account(s: &State, name: &str) {
