@@ -484,6 +484,13 @@ impl State {
 
     /// Replace everything replicated with a snapshot's contents.
     pub fn import(&self, data: &[u8]) -> Result<(), StateError> {
+        let r = self.import_whole(data);
+        // Whatever was read meanwhile, even from an import that failed.
+        self.forget_reads();
+        r
+    }
+
+    fn import_whole(&self, data: &[u8]) -> Result<(), StateError> {
         if data.starts_with(snapshot::stream::MAGIC) {
             return self.import_from(&mut &data[..]);
         }
@@ -502,7 +509,6 @@ impl State {
                 tree.insert(k, v)?;
             }
         }
-        self.forget_reads();
         self.db.flush()?;
         Ok(())
     }
@@ -575,6 +581,13 @@ impl State {
     /// a time (sled batches of a few thousand pairs or a few MiB, whichever
     /// comes first: archive entries can be large, and a batch sits in memory).
     pub fn import_from(&self, input: &mut dyn std::io::Read) -> Result<(), StateError> {
+        let r = self.import_stream(input);
+        // Whatever was read meanwhile, even from an import that failed.
+        self.forget_reads();
+        r
+    }
+
+    fn import_stream(&self, input: &mut dyn std::io::Read) -> Result<(), StateError> {
         use snapshot::stream::{Reader, Record};
         const BATCH: usize = 4096;
         const BATCH_BYTES: usize = 8 << 20;
@@ -584,7 +597,6 @@ impl State {
         for (_, tree) in self.trees() {
             tree.clear()?;
         }
-        self.forget_reads();
         let mut current: Option<sled::Tree> = None;
         let mut batch = sled::Batch::default();
         let mut n = 0usize;
@@ -620,7 +632,6 @@ impl State {
         if let Some(t) = current {
             t.apply_batch(batch)?;
         }
-        self.forget_reads();
         self.db.flush()?;
         Ok(())
     }
@@ -662,6 +673,7 @@ impl State {
 
     /// Everything read from memory is read again (a snapshot installed).
     fn forget_reads(&self) {
+        self.archive_heads.clear();
         self.session_cache.changed(None);
         self.blocks_anyone.changed(None);
         self.prefs_cache.changed(None);
@@ -1263,10 +1275,10 @@ impl State {
     pub fn sessions_of(&self, bare: &str) -> Vec<SessionRecord> {
         self.session_cache
             .get_or_read(bare, || {
-                std::sync::Arc::new(sessions::of(&self.sessions, bare).unwrap_or_default())
+                sessions::of(&self.sessions, bare).map(std::sync::Arc::new)
             })
-            .as_ref()
-            .clone()
+            .map(|v| v.as_ref().clone())
+            .unwrap_or_default()
     }
 
     pub fn roster_item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>, StateError> {
@@ -1351,13 +1363,18 @@ impl State {
     }
 
     pub fn is_blocked(&self, user: &str, jid: &str) -> bool {
-        // Most users block nobody: that much is known from memory.
-        let anyone = self.blocks_anyone.get_or_read(user, || {
-            self.blocklist
-                .scan_prefix(roster::prefix(user))
-                .next()
-                .is_some()
-        });
+        // Most users block nobody: that much is known from memory. A read
+        // that fails counts as blocking someone (the list is asked).
+        let anyone = self
+            .blocks_anyone
+            .get_or_read(user, || {
+                self.blocklist
+                    .scan_prefix(roster::prefix(user))
+                    .next()
+                    .transpose()
+                    .map(|k| k.is_some())
+            })
+            .unwrap_or(true);
         anyone
             && self
                 .blocklist
@@ -1505,27 +1522,12 @@ impl State {
 
     /// `user`'s archive preferences, if they set any.
     pub fn archive_prefs(&self, user: &str) -> Result<Option<ArchivePrefs>, StateError> {
-        let mut failed = None;
-        let prefs = self.prefs_cache.get_or_read(user, || {
-            let read = || -> Result<Option<ArchivePrefs>, StateError> {
-                match self.user_data.get(data_key(user, "mam_prefs", ""))? {
-                    Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
-                    None => Ok(None),
-                }
-            };
-            read().unwrap_or_else(|e| {
-                failed = Some(e);
-                None
-            })
-        });
-        match failed {
-            // Not kept: read again next time.
-            Some(e) => {
-                self.prefs_cache.changed(Some(user));
-                Err(e)
+        self.prefs_cache.get_or_read(user, || {
+            match self.user_data.get(data_key(user, "mam_prefs", ""))? {
+                Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+                None => Ok(None),
             }
-            None => Ok(prefs),
-        }
+        })
     }
 
     pub fn credentials(&self, username: &str) -> Result<Option<Credentials>, StateError> {
@@ -2002,9 +2004,9 @@ mod tests {
         let stale = s.session_cache.get_or_read("carol@localhost", || {
             s.apply(&bind("carol@localhost/tablet", 3, 1, 1_000))
                 .unwrap();
-            std::sync::Arc::new(Vec::new())
+            Ok::<_, ()>(std::sync::Arc::new(Vec::new()))
         });
-        assert!(stale.is_empty());
+        assert!(stale.unwrap().is_empty());
         let carol = s.sessions_of("carol@localhost");
         assert_eq!(carol.len(), 1, "{carol:?}");
     }
