@@ -23,6 +23,10 @@ const NS: &str = "urn:xmpp:push:0";
 struct AppServer {
     child: Child,
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Notifications for other nodes that came while one node's was
+    /// awaited (the server notifies a user's devices in no fixed order):
+    /// the next wait or collection looks at them first, then drops them.
+    held: Vec<Value>,
 }
 
 impl AppServer {
@@ -49,7 +53,11 @@ impl AppServer {
                 }
             }
         });
-        let mut a = AppServer { child, lines };
+        let mut a = AppServer {
+            child,
+            lines,
+            held: Vec::new(),
+        };
         let first = a.line(Duration::from_secs(30)).await;
         assert_eq!(first.as_deref(), Some("CONNECTED"), "app server: {}", log());
         a
@@ -78,17 +86,26 @@ impl AppServer {
     /// Notifications for `node` until one has `body` as its last body.
     async fn until_body(&mut self, node: &str, body: &str) -> Vec<Value> {
         let mut seen = Vec::new();
+        let mut others = Vec::new();
+        let mut earlier = std::mem::take(&mut self.held).into_iter();
         loop {
-            let n = self
-                .notification(Duration::from_secs(20))
-                .await
-                .unwrap_or_else(|| panic!("no notification for {node} with {body:?}: {seen:?}"));
+            let n = match earlier.next() {
+                Some(n) => n,
+                None => self
+                    .notification(Duration::from_secs(20))
+                    .await
+                    .unwrap_or_else(|| {
+                        panic!("no notification for {node} with {body:?}: {seen:?}")
+                    }),
+            };
             if n["node"] != node {
+                others.push(n);
                 continue;
             }
             let done = field(&n, "last-message-body").as_deref() == Some(body);
             seen.push(n);
             if done {
+                self.held = others;
                 return seen;
             }
         }
@@ -97,7 +114,10 @@ impl AppServer {
     /// All notifications for `node` within `d`.
     async fn collect(&mut self, node: &str, d: Duration) -> Vec<Value> {
         let end = Instant::now() + d;
-        let mut out = Vec::new();
+        let mut out: Vec<Value> = std::mem::take(&mut self.held)
+            .into_iter()
+            .filter(|n| n["node"] == node)
+            .collect();
         while let Some(n) = self
             .notification(end.saturating_duration_since(Instant::now()))
             .await
