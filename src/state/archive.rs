@@ -129,9 +129,15 @@ fn moved_value(e: &ArchiveEntry) -> Vec<u8> {
 /// position key of the owner (`key(user, u64::MAX)` and longer), so ranges
 /// over positions never meet it; a prefix scan (the quota, a purge) does.
 fn alias_key(user: &str, id: u64) -> Vec<u8> {
+    let mut k = alias_prefix(user);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// What every alias of `user` starts with.
+fn alias_prefix(user: &str) -> Vec<u8> {
     let mut k = key(user, u64::MAX);
     k.push(b'a');
-    k.extend_from_slice(&id.to_be_bytes());
     k
 }
 
@@ -259,11 +265,13 @@ impl Heads {
 
 /// An owner's [`Head`] as the tree has it (`used` as counted).
 pub(super) fn head(tree: &sled::Tree, user: &str, used: u64) -> Result<Head, StateError> {
-    let mut aliases = key(user, u64::MAX);
-    aliases.push(b'a');
     Ok(Head {
         last: last_position(tree, user)?,
-        aliases: tree.scan_prefix(aliases).next().transpose()?.is_some(),
+        aliases: tree
+            .scan_prefix(alias_prefix(user))
+            .next()
+            .transpose()?
+            .is_some(),
         used,
     })
 }

@@ -495,7 +495,6 @@ impl State {
             return self.import_from(&mut &data[..]);
         }
         self.undo.cancel();
-        self.archive_heads.clear();
         let all = snapshot::decode(data)?;
         for name in TREES {
             self.db.open_tree(name)?.clear()?;
@@ -592,7 +591,6 @@ impl State {
         const BATCH: usize = 4096;
         const BATCH_BYTES: usize = 8 << 20;
         self.undo.cancel();
-        self.archive_heads.clear();
         let mut reader = Reader::new(input).map_err(|e| StateError::Cluster(e.to_string()))?;
         for (_, tree) in self.trees() {
             tree.clear()?;
@@ -663,8 +661,17 @@ impl State {
             }
             Command::SetArchivePrefs { username, .. } => self.prefs_cache.changed(Some(username)),
             Command::DeleteAccount { username } => {
+                self.archive_heads.clear();
                 self.blocks_anyone.changed(Some(username));
                 self.prefs_cache.changed(Some(username));
+            }
+            // Every change to an archive but an append (which keeps the
+            // heads itself) is read from the tree again.
+            Command::ArchiveExpire { .. } | Command::ArchivePurge { .. } => {
+                self.archive_heads.clear()
+            }
+            Command::HostedWrite { replace, .. } if !replace.is_empty() => {
+                self.archive_heads.clear()
             }
             _ => {}
         }
@@ -758,7 +765,6 @@ impl State {
                 self.revoke_fast(username, agent.as_deref())?;
             }
             Command::DeleteAccount { username } => {
-                self.archive_heads.clear();
                 accounts::delete(&self.accounts, username)?;
                 self.archive_used.remove(username.as_bytes())?;
                 let p = roster::prefix(username);
@@ -973,9 +979,6 @@ impl State {
                     let own: Vec<&ArchiveEntry> =
                         archive.iter().filter(|e| &e.user == entity).collect();
                     self.append_archive(&own, *quota_bytes, &mut applied, Some(entity))?;
-                    if replace.iter().any(|r| &r.user == entity) {
-                        self.archive_heads.clear();
-                    }
                     for r in replace.iter().filter(|r| &r.user == entity) {
                         if let Some(delta) = archive::replace(&self.archive, entity, r.id, &r.xml)?
                         {
@@ -1016,7 +1019,6 @@ impl State {
                 )?;
             }
             Command::ArchiveExpire { micros } => {
-                self.archive_heads.clear();
                 // Every archive: accounts', and those of hosted entities
                 // (group-chat rooms), which are counted in `archive_used`.
                 let mut users: std::collections::BTreeSet<String> =
@@ -1033,7 +1035,6 @@ impl State {
                 }
             }
             Command::ArchivePurge { username } => {
-                self.archive_heads.clear();
                 for k in self.archive.scan_prefix(roster::prefix(username)).keys() {
                     self.archive.remove(k?)?;
                 }

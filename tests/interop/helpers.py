@@ -34,10 +34,10 @@ async def connect(c, addr, online):
     await asyncio.wait_for(online.wait(), T)
 
 
-async def online_clients(make, users):
+async def online_clients(make, users, wait=T):
     """A client `make(jid, password)` per (HOST:PORT, JID, PASS) of
     `users`, all connecting at once; returned once each has set its
-    `online` event."""
+    `online` event (each within `wait` seconds)."""
     clients = []
     for (addr, jid, pw) in users:
         host, port = addr.rsplit(":", 1)
@@ -45,7 +45,7 @@ async def online_clients(make, users):
         c.connect(host=host, port=int(port))
         clients.append(c)
     for c in clients:
-        await asyncio.wait_for(c.online.wait(), T)
+        await asyncio.wait_for(c.online.wait(), wait)
     return clients
 
 

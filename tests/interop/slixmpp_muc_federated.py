@@ -16,6 +16,8 @@ import sys
 import slixmpp
 from slixmpp import JID
 
+from helpers import online_clients
+
 S_MUC, P_MUC = sys.argv[1:3]
 USERS = [sys.argv[3:6], sys.argv[6:9]]
 T = 30
@@ -76,15 +78,7 @@ def codes(p):
 
 
 async def main():
-    clients = []
-    for (addr, jid, pw) in USERS:
-        host, port = addr.rsplit(":", 1)
-        c = Client(jid, pw)
-        c.connect(host=host, port=int(port))
-        clients.append(c)
-    for c in clients:
-        await asyncio.wait_for(c.online.wait(), T)
-    alice, bob = clients
+    alice, bob = await online_clients(Client, USERS, wait=T)
     print("OK login", flush=True)
 
     # The other server's user in a Starling room.
@@ -124,7 +118,7 @@ async def main():
     await next_of(alice.groupchat, lambda m: m["body"] == f"{PEER} here", "bob's message at alice")
     print(f"OK starling user in a room on {PEER}", flush=True)
 
-    for c in clients:
+    for c in (alice, bob):
         c.disconnect()
     print("ALL OK", flush=True)
 
