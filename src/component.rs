@@ -15,10 +15,10 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::s2s::stream::{fail, Conn};
-use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::Command;
 use crate::stream::{StreamCondition, StreamError};
+use crate::transport_ctx::TransportCtx;
 use crate::xml::{ns, Element, StreamEvent};
 
 /// Connected components on this node: domain -> (sid, writer).
@@ -26,7 +26,7 @@ pub type Registry =
     std::sync::Mutex<std::collections::HashMap<String, (u64, mpsc::Sender<String>)>>;
 
 /// Whether `domain` is one of our configured components.
-pub fn is_component(ctx: &ServerCtx, domain: &str) -> bool {
+pub fn is_component(ctx: &TransportCtx, domain: &str) -> bool {
     ctx.config
         .component
         .secrets
@@ -37,7 +37,7 @@ pub fn is_component(ctx: &ServerCtx, domain: &str) -> bool {
 /// Route a stanza to the component serving its `to` domain: on this node,
 /// or relayed to the node it is connected to. Nobody connected: the sender
 /// gets `<service-unavailable/>` naming the component ([`bounce_away`]).
-pub fn route(ctx: &ServerCtx, stanza: Element, domain: &str) {
+pub fn route(ctx: &TransportCtx, stanza: Element, domain: &str) {
     match deliver_here(ctx, &stanza, domain) {
         Here::Delivered => return,
         Here::Full => return bounce_busy(ctx, &stanza, domain),
@@ -60,7 +60,7 @@ pub fn route(ctx: &ServerCtx, stanza: Element, domain: &str) {
 /// moving to another node after a drain): its sender, here or on another
 /// server, gets `<service-unavailable/>` with a text that says so (RFC 6120
 /// §8.3.3.19), rather than a bare condition a user cannot read.
-pub fn bounce_away(ctx: &ServerCtx, stanza: &Element, domain: &str) {
+pub fn bounce_away(ctx: &TransportCtx, stanza: &Element, domain: &str) {
     bounce(
         ctx,
         stanza,
@@ -80,7 +80,7 @@ pub enum Here {
 }
 
 /// Hand `stanza` to the component connected here, if it is.
-pub fn deliver_here(ctx: &ServerCtx, stanza: &Element, domain: &str) -> Here {
+pub fn deliver_here(ctx: &TransportCtx, stanza: &Element, domain: &str) -> Here {
     let writer = ctx
         .components
         .lock()
@@ -99,7 +99,7 @@ pub fn deliver_here(ctx: &ServerCtx, stanza: &Element, domain: &str) -> Here {
 
 /// A stanza for a component that is connected but not keeping up: its
 /// sender gets `<resource-constraint/>` (try again later) with a text.
-pub fn bounce_busy(ctx: &ServerCtx, stanza: &Element, domain: &str) {
+pub fn bounce_busy(ctx: &TransportCtx, stanza: &Element, domain: &str) {
     bounce(
         ctx,
         stanza,
@@ -113,7 +113,7 @@ pub fn bounce_busy(ctx: &ServerCtx, stanza: &Element, domain: &str) {
 /// sender wherever it is (never an error for an error); logged with
 /// `reason`.
 fn bounce(
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     stanza: &Element,
     condition: StanzaCondition,
     text: String,
@@ -134,7 +134,7 @@ fn bounce(
 }
 
 /// One component connection, until it ends.
-pub async fn handle(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: SocketAddr) {
+pub async fn handle(ctx: Arc<TransportCtx>, tcp: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("component", %peer, domain = tracing::field::Empty);
     async move {
         let _live = crate::metrics::Live::new("component");
@@ -147,7 +147,7 @@ pub async fn handle(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: SocketAddr) {
     .await
 }
 
-async fn serve(ctx: &Arc<ServerCtx>, mut conn: Conn) -> Result<(), crate::s2s::S2sError> {
+async fn serve(ctx: &Arc<TransportCtx>, mut conn: Conn) -> Result<(), crate::s2s::S2sError> {
     let deadline = Duration::from_secs(ctx.config.limits.auth_timeout_secs);
     let header = tokio::time::timeout(deadline, conn.header())
         .await
@@ -298,7 +298,7 @@ async fn serve(ctx: &Arc<ServerCtx>, mut conn: Conn) -> Result<(), crate::s2s::S
 /// then unbind its domain cluster-wide (awaited, bounded), so stanzas for
 /// it get a readable error until the component is back on another node,
 /// instead of waiting on this one.
-pub async fn close_all(ctx: &ServerCtx, wait: Duration) {
+pub async fn close_all(ctx: &TransportCtx, wait: Duration) {
     let all: Vec<(String, (u64, mpsc::Sender<String>))> = ctx
         .components
         .lock()
@@ -332,7 +332,11 @@ pub async fn close_all(ctx: &ServerCtx, wait: Duration) {
 /// A stanza the component sent: it must come from its own domain
 /// (RFC 6120 §8.1.2.1 applied to XEP-0114); then it goes where it is
 /// addressed, like a stanza from a remote server.
-fn from_component(ctx: &Arc<ServerCtx>, domain: &str, mut el: Element) -> Result<(), &'static str> {
+fn from_component(
+    ctx: &Arc<TransportCtx>,
+    domain: &str,
+    mut el: Element,
+) -> Result<(), &'static str> {
     if !matches!(el.name.as_str(), "message" | "presence" | "iq") {
         return Err("not a stanza");
     }

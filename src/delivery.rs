@@ -7,11 +7,11 @@
 use actix::Addr;
 use jid::{BareJid, FullJid, Jid};
 
+use crate::im_ctx::ImCtx;
 use crate::modules::hooks::{Verdict, Waits};
 use crate::modules::{blocking, Addressee, IqKind};
 use crate::presence::UserPresence;
 use crate::route::answer;
-use crate::server::ServerCtx;
 use crate::stanza_error::bounce;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::{Command, StateError};
@@ -52,7 +52,7 @@ pub struct Sender<'a> {
 /// Route a stanza from a local session (its 'from' already stamped).
 /// `receipt` (messages) is answered once the message is owned.
 pub fn from_client(
-    ctx: &ServerCtx,
+    ctx: &ImCtx,
     sender: &Sender,
     stanza: Element,
     receipt: Option<Receipt>,
@@ -102,12 +102,7 @@ pub enum Arrival {
     Again,
 }
 
-fn from_client_other(
-    ctx: &ServerCtx,
-    sender: &Sender,
-    stanza: Element,
-    to: Option<Jid>,
-) -> Outcome {
+fn from_client_other(ctx: &ImCtx, sender: &Sender, stanza: Element, to: Option<Jid>) -> Outcome {
     let from = sender.jid;
     // RFC 6121 §3: subscription changes write rosters through the cluster;
     // the session waits for them without holding its thread.
@@ -142,11 +137,11 @@ fn from_client_other(
     }
 }
 
-fn is_local(ctx: &ServerCtx, jid: &Jid) -> bool {
+fn is_local(ctx: &ImCtx, jid: &Jid) -> bool {
     ctx.config.hosts_accounts(jid.domain().as_str())
 }
 
-fn iq(ctx: &ServerCtx, sender: &Sender, iq: Element, to: Option<Jid>) -> Outcome {
+fn iq(ctx: &ImCtx, sender: &Sender, iq: Element, to: Option<Jid>) -> Outcome {
     let from = sender.jid;
     let kind = match iq.attr("type") {
         Some("get") => Some(IqKind::Get),
@@ -255,7 +250,7 @@ fn iq(ctx: &ServerCtx, sender: &Sender, iq: Element, to: Option<Jid>) -> Outcome
 /// RFC 6121 §8.5 for a message that arrived from elsewhere (a remote
 /// server, a component) to a local or remote address; returns an error
 /// reply for the sender, if any.
-pub fn message(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
+pub fn message(ctx: &ImCtx, msg: Element, to: Jid) -> Option<Element> {
     let from = msg
         .attr("from")
         .and_then(|f| Jid::new(f).ok())
@@ -266,7 +261,7 @@ pub fn message(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
 
 /// A message routed once already (a session that held it ended before the
 /// client acknowledged it): routed again to what can take it now.
-pub fn message_again(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> {
+pub fn message_again(ctx: &ImCtx, msg: Element, to: Jid) -> Option<Element> {
     // An archive query's result was for the session that asked; it ended.
     if msg.get_child("result", crate::modules::mam::NS).is_some() {
         tracing::debug!(to = %to, "archive result for an ended session; dropped");
@@ -281,7 +276,7 @@ pub fn message_again(ctx: &ServerCtx, msg: Element, to: Jid) -> Option<Element> 
 /// `router::deliver_owned`), taken by the node holding the session,
 /// answered with an error, or committed offline.
 pub async fn store_or_route(
-    ctx: &std::sync::Arc<ServerCtx>,
+    ctx: &std::sync::Arc<ImCtx>,
     msg: Element,
     to: &FullJid,
     exclude: Option<u64>,
@@ -295,7 +290,7 @@ pub async fn store_or_route(
 }
 
 /// Send an error reply the server made to whoever it is addressed to.
-pub fn route_reply(ctx: &ServerCtx, reply: Element) {
+pub fn route_reply(ctx: &ImCtx, reply: Element) {
     let Some(to) = reply.attr("to").and_then(|t| Jid::new(t).ok()) else {
         return;
     };
@@ -312,7 +307,7 @@ pub fn route_reply(ctx: &ServerCtx, reply: Element) {
 /// [`message`] with a receipt, answered once the message is owned (see
 /// [`store_or_route`]) or, false, when it cannot be.
 pub fn message_owned(
-    ctx: &ServerCtx,
+    ctx: &ImCtx,
     mut msg: Element,
     to: Jid,
     exclude: Option<u64>,
@@ -420,7 +415,7 @@ pub fn message_owned(
 /// answered when it is done (false: not stored, the holder keeps it). With
 /// no receipt, a failed commit is answered to the sender with an error.
 fn store_offline(
-    ctx: &ServerCtx,
+    ctx: &ImCtx,
     username: &str,
     mut msg: Element,
     receipt: Option<Receipt>,
@@ -502,7 +497,7 @@ fn cmd_user(cmd: &Command) -> &str {
 
 /// §8.5.2.1: the available resources with the highest non-negative
 /// priority, on any node.
-fn bare_targets(ctx: &ServerCtx, bare: &BareJid) -> Vec<crate::route::Target> {
+fn bare_targets(ctx: &ImCtx, bare: &BareJid) -> Vec<crate::route::Target> {
     let avail: Vec<_> = crate::route::resources(ctx, bare)
         .into_iter()
         .filter(|t| t.available && t.priority >= 0)

@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use jid::{BareJid, FullJid, Jid};
 
+use crate::im_ctx::ImCtx;
 use crate::modules::roster;
 use crate::modules::subscription::{self, SubKind};
 use crate::router::{deliver, SessionEntry};
-use crate::server::ServerCtx;
 use crate::stanza_error::bounce;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::{Command, RosterItem};
@@ -132,7 +132,7 @@ impl PresenceRegistry {
     /// stored (or queued here and not yet stored), a newer one must not
     /// overtake them live. It is stored too, and the flush that follows
     /// its commit delivers all of them in the order they were stored.
-    pub fn offline_pending(&self, ctx: &ServerCtx, user: &str) -> bool {
+    pub fn offline_pending(&self, ctx: &ImCtx, user: &str) -> bool {
         let queued = self
             .offline_in_flight
             .lock()
@@ -142,7 +142,7 @@ impl PresenceRegistry {
     }
 
     /// The user's actor, started if it is not running.
-    pub fn get_or_start(&self, ctx: &Arc<ServerCtx>, bare: &BareJid) -> Addr<UserPresence> {
+    pub fn get_or_start(&self, ctx: &Arc<ImCtx>, bare: &BareJid) -> Addr<UserPresence> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(a) = map.get(bare).filter(|a| a.connected()) {
             return a.clone();
@@ -165,7 +165,7 @@ impl PresenceRegistry {
 
     /// Forget the actor once the user has no session left. Checked under the
     /// registry lock, so a session binding at the same time gets a live actor.
-    fn retire_if_idle(&self, ctx: &ServerCtx, bare: &BareJid) -> bool {
+    fn retire_if_idle(&self, ctx: &ImCtx, bare: &BareJid) -> bool {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if ctx.router.resources(bare).is_empty() {
             map.remove(bare);
@@ -186,7 +186,7 @@ struct Resource {
 
 pub struct UserPresence {
     bare: BareJid,
-    ctx: Arc<ServerCtx>,
+    ctx: Arc<ImCtx>,
     resources: Resources,
     /// Offline messages delivered from here whose drop is not applied yet
     /// (their keys): never delivered twice by this node.
@@ -800,7 +800,7 @@ impl Handler<SendUnavailable> for UserPresence {
 /// Deliver presence to a local entity: a full JID's session, or every
 /// available resource of a bare JID (RFC 6121 §8.5.2.1.2). Dropped when the
 /// recipient blocked the sender (XEP-0191) or does not exist.
-pub fn deliver_presence(ctx: &ServerCtx, stanza: Element, to: &Jid) {
+pub fn deliver_presence(ctx: &ImCtx, stanza: Element, to: &Jid) {
     if !ctx.config.hosts_accounts(to.domain().as_str()) {
         // A contact on a remote server, or a component.
         ctx.elsewhere.send(ctx, stanza);
@@ -832,7 +832,7 @@ pub fn deliver_presence(ctx: &ServerCtx, stanza: Element, to: &Jid) {
 
 /// Presence a local client sent. Returns an error reply for the sender.
 pub fn from_client(
-    ctx: &ServerCtx,
+    ctx: &ImCtx,
     from: &FullJid,
     session_id: u64,
     actor: &Addr<UserPresence>,
@@ -925,7 +925,7 @@ pub fn from_client(
 /// RFC 6121 §3 on the user's server: apply A.2 to the user's item for the
 /// contact, then (if it is routed) hand the stanza to the contact's server.
 pub async fn subscription_outbound(
-    ctx: &ServerCtx,
+    ctx: &ImCtx,
     from: &FullJid,
     mut stanza: Element,
     kind: SubKind,
@@ -1003,7 +1003,7 @@ pub async fn subscription_outbound(
 const STORE_TRIES: u32 = 5;
 
 /// `user`'s stored item for `jid` (if any) and the item to update.
-fn current_item(ctx: &ServerCtx, user: &str, jid: &str) -> (Option<RosterItem>, RosterItem) {
+fn current_item(ctx: &ImCtx, user: &str, jid: &str) -> (Option<RosterItem>, RosterItem) {
     let old = ctx.state.roster_item(user, jid).ok().flatten();
     let item = old.clone().unwrap_or_else(|| RosterItem::new(jid));
     (old, item)
@@ -1013,7 +1013,7 @@ fn current_item(ctx: &ServerCtx, user: &str, jid: &str) -> (Option<RosterItem>, 
 /// the sender, deliver or answer.
 /// Boxed: the answers it makes on the contact's behalf come back through it.
 pub fn subscription_inbound<'a>(
-    ctx: &'a ServerCtx,
+    ctx: &'a ImCtx,
     stanza: Element,
     kind: SubKind,
     sender: &'a BareJid,
@@ -1023,7 +1023,7 @@ pub fn subscription_inbound<'a>(
 }
 
 async fn subscription_inbound_now(
-    ctx: &ServerCtx,
+    ctx: &ImCtx,
     stanza: Element,
     kind: SubKind,
     sender: &BareJid,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use starling_cluster::{Incoming, Marker, Receipt, Returned};
 
 use crate::router::{deliver, deliver_marked, deliver_owned, SessionEntry};
-use crate::server::ServerCtx;
+use crate::routing_ctx::RoutingCtx;
 use crate::xml::{ns, Element};
 
 /// Work that finishes later (a boxed future), for the handles below.
@@ -22,7 +22,7 @@ pub trait Above: Send + Sync {
     /// once owned (`exclude`: a node given up on).
     fn store_or_route(
         &self,
-        ctx: std::sync::Arc<ServerCtx>,
+        ctx: std::sync::Arc<RoutingCtx>,
         el: Element,
         to: FullJid,
         exclude: Option<u64>,
@@ -31,7 +31,7 @@ pub trait Above: Send + Sync {
     /// (its resource `reply_to`, or the bare JID for a remote prober).
     fn answer_probe(
         &self,
-        ctx: &ServerCtx,
+        ctx: &RoutingCtx,
         from: BareJid,
         reply_to: Option<FullJid>,
         contact: &BareJid,
@@ -40,7 +40,7 @@ pub trait Above: Send + Sync {
     /// node `to`: its state, if it was here.
     fn take_over(
         &self,
-        ctx: &ServerCtx,
+        ctx: &RoutingCtx,
         previd: &str,
         user: &str,
         to: u64,
@@ -48,7 +48,7 @@ pub trait Above: Send + Sync {
     /// Recreate a handed-over session on this node; true once it is bound.
     fn install_session(
         &self,
-        ctx: std::sync::Arc<ServerCtx>,
+        ctx: std::sync::Arc<RoutingCtx>,
         state: HandOff,
         from: u64,
     ) -> Later<bool>;
@@ -59,18 +59,18 @@ pub trait Above: Send + Sync {
 /// the node hands it in at start, so the IM layer never names a transport.
 pub trait Elsewhere: Send + Sync {
     /// Send a stanza a local entity addressed to another domain.
-    fn send(&self, ctx: &ServerCtx, stanza: Element);
+    fn send(&self, ctx: &RoutingCtx, stanza: Element);
     /// A stanza relayed to this node for a component connected here; if
     /// it is not (any more), the sender gets an error naming it.
-    fn to_component_here(&self, ctx: &ServerCtx, stanza: &Element, domain: &str);
+    fn to_component_here(&self, ctx: &RoutingCtx, stanza: &Element, domain: &str);
     /// A stanza for an entity of a hosted service (a group-chat room):
     /// relayed to this node as its owner (`hops` nodes so far), or given
     /// back by a dead node (0: served again, wherever the entity lives).
-    fn to_hosted(&self, ctx: &ServerCtx, stanza: Element, domain: &str, hops: u8);
+    fn to_hosted(&self, ctx: &RoutingCtx, stanza: Element, domain: &str, hops: u8);
     /// Answer a local sender with an error (never an error for an error).
     fn bounce_local(
         &self,
-        ctx: &ServerCtx,
+        ctx: &RoutingCtx,
         stanza: &Element,
         condition: crate::stanza_error::StanzaCondition,
     );
@@ -212,7 +212,7 @@ pub struct HandOff {
 }
 
 /// The other nodes where `bare` has sessions (per the session table).
-pub fn other_nodes_of(ctx: &ServerCtx, bare: &str) -> Vec<u64> {
+pub fn other_nodes_of(ctx: &RoutingCtx, bare: &str) -> Vec<u64> {
     let me = ctx.node_id();
     let mut nodes: Vec<u64> = ctx
         .state
@@ -228,7 +228,7 @@ pub fn other_nodes_of(ctx: &ServerCtx, bare: &str) -> Vec<u64> {
 
 /// All sessions of `bare`: this node's from the router, the others' from
 /// the session table.
-pub fn resources(ctx: &ServerCtx, bare: &BareJid) -> Vec<Target> {
+pub fn resources(ctx: &RoutingCtx, bare: &BareJid) -> Vec<Target> {
     let me = ctx.node_id();
     let mut out: Vec<Target> = ctx
         .router
@@ -257,7 +257,7 @@ pub fn resources(ctx: &ServerCtx, bare: &BareJid) -> Vec<Target> {
 }
 
 /// The session bound to `full`, here or elsewhere.
-pub fn full(ctx: &ServerCtx, full: &FullJid) -> Option<Target> {
+pub fn full(ctx: &RoutingCtx, full: &FullJid) -> Option<Target> {
     if let Some(e) = ctx.router.get_full(full) {
         return Some(Target {
             jid: full.to_string(),
@@ -308,11 +308,11 @@ pub fn full(ctx: &ServerCtx, full: &FullJid) -> Option<Target> {
 
 /// Session `jid` was handed to `node`: stanzas for it follow it there
 /// until the table says where it is.
-pub fn note_moved(ctx: &ServerCtx, jid: &str, node: u64) {
+pub fn note_moved(ctx: &RoutingCtx, jid: &str, node: u64) {
     let table_then = ctx.state.session(jid).map(|r| (r.node, r.sid));
     ctx.moved.lock().unwrap_or_else(|e| e.into_inner()).insert(
         jid.to_string(),
-        crate::server::Moved {
+        crate::routing_ctx::Moved {
             node,
             at: std::time::Instant::now(),
             table_then,
@@ -321,7 +321,7 @@ pub fn note_moved(ctx: &ServerCtx, jid: &str, node: u64) {
 }
 
 /// Send `stanza` to one session.
-pub fn send(ctx: &ServerCtx, target: &Target, stanza: Element, require: Option<Require>) {
+pub fn send(ctx: &RoutingCtx, target: &Target, stanza: Element, require: Option<Require>) {
     send_owned(ctx, target, stanza, require, None)
 }
 
@@ -337,7 +337,7 @@ pub fn answer(receipt: Option<Receipt>, owned: bool) {
 /// [`crate::router::SessionHandle::try_deliver`]), or the node holding the
 /// session has taken it.
 pub fn send_owned(
-    ctx: &ServerCtx,
+    ctx: &RoutingCtx,
     target: &Target,
     stanza: Element,
     require: Option<Require>,
@@ -369,13 +369,13 @@ pub fn send_owned(
     }
 }
 
-pub fn relay(ctx: &ServerCtx, node: u64, msg: &Relay) {
+pub fn relay(ctx: &RoutingCtx, node: u64, msg: &Relay) {
     relay_owned(ctx, node, msg, None)
 }
 
 /// Queue `msg` for `node`; the relayer keeps it until that node owns it.
 /// What cannot be queued is routed again at once.
-fn relay_owned(ctx: &ServerCtx, node: u64, msg: &Relay, receipt: Option<Receipt>) {
+fn relay_owned(ctx: &RoutingCtx, node: u64, msg: &Relay, receipt: Option<Receipt>) {
     let Ok(bytes) = serde_json::to_vec(msg) else {
         tracing::error!(node, "cannot encode a relay message; dropped");
         return answer(receipt, false);
@@ -415,7 +415,7 @@ fn relay_owned(ctx: &ServerCtx, node: u64, msg: &Relay, receipt: Option<Receipt>
 /// addressee is now (another node, another resource, or offline storage);
 /// anything else is re-sent if its session is now elsewhere, else dropped
 /// with a log line.
-pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
+pub async fn reroute(ctx: std::sync::Arc<RoutingCtx>, back: Returned) {
     let _owning = ctx.replicator.owning();
     let Returned {
         node,
@@ -545,7 +545,7 @@ pub async fn reroute(ctx: std::sync::Arc<ServerCtx>, back: Returned) {
 /// XEP-0198 §5: `user`'s client tried to resume `session` with `h` and
 /// the session was nowhere (its node died). Every node hears of it: one
 /// may hold a message that node was about to write (`written_marks.rs`).
-pub fn resume_failed(ctx: &ServerCtx, user: &str, session: &str, h: u32) {
+pub fn resume_failed(ctx: &RoutingCtx, user: &str, session: &str, h: u32) {
     ctx.resume_verdicts.record(user, session, h);
     let msg = Relay::ResumeFailed {
         user: user.to_string(),
@@ -584,7 +584,7 @@ const SETTLE: std::time::Duration = std::time::Duration::from_millis(1500);
 /// Where `to` is, looking again for a moment while the session table does
 /// not know (a session between two nodes, or this node just restarted and
 /// catching up); `exclude` is a node given up on.
-async fn settle_location(ctx: &ServerCtx, to: &FullJid, exclude: Option<u64>) -> Option<Target> {
+async fn settle_location(ctx: &RoutingCtx, to: &FullJid, exclude: Option<u64>) -> Option<Target> {
     let deadline = tokio::time::Instant::now() + SETTLE;
     loop {
         // A local session that has ended is no answer (it gave the stanza back).
@@ -608,7 +608,7 @@ pub const HOLD_ANSWERS: &str = "FAULT_HOLD_RELAY_ANSWERS";
 
 /// Route again everything the relayer gives back, until it stops.
 pub async fn serve_returned(
-    ctx: std::sync::Arc<ServerCtx>,
+    ctx: std::sync::Arc<RoutingCtx>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Returned>,
 ) {
     while let Some(back) = rx.recv().await {
@@ -618,7 +618,7 @@ pub async fn serve_returned(
 
 /// Handle what other nodes relay to us, until the stream ends.
 pub async fn serve_relays(
-    ctx: std::sync::Arc<ServerCtx>,
+    ctx: std::sync::Arc<RoutingCtx>,
     mut rx: tokio::sync::mpsc::Receiver<Incoming>,
 ) {
     // Fault switch for tests: relayed stanzas are delivered (and written)
@@ -797,7 +797,7 @@ pub async fn serve_relays(
 /// Pass a stanza that followed its session on to `node`, one hop further.
 #[allow(clippy::too_many_arguments)]
 fn pass_on(
-    ctx: &ServerCtx,
+    ctx: &RoutingCtx,
     node: u64,
     to: &FullJid,
     require: Option<Require>,
@@ -821,7 +821,7 @@ fn pass_on(
 /// the [`DEPTH`] of what it relays.
 #[allow(clippy::too_many_arguments)]
 fn take_relayed_stanza(
-    ctx: &std::sync::Arc<ServerCtx>,
+    ctx: &std::sync::Arc<RoutingCtx>,
     from: u64,
     to: String,
     require: Option<Require>,
@@ -906,7 +906,7 @@ fn take_relayed_stanza(
 
 /// Recreate a handed-over session on this node, on a worker arbiter (where
 /// actors live), detached until its client resumes.
-fn install_here(ctx: &std::sync::Arc<ServerCtx>, state: HandOff, from: u64) {
+fn install_here(ctx: &std::sync::Arc<RoutingCtx>, state: HandOff, from: u64) {
     let c = ctx.clone();
     match ctx.arbiters.get().and_then(|a| a.first().cloned()) {
         Some(arbiter) => {
@@ -919,7 +919,7 @@ fn install_here(ctx: &std::sync::Arc<ServerCtx>, state: HandOff, from: u64) {
 }
 
 /// A session is on its way here: hold stanzas for it until it is bound.
-fn expect_arrival(ctx: &ServerCtx, jid: &str) {
+fn expect_arrival(ctx: &RoutingCtx, jid: &str) {
     ctx.arriving
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -929,7 +929,7 @@ fn expect_arrival(ctx: &ServerCtx, jid: &str) {
 
 /// The session `jid` is bound here now (`Some`), or will not be (`None`):
 /// what waited for it is delivered, or goes through delivery anew.
-pub fn arrived(ctx: &ServerCtx, jid: &FullJid, entry: Option<SessionEntry>) {
+pub fn arrived(ctx: &RoutingCtx, jid: &FullJid, entry: Option<SessionEntry>) {
     let waiting = ctx
         .arriving
         .lock()
@@ -954,12 +954,12 @@ pub fn arrived(ctx: &ServerCtx, jid: &FullJid, entry: Option<SessionEntry>) {
 /// delivery to the bare JID again (another resource, or offline storage)
 /// rather than vanish; anything else is dropped. Never waits here: the
 /// offline commit is awaited on a task of its own.
-fn redeliver(ctx: &ServerCtx, el: Element, to: &FullJid, receipt: Option<Receipt>) {
+fn redeliver(ctx: &RoutingCtx, el: Element, to: &FullJid, receipt: Option<Receipt>) {
     redeliver_after(ctx, el, to, receipt, Settle::Anywhere, None)
 }
 
 /// [`redeliver`] without looking again (a final relay).
-fn redeliver_now(ctx: &ServerCtx, el: Element, to: &FullJid, receipt: Option<Receipt>) {
+fn redeliver_now(ctx: &RoutingCtx, el: Element, to: &FullJid, receipt: Option<Receipt>) {
     redeliver_after(ctx, el, to, receipt, Settle::No, None)
 }
 
@@ -975,7 +975,7 @@ enum Settle {
 }
 
 fn redeliver_after(
-    ctx: &ServerCtx,
+    ctx: &RoutingCtx,
     el: Element,
     to: &FullJid,
     receipt: Option<Receipt>,

@@ -2,7 +2,6 @@
 //! (one per core), and shuts down gracefully on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,128 +11,80 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::c2s::listener::handle_connection;
 use crate::config::Config;
+use crate::im_ctx::ImCtx;
 use crate::modules::Modules;
-use crate::router::Router;
-use crate::sasl::throttle::AuthThrottle;
+use crate::routing_ctx::RoutingCtx;
 use crate::state::{State, StateError};
 use crate::stream::{StreamCondition, StreamError};
 use crate::tls::TlsError;
-use crate::xml::XmlLimits;
+use crate::transport_ctx::{TransportCtx, TransportParts};
 
 /// How long a stopping node waits for the messages it holds to be owned.
 const UNOWNED_GRACE: Duration = Duration::from_secs(5);
 /// How often a node that restarted tries to purge its old sessions.
 const PURGE_TRIES: u32 = 10;
 
-/// Where a session handed over from this node went.
-#[derive(Clone, Copy, Debug)]
-pub struct Moved {
-    pub node: u64,
-    pub at: std::time::Instant,
-    /// The table's record (node, sid) when it left: once the table names
-    /// something else, the table knows better.
-    pub table_then: Option<(u64, u64)>,
-}
+pub use crate::routing_ctx::Moved;
+pub use crate::transport_ctx::ConnGuard;
 
-/// Everything a connection needs, shared by all arbiters.
+/// The node's context: every layer's context (the transports', which is
+/// built on the IM layer's, which is built on routing's: reached through
+/// `Deref`) and what only the node-level modules use.
 pub struct ServerCtx {
-    pub config: Config,
-    /// The local replica: reads only. Writes go through [`ServerCtx::commit`].
-    pub state: Arc<State>,
-    pub replicator: crate::replication::Replicator,
-    pub router: Router,
-    pub modules: Modules,
-    pub tls: TlsAcceptor,
-    /// tls-server-end-point data of the c2s certificate (RFC 5929), for
-    /// HT-SHA-256-ENDP (FAST); `None` for certificates it does not cover.
-    pub tls_end_point: Option<Vec<u8>>,
-    /// Federation: outbound links, dialback secret, resolver.
-    pub s2s: crate::s2s::S2s,
-    /// External components connected to this node (XEP-0114).
-    pub components: crate::component::Registry,
-    /// Hosted service domains (`[services]`).
-    pub services: crate::services::Services,
-    /// Other domains: federation, components, hosted services.
-    pub elsewhere: Arc<dyn crate::route::Elsewhere>,
-    /// What routing asks of the layers above it ([`Wiring`]).
-    pub above: Arc<dyn crate::route::Above>,
-    /// This context itself, for code that holds only a reference.
-    pub me: std::sync::OnceLock<std::sync::Weak<ServerCtx>>,
-    pub throttle: AuthThrottle,
-    /// Per-address connection and login counts, shared over the mesh.
-    pub ip_limits: crate::ip_limits::IpLimits,
-    pub presence: crate::presence::PresenceRegistry,
-    /// Stream-management sessions that can be resumed (XEP-0198).
-    pub sm_sessions: crate::c2s::stream_management::SmRegistry,
-    /// Sessions recently handed to another node, by full JID. Stanzas
-    /// still arriving here are forwarded there.
-    pub moved: std::sync::Mutex<std::collections::HashMap<String, Moved>>,
+    pub transport: Arc<TransportCtx>,
     /// HTTP file upload (XEP-0363), if on.
     pub uploads: Option<Arc<crate::upload::Uploads>>,
-    /// The worker arbiters (set once the actix System runs).
-    pub arbiters: std::sync::OnceLock<Vec<actix_rt::ArbiterHandle>>,
-    /// Resumes waiting for another node to hand a session over.
-    /// token -> where to send the answer (the state, and the node it left).
-    #[allow(clippy::type_complexity)]
-    pub handoffs: std::sync::Mutex<
-        std::collections::HashMap<
-            u64,
-            tokio::sync::mpsc::Sender<Option<(crate::route::HandOff, u64)>>,
-        >,
-    >,
-    /// Sessions being handed to this node (full JID): stanzas relayed for
-    /// them before they are bound here wait in this buffer.
-    #[allow(clippy::type_complexity)]
-    pub arriving: std::sync::Mutex<
-        std::collections::HashMap<
-            String,
-            Vec<(crate::xml::Element, Option<crate::route::Require>)>,
-        >,
-    >,
-    /// Drain pushes waiting for the target node to confirm the bind.
-    pub push_acks:
-        std::sync::Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<bool>>>,
-    /// Failed resumes heard of, which settle messages a dead node was
-    /// about to write (`written_marks.rs`).
-    pub resume_verdicts: crate::written_marks::Verdicts,
-    /// Keys the SCRAM salts made up for unknown users (from the cluster
-    /// secret: every node answers a probe alike, nobody else can compute it).
-    pub scram_fake_key: Vec<u8>,
-    /// When the node started (XEP-0012 uptime).
-    pub started: std::time::Instant,
-    /// Shutting down: not ready for new clients.
-    pub draining: std::sync::atomic::AtomicBool,
-    /// `starling cluster drain` asks through the admin socket.
-    pub drain_requested: tokio::sync::Notify,
-    shutdown: watch::Receiver<bool>,
-    next_id: AtomicU64,
-    conns: Arc<AtomicUsize>,
+    /// This context itself, for code that holds only a reference.
+    pub me: std::sync::OnceLock<std::sync::Weak<ServerCtx>>,
+}
+
+impl std::ops::Deref for ServerCtx {
+    type Target = TransportCtx;
+
+    fn deref(&self) -> &TransportCtx {
+        &self.transport
+    }
 }
 
 /// The node wires routing to the layers above it: delivery (routing a
 /// message again, offline last), presence (probes relayed from other
-/// nodes) and c2s (session hand-over).
-struct Wiring;
+/// nodes) and c2s (session hand-over). It holds the upper contexts
+/// weakly (they hold routing's context, which holds this).
+#[derive(Default)]
+struct Wiring {
+    transport: std::sync::OnceLock<std::sync::Weak<TransportCtx>>,
+}
+
+impl Wiring {
+    fn transport(&self) -> Option<Arc<TransportCtx>> {
+        self.transport.get().and_then(|w| w.upgrade())
+    }
+}
 
 impl crate::route::Above for Wiring {
     fn store_or_route(
         &self,
-        ctx: Arc<ServerCtx>,
+        _ctx: Arc<RoutingCtx>,
         el: crate::xml::Element,
         to: jid::FullJid,
         exclude: Option<u64>,
     ) -> crate::route::Later<bool> {
-        Box::pin(async move { crate::delivery::store_or_route(&ctx, el, &to, exclude).await })
+        let Some(t) = self.transport() else {
+            tracing::warn!(%to, "message not routed again: the node is stopping");
+            return Box::pin(async { false });
+        };
+        Box::pin(async move { crate::delivery::store_or_route(&t.im, el, &to, exclude).await })
     }
 
     fn answer_probe(
         &self,
-        ctx: &ServerCtx,
+        _ctx: &RoutingCtx,
         from: jid::BareJid,
         reply_to: Option<jid::FullJid>,
         contact: &jid::BareJid,
     ) {
-        if let Some(a) = ctx.presence.get(contact) {
+        let Some(t) = self.transport() else { return };
+        if let Some(a) = t.presence.get(contact) {
             a.do_send(crate::presence::SendCurrent {
                 to: from,
                 resource: reply_to,
@@ -144,13 +95,15 @@ impl crate::route::Above for Wiring {
 
     fn take_over(
         &self,
-        ctx: &ServerCtx,
+        ctx: &RoutingCtx,
         previd: &str,
         user: &str,
         to: u64,
     ) -> crate::route::Later<Option<crate::route::HandOff>> {
         let bare = ctx.config.account_jid(user);
-        let addr = ctx.sm_sessions.get(previd, &bare).map(|(addr, _)| addr);
+        let addr = self
+            .transport()
+            .and_then(|t| t.sm_sessions.get(previd, &bare).map(|(addr, _)| addr));
         Box::pin(async move {
             let addr = addr?;
             addr.send(crate::c2s::session::TakeOver {
@@ -168,24 +121,18 @@ impl crate::route::Above for Wiring {
 
     fn install_session(
         &self,
-        ctx: Arc<ServerCtx>,
+        _ctx: Arc<RoutingCtx>,
         state: crate::route::HandOff,
         from: u64,
     ) -> crate::route::Later<bool> {
+        let Some(t) = self.transport() else {
+            return Box::pin(async { false });
+        };
         Box::pin(async move {
-            crate::c2s::listener::install_session(&ctx, state, from)
+            crate::c2s::listener::install_session(&t, state, from)
                 .await
                 .is_some()
         })
-    }
-}
-
-/// Counts a live connection until dropped, so shutdown can wait for writes.
-pub struct ConnGuard(Arc<AtomicUsize>);
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -193,48 +140,6 @@ impl ServerCtx {
     /// An owning handle on this context (alive as long as the server runs).
     pub fn arc(&self) -> Option<Arc<ServerCtx>> {
         self.me.get().and_then(|w| w.upgrade())
-    }
-
-    /// The other members of the cluster, by node id.
-    pub fn other_nodes(&self) -> Vec<u64> {
-        let status = self.replicator.cluster().status();
-        status
-            .peers
-            .iter()
-            .map(|p| p.0)
-            .filter(|id| *id != status.id)
-            .collect()
-    }
-
-    pub fn node_id(&self) -> u64 {
-        self.config.cluster.node_id
-    }
-
-    /// Replicate a change through the cluster and apply it (see replication.rs).
-    pub fn commit(&self, cmd: &crate::state::Command) -> Result<crate::state::Applied, StateError> {
-        self.replicator.commit(cmd)
-    }
-
-    pub fn xml_limits(&self) -> XmlLimits {
-        let l = &self.config.limits;
-        XmlLimits {
-            max_stanza_bytes: l.max_stanza_size,
-            max_depth: l.max_depth,
-            max_attributes: l.max_attributes,
-        }
-    }
-
-    pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
-        self.shutdown.clone()
-    }
-
-    pub fn next_session_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub fn conn_guard(&self) -> ConnGuard {
-        self.conns.fetch_add(1, Ordering::AcqRel);
-        ConnGuard(self.conns.clone())
     }
 }
 
@@ -361,43 +266,37 @@ pub fn run(config: Config) -> Result<(), StartError> {
     if let Some(u) = &uploads {
         services.insert(&u.domain, Arc::new(crate::upload::UploadService(u.clone())));
     }
-    let ctx = Arc::new(ServerCtx {
+    let scram_fake_key = crate::sasl::credentials::ScramHash::Sha256.hmac(
+        cluster_secret(&config)?.as_bytes(),
+        b"starling scram fake salt",
+    );
+    let wiring = Arc::new(Wiring::default());
+    let transports = Arc::new(crate::s2s::Transports::default());
+    let routing = RoutingCtx::new(
+        config,
         state,
         replicator,
-        router: Router::default(),
-        modules: Modules::standard()?,
-        tls: TlsAcceptor::from(tls.clone()),
-        tls_end_point,
-        s2s: s2s_state,
-        components: Default::default(),
-        services,
+        transports.clone(),
+        wiring.clone(),
+    );
+    let im = ImCtx::new(routing, Modules::standard()?, services);
+    let transport = TransportCtx::new(
+        im,
+        TransportParts {
+            tls: TlsAcceptor::from(tls.clone()),
+            tls_end_point,
+            s2s: s2s_state,
+            scram_fake_key,
+            shutdown: shutdown_rx,
+        },
+    );
+    let _ = wiring.transport.set(Arc::downgrade(&transport));
+    let _ = transports.set(Arc::downgrade(&transport));
+    let ctx = Arc::new_cyclic(|me| ServerCtx {
+        transport,
         uploads,
-        elsewhere: Arc::new(crate::s2s::Transports),
-        above: Arc::new(Wiring),
-        me: std::sync::OnceLock::new(),
-        throttle: AuthThrottle::default(),
-        ip_limits: Default::default(),
-        presence: Default::default(),
-        sm_sessions: Default::default(),
-        handoffs: Default::default(),
-        push_acks: Default::default(),
-        resume_verdicts: Default::default(),
-        arriving: Default::default(),
-        arbiters: std::sync::OnceLock::new(),
-        moved: Default::default(),
-        scram_fake_key: crate::sasl::credentials::ScramHash::Sha256.hmac(
-            cluster_secret(&config)?.as_bytes(),
-            b"starling scram fake salt",
-        ),
-        started: std::time::Instant::now(),
-        draining: std::sync::atomic::AtomicBool::new(false),
-        drain_requested: tokio::sync::Notify::new(),
-        shutdown: shutdown_rx,
-        next_id: AtomicU64::new(1),
-        conns: Arc::new(AtomicUsize::new(0)),
-        config,
+        me: std::sync::OnceLock::from(me.clone()),
     });
-    let _ = ctx.me.set(Arc::downgrade(&ctx));
     // What committed commands mean for this node's sessions (replication.rs).
     let weak = Arc::downgrade(&ctx);
     let _ = event_hook.set(Box::new(move |ev| {
@@ -450,12 +349,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
     if let Some(rx) = ctx.replicator.cluster().take_relay_receiver() {
         ctx.replicator
             .runtime()
-            .spawn(crate::route::serve_relays(ctx.clone(), rx));
+            .spawn(crate::route::serve_relays(ctx.routing.clone(), rx));
     }
     if let Some(rx) = ctx.replicator.cluster().take_returned() {
         ctx.replicator
             .runtime()
-            .spawn(crate::route::serve_returned(ctx.clone(), rx));
+            .spawn(crate::route::serve_returned(ctx.routing.clone(), rx));
     }
     ctx.replicator
         .runtime()
@@ -465,7 +364,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .spawn(crate::memory::watch(ctx.clone()));
     ctx.replicator
         .runtime()
-        .spawn(crate::modules::archive::expire_old(ctx.clone()));
+        .spawn(crate::modules::archive::expire_old(ctx.im.clone()));
     ctx.replicator
         .runtime()
         .spawn(crate::upload::files::sweep(ctx.clone()));
@@ -549,10 +448,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         for (listener, direct_tls) in std::iter::once((c2s, false)).chain(direct.map(|d| (d, true)))
         {
             tasks.push(actix_rt::spawn(serve_listener(
-                ctx.clone(),
+                ctx.transport.clone(),
                 listener,
                 handles.clone(),
-                move |ctx: Arc<ServerCtx>, tcp, peer| {
+                move |ctx: Arc<TransportCtx>, tcp, peer| {
                     let guard = ctx.conn_guard();
                     handle_connection(ctx, tcp, peer, direct_tls, guard)
                 },
@@ -560,7 +459,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
         if let Some(l) = s2s {
             tasks.push(actix_rt::spawn(serve_listener(
-                ctx.clone(),
+                ctx.transport.clone(),
                 l,
                 handles.clone(),
                 crate::s2s::inbound::handle,
@@ -568,7 +467,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
         if let Some(l) = s2s_direct {
             tasks.push(actix_rt::spawn(serve_listener(
-                ctx.clone(),
+                ctx.transport.clone(),
                 l,
                 handles.clone(),
                 crate::s2s::inbound::handle_direct_tls,
@@ -576,7 +475,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
         if let Some(l) = component {
             tasks.push(actix_rt::spawn(serve_listener(
-                ctx.clone(),
+                ctx.transport.clone(),
                 l,
                 handles.clone(),
                 crate::component::handle,
@@ -610,7 +509,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 .close(StreamError::new(StreamCondition::SystemShutdown));
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while ctx.conns.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        while ctx.open_connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Messages this node still holds for others (relays not yet taken,
@@ -849,12 +748,12 @@ async fn wait_for_signal() {
 /// arbiters in turn (client, server-to-server and component streams). An
 /// accept error (out of file descriptors and the like) backs off briefly.
 async fn serve_listener<F, Fut>(
-    ctx: Arc<ServerCtx>,
+    ctx: Arc<TransportCtx>,
     listener: std::net::TcpListener,
     arbiters: Vec<actix_rt::ArbiterHandle>,
     handle: F,
 ) where
-    F: Fn(Arc<ServerCtx>, tokio::net::TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
+    F: Fn(Arc<TransportCtx>, tokio::net::TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let listener = match tokio::net::TcpListener::from_std(listener) {

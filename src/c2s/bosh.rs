@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::http_bridge;
-use crate::server::ServerCtx;
+use crate::transport_ctx::TransportCtx;
 use crate::xml::element::escape;
 use crate::xml::{ns, Element, ParseError, StreamEvent, StreamHeader, XmlLimits, XmlStream};
 
@@ -175,7 +175,7 @@ fn terminate_body(condition: Option<Condition>, inner: &str) -> String {
 
 fn body_response(
     req: &HttpRequest,
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     status: StatusCode,
     body: String,
 ) -> HttpResponse {
@@ -186,7 +186,7 @@ fn body_response(
 
 /// End a request with a terminal condition (the session, if any, is
 /// ended by the caller).
-fn refuse(req: &HttpRequest, ctx: &ServerCtx, legacy: bool, c: Condition) -> HttpResponse {
+fn refuse(req: &HttpRequest, ctx: &TransportCtx, legacy: bool, c: Condition) -> HttpResponse {
     let status = if legacy {
         c.legacy_status()
     } else {
@@ -247,7 +247,7 @@ pub async fn info() -> HttpResponse {
 pub async fn request(
     req: HttpRequest,
     payload: web::Payload,
-    ctx: web::Data<Arc<ServerCtx>>,
+    ctx: web::Data<Arc<TransportCtx>>,
     registry: web::Data<Registry>,
 ) -> HttpResponse {
     let ctx = ctx.get_ref().clone();
@@ -291,7 +291,7 @@ pub async fn request(
 /// §7: a new session; answered once the stream's features are known.
 async fn create(
     req: HttpRequest,
-    ctx: Arc<ServerCtx>,
+    ctx: Arc<TransportCtx>,
     registry: web::Data<Registry>,
     body: Request,
     rid: u64,
@@ -394,7 +394,7 @@ async fn create(
 /// A request within a session: retransmission, order, payloads, holding.
 async fn serve(
     req: HttpRequest,
-    ctx: Arc<ServerCtx>,
+    ctx: Arc<TransportCtx>,
     registry: web::Data<Registry>,
     s: Arc<Session>,
     body: Request,

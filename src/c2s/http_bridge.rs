@@ -10,8 +10,8 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use tokio::io::{DuplexStream, ReadHalf};
 
-use crate::server::ServerCtx;
 use crate::stream::lazy_reader::LazyBufReader;
+use crate::transport_ctx::TransportCtx;
 use crate::xml::element::escape;
 use crate::xml::{ns, Element, XmlLimits, XmlStream};
 
@@ -25,7 +25,7 @@ static NEXT_ARBITER: AtomicUsize = AtomicUsize::new(0);
 /// pipe goes to a worker arbiter (negotiation, then the session); the
 /// transport's end is returned. `None` before the workers run.
 pub fn open_stream(
-    ctx: &Arc<ServerCtx>,
+    ctx: &Arc<TransportCtx>,
     secure: bool,
     peer: SocketAddr,
     transport: &'static str,

@@ -13,16 +13,16 @@ use tracing::Instrument;
 use super::io::{self, Outbound, RateLimit};
 use super::session::{C2sSession, CloseStream};
 use crate::clock;
-use crate::server::{ConnGuard, ServerCtx};
 use crate::stream::bind::bind_result;
 use crate::stream::transport::MaybeTls;
 use crate::stream::{self, StreamCondition, StreamError};
+use crate::transport_ctx::{ConnGuard, TransportCtx};
 use crate::xml::ns;
 
 /// Handle one accepted socket on the current arbiter, from the first byte
 /// to the end of the session.
 pub async fn handle_connection(
-    ctx: Arc<ServerCtx>,
+    ctx: Arc<TransportCtx>,
     mut tcp: TcpStream,
     mut peer: SocketAddr,
     direct_tls: bool,
@@ -65,7 +65,7 @@ pub async fn handle_connection(
 /// Handle a stream bridged from an HTTP transport (WebSocket, BOSH), from
 /// its first byte to the end of the session, on the current arbiter.
 pub async fn handle_bridged(
-    ctx: Arc<ServerCtx>,
+    ctx: Arc<TransportCtx>,
     io: tokio::io::DuplexStream,
     secure: bool,
     peer: SocketAddr,
@@ -79,7 +79,13 @@ pub async fn handle_bridged(
 }
 
 /// Negotiate, then run the bound or resumed session.
-async fn serve(ctx: Arc<ServerCtx>, conn: MaybeTls, peer: SocketAddr, sid: u64, guard: ConnGuard) {
+async fn serve(
+    ctx: Arc<TransportCtx>,
+    conn: MaybeTls,
+    peer: SocketAddr,
+    sid: u64,
+    guard: ConnGuard,
+) {
     match stream::negotiate(&ctx, conn, peer).await {
         Some(stream::Negotiated::Bound(bound)) => {
             tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
@@ -93,7 +99,7 @@ async fn serve(ctx: Arc<ServerCtx>, conn: MaybeTls, peer: SocketAddr, sid: u64, 
     }
 }
 
-async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guard: ConnGuard) {
+async fn start_session(ctx: Arc<TransportCtx>, bound: stream::Bound, sid: u64, guard: ConnGuard) {
     let stream::Bound {
         stream,
         jid,
@@ -180,7 +186,7 @@ async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guar
     };
     let (conn, in_rx) = connection_io(&ctx, stream, first, guard);
     // The user's presence actor, started with the first session.
-    let presence = ctx.presence.get_or_start(&ctx, &jid.to_bare());
+    let presence = ctx.presence.get_or_start(&ctx.im, &jid.to_bare());
     let mut session = C2sSession::new(
         sid,
         jid.clone(),
@@ -214,7 +220,7 @@ async fn start_session(ctx: Arc<ServerCtx>, bound: stream::Bound, sid: u64, guar
 /// Start the reader and writer tasks for a negotiated stream; `first` is
 /// written before anything else.
 fn connection_io(
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     stream: stream::Stream,
     first: String,
     guard: ConnGuard,
@@ -251,7 +257,7 @@ fn connection_io(
 /// XEP-0198 §5: hand this connection to the detached session (fetching
 /// it from the node that holds it first, if need be); it answers
 /// `<resumed/>` and resends what the client has not acknowledged.
-async fn resume_session(ctx: Arc<ServerCtx>, r: stream::Resuming, guard: ConnGuard) {
+async fn resume_session(ctx: Arc<TransportCtx>, r: stream::Resuming, guard: ConnGuard) {
     let stream::Resuming {
         stream,
         session,
@@ -298,7 +304,7 @@ async fn resume_session(ctx: Arc<ServerCtx>, r: stream::Resuming, guard: ConnGua
 /// fetched from whichever node holds it. A session the replicated table
 /// knows may be moving between nodes (a drain): look again, bounded.
 pub async fn locate_session(
-    ctx: &Arc<ServerCtx>,
+    ctx: &Arc<TransportCtx>,
     previd: &str,
     user: &str,
 ) -> Option<actix::Addr<C2sSession>> {
@@ -340,7 +346,7 @@ const FETCH_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
 /// one holds it) and recreate it here, bound through Raft to this node,
 /// detached until the connection attaches.
 async fn fetch_session(
-    ctx: &Arc<ServerCtx>,
+    ctx: &Arc<TransportCtx>,
     previd: &str,
     user: &str,
 ) -> Option<actix::Addr<C2sSession>> {
@@ -392,7 +398,7 @@ async fn fetch_session(
 /// Recreate a session handed over from `from_node`: bound here through
 /// Raft (the routing table follows), detached until a connection resumes it.
 pub async fn install_session(
-    ctx: &Arc<ServerCtx>,
+    ctx: &Arc<TransportCtx>,
     state: crate::route::HandOff,
     from_node: u64,
 ) -> Option<actix::Addr<C2sSession>> {
@@ -420,7 +426,7 @@ pub async fn install_session(
             .collect(),
     );
     // Bound here first, so stanzas that follow the session queue in it.
-    let presence = ctx.presence.get_or_start(ctx, &jid.to_bare());
+    let presence = ctx.presence.get_or_start(&ctx.im, &jid.to_bare());
     // A session pushed here (a drain) has no connection's span yet.
     let span = match tracing::Span::current() {
         s if s.is_none() => tracing::info_span!("c2s", sid, jid = %jid, from_node),
@@ -514,7 +520,7 @@ pub async fn install_session(
 
 /// A bind whose commit timed out may still land once a leader is back:
 /// propose its removal too, so it cannot linger as a session nobody holds.
-fn unbind_given_up(ctx: &ServerCtx, jid: &jid::FullJid, sid: u64) {
+fn unbind_given_up(ctx: &TransportCtx, jid: &jid::FullJid, sid: u64) {
     ctx.replicator
         .submit(&crate::state::Command::SessionUnbind {
             jid: jid.to_string(),

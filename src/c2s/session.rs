@@ -22,9 +22,9 @@ use super::io::{Inbound, Outbound};
 use super::stream_management::{SmState, NS as SM_NS};
 use crate::clock;
 use crate::delivery;
-use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::stream::{StreamCondition, StreamError};
+use crate::transport_ctx::TransportCtx;
 use crate::xml::{ns, Element, ParseError, StreamEvent};
 
 /// XEP-0352 Client State Indication.
@@ -83,7 +83,7 @@ pub struct Attach {
 pub struct C2sSession {
     pub id: u64,
     pub jid: FullJid,
-    ctx: Arc<ServerCtx>,
+    ctx: Arc<TransportCtx>,
     /// `None` while detached (connection lost, waiting for a resume).
     conn: Option<Conn>,
     /// Generation of the current connection; events from older ones are ignored.
@@ -122,7 +122,7 @@ impl C2sSession {
     pub fn new(
         id: u64,
         jid: FullJid,
-        ctx: Arc<ServerCtx>,
+        ctx: Arc<TransportCtx>,
         conn: Conn,
         inbound: mpsc::Receiver<Inbound>,
         span: Span,
@@ -155,7 +155,7 @@ impl C2sSession {
     pub fn resumed(
         id: u64,
         jid: FullJid,
-        ctx: Arc<ServerCtx>,
+        ctx: Arc<TransportCtx>,
         span: Span,
         presence: Addr<crate::presence::UserPresence>,
         sm: SmState,

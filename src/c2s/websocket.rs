@@ -30,8 +30,8 @@ use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReaso
 use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 
 use super::http_bridge;
-use crate::server::ServerCtx;
 use crate::stream::{StreamCondition, StreamError};
+use crate::transport_ctx::TransportCtx;
 use crate::xml::{ns, Element, ParseError, StreamEvent, XmlLimits, XmlStream};
 
 /// RFC 7395 §3.3.2.
@@ -41,7 +41,7 @@ pub const FRAMING_NS: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 pub async fn upgrade(
     req: HttpRequest,
     body: web::Payload,
-    ctx: web::Data<Arc<ServerCtx>>,
+    ctx: web::Data<Arc<TransportCtx>>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let ctx = ctx.get_ref().clone();
     if !ctx.config.http.websocket {
@@ -100,7 +100,7 @@ pub async fn upgrade(
 /// Frames from the client, translated onto the pipe. Ends with the
 /// connection; the pipe's end then reads as a dropped connection.
 async fn inbound(
-    ctx: Arc<ServerCtx>,
+    ctx: Arc<TransportCtx>,
     mut messages: AggregatedMessageStream,
     mut pipe: WriteHalf<DuplexStream>,
     mut session: Session,
@@ -234,7 +234,7 @@ fn close_frame(see_other_uri: Option<&str>) -> String {
 
 /// What the server writes, parsed and sent one element per frame.
 async fn outbound(
-    ctx: Arc<ServerCtx>,
+    ctx: Arc<TransportCtx>,
     pipe: ReadHalf<DuplexStream>,
     mut session: Session,
     see_other: String,

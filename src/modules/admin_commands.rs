@@ -9,8 +9,8 @@
 use jid::{BareJid, Jid};
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
+use crate::im_ctx::ImCtx;
 use crate::sasl::credentials::Credentials;
-use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::Command;
 use crate::xml::{ns, Element};
@@ -43,7 +43,7 @@ pub const COMMANDS: [(&str, &str); 5] = [
 pub struct AdminCommands;
 
 /// Whether `who` is one of the configured administrators.
-pub fn is_admin(ctx: &ServerCtx, who: &BareJid) -> bool {
+pub fn is_admin(ctx: &ImCtx, who: &BareJid) -> bool {
     ctx.config
         .admins
         .iter()
@@ -52,7 +52,7 @@ pub fn is_admin(ctx: &ServerCtx, who: &BareJid) -> bool {
 
 /// disco#items of the commands node (XEP-0050 §2.2): the commands this
 /// requester may run.
-pub fn items(ctx: &ServerCtx, who: &BareJid) -> Element {
+pub fn items(ctx: &ImCtx, who: &BareJid) -> Element {
     let mut q = Element::new("query", ns::DISCO_ITEMS).with_attr("node", NS);
     if is_admin(ctx, who) {
         for (node, name) in COMMANDS {
@@ -187,7 +187,7 @@ fn note(node: &str, session: &str, text: String) -> Element {
 }
 
 /// A local account's username from a JID field.
-fn local_user(ctx: &ServerCtx, jid: &str) -> Result<String, StanzaError> {
+fn local_user(ctx: &ImCtx, jid: &str) -> Result<String, StanzaError> {
     let j = BareJid::new(jid.trim()).map_err(|_| bad(format!("{jid} is not a JID")))?;
     if j.domain().as_str() != ctx.config.domain {
         return Err(bad(format!("{j} is not an account of this server")));
@@ -198,7 +198,7 @@ fn local_user(ctx: &ServerCtx, jid: &str) -> Result<String, StanzaError> {
 }
 
 impl Module for AdminCommands {
-    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+    fn features(&self, _: &ImCtx) -> Vec<&'static str> {
         vec![NS]
     }
 
@@ -407,7 +407,7 @@ impl Module for AdminCommands {
 }
 
 /// Commit `cmd`, then complete the command with `done`.
-fn write(ctx: &ServerCtx, cmd: Command, node: String, session: String, done: String) -> IqResponse {
+fn write(ctx: &ImCtx, cmd: Command, node: String, session: String, done: String) -> IqResponse {
     super::commit_then(ctx, cmd, "an administration command", move |_, _| {
         Ok(Some(note(&node, &session, done))).into()
     })

@@ -17,7 +17,7 @@ use jid::{FullJid, Jid};
 use tokio::sync::{mpsc, oneshot};
 
 use super::hooks::{MessageHook, Verdict, Waits};
-use crate::server::ServerCtx;
+use crate::im_ctx::ImCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::archive::ArchiveId;
 use crate::state::{ArchiveEntry, Command};
@@ -147,7 +147,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(ctx: &ServerCtx) -> Writer {
+    fn start(ctx: &ImCtx) -> Writer {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let pending = Arc::new(AtomicU64::new(0));
         let me = ctx.me.get().cloned();
@@ -255,7 +255,7 @@ impl Archive {
     /// messages come): nothing was queued.
     fn keep(
         &self,
-        ctx: &ServerCtx,
+        ctx: &ImCtx,
         user: &str,
         with: &Jid,
         msg: &mut Element,
@@ -332,7 +332,7 @@ impl MessageHook for Archive {
 
     fn outbound(
         &self,
-        ctx: &ServerCtx,
+        ctx: &ImCtx,
         from: &FullJid,
         to: &Jid,
         msg: &mut Element,
@@ -366,7 +366,7 @@ impl MessageHook for Archive {
 
     fn inbound(
         &self,
-        ctx: &ServerCtx,
+        ctx: &ImCtx,
         user: &str,
         from: &Jid,
         msg: &mut Element,
@@ -396,7 +396,7 @@ const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Retention: while this node leads, once an hour (the first time a minute
 /// after start), messages older than `[mam] retention_days` leave every
 /// archive in one replicated command.
-pub async fn expire_old(ctx: Arc<ServerCtx>) {
+pub async fn expire_old(ctx: Arc<ImCtx>) {
     let days = ctx.config.mam.retention_days;
     if !ctx.config.mam.enabled || days == 0 {
         return;

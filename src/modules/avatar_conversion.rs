@@ -8,8 +8,8 @@
 use base64::Engine;
 use sha1::{Digest, Sha1};
 
+use crate::im_ctx::ImCtx;
 use crate::pubsub::{self, Kind};
-use crate::server::ServerCtx;
 use crate::state::pubsub::PubsubOp;
 use crate::state::{Command, State};
 use crate::xml::{parse_fragment, Element};
@@ -67,7 +67,7 @@ pub fn stamp_presence(state: &State, user: &str, presence: &mut Element) {
 }
 
 /// After a client published avatar metadata: the vCard's PHOTO follows.
-pub async fn vcard_follows_pep(ctx: &ServerCtx, user: &str) {
+pub async fn vcard_follows_pep(ctx: &ImCtx, user: &str) {
     let Some(info) = current_info(&ctx.state, user) else {
         return;
     };
@@ -121,7 +121,7 @@ pub async fn vcard_follows_pep(ctx: &ServerCtx, user: &str) {
 
 /// After a vCard write: its PHOTO is published as the PEP avatar (data,
 /// then metadata, which the account's contacts are told of).
-pub async fn pep_follows_vcard(ctx: &ServerCtx, user: &str, card: &Element) {
+pub async fn pep_follows_vcard(ctx: &ImCtx, user: &str, card: &Element) {
     if crate::config::is_anonymous_account(user) {
         return; // no PEP service on the anonymous host
     }

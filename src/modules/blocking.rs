@@ -4,7 +4,7 @@
 use jid::{BareJid, Jid};
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
-use crate::server::ServerCtx;
+use crate::im_ctx::ImCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::Command;
 use crate::xml::{ns, Element};
@@ -16,7 +16,7 @@ pub struct Blocking;
 
 /// Whether `user` blocks `jid`: the full JID, its bare JID or its domain
 /// is on the list (XEP-0191 §3.5 matching).
-pub fn blocks(ctx: &ServerCtx, user: &str, jid: &str) -> bool {
+pub fn blocks(ctx: &ImCtx, user: &str, jid: &str) -> bool {
     let Ok(j) = Jid::new(jid) else { return false };
     let state = &ctx.state;
     state.is_blocked(user, j.as_str())
@@ -52,7 +52,7 @@ fn items(payload: &Element) -> Result<Vec<String>, StanzaError> {
         .collect()
 }
 
-fn push(ctx: &ServerCtx, user: &BareJid, payload: Element) {
+fn push(ctx: &ImCtx, user: &BareJid, payload: Element) {
     for t in crate::route::resources(ctx, user) {
         let iq = Element::new("iq", ns::CLIENT)
             .with_attr("type", "set")
@@ -73,7 +73,7 @@ impl super::hooks::MessageHook for Blocking {
 
     fn outbound(
         &self,
-        ctx: &ServerCtx,
+        ctx: &ImCtx,
         from: &jid::FullJid,
         to: &Jid,
         msg: &mut Element,
@@ -88,7 +88,7 @@ impl super::hooks::MessageHook for Blocking {
 
     fn inbound(
         &self,
-        ctx: &ServerCtx,
+        ctx: &ImCtx,
         user: &str,
         _from: &Jid,
         msg: &mut Element,
@@ -151,7 +151,7 @@ fn reports(payload: &Element, reporter: &str) -> Vec<crate::state::SpamReport> {
 }
 
 impl Module for Blocking {
-    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+    fn features(&self, _: &ImCtx) -> Vec<&'static str> {
         vec![NS, REPORTING]
     }
 

@@ -8,8 +8,8 @@
 
 use jid::BareJid;
 
+use crate::im_ctx::ImCtx;
 use crate::pubsub::{self, Kind};
-use crate::server::ServerCtx;
 use crate::state::pubsub::{AccessModel, NodeConfig, PubsubOp, SendLast};
 use crate::state::{Command, State};
 use crate::xml::{parse_fragment, Element};
@@ -105,7 +105,7 @@ pub fn items_of(storage: &Element, held: &[(String, String)]) -> Vec<(String, St
 
 /// After a private-storage write of `storage`: the PEP node holds the
 /// same rooms, and the account's interested resources hear of each.
-pub async fn follow_private(ctx: &ServerCtx, user: &str, storage: &Element) {
+pub async fn follow_private(ctx: &ImCtx, user: &str, storage: &Element) {
     if crate::config::is_anonymous_account(user) {
         return; // no PEP service on the anonymous host
     }

@@ -13,7 +13,7 @@ use base64::Engine;
 use jid::{FullJid, Jid};
 use sha1::{Digest, Sha1};
 
-use crate::server::ServerCtx;
+use crate::im_ctx::ImCtx;
 use crate::state::{Command, State};
 use crate::xml::{ns, Element};
 
@@ -168,7 +168,7 @@ fn well_formed(query: &Element) -> bool {
 /// A local client's available presence: if its hash is new to the
 /// cluster, ask the client what it means (§6.2). True if the hash is
 /// already known (its interests can be used now).
-pub fn learn(ctx: &ServerCtx, from: &FullJid, presence: &Element) -> bool {
+pub fn learn(ctx: &ImCtx, from: &FullJid, presence: &Element) -> bool {
     let Some(c) = presence.get_child("c", NS) else {
         return false;
     };
@@ -220,7 +220,7 @@ pub fn learn(ctx: &ServerCtx, from: &FullJid, presence: &Element) -> bool {
 
 /// An iq result or error addressed to the server: if it answers a caps
 /// query, check it and keep what it declares. True if it was one.
-pub fn answered(ctx: &ServerCtx, iq: &Element) -> bool {
+pub fn answered(ctx: &ImCtx, iq: &Element) -> bool {
     let Some(id) = iq.attr("id").filter(|id| id.starts_with(ID_PREFIX)) else {
         return false;
     };

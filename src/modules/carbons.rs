@@ -4,8 +4,8 @@
 use jid::FullJid;
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
+use crate::im_ctx::ImCtx;
 use crate::route::{Require, Target};
-use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::xml::{ns, Element};
 
@@ -40,7 +40,7 @@ fn wrap(kind: &str, user: &jid::BareJid, to: &str, msg: &Element) -> Element {
 
 /// Copies of a message `user` received, for carbons-enabled resources
 /// other than those it was delivered to.
-pub fn copy_received(ctx: &ServerCtx, user: &jid::BareJid, msg: &Element, delivered_to: &[Target]) {
+pub fn copy_received(ctx: &ImCtx, user: &jid::BareJid, msg: &Element, delivered_to: &[Target]) {
     if !eligible(msg) {
         return;
     }
@@ -57,7 +57,7 @@ pub fn copy_received(ctx: &ServerCtx, user: &jid::BareJid, msg: &Element, delive
 }
 
 /// Copies of a message `from` sent, for its other carbons-enabled resources.
-pub fn copy_sent(ctx: &ServerCtx, from: &FullJid, msg: &Element) {
+pub fn copy_sent(ctx: &ImCtx, from: &FullJid, msg: &Element) {
     if !eligible(msg) {
         return;
     }
@@ -83,7 +83,7 @@ impl super::hooks::MessageHook for Carbons {
 
     fn outbound(
         &self,
-        ctx: &ServerCtx,
+        ctx: &ImCtx,
         from: &FullJid,
         _to: &jid::Jid,
         msg: &mut Element,
@@ -93,13 +93,13 @@ impl super::hooks::MessageHook for Carbons {
         super::hooks::Verdict::Continue
     }
 
-    fn delivering(&self, ctx: &ServerCtx, user: &jid::BareJid, msg: &Element, to: &[Target]) {
+    fn delivering(&self, ctx: &ImCtx, user: &jid::BareJid, msg: &Element, to: &[Target]) {
         copy_received(ctx, user, msg, to);
     }
 }
 
 impl Module for Carbons {
-    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+    fn features(&self, _: &ImCtx) -> Vec<&'static str> {
         vec![NS]
     }
 

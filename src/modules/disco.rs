@@ -5,14 +5,14 @@
 //! clients find them (§4).
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
-use crate::server::ServerCtx;
+use crate::im_ctx::ImCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::xml::{ns, Element};
 
 pub struct Disco;
 
 impl Module for Disco {
-    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+    fn features(&self, _: &ImCtx) -> Vec<&'static str> {
         vec![ns::DISCO_INFO, ns::DISCO_ITEMS]
     }
 

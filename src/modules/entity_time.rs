@@ -1,7 +1,7 @@
 //! XEP-0202 Entity Time: the server's clock, in UTC.
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
-use crate::server::ServerCtx;
+use crate::im_ctx::ImCtx;
 use crate::xml::Element;
 
 pub const NS: &str = "urn:xmpp:time";
@@ -9,7 +9,7 @@ pub const NS: &str = "urn:xmpp:time";
 pub struct EntityTime;
 
 impl Module for EntityTime {
-    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+    fn features(&self, _: &ImCtx) -> Vec<&'static str> {
         vec![NS]
     }
 

@@ -14,7 +14,7 @@ use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
 use crate::config::{
     parse_external_service as parse, ExternalService as Service, ExternalServicesSection,
 };
-use crate::server::ServerCtx;
+use crate::im_ctx::ImCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::xml::Element;
 
@@ -41,7 +41,7 @@ pub fn credentials(secret: &str, jid: &str, expires: u64) -> (String, String) {
     (username, password)
 }
 
-fn element(ctx: &ServerCtx, s: &Service, jid: &str, with_credentials: bool) -> Element {
+fn element(ctx: &ImCtx, s: &Service, jid: &str, with_credentials: bool) -> Element {
     let cfg = &ctx.config.external_services;
     let mut el = Element::new("service", NS)
         .with_attr("type", s.kind)
@@ -68,7 +68,7 @@ fn element(ctx: &ServerCtx, s: &Service, jid: &str, with_credentials: bool) -> E
 }
 
 impl Module for ExternalServices {
-    fn features(&self, server: &ServerCtx) -> Vec<&'static str> {
+    fn features(&self, server: &ImCtx) -> Vec<&'static str> {
         if services(&server.config.external_services).is_empty() {
             Vec::new()
         } else {

@@ -20,8 +20,8 @@
 
 use jid::{BareJid, FullJid, Jid};
 
+use crate::im_ctx::ImCtx;
 use crate::route::Target;
-use crate::server::ServerCtx;
 use crate::xml::Element;
 
 /// Writes a hook started that must be done before the server owns the
@@ -81,7 +81,7 @@ pub trait MessageHook: Send + Sync {
     /// A message a local user (`from`) sent to `to`, before it is routed.
     fn outbound(
         &self,
-        _ctx: &ServerCtx,
+        _ctx: &ImCtx,
         _from: &FullJid,
         _to: &Jid,
         _msg: &mut Element,
@@ -95,7 +95,7 @@ pub trait MessageHook: Send + Sync {
     /// message's sender.
     fn inbound(
         &self,
-        _ctx: &ServerCtx,
+        _ctx: &ImCtx,
         _user: &str,
         _from: &Jid,
         _msg: &mut Element,
@@ -105,7 +105,7 @@ pub trait MessageHook: Send + Sync {
     }
 
     /// The message for `user` is about to be handed to these resources.
-    fn delivering(&self, _ctx: &ServerCtx, _user: &BareJid, _msg: &Element, _to: &[Target]) {}
+    fn delivering(&self, _ctx: &ImCtx, _user: &BareJid, _msg: &Element, _to: &[Target]) {}
 }
 
 /// The hooks in order.
@@ -128,7 +128,7 @@ impl Hooks {
 
     pub fn outbound(
         &self,
-        ctx: &ServerCtx,
+        ctx: &ImCtx,
         from: &FullJid,
         to: &Jid,
         msg: &mut Element,
@@ -144,7 +144,7 @@ impl Hooks {
 
     pub fn inbound(
         &self,
-        ctx: &ServerCtx,
+        ctx: &ImCtx,
         user: &str,
         from: &Jid,
         msg: &mut Element,
@@ -158,7 +158,7 @@ impl Hooks {
         Verdict::Continue
     }
 
-    pub fn delivering(&self, ctx: &ServerCtx, user: &BareJid, msg: &Element, to: &[Target]) {
+    pub fn delivering(&self, ctx: &ImCtx, user: &BareJid, msg: &Element, to: &[Target]) {
         for h in &self.0 {
             h.delivering(ctx, user, msg, to);
         }

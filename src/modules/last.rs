@@ -2,7 +2,7 @@
 //! (only for those subscribed to the contact's presence).
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
-use crate::server::ServerCtx;
+use crate::im_ctx::ImCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::xml::Element;
 
@@ -19,7 +19,7 @@ fn answer(seconds: u64, status: &str) -> IqResponse {
 }
 
 impl Module for LastActivity {
-    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+    fn features(&self, _: &ImCtx) -> Vec<&'static str> {
         vec![NS]
     }
 

@@ -10,7 +10,7 @@ use std::ops::Bound;
 use jid::Jid;
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
-use crate::server::ServerCtx;
+use crate::im_ctx::ImCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::archive::{ArchiveId, PageQuery};
 use crate::state::{ArchivePrefs, Command};
@@ -33,7 +33,7 @@ pub struct Mam {
 
 /// Does `user` archive messages with `with` (§6.1)? The per-JID lists
 /// first, then the default (the user's own, else the server's).
-pub fn wanted(ctx: &ServerCtx, user: &str, with: &Jid) -> bool {
+pub fn wanted(ctx: &ImCtx, user: &str, with: &Jid) -> bool {
     let bare = with.to_bare().to_string();
     let prefs = ctx.state.archive_prefs(user).ok().flatten();
     let default = match &prefs {
@@ -225,7 +225,7 @@ fn query(req: &IqRequest, user: &str) -> IqResponse {
 /// XEP-0313 on a hosted entity's own archive (a group-chat room, §5 and
 /// XEP-0045's MAM use): `iq` from the asker to the entity `owner`; the
 /// result messages come from the entity. Returns what to send, in order.
-pub fn query_for(ctx: &ServerCtx, owner: &str, iq: &Element) -> Vec<Element> {
+pub fn query_for(ctx: &ImCtx, owner: &str, iq: &Element) -> Vec<Element> {
     let (Some(from), Some(payload)) = (
         iq.attr("from").and_then(|f| jid::FullJid::new(f).ok()),
         iq.elements().next(),
@@ -496,7 +496,7 @@ fn metadata(req: &IqRequest, user: &str) -> IqResponse {
 }
 
 impl Module for Mam {
-    fn account_features(&self, ctx: &ServerCtx) -> Vec<&'static str> {
+    fn account_features(&self, ctx: &ImCtx) -> Vec<&'static str> {
         if ctx.config.mam.enabled {
             vec![NS, NS_EXTENDED, super::archive::SID_NS]
         } else {

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use jid::FullJid;
 
 use crate::delivery::Outcome;
-use crate::server::ServerCtx;
+use crate::im_ctx::ImCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::stream_error::StreamError;
 use crate::xml::{ns, Element};
@@ -58,7 +58,7 @@ pub enum Addressee {
 
 /// One iq request as a module sees it.
 pub struct IqRequest<'a> {
-    pub server: &'a ServerCtx,
+    pub server: &'a ImCtx,
     pub from: &'a FullJid,
     pub iq: &'a Element,
     pub payload: &'a Element,
@@ -120,10 +120,10 @@ impl IqResponse {
 /// server and what the command applied); a failed commit answers
 /// `<internal-server-error/>` and logs `what`.
 pub fn commit_then(
-    ctx: &ServerCtx,
+    ctx: &ImCtx,
     cmd: crate::state::Command,
     what: &'static str,
-    then: impl FnOnce(&ServerCtx, crate::state::Applied) -> IqResponse + Send + 'static,
+    then: impl FnOnce(&ImCtx, crate::state::Applied) -> IqResponse + Send + 'static,
 ) -> IqResponse {
     let Some(c) = ctx.arc() else {
         return Err(StanzaError::new(StanzaCondition::InternalServerError)).into();
@@ -150,11 +150,11 @@ pub trait Module: Send + Sync {
         full.rsplit("::").next().unwrap_or(full)
     }
     /// disco#info features this module provides on the server.
-    fn features(&self, _server: &ServerCtx) -> Vec<&'static str> {
+    fn features(&self, _server: &ImCtx) -> Vec<&'static str> {
         Vec::new()
     }
     /// disco#info features of each account's bare JID (XEP-0313 §7).
-    fn account_features(&self, _server: &ServerCtx) -> Vec<&'static str> {
+    fn account_features(&self, _server: &ImCtx) -> Vec<&'static str> {
         Vec::new()
     }
     /// The iqs this module answers.
@@ -168,7 +168,7 @@ type Key = (IqKind, Addressee, &'static str);
 struct OfflineFeature;
 
 impl Module for OfflineFeature {
-    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+    fn features(&self, _: &ImCtx) -> Vec<&'static str> {
         vec!["msgoffline"]
     }
     fn handles(&self) -> Vec<(IqKind, Addressee, &'static str)> {
@@ -274,7 +274,7 @@ impl Modules {
     }
 
     /// The features of an account's bare JID, for disco#info.
-    pub fn account_features(&self, server: &ServerCtx) -> Vec<&'static str> {
+    pub fn account_features(&self, server: &ImCtx) -> Vec<&'static str> {
         let mut f: Vec<&'static str> = self
             .list
             .iter()
@@ -286,7 +286,7 @@ impl Modules {
     }
 
     /// All features the server offers, for disco#info.
-    pub fn features(&self, server: &ServerCtx) -> Vec<&'static str> {
+    pub fn features(&self, server: &ImCtx) -> Vec<&'static str> {
         let mut f: Vec<&'static str> = self.list.iter().flat_map(|m| m.features(server)).collect();
         f.sort_unstable();
         f.dedup();
@@ -296,7 +296,7 @@ impl Modules {
 
 /// Answer an iq get/set addressed to the server or to the sender's account.
 pub fn dispatch(
-    ctx: &ServerCtx,
+    ctx: &ImCtx,
     from: &FullJid,
     session_id: u64,
     iq: &Element,

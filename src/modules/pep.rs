@@ -10,8 +10,8 @@ use std::sync::Arc;
 use jid::{BareJid, FullJid};
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
+use crate::im_ctx::ImCtx;
 use crate::pubsub::{self, Backend, Kind, Request};
-use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::pubsub::SendLast;
 use crate::state::{Applied, Command, State};
@@ -22,7 +22,7 @@ pub use crate::pubsub::{NS, OWNER};
 pub struct Pep;
 
 /// The engine's view of this node, for accounts.
-struct Node(Arc<ServerCtx>);
+struct Node(Arc<ImCtx>);
 
 impl Backend for Node {
     fn state(&self) -> &State {
@@ -61,12 +61,12 @@ impl Backend for Node {
 }
 
 /// The engine's view of this node.
-pub fn backend(ctx: &ServerCtx) -> Option<Arc<dyn Backend>> {
+pub fn backend(ctx: &ImCtx) -> Option<Arc<dyn Backend>> {
     Some(Arc::new(Node(ctx.arc()?)))
 }
 
 impl Module for Pep {
-    fn account_features(&self, _: &ServerCtx) -> Vec<&'static str> {
+    fn account_features(&self, _: &ImCtx) -> Vec<&'static str> {
         let mut f = pubsub::FEATURES.to_vec();
         f.extend([
             "http://jabber.org/protocol/pubsub#auto-create",
@@ -144,7 +144,7 @@ impl Module for Pep {
 
 /// A session came online (or its capabilities became known): the last
 /// item of each node it wants and may read (XEP-0163 §4.3.2).
-pub fn send_last_items(ctx: &ServerCtx, full: &FullJid, interests: &[String]) {
+pub fn send_last_items(ctx: &ImCtx, full: &FullJid, interests: &[String]) {
     if interests.is_empty() {
         return;
     }

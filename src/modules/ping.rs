@@ -1,13 +1,13 @@
 //! XEP-0199 XMPP Ping: the server answers pings to itself and to the account.
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
-use crate::server::ServerCtx;
+use crate::im_ctx::ImCtx;
 use crate::xml::ns;
 
 pub struct Ping;
 
 impl Module for Ping {
-    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+    fn features(&self, _: &ImCtx) -> Vec<&'static str> {
         vec![ns::PING]
     }
 

@@ -2,7 +2,7 @@
 
 use super::bookmarks_compat as compat;
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
-use crate::server::ServerCtx;
+use crate::im_ctx::ImCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::Command;
 use crate::xml::{parse_fragment, Element};
@@ -12,7 +12,7 @@ pub const NS: &str = "jabber:iq:private";
 pub struct Private;
 
 impl Module for Private {
-    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+    fn features(&self, _: &ImCtx) -> Vec<&'static str> {
         vec![NS]
     }
 

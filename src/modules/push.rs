@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::server::ServerCtx;
+use crate::im_ctx::ImCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::push::PushRegistration;
 use crate::state::{Command, StateError};
@@ -64,7 +64,7 @@ pub struct Push {
 }
 
 impl Module for Push {
-    fn account_features(&self, server: &ServerCtx) -> Vec<&'static str> {
+    fn account_features(&self, server: &ImCtx) -> Vec<&'static str> {
         if server.config.push.enabled {
             vec![NS]
         } else {
@@ -200,7 +200,7 @@ impl Push {
     /// A message for `user` that no device of theirs can take now (the
     /// session it went to is detached, or it went to offline storage);
     /// `count`: how many such messages wait.
-    pub fn missed(&self, ctx: &ServerCtx, user: &str, msg: &Element, count: u64) {
+    pub fn missed(&self, ctx: &ImCtx, user: &str, msg: &Element, count: u64) {
         if !ctx.config.push.enabled || !wakes(msg) {
             return;
         }
@@ -242,7 +242,7 @@ impl Push {
         }
     }
 
-    fn send_later(&self, ctx: &ServerCtx, device: Device, reg: PushRegistration, wait: Duration) {
+    fn send_later(&self, ctx: &ImCtx, device: Device, reg: PushRegistration, wait: Duration) {
         let Some(c) = ctx.arc() else { return };
         ctx.replicator.runtime().spawn(async move {
             tokio::time::sleep(wait).await;
@@ -277,7 +277,7 @@ impl Push {
     }
 
     /// Publish one notification (§7) to the device's node.
-    fn send(&self, ctx: &ServerCtx, device: &Device, reg: &PushRegistration, s: &Summary) {
+    fn send(&self, ctx: &ImCtx, device: &Device, reg: &PushRegistration, s: &Summary) {
         // The id names the device's node (hashed): an answer that reaches
         // another node than this one is still understood there.
         let id = format!(
@@ -304,7 +304,7 @@ impl Push {
     /// An iq result or error addressed to an account: true if it answers a
     /// notification (and was handled here). `<item-not-found/>` ends the
     /// registration (§8); other errors are logged.
-    pub fn answered(&self, ctx: &ServerCtx, iq: &Element) -> bool {
+    pub fn answered(&self, ctx: &ImCtx, iq: &Element) -> bool {
         let Some(id) = iq.attr("id").filter(|i| i.starts_with("push-")) else {
             return false;
         };
@@ -366,7 +366,7 @@ fn node_tag(node: &str) -> String {
 /// notification went out from another node: the account it is addressed
 /// to, a registration with the answering app server whose node has the
 /// id's tag.
-fn device_of_answer(ctx: &ServerCtx, iq: &Element, id: &str) -> Option<Device> {
+fn device_of_answer(ctx: &ImCtx, iq: &Element, id: &str) -> Option<Device> {
     let tag = id.rsplit('-').next()?;
     let to = jid::Jid::new(iq.attr("to")?).ok()?;
     let user = ctx.config.account_of(&to)?;
@@ -379,7 +379,7 @@ fn device_of_answer(ctx: &ServerCtx, iq: &Element, id: &str) -> Option<Device> {
         .map(|r| (user, r.jid, r.node))
 }
 
-fn body_allowed(ctx: &ServerCtx, reg: &PushRegistration) -> bool {
+fn body_allowed(ctx: &ImCtx, reg: &PushRegistration) -> bool {
     let refused = reg.options.iter().any(|(var, v)| {
         var == "include-body" && v.first().is_some_and(|v| v == "false" || v == "0")
     });

@@ -3,8 +3,8 @@
 //! cancelling the account once authenticated.
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
+use crate::im_ctx::ImCtx;
 use crate::sasl::{normalize_username, Credentials};
-use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::{Command, StateError};
 use crate::stream_error::{StreamCondition, StreamError};
@@ -35,7 +35,7 @@ fn storage_error(e: StateError) -> StanzaError {
 /// registration request (the stream is then refused). `secure` says whether
 /// the transport satisfies the TLS policy.
 pub async fn pre_auth(
-    ctx: &ServerCtx,
+    ctx: &ImCtx,
     iq: &Element,
     secure: bool,
     peer: std::net::IpAddr,
@@ -98,7 +98,7 @@ pub async fn pre_auth(
     })
 }
 
-async fn create(ctx: &ServerCtx, q: &Element) -> Result<Option<Element>, StanzaError> {
+async fn create(ctx: &ImCtx, q: &Element) -> Result<Option<Element>, StanzaError> {
     let (Some(user), Some(password)) = (field(q, "username"), field(q, "password")) else {
         return Err(StanzaError::with_text(
             StanzaCondition::NotAcceptable,
@@ -125,7 +125,7 @@ async fn create(ctx: &ServerCtx, q: &Element) -> Result<Option<Element>, StanzaE
 }
 
 impl Module for Register {
-    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+    fn features(&self, _: &ImCtx) -> Vec<&'static str> {
         vec![ns::REGISTER]
     }
 

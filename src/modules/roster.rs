@@ -4,7 +4,7 @@ use jid::BareJid;
 
 use super::subscription::SubKind;
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
-use crate::server::ServerCtx;
+use crate::im_ctx::ImCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::{Command, RosterItem};
 use crate::xml::{ns, Element};
@@ -39,7 +39,7 @@ pub fn item_element(item: &RosterItem) -> Element {
 
 /// Push one item (or its removal) to each interested resource (§2.1.6),
 /// on whichever node it is.
-fn push(ctx: &ServerCtx, user: &BareJid, item: Element, ver: u64) {
+fn push(ctx: &ImCtx, user: &BareJid, item: Element, ver: u64) {
     let query = Element::new("query", NS)
         .with_attr("ver", ver.to_string())
         .with_child(item);
@@ -53,7 +53,7 @@ fn push(ctx: &ServerCtx, user: &BareJid, item: Element, ver: u64) {
     }
 }
 
-fn username(ctx: &ServerCtx, user: &BareJid) -> String {
+fn username(ctx: &ImCtx, user: &BareJid) -> String {
     ctx.config.account_of(user).unwrap_or_default()
 }
 
@@ -70,7 +70,7 @@ fn pushed_element(item: &RosterItem) -> Element {
 
 /// A client's roster set: committed, then pushed and answered; the session
 /// goes on meanwhile.
-fn store_push_answer(ctx: &ServerCtx, user: &BareJid, item: RosterItem) -> IqResponse {
+fn store_push_answer(ctx: &ImCtx, user: &BareJid, item: RosterItem) -> IqResponse {
     let el = pushed_element(&item);
     let user = user.clone();
     let cmd = Command::RosterPut {
@@ -93,7 +93,7 @@ fn store_push_answer(ctx: &ServerCtx, user: &BareJid, item: RosterItem) -> IqRes
 /// answer, on any node) may have landed meanwhile. Returns false when one
 /// did (nothing was written): read the item again and recompute.
 pub async fn store(
-    ctx: &ServerCtx,
+    ctx: &ImCtx,
     user: &BareJid,
     old: Option<&RosterItem>,
     item: RosterItem,
@@ -218,7 +218,7 @@ impl Roster {
 
 /// §2.5: removing an item cancels subscriptions both ways first.
 fn remove(
-    ctx: &ServerCtx,
+    ctx: &ImCtx,
     req: &IqRequest,
     user: &BareJid,
     existing: Option<RosterItem>,

@@ -2,7 +2,7 @@
 //! its owner, bounded in size.
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
-use crate::server::ServerCtx;
+use crate::im_ctx::ImCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
 use crate::state::Command;
 use crate::xml::{parse_fragment, Element};
@@ -12,7 +12,7 @@ pub const NS: &str = "vcard-temp";
 pub struct Vcard;
 
 impl Module for Vcard {
-    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+    fn features(&self, _: &ImCtx) -> Vec<&'static str> {
         vec![NS]
     }
 

@@ -1,13 +1,13 @@
 //! XEP-0092 Software Version.
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
-use crate::server::ServerCtx;
+use crate::im_ctx::ImCtx;
 use crate::xml::{ns, Element};
 
 pub struct Version;
 
 impl Module for Version {
-    fn features(&self, _: &ServerCtx) -> Vec<&'static str> {
+    fn features(&self, _: &ImCtx) -> Vec<&'static str> {
         vec![ns::VERSION]
     }
 

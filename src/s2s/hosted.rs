@@ -4,17 +4,17 @@
 
 use std::sync::{Arc, Weak};
 
-use crate::server::ServerCtx;
 use crate::state::Command;
+use crate::transport_ctx::TransportCtx;
 use crate::xml::{ns, Element};
 
 struct NodeHost {
-    ctx: Weak<ServerCtx>,
+    ctx: Weak<TransportCtx>,
     node: u64,
 }
 
 /// The host a service is given with a stanza on this node.
-pub fn host(ctx: &ServerCtx) -> Option<Arc<dyn crate::services::Host>> {
+pub fn host(ctx: &TransportCtx) -> Option<Arc<dyn crate::services::Host>> {
     let me = ctx.arc()?;
     Some(Arc::new(NodeHost {
         ctx: Arc::downgrade(&me),

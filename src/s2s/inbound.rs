@@ -14,8 +14,8 @@ use tracing::Instrument;
 
 use super::stream::fail;
 use super::{dialback, stream, S2sError};
-use crate::server::ServerCtx;
 use crate::stream::StreamCondition;
+use crate::transport_ctx::TransportCtx;
 use crate::xml::{ns, Element, StreamEvent};
 
 /// The domains a stream authenticated, each counted against its domain's
@@ -33,7 +33,7 @@ impl Authenticated {
 
     /// Take `domain` as authenticated on this stream, if its limit of
     /// links allows one more; false if not.
-    fn admit(&mut self, ctx: &ServerCtx, domain: String) -> bool {
+    fn admit(&mut self, ctx: &TransportCtx, domain: String) -> bool {
         if self.domains.contains(&domain) {
             return true;
         }
@@ -57,7 +57,7 @@ impl Authenticated {
 }
 
 /// One inbound connection, until it ends.
-pub async fn handle(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: SocketAddr) {
+pub async fn handle(ctx: Arc<TransportCtx>, tcp: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("s2s_in", %peer, remote = tracing::field::Empty);
     async move {
         let _live = crate::metrics::Live::new("s2s_in");
@@ -74,7 +74,7 @@ pub async fn handle(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: SocketAddr) {
 
 /// One inbound connection on the direct TLS port (XEP-0368): TLS from the
 /// first byte, then the same stream as after STARTTLS.
-pub async fn handle_direct_tls(ctx: Arc<ServerCtx>, tcp: TcpStream, peer: SocketAddr) {
+pub async fn handle_direct_tls(ctx: Arc<TransportCtx>, tcp: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("s2s_in", %peer, tls = "direct", remote = tracing::field::Empty);
     async move {
         let _live = crate::metrics::Live::new("s2s_in");
@@ -108,7 +108,7 @@ fn peer_certificate<IO>(tls: &tokio_rustls::server::TlsStream<IO>) -> PeerCert {
 }
 
 async fn serve(
-    ctx: &Arc<ServerCtx>,
+    ctx: &Arc<TransportCtx>,
     mut conn: stream::Conn,
     mut peer_cert: PeerCert,
 ) -> Result<(), S2sError> {
@@ -355,7 +355,7 @@ async fn serve(
 /// XEP-0220 §2.2: the remote claims `from` with a key; ask that domain's
 /// authoritative server whether it issued the key for this stream.
 async fn authenticate(
-    ctx: &Arc<ServerCtx>,
+    ctx: &Arc<TransportCtx>,
     conn: &mut stream::Conn,
     el: &Element,
     stream_id: &str,
@@ -427,7 +427,7 @@ async fn authenticate(
 /// Ask `remote`'s authoritative server (a new stream to it) to verify
 /// `key` for our stream `stream_id` (XEP-0220 §2.3).
 async fn verify_with(
-    ctx: &Arc<ServerCtx>,
+    ctx: &Arc<TransportCtx>,
     ours: &str,
     remote: &str,
     stream_id: &str,
@@ -462,7 +462,7 @@ async fn verify_with(
 /// XEP-0220 §2.3: we are the authoritative server; was this key ours?
 /// Any node can answer: the key derives from the cluster-wide secret.
 async fn answer_verify(
-    ctx: &Arc<ServerCtx>,
+    ctx: &Arc<TransportCtx>,
     conn: &mut stream::Conn,
     el: &Element,
 ) -> Result<(), S2sError> {
@@ -493,7 +493,7 @@ async fn answer_verify(
 /// The domain SASL EXTERNAL may authenticate on this stream: the one the
 /// peer claims, if its certificate (verified against our trusted roots by
 /// the TLS layer) names it and peers are verified at all.
-fn external_domain(ctx: &ServerCtx, cert: &PeerCert, claimed: Option<&str>) -> Option<String> {
+fn external_domain(ctx: &TransportCtx, cert: &PeerCert, claimed: Option<&str>) -> Option<String> {
     let (cert, claimed) = (cert.as_ref()?, claimed?);
     (ctx.s2s.verify && stream::certificate_names(cert, claimed)).then(|| claimed.to_string())
 }

@@ -17,8 +17,9 @@ use std::sync::Mutex;
 use actix::Addr;
 use jid::{BareJid, Jid};
 
-use crate::server::ServerCtx;
+use crate::routing_ctx::RoutingCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
+use crate::transport_ctx::TransportCtx;
 use crate::xml::{ns, Element};
 
 pub use outbound::OutboundLink;
@@ -93,7 +94,7 @@ impl S2s {
 
 /// Whether `domain` is served here: the cluster's domain, or a component
 /// domain hosted cluster-wide (reachable over federation, XEP-0114 §1).
-pub fn is_local_domain(ctx: &ServerCtx, domain: &str) -> bool {
+pub fn is_local_domain(ctx: &TransportCtx, domain: &str) -> bool {
     ctx.config.hosts_accounts(domain)
         || crate::component::is_component(ctx, domain)
         || ctx.services.hosts(domain)
@@ -101,7 +102,7 @@ pub fn is_local_domain(ctx: &ServerCtx, domain: &str) -> bool {
 
 /// The local domain a stanza leaves from: a hosted component's own domain
 /// (its links authenticate as that domain), else the cluster's domain.
-fn sending_domain(ctx: &ServerCtx, stanza: &Element) -> String {
+fn sending_domain(ctx: &TransportCtx, stanza: &Element) -> String {
     stanza
         .attr("from")
         .and_then(|f| Jid::new(f).ok())
@@ -112,7 +113,7 @@ fn sending_domain(ctx: &ServerCtx, stanza: &Element) -> String {
 
 /// Send a stanza (from a local entity, `from` stamped) to a remote domain
 /// over this node's outbound link for it, set up on first use.
-pub fn send(ctx: &ServerCtx, stanza: Element) {
+pub fn send(ctx: &TransportCtx, stanza: Element) {
     let Some(domain) = stanza
         .attr("to")
         .and_then(|t| Jid::new(t).ok())
@@ -169,30 +170,60 @@ pub fn send(ctx: &ServerCtx, stanza: Element) {
 }
 
 /// The transports that reach other domains, as the routing layer sees them.
-pub struct Transports;
+/// The node sets the transports' context once it is made (it holds
+/// routing's, which holds this: so weakly).
+#[derive(Default)]
+pub struct Transports {
+    ctx: std::sync::OnceLock<std::sync::Weak<TransportCtx>>,
+}
 
-impl crate::route::Elsewhere for Transports {
-    fn send(&self, ctx: &ServerCtx, stanza: Element) {
-        send(ctx, stanza)
+impl Transports {
+    pub fn set(&self, ctx: std::sync::Weak<TransportCtx>) -> Result<(), String> {
+        self.ctx
+            .set(ctx)
+            .map_err(|_| "the transports' context is set once".to_string())
     }
 
-    fn to_component_here(&self, ctx: &ServerCtx, stanza: &Element, domain: &str) {
-        use crate::component::Here;
-        match crate::component::deliver_here(ctx, stanza, domain) {
-            Here::Delivered => {}
-            Here::Full => crate::component::bounce_busy(ctx, stanza, domain),
-            Here::No => crate::component::bounce_away(ctx, stanza, domain),
+    fn ctx(&self, stanza: &Element) -> Option<std::sync::Arc<TransportCtx>> {
+        let ctx = self.ctx.get().and_then(|w| w.upgrade());
+        if ctx.is_none() {
+            tracing::warn!(
+                to = stanza.attr("to").unwrap_or_default(),
+                "stanza for another domain dropped: the node is stopping"
+            );
+        }
+        ctx
+    }
+}
+
+impl crate::route::Elsewhere for Transports {
+    fn send(&self, _: &RoutingCtx, stanza: Element) {
+        if let Some(ctx) = self.ctx(&stanza) {
+            send(&ctx, stanza)
         }
     }
 
-    fn to_hosted(&self, ctx: &ServerCtx, stanza: Element, domain: &str, hops: u8) {
-        if let Some(host) = hosted::host(ctx) {
+    fn to_component_here(&self, _: &RoutingCtx, stanza: &Element, domain: &str) {
+        use crate::component::Here;
+        let Some(ctx) = self.ctx(stanza) else { return };
+        match crate::component::deliver_here(&ctx, stanza, domain) {
+            Here::Delivered => {}
+            Here::Full => crate::component::bounce_busy(&ctx, stanza, domain),
+            Here::No => crate::component::bounce_away(&ctx, stanza, domain),
+        }
+    }
+
+    fn to_hosted(&self, _: &RoutingCtx, stanza: Element, domain: &str, hops: u8) {
+        let Some(ctx) = self.ctx(&stanza) else { return };
+        if let Some(host) = hosted::host(&ctx) {
             ctx.services.serve(domain, stanza, &host, hops);
         }
     }
 
-    fn bounce_local(&self, ctx: &ServerCtx, stanza: &Element, condition: StanzaCondition) {
-        bounce_local(ctx, stanza, condition)
+    fn bounce_local(&self, _: &RoutingCtx, stanza: &Element, condition: StanzaCondition) {
+        if let Some(ctx) = self.ctx(stanza) {
+            bounce_local(&ctx, stanza, condition)
+        }
     }
 }
 
@@ -200,7 +231,7 @@ impl crate::route::Elsewhere for Transports {
 /// or a remote server): the service answers on this node, or on the node
 /// that owns the entity it is for, and each answer goes where it is
 /// addressed, like a component's stanzas.
-fn serve_hosted(ctx: &ServerCtx, domain: &str, stanza: Element) {
+fn serve_hosted(ctx: &TransportCtx, domain: &str, stanza: Element) {
     if let Some(host) = hosted::host(ctx) {
         ctx.services.serve(domain, stanza, &host, 0);
     }
@@ -212,7 +243,7 @@ fn serve_hosted(ctx: &ServerCtx, domain: &str, stanza: Element) {
 /// sent them (XEP-0045 §7.2.3: presences, history, then the subject); a
 /// session that is gone answers with an error (a room then drops the
 /// occupant).
-pub(crate) fn from_hosted(ctx: &ServerCtx, out: Element) {
+pub(crate) fn from_hosted(ctx: &TransportCtx, out: Element) {
     let to = out.attr("to").and_then(|t| Jid::new(t).ok());
     if let Some(full) = to
         .as_ref()
@@ -249,7 +280,7 @@ pub(crate) fn from_hosted(ctx: &ServerCtx, out: Element) {
 
 /// Send `stanza` back to a local sender as an error, if it may have one
 /// (RFC 6120 §8.3.1: never an error for an error).
-pub fn bounce_local(ctx: &ServerCtx, stanza: &Element, condition: StanzaCondition) {
+pub fn bounce_local(ctx: &TransportCtx, stanza: &Element, condition: StanzaCondition) {
     if let Some(err) = crate::stanza_error::bounce(stanza, condition) {
         deliver_local(ctx, err);
     }
@@ -257,7 +288,7 @@ pub fn bounce_local(ctx: &ServerCtx, stanza: &Element, condition: StanzaConditio
 
 /// Deliver a stanza addressed to a local entity from a remote one (its
 /// origin already checked), or an error made here for a local sender.
-pub fn deliver_local(ctx: &ServerCtx, el: Element) {
+pub fn deliver_local(ctx: &TransportCtx, el: Element) {
     let Some(to) = el.attr("to").and_then(|t| Jid::new(t).ok()) else {
         return;
     };
@@ -348,7 +379,7 @@ pub fn deliver_local(ctx: &ServerCtx, el: Element) {
     }
 }
 
-fn iq(ctx: &ServerCtx, el: Element, to: &Jid, blocked: bool) {
+fn iq(ctx: &TransportCtx, el: Element, to: &Jid, blocked: bool) {
     let request = matches!(el.attr("type"), Some("get") | Some("set"));
     if let Ok(full) = to.try_as_full() {
         match crate::route::full(ctx, full).filter(|_| !blocked) {
@@ -406,7 +437,7 @@ fn iq(ctx: &ServerCtx, el: Element, to: &Jid, blocked: bool) {
 
 /// Send a module's answer (now, or once its write is committed) back to
 /// the remote requester.
-fn answer_remote(ctx: &ServerCtx, out: crate::delivery::Outcome) {
+fn answer_remote(ctx: &TransportCtx, out: crate::delivery::Outcome) {
     if let Some(reply) = out.reply {
         reply_remote(ctx, reply);
     }
@@ -418,7 +449,7 @@ fn answer_remote(ctx: &ServerCtx, out: crate::delivery::Outcome) {
     }
 }
 
-fn reply_remote_error(ctx: &ServerCtx, el: &Element, condition: StanzaCondition) {
+fn reply_remote_error(ctx: &TransportCtx, el: &Element, condition: StanzaCondition) {
     let mut err = StanzaError::new(condition).reply_to(el);
     if let Some(to) = el.attr("to") {
         err.set_attr("from", to);
@@ -427,7 +458,7 @@ fn reply_remote_error(ctx: &ServerCtx, el: &Element, condition: StanzaCondition)
 }
 
 /// A reply to a remote entity (an error, a result).
-fn reply_remote(ctx: &ServerCtx, el: Element) {
+fn reply_remote(ctx: &TransportCtx, el: Element) {
     let remote = el
         .attr("to")
         .and_then(|t| Jid::new(t).ok())
@@ -440,7 +471,7 @@ fn reply_remote(ctx: &ServerCtx, el: Element) {
 }
 
 /// A remote bare JID, if `jid` is one.
-pub fn remote_bare(ctx: &ServerCtx, jid: &str) -> Option<BareJid> {
+pub fn remote_bare(ctx: &TransportCtx, jid: &str) -> Option<BareJid> {
     BareJid::new(jid)
         .ok()
         .filter(|j| !is_local_domain(ctx, j.domain().as_str()))
@@ -461,7 +492,7 @@ pub fn retag(el: &mut Element, from_ns: &str, to_ns: &str) {
 
 /// Run `work` after all work queued before it, on the Raft runtime (remote
 /// subscription changes: each reads the roster the previous one wrote).
-fn in_order(ctx: &ServerCtx, work: crate::modules::Later<()>) {
+fn in_order(ctx: &TransportCtx, work: crate::modules::Later<()>) {
     static QUEUE: std::sync::OnceLock<
         tokio::sync::mpsc::UnboundedSender<crate::modules::Later<()>>,
     > = std::sync::OnceLock::new();

@@ -13,8 +13,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::{dialback, stream, S2sError};
-use crate::server::ServerCtx;
 use crate::stanza_error::StanzaCondition;
+use crate::transport_ctx::TransportCtx;
 use crate::xml::{ns, Element, StreamEvent};
 
 #[derive(Message)]
@@ -34,7 +34,7 @@ struct Failed(S2sError);
 struct Closed;
 
 pub struct OutboundLink {
-    ctx: Arc<ServerCtx>,
+    ctx: Arc<TransportCtx>,
     /// Our domain on this link (the cluster's, or a hosted component's).
     local: String,
     remote: String,
@@ -45,7 +45,7 @@ pub struct OutboundLink {
 }
 
 impl OutboundLink {
-    pub fn new(ctx: Arc<ServerCtx>, local: String, remote: String) -> OutboundLink {
+    pub fn new(ctx: Arc<TransportCtx>, local: String, remote: String) -> OutboundLink {
         let span = tracing::info_span!("s2s_out", local = %local, remote = %remote);
         OutboundLink {
             ctx,
@@ -176,7 +176,7 @@ impl Handler<Closed> for OutboundLink {
 /// remote's verdict, which it gets by asking `local`'s authoritative
 /// server (any of our nodes).
 async fn establish(
-    ctx: &Arc<ServerCtx>,
+    ctx: &Arc<TransportCtx>,
     local: &str,
     remote: &str,
 ) -> Result<(stream::Conn, bool), S2sError> {
@@ -249,7 +249,7 @@ const BIDI_NS: &str = "urn:xmpp:bidi";
 /// come from the domain we connected to and authenticated (`<invalid-from/>`
 /// otherwise); on a one-way link, nothing but a possible stream error.
 async fn run(
-    ctx: &Arc<ServerCtx>,
+    ctx: &Arc<TransportCtx>,
     remote: &str,
     bidi: bool,
     conn: stream::Conn,

@@ -14,7 +14,7 @@ use tokio_rustls::rustls;
 
 use super::resolve::Candidate;
 use super::{dialback, S2sError};
-use crate::server::ServerCtx;
+use crate::transport_ctx::TransportCtx;
 use crate::xml::{ns, Element, StreamEvent, StreamHeader, XmlStream};
 
 /// Any byte stream a server-to-server connection runs over.
@@ -33,7 +33,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(io: Box<dyn Io>, ctx: &ServerCtx, tls: bool) -> Conn {
+    pub fn new(io: Box<dyn Io>, ctx: &TransportCtx, tls: bool) -> Conn {
         let (r, w) = tokio::io::split(io);
         Conn {
             reader: XmlStream::new(LazyBufReader::with_capacity(4096, r), ctx.xml_limits()),
@@ -286,7 +286,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 /// past the restart. Returns the connection, the stream id the remote
 /// gave us, and its stream features. TLS is required.
 pub async fn open(
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     local: &str,
     remote: &str,
 ) -> Result<(Conn, String, Element), S2sError> {
@@ -298,7 +298,7 @@ pub async fn open(
 }
 
 async fn open_inner(
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     local: &str,
     remote: &str,
 ) -> Result<(Conn, String, Element), S2sError> {
@@ -321,7 +321,7 @@ async fn open_inner(
 }
 
 async fn try_candidate(
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     local: &str,
     remote: &str,
     c: &Candidate,
@@ -370,7 +370,7 @@ async fn try_candidate(
 }
 
 async fn tls_connect(
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     remote: &str,
     io: Box<dyn Io>,
 ) -> Result<Box<dyn Io>, S2sError> {

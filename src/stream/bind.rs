@@ -6,14 +6,14 @@ use rand::Rng;
 
 use super::{NegError, Step, Stream};
 use crate::config::ConflictPolicy;
-use crate::server::ServerCtx;
 use crate::stanza_error::{StanzaCondition, StanzaError};
+use crate::transport_ctx::TransportCtx;
 use crate::xml::{ns, Element};
 
 /// Handle an iq on an authenticated, unbound stream. Returns the bound JID
 /// when binding succeeded.
 pub(super) async fn handle(
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     s: &mut Stream,
     iq: &Element,
 ) -> Result<Option<Step>, NegError> {
@@ -71,7 +71,7 @@ pub(super) async fn handle(
 }
 
 /// A server-generated resource (RFC 6120 §7.6.2.1), unique among this user's sessions.
-fn generated(ctx: &ServerCtx, user: &str) -> Option<FullJid> {
+fn generated(ctx: &TransportCtx, user: &str) -> Option<FullJid> {
     // Bounded: a JID that cannot be made at all must not spin the thread.
     for _ in 0..16 {
         let res: String = rand::thread_rng()

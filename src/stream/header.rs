@@ -4,7 +4,7 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 
 use super::{NegError, Stream, StreamCondition, StreamError};
-use crate::server::ServerCtx;
+use crate::transport_ctx::TransportCtx;
 use crate::xml::{ns, StreamEvent};
 
 pub fn new_stream_id() -> String {
@@ -24,7 +24,7 @@ pub fn response_header(domain: &str, id: &str) -> String {
 }
 
 /// Read and check the initiating header, then answer with ours.
-pub async fn open(ctx: &ServerCtx, s: &mut Stream) -> Result<(), NegError> {
+pub async fn open(ctx: &TransportCtx, s: &mut Stream) -> Result<(), NegError> {
     let header = match s.read().await? {
         StreamEvent::Header(h) => h,
         _ => return Err(StreamError::new(StreamCondition::NotWellFormed).into()),

@@ -17,8 +17,8 @@ use std::time::Duration;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
-use crate::server::ServerCtx;
 pub use crate::stream_error::{StreamCondition, StreamError};
+use crate::transport_ctx::TransportCtx;
 use crate::xml::{ns, Element, ParseError, StreamEvent, XmlStream};
 use lazy_reader::LazyBufReader;
 use transport::MaybeTls;
@@ -130,7 +130,7 @@ pub enum Negotiated {
 }
 
 impl Stream {
-    pub fn new(conn: MaybeTls, ctx: &ServerCtx, peer: SocketAddr, deadline: Instant) -> Stream {
+    pub fn new(conn: MaybeTls, ctx: &TransportCtx, peer: SocketAddr, deadline: Instant) -> Stream {
         let secure = conn.is_tls();
         let can_starttls = conn.can_starttls();
         let channel_binding = conn.channel_binding();
@@ -164,7 +164,7 @@ impl Stream {
     }
 
     /// Whether the client addressed the anonymous host.
-    pub fn anonymous_host(&self, ctx: &ServerCtx) -> bool {
+    pub fn anonymous_host(&self, ctx: &TransportCtx) -> bool {
         !self.host.eq_ignore_ascii_case(&ctx.config.domain)
     }
 
@@ -209,7 +209,7 @@ impl Stream {
     }
 
     /// Send a stream error (with our header first if need be) and close.
-    pub async fn fail(mut self, _ctx: &ServerCtx, err: StreamError) {
+    pub async fn fail(mut self, _ctx: &TransportCtx, err: StreamError) {
         tracing::debug!(%err, "closing stream during negotiation");
         let mut out = String::new();
         if !self.header_sent {
@@ -228,7 +228,7 @@ impl Stream {
 /// Negotiate a fresh connection up to a bound resource. `None` when the
 /// stream ended (an error was sent where one applies).
 pub async fn negotiate(
-    ctx: &Arc<ServerCtx>,
+    ctx: &Arc<TransportCtx>,
     conn: MaybeTls,
     peer: SocketAddr,
 ) -> Option<Negotiated> {
@@ -302,7 +302,7 @@ pub async fn negotiate(
 
 /// A temporary account (XEP-0175) made by this stream's login goes when the
 /// stream ends before a session took it over.
-fn forget_temporary_account(ctx: &ServerCtx, s: &Stream) {
+fn forget_temporary_account(ctx: &TransportCtx, s: &Stream) {
     if let Some(username) = s
         .authenticated
         .clone()
@@ -315,7 +315,7 @@ fn forget_temporary_account(ctx: &ServerCtx, s: &Stream) {
 }
 
 /// Open the stream and run it until STARTTLS or bind.
-async fn run(ctx: &Arc<ServerCtx>, s: &mut Stream) -> Result<Step, NegError> {
+async fn run(ctx: &Arc<TransportCtx>, s: &mut Stream) -> Result<Step, NegError> {
     // A failed resume is told to every node once per connection: a client
     // repeating <resume/> cannot make the cluster broadcast at its pace.
     let mut resume_told = false;
@@ -487,7 +487,7 @@ fn not_authorized() -> NegError {
 }
 
 /// Stream features for the stream's current state (RFC 6120 §4.3.2).
-fn features(ctx: &ServerCtx, s: &Stream) -> Element {
+fn features(ctx: &TransportCtx, s: &Stream) -> Element {
     let mut f = Element::new("features", ns::STREAM);
     if s.authenticated.is_some() {
         f.push_child(Element::new("bind", ns::BIND));

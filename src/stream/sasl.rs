@@ -7,12 +7,12 @@ use super::{NegError, Stream, StreamCondition, StreamError};
 use crate::sasl::credentials::ScramHash;
 use crate::sasl::scram::ScramServer;
 use crate::sasl::{normalize_username, plain, SaslFailure};
-use crate::server::ServerCtx;
+use crate::transport_ctx::TransportCtx;
 use crate::xml::{ns, Element};
 
 /// Mechanisms offered on this stream: -PLUS only with channel-binding data,
 /// PLAIN only under TLS; on the anonymous host, ANONYMOUS alone.
-pub fn offered(ctx: &ServerCtx, s: &Stream) -> Vec<&'static str> {
+pub fn offered(ctx: &TransportCtx, s: &Stream) -> Vec<&'static str> {
     if s.anonymous_host(ctx) {
         return vec!["ANONYMOUS"];
     }
@@ -30,7 +30,7 @@ pub fn offered(ctx: &ServerCtx, s: &Stream) -> Vec<&'static str> {
 /// Run one SASL exchange starting at `auth`. `Ok(true)` on success (the
 /// stream then restarts); `Ok(false)` after a failure was sent.
 pub async fn authenticate(
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     s: &mut Stream,
     auth: Element,
 ) -> Result<bool, NegError> {
@@ -58,7 +58,7 @@ pub async fn authenticate(
 
 /// After a success was sent: the throttle, metrics and log, and the
 /// stream is authenticated as `username`.
-pub(super) fn succeeded(ctx: &ServerCtx, s: &mut Stream, mechanism: &str, username: String) {
+pub(super) fn succeeded(ctx: &TransportCtx, s: &mut Stream, mechanism: &str, username: String) {
     ctx.throttle.succeed(s.peer.ip());
     tracing::info!(user = %username, mechanism, sasl2 = s.sasl2, "authenticated");
     let mech = offered(ctx, s)
@@ -81,7 +81,7 @@ pub(super) fn succeeded(ctx: &ServerCtx, s: &mut Stream, mechanism: &str, userna
 /// (`ip_limits.rs`): false, with a `<temporary-auth-failure/>` sent, past
 /// `[limits] logins_per_ip_per_min`.
 pub(super) async fn login_admitted(
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     s: &mut Stream,
     mechanism: &str,
 ) -> Result<bool, NegError> {
@@ -113,7 +113,7 @@ pub(super) async fn login_admitted(
 /// Answer a failure (in the stream's SASL framing), slowed down for the
 /// address, and end the stream after too many (RFC 6120 §6.4.5).
 pub(super) async fn failed(
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     s: &mut Stream,
     mechanism: &str,
     failure: SaslFailure,
@@ -123,7 +123,7 @@ pub(super) async fn failed(
 
 /// [`failed`] with a `<text/>` for the user.
 pub(super) async fn failed_with_text(
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     s: &mut Stream,
     mechanism: &str,
     failure: SaslFailure,
@@ -164,7 +164,7 @@ pub(super) type Outcome = Result<(String, Option<Vec<u8>>), SaslFailure>;
 pub(super) const CURRENT_STATE: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub(super) async fn exchange(
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     s: &mut Stream,
     mechanism: &str,
     auth: &Element,
@@ -241,7 +241,7 @@ pub(super) async fn exchange(
 /// XEP-0175: a temporary account at the anonymous host `host`, made for
 /// this login (committed before success is sent) and removed when its
 /// session ends (c2s/session.rs).
-async fn temporary_account(ctx: &ServerCtx, host: &str, trace: &str) -> Outcome {
+async fn temporary_account(ctx: &TransportCtx, host: &str, trace: &str) -> Outcome {
     let local = crate::sasl::anonymous::new_local_part();
     let username = format!("{local}@{host}");
     // Nobody can log in with a password to an account keyed `x@host`
@@ -269,7 +269,7 @@ async fn temporary_account(ctx: &ServerCtx, host: &str, trace: &str) -> Outcome 
     Ok((username, None))
 }
 
-fn check_plain(ctx: &ServerCtx, message: &[u8]) -> Outcome {
+fn check_plain(ctx: &TransportCtx, message: &[u8]) -> Outcome {
     let msg = plain::parse(message)?;
     let user =
         normalize_username(&msg.username, &ctx.config.domain).ok_or(SaslFailure::NotAuthorized)?;

@@ -18,9 +18,9 @@ use rand::RngCore;
 use super::sasl::{decode, exchange, failed, offered, succeeded, CURRENT_STATE};
 use super::{NegError, Stream};
 use crate::sasl::{ht, normalize_username, SaslFailure};
-use crate::server::ServerCtx;
 use crate::state::fast::FastToken;
 use crate::state::Command;
+use crate::transport_ctx::TransportCtx;
 use crate::xml::{ns, Element};
 
 pub const NS: &str = "urn:xmpp:sasl:2";
@@ -31,7 +31,7 @@ const CARBONS: &str = "urn:xmpp:carbons:2";
 const CSI: &str = "urn:xmpp:csi:0";
 
 /// The `<authentication/>` stream feature (§2.1) and what may be inlined.
-pub fn feature(ctx: &ServerCtx, s: &Stream) -> Element {
+pub fn feature(ctx: &TransportCtx, s: &Stream) -> Element {
     let mut a = Element::new("authentication", NS);
     for m in offered(ctx, s) {
         a.push_child(Element::new("mechanism", NS).with_text(m));
@@ -116,7 +116,7 @@ fn agent_id(auth: &Element) -> Option<String> {
 /// success (nothing is sent yet: the success carries what binding or
 /// resuming gives); `None` after a failure was sent.
 pub async fn authenticate(
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     s: &mut Stream,
     auth: Element,
 ) -> Result<Option<Authenticated>, NegError> {
@@ -226,7 +226,7 @@ pub async fn authenticate(
 /// A new token for `username`'s client `agent`, committed before the
 /// success that carries it.
 async fn issue(
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     username: &str,
     agent: &str,
     now: u64,
@@ -256,7 +256,7 @@ type FastOutcome = Result<(String, Option<Vec<u8>>, Option<FastToken>), SaslFail
 /// (§3.2), unexpired, and prove itself over this stream's channel
 /// binding `cb`.
 async fn fast_login(
-    ctx: &ServerCtx,
+    ctx: &TransportCtx,
     auth: &Element,
     agent: Option<&str>,
     mechanism: &str,

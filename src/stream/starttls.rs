@@ -4,14 +4,14 @@ use tokio::io::AsyncWriteExt;
 
 use super::transport::MaybeTls;
 use super::Stream;
-use crate::server::ServerCtx;
+use crate::transport_ctx::TransportCtx;
 use crate::xml::ns;
 
 /// Send `<proceed/>` and run the TLS handshake. Bytes the client pipelined
 /// after `<starttls/>` sit in the parser's buffer and are dropped with it
 /// (RFC 6120 §5.4.3.3). `None` if the handshake fails: the connection is
 /// then simply closed, as nothing can be said in the clear any more.
-pub async fn upgrade(ctx: &ServerCtx, mut s: Stream) -> Option<Stream> {
+pub async fn upgrade(ctx: &TransportCtx, mut s: Stream) -> Option<Stream> {
     let proceed = format!("<proceed xmlns='{}'/>", ns::TLS);
     if s.send(&proceed).await.is_err() {
         return None;
