@@ -185,12 +185,15 @@ pub fn start(
         return Ok(None);
     }
     let workers = ctx.config.workers();
+    // The web transports are given the transports' context, the rest the node's.
+    let transport = web::Data::new(ctx.transport.clone());
     let data = web::Data::new(ctx);
     // BOSH sessions, shared by every worker.
     let bosh = web::Data::new(crate::c2s::bosh::Registry::default());
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(transport.clone())
             .app_data(bosh.clone())
             .service(live)
             .service(ready)

@@ -1797,6 +1797,21 @@ mod tests {
             .expect("free address");
     }
 
+    /// The store at `dir` opened again after it was dropped: sled lets go
+    /// of its lock from a background thread, so the first tries may find
+    /// it still held.
+    fn reopen(dir: &std::path::Path) -> State {
+        for _ in 0..200 {
+            match State::open(dir) {
+                Err(StateError::Locked(_)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(25))
+                }
+                other => return other.expect("reopen the store"),
+            }
+        }
+        panic!("the store at {} stayed locked for 5 s", dir.display())
+    }
+
     fn archived(user: &str, id: u64, text: &str) -> ArchiveEntry {
         ArchiveEntry {
             user: user.into(),
@@ -1947,7 +1962,7 @@ mod tests {
         assert_eq!(s.archive_bytes("alice").unwrap(), bytes);
         drop(s);
         // From a cold start, the tree is read again (with its alias).
-        let s = State::open(d.path()).unwrap();
+        let s = reopen(d.path());
         assert_eq!(order(&s), [10, 20, 15, 30]);
         append(&s, &[25, 40]);
         assert_eq!(order(&s), [10, 20, 15, 30, 25, 40]);
