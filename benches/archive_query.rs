@@ -8,8 +8,8 @@
 use std::ops::Bound;
 use std::time::Instant;
 
-use starling::state::archive::{ArchiveId, PageQuery};
-use starling::state::{ArchiveEntry, Command, State};
+use starling::model::state::archive::{ArchiveId, PageQuery};
+use starling::model::state::{ArchiveEntry, Command, State};
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this as
@@ -25,7 +25,7 @@ fn run(messages: u64, queries: usize) {
     state
         .apply(&Command::CreateAccount {
             username: "alice".into(),
-            credentials: starling::sasl::Credentials::new("pw").expect("credentials"),
+            credentials: starling::model::sasl::Credentials::new("pw").expect("credentials"),
         })
         .expect("account");
     let start = 1_780_000_000_000_000u64;
@@ -73,7 +73,7 @@ fn run(messages: u64, queries: usize) {
         let parsed = page
             .items
             .iter()
-            .filter(|a| starling::xml::parse_fragment(&a.xml).is_ok())
+            .filter(|a| starling::base::xml::parse_fragment(&a.xml).is_ok())
             .count();
         assert_eq!(parsed, 50);
         lat.push(t.elapsed());

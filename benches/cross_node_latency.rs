@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use starling::sasl::credentials::ScramHash;
-use starling::sasl::scram::client::ScramClient;
-use starling::xml::{Element, StreamEvent, XmlLimits, XmlStream};
+use starling::base::xml::{Element, StreamEvent, XmlLimits, XmlStream};
+use starling::model::sasl::credentials::ScramHash;
+use starling::model::sasl::scram::client::ScramClient;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;

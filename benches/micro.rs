@@ -4,11 +4,11 @@
 //! The parser has its own bench (benches/parser.rs).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use starling::router::Router;
-use starling::sasl::credentials::{ScramHash, ScramKeys};
-use starling::sasl::scram::client::ScramClient;
-use starling::sasl::scram::ScramServer;
-use starling::xml::{parse_fragment, Element};
+use starling::base::xml::{parse_fragment, Element};
+use starling::model::sasl::credentials::{ScramHash, ScramKeys};
+use starling::model::sasl::scram::client::ScramClient;
+use starling::model::sasl::scram::ScramServer;
+use starling::routing::router::Router;
 
 fn serializer(c: &mut Criterion) {
     let msg: Element = parse_fragment(
@@ -25,7 +25,7 @@ fn router_lookup(c: &mut Criterion) {
     let router = Router::default();
     let users = 10_000;
     let (tx, _rx) = actix::dev::channel::channel(16);
-    let addr: actix::Addr<starling::c2s::session::C2sSession> = actix::Addr::new(tx);
+    let addr: actix::Addr<starling::transport::c2s::session::C2sSession> = actix::Addr::new(tx);
     for i in 0..users {
         let jid = jid::FullJid::new(&format!("user{i}@localhost/res")).expect("jid");
         router.bind(&jid, i as u64, std::sync::Arc::new(addr.clone()));

@@ -2,7 +2,7 @@
 //! presence with entity capabilities, iq round trips and receipts.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use starling::xml::{StreamEvent, XmlLimits, XmlStream};
+use starling::base::xml::{StreamEvent, XmlLimits, XmlStream};
 
 const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
 

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use starling::admin::{self, AdminOp};
-use starling::admin_client::{self, Target};
-use starling::config::Config;
-use starling::state::State;
+use starling::model::config::Config;
+use starling::model::state::State;
+use starling::node::admin::{self, AdminOp};
+use starling::node::admin_client::{self, Target};
 
 #[derive(Parser)]
 #[command(name = "starling", version, about = "A clustered XMPP server")]
@@ -223,10 +223,10 @@ fn main() -> ExitCode {
                     dir,
                     port_offset,
                 },
-        } => starling::local_cluster::up(nodes, &dir, port_offset),
+        } => starling::node::local_cluster::up(nodes, &dir, port_offset),
         Cmd::Cluster {
             op: ClusterCmd::Certs { dir, nodes },
-        } => match starling::mesh_certs::make(&dir, &nodes) {
+        } => match starling::node::mesh_certs::make(&dir, &nodes) {
             Ok(wrote) => {
                 for f in &wrote {
                     println!("wrote {}", f.display());
@@ -245,7 +245,7 @@ fn main() -> ExitCode {
         },
         Cmd::Serve { .. } => {
             init_logging(&config.log.level);
-            match starling::server::run(config) {
+            match starling::node::server::run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("starling: {e}");
@@ -355,7 +355,7 @@ where
     F: std::future::Future<Output = T>,
 {
     // Read-only: a command that talks to a cluster never makes a secret.
-    let auth = match starling::server::known_mesh_auth(config) {
+    let auth = match starling::node::server::known_mesh_auth(config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("starling: {e}");
@@ -381,7 +381,7 @@ fn mesh_addr(config: &Config, node: Option<String>) -> String {
 
 /// `starling cluster drain --node ADDR`: ask that node over the mesh.
 fn cluster_drain_remote(config: &Config, node: &str) -> ExitCode {
-    let Ok(payload) = serde_json::to_vec(&starling::route::Relay::Drain) else {
+    let Ok(payload) = serde_json::to_vec(&starling::routing::route::Relay::Drain) else {
         return ExitCode::from(1);
     };
     match mesh_call(config, |auth| async move {

@@ -5,7 +5,7 @@
 //! its session ends. slixmpp logs in anonymously as a real client would.
 mod common;
 use common::*;
-use starling::xml::Element;
+use starling::base::xml::Element;
 use std::time::{Duration, Instant};
 
 const ANON: &str = "anon.localhost";

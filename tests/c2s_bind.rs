@@ -30,9 +30,9 @@ async fn generated_and_requested_resources() {
     );
     // The legacy session request still gets a result.
     let r = b
-        .iq(starling::xml::Element::new("iq", "jabber:client")
+        .iq(starling::base::xml::Element::new("iq", "jabber:client")
             .with_attr("type", "set")
-            .with_child(starling::xml::Element::new(
+            .with_child(starling::base::xml::Element::new(
                 "session",
                 "urn:ietf:params:xml:ns:xmpp-session",
             )))
@@ -79,7 +79,7 @@ async fn reject_policy_refuses_the_second_bind() {
     let r = first
         .iq(iq_get(
             Some("localhost"),
-            starling::xml::Element::new("ping", "urn:xmpp:ping"),
+            starling::base::xml::Element::new("ping", "urn:xmpp:ping"),
         ))
         .await;
     assert_eq!(r.attr("type"), Some("result"));

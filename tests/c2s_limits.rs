@@ -106,7 +106,7 @@ async fn a_client_that_does_not_read_is_cut_off() {
     let r = fast
         .iq(iq_get(
             Some("localhost"),
-            starling::xml::Element::new("ping", "urn:xmpp:ping"),
+            starling::base::xml::Element::new("ping", "urn:xmpp:ping"),
         ))
         .await;
     assert_eq!(r.attr("type"), Some("result"));
@@ -141,7 +141,7 @@ async fn garbage_never_takes_the_server_down() {
     let r = c
         .iq(iq_get(
             Some("localhost"),
-            starling::xml::Element::new("ping", "urn:xmpp:ping"),
+            starling::base::xml::Element::new("ping", "urn:xmpp:ping"),
         ))
         .await;
     assert_eq!(r.attr("type"), Some("result"));

@@ -2,7 +2,7 @@
 //! in-band registration (XEP-0077).
 mod common;
 use common::*;
-use starling::xml::Element;
+use starling::base::xml::Element;
 
 const REG: &str = "jabber:iq:register";
 

@@ -1,7 +1,7 @@
 //! PROXY protocol v2 on the c2s listener (for nodes behind HAProxy).
 mod common;
 use common::*;
-use starling::c2s::proxy_protocol::encode_v4;
+use starling::transport::c2s::proxy_protocol::encode_v4;
 
 #[tokio::test]
 async fn the_proxied_client_address_is_used() {

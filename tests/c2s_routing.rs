@@ -2,7 +2,7 @@
 //! stamping and checking, and the errors for what cannot be delivered.
 mod common;
 use common::*;
-use starling::xml::Element;
+use starling::base::xml::Element;
 use std::time::Duration;
 
 fn users(s: &Server) {

@@ -3,7 +3,7 @@ mod common;
 use common::*;
 use std::time::Instant;
 
-async fn tls_stream(s: &Server) -> (Client, starling::xml::Element) {
+async fn tls_stream(s: &Server) -> (Client, starling::base::xml::Element) {
     let mut c = Client::connect(s.c2s).await;
     c.open().await;
     let mut c = c.starttls().await;
@@ -11,7 +11,7 @@ async fn tls_stream(s: &Server) -> (Client, starling::xml::Element) {
     (c, f)
 }
 
-fn mechanisms(features: &starling::xml::Element) -> Vec<String> {
+fn mechanisms(features: &starling::base::xml::Element) -> Vec<String> {
     features
         .get_child("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl")
         .map(|m| m.elements().map(|e| e.text()).collect())

@@ -11,7 +11,7 @@ mod common;
 use base64::Engine;
 use common::*;
 use hmac::{Hmac, Mac};
-use starling::xml::Element;
+use starling::base::xml::Element;
 use std::time::Duration;
 
 const SASL2: &str = "urn:xmpp:sasl:2";

@@ -143,7 +143,7 @@ async fn keepalives_are_accepted_and_idle_clients_pinged() {
     let r = c
         .iq(iq_get(
             Some("localhost"),
-            starling::xml::Element::new("ping", "urn:xmpp:ping"),
+            starling::base::xml::Element::new("ping", "urn:xmpp:ping"),
         ))
         .await;
     assert_eq!(r.attr("type"), Some("result"));

@@ -7,7 +7,7 @@ use std::time::Duration;
 const SM: &str = "urn:xmpp:sm:3";
 
 /// Authenticated, features read, not bound.
-async fn authed(s: &Server, user: &str) -> (Client, starling::xml::Element) {
+async fn authed(s: &Server, user: &str) -> (Client, starling::base::xml::Element) {
     let mut c = Client::connect(s.c2s).await;
     c.open().await;
     let mut c = c.starttls().await;
@@ -58,7 +58,7 @@ async fn enable_and_acknowledge() {
     for _ in 0..3 {
         a.iq(iq_get(
             Some("localhost"),
-            starling::xml::Element::new("ping", "urn:xmpp:ping"),
+            starling::base::xml::Element::new("ping", "urn:xmpp:ping"),
         ))
         .await;
     }
@@ -97,7 +97,7 @@ async fn resume_on_the_same_node_loses_nothing() {
     a.send(&format!("<a xmlns='{SM}' h='2'/>")).await;
     a.iq(iq_get(
         Some("localhost"),
-        starling::xml::Element::new("ping", "urn:xmpp:ping"),
+        starling::base::xml::Element::new("ping", "urn:xmpp:ping"),
     ))
     .await;
     drop(a);

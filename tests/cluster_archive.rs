@@ -72,7 +72,7 @@ async fn a_message_from_a_node_whose_clock_is_behind_is_not_skipped_by_paging() 
     a.bind(Some("r")).await.unwrap();
     let mut b = authed_retry(&n2, "bob", "pw").await;
     b.bind(Some("r")).await.unwrap();
-    let sid = |m: &starling::xml::Element| {
+    let sid = |m: &starling::base::xml::Element| {
         m.elements()
             .find(|c| c.name == "stanza-id" && c.attr("by") == Some("alice@localhost"))
             .and_then(|c| c.attr("id"))
@@ -128,7 +128,7 @@ async fn a_message_from_a_node_whose_clock_is_behind_is_not_skipped_by_paging() 
     // A query that ends before `first` was made keeps the answer (made a
     // minute earlier), though it sits after `first` in the archive.
     let micros = u64::from_str_radix(&first, 16).expect("hex id") >> 12;
-    let end = starling::time::xep82(Duration::from_micros(micros - 1_000_000));
+    let end = starling::base::time::xep82(Duration::from_micros(micros - 1_000_000));
     let form = format!(
         "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>{MAM_NS}</value></field><field var='end'><value>{end}</value></field></x>"
     );

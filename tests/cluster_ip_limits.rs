@@ -1,6 +1,6 @@
 //! Per-address connection and login limits counted across a three-node
 //! cluster (`[limits] connections_per_ip_per_min`, `logins_per_ip_per_min`;
-//! src/ip_limits.rs): what one address did on node 1 counts on nodes 2
+//! src/base/ip_limits.rs): what one address did on node 1 counts on nodes 2
 //! and 3 once node 1 has told them (every second), other addresses are not
 //! affected, and a refusal says why.
 mod common;
@@ -23,7 +23,7 @@ fn node(id: u64, join: Option<&Server>) -> Server {
 }
 
 /// The `<text/>` of an error or failure.
-fn text_of(el: &starling::xml::Element) -> String {
+fn text_of(el: &starling::base::xml::Element) -> String {
     el.elements()
         .find(|e| e.name == "text")
         .map(|t| t.text())

@@ -37,7 +37,7 @@ fn archive_target() -> u64 {
 /// The (first id, last id) of `user`'s archive on `node` (XEP-0313 §6.1).
 async fn ends(c: &mut Client) -> Option<(String, String)> {
     let iq = c
-        .iq(starling::xml::parse_fragment(&format!(
+        .iq(starling::base::xml::parse_fragment(&format!(
             "<iq xmlns='jabber:client' type='get'><metadata xmlns='{MAM_NS}'/></iq>"
         ))
         .expect("test xml"))

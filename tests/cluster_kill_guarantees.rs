@@ -10,7 +10,7 @@
 //!   messages wait in offline storage; nothing sent after that is lost.
 mod common;
 use common::*;
-use starling::xml::Element;
+use starling::base::xml::Element;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "cluster-kill-secret-0123456789";
@@ -195,7 +195,7 @@ async fn a_message_written_just_before_a_kill_9_arrives_once() {
         3,
         Some(&n1),
         SECRET,
-        &[(starling::route::HOLD_ANSWERS, "1")],
+        &[(starling::routing::route::HOLD_ANSWERS, "1")],
     );
     wait_members(&n1, SECRET, 3).await;
     n1.add_user("alice", "pw");
@@ -250,7 +250,7 @@ const PORTS: FixedPorts = FixedPorts {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_written_just_before_a_crash_and_restart_arrives_once() {
     let _turn = CLUSTER_TURN.lock().await;
-    let hold = [(starling::route::HOLD_ANSWERS, "1")];
+    let hold = [(starling::routing::route::HOLD_ANSWERS, "1")];
     let dir = || tempfile::tempdir().unwrap();
     let n1 = fixed_node(1, dir(), SECRET, &PORTS, &[]);
     let n2 = fixed_node(2, dir(), SECRET, &PORTS, &[]);

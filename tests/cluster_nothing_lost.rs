@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 const SECRET: &str = "nothing-lost-secret-0123456789";
 const SM: &str = "urn:xmpp:sm:3";
 
-fn ids(stanzas: &[starling::xml::Element], prefix: &str) -> BTreeSet<String> {
+fn ids(stanzas: &[starling::base::xml::Element], prefix: &str) -> BTreeSet<String> {
     stanzas
         .iter()
         .filter(|e| e.name == "message")
@@ -190,7 +190,7 @@ async fn a_message_its_session_has_not_written_yet_is_not_lost_with_the_node() {
     b.bind(Some("laptop")).await.unwrap();
     b.send("<presence/>").await;
     // Every copy counts (a set would hide a second one).
-    let unwritten = |got: Vec<starling::xml::Element>| {
+    let unwritten = |got: Vec<starling::base::xml::Element>| {
         got.into_iter()
             .filter(|e| e.name == "message")
             .filter_map(|e| {
@@ -223,7 +223,7 @@ async fn a_relayed_message_for_a_gone_session_is_stored_without_a_stall() {
     n1.add_user("bob", "pw");
     let started = Instant::now();
     for i in 0..3 {
-        let relay = starling::route::Relay::Stanza {
+        let relay = starling::routing::route::Relay::Stanza {
             to: "bob@localhost/gone".into(),
             require: None,
             xml: format!(

@@ -55,7 +55,7 @@ async fn a_session_resumes_on_another_node_with_nothing_lost() {
     a.send(&format!("<a xmlns='{SM}' h='2'/>")).await;
     a.iq(iq_get(
         Some("localhost"),
-        starling::xml::Element::new("ping", "urn:xmpp:ping"),
+        starling::base::xml::Element::new("ping", "urn:xmpp:ping"),
     ))
     .await;
     drop(a);

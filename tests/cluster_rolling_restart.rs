@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use starling::xml::{Element, StreamEvent};
+use starling::base::xml::{Element, StreamEvent};
 use tokio::sync::mpsc;
 
 const SECRET: &str = "rolling-restart-secret-0123456789";
@@ -29,7 +29,7 @@ const OURS: usize = 16;
 const ROOM: &str = "rolling@conference.localhost";
 
 fn start_node(i: u64, dir: tempfile::TempDir) -> Server {
-    // ROLLING_LOG_LEVEL="info,stanza=trace,starling::route=trace"
+    // ROLLING_LOG_LEVEL="info,stanza=trace,starling::routing::route=trace"
     // follows each message through the nodes' logs (kept on failure).
     let level = std::env::var("ROLLING_LOG_LEVEL").unwrap_or_else(|_| "info".into());
     let ports = FixedPorts {

@@ -3,7 +3,7 @@
 //! another node, and a resource conflict resolved across nodes.
 mod common;
 use common::*;
-use starling::xml::Element;
+use starling::base::xml::Element;
 use std::time::Duration;
 
 const SECRET: &str = "cluster-routing-secret-0123456789";

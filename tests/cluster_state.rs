@@ -4,7 +4,7 @@
 //! node without a majority refuses writes with a clear error.
 mod common;
 use common::*;
-use starling::xml::Element;
+use starling::base::xml::Element;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "cluster-test-secret-0123456789";

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-use starling::xml::Element;
+use starling::base::xml::Element;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "component-test-secret-0123456789";

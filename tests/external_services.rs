@@ -6,7 +6,7 @@ mod common;
 use base64::Engine;
 use common::*;
 use hmac::{Hmac, Mac};
-use starling::xml::Element;
+use starling::base::xml::Element;
 
 const NS: &str = "urn:xmpp:extdisco:2";
 

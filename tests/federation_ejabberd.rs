@@ -160,7 +160,7 @@ fn starling_node(id: u64, join: Option<&Server>, s2s_listen: &str) -> Server {
             ("STARLING_S2S_LISTEN", s2s_listen),
             ("STARLING_S2S_VERIFY_CERTIFICATES", "false"),
             ("STARLING_S2S_STATIC_ROUTES", &route),
-            ("STARLING_LOG_LEVEL", "info,starling::s2s=trace"),
+            ("STARLING_LOG_LEVEL", "info,starling::transport::s2s=trace"),
         ],
     )
 }
@@ -218,7 +218,7 @@ async fn group_chat_with_ejabberd_both_ways() {
         ("STARLING_DOMAIN", "starling.localhost"),
         ("STARLING_S2S_VERIFY_CERTIFICATES", "false"),
         ("STARLING_S2S_STATIC_ROUTES", routes.as_str()),
-        ("STARLING_LOG_LEVEL", "info,starling::s2s=debug"),
+        ("STARLING_LOG_LEVEL", "info,starling::transport::s2s=debug"),
     ];
     let n1 = cluster_node(1, None, SECRET, &env);
     let mut env2 = env.to_vec();

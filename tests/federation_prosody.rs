@@ -38,7 +38,7 @@ fn starling_node_with(
         ("STARLING_S2S_STATIC_ROUTES", &route),
         (
             "STARLING_LOG_LEVEL",
-            "info,starling::s2s=trace,starling::route=trace,starling::presence=trace",
+            "info,starling::transport::s2s=trace,starling::routing::route=trace,starling::im::presence=trace",
         ),
     ];
     env.extend_from_slice(extra);
@@ -185,7 +185,7 @@ async fn group_chat_with_prosody_both_ways() {
         ("STARLING_DOMAIN", "starling.localhost"),
         ("STARLING_S2S_VERIFY_CERTIFICATES", "false"),
         ("STARLING_S2S_STATIC_ROUTES", routes.as_str()),
-        ("STARLING_LOG_LEVEL", "info,starling::s2s=debug"),
+        ("STARLING_LOG_LEVEL", "info,starling::transport::s2s=debug"),
     ];
     let n1 = cluster_node(1, None, SECRET, &env);
     let n2 = cluster_node(2, Some(&n1), SECRET, &env);

@@ -69,7 +69,7 @@ fn node(id: u64, join: Option<&Server>) -> Server {
             ("STARLING_S2S_VERIFY_CERTIFICATES", "false"),
             ("STARLING_S2S_STATIC_ROUTES", &route),
             ("STARLING_COMPONENT_SECRETS", &secrets),
-            ("STARLING_LOG_LEVEL", "info,starling::s2s=debug"),
+            ("STARLING_LOG_LEVEL", "info,starling::transport::s2s=debug"),
         ],
     )
 }

@@ -136,7 +136,7 @@ async fn offline_messages_survive_a_restart() {
     // The iq round trip orders it after the message was stored.
     a.iq(iq_get(
         Some("localhost"),
-        starling::xml::Element::new("ping", "urn:xmpp:ping"),
+        starling::base::xml::Element::new("ping", "urn:xmpp:ping"),
     ))
     .await;
     drop(a);

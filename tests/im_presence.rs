@@ -1,7 +1,7 @@
 //! Subscriptions and presence (RFC 6121 §3, §4) between real clients.
 mod common;
 use common::*;
-use starling::xml::Element;
+use starling::base::xml::Element;
 use std::time::Duration;
 
 const R: &str = "jabber:iq:roster";

@@ -1,7 +1,7 @@
 //! Rosters (RFC 6121 §2) and roster versioning (XEP-0237) over real sockets.
 mod common;
 use common::*;
-use starling::xml::Element;
+use starling::base::xml::Element;
 
 const R: &str = "jabber:iq:roster";
 

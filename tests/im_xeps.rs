@@ -2,7 +2,7 @@
 //! private storage (0049), last activity (0012), entity time (0202).
 mod common;
 use common::*;
-use starling::xml::Element;
+use starling::base::xml::Element;
 use std::time::Duration;
 
 fn set(payload: Element) -> Element {

@@ -1,9 +1,8 @@
-//! The layers of `src/` (ARCHITECTURE.md, "Layers") are checked here: every
-//! top-level module of the library is in exactly one layer, and a module
-//! uses only modules of its own layer or those below. The upward edges the
-//! code still has are listed in ARCHITECTURE.md ("Upward edges left"); the
-//! list may only shrink: an edge that is not listed fails, and so does a
-//! listed edge that no longer exists (take it off the list).
+//! The layers of `src/` (ARCHITECTURE.md, "Layers") are checked here:
+//! `src/` has one folder per layer and nothing else (`src/lib.rs` declares
+//! exactly the layers, `src/LAYER/mod.rs` exactly the modules the map
+//! lists for it), and code in a layer uses only its own layer and those
+//! below it. So the top-level modules of `src/` form no cycle.
 //!
 //! Edges are read from the source: every `crate::NAME` path and every first
 //! segment of a `use crate::{...}` group, outside `//` comments.
@@ -15,10 +14,10 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The top-level modules `src/lib.rs` declares.
-fn modules() -> BTreeSet<String> {
-    let lib = std::fs::read_to_string(root().join("src/lib.rs")).expect("read src/lib.rs");
-    lib.lines()
+/// The modules a file (`src/lib.rs`, a layer's `mod.rs`) declares.
+fn declared(file: &str) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    text.lines()
         .filter_map(|l| l.trim().strip_prefix("pub mod "))
         .map(|m| m.trim_end_matches(';').trim().to_string())
         .collect()
@@ -41,8 +40,8 @@ fn block(name: &str) -> Vec<String> {
         .collect()
 }
 
-/// module -> (layer index, layer name), from lines `N name: a, b, c`.
-fn layers() -> BTreeMap<String, (usize, String)> {
+/// Layer name -> (its number, its modules), from lines `N name: a, b, c`.
+fn layers() -> BTreeMap<String, (usize, BTreeSet<String>)> {
     let mut out = BTreeMap::new();
     for line in block("layers") {
         let (head, mods) = line
@@ -53,11 +52,18 @@ fn layers() -> BTreeMap<String, (usize, String)> {
             .next()
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("layer line must start with its number: {line}"));
-        let name = head.next().unwrap_or("?").to_string();
-        for m in mods.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-            let before = out.insert(m.to_string(), (n, name.clone()));
-            assert!(before.is_none(), "module {m} is in two layers");
-        }
+        let name = head
+            .next()
+            .unwrap_or_else(|| panic!("layer line without a name: {line}"))
+            .to_string();
+        let mods: BTreeSet<String> = mods
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(str::to_string)
+            .collect();
+        let before = out.insert(name.clone(), (n, mods));
+        assert!(before.is_none(), "layer {name} is listed twice");
     }
     out
 }
@@ -119,26 +125,25 @@ fn uses(text: &str) -> BTreeSet<String> {
     out
 }
 
-/// (from, to) for every use of one top-level module by another.
-fn edges(mods: &BTreeSet<String>) -> BTreeSet<(String, String)> {
+/// (from, to) for every use of one layer by another.
+fn edges(layers: &BTreeSet<String>) -> BTreeSet<(String, String)> {
     let src = root().join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     let mut out = BTreeSet::new();
     for f in files {
         let rel = f.strip_prefix(&src).expect("under src");
-        let first = rel
+        let top = rel
             .components()
             .next()
             .and_then(|c| c.as_os_str().to_str())
             .unwrap_or_default();
-        let top = first.trim_end_matches(".rs");
-        if !mods.contains(top) {
+        if !layers.contains(top) {
             continue; // lib.rs, main.rs (the binary sits above everything)
         }
         let text = std::fs::read_to_string(&f).expect("read source");
         for used in uses(&text) {
-            if used != top && mods.contains(&used) {
+            if used != top && layers.contains(&used) {
                 out.insert((top.to_string(), used));
             }
         }
@@ -147,58 +152,48 @@ fn edges(mods: &BTreeSet<String>) -> BTreeSet<(String, String)> {
 }
 
 #[test]
-fn every_module_has_a_layer() {
-    let mods = modules();
+fn src_has_a_folder_per_layer_and_the_map_lists_every_module() {
     let layers = layers();
-    let missing: Vec<_> = mods.iter().filter(|m| !layers.contains_key(*m)).collect();
-    assert!(
-        missing.is_empty(),
-        "modules in src/lib.rs with no layer in ARCHITECTURE.md: {missing:?}"
+    let names: BTreeSet<String> = layers.keys().cloned().collect();
+    assert_eq!(
+        declared("src/lib.rs"),
+        names,
+        "src/lib.rs must declare exactly the layers ARCHITECTURE.md lists"
     );
-    let stale: Vec<_> = layers.keys().filter(|m| !mods.contains(*m)).collect();
-    assert!(
-        stale.is_empty(),
-        "ARCHITECTURE.md names modules src/lib.rs does not have: {stale:?}"
+    let mut numbers: Vec<usize> = layers.values().map(|(n, _)| *n).collect();
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (0..layers.len()).collect::<Vec<_>>(),
+        "layers are numbered 0, 1, 2, ... from the bottom"
     );
+    for (name, (_, mods)) in &layers {
+        assert!(
+            root().join("src").join(name).is_dir(),
+            "layer {name} has no folder src/{name}"
+        );
+        let file = format!("src/{name}/mod.rs");
+        assert_eq!(
+            &declared(&file),
+            mods,
+            "{file} must declare exactly the modules ARCHITECTURE.md lists for {name}"
+        );
+    }
 }
 
 #[test]
-fn no_module_uses_a_higher_layer_beyond_the_known_list() {
-    let mods = modules();
+fn no_layer_uses_a_higher_one() {
     let layers = layers();
-    let known: BTreeSet<(String, String)> = block("upward-edges")
-        .iter()
-        .map(|l| {
-            let (a, b) = l
-                .split_once("->")
-                .unwrap_or_else(|| panic!("edge line must be `from -> to`: {l}"));
-            (a.trim().to_string(), b.trim().to_string())
-        })
-        .collect();
-    let upward: BTreeSet<(String, String)> = edges(&mods)
+    let names: BTreeSet<String> = layers.keys().cloned().collect();
+    let upward: Vec<String> = edges(&names)
         .into_iter()
-        .filter(|(a, b)| match (layers.get(a), layers.get(b)) {
-            (Some((la, _)), Some((lb, _))) => lb > la,
-            _ => false,
-        })
-        .collect();
-    let new: Vec<String> = upward
-        .difference(&known)
-        .map(|(a, b)| format!("{a} ({}) -> {b} ({})", layers[a].1, layers[b].1))
+        .filter(|(a, b)| layers[b].0 > layers[a].0)
+        .map(|(a, b)| format!("{a} ({}) -> {b} ({})", layers[&a].0, layers[&b].0))
         .collect();
     assert!(
-        new.is_empty(),
-        "modules that use a higher layer (move the code down, or pass a narrow handle in):\n  {}",
-        new.join("\n  ")
-    );
-    let gone: Vec<String> = known
-        .difference(&upward)
-        .map(|(a, b)| format!("{a} -> {b}"))
-        .collect();
-    assert!(
-        gone.is_empty(),
-        "ARCHITECTURE.md lists upward edges the code no longer has; take them off:\n  {}",
-        gone.join("\n  ")
+        upward.is_empty(),
+        "layers that use a higher layer (move the code down, or pass a narrow handle in):\n  {}",
+        upward.join("\n  ")
     );
 }
 

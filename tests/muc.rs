@@ -3,7 +3,7 @@
 //! node its creator's join reached; the others reach it over the mesh).
 mod common;
 use common::*;
-use starling::xml::Element;
+use starling::base::xml::Element;
 use std::time::Duration;
 
 const SECRET: &str = "muc-secret";
@@ -342,7 +342,7 @@ async fn a_drained_node_hands_its_rooms_over_unnoticed() {
     }
     // Still joined where the room lives now.
     let r = bob
-        .iq(starling::xml::parse_fragment(&format!(
+        .iq(starling::base::xml::parse_fragment(&format!(
             "<iq xmlns='jabber:client' type='get' to='{ROOM}/bob'><ping xmlns='urn:xmpp:ping'/></iq>"
         ))
         .expect("xml"))
@@ -449,7 +449,7 @@ async fn persistent_rooms_are_listed_cluster_wide_and_come_back_from_their_recor
         <field var='muc#roomconfig_roomname'><value>Kept</value></field>\
         <field var='muc#roomconfig_persistentroom'><value>1</value></field></x>";
     let r = alice
-        .iq(starling::xml::parse_fragment(&format!(
+        .iq(starling::base::xml::parse_fragment(&format!(
             "<iq xmlns='jabber:client' type='set' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'>{form}</query></iq>"
         ))
         .expect("xml"))
@@ -478,7 +478,7 @@ async fn persistent_rooms_are_listed_cluster_wide_and_come_back_from_their_recor
     let mut bob = authed_retry(&n2, "bob", "bob-pw").await;
     bob.bind(Some("r")).await.expect("bind");
     let items = bob
-        .iq(starling::xml::parse_fragment(
+        .iq(starling::base::xml::parse_fragment(
             "<iq xmlns='jabber:client' type='get' to='conference.localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
         )
         .expect("xml"))

@@ -183,8 +183,8 @@ async fn a_pubsub_node_lifecycle_across_three_nodes() {
 }
 
 /// An iq built from XML text.
-fn iq(xml: &str) -> starling::xml::Element {
-    starling::xml::parse_fragment(xml).expect("test iq parses")
+fn iq(xml: &str) -> starling::base::xml::Element {
+    starling::base::xml::parse_fragment(xml).expect("test iq parses")
 }
 
 async fn online_on(s: &Server, user: &str) -> Client {

@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use starling::xml::Element;
+use starling::base::xml::Element;
 
 const APP: &str = "push.localhost";
 const APP_SECRET: &str = "push-app-server-secret";

@@ -7,7 +7,7 @@ use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use starling::s2s::dialback::Secret;
+use starling::transport::s2s::dialback::Secret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

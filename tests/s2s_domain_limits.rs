@@ -8,7 +8,7 @@ use common::*;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use starling::s2s::dialback::Secret;
+use starling::transport::s2s::dialback::Secret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use sha2::{Digest, Sha256};
-use starling::xml::Element;
+use starling::base::xml::Element;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

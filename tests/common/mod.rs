@@ -10,9 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use starling::sasl::credentials::ScramHash;
-use starling::sasl::scram::client::ScramClient;
-use starling::xml::{Element, StreamEvent, XmlLimits, XmlStream};
+use starling::base::xml::{Element, StreamEvent, XmlLimits, XmlStream};
+use starling::model::sasl::credentials::ScramHash;
+use starling::model::sasl::scram::client::ScramClient;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -39,7 +39,7 @@ pub fn bin() -> &'static str {
 /// (`None`: the admin certificate); `None` when
 /// `STARLING_TEST_PLAIN_MESH=1` leaves the mesh plain (for an older build
 /// under `STARLING_TEST_BIN`).
-pub fn mesh_certs(id: Option<u64>) -> Option<starling::mesh_certs::NodeFiles> {
+pub fn mesh_certs(id: Option<u64>) -> Option<starling::node::mesh_certs::NodeFiles> {
     if std::env::var("STARLING_TEST_PLAIN_MESH").is_ok_and(|v| v == "1") {
         return None;
     }
@@ -60,8 +60,8 @@ pub fn mesh_certs(id: Option<u64>) -> Option<starling::mesh_certs::NodeFiles> {
         dir
     });
     Some(match id {
-        Some(id) => starling::mesh_certs::node_files(dir, id),
-        None => starling::mesh_certs::admin_files(dir),
+        Some(id) => starling::node::mesh_certs::node_files(dir, id),
+        None => starling::node::mesh_certs::admin_files(dir),
     })
 }
 
@@ -349,7 +349,7 @@ impl Drop for Server {
 /// Accepts any certificate (the server under test makes a self-signed
 /// one): the same verifier as `[s2s] verify_certificates = false`.
 pub fn tls_connector() -> tokio_rustls::TlsConnector {
-    starling::s2s::stream::client_tls(false)
+    starling::transport::s2s::stream::client_tls(false)
 }
 
 pub enum Conn {
@@ -1182,7 +1182,7 @@ pub async fn mam_query(
 ) -> (Vec<(String, String)>, Element) {
     let q = format!("<query xmlns='{MAM_NS}' queryid='{queryid}'>{extra}</query>");
     let mut iq = Element::new("iq", "jabber:client").with_attr("type", "set");
-    iq.push_child(starling::xml::parse_fragment(&q).expect("test xml"));
+    iq.push_child(starling::base::xml::parse_fragment(&q).expect("test xml"));
     let id = c.new_id();
     iq.set_attr("id", id.clone());
     c.send(&iq.to_xml("jabber:client")).await;

@@ -38,9 +38,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use starling::sasl::credentials::ScramHash;
-use starling::sasl::scram::client::ScramClient;
-use starling::xml::{Element, StreamEvent, XmlLimits, XmlStream};
+use starling::base::xml::{Element, StreamEvent, XmlLimits, XmlStream};
+use starling::model::sasl::credentials::ScramHash;
+use starling::model::sasl::scram::client::ScramClient;
 use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -709,7 +709,7 @@ impl Report {
 async fn run(args: Args) -> Report {
     let ctx = Arc::new(Ctx {
         // Any certificate: the servers under test use self-signed ones.
-        tls: starling::s2s::stream::client_tls(false),
+        tls: starling::transport::s2s::stream::client_tls(false),
         next_source: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         salted: Mutex::new(Default::default()),
