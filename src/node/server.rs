@@ -80,7 +80,10 @@ impl crate::routing::route::Above for Wiring {
         reply_to: Option<jid::FullJid>,
         contact: &jid::BareJid,
     ) {
-        let Some(t) = self.transport() else { return };
+        let Some(t) = self.transport() else {
+            tracing::warn!(%from, %contact, "relayed presence probe dropped: the node is stopping");
+            return;
+        };
         if let Some(a) = t.presence.get(contact) {
             a.do_send(crate::im::presence::SendCurrent {
                 to: from,
@@ -98,9 +101,11 @@ impl crate::routing::route::Above for Wiring {
         to: u64,
     ) -> crate::routing::route::Later<Option<crate::routing::route::HandOff>> {
         let bare = ctx.config.account_jid(user);
-        let addr = self
-            .transport()
-            .and_then(|t| t.sm_sessions.get(previd, &bare).map(|(addr, _)| addr));
+        let Some(t) = self.transport() else {
+            tracing::warn!(%bare, to, "session not handed over: the node is stopping");
+            return Box::pin(async { None });
+        };
+        let addr = t.sm_sessions.get(previd, &bare).map(|(addr, _)| addr);
         Box::pin(async move {
             let addr = addr?;
             addr.send(crate::transport::c2s::session::TakeOver {
@@ -118,11 +123,28 @@ impl crate::routing::route::Above for Wiring {
 
     fn install_session(
         &self,
-        _ctx: Arc<RoutingCtx>,
+        ctx: Arc<RoutingCtx>,
         state: crate::routing::route::HandOff,
         from: u64,
     ) -> crate::routing::route::Later<bool> {
         let Some(t) = self.transport() else {
+            // What waited for the session goes through delivery again (and
+            // is logged there if that cannot happen either).
+            tracing::warn!(
+                jid = %state.jid,
+                unacked = state.unacked.len(),
+                from,
+                "handed-over session not installed: the node is stopping"
+            );
+            match jid::FullJid::new(&state.jid) {
+                Ok(jid) => crate::routing::route::arrived(&ctx, &jid, None),
+                Err(_) => {
+                    ctx.arriving
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&state.jid);
+                }
+            }
             return Box::pin(async { false });
         };
         Box::pin(async move {

@@ -189,7 +189,7 @@ impl Transports {
         if ctx.is_none() {
             tracing::warn!(
                 to = stanza.attr("to").unwrap_or_default(),
-                "stanza for another domain dropped: the node is stopping"
+                "stanza dropped: the node is stopping (its transports are gone)"
             );
         }
         ctx
