@@ -221,6 +221,9 @@ pub fn start(
             .default_service(web::route().method(Method::OPTIONS).to(preflight))
     })
     .workers(workers)
+    // A stopping node lets requests under way finish (the answer to the
+    // admin API's drain request itself) for at most this long.
+    .shutdown_timeout(1)
     // Small writes (a stanza, a BOSH answer) go out at once, not after the
     // peer's delayed ACK (Nagle).
     .on_connect(|conn, _| {

@@ -555,7 +555,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
             tracing::warn!(left, "stopping with messages not yet owned by any node");
         }
         if let Some(h) = http {
-            h.stop(false).await;
+            // Graceful: an answer being written (to the drain request that
+            // started this) is not cut off; at most `shutdown_timeout`.
+            h.stop(true).await;
         }
     });
     for a in arbiters {
