@@ -3,7 +3,7 @@
 //! and the IM layer's own registries: the feature modules, the presence
 //! actors, the hosted service domains and the login throttle.
 
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
 use crate::im::modules::Modules;
 use crate::model::sasl::throttle::AuthThrottle;
@@ -18,7 +18,7 @@ pub struct ImCtx {
     /// Failed logins per account and address (registration and SASL).
     pub throttle: AuthThrottle,
     /// This context itself, for code that holds only a reference.
-    pub me: OnceLock<Weak<ImCtx>>,
+    me: Weak<ImCtx>,
 }
 
 impl ImCtx {
@@ -33,13 +33,19 @@ impl ImCtx {
             presence: Default::default(),
             services,
             throttle: AuthThrottle::default(),
-            me: OnceLock::from(me.clone()),
+            me: me.clone(),
         })
     }
 
     /// An owning handle on this context (alive as long as the server runs).
     pub fn arc(&self) -> Option<Arc<ImCtx>> {
-        self.me.get().and_then(|w| w.upgrade())
+        self.me.upgrade()
+    }
+
+    /// A handle on this context that does not keep it alive (for tasks
+    /// that should end with the node).
+    pub fn weak(&self) -> Weak<ImCtx> {
+        self.me.clone()
     }
 }
 

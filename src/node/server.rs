@@ -16,7 +16,7 @@ use crate::model::config::Config;
 use crate::model::state::{State, StateError};
 use crate::routing::context::RoutingCtx;
 use crate::transport::c2s::listener::handle_connection;
-use crate::transport::context::{TransportCtx, TransportParts};
+use crate::transport::context::{LateTransport, TransportCtx, TransportParts};
 use crate::transport::stream::{StreamCondition, StreamError};
 
 /// How long a stopping node waits for the messages it holds to be owned.
@@ -31,8 +31,6 @@ pub struct ServerCtx {
     pub transport: Arc<TransportCtx>,
     /// HTTP file upload (XEP-0363), if on.
     pub uploads: Option<Arc<crate::node::upload::Uploads>>,
-    /// This context itself, for code that holds only a reference.
-    pub me: std::sync::OnceLock<std::sync::Weak<ServerCtx>>,
 }
 
 impl std::ops::Deref for ServerCtx {
@@ -49,12 +47,12 @@ impl std::ops::Deref for ServerCtx {
 /// weakly (they hold routing's context, which holds this).
 #[derive(Default)]
 struct Wiring {
-    transport: std::sync::OnceLock<std::sync::Weak<TransportCtx>>,
+    transport: LateTransport,
 }
 
 impl Wiring {
     fn transport(&self) -> Option<Arc<TransportCtx>> {
-        self.transport.get().and_then(|w| w.upgrade())
+        self.transport.get()
     }
 }
 
@@ -155,13 +153,6 @@ impl crate::routing::route::Above for Wiring {
     }
 }
 
-impl ServerCtx {
-    /// An owning handle on this context (alive as long as the server runs).
-    pub fn arc(&self) -> Option<Arc<ServerCtx>> {
-        self.me.get().and_then(|w| w.upgrade())
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot create data_dir {path}: {source}")]
@@ -248,8 +239,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         Some(l) => Some((l, crate::base::tls::http_server_config(&identity)?)),
         None => None,
     };
-    let s2s_state =
-        crate::transport::s2s::S2s::new(&identity, &config.s2s, &cluster_secret(&config)?)?;
+    // Read (or made) once: federation's dialback keys, upload signatures
+    // and made-up SCRAM salts all derive from it.
+    let secret = cluster_secret(&config)?;
+    let s2s_state = crate::transport::s2s::S2s::new(&identity, &config.s2s, &secret)?;
     let admin = crate::node::admin::bind(&config.data_dir).map_err(|source| StartError::Bind {
         key: "admin socket",
         addr: config
@@ -264,7 +257,6 @@ pub fn run(config: Config) -> Result<(), StartError> {
     crate::routing::router::set_owned_after(std::time::Duration::from_millis(
         config.limits.write_wait_ms,
     ));
-    let secret = cluster_secret(&config)?;
     let uploads = config.upload.service_domain(&config.domain).map(|d| {
         Arc::new(crate::node::upload::Uploads::new(
             d,
@@ -289,10 +281,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
             Arc::new(crate::node::upload::UploadService(u.clone())),
         );
     }
-    let scram_fake_key = crate::model::sasl::credentials::ScramHash::Sha256.hmac(
-        cluster_secret(&config)?.as_bytes(),
-        b"starling scram fake salt",
-    );
+    let scram_fake_key = crate::model::sasl::credentials::ScramHash::Sha256
+        .hmac(secret.as_bytes(), b"starling scram fake salt");
     let wiring = Arc::new(Wiring::default());
     let transports = Arc::new(crate::transport::s2s::Transports::default());
     let routing = RoutingCtx::new(
@@ -313,13 +303,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
             shutdown: shutdown_rx,
         },
     );
-    let _ = wiring.transport.set(Arc::downgrade(&transport));
-    let _ = transports.set(Arc::downgrade(&transport));
-    let ctx = Arc::new_cyclic(|me| ServerCtx {
-        transport,
-        uploads,
-        me: std::sync::OnceLock::from(me.clone()),
-    });
+    wiring.transport.set(&transport);
+    transports.ctx.set(&transport);
+    let ctx = Arc::new(ServerCtx { transport, uploads });
     // What committed commands mean for this node's sessions (replication.rs).
     let weak = Arc::downgrade(&ctx);
     let _ = event_hook.set(Box::new(move |ev| {

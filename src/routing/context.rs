@@ -43,7 +43,7 @@ pub struct RoutingCtx {
     /// What routing asks of the layers above it.
     pub above: Arc<dyn Above>,
     /// This context itself, for code that holds only a reference.
-    pub me: OnceLock<Weak<RoutingCtx>>,
+    me: Weak<RoutingCtx>,
     /// Per-address connection and login counts, shared over the mesh.
     pub ip_limits: crate::base::ip_limits::IpLimits,
     /// Sessions recently handed to another node, by full JID. Stanzas
@@ -86,7 +86,7 @@ impl RoutingCtx {
             router: Router::default(),
             elsewhere,
             above,
-            me: OnceLock::from(me.clone()),
+            me: me.clone(),
             ip_limits: Default::default(),
             moved: Default::default(),
             arbiters: OnceLock::new(),
@@ -102,7 +102,7 @@ impl RoutingCtx {
 
     /// An owning handle on this context (alive as long as the server runs).
     pub fn arc(&self) -> Option<Arc<RoutingCtx>> {
-        self.me.get().and_then(|w| w.upgrade())
+        self.me.upgrade()
     }
 
     /// The other members of the cluster, by node id.

@@ -28,7 +28,7 @@ pub struct TransportCtx {
     /// secret: every node answers a probe alike, nobody else can compute it).
     pub scram_fake_key: Vec<u8>,
     /// This context itself, for code that holds only a reference.
-    pub me: OnceLock<Weak<TransportCtx>>,
+    me: Weak<TransportCtx>,
     pub(crate) shutdown: watch::Receiver<bool>,
     next_id: AtomicU64,
     pub(crate) conns: Arc<AtomicUsize>,
@@ -41,6 +41,23 @@ pub struct TransportParts {
     pub s2s: crate::transport::s2s::S2s,
     pub scram_fake_key: Vec<u8>,
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// The transports' context for the handles made before it (what routing
+/// is given to reach the layers above it): set once, held weakly, since
+/// the context holds routing's, which holds those handles.
+#[derive(Default)]
+pub struct LateTransport(OnceLock<Weak<TransportCtx>>);
+
+impl LateTransport {
+    pub fn set(&self, ctx: &Arc<TransportCtx>) {
+        let _ = self.0.set(Arc::downgrade(ctx));
+    }
+
+    /// The context, unless it is not made yet or already gone.
+    pub fn get(&self) -> Option<Arc<TransportCtx>> {
+        self.0.get().and_then(Weak::upgrade)
+    }
 }
 
 /// Counts a live connection until dropped, so shutdown can wait for writes.
@@ -62,7 +79,7 @@ impl TransportCtx {
             components: Default::default(),
             sm_sessions: Default::default(),
             scram_fake_key: parts.scram_fake_key,
-            me: OnceLock::from(me.clone()),
+            me: me.clone(),
             shutdown: parts.shutdown,
             next_id: AtomicU64::new(1),
             conns: Arc::new(AtomicUsize::new(0)),
@@ -71,7 +88,7 @@ impl TransportCtx {
 
     /// An owning handle on this context (alive as long as the server runs).
     pub fn arc(&self) -> Option<Arc<TransportCtx>> {
-        self.me.get().and_then(|w| w.upgrade())
+        self.me.upgrade()
     }
 
     pub fn shutdown_rx(&self) -> watch::Receiver<bool> {

@@ -150,7 +150,7 @@ impl Writer {
     fn start(ctx: &ImCtx) -> Writer {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let pending = Arc::new(AtomicU64::new(0));
-        let me = ctx.me.get().cloned();
+        let me = ctx.weak();
         let quota_bytes = ctx.config.mam.quota_bytes;
         let left = pending.clone();
         ctx.replicator.runtime().spawn(async move {
@@ -192,7 +192,7 @@ impl Writer {
                     }
                     continue;
                 }
-                let Some(c) = me.as_ref().and_then(|w| w.upgrade()) else {
+                let Some(c) = me.upgrade() else {
                     return; // the node is gone
                 };
                 let owning = c.replicator.owning();

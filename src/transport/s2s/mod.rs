@@ -174,18 +174,12 @@ pub fn send(ctx: &TransportCtx, stanza: Element) {
 /// routing's, which holds this: so weakly).
 #[derive(Default)]
 pub struct Transports {
-    ctx: std::sync::OnceLock<std::sync::Weak<TransportCtx>>,
+    pub ctx: crate::transport::context::LateTransport,
 }
 
 impl Transports {
-    pub fn set(&self, ctx: std::sync::Weak<TransportCtx>) -> Result<(), String> {
-        self.ctx
-            .set(ctx)
-            .map_err(|_| "the transports' context is set once".to_string())
-    }
-
     fn ctx(&self, stanza: &Element) -> Option<std::sync::Arc<TransportCtx>> {
-        let ctx = self.ctx.get().and_then(|w| w.upgrade());
+        let ctx = self.ctx.get();
         if ctx.is_none() {
             tracing::warn!(
                 to = stanza.attr("to").unwrap_or_default(),
