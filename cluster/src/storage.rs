@@ -27,6 +27,9 @@ const RESTORING: &[u8] = b"restoring_snapshot";
 /// The dedup window as (applied index, proposal id, result) triples.
 type DedupDump = Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>;
 
+/// [`SledStorage::last`] not known: the tree says.
+const UNKNOWN: u64 = u64::MAX;
+
 /// How many applied proposals are remembered for deduplication.
 const DEDUP_WINDOW: u64 = 10_000;
 
@@ -62,6 +65,10 @@ pub struct SledStorage {
     snap_term: Arc<AtomicU64>,
     /// The last index applied to the state machine.
     applied: Arc<AtomicU64>,
+    /// The last index in the log ([`UNKNOWN`]: read it from the tree):
+    /// raft-rs asks for it several times a round, and the tree answers
+    /// only by walking to its end.
+    last: Arc<AtomicU64>,
     /// The index of the first batch entry in the log (0: none yet): from
     /// it on, every command is applied under `index << 16 | position`
     /// (see `batch::sequence`). Kept with the log and in snapshots.
@@ -125,6 +132,7 @@ impl SledStorage {
             snap_index: Arc::new(AtomicU64::new(si)),
             snap_term: Arc::new(AtomicU64::new(st)),
             applied: Arc::new(AtomicU64::new(applied)),
+            last: Arc::new(AtomicU64::new(UNKNOWN)),
             batched_since: Arc::new(AtomicU64::new(batched_since)),
             snapshot_dir: Arc::new(snapshot_dir),
             outgoing: Arc::default(),
@@ -151,6 +159,7 @@ impl SledStorage {
             .insert(SNAPSHOT_META, m.write_to_bytes().map_err(corrupt)?)?;
         self.snap_index.store(1, Ordering::Release);
         self.snap_term.store(1, Ordering::Release);
+        self.last.store(UNKNOWN, Ordering::Release);
         let mut hs = HardState::default();
         hs.term = 1;
         hs.commit = 1;
@@ -168,9 +177,14 @@ impl SledStorage {
         for idx in first.index..=last {
             self.log.remove(idx.to_be_bytes())?;
         }
+        // Unknown while the tree changes: an error part-way leaves it so.
+        self.last.store(UNKNOWN, Ordering::Release);
         for e in entries {
             self.log
                 .insert(e.index.to_be_bytes(), e.write_to_bytes().map_err(corrupt)?)?;
+        }
+        if let Some(e) = entries.last() {
+            self.last.store(e.index, Ordering::Release);
         }
         Ok(())
     }
@@ -349,6 +363,7 @@ impl SledStorage {
             None => self.apply_inline_snapshot(snap.get_data())?,
         };
         self.set_peers(&peers)?;
+        self.last.store(UNKNOWN, Ordering::Release);
         self.log.clear()?;
         self.meta
             .insert(SNAPSHOT_META, m.write_to_bytes().map_err(corrupt)?)?;
@@ -359,6 +374,7 @@ impl SledStorage {
         self.set_hard_state(&hs)?;
         self.snap_index.store(m.index, Ordering::Release);
         self.snap_term.store(m.term, Ordering::Release);
+        self.last.store(UNKNOWN, Ordering::Release);
         self.set_applied(m.index)?;
         self.meta.remove(RESTORING)?;
         self.flush()
@@ -410,6 +426,7 @@ impl SledStorage {
             return Ok(());
         }
         let term = self.term_inner(index)?;
+        self.last.store(UNKNOWN, Ordering::Release);
         for idx in first..=index {
             self.log.remove(idx.to_be_bytes())?;
         }
@@ -421,6 +438,8 @@ impl SledStorage {
             .insert(SNAPSHOT_META, m.write_to_bytes().map_err(corrupt)?)?;
         self.snap_index.store(index, Ordering::Release);
         self.snap_term.store(term, Ordering::Release);
+        // An emptied log's last index is the snapshot's.
+        self.last.store(UNKNOWN, Ordering::Release);
         Ok(())
     }
 
@@ -429,10 +448,17 @@ impl SledStorage {
     }
 
     fn last_index_inner(&self) -> Result<u64, StoreError> {
-        match self.log.last()? {
-            Some((k, _)) => Ok(u64::from_be_bytes(k.as_ref().try_into().map_err(corrupt)?)),
-            None => Ok(self.snap_index.load(Ordering::Acquire)),
+        let known = self.last.load(Ordering::Acquire);
+        if known != UNKNOWN {
+            return Ok(known);
         }
+        let last = match self.log.last()? {
+            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().map_err(corrupt)?),
+            None => self.snap_index.load(Ordering::Acquire),
+        };
+        // Only the driver changes the log, and it is the one asking.
+        self.last.store(last, Ordering::Release);
+        Ok(last)
     }
 
     fn term_inner(&self, idx: u64) -> Result<u64, StoreError> {
@@ -440,10 +466,28 @@ impl SledStorage {
             return Ok(self.snap_term.load(Ordering::Acquire));
         }
         match self.log.get(idx.to_be_bytes())? {
-            Some(b) => Ok(Entry::parse_from_bytes(&b).map_err(corrupt)?.term),
+            Some(b) => entry_term(&b),
             None => Err(StoreError::Corrupt(format!("no entry {idx}"))),
         }
     }
+}
+
+/// An encoded entry's term, read without decoding (and copying) its data:
+/// raft-rs asks for terms of entries that may hold megabytes.
+fn entry_term(bytes: &[u8]) -> Result<u64, StoreError> {
+    use protobuf::wire_format::WireType;
+    let mut is = protobuf::CodedInputStream::from_bytes(bytes);
+    // Field 2 of raft's `Entry` (eraftpb.proto): `uint64 term = 2`.
+    const TERM: u32 = 2;
+    while !is.eof().map_err(corrupt)? {
+        let (field, wire) = is.read_tag_unpack().map_err(corrupt)?;
+        if field == TERM && wire == WireType::WireTypeVarint {
+            return is.read_uint64().map_err(corrupt);
+        }
+        is.skip_field(wire).map_err(corrupt)?;
+    }
+    // Absent: the default.
+    Ok(0)
 }
 
 impl raft::Storage for SledStorage {
@@ -567,5 +611,36 @@ impl raft::Storage for SledStorage {
         m.term = built.term;
         m.set_conf_state(built.conf);
         Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entrys_term_is_read_without_decoding_the_rest() {
+        let mut cases = Vec::new();
+        let mut e = Entry::default();
+        cases.push(e.clone()); // every field at its default
+        e.term = 7;
+        e.index = 42;
+        e.data = vec![0xab; 100_000].into();
+        e.context = b"ctx".to_vec().into();
+        cases.push(e.clone());
+        e.set_entry_type(EntryType::EntryConfChangeV2);
+        e.term = u64::MAX;
+        cases.push(e);
+        for e in cases {
+            let bytes = e.write_to_bytes().unwrap();
+            assert_eq!(entry_term(&bytes).unwrap(), e.term);
+        }
+        // Cut short inside a field: an error, not a panic or a guess.
+        let mut e = Entry::default();
+        e.data = vec![1; 64].into();
+        e.term = 3;
+        let bytes = e.write_to_bytes().unwrap();
+        assert_eq!(entry_term(&bytes[..2]).unwrap(), 3);
+        assert!(entry_term(&[0x22, 0x40, 1]).is_err());
     }
 }
