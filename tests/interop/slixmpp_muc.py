@@ -270,6 +270,15 @@ async def main():
         check(False, "a non-occupant's self-ping succeeded")
     except IqError as e:
         check(e.iq["error"]["condition"] == "not-acceptable", "self-ping when not joined")
+    # A room that does not exist (gone with a restart, say): not joined
+    # either, so the client joins again (item-not-found would read as
+    # "joined under another nick", XEP-0410 §3.2).
+    try:
+        await dave.plugin["xep_0199"].ping(JID(f"no-such-room@{MUCD}/dave"), timeout=T)
+        check(False, "a self-ping to a room that does not exist succeeded")
+    except IqError as e:
+        cond = e.iq["error"]["condition"]
+        check(cond == "not-acceptable", f"self-ping to a missing room: {cond}")
     print("OK self-ping", flush=True)
 
     # Joining again while joined (a client that lost track, XEP-0410 §4):
@@ -284,7 +293,8 @@ async def main():
     # Discovery: the room's features and info form; the public list.
     info = await dave.plugin["xep_0030"].get_info(jid=ROOM, timeout=T)
     feats = info["disco_info"]["features"]
-    for f in ("http://jabber.org/protocol/muc", "muc_nonanonymous", "muc_public", "muc_temporary"):
+    for f in ("http://jabber.org/protocol/muc", "muc_nonanonymous", "muc_public", "muc_temporary",
+              "urn:xmpp:mam:2", "urn:xmpp:mam:2#extended"):
         check(f in feats, f"room feature {f}")
     forms = info["disco_info"].xml.findall("{jabber:x:data}x")
     check(any("muc#roominfo" in ET_tostring(f) for f in forms), "muc#roominfo form")

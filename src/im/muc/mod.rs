@@ -213,12 +213,25 @@ impl Muc {
 }
 
 /// A stanza for a room that does not exist (XEP-0045 §7.2 and §6.4: the
-/// room is unknown), unless it needs no answer.
+/// room is unknown), unless it needs no answer. An iq to an occupant of
+/// it (a self-ping, XEP-0410 §3.2) says the sender is not joined: with
+/// item-not-found a client would take itself for still joined under
+/// another nick, and never join again (after the room went away with a
+/// restart, say).
 fn not_here(stanza: Element, host: &Arc<dyn Host>) {
     if stanza.name == "presence" {
         return; // unavailable or an error: nothing to leave
     }
-    if let Some(e) = bounce(&stanza, StanzaCondition::ItemNotFound) {
+    let to_occupant = stanza
+        .attr("to")
+        .and_then(|to| to.parse::<jid::Jid>().ok())
+        .is_some_and(|to| to.resource().is_some());
+    let condition = if stanza.name == "iq" && to_occupant {
+        StanzaCondition::NotAcceptable
+    } else {
+        StanzaCondition::ItemNotFound
+    };
+    if let Some(e) = bounce(&stanza, condition) {
         host.send(e);
     }
 }

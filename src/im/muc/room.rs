@@ -1617,7 +1617,10 @@ impl Room {
         ];
         features.extend(self.config.features());
         if self.config.archiving {
+            // The room's archive answers the same queries as an account's
+            // (ids, before-id/after-id, flip-page: XEP-0313 §6.3).
             features.push(MAM);
+            features.push(crate::im::modules::mam::NS_EXTENDED);
         }
         for f in features {
             q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
