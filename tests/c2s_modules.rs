@@ -357,3 +357,145 @@ async fn a_hosted_service_domain_answers_local_users() {
         Some("service-unavailable")
     );
 }
+
+/// XEP-0115 §5.1, written out here apart from the server's code: the
+/// verification string of a disco#info answer.
+fn caps_verification(q: &Element) -> String {
+    let mut s = String::new();
+    let mut ids: Vec<String> = q
+        .elements()
+        .filter(|e| e.name == "identity")
+        .map(|e| {
+            let a = |n| e.attr(n).unwrap_or("");
+            format!(
+                "{}/{}/{}/{}<",
+                a("category"),
+                a("type"),
+                a("xml:lang"),
+                a("name")
+            )
+        })
+        .collect();
+    ids.sort();
+    s.extend(ids);
+    let mut features: Vec<String> = q
+        .elements()
+        .filter(|e| e.name == "feature")
+        .map(|e| format!("{}<", e.attr("var").unwrap_or("")))
+        .collect();
+    features.sort();
+    s.extend(features);
+    for x in q.elements().filter(|e| e.name == "x") {
+        let values = |f: &Element| {
+            let mut v: Vec<String> = f
+                .elements()
+                .filter(|v| v.name == "value")
+                .map(|v| v.text())
+                .collect();
+            v.sort();
+            v
+        };
+        let mut fields: Vec<(String, Vec<String>)> = Vec::new();
+        for f in x.elements().filter(|e| e.name == "field") {
+            let var = f.attr("var").unwrap_or("").to_string();
+            if var == "FORM_TYPE" {
+                s.push_str(&format!("{}<", values(f).join("")));
+            } else {
+                fields.push((var, values(f)));
+            }
+        }
+        fields.sort();
+        for (var, vs) in fields {
+            s.push_str(&format!("{var}<"));
+            for v in vs {
+                s.push_str(&format!("{v}<"));
+            }
+        }
+    }
+    s
+}
+
+/// The server names its capabilities in its stream features (XEP-0115
+/// §6.3), before and after login; the hash is that of its disco#info
+/// answer, which carries the contact addresses (XEP-0157) from the
+/// settings; a query for `node#ver` answers the same.
+#[tokio::test]
+async fn server_capabilities_and_contact_addresses() {
+    use base64::Engine;
+    use sha1::Digest;
+    let s = Server::start_with(&[
+        ("STARLING_CONTACT_ABUSE", "mailto:abuse@localhost"),
+        (
+            "STARLING_CONTACT_SUPPORT",
+            "xmpp:support@localhost,https://localhost/help",
+        ),
+    ]);
+    s.add_user("alice", "pw");
+    const CAPS: &str = "http://jabber.org/protocol/caps";
+    let caps_of = |f: &Element| {
+        let c = f.get_child("c", CAPS).expect("caps in the stream features");
+        assert_eq!(c.attr("hash"), Some("sha-1"));
+        (
+            c.attr("node").expect("node").to_string(),
+            c.attr("ver").expect("ver").to_string(),
+        )
+    };
+    let (mut c, pre) = pre_auth_stream(&s).await;
+    let before_login = caps_of(&pre);
+    c.auth_scram("SCRAM-SHA-256", "alice", "pw")
+        .await
+        .expect("login");
+    let post = c.open().await;
+    let (node, ver) = caps_of(&post);
+    assert_eq!((node.clone(), ver.clone()), before_login);
+    c.bind(Some("desk")).await.expect("bind");
+
+    const INFO: &str = "http://jabber.org/protocol/disco#info";
+    let info = c
+        .iq(iq_get(Some("localhost"), Element::new("query", INFO)))
+        .await;
+    let q = info.get_child("query", INFO).expect("disco#info").clone();
+    let form = q.get_child("x", "jabber:x:data").expect("serverinfo form");
+    let field = |var: &str| -> Vec<String> {
+        form.elements()
+            .filter(|f| f.attr("var") == Some(var))
+            .flat_map(|f| f.elements().map(|v| v.text()).collect::<Vec<_>>())
+            .collect()
+    };
+    assert_eq!(field("FORM_TYPE"), ["http://jabber.org/network/serverinfo"]);
+    assert_eq!(field("abuse-addresses"), ["mailto:abuse@localhost"]);
+    assert_eq!(
+        field("support-addresses"),
+        ["xmpp:support@localhost", "https://localhost/help"]
+    );
+    assert!(field("sales-addresses").is_empty(), "only what is set");
+    let digest = sha1::Sha1::digest(caps_verification(&q).as_bytes());
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD.encode(digest),
+        ver,
+        "the advertised hash is that of the disco#info answer"
+    );
+
+    let by_node = c
+        .iq(iq_get(
+            Some("localhost"),
+            Element::new("query", INFO).with_attr("node", format!("{node}#{ver}")),
+        ))
+        .await;
+    assert_eq!(by_node.attr("type"), Some("result"), "{by_node:?}");
+    let nq = by_node.get_child("query", INFO).expect("query");
+    assert_eq!(nq.attr("node"), Some(format!("{node}#{ver}").as_str()));
+    assert_eq!(caps_verification(nq), caps_verification(&q));
+    let stale = c
+        .iq(iq_get(
+            Some("localhost"),
+            Element::new("query", INFO).with_attr("node", format!("{node}#AAAA")),
+        ))
+        .await;
+    assert_eq!(stale_condition(&stale), "item-not-found");
+}
+
+fn stale_condition(iq: &Element) -> String {
+    assert_eq!(iq.attr("type"), Some("error"), "{iq:?}");
+    stanza_condition(iq).unwrap_or_default()
+}

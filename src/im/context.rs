@@ -17,6 +17,9 @@ pub struct ImCtx {
     pub services: crate::im::services::Services,
     /// Failed logins per account and address (registration and SASL).
     pub throttle: AuthThrottle,
+    /// The server's own capabilities hash (XEP-0115), made on first use
+    /// from what the modules declared (`modules::disco::server_caps`).
+    pub(crate) server_caps: std::sync::OnceLock<String>,
     /// This context itself, for code that holds only a reference.
     me: Weak<ImCtx>,
 }
@@ -33,6 +36,7 @@ impl ImCtx {
             presence: Default::default(),
             services,
             throttle: AuthThrottle::default(),
+            server_caps: Default::default(),
             me: me.clone(),
         })
     }

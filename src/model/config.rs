@@ -53,6 +53,51 @@ pub struct Config {
     pub upload: UploadSection,
     pub push: PushSection,
     pub external_services: ExternalServicesSection,
+    pub contact: ContactSection,
+}
+
+/// How to reach the people who run the service (XEP-0157), listed in the
+/// server's disco#info: URIs such as `mailto:abuse@example.org`,
+/// `xmpp:admin@example.org` or `https://example.org/support`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContactSection {
+    pub abuse: Vec<String>,
+    pub admin: Vec<String>,
+    pub feedback: Vec<String>,
+    pub sales: Vec<String>,
+    pub security: Vec<String>,
+    pub status: Vec<String>,
+    pub support: Vec<String>,
+}
+
+impl ContactSection {
+    /// Each kind of address as its form field (XEP-0157 §2), with the
+    /// addresses set for it.
+    pub fn fields(&self) -> [(&'static str, &[String]); 7] {
+        [
+            ("abuse-addresses", &self.abuse),
+            ("admin-addresses", &self.admin),
+            ("feedback-addresses", &self.feedback),
+            ("sales-addresses", &self.sales),
+            ("security-addresses", &self.security),
+            ("status-addresses", &self.status),
+            ("support-addresses", &self.support),
+        ]
+    }
+}
+
+/// Whether `s` reads as an absolute URI (RFC 3986 §3: a scheme, a colon,
+/// something after it), with no white space.
+fn is_uri(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !rest.is_empty()
+        && !s.chars().any(char::is_whitespace)
 }
 
 /// One configured STUN/TURN service (XEP-0215).
@@ -630,6 +675,7 @@ impl Default for Config {
                 credential_ttl_secs: 86_400,
                 ..ExternalServicesSection::default()
             },
+            contact: ContactSection::default(),
         }
     }
 }
@@ -694,7 +740,7 @@ impl Default for LogConfig {
 }
 
 /// Sections that `STARLING_<SECTION>_<KEY>` can address.
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "c2s",
     "tls",
     "registration",
@@ -709,6 +755,7 @@ const SECTIONS: [&str; 14] = [
     "upload",
     "push",
     "external_services",
+    "contact",
 ];
 
 impl Config {
@@ -958,6 +1005,17 @@ impl Config {
                     key: key.to_string(),
                     message: format!(
                         "{domain:?} must be a domain of its own (not the server's, not a component's)"
+                    ),
+                });
+            }
+        }
+        for (field, list) in self.contact.fields() {
+            if let Some(bad) = list.iter().find(|a| !is_uri(a)) {
+                let key = field.trim_end_matches("-addresses");
+                return Err(ConfigError::BadValue {
+                    key: format!("contact.{key}"),
+                    message: format!(
+                        "{bad:?} is not a URI (e.g. mailto:abuse@example.org or xmpp:admin@example.org)"
                     ),
                 });
             }
@@ -1248,6 +1306,31 @@ mod tests {
                 matches!(&e, Err(ConfigError::BadValue { key, .. }) if key.contains("anonymous_domain") || key.starts_with("services")),
                 "{taken}: {e:?}"
             );
+        }
+    }
+
+    #[test]
+    fn contact_addresses_are_uris() {
+        let c = Config::load(
+            None,
+            env(&[(
+                "STARLING_CONTACT_ABUSE",
+                "mailto:abuse@example.org, xmpp:abuse@example.org",
+            )]),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.contact.abuse,
+            ["mailto:abuse@example.org", "xmpp:abuse@example.org"]
+        );
+        for bad in [
+            "abuse@example.org",
+            "mailto:",
+            "1x:y",
+            "mailto:a b@example.org",
+        ] {
+            let e = Config::load(None, env(&[("STARLING_CONTACT_SUPPORT", bad)])).unwrap_err();
+            assert!(e.to_string().contains("contact.support"), "{bad}: {e}");
         }
     }
 

@@ -3,6 +3,11 @@
 //! server's items are the services it hosts (the external components of
 //! `[component] secrets`, cluster-wide, and the `[services]` domains), so
 //! clients find them (§4).
+//!
+//! The server's info also carries its contact addresses (XEP-0157, a
+//! XEP-0128 form, from `[contact]`), and its hash is the server's own
+//! entity capabilities (XEP-0115 §6.3): stream features name it, and a
+//! disco#info query for `node#ver` answers the same info.
 
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
 use crate::base::stanza_error::{StanzaCondition, StanzaError};
@@ -10,6 +15,65 @@ use crate::base::xml::{ns, Element};
 use crate::im::context::ImCtx;
 
 pub struct Disco;
+
+/// The node of the server's capabilities (XEP-0115 §4: names the software).
+pub const CAPS_NODE: &str = "urn:x-starling:server";
+const SERVERINFO: &str = "http://jabber.org/network/serverinfo";
+const DATA: &str = "jabber:x:data";
+
+/// The server's disco#info answer (without a `node`).
+pub fn server_info(ctx: &ImCtx) -> Element {
+    let mut q = Element::new("query", ns::DISCO_INFO);
+    q.push_child(
+        Element::new("identity", ns::DISCO_INFO)
+            .with_attr("category", "server")
+            .with_attr("type", "im")
+            .with_attr("name", "Starling"),
+    );
+    for f in ctx.modules.features(ctx) {
+        q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
+    }
+    // XEP-0157 §2: only when some address is set.
+    let fields = ctx.config.contact.fields();
+    if fields.iter().any(|(_, a)| !a.is_empty()) {
+        let mut x = Element::new("x", DATA)
+            .with_attr("type", "result")
+            .with_child(
+                Element::new("field", DATA)
+                    .with_attr("var", "FORM_TYPE")
+                    .with_attr("type", "hidden")
+                    .with_child(Element::new("value", DATA).with_text(SERVERINFO)),
+            );
+        for (var, addresses) in fields.into_iter().filter(|(_, a)| !a.is_empty()) {
+            let mut field = Element::new("field", DATA)
+                .with_attr("var", var)
+                .with_attr("type", "list-multi");
+            for a in addresses {
+                field.push_child(Element::new("value", DATA).with_text(a));
+            }
+            x.push_child(field);
+        }
+        q.push_child(x);
+    }
+    q
+}
+
+/// The verification string's hash of [`server_info`] (XEP-0115 §5.1,
+/// SHA-1), made once: what the modules declare does not change while the
+/// server runs.
+pub fn server_caps(ctx: &ImCtx) -> &str {
+    ctx.server_caps
+        .get_or_init(|| super::caps::hash(&server_info(ctx)))
+}
+
+/// The `<c/>` of stream features that names the server's capabilities
+/// (XEP-0115 §6.3).
+pub fn caps_feature(ctx: &ImCtx) -> Element {
+    Element::new("c", super::caps::NS)
+        .with_attr("hash", "sha-1")
+        .with_attr("node", CAPS_NODE)
+        .with_attr("ver", server_caps(ctx))
+}
 
 impl Module for Disco {
     fn features(&self, _: &ImCtx) -> Vec<&'static str> {
@@ -28,9 +92,17 @@ impl Module for Disco {
     }
 
     fn handle_iq(&self, req: &IqRequest) -> IqResponse {
-        // The server's nodes are its ad-hoc commands (XEP-0050 §2).
+        // The server's nodes are its ad-hoc commands (XEP-0050 §2), and
+        // its capabilities (XEP-0115 §6.2).
         if let Some(node) = req.payload.attr("node") {
+            let caps = node
+                .strip_prefix(CAPS_NODE)
+                .and_then(|n| n.strip_prefix('#'))
+                .is_some_and(|ver| ver == server_caps(req.server));
             let found = match (req.addressee, req.payload.ns.as_str()) {
+                (Addressee::Host, ns::DISCO_INFO) if caps => {
+                    Some(server_info(req.server).with_attr("node", node))
+                }
                 (Addressee::Host, ns::DISCO_ITEMS) if node == super::admin_commands::NS => Some(
                     super::admin_commands::items(req.server, &req.from.to_bare()),
                 ),
@@ -61,19 +133,12 @@ impl Module for Disco {
             }
             return Ok(Some(q)).into();
         }
+        if req.addressee == Addressee::Host {
+            return Ok(Some(server_info(req.server))).into();
+        }
         let mut q = Element::new("query", ns::DISCO_INFO);
         match req.addressee {
-            Addressee::Host => {
-                q.push_child(
-                    Element::new("identity", ns::DISCO_INFO)
-                        .with_attr("category", "server")
-                        .with_attr("type", "im")
-                        .with_attr("name", "Starling"),
-                );
-                for f in req.server.modules.features(req.server) {
-                    q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
-                }
-            }
+            Addressee::Host => {}
             Addressee::Account | Addressee::OtherAccount => {
                 q.push_child(
                     Element::new("identity", ns::DISCO_INFO)

@@ -516,6 +516,8 @@ fn features(ctx: &TransportCtx, s: &Stream) -> Element {
             crate::transport::c2s::stream_management::NS,
         ));
         f.push_child(Element::new("csi", crate::transport::c2s::session::CSI_NS));
+        // XEP-0115 §6.3: the server's own capabilities.
+        f.push_child(crate::im::modules::disco::caps_feature(ctx));
         return f;
     }
     let require_tls = ctx.config.c2s.require_tls;
@@ -546,5 +548,6 @@ fn features(ctx: &TransportCtx, s: &Stream) -> Element {
     if ctx.config.registration.allow && !s.anonymous_host(ctx) {
         f.push_child(Element::new("register", ns::REGISTER_FEATURE));
     }
+    f.push_child(crate::im::modules::disco::caps_feature(ctx));
     f
 }
