@@ -108,6 +108,7 @@ async fn disco_ping_version() {
         ]
     );
     assert!(pubsub.contains(&"http://jabber.org/protocol/pubsub#publish-options"));
+    assert!(pubsub.contains(&"http://jabber.org/protocol/pubsub#config-node-max"));
     assert!(q.elements().any(|e| e.name == "identity"
         && e.attr("category") == Some("pubsub")
         && e.attr("type") == Some("pep")));

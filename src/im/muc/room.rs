@@ -1827,8 +1827,17 @@ impl Room {
             let mut out = Element::new("query", MUC_ADMIN);
             for item in &items {
                 if let Some(a) = item.attr("affiliation").and_then(Affiliation::parse) {
+                    // Members of a members-only room whose real JIDs
+                    // everyone sees read who belongs (not who is banned):
+                    // clients encrypt to every member's devices (OMEMO in
+                    // a private group needs the list, XEP-0384 §5.6).
+                    let member_reads = my_aff >= Affiliation::Member
+                        && self.config.members_only
+                        && self.config.whois == Whois::Anyone
+                        && a != Affiliation::Outcast;
                     if my_aff < Affiliation::Admin
                         && !(a == Affiliation::Member && my_role == Role::Moderator)
+                        && !member_reads
                     {
                         return self.reply_error(&iq, StanzaCondition::Forbidden, None);
                     }

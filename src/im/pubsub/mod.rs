@@ -47,13 +47,16 @@ pub const MAX_SUBSCRIBERS: usize = 1000;
 pub const MAX_SUBSCRIPTIONS_PER_JID: usize = 10;
 
 /// The XEP-0060 features both kinds of service offer (§10).
-pub const FEATURES: [&str; 21] = [
+pub const FEATURES: [&str; 22] = [
     NS,
     "http://jabber.org/protocol/pubsub#access-open",
     "http://jabber.org/protocol/pubsub#access-presence",
     "http://jabber.org/protocol/pubsub#access-roster",
     "http://jabber.org/protocol/pubsub#access-whitelist",
     "http://jabber.org/protocol/pubsub#config-node",
+    // `pubsub#max_items` may be `max` (XEP-0060 §16.4.2; clients check
+    // this before publishing bookmarks that way).
+    "http://jabber.org/protocol/pubsub#config-node-max",
     "http://jabber.org/protocol/pubsub#create-and-configure",
     "http://jabber.org/protocol/pubsub#create-nodes",
     "http://jabber.org/protocol/pubsub#delete-items",
