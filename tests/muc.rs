@@ -520,7 +520,9 @@ async fn persistent_rooms_are_listed_cluster_wide_and_come_back_from_their_recor
 
 /// XEP-0425 with slixmpp's plugin: a moderator retracts a message; every
 /// occupant hears of it, the room's archive and a newcomer's history hold
-/// a tombstone in its place (tests/interop/slixmpp_muc_moderation.py).
+/// a tombstone in its place; then a silenced occupant asks for voice
+/// (XEP-0045 §7.13) and a moderator approves the form (§8.6)
+/// (tests/interop/slixmpp_muc_moderation.py).
 #[test]
 fn slixmpp_moderates_a_message() {
     let s = Server::start();
@@ -543,6 +545,7 @@ fn slixmpp_moderates_a_message() {
             "OK retracted",
             "OK archive tombstone",
             "OK history",
+            "OK voice request",
             "ALL OK",
         ],
     );

@@ -3,7 +3,10 @@ alice owns a room, bob writes something a moderator removes. Everyone
 gets the retraction (with the moderator and the reason), the room's
 archive (XEP-0313) and the history a newcomer gets hold a tombstone in
 its place, a participant cannot retract, and an unknown id is
-item-not-found.
+item-not-found. Then voice requests (XEP-0045 §7.13, §8.6): carol,
+silenced in the moderated room, asks with slixmpp's request_voice, alice
+gets the form and approves it, and carol speaks; bob, who has voice, is
+told he has nothing to ask for.
 
 usage: slixmpp_muc_moderation.py MUCDOMAIN HOST:PORT JID PASS (x3: alice, bob, carol)
 """
@@ -35,6 +38,14 @@ class Client(slixmpp.ClientXMPP):
         self.online = asyncio.Event()
         self.groupchat = asyncio.Queue()
         self.moderated = asyncio.Queue()
+        self.presences = asyncio.Queue()
+        self.errors = asyncio.Queue()
+        self.forms = asyncio.Queue()
+        self.add_event_handler("groupchat_presence", self.presences.put_nowait)
+        self.add_event_handler("message_error", self.errors.put_nowait)
+        self.register_handler(Callback(
+            "voice forms", MatchXPath("{jabber:client}message/{jabber:x:data}x"),
+            lambda m: self.forms.put_nowait(m) if m["type"] != "error" else None))
         self.results = {}
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("groupchat_message", self.on_groupchat)
@@ -154,6 +165,52 @@ async def main():
     check(sorted(stanza_id(m) for m in carol_stones) == sorted([sid, sneaky_sid]),
           f"the tombstone in the history: {[str(m) for m in carol_stones]}")
     print("OK history", flush=True)
+
+    # Voice requests: carol is silenced in the moderated room, asks for
+    # voice, alice approves the form the room sends her, carol speaks.
+    form = await alice.plugin["xep_0045"].get_room_config(ROOM)
+    form["type"] = "submit"
+    form.field["muc#roomconfig_moderatedroom"]["value"] = True
+    await alice.plugin["xep_0045"].set_room_config(ROOM, form)
+    await alice.plugin["xep_0045"].set_role(ROOM, "carol", "visitor")
+    await next_of(carol.presences, lambda p: p["from"] == JID(f"{ROOM}/carol")
+                  and p["muc"]["role"] == "visitor", "carol silenced")
+    carol.send_message(mto=ROOM, mbody="may I?", mtype="groupchat")
+    err = await next_of(carol.errors, lambda m: True, "a visitor's message refused")
+    check(err["error"]["condition"] == "forbidden", f"visitor's message: {err['error']['condition']}")
+    carol.plugin["xep_0045"].request_voice(ROOM, "participant")
+    def val(field):
+        # slixmpp gives some single values as a one-item list.
+        v = field["value"] if field is not None else None
+        return v[0] if isinstance(v, list) and len(v) == 1 else v
+
+    def form_type(m):
+        return val(m["form"].get_fields().get("FORM_TYPE"))
+    req = await next_of(alice.forms, lambda m: form_type(m) == "http://jabber.org/protocol/muc#request",
+                        "the voice request form")
+    fields = req["form"].get_fields()
+    check(req["from"] == ROOM, f"the request comes from the room: {req['from']}")
+    nick, jid, allow = (val(fields.get(v)) for v in ("muc#roomnick", "muc#jid", "muc#request_allow"))
+    check(nick == "carol", f"names carol: {nick}")
+    check(JID(jid).bare == carol.boundjid.bare, f"carol's JID: {jid}")
+    check(allow in (False, "false", "0"), f"not yet allowed: {allow!r}")
+    answer = alice.make_message(mto=ROOM)
+    f = answer["form"]
+    f["type"] = "submit"
+    f.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/muc#request")
+    f.add_field(var="muc#role", ftype="list-single", value="participant")
+    f.add_field(var="muc#jid", ftype="jid-single", value=jid)
+    f.add_field(var="muc#roomnick", ftype="text-single", value="carol")
+    f.add_field(var="muc#request_allow", ftype="boolean", value=True)
+    answer.send()
+    await next_of(carol.presences, lambda p: p["from"] == JID(f"{ROOM}/carol")
+                  and p["muc"]["role"] == "participant", "carol's voice")
+    carol.send_message(mto=ROOM, mbody="thank you", mtype="groupchat")
+    await next_of(alice.groupchat, lambda m: m["body"] == "thank you", "carol speaking")
+    bob.plugin["xep_0045"].request_voice(ROOM, "participant")
+    err = await next_of(bob.errors, lambda m: True, "bob's needless request")
+    check(err["error"]["condition"] == "not-acceptable", f"a request with voice: {err['error']['condition']}")
+    print("OK voice request", flush=True)
 
     for c in clients:
         c.disconnect()

@@ -27,6 +27,7 @@ use super::{
 };
 mod moderation;
 mod registration;
+mod voice_request;
 
 use crate::base::stanza_error::StanzaCondition;
 use crate::base::xml::{ns, Element};
@@ -1437,8 +1438,12 @@ impl Room {
     }
 
     /// A message to the room itself: mediated invitations and declines
-    /// (§7.8.2, §7.8.3); anything else is refused.
+    /// (§7.8.2, §7.8.3), voice requests and their answers (§7.13, §8.6,
+    /// `room/voice_request.rs`); anything else is refused.
     fn addressed_to_room(&mut self, from: &str, m: Element) {
+        if self.voice_request(from, &m) {
+            return;
+        }
         let Some(x) = m.get_child("x", MUC_USER) else {
             return self.reply_error(
                 &m,
@@ -1614,6 +1619,7 @@ impl Room {
             moderation::MODERATE,
             moderation::RETRACT,
             registration::REGISTER,
+            voice_request::REQUEST,
         ];
         features.extend(self.config.features());
         if self.config.archiving {
