@@ -94,6 +94,7 @@ async fn disco_ping_version() {
     let (pubsub, other): (Vec<&str>, Vec<&str>) = account.iter().partition(|f| {
         f.starts_with("http://jabber.org/protocol/pubsub")
             || **f == "urn:xmpp:bookmarks:1#compat"
+            || **f == "urn:xmpp:bookmarks:1#compat-pep"
             || **f == "urn:xmpp:pep-vcard-conversion:0"
     });
     assert_eq!(

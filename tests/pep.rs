@@ -83,6 +83,7 @@ const PEP_STEPS: &[&str] = &[
     "OK retract",
     "OK node lifecycle",
     "OK bookmarks conversion",
+    "OK bookmarks on the legacy PEP node",
     "OK access",
     "OK last item on login",
     "ALL OK",

@@ -234,6 +234,37 @@ async def main():
     check(m["pubsub_event"]["items"]["retract"]["id"] == old_room, "a removed room is retracted")
     print("OK bookmarks conversion", flush=True)
 
+    # Clients that keep bookmarks as a PEP node of their own (XEP-0048
+    # over PEP; XEP-0402 §5.2 #compat-pep): the legacy node shows the
+    # bookmarks node's rooms, and a list published there is followed.
+    check("urn:xmpp:bookmarks:1#compat-pep" in info["disco_info"]["features"], "compat-pep advertised")
+    LEGACY = "storage:bookmarks"
+
+    def legacy_rooms(got):
+        items = list(got["pubsub"]["items"])
+        check(len(items) == 1 and items[0]["id"] == "current", f"one legacy item: {got}")
+        storage = items[0].xml.find("{storage:bookmarks}storage")
+        return sorted(c.get("jid") for c in storage.findall("{storage:bookmarks}conference"))
+    rooms = legacy_rooms(await alice.plugin["xep_0060"].get_items(a_jid, LEGACY))
+    check(rooms == [room], f"the legacy PEP node shows the rooms: {rooms}")
+    legacy_room = f"legacy@conference.{DOMAIN}"
+    payload = ET.fromstring(
+        "<storage xmlns='storage:bookmarks'>"
+        f"<conference jid='{room}' name='The lobby' autojoin='true'/>"
+        f"<conference jid='{legacy_room}' name='Legacy' autojoin='false'><nick>al</nick></conference>"
+        "</storage>")
+    await alice.plugin["xep_0060"].publish(a_jid, LEGACY, id="current", payload=payload,
+                                           options=options(**bm_opts))
+    m = await laptop.next_event("bookmarks_publish")
+    got = await laptop.plugin["xep_0060"].get_items(a_jid, BOOKMARKS)
+    ids = sorted(i["id"] for i in got["pubsub"]["items"])
+    check(ids == sorted([room, legacy_room]), f"the bookmarks node follows the legacy one: {ids}")
+    # And back: a new client removes the room; the legacy node drops it.
+    await alice.plugin["xep_0060"].retract(a_jid, BOOKMARKS, legacy_room)
+    rooms = legacy_rooms(await alice.plugin["xep_0060"].get_items(a_jid, LEGACY))
+    check(rooms == [room], f"the legacy node after a retraction: {rooms}")
+    print("OK bookmarks on the legacy PEP node", flush=True)
+
     # A stranger may not read a presence-access node.
     cond, app = await condition_of(dave.plugin["xep_0060"].get_items(a_jid, TUNE))
     check(cond == "not-authorized" and any("presence-subscription-required" in t for t in app),

@@ -5,6 +5,12 @@
 //! node, and one that writes it there has the node follow, so old and new
 //! clients of one account share their rooms. URL bookmarks, which PEP
 //! bookmarks do not have, stay in private storage only.
+//!
+//! The same for clients that keep `storage:bookmarks` as a PEP node
+//! (XEP-0048 §3.3 over XEP-0163; `urn:xmpp:bookmarks:1#compat-pep`): one
+//! publishing there has the bookmarks node follow, and a change to the
+//! bookmarks node (or to private storage) is published there as one
+//! `current` item.
 
 use jid::BareJid;
 
@@ -17,6 +23,8 @@ use crate::model::state::{Command, State};
 pub const NODE: &str = "urn:xmpp:bookmarks:1";
 pub const LEGACY: &str = "storage:bookmarks";
 pub const COMPAT: &str = "urn:xmpp:bookmarks:1#compat";
+/// The legacy PEP node and the bookmarks node follow each other (XEP-0402 §5.2).
+pub const COMPAT_PEP: &str = "urn:xmpp:bookmarks:1#compat-pep";
 /// The private-storage key of `<storage xmlns='storage:bookmarks'/>`.
 pub const PRIVATE_KEY: &str = "storage\u{1}storage:bookmarks";
 
@@ -151,6 +159,72 @@ pub async fn follow_private(ctx: &ImCtx, user: &str, storage: &Element) {
         }
         Err(e) => tracing::warn!(%user, error = %e, "bookmarks not copied to PEP"),
     }
+}
+
+/// The legacy PEP node (XEP-0048 §3.3 over PEP, XEP-0402 §5.2
+/// `#compat-pep`): one item, `current`, holding the whole list.
+const LEGACY_ITEM: &str = "current";
+
+/// After the bookmarks node changed (a client published or retracted
+/// there, or wrote private storage): the legacy PEP node holds the same
+/// rooms, and the account's resources that want it hear of it.
+pub async fn legacy_follows(ctx: &ImCtx, user: &str) {
+    if crate::model::config::is_anonymous_account(user) {
+        return;
+    }
+    let Some(b) = super::pep::backend(ctx) else {
+        return;
+    };
+    let old = ctx
+        .state
+        .pubsub_items(user, LEGACY)
+        .pop()
+        .and_then(|(_, xml)| parse_fragment(&xml).ok());
+    // URL bookmarks live only in the legacy forms: they stay.
+    let Some(storage) = private_view(&ctx.state, user, old.as_ref()) else {
+        return;
+    };
+    let xml = storage.to_xml("");
+    if old.map(|o| o.to_xml("")) == Some(xml.clone()) {
+        return;
+    }
+    let cmd = Command::Pubsub {
+        owner: user.to_string(),
+        node: LEGACY.to_string(),
+        op: PubsubOp::Replace {
+            items: vec![(LEGACY_ITEM.to_string(), xml)],
+            config: config(),
+        },
+    };
+    match ctx.replicator.commit_async(&cmd).await {
+        Ok(_) => {
+            let service = format!("{user}@{}", ctx.config.domain);
+            let items = Element::new("items", pubsub::EVENT)
+                .with_attr("node", LEGACY)
+                .with_child(
+                    Element::new("item", pubsub::EVENT)
+                        .with_attr("id", LEGACY_ITEM)
+                        .with_child(storage),
+                );
+            pubsub::tell(&b, Kind::Pep, user, &service, LEGACY, items);
+        }
+        Err(e) => tracing::warn!(%user, error = %e, "bookmarks not copied to the legacy PEP node"),
+    }
+}
+
+/// After a client published the legacy PEP node: the bookmarks node
+/// follows, as it does a private-storage write.
+pub async fn follow_legacy_pep(ctx: &ImCtx, user: &str) {
+    let Some(storage) = ctx
+        .state
+        .pubsub_items(user, LEGACY)
+        .pop()
+        .and_then(|(_, xml)| parse_fragment(&xml).ok())
+        .filter(|s| s.is("storage", LEGACY))
+    else {
+        return;
+    };
+    follow_private(ctx, user, &storage).await;
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use jid::{BareJid, FullJid};
 
+use super::bookmarks_compat as compat;
 use super::{Addressee, IqKind, IqRequest, IqResponse, Module};
 use crate::base::stanza_error::{StanzaCondition, StanzaError};
 use crate::base::xml::Element;
@@ -74,6 +75,7 @@ impl Module for Pep {
             "http://jabber.org/protocol/pubsub#filtered-notifications",
             "http://jabber.org/protocol/pubsub#last-published",
             super::bookmarks_compat::COMPAT,
+            super::bookmarks_compat::COMPAT_PEP,
             super::avatar_conversion::FEATURE,
         ]);
         f
@@ -121,6 +123,17 @@ impl Module for Pep {
             .then(|| req.payload.get_child("publish", NS))
             .flatten()
             .is_some_and(|p| p.attr("node") == Some(super::avatar_conversion::META));
+        // XEP-0402 §5.2: the two bookmark nodes follow each other.
+        let bookmarks = (req.kind == IqKind::Set && owner_bare == req.from.to_bare())
+            .then(|| {
+                req.payload
+                    .elements()
+                    .find(|e| e.name == "publish" || e.name == "retract")
+            })
+            .flatten()
+            .and_then(|p| p.attr("node"))
+            .filter(|n| [compat::NODE, compat::LEGACY].contains(n))
+            .map(str::to_string);
         let (user, c) = (r.owner.clone(), req.server.arc());
         let (tx, rx) = tokio::sync::oneshot::channel();
         r.handle(
@@ -134,8 +147,15 @@ impl Module for Pep {
             let r = rx
                 .await
                 .unwrap_or_else(|_| Err(StanzaError::new(StanzaCondition::InternalServerError)));
-            if let (true, Ok(_), Some(c)) = (avatar, &r, c) {
-                super::avatar_conversion::vcard_follows_pep(&c, &user).await;
+            if let (true, Ok(_), Some(c)) = (avatar, &r, &c) {
+                super::avatar_conversion::vcard_follows_pep(c, &user).await;
+            }
+            if let (Some(node), Ok(_), Some(c)) = (bookmarks, &r, &c) {
+                if node == compat::LEGACY {
+                    compat::follow_legacy_pep(c, &user).await;
+                } else {
+                    compat::legacy_follows(c, &user).await;
+                }
             }
             r.into()
         })

@@ -112,6 +112,7 @@ impl Module for Private {
                         .into();
                     }
                     compat::follow_private(&c, &user, &storage).await;
+                    compat::legacy_follows(&c, &user).await;
                     Ok(None).into()
                 })
             }
