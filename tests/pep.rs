@@ -280,3 +280,80 @@ async fn items_outlive_a_killed_node() {
     assert!(told.to_xml("").contains("urn:example:board"));
     drop((n1, n3));
 }
+
+/// An account's disco#items are its PEP nodes, only those the asker may
+/// read (XEP-0060 §5.2); a node's disco#info names it a leaf (§5.3), and
+/// one the asker may not read is not found.
+#[tokio::test]
+async fn an_accounts_items_are_the_pep_nodes_the_asker_may_read() {
+    let s = Server::start();
+    for u in ["alice", "bob"] {
+        s.add_user(u, &format!("{u}-pw"));
+    }
+    let mut alice = Client::online(s.c2s, "alice", "alice-pw", "r").await;
+    let mut bob = Client::online(s.c2s, "bob", "bob-pw", "r").await;
+    for (node, access) in [("urn:xmpp:status", "open"), ("secret", "whitelist")] {
+        let r = alice
+            .iq(iq(&format!(
+                "<iq type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+                 <publish node='{node}'><item id='current'><x xmlns='urn:example'/></item></publish>\
+                 <publish-options><x xmlns='jabber:x:data' type='submit'>\
+                 <field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+                 <field var='pubsub#access_model'><value>{access}</value></field></x></publish-options>\
+                 </pubsub></iq>"
+            )))
+            .await;
+        assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    }
+    const ITEMS: &str = "http://jabber.org/protocol/disco#items";
+    const INFO: &str = "http://jabber.org/protocol/disco#info";
+    let nodes = |r: &starling::base::xml::Element| {
+        let q = r.get_child("query", ITEMS).expect("items");
+        let mut n: Vec<(String, String)> = q
+            .elements()
+            .map(|i| {
+                (
+                    i.attr("jid").unwrap_or_default().to_string(),
+                    i.attr("node").unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        n.sort();
+        n
+    };
+    let get_items = "<iq type='get' to='alice@localhost'>\
+        <query xmlns='http://jabber.org/protocol/disco#items'/></iq>";
+    let own = nodes(&alice.iq(iq(get_items)).await);
+    let a = "alice@localhost".to_string();
+    assert_eq!(
+        own,
+        [
+            (a.clone(), "secret".into()),
+            (a.clone(), "urn:xmpp:status".into())
+        ]
+    );
+    let seen = nodes(&bob.iq(iq(get_items)).await);
+    assert_eq!(seen, [(a.clone(), "urn:xmpp:status".to_string())]);
+    let info = |node: &str| {
+        format!(
+            "<iq type='get' to='alice@localhost'>\
+             <query xmlns='http://jabber.org/protocol/disco#info' node='{node}'/></iq>"
+        )
+    };
+    let r = bob.iq(iq(&info("urn:xmpp:status"))).await;
+    let q = r.get_child("query", INFO).expect("node info");
+    assert_eq!(q.attr("node"), Some("urn:xmpp:status"));
+    let id = q.get_child("identity", INFO).expect("identity");
+    assert_eq!(
+        (id.attr("category"), id.attr("type")),
+        (Some("pubsub"), Some("leaf"))
+    );
+    let r = bob.iq(iq(&info("secret"))).await;
+    assert_eq!(stanza_condition(&r).as_deref(), Some("item-not-found"));
+    let r = alice.iq(iq(&info("secret"))).await;
+    assert_eq!(
+        r.attr("type"),
+        Some("result"),
+        "the owner sees its node: {r:?}"
+    );
+}

@@ -1,8 +1,9 @@
-//! XEP-0030 Service Discovery: info and items for the server, info for the
-//! user's own account. Features come from what the modules declared; the
-//! server's items are the services it hosts (the external components of
+//! XEP-0030 Service Discovery: info and items for the server and for
+//! accounts. Features come from what the modules declared; the server's
+//! items are the services it hosts (the external components of
 //! `[component] secrets`, cluster-wide, and the `[services]` domains), so
-//! clients find them (§4).
+//! clients find them (§4). An account's items are the PEP nodes the asker
+//! may read, and such a node's info names it a leaf (XEP-0060 §5.2, §5.3).
 //!
 //! The server's info also carries its contact addresses (XEP-0157, a
 //! XEP-0128 form, from `[contact]`), and its hash is the server's own
@@ -66,6 +67,47 @@ pub fn server_caps(ctx: &ImCtx) -> &str {
         .get_or_init(|| super::caps::hash(&server_info(ctx)))
 }
 
+/// An account's PEP nodes that `req`'s sender may read (XEP-0060 §5.2:
+/// a service lists only what the requester may see), by name; none for
+/// a temporary account (no PEP service there).
+fn readable_pep_nodes(req: &IqRequest, only: Option<&str>) -> Vec<String> {
+    let owner = match (&req.addressee, &req.target) {
+        (Addressee::OtherAccount, Some(t)) => t.clone(),
+        _ => req.from.to_bare(),
+    };
+    let ctx = req.server;
+    if owner.domain().as_str() != ctx.config.domain {
+        return Vec::new();
+    }
+    let Some(user) = owner.node().map(|n| n.as_str()) else {
+        return Vec::new();
+    };
+    let requester = req.from.to_bare();
+    let mine = requester == owner;
+    let names = match only {
+        Some(n) => vec![n.to_string()],
+        None => ctx.state.pubsub_nodes(user),
+    };
+    names
+        .into_iter()
+        .filter(|name| {
+            let Some(meta) = ctx.state.pubsub_node(user, name) else {
+                return false;
+            };
+            mine || crate::im::pubsub::may_read(
+                &ctx.state,
+                &ctx.config.domain,
+                crate::im::pubsub::Kind::Pep,
+                user,
+                &meta,
+                requester.as_str(),
+                meta.affiliation(requester.as_str()),
+            )
+            .is_ok()
+        })
+        .collect()
+}
+
 /// The `<c/>` of stream features that names the server's capabilities
 /// (XEP-0115 §6.3).
 pub fn caps_feature(ctx: &ImCtx) -> Element {
@@ -107,6 +149,24 @@ impl Module for Disco {
                     super::admin_commands::items(req.server, &req.from.to_bare()),
                 ),
                 (Addressee::Host, ns::DISCO_INFO) => super::admin_commands::info(node),
+                // XEP-0060 §5.3 on a PEP node (XEP-0163 §6).
+                (Addressee::Account | Addressee::OtherAccount, ns::DISCO_INFO)
+                    if !readable_pep_nodes(req, Some(node)).is_empty() =>
+                {
+                    Some(
+                        Element::new("query", ns::DISCO_INFO)
+                            .with_attr("node", node)
+                            .with_child(
+                                Element::new("identity", ns::DISCO_INFO)
+                                    .with_attr("category", "pubsub")
+                                    .with_attr("type", "leaf"),
+                            )
+                            .with_child(
+                                Element::new("feature", ns::DISCO_INFO)
+                                    .with_attr("var", crate::im::pubsub::NS),
+                            ),
+                    )
+                }
                 _ => None,
             };
             return found
@@ -129,6 +189,19 @@ impl Module for Disco {
                 domains.sort_unstable();
                 for domain in domains {
                     q.push_child(Element::new("item", ns::DISCO_ITEMS).with_attr("jid", domain));
+                }
+            } else {
+                // An account's items are its PEP nodes (XEP-0060 §5.2).
+                let owner = match (&req.addressee, &req.target) {
+                    (Addressee::OtherAccount, Some(t)) => t.to_string(),
+                    _ => req.from.to_bare().to_string(),
+                };
+                for name in readable_pep_nodes(req, None) {
+                    q.push_child(
+                        Element::new("item", ns::DISCO_ITEMS)
+                            .with_attr("jid", owner.clone())
+                            .with_attr("node", name),
+                    );
                 }
             }
             return Ok(Some(q)).into();
