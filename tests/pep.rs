@@ -357,3 +357,66 @@ async fn an_accounts_items_are_the_pep_nodes_the_asker_may_read() {
         "the owner sees its node: {r:?}"
     );
 }
+
+/// Bookmarks carry room passwords: a legacy `storage:bookmarks` PEP node
+/// an old client published without options (so contacts may read it) is
+/// not written with the rooms of the bookmarks node (XEP-0402 §5.2 sync
+/// stops there), while one the owner alone reads follows.
+#[tokio::test]
+async fn bookmarks_are_not_copied_into_a_node_contacts_read() {
+    let s = Server::start();
+    s.add_user("alice", "alice-pw");
+    let mut alice = Client::online(s.c2s, "alice", "alice-pw", "r").await;
+    let publish = |node: &str, id: &str, payload: &str, options: &str| {
+        format!(
+            "<iq type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+             <publish node='{node}'><item id='{id}'>{payload}</item></publish>{options}\
+             </pubsub></iq>"
+        )
+    };
+    // An old client, no publish options: the PEP default, presence access.
+    let r = alice
+        .iq(iq(&publish(
+            "storage:bookmarks",
+            "current",
+            "<storage xmlns='storage:bookmarks'>\
+             <conference jid='open@conference.localhost' autojoin='true'/></storage>",
+            "",
+        )))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    let whitelist = "<publish-options><x xmlns='jabber:x:data' type='submit'>\
+        <field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+        <field var='pubsub#access_model'><value>whitelist</value></field>\
+        <field var='pubsub#persist_items'><value>true</value></field>\
+        <field var='pubsub#send_last_published_item'><value>never</value></field>\
+        <field var='pubsub#max_items'><value>max</value></field></x></publish-options>";
+    let r = alice
+        .iq(iq(&publish(
+            "urn:xmpp:bookmarks:1",
+            "secret@conference.localhost",
+            "<conference xmlns='urn:xmpp:bookmarks:1' autojoin='true'>\
+             <password>hunter2</password></conference>",
+            whitelist,
+        )))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    let get = |node: &str| {
+        format!(
+            "<iq type='get'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+             <items node='{node}'/></pubsub></iq>"
+        )
+    };
+    let legacy = alice.iq(iq(&get("storage:bookmarks"))).await.to_xml("");
+    assert!(legacy.contains("open@conference.localhost"), "{legacy}");
+    assert!(
+        !legacy.contains("hunter2") && !legacy.contains("secret@"),
+        "a password reached a node contacts read: {legacy}"
+    );
+    // The bookmarks node (owner-only) did follow the old client's list.
+    let new = alice.iq(iq(&get("urn:xmpp:bookmarks:1"))).await.to_xml("");
+    assert!(
+        new.contains("open@conference.localhost") && new.contains("secret@"),
+        "{new}"
+    );
+}

@@ -635,7 +635,8 @@ mod tests {
             let bytes = e.write_to_bytes().unwrap();
             assert_eq!(entry_term(&bytes).unwrap(), e.term);
         }
-        // Cut short inside a field: an error, not a panic or a guess.
+        // Cut short after the term: the term is read; cut short inside a
+        // field before it: an error, not a panic or a guess.
         let mut e = Entry::default();
         e.data = vec![1; 64].into();
         e.term = 3;

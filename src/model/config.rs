@@ -88,7 +88,8 @@ impl ContactSection {
 }
 
 /// Whether `s` reads as an absolute URI (RFC 3986 §3: a scheme, a colon,
-/// something after it), with no white space.
+/// something after it), with none of the characters a URI never holds
+/// (white space, controls, and `<>"{}|\^` and the backquote, §2).
 fn is_uri(s: &str) -> bool {
     let Some((scheme, rest)) = s.split_once(':') else {
         return false;
@@ -97,7 +98,9 @@ fn is_uri(s: &str) -> bool {
     chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
         && !rest.is_empty()
-        && !s.chars().any(char::is_whitespace)
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>\"{}|\\^`".contains(c))
 }
 
 /// One configured STUN/TURN service (XEP-0215).
@@ -1328,6 +1331,7 @@ mod tests {
             "mailto:",
             "1x:y",
             "mailto:a b@example.org",
+            "https://example.org/<x>",
         ] {
             let e = Config::load(None, env(&[("STARLING_CONTACT_SUPPORT", bad)])).unwrap_err();
             assert!(e.to_string().contains("contact.support"), "{bad}: {e}");

@@ -111,11 +111,29 @@ pub fn items_of(storage: &Element, held: &[(String, String)]) -> Vec<(String, St
     out
 }
 
+/// Whether bookmarks may be copied into `user`'s PEP node `node`: it does
+/// not exist yet (it is made owner-only), or only its owner reads it.
+/// Bookmarks carry room passwords: a node a client made readable by
+/// contacts (an old client publishing without options gets the PEP
+/// default, presence access) is not written to; the copy is skipped.
+fn private_node(state: &State, user: &str, node: &str) -> bool {
+    let private = state
+        .pubsub_node(user, node)
+        .is_none_or(|m| m.config.access_model == AccessModel::Whitelist);
+    if !private {
+        tracing::info!(%user, node, "bookmarks not copied: that node is readable by others than its owner");
+    }
+    private
+}
+
 /// After a private-storage write of `storage`: the PEP node holds the
 /// same rooms, and the account's interested resources hear of each.
 pub async fn follow_private(ctx: &ImCtx, user: &str, storage: &Element) {
     if crate::model::config::is_anonymous_account(user) {
         return; // no PEP service on the anonymous host
+    }
+    if !private_node(&ctx.state, user, NODE) {
+        return;
     }
     let Some(b) = super::pep::backend(ctx) else {
         return;
@@ -169,7 +187,7 @@ const LEGACY_ITEM: &str = "current";
 /// there, or wrote private storage): the legacy PEP node holds the same
 /// rooms, and the account's resources that want it hear of it.
 pub async fn legacy_follows(ctx: &ImCtx, user: &str) {
-    if crate::model::config::is_anonymous_account(user) {
+    if crate::model::config::is_anonymous_account(user) || !private_node(&ctx.state, user, LEGACY) {
         return;
     }
     let Some(b) = super::pep::backend(ctx) else {
