@@ -147,8 +147,6 @@ impl StanzaError {
     }
 }
 
-/// An error reply for a stanza the server could not process, unless it is
-/// itself an error (RFC 6120 §8.3.1: never answer an error with an error).
 /// The defined condition of an error stanza (RFC 6120 §8.3.2), if any.
 pub fn condition_of(stanza: &Element) -> Option<String> {
     stanza
@@ -159,9 +157,41 @@ pub fn condition_of(stanza: &Element) -> Option<String> {
         .map(|c| c.name.clone())
 }
 
+/// An error reply for a stanza the server could not process, unless it is
+/// itself an error (RFC 6120 §8.3.1: never answer an error with an error)
+/// or an iq result (§8.2.3: results and errors are never answered; RFC
+/// 6121 §8.5.3.1: the server ignores one it cannot deliver).
 pub fn bounce(stanza: &Element, condition: StanzaCondition) -> Option<Element> {
-    if stanza.attr("type") == Some("error") {
-        return None;
+    match (stanza.name.as_str(), stanza.attr("type")) {
+        (_, Some("error")) => None,
+        ("iq", Some("result")) => {
+            tracing::debug!(
+                id = stanza.attr("id").unwrap_or(""),
+                to = stanza.attr("to").unwrap_or(""),
+                condition = condition.name(),
+                "an iq result that could not be delivered is dropped (never answered with an error)"
+            );
+            None
+        }
+        _ => Some(StanzaError::new(condition).reply_to(stanza)),
     }
-    Some(StanzaError::new(condition).reply_to(stanza))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_and_iq_results_are_never_answered_with_an_error() {
+        let el = |xml: &str| crate::base::xml::parse_fragment(xml).expect("parses");
+        let c = StanzaCondition::ServiceUnavailable;
+        assert!(bounce(&el("<iq type='result' id='1'/>"), c).is_none());
+        assert!(bounce(&el("<iq type='error' id='1'/>"), c).is_none());
+        assert!(bounce(&el("<message type='error'/>"), c).is_none());
+        let e =
+            bounce(&el("<iq type='get' id='2' from='a@x/r' to='b@x/r'/>"), c).expect("answered");
+        assert_eq!(e.attr("type"), Some("error"));
+        assert_eq!(condition_of(&e).as_deref(), Some("service-unavailable"));
+        assert!(bounce(&el("<message from='a@x/r' to='b@x'/>"), c).is_some());
+    }
 }
