@@ -67,14 +67,20 @@ pub fn server_caps(ctx: &ImCtx) -> &str {
         .get_or_init(|| super::caps::hash(&server_info(ctx)))
 }
 
+/// The account a query to an account is about: the one addressed, or
+/// the sender's own.
+fn account_asked(req: &IqRequest) -> jid::BareJid {
+    match (&req.addressee, &req.target) {
+        (Addressee::OtherAccount, Some(t)) => t.clone(),
+        _ => req.from.to_bare(),
+    }
+}
+
 /// An account's PEP nodes that `req`'s sender may read (XEP-0060 §5.2:
 /// a service lists only what the requester may see), by name; none for
 /// a temporary account (no PEP service there).
 fn readable_pep_nodes(req: &IqRequest, only: Option<&str>) -> Vec<String> {
-    let owner = match (&req.addressee, &req.target) {
-        (Addressee::OtherAccount, Some(t)) => t.clone(),
-        _ => req.from.to_bare(),
-    };
+    let owner = account_asked(req);
     let ctx = req.server;
     if owner.domain().as_str() != ctx.config.domain {
         return Vec::new();
@@ -192,10 +198,7 @@ impl Module for Disco {
                 }
             } else {
                 // An account's items are its PEP nodes (XEP-0060 §5.2).
-                let owner = match (&req.addressee, &req.target) {
-                    (Addressee::OtherAccount, Some(t)) => t.to_string(),
-                    _ => req.from.to_bare().to_string(),
-                };
+                let owner = account_asked(req).to_string();
                 for name in readable_pep_nodes(req, None) {
                     q.push_child(
                         Element::new("item", ns::DISCO_ITEMS)

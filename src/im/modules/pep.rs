@@ -119,12 +119,13 @@ impl Module for Pep {
             from: req.from.clone().into(),
         };
         // XEP-0398: an avatar published here becomes the vCard's photo.
-        let avatar = (req.kind == IqKind::Set && owner_bare == req.from.to_bare())
+        let owner_sets = req.kind == IqKind::Set && owner_bare == req.from.to_bare();
+        let avatar = owner_sets
             .then(|| req.payload.get_child("publish", NS))
             .flatten()
             .is_some_and(|p| p.attr("node") == Some(super::avatar_conversion::META));
         // XEP-0402 §5.2: the two bookmark nodes follow each other.
-        let bookmarks = (req.kind == IqKind::Set && owner_bare == req.from.to_bare())
+        let bookmarks = owner_sets
             .then(|| {
                 req.payload
                     .elements()

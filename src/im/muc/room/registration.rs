@@ -224,7 +224,8 @@ fn text_child(name: &str, text: &str) -> Element {
     Element::new(name, DATA).with_text(text)
 }
 
-fn field_value(form: &Element, var: &str) -> Option<String> {
+/// The first value of form field `var` (also read by `voice_request.rs`).
+pub(super) fn field_value(form: &Element, var: &str) -> Option<String> {
     form.elements()
         .filter(|f| f.is("field", DATA) && f.attr("var") == Some(var))
         .find_map(|f| f.get_child("value", DATA).map(|v| v.text()))

@@ -7,19 +7,12 @@
 //! against the sender's message rate, so a visitor cannot flood the
 //! moderators with them.
 
+use super::registration::field_value as value;
 use super::{Role, Room, DATA};
 use crate::base::stanza_error::StanzaCondition;
 use crate::base::xml::{ns, Element};
 
 pub(super) const REQUEST: &str = "http://jabber.org/protocol/muc#request";
-
-/// The first value of form field `var`.
-fn value(x: &Element, var: &str) -> Option<String> {
-    x.elements()
-        .find(|f| f.is("field", DATA) && f.attr("var") == Some(var))?
-        .get_child("value", DATA)
-        .map(|v| v.text())
-}
 
 fn field(var: &str, kind: &str, label: &str, v: &str) -> Element {
     let mut f = Element::new("field", DATA)
