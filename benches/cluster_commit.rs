@@ -73,7 +73,7 @@ fn main() {
         // Proposers in flight at once, spread over the three nodes (each
         // waits for its commit before the next): 64, then more.
         for in_flight in [64usize, 256, 1024] {
-            let total = (in_flight * 80).max(5000);
+            let total = (in_flight * 80).max(20_000);
             let t = Instant::now();
             let mut tasks = Vec::new();
             for w in 0..in_flight {

@@ -519,8 +519,16 @@ impl Driver {
             self.store.set_commit(last)?;
         }
         self.store.set_applied(last)?;
-        // One flush for the batch, and only then the answers.
-        self.store.flush()?;
+        // No flush here: what is answered is already durable. raft-rs hands
+        // out only entries this node has persisted (`min(committed,
+        // persisted)`, and every Ready with entries is flushed before it
+        // advances), and the entry is on a majority's disk. The applied
+        // state is written behind it, and the next flush (the next round
+        // with entries, or sled's own every 500 ms) makes it durable. sled
+        // recovers a prefix of its writes (up to its stable log sequence
+        // number), so after a crash the applied index, the state, the
+        // dedup window and any compaction agree, and the entries after that
+        // index are applied again from the log, as on any restart.
         // Published before the answers: whoever acts on an answer (relays a
         // stanza) sends an applied index that covers it.
         // Only now that `applied` covers it (never ahead of it).

@@ -16,6 +16,7 @@ pub mod blobs;
 mod driver;
 pub mod mesh_tls;
 mod raft_log;
+mod raft_stream;
 mod relay_stream;
 mod snapshots;
 pub mod storage;
@@ -302,6 +303,7 @@ pub struct Cluster {
     app_status: AppStatus,
     /// What relay streams carried here (and the fault switch that cuts them).
     seen: Arc<relay_stream::Seen>,
+    raft_streams: Arc<raft_stream::Switches>,
     /// Which log formats the members read (batch entries' gate).
     formats: Arc<batch::LogFormats>,
     /// The driver's thread, joined by [`Cluster::shutdown_and_wait`].
@@ -385,6 +387,7 @@ impl Cluster {
         let (relay_tx, relay_rx) = mpsc::channel(8192);
         let app_status: AppStatus = Arc::new(std::sync::OnceLock::new());
         let seen = Arc::new(relay_stream::Seen::default());
+        let raft_streams = Arc::new(raft_stream::Switches::default());
         transport::serve(
             listener,
             transport::Service {
@@ -398,6 +401,7 @@ impl Cluster {
                 blob_dir: blob_dir.clone(),
                 seen: seen.clone(),
                 formats: formats.clone(),
+                raft_streams: raft_streams.clone(),
             },
             stop.subscribe(),
         )?;
@@ -439,6 +443,7 @@ impl Cluster {
             rt: tokio::runtime::Handle::current(),
             app_status,
             seen,
+            raft_streams,
             formats: formats_keep,
             driver: Arc::new(std::sync::Mutex::new(Some(driver))),
             auth: auth.clone(),
@@ -696,6 +701,25 @@ impl Cluster {
     /// cluster).
     pub fn set_relay_streams_refused(&self, refused: bool) {
         self.seen.refuse_streams.store(refused, Ordering::SeqCst);
+    }
+
+    /// Test and operations switch: cut every Raft stream arriving here
+    /// right after `n` batches were handed to the driver (0: never), before
+    /// their answers go out. The senders open new streams and send again
+    /// what had no answer: no proposal may be lost or applied twice.
+    pub fn set_raft_stream_cut_every(&self, n: u64) {
+        self.raft_streams.cut_every.store(n, Ordering::SeqCst);
+    }
+
+    /// How many Raft streams [`Cluster::set_raft_stream_cut_every`] has cut.
+    pub fn raft_streams_cut(&self) -> u64 {
+        self.raft_streams.cuts.load(Ordering::SeqCst)
+    }
+
+    /// Test switch: refuse Raft streams as a node of an older version
+    /// does, so peers send it `Send` batches.
+    pub fn set_raft_streams_refused(&self, refused: bool) {
+        self.raft_streams.refuse.store(refused, Ordering::SeqCst);
     }
 
     /// How many relay streams [`Cluster::set_relay_cut_every`] has cut.

@@ -19,11 +19,11 @@ use crate::mesh_tls::MeshAuth;
 use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server::{Raft, RaftServer};
 use crate::proto::{
-    Ack, BlobChunk, BlobRequest, JoinRequest, JoinResponse, Peer, RaftBatch, RelayAnswers,
-    RelayBatch, RelayFrames, RelayMark, RelayPayload, RemoveRequest, SnapshotChunk, StatusRequest,
-    StatusResponse,
+    Ack, BlobChunk, BlobRequest, JoinRequest, JoinResponse, Peer, RaftAcked, RaftBatch,
+    RelayAnswers, RelayBatch, RelayFrames, RelayMark, RelayPayload, RemoveRequest, SnapshotChunk,
+    StatusRequest, StatusResponse,
 };
-use crate::relay_stream;
+use crate::{raft_stream, relay_stream};
 use crate::{ClusterError, Cmd, Incoming, Receipt, Returned, Status};
 
 /// Messages queued per peer; beyond this they are dropped (raft resends).
@@ -47,6 +47,8 @@ pub struct Service {
     pub seen: Arc<relay_stream::Seen>,
     /// Which log formats the peers read (see `batch`).
     pub formats: Arc<crate::batch::LogFormats>,
+    /// Test switches for Raft streams arriving here.
+    pub raft_streams: Arc<raft_stream::Switches>,
 }
 
 fn peers_out(peers: Vec<(u64, String)>) -> Vec<Peer> {
@@ -56,11 +58,31 @@ fn peers_out(peers: Vec<(u64, String)>) -> Vec<Peer> {
         .collect()
 }
 
-#[tonic::async_trait]
-impl Raft for Service {
-    async fn send(&self, req: Request<RaftBatch>) -> Result<Response<Ack>, RpcStatus> {
-        let from = req.get_ref().from;
-        self.auth.check_node(&req, from)?;
+impl Service {
+    fn raft_inbox(&self) -> RaftInbox {
+        RaftInbox {
+            isolated: self.isolated.clone(),
+            tx: self.tx.clone(),
+            status: self.status.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+            formats: self.formats.clone(),
+        }
+    }
+}
+
+/// Where Raft messages from peers go in (by `Send` or a `RaftStream`).
+pub(crate) struct RaftInbox {
+    isolated: Arc<AtomicBool>,
+    tx: mpsc::Sender<Cmd>,
+    status: watch::Receiver<Status>,
+    snapshot_dir: std::path::PathBuf,
+    formats: Arc<crate::batch::LogFormats>,
+}
+
+impl RaftInbox {
+    /// Hand one batch from a peer (whose identity the caller checked) to
+    /// the driver, after the checks every batch gets.
+    pub(crate) async fn take(&self, batch: RaftBatch) -> Result<(), RpcStatus> {
         if self.isolated.load(Ordering::SeqCst) {
             return Err(RpcStatus::unavailable("isolated"));
         }
@@ -70,7 +92,8 @@ impl Raft for Service {
             messages,
             log_format,
             cluster_log_format,
-        } = req.into_inner();
+            seq: _,
+        } = batch;
         let leader = self.status.borrow().leader;
         self.formats
             .heard(from, log_format, cluster_log_format, leader);
@@ -114,7 +137,45 @@ impl Raft for Service {
                 .await
                 .map_err(|_| RpcStatus::unavailable("stopping"))?;
         }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for Service {
+    async fn send(&self, req: Request<RaftBatch>) -> Result<Response<Ack>, RpcStatus> {
+        let from = req.get_ref().from;
+        self.auth.check_node(&req, from)?;
+        self.raft_inbox().take(req.into_inner()).await?;
         Ok(Response::new(Ack::default()))
+    }
+
+    type RaftStreamStream = tokio_stream::wrappers::ReceiverStream<Result<RaftAcked, RpcStatus>>;
+
+    async fn raft_stream(
+        &self,
+        req: Request<tonic::Streaming<RaftBatch>>,
+    ) -> Result<Response<Self::RaftStreamStream>, RpcStatus> {
+        let caller = self.auth.check(&req)?;
+        if self.raft_streams.refuse.load(Ordering::SeqCst) {
+            return Err(RpcStatus::unimplemented(
+                "raft streams refused (test switch)",
+            ));
+        }
+        if self.isolated.load(Ordering::SeqCst) {
+            return Err(RpcStatus::unavailable("isolated"));
+        }
+        let (tx, rx) = mpsc::channel(raft_stream::ACKS);
+        tokio::spawn(raft_stream::serve(
+            caller,
+            self.raft_inbox(),
+            self.raft_streams.clone(),
+            req.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, RpcStatus> {
@@ -537,15 +598,31 @@ impl Transport {
 async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
     let PeerLink {
         peer,
-        ref addr,
         from,
-        ref auth,
         ref isolated,
         ref report,
         ..
     } = link;
     let mut client: Option<RaftClient<tonic::transport::Channel>> = None;
-    while let Some(first) = rx.recv().await {
+    let mut stream = raft_stream::Outbox::default();
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            answer = stream.answer() => {
+                stream.answered(answer, &link).await;
+                // A peer found to have no streams: what the stream still
+                // held goes by `Send`.
+                for b in stream.handed_back() {
+                    if !send_unary(&link, &mut client, &b).await {
+                        let _ = report.try_send(Cmd::Unreachable(peer));
+                    }
+                }
+                continue;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match rx.try_recv() {
@@ -608,41 +685,47 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
             .iter()
             .filter_map(|m| m.write_to_bytes().ok())
             .collect();
-        // Raft copes with late or repeated messages, so a batch is retried a
-        // few times (a lost MsgPropose would otherwise lose a proposal).
-        let mut sent = false;
-        for attempt in 0..3u64 {
-            if isolated.load(Ordering::SeqCst) {
-                break;
-            }
-            if client.is_none() {
-                client = dial(auth, addr, Some(peer), Some(Duration::from_secs(5)))
-                    .await
-                    .ok();
-            }
-            if let Some(c) = client.as_mut() {
-                match c
-                    .send(auth.request(RaftBatch {
+        // Everything but an inline snapshot (whose outcome raft-rs must
+        // hear) goes by the stream, where the peer has one.
+        if !has_snapshot && stream.usable() {
+            let proposes = batch
+                .iter()
+                .any(|m| m.get_msg_type() == raft::prelude::MessageType::MsgPropose);
+            let sent = stream
+                .send(
+                    &link,
+                    RaftBatch {
                         from,
-                        messages: messages.clone(),
+                        messages,
                         log_format: link.formats.own(),
                         cluster_log_format: link.formats.agreed(),
-                    }))
-                    .await
-                {
-                    Ok(_) => {
-                        sent = true;
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::debug!(peer, error = %e, "raft send failed");
-                        client = None;
-                        link.formats.forget(peer);
-                    }
+                        seq: 0,
+                    },
+                    proposes,
+                )
+                .await;
+            // A node of an earlier version: what the stream held, this
+            // batch last, goes by `Send`.
+            for b in stream.handed_back() {
+                if !send_unary(&link, &mut client, &b).await {
+                    let _ = report.try_send(Cmd::Unreachable(peer));
                 }
             }
-            tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+            if !sent && stream.usable() {
+                // The peer has streams and is unreachable now (the stream
+                // kept what Raft needs sent again).
+                let _ = report.try_send(Cmd::Unreachable(peer));
+            }
+            continue;
         }
+        let batch = RaftBatch {
+            from,
+            messages,
+            log_format: link.formats.own(),
+            cluster_log_format: link.formats.agreed(),
+            seq: 0,
+        };
+        let sent = send_unary(&link, &mut client, &batch).await;
         if has_snapshot {
             let _ = report.try_send(Cmd::SnapshotSent(peer, sent));
         }
@@ -650,6 +733,44 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
             let _ = report.try_send(Cmd::Unreachable(peer));
         }
     }
+}
+
+/// One batch by a `Send` call (to a node without Raft streams, or an
+/// inline snapshot, whose outcome raft-rs must hear). Raft copes with late
+/// or repeated messages, so it is tried a few times (a lost MsgPropose
+/// would otherwise lose a proposal).
+async fn send_unary(
+    link: &PeerLink,
+    client: &mut Option<RaftClient<tonic::transport::Channel>>,
+    batch: &RaftBatch,
+) -> bool {
+    for attempt in 0..3u64 {
+        if link.isolated.load(Ordering::SeqCst) {
+            return false;
+        }
+        if client.is_none() {
+            *client = dial(
+                &link.auth,
+                &link.addr,
+                Some(link.peer),
+                Some(Duration::from_secs(5)),
+            )
+            .await
+            .ok();
+        }
+        if let Some(c) = client.as_mut() {
+            match c.send(link.auth.request(batch.clone())).await {
+                Ok(_) => return true,
+                Err(e) => {
+                    tracing::debug!(peer = link.peer, error = %e, "raft send failed");
+                    *client = None;
+                    link.formats.forget(link.peer);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+    }
+    false
 }
 
 /// A snapshot file being received: removed unless it was renamed into
@@ -664,15 +785,15 @@ impl Drop for PartFile {
 
 /// One peer as its sender task sees it.
 #[derive(Clone)]
-struct PeerLink {
-    peer: u64,
-    addr: String,
+pub(crate) struct PeerLink {
+    pub(crate) peer: u64,
+    pub(crate) addr: String,
     from: u64,
-    auth: MeshAuth,
-    isolated: Arc<AtomicBool>,
+    pub(crate) auth: MeshAuth,
+    pub(crate) isolated: Arc<AtomicBool>,
     dir: Arc<std::path::PathBuf>,
-    report: mpsc::Sender<Cmd>,
-    formats: Arc<crate::batch::LogFormats>,
+    pub(crate) report: mpsc::Sender<Cmd>,
+    pub(crate) formats: Arc<crate::batch::LogFormats>,
 }
 
 /// Stream a snapshot file to a peer, then hand it the Raft message that
@@ -772,6 +893,7 @@ async fn stream_snapshot(p: &PeerLink, msg: &Message, index: u64, size: u64) -> 
             messages: vec![bytes],
             log_format: p.formats.own(),
             cluster_log_format: p.formats.agreed(),
+            seq: 0,
         }))
         .await
         .map_err(|e| e.message().to_string())?;
@@ -1653,7 +1775,7 @@ fn status_text(e: &RpcStatus) -> String {
 /// A client of the node at `addr`: `peer` when its id is known (its
 /// certificate must name it; a peer of ours is dialed with a short
 /// connect limit), with a time limit per call if given.
-async fn dial(
+pub(crate) async fn dial(
     auth: &MeshAuth,
     addr: &str,
     peer: Option<u64>,

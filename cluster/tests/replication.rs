@@ -498,6 +498,92 @@ async fn a_node_without_relay_streams_gets_batches() {
     relay_counted(1000, |n2| n2.set_relay_streams_refused(true), 0).await;
 }
 
+/// Raft streams cut on every node mid-traffic (forwarded proposals and
+/// append answers to the leader, appends to the followers travel on
+/// them), answers not sent: the senders open new streams and send again
+/// what had no answer. Counted by id: every proposal from the followers
+/// is answered, and applied exactly once on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_stream_broken_mid_traffic_loses_and_duplicates_no_proposal() {
+    proposals_counted(|n| n.set_raft_stream_cut_every(13), 5).await;
+}
+
+/// A node of a version from before Raft streams (the switch makes the
+/// leader refuse them, and end those open, as Unimplemented) gets `Send`
+/// batches: the followers' proposals still commit, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_raft_streams_gets_send_batches() {
+    proposals_counted(
+        |n| {
+            if n.id() == 1 {
+                n.set_raft_streams_refused(true)
+            }
+        },
+        0,
+    )
+    .await;
+}
+
+/// Propose numbered commands from nodes 2 and 3 (48 at a time) with
+/// `fault` set on every node, and count by id what was answered against
+/// what every node applied.
+async fn proposals_counted(fault: impl Fn(&Cluster), min_cuts: u64) {
+    const COUNT: usize = 1200;
+    const PROPOSERS: usize = 48;
+    let nodes = three(1000).await;
+    for n in &nodes {
+        fault(&n.cluster);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..PROPOSERS {
+        let c = nodes[1 + w % 2].cluster.clone();
+        tasks.spawn(async move {
+            let mut answered = 0;
+            for k in 0..COUNT / PROPOSERS {
+                let id = w * (COUNT / PROPOSERS) + k;
+                if c.propose(format!("c{id}").into_bytes(), WAIT).await.is_ok() {
+                    answered += 1;
+                }
+            }
+            answered
+        });
+    }
+    let mut answered = 0;
+    while let Some(r) = tasks.join_next().await {
+        answered += r.expect("proposer");
+    }
+    let cuts: u64 = nodes.iter().map(|n| n.cluster.raft_streams_cut()).sum();
+    eprintln!("proposed {COUNT}, answered {answered}, raft streams cut {cuts}");
+    assert_eq!(answered, COUNT, "proposals not answered");
+    assert!(cuts >= min_cuts, "the fault switch cut only {cuts} streams");
+    converge(&nodes.iter().collect::<Vec<_>>(), COUNT).await;
+    for n in &nodes {
+        let mut ids: Vec<usize> = n
+            .commands()
+            .iter()
+            .filter_map(|c| c.strip_prefix('c')?.parse().ok())
+            .collect();
+        let applied = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(
+            applied,
+            ids.len(),
+            "node {}: a proposal applied twice",
+            n.id
+        );
+        assert_eq!(
+            ids,
+            (0..COUNT).collect::<Vec<_>>(),
+            "node {}: proposals lost",
+            n.id
+        );
+    }
+    for n in &nodes {
+        n.cluster.shutdown();
+    }
+}
+
 /// Relay `count` numbered payloads from node 1 to node 2 (set up by
 /// `fault`) and count by id what was acknowledged against what arrived.
 async fn relay_counted(count: usize, fault: impl Fn(&Cluster), min_cuts: u64) {
@@ -841,6 +927,7 @@ async fn the_mesh_refuses_a_node_the_cluster_ca_did_not_sign() {
             messages: vec![forged.clone()],
             log_format: 2,
             cluster_log_format: 0,
+            seq: 0,
         })
     };
     let refused = as5
@@ -861,6 +948,18 @@ async fn the_mesh_refuses_a_node_the_cluster_ca_did_not_sign() {
         as5.send(send(2)).await.is_err(),
         "node 5's certificate as node 2"
     );
+    // The same over a Raft stream: the stream ends with the refusal and
+    // the batch is never answered.
+    let mut answers = as5
+        .raft_stream(raw_request(tokio_stream::iter(vec![send(2).into_inner()])))
+        .await
+        .expect("a raft stream opens")
+        .into_inner();
+    let refused = answers
+        .message()
+        .await
+        .expect_err("node 5's certificate as node 2 on a raft stream");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     let from_zero = || {
         raw_request(RelayBatch {
             from: 0,
