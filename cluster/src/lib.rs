@@ -41,9 +41,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// node applies the same commands in the same order.
 pub trait StateMachine: Send + Sync + 'static {
     /// Apply the command committed at `index`; the bytes returned go back
-    /// to the node that proposed it. The driver flushes the store after
-    /// each batch of commands and before it answers any proposer, so a
-    /// state machine kept in the same sled database need not flush itself.
+    /// to the node that proposed it. The driver does not flush after
+    /// applying: the command is in this node's log on disk (and a
+    /// majority's) before it is applied, and a state machine kept in the
+    /// same sled database is made durable with the log's next flush; after
+    /// a crash, sled recovers a prefix of the writes and what is missing is
+    /// applied again from the log. A state machine kept elsewhere must
+    /// apply idempotently by `index` (a command may be applied again after
+    /// a crash).
     fn apply(&self, index: u64, command: &[u8]) -> Vec<u8>;
     /// The whole state, for a node that joins or falls behind.
     fn snapshot(&self) -> Result<Vec<u8>, String>;

@@ -13,7 +13,10 @@
 //! Unimplemented and gets `Send` calls.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -26,18 +29,28 @@ use crate::transport::{dial, PeerLink, RaftInbox};
 
 /// Answers the receiver may have queued for a stream's sender.
 pub(crate) const ACKS: usize = 1024;
-/// Unanswered batches kept for sending again, at most (the oldest go
-/// first: Raft sends again what it still needs).
+/// Unanswered batches kept for sending again, at most (the oldest that
+/// carry no proposal go first: Raft sends again what it still needs).
 const UNANSWERED: usize = 1024;
 /// A stream not opened within this is a failed attempt.
 const OPEN_WITHIN: Duration = Duration::from_secs(2);
-/// A batch unanswered this long: the peer has stopped reading (paused,
-/// cut off); the stream is given up and the peer reported unreachable
-/// (the unary `Send` gave up after its 5 s call timeout).
+/// No answer for this long while batches wait: the peer has stopped
+/// reading (paused, cut off); the stream is given up and the peer reported
+/// unreachable (the unary `Send` gave up after its 5 s call timeout).
 const STUCK_AFTER: Duration = Duration::from_secs(5);
+/// A forwarded proposal is sent again after a break only this long after
+/// it was first sent: well within its proposer's wait (5 s in the server),
+/// so it never lands after its proposer gave up on it, nor so late that
+/// the dedup window no longer knows it. Past that, a leader change
+/// proposes it again (the driver), or its proposer hears it failed.
+const HOLD: Duration = Duration::from_secs(2);
 /// Pause before opening again a stream the peer ended, so a peer that
 /// refuses every stream is not dialled in a tight loop.
 const REOPEN_PAUSE: Duration = Duration::from_millis(50);
+/// Streams ended one after another with no answer on them: the peer is
+/// reported unreachable and only young proposals are kept, so one batch it
+/// cannot take is not sent again forever.
+const FRUITLESS: u32 = 2;
 
 /// Test and operations switches for the receiving side.
 #[derive(Default)]
@@ -54,7 +67,8 @@ pub struct Switches {
 
 struct Sent {
     seq: u64,
-    at: Instant,
+    /// When it was first sent (a resend keeps it).
+    first: Instant,
     batch: RaftBatch,
     /// Carries a forwarded proposal: the one kind of Raft message nobody
     /// sends again by itself, so kept across a failed stream.
@@ -64,17 +78,54 @@ struct Sent {
 struct Open {
     tx: mpsc::Sender<RaftBatch>,
     answers: tonic::Streaming<RaftAcked>,
+    /// Set when the stream is given up: its request body ends at once,
+    /// and what was queued on it is not sent.
+    cancelled: Arc<AtomicBool>,
+}
+
+/// A stream's request body: the batches queued for it, until cancelled.
+struct Outgoing {
+    rx: mpsc::Receiver<RaftBatch>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl tokio_stream::Stream for Outgoing {
+    type Item = RaftBatch;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RaftBatch>> {
+        if self.cancelled.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        self.rx.poll_recv(cx)
+    }
 }
 
 /// The sending side of one peer's stream, owned by its peer task.
-#[derive(Default)]
 pub(crate) struct Outbox {
     client: Option<RaftClient<tonic::transport::Channel>>,
     open: Option<Open>,
     unanswered: VecDeque<Sent>,
     next: u64,
+    /// The last answer (or the stream's opening).
+    progress: Instant,
+    /// Streams ended in a row without an answer.
+    fruitless: u32,
     /// The peer answered Unimplemented: it gets `Send` calls.
     unsupported: bool,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox {
+            client: None,
+            open: None,
+            unanswered: VecDeque::new(),
+            next: 0,
+            progress: Instant::now(),
+            fruitless: 0,
+            unsupported: false,
+        }
+    }
 }
 
 impl Outbox {
@@ -97,124 +148,156 @@ impl Outbox {
         answer: Result<Option<RaftAcked>, RpcStatus>,
         link: &PeerLink,
     ) {
-        match answer {
+        let e = match answer {
             Ok(Some(a)) => {
                 while self.unanswered.front().is_some_and(|s| s.seq <= a.seq) {
                     self.unanswered.pop_front();
                 }
+                self.progress = Instant::now();
+                self.fruitless = 0;
+                return;
             }
-            Ok(None) | Err(_) => {
-                if let Err(e) = &answer {
-                    tracing::debug!(peer = link.peer, error = %e, "raft stream ended");
-                    // The receiver refused the first unanswered batch (it
-                    // stops there): sending it again would be refused again.
-                    if matches!(
-                        e.code(),
-                        tonic::Code::FailedPrecondition
-                            | tonic::Code::PermissionDenied
-                            | tonic::Code::InvalidArgument
-                    ) {
-                        if let Some(s) = self.unanswered.pop_front() {
-                            tracing::warn!(
-                                peer = link.peer,
-                                seq = s.seq,
-                                error = %e,
-                                "raft batch refused by its peer; dropped"
-                            );
-                        }
-                    }
-                }
-                self.broken(link);
-                if self.unanswered.is_empty() {
-                    return; // opened again with the next message
-                }
-                tokio::time::sleep(REOPEN_PAUSE).await;
-                if !self.reopen(link).await && !self.unsupported {
-                    self.prune();
-                    let _ = link.report.try_send(crate::Cmd::Unreachable(link.peer));
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        if let Some(e) = &e {
+            tracing::debug!(peer = link.peer, error = %e, "raft stream ended");
+            // The receiver refused the first unanswered batch (it stops
+            // there): sending it again would be refused again.
+            if matches!(
+                e.code(),
+                tonic::Code::FailedPrecondition
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::InvalidArgument
+            ) {
+                if let Some(s) = self.unanswered.pop_front() {
+                    tracing::warn!(
+                        peer = link.peer,
+                        seq = s.seq,
+                        error = %e,
+                        "raft batch refused by its peer; dropped"
+                    );
                 }
             }
         }
+        self.broken(link);
+        self.fruitless += 1;
+        if self.unanswered.is_empty() {
+            return; // opened again with the next message
+        }
+        if self.fruitless >= FRUITLESS {
+            self.give_up(link);
+            return;
+        }
+        tokio::time::sleep(REOPEN_PAUSE).await;
+        if !self.reopen(link).await && !self.unsupported {
+            self.give_up(link);
+        }
     }
 
-    /// Send one batch. False when it could not go: the peer does not take
-    /// streams (it is handed back, see [`Outbox::handed_back`]) or is
-    /// unreachable now (a proposal is kept for the next stream).
+    /// Send one batch. `Err(None)`: the peer is unreachable now (a
+    /// proposal is kept for the next stream, a while). `Err(Some(batch))`:
+    /// the peer takes no streams; the batch goes by `Send`, after
+    /// [`Outbox::handed_back`].
     pub(crate) async fn send(
         &mut self,
         link: &PeerLink,
         mut batch: RaftBatch,
         proposes: bool,
-    ) -> bool {
-        if self
-            .unanswered
-            .front()
-            .is_some_and(|s| s.at.elapsed() > STUCK_AFTER)
+    ) -> Result<(), Option<RaftBatch>> {
+        if self.open.is_some()
+            && !self.unanswered.is_empty()
+            && self.progress.elapsed() > STUCK_AFTER
         {
             tracing::debug!(
                 peer = link.peer,
                 "raft stream unanswered too long; given up"
             );
             self.broken(link);
-            self.prune();
+            self.give_up(link);
         }
         self.next += 1;
         batch.seq = self.next;
         let sent = Sent {
             seq: self.next,
-            at: Instant::now(),
+            first: Instant::now(),
             batch,
             proposes,
         };
         if self.open.is_none() && !self.reopen(link).await {
-            // Without streams it is handed back (`handed_back`), after
-            // what was held before it.
-            if proposes || self.unsupported {
-                self.keep(sent);
+            if self.unsupported {
+                return Err(Some(sent.batch));
             }
-            return false;
+            if proposes {
+                self.keep(sent, link);
+            }
+            return Err(None);
         }
         let Some(open) = self.open.as_ref() else {
-            return false;
+            return Err(None);
         };
         if open.tx.try_send(sent.batch.clone()).is_err() {
-            // The channel holds more than the window: the peer stopped
+            // The channel holds more than is kept: the peer stopped
             // reading long ago.
             self.broken(link);
             self.prune();
             if proposes {
-                self.keep(sent);
+                self.keep(sent, link);
             }
-            return false;
+            return Err(None);
         }
-        self.keep(sent);
-        true
+        self.keep(sent, link);
+        Ok(())
     }
 
-    /// Once the peer turned out to have no streams: what this held, to go
-    /// by `Send` instead, in order.
+    /// Once the peer turned out to have no streams: the proposals this
+    /// held, to go by `Send` instead, in order (the rest Raft sends again).
     pub(crate) fn handed_back(&mut self) -> Vec<RaftBatch> {
         if !self.unsupported {
             return Vec::new();
         }
+        self.prune();
         self.unanswered.drain(..).map(|s| s.batch).collect()
     }
 
-    fn keep(&mut self, sent: Sent) {
+    fn keep(&mut self, sent: Sent, link: &PeerLink) {
         self.unanswered.push_back(sent);
-        while self.unanswered.len() > UNANSWERED {
-            self.unanswered.pop_front();
+        if self.unanswered.len() > UNANSWERED {
+            let i = self
+                .unanswered
+                .iter()
+                .position(|s| !s.proposes)
+                .unwrap_or(0);
+            if let Some(s) = self.unanswered.remove(i) {
+                if s.proposes {
+                    tracing::warn!(
+                        peer = link.peer,
+                        "more than {UNANSWERED} forwarded proposals unanswered; the oldest is not sent again"
+                    );
+                }
+            }
         }
     }
 
-    /// After a failed attempt only proposals are worth sending again: the
-    /// rest Raft sends again itself, newer.
+    /// After a failed attempt only young proposals are worth sending again
+    /// (see [`HOLD`]): the rest Raft sends again itself, newer.
     fn prune(&mut self) {
-        self.unanswered.retain(|s| s.proposes);
+        self.unanswered
+            .retain(|s| s.proposes && s.first.elapsed() < HOLD);
+    }
+
+    /// The peer is unreachable for now: raft-rs hears it (and probes it
+    /// later); a new stream is tried with the next message.
+    fn give_up(&mut self, link: &PeerLink) {
+        self.prune();
+        self.fruitless = 0;
+        let _ = link.report.try_send(crate::Cmd::Unreachable(link.peer));
     }
 
     fn broken(&mut self, link: &PeerLink) {
-        self.open = None;
+        if let Some(open) = self.open.take() {
+            open.cancelled.store(true, Ordering::Release);
+        }
         self.client = None;
         // It may come back as another version (see `batch::LogFormats`).
         link.formats.forget(link.peer);
@@ -234,12 +317,13 @@ impl Outbox {
             return false;
         };
         let (tx, rx) = mpsc::channel(UNANSWERED + ACKS);
+        let cancelled = Arc::new(AtomicBool::new(false));
         let opened = tokio::time::timeout(
             OPEN_WITHIN,
-            client.raft_stream(
-                link.auth
-                    .request(tokio_stream::wrappers::ReceiverStream::new(rx)),
-            ),
+            client.raft_stream(link.auth.request(Outgoing {
+                rx,
+                cancelled: cancelled.clone(),
+            })),
         )
         .await;
         let answers = match opened {
@@ -260,13 +344,16 @@ impl Outbox {
                 return false;
             }
         };
-        let now = Instant::now();
-        for s in self.unanswered.iter_mut() {
-            s.at = now;
+        for s in self.unanswered.iter() {
             // Room for all: the channel is larger than what is kept.
             let _ = tx.try_send(s.batch.clone());
         }
-        self.open = Some(Open { tx, answers });
+        self.progress = Instant::now();
+        self.open = Some(Open {
+            tx,
+            answers,
+            cancelled,
+        });
         true
     }
 }
@@ -277,12 +364,17 @@ impl Outbox {
 pub(crate) async fn serve(
     caller: Caller,
     inbox: RaftInbox,
-    switches: std::sync::Arc<Switches>,
+    switches: Arc<Switches>,
     mut inbound: tonic::Streaming<RaftBatch>,
     tx: mpsc::Sender<Result<RaftAcked, RpcStatus>>,
 ) {
     loop {
-        let batch = match inbound.message().await {
+        // Also ends when the sender stopped listening for answers.
+        let next = tokio::select! {
+            m = inbound.message() => m,
+            _ = tx.closed() => return,
+        };
+        let batch = match next {
             Ok(Some(b)) => b,
             Ok(None) => return,
             Err(e) => {

@@ -29,6 +29,9 @@ use crate::{ClusterError, Cmd, Incoming, Receipt, Returned, Status};
 /// Messages queued per peer; beyond this they are dropped (raft resends).
 const PEER_QUEUE: usize = 4096;
 const BATCH: usize = 256;
+/// Entry bytes per batch to a peer, about at most: far under the mesh's
+/// 64 MiB message limit (raft-rs fills a message up to 1 MiB of entries).
+const BATCH_BYTES: usize = 16 << 20;
 /// HTTP/2 flow-control window for mesh streams (see `serve`).
 const WINDOW: u32 = 8 << 20;
 
@@ -615,18 +618,19 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
                 stream.answered(answer, &link).await;
                 // A peer found to have no streams: what the stream still
                 // held goes by `Send`.
-                for b in stream.handed_back() {
-                    if !send_unary(&link, &mut client, &b).await {
-                        let _ = report.try_send(Cmd::Unreachable(peer));
-                    }
-                }
+                send_handed_back(&link, &mut client, stream.handed_back()).await;
                 continue;
             }
         };
+        let size = |m: &Message| m.get_entries().iter().map(|e| e.data.len()).sum::<usize>();
+        let mut bytes = size(&first);
         let mut batch = vec![first];
-        while batch.len() < BATCH {
+        while batch.len() < BATCH && bytes < BATCH_BYTES {
             match rx.try_recv() {
-                Ok(m) => batch.push(m),
+                Ok(m) => {
+                    bytes += size(&m);
+                    batch.push(m);
+                }
                 Err(_) => break,
             }
         }
@@ -704,17 +708,22 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
                     proposes,
                 )
                 .await;
-            // A node of an earlier version: what the stream held, this
-            // batch last, goes by `Send`.
-            for b in stream.handed_back() {
-                if !send_unary(&link, &mut client, &b).await {
-                    let _ = report.try_send(Cmd::Unreachable(peer));
-                }
-            }
-            if !sent && stream.usable() {
+            match sent {
+                Ok(()) => {}
                 // The peer has streams and is unreachable now (the stream
                 // kept what Raft needs sent again).
-                let _ = report.try_send(Cmd::Unreachable(peer));
+                Err(None) => {
+                    let _ = report.try_send(Cmd::Unreachable(peer));
+                }
+                // A node of an earlier version: what the stream held, then
+                // this batch, by `Send`.
+                Err(Some(batch)) => {
+                    if send_handed_back(&link, &mut client, stream.handed_back()).await
+                        && !send_unary(&link, &mut client, &batch).await
+                    {
+                        let _ = report.try_send(Cmd::Unreachable(peer));
+                    }
+                }
             }
             continue;
         }
@@ -733,6 +742,24 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
             let _ = report.try_send(Cmd::Unreachable(peer));
         }
     }
+}
+
+/// What a peer's stream held when the peer turned out to have none, by
+/// `Send`, in order, up to the first that fails (then the peer is reported
+/// unreachable, and Raft and the proposers' timeouts take over). False if
+/// one failed.
+async fn send_handed_back(
+    link: &PeerLink,
+    client: &mut Option<RaftClient<tonic::transport::Channel>>,
+    batches: Vec<RaftBatch>,
+) -> bool {
+    for b in batches {
+        if !send_unary(link, client, &b).await {
+            let _ = link.report.try_send(Cmd::Unreachable(link.peer));
+            return false;
+        }
+    }
+    true
 }
 
 /// One batch by a `Send` call (to a node without Raft streams, or an

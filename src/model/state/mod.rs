@@ -641,8 +641,9 @@ impl State {
         Ok(applied)
     }
 
-    /// Apply one command; durable at the next flush. The Raft driver
-    /// flushes once per batch of committed commands, not once per command.
+    /// Apply one command; durable at the next flush. Under Raft that is
+    /// the log's next flush (the command is already in the log on disk, and
+    /// applied again from it after a crash; see `starling_cluster::StateMachine`).
     pub fn apply_unflushed(&self, index: LogIndex, cmd: &Command) -> Result<Applied, StateError> {
         let r = self.apply_command(index, cmd);
         // After the write (whether or not all of it went through), so a
