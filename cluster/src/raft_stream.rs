@@ -106,7 +106,8 @@ pub(crate) struct Outbox {
     open: Option<Open>,
     unanswered: VecDeque<Sent>,
     next: u64,
-    /// The last answer (or the stream's opening).
+    /// The last answer, the stream's opening, or the first batch sent
+    /// since all were answered: what "no answer for `STUCK_AFTER`" counts from.
     progress: Instant,
     /// Streams ended in a row without an answer.
     fruitless: u32,
@@ -261,6 +262,10 @@ impl Outbox {
     }
 
     fn keep(&mut self, sent: Sent, link: &PeerLink) {
+        if self.unanswered.is_empty() {
+            // Waiting starts now: an idle stream is not a stuck one.
+            self.progress = Instant::now();
+        }
         self.unanswered.push_back(sent);
         if self.unanswered.len() > UNANSWERED {
             let i = self
