@@ -32,6 +32,9 @@ pub(crate) const ACKS: usize = 1024;
 /// Unanswered batches kept for sending again, at most (the oldest that
 /// carry no proposal go first: Raft sends again what it still needs).
 const UNANSWERED: usize = 1024;
+/// Bytes of unanswered batches kept, about at most (the channel to the
+/// stream holds as much again).
+const UNANSWERED_BYTES: usize = 64 << 20;
 /// A stream not opened within this is a failed attempt.
 const OPEN_WITHIN: Duration = Duration::from_secs(2);
 /// No answer for this long while batches wait: the peer has stopped
@@ -182,10 +185,11 @@ impl Outbox {
             }
         }
         self.broken(link);
-        self.fruitless += 1;
         if self.unanswered.is_empty() {
+            self.fruitless = 0;
             return; // opened again with the next message
         }
+        self.fruitless += 1;
         if self.fruitless >= FRUITLESS {
             self.give_up(link);
             return;
@@ -267,7 +271,16 @@ impl Outbox {
             self.progress = Instant::now();
         }
         self.unanswered.push_back(sent);
-        if self.unanswered.len() > UNANSWERED {
+        let over_bytes = || {
+            self.unanswered.len() > 64
+                && self
+                    .unanswered
+                    .iter()
+                    .map(|s| s.batch.messages.iter().map(Vec::len).sum::<usize>())
+                    .sum::<usize>()
+                    > UNANSWERED_BYTES
+        };
+        if self.unanswered.len() > UNANSWERED || over_bytes() {
             let i = self
                 .unanswered
                 .iter()
@@ -313,6 +326,9 @@ impl Outbox {
         if link.isolated.load(Ordering::SeqCst) {
             return false;
         }
+        // What is older than `HOLD` is not sent again (the peer may have
+        // been away for long): Raft sends what it still needs, newer.
+        self.unanswered.retain(|s| s.first.elapsed() < HOLD);
         if self.client.is_none() {
             self.client = dial(&link.auth, &link.addr, Some(link.peer), None)
                 .await

@@ -1816,7 +1816,19 @@ pub(crate) async fn dial(
     if let Some(t) = call_timeout {
         e = e.timeout(t);
     }
-    let ch = e.connect().await.map_err(|e| error_chain(&e))?;
+    if peer.is_some() {
+        // A peer that stopped answering (paused, cut off) is found out and
+        // its connection closed, and with it what was queued on it.
+        e = e
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20));
+    }
+    // The connect timeout bounds TCP only; a paused peer's kernel accepts
+    // the connection and the TLS handshake would wait for it.
+    let ch = tokio::time::timeout(connect_within * 4, e.connect())
+        .await
+        .map_err(|_| format!("no answer from {addr} within {:?}", connect_within * 4))?
+        .map_err(|e| error_chain(&e))?;
     Ok(RaftClient::new(ch)
         .max_encoding_message_size(64 << 20)
         .max_decoding_message_size(64 << 20))
