@@ -69,10 +69,10 @@ pub struct Switches {
 }
 
 struct Sent {
-    seq: u64,
+    /// Numbered (`batch.seq`) when first sent.
+    batch: RaftBatch,
     /// When it was first sent (a resend keeps it).
     first: Instant,
-    batch: RaftBatch,
     /// Carries a forwarded proposal: the one kind of Raft message nobody
     /// sends again by itself, so kept across a failed stream.
     proposes: bool,
@@ -154,7 +154,11 @@ impl Outbox {
     ) {
         let e = match answer {
             Ok(Some(a)) => {
-                while self.unanswered.front().is_some_and(|s| s.seq <= a.seq) {
+                while self
+                    .unanswered
+                    .front()
+                    .is_some_and(|s| s.batch.seq <= a.seq)
+                {
                     self.unanswered.pop_front();
                 }
                 self.progress = Instant::now();
@@ -177,7 +181,7 @@ impl Outbox {
                 if let Some(s) = self.unanswered.pop_front() {
                     tracing::warn!(
                         peer = link.peer,
-                        seq = s.seq,
+                        seq = s.batch.seq,
                         error = %e,
                         "raft batch refused by its peer; dropped"
                     );
@@ -224,9 +228,8 @@ impl Outbox {
         self.next += 1;
         batch.seq = self.next;
         let sent = Sent {
-            seq: self.next,
-            first: Instant::now(),
             batch,
+            first: Instant::now(),
             proposes,
         };
         if self.open.is_none() && !self.reopen(link).await {

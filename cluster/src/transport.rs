@@ -62,6 +62,27 @@ fn peers_out(peers: Vec<(u64, String)>) -> Vec<Peer> {
 }
 
 impl Service {
+    /// Who opens a stream of `kind`, unless it is refused: by its test
+    /// switch (`refused`: as a node from before such streams, Unimplemented)
+    /// or because this node is cut off.
+    fn open_stream<T>(
+        &self,
+        req: &Request<T>,
+        refused: &AtomicBool,
+        kind: &str,
+    ) -> Result<crate::mesh_tls::Caller, RpcStatus> {
+        let caller = self.auth.check(req)?;
+        if refused.load(Ordering::SeqCst) {
+            return Err(RpcStatus::unimplemented(format!(
+                "{kind} streams refused (test switch)"
+            )));
+        }
+        if self.isolated.load(Ordering::SeqCst) {
+            return Err(RpcStatus::unavailable("isolated"));
+        }
+        Ok(caller)
+    }
+
     fn raft_inbox(&self) -> RaftInbox {
         RaftInbox {
             isolated: self.isolated.clone(),
@@ -159,15 +180,7 @@ impl Raft for Service {
         &self,
         req: Request<tonic::Streaming<RaftBatch>>,
     ) -> Result<Response<Self::RaftStreamStream>, RpcStatus> {
-        let caller = self.auth.check(&req)?;
-        if self.raft_streams.refuse.load(Ordering::SeqCst) {
-            return Err(RpcStatus::unimplemented(
-                "raft streams refused (test switch)",
-            ));
-        }
-        if self.isolated.load(Ordering::SeqCst) {
-            return Err(RpcStatus::unavailable("isolated"));
-        }
+        let caller = self.open_stream(&req, &self.raft_streams.refuse, "raft")?;
         let (tx, rx) = mpsc::channel(raft_stream::ACKS);
         tokio::spawn(raft_stream::serve(
             caller,
@@ -429,15 +442,7 @@ impl Raft for Service {
         &self,
         req: Request<tonic::Streaming<RelayFrames>>,
     ) -> Result<Response<Self::RelayStreamStream>, RpcStatus> {
-        let caller = self.auth.check(&req)?;
-        if self.seen.refuse_streams.load(Ordering::SeqCst) {
-            return Err(RpcStatus::unimplemented(
-                "relay streams refused (test switch)",
-            ));
-        }
-        if self.isolated.load(Ordering::SeqCst) {
-            return Err(RpcStatus::unavailable("isolated"));
-        }
+        let caller = self.open_stream(&req, &self.seen.refuse_streams, "relay")?;
         let (tx, rx) = mpsc::channel(relay_stream::WINDOW / relay_stream::FRAME + 2);
         tokio::spawn(relay_stream::serve(
             relay_stream::Receiving {
@@ -689,26 +694,20 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
             .iter()
             .filter_map(|m| m.write_to_bytes().ok())
             .collect();
+        let proposes = batch
+            .iter()
+            .any(|m| m.get_msg_type() == raft::prelude::MessageType::MsgPropose);
+        let batch = RaftBatch {
+            from,
+            messages,
+            log_format: link.formats.own(),
+            cluster_log_format: link.formats.agreed(),
+            seq: 0,
+        };
         // Everything but an inline snapshot (whose outcome raft-rs must
         // hear) goes by the stream, where the peer has one.
         if !has_snapshot && stream.usable() {
-            let proposes = batch
-                .iter()
-                .any(|m| m.get_msg_type() == raft::prelude::MessageType::MsgPropose);
-            let sent = stream
-                .send(
-                    &link,
-                    RaftBatch {
-                        from,
-                        messages,
-                        log_format: link.formats.own(),
-                        cluster_log_format: link.formats.agreed(),
-                        seq: 0,
-                    },
-                    proposes,
-                )
-                .await;
-            match sent {
+            match stream.send(&link, batch, proposes).await {
                 Ok(()) => {}
                 // The peer has streams and is unreachable now (the stream
                 // kept what Raft needs sent again).
@@ -727,13 +726,6 @@ async fn peer_task(link: PeerLink, mut rx: mpsc::Receiver<Message>) {
             }
             continue;
         }
-        let batch = RaftBatch {
-            from,
-            messages,
-            log_format: link.formats.own(),
-            cluster_log_format: link.formats.agreed(),
-            seq: 0,
-        };
         let sent = send_unary(&link, &mut client, &batch).await;
         if has_snapshot {
             let _ = report.try_send(Cmd::SnapshotSent(peer, sent));
