@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use starling_cluster::{Cluster, ClusterConfig, StateMachine};
 
+/// The allocator the server runs with (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Counter(sled::Tree);
 
 impl StateMachine for Counter {
