@@ -6,11 +6,17 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use starling::model::config::Config;
+use starling::model::state::State;
+use starling::node::admin::{self, AdminOp};
+use starling::node::admin_client::{self, Target};
+
 /// The server's allocator. Its threads make many small, short-lived
 /// allocations (parsed stanzas, serialized commands, sled pages), on which
 /// glibc's malloc spent a fifth of the XMPP threads' samples; with mimalloc
-/// one node carries 35,000 archived messages/s at p99 under 10 ms, against
-/// 25,000 (benches/results/allocator-2026-12-06.md).
+/// one node with the archive on carries 30,000 msg/s at p99 about 5 ms,
+/// where glibc's build fell behind from 25,000
+/// (benches/results/allocator-2026-12-06.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -19,10 +25,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// given back is decommitted and leaves the resident set. With the default
 /// (eager on Linux) an idle session cost 2-3% more and the process kept
 /// ~50 MiB more after its sessions left.
+#[cfg(target_os = "linux")]
 const MI_OPTION_ARENA_EAGER_COMMIT: std::os::raw::c_int = 4;
 
 /// Runs before `main` and before Rust's first allocation, which reserves
 /// mimalloc's first arena with whatever the option is then.
+#[cfg(target_os = "linux")]
 extern "C" fn allocator_options() {
     // SAFETY: sets a value in mimalloc's static option table; no other
     // thread exists yet and nothing has been allocated.
@@ -33,10 +41,6 @@ extern "C" fn allocator_options() {
 #[used]
 #[link_section = ".init_array"]
 static ALLOCATOR_OPTIONS: extern "C" fn() = allocator_options;
-use starling::model::config::Config;
-use starling::model::state::State;
-use starling::node::admin::{self, AdminOp};
-use starling::node::admin_client::{self, Target};
 
 #[derive(Parser)]
 #[command(name = "starling", version, about = "A clustered XMPP server")]
