@@ -70,7 +70,16 @@ pub struct SessionEntry {
 
 #[derive(Default)]
 pub struct Router {
-    sessions: RwLock<HashMap<BareJid, Vec<SessionEntry>>>,
+    /// Keyed by the bare JID's text, so a lookup by a full JID borrows its
+    /// bare part instead of making one (every message asks).
+    sessions: RwLock<HashMap<String, Vec<SessionEntry>>>,
+}
+
+/// The bare part of a full JID's text (a normalized node or domain holds
+/// no '/').
+fn bare_of(jid: &FullJid) -> &str {
+    let s = jid.as_str();
+    s.split_once('/').map_or(s, |(bare, _)| bare)
 }
 
 impl Router {
@@ -82,7 +91,7 @@ impl Router {
         handle: Arc<dyn SessionHandle>,
     ) -> Option<SessionEntry> {
         let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
-        let list = map.entry(jid.to_bare()).or_default();
+        let list = map.entry(bare_of(jid).to_string()).or_default();
         let resource = jid.resource().as_str();
         let old = list
             .iter()
@@ -107,11 +116,11 @@ impl Router {
     /// Remove a session, only if the entry is still that session's.
     pub fn unbind(&self, jid: &FullJid, id: u64) {
         let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
-        let bare = jid.to_bare();
-        if let Some(list) = map.get_mut(&bare) {
+        let bare = bare_of(jid);
+        if let Some(list) = map.get_mut(bare) {
             list.retain(|e| e.id != id);
             if list.is_empty() {
-                map.remove(&bare);
+                map.remove(bare);
             }
         }
     }
@@ -120,7 +129,7 @@ impl Router {
     pub fn update(&self, jid: &FullJid, id: u64, f: impl FnOnce(&mut SessionEntry)) {
         let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = map
-            .get_mut(&jid.to_bare())
+            .get_mut(bare_of(jid))
             .and_then(|l| l.iter_mut().find(|e| e.id == id))
         {
             f(e);
@@ -129,7 +138,7 @@ impl Router {
 
     pub fn get_full(&self, jid: &FullJid) -> Option<SessionEntry> {
         let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
-        map.get(&jid.to_bare())?
+        map.get(bare_of(jid))?
             .iter()
             .find(|e| e.resource == jid.resource().as_str())
             .cloned()
@@ -137,7 +146,7 @@ impl Router {
 
     pub fn resources(&self, bare: &BareJid) -> Vec<SessionEntry> {
         let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
-        map.get(bare).cloned().unwrap_or_default()
+        map.get(bare.as_str()).cloned().unwrap_or_default()
     }
 
     pub fn all(&self) -> Vec<SessionEntry> {
@@ -151,7 +160,7 @@ impl Router {
         map.iter()
             .flat_map(|(bare, list)| {
                 list.iter().filter_map(move |e| {
-                    let full = bare.with_resource_str(&e.resource).ok()?;
+                    let full = FullJid::new(&format!("{bare}/{}", e.resource)).ok()?;
                     Some((full, e.clone()))
                 })
             })

@@ -364,8 +364,10 @@ pub struct State {
     /// (`archive::Heads`).
     archive_heads: archive::Heads,
     /// Read on every message, kept decoded (`read_cache.rs`): the session
-    /// table by bare JID, whether a user blocks anyone, archive preferences.
+    /// table by bare JID, whether an account exists, whether a user blocks
+    /// anyone, archive preferences.
     session_cache: read_cache::ReadCache<std::sync::Arc<Vec<SessionRecord>>>,
+    account_cache: read_cache::ReadCache<bool>,
     blocks_anyone: read_cache::ReadCache<bool>,
     prefs_cache: read_cache::ReadCache<Option<ArchivePrefs>>,
 }
@@ -537,6 +539,7 @@ impl State {
             session_cache: Default::default(),
             blocks_anyone: Default::default(),
             prefs_cache: Default::default(),
+            account_cache: Default::default(),
             undo,
             db,
         })
@@ -661,7 +664,9 @@ impl State {
                 self.blocks_anyone.changed(Some(username))
             }
             Command::SetArchivePrefs { username, .. } => self.prefs_cache.changed(Some(username)),
+            Command::CreateAccount { username, .. } => self.account_cache.changed(Some(username)),
             Command::DeleteAccount { username } => {
+                self.account_cache.changed(Some(username));
                 self.archive_heads.clear();
                 self.blocks_anyone.changed(Some(username));
                 self.prefs_cache.changed(Some(username));
@@ -683,6 +688,7 @@ impl State {
     fn forget_reads(&self) {
         self.archive_heads.clear();
         self.session_cache.changed(None);
+        self.account_cache.changed(None);
         self.blocks_anyone.changed(None);
         self.prefs_cache.changed(None);
     }
@@ -1116,8 +1122,18 @@ impl State {
         serde_json::from_slice(&v).ok()
     }
 
+    /// The session bound to `full`, read from the table by bare JID kept in
+    /// memory (every message to a full JID asks).
     pub fn session(&self, full: &str) -> Option<SessionRecord> {
-        sessions::get(&self.sessions, full).ok().flatten()
+        let (bare, _) = full.split_once('/')?;
+        self.session_cache
+            .get_or_read(bare, || {
+                sessions::of(&self.sessions, bare).map(std::sync::Arc::new)
+            })
+            .ok()?
+            .iter()
+            .find(|r| r.jid == full)
+            .cloned()
     }
 
     /// The node and connection serving component `domain`, if one is connected.
@@ -1364,11 +1380,11 @@ impl State {
             .collect()
     }
 
-    pub fn is_blocked(&self, user: &str, jid: &str) -> bool {
-        // Most users block nobody: that much is known from memory. A read
-        // that fails counts as blocking someone (the list is asked).
-        let anyone = self
-            .blocks_anyone
+    /// Whether `user` blocks anyone at all. Most users block nobody: that
+    /// much is known from memory. A read that fails counts as blocking
+    /// someone (the list is asked).
+    pub fn blocks_anyone(&self, user: &str) -> bool {
+        self.blocks_anyone
             .get_or_read(user, || {
                 self.blocklist
                     .scan_prefix(roster::prefix(user))
@@ -1376,8 +1392,11 @@ impl State {
                     .transpose()
                     .map(|k| k.is_some())
             })
-            .unwrap_or(true);
-        anyone
+            .unwrap_or(true)
+    }
+
+    pub fn is_blocked(&self, user: &str, jid: &str) -> bool {
+        self.blocks_anyone(user)
             && self
                 .blocklist
                 .contains_key(roster::key(user, jid))
@@ -1536,8 +1555,12 @@ impl State {
         accounts::get(&self.accounts, username)
     }
 
+    /// Whether `username` has an account, kept in memory (every message to
+    /// an account asks; a failed read is `false` and not kept).
     pub fn account_exists(&self, username: &str) -> bool {
-        self.accounts.contains_key(username).unwrap_or(false)
+        self.account_cache
+            .get_or_read(username, || self.accounts.contains_key(username))
+            .unwrap_or(false)
     }
 
     pub fn list_accounts(&self) -> Result<Vec<String>, StateError> {
