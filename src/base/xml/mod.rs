@@ -32,15 +32,20 @@ pub mod ns {
 /// Parse one complete XML element from a string (stored vCards, private
 /// XML). Runs the stream parser over the in-memory bytes to completion.
 pub fn parse_fragment(xml: &str) -> Result<Element, ParseError> {
-    let doc = format!(
-        "<stream:stream xmlns:stream='{}' xmlns='{}'>{xml}",
-        ns::STREAM,
-        ns::CLIENT
-    );
+    use tokio::io::AsyncReadExt;
+    // The stream's opening is read ahead of the fragment, not copied in
+    // front of it (a relayed stanza is parsed here on every delivery).
+    static OPENING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "<stream:stream xmlns:stream='{}' xmlns='{}'>",
+            ns::STREAM,
+            ns::CLIENT
+        )
+    });
     let mut parser = XmlStream::new(
-        doc.as_bytes(),
+        OPENING.as_bytes().chain(xml.as_bytes()),
         XmlLimits {
-            max_stanza_bytes: doc.len() + 1,
+            max_stanza_bytes: OPENING.len() + xml.len() + 1,
             ..XmlLimits::default()
         },
     );
