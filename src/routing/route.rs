@@ -229,11 +229,26 @@ pub fn other_nodes_of(ctx: &RoutingCtx, bare: &str) -> Vec<u64> {
 /// All sessions of `bare`: this node's from the router, the others' from
 /// the session table.
 pub fn resources(ctx: &RoutingCtx, bare: &BareJid) -> Vec<Target> {
+    resources_except(ctx, bare, &[])
+}
+
+/// [`resources`] but the sessions named in `skip` (full JIDs), which get
+/// no target made for them: carbons skip the session a message came from
+/// or went to, on every message.
+pub fn resources_except(ctx: &RoutingCtx, bare: &BareJid, skip: &[&str]) -> Vec<Target> {
     let me = ctx.node_id();
+    let skipped = |resource: &str| {
+        skip.iter().any(|s| {
+            s.strip_prefix(bare.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+                == Some(resource)
+        })
+    };
     let mut out: Vec<Target> = ctx
         .router
         .resources(bare)
         .into_iter()
+        .filter(|e| !skipped(&e.resource))
         .map(|e| Target {
             jid: format!("{bare}/{}", e.resource),
             node: me,
@@ -242,10 +257,13 @@ pub fn resources(ctx: &RoutingCtx, bare: &BareJid) -> Vec<Target> {
             local: Some(e),
         })
         .collect();
-    for rec in ctx.state.sessions_of(bare.as_str()) {
-        if rec.node != me && !out.iter().any(|t| t.jid == rec.jid) {
+    for rec in ctx.state.sessions_of_shared(bare.as_str()).iter() {
+        if rec.node != me
+            && !skip.contains(&rec.jid.as_str())
+            && !out.iter().any(|t| t.jid == rec.jid)
+        {
             out.push(Target {
-                jid: rec.jid,
+                jid: rec.jid.clone(),
                 node: rec.node,
                 available: rec.available,
                 priority: rec.priority,

@@ -44,15 +44,14 @@ pub fn copy_received(ctx: &ImCtx, user: &jid::BareJid, msg: &Element, delivered_
     if !eligible(msg) {
         return;
     }
-    for t in crate::routing::route::resources(ctx, user) {
-        if !delivered_to.iter().any(|d| d.jid == t.jid) {
-            crate::routing::route::send(
-                ctx,
-                &t,
-                wrap("received", user, &t.jid, msg),
-                Some(Require::Carbons),
-            );
-        }
+    let skip: Vec<&str> = delivered_to.iter().map(|d| d.jid.as_str()).collect();
+    for t in crate::routing::route::resources_except(ctx, user, &skip) {
+        crate::routing::route::send(
+            ctx,
+            &t,
+            wrap("received", user, &t.jid, msg),
+            Some(Require::Carbons),
+        );
     }
 }
 
@@ -62,15 +61,13 @@ pub fn copy_sent(ctx: &ImCtx, from: &FullJid, msg: &Element) {
         return;
     }
     let user = from.to_bare();
-    for t in crate::routing::route::resources(ctx, &user) {
-        if t.jid != from.as_str() {
-            crate::routing::route::send(
-                ctx,
-                &t,
-                wrap("sent", &user, &t.jid, msg),
-                Some(Require::Carbons),
-            );
-        }
+    for t in crate::routing::route::resources_except(ctx, &user, &[from.as_str()]) {
+        crate::routing::route::send(
+            ctx,
+            &t,
+            wrap("sent", &user, &t.jid, msg),
+            Some(Require::Carbons),
+        );
     }
 }
 

@@ -1291,11 +1291,16 @@ impl State {
     /// The sessions of `bare` in the table (from memory once read: every
     /// message asks, for carbons and routing).
     pub fn sessions_of(&self, bare: &str) -> Vec<SessionRecord> {
+        self.sessions_of_shared(bare).as_ref().clone()
+    }
+
+    /// [`Self::sessions_of`] as kept in memory, not copied (read on every
+    /// message that carbons or routing by bare JID look at).
+    pub fn sessions_of_shared(&self, bare: &str) -> std::sync::Arc<Vec<SessionRecord>> {
         self.session_cache
             .get_or_read(bare, || {
                 sessions::of(&self.sessions, bare).map(std::sync::Arc::new)
             })
-            .map(|v| v.as_ref().clone())
             .unwrap_or_default()
     }
 
