@@ -75,11 +75,8 @@ pub struct Router {
     sessions: RwLock<HashMap<String, Vec<SessionEntry>>>,
 }
 
-/// The bare part of a full JID's text (a normalized node or domain holds
-/// no '/').
 fn bare_of(jid: &FullJid) -> &str {
-    let s = jid.as_str();
-    s.split_once('/').map_or(s, |(bare, _)| bare)
+    crate::base::jid_text::bare(jid.as_str())
 }
 
 impl Router {

@@ -296,10 +296,9 @@ fn unverified_key(bare: &str, ver: &str) -> String {
 /// The `+notify` interests of a session `full` with capabilities `ver`,
 /// if known.
 pub fn interests_of(state: &State, full: &str, ver: &str) -> Option<Vec<String>> {
-    state.caps_notify(ver).or_else(|| {
-        let bare = full.split_once('/').map_or(full, |(b, _)| b);
-        state.caps_notify(&unverified_key(bare, ver))
-    })
+    state
+        .caps_notify(ver)
+        .or_else(|| state.caps_notify(&unverified_key(crate::base::jid_text::bare(full), ver)))
 }
 
 #[cfg(test)]

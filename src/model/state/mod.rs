@@ -651,13 +651,13 @@ impl State {
         let r = self.apply_command(index, cmd);
         // After the write (whether or not all of it went through), so a
         // reader never caches what it read before it.
-        let bare = |full: &str| full.split('/').next().unwrap_or(full).to_string();
+        let bare = crate::base::jid_text::bare;
         match cmd {
             Command::SessionBind { record, .. } | Command::SessionPresence { record } => {
-                self.session_cache.changed(Some(&bare(&record.jid)))
+                self.session_cache.changed(Some(bare(&record.jid)))
             }
             Command::SessionResumable { jid, .. } | Command::SessionUnbind { jid, .. } => {
-                self.session_cache.changed(Some(&bare(jid)))
+                self.session_cache.changed(Some(bare(jid)))
             }
             Command::PurgeNode { .. } => self.session_cache.changed(None),
             Command::Block { username, .. } | Command::Unblock { username, .. } => {
@@ -1125,12 +1125,7 @@ impl State {
     /// The session bound to `full`, read from the table by bare JID kept in
     /// memory (every message to a full JID asks).
     pub fn session(&self, full: &str) -> Option<SessionRecord> {
-        let (bare, _) = full.split_once('/')?;
-        self.session_cache
-            .get_or_read(bare, || {
-                sessions::of(&self.sessions, bare).map(std::sync::Arc::new)
-            })
-            .ok()?
+        self.sessions_of_shared(crate::base::jid_text::bare(full))
             .iter()
             .find(|r| r.jid == full)
             .cloned()

@@ -371,7 +371,7 @@ pub fn apply(
                 // An outcast's subscriptions end (§8.8.2.4).
                 if *affiliation == Some(Affiliation::Outcast) {
                     meta.subscribers
-                        .retain(|s| s.split_once('/').map_or(s.as_str(), |(b, _)| b) != jid);
+                        .retain(|s| crate::base::jid_text::bare(s) != jid);
                 }
                 put(&meta)?;
             }
