@@ -1,4 +1,5 @@
-//! The message archive's storage (XEP-0313 §4, §5): one sled tree, keyed
+//! The message archive's storage (XEP-0313 §4, §5): one sorted map
+//! (`archive_store.rs`, many messages to a sled value), keyed
 //! `user \0 id` with the id big-endian, so one user's archive is one key
 //! range in time order and a page is a range scan, never a load of the
 //! whole archive. The id is the message's XEP-0359 stanza-id: its high bits
@@ -12,6 +13,7 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
+use super::archive_store::ArchiveStore;
 use super::{roster, StateError, Xml};
 
 /// One message for one user's archive.
@@ -157,13 +159,17 @@ fn decode(prefix_len: usize, k: &[u8], v: &[u8]) -> Option<Archived> {
 }
 
 /// The owner's last position (None: an empty archive).
-fn last_position(tree: &sled::Tree, user: &str) -> Result<Option<u64>, StateError> {
+fn last_position(tree: &ArchiveStore, user: &str) -> Result<Option<u64>, StateError> {
     let p = roster::prefix(user);
     let last = tree
-        .range(p.clone()..=key(user, u64::MAX))
-        .keys()
-        .next_back()
-        .transpose()?;
+        .range(
+            Bound::Included(p.clone()),
+            Bound::Included(key(user, u64::MAX)),
+            true,
+        )
+        .next()
+        .transpose()?
+        .map(|(k, _)| k);
     Ok(last.and_then(|k| {
         k.get(p.len()..)
             .and_then(|b| b.try_into().ok())
@@ -173,7 +179,7 @@ fn last_position(tree: &sled::Tree, user: &str) -> Result<Option<u64>, StateErro
 
 /// Where the message with stanza-id `id` sits in `user`'s archive (None:
 /// not there).
-pub fn position(tree: &sled::Tree, user: &str, id: u64) -> Result<Option<u64>, StateError> {
+pub fn position(tree: &ArchiveStore, user: &str, id: u64) -> Result<Option<u64>, StateError> {
     if let Some(v) = tree.get(alias_key(user, id))? {
         return Ok(v.as_ref().try_into().ok().map(u64::from_be_bytes));
     }
@@ -185,7 +191,7 @@ pub fn position(tree: &sled::Tree, user: &str, id: u64) -> Result<Option<u64>, S
 }
 
 /// One stored message by its stanza-id (None: not there).
-pub fn get(tree: &sled::Tree, user: &str, id: u64) -> Result<Option<Archived>, StateError> {
+pub fn get(tree: &ArchiveStore, user: &str, id: u64) -> Result<Option<Archived>, StateError> {
     let Some(pos) = position(tree, user, id)? else {
         return Ok(None);
     };
@@ -199,7 +205,7 @@ pub fn get(tree: &sled::Tree, user: &str, id: u64) -> Result<Option<Archived>, S
 /// tombstone, XEP-0424 §5.1 / XEP-0425 §4): the change in the owner's
 /// bytes, or None if the message is not there.
 pub(super) fn replace(
-    tree: &sled::Tree,
+    tree: &ArchiveStore,
     user: &str,
     id: u64,
     xml: &str,
@@ -226,20 +232,18 @@ pub(super) fn replace(
         value(&e)
     };
     let delta = new.len() as i64 - old.len() as i64;
-    tree.insert(k, new)?;
+    tree.insert(&k, &new)?;
     Ok(Some(delta))
 }
 
 /// What appending keeps in memory about each archive's owner, so that a
 /// message in order costs no reads (`State::append_archive`): its last
-/// position, whether it has any alias (a message placed after its own id),
-/// and the bytes it holds. Only the thread applying commands writes the
+/// position and the bytes it holds. Only the thread applying commands writes the
 /// archive; every change other than an append clears all of it (those are
 /// rare: deletion, expiry, purge, moderation, a snapshot installed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Head {
     pub last: Option<u64>,
-    pub aliases: bool,
     pub used: u64,
 }
 
@@ -264,38 +268,34 @@ impl Heads {
 }
 
 /// An owner's [`Head`] as the tree has it (`used` as counted).
-pub(super) fn head(tree: &sled::Tree, user: &str, used: u64) -> Result<Head, StateError> {
+pub(super) fn head(tree: &ArchiveStore, user: &str, used: u64) -> Result<Head, StateError> {
     Ok(Head {
         last: last_position(tree, user)?,
-        aliases: tree
-            .scan_prefix(alias_prefix(user))
-            .next()
-            .transpose()?
-            .is_some(),
         used,
     })
 }
 
 /// [`place`] for an owner whose [`Head`] is known: a message past the last
-/// position of an archive without aliases can be nowhere yet (every key is
-/// at or below that position), so it is written at its id without a read.
+/// position can be nowhere yet, so it is written at its id without a read.
+/// No position is past the last; and an alias (a message placed after its
+/// id) is only ever made for an id at or below the last position then,
+/// and points past it: so no alias names an id past the last position
+/// either (after a crash between the alias and its position, the alias's
+/// id is still at or below the positions written before it).
 pub(super) fn place_at_head(
-    tree: &sled::Tree,
+    tree: &ArchiveStore,
     e: &ArchiveEntry,
     head: &mut Head,
     commit_order: bool,
 ) -> Result<Placed, StateError> {
-    if !head.aliases && head.last.is_none_or(|l| e.id > l) {
+    if head.last.is_none_or(|l| e.id > l) {
         head.last = Some(e.id);
         return Ok(Placed::Write(vec![(key(&e.user, e.id), value(e))]));
     }
     let mut last = head.last;
     let placed = place(tree, e, &mut last, commit_order)?;
-    if let Placed::Write(w) = &placed {
+    if let Placed::Write(_) = &placed {
         head.last = last;
-        // An alias is the only key longer than a position's.
-        let position_len = key(&e.user, 0).len();
-        head.aliases |= w.iter().any(|(k, _)| k.len() > position_len);
     }
     Ok(placed)
 }
@@ -327,7 +327,7 @@ pub(super) enum Placed {
 /// applied again, completes). Before the switch, a message is written at
 /// its id, as nodes of older versions do.
 pub(super) fn place(
-    tree: &sled::Tree,
+    tree: &ArchiveStore,
     e: &ArchiveEntry,
     last: &mut Option<u64>,
     commit_order: bool,
@@ -407,18 +407,13 @@ fn bound_key(user: &str, b: Bound<u64>, low: bool) -> Bound<Vec<u8>> {
 
 /// One page of `user`'s archive; reads only as far as the page needs (plus
 /// one message, to know whether the range goes on).
-pub fn page(tree: &sled::Tree, user: &str, q: &PageQuery) -> Result<Page, StateError> {
+pub fn page(tree: &ArchiveStore, user: &str, q: &PageQuery) -> Result<Page, StateError> {
     let p = roster::prefix(user).len();
-    let range = (
+    let iter = tree.range(
         bound_key(user, q.lower, true),
         bound_key(user, q.upper, false),
+        q.backward,
     );
-    let iter = tree.range::<Vec<u8>, _>(range);
-    let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if q.backward {
-        Box::new(iter.rev())
-    } else {
-        Box::new(iter)
-    };
     let mut items = Vec::new();
     let mut complete = true;
     let mut skip = q.skip;
@@ -462,13 +457,15 @@ pub fn page(tree: &sled::Tree, user: &str, q: &PageQuery) -> Result<Page, StateE
 
 /// The furthest position of a message of `user` placed past its id (it
 /// committed after a later message) whose id is within `lo..=hi` (0: none).
-pub fn moved_reach(tree: &sled::Tree, user: &str, lo: u64, hi: u64) -> Result<u64, StateError> {
+pub fn moved_reach(tree: &ArchiveStore, user: &str, lo: u64, hi: u64) -> Result<u64, StateError> {
     let mut reach = 0;
-    for v in tree
-        .range(alias_key(user, lo)..=alias_key(user, hi))
-        .values()
-    {
-        if let Some(at) = v?.as_ref().try_into().ok().map(u64::from_be_bytes) {
+    let aliases = tree.range(
+        Bound::Included(alias_key(user, lo)),
+        Bound::Included(alias_key(user, hi)),
+        false,
+    );
+    for kv in aliases {
+        if let Some(at) = kv?.1.as_ref().try_into().ok().map(u64::from_be_bytes) {
             reach = reach.max(at);
         }
     }
@@ -477,11 +474,19 @@ pub fn moved_reach(tree: &sled::Tree, user: &str, lo: u64, hi: u64) -> Result<u6
 
 /// The stanza-ids of the first and last message of `user`'s archive, in
 /// commit order (XEP-0313 §6.2 metadata).
-pub fn ends(tree: &sled::Tree, user: &str) -> Result<Option<(u64, u64)>, StateError> {
+pub fn ends(tree: &ArchiveStore, user: &str) -> Result<Option<(u64, u64)>, StateError> {
     let p = roster::prefix(user);
-    let mut all = tree.range(p.clone()..=key(user, u64::MAX));
-    let first = all.next().transpose()?;
-    let last = all.next_back().transpose()?.or_else(|| first.clone());
+    let all = |backward| {
+        tree.range(
+            Bound::Included(p.clone()),
+            Bound::Included(key(user, u64::MAX)),
+            backward,
+        )
+        .next()
+        .transpose()
+    };
+    let first = all(false)?;
+    let last = all(true)?;
     let id = |kv: (sled::IVec, sled::IVec)| decode(p.len(), &kv.0, &kv.1).map(|a| a.id);
     Ok(match (first.and_then(id), last.and_then(id)) {
         (Some(a), Some(b)) => Some((a, b)),
@@ -491,31 +496,26 @@ pub fn ends(tree: &sled::Tree, user: &str) -> Result<Option<(u64, u64)>, StateEr
 
 /// Remove `user`'s messages placed before `micros` (retention), with the
 /// aliases of those that were moved; returns how many went.
-pub fn expire(
-    tree: &super::tracked::Tracked,
-    user: &str,
-    micros: u64,
-) -> Result<usize, StateError> {
+pub fn expire(tree: &ArchiveStore, user: &str, micros: u64) -> Result<usize, StateError> {
     let cut = ArchiveId::at(micros);
-    let range = roster::prefix(user)..key(user, cut);
-    let mut n = 0;
-    for k in tree.range(range).keys() {
-        tree.remove(k?)?;
-        n += 1;
-    }
-    let aliases = alias_key(user, 0)..=alias_key(user, u64::MAX);
-    for kv in tree.range(aliases) {
-        let (k, v) = kv?;
-        let at = v.as_ref().try_into().ok().map(u64::from_be_bytes);
-        if at.is_none_or(|at| at < cut) {
-            tree.remove(k)?;
-        }
-    }
+    let n = tree.retain_range(
+        Bound::Included(roster::prefix(user)),
+        Bound::Excluded(key(user, cut)),
+        |_, _| false,
+    )?;
+    tree.retain_range(
+        Bound::Included(alias_key(user, 0)),
+        Bound::Included(alias_key(user, u64::MAX)),
+        |_, v| {
+            let at = v.try_into().ok().map(u64::from_be_bytes);
+            at.is_some_and(|at| at >= cut)
+        },
+    )?;
     Ok(n)
 }
 
 /// What `user`'s archive occupies (keys and values), for the byte quota.
-pub fn bytes(tree: &sled::Tree, user: &str) -> Result<usize, StateError> {
+pub fn bytes(tree: &ArchiveStore, user: &str) -> Result<usize, StateError> {
     let mut n = 0;
     for kv in tree.scan_prefix(roster::prefix(user)) {
         let (k, v) = kv?;
@@ -539,17 +539,21 @@ pub struct ArchivePrefs {
 mod tests {
     use super::*;
 
-    fn tree() -> (tempfile::TempDir, super::super::tracked::Tracked) {
+    fn tree() -> (tempfile::TempDir, ArchiveStore) {
+        use super::super::tracked::Tracked;
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let t = db.open_tree("archive").unwrap();
-        (
-            dir,
-            super::super::tracked::Tracked::new(t, 0, Default::default()),
+        let undo: std::sync::Arc<super::super::tracked::Undo> = Default::default();
+        let t = ArchiveStore::open(
+            &db,
+            Tracked::new(db.open_tree("archive").unwrap(), 0, undo.clone()),
+            Tracked::new(db.open_tree("archive_used").unwrap(), 1, undo),
         )
+        .unwrap();
+        (dir, t)
     }
 
-    fn put(t: &sled::Tree, user: &str, id: u64, with: &str) {
+    fn put(t: &ArchiveStore, user: &str, id: u64, with: &str) {
         let e = ArchiveEntry {
             user: user.into(),
             id,
@@ -558,8 +562,9 @@ mod tests {
         };
         if let Placed::Write(writes) = place(t, &e, &mut None, true).unwrap() {
             for (k, v) in writes {
-                t.insert(k, v).unwrap();
+                t.append(k, v).unwrap();
             }
+            t.end_append().unwrap();
         }
     }
 
@@ -608,12 +613,12 @@ mod tests {
         assert_eq!(place(&t, &other, &mut None, true).unwrap(), Placed::Refused);
         // A crash between the alias and the position: applied again, the
         // position is written, nowhere else.
-        t.remove(key("alice", 31)).unwrap();
+        t.remove(&key("alice", 31)).unwrap();
         match place(&t, &e, &mut None, true).unwrap() {
             Placed::Write(w) => assert_eq!(w, vec![(key("alice", 31), moved_value(&e))]),
             p => panic!("{p:?}"),
         }
-        t.insert(key("alice", 31), moved_value(&e)).unwrap();
+        t.insert(&key("alice", 31), &moved_value(&e)).unwrap();
         assert_eq!(ends(&t, "alice").unwrap(), Some((10, 40)));
         assert_eq!(moved_reach(&t, "alice", 0, 25).unwrap(), 31);
         assert_eq!(moved_reach(&t, "alice", 21, 40).unwrap(), 0);

@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod archive;
+pub mod archive_store;
 pub mod fast;
 pub mod pubsub;
 pub mod push;
@@ -19,7 +20,7 @@ pub mod uploads;
 use std::path::Path;
 use std::sync::Arc;
 
-use tracked::{DumpError, Tracked, Undo};
+use tracked::{DumpError, DumpHook, Tracked, Undo};
 
 use serde::{Deserialize, Serialize};
 
@@ -351,16 +352,18 @@ pub struct State {
     sessions: Tracked,
     /// Component domain -> (node, sid) of its connection.
     components: Tracked,
-    /// XEP-0313 archives (`archive.rs`).
-    archive: Tracked,
-    /// Bytes each user's archive holds (what the quota counts).
-    archive_used: Tracked,
+    /// XEP-0313 archives (`archive.rs`), in chunks and a tail, with the
+    /// bytes each holds (what the quota counts): `archive_store.rs`.
+    archive: archive_store::ArchiveStore,
+    /// The archive's tail as it was at the index of the snapshot being
+    /// written (`State::begin_snapshot`).
+    captured: std::sync::Mutex<Option<archive_store::Captured>>,
     /// Whether the command being applied places archived messages in
     /// commit order (`archive::place`): set for each command by the state
     /// machine (replication.rs), from the cluster's switch to batch
     /// entries, so every node of a cluster places alike.
     archive_commit_order: std::sync::atomic::AtomicBool,
-    /// Each archive owner's last position, aliases and bytes, for appends
+    /// Each archive owner's last position and bytes, for appends
     /// (`archive::Heads`).
     archive_heads: archive::Heads,
     /// Read on every message, kept decoded (`read_cache.rs`): the session
@@ -474,11 +477,26 @@ impl State {
     pub fn export(&self) -> Result<Vec<u8>, StateError> {
         let mut all: snapshot::Trees = Vec::new();
         for name in TREES {
-            let tree = self.db.open_tree(name)?;
-            let kvs = tree
-                .iter()
-                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
-                .collect::<Result<Vec<_>, _>>()?;
+            // The archive as its pairs (`archive_store.rs`), its tail with them.
+            let kvs = match name {
+                "archive" => self
+                    .archive
+                    .logical()
+                    .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                    .collect::<Result<Vec<_>, _>>()?,
+                "archive_used" => self
+                    .archive
+                    .used_all()?
+                    .into_iter()
+                    .map(|(k, n)| (k, n.to_be_bytes().to_vec()))
+                    .collect(),
+                _ => self
+                    .db
+                    .open_tree(name)?
+                    .iter()
+                    .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
             all.push((name.to_string(), kvs));
         }
         Ok(snapshot::encode(all))
@@ -489,7 +507,8 @@ impl State {
         let r = self.import_whole(data);
         // Whatever was read meanwhile, even from an import that failed.
         self.forget_reads();
-        r
+        let reloaded = self.archive.reload();
+        r.and(reloaded.map_err(StateError::from))
     }
 
     fn import_whole(&self, data: &[u8]) -> Result<(), StateError> {
@@ -498,6 +517,7 @@ impl State {
         }
         self.undo.cancel();
         let all = snapshot::decode(data)?;
+        self.archive.reset()?;
         for name in TREES {
             self.db.open_tree(name)?.clear()?;
         }
@@ -532,8 +552,8 @@ impl State {
             user_data: t("user_data")?,
             sessions: t("sessions")?,
             components: t("components")?,
-            archive: t("archive")?,
-            archive_used: t("archive_used")?,
+            archive: archive_store::ArchiveStore::open(&db, t("archive")?, t("archive_used")?)?,
+            captured: Default::default(),
             archive_commit_order: std::sync::atomic::AtomicBool::new(false),
             archive_heads: archive::Heads::default(),
             session_cache: Default::default(),
@@ -549,6 +569,8 @@ impl State {
     fn trees(&self) -> [(&'static str, &sled::Tree); 10] {
         let by_name = |name: &'static str| -> (&'static str, &sled::Tree) {
             let t: &Tracked = match name {
+                "archive" => return (name, self.archive.chunk_tree()),
+                "archive_used" => return (name, self.archive.used_tree()),
                 "sessions" => &self.sessions,
                 "components" => &self.components,
                 "accounts" => &self.accounts,
@@ -556,9 +578,7 @@ impl State {
                 "roster_versions" => &self.roster_versions,
                 "offline" => &self.offline,
                 "blocklist" => &self.blocklist,
-                "user_data" => &self.user_data,
-                "archive" => &self.archive,
-                _ => &self.archive_used,
+                _ => &self.user_data,
             };
             (name, t)
         };
@@ -569,12 +589,36 @@ impl State {
     /// that applies commands; [`State::write_snapshot`] then writes it out
     /// on any thread while commands go on being applied.
     pub fn begin_snapshot(&self) -> Result<(), DumpError> {
-        self.undo.begin()
+        self.undo.begin()?;
+        *self.captured.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.archive.capture());
+        Ok(())
     }
 
     /// Write the snapshot fixed by [`State::begin_snapshot`] (stream format).
     pub fn write_snapshot(&self, out: &mut dyn std::io::Write) -> Result<(), DumpError> {
-        let r = self.undo.dump(&self.trees(), out);
+        // The archive is written as its pairs, with its tail's, and the
+        // counts as the tail has them (`archive_store.rs`).
+        let Some(captured) = self
+            .captured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            self.undo.end();
+            return Err(DumpError::Cancelled);
+        };
+        let (mut chunks, mut used) = captured.hooks();
+        let mut chunks = Some(&mut chunks as &mut dyn DumpHook);
+        let mut used = Some(&mut used as &mut dyn DumpHook);
+        let mut trees = self.trees().map(|(name, tree)| (name, tree, None));
+        for t in trees.iter_mut() {
+            t.2 = match t.0 {
+                "archive" => chunks.take(),
+                "archive_used" => used.take(),
+                _ => None,
+            };
+        }
+        let r = self.undo.dump(&mut trees, out);
         self.undo.end();
         r
     }
@@ -586,7 +630,8 @@ impl State {
         let r = self.import_stream(input);
         // Whatever was read meanwhile, even from an import that failed.
         self.forget_reads();
-        r
+        let reloaded = self.archive.reload();
+        r.and(reloaded.map_err(StateError::from))
     }
 
     fn import_stream(&self, input: &mut dyn std::io::Read) -> Result<(), StateError> {
@@ -595,6 +640,7 @@ impl State {
         const BATCH_BYTES: usize = 8 << 20;
         self.undo.cancel();
         let mut reader = Reader::new(input).map_err(|e| StateError::Cluster(e.to_string()))?;
+        self.archive.reset()?;
         for (_, tree) in self.trees() {
             tree.clear()?;
         }
@@ -773,19 +819,19 @@ impl State {
             }
             Command::DeleteAccount { username } => {
                 accounts::delete(&self.accounts, username)?;
-                self.archive_used.remove(username.as_bytes())?;
+                self.archive.drop_used(&roster::prefix(username))?;
                 let p = roster::prefix(username);
                 for tree in [
                     &self.roster,
                     &self.offline,
                     &self.blocklist,
                     &self.user_data,
-                    &self.archive,
                 ] {
                     for k in tree.scan_prefix(&p).keys() {
                         tree.remove(k?)?;
                     }
                 }
+                self.archive.remove_prefix(&p)?;
                 self.roster_versions.remove(username)?;
             }
             Command::RosterPut {
@@ -990,8 +1036,7 @@ impl State {
                         if let Some(delta) = archive::replace(&self.archive, entity, r.id, &r.xml)?
                         {
                             let used = (self.archive_bytes(entity)? as i64 + delta).max(0) as u64;
-                            self.archive_used
-                                .insert(entity.as_bytes(), &used.to_be_bytes())?;
+                            self.archive.set_used(&roster::prefix(entity), used)?;
                         }
                     }
                     for (key, value) in writes {
@@ -1027,25 +1072,24 @@ impl State {
             }
             Command::ArchiveExpire { micros } => {
                 // Every archive: accounts', and those of hosted entities
-                // (group-chat rooms), which are counted in `archive_used`.
+                // (group-chat rooms), which are counted in `archive_used`
+                // once the tail has moved.
+                self.archive.fold_all()?;
                 let mut users: std::collections::BTreeSet<String> =
                     self.list_accounts()?.into_iter().collect();
-                for k in self.archive_used.iter().keys() {
+                for k in self.archive.used_tree().iter().keys() {
                     users.insert(String::from_utf8_lossy(&k?).into_owned());
                 }
                 for u in users {
                     if archive::expire(&self.archive, &u, *micros)? > 0 {
                         let used = archive::bytes(&self.archive, &u)? as u64;
-                        self.archive_used
-                            .insert(u.as_bytes(), &used.to_be_bytes())?;
+                        self.archive.set_used(&roster::prefix(&u), used)?;
                     }
                 }
             }
             Command::ArchivePurge { username } => {
-                for k in self.archive.scan_prefix(roster::prefix(username)).keys() {
-                    self.archive.remove(k?)?;
-                }
-                self.archive_used.remove(username.as_bytes())?;
+                self.archive.remove_prefix(&roster::prefix(username))?;
+                self.archive.drop_used(&roster::prefix(username))?;
             }
             Command::PushEnable {
                 username,
@@ -1147,7 +1191,7 @@ impl State {
         applied: &mut Applied,
         hosted: Option<&str>,
     ) -> Result<(), StateError> {
-        // Each owner's last position, aliases and byte count come from
+        // Each owner's last position and byte count come from
         // memory (`archive::Heads`); the byte count is written once per
         // owner and batch, in a tree of its own (a key every message reads
         // and writes makes sled rebuild its page for each reader).
@@ -1156,6 +1200,9 @@ impl State {
         if r.is_err() {
             // The tree may hold part of what failed: read it again.
             heads.clear();
+            if let Err(e) = self.archive.reload() {
+                tracing::error!(error = %e, "reading the archive's tail again");
+            }
         }
         r
     }
@@ -1205,7 +1252,7 @@ impl State {
                 continue;
             }
             for (k, v) in writes {
-                self.archive.insert(k, v)?;
+                self.archive.append(k, v)?;
             }
             *head = moved;
             head.used += size;
@@ -1213,10 +1260,10 @@ impl State {
         }
         for user in touched {
             if let Some(h) = heads.get(user) {
-                self.archive_used
-                    .insert(user.as_bytes(), &h.used.to_be_bytes())?;
+                self.archive.note_used(&roster::prefix(user), h.used);
             }
         }
+        self.archive.end_append()?;
         Ok(())
     }
 
@@ -1346,13 +1393,10 @@ impl State {
 
     /// Bytes in every account's archive (metrics).
     pub fn archive_bytes_total(&self) -> u64 {
-        self.archive_used
-            .iter()
-            .values()
-            .filter_map(|v| v.ok())
-            .filter_map(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .sum()
+        self.archive
+            .used_all()
+            .map(|all| all.iter().map(|(_, n)| n).sum())
+            .unwrap_or(0)
     }
 
     /// How many messages wait for `user`.
@@ -1533,12 +1577,7 @@ impl State {
     }
 
     pub fn archive_bytes(&self, user: &str) -> Result<u64, StateError> {
-        Ok(self
-            .archive_used
-            .get(user.as_bytes())?
-            .and_then(|b| b.as_ref().try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
+        Ok(self.archive.used(&roster::prefix(user))?)
     }
 
     /// `user`'s archive preferences, if they set any.
@@ -2123,8 +2162,14 @@ mod tests {
             archive_many(&s, "alice", batch * 1000, 1000);
         }
         archive_many(&s, "bob", 0, 500);
+        // Fewer than an owner's move: these stay in the archive's tail.
+        archive_many(&s, "alice", 50_000, 10);
+        archive_many(&s, "carol", 0, 10);
+        assert!(s.archive.tail_len() >= 20);
         push(&s, 1, "before");
         let expected = s.export().unwrap();
+        let carol_bytes = s.archive_bytes("carol").unwrap();
+        assert!(carol_bytes > 0);
         s.begin_snapshot().unwrap();
         // Before the walk starts: a removal, a change, an addition.
         s.apply(&Command::ArchivePurge {
@@ -2158,6 +2203,7 @@ mod tests {
         let (_d2, other) = state();
         other.import_from(&mut &streamed[..]).expect("restored");
         assert_eq!(other.export().unwrap(), expected);
+        assert_eq!(other.archive_bytes("carol").unwrap(), carol_bytes);
         // And the recording stopped: another snapshot can start.
         s.begin_snapshot().unwrap();
         let mut again = Vec::new();

@@ -76,6 +76,17 @@ impl Tracked {
     }
 }
 
+/// Where a snapshot's pairs go.
+pub type Emit<'a> = dyn FnMut(&[u8], &[u8]) -> std::io::Result<()> + 'a;
+
+/// How a tree is written into a snapshot when not as it is (the archive's
+/// chunks and tail, `archive_store.rs`): each entry as it was at the
+/// snapshot's index, then anything more.
+pub trait DumpHook {
+    fn entry(&mut self, key: &[u8], value: &[u8], out: &mut Emit<'_>) -> std::io::Result<()>;
+    fn more(&mut self, out: &mut Emit<'_>) -> std::io::Result<()>;
+}
+
 /// The undo record of the snapshot being written, if one is.
 #[derive(Default)]
 pub struct Undo {
@@ -167,16 +178,24 @@ impl Undo {
     }
 
     /// Write `trees` (slots 0..) as they were at [`Undo::begin`] into `out`
-    /// in the stream format of [`crate::model::state::snapshot`].
+    /// in the stream format of [`crate::model::state::snapshot`], each
+    /// under its name, through its [`DumpHook`] if it has one.
     pub fn dump(
         &self,
-        trees: &[(&str, &sled::Tree)],
+        trees: &mut [(&str, &sled::Tree, Option<&mut dyn DumpHook>)],
         out: &mut dyn Write,
     ) -> Result<(), DumpError> {
         use super::snapshot::stream;
         out.write_all(stream::MAGIC)?;
-        for (slot, (name, tree)) in trees.iter().enumerate() {
+        for (slot, (name, tree, hook)) in trees.iter_mut().enumerate() {
             stream::tree(out, name)?;
+            let mut raw = |k: &[u8], v: &[u8]| stream::pair(&mut *out, k, v);
+            let mut emit = |k: &[u8], v: &[u8]| -> std::io::Result<()> {
+                match hook {
+                    Some(h) => h.entry(k, v, &mut raw),
+                    None => raw(k, v),
+                }
+            };
             {
                 let mut g = self.lock();
                 let c = g.as_mut().ok_or(DumpError::Cancelled)?;
@@ -201,7 +220,7 @@ impl Undo {
                     }
                 };
                 if let Some(v) = value {
-                    stream::pair(out, &k, &v)?;
+                    emit(&k, &v)?;
                 }
             }
             // Keys that were there at the index but removed before the
@@ -224,7 +243,10 @@ impl Undo {
             };
             missed.sort();
             for (k, v) in missed {
-                stream::pair(out, &k, &v)?;
+                emit(&k, &v)?;
+            }
+            if let Some(h) = hook {
+                h.more(&mut |k, v| stream::pair(&mut *out, k, v))?;
             }
         }
         stream::end(out)?;
