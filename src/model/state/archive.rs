@@ -332,12 +332,16 @@ pub(super) fn place(
     last: &mut Option<u64>,
     commit_order: bool,
 ) -> Result<Placed, StateError> {
-    if let Some(at) = tree.get(alias_key(&e.user, e.id))? {
+    // Read by the applying thread: the lookups keep to one region each.
+    let positions = (key(&e.user, 0), key(&e.user, u64::MAX));
+    let aliases = (alias_key(&e.user, 0), alias_key(&e.user, u64::MAX));
+    let at_position = |p: u64| tree.get_applying(&key(&e.user, p), &positions.0, &positions.1);
+    if let Some(at) = tree.get_applying(&alias_key(&e.user, e.id), &aliases.0, &aliases.1)? {
         let Some(at) = at.as_ref().try_into().ok().map(u64::from_be_bytes) else {
             return Ok(Placed::Refused);
         };
         let moved = moved_value(e);
-        return Ok(match tree.get(key(&e.user, at))? {
+        return Ok(match at_position(at)? {
             Some(v) if v.as_ref() == moved.as_slice() => Placed::Replay,
             Some(_) => Placed::Refused,
             None => {
@@ -350,7 +354,7 @@ pub(super) fn place(
             }
         });
     }
-    if let Some(v) = tree.get(key(&e.user, e.id))? {
+    if let Some(v) = at_position(e.id)? {
         if v.first() != Some(&MOVED) {
             return Ok(if v.as_ref() == value(e).as_slice() {
                 Placed::Replay

@@ -26,8 +26,9 @@
 //! met in both (moved meanwhile) counts once.
 //!
 //! A crash between writing an owner's chunks and removing its tail value
-//! leaves pairs in both: on opening, a tail pair the chunks already hold
-//! is dropped. Snapshots (`tracked.rs`) and [`ArchiveStore::logical`]
+//! leaves pairs in both: on opening, a tail item older than the owner's
+//! last move (`archive_folded`) is dropped, and a pair read in both counts
+//! once. Snapshots (`tracked.rs`) and [`ArchiveStore::logical`]
 //! hold the map's pairs, never the chunks, so a node of any version can
 //! install them.
 
@@ -43,8 +44,10 @@ use super::tracked::{DumpHook, Emit, Tracked};
 pub const FOLD_AT: usize = 64;
 /// Tail values kept before the owners of the oldest are moved.
 pub const MAX_BATCHES: usize = 1024;
-/// Owners moved for the oldest tail value per append, at most.
+/// Owners moved for the oldest tail value per append; more, up to the
+/// budget, while the tail is still past its bound.
 const OLDEST_PER_APPEND: usize = 8;
+const OLDEST_BUDGET: usize = 64;
 /// A tail value or a chunk holds at most this many bytes of pairs (past
 /// its first pair). sled keeps values inside its leaves (16 items), and
 /// writes a leaf of over 128 KiB to a file of its own, created for it: in
@@ -62,6 +65,9 @@ const CHUNK_KEEP_BYTES: usize = VALUE_BYTES / 2;
 const CHUNK: [u8; 2] = [0xFF, 1];
 
 type Pair = (IVec, IVec);
+
+/// A region's last key, and the greatest of its keys in the chunks.
+type Region = (Vec<u8>, Option<Vec<u8>>);
 
 /// What an owner's pairs start with (`roster::prefix`: the name and a 0).
 fn owner_of(key: &[u8]) -> &[u8] {
@@ -162,6 +168,18 @@ fn find(v: &IVec, key: &[u8]) -> Option<IVec> {
     None
 }
 
+/// The pairs of a chunk that are its own: those below the next chunk's
+/// key. A chunk rewritten in pieces is written after its later pieces
+/// (`write_pieces`), so until then (or after a crash) it still holds pairs
+/// a later piece holds too; only the later piece's count.
+fn owned(mut pairs: Vec<Pair>, next_pk: Option<&[u8]>) -> Vec<Pair> {
+    if let Some(n) = next_pk {
+        let end = pairs.partition_point(|(k, _)| k.as_ref() < n);
+        pairs.truncate(end);
+    }
+    pairs
+}
+
 /// The pairs a chunk-tree entry holds.
 fn pairs_of(k: IVec, v: IVec) -> Vec<Pair> {
     if is_chunk(&v) {
@@ -208,6 +226,10 @@ struct Tail {
     pending_used: Vec<(Vec<u8>, u64)>,
     /// Owners with pairs in this append (some named twice).
     touched: Vec<Vec<u8>>,
+    /// Region (its first key) -> (its last key, the greatest of its keys
+    /// in the chunks, if any): see [`ArchiveStore::get_applying`]. Read
+    /// and written by the applying thread only.
+    frontier: BTreeMap<Vec<u8>, Region>,
 }
 
 impl Tail {
@@ -270,6 +292,11 @@ pub struct Range<'a> {
     cursor: Option<Bound<Vec<u8>>>,
     /// No chunk read yet.
     first: bool,
+    /// The key of the chunk read last going backward: a chunk holds only
+    /// the keys below the next chunk's (see [`owned`]).
+    above_pk: Option<IVec>,
+    /// The last key this walk gave: it never gives one twice.
+    last: Option<IVec>,
 }
 
 /// The key of an owner's byte count inside a tail value: no pair's key
@@ -444,6 +471,76 @@ impl ArchiveStore {
         }
     }
 
+    /// [`ArchiveStore::get`] for the thread that applies commands, for a
+    /// key within `lo..=hi` (a region of one owner's keys: its positions,
+    /// its aliases). A key past the greatest of the region's keys in the
+    /// chunks is not looked for there: in a cluster most messages commit
+    /// after one with a later id, and each costs two lookups of keys that
+    /// are only ever near the end.
+    pub fn get_applying(&self, key: &[u8], lo: &[u8], hi: &[u8]) -> sled::Result<Option<IVec>> {
+        let known = {
+            let t = self.lock();
+            if let Some((v, _)) = t.pairs.get(key) {
+                return Ok(Some(v.clone()));
+            }
+            t.frontier
+                .get(lo)
+                .filter(|(h, _)| h.as_slice() == hi)
+                .map(|(_, m)| m.clone())
+        };
+        let greatest = match known {
+            Some(m) => m,
+            None => {
+                let m = self.greatest_in(lo, hi)?;
+                self.lock()
+                    .frontier
+                    .insert(lo.to_vec(), (hi.to_vec(), m.clone()));
+                m
+            }
+        };
+        if greatest.as_deref().is_none_or(|g| key > g) {
+            return Ok(None);
+        }
+        self.chunk_get(key)
+    }
+
+    /// The greatest key within `lo..=hi` in the chunks: in the chunk that
+    /// holds `hi`'s place, or nowhere (a pair of the region in an earlier
+    /// chunk would be in that one).
+    fn greatest_in(&self, lo: &[u8], hi: &[u8]) -> sled::Result<Option<Vec<u8>>> {
+        let Some((pk, pv)) = self.chunks.range(..=hi).next_back().transpose()? else {
+            return Ok(None);
+        };
+        Ok(pairs_of(pk, pv)
+            .into_iter()
+            .rev()
+            .map(|(k, _)| k)
+            .find(|k| k.as_ref() <= hi)
+            .filter(|k| k.as_ref() >= lo)
+            .map(|k| k.to_vec()))
+    }
+
+    /// Keep [`ArchiveStore::get_applying`]'s greatest keys true after
+    /// pairs were written into the chunks.
+    fn written(&self, keys: &[(&[u8], &[u8])]) {
+        let mut t = self.lock();
+        if t.frontier.is_empty() {
+            return;
+        }
+        for (k, _) in keys {
+            let Some((_, (hi, greatest))) = t
+                .frontier
+                .range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(*k)))
+                .next_back()
+            else {
+                continue;
+            };
+            if *k <= hi.as_slice() && greatest.as_deref().is_none_or(|g| *k > g) {
+                *greatest = Some(k.to_vec());
+            }
+        }
+    }
+
     /// The pair under `key` in the chunks only.
     fn chunk_get(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
         let Some((pk, pv)) = self.chunks.range(..=key).next_back().transpose()? else {
@@ -493,6 +590,8 @@ impl ArchiveStore {
             chunk_next: None,
             cursor,
             first: true,
+            above_pk: None,
+            last: None,
         }
     }
 
@@ -598,15 +697,35 @@ impl ArchiveStore {
             };
             (full, oldest)
         };
-        if oldest.is_empty() && self.lock().batches.len() > MAX_BATCHES {
-            // The oldest value's owners were all moved and it still counts
-            // items: never, but the tail must not grow without end.
-            return self.fold_all();
-        }
         let mut done = HashSet::new();
         for owner in full.into_iter().chain(oldest) {
             if done.insert(owner.clone()) {
                 self.fold_owner(&owner)?;
+            }
+        }
+        // Past the bound still (an append over many owners): more of the
+        // oldest values' owners, up to a budget per append.
+        let mut budget = OLDEST_BUDGET;
+        while budget > 0 {
+            let owner = {
+                let mut t = self.lock();
+                if t.batches.len() <= MAX_BATCHES {
+                    break;
+                }
+                match t.batches.values_mut().next().and_then(|b| b.1.pop()) {
+                    Some(o) => o,
+                    None => {
+                        drop(t);
+                        // The oldest value's owners were all moved and it
+                        // still counts items: never, but the tail must not
+                        // grow without end.
+                        return self.fold_all();
+                    }
+                }
+            };
+            if done.insert(owner.clone()) {
+                self.fold_owner(&owner)?;
+                budget -= 1;
             }
         }
         Ok(())
@@ -716,7 +835,7 @@ impl ArchiveStore {
             match target {
                 Some((pk, pv)) => {
                     let old_bytes = pv.len();
-                    let old = pairs_of(pk.clone(), pv);
+                    let old = owned(pairs_of(pk.clone(), pv), upper.as_deref());
                     let last_old = old.last().map(|(k, _)| k.clone());
                     let appends_only = last_old.as_ref().is_none_or(|l| run[0].0 > l.as_ref());
                     if appends_only && (old_bytes >= CHUNK_KEEP_BYTES || old.len() >= CHUNK_PAIRS) {
@@ -752,6 +871,7 @@ impl ArchiveStore {
                 None => self.write_pieces(run.iter().copied(), None)?,
             }
         }
+        self.written(pairs);
         Ok(())
     }
 
@@ -763,30 +883,35 @@ impl ArchiveStore {
         pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
         replacing: Option<&[u8]>,
     ) -> sled::Result<()> {
-        let mut piece: Vec<(&[u8], &[u8])> = Vec::new();
+        let mut pieces: Vec<Vec<(&[u8], &[u8])>> = vec![Vec::new()];
         let mut bytes = 0;
-        let mut replaced = replacing.is_none();
-        let mut flush = |piece: &mut Vec<(&[u8], &[u8])>| -> sled::Result<()> {
-            if let Some((first, _)) = piece.first() {
-                if replacing == Some(*first) {
-                    replaced = true;
-                }
-                self.chunks.insert(first, encode(piece.iter().copied()))?;
-                piece.clear();
-            }
-            Ok(())
-        };
         for (k, v) in pairs {
+            let Some(piece) = pieces.last_mut() else {
+                break;
+            };
             if !piece.is_empty()
                 && (piece.len() >= CHUNK_PAIRS || bytes + k.len() + v.len() > VALUE_BYTES)
             {
-                flush(&mut piece)?;
+                pieces.push(Vec::new());
                 bytes = 0;
             }
             bytes += k.len() + v.len();
-            piece.push((k, v));
+            if let Some(piece) = pieces.last_mut() {
+                piece.push((k, v));
+            }
         }
-        flush(&mut piece)?;
+        // Later pieces first, the one in place of `replacing` last: until
+        // then (or after a crash) the old chunk still holds every pair it
+        // held, and a pair a later piece holds too is that piece's
+        // ([`owned`]); nothing is ever only in memory.
+        let mut replaced = replacing.is_none();
+        for piece in pieces.iter().rev() {
+            let Some((first, _)) = piece.first() else {
+                continue;
+            };
+            replaced |= replacing == Some(*first);
+            self.chunks.insert(first, encode(piece.iter().copied()))?;
+        }
         if !replaced {
             if let Some(r) = replacing {
                 self.chunks.remove(r)?;
@@ -813,6 +938,8 @@ impl ArchiveStore {
             return Ok(0);
         }
         self.fold_all()?;
+        // Removals may lower the greatest keys: read them again when asked.
+        self.lock().frontier.clear();
         // The chunks the range touches: the one it starts in, and those
         // whose keys fall within it.
         let start = match &lo {
@@ -827,19 +954,42 @@ impl ArchiveStore {
             Bound::Unbounded => Bound::Unbounded,
         };
         let mut gone = 0;
-        let touched: Vec<(IVec, IVec)> = self
-            .chunks
-            .range::<Vec<u8>, _>((start, hi.clone()))
-            .collect::<Result<_, _>>()?;
-        for (pk, pv) in touched {
-            let pairs = pairs_of(pk.clone(), pv);
+        // A chunk at a time (the range may be a whole archive), each read
+        // again after the one before was rewritten.
+        let mut cursor = start;
+        loop {
+            let Some((pk, pv)) = self
+                .chunks
+                .range::<Vec<u8>, _>((cursor, hi.clone()))
+                .next()
+                .transpose()?
+            else {
+                break;
+            };
+            let next_pk = self
+                .chunks
+                .range::<&[u8], _>((Bound::Excluded(pk.as_ref()), Bound::Unbounded))
+                .keys()
+                .next()
+                .transpose()?;
+            cursor = match &next_pk {
+                Some(n) => Bound::Included(n.to_vec()),
+                None => Bound::Excluded(pk.to_vec()),
+            };
+            let held = pairs_of(pk.clone(), pv);
+            let stale = held.len();
+            let pairs = owned(held, next_pk.as_deref());
+            let stale = stale - pairs.len();
             let before = pairs.len();
             let kept: Vec<(&[u8], &[u8])> = pairs
                 .iter()
                 .filter(|(k, v)| !(above(k, &lo) && below(k, &hi)) || keep(k, v))
                 .map(|(k, v)| (k.as_ref(), v.as_ref()))
                 .collect();
-            if kept.len() == before {
+            if kept.len() == before && stale == 0 {
+                if next_pk.is_none() {
+                    break;
+                }
                 continue;
             }
             gone += before - kept.len();
@@ -847,6 +997,9 @@ impl ArchiveStore {
                 self.chunks.remove(&pk)?;
             } else {
                 self.write_pieces(kept.into_iter(), Some(pk.as_ref()))?;
+            }
+            if next_pk.is_none() {
+                break;
             }
         }
         Ok(gone)
@@ -952,6 +1105,23 @@ impl Iterator for Range<'_> {
     type Item = sled::Result<Pair>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let p = self.step()?;
+            let Ok(pair) = &p else { return Some(p) };
+            let fresh = self
+                .last
+                .as_ref()
+                .is_none_or(|l| (pair.0 > *l) != self.backward && pair.0 != *l);
+            if fresh {
+                self.last = Some(pair.0.clone());
+                return Some(p);
+            }
+        }
+    }
+}
+
+impl Range<'_> {
+    fn step(&mut self) -> Option<sled::Result<Pair>> {
         if self.chunk_next.is_none() {
             if let Err(e) = self.fill_chunk() {
                 return Some(Err(e));
@@ -981,9 +1151,7 @@ impl Iterator for Range<'_> {
             p?
         }))
     }
-}
 
-impl Range<'_> {
     /// Read chunks until one has a pair within the range, or none is left.
     fn fill_chunk(&mut self) -> sled::Result<()> {
         while self.chunk_next.is_none() {
@@ -1031,7 +1199,15 @@ impl Range<'_> {
             } else {
                 Some(Bound::Excluded(pk.to_vec()))
             };
-            let mut pairs: Vec<Pair> = pairs_of(pk, pv)
+            let next_pk = if self.backward {
+                self.above_pk.replace(pk.clone())
+            } else {
+                tree.range::<&[u8], _>((Bound::Excluded(pk.as_ref()), Bound::Unbounded))
+                    .keys()
+                    .next()
+                    .transpose()?
+            };
+            let mut pairs: Vec<Pair> = owned(pairs_of(pk, pv), next_pk.as_deref())
                 .into_iter()
                 .filter(|(k, _)| above(k, &self.lo) && below(k, &self.hi))
                 .collect();
@@ -1122,6 +1298,20 @@ mod tests {
                 all(s.logical()),
                 model.clone().into_iter().collect::<Vec<_>>()
             );
+            // The applying thread's lookups, which skip the chunks past
+            // the greatest key they hold, agree with the model: keys there,
+            // keys never there, keys removed.
+            for u in users {
+                let (lo, hi) = (k(u, 0), k(u, u64::MAX));
+                for probe in (990..n + 5).step_by(7) {
+                    let key = k(u, probe);
+                    assert_eq!(
+                        s.get_applying(&key, &lo, &hi).unwrap().map(|v| v.to_vec()),
+                        model.get(&key).cloned(),
+                        "{u} {probe}"
+                    );
+                }
+            }
         }
         // Ranges both ways, bounds of each kind.
         for u in users {
@@ -1194,6 +1384,44 @@ mod tests {
         assert_eq!(s.tail_len(), 0, "moved pairs are dropped");
         assert!(t.is_empty(), "and their tail value removed");
         assert_eq!(all(s.logical()).len(), 10);
+    }
+
+    /// A chunk rewritten in pieces writes its later pieces first: stopped
+    /// there (a crash), the old chunk still holds pairs a later piece
+    /// holds; each key reads once, as the later piece has it.
+    #[test]
+    fn a_chunk_holds_only_the_keys_below_the_next_chunk() {
+        let (_d, db, s) = store();
+        let chunks = db.open_tree("archive").unwrap();
+        let old: Vec<(Vec<u8>, Vec<u8>)> =
+            (0..10).map(|n| (k("ann", n), b"old".to_vec())).collect();
+        let new: Vec<(Vec<u8>, Vec<u8>)> =
+            (5..12).map(|n| (k("ann", n), b"new".to_vec())).collect();
+        let enc =
+            |p: &[(Vec<u8>, Vec<u8>)]| encode(p.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+        chunks.insert(k("ann", 0), enc(&old)).unwrap();
+        chunks.insert(k("ann", 5), enc(&new)).unwrap();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = old[..5].iter().chain(new.iter()).cloned().collect();
+        assert_eq!(all(s.logical()), want);
+        let mut back = want.clone();
+        back.reverse();
+        assert_eq!(all(s.range(Bound::Unbounded, Bound::Unbounded, true)), back);
+        assert_eq!(s.get(k("ann", 7)).unwrap().as_deref(), Some(&b"new"[..]));
+        // An edit rewrites the old chunk without the pairs it no longer owns.
+        s.insert(&k("ann", 2), b"edited").unwrap();
+        let mut want = want;
+        want[2].1 = b"edited".to_vec();
+        assert_eq!(all(s.logical()), want);
+        assert_eq!(
+            s.retain_range(
+                Bound::Included(k("ann", 0)),
+                Bound::Excluded(k("ann", 6)),
+                |_, _| false
+            )
+            .unwrap(),
+            6
+        );
+        assert_eq!(all(s.logical()), want[6..].to_vec());
     }
 
     /// The owners' byte counts go with their pairs: read back after a
