@@ -43,11 +43,11 @@ use super::tracked::{DumpHook, Emit, Tracked};
 /// An owner's pairs in the tail that move into its chunks at once.
 pub const FOLD_AT: usize = 64;
 /// Tail values kept before the owners of the oldest are moved.
-pub const MAX_BATCHES: usize = 1024;
+pub const MAX_BATCHES: usize = 4096;
 /// Owners moved for the oldest tail value per append; more, up to the
 /// budget, while the tail is still past its bound.
 const OLDEST_PER_APPEND: usize = 8;
-const OLDEST_BUDGET: usize = 64;
+const OLDEST_BUDGET: usize = 16;
 /// A tail value or a chunk holds at most this many bytes of pairs (past
 /// its first pair). sled keeps values inside its leaves (16 items), and
 /// writes a leaf of over 128 KiB to a file of its own, created for it: in
