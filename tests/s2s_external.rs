@@ -43,15 +43,16 @@ fn make_pki(dir: &std::path::Path, domains: &[&str]) -> std::path::PathBuf {
 /// other trusts and a static route to the other; `extra_b` is set on b.
 fn federated_pair(pki: &std::path::Path, extra_b: &[(&str, &str)]) -> (Server, Server) {
     let ca = make_pki(pki, &["a.localhost", "b.localhost"]);
-    // Each needs the other's s2s port for its static route: reserve them.
-    let ports: Vec<std::net::TcpListener> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+    // Each needs the other's s2s address for its static route, before
+    // either starts. A port reserved on 127.0.0.1 and let go can be taken
+    // (as an outgoing connection's port) before the server binds it, so
+    // each pair gets loopback addresses of its own and a fixed port below
+    // the ephemeral range.
+    static PAIRS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+    let n = PAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let addr: Vec<String> = (1..=2u8)
+        .map(|i| format!("127.0.77.{}:25269", n.wrapping_mul(2).wrapping_add(i)))
         .collect();
-    let addr: Vec<String> = ports
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
-    drop(ports);
     let start = |me: &str, other: &str, my_addr: &str, other_addr: &str, extra: &[(&str, &str)]| {
         let cert = pki.join(format!("{me}.crt"));
         let key = pki.join(format!("{me}.key"));
