@@ -223,7 +223,8 @@ struct Tail {
     /// Appended and not written to the tail tree yet (`end_append`).
     pending: Vec<(Vec<u8>, IVec)>,
     pending_bytes: usize,
-    pending_used: Vec<(Vec<u8>, u64)>,
+    /// Owner -> its count after its last pending pair.
+    pending_used: HashMap<Vec<u8>, u64>,
     /// Owners with pairs in this append (some named twice).
     touched: Vec<Vec<u8>>,
     /// Region (its first key) -> (its last key, the greatest of its keys
@@ -238,6 +239,23 @@ impl Tail {
         b.0 += 1;
         if b.1.last().map(Vec::as_slice) != Some(owner) {
             b.1.push(owner.to_vec());
+        }
+    }
+
+    /// `owner`'s count now, to be written with the pending pairs (one
+    /// entry per owner and value).
+    fn note_used(&mut self, owner: &[u8], n: u64) {
+        match self.used.get_mut(owner) {
+            Some(u) => *u = n,
+            None => {
+                self.used.insert(owner.to_vec(), n);
+            }
+        }
+        match self.pending_used.get_mut(owner) {
+            Some(u) => *u = n,
+            None => {
+                self.pending_used.insert(owner.to_vec(), n);
+            }
         }
     }
 
@@ -273,6 +291,9 @@ pub struct ArchiveStore {
     /// owner -> the first sequence number after its last move.
     tail_tree: sled::Tree,
     folded: sled::Tree,
+    /// Not replicated: the chunk being rewritten in pieces, if any (see
+    /// [`ArchiveStore::write_pieces`]); mended on opening.
+    rewriting: sled::Tree,
     tail: Mutex<Tail>,
 }
 
@@ -323,6 +344,7 @@ impl ArchiveStore {
             used,
             tail_tree: db.open_tree("archive_tail")?,
             folded: db.open_tree("archive_folded")?,
+            rewriting: db.open_tree("archive_rewriting")?,
             tail: Mutex::new(Tail::default()),
         };
         s.reload()?;
@@ -338,6 +360,7 @@ impl ArchiveStore {
     pub fn reset(&self) -> sled::Result<()> {
         self.tail_tree.clear()?;
         self.folded.clear()?;
+        self.rewriting.clear()?;
         *self.lock() = Tail::default();
         Ok(())
     }
@@ -347,6 +370,7 @@ impl ArchiveStore {
     /// than its last move were moved (the move ended before their value
     /// was removed): they are dropped, and a value left with none removed.
     pub fn reload(&self) -> sled::Result<()> {
+        self.mend_rewrites()?;
         let mut t = Tail::default();
         let mut folded: HashMap<Vec<u8>, u64> = HashMap::new();
         for kv in self.folded.iter() {
@@ -397,6 +421,41 @@ impl ArchiveStore {
         Ok(())
     }
 
+    /// A chunk whose rewrite stopped part way (a crash, a failed write)
+    /// still holds pairs that later chunks hold: reads skip them
+    /// ([`owned`]), but a snapshot copies chunk values as they are, so the
+    /// chunk is written again with only its own pairs, before anything
+    /// else happens.
+    fn mend_rewrites(&self) -> sled::Result<()> {
+        for kv in self.rewriting.iter() {
+            let (pk, _) = kv?;
+            if let Some(v) = self.chunks.get(&pk)? {
+                if is_chunk(&v) {
+                    let next_pk = self
+                        .chunks
+                        .range::<&[u8], _>((Bound::Excluded(pk.as_ref()), Bound::Unbounded))
+                        .keys()
+                        .next()
+                        .transpose()?;
+                    let held = decode(&v);
+                    let n = held.len();
+                    let own = owned(held, next_pk.as_deref());
+                    if own.is_empty() {
+                        self.chunks.remove(&pk)?;
+                    } else if own.len() < n {
+                        tracing::info!(chunk = ?pk, dropped = n - own.len(), "archive: a chunk's rewrite had stopped part way; its stale pairs are dropped");
+                        self.chunks.insert(
+                            &pk,
+                            encode(own.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))),
+                        )?;
+                    }
+                }
+            }
+            self.rewriting.remove(&pk)?;
+        }
+        Ok(())
+    }
+
     /// The bytes `owner`'s archive holds (what the quota counts).
     pub fn used(&self, owner: &[u8]) -> sled::Result<u64> {
         if let Some(n) = self.lock().used.get(owner) {
@@ -418,10 +477,9 @@ impl ArchiveStore {
     }
 
     /// `owner`'s count after the pairs appended now; written with them.
+    #[cfg(test)]
     pub fn note_used(&self, owner: &[u8], n: u64) {
-        let mut t = self.lock();
-        t.used.insert(owner.to_vec(), n);
-        t.pending_used.push((owner.to_vec(), n));
+        self.lock().note_used(owner, n);
     }
 
     /// Forget `owner`'s count (its archive is gone; the tail has moved).
@@ -605,26 +663,62 @@ impl ArchiveStore {
         )
     }
 
-    /// Add pairs no key of which is in the map yet (new messages): to the
-    /// tail, in memory at once (later reads of the same append see them),
-    /// on disk at [`ArchiveStore::end_append`].
-    pub fn append(&self, key: Vec<u8>, value: Vec<u8>) -> sled::Result<()> {
+    /// Add one message's pairs (keys of one owner not in the map yet), and
+    /// the owner's byte count after them: to the tail, in memory at once
+    /// (later reads of the same append see them), on disk at
+    /// [`ArchiveStore::end_append`] or when the append's pending pairs fill
+    /// a value. A message's pairs and the count after them always go in
+    /// one tail value: after a crash between two values of one append, the
+    /// command applied again finds each message whole or absent, and the
+    /// count read back covers exactly the messages found.
+    pub fn append_message(&self, writes: Vec<(Vec<u8>, Vec<u8>)>, used: u64) -> sled::Result<()> {
+        let Some(owner) = writes.first().map(|(k, _)| owner_of(k).to_vec()) else {
+            return Ok(());
+        };
         let mut t = self.lock();
-        let value = IVec::from(value);
-        if t.pending_bytes + key.len() + value.len() > VALUE_BYTES && !t.pending.is_empty() {
+        let bytes: usize = writes.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        if t.pending_bytes + bytes > VALUE_BYTES && !t.pending.is_empty() {
             self.write_pending(&mut t)?;
         }
+        for (key, value) in writes {
+            self.hold_pair(&mut t, key, IVec::from(value), &owner);
+        }
+        t.note_used(&owner, used);
+        if t.touched.last() != Some(&owner) {
+            t.touched.push(owner);
+        }
+        Ok(())
+    }
+
+    /// One pair into the pending value and the tail's memory.
+    fn hold_pair(&self, t: &mut Tail, key: Vec<u8>, value: IVec, owner: &[u8]) {
         let seq = t.next_seq;
         t.pending_bytes += key.len() + value.len() + 8;
         t.pending.push((key.clone(), value.clone()));
-        let owner = owner_of(&key).to_vec();
         match t.pairs.insert(key, (value, seq)) {
             Some((_, old)) => {
                 t.release(old);
             }
-            None => *t.owners.entry(owner.clone()).or_default() += 1,
+            None => match t.owners.get_mut(owner) {
+                Some(n) => *n += 1,
+                None => {
+                    t.owners.insert(owner.to_vec(), 1);
+                }
+            },
         }
-        t.hold(seq, &owner);
+        t.hold(seq, owner);
+    }
+
+    /// [`ArchiveStore::append_message`] for one pair, its count noted
+    /// apart ([`ArchiveStore::note_used`]).
+    #[cfg(test)]
+    pub fn append(&self, key: Vec<u8>, value: Vec<u8>) -> sled::Result<()> {
+        let owner = owner_of(&key).to_vec();
+        let mut t = self.lock();
+        if t.pending_bytes + key.len() + value.len() > VALUE_BYTES && !t.pending.is_empty() {
+            self.write_pending(&mut t)?;
+        }
+        self.hold_pair(&mut t, key, IVec::from(value), &owner);
         if t.touched.last() != Some(&owner) {
             t.touched.push(owner);
         }
@@ -650,7 +744,7 @@ impl ArchiveStore {
                 .chain(counts.iter().map(|(k, n)| (k.as_slice(), n.as_slice()))),
         );
         self.tail_tree.insert(seq.to_be_bytes(), v)?;
-        for (owner, _) in &used {
+        for owner in used.keys() {
             t.used_at.entry(owner.clone()).or_default().push(seq);
             t.hold(seq, owner);
         }
@@ -903,7 +997,18 @@ impl ArchiveStore {
         // Later pieces first, the one in place of `replacing` last: until
         // then (or after a crash) the old chunk still holds every pair it
         // held, and a pair a later piece holds too is that piece's
-        // ([`owned`]); nothing is ever only in memory.
+        // ([`owned`]); nothing is ever only in memory. Such a rewrite is
+        // noted first, so that a crash part way is mended on opening
+        // ([`ArchiveStore::mend_rewrites`]); one written in place is a
+        // single insert and needs no note.
+        let in_place = pieces.len() == 1 && pieces[0].first().map(|p| p.0) == replacing;
+        let noted = match replacing {
+            Some(r) if !in_place => {
+                self.rewriting.insert(r, &[])?;
+                Some(r)
+            }
+            _ => None,
+        };
         let mut replaced = replacing.is_none();
         for piece in pieces.iter().rev() {
             let Some((first, _)) = piece.first() else {
@@ -916,6 +1021,9 @@ impl ArchiveStore {
             if let Some(r) = replacing {
                 self.chunks.remove(r)?;
             }
+        }
+        if let Some(r) = noted {
+            self.rewriting.remove(r)?;
         }
         Ok(())
     }
@@ -1422,6 +1530,80 @@ mod tests {
             6
         );
         assert_eq!(all(s.logical()), want[6..].to_vec());
+    }
+
+    /// A rewrite in pieces stopped part way (a crash): the old chunk holds
+    /// pairs a later piece holds. Opening the store writes it again with
+    /// only its own pairs, so a snapshot (which copies chunk values) never
+    /// carries a stale pair.
+    #[test]
+    fn a_rewrite_stopped_part_way_is_mended_on_opening() {
+        let (_d, db, s) = store();
+        let chunks = db.open_tree("archive").unwrap();
+        let enc =
+            |p: &[(Vec<u8>, Vec<u8>)]| encode(p.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+        let old: Vec<(Vec<u8>, Vec<u8>)> =
+            (0..10).map(|n| (k("ann", n), b"old".to_vec())).collect();
+        let new: Vec<(Vec<u8>, Vec<u8>)> =
+            (5..12).map(|n| (k("ann", n), b"new".to_vec())).collect();
+        chunks.insert(k("ann", 0), enc(&old)).unwrap();
+        chunks.insert(k("ann", 5), enc(&new)).unwrap();
+        let want = all(s.logical());
+        // A whole rewrite in pieces leaves no note behind.
+        let many: Vec<(Vec<u8>, Vec<u8>)> = (20..(20 + 3 * CHUNK_PAIRS as u64))
+            .map(|n| (k("bob", n), b"x".to_vec()))
+            .collect();
+        chunks.insert(k("bob", 20), enc(&many[..1])).unwrap();
+        s.insert(&k("bob", 20), b"y").unwrap();
+        s.write_pieces(
+            many.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+            Some(&k("bob", 20)),
+        )
+        .unwrap();
+        assert!(db.open_tree("archive_rewriting").unwrap().is_empty());
+        assert_eq!(all(s.scan_prefix(b"bob\0")), many);
+        drop(s);
+        // Ann's rewrite had been noted, and stopped after its later piece.
+        db.open_tree("archive_rewriting")
+            .unwrap()
+            .insert(k("ann", 0), &[])
+            .unwrap();
+        let s = open(&db, &Arc::new(Undo::default()));
+        assert!(db.open_tree("archive_rewriting").unwrap().is_empty());
+        let raw = chunks.get(k("ann", 0)).unwrap().unwrap();
+        let held: Vec<Vec<u8>> = decode(&raw).into_iter().map(|(k, _)| k.to_vec()).collect();
+        assert_eq!(held, (0..5).map(|n| k("ann", n)).collect::<Vec<_>>());
+        assert_eq!(all(s.scan_prefix(b"ann\0")), want);
+    }
+
+    /// One append's pairs span several tail values and the process stops
+    /// after the first is written: the count read back on opening covers
+    /// exactly the messages that value holds (each message whole), so the
+    /// command applied again counts the rest once.
+    #[test]
+    fn a_count_goes_with_each_message_into_its_tail_value() {
+        let (_d, db, s) = store();
+        let body = vec![b'x'; 1000];
+        let mut used = 0;
+        for n in 0..20 {
+            let writes = vec![
+                (k("ann", 2 * n), body.clone()),
+                (k("ann", 2 * n + 1), body.clone()),
+            ];
+            used += writes
+                .iter()
+                .map(|(k, v)| (k.len() + v.len()) as u64)
+                .sum::<u64>();
+            s.append_message(writes, used).unwrap();
+        }
+        // No end_append: only the values already full were written.
+        drop(s);
+        let s = open(&db, &Arc::new(Undo::default()));
+        let found = all(s.scan_prefix(b"ann\0"));
+        assert!(!found.is_empty() && found.len() < 40, "{}", found.len());
+        assert_eq!(found.len() % 2, 0, "a message is never split across values");
+        let bytes: u64 = found.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        assert_eq!(s.used(b"ann\0").unwrap(), bytes);
     }
 
     /// The owners' byte counts go with their pairs: read back after a

@@ -1192,9 +1192,9 @@ impl State {
         hosted: Option<&str>,
     ) -> Result<(), StateError> {
         // Each owner's last position and byte count come from
-        // memory (`archive::Heads`); the byte count is written once per
-        // owner and batch, in a tree of its own (a key every message reads
-        // and writes makes sled rebuild its page for each reader).
+        // memory (`archive::Heads`); the byte count goes with each message
+        // into the archive's tail (`ArchiveStore::append_message`), and
+        // into a tree of its own when the owner's pairs move.
         let mut heads = self.archive_heads.lock();
         let r = self.append_archive_at(&mut heads, entries, quota_bytes, applied, hosted);
         if r.is_err() {
@@ -1215,7 +1215,6 @@ impl State {
         applied: &mut Applied,
         hosted: Option<&str>,
     ) -> Result<(), StateError> {
-        let mut touched: std::collections::BTreeSet<&str> = Default::default();
         let commit_order = self
             .archive_commit_order
             .load(std::sync::atomic::Ordering::Acquire);
@@ -1251,17 +1250,9 @@ impl State {
                 applied.refused.push(e.id);
                 continue;
             }
-            for (k, v) in writes {
-                self.archive.append(k, v)?;
-            }
             *head = moved;
             head.used += size;
-            touched.insert(e.user.as_str());
-        }
-        for user in touched {
-            if let Some(h) = heads.get(user) {
-                self.archive.note_used(&roster::prefix(user), h.used);
-            }
+            self.archive.append_message(writes, head.used)?;
         }
         self.archive.end_append()?;
         Ok(())
