@@ -53,6 +53,9 @@ const OLDEST_BUDGET: usize = 16;
 /// writes a leaf of over 128 KiB to a file of its own, created for it: in
 /// a profile with chunks of up to 96 KiB, creating those files took 12%.
 const VALUE_BYTES: usize = 6 << 10;
+/// An owner's count in a tail value: its key (0xFF, the owner's name and
+/// a 0; names are short) and 8 bytes, about.
+const COUNT_BYTES: usize = 32;
 /// A chunk holds at most this many pairs.
 const CHUNK_PAIRS: usize = 128;
 /// A chunk smaller than this is filled up by the next move; a larger one
@@ -676,7 +679,12 @@ impl ArchiveStore {
             return Ok(());
         };
         let mut t = self.lock();
-        let bytes: usize = writes.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        // Room for the counts that go with the pairs (one per owner).
+        let bytes: usize = writes
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>()
+            + COUNT_BYTES * (t.pending_used.len() + 1);
         if t.pending_bytes + bytes > VALUE_BYTES && !t.pending.is_empty() {
             self.write_pending(&mut t)?;
         }
@@ -763,13 +771,8 @@ impl ArchiveStore {
             let mut owners = std::mem::take(&mut t.touched);
             owners.sort_unstable();
             owners.dedup();
-            // The counts go with the last pairs, in one value.
-            let counts = t.pending_used.len() * 24;
-            if t.pending_bytes + counts > VALUE_BYTES && !t.pending.is_empty() {
-                let used = std::mem::take(&mut t.pending_used);
-                self.write_pending(&mut t)?;
-                t.pending_used = used;
-            }
+            // The counts go with the last pairs, in one value (a little
+            // past VALUE_BYTES at most: room is kept for them).
             self.write_pending(&mut t)?;
             let full: Vec<Vec<u8>> = owners
                 .into_iter()
@@ -1016,6 +1019,10 @@ impl ArchiveStore {
             };
             replaced |= replacing == Some(*first);
             self.chunks.insert(first, encode(piece.iter().copied()))?;
+            #[cfg(test)]
+            if tests::stop_here() {
+                return Err(sled::Error::Unsupported("stopped by a test".into()));
+            }
         }
         if !replaced {
             if let Some(r) = replacing {
@@ -1332,7 +1339,28 @@ impl Range<'_> {
 mod tests {
     use super::*;
     use crate::model::state::tracked::Undo;
+    use std::cell::Cell;
     use std::sync::Arc;
+
+    thread_local! {
+        /// Pieces `write_pieces` writes before it stops (a crash).
+        static PIECES_LEFT: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// Whether `write_pieces` stops after the piece it just wrote.
+    pub(super) fn stop_here() -> bool {
+        PIECES_LEFT.with(|c| match c.get() {
+            Some(n) if n <= 1 => {
+                c.set(None);
+                true
+            }
+            Some(n) => {
+                c.set(Some(n - 1));
+                false
+            }
+            None => false,
+        })
+    }
 
     fn store() -> (tempfile::TempDir, sled::Db, ArchiveStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -1553,14 +1581,36 @@ mod tests {
         let many: Vec<(Vec<u8>, Vec<u8>)> = (20..(20 + 3 * CHUNK_PAIRS as u64))
             .map(|n| (k("bob", n), b"x".to_vec()))
             .collect();
+        let pieces = |s: &ArchiveStore| {
+            s.write_pieces(
+                many.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+                Some(&k("bob", 20)),
+            )
+        };
         chunks.insert(k("bob", 20), enc(&many[..1])).unwrap();
-        s.insert(&k("bob", 20), b"y").unwrap();
-        s.write_pieces(
-            many.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
-            Some(&k("bob", 20)),
-        )
-        .unwrap();
+        pieces(&s).unwrap();
         assert!(db.open_tree("archive_rewriting").unwrap().is_empty());
+        assert_eq!(all(s.scan_prefix(b"bob\0")), many);
+        // One stopped after its first (last) piece: noted, and mended on
+        // opening.
+        chunks.insert(k("bob", 20), enc(&many)).unwrap();
+        for (key, _) in &many[1..] {
+            chunks.remove(key).unwrap();
+        }
+        PIECES_LEFT.with(|c| c.set(Some(1)));
+        assert!(pieces(&s).is_err());
+        assert!(!db.open_tree("archive_rewriting").unwrap().is_empty());
+        let last_piece = chunks.last().unwrap().unwrap().0;
+        assert!(last_piece.as_ref() > k("bob", 20).as_slice());
+        let raw = chunks.get(k("bob", 20)).unwrap().unwrap();
+        assert_eq!(decode(&raw).len(), many.len(), "the old chunk holds all");
+        drop(s);
+        let s = open(&db, &Arc::new(Undo::default()));
+        assert!(db.open_tree("archive_rewriting").unwrap().is_empty());
+        let raw = chunks.get(k("bob", 20)).unwrap().unwrap();
+        assert!(decode(&raw)
+            .iter()
+            .all(|(key, _)| key.as_ref() < last_piece.as_ref()));
         assert_eq!(all(s.scan_prefix(b"bob\0")), many);
         drop(s);
         // Ann's rewrite had been noted, and stopped after its later piece.
@@ -1604,6 +1654,28 @@ mod tests {
         assert_eq!(found.len() % 2, 0, "a message is never split across values");
         let bytes: u64 = found.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         assert_eq!(s.used(b"ann\0").unwrap(), bytes);
+        drop(s);
+
+        // A message larger than a value, at the end of an append: it and
+        // its count are one value, lost or kept together.
+        let (_d, db, s) = store();
+        let small = vec![(k("bob", 1), b"x".to_vec())];
+        let n1 = (small[0].0.len() + 1) as u64;
+        s.append_message(small, n1).unwrap();
+        s.end_append().unwrap();
+        let big = vec![(k("bob", 2), vec![b'y'; 7 << 10])];
+        let n2 = n1 + (big[0].0.len() + big[0].1.len()) as u64;
+        s.append_message(big, n2).unwrap();
+        s.end_append().unwrap();
+        drop(s);
+        let t = db.open_tree("archive_tail").unwrap();
+        let (last, _) = t.last().unwrap().unwrap();
+        t.remove(last).unwrap();
+        let s = open(&db, &Arc::new(Undo::default()));
+        let found = all(s.scan_prefix(b"bob\0"));
+        let bytes: u64 = found.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        assert_eq!(found.len(), 1);
+        assert_eq!(s.used(b"bob\0").unwrap(), bytes);
     }
 
     /// The owners' byte counts go with their pairs: read back after a
