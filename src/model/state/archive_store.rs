@@ -434,12 +434,7 @@ impl ArchiveStore {
             let (pk, _) = kv?;
             if let Some(v) = self.chunks.get(&pk)? {
                 if is_chunk(&v) {
-                    let next_pk = self
-                        .chunks
-                        .range::<&[u8], _>((Bound::Excluded(pk.as_ref()), Bound::Unbounded))
-                        .keys()
-                        .next()
-                        .transpose()?;
+                    let next_pk = self.chunk_after(pk.as_ref())?;
                     let held = decode(&v);
                     let n = held.len();
                     let own = owned(held, next_pk.as_deref());
@@ -603,6 +598,16 @@ impl ArchiveStore {
     }
 
     /// The pair under `key` in the chunks only.
+    /// The key of the first chunk past `key`: a chunk owns only the keys
+    /// below it ([`owned`]).
+    fn chunk_after(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
+        self.chunks
+            .range::<&[u8], _>((Bound::Excluded(key), Bound::Unbounded))
+            .keys()
+            .next()
+            .transpose()
+    }
+
     fn chunk_get(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
         let Some((pk, pv)) = self.chunks.range(..=key).next_back().transpose()? else {
             return Ok(None);
@@ -675,6 +680,11 @@ impl ArchiveStore {
     /// command applied again finds each message whole or absent, and the
     /// count read back covers exactly the messages found.
     pub fn append_message(&self, writes: Vec<(Vec<u8>, Vec<u8>)>, used: u64) -> sled::Result<()> {
+        self.add(writes, Some(used))
+    }
+
+    /// [`ArchiveStore::append_message`], the count optional.
+    fn add(&self, writes: Vec<(Vec<u8>, Vec<u8>)>, used: Option<u64>) -> sled::Result<()> {
         let Some(owner) = writes.first().map(|(k, _)| owner_of(k).to_vec()) else {
             return Ok(());
         };
@@ -691,7 +701,9 @@ impl ArchiveStore {
         for (key, value) in writes {
             self.hold_pair(&mut t, key, IVec::from(value), &owner);
         }
-        t.note_used(&owner, used);
+        if let Some(n) = used {
+            t.note_used(&owner, n);
+        }
         if t.touched.last() != Some(&owner) {
             t.touched.push(owner);
         }
@@ -721,16 +733,7 @@ impl ArchiveStore {
     /// apart ([`ArchiveStore::note_used`]).
     #[cfg(test)]
     pub fn append(&self, key: Vec<u8>, value: Vec<u8>) -> sled::Result<()> {
-        let owner = owner_of(&key).to_vec();
-        let mut t = self.lock();
-        if t.pending_bytes + key.len() + value.len() > VALUE_BYTES && !t.pending.is_empty() {
-            self.write_pending(&mut t)?;
-        }
-        self.hold_pair(&mut t, key, IVec::from(value), &owner);
-        if t.touched.last() != Some(&owner) {
-            t.touched.push(owner);
-        }
-        Ok(())
+        self.add(vec![(key, value)], None)
     }
 
     /// Write the pending pairs (and, at the end of an append, the counts)
@@ -914,12 +917,7 @@ impl ArchiveStore {
                 .next_back()
                 .transpose()?
                 .filter(|(pk, _)| owner_of(pk) == owner);
-            let upper = self
-                .chunks
-                .range::<&[u8], _>((Bound::Excluded(k), Bound::Unbounded))
-                .keys()
-                .next()
-                .transpose()?;
+            let upper = self.chunk_after(k)?;
             // This run: the owner's pairs before the next chunk.
             let n = pairs[i..]
                 .iter()
@@ -1081,12 +1079,7 @@ impl ArchiveStore {
             else {
                 break;
             };
-            let next_pk = self
-                .chunks
-                .range::<&[u8], _>((Bound::Excluded(pk.as_ref()), Bound::Unbounded))
-                .keys()
-                .next()
-                .transpose()?;
+            let next_pk = self.chunk_after(pk.as_ref())?;
             cursor = match &next_pk {
                 Some(n) => Bound::Included(n.to_vec()),
                 None => Bound::Excluded(pk.to_vec()),
@@ -1317,10 +1310,7 @@ impl Range<'_> {
             let next_pk = if self.backward {
                 self.above_pk.replace(pk.clone())
             } else {
-                tree.range::<&[u8], _>((Bound::Excluded(pk.as_ref()), Bound::Unbounded))
-                    .keys()
-                    .next()
-                    .transpose()?
+                self.store.chunk_after(&pk)?
             };
             let mut pairs: Vec<Pair> = owned(pairs_of(pk, pv), next_pk.as_deref())
                 .into_iter()
