@@ -29,12 +29,11 @@ pub mod ns {
     pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 }
 
-/// Parse one complete XML element from a string (stored vCards, private
-/// XML). Runs the stream parser over the in-memory bytes to completion.
+/// Parse one complete XML element from a string (relayed stanzas, stored
+/// vCards, private XML), inside a stream opening that binds `jabber:client`
+/// as the default namespace and the `stream` prefix; no async reader: a
+/// relayed stanza is parsed here on every delivery.
 pub fn parse_fragment(xml: &str) -> Result<Element, ParseError> {
-    use tokio::io::AsyncReadExt;
-    // The stream's opening is read ahead of the fragment, not copied in
-    // front of it (a relayed stanza is parsed here on every delivery).
     static OPENING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "<stream:stream xmlns:stream='{}' xmlns='{}'>",
@@ -42,23 +41,10 @@ pub fn parse_fragment(xml: &str) -> Result<Element, ParseError> {
             ns::CLIENT
         )
     });
-    let mut parser = XmlStream::new(
-        OPENING.as_bytes().chain(xml.as_bytes()),
-        XmlLimits {
-            max_stanza_bytes: OPENING.len() + xml.len() + 1,
-            ..XmlLimits::default()
-        },
-    );
-    let fut = async {
-        loop {
-            match parser.next().await? {
-                StreamEvent::Stanza(el) => return Ok(el),
-                StreamEvent::End => return Err(ParseError::Closed),
-                _ => continue,
-            }
-        }
-    };
-    in_memory(fut).unwrap_or(Err(ParseError::Closed))
+    let mut doc = String::with_capacity(OPENING.len() + xml.len());
+    doc.push_str(&OPENING);
+    doc.push_str(xml);
+    parser::parse_fragment(&doc)
 }
 
 /// Run a parse over bytes already in memory to its end: such a future
@@ -80,5 +66,50 @@ mod fragment_tests {
             super::parse_fragment("<vCard xmlns='vcard-temp'><FN>A &amp; B</FN></vCard>").unwrap();
         assert_eq!(el.ns, "vcard-temp");
         assert_eq!(super::parse_fragment(&el.to_xml("")).unwrap(), el);
+    }
+
+    /// A relayed stanza reads as the stream parser would read it: the
+    /// default namespace is jabber:client, `stream:` is bound, and the
+    /// RFC 6120 §11.1 bans hold.
+    #[test]
+    fn a_fragment_reads_as_inside_a_client_stream() {
+        use super::{ns, parse_fragment, ParseError};
+        let el = parse_fragment(
+            "<message to='a@b/c' type='chat'><body>x &lt; y &#x263A;</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' id='1'/><stream:error/></message>",
+        )
+        .unwrap();
+        assert_eq!((el.name.as_str(), el.ns.as_str()), ("message", ns::CLIENT));
+        assert_eq!(el.attr("to"), Some("a@b/c"));
+        let kids: Vec<_> = el
+            .elements()
+            .map(|e| (e.name.clone(), e.ns.clone()))
+            .collect();
+        assert_eq!(
+            kids,
+            [
+                ("body".to_string(), ns::CLIENT.to_string()),
+                ("stanza-id".to_string(), "urn:xmpp:sid:0".to_string()),
+                ("error".to_string(), ns::STREAM.to_string()),
+            ]
+        );
+        assert_eq!(el.elements().next().unwrap().text(), "x < y \u{263A}");
+        // What is past the first element is not read.
+        assert_eq!(parse_fragment("<a/><b>").unwrap().name, "a");
+        for (bad, what) in [
+            ("<a><!-- c --></a>", "comment"),
+            ("<a><?pi x?></a>", "processing instruction"),
+            ("<a>&foo;</a>", "undeclared entity"),
+            ("<a><x:b/></a>", "unbound prefix"),
+            ("<a>&#1;</a>", "control character"),
+            ("<a>", "cut short"),
+            ("", "empty"),
+            ("</stream:stream>", "the stream's end"),
+        ] {
+            assert!(parse_fragment(bad).is_err(), "{what} accepted");
+        }
+        assert!(matches!(parse_fragment("<a>"), Err(ParseError::Closed)));
+        let deep = "<a>".repeat(40) + &"</a>".repeat(40);
+        assert!(matches!(parse_fragment(&deep), Err(ParseError::TooComplex)));
     }
 }

@@ -174,10 +174,7 @@ impl<R: AsyncBufRead + Unpin> XmlStream<R> {
 
     fn with_budget(budget: Budget<R>, limits: XmlLimits) -> Self {
         let mut reader = NsReader::from_reader(budget);
-        let cfg = reader.config_mut();
-        cfg.trim_text(false);
-        cfg.expand_empty_elements = false;
-        cfg.check_end_names = true;
+        configure(&mut reader);
         XmlStream {
             reader: Some(reader),
             buf: Vec::new(),
@@ -258,145 +255,178 @@ impl<R: AsyncBufRead + Unpin> XmlStream<R> {
         }
         loop {
             self.buf.clear();
-            let event = self
+            let reader = self
                 .reader
                 .as_mut()
-                .expect("reader present outside restart")
+                .expect("reader present outside restart");
+            let event = reader
                 .read_event_into_async(&mut self.buf)
                 .await
                 .map_err(map_xml_error)?;
-            match event {
-                Event::Decl(d) => {
-                    if self.header_seen {
-                        return Err(ParseError::RestrictedXml(
-                            "XML declaration inside the stream",
-                        ));
-                    }
-                    if let Some(Ok(enc)) = d.encoding() {
-                        if !enc.eq_ignore_ascii_case("utf-8") {
-                            return Err(ParseError::UnsupportedEncoding(enc.into_owned()));
-                        }
-                    }
-                }
-                Event::DocType(_) => return Err(ParseError::RestrictedXml("DTD")),
-                Event::Comment(_) => return Err(ParseError::RestrictedXml("comment")),
-                Event::PI(_) => return Err(ParseError::RestrictedXml("processing instruction")),
-                Event::Eof => return Err(ParseError::Closed),
-                ev @ (Event::Start(_) | Event::Empty(_)) if !self.header_seen => {
-                    let (empty, start) = match ev {
-                        Event::Empty(s) => (true, s),
-                        Event::Start(s) => (false, s),
-                        _ => unreachable!("matched above"),
-                    };
-                    let header = header(
-                        self.reader.as_ref().expect("reader present"),
-                        &self.limits,
-                        &start,
-                    )?;
+            if !self.header_seen {
+                if let Event::Start(start) | Event::Empty(start) = &event {
+                    let empty = matches!(event, Event::Empty(_));
+                    let header = header(reader, &self.limits, start)?;
                     self.header_seen = true;
                     self.pending_end = empty;
                     self.finish_event();
                     return Ok(StreamEvent::Header(header));
                 }
-                Event::Start(start) => {
-                    let el = element(
-                        self.reader.as_ref().expect("reader present"),
-                        &self.limits,
-                        &start,
-                    )?;
-                    if self.stack.len() >= self.limits.max_depth {
-                        return Err(ParseError::TooComplex);
-                    }
-                    self.stack.push(el);
-                }
-                Event::Empty(start) => {
-                    let el = element(
-                        self.reader.as_ref().expect("reader present"),
-                        &self.limits,
-                        &start,
-                    )?;
-                    if let Some(done) = self.close(el) {
-                        self.finish_event();
-                        return Ok(StreamEvent::Stanza(done));
-                    }
-                }
-                Event::End(_) => match self.stack.pop() {
-                    None => {
-                        self.finish_event();
-                        return Ok(StreamEvent::End);
-                    }
-                    Some(el) => {
-                        if let Some(done) = self.close(el) {
-                            self.finish_event();
-                            return Ok(StreamEvent::Stanza(done));
-                        }
-                    }
-                },
-                Event::Text(t) => {
-                    let text = t.xml10_content();
-                    xml_chars(&text)?;
-                    match self.stack.last_mut() {
-                        Some(parent) => push_text(parent, &text),
-                        None if text.chars().all(is_xml_space) => {
-                            if self.header_seen {
-                                self.finish_event();
-                                return Ok(StreamEvent::Keepalive);
-                            }
-                        }
-                        None => return Err(ParseError::BadFormat("text outside stanzas")),
-                    }
-                }
-                Event::CData(c) => match self.stack.last_mut() {
-                    Some(parent) => {
-                        let text = c.xml10_content();
-                        xml_chars(&text)?;
-                        push_text(parent, &text)
-                    }
-                    None => return Err(ParseError::BadFormat("CDATA outside stanzas")),
-                },
-                Event::GeneralRef(r) => {
-                    let Some(parent) = self.stack.last_mut() else {
-                        return Err(ParseError::BadFormat("entity outside stanzas"));
-                    };
-                    if r.is_char_ref() {
-                        match r.resolve_char_ref() {
-                            Ok(Some(c)) if is_xml_char(c) => {
-                                push_text(parent, c.encode_utf8(&mut [0; 4]))
-                            }
-                            _ => {
-                                return Err(ParseError::NotWellFormed(
-                                    "bad character reference".into(),
-                                ))
-                            }
-                        }
-                    } else {
-                        let name = r.xml10_content();
-                        match resolve_predefined_entity(&name) {
-                            Some(s) => push_text(parent, s),
-                            None => return Err(ParseError::RestrictedXml("undeclared entity")),
-                        }
-                    }
-                }
             }
-        }
-    }
-
-    /// Attach a finished element to its parent, or return it when it is a
-    /// top-level stanza.
-    fn close(&mut self, el: Element) -> Option<Element> {
-        match self.stack.last_mut() {
-            Some(parent) => {
-                parent.children.push(Node::Element(el));
-                None
+            let done = step(
+                &mut self.stack,
+                &self.limits,
+                self.header_seen,
+                reader,
+                event,
+            )?;
+            if let Some(done) = done {
+                self.finish_event();
+                return Ok(done);
             }
-            None => Some(el),
         }
     }
 }
 
-type Reader<R> = NsReader<Budget<R>>;
+/// One event inside the stream document, past its opening: the stanza
+/// being built grows, or something complete comes out (a stanza, a
+/// keepalive, the stream's end). Shared by the stream parser and
+/// [`parse_fragment`].
+fn step<X>(
+    stack: &mut Vec<Element>,
+    limits: &XmlLimits,
+    header_seen: bool,
+    reader: &NsReader<X>,
+    event: Event<'_>,
+) -> Result<Option<StreamEvent>, ParseError> {
+    // Attach a finished element to its parent, or give it back when it is
+    // a top-level stanza.
+    fn close(stack: &mut [Element], el: Element) -> Option<StreamEvent> {
+        match stack.last_mut() {
+            Some(parent) => {
+                parent.children.push(Node::Element(el));
+                None
+            }
+            None => Some(StreamEvent::Stanza(el)),
+        }
+    }
+    match event {
+        Event::Decl(d) => {
+            if header_seen {
+                return Err(ParseError::RestrictedXml(
+                    "XML declaration inside the stream",
+                ));
+            }
+            if let Some(Ok(enc)) = d.encoding() {
+                if !enc.eq_ignore_ascii_case("utf-8") {
+                    return Err(ParseError::UnsupportedEncoding(enc.into_owned()));
+                }
+            }
+            Ok(None)
+        }
+        Event::DocType(_) => Err(ParseError::RestrictedXml("DTD")),
+        Event::Comment(_) => Err(ParseError::RestrictedXml("comment")),
+        Event::PI(_) => Err(ParseError::RestrictedXml("processing instruction")),
+        Event::Eof => Err(ParseError::Closed),
+        Event::Start(start) => {
+            let el = element(reader, limits, &start)?;
+            if stack.len() >= limits.max_depth {
+                return Err(ParseError::TooComplex);
+            }
+            stack.push(el);
+            Ok(None)
+        }
+        Event::Empty(start) => {
+            let el = element(reader, limits, &start)?;
+            Ok(close(stack, el))
+        }
+        Event::End(_) => match stack.pop() {
+            None => Ok(Some(StreamEvent::End)),
+            Some(el) => Ok(close(stack, el)),
+        },
+        Event::Text(t) => {
+            let text = t.xml10_content();
+            xml_chars(&text)?;
+            match stack.last_mut() {
+                Some(parent) => push_text(parent, &text),
+                None if text.chars().all(is_xml_space) => {
+                    if header_seen {
+                        return Ok(Some(StreamEvent::Keepalive));
+                    }
+                }
+                None => return Err(ParseError::BadFormat("text outside stanzas")),
+            }
+            Ok(None)
+        }
+        Event::CData(c) => match stack.last_mut() {
+            Some(parent) => {
+                let text = c.xml10_content();
+                xml_chars(&text)?;
+                push_text(parent, &text);
+                Ok(None)
+            }
+            None => Err(ParseError::BadFormat("CDATA outside stanzas")),
+        },
+        Event::GeneralRef(r) => {
+            let Some(parent) = stack.last_mut() else {
+                return Err(ParseError::BadFormat("entity outside stanzas"));
+            };
+            if r.is_char_ref() {
+                match r.resolve_char_ref() {
+                    Ok(Some(c)) if is_xml_char(c) => push_text(parent, c.encode_utf8(&mut [0; 4])),
+                    _ => return Err(ParseError::NotWellFormed("bad character reference".into())),
+                }
+            } else {
+                let name = r.xml10_content();
+                match resolve_predefined_entity(&name) {
+                    Some(s) => push_text(parent, s),
+                    None => return Err(ParseError::RestrictedXml("undeclared entity")),
+                }
+            }
+            Ok(None)
+        }
+    }
+}
 
-fn resolve_ns<R>(reader: &Reader<R>, start: &BytesStart) -> Result<String, ParseError> {
+/// Parse one complete element that follows `opening` (a stream's opening
+/// tag, which binds the default namespace and prefixes) in `doc`, all in
+/// memory: the same rules as the stream parser, without its reader.
+pub(super) fn parse_fragment(doc: &str) -> Result<Element, ParseError> {
+    let mut reader = NsReader::from_str(doc);
+    configure(&mut reader);
+    let limits = XmlLimits {
+        max_stanza_bytes: doc.len() + 1,
+        ..XmlLimits::default()
+    };
+    let mut stack = Vec::new();
+    let mut header_seen = false;
+    loop {
+        let event = reader.read_event().map_err(map_xml_error)?;
+        if !header_seen {
+            if let Event::Start(_) = event {
+                header_seen = true;
+                continue;
+            }
+            if let Event::Empty(_) = event {
+                return Err(ParseError::Closed);
+            }
+        }
+        match step(&mut stack, &limits, header_seen, &reader, event)? {
+            Some(StreamEvent::Stanza(el)) => return Ok(el),
+            Some(StreamEvent::End) => return Err(ParseError::Closed),
+            _ => {}
+        }
+    }
+}
+
+fn configure<X>(reader: &mut NsReader<X>) {
+    let cfg = reader.config_mut();
+    cfg.trim_text(false);
+    cfg.expand_empty_elements = false;
+    cfg.check_end_names = true;
+}
+
+fn resolve_ns<X>(reader: &NsReader<X>, start: &BytesStart) -> Result<String, ParseError> {
     let (res, _) = reader.resolver().resolve_element(start.name());
     match res {
         ResolveResult::Bound(ns) => Ok(ns.into_inner().to_string()),
@@ -405,8 +435,8 @@ fn resolve_ns<R>(reader: &Reader<R>, start: &BytesStart) -> Result<String, Parse
     }
 }
 
-fn attributes<R>(
-    reader: &Reader<R>,
+fn attributes<X>(
+    reader: &NsReader<X>,
     limits: &XmlLimits,
     start: &BytesStart,
 ) -> Result<Vec<(String, String)>, ParseError> {
@@ -440,8 +470,8 @@ fn attributes<R>(
     Ok(attrs)
 }
 
-fn element<R>(
-    reader: &Reader<R>,
+fn element<X>(
+    reader: &NsReader<X>,
     limits: &XmlLimits,
     start: &BytesStart,
 ) -> Result<Element, ParseError> {
@@ -453,8 +483,8 @@ fn element<R>(
     })
 }
 
-fn header<R>(
-    reader: &Reader<R>,
+fn header<X>(
+    reader: &NsReader<X>,
     limits: &XmlLimits,
     start: &BytesStart,
 ) -> Result<StreamHeader, ParseError> {

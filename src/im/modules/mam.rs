@@ -34,17 +34,32 @@ pub struct Mam {
 /// Does `user` archive messages with `with` (§6.1)? The per-JID lists
 /// first, then the default (the user's own, else the server's).
 pub fn wanted(ctx: &ImCtx, user: &str, with: &Jid) -> bool {
-    let bare = with.to_bare().to_string();
+    // The bare JID is written out only when a list or the roster is
+    // looked at (this runs for every message).
+    let bare = || with.to_bare().to_string();
     let prefs = ctx.state.archive_prefs(user).ok().flatten();
     let default = match &prefs {
-        Some(p) if p.never.contains(&bare) => return false,
-        Some(p) if p.always.contains(&bare) => return true,
+        Some(p) if !p.never.is_empty() || !p.always.is_empty() => {
+            let bare = bare();
+            if p.never.contains(&bare) {
+                return false;
+            }
+            if p.always.contains(&bare) {
+                return true;
+            }
+            p.default.as_str()
+        }
         Some(p) => p.default.as_str(),
         None => ctx.config.mam.default.as_str(),
     };
     match default {
         "always" => true,
-        "roster" => ctx.state.roster_item(user, &bare).ok().flatten().is_some(),
+        "roster" => ctx
+            .state
+            .roster_item(user, &bare())
+            .ok()
+            .flatten()
+            .is_some(),
         _ => false,
     }
 }
