@@ -388,16 +388,14 @@ fn step<X>(
     }
 }
 
-/// Parse one complete element that follows `opening` (a stream's opening
-/// tag, which binds the default namespace and prefixes) in `doc`, all in
-/// memory: the same rules as the stream parser, without its reader.
+/// Parse the first complete element after the stream opening tag that
+/// `doc` starts with (it binds the default namespace and prefixes), all in
+/// memory: the same rules as the stream parser, without its reader. (The
+/// stanza byte limit is the reader's; `doc` is already whole.)
 pub(super) fn parse_fragment(doc: &str) -> Result<Element, ParseError> {
     let mut reader = NsReader::from_str(doc);
     configure(&mut reader);
-    let limits = XmlLimits {
-        max_stanza_bytes: doc.len() + 1,
-        ..XmlLimits::default()
-    };
+    let limits = XmlLimits::default();
     let mut stack = Vec::new();
     let mut header_seen = false;
     loop {
@@ -408,6 +406,7 @@ pub(super) fn parse_fragment(doc: &str) -> Result<Element, ParseError> {
                 continue;
             }
             if let Event::Empty(_) = event {
+                // An opening that closes itself: no element follows.
                 return Err(ParseError::Closed);
             }
         }
