@@ -597,7 +597,6 @@ impl ArchiveStore {
         }
     }
 
-    /// The pair under `key` in the chunks only.
     /// The key of the first chunk past `key`: a chunk owns only the keys
     /// below it ([`owned`]).
     fn chunk_after(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
@@ -608,6 +607,7 @@ impl ArchiveStore {
             .transpose()
     }
 
+    /// The pair under `key` in the chunks only.
     fn chunk_get(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
         let Some((pk, pv)) = self.chunks.range(..=key).next_back().transpose()? else {
             return Ok(None);
