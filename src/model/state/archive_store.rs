@@ -69,8 +69,80 @@ const CHUNK: [u8; 2] = [0xFF, 1];
 
 type Pair = (IVec, IVec);
 
-/// A region's last key, and the greatest of its keys in the chunks.
-type Region = (Vec<u8>, Option<Vec<u8>>);
+/// What the applying thread knows of one region's keys in the chunks
+/// (see [`ArchiveStore::get_applying`]). A region's keys are a prefix and
+/// 8 bytes (a position or an alias: the prefix, then an id).
+struct Region {
+    /// The region's last key.
+    hi: Vec<u8>,
+    /// The greatest of its keys in the chunks, if any.
+    greatest: Option<Vec<u8>>,
+    /// Every key of the region in the chunks that is past `floor` (all of
+    /// them when None) and as long as `hi` is in `recent`; a key up to
+    /// `floor`, or of another length, is looked for in the chunks.
+    floor: Option<Vec<u8>>,
+    /// The last 8 bytes of the keys moved into the chunks past `floor`
+    /// since the region was first read, sorted, at most [`RECENT`].
+    recent: Vec<u64>,
+}
+
+/// Keys a region remembers past its floor: in a cluster most messages
+/// commit after one with a later id (the other party's node made it), and
+/// their lookups land below the greatest key, often by tens of messages.
+const RECENT: usize = 128;
+/// Regions remembered at most (each up to about 1 KiB); past that they are
+/// all forgotten, and read again when asked.
+const REGIONS: usize = 1 << 15;
+
+impl Region {
+    /// `k`'s last 8 bytes, if it is as long as the region's keys.
+    fn tail_of(&self, k: &[u8]) -> Option<u64> {
+        if k.len() != self.hi.len() || k.len() < 8 {
+            return None;
+        }
+        <[u8; 8]>::try_from(&k[k.len() - 8..])
+            .ok()
+            .map(u64::from_be_bytes)
+    }
+
+    /// Note `k` (within the region) written into the chunks.
+    fn written(&mut self, k: &[u8]) {
+        if self.greatest.as_deref().is_none_or(|g| k > g) {
+            self.greatest = Some(k.to_vec());
+        }
+        if self.floor.as_deref().is_some_and(|f| k <= f) {
+            return;
+        }
+        // A key of another length is always looked for in the chunks.
+        let Some(n) = self.tail_of(k) else {
+            return;
+        };
+        if let Err(at) = self.recent.binary_search(&n) {
+            self.recent.insert(at, n);
+        }
+        if self.recent.len() > RECENT {
+            // The floor rises to the greatest key forgotten.
+            let gone = self.recent.len() - RECENT / 2;
+            if let Some(top) = self.recent.drain(..gone).next_back() {
+                let mut f = k[..k.len() - 8].to_vec();
+                f.extend_from_slice(&top.to_be_bytes());
+                self.floor = Some(f);
+            }
+        }
+    }
+
+    /// Whether `key` (within the region) may be in the chunks.
+    fn may_hold(&self, key: &[u8]) -> bool {
+        if self.greatest.as_deref().is_none_or(|g| key > g) {
+            return false;
+        }
+        if self.floor.as_deref().is_some_and(|f| key <= f) {
+            return true;
+        }
+        self.tail_of(key)
+            .is_none_or(|n| self.recent.binary_search(&n).is_ok())
+    }
+}
 
 /// What an owner's pairs start with (`roster::prefix`: the name and a 0).
 fn owner_of(key: &[u8]) -> &[u8] {
@@ -230,9 +302,9 @@ struct Tail {
     pending_used: HashMap<Vec<u8>, u64>,
     /// Owners with pairs in this append (some named twice).
     touched: Vec<Vec<u8>>,
-    /// Region (its first key) -> (its last key, the greatest of its keys
-    /// in the chunks, if any): see [`ArchiveStore::get_applying`]. Read
-    /// and written by the applying thread only.
+    /// Region (its first key) -> what is known of its keys in the chunks:
+    /// see [`ArchiveStore::get_applying`]. Read and written by the
+    /// applying thread only.
     frontier: BTreeMap<Vec<u8>, Region>,
 }
 
@@ -530,9 +602,10 @@ impl ArchiveStore {
     /// [`ArchiveStore::get`] for the thread that applies commands, for a
     /// key within `lo..=hi` (a region of one owner's keys: its positions,
     /// its aliases). A key past the greatest of the region's keys in the
-    /// chunks is not looked for there: in a cluster most messages commit
-    /// after one with a later id, and each costs two lookups of keys that
-    /// are only ever near the end.
+    /// chunks, or past its floor and not among the keys moved there since
+    /// ([`Region`]), is not looked for there: in a cluster most messages
+    /// commit after one with a later id, and each costs two lookups of
+    /// keys that are only ever near the end.
     pub fn get_applying(&self, key: &[u8], lo: &[u8], hi: &[u8]) -> sled::Result<Option<IVec>> {
         let known = {
             let t = self.lock();
@@ -541,20 +614,29 @@ impl ArchiveStore {
             }
             t.frontier
                 .get(lo)
-                .filter(|(h, _)| h.as_slice() == hi)
-                .map(|(_, m)| m.clone())
+                .filter(|r| r.hi.as_slice() == hi)
+                .map(|r| r.may_hold(key))
         };
-        let greatest = match known {
+        let may_hold = match known {
             Some(m) => m,
             None => {
-                let m = self.greatest_in(lo, hi)?;
-                self.lock()
-                    .frontier
-                    .insert(lo.to_vec(), (hi.to_vec(), m.clone()));
-                m
+                let greatest = self.greatest_in(lo, hi)?;
+                let region = Region {
+                    hi: hi.to_vec(),
+                    floor: greatest.clone(),
+                    greatest,
+                    recent: Vec::new(),
+                };
+                let may_hold = region.may_hold(key);
+                let mut t = self.lock();
+                if t.frontier.len() >= REGIONS {
+                    t.frontier.clear();
+                }
+                t.frontier.insert(lo.to_vec(), region);
+                may_hold
             }
         };
-        if greatest.as_deref().is_none_or(|g| key > g) {
+        if !may_hold {
             return Ok(None);
         }
         self.chunk_get(key)
@@ -576,23 +658,23 @@ impl ArchiveStore {
             .map(|k| k.to_vec()))
     }
 
-    /// Keep [`ArchiveStore::get_applying`]'s greatest keys true after
-    /// pairs were written into the chunks.
+    /// Keep what [`ArchiveStore::get_applying`] knows of the regions true
+    /// after pairs were written into the chunks.
     fn written(&self, keys: &[(&[u8], &[u8])]) {
         let mut t = self.lock();
         if t.frontier.is_empty() {
             return;
         }
         for (k, _) in keys {
-            let Some((_, (hi, greatest))) = t
+            let Some((_, region)) = t
                 .frontier
                 .range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(*k)))
                 .next_back()
             else {
                 continue;
             };
-            if *k <= hi.as_slice() && greatest.as_deref().is_none_or(|g| *k > g) {
-                *greatest = Some(k.to_vec());
+            if *k <= region.hi.as_slice() {
+                region.written(k);
             }
         }
     }
@@ -1480,6 +1562,55 @@ mod tests {
         // Opened again: the same map.
         drop(s);
         let s = open(&db, &Arc::new(Undo::default()));
+        assert_eq!(all(s.logical()), model.into_iter().collect::<Vec<_>>());
+    }
+
+    /// The applying thread's lookups skip the chunks for keys past a
+    /// region's floor that were never moved there: with keys appended out
+    /// of order (as a cluster commits them), floors that rise, a key of
+    /// another length in the region, and an edit that forgets the regions.
+    #[test]
+    fn lookups_that_skip_the_chunks_agree_with_the_map_for_keys_out_of_order() {
+        let (_d, _db, s) = store();
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let (lo, hi) = (k("ann", 0), k("ann", u64::MAX));
+        let mut n = 10_000u64;
+        for round in 0..240u64 {
+            for _ in 0..9 {
+                n += 5;
+                s.append(k("ann", n), b"in order".to_vec()).unwrap();
+                model.insert(k("ann", n), b"in order".to_vec());
+            }
+            // Late ones, some far behind (past what a region remembers).
+            for back in [7u64, 60, 400, 1300] {
+                let late = k("ann", n - back * 5 + 1 + round % 3);
+                if let std::collections::btree_map::Entry::Vacant(v) = model.entry(late.clone()) {
+                    v.insert(b"late".to_vec());
+                    s.append(late, b"late".to_vec()).unwrap();
+                }
+            }
+            if round == 100 {
+                // A key of another length inside the region.
+                let mut odd = k("ann", n - 3);
+                odd.push(7);
+                s.append(odd.clone(), b"odd".to_vec()).unwrap();
+                model.insert(odd, b"odd".to_vec());
+            }
+            s.end_append().unwrap();
+            if round == 170 {
+                let gone = k("ann", n - 50);
+                s.remove(&gone).unwrap();
+                model.remove(&gone);
+            }
+            for probe in (n.saturating_sub(7000)..n + 10).step_by(3) {
+                let key = k("ann", probe);
+                assert_eq!(
+                    s.get_applying(&key, &lo, &hi).unwrap().map(|v| v.to_vec()),
+                    model.get(&key).cloned(),
+                    "round {round} probe {probe}"
+                );
+            }
+        }
         assert_eq!(all(s.logical()), model.into_iter().collect::<Vec<_>>());
     }
 
