@@ -3,8 +3,9 @@
 //! Storage errors leave a node unusable, so they are fatal and loud:
 //! callers treat any error from the write side as a reason to stop.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use protobuf::Message as _;
 use raft::prelude::*;
@@ -49,6 +50,26 @@ fn to_raft(e: StoreError) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
 
+/// Recent entries kept in memory ([`SledStorage::append`]).
+const RECENT_ENTRIES: usize = 1024;
+const RECENT_BYTES: usize = 8 << 20;
+
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn get(&self, idx: u64) -> Option<&Entry> {
+        let first = self.entries.front()?.index;
+        let e = self
+            .entries
+            .get(usize::try_from(idx.checked_sub(first)?).ok()?)?;
+        (e.index == idx).then_some(e)
+    }
+}
+
 /// The log lives in `raft_log` (big-endian index -> Entry); the rest in `raft_meta`.
 #[derive(Clone)]
 pub struct SledStorage {
@@ -73,6 +94,12 @@ pub struct SledStorage {
     /// it on, every command is applied under `index << 16 | position`
     /// (see `batch::sequence`). Kept with the log and in snapshots.
     batched_since: Arc<AtomicU64>,
+    /// The last entries appended, in order and without gaps (their data
+    /// shared, not copied), at most [`RECENT_ENTRIES`] and about
+    /// [`RECENT_BYTES`]: raft-rs asks for the terms of recent entries every
+    /// round, and reads committed ones back to apply them; from the tree
+    /// each is a lookup and a decode.
+    recent: Arc<Mutex<Recent>>,
     /// Snapshot files: built here, received from the leader.
     snapshot_dir: Arc<std::path::PathBuf>,
     outgoing: Arc<crate::snapshots::Outgoing>,
@@ -134,6 +161,7 @@ impl SledStorage {
             applied: Arc::new(AtomicU64::new(applied)),
             last: Arc::new(AtomicU64::new(UNKNOWN)),
             batched_since: Arc::new(AtomicU64::new(batched_since)),
+            recent: Arc::default(),
             snapshot_dir: Arc::new(snapshot_dir),
             outgoing: Arc::default(),
         })
@@ -173,6 +201,7 @@ impl SledStorage {
             return Ok(());
         };
         // A new entry at index i replaces i and everything after it.
+        self.forget_from(first.index);
         let last = self.last_index_inner()?;
         for idx in first.index..=last {
             self.log.remove(idx.to_be_bytes())?;
@@ -186,7 +215,66 @@ impl SledStorage {
         if let Some(e) = entries.last() {
             self.last.store(e.index, Ordering::Release);
         }
+        let mut recent = self.recent();
+        if recent
+            .entries
+            .back()
+            .is_some_and(|e| e.index + 1 != first.index)
+        {
+            *recent = Recent::default();
+        }
+        for e in entries {
+            recent.bytes += e.data.len() + e.context.len();
+            recent.entries.push_back(e.clone());
+        }
+        while recent.entries.len() > RECENT_ENTRIES || recent.bytes > RECENT_BYTES {
+            let Some(e) = recent.entries.pop_front() else {
+                break;
+            };
+            recent.bytes -= e.data.len() + e.context.len();
+        }
         Ok(())
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drop the remembered entries from `index` on (about to be replaced,
+    /// or gone).
+    fn forget_from(&self, index: u64) {
+        let mut recent = self.recent();
+        while recent.entries.back().is_some_and(|e| e.index >= index) {
+            if let Some(e) = recent.entries.pop_back() {
+                recent.bytes -= e.data.len() + e.context.len();
+            }
+        }
+    }
+
+    /// The remembered term of the entry at `idx`, if it is one of the last
+    /// appended.
+    fn remembered_term(&self, idx: u64) -> Option<u64> {
+        self.recent().get(idx).map(|e| e.term)
+    }
+
+    /// The entries `low..high` if all are remembered, as
+    /// [`raft::Storage::entries`] gives them (at least one; cut where the
+    /// size passes `max`).
+    fn remembered_entries(&self, low: u64, high: u64, max: u64) -> Option<Vec<Entry>> {
+        let recent = self.recent();
+        recent.get(low)?;
+        recent.get(high.checked_sub(1)?)?;
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for idx in low..high {
+            let e = recent.get(idx)?;
+            size += u64::from(e.compute_size());
+            if !out.is_empty() && size > max {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Some(out)
     }
 
     pub fn set_hard_state(&self, hs: &HardState) -> Result<(), StoreError> {
@@ -364,6 +452,7 @@ impl SledStorage {
         };
         self.set_peers(&peers)?;
         self.last.store(UNKNOWN, Ordering::Release);
+        self.forget_from(0);
         self.log.clear()?;
         self.meta
             .insert(SNAPSHOT_META, m.write_to_bytes().map_err(corrupt)?)?;
@@ -465,6 +554,9 @@ impl SledStorage {
         if idx == self.snap_index.load(Ordering::Acquire) {
             return Ok(self.snap_term.load(Ordering::Acquire));
         }
+        if let Some(term) = self.remembered_term(idx) {
+            return Ok(term);
+        }
         match self.log.get(idx.to_be_bytes())? {
             Some(b) => entry_term(&b),
             None => Err(StoreError::Corrupt(format!("no entry {idx}"))),
@@ -509,6 +601,9 @@ impl raft::Storage for SledStorage {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         let max = max_size.into().unwrap_or(u64::MAX);
+        if let Some(out) = self.remembered_entries(low, high, max) {
+            return Ok(out);
+        }
         let mut out = Vec::new();
         let mut size = 0u64;
         let mut cut = false;
@@ -617,6 +712,102 @@ impl raft::Storage for SledStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Nothing;
+    impl StateMachine for Nothing {
+        fn apply(&self, _: u64, _: &[u8]) -> Vec<u8> {
+            Vec::new()
+        }
+        fn snapshot(&self) -> Result<Vec<u8>, String> {
+            Ok(Vec::new())
+        }
+        fn restore(&self, _: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
+        (from..=to)
+            .map(|index| {
+                let mut e = Entry::default();
+                e.index = index;
+                e.term = term;
+                e.data = vec![index as u8; 64].into();
+                e
+            })
+            .collect()
+    }
+
+    /// The terms kept in memory answer as the tree does: through appends
+    /// that replace entries, past how many are kept, after compaction and
+    /// after the storage is opened again.
+    #[test]
+    fn remembered_terms_agree_with_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let s = SledStorage::open(db.clone(), Arc::new(Nothing), dir.path().join("snaps")).unwrap();
+        let from_tree = |s: &SledStorage, idx: u64| {
+            entry_term(&s.log.get(idx.to_be_bytes()).unwrap().unwrap()).unwrap()
+        };
+        let check = |s: &SledStorage, upto: u64| {
+            let first = s.first_index_inner();
+            for idx in first..=upto {
+                assert_eq!(
+                    raft::Storage::term(s, idx).unwrap(),
+                    from_tree(s, idx),
+                    "index {idx}"
+                );
+            }
+            // Entries read back (to apply, to send) as the tree holds them,
+            // and cut by size alike.
+            for (lo, hi, max) in [
+                (first, upto + 1, None),
+                (upto.saturating_sub(3).max(first), upto + 1, None),
+                (first, upto + 1, Some(200)),
+                (first, upto + 1, Some(0)),
+            ] {
+                let got = raft::Storage::entries(s, lo, hi, max, GetEntriesContext::empty(false))
+                    .unwrap();
+                let mut want = Vec::new();
+                let mut size = 0u64;
+                for idx in lo..hi {
+                    let e =
+                        Entry::parse_from_bytes(&s.log.get(idx.to_be_bytes()).unwrap().unwrap())
+                            .unwrap();
+                    size += u64::from(e.compute_size());
+                    if !want.is_empty() && size > max.unwrap_or(u64::MAX) {
+                        break;
+                    }
+                    want.push(e);
+                }
+                assert_eq!(got, want, "{lo}..{hi} max {max:?}");
+            }
+        };
+        s.append(&entries(1, 10, 1)).unwrap();
+        assert_eq!(
+            s.remembered_entries(1, 11, u64::MAX).map(|e| e.len()),
+            Some(10)
+        );
+        check(&s, 10);
+        // A new leader's entries replace 6.. (and 9, 10 are gone).
+        s.append(&entries(6, 8, 2)).unwrap();
+        assert_eq!(raft::Storage::term(&s, 6).unwrap(), 2);
+        assert_eq!(raft::Storage::term(&s, 5).unwrap(), 1);
+        assert!(raft::Storage::term(&s, 9).is_err());
+        check(&s, 8);
+        // More than are kept: older ones come from the tree.
+        s.append(&entries(9, 9 + RECENT_ENTRIES as u64 + 50, 3))
+            .unwrap();
+        assert_eq!(s.remembered_term(5), None);
+        assert_eq!(s.remembered_term(9 + RECENT_ENTRIES as u64 + 50), Some(3));
+        check(&s, 9 + RECENT_ENTRIES as u64 + 50);
+        s.compact(100).unwrap();
+        check(&s, 9 + RECENT_ENTRIES as u64 + 50);
+        drop(s);
+        let s = SledStorage::open(db, Arc::new(Nothing), dir.path().join("snaps")).unwrap();
+        assert_eq!(s.remembered_term(500), None);
+        check(&s, 9 + RECENT_ENTRIES as u64 + 50);
+    }
 
     #[test]
     fn an_entrys_term_is_read_without_decoding_the_rest() {
