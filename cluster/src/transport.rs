@@ -490,7 +490,10 @@ pub fn serve(
 ) -> Result<(), ClusterError> {
     let tls = service.auth.tls().map(|t| t.server_config());
     let svc = RaftServer::new(service).max_decoding_message_size(64 << 20);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    // Accepted connections without Nagle's algorithm, as the dialing side
+    // has (tonic's `Endpoint` default): a Raft answer or a relay's answer
+    // is a small write that must not wait for the previous one's ACK.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     // Windows wide enough for a snapshot's 1 MiB chunks: HTTP/2's
     // default 64 KiB makes a stream wait for a round trip per 64 KiB.
     let mut server = tonic::transport::Server::builder()
