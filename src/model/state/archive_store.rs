@@ -117,17 +117,24 @@ impl Region {
         let Some(n) = self.tail_of(k) else {
             return;
         };
-        if let Err(at) = self.recent.binary_search(&n) {
-            self.recent.insert(at, n);
+        if self.recent.binary_search(&n).is_ok() {
+            return;
         }
-        if self.recent.len() > RECENT {
-            // The floor rises to the greatest key forgotten.
-            let gone = self.recent.len() - RECENT / 2;
-            if let Some(top) = self.recent.drain(..gone).next_back() {
+        if self.recent.len() >= RECENT {
+            // Full: the lower half is forgotten (before the insert, so the
+            // list never grows past RECENT), and the floor rises to the
+            // greatest key forgotten.
+            if let Some(top) = self.recent.drain(..RECENT / 2).next_back() {
                 let mut f = k[..k.len() - 8].to_vec();
                 f.extend_from_slice(&top.to_be_bytes());
                 self.floor = Some(f);
             }
+            if self.floor.as_deref().is_some_and(|f| k <= f) {
+                return;
+            }
+        }
+        if let Err(at) = self.recent.binary_search(&n) {
+            self.recent.insert(at, n);
         }
     }
 
@@ -1575,6 +1582,7 @@ mod tests {
         let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let (lo, hi) = (k("ann", 0), k("ann", u64::MAX));
         let mut n = 10_000u64;
+        let mut odd = Vec::new();
         for round in 0..240u64 {
             for _ in 0..9 {
                 n += 5;
@@ -1591,16 +1599,23 @@ mod tests {
             }
             if round == 100 {
                 // A key of another length inside the region.
-                let mut odd = k("ann", n - 3);
+                odd = k("ann", n - 3);
                 odd.push(7);
                 s.append(odd.clone(), b"odd".to_vec()).unwrap();
-                model.insert(odd, b"odd".to_vec());
+                model.insert(odd.clone(), b"odd".to_vec());
             }
             s.end_append().unwrap();
             if round == 170 {
                 let gone = k("ann", n - 50);
                 s.remove(&gone).unwrap();
                 model.remove(&gone);
+            }
+            if !odd.is_empty() {
+                assert_eq!(
+                    s.get_applying(&odd, &lo, &hi).unwrap().map(|v| v.to_vec()),
+                    Some(b"odd".to_vec()),
+                    "round {round}: the key of another length"
+                );
             }
             for probe in (n.saturating_sub(7000)..n + 10).step_by(3) {
                 let key = k("ann", probe);
