@@ -115,6 +115,12 @@ struct Args {
     /// the server's resident memory again (0: do not).
     #[arg(long, default_value_t = 0)]
     logout_wait: u64,
+    /// messages: also print (to stderr), for each this many milliseconds
+    /// of send time, the messages measured, how many took over 10 ms and
+    /// the slowest: whether a p99 comes from a steady delay or from a few
+    /// stalls (0: do not).
+    #[arg(long, default_value_t = 0)]
+    series_ms: u64,
     /// Enable stream management with resumption (XEP-0198) on every
     /// session, as mobile clients do, and answer the server's `<r/>`s. On a
     /// cluster the receiving node then marks each relayed message with its
@@ -1030,10 +1036,57 @@ async fn rooms(ctx: &Arc<Ctx>, report: &mut Report) {
     drop(kept);
 }
 
+/// Latency over time (`--series-ms`): per slot of send time, the messages
+/// measured, those over [`Series::SLOW_US`], and the slowest (µs).
+struct Series {
+    slot_us: u64,
+    slots: Vec<[AtomicU64; 3]>,
+}
+
+impl Series {
+    const SLOW_US: u64 = 10_000;
+
+    fn new(slot_ms: u64, for_secs: u64) -> Option<Series> {
+        (slot_ms > 0).then(|| Series {
+            slot_us: slot_ms * 1000,
+            slots: (0..=(for_secs * 1000 / slot_ms).min(1_000_000))
+                .map(|_| Default::default())
+                .collect(),
+        })
+    }
+
+    fn record(&self, sent_us: u64, took_us: u64) {
+        let i = ((sent_us / self.slot_us) as usize).min(self.slots.len() - 1);
+        let s = &self.slots[i];
+        s[0].fetch_add(1, Ordering::Relaxed);
+        if took_us > Self::SLOW_US {
+            s[1].fetch_add(1, Ordering::Relaxed);
+        }
+        s[2].fetch_max(took_us, Ordering::Relaxed);
+    }
+
+    fn print(&self) {
+        for (i, s) in self.slots.iter().enumerate() {
+            let n = s[0].load(Ordering::Relaxed);
+            if n > 0 {
+                eprintln!(
+                    "series at {:.3} s: {n} messages, {} over {} ms, slowest {:.3} ms",
+                    (i as u64 * self.slot_us) as f64 / 1e6,
+                    s[1].load(Ordering::Relaxed),
+                    Self::SLOW_US / 1000,
+                    s[2].load(Ordering::Relaxed) as f64 / 1000.0
+                );
+            }
+        }
+    }
+}
+
 async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
     let args = &ctx.args;
     let (conns, _) = login_all(ctx, args.users, args.connect_rate).await;
     let epoch = Instant::now();
+    // Send times run from the epoch through a warm-up and the measurement.
+    let series = Series::new(args.series_ms, args.duration.saturating_mul(2) + 60).map(Arc::new);
     let hist = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
     ));
@@ -1081,6 +1134,7 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
             }
         });
         let hist = hist.clone();
+        let series = series.clone();
         let split = split.clone();
         let received = received.clone();
         let refused = refused.clone();
@@ -1195,6 +1249,9 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
                             received.fetch_add(1, Ordering::Relaxed);
                             let us = now.saturating_sub(sent).max(1);
                             let _ = hist.lock().expect("hist").record(us);
+                            if let Some(s) = &series {
+                                s.record(sent, us);
+                            }
                             if nodes > 1 {
                                 let cross = usize::from(from % nodes != i % nodes);
                                 let _ = split.lock().expect("hist")[cross].record(us);
@@ -1459,6 +1516,9 @@ async fn messages(ctx: &Arc<Ctx>, report: &mut Report) {
     }
     measuring.store(false, Ordering::Relaxed);
     let got = received.load(Ordering::Relaxed);
+    if let Some(s) = &series {
+        s.print();
+    }
     let h = hist.lock().expect("hist");
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let throughput = got as f64 / measured_for;
