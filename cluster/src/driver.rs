@@ -37,7 +37,8 @@ struct Pending {
     batch: bool,
 }
 
-/// Log entries dropped per round at most. Dropping a thousand at once (a
+/// Log entries dropped per round, while no more than 1,024 are to go
+/// ([`compaction_step`]). Dropping a thousand at once (a
 /// sled remove each; a large batch entry is a file of its own) held the
 /// driver, and every commit behind it, for up to 33 ms at 60,000 msg/s
 /// with the archive on; 32 a round took 0.7 to 2 ms (median), 9 at most.
@@ -45,7 +46,8 @@ const COMPACT_STEP: u64 = 32;
 
 /// One round's compaction: once `compact_after` entries up to `upto` (the
 /// applied index, or what the slowest follower has) can go, they are to
-/// go, [`COMPACT_STEP`] per round, and never past `upto` as it is now (a
+/// go, [`COMPACT_STEP`] per round (more when over 1,024 are left: a
+/// thirty-second of them), and never past `upto` as it is now (a
 /// follower may fall behind meanwhile). Returns where the compaction under
 /// way stops, and the index to drop entries up to this round, if any.
 fn compaction_step(first: u64, upto: u64, compact_after: u64, to: u64) -> (u64, Option<u64>) {
@@ -55,10 +57,10 @@ fn compaction_step(first: u64, upto: u64, compact_after: u64, to: u64) -> (u64, 
         to
     };
     let now = to.min(upto);
-    (
-        to,
-        (now >= first).then(|| now.min(first + COMPACT_STEP - 1)),
-    )
+    // A step grows with what is left, so that rounds appending more than
+    // a step each (a follower catching up) cannot outrun it for good.
+    let step = COMPACT_STEP.max((now + 1).saturating_sub(first) / 32);
+    (to, (now >= first).then(|| now.min(first + step - 1)))
 }
 
 /// A conf-change entry's context: who proposed it and the node's address.
@@ -803,7 +805,32 @@ mod tests {
         // Due again later: the next one goes as far as the applied index.
         let dropped = rounds(1, |r| if r < 50 { 1000 } else { 3000 }, 999, 200);
         assert_eq!(dropped.iter().sum::<u64>(), 3000, "{dropped:?}");
-        assert!(dropped.iter().all(|n| *n <= COMPACT_STEP));
+        // 2,000 to go: a thirty-second of what is left a round, at most.
+        assert!(dropped.iter().all(|n| *n <= 2000 / 32), "{dropped:?}");
+    }
+
+    #[test]
+    fn rounds_appending_more_than_a_step_do_not_outrun_the_compaction() {
+        // 256 entries applied every round (single commands from a node of
+        // an older version, or a follower catching up): the log stays
+        // bounded instead of growing by 224 entries a round.
+        let mut first = 1;
+        let mut to = 0;
+        for round in 1..=2000u64 {
+            let upto = round * 256;
+            let (t, now) = compaction_step(first, upto, 1000, to);
+            to = t;
+            if let Some(i) = now {
+                first = i + 1;
+            }
+            if round > 200 {
+                assert!(
+                    upto + 1 - first < 20_000,
+                    "round {round}: {} left",
+                    upto + 1 - first
+                );
+            }
+        }
     }
 
     #[test]

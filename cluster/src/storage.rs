@@ -515,10 +515,10 @@ impl SledStorage {
             return Ok(());
         }
         let term = self.term_inner(index)?;
-        self.last.store(UNKNOWN, Ordering::Release);
-        for idx in first..=index {
-            self.log.remove(idx.to_be_bytes())?;
-        }
+        // The new first index is written before the entries go: sled
+        // recovers a prefix of its writes, so a crash between leaves
+        // entries below the first index (removed by the next compaction),
+        // never a first index whose entries are gone.
         let mut m = SnapshotMetadata::default();
         m.index = index;
         m.term = term;
@@ -527,6 +527,15 @@ impl SledStorage {
             .insert(SNAPSHOT_META, m.write_to_bytes().map_err(corrupt)?)?;
         self.snap_index.store(index, Ordering::Release);
         self.snap_term.store(term, Ordering::Release);
+        self.last.store(UNKNOWN, Ordering::Release);
+        let gone: Vec<sled::IVec> = self
+            .log
+            .range(..=index.to_be_bytes())
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for k in gone {
+            self.log.remove(k)?;
+        }
         // An emptied log's last index is the snapshot's.
         self.last.store(UNKNOWN, Ordering::Release);
         Ok(())
@@ -807,6 +816,43 @@ mod tests {
         let s = SledStorage::open(db, Arc::new(Nothing), dir.path().join("snaps")).unwrap();
         assert_eq!(s.remembered_term(500), None);
         check(&s, 9 + RECENT_ENTRIES as u64 + 50);
+    }
+
+    /// A compaction cut short by a crash (the first index written, some
+    /// entries below it not removed yet) leaves entries the next one
+    /// removes; what raft-rs reads is right all along.
+    #[test]
+    fn entries_left_below_the_first_index_go_with_the_next_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let s = SledStorage::open(db.clone(), Arc::new(Nothing), dir.path().join("snaps")).unwrap();
+        s.append(&entries(1, 40, 1)).unwrap();
+        s.compact(10).unwrap();
+        assert_eq!(raft::Storage::first_index(&s).unwrap(), 11);
+        assert!(s.log.get(10u64.to_be_bytes()).unwrap().is_none());
+        // As after a crash part way: entries 5..=10 are back in the tree.
+        for e in entries(5, 10, 1) {
+            s.log
+                .insert(e.index.to_be_bytes(), e.write_to_bytes().unwrap())
+                .unwrap();
+        }
+        drop(s);
+        let s = SledStorage::open(db, Arc::new(Nothing), dir.path().join("snaps")).unwrap();
+        assert_eq!(raft::Storage::first_index(&s).unwrap(), 11);
+        assert_eq!(raft::Storage::last_index(&s).unwrap(), 40);
+        assert_eq!(raft::Storage::term(&s, 10).unwrap(), 1);
+        let got =
+            raft::Storage::entries(&s, 11, 41, None, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(got.len(), 30);
+        s.compact(20).unwrap();
+        assert_eq!(raft::Storage::first_index(&s).unwrap(), 21);
+        let left: Vec<u64> = s
+            .log
+            .iter()
+            .keys()
+            .map(|k| u64::from_be_bytes(k.unwrap().as_ref().try_into().unwrap()))
+            .collect();
+        assert_eq!(left, (21..=40).collect::<Vec<_>>());
     }
 
     #[test]
