@@ -37,8 +37,8 @@ struct Pending {
     batch: bool,
 }
 
-/// Log entries dropped per round, while no more than 1,024 are to go
-/// ([`compaction_step`]). Dropping a thousand at once (a
+/// Log entries dropped per round, or a `COMPACT_STEP`th of those left
+/// when that is more ([`compaction_step`]). Dropping a thousand at once (a
 /// sled remove each; a large batch entry is a file of its own) held the
 /// driver, and every commit behind it, for up to 33 ms at 60,000 msg/s
 /// with the archive on; 32 a round took 0.7 to 2 ms (median), 9 at most.
@@ -46,8 +46,8 @@ const COMPACT_STEP: u64 = 32;
 
 /// One round's compaction: once `compact_after` entries up to `upto` (the
 /// applied index, or what the slowest follower has) can go, they are to
-/// go, [`COMPACT_STEP`] per round (more when over 1,024 are left: a
-/// thirty-second of them), and never past `upto` as it is now (a
+/// go, [`COMPACT_STEP`] per round (or that fraction of those left, when
+/// more), and never past `upto` as it is now (a
 /// follower may fall behind meanwhile). Returns where the compaction under
 /// way stops, and the index to drop entries up to this round, if any.
 fn compaction_step(first: u64, upto: u64, compact_after: u64, to: u64) -> (u64, Option<u64>) {
@@ -59,7 +59,7 @@ fn compaction_step(first: u64, upto: u64, compact_after: u64, to: u64) -> (u64, 
     let now = to.min(upto);
     // A step grows with what is left, so that rounds appending more than
     // a step each (a follower catching up) cannot outrun it for good.
-    let step = COMPACT_STEP.max((now + 1).saturating_sub(first) / 32);
+    let step = COMPACT_STEP.max((now + 1).saturating_sub(first) / COMPACT_STEP);
     (to, (now >= first).then(|| now.min(first + step - 1)))
 }
 

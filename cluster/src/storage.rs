@@ -527,17 +527,12 @@ impl SledStorage {
             .insert(SNAPSHOT_META, m.write_to_bytes().map_err(corrupt)?)?;
         self.snap_index.store(index, Ordering::Release);
         self.snap_term.store(term, Ordering::Release);
+        // Unknown from here (an emptied log's last index is the
+        // snapshot's), and left so if a removal fails part way.
         self.last.store(UNKNOWN, Ordering::Release);
-        let gone: Vec<sled::IVec> = self
-            .log
-            .range(..=index.to_be_bytes())
-            .keys()
-            .collect::<Result<_, _>>()?;
-        for k in gone {
-            self.log.remove(k)?;
+        for k in self.log.range(..=index.to_be_bytes()).keys() {
+            self.log.remove(k?)?;
         }
-        // An emptied log's last index is the snapshot's.
-        self.last.store(UNKNOWN, Ordering::Release);
         Ok(())
     }
 
