@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::prelude::*;
@@ -26,6 +26,12 @@ type PeersReply = oneshot::Sender<Result<Vec<(u64, String)>, ClusterError>>;
 /// one round of the Ready loop: enough to share an fsync among a burst,
 /// few enough that ticks and answers are not held back.
 const GROUP_MAX: usize = 256;
+
+/// A read request (Raft ReadIndex) not answered after this long is taken
+/// as dropped (raft-rs drops one it cannot serve yet: no leader, or a
+/// leader that has not committed in its term), and the reads waiting
+/// behind it go out in a request of their own.
+const READ_RETRY: Duration = Duration::from_millis(200);
 
 /// A proposal not yet applied: who waits for each of its commands (None:
 /// the proposer gave up) and the entry, proposed again under the same id
@@ -70,6 +76,18 @@ struct ChangeContext {
     address: String,
 }
 
+/// Reads (Raft ReadIndex) asked for: waiting to go out, and sent.
+#[derive(Default)]
+struct Reads {
+    next: u64,
+    /// Asked for since the last request went out.
+    waiting: Vec<oneshot::Sender<u64>>,
+    /// Requests sent and not answered: context -> who waits for each.
+    sent: HashMap<Vec<u8>, Vec<oneshot::Sender<u64>>>,
+    /// The last request sent, and when.
+    last: Option<(Vec<u8>, Instant)>,
+}
+
 pub struct Driver {
     id: u64,
     raw: RawNode<SledStorage>,
@@ -91,9 +109,8 @@ pub struct Driver {
     formats: Arc<LogFormats>,
     last_leader: u64,
     pending_changes: HashMap<u128, PeersReply>,
-    /// ReadIndex requests waiting for the leader: context -> reply.
-    next_read: u64,
-    pending_reads: HashMap<Vec<u8>, oneshot::Sender<u64>>,
+    /// Reads (Raft ReadIndex) asked for, coalesced ([`Driver::issue_reads`]).
+    reads: Reads,
     /// The newest applied entry relays are ordered after (`Status::ordered`).
     ordered: u64,
 }
@@ -157,8 +174,7 @@ impl Driver {
             formats,
             last_leader: 0,
             pending_changes: HashMap::new(),
-            next_read: 0,
-            pending_reads: HashMap::new(),
+            reads: Reads::default(),
             ordered,
         })
     }
@@ -197,7 +213,7 @@ impl Driver {
                 },
                 _ = stop.changed() => break,
             }
-            if let Err(e) = self.on_ready() {
+            if let Err(e) = self.ready_round() {
                 // Storage errors leave the node unusable: stop loudly.
                 tracing::error!(error = %e, "raft storage failed; this node stops");
                 break;
@@ -329,14 +345,7 @@ impl Driver {
                 self.raw.report_snapshot(node, status);
             }
             Cmd::TransferLeader(node) => self.raw.transfer_leader(node),
-            Cmd::ReadIndex(reply) => {
-                // Callers that gave up (no leader) leave closed senders.
-                self.pending_reads.retain(|_, r| !r.is_closed());
-                self.next_read += 1;
-                let ctx = self.next_read.to_be_bytes().to_vec();
-                self.pending_reads.insert(ctx.clone(), reply);
-                self.raw.read_index(ctx);
-            }
+            Cmd::ReadIndex(reply) => self.reads.waiting.push(reply),
             Cmd::SetPeers(peers) => {
                 if let Err(e) = self.store.set_peers(&peers) {
                     tracing::error!(error = %e, "cannot store peers");
@@ -365,6 +374,52 @@ impl Driver {
         }
     }
 
+    /// Send the reads waiting, handle the Ready, and send the reads that
+    /// waited for one answered in it (their request goes out at once, not
+    /// at the next round).
+    fn ready_round(&mut self) -> Result<(), StoreError> {
+        self.issue_reads();
+        self.on_ready()?;
+        if self.issue_reads() {
+            self.on_ready()?;
+        }
+        Ok(())
+    }
+
+    /// Ask raft-rs for one read index on behalf of every read waiting,
+    /// unless a request sent less than [`READ_RETRY`] ago is unanswered:
+    /// those wait for its answer, then go out together. Each request costs
+    /// the leader a heartbeat to every voter and their answers, so one per
+    /// login (SASL reads before it checks a password) was thousands of
+    /// messages a second. One request serves every read asked before it
+    /// went out: the index it returns is at least the commit index when
+    /// each was asked. Returns whether a request went out.
+    fn issue_reads(&mut self) -> bool {
+        let reads = &mut self.reads;
+        // Callers that gave up leave closed senders.
+        reads.waiting.retain(|r| !r.is_closed());
+        if reads.waiting.is_empty() {
+            return false;
+        }
+        reads.sent.retain(|_, w| {
+            w.retain(|r| !r.is_closed());
+            !w.is_empty()
+        });
+        if let Some((ctx, at)) = &reads.last {
+            if reads.sent.contains_key(ctx) && at.elapsed() < READ_RETRY {
+                return false;
+            }
+        }
+        reads.next += 1;
+        let ctx = reads.next.to_be_bytes().to_vec();
+        reads
+            .sent
+            .insert(ctx.clone(), std::mem::take(&mut reads.waiting));
+        reads.last = Some((ctx.clone(), Instant::now()));
+        self.raw.read_index(ctx);
+        true
+    }
+
     fn on_ready(&mut self) -> Result<(), StoreError> {
         if !self.raw.has_ready() {
             return Ok(());
@@ -387,7 +442,7 @@ impl Driver {
         }
         // Confirmed reads: the index to wait for.
         for rs in ready.take_read_states() {
-            if let Some(r) = self.pending_reads.remove(&rs.request_ctx) {
+            for r in self.reads.sent.remove(&rs.request_ctx).unwrap_or_default() {
                 let _ = r.send(rs.index);
             }
         }
@@ -732,6 +787,7 @@ impl Driver {
             commit: r.raft_log.committed,
             applied: self.store.applied(),
             ordered: self.ordered,
+            read_requests: self.reads.next,
             role: role.to_string(),
             peers: self.store.peers().unwrap_or_default(),
             active: if r.state == StateRole::Leader {

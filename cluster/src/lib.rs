@@ -179,6 +179,9 @@ pub struct Status {
     /// The newest applied entry a relay from this node must find applied
     /// at its receiver ([`StateMachine::orders_relays`]); at most `applied`.
     pub ordered: u64,
+    /// Read-index requests this node sent to raft-rs since it started:
+    /// reads asked together share one (`driver.rs`, `issue_reads`).
+    pub read_requests: u64,
     pub role: String,
     /// Members: (id, mesh address).
     pub peers: Vec<(u64, String)>,

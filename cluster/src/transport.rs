@@ -985,6 +985,7 @@ pub async fn remote_status(addr: &str, auth: &MeshAuth) -> Result<Status, String
         commit: s.commit,
         applied: s.applied,
         ordered: s.applied,
+        read_requests: 0,
         role: s.role,
         peers: s.peers.into_iter().map(|p| (p.id, p.address)).collect(),
         active: Vec::new(),

@@ -1174,3 +1174,84 @@ async fn commands_go_in_batches_only_once_every_voter_reads_them() {
         n.cluster.shutdown();
     }
 }
+
+/// Reads (Raft ReadIndex) asked at once share requests to the leader
+/// (`driver.rs`, `issue_reads`); each must still see every write that was
+/// acknowledged before it was asked, and a read whose request the leader
+/// never got (the node cut off) must fail in time, and work once healed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_asked_together_each_see_what_was_acknowledged_before_them() {
+    let nodes = three(1000).await;
+    let leader = nodes
+        .iter()
+        .find(|n| n.cluster.status().role == "leader")
+        .expect("a leader");
+    let follower = nodes
+        .iter()
+        .find(|n| n.cluster.status().role != "leader")
+        .expect("a follower");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let (l, f, tree) = (
+            leader.cluster.clone(),
+            follower.cluster.clone(),
+            follower.tree.clone(),
+        );
+        tasks.spawn(async move {
+            let write = format!("w{i}");
+            l.propose(write.clone().into_bytes(), WAIT)
+                .await
+                .expect("write acknowledged");
+            f.caught_up(WAIT).await.expect("read index");
+            let seen = tree
+                .iter()
+                .values()
+                .any(|v| v.is_ok_and(|v| v.as_ref() == write.as_bytes()));
+            assert!(seen, "{write} acknowledged before the read, not seen by it");
+        });
+    }
+    let mut done = 0;
+    while let Some(r) = tasks.join_next().await {
+        r.expect("reader");
+        done += 1;
+    }
+    assert_eq!(done, 200);
+
+    // Fifty reads asked at once: while one request is out, the others
+    // wait for its answer and then go out as one.
+    let before = follower.cluster.status().read_requests;
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let f = follower.cluster.clone();
+        reads.spawn(async move { f.caught_up(WAIT).await });
+    }
+    while let Some(r) = reads.join_next().await {
+        r.expect("reader").expect("read index");
+    }
+    let sent = follower.cluster.status().read_requests - before;
+    eprintln!("50 reads asked at once: {sent} read-index requests");
+    assert!(
+        (1..=25).contains(&sent),
+        "50 reads asked at once took {sent} requests"
+    );
+
+    // Cut off: no answer, an error in time; healed: answered again.
+    follower.cluster.set_isolated(true);
+    let cut = follower.cluster.caught_up(Duration::from_secs(1)).await;
+    assert_eq!(cut, Err(ClusterError::NoQuorum));
+    follower.cluster.set_isolated(false);
+    leader
+        .cluster
+        .propose(b"after-heal".to_vec(), WAIT)
+        .await
+        .expect("write after the heal");
+    follower
+        .cluster
+        .caught_up(WAIT)
+        .await
+        .expect("a read after the heal");
+    assert!(follower.commands().contains(&"after-heal".to_string()));
+    for n in &nodes {
+        n.cluster.shutdown();
+    }
+}

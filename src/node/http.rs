@@ -92,6 +92,7 @@ async fn metrics(req: HttpRequest, ctx: web::Data<Arc<ServerCtx>>) -> HttpRespon
     set("raft_applied_index", s.applied);
     set("raft_apply_lag", s.commit.saturating_sub(s.applied));
     set("raft_leader_id", s.leader);
+    set("raft_read_requests", s.read_requests);
     set("raft_is_leader", u64::from(s.role == "leader"));
     set("cluster_members", s.peers.len() as u64);
     set(
