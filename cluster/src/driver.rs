@@ -84,8 +84,8 @@ struct Reads {
     waiting: Vec<oneshot::Sender<u64>>,
     /// Requests sent and not answered: context -> who waits for each.
     sent: HashMap<Vec<u8>, Vec<oneshot::Sender<u64>>>,
-    /// The last request sent, and when.
-    last: Option<(Vec<u8>, Instant)>,
+    /// When the newest request (context: `next`) went out.
+    last_at: Option<Instant>,
 }
 
 pub struct Driver {
@@ -405,17 +405,17 @@ impl Driver {
             w.retain(|r| !r.is_closed());
             !w.is_empty()
         });
-        if let Some((ctx, at)) = &reads.last {
-            if reads.sent.contains_key(ctx) && at.elapsed() < READ_RETRY {
-                return false;
-            }
+        let newest_out = reads.last_at.is_some_and(|at| at.elapsed() < READ_RETRY)
+            && reads.sent.contains_key(&reads.next.to_be_bytes()[..]);
+        if newest_out {
+            return false;
         }
         reads.next += 1;
         let ctx = reads.next.to_be_bytes().to_vec();
         reads
             .sent
             .insert(ctx.clone(), std::mem::take(&mut reads.waiting));
-        reads.last = Some((ctx.clone(), Instant::now()));
+        reads.last_at = Some(Instant::now());
         self.raw.read_index(ctx);
         true
     }
