@@ -23,6 +23,7 @@ pub mod storage;
 mod transport;
 
 pub use mesh_tls::{CertAuthority, MeshAuth, MeshTls, TlsError};
+pub use relay_stream::ANSWER_GATHER;
 pub use transport::{remote_relay, remote_remove, remote_status, Lane, RelayQueueStats};
 
 /// Code generated from `proto/cluster.proto`.
@@ -733,6 +734,13 @@ impl Cluster {
     /// How many relay streams [`Cluster::set_relay_cut_every`] has cut.
     pub fn relay_streams_cut(&self) -> u64 {
         self.seen.cuts.load(Ordering::SeqCst)
+    }
+
+    /// How many answer messages this node has sent on relay streams into
+    /// it (each answers every payload that became owned within
+    /// [`ANSWER_GATHER`] of the first).
+    pub fn relay_answer_messages(&self) -> u64 {
+        self.seen.answer_messages.load(Ordering::SeqCst)
     }
 
     /// Send an application message to another member: ordered per

@@ -489,6 +489,83 @@ async fn a_relay_stream_broken_mid_traffic_loses_and_duplicates_nothing() {
     relay_counted(3000, |n2| n2.set_relay_cut_every(97), 10).await;
 }
 
+/// Answers gather: the payloads that become owned within `ANSWER_GATHER`
+/// of the first are answered in one message (one write and one wake-up on
+/// each node instead of one per payload). 300 payloads sent about one a
+/// millisecond, each owned as it arrives: every one is acknowledged and
+/// arrives once, in order, and the receiver sends at most one answer
+/// message per `ANSWER_GATHER` of the time the run took (answering each
+/// payload on its own would take one per payload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_payloads_owned_close_together_go_in_one_message() {
+    use starling_cluster::{Lane, ANSWER_GATHER};
+    let nodes = three(1000).await;
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let mut incoming = n2.cluster.take_relay_receiver().expect("relay receiver");
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+    let seen = arrivals.clone();
+    let app = tokio::spawn(async move {
+        while let Some(inc) = incoming.recv().await {
+            let id: usize = String::from_utf8_lossy(&inc.payload)
+                .trim_start_matches('p')
+                .parse()
+                .expect("payload id");
+            seen.lock().unwrap().push(id);
+            let _ = inc.receipt.send(true);
+        }
+    });
+    let count = 300;
+    let before = n2.cluster.relay_answer_messages();
+    let start = std::time::Instant::now();
+    let mut answers = Vec::with_capacity(count);
+    for i in 0..count {
+        let (r, answered) = tokio::sync::oneshot::channel();
+        assert!(n1
+            .cluster
+            .relay(2, Lane::Stanzas, format!("p{i}").into_bytes(), Some(r))
+            .is_ok());
+        answers.push(answered);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut acked = 0;
+    for answered in answers {
+        if tokio::time::timeout(WAIT, answered)
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            == Some(true)
+        {
+            acked += 1;
+        }
+    }
+    let elapsed = start.elapsed();
+    let messages = n2.cluster.relay_answer_messages() - before;
+    let got = arrivals.lock().unwrap().clone();
+    eprintln!(
+        "{count} payloads over {} ms: {messages} answer messages",
+        elapsed.as_millis()
+    );
+    assert_eq!(acked, count, "acknowledged payloads missing");
+    assert_eq!(
+        got,
+        (0..count).collect::<Vec<_>>(),
+        "payloads lost, handed on twice, or out of order"
+    );
+    // Each message closes a gathering window at least ANSWER_GATHER long,
+    // and the windows do not overlap.
+    let windows = (elapsed.as_millis() / ANSWER_GATHER.as_millis()) as u64 + 1;
+    assert!(messages >= 1, "no answer message counted");
+    assert!(
+        messages <= windows,
+        "{messages} answer messages in {} ms: answers were not gathered",
+        elapsed.as_millis()
+    );
+    app.abort();
+    for n in &nodes {
+        n.cluster.shutdown();
+    }
+}
+
 /// A node of a version from before relay streams (the switch makes node 2
 /// answer them Unimplemented, as such a node does) still gets every
 /// payload, once and in order, in `Relay` batches: a rolling upgrade's
