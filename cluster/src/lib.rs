@@ -736,9 +736,9 @@ impl Cluster {
         self.seen.cuts.load(Ordering::SeqCst)
     }
 
-    /// How many answer messages this node has sent on relay streams into
-    /// it (each answers every payload that became owned within
-    /// [`ANSWER_GATHER`] of the first).
+    /// How many answer messages (owned or refused payloads) this node has
+    /// sent on relay streams into it: at most one per [`ANSWER_GATHER`] on
+    /// a stream, except when 256 answers are ready at once.
     pub fn relay_answer_messages(&self) -> u64 {
         self.seen.answer_messages.load(Ordering::SeqCst)
     }

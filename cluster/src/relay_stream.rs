@@ -2,9 +2,10 @@
 //! (`RelayStream` in `proto/cluster.proto`).
 //!
 //! Every payload carries a sequence number (counted from 1 in each
-//! incarnation of the sender, its *epoch*) and gets its own answer as soon
-//! as the receiving application owns it, so one slow payload no longer
-//! holds back the answers of the payloads sent with it. When a stream
+//! incarnation of the sender, its *epoch*) and gets its own answer once
+//! the receiving application owns it, so one slow payload no longer holds
+//! back the answers of the payloads sent with it (answers that become
+//! ready close together go in one message: [`ANSWER_GATHER`]). When a stream
 //! breaks mid-traffic the sender opens a new one and sends again, in
 //! order, every payload that had no answer; the receiver remembers which
 //! it already owns (or is still waiting for) and answers those without
@@ -36,12 +37,17 @@ pub(crate) struct MarkRequest {
 pub(crate) const WINDOW: usize = 4096;
 /// Payloads per frame message, at most.
 pub(crate) const FRAME: usize = 256;
-/// How long a ready answer waits for others to go in the same message.
-/// The sender needs an answer only to let go of its copy (the payload is
-/// already owned here), so waiting costs nothing but that copy's memory,
-/// while each answer message is a write and a wake-up on both nodes: at
-/// 12,000 msg/s over three nodes, gathering for 4 ms took a tenth off the
-/// servers' CPU (1 ms made no difference: the timer's granularity).
+/// Answer messages on one stream go at most one per this long: an answer
+/// that becomes ready goes at once after a quiet spell, else this long
+/// after the last answer message, with every answer ready by then (at
+/// once when [`FRAME`] are ready). Each answer message is a write and a
+/// wake-up on both nodes: at 12,000 msg/s over three nodes, gathering for
+/// 4 ms took a tenth off the servers' CPU (1 ms made no difference: the
+/// timer counts whole milliseconds). What waiting costs: the sender keeps
+/// its copy of the payload, and answers its receipt (the sending client's
+/// XEP-0198 `<a/>`), or routes a refused payload again, up to this much
+/// later; and should this node die meanwhile, a payload it owned and
+/// wrote unmarked is sent again (as one whose answer was in transit).
 pub const ANSWER_GATHER: Duration = Duration::from_millis(4);
 /// A stream forgotten this long after its last frame is dropped from the
 /// receiver's memory (its sender restarted or left). Long: a sender cut
@@ -72,8 +78,9 @@ pub struct Seen {
     handed_on: AtomicU64,
     /// Streams the switch has cut so far.
     pub cuts: AtomicU64,
-    /// Answer messages sent on every stream (each answers one or more
-    /// payloads; see [`ANSWER_GATHER`]).
+    /// Answer messages sent on every stream with owned or refused
+    /// payloads in them (one or more each; see [`ANSWER_GATHER`]); marks
+    /// are not counted.
     pub answer_messages: AtomicU64,
     /// Test switch: answer streams Unimplemented, as a node from before
     /// them does (senders fall back to `Relay` batches).
@@ -82,7 +89,8 @@ pub struct Seen {
 
 /// What to do with one payload.
 enum Fate {
-    /// Already owned here: answer at once, do not hand it on again.
+    /// Already owned here: answer (with the others ready), do not hand it
+    /// on again.
     Owned,
     /// Handed on by an earlier stream, not answered yet: answer with that.
     Waiting(watch::Receiver<Option<bool>>),
@@ -178,46 +186,60 @@ pub async fn serve(r: Receiving, mut frames: tonic::Streaming<RelayFrames>, answ
     // owned, or its sender would route it again (a duplicate).
     let mut ending: Option<RpcStatus> = None;
     let mut waited_for = 0u64;
-    // Answers gathered and not yet sent, and when they go.
+    // Answers gathered and not yet sent, when they go, and when the last
+    // answer message went (see ANSWER_GATHER).
     let mut out = RelayAnswers::default();
     let mut flush_at: Option<tokio::time::Instant> = None;
+    let mut last_sent: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             frame = frames.message(), if reading => match frame {
-                Ok(Some(mut f)) => match match marked(&r, &mut f, &mut gates) {
-                    Ok(()) => take(&r, f, &mut pending, &answers, &mut waited_for, &mark_tx).await,
-                    Err(e) => Err(e),
-                } {
-                    Ok(()) => {}
-                    Err(Stop::Cut(e)) => {
-                        tracing::debug!(reason = %e.message(), "relay stream cut");
-                        let _ = answers.send(Err(e)).await;
-                        reading = false;
-                        cut = true;
+                Ok(Some(mut f)) => {
+                    // Answers due, or a frame that may wait (to apply what
+                    // its sender had applied): the answers go first.
+                    let now = tokio::time::Instant::now();
+                    let may_wait = f.applied > waited_for && f.applied > r.status.borrow().applied;
+                    if !cut && (may_wait || flush_at.is_some_and(|t| t <= now)) {
+                        flush_at = None;
+                        match send_answers(&r, &answers, &mut out).await {
+                            Some(true) => last_sent = Some(now),
+                            Some(false) => {}
+                            None => cut = true,
+                        }
                     }
-                    Err(Stop::End(e)) => {
-                        tracing::debug!(reason = %e.message(), "relay stream ends");
-                        reading = false;
-                        ending = Some(e);
+                    match match marked(&r, &mut f, &mut gates) {
+                        Ok(()) => take(&r, f, &mut pending, &answers, &mut waited_for, &mark_tx).await,
+                        Err(e) => Err(e),
+                    } {
+                        Ok(()) => {}
+                        Err(Stop::Cut(e)) => {
+                            tracing::debug!(reason = %e.message(), "relay stream cut");
+                            let _ = answers.send(Err(e)).await;
+                            reading = false;
+                            cut = true;
+                        }
+                        Err(Stop::End(e)) => {
+                            tracing::debug!(reason = %e.message(), "relay stream ends");
+                            reading = false;
+                            ending = Some(e);
+                        }
                     }
-                },
+                }
                 _ => reading = false,
             },
             Some(done) = pending.join_next(), if !pending.is_empty() => {
-                if let Ok((seq, owned)) = done {
-                    if owned { out.owned.push(seq) } else { out.refused.push(seq) }
-                }
+                record(&mut out, done);
                 while let Some(d) = pending.try_join_next() {
-                    if let Ok((seq, owned)) = d {
-                        if owned { out.owned.push(seq) } else { out.refused.push(seq) }
-                    }
+                    record(&mut out, d);
                 }
-                // Answers wait up to ANSWER_GATHER for more to go with
-                // them (one write for many), unless many are ready.
-                if out.owned.len() + out.refused.len() >= FRAME {
+                let ready = out.owned.len() + out.refused.len();
+                if ready >= FRAME {
                     flush_at = Some(tokio::time::Instant::now());
-                } else if flush_at.is_none() {
-                    flush_at = Some(tokio::time::Instant::now() + ANSWER_GATHER);
+                } else if ready > 0 && flush_at.is_none() {
+                    // At once after a quiet spell; else ANSWER_GATHER after
+                    // the last answer message, with what is ready by then.
+                    let now = tokio::time::Instant::now();
+                    flush_at = Some(last_sent.map_or(now, |l| (l + ANSWER_GATHER).max(now)));
                 }
             },
             _ = async {
@@ -230,11 +252,11 @@ pub async fn serve(r: Receiving, mut frames: tonic::Streaming<RelayFrames>, answ
                 // A write still waiting for its mark keeps waiting (for the
                 // confirmation, or its deadline): this answer is not with
                 // the sender yet.
-                let answer = std::mem::take(&mut out);
                 if !cut {
-                    r.seen.answer_messages.fetch_add(1, Ordering::Relaxed);
-                    if answers.send(Ok(answer)).await.is_err() {
-                        cut = true; // the sender is gone; it sends them again
+                    match send_answers(&r, &answers, &mut out).await {
+                        Some(true) => last_sent = Some(tokio::time::Instant::now()),
+                        Some(false) => {}
+                        None => cut = true, // the sender is gone; it sends them again
                     }
                 }
             },
@@ -258,12 +280,35 @@ pub async fn serve(r: Receiving, mut frames: tonic::Streaming<RelayFrames>, answ
             else => break,
         }
     }
-    if !cut && (!out.owned.is_empty() || !out.refused.is_empty()) {
-        let _ = answers.send(Ok(out)).await;
-    }
+    // Never left gathered: `flush_at` is set while any answer waits, and
+    // keeps the loop going until they are sent (or the stream was cut).
+    debug_assert!(cut || (out.owned.is_empty() && out.refused.is_empty()));
     if let Some(e) = ending.filter(|_| !cut) {
         let _ = answers.send(Err(e)).await;
     }
+}
+
+/// One handed-on payload's answer, into the answers gathered.
+fn record(out: &mut RelayAnswers, done: Result<(u64, bool), tokio::task::JoinError>) {
+    match done {
+        Ok((seq, true)) => out.owned.push(seq),
+        Ok((seq, false)) => out.refused.push(seq),
+        // The task waiting for the application's answer failed: no
+        // answer; the sender sends the payload again after a break.
+        Err(e) => tracing::warn!(error = %e, "relay answer task failed"),
+    }
+}
+
+/// Send the answers gathered as one message: Some(true) when sent,
+/// Some(false) when there were none, None when the sender is gone.
+async fn send_answers(r: &Receiving, answers: &Answers, out: &mut RelayAnswers) -> Option<bool> {
+    if out.owned.is_empty() && out.refused.is_empty() {
+        return Some(false);
+    }
+    let answer = std::mem::take(out);
+    answers.send(Ok(answer)).await.ok()?;
+    r.seen.answer_messages.fetch_add(1, Ordering::Relaxed);
+    Some(true)
 }
 
 /// Open the writes whose marks the sender says it recorded.
