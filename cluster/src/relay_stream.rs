@@ -186,26 +186,16 @@ pub async fn serve(r: Receiving, mut frames: tonic::Streaming<RelayFrames>, answ
     // owned, or its sender would route it again (a duplicate).
     let mut ending: Option<RpcStatus> = None;
     let mut waited_for = 0u64;
-    // Answers gathered and not yet sent, when they go, and when the last
-    // answer message went (see ANSWER_GATHER).
-    let mut out = RelayAnswers::default();
-    let mut flush_at: Option<tokio::time::Instant> = None;
-    let mut last_sent: Option<tokio::time::Instant> = None;
+    let mut gathered = Gathered::default();
     loop {
         tokio::select! {
             frame = frames.message(), if reading => match frame {
                 Ok(Some(mut f)) => {
                     // Answers due, or a frame that may wait (to apply what
                     // its sender had applied): the answers go first.
-                    let now = tokio::time::Instant::now();
-                    let may_wait = f.applied > waited_for && f.applied > r.status.borrow().applied;
-                    if !cut && (may_wait || flush_at.is_some_and(|t| t <= now)) {
-                        flush_at = None;
-                        match send_answers(&r, &answers, &mut out).await {
-                            Some(true) => last_sent = Some(now),
-                            Some(false) => {}
-                            None => cut = true,
-                        }
+                    let may_wait = must_catch_up(&r, f.applied, waited_for);
+                    if !cut && (may_wait || gathered.due()) && !gathered.send(&r, &answers).await {
+                        cut = true;
                     }
                     match match marked(&r, &mut f, &mut gates) {
                         Ok(()) => take(&r, f, &mut pending, &answers, &mut waited_for, &mark_tx).await,
@@ -228,36 +218,25 @@ pub async fn serve(r: Receiving, mut frames: tonic::Streaming<RelayFrames>, answ
                 _ => reading = false,
             },
             Some(done) = pending.join_next(), if !pending.is_empty() => {
-                record(&mut out, done);
+                gathered.record(done);
                 while let Some(d) = pending.try_join_next() {
-                    record(&mut out, d);
+                    gathered.record(d);
                 }
-                let ready = out.owned.len() + out.refused.len();
-                if ready >= FRAME {
-                    flush_at = Some(tokio::time::Instant::now());
-                } else if ready > 0 && flush_at.is_none() {
-                    // At once after a quiet spell; else ANSWER_GATHER after
-                    // the last answer message, with what is ready by then.
-                    let now = tokio::time::Instant::now();
-                    flush_at = Some(last_sent.map_or(now, |l| (l + ANSWER_GATHER).max(now)));
-                }
+                gathered.schedule();
             },
             _ = async {
-                match flush_at {
+                match gathered.at {
                     Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
-            }, if flush_at.is_some() => {
-                flush_at = None;
+            }, if gathered.at.is_some() => {
                 // A write still waiting for its mark keeps waiting (for the
                 // confirmation, or its deadline): this answer is not with
                 // the sender yet.
-                if !cut {
-                    match send_answers(&r, &answers, &mut out).await {
-                        Some(true) => last_sent = Some(tokio::time::Instant::now()),
-                        Some(false) => {}
-                        None => cut = true, // the sender is gone; it sends them again
-                    }
+                if cut {
+                    gathered.at = None;
+                } else if !gathered.send(&r, &answers).await {
+                    cut = true; // the sender is gone; it sends them again
                 }
             },
             // Only while something can still be handed on or answered:
@@ -280,35 +259,77 @@ pub async fn serve(r: Receiving, mut frames: tonic::Streaming<RelayFrames>, answ
             else => break,
         }
     }
-    // Never left gathered: `flush_at` is set while any answer waits, and
-    // keeps the loop going until they are sent (or the stream was cut).
-    debug_assert!(cut || (out.owned.is_empty() && out.refused.is_empty()));
+    // Never left gathered: `at` is set while any answer waits, and keeps
+    // the loop going until they are sent (or the stream was cut).
+    debug_assert!(cut || gathered.is_empty());
     if let Some(e) = ending.filter(|_| !cut) {
         let _ = answers.send(Err(e)).await;
     }
 }
 
-/// One handed-on payload's answer, into the answers gathered.
-fn record(out: &mut RelayAnswers, done: Result<(u64, bool), tokio::task::JoinError>) {
-    match done {
-        Ok((seq, true)) => out.owned.push(seq),
-        Ok((seq, false)) => out.refused.push(seq),
-        // The task waiting for the application's answer failed: no
-        // answer; the sender sends the payload again after a break.
-        Err(e) => tracing::warn!(error = %e, "relay answer task failed"),
+/// Answers ready and not yet sent on one stream (see [`ANSWER_GATHER`]).
+#[derive(Default)]
+struct Gathered {
+    out: RelayAnswers,
+    /// When they go: set while any waits.
+    at: Option<tokio::time::Instant>,
+    /// When the last answer message went.
+    last_sent: Option<tokio::time::Instant>,
+}
+
+impl Gathered {
+    fn is_empty(&self) -> bool {
+        self.out.owned.is_empty() && self.out.refused.is_empty()
+    }
+
+    /// One handed-on payload's answer.
+    fn record(&mut self, done: Result<(u64, bool), tokio::task::JoinError>) {
+        match done {
+            Ok((seq, true)) => self.out.owned.push(seq),
+            Ok((seq, false)) => self.out.refused.push(seq),
+            // The task waiting for the application's answer failed: no
+            // answer; the sender sends the payload again after a break.
+            Err(e) => tracing::warn!(error = %e, "relay answer task failed"),
+        }
+    }
+
+    /// When what is ready goes: at once after a quiet spell, else
+    /// ANSWER_GATHER after the last answer message (at once when FRAME
+    /// are ready).
+    fn schedule(&mut self) {
+        let now = tokio::time::Instant::now();
+        if self.out.owned.len() + self.out.refused.len() >= FRAME {
+            self.at = Some(now);
+        } else if !self.is_empty() && self.at.is_none() {
+            self.at = Some(self.last_sent.map_or(now, |l| (l + ANSWER_GATHER).max(now)));
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.at.is_some_and(|t| t <= tokio::time::Instant::now())
+    }
+
+    /// Send what is ready as one message (nothing when none is); false
+    /// when the sender is gone.
+    async fn send(&mut self, r: &Receiving, answers: &Answers) -> bool {
+        self.at = None;
+        if self.is_empty() {
+            return true;
+        }
+        let answer = std::mem::take(&mut self.out);
+        if answers.send(Ok(answer)).await.is_err() {
+            return false;
+        }
+        r.seen.answer_messages.fetch_add(1, Ordering::Relaxed);
+        self.last_sent = Some(tokio::time::Instant::now());
+        true
     }
 }
 
-/// Send the answers gathered as one message: Some(true) when sent,
-/// Some(false) when there were none, None when the sender is gone.
-async fn send_answers(r: &Receiving, answers: &Answers, out: &mut RelayAnswers) -> Option<bool> {
-    if out.owned.is_empty() && out.refused.is_empty() {
-        return Some(false);
-    }
-    let answer = std::mem::take(out);
-    answers.send(Ok(answer)).await.ok()?;
-    r.seen.answer_messages.fetch_add(1, Ordering::Relaxed);
-    Some(true)
+/// Whether a frame must wait for this node to apply what its sender had
+/// applied (once per level on a stream).
+fn must_catch_up(r: &Receiving, applied: u64, waited_for: u64) -> bool {
+    applied > waited_for && applied > r.status.borrow().applied
 }
 
 /// Open the writes whose marks the sender says it recorded.
@@ -375,7 +396,7 @@ async fn take(
     // Causality: what the sender had applied when it sent is applied here
     // first (bounded: a lagging node delivers late, not never), once per
     // level on a stream, so frames do not queue behind repeated waits.
-    if f.applied > *waited_for && f.applied > r.status.borrow().applied {
+    if must_catch_up(r, f.applied, *waited_for) {
         *waited_for = f.applied;
         let mut st = r.status.clone();
         let caught_up = tokio::time::timeout(r.catch_up_within, async {

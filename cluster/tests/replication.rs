@@ -499,7 +499,7 @@ async fn a_relay_stream_broken_mid_traffic_loses_and_duplicates_nothing() {
 /// payload).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_to_payloads_owned_close_together_go_in_one_message() {
-    use starling_cluster::{Lane, ANSWER_GATHER};
+    use starling_cluster::ANSWER_GATHER;
     let nodes = three(1000).await;
     let (n1, n2) = (&nodes[0], &nodes[1]);
     let mut incoming = n2.cluster.take_relay_receiver().expect("relay receiver");
@@ -507,10 +507,7 @@ async fn answers_to_payloads_owned_close_together_go_in_one_message() {
     let seen = arrivals.clone();
     let app = tokio::spawn(async move {
         while let Some(inc) = incoming.recv().await {
-            let id: usize = String::from_utf8_lossy(&inc.payload)
-                .trim_start_matches('p')
-                .parse()
-                .expect("payload id");
+            let id = payload_id(&inc.payload);
             seen.lock().unwrap().push(id);
             let _ = inc.receipt.send(true);
         }
@@ -520,25 +517,10 @@ async fn answers_to_payloads_owned_close_together_go_in_one_message() {
     let start = std::time::Instant::now();
     let mut answers = Vec::with_capacity(count);
     for i in 0..count {
-        let (r, answered) = tokio::sync::oneshot::channel();
-        assert!(n1
-            .cluster
-            .relay(2, Lane::Stanzas, format!("p{i}").into_bytes(), Some(r))
-            .is_ok());
-        answers.push(answered);
+        answers.push(relay_numbered(&n1.cluster, i));
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let mut acked = 0;
-    for answered in answers {
-        if tokio::time::timeout(WAIT, answered)
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            == Some(true)
-        {
-            acked += 1;
-        }
-    }
+    let acked = owned_count(answers).await;
     let elapsed = start.elapsed();
     let messages = n2.cluster.relay_answer_messages() - before;
     let got = arrivals.lock().unwrap().clone();
@@ -666,10 +648,48 @@ async fn proposals_counted(fault: impl Fn(&Cluster), min_cuts: u64) {
     }
 }
 
+/// A numbered payload's id (`p17`: 17).
+fn payload_id(payload: &[u8]) -> usize {
+    String::from_utf8_lossy(payload)
+        .trim_start_matches('p')
+        .parse()
+        .expect("payload id")
+}
+
+/// Relay payload `p{i}` from `from` to node 2 on the stanza lane; the
+/// receiver fires once node 2 answers for it.
+fn relay_numbered(from: &Cluster, i: usize) -> tokio::sync::oneshot::Receiver<bool> {
+    let (r, answered) = tokio::sync::oneshot::channel();
+    assert!(from
+        .relay(
+            2,
+            starling_cluster::Lane::Stanzas,
+            format!("p{i}").into_bytes(),
+            Some(r)
+        )
+        .is_ok());
+    answered
+}
+
+/// How many of `answers` say "owned" within `WAIT` each.
+async fn owned_count(answers: Vec<tokio::sync::oneshot::Receiver<bool>>) -> usize {
+    let mut owned = 0;
+    for answered in answers {
+        if tokio::time::timeout(WAIT, answered)
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            == Some(true)
+        {
+            owned += 1;
+        }
+    }
+    owned
+}
+
 /// Relay `count` numbered payloads from node 1 to node 2 (set up by
 /// `fault`) and count by id what was acknowledged against what arrived.
 async fn relay_counted(count: usize, fault: impl Fn(&Cluster), min_cuts: u64) {
-    use starling_cluster::Lane;
     let nodes = three(1000).await;
     let (n1, n2) = (&nodes[0], &nodes[1]);
     let mut incoming = n2.cluster.take_relay_receiver().expect("relay receiver");
@@ -682,10 +702,7 @@ async fn relay_counted(count: usize, fault: impl Fn(&Cluster), min_cuts: u64) {
     let seen = arrivals.clone();
     let app = tokio::spawn(async move {
         while let Some(inc) = incoming.recv().await {
-            let id: usize = String::from_utf8_lossy(&inc.payload)
-                .trim_start_matches('p')
-                .parse()
-                .expect("payload id");
+            let id = payload_id(&inc.payload);
             seen.lock().unwrap().push(id);
             tokio::spawn(async move {
                 if id.is_multiple_of(3) {
@@ -697,27 +714,12 @@ async fn relay_counted(count: usize, fault: impl Fn(&Cluster), min_cuts: u64) {
     });
     let mut answers = Vec::with_capacity(count);
     for i in 0..count {
-        let (r, answered) = tokio::sync::oneshot::channel();
-        assert!(n1
-            .cluster
-            .relay(2, Lane::Stanzas, format!("p{i}").into_bytes(), Some(r))
-            .is_ok());
-        answers.push(answered);
+        answers.push(relay_numbered(&n1.cluster, i));
         if i % 100 == 99 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    let mut acked = 0;
-    for answered in answers {
-        if tokio::time::timeout(WAIT, answered)
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            == Some(true)
-        {
-            acked += 1;
-        }
-    }
+    let acked = owned_count(answers).await;
     let mut given_back = 0;
     while returned.try_recv().is_ok() {
         given_back += 1;
@@ -756,7 +758,6 @@ async fn relay_counted(count: usize, fault: impl Fn(&Cluster), min_cuts: u64) {
 /// never arrived; none both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_answers_what_it_owns_and_the_rest_comes_back() {
-    use starling_cluster::Lane;
     let nodes = three(1000).await;
     let (n1, n2) = (&nodes[0], &nodes[1]);
     let mut incoming = n2.cluster.take_relay_receiver().expect("relay receiver");
@@ -766,10 +767,7 @@ async fn a_node_cut_off_answers_what_it_owns_and_the_rest_comes_back() {
     // The application on node 2 owns each payload 300 ms after it arrives.
     let app = tokio::spawn(async move {
         while let Some(inc) = incoming.recv().await {
-            let id: usize = String::from_utf8_lossy(&inc.payload)
-                .trim_start_matches('p')
-                .parse()
-                .expect("payload id");
+            let id = payload_id(&inc.payload);
             seen.lock().unwrap().push(id);
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -779,12 +777,7 @@ async fn a_node_cut_off_answers_what_it_owns_and_the_rest_comes_back() {
     });
     let mut answers = Vec::new();
     let send = |i: usize, answers: &mut Vec<_>| {
-        let (r, answered) = tokio::sync::oneshot::channel();
-        assert!(n1
-            .cluster
-            .relay(2, Lane::Stanzas, format!("p{i}").into_bytes(), Some(r))
-            .is_ok());
-        answers.push((i, answered));
+        answers.push((i, relay_numbered(&n1.cluster, i)));
     };
     for i in 0..300 {
         send(i, &mut answers);
@@ -813,10 +806,7 @@ async fn a_node_cut_off_answers_what_it_owns_and_the_rest_comes_back() {
             back.len()
         );
         while let Ok(r) = returned.try_recv() {
-            let id: usize = String::from_utf8_lossy(&r.payload)
-                .trim_start_matches('p')
-                .parse()
-                .expect("payload id");
+            let id = payload_id(&r.payload);
             back.insert(id);
         }
         open.retain_mut(|(i, rx)| match rx.try_recv() {
@@ -871,7 +861,7 @@ async fn a_node_cut_off_answers_what_it_owns_and_the_rest_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mesh_refuses_a_node_the_cluster_ca_did_not_sign() {
     use starling_cluster::proto::{RaftBatch, RelayBatch, RemoveRequest};
-    use starling_cluster::{CertAuthority, Lane, MeshAuth, MeshTls};
+    use starling_cluster::{CertAuthority, MeshAuth, MeshTls};
     let ca = CertAuthority::generate().expect("cluster CA");
     let with_tls = |id: u64, join: Option<String>| {
         let mut c = config(id, join, 1000);
@@ -917,12 +907,7 @@ async fn the_mesh_refuses_a_node_the_cluster_ca_did_not_sign() {
     });
     let mut answers = Vec::new();
     for i in 0..50 {
-        let (r, answered) = tokio::sync::oneshot::channel();
-        assert!(n1
-            .cluster
-            .relay(2, Lane::Stanzas, format!("p{i}").into_bytes(), Some(r))
-            .is_ok());
-        answers.push(answered);
+        answers.push(relay_numbered(&n1.cluster, i));
     }
     for answered in answers {
         let owned = tokio::time::timeout(WAIT, answered).await;
